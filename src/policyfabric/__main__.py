@@ -1,0 +1,3 @@
+from policyfabric.cli.main import app
+
+app(prog_name="policyfabric")

@@ -1,0 +1,1 @@
+"""Policy Agent and its device renderers: not implemented yet (issue 4)."""

@@ -1,0 +1,169 @@
+"""REST API of the Policy Authority: one collection per kind under /v1.
+
+Bodies are parsed by the kind's pydantic model and then checked by
+``check_local`` - the same two steps as ``parse_spec``, which the offline
+checker uses - and the service applies the cross-object rules. Every error
+is ``{"error": {"code", "message", "field"}}`` with a 4xx status; nothing
+answers with a traceback.
+"""
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Query, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field, create_model
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from policyfabric import __version__
+from policyfabric.authority.service import Authority
+from policyfabric.model import kinds as k
+from policyfabric.model.errors import BadRequest, Invalid, PolicyError, Problem
+from policyfabric.model.kinds import Kind
+from policyfabric.model.parse import check_local, problems_from_pydantic
+
+log = logging.getLogger(__name__)
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="stable machine-readable reason: invalid, conflict, in_use, ...")
+    message: str
+    field: str | None = Field(None, description="the field at fault, as a dotted path")
+    problems: list[dict[str, Any]] | None = Field(None, description="every problem, when several")
+
+
+class ErrorBody(BaseModel):
+    error: ErrorDetail
+
+
+class Revision(BaseModel):
+    revision: int
+
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    status: {"model": ErrorBody, "description": text}
+    for status, text in (
+        (400, "malformed request"),
+        (404, "no such object"),
+        (409, "conflicts with other objects, or in use"),
+        (422, "invalid value"),
+    )
+}
+
+
+def error_response(err: PolicyError) -> JSONResponse:
+    detail: dict[str, Any] = {"code": err.code, "message": err.message, "field": err.field}
+    if len(err.problems) > 1:
+        detail["problems"] = [{"field": p.field, "message": p.message} for p in err.problems]
+    return JSONResponse({"error": detail}, status_code=err.status)
+
+
+def _out_model(kind: Kind) -> type[BaseModel]:
+    fields: dict[str, Any] = {"id": (str, ...), "revision": (int, ...)}
+    if kind is k.ENDPOINT:
+        fields["status"] = (str, Field(description="DOWN until an agent has its flows installed"))
+    return create_model(f"{kind.spec.__name__}Out", __base__=kind.spec, **fields)
+
+
+def _collection_routes(app: FastAPI, authority: Authority, kind: Kind) -> None:
+    spec_type = kind.spec
+    out = _out_model(kind)
+    items = create_model(f"{kind.spec.__name__}List", items=(list[out], ...), revision=(int, ...))  # type: ignore[valid-type]
+    deleted = create_model(f"{kind.spec.__name__}Deleted", deleted=(out, ...), revision=(int, ...))
+    base = f"/v1/{kind.collection}"
+    tags = [kind.collection]
+
+    def create(body: spec_type) -> JSONResponse:  # type: ignore[valid-type]
+        return JSONResponse(authority.create(kind, check_local(body)), status_code=201)
+
+    def list_(
+        tenant: str | None = Query(None, description="only objects of this tenant"),
+        name: str | None = Query(None, description="only the object with this name"),
+    ) -> dict[str, Any]:
+        found, revision = authority.list(kind, tenant, name)
+        return {"items": found, "revision": revision}
+
+    def get(id: str) -> dict[str, Any]:
+        return authority.get(kind, id)
+
+    def replace(id: str, body: spec_type) -> dict[str, Any]:  # type: ignore[valid-type]
+        return authority.replace(kind, id, check_local(body))
+
+    def remove(id: str) -> dict[str, Any]:
+        gone, revision = authority.delete(kind, id)
+        return {"deleted": gone, "revision": revision}
+
+    title = str(kind)
+    app.post(base, status_code=201, tags=tags, summary=f"Create a {title}",
+             responses={201: {"model": out}, **ERRORS}, response_class=JSONResponse)(create)
+    app.get(base, tags=tags, summary=f"List {title}s", responses={200: {"model": items}, **ERRORS},
+            response_class=JSONResponse)(list_)
+    app.get(f"{base}/{{id}}", tags=tags, summary=f"Read a {title}",
+            responses={200: {"model": out}, **ERRORS}, response_class=JSONResponse)(get)
+    app.put(f"{base}/{{id}}", tags=tags, summary=f"Replace a {title}",
+            responses={200: {"model": out}, **ERRORS}, response_class=JSONResponse)(replace)
+    app.delete(f"{base}/{{id}}", tags=tags, summary=f"Delete a {title}",
+               responses={200: {"model": deleted}, **ERRORS}, response_class=JSONResponse)(remove)
+
+
+def _request_problems(exc: RequestValidationError) -> PolicyError:
+    errors = list(exc.errors())
+    for error in errors:
+        loc = tuple(error.get("loc", ()))
+        if error.get("type") == "json_invalid":
+            where = error.get("ctx", {}).get("error", "")
+            return BadRequest(f"the request body is not valid JSON ({where})".replace(" ()", ""))
+        if loc == ("body",):
+            return BadRequest(f"the request body must be a JSON object ({error.get('msg', '')})")
+    problems = problems_from_pydantic(errors, strip=1)  # drop "body" / "query"
+    return Invalid.of(problems or [Problem(None, "invalid request")])
+
+
+def create_app(authority: Authority) -> FastAPI:
+    app = FastAPI(
+        title="policyfabric Policy Authority",
+        version=__version__,
+        description="Declare tenants, networks and group-based policy; agents enforce it.",
+    )
+
+    @app.exception_handler(PolicyError)
+    async def policy_error(_: Request, exc: PolicyError) -> JSONResponse:
+        return error_response(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def request_error(_: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(_request_problems(exc))
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"no such resource: {request.url.path} (collections are under /v1)"
+        body = {"error": {"code": code, "message": message, "field": None}}
+        return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("internal error on %s %s", request.method, request.url.path)
+        body = {"error": {"code": "internal", "message": "internal error: see the authority's log",
+                          "field": None}}
+        return JSONResponse(body, status_code=500)
+
+    @app.get("/v1/revision", tags=["meta"], summary="The current global revision",
+             response_model=Revision)
+    def revision() -> dict[str, int]:
+        return {"revision": authority.revision()}
+
+    @app.get("/v1/changes", tags=["meta"], summary="Changes after a revision, oldest first")
+    def changes(
+        since: int = Query(0, ge=0, description="return changes with a higher revision"),
+        limit: int = Query(1000, ge=1, le=10000),
+    ) -> dict[str, Any]:
+        found, current = authority.changes(since, limit)
+        return {"changes": found, "revision": current}
+
+    for kind in k.ORDER:
+        _collection_routes(app, authority, kind)
+    return app

@@ -1,0 +1,235 @@
+"""The authority's write path: validate against the store inside the write
+transaction, then commit, all or nothing.
+
+HTTP-free on purpose: the REST layer, tests and (later) the OpFlex server
+call these methods and get plain dicts or PolicyErrors back.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import uuid
+from collections.abc import Sequence
+from typing import Any
+
+from policyfabric.model import kinds as k
+from policyfabric.model import objects as o
+from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, PolicyError
+from policyfabric.model.kinds import Kind
+from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
+from policyfabric.model.types import generate_mac
+from policyfabric.store.base import ClaimTaken, ReadTxn, Record, Store, WriteTxn
+
+log = logging.getLogger(__name__)
+
+INITIAL_STATUS = {k.ENDPOINT.name: "DOWN"}
+
+
+class SpecCache:
+    """Parsed specs by (id, revision): a record at a revision never changes."""
+
+    def __init__(self, limit: int = 200_000) -> None:
+        self._items: dict[tuple[str, int], o.Spec] = {}
+        self._limit = limit
+
+    def spec(self, record: Record) -> o.Spec:
+        key = (record.id, record.revision)
+        spec = self._items.get(key)
+        if spec is None:
+            if len(self._items) >= self._limit:
+                self._items.clear()
+            spec = k.BY_NAME[record.kind].spec.model_validate(record.data)
+            self._items[key] = spec
+        return spec
+
+
+class TxnView:
+    """The rules' View over a store transaction."""
+
+    def __init__(self, txn: ReadTxn, cache: SpecCache) -> None:
+        self.txn = txn
+        self.cache = cache
+
+    def obj(self, record: Record) -> Obj:
+        return Obj(k.BY_NAME[record.kind], record.id, self.cache.spec(record))
+
+    def find(self, kind: Kind, tenant: str | None, name: str) -> Obj | None:
+        record = self.txn.find(kind.name, tenant, name)
+        return self.obj(record) if record else None
+
+    def list(self, kind: Kind, tenant: str | None) -> Sequence[Obj]:
+        return [self.obj(r) for r in self.txn.list(kind.name, tenant)]
+
+
+def render(record: Record) -> dict[str, Any]:
+    """The REST representation of a stored object."""
+    return {"id": record.id, **record.data, "revision": record.revision}
+
+
+def keep_omitted(spec: o.Spec, current: o.Spec) -> o.Spec:
+    """Fields the server or an agent fills in keep their value when an update leaves them out."""
+    keep = {f: getattr(current, f) for f in spec.KEEP_IF_OMITTED - spec.model_fields_set}
+    return spec.model_copy(update=keep) if keep else spec
+
+
+class Authority:
+    """Create, replace, delete and read policy objects with every rule enforced."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self.cache = SpecCache()
+
+    # ---- reads
+    def revision(self) -> int:
+        with self.store.read() as txn:
+            return txn.revision()
+
+    def get(self, kind: Kind, id: str) -> dict[str, Any]:
+        with self.store.read() as txn:
+            return render(self._existing(txn, kind, id))
+
+    def list(
+        self, kind: Kind, tenant: str | None = None, name: str | None = None
+    ) -> tuple[list[dict[str, Any]], int]:
+        with self.store.read() as txn:
+            items = [render(r) for r in txn.list(kind.name, tenant, name)]
+            return items, txn.revision()
+
+    def changes(self, since: int, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+        with self.store.read() as txn:
+            return [c.__dict__ for c in txn.changes(since, limit)], txn.revision()
+
+    # ---- writes
+    def create(self, kind: Kind, spec: o.Spec) -> dict[str, Any]:
+        with self.store.write() as txn:
+            view = TxnView(txn, self.cache)
+            if view.find(kind, spec.scope, spec.name) is not None:
+                where = f" in tenant {spec.scope!r}" if spec.scope else ""
+                raise Conflict(f"a {kind} named {spec.name!r} already exists{where}", "name")
+            spec = self._fill_generated(txn, spec)
+            obj = Obj(kind, str(uuid.uuid4()), spec)
+            claims = validate(obj, view)
+            data = spec.model_dump(mode="json")
+            if kind.name in INITIAL_STATUS:
+                data["status"] = INITIAL_STATUS[kind.name]
+            record = self._put(txn, obj, data, claims, "create")
+        log.info("created %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, obj.id, record.revision)
+        return render(record)
+
+    def replace(self, kind: Kind, id: str, spec: o.Spec) -> dict[str, Any]:
+        with self.store.write() as txn:
+            view = TxnView(txn, self.cache)
+            current = self._existing(txn, kind, id)
+            old = view.obj(current)
+            spec = keep_omitted(spec, old.spec)
+            if spec.scope != old.spec.scope:
+                raise Invalid(
+                    f"an object cannot move between tenants ({old.spec.scope!r} -> {spec.scope!r}): "
+                    "create it in the new tenant instead",
+                    "tenant",
+                )
+            if spec.model_dump() == old.spec.model_dump():
+                return render(current)  # nothing changes: no new revision
+            if spec.name != old.spec.name:
+                self._check_rename(view, old, spec)
+            spec = self._fill_generated(txn, spec)
+            new = Obj(kind, id, spec)
+            claims = validate(new, view)
+            structural = any(getattr(spec, f) != getattr(old.spec, f) for f in spec.STRUCTURAL)
+            affected = dependents_closure(old, view) if structural else []
+            data = {**current.data, **spec.model_dump(mode="json")}
+            record = self._put(txn, new, data, claims, "update")
+            if structural:
+                self._recheck(txn, view, new, affected + dependents_closure(new, view))
+        log.info("updated %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, id, record.revision)
+        return render(record)
+
+    def delete(self, kind: Kind, id: str) -> tuple[dict[str, Any], int]:
+        with self.store.write() as txn:
+            view = TxnView(txn, self.cache)
+            current = self._existing(txn, kind, id)
+            obj = view.obj(current)
+            users = dependents(obj, view)
+            if users:
+                raise InUse(
+                    f"{obj.label} is in use by {describe(users)}: delete or change those first"
+                )
+            txn.delete(current)
+            revision = txn.next_revision()
+        log.info("deleted %s %s/%s (%s) at revision %d", kind, current.tenant or "-", current.name, id, revision)
+        return render(current), revision
+
+    # ---- helpers
+    @staticmethod
+    def _existing(txn: ReadTxn, kind: Kind, id: str) -> Record:
+        record = txn.get(id)
+        if record is None or record.kind != kind.name:
+            raise NotFound(f"no {kind} with id {id!r}")
+        return record
+
+    @staticmethod
+    def _check_rename(view: TxnView, old: Obj, spec: o.Spec) -> None:
+        if view.find(old.kind, spec.scope, spec.name) is not None:
+            raise Conflict(f"a {old.kind} named {spec.name!r} already exists", "name")
+        users = [d for d in dependents(old, view) if d.id != old.id]
+        if users:
+            raise InUse(
+                f"cannot rename {old.label}: {describe(users)} refer to it by name", "name"
+            )
+
+    def _put(self, txn: WriteTxn, obj: Obj, data: dict[str, Any], claims: list[Claim], op: Any) -> Record:
+        record = Record(obj.kind.name, obj.id, obj.spec.scope, obj.spec.name, txn.next_revision(), data)
+        try:
+            txn.put(record, claims, op)
+        except ClaimTaken as taken:
+            raise self._claim_conflict(txn, taken) from None
+        return record
+
+    def _recheck(self, txn: WriteTxn, view: TxnView, changed: Obj, affected: list[Obj]) -> None:
+        """Re-validate what depends on a structural change; refuse the change if any breaks."""
+        seen: set[str] = set()
+        for dep in affected:
+            if dep.id in seen or dep.id == changed.id:
+                continue
+            seen.add(dep.id)
+            try:
+                txn.set_claims(dep.id, validate(dep, view))
+            except ClaimTaken as taken:
+                raise self._broken(changed, dep, self._claim_conflict(txn, taken)) from None
+            except PolicyError as err:
+                raise self._broken(changed, dep, err) from None
+
+    @staticmethod
+    def _broken(changed: Obj, dep: Obj, err: PolicyError) -> Conflict:
+        field = f" {err.field}:" if err.field else ""
+        return Conflict(f"this change to {changed.label} would break {dep.label}:{field} {err.message}")
+
+    def _claim_conflict(self, txn: ReadTxn, taken: ClaimTaken) -> Conflict:
+        holder = txn.get(taken.holder)
+        who = f"{k.BY_NAME[holder.kind]} {holder.name!r}" if holder else "another object"
+        if holder is not None and holder.tenant:
+            who += f" (tenant {holder.tenant!r})"
+        return Conflict(f"{taken.claim.conflict} is already taken by {who}", taken.claim.field)
+
+    def _fill_generated(self, txn: ReadTxn, spec: o.Spec) -> o.Spec:
+        """Values the server picks when the operator leaves them out."""
+        if isinstance(spec, o.Endpoint) and spec.mac is None:
+            mac = generate_mac()
+            while txn.claim_holder(f"mac/{mac}") is not None:
+                mac = generate_mac()
+            return spec.model_copy(update={"mac": mac})
+        if isinstance(spec, o.FloatingIp) and spec.ip is None:
+            return spec.model_copy(update={"ip": self._allocate_floating_ip(txn, spec)})
+        return spec
+
+    @staticmethod
+    def _allocate_floating_ip(txn: ReadTxn, spec: o.FloatingIp) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+        record = txn.find(k.EXTERNAL_NETWORK.name, None, spec.network)
+        if record is None:
+            raise Invalid(f"no external network named {spec.network!r}", "network")
+        net = o.ExternalNetwork.model_validate(record.data)
+        for addr in net.cidr.hosts():
+            if addr != net.gateway_ip and txn.claim_holder(f"floating-ip/{addr}") is None:
+                return addr
+        raise Conflict(f"external network {net.name!r} has no free address left", "ip")

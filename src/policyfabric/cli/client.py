@@ -1,0 +1,74 @@
+"""A small REST client for the authority, used by the CLI, the lab and benches."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import httpx
+
+from policyfabric.model.kinds import Kind
+
+DEFAULT_URL = "http://127.0.0.1:8700"
+
+
+class ApiError(Exception):
+    """The authority refused a request: its status, error code, message and field."""
+
+    def __init__(self, status: int, code: str, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message, self.field = status, code, message, field
+
+    def __str__(self) -> str:
+        where = f" (field {self.field})" if self.field else ""
+        return f"{self.message}{where} [{self.status} {self.code}]"
+
+
+class Unreachable(Exception):
+    """No authority answers at the URL."""
+
+
+class Client:
+    def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+
+    def close(self) -> None:
+        self.http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        try:
+            response = self.http.request(method, path, **kw)
+        except httpx.TransportError as exc:
+            raise Unreachable(
+                f"cannot reach the authority at {self.url} ({exc.__class__.__name__}: {exc}). "
+                "Start one with `policyfabric authority`, or point --authority / POLICYFABRIC_URL at it."
+            ) from None
+        if response.status_code >= 400:
+            try:
+                err = response.json()["error"]
+                raise ApiError(response.status_code, err["code"], err["message"], err.get("field"))
+            except (ValueError, KeyError, TypeError):
+                raise ApiError(response.status_code, "http", response.text[:200]) from None
+        return response.json()
+
+    def revision(self) -> int:
+        return int(self.request("GET", "/v1/revision")["revision"])
+
+    def list(self, kind: Kind, tenant: str | None = None, name: str | None = None) -> list[dict[str, Any]]:
+        params = {k: v for k, v in (("tenant", tenant), ("name", name)) if v is not None}
+        return list(self.request("GET", f"/v1/{kind.collection}", params=params)["items"])
+
+    def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("POST", f"/v1/{kind.collection}", json=body))
+
+    def replace(self, kind: Kind, id: str, body: dict[str, Any]) -> dict[str, Any]:
+        return dict(self.request("PUT", f"/v1/{kind.collection}/{id}", json=body))
+
+    def delete(self, kind: Kind, id: str) -> dict[str, Any]:
+        return dict(self.request("DELETE", f"/v1/{kind.collection}/{id}"))

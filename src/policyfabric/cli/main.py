@@ -1,0 +1,243 @@
+"""The `policyfabric` command line."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
+from rich.table import Table
+
+from policyfabric import __version__
+from policyfabric.cli import apply as applying
+from policyfabric.cli.client import DEFAULT_URL, ApiError, Client, Unreachable
+from policyfabric.model import kinds as k
+from policyfabric.model import scenario as sc
+
+app = typer.Typer(
+    name="policyfabric",
+    help="policyfabric: declare network intent at a Policy Authority; agents enforce it.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+out = Console()
+err = Console(stderr=True)
+
+AuthorityUrl = Annotated[
+    str,
+    typer.Option("--authority", envvar="POLICYFABRIC_URL", help="REST URL of the Policy Authority."),
+]
+FileArg = Annotated[Path, typer.Option("-f", "--file", help="Scenario file (YAML, see docs/scenario.md).")]
+
+
+def fail(message: str, code: int = 1) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    return typer.Exit(code)
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(f"policyfabric {__version__}")
+
+
+@app.command()
+def authority(
+    db: Annotated[Path, typer.Option(help="SQLite database file (created if absent).")] = Path("policyfabric.db"),
+    listen: Annotated[str, typer.Option(help="HOST:PORT for the REST API.")] = "127.0.0.1:8700",
+    sync: Annotated[str, typer.Option(help="SQLite durability: 'full' (survives power loss) or 'normal' (survives a process crash).")] = "full",
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
+) -> None:
+    """Run the Policy Authority: the policy store and its REST API (under /v1)."""
+    from policyfabric.authority.server import parse_listen, serve
+
+    _setup_logging(log_level)
+    if sync not in ("full", "normal"):
+        raise fail(f"--sync must be 'full' or 'normal', not {sync!r}")
+    try:
+        host, port = parse_listen(listen, 8700)
+    except ValueError as exc:
+        raise fail(f"--listen: {exc}") from None
+    serve(db, host, port, sync)  # type: ignore[arg-type]
+
+
+def _load_checked(path: Path) -> sc.Scenario:
+    try:
+        scenario = sc.load(path)
+    except sc.ScenarioError as exc:
+        raise fail(str(exc)) from None
+    problems = sc.check(scenario)
+    if problems:
+        for problem in problems:
+            err.print(problem.render(str(path)), highlight=False, soft_wrap=True)
+        raise fail(f"{path}: {len(problems)} problem(s); nothing was changed")
+    return scenario
+
+
+@app.command()
+def check(file: FileArg) -> None:
+    """Validate a scenario file offline, with the authority's own validator.
+
+    Prints every problem as FILE:LINE: PATH: MESSAGE and exits 1 if there is any.
+    """
+    scenario = _load_checked(file)
+    out.print(f"{file}: OK ({len(scenario.entries)} objects)")
+
+
+@app.command("apply")
+def apply_(file: FileArg, authority: AuthorityUrl = DEFAULT_URL) -> None:
+    """Create or update, by name, every object a scenario file declares (idempotent).
+
+    The file is checked offline first; nothing is sent if it has problems.
+    Objects are never deleted by apply.
+    """
+    scenario = _load_checked(file)
+    with Client(authority) as client:
+        try:
+            steps = applying.plan(scenario, client)
+            with Progress(
+                TextColumn("[bold]applying[/]"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.description}"), console=err, transient=True,
+            ) as bar:
+                task = bar.add_task("", total=len(steps))
+
+                def progress(step: applying.Step) -> None:
+                    bar.update(task, advance=1, description=f"{step.action} {step.entry.kind} {step.body['name']}")
+
+                result = applying.execute(steps, client, progress)
+            revision = client.revision()
+        except Unreachable as exc:
+            raise fail(str(exc)) from None
+        except ApiError as exc:
+            raise fail(f"the authority refused a change: {exc}") from None
+    table = Table(title=f"{file} -> {authority} (revision {revision})")
+    for column in ("kind", "created", "updated", "unchanged"):
+        table.add_column(column, justify="left" if column == "kind" else "right")
+    for kind in k.ORDER:
+        counts = result.counts.get(kind.name)
+        if counts:
+            table.add_row(kind.collection, *(str(counts[a]) for a in ("create", "update", "unchanged")))
+    out.print(table)
+    out.print(
+        f"{result.total('create')} created, {result.total('update')} updated, "
+        f"{result.total('unchanged')} unchanged"
+    )
+
+
+def _kind(text: str) -> k.Kind:
+    kind = k.lookup(text)
+    if kind is None:
+        raise fail(f"unknown kind {text!r}; one of: {', '.join(x.collection for x in k.ORDER)}")
+    return kind
+
+
+COLUMNS: dict[str, tuple[str, ...]] = {
+    "tenant": (),
+    "external_network": ("cidr", "gateway_ip"),
+    "l3_context": (),
+    "bridge_domain": ("l3_context", "mtu"),
+    "subnet": ("bridge_domain", "cidr", "gateway_ip", "ipv6_ra_mode"),
+    "contract": ("rules",),
+    "security_group": ("rules",),
+    "endpoint_group": ("bridge_domain", "provides", "consumes", "intra_group"),
+    "endpoint": ("epg", "subnet", "ip", "mac", "host", "status"),
+    "router": ("l3_context", "interfaces", "external_gateway"),
+    "floating_ip": ("network", "ip", "endpoint"),
+}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, list):
+        if value and isinstance(value[0], dict):
+            return f"{len(value)} rule(s)"
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return " ".join(f"{a}={_cell(b)}" for a, b in value.items())
+    return str(value)
+
+
+def objects_table(kind: k.Kind, items: list[dict[str, Any]]) -> Table:
+    table = Table(title=kind.collection)
+    columns = ("name", *(("tenant",) if kind.scoped else ()), *COLUMNS[kind.name], "id")
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for item in items:
+        table.add_row(*(_cell(item.get(c)) if c != "id" else item["id"][:8] for c in columns))
+    return table
+
+
+@app.command()
+def get(
+    kind: Annotated[str, typer.Argument(help="e.g. tenants, bridge-domains, endpoints (or bd, epg, sg, fip)")],
+    name: Annotated[str | None, typer.Argument(help="only this object")] = None,
+    tenant: Annotated[str | None, typer.Option(help="only objects of this tenant")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    authority: AuthorityUrl = DEFAULT_URL,
+) -> None:
+    """Show stored objects of one kind."""
+    which = _kind(kind)
+    with Client(authority) as client:
+        try:
+            items = client.list(which, tenant, name)
+        except (Unreachable, ApiError) as exc:
+            raise fail(str(exc)) from None
+    if name is not None and not items:
+        raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
+    if as_json:
+        print(json.dumps(items if name is None else items[0] if len(items) == 1 else items, indent=2))
+    else:
+        out.print(objects_table(which, items))
+
+
+@app.command()
+def delete(
+    kind: Annotated[str, typer.Argument(help="e.g. endpoints, subnets")],
+    name: Annotated[str, typer.Argument(help="the object's name")],
+    tenant: Annotated[str | None, typer.Option(help="its tenant (not for tenants and external networks)")] = None,
+    authority: AuthorityUrl = DEFAULT_URL,
+) -> None:
+    """Delete one object; refused while other objects use it."""
+    which = _kind(kind)
+    if which.scoped and tenant is None:
+        raise fail(f"a {which} lives in a tenant: add --tenant")
+    with Client(authority) as client:
+        try:
+            found = client.list(which, tenant if which.scoped else None, name)
+            if not found:
+                raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
+            result = client.delete(which, found[0]["id"])
+        except (Unreachable, ApiError) as exc:
+            raise fail(str(exc)) from None
+    out.print(f"deleted {which} {name!r} (revision {result['revision']})")
+
+
+@app.command()
+def demo(
+    file: Annotated[Path, typer.Argument(help="scenario to apply")] = Path("examples/demo.yaml"),
+    state_dir: Annotated[Path | None, typer.Option(help="keep the database here (default: a temporary directory)")] = None,
+) -> None:
+    """Start an authority on SQLite, apply a scenario, show what was stored, stop."""
+    from policyfabric.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(file, state_dir, out, err))
+
+
+def main() -> None:  # pragma: no cover - console entry point helper
+    app(prog_name=os.path.basename(sys.argv[0]))

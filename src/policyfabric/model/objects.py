@@ -1,0 +1,319 @@
+"""The policy objects operators declare (DESIGN §1), as pydantic models.
+
+Keys are exactly those of the scenario file format (LAB.md). A model checks
+what can be checked from the object alone: field shapes here, cross-field
+rules in ``problems()``. Rules that need other objects (references, overlap,
+uniqueness) live in :mod:`policyfabric.model.rules`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from policyfabric.model.errors import Problem
+from policyfabric.model.types import (
+    PORT_PROTOCOLS,
+    Address,
+    Cidr,
+    EndpointAddresses,
+    Ethertype,
+    Mac,
+    Name,
+    NameList,
+    PortRange,
+    Protocol,
+    first_host,
+    usable_host,
+)
+
+# Fields the server owns: accepted on input (so a client may PUT back what it
+# got) and ignored.
+SERVER_FIELDS = ("id", "revision", "status")
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors: a typo in a scenario file must not pass silently."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Spec(Strict):
+    """What an operator declares for one object. Subclasses set KIND."""
+
+    KIND: ClassVar[str]
+    # Fields whose value the server or an agent fills in: leaving them out of
+    # an update keeps the current value instead of clearing it.
+    KEEP_IF_OMITTED: ClassVar[frozenset[str]] = frozenset()
+    # Fields that other objects' validity depends on: changing one re-checks them.
+    STRUCTURAL: ClassVar[frozenset[str]] = frozenset()
+
+    name: Name
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_server_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in SERVER_FIELDS}
+        return data
+
+    def problems(self) -> list[Problem]:
+        """Cross-field problems of this object alone (empty when fine)."""
+        return []
+
+    @property
+    def scope(self) -> str | None:
+        """The tenant this object lives in (None for global objects)."""
+        return None
+
+
+class TenantScoped(Spec):
+    tenant: Name = Field(description="name of the tenant (policy space) that owns the object")
+
+    @property
+    def scope(self) -> str | None:
+        return self.tenant
+
+
+class Tenant(Spec):
+    """A policy space."""
+
+    KIND = "tenant"
+
+
+class L3Context(TenantScoped):
+    """A routing domain (VRF)."""
+
+    KIND = "l3_context"
+
+
+class BridgeDomain(TenantScoped):
+    """An L2 segment: one overlay VNI."""
+
+    KIND = "bridge_domain"
+    STRUCTURAL = frozenset({"l3_context"})
+
+    l3_context: Name
+    mtu: int = Field(1450, ge=1280, le=9000, description="MTU offered to endpoints (bytes)")
+
+
+class Subnet(TenantScoped):
+    """An IPv4 or IPv6 prefix on a bridge domain."""
+
+    KIND = "subnet"
+    STRUCTURAL = frozenset({"bridge_domain", "cidr", "gateway_ip", "ipv6_ra_mode"})
+
+    bridge_domain: Name
+    cidr: Cidr
+    gateway_ip: Address | None = Field(
+        None, description="router address on the subnet; default: the first host address"
+    )
+    ipv6_ra_mode: Literal["slaac"] | None = None
+
+    @model_validator(mode="after")
+    def _default_gateway(self) -> Subnet:
+        if self.gateway_ip is None:
+            self.gateway_ip = first_host(self.cidr)
+        return self
+
+    def problems(self) -> list[Problem]:
+        found = []
+        net = self.cidr
+        if net.version == 4 and net.prefixlen > 30:
+            found.append(Problem("cidr", f"{net} is too small: an IPv4 subnet needs /30 or larger"))
+        if net.version == 6 and net.prefixlen > 126:
+            found.append(Problem("cidr", f"{net} is too small: an IPv6 subnet needs /126 or larger"))
+        if self.gateway_ip is not None and (why := usable_host(net, self.gateway_ip)):
+            found.append(Problem("gateway_ip", why))
+        if self.ipv6_ra_mode == "slaac" and (net.version != 6 or net.prefixlen != 64):
+            found.append(
+                Problem("ipv6_ra_mode", f"slaac needs an IPv6 /64 subnet, and {net} is not one")
+            )
+        return found
+
+
+class Classifier(Strict):
+    """What traffic a contract rule matches. Direction is relative to the provider:
+    ``in`` is consumer -> provider (GBP's convention)."""
+
+    protocol: Protocol = "any"
+    port: PortRange | None = Field(None, description="destination port N or range 'N-M'")
+    ethertype: Ethertype = "any"
+    direction: Literal["in", "out", "bidirectional"] = "in"
+
+    def problems(self, at: str) -> list[Problem]:
+        return protocol_problems(at, self.protocol, self.port, self.ethertype)
+
+
+def protocol_problems(at: str, protocol: str, port: object, ethertype: str | None) -> list[Problem]:
+    """Port/protocol/ethertype combinations that cannot match anything."""
+    found = []
+    if port is not None and protocol not in PORT_PROTOCOLS:
+        found.append(Problem(f"{at}port", f"a port needs protocol tcp or udp, not {protocol!r}"))
+    if protocol == "icmpv6" and ethertype == "ipv4":
+        found.append(Problem(f"{at}protocol", "icmpv6 needs ethertype ipv6 or any, not ipv4"))
+    if protocol == "icmp" and ethertype == "ipv6":
+        found.append(Problem(f"{at}protocol", "icmp is IPv4's; with ethertype ipv6 use icmpv6"))
+    return found
+
+
+class ContractRule(Strict):
+    name: Name
+    classifier: Classifier = Field(default_factory=Classifier)
+    action: Literal["allow", "drop", "log"] = "allow"
+
+
+class Contract(TenantScoped):
+    """A policy rule set: a consumer EPG may reach a provider EPG as the rules say."""
+
+    KIND = "contract"
+
+    rules: list[ContractRule] = Field(default_factory=list)
+
+    def problems(self) -> list[Problem]:
+        found = []
+        seen: set[str] = set()
+        for i, rule in enumerate(self.rules):
+            if rule.name in seen:
+                found.append(Problem(f"rules[{i}].name", f"rule name {rule.name!r} is used twice"))
+            seen.add(rule.name)
+            found += rule.classifier.problems(f"rules[{i}].classifier.")
+        return found
+
+
+class EndpointGroup(TenantScoped):
+    """Endpoints sharing policy; contracts they provide and consume."""
+
+    KIND = "endpoint_group"
+    STRUCTURAL = frozenset({"bridge_domain"})
+
+    bridge_domain: Name
+    provides: NameList = Field(default_factory=list)
+    consumes: NameList = Field(default_factory=list)
+    intra_group: Literal["allow", "deny"] = "allow"
+
+
+class SecurityGroupRule(Strict):
+    """A Neutron security group rule; ethertype defaults from the remote prefix or protocol."""
+
+    direction: Literal["ingress", "egress"]
+    ethertype: Literal["ipv4", "ipv6"] | None = None
+    protocol: Protocol = "any"
+    port: PortRange | None = None
+    remote_ip_prefix: Cidr | None = None
+    remote_group: Name | None = None
+
+    @model_validator(mode="after")
+    def _default_ethertype(self) -> SecurityGroupRule:
+        if self.ethertype is None:
+            v6 = self.protocol == "icmpv6" or (
+                self.remote_ip_prefix is not None and self.remote_ip_prefix.version == 6
+            )
+            self.ethertype = "ipv6" if v6 else "ipv4"
+        return self
+
+    def problems(self, at: str) -> list[Problem]:
+        found = protocol_problems(at, self.protocol, self.port, self.ethertype)
+        if self.remote_ip_prefix is not None and self.remote_group is not None:
+            found.append(
+                Problem(f"{at}remote_group", "give remote_ip_prefix or remote_group, not both")
+            )
+        prefix = self.remote_ip_prefix
+        if prefix is not None and f"ipv{prefix.version}" != self.ethertype:
+            found.append(
+                Problem(
+                    f"{at}remote_ip_prefix",
+                    f"{prefix} is IPv{prefix.version} but the rule's ethertype is {self.ethertype}",
+                )
+            )
+        return found
+
+
+class SecurityGroup(TenantScoped):
+    """Neutron semantics: default deny ingress, allow egress unless rules say otherwise."""
+
+    KIND = "security_group"
+
+    rules: list[SecurityGroupRule] = Field(default_factory=list)
+
+    def problems(self) -> list[Problem]:
+        found = []
+        for i, rule in enumerate(self.rules):
+            found += rule.problems(f"rules[{i}].")
+        return found
+
+
+class Endpoint(TenantScoped):
+    """A VM or container interface. ``host`` and ``interface`` are set by the agent
+    that binds it (a lab file may name the host it should live on)."""
+
+    KIND = "endpoint"
+    KEEP_IF_OMITTED = frozenset({"mac", "host", "interface"})
+    STRUCTURAL = frozenset({"ip"})
+
+    epg: Name | None = None
+    subnet: Name | None = None
+    ip: EndpointAddresses = Field(
+        default_factory=list, description="addresses; 'slaac' = learn IPv6 from RAs"
+    )
+    mac: Mac | None = Field(None, description="unicast MAC; generated when left out")
+    security_groups: NameList = Field(default_factory=list)
+    host: Name | None = None
+    interface: str | None = Field(None, min_length=1, max_length=255)
+
+    def problems(self) -> list[Problem]:
+        if self.epg is None and self.subnet is None:
+            return [
+                Problem("epg", "an endpoint needs an epg, or (security groups only) a subnet")
+            ]
+        return []
+
+
+class ExternalGateway(Strict):
+    network: Name
+    snat: bool = True
+    hosts: NameList = Field(default_factory=list, description="gateway hosts, for HA")
+
+
+class Router(TenantScoped):
+    """A logical router joining subnets of one l3_context, routed on every host (DVR)."""
+
+    KIND = "router"
+
+    l3_context: Name
+    interfaces: NameList = Field(default_factory=list, description="subnet names")
+    external_gateway: ExternalGateway | None = None
+
+
+class FloatingIp(TenantScoped):
+    """1:1 NAT between an external address and an endpoint."""
+
+    KIND = "floating_ip"
+    KEEP_IF_OMITTED = frozenset({"ip"})
+
+    network: Name
+    ip: Address | None = Field(None, description="allocated from the network when left out")
+    endpoint: Name | None = None
+
+
+class ExternalNetwork(Spec):
+    """The provider side, shared by all tenants."""
+
+    KIND = "external_network"
+    STRUCTURAL = frozenset({"cidr", "gateway_ip"})
+
+    cidr: Cidr
+    gateway_ip: Address | None = None
+    physical_network: Name | None = None
+
+    @model_validator(mode="after")
+    def _default_gateway(self) -> ExternalNetwork:
+        if self.gateway_ip is None:
+            self.gateway_ip = first_host(self.cidr)
+        return self
+
+    def problems(self) -> list[Problem]:
+        if self.gateway_ip is not None and (why := usable_host(self.cidr, self.gateway_ip)):
+            return [Problem("gateway_ip", why)]
+        return []

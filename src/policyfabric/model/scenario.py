@@ -1,0 +1,287 @@
+"""Scenario files (LAB.md): load the intent part and check it offline.
+
+The checker runs exactly the authority's validator (``parse_spec`` then
+``rules.validate``) against an in-memory view of the file, and reports each
+problem with the file line it comes from.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from policyfabric.model import kinds as k
+from policyfabric.model.errors import PolicyError, Problem
+from policyfabric.model.kinds import Kind
+from policyfabric.model.objects import Spec
+from policyfabric.model.parse import parse_spec
+from policyfabric.model.rules import Obj, check_references, references, validate
+
+# Top-level keys that belong to the lab (checked by `policyfabric lab`).
+LAB_SECTIONS = ("hosts", "external_hosts", "expect")
+TENANT_SECTIONS = {kind.section: kind for kind in k.ORDER if kind.scoped}
+
+
+class LocDict(dict[str, Any]):
+    """A mapping that remembers the line of each key (1-based)."""
+
+    line: int = 0
+    key_lines: dict[str, int]
+
+
+class LocList(list[Any]):
+    line: int = 0
+    item_lines: list[int]
+
+
+class _Loader(yaml.SafeLoader):
+    pass
+
+
+def _mapping(loader: _Loader, node: yaml.MappingNode) -> LocDict:
+    out = LocDict()
+    out.line = node.start_mark.line + 1
+    out.key_lines = {}
+    for key_node, value_node in node.value:
+        key = loader.construct_object(key_node, deep=True)
+        out[key] = loader.construct_object(value_node, deep=True)
+        out.key_lines[str(key)] = key_node.start_mark.line + 1
+    return out
+
+
+def _sequence(loader: _Loader, node: yaml.SequenceNode) -> LocList:
+    out = LocList(loader.construct_object(child, deep=True) for child in node.value)
+    out.line = node.start_mark.line + 1
+    out.item_lines = [child.start_mark.line + 1 for child in node.value]
+    return out
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_SEQUENCE_TAG, _sequence)
+
+
+class ScenarioError(Exception):
+    """The file cannot be read as a scenario at all."""
+
+
+@dataclass
+class Entry:
+    """One object declared in the file."""
+
+    kind: Kind
+    data: dict[str, Any]
+    path: str  # e.g. "tenants[0].subnets[1]"
+    node: Any
+    spec: Spec | None = None
+
+    @property
+    def key(self) -> tuple[str, str | None, str]:
+        data = self.data if isinstance(self.data, dict) else {}
+        scope = data.get("tenant") if self.kind.scoped else None
+        return self.kind.name, scope, str(data.get("name"))
+
+    def line(self, field: str | None) -> int:
+        """The line of ``field`` (a dotted path) inside this entry, as deep as it resolves."""
+        node, line = self.node, getattr(self.node, "line", 0)
+        for part in re.findall(r"[^.\[\]]+|\[\d+\]", field or ""):
+            if part.startswith("[") and isinstance(node, LocList):
+                i = int(part[1:-1])
+                if i >= len(node):
+                    break
+                line, node = node.item_lines[i], node[i]
+            elif isinstance(node, LocDict) and part in node:
+                line, node = node.key_lines.get(part, line), node[part]
+            else:
+                break
+        return line
+
+
+@dataclass
+class Located:
+    """A problem at a place in the file."""
+
+    line: int
+    path: str
+    problem: Problem
+
+    def render(self, filename: str) -> str:
+        where = f"{self.path}.{self.problem.field}" if self.problem.field else self.path
+        return f"{filename}:{self.line}: {where}: {self.problem.message}"
+
+
+@dataclass
+class Scenario:
+    path: Path
+    entries: list[Entry] = field(default_factory=list)
+    raw: dict[str, Any] = field(default_factory=dict)
+    problems: list[Located] = field(default_factory=list)  # structural problems found while loading
+
+    def in_order(self) -> list[Entry]:
+        """Entries in dependency order (file order within a kind)."""
+        rank = {kind.name: i for i, kind in enumerate(k.ORDER)}
+        return sorted(self.entries, key=lambda e: rank[e.kind.name])
+
+
+def load(path: str | Path) -> Scenario:
+    """Read a scenario file; structural problems (unknown sections) are recorded, not raised."""
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ScenarioError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = yaml.load(text, Loader=_Loader)
+    except yaml.YAMLError as exc:
+        raise ScenarioError(f"{path}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = LocDict()
+    if not isinstance(raw, dict):
+        raise ScenarioError(f"{path}: the top level must be a mapping (tenants:, endpoints:, ...)")
+    scenario = Scenario(path, raw=raw)
+    scenario.entries = list(_entries(raw))
+    scenario.problems = list(_structure_problems(raw))
+    return scenario
+
+
+def _items(raw: Any, section: str) -> Iterator[tuple[int, Any]]:
+    value = raw.get(section) if isinstance(raw, dict) else None
+    if isinstance(value, list):
+        yield from enumerate(value)
+
+
+def _entries(raw: dict[str, Any]) -> Iterator[Entry]:
+    for i, tenant in _items(raw, "tenants"):
+        if not isinstance(tenant, dict):
+            continue
+        where = f"tenants[{i}]"
+        yield Entry(k.TENANT, {"name": tenant.get("name")}, where, tenant)
+        for section, kind in TENANT_SECTIONS.items():
+            for j, item in _items(tenant, section):
+                data = dict(item) if isinstance(item, dict) else item
+                if isinstance(data, dict):
+                    data.setdefault("tenant", tenant.get("name"))
+                yield Entry(kind, data, f"{where}.{section}[{j}]", item)
+    for i, item in _items(raw, "external_networks"):
+        yield Entry(k.EXTERNAL_NETWORK, item, f"external_networks[{i}]", item)
+    for i, item in _items(raw, "endpoints"):
+        yield Entry(k.ENDPOINT, item, f"endpoints[{i}]", item)
+
+
+def _structure_problems(raw: dict[str, Any]) -> Iterator[Located]:
+    known = {"tenants", "external_networks", "endpoints", *LAB_SECTIONS}
+    for key in raw:
+        if key not in known:
+            yield Located(_key_line(raw, key), str(key), Problem(None, f"unknown section (known: {', '.join(sorted(known))})"))
+        elif not isinstance(raw[key], list):
+            yield Located(_key_line(raw, key), str(key), Problem(None, "must be a list"))
+    for i, tenant in _items(raw, "tenants"):
+        where = f"tenants[{i}]"
+        if not isinstance(tenant, dict):
+            yield Located(_item_line(raw["tenants"], i), where, Problem(None, "a tenant must be a mapping"))
+            continue
+        for key in tenant:
+            if key != "name" and key not in TENANT_SECTIONS:
+                sections = ", ".join(TENANT_SECTIONS)
+                yield Located(_key_line(tenant, key), f"{where}.{key}", Problem(None, f"unknown key in a tenant (known: name, {sections})"))
+            elif key != "name" and not isinstance(tenant[key], list):
+                yield Located(_key_line(tenant, key), f"{where}.{key}", Problem(None, "must be a list"))
+
+
+def _key_line(node: Any, key: str) -> int:
+    return node.key_lines.get(key, node.line) if isinstance(node, LocDict) else 0
+
+
+def _item_line(node: Any, i: int) -> int:
+    return node.item_lines[i] if isinstance(node, LocList) else 0
+
+
+class FileView:
+    """The rules' View over the file: ``find`` sees every object declared,
+    ``list`` only those checked so far (so a clash is reported once, on the later one)."""
+
+    def __init__(self, objs: Sequence[Obj]) -> None:
+        self._by_key = {(o.kind.name, o.spec.scope, o.spec.name): o for o in objs}
+        self._listed: dict[tuple[str, str | None], list[Obj]] = {}
+
+    def find(self, kind: Kind, tenant: str | None, name: str) -> Obj | None:
+        return self._by_key.get((kind.name, tenant, name))
+
+    def list(self, kind: Kind, tenant: str | None) -> Sequence[Obj]:
+        if tenant is None:
+            return [o for (name, _), objs in self._listed.items() if name == kind.name for o in objs]
+        return self._listed.get((kind.name, tenant), [])
+
+    def admit(self, obj: Obj) -> None:
+        self._listed.setdefault((obj.kind.name, obj.spec.scope), []).append(obj)
+
+
+class _Tolerant(FileView):
+    """A view in which objects that failed to parse still exist (for reference checks)."""
+
+    def __init__(self, view: FileView, broken: set[tuple[str, str | None, str]]) -> None:
+        self.__dict__.update(view.__dict__)
+        self._broken = broken
+
+    def find(self, kind: Kind, tenant: str | None, name: str) -> Obj | None:
+        found = super().find(kind, tenant, name)
+        if found is None and (kind.name, tenant, name) in self._broken:
+            return Obj(kind, "broken", kind.spec.model_construct(name=name))
+        return found
+
+
+def check(scenario: Scenario) -> list[Located]:
+    """Every problem in the file, in file order; empty when the authority would accept it all."""
+    found = list(scenario.problems)
+    broken: set[tuple[str, str | None, str]] = set()
+    seen: dict[tuple[str, str | None, str], Entry] = {}
+    for entry in scenario.entries:
+        try:
+            entry.spec = parse_spec(entry.kind, entry.data)
+        except PolicyError as err:
+            broken.add(entry.key)
+            found += [Located(entry.line(p.field), entry.path, p) for p in err.problems]
+            continue
+        if entry.key in seen:
+            first = seen[entry.key]
+            msg = f"a {entry.kind} named {entry.spec.name!r} is already declared at {first.path} (line {first.line(None)})"
+            found.append(Located(entry.line("name"), entry.path, Problem("name", msg)))
+            broken.add(entry.key)
+            continue
+        seen[entry.key] = entry
+
+    good = [e for e in scenario.in_order() if e.spec is not None and e.key not in broken]
+    objs = {id(e): Obj(e.kind, e.path, e.spec) for e in good if e.spec is not None}
+    view = FileView(list(objs.values()))
+    claims: dict[str, Entry] = {}
+    for entry in good:
+        obj = objs[id(entry)]
+        try:
+            if _refers_to_broken(obj, broken):
+                # Report its own missing references; the rest would only echo
+                # the problem already reported where the broken object is.
+                check_references(obj, _Tolerant(view, broken))
+                continue
+            held = validate(obj, view)
+        except PolicyError as err:
+            found += [Located(entry.line(p.field), entry.path, p) for p in err.problems]
+            continue
+        view.admit(obj)
+        for claim in held:
+            holder = claims.setdefault(claim.key, entry)
+            if holder is not entry:
+                msg = f"{claim.conflict} is already taken by {holder.kind} {holder.key[2]!r} ({holder.path})"
+                found.append(Located(entry.line(claim.field), entry.path, Problem(claim.field, msg)))
+    return sorted(found, key=lambda p: p.line)
+
+
+def _refers_to_broken(obj: Obj, broken: set[tuple[str, str | None, str]]) -> bool:
+    scope = obj.spec.scope
+    targets = {(r.kind.name, None if r.kind is k.EXTERNAL_NETWORK else scope, r.name) for r in references(obj.spec)}
+    if scope is not None:
+        targets.add((k.TENANT.name, None, scope))
+    return bool(targets & broken)

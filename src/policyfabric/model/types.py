@@ -1,0 +1,190 @@
+"""Field types shared by the policy objects: names, ports, MACs, prefixes.
+
+Each type normalises what it accepts (``"80"`` and ``80`` are the same port,
+``AA:BB:...`` and ``aa:bb:...`` the same MAC), so that comparing a stored
+object with a scenario file is comparing canonical values.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+import secrets
+from typing import Annotated, Literal
+
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+_LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+# Locally administered, unicast: 0x02 in the first octet; "PF" in the next two.
+GENERATED_MAC_PREFIX = "02:50:46"
+
+Ethertype = Literal["ipv4", "ipv6", "any"]
+Protocol = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
+PORT_PROTOCOLS = ("tcp", "udp")
+
+
+def check_label(value: object) -> str:
+    """A DNS-label-like name: what a name must be for every object and host."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    if not _LABEL.match(value):
+        raise ValueError(
+            f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
+            "starting and ending with a letter or digit"
+        )
+    return value
+
+
+Name = Annotated[str, BeforeValidator(check_label)]
+
+
+def parse_port(value: object) -> int | str:
+    """``N`` or ``"N-M"`` with 1 <= N <= M <= 65535; ``"N-N"`` collapses to ``N``."""
+    if isinstance(value, bool):
+        raise ValueError("must be a port number N or a range 'N-M'")
+    if isinstance(value, int):
+        low = high = value
+    elif isinstance(value, str):
+        text = value.strip()
+        parts = text.split("-")
+        if len(parts) > 2 or not all(p.strip().isdigit() for p in parts):
+            raise ValueError(f"{value!r} is not a port: use N or 'N-M' (e.g. 80 or '8000-8080')")
+        low, high = int(parts[0]), int(parts[-1])
+    else:
+        raise ValueError("must be a port number N or a range 'N-M'")
+    for port in (low, high):
+        if not 1 <= port <= 65535:
+            raise ValueError(f"port {port} is out of range: ports are 1-65535")
+    if low > high:
+        raise ValueError(f"port range {low}-{high} is reversed: the first port must not exceed the last")
+    return low if low == high else f"{low}-{high}"
+
+
+def port_bounds(port: int | str) -> tuple[int, int]:
+    """The inclusive (low, high) bounds of a normalised port value."""
+    if isinstance(port, int):
+        return port, port
+    low, high = port.split("-")
+    return int(low), int(high)
+
+
+PortRange = Annotated[int | str, BeforeValidator(parse_port)]
+
+
+def parse_mac(value: object) -> str:
+    """A unicast MAC written as six hex octets; stored lower-case with colons."""
+    if not isinstance(value, str):
+        raise ValueError("must be a MAC address string like 02:00:00:00:00:01")
+    mac = value.strip().lower().replace("-", ":")
+    if not _MAC.match(mac):
+        raise ValueError(f"{value!r} is not a MAC address: write six hex octets, e.g. 02:00:00:00:00:01")
+    if int(mac[:2], 16) & 1:
+        raise ValueError(f"{mac} is a multicast/broadcast MAC: an endpoint needs a unicast MAC")
+    if mac == "00:00:00:00:00:00":
+        raise ValueError("00:00:00:00:00:00 is not a usable MAC")
+    return mac
+
+
+Mac = Annotated[str, BeforeValidator(parse_mac)]
+
+
+def generate_mac() -> str:
+    """A random locally administered unicast MAC under policyfabric's prefix."""
+    tail = secrets.token_bytes(3)
+    return GENERATED_MAC_PREFIX + "".join(f":{b:02x}" for b in tail)
+
+
+def parse_network(value: object) -> IPNetwork:
+    """A CIDR whose host bits are zero; the error suggests the network meant."""
+    if not isinstance(value, str):
+        raise ValueError("must be a CIDR string like 10.0.0.0/24")
+    text = value.strip()
+    if "/" not in text:
+        raise ValueError(f"{value!r} is not a CIDR: add the prefix length, e.g. {text}/24")
+    try:
+        return ipaddress.ip_network(text)
+    except ValueError as exc:
+        try:
+            loose = ipaddress.ip_network(text, strict=False)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid CIDR ({exc})") from None
+        raise ValueError(f"{value!r} has host bits set: did you mean {loose}?") from None
+
+
+Cidr = Annotated[
+    IPNetwork, BeforeValidator(parse_network), PlainSerializer(str, return_type=str)
+]
+
+
+def parse_address(value: object) -> IPAddress:
+    """An IPv4 or IPv6 address (no prefix length)."""
+    if not isinstance(value, str):
+        raise ValueError("must be an IP address string")
+    try:
+        return ipaddress.ip_address(value.strip())
+    except ValueError:
+        hint = " (drop the prefix length)" if "/" in value else ""
+        raise ValueError(f"{value!r} is not an IP address{hint}") from None
+
+
+Address = Annotated[
+    IPAddress, BeforeValidator(parse_address), PlainSerializer(str, return_type=str)
+]
+
+SLAAC = "slaac"
+
+
+def parse_endpoint_address(value: object) -> str:
+    """An endpoint address: an IP, or ``slaac`` (learn the IPv6 address from RAs)."""
+    if value == SLAAC:
+        return SLAAC
+    return str(parse_address(value))
+
+
+def as_list(value: object) -> object:
+    """Accept a single value where a list is expected (``ip: 10.0.0.1``)."""
+    if value is None:
+        return []
+    if isinstance(value, str | int):
+        return [value]
+    return value
+
+
+def unique_items(values: list[str]) -> list[str]:
+    seen: set[str] = set()
+    for value in values:
+        if value in seen:
+            raise ValueError(f"{value!r} is listed twice")
+        seen.add(value)
+    return values
+
+
+EndpointAddresses = Annotated[
+    list[Annotated[str, BeforeValidator(parse_endpoint_address)]],
+    BeforeValidator(as_list),
+    AfterValidator(unique_items),
+]
+NameList = Annotated[list[Name], BeforeValidator(as_list), AfterValidator(unique_items)]
+
+
+def usable_host(net: IPNetwork, addr: IPAddress) -> str | None:
+    """Why ``addr`` cannot be a host address in ``net``, or None if it can."""
+    if addr.version != net.version:
+        return f"{addr} is IPv{addr.version} but {net} is IPv{net.version}"
+    if addr not in net:
+        return f"{addr} is not inside {net}"
+    if addr == net.network_address:
+        return f"{addr} is the network address of {net}"
+    if net.version == 4 and addr == net.broadcast_address:
+        return f"{addr} is the broadcast address of {net}"
+    return None
+
+
+def first_host(net: IPNetwork) -> IPAddress:
+    """The first usable host address: the conventional gateway (Neutron's default)."""
+    return net.network_address + 1
