@@ -27,7 +27,7 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True)
 
 AuthorityUrl = Annotated[
@@ -177,7 +177,7 @@ def objects_table(kind: k.Kind, items: list[dict[str, Any]]) -> Table:
     table = Table(title=kind.collection)
     columns = ("name", *(("tenant",) if kind.scoped else ()), *COLUMNS[kind.name], "id")
     for column in columns:
-        table.add_column(column, overflow="fold")
+        table.add_column(column, no_wrap=column in ("id", "mac", "cidr", "ip", "gateway_ip"))
     for item in items:
         table.add_row(*(_cell(item.get(c)) if c != "id" else item["id"][:8] for c in columns))
     return table

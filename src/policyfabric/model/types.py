@@ -12,7 +12,7 @@ import re
 import secrets
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer
+from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -40,7 +40,12 @@ def check_label(value: object) -> str:
     return value
 
 
-Name = Annotated[str, BeforeValidator(check_label)]
+NAME_PATTERN = _LABEL.pattern
+Name = Annotated[
+    str,
+    BeforeValidator(check_label),
+    WithJsonSchema({"type": "string", "pattern": NAME_PATTERN, "maxLength": 63}),
+]
 
 
 def parse_port(value: object) -> int | str:
@@ -73,7 +78,14 @@ def port_bounds(port: int | str) -> tuple[int, int]:
     return int(low), int(high)
 
 
-PortRange = Annotated[int | str, BeforeValidator(parse_port)]
+PortRange = Annotated[
+    int | str,
+    BeforeValidator(parse_port),
+    WithJsonSchema(
+        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
+                   {"type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$"}]}
+    ),
+]
 
 
 def parse_mac(value: object) -> str:
@@ -90,7 +102,11 @@ def parse_mac(value: object) -> str:
     return mac
 
 
-Mac = Annotated[str, BeforeValidator(parse_mac)]
+Mac = Annotated[
+    str,
+    BeforeValidator(parse_mac),
+    WithJsonSchema({"type": "string", "pattern": "^[0-9a-fA-F]{2}(:[0-9a-fA-F]{2}){5}$"}),
+]
 
 
 def generate_mac() -> str:
@@ -105,7 +121,12 @@ def parse_network(value: object) -> IPNetwork:
         raise ValueError("must be a CIDR string like 10.0.0.0/24")
     text = value.strip()
     if "/" not in text:
-        raise ValueError(f"{value!r} is not a CIDR: add the prefix length, e.g. {text}/24")
+        try:
+            addr = ipaddress.ip_address(text)
+        except ValueError:
+            raise ValueError(f"{value!r} is not a valid CIDR (write e.g. 10.0.0.0/24)") from None
+        example = "/24" if addr.version == 4 else "/64"
+        raise ValueError(f"{value!r} is not a CIDR: add the prefix length, e.g. {text}{example}")
     try:
         return ipaddress.ip_network(text)
     except ValueError as exc:
@@ -117,7 +138,10 @@ def parse_network(value: object) -> IPNetwork:
 
 
 Cidr = Annotated[
-    IPNetwork, BeforeValidator(parse_network), PlainSerializer(str, return_type=str)
+    IPNetwork,
+    BeforeValidator(parse_network),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "CIDR, e.g. 10.0.0.0/24"}),
 ]
 
 
@@ -133,7 +157,10 @@ def parse_address(value: object) -> IPAddress:
 
 
 Address = Annotated[
-    IPAddress, BeforeValidator(parse_address), PlainSerializer(str, return_type=str)
+    IPAddress,
+    BeforeValidator(parse_address),
+    PlainSerializer(str, return_type=str),
+    WithJsonSchema({"type": "string", "description": "IPv4 or IPv6 address"}),
 ]
 
 SLAAC = "slaac"

@@ -1,0 +1,84 @@
+"""Run an authority as a child process (the demo, tests and benches use it)."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from policyfabric.cli.client import Client, Unreachable
+
+
+def free_port() -> int:
+    """A TCP port on loopback that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@dataclass
+class AuthorityProcess:
+    """An authority on loopback with its own database file and log."""
+
+    db: Path
+    log: Path
+    port: int
+    sync: str = "full"
+    proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, timeout: float = 30.0) -> AuthorityProcess:
+        """Start it and wait until it answers."""
+        cmd = [
+            sys.executable, "-m", "policyfabric", "authority",
+            "--db", str(self.db), "--listen", f"127.0.0.1:{self.port}", "--sync", self.sync,
+        ]
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + timeout
+        with Client(self.url, timeout=2) as client:
+            while True:
+                try:
+                    client.revision()
+                    return self
+                except Unreachable:
+                    if self.proc.poll() is not None or time.monotonic() > deadline:
+                        self.kill()
+                        raise RuntimeError(
+                            f"the authority did not start; its log ({self.log}):\n{self.log.read_text()[-2000:]}"
+                        ) from None
+                    time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, then SIGKILL if it does not exit in time."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL: the crash case."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def __enter__(self) -> AuthorityProcess:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def authority_in(directory: Path, sync: str = "full") -> AuthorityProcess:
+    """An (unstarted) authority whose database and log live in ``directory``."""
+    directory.mkdir(parents=True, exist_ok=True)
+    return AuthorityProcess(directory / "policyfabric.db", directory / "authority.log", free_port(), sync)

@@ -1,0 +1,100 @@
+"""Fixtures: a real authority process on loopback, and an HTTP client for it."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from policyfabric.authority.process import AuthorityProcess, authority_in
+
+class Api:
+    """Thin HTTP helper: every call returns the httpx.Response (tests assert on it)."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.http = httpx.Client(base_url=url, timeout=30)
+
+    def post(self, collection: str, body: Any) -> httpx.Response:
+        return self.http.post(f"/v1/{collection}", json=body)
+
+    def put(self, collection: str, id: str, body: Any) -> httpx.Response:
+        return self.http.put(f"/v1/{collection}/{id}", json=body)
+
+    def delete(self, collection: str, id: str) -> httpx.Response:
+        return self.http.delete(f"/v1/{collection}/{id}")
+
+    def get(self, path: str, **params: Any) -> httpx.Response:
+        return self.http.get(path, params=params)
+
+    def ok(self, collection: str, body: Any) -> dict[str, Any]:
+        """Create and insist it worked."""
+        r = self.post(collection, body)
+        assert r.status_code == 201, r.text
+        return dict(r.json())
+
+    def find(self, collection: str, tenant: str | None, name: str) -> dict[str, Any] | None:
+        params = {"name": name, **({"tenant": tenant} if tenant else {})}
+        items = self.http.get(f"/v1/{collection}", params=params).json()["items"]
+        return items[0] if items else None
+
+    def revision(self) -> int:
+        return int(self.http.get("/v1/revision").json()["revision"])
+
+
+def unique(prefix: str) -> str:
+    """A name no other test (or xdist worker) uses."""
+    return f"{prefix}-{uuid.uuid4().hex[:10]}"
+
+
+@pytest.fixture(scope="session")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityProcess]:
+    """One authority per test worker; tests keep apart by using their own tenants."""
+    server = authority_in(tmp_path_factory.mktemp("authority"))
+    with server:
+        yield server
+
+
+@pytest.fixture
+def fresh_authority(tmp_path: Path) -> Iterator[AuthorityProcess]:
+    """An authority of the test's own (for restarts and kills)."""
+    server = authority_in(tmp_path / "authority")
+    try:
+        yield server.start()
+    finally:
+        server.kill()
+
+
+@pytest.fixture
+def api(authority: AuthorityProcess) -> Iterator[Api]:
+    client = Api(authority.url)
+    yield client
+    client.http.close()
+
+
+@pytest.fixture
+def tenant(api: Api) -> dict[str, str]:
+    """A tenant with vrf1 and bridge domains bd-a (10.1.0.0/24, fd00:1::/64 slaac) and bd-b (10.2.0.0/24)."""
+    t = unique("t")
+    api.ok("tenants", {"name": t})
+    api.ok("l3-contexts", {"name": "vrf1", "tenant": t})
+    api.ok("bridge-domains", {"name": "bd-a", "tenant": t, "l3_context": "vrf1"})
+    api.ok("bridge-domains", {"name": "bd-b", "tenant": t, "l3_context": "vrf1"})
+    api.ok("subnets", {"name": "sa", "tenant": t, "bridge_domain": "bd-a", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1"})
+    api.ok("subnets", {"name": "sa6", "tenant": t, "bridge_domain": "bd-a", "cidr": "fd00:1::/64", "ipv6_ra_mode": "slaac"})
+    api.ok("subnets", {"name": "sb", "tenant": t, "bridge_domain": "bd-b", "cidr": "10.2.0.0/24"})
+    api.ok("endpoint-groups", {"name": "ga", "tenant": t, "bridge_domain": "bd-a"})
+    api.ok("endpoint-groups", {"name": "gb", "tenant": t, "bridge_domain": "bd-b"})
+    return {"name": t}
+
+
+def error(r: httpx.Response) -> dict[str, Any]:
+    """The error object of a refused request; asserts the documented shape."""
+    body = r.json()
+    assert set(body) == {"error"}, body
+    assert {"code", "message", "field"} <= set(body["error"]), body
+    return dict(body["error"])
