@@ -10,7 +10,8 @@ from __future__ import annotations
 import ipaddress
 import logging
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from policyfabric.model import kinds as k
@@ -27,11 +28,17 @@ INITIAL_STATUS = {k.ENDPOINT.name: "DOWN"}
 
 
 class SpecCache:
-    """Parsed specs by (id, revision): a record at a revision never changes."""
+    """Parsed specs by (id, revision): a committed record at a revision never
+    changes. Only writers use it, and a rolled-back write may have cached a
+    spec under a revision the next write reuses: :meth:`Authority._writing`
+    clears the cache when a write transaction fails."""
 
     def __init__(self, limit: int = 200_000) -> None:
         self._items: dict[tuple[str, int], o.Spec] = {}
         self._limit = limit
+
+    def clear(self) -> None:
+        self._items.clear()
 
     def spec(self, record: Record) -> o.Spec:
         key = (record.id, record.revision)
@@ -101,8 +108,17 @@ class Authority:
             return [c.__dict__ for c in txn.changes(since, limit)], txn.revision()
 
     # ---- writes
+    @contextmanager
+    def _writing(self) -> Iterator[WriteTxn]:
+        try:
+            with self.store.write() as txn:
+                yield txn
+        except BaseException:
+            self.cache.clear()
+            raise
+
     def create(self, kind: Kind, spec: o.Spec) -> dict[str, Any]:
-        with self.store.write() as txn:
+        with self._writing() as txn:
             view = TxnView(txn, self.cache)
             if view.find(kind, spec.scope, spec.name) is not None:
                 where = f" in tenant {spec.scope!r}" if spec.scope else ""
@@ -118,7 +134,7 @@ class Authority:
         return render(record)
 
     def replace(self, kind: Kind, id: str, spec: o.Spec) -> dict[str, Any]:
-        with self.store.write() as txn:
+        with self._writing() as txn:
             view = TxnView(txn, self.cache)
             current = self._existing(txn, kind, id)
             old = view.obj(current)
@@ -146,7 +162,7 @@ class Authority:
         return render(record)
 
     def delete(self, kind: Kind, id: str) -> tuple[dict[str, Any], int]:
-        with self.store.write() as txn:
+        with self._writing() as txn:
             view = TxnView(txn, self.cache)
             current = self._existing(txn, kind, id)
             obj = view.obj(current)
