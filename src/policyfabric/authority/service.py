@@ -20,7 +20,7 @@ from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, Policy
 from policyfabric.model.kinds import Kind
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
 from policyfabric.model.types import generate_mac
-from policyfabric.store.base import ClaimTaken, ReadTxn, Record, Store, WriteTxn
+from policyfabric.store.base import ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn
 
 log = logging.getLogger(__name__)
 
@@ -52,21 +52,35 @@ class SpecCache:
 
 
 class TxnView:
-    """The rules' View over a store transaction."""
+    """The rules' View over a store transaction, memoising lookups until the
+    transaction writes (validation asks for the same few objects repeatedly)."""
 
     def __init__(self, txn: ReadTxn, cache: SpecCache) -> None:
         self.txn = txn
         self.cache = cache
+        self._found: dict[tuple[str, str | None, str], Obj | None] = {}
+        self._listed: dict[tuple[str, str | None], list[Obj]] = {}
+
+    def forget(self) -> None:
+        """Call after writing through the transaction."""
+        self._found.clear()
+        self._listed.clear()
 
     def obj(self, record: Record) -> Obj:
         return Obj(k.BY_NAME[record.kind], record.id, self.cache.spec(record))
 
     def find(self, kind: Kind, tenant: str | None, name: str) -> Obj | None:
-        record = self.txn.find(kind.name, tenant, name)
-        return self.obj(record) if record else None
+        key = (kind.name, tenant, name)
+        if key not in self._found:
+            record = self.txn.find(kind.name, tenant, name)
+            self._found[key] = self.obj(record) if record else None
+        return self._found[key]
 
     def list(self, kind: Kind, tenant: str | None) -> Sequence[Obj]:
-        return [self.obj(r) for r in self.txn.list(kind.name, tenant)]
+        key = (kind.name, tenant)
+        if key not in self._listed:
+            self._listed[key] = [self.obj(r) for r in self.txn.list(kind.name, tenant)]
+        return self._listed[key]
 
 
 def render(record: Record) -> dict[str, Any]:
@@ -129,7 +143,7 @@ class Authority:
             data = spec.model_dump(mode="json")
             if kind.name in INITIAL_STATUS:
                 data["status"] = INITIAL_STATUS[kind.name]
-            record = self._put(txn, obj, data, claims, "create")
+            record = self._put(txn, view, obj, data, claims, "create")
         log.info("created %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, obj.id, record.revision)
         return render(record)
 
@@ -155,7 +169,7 @@ class Authority:
             structural = any(getattr(spec, f) != getattr(old.spec, f) for f in spec.STRUCTURAL)
             affected = dependents_closure(old, view) if structural else []
             data = {**current.data, **spec.model_dump(mode="json")}
-            record = self._put(txn, new, data, claims, "update")
+            record = self._put(txn, view, new, data, claims, "update")
             if structural:
                 self._recheck(txn, view, new, affected + dependents_closure(new, view))
         log.info("updated %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, id, record.revision)
@@ -194,12 +208,15 @@ class Authority:
                 f"cannot rename {old.label}: {describe(users)} refer to it by name", "name"
             )
 
-    def _put(self, txn: WriteTxn, obj: Obj, data: dict[str, Any], claims: list[Claim], op: Any) -> Record:
+    def _put(
+        self, txn: WriteTxn, view: TxnView, obj: Obj, data: dict[str, Any], claims: list[Claim], op: Op
+    ) -> Record:
         record = Record(obj.kind.name, obj.id, obj.spec.scope, obj.spec.name, txn.next_revision(), data)
         try:
             txn.put(record, claims, op)
         except ClaimTaken as taken:
             raise self._claim_conflict(txn, taken) from None
+        view.forget()
         return record
 
     def _recheck(self, txn: WriteTxn, view: TxnView, changed: Obj, affected: list[Obj]) -> None:

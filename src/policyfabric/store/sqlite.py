@@ -28,14 +28,11 @@ from sqlalchemy import (
     Text,
     UniqueConstraint,
     create_engine,
-    delete,
     event,
     insert,
     select,
-    update,
 )
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
 
 from policyfabric.model.rules import Claim
 from policyfabric.store.base import Change, ClaimTaken, Op, Record
@@ -83,109 +80,112 @@ meta = Table(
 )
 
 
+_COLUMNS = "kind, id, tenant, name, revision, data"
+_GET = f"SELECT {_COLUMNS} FROM objects WHERE id = ?"
+_FIND = f"SELECT {_COLUMNS} FROM objects WHERE kind = ? AND tenant = ? AND name = ?"
+_LIST = f"SELECT {_COLUMNS} FROM objects WHERE kind = ?"
+_ORDER = " ORDER BY tenant, name"
+_REVISION = "SELECT value FROM meta WHERE key = 'revision'"
+_SET_REVISION = "UPDATE meta SET value = ? WHERE key = 'revision'"
+_HOLDER = "SELECT holder FROM claims WHERE key = ?"
+_INSERT = "INSERT INTO objects (kind, tenant, name, revision, data, id) VALUES (?, ?, ?, ?, ?, ?)"
+_UPDATE = "UPDATE objects SET kind = ?, tenant = ?, name = ?, revision = ?, data = ? WHERE id = ?"
+_DROP_CLAIMS = "DELETE FROM claims WHERE holder = ?"
+_CLAIM = "INSERT INTO claims (key, holder) VALUES (?, ?)"
+_DELETE = "DELETE FROM objects WHERE id = ?"
+_LOG = "INSERT INTO changes (revision, seq, op, kind, id, tenant, name) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_CHANGES = (
+    "SELECT revision, op, kind, id, tenant, name FROM changes WHERE revision > ? "
+    "ORDER BY revision, seq LIMIT ?"
+)
+
+
 def _record(row: Any) -> Record:
-    return Record(
-        row.kind, row.id, row.tenant or None, row.name, row.revision, json.loads(row.data)
-    )
+    kind, id, tenant, name, revision, data = row
+    return Record(kind, id, tenant or None, name, revision, json.loads(data))
 
 
 class SqliteTxn:
-    """Both a read snapshot and, under the store's write lock, a write transaction."""
+    """Both a read snapshot and, under the store's write lock, a write transaction.
+
+    Statements are plain SQL text through SQLAlchemy's connection (the tables
+    are declared above, for the schema): building Core expressions cost more
+    than SQLite itself on these one-row statements.
+    """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
         self._revision: int | None = None
         self._seq = 0
 
+    def _rows(self, sql: str, *params: Any) -> list[Any]:
+        return list(self.conn.exec_driver_sql(sql, params))
+
     # ---- reads
     def get(self, id: str) -> Record | None:
-        row = self.conn.execute(select(objects).where(objects.c.id == id)).first()
-        return _record(row) if row else None
+        rows = self._rows(_GET, id)
+        return _record(rows[0]) if rows else None
 
     def find(self, kind: str, tenant: str | None, name: str) -> Record | None:
-        row = self.conn.execute(
-            select(objects).where(
-                objects.c.kind == kind, objects.c.tenant == (tenant or ""), objects.c.name == name
-            )
-        ).first()
-        return _record(row) if row else None
+        rows = self._rows(_FIND, kind, tenant or "", name)
+        return _record(rows[0]) if rows else None
 
     def list(self, kind: str, tenant: str | None = None, name: str | None = None) -> list[Record]:
-        query = select(objects).where(objects.c.kind == kind)
+        sql, params = _LIST, [kind]
         if tenant is not None:
-            query = query.where(objects.c.tenant == tenant)
+            sql, params = sql + " AND tenant = ?", [*params, tenant]
         if name is not None:
-            query = query.where(objects.c.name == name)
-        return [_record(r) for r in self.conn.execute(query.order_by(objects.c.tenant, objects.c.name))]
+            sql, params = sql + " AND name = ?", [*params, name]
+        return [_record(r) for r in self._rows(sql + _ORDER, *params)]
 
     def revision(self) -> int:
-        value = self.conn.execute(select(meta.c.value).where(meta.c.key == "revision")).scalar()
-        return int(value or 0)
+        rows = self._rows(_REVISION)
+        return int(rows[0][0]) if rows else 0
 
     def claim_holder(self, key: str) -> str | None:
-        return self.conn.execute(select(claims.c.holder).where(claims.c.key == key)).scalar()
+        rows = self._rows(_HOLDER, key)
+        return str(rows[0][0]) if rows else None
 
     def changes(self, since: int, limit: int) -> list[Change]:
-        rows = self.conn.execute(
-            select(changes)
-            .where(changes.c.revision > since)
-            .order_by(changes.c.revision, changes.c.seq)
-            .limit(limit)
-        )
-        return [Change(r.revision, r.op, r.kind, r.id, r.tenant or None, r.name) for r in rows]
+        return [
+            Change(revision, op, kind, id, tenant or None, name)
+            for revision, op, kind, id, tenant, name in self._rows(_CHANGES, since, limit)
+        ]
 
     # ---- writes
     def next_revision(self) -> int:
         if self._revision is None:
             self._revision = self.revision() + 1
-            self.conn.execute(
-                update(meta).where(meta.c.key == "revision").values(value=self._revision)
-            )
+            self.conn.exec_driver_sql(_SET_REVISION, (self._revision,))
         return self._revision
 
     def put(self, record: Record, claim_list: Sequence[Claim], op: Op) -> None:
-        values = {
-            "kind": record.kind,
-            "tenant": record.tenant or "",
-            "name": record.name,
-            "revision": record.revision,
-            "data": json.dumps(record.data, separators=(",", ":")),
-        }
-        if op == "create":
-            self.conn.execute(insert(objects).values(id=record.id, **values))
-        else:
-            self.conn.execute(update(objects).where(objects.c.id == record.id).values(**values))
+        values = (
+            record.kind, record.tenant or "", record.name, record.revision,
+            json.dumps(record.data, separators=(",", ":")), record.id,
+        )
+        self.conn.exec_driver_sql(_INSERT if op == "create" else _UPDATE, values)
         self.set_claims(record.id, claim_list)
         self._log(op, record)
 
     def set_claims(self, id: str, claim_list: Sequence[Claim]) -> None:
-        self.conn.execute(delete(claims).where(claims.c.holder == id))
+        self.conn.exec_driver_sql(_DROP_CLAIMS, (id,))
         for claim in claim_list:
             holder = self.claim_holder(claim.key)
-            if holder is not None and holder != id:
+            if holder is not None:  # held by another object, or listed twice by this one
                 raise ClaimTaken(claim, holder)
-            try:
-                self.conn.execute(insert(claims).values(key=claim.key, holder=id))
-            except IntegrityError:  # the same key claimed twice by this object
-                raise ClaimTaken(claim, id) from None
+            self.conn.exec_driver_sql(_CLAIM, (claim.key, id))
 
     def delete(self, record: Record) -> None:
-        self.conn.execute(delete(claims).where(claims.c.holder == record.id))
-        self.conn.execute(delete(objects).where(objects.c.id == record.id))
+        self.conn.exec_driver_sql(_DROP_CLAIMS, (record.id,))
+        self.conn.exec_driver_sql(_DELETE, (record.id,))
         self._log("delete", record)
 
     def _log(self, op: Op, record: Record) -> None:
         self._seq += 1
-        self.conn.execute(
-            insert(changes).values(
-                revision=self.next_revision(),
-                seq=self._seq,
-                op=op,
-                kind=record.kind,
-                id=record.id,
-                tenant=record.tenant or "",
-                name=record.name,
-            )
+        self.conn.exec_driver_sql(
+            _LOG,
+            (self.next_revision(), self._seq, op, record.kind, record.id, record.tenant or "", record.name),
         )
 
 

@@ -1,0 +1,173 @@
+#!/usr/bin/env python3
+"""REST API throughput of the Policy Authority: creates and reads with 1, 4
+and 16 concurrent clients against a real authority process on loopback.
+
+Baselines measured in the same run:
+  * the same creates through the service layer in-process (no HTTP): what
+    the REST layer costs on top of validation + SQLite;
+  * the same with SQLite synchronous=NORMAL: what one fsync per write costs.
+The workload is endpoint creation (the hot write: references, address and
+MAC claims) and reads by id. Medians of --repeat runs. The last line is one
+JSON object with every figure.
+
+    .venv/bin/python bench/api.py [--creates 400] [--reads 2000] [--repeat 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.client
+import json
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from policyfabric.authority.process import authority_in
+from policyfabric.authority.service import Authority
+from policyfabric.model import kinds as k
+from policyfabric.model.parse import parse_spec
+from policyfabric.store.sqlite import SqliteStore
+
+CLIENTS = (1, 4, 16)
+SETUP: list[tuple[str, dict[str, Any]]] = [
+    ("tenants", {"name": "bench"}),
+    ("l3-contexts", {"name": "vrf", "tenant": "bench"}),
+    ("bridge-domains", {"name": "bd", "tenant": "bench", "l3_context": "vrf"}),
+    ("subnets", {"name": "s", "tenant": "bench", "bridge_domain": "bd", "cidr": "10.0.0.0/12"}),
+    ("endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd"}),
+]
+console = Console(stderr=True)
+
+
+def addresses(n: int) -> list[dict[str, Any]]:
+    """n endpoints with distinct addresses (skipping .0 and the gateway)."""
+    out, i = [], 2
+    while len(out) < n:
+        if i & 255 not in (0, 255):
+            out.append({"name": f"ep{i}", "tenant": "bench", "epg": "web",
+                        "ip": f"10.{(i >> 16) & 15}.{(i >> 8) & 255}.{i & 255}", "host": "h1"})
+        i += 1
+    return out
+
+
+def call(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+    """One request on a kept-alive connection (stdlib: the client must cost less than the server)."""
+    payload = json.dumps(body).encode() if body is not None else None
+    conn.request(method, path, body=payload, headers={"content-type": "application/json"})
+    response = conn.getresponse()
+    return response.status, response.read()
+
+
+def run_parallel(clients: int, jobs: list[Any], work: Callable[[http.client.HTTPConnection, Any], None], port: int) -> float:
+    """Split jobs over `clients` threads, each with its own connection; returns ops/s."""
+    shares = [jobs[i::clients] for i in range(clients)]
+
+    def worker(share: list[Any]) -> None:
+        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+        try:
+            for job in share:
+                work(conn, job)
+        finally:
+            conn.close()
+
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(worker, shares))
+    return len(jobs) / (time.perf_counter() - start)
+
+
+def http_round(clients: int, creates: int, reads: int) -> tuple[float, float]:
+    with tempfile.TemporaryDirectory() as tmp, authority_in(Path(tmp)) as server, httpx.Client(base_url=server.url) as client:
+        for collection, body in SETUP:
+            client.post(f"/v1/{collection}", json=body).raise_for_status()
+
+        def create(conn: http.client.HTTPConnection, body: dict[str, Any]) -> None:
+            status, text = call(conn, "POST", "/v1/endpoints", body)
+            assert status == 201, text
+
+        create_rate = run_parallel(clients, addresses(creates), create, server.port)
+        ids = [e["id"] for e in client.get("/v1/endpoints").json()["items"]]
+
+        def read(conn: http.client.HTTPConnection, id: str) -> None:
+            status, text = call(conn, "GET", f"/v1/endpoints/{id}")
+            assert status == 200, text
+
+        read_rate = run_parallel(clients, [ids[i % len(ids)] for i in range(reads)], read, server.port)
+    return create_rate, read_rate
+
+
+def inprocess_round(creates: int, sync: str) -> float:
+    with tempfile.TemporaryDirectory() as tmp:
+        store = SqliteStore(Path(tmp) / "db", sync=sync)  # type: ignore[arg-type]
+        authority = Authority(store)
+        for collection, body in SETUP:
+            kind = k.BY_COLLECTION[collection]
+            authority.create(kind, parse_spec(kind, body))
+        bodies = addresses(creates)
+        start = time.perf_counter()
+        for body in bodies:
+            authority.create(k.ENDPOINT, parse_spec(k.ENDPOINT, body))
+        rate = creates / (time.perf_counter() - start)
+        store.close()
+    return rate
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--creates", type=int, default=400, help="endpoints created per run (default 400)")
+    parser.add_argument("--reads", type=int, default=2000, help="reads per run (default 2000)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    args = parser.parse_args()
+
+    create: dict[int, float] = {}
+    read: dict[int, float] = {}
+    for clients in CLIENTS:
+        runs = []
+        for r in range(args.repeat):
+            console.print(f"[dim]HTTP, {clients} client(s), run {r + 1}/{args.repeat}[/]")
+            runs.append(http_round(clients, args.creates, args.reads))
+        create[clients] = statistics.median(c for c, _ in runs)
+        read[clients] = statistics.median(rd for _, rd in runs)
+    baseline: dict[str, float] = {}
+    for sync in ("full", "normal"):
+        console.print(f"[dim]in-process service, synchronous={sync}[/]")
+        baseline[sync] = statistics.median(inprocess_round(args.creates, sync) for _ in range(args.repeat))
+
+    table = Table(title=f"policyfabric REST API throughput (median of {args.repeat}; {args.creates} creates, {args.reads} reads per run)")
+    for column in ("clients", "creates/s", "reads/s", "creates vs 1 client", "reads vs 1 client"):
+        table.add_column(column, justify="right")
+    for clients in CLIENTS:
+        table.add_row(str(clients), f"{create[clients]:.0f}", f"{read[clients]:.0f}",
+                      f"{create[clients] / create[1]:.2f}x", f"{read[clients] / read[1]:.2f}x")
+    Console().print(table)
+    print(f"baseline, same creates in-process without HTTP: {baseline['full']:.0f}/s (synchronous=FULL), "
+          f"{baseline['normal']:.0f}/s (synchronous=NORMAL)")
+    print(f"HTTP (1 client) / in-process: {create[1] / baseline['full']:.2f}; "
+          f"fsync cost: NORMAL/FULL = {baseline['normal'] / baseline['full']:.2f}x")
+    result = {
+        "bench": "api",
+        "creates_per_run": args.creates,
+        "reads_per_run": args.reads,
+        "repeat": args.repeat,
+        "create_per_s": {str(c): round(v, 1) for c, v in create.items()},
+        "read_per_s": {str(c): round(v, 1) for c, v in read.items()},
+        "baseline_inprocess_create_per_s": {s: round(v, 1) for s, v in baseline.items()},
+        "ratio_http_vs_inprocess_create": round(create[1] / baseline["full"], 3),
+        "ratio_create_16_vs_1": round(create[16] / create[1], 3),
+        "ratio_read_16_vs_1": round(read[16] / read[1], 3),
+    }
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
