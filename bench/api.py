@@ -53,8 +53,15 @@ def addresses(n: int) -> list[dict[str, Any]]:
     out, i = [], 2
     while len(out) < n:
         if i & 255 not in (0, 255):
-            out.append({"name": f"ep{i}", "tenant": "bench", "epg": "web",
-                        "ip": f"10.{(i >> 16) & 15}.{(i >> 8) & 255}.{i & 255}", "host": "h1"})
+            out.append(
+                {
+                    "name": f"ep{i}",
+                    "tenant": "bench",
+                    "epg": "web",
+                    "ip": f"10.{(i >> 16) & 15}.{(i >> 8) & 255}.{i & 255}",
+                    "host": "h1",
+                }
+            )
         i += 1
     return out
 
@@ -67,7 +74,9 @@ def call(conn: http.client.HTTPConnection, method: str, path: str, body: Any = N
     return response.status, response.read()
 
 
-def run_parallel(clients: int, jobs: list[Any], work: Callable[[http.client.HTTPConnection, Any], None], port: int) -> float:
+def run_parallel(
+    clients: int, jobs: list[Any], work: Callable[[http.client.HTTPConnection, Any], None], port: int
+) -> float:
     """Split jobs over `clients` threads, each with its own connection; returns ops/s."""
     shares = [jobs[i::clients] for i in range(clients)]
 
@@ -86,7 +95,11 @@ def run_parallel(clients: int, jobs: list[Any], work: Callable[[http.client.HTTP
 
 
 def http_round(clients: int, creates: int, reads: int) -> tuple[float, float]:
-    with tempfile.TemporaryDirectory() as tmp, authority_in(Path(tmp)) as server, httpx.Client(base_url=server.url) as client:
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        authority_in(Path(tmp)) as server,
+        httpx.Client(base_url=server.url) as client,
+    ):
         for collection, body in SETUP:
             client.post(f"/v1/{collection}", json=body).raise_for_status()
 
@@ -122,10 +135,14 @@ def inprocess_round(creates: int, sync: str) -> float:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--creates", type=int, default=400, help="endpoints created per run (default 400)")
     parser.add_argument("--reads", type=int, default=2000, help="reads per run (default 2000)")
-    parser.add_argument("--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)")
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)"
+    )
     args = parser.parse_args()
 
     create: dict[int, float] = {}
@@ -142,17 +159,29 @@ def main() -> int:
         console.print(f"[dim]in-process service, synchronous={sync}[/]")
         baseline[sync] = statistics.median(inprocess_round(args.creates, sync) for _ in range(args.repeat))
 
-    table = Table(title=f"policyfabric REST API throughput (median of {args.repeat}; {args.creates} creates, {args.reads} reads per run)")
+    table = Table(
+        title=f"policyfabric REST API throughput (median of {args.repeat}; "
+        f"{args.creates} creates, {args.reads} reads per run)"
+    )
     for column in ("clients", "creates/s", "reads/s", "creates vs 1 client", "reads vs 1 client"):
         table.add_column(column, justify="right")
     for clients in CLIENTS:
-        table.add_row(str(clients), f"{create[clients]:.0f}", f"{read[clients]:.0f}",
-                      f"{create[clients] / create[1]:.2f}x", f"{read[clients] / read[1]:.2f}x")
+        table.add_row(
+            str(clients),
+            f"{create[clients]:.0f}",
+            f"{read[clients]:.0f}",
+            f"{create[clients] / create[1]:.2f}x",
+            f"{read[clients] / read[1]:.2f}x",
+        )
     Console().print(table)
-    print(f"baseline, same creates in-process without HTTP: {baseline['full']:.0f}/s (synchronous=FULL), "
-          f"{baseline['normal']:.0f}/s (synchronous=NORMAL)")
-    print(f"HTTP (1 client) / in-process: {create[1] / baseline['full']:.2f}; "
-          f"fsync cost: NORMAL/FULL = {baseline['normal'] / baseline['full']:.2f}x")
+    print(
+        f"baseline, same creates in-process without HTTP: {baseline['full']:.0f}/s (synchronous=FULL), "
+        f"{baseline['normal']:.0f}/s (synchronous=NORMAL)"
+    )
+    print(
+        f"HTTP (1 client) / in-process: {create[1] / baseline['full']:.2f}; "
+        f"fsync cost: NORMAL/FULL = {baseline['normal'] / baseline['full']:.2f}x"
+    )
     result = {
         "bench": "api",
         "creates_per_run": args.creates,

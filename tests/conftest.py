@@ -12,6 +12,7 @@ import pytest
 
 from policyfabric.authority.process import AuthorityProcess, authority_in
 
+
 class Api:
     """Thin HTTP helper: every call returns the httpx.Response (tests assert on it)."""
 
@@ -84,8 +85,14 @@ def tenant(api: Api) -> dict[str, str]:
     api.ok("l3-contexts", {"name": "vrf1", "tenant": t})
     api.ok("bridge-domains", {"name": "bd-a", "tenant": t, "l3_context": "vrf1"})
     api.ok("bridge-domains", {"name": "bd-b", "tenant": t, "l3_context": "vrf1"})
-    api.ok("subnets", {"name": "sa", "tenant": t, "bridge_domain": "bd-a", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1"})
-    api.ok("subnets", {"name": "sa6", "tenant": t, "bridge_domain": "bd-a", "cidr": "fd00:1::/64", "ipv6_ra_mode": "slaac"})
+    api.ok(
+        "subnets",
+        {"name": "sa", "tenant": t, "bridge_domain": "bd-a", "cidr": "10.1.0.0/24", "gateway_ip": "10.1.0.1"},
+    )
+    api.ok(
+        "subnets",
+        {"name": "sa6", "tenant": t, "bridge_domain": "bd-a", "cidr": "fd00:1::/64", "ipv6_ra_mode": "slaac"},
+    )
     api.ok("subnets", {"name": "sb", "tenant": t, "bridge_domain": "bd-b", "cidr": "10.2.0.0/24"})
     api.ok("endpoint-groups", {"name": "ga", "tenant": t, "bridge_domain": "bd-a"})
     api.ok("endpoint-groups", {"name": "gb", "tenant": t, "bridge_domain": "bd-b"})

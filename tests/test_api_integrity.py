@@ -5,7 +5,9 @@ from __future__ import annotations
 from tests.conftest import Api, error, unique
 
 
-def test_deleting_a_referenced_object_is_refused_naming_the_referrers(api: Api, tenant: dict[str, str]) -> None:
+def test_deleting_a_referenced_object_is_refused_naming_the_referrers(
+    api: Api, tenant: dict[str, str]
+) -> None:
     t = tenant["name"]
     bd = api.find("bridge-domains", t, "bd-a")
     assert bd is not None
@@ -49,16 +51,27 @@ def test_tenant_delete_refused_while_it_holds_objects(api: Api, tenant: dict[str
 
 
 def test_a_security_group_naming_itself_can_be_deleted(api: Api, tenant: dict[str, str]) -> None:
-    sg = api.ok("security-groups", {"name": "sg", "tenant": tenant["name"], "rules": [
-        {"direction": "ingress", "remote_group": "sg"}]})
+    sg = api.ok(
+        "security-groups",
+        {"name": "sg", "tenant": tenant["name"], "rules": [{"direction": "ingress", "remote_group": "sg"}]},
+    )
     assert api.delete("security-groups", sg["id"]).status_code == 200
 
 
 def test_update_replaces_and_bumps_the_revision(api: Api, tenant: dict[str, str]) -> None:
     t = tenant["name"]
-    c = api.ok("contracts", {"name": "http", "tenant": t, "rules": [{"name": "r", "classifier": {"protocol": "tcp", "port": 80}}]})
+    c = api.ok(
+        "contracts",
+        {
+            "name": "http",
+            "tenant": t,
+            "rules": [{"name": "r", "classifier": {"protocol": "tcp", "port": 80}}],
+        },
+    )
     before = api.revision()
-    r = api.put("contracts", c["id"], {**c, "rules": [{"name": "r", "classifier": {"protocol": "tcp", "port": 8080}}]})
+    r = api.put(
+        "contracts", c["id"], {**c, "rules": [{"name": "r", "classifier": {"protocol": "tcp", "port": 8080}}]}
+    )
     assert r.status_code == 200, r.text
     assert r.json()["revision"] == before + 1 == api.revision()
     assert r.json()["rules"][0]["classifier"]["port"] == 8080
@@ -110,7 +123,9 @@ def test_a_change_that_would_break_a_dependent_is_refused(api: Api, tenant: dict
     assert r.status_code == 200, r.text
 
 
-def test_moving_a_bridge_domain_to_another_l3_context_rechecks_uniqueness(api: Api, tenant: dict[str, str]) -> None:
+def test_moving_a_bridge_domain_to_another_l3_context_rechecks_uniqueness(
+    api: Api, tenant: dict[str, str]
+) -> None:
     t = tenant["name"]
     api.ok("l3-contexts", {"name": "vrf2", "tenant": t})
     api.ok("bridge-domains", {"name": "bd-c", "tenant": t, "l3_context": "vrf2"})
@@ -145,13 +160,36 @@ def test_list_filters_by_tenant_and_name(api: Api, tenant: dict[str, str]) -> No
 
 def test_objects_use_the_scenario_keys(api: Api, tenant: dict[str, str]) -> None:
     e = api.ok("endpoints", {"name": "e1", "tenant": tenant["name"], "epg": "ga", "ip": "10.1.0.10"})
-    assert set(e) == {"id", "name", "tenant", "epg", "subnet", "ip", "mac", "security_groups", "host",
-                      "interface", "status", "revision"}
+    assert set(e) == {
+        "id",
+        "name",
+        "tenant",
+        "epg",
+        "subnet",
+        "ip",
+        "mac",
+        "security_groups",
+        "host",
+        "interface",
+        "status",
+        "revision",
+    }
 
 
 def test_openapi_lists_every_collection(api: Api) -> None:
     paths = api.get("/openapi.json").json()["paths"]
-    for collection in ("tenants", "l3-contexts", "bridge-domains", "subnets", "endpoint-groups", "contracts",
-                       "security-groups", "endpoints", "routers", "floating-ips", "external-networks"):
+    for collection in (
+        "tenants",
+        "l3-contexts",
+        "bridge-domains",
+        "subnets",
+        "endpoint-groups",
+        "contracts",
+        "security-groups",
+        "endpoints",
+        "routers",
+        "floating-ips",
+        "external-networks",
+    ):
         assert {"get", "post"} <= set(paths[f"/v1/{collection}"])
         assert {"get", "put", "delete"} <= set(paths[f"/v1/{collection}/{{id}}"])

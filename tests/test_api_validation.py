@@ -11,7 +11,9 @@ import pytest
 from tests.conftest import Api, error, unique
 
 
-def refused(api: Api, collection: str, body: dict[str, Any], status: int, field: str | None, *words: str) -> dict[str, Any]:
+def refused(
+    api: Api, collection: str, body: dict[str, Any], status: int, field: str | None, *words: str
+) -> dict[str, Any]:
     r = api.post(collection, body)
     assert r.status_code == status, r.text
     err = error(r)
@@ -22,6 +24,7 @@ def refused(api: Api, collection: str, body: dict[str, Any], status: int, field:
 
 
 # ---- names and references -------------------------------------------------
+
 
 @pytest.mark.parametrize("bad", ["Web", "web_1", "-web", "web-", "", "a" * 64, "wéb"])
 def test_names_must_be_dns_labels(api: Api, tenant: dict[str, str], bad: str) -> None:
@@ -46,11 +49,20 @@ def test_names_are_unique_per_tenant_and_kind(api: Api, tenant: dict[str, str]) 
 
 def test_references_must_exist_in_the_same_tenant(api: Api, tenant: dict[str, str]) -> None:
     t = tenant["name"]
-    refused(api, "bridge-domains", {"name": "bd-x", "tenant": t, "l3_context": "nope"}, 422, "l3_context", "no l3_context named 'nope'")
+    refused(
+        api,
+        "bridge-domains",
+        {"name": "bd-x", "tenant": t, "l3_context": "nope"},
+        422,
+        "l3_context",
+        "no l3_context named 'nope'",
+    )
     other = unique("t")
     api.ok("tenants", {"name": other})
     api.ok("l3-contexts", {"name": "elsewhere", "tenant": other})
-    refused(api, "bridge-domains", {"name": "bd-x", "tenant": t, "l3_context": "elsewhere"}, 422, "l3_context")
+    refused(
+        api, "bridge-domains", {"name": "bd-x", "tenant": t, "l3_context": "elsewhere"}, 422, "l3_context"
+    )
     api.ok("bridge-domains", {"name": "bd-x", "tenant": t, "l3_context": "vrf1"})
 
 
@@ -65,10 +77,16 @@ def test_nested_references_name_their_field(api: Api, tenant: dict[str, str]) ->
 
 # ---- subnets ---------------------------------------------------------------
 
+
 @pytest.mark.parametrize(
     ("cidr", "words"),
-    [("10.9.0.5/24", "did you mean 10.9.0.0/24"), ("10.9.0.0", "add the prefix length"),
-     ("10.9.0.0/33", "not a valid CIDR"), ("banana", "not a valid CIDR"), ("10.9.0.0/31", "too small")],
+    [
+        ("10.9.0.5/24", "did you mean 10.9.0.0/24"),
+        ("10.9.0.0", "add the prefix length"),
+        ("10.9.0.0/33", "not a valid CIDR"),
+        ("banana", "not a valid CIDR"),
+        ("10.9.0.0/31", "too small"),
+    ],
 )
 def test_subnet_cidr_must_be_valid(api: Api, tenant: dict[str, str], cidr: str, words: str) -> None:
     body = {"name": "s9", "tenant": tenant["name"], "bridge_domain": "bd-b", "cidr": cidr}
@@ -77,17 +95,39 @@ def test_subnet_cidr_must_be_valid(api: Api, tenant: dict[str, str], cidr: str, 
 
 @pytest.mark.parametrize(
     ("gateway", "words"),
-    [("10.8.0.0", "network address"), ("10.8.0.255", "broadcast address"),
-     ("10.7.0.1", "not inside"), ("fd00::1", "IPv6"), ("10.8.0.1/24", "drop the prefix length")],
+    [
+        ("10.8.0.0", "network address"),
+        ("10.8.0.255", "broadcast address"),
+        ("10.7.0.1", "not inside"),
+        ("fd00::1", "IPv6"),
+        ("10.8.0.1/24", "drop the prefix length"),
+    ],
 )
-def test_gateway_must_be_a_host_of_its_subnet(api: Api, tenant: dict[str, str], gateway: str, words: str) -> None:
-    body = {"name": "s8", "tenant": tenant["name"], "bridge_domain": "bd-b", "cidr": "10.8.0.0/24", "gateway_ip": gateway}
+def test_gateway_must_be_a_host_of_its_subnet(
+    api: Api, tenant: dict[str, str], gateway: str, words: str
+) -> None:
+    body = {
+        "name": "s8",
+        "tenant": tenant["name"],
+        "bridge_domain": "bd-b",
+        "cidr": "10.8.0.0/24",
+        "gateway_ip": gateway,
+    }
     refused(api, "subnets", body, 422, "gateway_ip", words)
 
 
 def test_gateway_inside_is_accepted_and_defaults_to_the_first_host(api: Api, tenant: dict[str, str]) -> None:
     t = tenant["name"]
-    made = api.ok("subnets", {"name": "s8", "tenant": t, "bridge_domain": "bd-b", "cidr": "10.8.0.0/24", "gateway_ip": "10.8.0.254"})
+    made = api.ok(
+        "subnets",
+        {
+            "name": "s8",
+            "tenant": t,
+            "bridge_domain": "bd-b",
+            "cidr": "10.8.0.0/24",
+            "gateway_ip": "10.8.0.254",
+        },
+    )
     assert made["gateway_ip"] == "10.8.0.254"
     made = api.ok("subnets", {"name": "s7", "tenant": t, "bridge_domain": "bd-b", "cidr": "10.7.0.0/24"})
     assert made["gateway_ip"] == "10.7.0.1"
@@ -96,7 +136,14 @@ def test_gateway_inside_is_accepted_and_defaults_to_the_first_host(api: Api, ten
 def test_subnets_of_one_l3_context_never_overlap(api: Api, tenant: dict[str, str]) -> None:
     t = tenant["name"]
     # 10.1.0.0/16 contains sa (10.1.0.0/24) of bd-a, same vrf1, even on another bridge domain.
-    err = refused(api, "subnets", {"name": "big", "tenant": t, "bridge_domain": "bd-b", "cidr": "10.1.0.0/16"}, 409, "cidr", "overlaps subnet 'sa'")
+    err = refused(
+        api,
+        "subnets",
+        {"name": "big", "tenant": t, "bridge_domain": "bd-b", "cidr": "10.1.0.0/16"},
+        409,
+        "cidr",
+        "overlaps subnet 'sa'",
+    )
     assert "vrf1" in err["message"]
     # The same prefix in another l3_context is fine.
     api.ok("l3-contexts", {"name": "vrf2", "tenant": t})
@@ -106,15 +153,31 @@ def test_subnets_of_one_l3_context_never_overlap(api: Api, tenant: dict[str, str
 
 @pytest.mark.parametrize("cidr", ["fd00:9::/48", "fd00:9::/80", "10.9.0.0/24"])
 def test_slaac_only_on_ipv6_slash_64(api: Api, tenant: dict[str, str], cidr: str) -> None:
-    body = {"name": "s6", "tenant": tenant["name"], "bridge_domain": "bd-b", "cidr": cidr, "ipv6_ra_mode": "slaac"}
+    body = {
+        "name": "s6",
+        "tenant": tenant["name"],
+        "bridge_domain": "bd-b",
+        "cidr": cidr,
+        "ipv6_ra_mode": "slaac",
+    }
     refused(api, "subnets", body, 422, "ipv6_ra_mode", "/64")
 
 
 def test_slaac_on_a_slash_64_is_accepted(api: Api, tenant: dict[str, str]) -> None:
-    api.ok("subnets", {"name": "s6", "tenant": tenant["name"], "bridge_domain": "bd-b", "cidr": "fd00:9::/64", "ipv6_ra_mode": "slaac"})
+    api.ok(
+        "subnets",
+        {
+            "name": "s6",
+            "tenant": tenant["name"],
+            "bridge_domain": "bd-b",
+            "cidr": "fd00:9::/64",
+            "ipv6_ra_mode": "slaac",
+        },
+    )
 
 
 # ---- endpoints -------------------------------------------------------------
+
 
 def ep(t: str, name: str, **kw: Any) -> dict[str, Any]:
     return {"name": name, "tenant": t, "epg": "ga", **kw}
@@ -122,11 +185,18 @@ def ep(t: str, name: str, **kw: Any) -> dict[str, Any]:
 
 @pytest.mark.parametrize(
     ("ip", "status", "words"),
-    [("10.2.0.5", 422, "not inside a subnet of bridge domain 'bd-a'"),  # bd-b's subnet
-     ("10.9.0.5", 422, "not inside a subnet"), ("10.1.0.1", 422, "gateway address of subnet 'sa'"),
-     ("10.1.0.0", 422, "network address"), ("10.1.0.255", 422, "broadcast"), ("nonsense", 422, "not an IP address")],
+    [
+        ("10.2.0.5", 422, "not inside a subnet of bridge domain 'bd-a'"),  # bd-b's subnet
+        ("10.9.0.5", 422, "not inside a subnet"),
+        ("10.1.0.1", 422, "gateway address of subnet 'sa'"),
+        ("10.1.0.0", 422, "network address"),
+        ("10.1.0.255", 422, "broadcast"),
+        ("nonsense", 422, "not an IP address"),
+    ],
 )
-def test_endpoint_addresses_must_be_hosts_of_its_bridge_domain(api: Api, tenant: dict[str, str], ip: str, status: int, words: str) -> None:
+def test_endpoint_addresses_must_be_hosts_of_its_bridge_domain(
+    api: Api, tenant: dict[str, str], ip: str, status: int, words: str
+) -> None:
     refused(api, "endpoints", ep(tenant["name"], "e1", ip=ip), status, "ip[0]", words)
 
 
@@ -159,13 +229,20 @@ def test_endpoint_addresses_are_unique_in_the_l3_context(api: Api, tenant: dict[
 
 
 def test_an_address_listed_twice_is_refused(api: Api, tenant: dict[str, str]) -> None:
-    refused(api, "endpoints", ep(tenant["name"], "e1", ip=["10.1.0.10", "10.1.0.10"]), 422, "ip", "listed twice")
+    refused(
+        api, "endpoints", ep(tenant["name"], "e1", ip=["10.1.0.10", "10.1.0.10"]), 422, "ip", "listed twice"
+    )
 
 
 @pytest.mark.parametrize(
     ("mac", "words"),
-    [("01:00:5e:00:00:01", "multicast"), ("ff:ff:ff:ff:ff:ff", "multicast"),
-     ("00:00:00:00:00:00", "not a usable MAC"), ("02:00:00:00:00", "not a MAC"), ("zz:00:00:00:00:01", "not a MAC")],
+    [
+        ("01:00:5e:00:00:01", "multicast"),
+        ("ff:ff:ff:ff:ff:ff", "multicast"),
+        ("00:00:00:00:00:00", "not a usable MAC"),
+        ("02:00:00:00:00", "not a MAC"),
+        ("zz:00:00:00:00:01", "not a MAC"),
+    ],
 )
 def test_macs_must_be_unicast(api: Api, tenant: dict[str, str], mac: str, words: str) -> None:
     refused(api, "endpoints", ep(tenant["name"], "e1", mac=mac), 422, "mac", words)
@@ -193,30 +270,46 @@ def test_endpoint_needs_an_epg_or_a_subnet_that_agree(api: Api, tenant: dict[str
 
 # ---- classifiers -------------------------------------------------------------
 
+
 def contract(t: str, **classifier: Any) -> dict[str, Any]:
     return {"name": unique("c"), "tenant": t, "rules": [{"name": "r", "classifier": classifier}]}
 
 
 @pytest.mark.parametrize(
     ("classifier", "field", "words"),
-    [({"protocol": "icmp", "port": 80}, "rules[0].classifier.port", "needs protocol tcp or udp"),
-     ({"protocol": "any", "port": 80}, "rules[0].classifier.port", "needs protocol tcp or udp"),
-     ({"protocol": "tcp", "port": 0}, "rules[0].classifier.port", "out of range"),
-     ({"protocol": "tcp", "port": 65536}, "rules[0].classifier.port", "out of range"),
-     ({"protocol": "tcp", "port": "90-80"}, "rules[0].classifier.port", "reversed"),
-     ({"protocol": "udp", "port": "80-"}, "rules[0].classifier.port", "not a port"),
-     ({"protocol": "tcp", "port": "1-2-3"}, "rules[0].classifier.port", "not a port"),
-     ({"protocol": "icmpv6", "ethertype": "ipv4"}, "rules[0].classifier.protocol", "icmpv6 needs ethertype ipv6 or any"),
-     ({"protocol": "sctp"}, "rules[0].classifier.protocol", "'tcp'")],
+    [
+        ({"protocol": "icmp", "port": 80}, "rules[0].classifier.port", "needs protocol tcp or udp"),
+        ({"protocol": "any", "port": 80}, "rules[0].classifier.port", "needs protocol tcp or udp"),
+        ({"protocol": "tcp", "port": 0}, "rules[0].classifier.port", "out of range"),
+        ({"protocol": "tcp", "port": 65536}, "rules[0].classifier.port", "out of range"),
+        ({"protocol": "tcp", "port": "90-80"}, "rules[0].classifier.port", "reversed"),
+        ({"protocol": "udp", "port": "80-"}, "rules[0].classifier.port", "not a port"),
+        ({"protocol": "tcp", "port": "1-2-3"}, "rules[0].classifier.port", "not a port"),
+        (
+            {"protocol": "icmpv6", "ethertype": "ipv4"},
+            "rules[0].classifier.protocol",
+            "icmpv6 needs ethertype ipv6 or any",
+        ),
+        ({"protocol": "sctp"}, "rules[0].classifier.protocol", "'tcp'"),
+    ],
 )
-def test_classifier_rules(api: Api, tenant: dict[str, str], classifier: dict[str, Any], field: str, words: str) -> None:
+def test_classifier_rules(
+    api: Api, tenant: dict[str, str], classifier: dict[str, Any], field: str, words: str
+) -> None:
     refused(api, "contracts", contract(tenant["name"], **classifier), 422, field, words)
 
 
 @pytest.mark.parametrize(
     "classifier",
-    [{"protocol": "tcp", "port": 80}, {"protocol": "udp", "port": "1-65535"}, {"protocol": "tcp", "port": "8080"},
-     {"protocol": "icmpv6", "ethertype": "ipv6"}, {"protocol": "icmpv6"}, {"protocol": "icmp", "ethertype": "ipv4"}, {}],
+    [
+        {"protocol": "tcp", "port": 80},
+        {"protocol": "udp", "port": "1-65535"},
+        {"protocol": "tcp", "port": "8080"},
+        {"protocol": "icmpv6", "ethertype": "ipv6"},
+        {"protocol": "icmpv6"},
+        {"protocol": "icmp", "ethertype": "ipv4"},
+        {},
+    ],
 )
 def test_valid_classifiers_are_accepted(api: Api, tenant: dict[str, str], classifier: dict[str, Any]) -> None:
     made = api.ok("contracts", contract(tenant["name"], **classifier))
@@ -234,17 +327,27 @@ def test_security_group_rules_follow_the_same_protocol_rules(api: Api, tenant: d
     rule = {"direction": "ingress", "protocol": "icmp", "port": 22}
     refused(api, "security-groups", {"name": "sg", "tenant": t, "rules": [rule]}, 422, "rules[0].port")
     rule = {"direction": "ingress", "ethertype": "ipv4", "remote_ip_prefix": "fd00::/64"}
-    refused(api, "security-groups", {"name": "sg", "tenant": t, "rules": [rule]}, 422, "rules[0].remote_ip_prefix")
+    refused(
+        api, "security-groups", {"name": "sg", "tenant": t, "rules": [rule]}, 422, "rules[0].remote_ip_prefix"
+    )
     rule = {"direction": "sideways"}
     refused(api, "security-groups", {"name": "sg", "tenant": t, "rules": [rule]}, 422, "rules[0].direction")
-    made = api.ok("security-groups", {"name": "sg", "tenant": t, "rules": [
-        {"direction": "ingress", "protocol": "tcp", "port": 22, "remote_group": "sg"},
-        {"direction": "ingress", "protocol": "icmpv6"},
-    ]})
+    made = api.ok(
+        "security-groups",
+        {
+            "name": "sg",
+            "tenant": t,
+            "rules": [
+                {"direction": "ingress", "protocol": "tcp", "port": 22, "remote_group": "sg"},
+                {"direction": "ingress", "protocol": "icmpv6"},
+            ],
+        },
+    )
     assert [r["ethertype"] for r in made["rules"]] == ["ipv4", "ipv6"]
 
 
 # ---- floating IPs and external networks ------------------------------------
+
 
 @pytest.fixture
 def public(api: Api) -> str:
@@ -268,11 +371,40 @@ def test_floating_ips_inside_their_network_and_unique(api: Api, tenant: dict[str
     t, prefix = tenant["name"], _net(api, public)
     api.ok("endpoints", ep(t, "e1", ip="10.1.0.10"))
     api.ok("endpoints", ep(t, "e2", ip="10.1.0.11"))
-    refused(api, "floating-ips", {"name": "f", "tenant": t, "network": public, "ip": "203.0.113.7", "endpoint": "e1"}, 422, "ip", "not inside")
-    refused(api, "floating-ips", {"name": "f", "tenant": t, "network": public, "ip": f"{prefix}.1", "endpoint": "e1"}, 422, "ip", "gateway")
-    refused(api, "floating-ips", {"name": "f", "tenant": t, "network": "nope", "ip": f"{prefix}.7"}, 422, "network")
-    api.ok("floating-ips", {"name": "f", "tenant": t, "network": public, "ip": f"{prefix}.7", "endpoint": "e1"})
-    refused(api, "floating-ips", {"name": "g", "tenant": t, "network": public, "ip": f"{prefix}.7", "endpoint": "e2"}, 409, "ip", "floating IP 'f'")
+    refused(
+        api,
+        "floating-ips",
+        {"name": "f", "tenant": t, "network": public, "ip": "203.0.113.7", "endpoint": "e1"},
+        422,
+        "ip",
+        "not inside",
+    )
+    refused(
+        api,
+        "floating-ips",
+        {"name": "f", "tenant": t, "network": public, "ip": f"{prefix}.1", "endpoint": "e1"},
+        422,
+        "ip",
+        "gateway",
+    )
+    refused(
+        api,
+        "floating-ips",
+        {"name": "f", "tenant": t, "network": "nope", "ip": f"{prefix}.7"},
+        422,
+        "network",
+    )
+    api.ok(
+        "floating-ips", {"name": "f", "tenant": t, "network": public, "ip": f"{prefix}.7", "endpoint": "e1"}
+    )
+    refused(
+        api,
+        "floating-ips",
+        {"name": "g", "tenant": t, "network": public, "ip": f"{prefix}.7", "endpoint": "e2"},
+        409,
+        "ip",
+        "floating IP 'f'",
+    )
     allocated = api.ok("floating-ips", {"name": "h", "tenant": t, "network": public, "endpoint": "e2"})
     assert allocated["ip"] == f"{prefix}.2"
 
@@ -285,20 +417,45 @@ def test_external_networks_do_not_overlap(api: Api, public: str) -> None:
 
 # ---- routers -----------------------------------------------------------------
 
-def test_router_interfaces_are_subnets_of_its_l3_context_and_of_one_router(api: Api, tenant: dict[str, str]) -> None:
+
+def test_router_interfaces_are_subnets_of_its_l3_context_and_of_one_router(
+    api: Api, tenant: dict[str, str]
+) -> None:
     t = tenant["name"]
     api.ok("l3-contexts", {"name": "vrf2", "tenant": t})
     api.ok("bridge-domains", {"name": "bd-c", "tenant": t, "l3_context": "vrf2"})
     api.ok("subnets", {"name": "sc", "tenant": t, "bridge_domain": "bd-c", "cidr": "10.3.0.0/24"})
-    refused(api, "routers", {"name": "r1", "tenant": t, "l3_context": "vrf1", "interfaces": ["sa", "sc"]}, 422, "interfaces[1]", "vrf2")
+    refused(
+        api,
+        "routers",
+        {"name": "r1", "tenant": t, "l3_context": "vrf1", "interfaces": ["sa", "sc"]},
+        422,
+        "interfaces[1]",
+        "vrf2",
+    )
     api.ok("routers", {"name": "r1", "tenant": t, "l3_context": "vrf1", "interfaces": ["sa", "sb"]})
-    refused(api, "routers", {"name": "r2", "tenant": t, "l3_context": "vrf1", "interfaces": ["sb"]}, 409, "interfaces[0]", "router 'r1'")
+    refused(
+        api,
+        "routers",
+        {"name": "r2", "tenant": t, "l3_context": "vrf1", "interfaces": ["sb"]},
+        409,
+        "interfaces[0]",
+        "router 'r1'",
+    )
 
 
 # ---- request hygiene -------------------------------------------------------
 
+
 def test_unknown_fields_are_named(api: Api, tenant: dict[str, str]) -> None:
-    refused(api, "bridge-domains", {"name": "b", "tenant": tenant["name"], "l3_context": "vrf1", "mtuu": 1500}, 422, "mtuu", "unknown field")
+    refused(
+        api,
+        "bridge-domains",
+        {"name": "b", "tenant": tenant["name"], "l3_context": "vrf1", "mtuu": 1500},
+        422,
+        "mtuu",
+        "unknown field",
+    )
 
 
 def test_missing_fields_are_named(api: Api, tenant: dict[str, str]) -> None:
@@ -306,7 +463,9 @@ def test_missing_fields_are_named(api: Api, tenant: dict[str, str]) -> None:
 
 
 def test_several_problems_are_all_reported(api: Api, tenant: dict[str, str]) -> None:
-    r = api.post("subnets", {"name": "Bad", "tenant": tenant["name"], "bridge_domain": "bd-a", "cidr": "10.1.0.1/24"})
+    r = api.post(
+        "subnets", {"name": "Bad", "tenant": tenant["name"], "bridge_domain": "bd-a", "cidr": "10.1.0.1/24"}
+    )
     assert r.status_code == 422
     fields = {p["field"] for p in error(r)["problems"]}
     assert fields == {"name", "cidr"}

@@ -20,7 +20,9 @@ def run(*args: str, url: str | None = None, check: bool = True) -> subprocess.Co
     env = {**os.environ, "COLUMNS": "200"}
     if url:
         env["POLICYFABRIC_URL"] = url
-    done = subprocess.run([sys.executable, "-m", "policyfabric", *args], env=env, capture_output=True, text=True, check=False)
+    done = subprocess.run(
+        [sys.executable, "-m", "policyfabric", *args], env=env, capture_output=True, text=True, check=False
+    )
     if check:
         assert done.returncode == 0, done.stdout + done.stderr
     return done
@@ -35,7 +37,9 @@ def test_apply_twice_is_a_no_op(fresh_authority: AuthorityProcess) -> None:
     second = run("apply", "-f", str(EXAMPLE), url=fresh_authority.url)
     assert "0 created, 0 updated, 18 unchanged" in second.stdout
     assert api.revision() == revision
-    assert {c: api.get(f"/v1/{c}").json()["items"] for c in snapshot} == snapshot  # MACs kept, nothing rewritten
+    assert {
+        c: api.get(f"/v1/{c}").json()["items"] for c in snapshot
+    } == snapshot  # MACs kept, nothing rewritten
     api.http.close()
 
 
@@ -50,7 +54,9 @@ def test_apply_updates_what_changed_only(fresh_authority: AuthorityProcess, tmp_
     api.http.close()
 
 
-def test_apply_handles_security_groups_that_name_each_other(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:
+def test_apply_handles_security_groups_that_name_each_other(
+    fresh_authority: AuthorityProcess, tmp_path: Path
+) -> None:
     f = tmp_path / "sg.yaml"
     f.write_text("""
 tenants:
@@ -95,7 +101,9 @@ def test_check_reports_every_problem_with_its_line(tmp_path: Path) -> None:
     lines = done.stderr
     assert f"{f}:6: tenants[0].bridge_domains[0].l3_context: no l3_context named 'vrf9'" in lines
     assert f"{f}:11: tenants[0].subnets[0].gateway_ip: 10.9.0.1 is not inside 10.1.0.0/24" in lines
-    assert f"{f}:15: tenants[0].contracts[0].rules[0].classifier.port: a port needs protocol tcp or udp" in lines
+    assert (
+        f"{f}:15: tenants[0].contracts[0].rules[0].classifier.port: a port needs protocol tcp or udp" in lines
+    )
     assert f"{f}:17: endpoints[0].epg: no endpoint group named 'nope'" in lines
 
 
@@ -109,7 +117,10 @@ def test_check_and_the_authority_agree(fresh_authority: AuthorityProcess, tmp_pa
     f = tmp_path / "dup.yaml"
     f.write_text(EXAMPLE.read_text().replace("ip: 10.2.0.20", "ip: 10.2.0.30"))
     done = run("check", "-f", str(f), check=False)
-    assert done.returncode == 1 and "address 10.2.0.30 in l3_context 'vrf1' is already taken by endpoint 'app1'" in done.stderr
+    assert (
+        done.returncode == 1
+        and "address 10.2.0.30 in l3_context 'vrf1' is already taken by endpoint 'app1'" in done.stderr
+    )
     # apply refuses it before sending anything
     done = run("apply", "-f", str(f), url=fresh_authority.url, check=False)
     assert done.returncode == 1
@@ -125,7 +136,10 @@ def test_get_and_delete(fresh_authority: AuthorityProcess) -> None:
     assert one["name"] == "bd-web" and one["l3_context"] == "vrf1"
     refused = run("delete", "epg", "web", "--tenant", "acme", url=url, check=False)
     assert refused.returncode == 1 and "in use by endpoint 'web1'" in refused.stderr
-    assert "deleted floating IP 'fip-web1'" in run("delete", "fip", "fip-web1", "--tenant", "acme", url=url).stdout
+    assert (
+        "deleted floating IP 'fip-web1'"
+        in run("delete", "fip", "fip-web1", "--tenant", "acme", url=url).stdout
+    )
     missing = run("delete", "fip", "fip-web1", "--tenant", "acme", url=url, check=False)
     assert missing.returncode == 1 and "no floating IP named 'fip-web1'" in missing.stderr
     unknown = run("get", "gizmos", url=url, check=False)
@@ -137,6 +151,8 @@ def test_unreachable_authority_is_a_clear_error() -> None:
     assert done.returncode == 1 and "cannot reach the authority" in done.stderr
 
 
-@pytest.mark.parametrize("args", [["--help"], ["apply", "--help"], ["authority", "--help"], ["check", "--help"]])
+@pytest.mark.parametrize(
+    "args", [["--help"], ["apply", "--help"], ["authority", "--help"], ["check", "--help"]]
+)
 def test_help_explains(args: list[str]) -> None:
     assert "Usage" in run(*args).stdout

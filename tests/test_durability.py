@@ -39,8 +39,14 @@ def test_eight_concurrent_writers_lose_nothing(fresh_authority: AuthorityProcess
         statuses = []
         with httpx.Client(base_url=fresh_authority.url, timeout=60) as http:
             for i in range(200):
-                r = http.post("/v1/contracts", json={"name": f"w{w}-c{i}", "tenant": "acme",
-                                                     "rules": [{"name": "r", "classifier": {"protocol": "tcp", "port": i + 1}}]})
+                r = http.post(
+                    "/v1/contracts",
+                    json={
+                        "name": f"w{w}-c{i}",
+                        "tenant": "acme",
+                        "rules": [{"name": "r", "classifier": {"protocol": "tcp", "port": i + 1}}],
+                    },
+                )
                 statuses.append(r.status_code)
         return statuses
 

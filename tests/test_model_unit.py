@@ -57,18 +57,47 @@ def test_macs_normalise_and_refuse_group_addresses(raw: bytes) -> None:
 
 
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers(-70000, 70000) | st.text(max_size=20)
-    | st.sampled_from(["10.1.0.0/24", "10.1.0.1", "fd00::/64", "tcp", "icmpv6", "ipv4", "slaac", "80-90", "web"]),
-    lambda children: st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4),
+    st.none()
+    | st.booleans()
+    | st.integers(-70000, 70000)
+    | st.text(max_size=20)
+    | st.sampled_from(
+        ["10.1.0.0/24", "10.1.0.1", "fd00::/64", "tcp", "icmpv6", "ipv4", "slaac", "80-90", "web"]
+    ),
+    lambda children: (
+        st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
 @settings(max_examples=300, deadline=None)
-@given(st.sampled_from(k.ORDER), st.dictionaries(
-    st.sampled_from(["name", "tenant", "cidr", "gateway_ip", "rules", "ip", "mac", "port", "bridge_domain",
-                     "l3_context", "epg", "interfaces", "external_gateway", "ipv6_ra_mode", "other"]),
-    json_values, max_size=6))
+@given(
+    st.sampled_from(k.ORDER),
+    st.dictionaries(
+        st.sampled_from(
+            [
+                "name",
+                "tenant",
+                "cidr",
+                "gateway_ip",
+                "rules",
+                "ip",
+                "mac",
+                "port",
+                "bridge_domain",
+                "l3_context",
+                "epg",
+                "interfaces",
+                "external_gateway",
+                "ipv6_ra_mode",
+                "other",
+            ]
+        ),
+        json_values,
+        max_size=6,
+    ),
+)
 def test_any_input_parses_or_fails_with_invalid(kind: k.Kind, data: dict[str, Any]) -> None:
     """The validator's only failure mode is Invalid with named fields: never a crash."""
     try:

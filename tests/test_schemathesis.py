@@ -12,10 +12,24 @@ from policyfabric.authority.process import AuthorityProcess
 def test_no_server_errors_from_openapi_fuzzing(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:
     schemathesis = Path(sys.executable).parent / "schemathesis"
     done = subprocess.run(
-        [str(schemathesis), "run", f"{fresh_authority.url}/openapi.json",
-         "--checks", "not_a_server_error", "--max-examples", "25", "--seed", "20261124",
-         "--request-timeout", "10"],
-        cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False,
+        [
+            str(schemathesis),
+            "run",
+            f"{fresh_authority.url}/openapi.json",
+            "--checks",
+            "not_a_server_error",
+            "--max-examples",
+            "25",
+            "--seed",
+            "20261124",
+            "--request-timeout",
+            "10",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
     )
     summary = done.stdout[-3000:]
     assert done.returncode == 0, summary + done.stderr[-2000:]

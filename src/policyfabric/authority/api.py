@@ -8,6 +8,7 @@ answers with a traceback.
 """
 
 import logging
+from enum import Enum
 from typing import Any
 
 from fastapi import FastAPI, Query, Request
@@ -72,7 +73,7 @@ def _collection_routes(app: FastAPI, authority: Authority, kind: Kind) -> None:
     items = create_model(f"{kind.spec.__name__}List", items=(list[out], ...), revision=(int, ...))  # type: ignore[valid-type]
     deleted = create_model(f"{kind.spec.__name__}Deleted", deleted=(out, ...), revision=(int, ...))
     base = f"/v1/{kind.collection}"
-    tags = [kind.collection]
+    tags: list[str | Enum] = [kind.collection]
 
     def create(body: spec_type) -> JSONResponse:  # type: ignore[valid-type]
         return JSONResponse(authority.create(kind, check_local(body)), status_code=201)
@@ -95,16 +96,42 @@ def _collection_routes(app: FastAPI, authority: Authority, kind: Kind) -> None:
         return {"deleted": gone, "revision": revision}
 
     title = str(kind)
-    app.post(base, status_code=201, tags=tags, summary=f"Create a {title}",
-             responses={201: {"model": out}, **ERRORS}, response_class=JSONResponse)(create)
-    app.get(base, tags=tags, summary=f"List {title}s", responses={200: {"model": items}, **ERRORS},
-            response_class=JSONResponse)(list_)
-    app.get(f"{base}/{{id}}", tags=tags, summary=f"Read a {title}",
-            responses={200: {"model": out}, **ERRORS}, response_class=JSONResponse)(get)
-    app.put(f"{base}/{{id}}", tags=tags, summary=f"Replace a {title}",
-            responses={200: {"model": out}, **ERRORS}, response_class=JSONResponse)(replace)
-    app.delete(f"{base}/{{id}}", tags=tags, summary=f"Delete a {title}",
-               responses={200: {"model": deleted}, **ERRORS}, response_class=JSONResponse)(remove)
+    app.post(
+        base,
+        status_code=201,
+        tags=tags,
+        summary=f"Create a {title}",
+        responses={201: {"model": out}, **ERRORS},
+        response_class=JSONResponse,
+    )(create)
+    app.get(
+        base,
+        tags=tags,
+        summary=f"List {title}s",
+        responses={200: {"model": items}, **ERRORS},
+        response_class=JSONResponse,
+    )(list_)
+    app.get(
+        f"{base}/{{id}}",
+        tags=tags,
+        summary=f"Read a {title}",
+        responses={200: {"model": out}, **ERRORS},
+        response_class=JSONResponse,
+    )(get)
+    app.put(
+        f"{base}/{{id}}",
+        tags=tags,
+        summary=f"Replace a {title}",
+        responses={200: {"model": out}, **ERRORS},
+        response_class=JSONResponse,
+    )(replace)
+    app.delete(
+        f"{base}/{{id}}",
+        tags=tags,
+        summary=f"Delete a {title}",
+        responses={200: {"model": deleted}, **ERRORS},
+        response_class=JSONResponse,
+    )(remove)
 
 
 def _request_problems(exc: RequestValidationError) -> PolicyError:
@@ -147,12 +174,12 @@ def create_app(authority: Authority) -> FastAPI:
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:
         log.exception("internal error on %s %s", request.method, request.url.path)
-        body = {"error": {"code": "internal", "message": "internal error: see the authority's log",
-                          "field": None}}
+        body = {
+            "error": {"code": "internal", "message": "internal error: see the authority's log", "field": None}
+        }
         return JSONResponse(body, status_code=500)
 
-    @app.get("/v1/revision", tags=["meta"], summary="The current global revision",
-             response_model=Revision)
+    @app.get("/v1/revision", tags=["meta"], summary="The current global revision", response_model=Revision)
     def revision() -> dict[str, int]:
         return {"revision": authority.revision()}
 

@@ -37,8 +37,16 @@ class AuthorityProcess:
     def start(self, timeout: float = 30.0) -> AuthorityProcess:
         """Start it and wait until it answers."""
         cmd = [
-            sys.executable, "-m", "policyfabric", "authority",
-            "--db", str(self.db), "--listen", f"127.0.0.1:{self.port}", "--sync", self.sync,
+            sys.executable,
+            "-m",
+            "policyfabric",
+            "authority",
+            "--db",
+            str(self.db),
+            "--listen",
+            f"127.0.0.1:{self.port}",
+            "--sync",
+            self.sync,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
@@ -52,7 +60,8 @@ class AuthorityProcess:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
                         self.kill()
                         raise RuntimeError(
-                            f"the authority did not start; its log ({self.log}):\n{self.log.read_text()[-2000:]}"
+                            f"the authority did not start; its log ({self.log}):\n"
+                            + self.log.read_text()[-2000:]
                         ) from None
                     time.sleep(0.05)
 

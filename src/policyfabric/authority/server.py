@@ -31,7 +31,10 @@ def serve(db: Path, host: str, port: int, sync: Sync = "full") -> None:
     app = create_app(authority)
     log.info(
         "policyfabric authority: REST on http://%s:%d/v1, store %s at revision %d",
-        host, port, db, authority.revision(),
+        host,
+        port,
+        db,
+        authority.revision(),
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     try:

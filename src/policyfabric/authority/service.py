@@ -7,6 +7,7 @@ call these methods and get plain dicts or PolicyErrors back.
 
 from __future__ import annotations
 
+import builtins
 import ipaddress
 import logging
 import uuid
@@ -112,12 +113,12 @@ class Authority:
 
     def list(
         self, kind: Kind, tenant: str | None = None, name: str | None = None
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[builtins.list[dict[str, Any]], int]:
         with self.store.read() as txn:
             items = [render(r) for r in txn.list(kind.name, tenant, name)]
             return items, txn.revision()
 
-    def changes(self, since: int, limit: int = 1000) -> tuple[list[dict[str, Any]], int]:
+    def changes(self, since: int, limit: int = 1000) -> tuple[builtins.list[dict[str, Any]], int]:
         with self.store.read() as txn:
             return [c.__dict__ for c in txn.changes(since, limit)], txn.revision()
 
@@ -144,7 +145,14 @@ class Authority:
             if kind.name in INITIAL_STATUS:
                 data["status"] = INITIAL_STATUS[kind.name]
             record = self._put(txn, view, obj, data, claims, "create")
-        log.info("created %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, obj.id, record.revision)
+        log.info(
+            "created %s %s/%s (%s) at revision %d",
+            kind,
+            spec.scope or "-",
+            spec.name,
+            obj.id,
+            record.revision,
+        )
         return render(record)
 
     def replace(self, kind: Kind, id: str, spec: o.Spec) -> dict[str, Any]:
@@ -172,7 +180,9 @@ class Authority:
             record = self._put(txn, view, new, data, claims, "update")
             if structural:
                 self._recheck(txn, view, new, affected + dependents_closure(new, view))
-        log.info("updated %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, id, record.revision)
+        log.info(
+            "updated %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, id, record.revision
+        )
         return render(record)
 
     def delete(self, kind: Kind, id: str) -> tuple[dict[str, Any], int]:
@@ -182,12 +192,12 @@ class Authority:
             obj = view.obj(current)
             users = dependents(obj, view)
             if users:
-                raise InUse(
-                    f"{obj.label} is in use by {describe(users)}: delete or change those first"
-                )
+                raise InUse(f"{obj.label} is in use by {describe(users)}: delete or change those first")
             txn.delete(current)
             revision = txn.next_revision()
-        log.info("deleted %s %s/%s (%s) at revision %d", kind, current.tenant or "-", current.name, id, revision)
+        log.info(
+            "deleted %s %s/%s (%s) at revision %d", kind, current.tenant or "-", current.name, id, revision
+        )
         return render(current), revision
 
     # ---- helpers
@@ -204,12 +214,16 @@ class Authority:
             raise Conflict(f"a {old.kind} named {spec.name!r} already exists", "name")
         users = [d for d in dependents(old, view) if d.id != old.id]
         if users:
-            raise InUse(
-                f"cannot rename {old.label}: {describe(users)} refer to it by name", "name"
-            )
+            raise InUse(f"cannot rename {old.label}: {describe(users)} refer to it by name", "name")
 
     def _put(
-        self, txn: WriteTxn, view: TxnView, obj: Obj, data: dict[str, Any], claims: list[Claim], op: Op
+        self,
+        txn: WriteTxn,
+        view: TxnView,
+        obj: Obj,
+        data: dict[str, Any],
+        claims: builtins.list[Claim],
+        op: Op,
     ) -> Record:
         record = Record(obj.kind.name, obj.id, obj.spec.scope, obj.spec.name, txn.next_revision(), data)
         try:
@@ -219,7 +233,7 @@ class Authority:
         view.forget()
         return record
 
-    def _recheck(self, txn: WriteTxn, view: TxnView, changed: Obj, affected: list[Obj]) -> None:
+    def _recheck(self, txn: WriteTxn, view: TxnView, changed: Obj, affected: builtins.list[Obj]) -> None:
         """Re-validate what depends on a structural change; refuse the change if any breaks."""
         seen: set[str] = set()
         for dep in affected:
@@ -257,7 +271,9 @@ class Authority:
         return spec
 
     @staticmethod
-    def _allocate_floating_ip(txn: ReadTxn, spec: o.FloatingIp) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
+    def _allocate_floating_ip(
+        txn: ReadTxn, spec: o.FloatingIp
+    ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
         record = txn.find(k.EXTERNAL_NETWORK.name, None, spec.network)
         if record is None:
             raise Invalid(f"no external network named {spec.network!r}", "network")

@@ -46,7 +46,9 @@ def _key(kind: k.Kind, obj: dict[str, Any]) -> tuple[str | None, str]:
 
 def _body(spec: Spec) -> dict[str, Any]:
     """What to send: the declared fields only (the server fills the rest the same way)."""
-    return spec.model_dump(mode="json", include=spec.model_fields_set | {"name", "tenant"} & set(type(spec).model_fields))
+    return spec.model_dump(
+        mode="json", include=spec.model_fields_set | {"name", "tenant"} & set(type(spec).model_fields)
+    )
 
 
 def plan(scenario: Scenario, client: Client) -> list[Step]:
@@ -80,7 +82,9 @@ def execute(steps: list[Step], client: Client, progress: Callable[[Step], None])
     """Run the plan. Security groups that name groups created later in the same
     run are created without those rules first and completed at the end."""
     result = Result()
-    groups = {s.entry.spec.name for s in steps if isinstance(s.entry.spec, SecurityGroup) and s.action != "create"}
+    groups = {
+        s.entry.spec.name for s in steps if isinstance(s.entry.spec, SecurityGroup) and s.action != "create"
+    }
     complete_later: list[Step] = []
     for step in steps:
         kind = step.entry.kind

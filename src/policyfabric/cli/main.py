@@ -58,9 +58,16 @@ def version() -> None:
 
 @app.command()
 def authority(
-    db: Annotated[Path, typer.Option(help="SQLite database file (created if absent).")] = Path("policyfabric.db"),
+    db: Annotated[Path, typer.Option(help="SQLite database file (created if absent).")] = Path(
+        "policyfabric.db"
+    ),
     listen: Annotated[str, typer.Option(help="HOST:PORT for the REST API.")] = "127.0.0.1:8700",
-    sync: Annotated[str, typer.Option(help="SQLite durability: 'full' (survives power loss) or 'normal' (survives a process crash).")] = "full",
+    sync: Annotated[
+        str,
+        typer.Option(
+            help="SQLite durability: 'full' (survives power loss) or 'normal' (survives a process crash)."
+        ),
+    ] = "full",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the Policy Authority: the policy store and its REST API (under /v1)."""
@@ -111,13 +118,19 @@ def apply_(file: FileArg, authority: AuthorityUrl = DEFAULT_URL) -> None:
         try:
             steps = applying.plan(scenario, client)
             with Progress(
-                TextColumn("[bold]applying[/]"), BarColumn(), MofNCompleteColumn(),
-                TextColumn("{task.description}"), console=err, transient=True,
+                TextColumn("[bold]applying[/]"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TextColumn("{task.description}"),
+                console=err,
+                transient=True,
             ) as bar:
                 task = bar.add_task("", total=len(steps))
 
                 def progress(step: applying.Step) -> None:
-                    bar.update(task, advance=1, description=f"{step.action} {step.entry.kind} {step.body['name']}")
+                    bar.update(
+                        task, advance=1, description=f"{step.action} {step.entry.kind} {step.body['name']}"
+                    )
 
                 result = applying.execute(steps, client, progress)
             revision = client.revision()
@@ -185,7 +198,9 @@ def objects_table(kind: k.Kind, items: list[dict[str, Any]]) -> Table:
 
 @app.command()
 def get(
-    kind: Annotated[str, typer.Argument(help="e.g. tenants, bridge-domains, endpoints (or bd, epg, sg, fip)")],
+    kind: Annotated[
+        str, typer.Argument(help="e.g. tenants, bridge-domains, endpoints (or bd, epg, sg, fip)")
+    ],
     name: Annotated[str | None, typer.Argument(help="only this object")] = None,
     tenant: Annotated[str | None, typer.Option(help="only objects of this tenant")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
@@ -210,7 +225,9 @@ def get(
 def delete(
     kind: Annotated[str, typer.Argument(help="e.g. endpoints, subnets")],
     name: Annotated[str, typer.Argument(help="the object's name")],
-    tenant: Annotated[str | None, typer.Option(help="its tenant (not for tenants and external networks)")] = None,
+    tenant: Annotated[
+        str | None, typer.Option(help="its tenant (not for tenants and external networks)")
+    ] = None,
     authority: AuthorityUrl = DEFAULT_URL,
 ) -> None:
     """Delete one object; refused while other objects use it."""
@@ -231,7 +248,9 @@ def delete(
 @app.command()
 def demo(
     file: Annotated[Path, typer.Argument(help="scenario to apply")] = Path("examples/demo.yaml"),
-    state_dir: Annotated[Path | None, typer.Option(help="keep the database here (default: a temporary directory)")] = None,
+    state_dir: Annotated[
+        Path | None, typer.Option(help="keep the database here (default: a temporary directory)")
+    ] = None,
 ) -> None:
     """Start an authority on SQLite, apply a scenario, show what was stored, stop."""
     from policyfabric.cli.demo import run_demo

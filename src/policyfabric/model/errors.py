@@ -28,9 +28,7 @@ class PolicyError(Exception):
     status = 400
     code = "bad_request"
 
-    def __init__(
-        self, message: str, field: str | None = None, problems: list[Problem] | None = None
-    ) -> None:
+    def __init__(self, message: str, field: str | None = None, problems: list[Problem] | None = None) -> None:
         super().__init__(message)
         self.message = message
         self.field = field

@@ -127,9 +127,7 @@ class Subnet(TenantScoped):
         if self.gateway_ip is not None and (why := usable_host(net, self.gateway_ip)):
             found.append(Problem("gateway_ip", why))
         if self.ipv6_ra_mode == "slaac" and (net.version != 6 or net.prefixlen != 64):
-            found.append(
-                Problem("ipv6_ra_mode", f"slaac needs an IPv6 /64 subnet, and {net} is not one")
-            )
+            found.append(Problem("ipv6_ra_mode", f"slaac needs an IPv6 /64 subnet, and {net} is not one"))
         return found
 
 
@@ -216,9 +214,7 @@ class SecurityGroupRule(Strict):
     def problems(self, at: str) -> list[Problem]:
         found = protocol_problems(at, self.protocol, self.port, self.ethertype)
         if self.remote_ip_prefix is not None and self.remote_group is not None:
-            found.append(
-                Problem(f"{at}remote_group", "give remote_ip_prefix or remote_group, not both")
-            )
+            found.append(Problem(f"{at}remote_group", "give remote_ip_prefix or remote_group, not both"))
         prefix = self.remote_ip_prefix
         if prefix is not None and f"ipv{prefix.version}" != self.ethertype:
             found.append(
@@ -264,9 +260,7 @@ class Endpoint(TenantScoped):
 
     def problems(self) -> list[Problem]:
         if self.epg is None and self.subnet is None:
-            return [
-                Problem("epg", "an endpoint needs an epg, or (security groups only) a subnet")
-            ]
+            return [Problem("epg", "an endpoint needs an epg, or (security groups only) a subnet")]
         return []
 
 

@@ -39,9 +39,7 @@ def _message(error: ErrorDetails) -> str:
     return msg.removeprefix("Value error, ")
 
 
-def problems_from_pydantic(
-    errors: Iterable[ErrorDetails], strip: int = 0
-) -> list[Problem]:
+def problems_from_pydantic(errors: Iterable[ErrorDetails], strip: int = 0) -> list[Problem]:
     """pydantic's errors as Problems; ``strip`` drops leading loc parts (e.g. ``body``)."""
     found = []
     for error in errors:

@@ -151,10 +151,12 @@ def check_references(obj: Obj, view: View) -> None:
         if view.find(ref.kind, _target_scope(ref, spec.scope), ref.name) is None:
             missing.append(ref)
     if missing:
-        where = lambda r: "" if r.kind in (k.TENANT, k.EXTERNAL_NETWORK) else f" in tenant {spec.scope!r}"  # noqa: E731
-        raise Invalid.of(
-            Problem(r.field, f"no {r.kind} named {r.name!r}{where(r)}") for r in missing
-        )
+
+        def where(ref: Ref) -> str:
+            global_kind = ref.kind in (k.TENANT, k.EXTERNAL_NETWORK)
+            return "" if global_kind else f" in tenant {spec.scope!r}"
+
+        raise Invalid.of(Problem(r.field, f"no {r.kind} named {r.name!r}{where(r)}") for r in missing)
 
 
 def validate(obj: Obj, view: View) -> list[Claim]:
@@ -180,7 +182,8 @@ def bridge_domain_of(view: View, spec: o.Endpoint) -> o.BridgeDomain | None:
 
 def subnets_of(view: View, tenant: str, bridge_domain: str) -> list[Obj]:
     return [
-        s for s in view.list(k.SUBNET, tenant)
+        s
+        for s in view.list(k.SUBNET, tenant)
         if isinstance(s.spec, o.Subnet) and s.spec.bridge_domain == bridge_domain
     ]
 
@@ -202,8 +205,7 @@ def _check_subnet(obj: Obj, view: View) -> list[Claim]:
             continue
         if _vrf_of_bd(view, spec.tenant, theirs.bridge_domain) == vrf:
             raise Conflict(
-                f"{spec.cidr} overlaps subnet {theirs.name!r} ({theirs.cidr}) "
-                f"in l3_context {vrf!r}",
+                f"{spec.cidr} overlaps subnet {theirs.name!r} ({theirs.cidr}) in l3_context {vrf!r}",
                 "cidr",
             )
     return []
@@ -216,8 +218,7 @@ def _check_epg(obj: Obj, view: View) -> list[Claim]:
     if both:
         name = sorted(both)[0]
         raise Invalid(
-            f"contract {name!r} is both provided and consumed: use intra_group for traffic "
-            "within the group",
+            f"contract {name!r} is both provided and consumed: use intra_group for traffic within the group",
             "consumes",
         )
     return []
@@ -244,15 +245,12 @@ def _check_endpoint(obj: Obj, view: View) -> list[Claim]:
         if text == SLAAC:
             if not any(isinstance(s, o.Subnet) and s.ipv6_ra_mode == SLAAC for s in subnets):
                 raise Invalid(
-                    f"'slaac' needs an IPv6 subnet with ipv6_ra_mode slaac on bridge domain "
-                    f"{bd.name!r}",
+                    f"'slaac' needs an IPv6 subnet with ipv6_ra_mode slaac on bridge domain {bd.name!r}",
                     field,
                 )
             continue
         addr = ipaddress.ip_address(text)
-        home = next(
-            (s for s in subnets if isinstance(s, o.Subnet) and addr in s.cidr), None
-        )
+        home = next((s for s in subnets if isinstance(s, o.Subnet) and addr in s.cidr), None)
         if home is None:
             have = ", ".join(str(s.cidr) for s in subnets if isinstance(s, o.Subnet)) or "none"
             raise Invalid(
@@ -289,9 +287,7 @@ def _check_router(obj: Obj, view: View) -> list[Claim]:
                 f"subnet {name!r} is in l3_context {vrf!r}, not the router's {spec.l3_context!r}",
                 field,
             )
-        claims.append(
-            Claim(f"router-interface/{spec.tenant}/{name}", field, f"subnet {name!r}")
-        )
+        claims.append(Claim(f"router-interface/{spec.tenant}/{name}", field, f"subnet {name!r}"))
     return claims
 
 
@@ -333,12 +329,12 @@ def _check_external_network(obj: Obj, view: View) -> list[Claim]:
     assert isinstance(spec, o.ExternalNetwork)
     for other in view.list(k.EXTERNAL_NETWORK, None):
         theirs = other.spec
-        if other.id != obj.id and isinstance(theirs, o.ExternalNetwork) and (
-            theirs.cidr.version == spec.cidr.version and theirs.cidr.overlaps(spec.cidr)
+        if (
+            other.id != obj.id
+            and isinstance(theirs, o.ExternalNetwork)
+            and (theirs.cidr.version == spec.cidr.version and theirs.cidr.overlaps(spec.cidr))
         ):
-            raise Conflict(
-                f"{spec.cidr} overlaps external network {theirs.name!r} ({theirs.cidr})", "cidr"
-            )
+            raise Conflict(f"{spec.cidr} overlaps external network {theirs.name!r} ({theirs.cidr})", "cidr")
     return []
 
 
@@ -408,5 +404,3 @@ def describe(objs: Sequence[Obj], limit: int = 10) -> str:
     labels = [x.label for x in objs[:limit]]
     more = len(objs) - limit
     return ", ".join(labels) + (f" and {more} more" if more > 0 else "")
-
-

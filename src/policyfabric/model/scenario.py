@@ -176,7 +176,11 @@ def _structure_problems(raw: dict[str, Any]) -> Iterator[Located]:
     known = {"tenants", "external_networks", "endpoints", *LAB_SECTIONS}
     for key in raw:
         if key not in known:
-            yield Located(_key_line(raw, key), str(key), Problem(None, f"unknown section (known: {', '.join(sorted(known))})"))
+            yield Located(
+                _key_line(raw, key),
+                str(key),
+                Problem(None, f"unknown section (known: {', '.join(sorted(known))})"),
+            )
         elif not isinstance(raw[key], list):
             yield Located(_key_line(raw, key), str(key), Problem(None, "must be a list"))
     for i, tenant in _items(raw, "tenants"):
@@ -187,7 +191,11 @@ def _structure_problems(raw: dict[str, Any]) -> Iterator[Located]:
         for key in tenant:
             if key != "name" and key not in TENANT_SECTIONS:
                 sections = ", ".join(TENANT_SECTIONS)
-                yield Located(_key_line(tenant, key), f"{where}.{key}", Problem(None, f"unknown key in a tenant (known: name, {sections})"))
+                yield Located(
+                    _key_line(tenant, key),
+                    f"{where}.{key}",
+                    Problem(None, f"unknown key in a tenant (known: name, {sections})"),
+                )
             elif key != "name" and not isinstance(tenant[key], list):
                 yield Located(_key_line(tenant, key), f"{where}.{key}", Problem(None, "must be a list"))
 
@@ -248,7 +256,10 @@ def check(scenario: Scenario) -> list[Located]:
             continue
         if entry.key in seen:
             first = seen[entry.key]
-            msg = f"a {entry.kind} named {entry.spec.name!r} is already declared at {first.path} (line {first.line(None)})"
+            msg = (
+                f"a {entry.kind} named {entry.spec.name!r} is already declared "
+                f"at {first.path} (line {first.line(None)})"
+            )
             found.append(Located(entry.line("name"), entry.path, Problem("name", msg)))
             broken.add(entry.key)
             continue
@@ -281,7 +292,9 @@ def check(scenario: Scenario) -> list[Located]:
 
 def _refers_to_broken(obj: Obj, broken: set[tuple[str, str | None, str]]) -> bool:
     scope = obj.spec.scope
-    targets = {(r.kind.name, None if r.kind is k.EXTERNAL_NETWORK else scope, r.name) for r in references(obj.spec)}
+    targets = {
+        (r.kind.name, None if r.kind is k.EXTERNAL_NETWORK else scope, r.name) for r in references(obj.spec)
+    }
     if scope is not None:
         targets.add((k.TENANT.name, None, scope))
     return bool(targets & broken)

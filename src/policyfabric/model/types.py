@@ -82,8 +82,12 @@ PortRange = Annotated[
     int | str,
     BeforeValidator(parse_port),
     WithJsonSchema(
-        {"anyOf": [{"type": "integer", "minimum": 1, "maximum": 65535},
-                   {"type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$"}]}
+        {
+            "anyOf": [
+                {"type": "integer", "minimum": 1, "maximum": 65535},
+                {"type": "string", "pattern": "^[0-9]{1,5}(-[0-9]{1,5})?$"},
+            ]
+        }
     ),
 ]
 

@@ -9,6 +9,7 @@ backend can implement the same with one key per document and per claim.
 
 from __future__ import annotations
 
+import builtins
 from collections.abc import Iterator, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
@@ -57,13 +58,15 @@ class ReadTxn(Protocol):
 
     def find(self, kind: str, tenant: str | None, name: str) -> Record | None: ...
 
-    def list(self, kind: str, tenant: str | None = None, name: str | None = None) -> list[Record]: ...
+    def list(
+        self, kind: str, tenant: str | None = None, name: str | None = None
+    ) -> builtins.list[Record]: ...
 
     def revision(self) -> int: ...
 
     def claim_holder(self, key: str) -> str | None: ...
 
-    def changes(self, since: int, limit: int) -> list[Change]: ...
+    def changes(self, since: int, limit: int) -> builtins.list[Change]: ...
 
 
 class WriteTxn(ReadTxn, Protocol):

@@ -9,6 +9,7 @@ run concurrently on their own snapshot.
 
 from __future__ import annotations
 
+import builtins
 import json
 import logging
 import threading
@@ -130,7 +131,7 @@ class SqliteTxn:
         rows = self._rows(_FIND, kind, tenant or "", name)
         return _record(rows[0]) if rows else None
 
-    def list(self, kind: str, tenant: str | None = None, name: str | None = None) -> list[Record]:
+    def list(self, kind: str, tenant: str | None = None, name: str | None = None) -> builtins.list[Record]:
         sql, params = _LIST, [kind]
         if tenant is not None:
             sql, params = sql + " AND tenant = ?", [*params, tenant]
@@ -146,7 +147,7 @@ class SqliteTxn:
         rows = self._rows(_HOLDER, key)
         return str(rows[0][0]) if rows else None
 
-    def changes(self, since: int, limit: int) -> list[Change]:
+    def changes(self, since: int, limit: int) -> builtins.list[Change]:
         return [
             Change(revision, op, kind, id, tenant or None, name)
             for revision, op, kind, id, tenant, name in self._rows(_CHANGES, since, limit)
@@ -161,8 +162,12 @@ class SqliteTxn:
 
     def put(self, record: Record, claim_list: Sequence[Claim], op: Op) -> None:
         values = (
-            record.kind, record.tenant or "", record.name, record.revision,
-            json.dumps(record.data, separators=(",", ":")), record.id,
+            record.kind,
+            record.tenant or "",
+            record.name,
+            record.revision,
+            json.dumps(record.data, separators=(",", ":")),
+            record.id,
         )
         self.conn.exec_driver_sql(_INSERT if op == "create" else _UPDATE, values)
         self.set_claims(record.id, claim_list)
