@@ -156,3 +156,26 @@ def test_unreachable_authority_is_a_clear_error() -> None:
 )
 def test_help_explains(args: list[str]) -> None:
     assert "Usage" in run(*args).stdout
+
+
+def test_authority_startup_problems_are_clear_errors(tmp_path: Path) -> None:
+    missing = run("authority", "--db", str(tmp_path / "no" / "such" / "x.db"), check=False)
+    assert missing.returncode == 1 and "directory" in missing.stderr and "does not exist" in missing.stderr
+    garbage = tmp_path / "garbage.db"
+    garbage.write_text("this is not a database, just some text that is long enough" * 20)
+    bad = run("authority", "--db", str(garbage), check=False)
+    assert bad.returncode == 1 and "file is not a database" in bad.stderr and "Traceback" not in bad.stderr
+    listen = run("authority", "--listen", "nonsense:xx", check=False)
+    assert listen.returncode == 1 and "not HOST:PORT" in listen.stderr
+
+
+def test_authority_refuses_a_port_in_use(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:
+    clash = run(
+        "authority",
+        "--db",
+        str(tmp_path / "x.db"),
+        "--listen",
+        f"127.0.0.1:{fresh_authority.port}",
+        check=False,
+    )
+    assert clash.returncode != 0 and "address already in use" in clash.stderr

@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import sqlalchemy.exc
 import uvicorn
 
 from policyfabric.authority.api import create_app
@@ -25,8 +26,22 @@ def parse_listen(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+class StartupError(Exception):
+    """The authority cannot start; the message says why."""
+
+
+def open_store(db: Path, sync: Sync) -> SqliteStore:
+    if not db.parent.is_dir():
+        raise StartupError(f"cannot create the database {db}: directory {db.parent} does not exist")
+    try:
+        return SqliteStore(db, sync=sync)
+    except sqlalchemy.exc.DBAPIError as exc:
+        raise StartupError(f"cannot open the database {db}: {exc.orig}") from None
+
+
 def serve(db: Path, host: str, port: int, sync: Sync = "full") -> None:
-    store = SqliteStore(db, sync=sync)
+    """Run until SIGTERM/SIGINT; raises StartupError if the store cannot be opened."""
+    store = open_store(db, sync)
     authority = Authority(store)
     app = create_app(authority)
     log.info(
@@ -38,7 +53,7 @@ def serve(db: Path, host: str, port: int, sync: Sync = "full") -> None:
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
     try:
-        uvicorn.Server(config).run()
+        uvicorn.Server(config).run()  # exits non-zero by itself if it cannot bind
     finally:
         store.close()
         log.info("policyfabric authority stopped")

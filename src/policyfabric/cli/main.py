@@ -28,7 +28,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
 
 AuthorityUrl = Annotated[
     str,
@@ -71,7 +71,7 @@ def authority(
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the Policy Authority: the policy store and its REST API (under /v1)."""
-    from policyfabric.authority.server import parse_listen, serve
+    from policyfabric.authority.server import StartupError, parse_listen, serve
 
     _setup_logging(log_level)
     if sync not in ("full", "normal"):
@@ -80,7 +80,10 @@ def authority(
         host, port = parse_listen(listen, 8700)
     except ValueError as exc:
         raise fail(f"--listen: {exc}") from None
-    serve(db, host, port, sync)  # type: ignore[arg-type]
+    try:
+        serve(db, host, port, sync)  # type: ignore[arg-type]
+    except StartupError as exc:
+        raise fail(str(exc)) from None
 
 
 def _load_checked(path: Path) -> sc.Scenario:
