@@ -96,42 +96,23 @@ def _collection_routes(app: FastAPI, authority: Authority, kind: Kind) -> None:
         return {"deleted": gone, "revision": revision}
 
     title = str(kind)
-    app.post(
-        base,
-        status_code=201,
-        tags=tags,
-        summary=f"Create a {title}",
-        responses={201: {"model": out}, **ERRORS},
-        response_class=JSONResponse,
-    )(create)
-    app.get(
-        base,
-        tags=tags,
-        summary=f"List {title}s",
-        responses={200: {"model": items}, **ERRORS},
-        response_class=JSONResponse,
-    )(list_)
-    app.get(
-        f"{base}/{{id}}",
-        tags=tags,
-        summary=f"Read a {title}",
-        responses={200: {"model": out}, **ERRORS},
-        response_class=JSONResponse,
-    )(get)
-    app.put(
-        f"{base}/{{id}}",
-        tags=tags,
-        summary=f"Replace a {title}",
-        responses={200: {"model": out}, **ERRORS},
-        response_class=JSONResponse,
-    )(replace)
-    app.delete(
-        f"{base}/{{id}}",
-        tags=tags,
-        summary=f"Delete a {title}",
-        responses={200: {"model": deleted}, **ERRORS},
-        response_class=JSONResponse,
-    )(remove)
+    item = f"{base}/{{id}}"
+    routes = (
+        (app.post, base, create, f"Create a {title}", 201, out),
+        (app.get, base, list_, f"List {title}s", 200, items),
+        (app.get, item, get, f"Read a {title}", 200, out),
+        (app.put, item, replace, f"Replace a {title}", 200, out),
+        (app.delete, item, remove, f"Delete a {title}", 200, deleted),
+    )
+    for method, path, handler, summary, status, model in routes:
+        method(
+            path,
+            status_code=status,
+            tags=tags,
+            summary=summary,
+            responses={status: {"model": model}, **ERRORS},
+            response_class=JSONResponse,
+        )(handler)
 
 
 def _request_problems(exc: RequestValidationError) -> PolicyError:

@@ -19,6 +19,7 @@ from policyfabric.model.types import (
     Cidr,
     EndpointAddresses,
     Ethertype,
+    IPAddress,
     Mac,
     Name,
     NameList,
@@ -76,6 +77,31 @@ class TenantScoped(Spec):
         return self.tenant
 
 
+class GatewayedPrefix(BaseModel):
+    """A prefix with a gateway address (subnets and external networks)."""
+
+    cidr: Cidr
+    gateway_ip: Address | None = Field(None, description="gateway address; default: the first host address")
+
+    @model_validator(mode="after")
+    def _default_gateway(self) -> GatewayedPrefix:
+        if self.gateway_ip is None:
+            self.gateway_ip = first_host(self.cidr)
+        return self
+
+    def gateway_problems(self) -> list[Problem]:
+        if self.gateway_ip is not None and (why := usable_host(self.cidr, self.gateway_ip)):
+            return [Problem("gateway_ip", why)]
+        return []
+
+    def why_not_host(self, addr: IPAddress, what: str) -> str | None:
+        """Why ``addr`` cannot be given to a host here (``what`` names this prefix), or None."""
+        why = usable_host(self.cidr, addr)
+        if why is None and addr == self.gateway_ip:
+            why = f"{addr} is the gateway address of {what}"
+        return why
+
+
 class Tenant(Spec):
     """A policy space."""
 
@@ -98,34 +124,23 @@ class BridgeDomain(TenantScoped):
     mtu: int = Field(1450, ge=1280, le=9000, description="MTU offered to endpoints (bytes)")
 
 
-class Subnet(TenantScoped):
+class Subnet(GatewayedPrefix, TenantScoped):
     """An IPv4 or IPv6 prefix on a bridge domain."""
 
     KIND = "subnet"
     STRUCTURAL = frozenset({"bridge_domain", "cidr", "gateway_ip", "ipv6_ra_mode"})
 
     bridge_domain: Name
-    cidr: Cidr
-    gateway_ip: Address | None = Field(
-        None, description="router address on the subnet; default: the first host address"
-    )
     ipv6_ra_mode: Literal["slaac"] | None = None
 
-    @model_validator(mode="after")
-    def _default_gateway(self) -> Subnet:
-        if self.gateway_ip is None:
-            self.gateway_ip = first_host(self.cidr)
-        return self
-
     def problems(self) -> list[Problem]:
-        found = []
+        found: list[Problem] = []
         net = self.cidr
         if net.version == 4 and net.prefixlen > 30:
             found.append(Problem("cidr", f"{net} is too small: an IPv4 subnet needs /30 or larger"))
         if net.version == 6 and net.prefixlen > 126:
             found.append(Problem("cidr", f"{net} is too small: an IPv6 subnet needs /126 or larger"))
-        if self.gateway_ip is not None and (why := usable_host(net, self.gateway_ip)):
-            found.append(Problem("gateway_ip", why))
+        found += self.gateway_problems()
         if self.ipv6_ra_mode == "slaac" and (net.version != 6 or net.prefixlen != 64):
             found.append(Problem("ipv6_ra_mode", f"slaac needs an IPv6 /64 subnet, and {net} is not one"))
         return found
@@ -291,23 +306,13 @@ class FloatingIp(TenantScoped):
     endpoint: Name | None = None
 
 
-class ExternalNetwork(Spec):
+class ExternalNetwork(GatewayedPrefix, Spec):
     """The provider side, shared by all tenants."""
 
     KIND = "external_network"
     STRUCTURAL = frozenset({"cidr", "gateway_ip"})
 
-    cidr: Cidr
-    gateway_ip: Address | None = None
     physical_network: Name | None = None
 
-    @model_validator(mode="after")
-    def _default_gateway(self) -> ExternalNetwork:
-        if self.gateway_ip is None:
-            self.gateway_ip = first_host(self.cidr)
-        return self
-
     def problems(self) -> list[Problem]:
-        if self.gateway_ip is not None and (why := usable_host(self.cidr, self.gateway_ip)):
-            return [Problem("gateway_ip", why)]
-        return []
+        return self.gateway_problems()

@@ -22,7 +22,7 @@ from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
 from policyfabric.model.errors import Conflict, Invalid, Problem
 from policyfabric.model.kinds import Kind
-from policyfabric.model.types import SLAAC, usable_host
+from policyfabric.model.types import SLAAC
 
 S = TypeVar("S", bound=o.Spec)
 
@@ -257,9 +257,7 @@ def _check_endpoint(obj: Obj, view: View) -> list[Claim]:
                 f"{addr} is not inside a subnet of bridge domain {bd.name!r} (its subnets: {have})",
                 field,
             )
-        why = usable_host(home.cidr, addr)
-        if why is None and addr == home.gateway_ip:
-            why = f"{addr} is the gateway address of subnet {home.name!r}"
+        why = home.why_not_host(addr, f"subnet {home.name!r}")
         if why:
             raise Invalid(why, field)
         claims.append(
@@ -298,9 +296,7 @@ def _check_floating_ip(obj: Obj, view: View) -> list[Claim]:
     assert net is not None
     claims = []
     if spec.ip is not None:
-        why = usable_host(net.cidr, spec.ip)
-        if why is None and spec.ip == net.gateway_ip:
-            why = f"{spec.ip} is the gateway address of external network {net.name!r}"
+        why = net.why_not_host(spec.ip, f"external network {net.name!r}")
         if why:
             raise Invalid(why, "ip")
         claims.append(Claim(f"floating-ip/{spec.ip}", "ip", f"floating IP {spec.ip}"))
