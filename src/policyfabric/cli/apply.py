@@ -47,7 +47,7 @@ def _key(kind: k.Kind, obj: dict[str, Any]) -> tuple[str | None, str]:
 def _body(spec: Spec) -> dict[str, Any]:
     """What to send: the declared fields only (the server fills the rest the same way)."""
     return spec.model_dump(
-        mode="json", include=spec.model_fields_set | {"name", "tenant"} & set(type(spec).model_fields)
+        mode="json", include=spec.model_fields_set | ({"name", "tenant"} & set(type(spec).model_fields))
     )
 
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import sys
 from pathlib import Path
 from typing import Annotated, Any
@@ -259,7 +258,3 @@ def demo(
     from policyfabric.cli.demo import run_demo
 
     raise typer.Exit(run_demo(file, state_dir, out, err))
-
-
-def main() -> None:  # pragma: no cover - console entry point helper
-    app(prog_name=os.path.basename(sys.argv[0]))

@@ -10,7 +10,7 @@ backend can implement the same with one key per document and per claim.
 from __future__ import annotations
 
 import builtins
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
@@ -93,8 +93,3 @@ class Store(Protocol):
     def write(self) -> AbstractContextManager[WriteTxn]: ...
 
     def close(self) -> None: ...
-
-
-def iter_pages(items: Sequence[Record], size: int) -> Iterator[Sequence[Record]]:
-    for start in range(0, len(items), size):
-        yield items[start : start + size]
