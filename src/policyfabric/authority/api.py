@@ -9,7 +9,7 @@ answers with a traceback.
 
 import logging
 from enum import Enum
-from typing import Any
+from typing import Any, Protocol
 
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -128,7 +128,15 @@ def _request_problems(exc: RequestValidationError) -> PolicyError:
     return Invalid.of(problems or [Problem(None, "invalid request")])
 
 
-def create_app(authority: Authority) -> FastAPI:
+class Observer(Protocol):
+    """What the OpFlex server shows through REST."""
+
+    def agents_json(self) -> list[dict[str, Any]]: ...
+
+    def faults_json(self) -> list[dict[str, Any]]: ...
+
+
+def create_app(authority: Authority, observer: Observer | None = None) -> FastAPI:
     app = FastAPI(
         title="policyfabric Policy Authority",
         version=__version__,
@@ -171,6 +179,14 @@ def create_app(authority: Authority) -> FastAPI:
     ) -> dict[str, Any]:
         found, current = authority.changes(since, limit)
         return {"changes": found, "revision": current}
+
+    @app.get("/v1/agents", tags=["opflex"], summary="Policy agents known to this authority")
+    def agents() -> dict[str, Any]:
+        return {"items": observer.agents_json() if observer else []}
+
+    @app.get("/v1/faults", tags=["opflex"], summary="Faults reported by agents (state_report)")
+    def faults() -> dict[str, Any]:
+        return {"items": observer.faults_json() if observer else []}
 
     for kind in k.ORDER:
         _collection_routes(app, authority, kind)

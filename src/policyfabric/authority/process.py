@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from policyfabric.cli.client import Client, Unreachable
@@ -28,7 +28,13 @@ class AuthorityProcess:
     log: Path
     port: int
     sync: str = "full"
+    opflex_port: int = 0
+    extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+
+    @property
+    def opflex(self) -> tuple[str, int]:
+        return ("127.0.0.1", self.opflex_port)
 
     @property
     def url(self) -> str:
@@ -87,7 +93,14 @@ class AuthorityProcess:
         self.stop()
 
 
-def authority_in(directory: Path, sync: str = "full") -> AuthorityProcess:
-    """An (unstarted) authority whose database and log live in ``directory``."""
+def authority_in(directory: Path, sync: str = "full", extra: list[str] | None = None) -> AuthorityProcess:
+    """An (unstarted) authority whose database and log live in ``directory``, on free ports."""
     directory.mkdir(parents=True, exist_ok=True)
-    return AuthorityProcess(directory / "policyfabric.db", directory / "authority.log", free_port(), sync)
+    return AuthorityProcess(
+        directory / "policyfabric.db",
+        directory / "authority.log",
+        free_port(),
+        sync,
+        free_port(),
+        extra or [],
+    )

@@ -1,18 +1,26 @@
-"""Run the Policy Authority: the store, the REST API (and, later, OpFlex)."""
+"""Run the Policy Authority: the store, the REST API and the OpFlex server, in one event loop."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import sqlalchemy.exc
 import uvicorn
 
 from policyfabric.authority.api import create_app
+from policyfabric.authority.opflex_server import OpflexServer
 from policyfabric.authority.service import Authority
+from policyfabric.opflex.tls import server_context
 from policyfabric.store.sqlite import SqliteStore, Sync
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """The authority cannot start; the message says why."""
 
 
 def parse_listen(text: str, default_port: int) -> tuple[str, int]:
@@ -26,8 +34,18 @@ def parse_listen(text: str, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
-class StartupError(Exception):
-    """The authority cannot start; the message says why."""
+@dataclass
+class Settings:
+    db: Path = Path("policyfabric.db")
+    listen: tuple[str, int] = ("127.0.0.1", 8700)
+    sync: Sync = "full"
+    opflex_listen: tuple[str, int] | None = ("127.0.0.1", 8009)
+    opflex_advertise: list[str] = field(default_factory=list)
+    domain: str = "policyfabric"
+    keepalive: float = 10.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
 
 
 def open_store(db: Path, sync: Sync) -> SqliteStore:
@@ -39,21 +57,56 @@ def open_store(db: Path, sync: Sync) -> SqliteStore:
         raise StartupError(f"cannot open the database {db}: {exc.orig}") from None
 
 
-def serve(db: Path, host: str, port: int, sync: Sync = "full") -> None:
-    """Run until SIGTERM/SIGINT; raises StartupError if the store cannot be opened."""
-    store = open_store(db, sync)
+def serve(settings: Settings) -> None:
+    """Run until SIGTERM/SIGINT; raises StartupError if it cannot start."""
+    tls = None
+    if settings.tls_cert is not None:
+        if settings.tls_key is None:
+            raise StartupError("--tls-cert needs --tls-key")
+        try:
+            tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
+        except (OSError, ValueError) as exc:
+            raise StartupError(f"cannot load the TLS certificate: {exc}") from None
+    store = open_store(settings.db, settings.sync)
+    try:
+        asyncio.run(_run(settings, store, tls))
+    finally:
+        store.close()
+        log.info("policyfabric authority stopped")
+
+
+async def _run(settings: Settings, store: SqliteStore, tls: object) -> None:
     authority = Authority(store)
-    app = create_app(authority)
+    opflex = None
+    if settings.opflex_listen is not None:
+        opflex = OpflexServer(
+            authority,
+            domain=settings.domain,
+            advertise=settings.opflex_advertise,
+            keepalive=settings.keepalive,
+            tls=tls,  # type: ignore[arg-type]
+        )
+        try:
+            await opflex.start(*settings.opflex_listen)
+        except OSError as exc:
+            raise StartupError(
+                f"cannot listen for OpFlex on {settings.opflex_listen[0]}:{settings.opflex_listen[1]}: {exc.strerror}"
+            ) from None
+    host, port = settings.listen
+    app = create_app(authority, opflex)
     log.info(
         "policyfabric authority: REST on http://%s:%d/v1, store %s at revision %d",
         host,
         port,
-        db,
+        settings.db,
         authority.revision(),
     )
     config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
     try:
-        uvicorn.Server(config).run()  # exits non-zero by itself if it cannot bind
+        await server.serve()
     finally:
-        store.close()
-        log.info("policyfabric authority stopped")
+        if opflex is not None:
+            await opflex.stop()
+    if not server.started:
+        raise StartupError(f"cannot listen for REST on {host}:{port} (see the error above)")

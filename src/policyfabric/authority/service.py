@@ -11,7 +11,7 @@ import builtins
 import ipaddress
 import logging
 import uuid
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,11 +21,22 @@ from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, Policy
 from policyfabric.model.kinds import Kind
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
 from policyfabric.model.types import generate_mac
-from policyfabric.store.base import ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn
+from policyfabric.store.base import Change, ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn
 
 log = logging.getLogger(__name__)
 
 INITIAL_STATUS = {k.ENDPOINT.name: "DOWN"}
+ENDPOINT_STATUSES = ("DOWN", "BUILD", "ACTIVE", "ERROR")
+# Server-allocated numbers: overlay ids for bridge domains and l3_contexts
+# (one space: they share the VXLAN VNI space), policy class ids for EPGs.
+VNI_BASE, CLASSID_BASE = 0x10000, 0x4000
+ALLOCATED = {
+    k.BRIDGE_DOMAIN.name: ("vni", VNI_BASE),
+    k.L3_CONTEXT.name: ("vni", VNI_BASE),
+    k.ENDPOINT_GROUP.name: ("classid", CLASSID_BASE),
+}
+
+Listener = Callable[[list[Change]], None]
 
 
 class SpecCache:
@@ -101,6 +112,8 @@ class Authority:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.cache = SpecCache()
+        # Called after every commit with what it changed (from the writing thread).
+        self.listeners: list[Listener] = []
 
     # ---- reads
     def revision(self) -> int:
@@ -131,6 +144,12 @@ class Authority:
         except BaseException:
             self.cache.clear()
             raise
+        if txn.logged:
+            for listener in self.listeners:
+                try:
+                    listener(list(txn.logged))
+                except Exception:
+                    log.exception("change listener failed")
 
     def create(self, kind: Kind, spec: o.Spec) -> dict[str, Any]:
         with self._writing() as txn:
@@ -144,6 +163,9 @@ class Authority:
             data = spec.model_dump(mode="json")
             if kind.name in INITIAL_STATUS:
                 data["status"] = INITIAL_STATUS[kind.name]
+            if kind.name in ALLOCATED:
+                counter, base = ALLOCATED[kind.name]
+                data[counter] = base + txn.next_sequence(counter)
             record = self._put(txn, view, obj, data, claims, "create")
         log.info(
             "created %s %s/%s (%s) at revision %d",
@@ -199,6 +221,68 @@ class Authority:
             "deleted %s %s/%s (%s) at revision %d", kind, current.tenant or "-", current.name, id, revision
         )
         return render(current), revision
+
+    def tenants(self) -> builtins.list[str]:
+        with self.store.read() as txn:
+            return [r.name for r in txn.list(k.TENANT.name)]
+
+    def snapshot(
+        self, tenant: str | None
+    ) -> tuple[dict[str, builtins.list[o.Spec]], dict[str, dict[str, int]]]:
+        """Every object of ``tenant`` (None: the global kinds) by kind name, and the
+        allocated numbers by kind (``{"vni": {name: n}}`` keyed ``kind/name``)."""
+        objects: dict[str, builtins.list[o.Spec]] = {}
+        numbers: dict[str, dict[str, int]] = {"vni": {}, "classid": {}}
+        with self.store.read() as txn:
+            for kind in k.ORDER:
+                if kind.scoped != (tenant is not None) or kind is k.TENANT:
+                    continue
+                for record in txn.list(kind.name, tenant):
+                    objects.setdefault(kind.name, []).append(self.cache.spec(record))
+                    for counter in ("vni", "classid"):
+                        if counter in record.data:
+                            numbers[counter][f"{kind.name}/{record.name}"] = int(record.data[counter])
+        return objects, numbers
+
+    def set_endpoint_state(
+        self,
+        tenant: str,
+        name: str,
+        *,
+        host: str | None = None,
+        interface: str | None = None,
+        status: str | None = None,
+    ) -> bool:
+        """Record what an agent reported about an endpoint; False if there is no such endpoint.
+        Writes (and bumps the revision) only when something changes."""
+        with self._writing() as txn:
+            record = txn.find(k.ENDPOINT.name, tenant, name)
+            if record is None:
+                return False
+            data = dict(record.data)
+            for field, value in (("host", host), ("interface", interface), ("status", status)):
+                if value is not None:
+                    data[field] = value
+            if data == record.data:
+                return True
+            txn.put(
+                Record(record.kind, record.id, record.tenant, record.name, txn.next_revision(), data),
+                self._claims_of(txn, record),
+                "update",
+            )
+        log.info(
+            "endpoint %s/%s: host=%s interface=%s status=%s",
+            tenant,
+            name,
+            data.get("host"),
+            data.get("interface"),
+            data.get("status"),
+        )
+        return True
+
+    def _claims_of(self, txn: WriteTxn, record: Record) -> builtins.list[Claim]:
+        view = TxnView(txn, self.cache)
+        return validate(view.obj(record), view)
 
     # ---- helpers
     @staticmethod

@@ -61,28 +61,107 @@ def authority(
         "policyfabric.db"
     ),
     listen: Annotated[str, typer.Option(help="HOST:PORT for the REST API.")] = "127.0.0.1:8700",
-    sync: Annotated[
+    opflex_listen: Annotated[
+        str, typer.Option(help="HOST:PORT for OpFlex ('off' to disable).")
+    ] = "127.0.0.1:8009",
+    opflex_advertise: Annotated[
         str,
         typer.Option(
-            help="SQLite durability: 'full' (survives power loss) or 'normal' (survives a process crash)."
+            help="Comma-separated HOST:PORT list of OpFlex peers to tell agents about (default: this one)."
         ),
+    ] = "",
+    domain: Annotated[str, typer.Option(help="OpFlex policy domain agents must name.")] = "policyfabric",
+    keepalive: Annotated[
+        float,
+        typer.Option(help="OpFlex echo after this many idle seconds; peers silent 4x as long are dropped."),
+    ] = 10.0,
+    tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for OpFlex over TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="PEM key of --tls-cert.")] = None,
+    tls_ca: Annotated[
+        Path | None, typer.Option(help="CA that must have signed agents' client certificates.")
+    ] = None,
+    sync: Annotated[
+        str,
+        typer.Option(help="SQLite durability: 'full' (survives power loss) or 'normal' (survives a crash)."),
     ] = "full",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run the Policy Authority: the policy store and its REST API (under /v1)."""
-    from policyfabric.authority.server import StartupError, parse_listen, serve
+    """Run the Policy Authority: the policy store, its REST API (under /v1) and its OpFlex server."""
+    from policyfabric.authority.server import Settings, StartupError, parse_listen, serve
 
     _setup_logging(log_level)
     if sync not in ("full", "normal"):
         raise fail(f"--sync must be 'full' or 'normal', not {sync!r}")
     try:
-        host, port = parse_listen(listen, 8700)
+        settings = Settings(
+            db=db,
+            listen=parse_listen(listen, 8700),
+            sync=sync,  # type: ignore[arg-type]
+            opflex_listen=None if opflex_listen == "off" else parse_listen(opflex_listen, 8009),
+            opflex_advertise=[a.strip() for a in opflex_advertise.split(",") if a.strip()],
+            domain=domain,
+            keepalive=keepalive,
+            tls_cert=tls_cert,
+            tls_key=tls_key,
+            tls_ca=tls_ca,
+        )
     except ValueError as exc:
-        raise fail(f"--listen: {exc}") from None
+        raise fail(str(exc)) from None
     try:
-        serve(db, host, port, sync)  # type: ignore[arg-type]
+        serve(settings)
     except StartupError as exc:
         raise fail(str(exc)) from None
+
+
+@app.command()
+def agent(
+    host: Annotated[str, typer.Option(help="This host's name: the agent's OpFlex name.")],
+    authority_addr: Annotated[
+        str,
+        typer.Option(
+            "--authority", help="OpFlex HOST:PORT of the authority; several, comma-separated, to fail over."
+        ),
+    ] = "127.0.0.1:8009",
+    dry_run: Annotated[
+        bool, typer.Option(help="No dataplane: resolve, declare and print what the agent would hold.")
+    ] = False,
+    endpoint: Annotated[
+        list[str] | None, typer.Option(help="TENANT/NAME of a local endpoint (dry run; repeatable).")
+    ] = None,
+    state_dir: Annotated[Path | None, typer.Option(help="Where the agent keeps its policy cache.")] = None,
+    once: Annotated[bool, typer.Option(help="Print what was resolved and exit (dry run).")] = False,
+    domain: Annotated[str, typer.Option(help="OpFlex policy domain.")] = "policyfabric",
+    tls_ca: Annotated[Path | None, typer.Option(help="CA to verify the authority (enables TLS).")] = None,
+    tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
+    tls_key: Annotated[Path | None, typer.Option(help="Key of --tls-cert.")] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+) -> None:
+    """Run a Policy Agent. Only --dry-run exists so far: the Open vSwitch renderer comes next."""
+    import asyncio
+
+    from policyfabric.agent.dryrun import run_dry
+    from policyfabric.opflex.client import parse_peers
+    from policyfabric.opflex.tls import client_context
+
+    _setup_logging(log_level)
+    if not dry_run:
+        raise fail("only --dry-run is available: the Open vSwitch renderer is not built yet")
+    try:
+        peers = parse_peers(authority_addr)
+    except ValueError as exc:
+        raise fail(f"--authority: {exc}") from None
+    eps = []
+    for item in endpoint or []:
+        tenant, sep, name = item.partition("/")
+        if not sep or not tenant or not name:
+            raise fail(f"--endpoint {item!r}: write TENANT/NAME")
+        eps.append((tenant, name))
+    tls = client_context(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+    try:
+        code = asyncio.run(run_dry(host, peers, eps, state_dir, once, tls, domain, out))
+    except KeyboardInterrupt:
+        code = 0
+    raise typer.Exit(code)
 
 
 def _load_checked(path: Path) -> sc.Scenario:

@@ -30,8 +30,9 @@ from policyfabric.model.types import (
 )
 
 # Fields the server owns: accepted on input (so a client may PUT back what it
-# got) and ignored.
-SERVER_FIELDS = ("id", "revision", "status")
+# got) and ignored. vni: a bridge domain's or l3_context's overlay id;
+# classid: an endpoint group's policy class on the wire.
+SERVER_FIELDS = ("id", "revision", "status", "vni", "classid")
 
 
 class Strict(BaseModel):

@@ -34,7 +34,9 @@ def endpoint_uri(tenant: str, name: str) -> str:
     return uri_of(tenant, "PfEndpoint", name)
 
 
-def _classifier_props(name: str, protocol: str, port: int | str | None, ethertype: str | None) -> dict[str, Any]:
+def _classifier_props(
+    name: str, protocol: str, port: int | str | None, ethertype: str | None
+) -> dict[str, Any]:
     props: dict[str, Any] = {"name": name, "connectionTracking": "reflexive"}
     if ethertype in ETHERTYPES:
         props["etherT"] = ETHERTYPES[ethertype]
@@ -56,7 +58,8 @@ def tenant_tree(
     tenant: str, objects: Mapping[str, Sequence[o.Spec]], ids: Mapping[str, Mapping[str, int]]
 ) -> Tree:
     """The PolicySpace of ``tenant``. ``objects`` maps a kind name to its specs;
-    ``ids`` gives server-allocated numbers: ``ids["vni"][bd or vrf uri]``, ``ids["classid"][epg uri]``."""
+    ``ids`` gives server-allocated numbers by ``kind/name``: ``ids["vni"]["bridge_domain/bd1"]``,
+    ``ids["classid"]["endpoint_group/web"]`` (0 when unknown)."""
     tree = Tree()
     top = space(tenant)
     tree.root("PolicySpace", top, name=tenant)
@@ -69,18 +72,32 @@ def tenant_tree(
 
     for vrf in of("l3_context"):
         rd = tree.add(top, "GbpRoutingDomain", vrf.name, name=vrf.name)
-        tree.add(rd, "GbpeInstContext", encapId=vni.get(rd, 0))
+        tree.add(rd, "GbpeInstContext", encapId=vni.get(f"l3_context/{vrf.name}", 0))
     for bd in of("bridge_domain"):
         uri = tree.add(top, "GbpBridgeDomain", bd.name, name=bd.name, routingMode="enabled", mtu=bd.mtu)
-        _relation(tree, uri, "GbpBridgeDomainToNetworkRSrc", "GbpRoutingDomain", uri_of(tenant, "GbpRoutingDomain", bd.l3_context))
-        _relation(tree, uri, "GbpForwardingBehavioralGroupToSubnetsRSrc", "GbpSubnets", uri_of(tenant, "GbpSubnets", bd.name))
-        tree.add(uri, "GbpeInstContext", encapId=vni.get(uri, 0))
+        _relation(
+            tree,
+            uri,
+            "GbpBridgeDomainToNetworkRSrc",
+            "GbpRoutingDomain",
+            uri_of(tenant, "GbpRoutingDomain", bd.l3_context),
+        )
+        _relation(
+            tree,
+            uri,
+            "GbpForwardingBehavioralGroupToSubnetsRSrc",
+            "GbpSubnets",
+            uri_of(tenant, "GbpSubnets", bd.name),
+        )
+        tree.add(uri, "GbpeInstContext", encapId=vni.get(f"bridge_domain/{bd.name}", 0))
         container = tree.add(top, "GbpSubnets", bd.name, name=bd.name)
         for subnet in of("subnet"):
             if subnet.bridge_domain == bd.name:
                 props: dict[str, Any] = {
-                    "name": subnet.name, "address": str(subnet.cidr.network_address),
-                    "prefixLen": subnet.cidr.prefixlen, "virtualRouterIp": str(subnet.gateway_ip),
+                    "name": subnet.name,
+                    "address": str(subnet.cidr.network_address),
+                    "prefixLen": subnet.cidr.prefixlen,
+                    "virtualRouterIp": str(subnet.gateway_ip),
                 }
                 if subnet.ipv6_ra_mode == "slaac":
                     props.update(ipv6AdvAutonomousFlag=1, ipv6AdvOnLinkFlag=1)
@@ -94,10 +111,22 @@ def tenant_tree(
         uri = tree.add(top, "GbpContract", contract.name, name=contract.name)
         subject = tree.add(uri, "GbpSubject", "default", name="default")
         for order, rule in enumerate(contract.rules):
-            r = tree.add(subject, "GbpRule", rule.name, name=rule.name, order=order, direction=rule.classifier.direction)
+            r = tree.add(
+                subject,
+                "GbpRule",
+                rule.name,
+                name=rule.name,
+                order=order,
+                direction=rule.classifier.direction,
+            )
             clf_name = f"{contract.name}.{rule.name}"
             c = rule.classifier
-            clf = tree.add(top, "GbpeL24Classifier", clf_name, **_classifier_props(clf_name, c.protocol, c.port, c.ethertype))
+            clf = tree.add(
+                top,
+                "GbpeL24Classifier",
+                clf_name,
+                **_classifier_props(clf_name, c.protocol, c.port, c.ethertype),
+            )
             _relation(tree, r, "GbpRuleToClassifierRSrc", "GbpeL24Classifier", clf, many=True)
             action = actions["drop" if rule.action == "drop" else "allow"]
             action_cls = "GbpAllowDenyAction"
@@ -109,18 +138,38 @@ def tenant_tree(
         subject = tree.add(uri, "GbpSecGroupSubject", "default", name="default")
         for order, rule in enumerate(sg.rules):
             direction = "in" if rule.direction == "ingress" else "out"
-            r = tree.add(subject, "GbpSecGroupRule", str(order), name=str(order), order=order, direction=direction)
+            r = tree.add(
+                subject, "GbpSecGroupRule", str(order), name=str(order), order=order, direction=direction
+            )
             clf_name = f"sg.{sg.name}.{order}"
-            clf = tree.add(top, "GbpeL24Classifier", clf_name, **_classifier_props(clf_name, rule.protocol, rule.port, rule.ethertype))
+            clf = tree.add(
+                top,
+                "GbpeL24Classifier",
+                clf_name,
+                **_classifier_props(clf_name, rule.protocol, rule.port, rule.ethertype),
+            )
             _relation(tree, r, "GbpRuleToClassifierRSrc", "GbpeL24Classifier", clf, many=True)
             _relation(tree, r, "GbpRuleToActionRSrc", "GbpAllowDenyAction", actions["allow"], many=True)
             if rule.remote_ip_prefix is not None:
                 remote = tree.add(top, "GbpSubnets", clf_name, name=clf_name)
                 net = rule.remote_ip_prefix
-                tree.add(remote, "GbpSubnet", "remote", name="remote", address=str(net.network_address), prefixLen=net.prefixlen)
+                tree.add(
+                    remote,
+                    "GbpSubnet",
+                    "remote",
+                    name="remote",
+                    address=str(net.network_address),
+                    prefixLen=net.prefixlen,
+                )
                 _relation(tree, r, "GbpSecGroupRuleToRemoteAddressRSrc", "GbpSubnets", remote, many=True)
             if rule.remote_group is not None:
-                _relation(tree, r, "PfSecGroupRuleToRemoteGroupRSrc", "GbpSecGroup", uri_of(tenant, "GbpSecGroup", rule.remote_group))
+                _relation(
+                    tree,
+                    r,
+                    "PfSecGroupRuleToRemoteGroupRSrc",
+                    "GbpSecGroup",
+                    uri_of(tenant, "GbpSecGroup", rule.remote_group),
+                )
     bd_of_epg = {}
     for epg in of("endpoint_group"):
         uri = tree.add(top, "GbpEpGroup", epg.name, name=epg.name, intraGroupPolicy=epg.intra_group)
@@ -128,10 +177,29 @@ def tenant_tree(
         bd_of_epg[epg.name] = bd
         _relation(tree, uri, "GbpEpGroupToNetworkRSrc", "GbpBridgeDomain", bd)
         for contract in epg.provides:
-            _relation(tree, uri, "GbpEpGroupToProvContractRSrc", "GbpContract", uri_of(tenant, "GbpContract", contract), many=True)
+            _relation(
+                tree,
+                uri,
+                "GbpEpGroupToProvContractRSrc",
+                "GbpContract",
+                uri_of(tenant, "GbpContract", contract),
+                many=True,
+            )
         for contract in epg.consumes:
-            _relation(tree, uri, "GbpEpGroupToConsContractRSrc", "GbpContract", uri_of(tenant, "GbpContract", contract), many=True)
-        tree.add(uri, "GbpeInstContext", encapId=vni.get(bd, 0), classid=classid.get(uri, 0))
+            _relation(
+                tree,
+                uri,
+                "GbpEpGroupToConsContractRSrc",
+                "GbpContract",
+                uri_of(tenant, "GbpContract", contract),
+                many=True,
+            )
+        tree.add(
+            uri,
+            "GbpeInstContext",
+            encapId=vni.get(f"bridge_domain/{epg.bridge_domain}", 0),
+            classid=classid.get(f"endpoint_group/{epg.name}", 0),
+        )
     subnet_bd = {s.name: s.bridge_domain for s in of("subnet")}
     for ep in of("endpoint"):
         props = {"name": ep.name, "mac": ep.mac, "ip": list(ep.ip)}
@@ -142,23 +210,40 @@ def tenant_tree(
         )
         if bd_name:
             props["bridgeDomain"] = ref("GbpBridgeDomain", bd_name)
-        props["securityGroup"] = [ref("GbpSecGroup", uri_of(tenant, "GbpSecGroup", g)) for g in ep.security_groups]
+        props["securityGroup"] = [
+            ref("GbpSecGroup", uri_of(tenant, "GbpSecGroup", g)) for g in ep.security_groups
+        ]
         if ep.host is not None:
             props["host"] = ep.host
         tree.add(top, "PfEndpoint", ep.name, **props)
     for router in of("router"):
         uri = tree.add(top, "PfRouter", router.name, name=router.name)
-        _relation(tree, uri, "PfRouterToRoutingDomainRSrc", "GbpRoutingDomain", uri_of(tenant, "GbpRoutingDomain", router.l3_context))
+        _relation(
+            tree,
+            uri,
+            "PfRouterToRoutingDomainRSrc",
+            "GbpRoutingDomain",
+            uri_of(tenant, "GbpRoutingDomain", router.l3_context),
+        )
         for name in router.interfaces:
             bd = subnet_bd.get(name, "")
             target = child(uri_of(tenant, "GbpSubnets", bd), "GbpSubnet", name)
             tree.add(uri, "PfRouterInterface", name, name=name, subnet=ref("GbpSubnet", target))
         gw = router.external_gateway
         if gw is not None:
-            tree.add(uri, "PfExternalGateway", network=ref("PfExternalNetwork", external_network_uri(gw.network)),
-                     snat=int(gw.snat), hosts=list(gw.hosts))
+            tree.add(
+                uri,
+                "PfExternalGateway",
+                network=ref("PfExternalNetwork", external_network_uri(gw.network)),
+                snat=int(gw.snat),
+                hosts=list(gw.hosts),
+            )
     for fip in of("floating_ip"):
-        props = {"name": fip.name, "ip": str(fip.ip), "network": ref("PfExternalNetwork", external_network_uri(fip.network))}
+        props = {
+            "name": fip.name,
+            "ip": str(fip.ip),
+            "network": ref("PfExternalNetwork", external_network_uri(fip.network)),
+        }
         if fip.endpoint is not None:
             props["endpoint"] = ref("PfEndpoint", endpoint_uri(tenant, fip.endpoint))
         tree.add(top, "PfFloatingIp", fip.name, **props)
@@ -171,8 +256,15 @@ def global_tree(tenants: Sequence[str], networks: Sequence[o.ExternalNetwork]) -
     tree.root("PolicyUniverse", UNIVERSE)
     tree.mos[UNIVERSE].children.extend(space(t) for t in sorted(tenants))
     for net in networks:
-        tree.add(UNIVERSE, "PfExternalNetwork", net.name, name=net.name, cidr=str(net.cidr),
-                 gatewayIp=str(net.gateway_ip), physicalNetwork=net.physical_network or "")
+        tree.add(
+            UNIVERSE,
+            "PfExternalNetwork",
+            net.name,
+            name=net.name,
+            cidr=str(net.cidr),
+            gatewayIp=str(net.gateway_ip),
+            physicalNetwork=net.physical_network or "",
+        )
     return tree
 
 

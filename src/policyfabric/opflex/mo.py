@@ -64,8 +64,13 @@ class MO:
                 props[prop["name"]] = prop.get("data")
         children = [c for c in data.get("children") or [] if isinstance(c, str)]
         return cls(
-            subject, uri, props, children,
-            data.get("parent_subject"), data.get("parent_uri"), data.get("parent_relation"),
+            subject,
+            uri,
+            props,
+            children,
+            data.get("parent_subject"),
+            data.get("parent_uri"),
+            data.get("parent_relation"),
         )
 
     def references(self) -> Iterator[tuple[str, str]]:

@@ -110,7 +110,9 @@ def parse(frame: bytes) -> Message:
     if "method" in msg:
         method, params = msg["method"], msg.get("params", [])
         if msg_id is None:
-            return Malformed(None, "Malformed message: notifications (requests without id) are not supported", True)
+            return Malformed(
+                None, "Malformed message: notifications (requests without id) are not supported", True
+            )
         if not isinstance(method, str):
             return Malformed(msg_id, "Malformed message: method must be a string")
         if not isinstance(params, list):
@@ -134,5 +136,5 @@ def result(msg_id: Any, value: Any) -> dict[str, Any]:
     return {"id": msg_id, "result": value}
 
 
-def error(msg_id: Any, code: Code, message: str) -> dict[str, Any]:
+def error(msg_id: Any, code: Code | str, message: str) -> dict[str, Any]:
     return {"id": msg_id, "error": {"code": str(code), "message": message}}

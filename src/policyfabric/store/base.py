@@ -72,6 +72,12 @@ class ReadTxn(Protocol):
 class WriteTxn(ReadTxn, Protocol):
     """Writes become visible together at commit; an exception rolls all of them back."""
 
+    logged: builtins.list[Change]  # what this transaction changed, for listeners after commit
+
+    def next_sequence(self, name: str) -> int:
+        """The next number of a named counter (VNIs, class ids), starting at 1."""
+        ...
+
     def next_revision(self) -> int:
         """The revision this transaction writes (bumped on first call, then stable)."""
         ...

@@ -118,6 +118,7 @@ class SqliteTxn:
         self.conn = conn
         self._revision: int | None = None
         self._seq = 0
+        self.logged: list[Change] = []
 
     def _rows(self, sql: str, *params: Any) -> list[Any]:
         return list(self.conn.exec_driver_sql(sql, params))
@@ -154,6 +155,14 @@ class SqliteTxn:
         ]
 
     # ---- writes
+    def next_sequence(self, name: str) -> int:
+        """The next number of a named counter (VNIs, class ids), starting at 1."""
+        key = f"seq:{name}"
+        rows = self._rows("SELECT value FROM meta WHERE key = ?", key)
+        value = int(rows[0][0]) + 1 if rows else 1
+        self.conn.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        return value
+
     def next_revision(self) -> int:
         if self._revision is None:
             self._revision = self.revision() + 1
@@ -188,10 +197,11 @@ class SqliteTxn:
 
     def _log(self, op: Op, record: Record) -> None:
         self._seq += 1
+        revision = self.next_revision()
         self.conn.exec_driver_sql(
-            _LOG,
-            (self.next_revision(), self._seq, op, record.kind, record.id, record.tenant or "", record.name),
+            _LOG, (revision, self._seq, op, record.kind, record.id, record.tenant or "", record.name)
         )
+        self.logged.append(Change(revision, op, record.kind, record.id, record.tenant, record.name))
 
 
 class SqliteStore:

@@ -1,0 +1,576 @@
+"""The authority's OpFlex server: policy repository, endpoint registry, observer.
+
+- Policy: the stored model as GBP MO trees (one per tenant, rebuilt when the
+  tenant changes). ``policy_resolve`` returns a subtree and subscribes the
+  session to it for ``prr`` seconds; a REST change is diffed against the
+  previous tree and pushed as one ``policy_update`` per session, only to the
+  sessions subscribed to a changed URI (or an ancestor of it), in revision
+  order, coalescing bursts within ``coalesce`` seconds.
+- Endpoint registry: declarations with leases; ``endpoint_resolve`` accepts
+  a full endpoint URI or a prefix of one (an extension: all endpoints of a
+  bridge domain) and subscribes to it; changes go out as ``endpoint_update``.
+  Declaring an endpoint binds it in the REST API (host, interface, status).
+- Observer: ``state_report`` feeds endpoint status, faults and counters,
+  visible at ``GET /v1/agents`` and ``GET /v1/faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from policyfabric.authority.service import ENDPOINT_STATUSES, Authority
+from policyfabric.model import kinds
+from policyfabric.model.objects import ExternalNetwork
+from policyfabric.opflex import gbp
+from policyfabric.opflex.mo import MO, Tree
+from policyfabric.opflex.rpc import RpcError, Session
+from policyfabric.opflex.uri import UNIVERSE, space, under, unescape
+from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
+from policyfabric.store.base import Change
+
+log = logging.getLogger(__name__)
+
+ROLES = ["policy_repository", "endpoint_registry", "observer"]
+EPR_CLASSES = frozenset({"EprL2Universe", "EprL2Ep", "EprL3Universe", "EprL3Ep"})
+
+
+class _Params(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class Identity(_Params):
+    proto_version: str = "1.0"
+    name: str
+    domain: str
+    my_role: list[str]
+
+
+class Resolve(_Params):
+    subject: str
+    policy_uri: str
+    prr: int
+
+
+class Unresolve(_Params):
+    subject: str
+    policy_uri: str
+
+
+class Declare(_Params):
+    endpoint: list[dict[str, Any]]
+    prr: int
+
+
+class EndpointRef(_Params):
+    subject: str
+    endpoint_uri: str
+
+
+class EndpointResolve(EndpointRef):
+    prr: int
+
+
+class Report(_Params):
+    observable: list[dict[str, Any]]
+
+
+def parse(model: type[_Params], params: list[Any]) -> list[Any]:
+    """Each entry of ``params`` as ``model``; a wrong shape is libopflex's ERROR 'Malformed message'."""
+    if not params:
+        raise RpcError(Code.ERROR, "Malformed message: params must hold at least one object")
+    out = []
+    for entry in params:
+        try:
+            out.append(model.model_validate(entry))
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(p) for p in first["loc"]) or "params"
+            raise RpcError(Code.ERROR, f"Malformed message: {where}: {first['msg']}") from None
+    return out
+
+
+@dataclass
+class Declaration:
+    mos: list[dict[str, Any]]  # the declared MO and its children, as sent
+    agent: str
+    expires: float
+    endpoint: tuple[str, str] | None  # (tenant, name) when it names a stored endpoint
+
+
+@dataclass
+class AgentInfo:
+    name: str
+    domain: str
+    address: str
+    connected: bool = True
+    connected_since: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.time)
+    counters: dict[str, Any] = field(default_factory=dict)
+    reports: int = 0
+
+    def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "domain": self.domain,
+            "address": self.address,
+            "connected": self.connected,
+            "connected_since": self.connected_since,
+            "last_seen": self.last_seen,
+            "subscriptions": subscriptions,
+            "endpoints": sorted(endpoints),
+            "counters": self.counters,
+            "reports": self.reports,
+        }
+
+
+@dataclass
+class Fault:
+    agent: str
+    code: str
+    severity: str
+    message: str
+    uri: str | None
+    time: float
+
+
+def tenant_of(uri: str) -> str | None:
+    """The tenant whose PolicySpace holds ``uri`` (None for global URIs)."""
+    prefix = UNIVERSE + "PolicySpace/"
+    if not uri.startswith(prefix):
+        return None
+    return unescape(uri[len(prefix) :].split("/", 1)[0])
+
+
+def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO]]:
+    """(new or changed MOs, removed MOs) between two versions of a tree."""
+    before = old.mos if old else {}
+    changed = [
+        mo for uri, mo in new.mos.items() if uri not in before or before[uri].to_wire() != mo.to_wire()
+    ]
+    removed = [mo for uri, mo in before.items() if uri not in new.mos]
+    return changed, removed
+
+
+class OpflexServer:
+    def __init__(
+        self,
+        authority: Authority,
+        *,
+        name: str = "policyfabric-authority",
+        domain: str = "policyfabric",
+        advertise: list[str] | None = None,
+        keepalive: float = 10.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        tls: ssl.SSLContext | None = None,
+        coalesce: float = 0.02,
+        lease_tick: float = 1.0,
+    ) -> None:
+        self.authority = authority
+        self.name, self.domain = name, domain
+        self.advertise = advertise or []
+        self.keepalive, self.max_frame, self.tls = keepalive, max_frame, tls
+        self.coalesce, self.lease_tick = coalesce, lease_tick
+        self.sessions: set[Session] = set()
+        self.agents: dict[str, AgentInfo] = {}
+        self.faults: dict[tuple[str, str, str], Fault] = {}
+        self.trees: dict[str | None, Tree] = {}
+        self.declarations: dict[str, Declaration] = {}
+        self._dirty: set[str | None] = set()
+        self._epr_changed: dict[str, dict[str, Any] | None] = {}
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing = asyncio.Lock()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: list[asyncio.Task[Any]] = []
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.updates_sent = 0
+
+    # ---- lifecycle
+    async def start(self, host: str, port: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self._rebuild({None, *self.authority.tenants()}, push=False)
+        self.authority.listeners.append(self._on_commit)
+        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.tls, limit=1 << 20)
+        if not self.advertise:
+            self.advertise = [f"{host}:{port}"]
+        self._tasks.append(asyncio.create_task(self._leases()))
+        log.info(
+            "opflex: listening on %s:%d%s (domain %s)",
+            host,
+            port,
+            " with TLS" if self.tls else "",
+            self.domain,
+        )
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.authority.listeners.remove(self._on_commit)
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.sessions):
+            await session.close("authority stopping")
+        for task in self._tasks:
+            task.cancel()
+
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        peer = writer.get_extra_info("peername")
+        label = f"{peer[0]}:{peer[1]}" if peer else "?"
+        session = Session(
+            reader, writer, self._handle, label=label, max_frame=self.max_frame, keepalive=self.keepalive
+        )
+        session.info.update(subs={}, ep_subs={}, agent=None, dialed=self._dialed(writer))
+        self.sessions.add(session)
+        try:
+            await session.run()
+        finally:
+            self.sessions.discard(session)
+            agent = self.agents.get(session.info["agent"] or "")
+            if agent is not None and agent.connected and session.info.get("current", True):
+                agent.connected, agent.last_seen = False, time.time()
+
+    @staticmethod
+    def _dialed(writer: asyncio.StreamWriter) -> str:
+        sock = writer.get_extra_info("sockname")
+        return f"{sock[0]}:{sock[1]}" if sock else ""
+
+    # ---- dispatch
+    async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
+        if method == "echo":
+            return params
+        if method == "send_identity":
+            return self._identity(session, parse(Identity, params)[0])
+        if not session.ready:
+            raise RpcError(Code.ESTATE, f"Unexpected request of type {method}")
+        session.info["seen"] = time.time()
+        handler = {
+            "policy_resolve": self._policy_resolve,
+            "policy_unresolve": self._policy_unresolve,
+            "endpoint_declare": self._endpoint_declare,
+            "endpoint_undeclare": self._endpoint_undeclare,
+            "endpoint_resolve": self._endpoint_resolve,
+            "endpoint_unresolve": self._endpoint_unresolve,
+            "state_report": self._state_report,
+        }.get(method)
+        if handler is None:
+            raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
+        return await handler(session, params)
+
+    def _identity(self, session: Session, ident: Identity) -> dict[str, Any]:
+        if ident.domain != self.domain:
+            raise RpcError(Code.EDOMAIN, f"Domain mismatch: this authority serves {self.domain!r}")
+        if "policy_element" not in ident.my_role:
+            raise RpcError(Code.EUNSUPPORTED, "only policy_element peers are served")
+        for other in list(self.sessions):  # an agent that reconnects replaces its old session
+            if other is not session and other.info.get("agent") == ident.name:
+                other.info["current"] = False
+                asyncio.create_task(other.close("replaced by a new session of the same agent"))
+        session.ready = True
+        session.info["agent"] = ident.name
+        session.label = f"{ident.name}@{session.label}"
+        self.agents[ident.name] = AgentInfo(ident.name, ident.domain, session.label.split("@", 1)[1])
+        dialed = session.info["dialed"]
+        peers = [dialed] + [a for a in self.advertise if a != dialed]
+        log.info("opflex: agent %s connected from %s", ident.name, session.label)
+        return {
+            "name": self.name,
+            "domain": self.domain,
+            "my_role": ROLES,
+            "peers": [{"role": ROLES, "connectivity_info": p} for p in peers],
+        }
+
+    # ---- policy
+    def _tree_for(self, uri: str) -> Tree | None:
+        return self.trees.get(tenant_of(uri))
+
+    async def _policy_resolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        if any(isinstance(p, dict) and "policy_ident" in p for p in params):
+            raise RpcError(Code.EUNSUPPORTED, "Policy resolution by ident is not supported")
+        policy: list[dict[str, Any]] = []
+        for entry in parse(Resolve, params):
+            tree = self._tree_for(entry.policy_uri)
+            mos = tree.subtree(entry.policy_uri) if tree else []
+            if mos and mos[0].subject != entry.subject:
+                raise RpcError(
+                    Code.ERROR,
+                    f"Unknown subject: {entry.subject} (the object at that URI is a {mos[0].subject})",
+                )
+            session.info["subs"][entry.policy_uri] = time.monotonic() + max(entry.prr, 1)
+            policy += [mo.to_wire() for mo in mos]
+        return {"policy": policy}
+
+    async def _policy_unresolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        for entry in parse(Unresolve, params):
+            session.info["subs"].pop(entry.policy_uri, None)
+        return {}
+
+    def _on_commit(self, changes: list[Change]) -> None:
+        """Called from the REST worker thread after each commit."""
+        tenants: set[str | None] = set()
+        for change in changes:
+            if change.kind == "tenant":
+                tenants.update((None, change.name))
+            else:
+                tenants.add(change.tenant)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self._mark_dirty, tenants)
+
+    def _mark_dirty(self, tenants: Iterable[str | None]) -> None:
+        self._dirty.update(tenants)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if self._flush is None and self.loop is not None:
+            self._flush = self.loop.call_later(self.coalesce, lambda: asyncio.ensure_future(self.flush()))
+
+    async def flush(self) -> None:
+        """Push what changed since the last flush, once per session."""
+        self._flush = None
+        async with self._flushing:
+            dirty, self._dirty = self._dirty, set()
+            epr, self._epr_changed = self._epr_changed, {}
+            if dirty:
+                await self._rebuild(dirty, push=True)
+            if epr:
+                await self._push_epr(epr)
+
+    async def _rebuild(self, tenants: set[str | None], push: bool) -> None:
+        def build() -> dict[str | None, Tree]:
+            out: dict[str | None, Tree] = {}
+            names = self.authority.tenants()
+            for tenant in tenants:
+                objects, numbers = self.authority.snapshot(tenant)
+                if tenant is None:
+                    nets = [n for n in objects.get("external_network", []) if isinstance(n, ExternalNetwork)]
+                    out[None] = gbp.global_tree(names, nets)
+                elif tenant in names:
+                    out[tenant] = gbp.tenant_tree(tenant, objects, numbers)
+                else:
+                    out[tenant] = Tree()  # the tenant is gone
+            return out
+
+        fresh = await asyncio.to_thread(build)
+        changed: list[MO] = []
+        removed: list[MO] = []
+        for tenant, tree in fresh.items():
+            c, r = diff(self.trees.get(tenant), tree)
+            changed += c
+            removed += r
+            if tree.mos:
+                self.trees[tenant] = tree
+            else:
+                self.trees.pop(tenant, None)
+        if push and (changed or removed):
+            await self._fan_out(
+                "policy_update",
+                "subs",
+                changed,
+                removed,
+                lambda rep, rem: {"replace": rep, "merge_children": [], "delete": rem},
+            )
+
+    async def _fan_out(
+        self, method: str, table: str, changed: list[MO], removed: list[MO], shape: Any
+    ) -> None:
+        now = time.monotonic()
+        sends = []
+        for session in list(self.sessions):
+            subs = [u for u, exp in session.info.get(table, {}).items() if exp > now]
+            if not session.ready or not subs:
+                continue
+            rep = [mo.to_wire() for mo in changed if any(under(mo.uri, s) for s in subs)]
+            rem = [
+                {"subject": mo.subject, "uri": mo.uri}
+                for mo in removed
+                if any(under(mo.uri, s) for s in subs)
+            ]
+            if rep or rem:
+                sends.append(self._send_quietly(session, method, shape(rep, rem)))
+        self.updates_sent += len(sends)
+        await asyncio.gather(*sends)
+
+    @staticmethod
+    async def _send_quietly(session: Session, method: str, params: dict[str, Any]) -> None:
+        with contextlib.suppress(Exception):
+            await session.push(method, params)
+
+    # ---- endpoint registry
+    async def _endpoint_declare(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        agent = session.info["agent"]
+        for entry in parse(Declare, params):
+            try:
+                mos = [MO.from_wire(m) for m in entry.endpoint]
+            except ValueError as exc:
+                raise RpcError(Code.ERROR, f"Malformed message: endpoint: {exc}") from None
+            tops = [m for m in mos if m.subject in ("EprL2Ep", "EprL3Ep")]
+            if not tops:
+                raise RpcError(Code.ERROR, "Malformed message: endpoint holds no EprL2Ep or EprL3Ep")
+            for top in tops:
+                subtree = [m.to_wire() for m in mos if m is top or (m.parent_uri or "").startswith(top.uri)]
+                key = top.properties.get("uuid")
+                endpoint = None
+                if isinstance(key, str) and "/" in key:
+                    tenant, name = key.split("/", 1)
+                    endpoint = (tenant, name)
+                self.declarations[top.uri] = Declaration(
+                    subtree, agent, time.monotonic() + max(entry.prr, 1), endpoint
+                )
+                self._epr_changed[top.uri] = top.to_wire()
+                if endpoint is not None and top.subject == "EprL2Ep":
+                    await self._bind(endpoint, agent, top.properties.get("interfaceName"))
+        self._schedule()
+        return {}
+
+    async def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
+        tenant, name = endpoint
+
+        def write() -> bool:
+            current = self.authority.list(kinds.ENDPOINT, tenant, name)[0]
+            status = None if current and current[0].get("status") in ("ACTIVE", "BUILD") else "BUILD"
+            return self.authority.set_endpoint_state(
+                tenant,
+                name,
+                host=agent,
+                interface=interface if isinstance(interface, str) else None,
+                status=status,
+            )
+
+        if not await asyncio.to_thread(write):
+            log.warning(
+                "opflex: agent %s declared endpoint %s/%s, which the authority does not know",
+                agent,
+                tenant,
+                name,
+            )
+
+    async def _endpoint_undeclare(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        for entry in parse(EndpointRef, params):
+            decl = self.declarations.get(entry.endpoint_uri)
+            if decl is not None and decl.agent == session.info["agent"]:
+                await self._undeclare(entry.endpoint_uri, "undeclared")
+        self._schedule()
+        return {}
+
+    async def _undeclare(self, uri: str, why: str) -> None:
+        decl = self.declarations.pop(uri, None)
+        if decl is None:
+            return
+        self._epr_changed[uri] = None
+        if decl.endpoint is not None and not any(
+            d.endpoint == decl.endpoint for d in self.declarations.values()
+        ):
+            tenant, name = decl.endpoint
+            log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
+            await asyncio.to_thread(self.authority.set_endpoint_state, tenant, name, status="DOWN")
+
+    async def _endpoint_resolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        if any(isinstance(p, dict) and "endpoint_ident" in p for p in params):
+            raise RpcError(Code.EUNSUPPORTED, "Endpoint resolution by ident is not supported")
+        found: list[dict[str, Any]] = []
+        for entry in parse(EndpointResolve, params):
+            session.info["ep_subs"][entry.endpoint_uri] = time.monotonic() + max(entry.prr, 1)
+            for uri, decl in self.declarations.items():
+                if under(uri, entry.endpoint_uri):
+                    found += decl.mos
+        return {"endpoint": found}
+
+    async def _endpoint_unresolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        for entry in parse(EndpointRef, params):
+            session.info["ep_subs"].pop(entry.endpoint_uri, None)
+        return {}
+
+    async def _push_epr(self, changes: dict[str, dict[str, Any] | None]) -> None:
+        changed = [MO.from_wire(m) for m in changes.values() if m is not None]
+        removed = [
+            MO(uri.split("/")[1].replace("Universe", "Ep"), uri) for uri, m in changes.items() if m is None
+        ]
+        await self._fan_out(
+            "endpoint_update", "ep_subs", changed, removed, lambda rep, rem: {"replace": rep, "delete": rem}
+        )
+
+    # ---- observer
+    async def _state_report(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        agent_name = session.info["agent"]
+        agent = self.agents[agent_name]
+        agent.last_seen, agent.reports = time.time(), agent.reports + 1
+        for entry in parse(Report, params):
+            for raw in entry.observable:
+                try:
+                    mo = MO.from_wire(raw)
+                except ValueError as exc:
+                    raise RpcError(Code.ERROR, f"Malformed message: observable: {exc}") from None
+                await self._observe(agent_name, agent, mo)
+        return {}
+
+    async def _observe(self, agent_name: str, agent: AgentInfo, mo: MO) -> None:
+        props = mo.properties
+        if mo.subject == "PfEndpointStatus":
+            key, status = props.get("endpoint"), props.get("status")
+            if isinstance(key, str) and "/" in key and status in ENDPOINT_STATUSES:
+                tenant, name = key.split("/", 1)
+                await asyncio.to_thread(self.authority.set_endpoint_state, tenant, name, status=status)
+        elif mo.subject == "PfFault":
+            code = str(props.get("code", "fault"))
+            fkey = (agent_name, code, str(props.get("uri", "")))
+            if props.get("severity") == "cleared":
+                self.faults.pop(fkey, None)
+            else:
+                self.faults[fkey] = Fault(
+                    agent_name,
+                    code,
+                    str(props.get("severity", "major")),
+                    str(props.get("description", "")),
+                    props.get("uri"),
+                    time.time(),
+                )
+        elif mo.subject == "PfAgentCounters":
+            agent.counters.update({k: v for k, v in props.items() if isinstance(v, int | float | str)})
+
+    # ---- leases
+    async def _leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_tick)
+            now = time.monotonic()
+            for session in list(self.sessions):
+                for table in ("subs", "ep_subs"):
+                    subs = session.info.get(table, {})
+                    for uri in [u for u, exp in subs.items() if exp <= now]:
+                        del subs[uri]
+            expired = [u for u, d in self.declarations.items() if d.expires <= now]
+            for uri in expired:
+                await self._undeclare(uri, "lease expired")
+            if expired:
+                self._schedule()
+
+    # ---- REST views
+    def agents_json(self) -> list[dict[str, Any]]:
+        out = []
+        for agent in self.agents.values():
+            subs = sum(
+                len(s.info["subs"]) + len(s.info["ep_subs"])
+                for s in self.sessions
+                if s.info.get("agent") == agent.name
+            )
+            eps = [
+                f"{d.endpoint[0]}/{d.endpoint[1]}"
+                for d in self.declarations.values()
+                if d.agent == agent.name
+                and d.endpoint is not None
+                and d.mos
+                and d.mos[0]["subject"] == "EprL2Ep"
+            ]
+            out.append(agent.to_json(subs, eps))
+        return sorted(out, key=lambda a: a["name"])
+
+    def faults_json(self) -> list[dict[str, Any]]:
+        return [f.__dict__ for f in sorted(self.faults.values(), key=lambda f: f.time)]
+
+
+__all__ = ["OpflexServer", "space"]

@@ -1,0 +1,399 @@
+"""The agent's side of OpFlex: a policy element that keeps a local MO cache.
+
+- Connects to one of several authorities (configured peers plus the peers a
+  server lists in its ``send_identity`` reply), with jittered exponential
+  back-off, and fails over when a session drops.
+- After every handshake it re-declares its endpoints and re-resolves
+  everything it holds (libopflex's behaviour), so a restarted authority or a
+  failover loses nothing.
+- Applies ``policy_update`` (replace / merge_children / delete) and
+  ``endpoint_update`` to the cache, follows references to resolve what is
+  missing, and refreshes subscriptions every prr/3..prr/2 seconds.
+- Persists the cache (versioned) under ``state_dir``, so a restarted agent
+  can enforce its last policy while the authority is away.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import random
+import ssl
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from policyfabric import __version__
+from policyfabric.opflex.mo import MO
+from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
+from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
+
+log = logging.getLogger(__name__)
+
+EPR_SUBJECTS = frozenset({"EprL2Ep", "EprL3Ep"})
+Peer = tuple[str, int]
+
+
+def parse_peers(text: str, default_port: int = 8009) -> list[Peer]:
+    """``host:port[,host:port...]``."""
+    peers = []
+    for item in text.split(","):
+        host, sep, port = item.strip().rpartition(":")
+        if not sep:
+            host, port = port, str(default_port)
+        if not host or not port.isdigit():
+            raise ValueError(f"{item!r} is not HOST:PORT")
+        peers.append((host.strip("[]"), int(port)))
+    return peers
+
+
+class PolicyClient:
+    """A policy element. Use ``resolve``/``declare``/``report``; run ``run()`` as a task."""
+
+    def __init__(
+        self,
+        name: str,
+        peers: list[Peer],
+        *,
+        domain: str = "policyfabric",
+        state_dir: Path | None = None,
+        tls: ssl.SSLContext | None = None,
+        prr: int = 7200,
+        keepalive: float = 10.0,
+        backoff: tuple[float, float] = (0.2, 10.0),
+        connect_timeout: float = 5.0,
+        on_change: Callable[[set[str]], None] | None = None,
+    ) -> None:
+        if not peers:
+            raise ValueError("at least one authority address is needed")
+        self.name, self.domain, self.tls = name, domain, tls
+        self.configured = list(peers)
+        self.learned: list[Peer] = []
+        self.prr, self.keepalive = prr, keepalive
+        self.backoff, self.connect_timeout = backoff, connect_timeout
+        self.on_change = on_change
+        self.state_file = state_dir / "opflex-cache.json" if state_dir else None
+        self.policy: dict[str, MO] = {}
+        self.endpoints: dict[str, MO] = {}
+        self.wanted: dict[str, str] = {}  # policy uri -> subject
+        self.ep_wanted: dict[str, str] = {}  # endpoint uri or prefix -> subject
+        self.declared: dict[str, list[dict[str, Any]]] = {}  # local endpoint uri -> MOs
+        self.version = 0
+        self.session: Session | None = None
+        self.connected_to: Peer | None = None
+        self.ready = asyncio.Event()
+        self.outstanding = 0
+        self.connects = 0
+        self._stop = False
+        self._load()
+
+    # ---- cache persistence
+    def _load(self) -> None:
+        if self.state_file is None or not self.state_file.exists():
+            return
+        try:
+            data = json.loads(self.state_file.read_text())
+            self.version = int(data["version"])
+            self.policy = {m["uri"]: MO.from_wire(m) for m in data["policy"]}
+            self.endpoints = {m["uri"]: MO.from_wire(m) for m in data["endpoints"]}
+            self.wanted, self.ep_wanted = dict(data["wanted"]), dict(data["ep_wanted"])
+            log.info(
+                "opflex client %s: loaded cache version %d (%d policy objects)",
+                self.name,
+                self.version,
+                len(self.policy),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("opflex client %s: ignoring unreadable cache %s: %s", self.name, self.state_file, exc)
+
+    def _save(self) -> None:
+        if self.state_file is None:
+            return
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": 1,
+            "version": self.version,
+            "agent": self.name,
+            "written_by": __version__,
+            "policy": [m.to_wire() for m in self.policy.values()],
+            "endpoints": [m.to_wire() for m in self.endpoints.values()],
+            "wanted": self.wanted,
+            "ep_wanted": self.ep_wanted,
+        }
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.state_file)
+
+    def _changed(self, uris: set[str]) -> None:
+        if not uris:
+            return
+        self.version += 1
+        self._save()
+        if self.on_change is not None:
+            self.on_change(uris)
+
+    # ---- what the agent asks for
+    def resolve(self, subject: str, uri: str) -> None:
+        if uri not in self.wanted:
+            self.wanted[uri] = subject
+            self._spawn(self._resolve([(subject, uri)]))
+
+    def resolve_endpoints(self, subject: str, uri: str) -> None:
+        if uri not in self.ep_wanted:
+            self.ep_wanted[uri] = subject
+            self._spawn(
+                self._call("endpoint_resolve", {"subject": subject, "endpoint_uri": uri, "prr": self.prr})
+            )
+
+    def declare(self, mos: list[MO]) -> None:
+        top = mos[0]
+        wire = [m.to_wire() for m in mos]
+        if self.declared.get(top.uri) != wire:
+            self.declared[top.uri] = wire
+            self._spawn(self._call("endpoint_declare", {"endpoint": wire, "prr": self.prr}))
+
+    def undeclare(self, uri: str) -> None:
+        mos = self.declared.pop(uri, None)
+        if mos:
+            self._spawn(self._call("endpoint_undeclare", {"subject": mos[0]["subject"], "endpoint_uri": uri}))
+
+    async def report(self, observables: list[MO]) -> None:
+        await self._call("state_report", {"observable": [m.to_wire() for m in observables]})
+
+    # ---- the connection loop
+    async def run(self) -> None:
+        delay = self.backoff[0]
+        attempt = 0
+        while not self._stop:
+            peers = self.configured + [p for p in self.learned if p not in self.configured]
+            peer = peers[attempt % len(peers)]
+            attempt += 1
+            try:
+                await self._session(peer)
+                delay = self.backoff[0]  # it worked for a while: start over quickly
+            except (OSError, TimeoutError, RpcError, SessionClosed) as exc:
+                log.info("opflex client %s: %s:%d: %s", self.name, *peer, exc)
+            if self._stop:
+                break
+            await asyncio.sleep(delay * random.uniform(0.8, 1.2))
+            if attempt % len(peers) == 0:
+                delay = min(delay * 2, self.backoff[1])
+
+    async def stop(self) -> None:
+        self._stop = True
+        if self.session is not None:
+            await self.session.close("agent stopping")
+
+    async def _session(self, peer: Peer) -> None:
+        reader, writer = await asyncio.wait_for(
+            asyncio.open_connection(peer[0], peer[1], ssl=self.tls, limit=1 << 20), self.connect_timeout
+        )
+        session = Session(
+            reader,
+            writer,
+            self._handle,
+            label=f"{self.name}->{peer[0]}:{peer[1]}",
+            max_frame=DEFAULT_MAX_FRAME,
+            keepalive=self.keepalive,
+        )
+        runner = asyncio.create_task(session.run())
+        try:
+            reply = await session.call(
+                "send_identity",
+                {
+                    "proto_version": "1.0",
+                    "name": self.name,
+                    "domain": self.domain,
+                    "my_role": ["policy_element"],
+                    "data": {"agent": f"policyfabric {__version__}"},
+                },
+                timeout=self.connect_timeout,
+            )
+            self._learn(reply, peer)
+            session.ready = True
+            self.session, self.connected_to = session, peer
+            self.connects += 1
+            log.info("opflex client %s: connected to %s:%d", self.name, *peer)
+            await self._resync()
+            self.ready.set()
+            refresher = asyncio.create_task(self._refresh())
+            try:
+                await session.closed.wait()
+            finally:
+                refresher.cancel()
+            raise SessionClosed(session.close_reason)
+        finally:
+            self.ready.clear()
+            if self.session is session:
+                self.session, self.connected_to = None, None
+            await session.close("client done")
+            runner.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await runner
+
+    def _learn(self, reply: Any, dialed: Peer) -> None:
+        peers = []
+        for item in (reply or {}).get("peers", []):
+            info = item.get("connectivity_info", "") if isinstance(item, dict) else ""
+            with contextlib.suppress(ValueError):
+                peers += parse_peers(info)
+        self.learned = [p for p in peers if p != dialed]
+
+    async def _resync(self) -> None:
+        """After each handshake: declare everything, resolve everything (in parallel)."""
+        jobs = [
+            self._call("endpoint_declare", {"endpoint": mos, "prr": self.prr})
+            for mos in self.declared.values()
+        ]
+        jobs += [
+            self._call("endpoint_resolve", {"subject": s, "endpoint_uri": u, "prr": self.prr})
+            for u, s in self.ep_wanted.items()
+        ]
+        await asyncio.gather(*jobs, self._resolve(list((s, u) for u, s in self.wanted.items()), full=True))
+
+    async def _refresh(self) -> None:
+        while True:
+            await asyncio.sleep(random.uniform(self.prr / 3, self.prr / 2))
+            await self._resolve([(s, u) for u, s in self.wanted.items()])
+            for mos in list(self.declared.values()):
+                await self._call("endpoint_declare", {"endpoint": mos, "prr": self.prr})
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_event_loop().create_task(coro)
+        task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
+
+    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+        session = self.session
+        if session is None or not session.ready:
+            return None  # sent again by _resync after the next handshake
+        self.outstanding += 1
+        try:
+            result = await session.call(method, params)
+        except (SessionClosed, TimeoutError):
+            return None
+        except RpcError as err:
+            log.warning("opflex client %s: %s refused: %s", self.name, method, err)
+            return None
+        finally:
+            self.outstanding -= 1
+        if method == "endpoint_resolve" and isinstance(result, dict):
+            self._apply_endpoints(
+                [MO.from_wire(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []
+            )
+        return result
+
+    async def _resolve(self, items: list[tuple[str, str]], full: bool = False) -> None:
+        """Resolve URIs in parallel; on a full resync, drop what the authority no longer has."""
+        results = await asyncio.gather(
+            *[
+                self._call("policy_resolve", {"subject": s, "policy_uri": u, "prr": self.prr})
+                for s, u in items
+            ]
+        )
+        changed: set[str] = set()
+        for (_, uri), result in zip(items, results, strict=True):
+            if not isinstance(result, dict):
+                continue
+            mos = [MO.from_wire(m) for m in result.get("policy", []) if isinstance(m, dict)]
+            fresh = {m.uri for m in mos}
+            if full:  # the subtree as the authority has it now: remove what vanished while away
+                for gone in [u for u in self.policy if u.startswith(uri) and u not in fresh]:
+                    del self.policy[gone]
+                    changed.add(gone)
+            for mo in mos:
+                if self.policy.get(mo.uri) is None or self.policy[mo.uri].to_wire() != mo.to_wire():
+                    self.policy[mo.uri] = mo
+                    changed.add(mo.uri)
+        self._follow(changed)
+        self._changed(changed)
+
+    def _follow(self, uris: set[str]) -> None:
+        """Resolve what the new objects refer to and the cache lacks ("programming by side effect")."""
+        for uri in uris:
+            mo = self.policy.get(uri)
+            if mo is None:
+                continue
+            for subject, target in mo.references():
+                if subject not in EPR_SUBJECTS and target not in self.policy and target not in self.wanted:
+                    self.resolve(subject, target)
+
+    # ---- requests from the authority
+    async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
+        if method == "echo":
+            return params
+        if method not in ("policy_update", "endpoint_update"):
+            raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
+        for entry in params:
+            if not isinstance(entry, dict):
+                raise RpcError(Code.ERROR, "Malformed message: payload entry must be an object")
+            try:
+                replace = [MO.from_wire(m) for m in entry.get("replace", [])]
+                merge = [MO.from_wire(m) for m in entry.get("merge_children", [])]
+                delete = [str(d["uri"]) for d in entry.get("delete", [])]
+            except (ValueError, KeyError, TypeError) as exc:
+                raise RpcError(Code.ERROR, f"Malformed message: {exc}") from None
+            if method == "policy_update":
+                self._apply_policy(replace, merge, delete)
+            else:
+                self._apply_endpoints(replace, delete)
+        return Session.NO_REPLY
+
+    def _apply_policy(self, replace: list[MO], merge: list[MO], delete: list[str]) -> None:
+        changed: set[str] = set()
+        for mo in replace:
+            old = self.policy.get(mo.uri)
+            if old is not None:  # replace: children not listed any more are gone
+                for child in set(old.children) - set(mo.children):
+                    changed |= self._drop(child)
+            self.policy[mo.uri] = mo
+            changed.add(mo.uri)
+        for mo in merge:
+            old = self.policy.get(mo.uri)
+            if old is None:
+                self.policy[mo.uri] = mo
+            else:
+                old.properties.update(mo.properties)
+                old.children += [c for c in mo.children if c not in old.children]
+            changed.add(mo.uri)
+        for uri in delete:
+            changed |= self._drop(uri)
+        self._follow(changed)
+        self._changed(changed)
+
+    def _drop(self, uri: str) -> set[str]:
+        mo = self.policy.pop(uri, None)
+        if mo is None:
+            return set()
+        gone = {uri}
+        for child in mo.children:
+            gone |= self._drop(child)
+        return gone
+
+    def _apply_endpoints(self, replace: list[MO], delete: list[str]) -> None:
+        changed = set()
+        for mo in replace:
+            self.endpoints[mo.uri] = mo
+            changed.add(mo.uri)
+        for uri in delete:
+            if self.endpoints.pop(uri, None) is not None:
+                changed.add(uri)
+        self._changed(changed)
+
+    # ---- for tests and the dry run
+    async def settled(self, timeout: float = 10.0, quiet: float = 0.3) -> bool:
+        """Wait until connected with nothing outstanding for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        calm_since = None
+        while time.monotonic() < deadline:
+            if self.ready.is_set() and self.outstanding == 0:
+                calm_since = calm_since or time.monotonic()
+                if time.monotonic() - calm_since >= quiet:
+                    return True
+            else:
+                calm_since = None
+            await asyncio.sleep(0.02)
+        return False

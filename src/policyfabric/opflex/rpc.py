@@ -1,0 +1,235 @@
+"""One OpFlex session over an asyncio stream: both sides send requests.
+
+What every session does, whichever role it plays:
+- frames in and out (NUL-terminated JSON, a size limit);
+- matches replies to requests by id (ids are ``[method, n]``);
+- answers malformed input with a JSON-RPC error, or closes cleanly when the
+  stream cannot be trusted (oversized frame, notification, bad reply id);
+- keepalive: an echo after ``keepalive`` seconds of silence, and the session
+  is dropped after ``4 x keepalive`` with nothing heard (half-open peers);
+- a peer that stops reading is dropped once writes stall ``write_timeout``.
+
+Each problem is logged once per session, so a misbehaving peer cannot flood
+the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from policyfabric.opflex import wire
+from policyfabric.opflex.wire import Code
+
+log = logging.getLogger(__name__)
+
+# Methods whose requests get no success reply (libopflex answers only errors).
+UNACKNOWLEDGED = frozenset({"policy_update", "endpoint_update"})
+
+
+class RpcError(Exception):
+    """A JSON-RPC error: from a handler to the peer, or from the peer to a caller."""
+
+    def __init__(self, code: Code | str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = str(code)
+        self.message = message
+
+
+class SessionClosed(Exception):
+    """The session ended while a request was outstanding."""
+
+
+Handler = Callable[["Session", str, list[Any]], Awaitable[Any]]
+
+
+class Session:
+    """A framed JSON-RPC session. ``handler(session, method, params)`` answers
+    requests: it returns the result, raises RpcError, or returns ``NO_REPLY``."""
+
+    NO_REPLY = object()
+
+    def __init__(
+        self,
+        reader: asyncio.StreamReader,
+        writer: asyncio.StreamWriter,
+        handler: Handler,
+        *,
+        label: str,
+        max_frame: int = wire.DEFAULT_MAX_FRAME,
+        keepalive: float = 10.0,
+        write_timeout: float = 10.0,
+    ) -> None:
+        self.reader, self.writer, self.handler = reader, writer, handler
+        self.label = label
+        self.decoder = wire.FrameDecoder(max_frame)
+        self.keepalive = keepalive
+        self.write_timeout = write_timeout
+        self.pending: dict[tuple[str, int], asyncio.Future[Any]] = {}
+        self.unacknowledged: dict[tuple[str, int], str] = {}
+        self._xids = itertools.count(1)
+        self._write_lock = asyncio.Lock()
+        self.last_heard = time.monotonic()
+        self.closed = asyncio.Event()
+        self.close_reason = ""
+        self._logged: set[str] = set()
+        self.ready = False  # set by the role logic once the handshake is done
+        self.info: dict[str, Any] = {}  # what the role logic keeps about the session
+        with contextlib.suppress(Exception):
+            writer.transport.set_write_buffer_limits(high=1 << 20)
+
+    def log_once(self, key: str, message: str, *args: Any, level: int = logging.WARNING) -> None:
+        if key not in self._logged:
+            self._logged.add(key)
+            log.log(level, f"opflex %s: {message}", self.label, *args)
+
+    # ---- sending
+    async def send(self, message: dict[str, Any]) -> None:
+        if self.closed.is_set():
+            raise SessionClosed(self.close_reason)
+        data = wire.encode(message)
+        async with self._write_lock:
+            try:
+                self.writer.write(data)
+                await asyncio.wait_for(self.writer.drain(), self.write_timeout)
+            except TimeoutError:
+                await self.close(f"peer stopped reading (writes stalled for {self.write_timeout:g}s)")
+                raise SessionClosed(self.close_reason) from None
+            except (ConnectionError, RuntimeError) as exc:
+                await self.close(f"write failed: {exc}")
+                raise SessionClosed(self.close_reason) from None
+
+    async def call(self, method: str, params: dict[str, Any] | list[Any], timeout: float = 30.0) -> Any:
+        """Send a request and wait for its result; raises RpcError, SessionClosed or TimeoutError."""
+        xid = next(self._xids)
+        future: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        self.pending[(method, xid)] = future
+        try:
+            await self.send(wire.request(method, xid, params if isinstance(params, list) else [params]))
+            return await asyncio.wait_for(future, timeout)
+        finally:
+            self.pending.pop((method, xid), None)
+
+    async def push(self, method: str, params: dict[str, Any]) -> None:
+        """Send a request that gets no success reply (policy_update, endpoint_update)."""
+        xid = next(self._xids)
+        self.unacknowledged[(method, xid)] = method
+        if len(self.unacknowledged) > 10000:  # remember recent ones only, to log their errors
+            self.unacknowledged.pop(next(iter(self.unacknowledged)))
+        await self.send(wire.request(method, xid, [params]))
+
+    # ---- receiving
+    async def run(self) -> None:
+        """Serve the session until it closes."""
+        keepalive = asyncio.create_task(self._keepalive())
+        try:
+            while not self.closed.is_set():
+                try:
+                    data = await self.reader.read(65536)
+                except (ConnectionError, OSError) as exc:
+                    await self.close(f"read failed: {exc}")
+                    break
+                if not data:
+                    await self.close("peer closed the connection")
+                    break
+                self.last_heard = time.monotonic()
+                try:
+                    frames = self.decoder.feed(data)
+                except wire.FrameTooLarge as exc:
+                    self.log_once("too-large", "%s; closing", exc)
+                    with contextlib.suppress(SessionClosed):
+                        await self.send(wire.error(None, Code.ERROR, f"Malformed message: {exc}"))
+                    await self.close(str(exc))
+                    break
+                for frame in frames:
+                    await self._handle(wire.parse(frame))
+        finally:
+            keepalive.cancel()
+            await self.close(self.close_reason or "done")
+
+    async def _handle(self, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Malformed):
+            self.log_once(f"malformed:{msg.reason[:40]}", "%s", msg.reason)
+            with contextlib.suppress(SessionClosed):
+                await self.send(wire.error(msg.id, Code.ERROR, msg.reason))
+            if msg.close:
+                await self.close(msg.reason)
+        elif isinstance(msg, wire.Response):
+            self._settle(msg)
+        else:
+            await self._answer(msg)
+
+    def _settle(self, msg: wire.Response) -> None:
+        key = (msg.id[0], msg.id[1])
+        future = self.pending.pop(key, None)
+        if future is None:
+            method = self.unacknowledged.pop(key, None)
+            if method is not None and msg.error:
+                log.warning("opflex %s: peer refused %s: %s", self.label, method, msg.error)
+            elif method is None:
+                self.log_once("unknown-id", "reply to unknown request id %r ignored", msg.id)
+            return
+        if future.done():
+            return
+        if msg.error:
+            future.set_exception(
+                RpcError(str(msg.error.get("code", "ERROR")), str(msg.error.get("message", "")))
+            )
+        else:
+            future.set_result(msg.result)
+
+    async def _answer(self, msg: wire.Request) -> None:
+        try:
+            value = await self.handler(self, msg.method, msg.params)
+        except RpcError as err:
+            self.log_once(
+                f"refused:{msg.method}:{err.code}",
+                "refused %s: %s",
+                msg.method,
+                err.message,
+                level=logging.INFO,
+            )
+            with contextlib.suppress(SessionClosed):
+                await self.send(wire.error(msg.id, err.code, err.message))
+            if err.code == Code.ESTATE:
+                await self.close(f"{msg.method} before the handshake")
+            return
+        except SessionClosed:
+            return
+        except Exception:
+            log.exception("opflex %s: internal error handling %s", self.label, msg.method)
+            with contextlib.suppress(SessionClosed):
+                await self.send(wire.error(msg.id, Code.ERROR, "internal error"))
+            return
+        if value is not Session.NO_REPLY:
+            with contextlib.suppress(SessionClosed):
+                await self.send(wire.result(msg.id, value))
+
+    async def _keepalive(self) -> None:
+        tick = max(self.keepalive / 4, 0.05)
+        while not self.closed.is_set():
+            await asyncio.sleep(tick)
+            idle = time.monotonic() - self.last_heard
+            if idle >= 4 * self.keepalive:
+                await self.close(f"peer silent for {idle:.1f}s (keepalive {self.keepalive:g}s)")
+                return
+            if idle >= self.keepalive:
+                with contextlib.suppress(SessionClosed):
+                    await self.push("echo", {"ts": int(time.time() * 1000)})
+
+    async def close(self, reason: str) -> None:
+        if self.closed.is_set():
+            return
+        self.close_reason = reason
+        self.closed.set()
+        for future in self.pending.values():
+            if not future.done():
+                future.set_exception(SessionClosed(reason))
+        with contextlib.suppress(Exception):
+            self.writer.close()
+        log.info("opflex %s: session closed: %s", self.label, reason)
