@@ -271,7 +271,8 @@ class OpflexServer:
         for other in list(self.sessions):  # an agent that reconnects replaces its old session
             if other is not session and other.info.get("agent") == ident.name:
                 other.info["current"] = False
-                asyncio.create_task(other.close("replaced by a new session of the same agent"))
+                closing = other.close("replaced by a new session of the same agent")
+                self._tasks.append(asyncio.create_task(closing))
         session.ready = True
         session.info["agent"] = ident.name
         session.label = f"{ident.name}@{session.label}"
@@ -463,8 +464,14 @@ class OpflexServer:
         if decl is None:
             return
         self._epr_changed[uri] = None
-        if decl.endpoint is not None and not any(
-            d.endpoint == decl.endpoint for d in self.declarations.values()
+        # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
+        if (
+            decl.mos[0]["subject"] == "EprL2Ep"
+            and decl.endpoint is not None
+            and not any(
+                d.endpoint == decl.endpoint and d.mos[0]["subject"] == "EprL2Ep"
+                for d in self.declarations.values()
+            )
         ):
             tenant, name = decl.endpoint
             log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)

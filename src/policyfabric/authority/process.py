@@ -53,6 +53,9 @@ class AuthorityProcess:
             f"127.0.0.1:{self.port}",
             "--sync",
             self.sync,
+            "--opflex-listen",
+            f"127.0.0.1:{self.opflex_port}" if self.opflex_port else "off",
+            *self.extra,
         ]
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)

@@ -89,9 +89,8 @@ async def _run(settings: Settings, store: SqliteStore, tls: object) -> None:
         try:
             await opflex.start(*settings.opflex_listen)
         except OSError as exc:
-            raise StartupError(
-                f"cannot listen for OpFlex on {settings.opflex_listen[0]}:{settings.opflex_listen[1]}: {exc.strerror}"
-            ) from None
+            where = "{}:{}".format(*settings.opflex_listen)
+            raise StartupError(f"cannot listen for OpFlex on {where}: {exc.strerror}") from None
     host, port = settings.listen
     app = create_app(authority, opflex)
     log.info(

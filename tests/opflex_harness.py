@@ -1,0 +1,49 @@
+"""In-process OpFlex server pieces for tests that need no sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from policyfabric.authority.opflex_server import OpflexServer
+from policyfabric.authority.service import Authority
+from policyfabric.opflex.rpc import Session
+from policyfabric.store.sqlite import SqliteStore
+
+_STORE: SqliteStore | None = None
+
+
+def _store() -> SqliteStore:
+    global _STORE
+    if _STORE is None:
+        _STORE = SqliteStore(Path(tempfile.mkdtemp()) / "db", sync="normal")
+    return _STORE
+
+
+class _NullWriter:
+    transport: Any = None
+
+    def write(self, data: bytes) -> None: ...
+
+    async def drain(self) -> None: ...
+
+    def close(self) -> None: ...
+
+    def get_extra_info(self, name: str) -> Any:
+        return ("127.0.0.1", 8009)
+
+
+async def ready_server_session() -> tuple[OpflexServer, Session]:
+    server = OpflexServer(Authority(_store()))
+    server.loop = asyncio.get_running_loop()
+    session = Session(asyncio.StreamReader(), _NullWriter(), server._handle, label="fuzz")  # type: ignore[arg-type]
+    session.info.update(subs={}, ep_subs={}, agent=None, dialed="127.0.0.1:8009")
+    server._identity(
+        session,
+        __import__("policyfabric.authority.opflex_server", fromlist=["Identity"]).Identity(
+            name="fuzz", domain="policyfabric", my_role=["policy_element"]
+        ),
+    )
+    return server, session
