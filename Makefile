@@ -22,6 +22,7 @@ install:
 bench:
 	@scripts/bootstrap.sh test
 	$(PY) bench/api.py
+	$(PY) bench/opflex_fanout.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -198,7 +198,9 @@ class OpflexServer:
         self.loop = asyncio.get_running_loop()
         await self._rebuild({None, *self.authority.tenants()}, push=False)
         self.authority.listeners.append(self._on_commit)
-        self._server = await asyncio.start_server(self._accept, host, port, ssl=self.tls, limit=1 << 20)
+        self._server = await asyncio.start_server(
+            self._accept, host, port, ssl=self.tls, limit=1 << 20, backlog=4096
+        )
         if not self.advertise:
             self.advertise = [f"{host}:{port}"]
         self._tasks.append(asyncio.create_task(self._leases()))

@@ -87,6 +87,7 @@ class PolicyClient:
         self.connected_to: Peer | None = None
         self.ready = asyncio.Event()
         self.outstanding = 0
+        self.requests = 0  # requests answered by an authority (for benches and status)
         self.connects = 0
         self._stop = False
         self._load()
@@ -280,6 +281,7 @@ class PolicyClient:
             return None
         finally:
             self.outstanding -= 1
+        self.requests += 1
         if method == "endpoint_resolve" and isinstance(result, dict):
             self._apply_endpoints(
                 [MO.from_wire(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []

@@ -1,0 +1,205 @@
+#!/usr/bin/env python3
+"""OpFlex fan-out: one authority, A agents, a contract change pushed to all.
+
+Each simulated agent is a real OpFlex client (policyfabric's own client
+library) over TCP. It resolves the policy of E endpoints (their PfEndpoint
+objects and, by following references, their EPG, bridge domain, routing
+domain, contract, rules and classifiers). Then one REST write changes the
+contract's port, and each agent records when the new port is in its cache.
+
+Figures per A: the time until each agent has applied the update (p50, p99,
+max); the messages/s the authority served while agents resolved; the
+authority's CPU seconds and RSS. The baseline measured in the same run is
+A=10: ratios are p99(A) / p99(10). The last line is one JSON object.
+
+    .venv/bin/python bench/opflex_fanout.py [--agents 10,100,1000] [--endpoints 100] [--procs 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing as mp
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from policyfabric.authority.process import authority_in
+from policyfabric.opflex.client import PolicyClient
+from policyfabric.opflex.gbp import endpoint_uri
+
+CLASSIFIER = "/PolicyUniverse/PolicySpace/bench/GbpeL24Classifier/http.web-in/"
+console = Console(stderr=True)
+
+
+def setup(url: str, endpoints: int) -> str:
+    """The intent: two EPGs on one bridge domain, app consumes http from web; returns the contract id."""
+    with httpx.Client(base_url=url, timeout=60) as http:
+        def post(collection: str, body: dict[str, Any]) -> dict[str, Any]:
+            r = http.post(f"/v1/{collection}", json=body)
+            r.raise_for_status()
+            return dict(r.json())
+
+        post("tenants", {"name": "bench"})
+        post("l3-contexts", {"name": "vrf", "tenant": "bench"})
+        post("bridge-domains", {"name": "bd", "tenant": "bench", "l3_context": "vrf"})
+        post("subnets", {"name": "s", "tenant": "bench", "bridge_domain": "bd", "cidr": "10.0.0.0/16"})
+        contract = post("contracts", {"name": "http", "tenant": "bench", "rules": [
+            {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}}]})
+        post("endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd", "provides": ["http"]})
+        post("endpoint-groups", {"name": "app", "tenant": "bench", "bridge_domain": "bd", "consumes": ["http"]})
+        for i in range(endpoints):
+            post("endpoints", {"name": f"ep{i}", "tenant": "bench", "epg": "web" if i % 2 else "app",
+                               "ip": f"10.0.{i // 250}.{i % 250 + 2}"})
+        return str(contract["id"])
+
+
+def agents_process(first: int, count: int, endpoints: int, addr: tuple[str, int], conn: Any) -> None:
+    """Run `count` agents in one event loop; report readiness, then each agent's update time."""
+
+    async def main() -> None:
+        arrived: dict[int, float] = {}
+        clients = []
+        for n in range(first, first + count):
+            client = PolicyClient(f"agent{n}", [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30)
+
+            def changed(uris: set[str], n: int = n, client: PolicyClient = client) -> None:
+                mo = client.policy.get(CLASSIFIER)
+                if mo is not None and mo.properties.get("dFromPort") == 8080 and n not in arrived:
+                    arrived[n] = time.time()
+
+            client.on_change = changed
+            clients.append(client)
+        tasks = [asyncio.create_task(c.run()) for c in clients]
+        for client in clients:
+            for i in range(endpoints):
+                client.resolve("PfEndpoint", endpoint_uri("bench", f"ep{i}"))
+        ok = await asyncio.gather(*[c.settled(timeout=300, quiet=0.5) for c in clients])
+        missing = sum(CLASSIFIER not in c.policy for c in clients)
+        conn.send(("ready", all(ok), missing, sum(c.requests + 1 for c in clients)))  # +1: send_identity
+        conn.recv()  # "go"
+        deadline = time.time() + 60
+        while len(arrived) < count and time.time() < deadline:
+            await asyncio.sleep(0.005)
+        conn.send(("done", arrived))
+        for c in clients:
+            await c.stop()
+        for t in tasks:
+            t.cancel()
+
+    asyncio.run(main())
+
+
+def proc_stats(pid: int) -> tuple[float, int]:
+    """(CPU seconds, RSS kB) of a process."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+               if line.startswith("VmRSS"))
+    return cpu, rss
+
+
+def percentile(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
+
+
+def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        server = authority_in(Path(tmp), sync="normal", extra=["--keepalive", "60", "--log-level", "warning"])
+        server.start()
+        try:
+            contract_id = setup(server.url, endpoints)
+            assert server.proc is not None
+            pid = server.proc.pid
+            cpu0, _ = proc_stats(pid)
+            procs = max(1, min(procs, agents))
+            share = [agents // procs + (1 if i < agents % procs else 0) for i in range(procs)]
+            pipes, workers, first = [], [], 0
+            start = time.time()
+            for count in share:
+                parent, child = mp.Pipe()
+                worker = mp.Process(target=agents_process, args=(first, count, endpoints, server.opflex, child))
+                worker.start()
+                pipes.append(parent)
+                workers.append(worker)
+                first += count
+            ready = [p.recv() for p in pipes]
+            resolve_s = time.time() - start
+            assert all(r[1] for r in ready) and sum(r[2] for r in ready) == 0, f"agents did not resolve: {ready}"
+            cpu1, rss_ready = proc_stats(pid)
+            requests = sum(r[3] for r in ready)  # requests the authority answered while agents resolved
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                body = http.get(f"/v1/contracts/{contract_id}").json()
+                body["rules"][0]["classifier"]["port"] = 8080
+                t0 = time.time()
+                for p in pipes:
+                    p.send("go")
+                http.put(f"/v1/contracts/{contract_id}", json=body).raise_for_status()
+            arrived: dict[int, float] = {}
+            for p in pipes:
+                arrived.update(p.recv()[1])
+            cpu2, rss = proc_stats(pid)
+            for w in workers:
+                w.join(30)
+            latencies = [t - t0 for t in arrived.values()]
+            assert len(latencies) == agents, f"only {len(latencies)} of {agents} agents got the update"
+            return {
+                "agents": agents, "endpoints_per_agent": endpoints,
+                "update_p50_s": round(statistics.median(latencies), 4),
+                "update_p99_s": round(percentile(latencies, 99), 4),
+                "update_max_s": round(max(latencies), 4),
+                "updates_per_s": round(agents / max(max(latencies), 1e-6), 1),
+                "resolve_s": round(resolve_s, 2),
+                "resolve_requests": requests,
+                "resolve_msgs_per_s": round(requests / resolve_s, 1),
+                "authority_cpu_resolve_s": round(cpu1 - cpu0, 2),
+                "authority_cpu_update_s": round(cpu2 - cpu1, 3),
+                "authority_rss_kb": rss,
+                "authority_rss_ready_kb": rss_ready,
+            }
+        finally:
+            server.kill()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--agents", default="10,100,1000", help="comma-separated agent counts (default 10,100,1000)")
+    parser.add_argument("--endpoints", type=int, default=100, help="endpoints each agent resolves (default 100)")
+    parser.add_argument("--procs", type=int, default=2, help="client processes (default 2: this machine's cores)")
+    args = parser.parse_args()
+    sizes = [int(a) for a in args.agents.split(",")]
+    results = {}
+    for agents in sizes:
+        console.print(f"[dim]{agents} agents x {args.endpoints} endpoints...[/]")
+        results[agents] = run_one(agents, args.endpoints, args.procs)
+    base = results[min(sizes)]
+    table = Table(title="OpFlex fan-out: one contract change to A agents")
+    for column in ("agents", "p50", "p99", "max", "p99 vs smallest", "resolve msgs/s", "CPU (update)", "RSS"):
+        table.add_column(column, justify="right")
+    for agents, r in results.items():
+        table.add_row(str(agents), f"{r['update_p50_s'] * 1000:.0f} ms", f"{r['update_p99_s'] * 1000:.0f} ms",
+                      f"{r['update_max_s'] * 1000:.0f} ms", f"{r['update_p99_s'] / base['update_p99_s']:.1f}x",
+                      f"{r['resolve_msgs_per_s']:.0f}", f"{r['authority_cpu_update_s']:.2f} s",
+                      f"{r['authority_rss_kb'] / 1024:.0f} MB")
+    Console().print(table)
+    largest = results[max(sizes)]
+    print(f"target: A={max(sizes)} p99 < 1 s: {'met' if largest['update_p99_s'] < 1 else 'NOT met'} "
+          f"({largest['update_p99_s'] * 1000:.0f} ms)")
+    print(json.dumps({"bench": "opflex_fanout", "results": {str(k): v for k, v in results.items()},
+                      "ratio_p99_vs_smallest": {str(k): round(v["update_p99_s"] / base["update_p99_s"], 2)
+                                                for k, v in results.items()}}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
