@@ -44,6 +44,7 @@ console = Console(stderr=True)
 def setup(url: str, endpoints: int) -> str:
     """The intent: two EPGs on one bridge domain, app consumes http from web; returns the contract id."""
     with httpx.Client(base_url=url, timeout=60) as http:
+
         def post(collection: str, body: dict[str, Any]) -> dict[str, Any]:
             r = http.post(f"/v1/{collection}", json=body)
             r.raise_for_status()
@@ -53,13 +54,30 @@ def setup(url: str, endpoints: int) -> str:
         post("l3-contexts", {"name": "vrf", "tenant": "bench"})
         post("bridge-domains", {"name": "bd", "tenant": "bench", "l3_context": "vrf"})
         post("subnets", {"name": "s", "tenant": "bench", "bridge_domain": "bd", "cidr": "10.0.0.0/16"})
-        contract = post("contracts", {"name": "http", "tenant": "bench", "rules": [
-            {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}}]})
-        post("endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd", "provides": ["http"]})
-        post("endpoint-groups", {"name": "app", "tenant": "bench", "bridge_domain": "bd", "consumes": ["http"]})
+        contract = post(
+            "contracts",
+            {
+                "name": "http",
+                "tenant": "bench",
+                "rules": [{"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}}],
+            },
+        )
+        post(
+            "endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd", "provides": ["http"]}
+        )
+        post(
+            "endpoint-groups", {"name": "app", "tenant": "bench", "bridge_domain": "bd", "consumes": ["http"]}
+        )
         for i in range(endpoints):
-            post("endpoints", {"name": f"ep{i}", "tenant": "bench", "epg": "web" if i % 2 else "app",
-                               "ip": f"10.0.{i // 250}.{i % 250 + 2}"})
+            post(
+                "endpoints",
+                {
+                    "name": f"ep{i}",
+                    "tenant": "bench",
+                    "epg": "web" if i % 2 else "app",
+                    "ip": f"10.0.{i // 250}.{i % 250 + 2}",
+                },
+            )
         return str(contract["id"])
 
 
@@ -103,8 +121,11 @@ def proc_stats(pid: int) -> tuple[float, int]:
     """(CPU seconds, RSS kB) of a process."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
     cpu = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    rss = next(int(line.split()[1]) for line in Path(f"/proc/{pid}/status").read_text().splitlines()
-               if line.startswith("VmRSS"))
+    rss = next(
+        int(line.split()[1])
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines()
+        if line.startswith("VmRSS")
+    )
     return cpu, rss
 
 
@@ -128,14 +149,18 @@ def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
             start = time.time()
             for count in share:
                 parent, child = mp.Pipe()
-                worker = mp.Process(target=agents_process, args=(first, count, endpoints, server.opflex, child))
+                worker = mp.Process(
+                    target=agents_process, args=(first, count, endpoints, server.opflex, child)
+                )
                 worker.start()
                 pipes.append(parent)
                 workers.append(worker)
                 first += count
             ready = [p.recv() for p in pipes]
             resolve_s = time.time() - start
-            assert all(r[1] for r in ready) and sum(r[2] for r in ready) == 0, f"agents did not resolve: {ready}"
+            assert all(r[1] for r in ready) and sum(r[2] for r in ready) == 0, (
+                f"agents did not resolve: {ready}"
+            )
             cpu1, rss_ready = proc_stats(pid)
             requests = sum(r[3] for r in ready)  # requests the authority answered while agents resolved
             with httpx.Client(base_url=server.url, timeout=60) as http:
@@ -154,7 +179,8 @@ def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
             latencies = [t - t0 for t in arrived.values()]
             assert len(latencies) == agents, f"only {len(latencies)} of {agents} agents got the update"
             return {
-                "agents": agents, "endpoints_per_agent": endpoints,
+                "agents": agents,
+                "endpoints_per_agent": endpoints,
                 "update_p50_s": round(statistics.median(latencies), 4),
                 "update_p99_s": round(percentile(latencies, 99), 4),
                 "update_max_s": round(max(latencies), 4),
@@ -172,10 +198,18 @@ def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--agents", default="10,100,1000", help="comma-separated agent counts (default 10,100,1000)")
-    parser.add_argument("--endpoints", type=int, default=100, help="endpoints each agent resolves (default 100)")
-    parser.add_argument("--procs", type=int, default=2, help="client processes (default 2: this machine's cores)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--agents", default="10,100,1000", help="comma-separated agent counts (default 10,100,1000)"
+    )
+    parser.add_argument(
+        "--endpoints", type=int, default=100, help="endpoints each agent resolves (default 100)"
+    )
+    parser.add_argument(
+        "--procs", type=int, default=2, help="client processes (default 2: this machine's cores)"
+    )
     args = parser.parse_args()
     sizes = [int(a) for a in args.agents.split(",")]
     results = {}
@@ -187,17 +221,33 @@ def main() -> int:
     for column in ("agents", "p50", "p99", "max", "p99 vs smallest", "resolve msgs/s", "CPU (update)", "RSS"):
         table.add_column(column, justify="right")
     for agents, r in results.items():
-        table.add_row(str(agents), f"{r['update_p50_s'] * 1000:.0f} ms", f"{r['update_p99_s'] * 1000:.0f} ms",
-                      f"{r['update_max_s'] * 1000:.0f} ms", f"{r['update_p99_s'] / base['update_p99_s']:.1f}x",
-                      f"{r['resolve_msgs_per_s']:.0f}", f"{r['authority_cpu_update_s']:.2f} s",
-                      f"{r['authority_rss_kb'] / 1024:.0f} MB")
+        table.add_row(
+            str(agents),
+            f"{r['update_p50_s'] * 1000:.0f} ms",
+            f"{r['update_p99_s'] * 1000:.0f} ms",
+            f"{r['update_max_s'] * 1000:.0f} ms",
+            f"{r['update_p99_s'] / base['update_p99_s']:.1f}x",
+            f"{r['resolve_msgs_per_s']:.0f}",
+            f"{r['authority_cpu_update_s']:.2f} s",
+            f"{r['authority_rss_kb'] / 1024:.0f} MB",
+        )
     Console().print(table)
     largest = results[max(sizes)]
-    print(f"target: A={max(sizes)} p99 < 1 s: {'met' if largest['update_p99_s'] < 1 else 'NOT met'} "
-          f"({largest['update_p99_s'] * 1000:.0f} ms)")
-    print(json.dumps({"bench": "opflex_fanout", "results": {str(k): v for k, v in results.items()},
-                      "ratio_p99_vs_smallest": {str(k): round(v["update_p99_s"] / base["update_p99_s"], 2)
-                                                for k, v in results.items()}}))
+    print(
+        f"target: A={max(sizes)} p99 < 1 s: {'met' if largest['update_p99_s'] < 1 else 'NOT met'} "
+        f"({largest['update_p99_s'] * 1000:.0f} ms)"
+    )
+    print(
+        json.dumps(
+            {
+                "bench": "opflex_fanout",
+                "results": {str(k): v for k, v in results.items()},
+                "ratio_p99_vs_smallest": {
+                    str(k): round(v["update_p99_s"] / base["update_p99_s"], 2) for k, v in results.items()
+                },
+            }
+        )
+    )
     return 0
 
 
