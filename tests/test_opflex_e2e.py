@@ -488,6 +488,48 @@ def test_bad_input_gets_an_error_or_a_clean_close_and_other_sessions_live_on(
     assert "Traceback" not in opflex_authority.log.read_text()
 
 
+def test_a_peer_that_stops_reading_is_dropped_and_others_are_served(
+    opflex_authority: AuthorityProcess,
+) -> None:
+    api = Api(opflex_authority.url)
+    space = "/PolicyUniverse/PolicySpace/acme/"
+
+    async def go() -> None:
+        good = await Agent("good", [opflex_authority.opflex], ["acme/web1"]).start()
+        try:
+            raw = Raw(opflex_authority.opflex)
+            raw.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            raw.hello()
+            request = wire.request(
+                "policy_resolve", 1, [{"subject": "PolicySpace", "policy_uri": space, "prr": 60}]
+            )
+
+            def flood() -> None:
+                with contextlib.suppress(OSError):
+                    for _ in range(2000):  # ~40 kB of answer each, never read
+                        raw.send(request)
+
+            start = time.monotonic()
+            flooding = asyncio.create_task(asyncio.to_thread(flood))
+            # Meanwhile the authority keeps serving the others.
+            await asyncio.sleep(0.5)
+            contract = await asyncio.to_thread(api.find, "contracts", "acme", "http")
+            assert contract is not None
+            contract["rules"][0]["classifier"]["port"] = 82
+            await asyncio.to_thread(api.put, "contracts", contract["id"], contract)
+            await until(lambda: good.prop(CONTRACT, "dFromPort") == 82)
+            # ... and drops the one that does not read (after 2 x keepalive of stalled writes).
+            await flooding
+            log = opflex_authority.log
+            await until(lambda: "stopped reading" in log.read_text(), timeout=10)
+            assert time.monotonic() - start < 15
+            raw.sock.close()
+        finally:
+            await good.stop()
+
+    run(go)
+
+
 def test_dry_run_agent_prints_what_it_resolved_and_uses_its_cache_when_alone(
     opflex_authority: AuthorityProcess, tmp_path: Path
 ) -> None:

@@ -225,8 +225,15 @@ class OpflexServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
         label = f"{peer[0]}:{peer[1]}" if peer else "?"
+        # A peer that cannot take our data within two keepalive periods is as good as dead.
         session = Session(
-            reader, writer, self._handle, label=label, max_frame=self.max_frame, keepalive=self.keepalive
+            reader,
+            writer,
+            self._handle,
+            label=label,
+            max_frame=self.max_frame,
+            keepalive=self.keepalive,
+            write_timeout=max(2 * self.keepalive, 1.0),
         )
         session.info.update(subs={}, ep_subs={}, agent=None, dialed=self._dialed(writer))
         self.sessions.add(session)

@@ -98,7 +98,9 @@ class Session:
                 self.writer.write(data)
                 await asyncio.wait_for(self.writer.drain(), self.write_timeout)
             except TimeoutError:
-                await self.close(f"peer stopped reading (writes stalled for {self.write_timeout:g}s)")
+                await self.close(
+                    f"peer stopped reading (writes stalled for {self.write_timeout:g}s)", abort=True
+                )
                 raise SessionClosed(self.close_reason) from None
             except (ConnectionError, RuntimeError) as exc:
                 await self.close(f"write failed: {exc}")
@@ -216,13 +218,15 @@ class Session:
             await asyncio.sleep(tick)
             idle = time.monotonic() - self.last_heard
             if idle >= 4 * self.keepalive:
-                await self.close(f"peer silent for {idle:.1f}s (keepalive {self.keepalive:g}s)")
+                await self.close(f"peer silent for {idle:.1f}s (keepalive {self.keepalive:g}s)", abort=True)
                 return
             if idle >= self.keepalive:
                 with contextlib.suppress(SessionClosed):
                     await self.push("echo", {"ts": int(time.time() * 1000)})
 
-    async def close(self, reason: str) -> None:
+    async def close(self, reason: str, abort: bool = False) -> None:
+        """End the session. ``abort`` drops unsent data at once: for a peer that is
+        gone or not reading, where a graceful close would wait for it forever."""
         if self.closed.is_set():
             return
         self.close_reason = reason
@@ -231,5 +235,8 @@ class Session:
             if not future.done():
                 future.set_exception(SessionClosed(reason))
         with contextlib.suppress(Exception):
-            self.writer.close()
+            if abort:
+                self.writer.transport.abort()
+            else:
+                self.writer.close()
         log.info("opflex %s: session closed: %s", self.label, reason)
