@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from policyfabric.authority.opflex_server import OpflexServer
+from policyfabric.authority.opflex_server import Identity, OpflexServer, Peer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.rpc import Session
 from policyfabric.store.sqlite import SqliteStore
@@ -36,14 +36,10 @@ class _NullWriter:
 
 
 async def ready_server_session() -> tuple[OpflexServer, Session]:
+    """A server and one session that has done its handshake, with no socket behind it."""
     server = OpflexServer(Authority(_store()))
     server.loop = asyncio.get_running_loop()
     session = Session(asyncio.StreamReader(), _NullWriter(), server._handle, label="fuzz")  # type: ignore[arg-type]
-    session.info.update(subs={}, ep_subs={}, agent=None, dialed="127.0.0.1:8009")
-    server._identity(
-        session,
-        __import__("policyfabric.authority.opflex_server", fromlist=["Identity"]).Identity(
-            name="fuzz", domain="policyfabric", my_role=["policy_element"]
-        ),
-    )
+    server.peers[session] = Peer("127.0.0.1:8009")
+    server._identity(session, Identity(name="fuzz", domain="policyfabric", my_role=["policy_element"]))
     return server, session

@@ -96,6 +96,14 @@ async def until(check: Callable[[], bool], timeout: float = 5.0) -> float:
     return time.monotonic() - start
 
 
+def set_http_port(api: Api, port: int) -> int:
+    """Change contract http's only rule to ``port`` through REST; returns the HTTP status."""
+    contract = api.find("contracts", "acme", "http")
+    assert contract is not None
+    contract["rules"][0]["classifier"]["port"] = port
+    return api.put("contracts", contract["id"], contract).status_code
+
+
 def run(coro: Callable[[], Awaitable[None]]) -> None:
     asyncio.run(coro())
 
@@ -122,10 +130,7 @@ def test_a_rest_change_reaches_the_agents_that_resolved_it_and_no_others(
         try:
             assert web.prop(CONTRACT, "dFromPort") == 80 and app.prop(CONTRACT, "dFromPort") == 80
             versions = {a.client.name: a.client.version for a in (web, app, other)}
-            contract = api.find("contracts", "acme", "http")
-            assert contract is not None
-            contract["rules"][0]["classifier"]["port"] = 8080
-            assert api.put("contracts", contract["id"], contract).status_code == 200
+            assert set_http_port(api, 8080) == 200
             took = await until(
                 lambda: web.prop(CONTRACT, "dFromPort") == 8080 and app.prop(CONTRACT, "dFromPort") == 8080
             )
@@ -249,10 +254,7 @@ def test_agents_resync_after_an_authority_restart(opflex_authority: AuthorityPro
             await until(lambda: h1.client.session is None)
             opflex_authority.start()
             # A change made as soon as the authority is back, maybe before the agent reconnects.
-            contract = api.find("contracts", "acme", "http")
-            assert contract is not None
-            contract["rules"][0]["classifier"]["port"] = 8443
-            assert api.put("contracts", contract["id"], contract).status_code == 200
+            assert set_http_port(api, 8443) == 200
             await until(lambda: h1.prop(CONTRACT, "dFromPort") == 8443, timeout=10)
             assert h1.client.connects == connects + 1
             await until(lambda: api.find("endpoints", "acme", "web1")["host"] == "h1")  # type: ignore[index]
@@ -277,10 +279,7 @@ def test_agents_fail_over_between_authority_addresses(tmp_path: Path) -> None:
             await until(lambda: h1.client.connected_to == second.opflex, timeout=10)
             api = Api(second.url)
             await until(lambda: (api.find("endpoints", "acme", "web1") or {}).get("host") == "h1")
-            contract = api.find("contracts", "acme", "http")
-            assert contract is not None
-            contract["rules"][0]["classifier"]["port"] = 9090
-            api.put("contracts", contract["id"], contract)
+            set_http_port(api, 9090)
             await until(lambda: h1.prop(CONTRACT, "dFromPort") == 9090)
         finally:
             await h1.stop()
@@ -476,10 +475,7 @@ def test_bad_input_gets_an_error_or_a_clean_close_and_other_sessions_live_on(
             assert 1.0 < time.monotonic() - start < 5
 
             # Through all of it, the well-behaved agent is served.
-            contract = api.find("contracts", "acme", "http")
-            assert contract is not None
-            contract["rules"][0]["classifier"]["port"] = 81
-            api.put("contracts", contract["id"], contract)
+            set_http_port(api, 81)
             await until(lambda: good.prop(CONTRACT, "dFromPort") == 81)
         finally:
             await good.stop()
@@ -513,10 +509,7 @@ def test_a_peer_that_stops_reading_is_dropped_and_others_are_served(
             flooding = asyncio.create_task(asyncio.to_thread(flood))
             # Meanwhile the authority keeps serving the others.
             await asyncio.sleep(0.5)
-            contract = await asyncio.to_thread(api.find, "contracts", "acme", "http")
-            assert contract is not None
-            contract["rules"][0]["classifier"]["port"] = 82
-            await asyncio.to_thread(api.put, "contracts", contract["id"], contract)
+            await asyncio.to_thread(set_http_port, api, 82)
             await until(lambda: good.prop(CONTRACT, "dFromPort") == 82)
             # ... and drops the one that does not read (after 2 x keepalive of stalled writes).
             await flooding

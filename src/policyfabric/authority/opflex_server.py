@@ -21,19 +21,18 @@ import contextlib
 import logging
 import ssl
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from policyfabric.authority.service import ENDPOINT_STATUSES, Authority
-from policyfabric.model import kinds
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex import gbp
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.rpc import RpcError, Session
-from policyfabric.opflex.uri import UNIVERSE, space, under, unescape
+from policyfabric.opflex.uri import UNIVERSE, under, unescape
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 from policyfabric.store.base import Change
 
@@ -99,11 +98,32 @@ def parse(model: type[_Params], params: list[Any]) -> list[Any]:
 
 
 @dataclass
+class Peer:
+    """What the server keeps about one session."""
+
+    dialed: str  # the address the agent dialed: listed first in the handshake's peers
+    agent: str | None = None  # its name, once identified
+    current: bool = True  # False once a newer session of the same agent replaced it
+    subs: dict[str, float] = field(default_factory=dict)  # policy URI -> lease expiry (monotonic)
+    ep_subs: dict[str, float] = field(default_factory=dict)  # registry URI or prefix -> expiry
+
+    def expire(self, now: float) -> None:
+        for table in (self.subs, self.ep_subs):
+            for uri in [u for u, exp in table.items() if exp <= now]:
+                del table[uri]
+
+
+@dataclass
 class Declaration:
     mos: list[dict[str, Any]]  # the declared MO and its children, as sent
     agent: str
     expires: float
     endpoint: tuple[str, str] | None  # (tenant, name) when it names a stored endpoint
+
+    @property
+    def is_l2(self) -> bool:
+        """An EprL2Ep (the endpoint's interface), rather than an EprL3Ep (an address binding)."""
+        return bool(self.mos[0]["subject"] == "EprL2Ep")
 
 
 @dataclass
@@ -153,9 +173,7 @@ def tenant_of(uri: str) -> str | None:
 def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO]]:
     """(new or changed MOs, removed MOs) between two versions of a tree."""
     before = old.mos if old else {}
-    changed = [
-        mo for uri, mo in new.mos.items() if uri not in before or before[uri].to_wire() != mo.to_wire()
-    ]
+    changed = [mo for uri, mo in new.mos.items() if before.get(uri) != mo]
     removed = [mo for uri, mo in before.items() if uri not in new.mos]
     return changed, removed
 
@@ -179,19 +197,18 @@ class OpflexServer:
         self.advertise = advertise or []
         self.keepalive, self.max_frame, self.tls = keepalive, max_frame, tls
         self.coalesce, self.lease_tick = coalesce, lease_tick
-        self.sessions: set[Session] = set()
+        self.peers: dict[Session, Peer] = {}
         self.agents: dict[str, AgentInfo] = {}
         self.faults: dict[tuple[str, str, str], Fault] = {}
         self.trees: dict[str | None, Tree] = {}
         self.declarations: dict[str, Declaration] = {}
         self._dirty: set[str | None] = set()
-        self._epr_changed: dict[str, dict[str, Any] | None] = {}
+        self._epr_changed: dict[str, tuple[MO, bool]] = {}  # uri -> (MO, deleted)
         self._flush: asyncio.TimerHandle | None = None
         self._flushing = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: set[asyncio.Task[Any]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
-        self.updates_sent = 0
 
     # ---- lifecycle
     async def start(self, host: str, port: int) -> None:
@@ -203,7 +220,7 @@ class OpflexServer:
         )
         if not self.advertise:
             self.advertise = [f"{host}:{port}"]
-        self._tasks.append(asyncio.create_task(self._leases()))
+        self._spawn(self._leases())
         log.info(
             "opflex: listening on %s:%d%s (domain %s)",
             host,
@@ -217,10 +234,15 @@ class OpflexServer:
             self.authority.listeners.remove(self._on_commit)
         if self._server is not None:
             self._server.close()
-        for session in list(self.sessions):
+        for session in list(self.peers):
             await session.close("authority stopping")
-        for task in self._tasks:
+        for task in list(self._tasks):
             task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         peer = writer.get_extra_info("peername")
@@ -235,14 +257,13 @@ class OpflexServer:
             keepalive=self.keepalive,
             write_timeout=max(2 * self.keepalive, 1.0),
         )
-        session.info.update(subs={}, ep_subs={}, agent=None, dialed=self._dialed(writer))
-        self.sessions.add(session)
+        peer = self.peers[session] = Peer(self._dialed(writer))
         try:
             await session.run()
         finally:
-            self.sessions.discard(session)
-            agent = self.agents.get(session.info["agent"] or "")
-            if agent is not None and agent.connected and session.info.get("current", True):
+            del self.peers[session]
+            agent = self.agents.get(peer.agent or "")
+            if agent is not None and agent.connected and peer.current:
                 agent.connected, agent.last_seen = False, time.time()
 
     @staticmethod
@@ -252,13 +273,11 @@ class OpflexServer:
 
     # ---- dispatch
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
-        if method == "echo":
-            return params
         if method == "send_identity":
             return self._identity(session, parse(Identity, params)[0])
         if not session.ready:
             raise RpcError(Code.ESTATE, f"Unexpected request of type {method}")
-        session.info["seen"] = time.time()
+
         handler = {
             "policy_resolve": self._policy_resolve,
             "policy_unresolve": self._policy_unresolve,
@@ -270,23 +289,23 @@ class OpflexServer:
         }.get(method)
         if handler is None:
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
-        return await handler(session, params)
+        return await handler(self.peers[session], params)
 
     def _identity(self, session: Session, ident: Identity) -> dict[str, Any]:
         if ident.domain != self.domain:
             raise RpcError(Code.EDOMAIN, f"Domain mismatch: this authority serves {self.domain!r}")
         if "policy_element" not in ident.my_role:
             raise RpcError(Code.EUNSUPPORTED, "only policy_element peers are served")
-        for other in list(self.sessions):  # an agent that reconnects replaces its old session
-            if other is not session and other.info.get("agent") == ident.name:
-                other.info["current"] = False
-                closing = other.close("replaced by a new session of the same agent")
-                self._tasks.append(asyncio.create_task(closing))
+        for other, other_peer in list(self.peers.items()):  # a reconnecting agent replaces its old session
+            if other is not session and other_peer.agent == ident.name:
+                other_peer.current = False
+                self._spawn(other.close("replaced by a new session of the same agent"))
+        peer = self.peers[session]
+        self.agents[ident.name] = AgentInfo(ident.name, ident.domain, session.label)
         session.ready = True
-        session.info["agent"] = ident.name
+        peer.agent = ident.name
         session.label = f"{ident.name}@{session.label}"
-        self.agents[ident.name] = AgentInfo(ident.name, ident.domain, session.label.split("@", 1)[1])
-        dialed = session.info["dialed"]
+        dialed = peer.dialed
         peers = [dialed] + [a for a in self.advertise if a != dialed]
         log.info("opflex: agent %s connected from %s", ident.name, session.label)
         return {
@@ -300,7 +319,7 @@ class OpflexServer:
     def _tree_for(self, uri: str) -> Tree | None:
         return self.trees.get(tenant_of(uri))
 
-    async def _policy_resolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+    async def _policy_resolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         if any(isinstance(p, dict) and "policy_ident" in p for p in params):
             raise RpcError(Code.EUNSUPPORTED, "Policy resolution by ident is not supported")
         policy: list[dict[str, Any]] = []
@@ -312,13 +331,13 @@ class OpflexServer:
                     Code.ERROR,
                     f"Unknown subject: {entry.subject} (the object at that URI is a {mos[0].subject})",
                 )
-            session.info["subs"][entry.policy_uri] = time.monotonic() + max(entry.prr, 1)
+            peer.subs[entry.policy_uri] = time.monotonic() + max(entry.prr, 1)
             policy += [mo.to_wire() for mo in mos]
         return {"policy": policy}
 
-    async def _policy_unresolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+    async def _policy_unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(Unresolve, params):
-            session.info["subs"].pop(entry.policy_uri, None)
+            peer.subs.pop(entry.policy_uri, None)
         return {}
 
     def _on_commit(self, changes: list[Change]) -> None:
@@ -380,30 +399,33 @@ class OpflexServer:
         if push and (changed or removed):
             await self._fan_out(
                 "policy_update",
-                "subs",
+                lambda peer: peer.subs,
                 changed,
                 removed,
                 lambda rep, rem: {"replace": rep, "merge_children": [], "delete": rem},
             )
 
     async def _fan_out(
-        self, method: str, table: str, changed: list[MO], removed: list[MO], shape: Any
+        self,
+        method: str,
+        table: Callable[[Peer], dict[str, float]],
+        changed: list[MO],
+        removed: list[MO],
+        shape: Callable[[list[Any], list[Any]], dict[str, Any]],
     ) -> None:
+        """Send each session the changes under its live subscriptions in ``table``, in one message."""
         now = time.monotonic()
+        replaced = [(mo.uri, mo.to_wire()) for mo in changed]  # serialised once, not once per session
+        deleted = [(mo.uri, {"subject": mo.subject, "uri": mo.uri}) for mo in removed]
         sends = []
-        for session in list(self.sessions):
-            subs = [u for u, exp in session.info.get(table, {}).items() if exp > now]
+        for session, peer in list(self.peers.items()):
+            subs = [u for u, exp in table(peer).items() if exp > now]
             if not session.ready or not subs:
                 continue
-            rep = [mo.to_wire() for mo in changed if any(under(mo.uri, s) for s in subs)]
-            rem = [
-                {"subject": mo.subject, "uri": mo.uri}
-                for mo in removed
-                if any(under(mo.uri, s) for s in subs)
-            ]
+            rep = [wire for uri, wire in replaced if any(under(uri, s) for s in subs)]
+            rem = [ref for uri, ref in deleted if any(under(uri, s) for s in subs)]
             if rep or rem:
                 sends.append(self._send_quietly(session, method, shape(rep, rem)))
-        self.updates_sent += len(sends)
         await asyncio.gather(*sends)
 
     @staticmethod
@@ -412,8 +434,8 @@ class OpflexServer:
             await session.push(method, params)
 
     # ---- endpoint registry
-    async def _endpoint_declare(self, session: Session, params: list[Any]) -> dict[str, Any]:
-        agent = session.info["agent"]
+    async def _endpoint_declare(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
+        agent = str(peer.agent)
         for entry in parse(Declare, params):
             try:
                 mos = [MO.from_wire(m) for m in entry.endpoint]
@@ -432,27 +454,25 @@ class OpflexServer:
                 self.declarations[top.uri] = Declaration(
                     subtree, agent, time.monotonic() + max(entry.prr, 1), endpoint
                 )
-                self._epr_changed[top.uri] = top.to_wire()
+                self._epr_changed[top.uri] = (top, False)
                 if endpoint is not None and top.subject == "EprL2Ep":
                     await self._bind(endpoint, agent, top.properties.get("interfaceName"))
         self._schedule()
         return {}
 
     async def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
+        """The endpoint now lives on ``agent``'s host; BUILD unless it is already up."""
         tenant, name = endpoint
-
-        def write() -> bool:
-            current = self.authority.list(kinds.ENDPOINT, tenant, name)[0]
-            status = None if current and current[0].get("status") in ("ACTIVE", "BUILD") else "BUILD"
-            return self.authority.set_endpoint_state(
-                tenant,
-                name,
-                host=agent,
-                interface=interface if isinstance(interface, str) else None,
-                status=status,
-            )
-
-        if not await asyncio.to_thread(write):
+        known = await asyncio.to_thread(
+            self.authority.set_endpoint_state,
+            tenant,
+            name,
+            host=agent,
+            interface=interface if isinstance(interface, str) else None,
+            status="BUILD",
+            unless=("ACTIVE", "BUILD"),
+        )
+        if not known:
             log.warning(
                 "opflex: agent %s declared endpoint %s/%s, which the authority does not know",
                 agent,
@@ -460,10 +480,10 @@ class OpflexServer:
                 name,
             )
 
-    async def _endpoint_undeclare(self, session: Session, params: list[Any]) -> dict[str, Any]:
+    async def _endpoint_undeclare(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(EndpointRef, params):
             decl = self.declarations.get(entry.endpoint_uri)
-            if decl is not None and decl.agent == session.info["agent"]:
+            if decl is not None and decl.agent == peer.agent:
                 await self._undeclare(entry.endpoint_uri, "undeclared")
         self._schedule()
         return {}
@@ -472,48 +492,47 @@ class OpflexServer:
         decl = self.declarations.pop(uri, None)
         if decl is None:
             return
-        self._epr_changed[uri] = None
+        self._epr_changed[uri] = (MO.from_wire(decl.mos[0]), True)
         # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
         if (
-            decl.mos[0]["subject"] == "EprL2Ep"
+            decl.is_l2
             and decl.endpoint is not None
-            and not any(
-                d.endpoint == decl.endpoint and d.mos[0]["subject"] == "EprL2Ep"
-                for d in self.declarations.values()
-            )
+            and not any(d.endpoint == decl.endpoint and d.is_l2 for d in self.declarations.values())
         ):
             tenant, name = decl.endpoint
             log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
             await asyncio.to_thread(self.authority.set_endpoint_state, tenant, name, status="DOWN")
 
-    async def _endpoint_resolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+    async def _endpoint_resolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         if any(isinstance(p, dict) and "endpoint_ident" in p for p in params):
             raise RpcError(Code.EUNSUPPORTED, "Endpoint resolution by ident is not supported")
         found: list[dict[str, Any]] = []
         for entry in parse(EndpointResolve, params):
-            session.info["ep_subs"][entry.endpoint_uri] = time.monotonic() + max(entry.prr, 1)
+            peer.ep_subs[entry.endpoint_uri] = time.monotonic() + max(entry.prr, 1)
             for uri, decl in self.declarations.items():
                 if under(uri, entry.endpoint_uri):
                     found += decl.mos
         return {"endpoint": found}
 
-    async def _endpoint_unresolve(self, session: Session, params: list[Any]) -> dict[str, Any]:
+    async def _endpoint_unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(EndpointRef, params):
-            session.info["ep_subs"].pop(entry.endpoint_uri, None)
+            peer.ep_subs.pop(entry.endpoint_uri, None)
         return {}
 
-    async def _push_epr(self, changes: dict[str, dict[str, Any] | None]) -> None:
-        changed = [MO.from_wire(m) for m in changes.values() if m is not None]
-        removed = [
-            MO(uri.split("/")[1].replace("Universe", "Ep"), uri) for uri, m in changes.items() if m is None
-        ]
+    async def _push_epr(self, changes: dict[str, tuple[MO, bool]]) -> None:
+        changed = [mo for mo, deleted in changes.values() if not deleted]
+        removed = [mo for mo, deleted in changes.values() if deleted]
         await self._fan_out(
-            "endpoint_update", "ep_subs", changed, removed, lambda rep, rem: {"replace": rep, "delete": rem}
+            "endpoint_update",
+            lambda peer: peer.ep_subs,
+            changed,
+            removed,
+            lambda rep, rem: {"replace": rep, "delete": rem},
         )
 
     # ---- observer
-    async def _state_report(self, session: Session, params: list[Any]) -> dict[str, Any]:
-        agent_name = session.info["agent"]
+    async def _state_report(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
+        agent_name = str(peer.agent)
         agent = self.agents[agent_name]
         agent.last_seen, agent.reports = time.time(), agent.reports + 1
         for entry in parse(Report, params):
@@ -554,11 +573,8 @@ class OpflexServer:
         while True:
             await asyncio.sleep(self.lease_tick)
             now = time.monotonic()
-            for session in list(self.sessions):
-                for table in ("subs", "ep_subs"):
-                    subs = session.info.get(table, {})
-                    for uri in [u for u, exp in subs.items() if exp <= now]:
-                        del subs[uri]
+            for peer in list(self.peers.values()):
+                peer.expire(now)
             expired = [u for u, d in self.declarations.items() if d.expires <= now]
             for uri in expired:
                 await self._undeclare(uri, "lease expired")
@@ -569,18 +585,11 @@ class OpflexServer:
     def agents_json(self) -> list[dict[str, Any]]:
         out = []
         for agent in self.agents.values():
-            subs = sum(
-                len(s.info["subs"]) + len(s.info["ep_subs"])
-                for s in self.sessions
-                if s.info.get("agent") == agent.name
-            )
+            subs = sum(len(p.subs) + len(p.ep_subs) for p in self.peers.values() if p.agent == agent.name)
             eps = [
                 f"{d.endpoint[0]}/{d.endpoint[1]}"
                 for d in self.declarations.values()
-                if d.agent == agent.name
-                and d.endpoint is not None
-                and d.mos
-                and d.mos[0]["subject"] == "EprL2Ep"
+                if d.agent == agent.name and d.endpoint is not None and d.is_l2
             ]
             out.append(agent.to_json(subs, eps))
         return sorted(out, key=lambda a: a["name"])
@@ -589,4 +598,4 @@ class OpflexServer:
         return [f.__dict__ for f in sorted(self.faults.values(), key=lambda f: f.time)]
 
 
-__all__ = ["OpflexServer", "space"]
+__all__ = ["OpflexServer"]

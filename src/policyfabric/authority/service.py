@@ -19,6 +19,7 @@ from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
 from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, PolicyError
 from policyfabric.model.kinds import Kind
+from policyfabric.model.objects import keep_omitted
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
 from policyfabric.model.types import generate_mac
 from policyfabric.store.base import Change, ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn
@@ -98,12 +99,6 @@ class TxnView:
 def render(record: Record) -> dict[str, Any]:
     """The REST representation of a stored object."""
     return {"id": record.id, **record.data, "revision": record.revision}
-
-
-def keep_omitted(spec: o.Spec, current: o.Spec) -> o.Spec:
-    """Fields the server or an agent fills in keep their value when an update leaves them out."""
-    keep = {f: getattr(current, f) for f in spec.KEEP_IF_OMITTED - spec.model_fields_set}
-    return spec.model_copy(update=keep) if keep else spec
 
 
 class Authority:
@@ -252,13 +247,17 @@ class Authority:
         host: str | None = None,
         interface: str | None = None,
         status: str | None = None,
+        unless: tuple[str, ...] = (),
     ) -> bool:
         """Record what an agent reported about an endpoint; False if there is no such endpoint.
-        Writes (and bumps the revision) only when something changes."""
+        ``status`` is not applied while the current status is one of ``unless``. Writes (and
+        bumps the revision) only when something changes; the endpoint's claims stay as they are."""
         with self._writing() as txn:
             record = txn.find(k.ENDPOINT.name, tenant, name)
             if record is None:
                 return False
+            if record.data.get("status") in unless:
+                status = None
             data = dict(record.data)
             for field, value in (("host", host), ("interface", interface), ("status", status)):
                 if value is not None:
@@ -267,7 +266,7 @@ class Authority:
                 return True
             txn.put(
                 Record(record.kind, record.id, record.tenant, record.name, txn.next_revision(), data),
-                self._claims_of(txn, record),
+                None,
                 "update",
             )
         log.info(
@@ -279,10 +278,6 @@ class Authority:
             data.get("status"),
         )
         return True
-
-    def _claims_of(self, txn: WriteTxn, record: Record) -> builtins.list[Claim]:
-        view = TxnView(txn, self.cache)
-        return validate(view.obj(record), view)
 
     # ---- helpers
     @staticmethod

@@ -12,10 +12,9 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from policyfabric.authority.service import keep_omitted
 from policyfabric.cli.client import Client
 from policyfabric.model import kinds as k
-from policyfabric.model.objects import SecurityGroup, Spec
+from policyfabric.model.objects import SecurityGroup, Spec, keep_omitted
 from policyfabric.model.scenario import Entry, Scenario
 
 Action = Literal["create", "update", "unchanged"]

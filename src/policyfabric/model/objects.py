@@ -103,6 +103,12 @@ class GatewayedPrefix(BaseModel):
         return why
 
 
+def keep_omitted(spec: Spec, current: Spec) -> Spec:
+    """Fields the server or an agent fills in keep their value when an update leaves them out."""
+    keep = {f: getattr(current, f) for f in spec.KEEP_IF_OMITTED - spec.model_fields_set}
+    return spec.model_copy(update=keep) if keep else spec
+
+
 class Tenant(Spec):
     """A policy space."""
 

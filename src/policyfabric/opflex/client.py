@@ -264,7 +264,7 @@ class PolicyClient:
                 await self._call("endpoint_declare", {"endpoint": mos, "prr": self.prr})
 
     def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_event_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
     async def _call(self, method: str, params: dict[str, Any]) -> Any:
@@ -307,7 +307,7 @@ class PolicyClient:
                     del self.policy[gone]
                     changed.add(gone)
             for mo in mos:
-                if self.policy.get(mo.uri) is None or self.policy[mo.uri].to_wire() != mo.to_wire():
+                if self.policy.get(mo.uri) != mo:
                     self.policy[mo.uri] = mo
                     changed.add(mo.uri)
         self._follow(changed)
@@ -325,8 +325,6 @@ class PolicyClient:
 
     # ---- requests from the authority
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
-        if method == "echo":
-            return params
         if method not in ("policy_update", "endpoint_update"):
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
         for entry in params:

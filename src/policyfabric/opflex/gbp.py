@@ -16,7 +16,7 @@ from typing import Any
 from policyfabric.model import objects as o
 from policyfabric.model.types import port_bounds
 from policyfabric.opflex.mo import Tree, ref
-from policyfabric.opflex.uri import UNIVERSE, child, escape, space
+from policyfabric.opflex.uri import UNIVERSE, child, space
 
 ETHERTYPES = {"ipv4": 0x0800, "ipv6": 0x86DD}
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}
@@ -268,4 +268,4 @@ def global_tree(tenants: Sequence[str], networks: Sequence[o.ExternalNetwork]) -
     return tree
 
 
-__all__ = ["endpoint_uri", "escape", "external_network_uri", "global_tree", "tenant_tree", "uri_of"]
+__all__ = ["endpoint_uri", "external_network_uri", "global_tree", "tenant_tree", "uri_of"]

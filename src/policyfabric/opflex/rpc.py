@@ -28,9 +28,6 @@ from policyfabric.opflex.wire import Code
 
 log = logging.getLogger(__name__)
 
-# Methods whose requests get no success reply (libopflex answers only errors).
-UNACKNOWLEDGED = frozenset({"policy_update", "endpoint_update"})
-
 
 class RpcError(Exception):
     """A JSON-RPC error: from a handler to the peer, or from the peer to a caller."""
@@ -79,7 +76,6 @@ class Session:
         self.close_reason = ""
         self._logged: set[str] = set()
         self.ready = False  # set by the role logic once the handshake is done
-        self.info: dict[str, Any] = {}  # what the role logic keeps about the session
         with contextlib.suppress(Exception):
             writer.transport.set_write_buffer_limits(high=1 << 20)
 
@@ -186,6 +182,10 @@ class Session:
             future.set_result(msg.result)
 
     async def _answer(self, msg: wire.Request) -> None:
+        if msg.method == "echo":  # every participant answers echo, in any state
+            with contextlib.suppress(SessionClosed):
+                await self.send(wire.result(msg.id, msg.params))
+            return
         try:
             value = await self.handler(self, msg.method, msg.params)
         except RpcError as err:

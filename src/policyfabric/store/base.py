@@ -82,8 +82,9 @@ class WriteTxn(ReadTxn, Protocol):
         """The revision this transaction writes (bumped on first call, then stable)."""
         ...
 
-    def put(self, record: Record, claims: Sequence[Claim], op: Op) -> None:
-        """Insert or replace ``record`` and set its claims; raises ClaimTaken."""
+    def put(self, record: Record, claims: Sequence[Claim] | None, op: Op) -> None:
+        """Insert or replace ``record`` and set its claims (None: keep those it holds);
+        raises ClaimTaken."""
         ...
 
     def set_claims(self, id: str, claims: Sequence[Claim]) -> None:

@@ -169,7 +169,7 @@ class SqliteTxn:
             self.conn.exec_driver_sql(_SET_REVISION, (self._revision,))
         return self._revision
 
-    def put(self, record: Record, claim_list: Sequence[Claim], op: Op) -> None:
+    def put(self, record: Record, claim_list: Sequence[Claim] | None, op: Op) -> None:
         values = (
             record.kind,
             record.tenant or "",
@@ -179,7 +179,8 @@ class SqliteTxn:
             record.id,
         )
         self.conn.exec_driver_sql(_INSERT if op == "create" else _UPDATE, values)
-        self.set_claims(record.id, claim_list)
+        if claim_list is not None:
+            self.set_claims(record.id, claim_list)
         self._log(op, record)
 
     def set_claims(self, id: str, claim_list: Sequence[Claim]) -> None:
