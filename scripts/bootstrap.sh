@@ -7,7 +7,8 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 EXTRAS="${1:-}"
-APT_PACKAGES=(python3 python3-venv python3-pip)
+# Open vSwitch (userspace datapath), namespaces and probes for the agent and the lab.
+APT_PACKAGES=(python3 python3-venv python3-pip openvswitch-switch iproute2 ethtool nftables iputils-ping)
 
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

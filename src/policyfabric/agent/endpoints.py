@@ -41,9 +41,17 @@ def bd_members_prefix(bd_uri: str) -> str:
 
 
 def declaration(
-    policy: Mapping[str, MO], tenant: str, name: str, interface: str | None = None
+    policy: Mapping[str, MO],
+    tenant: str,
+    name: str,
+    interface: str | None = None,
+    tunnel_ip: str | None = None,
 ) -> Declaration | None:
-    """The registry objects for a local endpoint, or None until its policy is resolved."""
+    """The registry objects for a local endpoint, or None until its policy is resolved.
+
+    Beyond libopflex's properties, the L2 endpoint carries ``tunnelIp`` (where
+    other hosts send its traffic) and ``classid`` (its group's class id, so a
+    remote host can apply group policy without resolving the group)."""
     ep = policy.get(endpoint_uri(tenant, name))
     if ep is None:
         return None
@@ -59,6 +67,14 @@ def declaration(
     l2_props = {**common, "context": ref("GbpBridgeDomain", bd_uri), "ip": list(props.get("ip", []))}
     if interface:
         l2_props["interfaceName"] = interface
+    if tunnel_ip:
+        l2_props["tunnelIp"] = tunnel_ip
+    epg = policy.get(props["epg"]["reference_uri"]) if isinstance(props.get("epg"), dict) else None
+    if epg is not None:
+        for uri in epg.children:
+            ctx = policy.get(uri)
+            if ctx is not None and ctx.subject == "GbpeInstContext":
+                l2_props["classid"] = ctx.properties.get("classid", 0)
     l2 = MO(
         "EprL2Ep", child(EPR_L2, "EprL2Ep", bd_uri, mac), l2_props, [], "EprL2Universe", EPR_L2, "EprL2Ep"
     )

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import json
 import logging
 import sys
@@ -134,9 +136,21 @@ def agent(
     tls_ca: Annotated[Path | None, typer.Option(help="CA to verify the authority (enables TLS).")] = None,
     tls_cert: Annotated[Path | None, typer.Option(help="Client certificate (PEM) for mutual TLS.")] = None,
     tls_key: Annotated[Path | None, typer.Option(help="Key of --tls-cert.")] = None,
-    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "warning",
+    ovsdb: Annotated[
+        str, typer.Option(help="OVSDB of the local Open vSwitch, e.g. unix:/var/run/openvswitch/db.sock.")
+    ] = "unix:/var/run/openvswitch/db.sock",
+    bridge: Annotated[str, typer.Option(help="The integration bridge the endpoints are plugged into.")] = "br-int",
+    tunnel_ip: Annotated[
+        str | None,
+        typer.Option(help="This host's underlay IPv4 address: VXLAN to and from other hosts. Without it, no tunnels."),
+    ] = None,
+    log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
-    """Run a Policy Agent. Only --dry-run exists so far: the Open vSwitch renderer comes next."""
+    """Run a Policy Agent: discover endpoints on the bridge, resolve their policy, program Open vSwitch.
+
+    Endpoints are interfaces on --bridge whose external_ids:iface-id is TENANT/NAME. The agent
+    declares them to the authority, resolves their policy, compiles it into OpenFlow and keeps
+    the bridge in sync. With --dry-run it only resolves and prints (no Open vSwitch needed)."""
     import asyncio
 
     from policyfabric.agent.dryrun import run_dry
@@ -144,8 +158,6 @@ def agent(
     from policyfabric.opflex.tls import client_context
 
     _setup_logging(log_level)
-    if not dry_run:
-        raise fail("only --dry-run is available: the Open vSwitch renderer is not built yet")
     try:
         peers = parse_peers(authority_addr)
     except ValueError as exc:
@@ -157,11 +169,53 @@ def agent(
             raise fail(f"--endpoint {item!r}: write TENANT/NAME")
         eps.append((tenant, name))
     tls = client_context(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
+    if not dry_run:
+        raise typer.Exit(_run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls, domain))
     try:
         code = asyncio.run(run_dry(host, peers, eps, state_dir, once, tls, domain, out))
     except KeyboardInterrupt:
         code = 0
     raise typer.Exit(code)
+
+
+def _run_ovs_agent(
+    host: str,
+    peers: list[tuple[str, int]],
+    ovsdb: str,
+    bridge: str,
+    state_dir: Path | None,
+    tunnel_ip: str | None,
+    tls: Any,
+    domain: str,
+) -> int:
+    import asyncio
+    import ipaddress
+    import signal
+
+    from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
+
+    if tunnel_ip is not None:
+        try:
+            ipaddress.IPv4Address(tunnel_ip)
+        except ValueError:
+            raise fail(f"--tunnel-ip {tunnel_ip!r} is not an IPv4 address") from None
+    config = AgentConfig(host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls=tls, domain=domain)
+
+    async def main() -> None:
+        agent = OvsAgent(config)
+        task = asyncio.create_task(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+
+    try:
+        asyncio.run(main())
+    except Exception as exc:
+        err.print(f"[red]agent {host}: {exc}[/]")
+        return 1
+    return 0
 
 
 def _load_checked(path: Path) -> sc.Scenario:
@@ -324,6 +378,11 @@ def delete(
         except (Unreachable, ApiError) as exc:
             raise fail(str(exc)) from None
     out.print(f"deleted {which} {name!r} (revision {result['revision']})")
+
+
+from policyfabric.cli.lab import lab_app  # noqa: E402  (after app: the sub-app registers on it)
+
+app.add_typer(lab_app, name="lab")
 
 
 @app.command()

@@ -1,0 +1,222 @@
+"""The Policy Agent for an Open vSwitch host.
+
+A single asyncio loop owns all state. Two sources wake it: OVSDB (an
+interface was plugged or unplugged) and the OpFlex client (policy or
+endpoint registry changed). Each wake-up runs ``reconcile``: read the
+plugged interfaces in bulk, make sure the policy they need is resolved and
+they are declared, compile the desired flows (pure) and apply the
+difference (one bundle). Bursts are coalesced by a short debounce.
+
+While no authority answers, the cache (persisted under ``--state-dir``)
+keeps driving the same flows, so the dataplane stays as it was; the client
+keeps retrying and resyncs on reconnect.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.agent.renderers.ovs.applier import FlowApplier
+from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
+from policyfabric.agent.view import Network, local_endpoint, policy_view, remote_endpoints
+from policyfabric.opflex.client import Peer, PolicyClient
+from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.mo import MO
+from policyfabric.opflex.uri import space
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AgentConfig:
+    host: str
+    peers: list[Peer]
+    ovsdb: str
+    bridge: str = "br-int"
+    state_dir: Path | None = None
+    tunnel_ip: str | None = None
+    ofctl_target: str | None = None  # default: the bridge's mgmt socket next to the OVSDB socket
+    tls: ssl.SSLContext | None = None
+    domain: str = "policyfabric"
+    debounce: float = 0.01
+
+
+@dataclass
+class Stats:
+    syncs: int = 0
+    flows: int = 0
+    last_sync_s: float = 0.0
+    endpoints: int = 0
+    rendered_at: dict[str, float] = field(default_factory=dict)
+
+
+def _split_iface_id(iface_id: str) -> tuple[str, str] | None:
+    tenant, sep, name = iface_id.partition("/")
+    return (tenant, name) if sep and tenant and name else None
+
+
+def mgmt_target(ovsdb: str, bridge: str) -> str:
+    """``unix:/run/x/db.sock`` → ``unix:/run/x/br-int.mgmt`` (OVS puts both in its run directory)."""
+    if ovsdb.startswith("unix:"):
+        return f"unix:{Path(ovsdb[5:]).parent / (bridge + '.mgmt')}"
+    return bridge
+
+
+class OvsAgent:
+    def __init__(self, config: AgentConfig) -> None:
+        self.config = config
+        self.client = PolicyClient(
+            config.host, config.peers, state_dir=config.state_dir, tls=config.tls, domain=config.domain
+        )
+        self.applier = FlowApplier(config.ofctl_target or mgmt_target(config.ovsdb, config.bridge))
+        self.ovsdb: Ovsdb | None = None
+        self.stats = Stats()
+        self.active: set[str] = set()  # endpoints reported ACTIVE
+        self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
+        self._wake = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- wiring
+    def wake(self, *_: Any) -> None:
+        self._wake.set()
+
+    def _wake_threadsafe(self) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._wake.set)
+
+    async def run(self) -> None:
+        self._loop = asyncio.get_running_loop()
+        self.ovsdb = await asyncio.to_thread(Ovsdb, self.config.ovsdb, self.config.bridge)
+        if self.config.tunnel_ip:
+            await asyncio.to_thread(self.ovsdb.ensure_tunnel, self.config.tunnel_ip)
+        self.ovsdb.watch(self._wake_threadsafe)
+        self.client.on_change = self.wake
+        client_task = asyncio.create_task(self.client.run())
+        log.info(
+            "agent %s: bridge %s via %s, tunnel ip %s, cache version %d",
+            self.config.host,
+            self.config.bridge,
+            self.config.ovsdb,
+            self.config.tunnel_ip,
+            self.client.version,
+        )
+        try:
+            self._wake.set()
+            while True:
+                await self._wake.wait()
+                await asyncio.sleep(self.config.debounce)
+                self._wake.clear()
+                try:
+                    await self.reconcile()
+                except Exception as exc:  # keep serving; report and retry on the next change
+                    log.exception("agent %s: reconcile failed", self.config.host)
+                    await self._fault("render-failed", str(exc))
+                    await asyncio.sleep(1)
+                    self._wake.set()
+        finally:
+            client_task.cancel()
+            with contextlib.suppress(BaseException):
+                await self.client.stop()
+            self.ovsdb.close()
+
+    # ---- the reconcile step
+    def network(self, plugged: list[Plugged]) -> Network:
+        """The pure input of the compiler, from the cache and what is plugged."""
+        base = policy_view(self.client.policy)
+        local = []
+        for p in plugged:
+            key = _split_iface_id(p.iface_id)
+            if key is None:
+                continue
+            ep = local_endpoint(self.client.policy, base.groups, p.iface_id, endpoint_uri(*key), p.ofport)
+            if ep is not None:
+                local.append(ep)
+        keys = {e.key for e in local}
+        remote = remote_endpoints(self.client.endpoints.values(), self.config.tunnel_ip or "", keys)
+        return Network(tuple(local), remote, base.groups, base.contracts, base.bds)
+
+    async def reconcile(self) -> None:
+        assert self.ovsdb is not None
+        plugged, tunnel_port = await asyncio.to_thread(self.ovsdb.interfaces)
+        self._declare(plugged)
+        net = self.network(plugged)
+        flows = compile_pipeline(net, tunnel_port if self.config.tunnel_ip else None)
+        applied = await asyncio.to_thread(self.applier.sync, flows)
+        self.stats.syncs += 1
+        self.stats.flows, self.stats.endpoints = len(flows), len(net.local)
+        if applied.added or applied.removed:
+            self.stats.last_sync_s = applied.seconds
+            log.info(
+                "agent %s: %s sync: +%d -%d flows (%d in all) in %.0f ms",
+                self.config.host,
+                "full" if applied.full else "delta",
+                applied.added,
+                applied.removed,
+                len(flows),
+                applied.seconds * 1000,
+            )
+        await self._report_status({e.key for e in net.local})
+
+    def _declare(self, plugged: list[Plugged]) -> None:
+        seen = set()
+        for p in plugged:
+            key = _split_iface_id(p.iface_id)
+            if key is None:
+                log.warning("agent %s: interface %s: iface-id %r is not TENANT/NAME", self.config.host, p.name, p.iface_id)
+                continue
+            tenant, name = key
+            seen.add(p.iface_id)
+            self.client.resolve("PolicySpace", space(tenant))
+            self.client.resolve("PfEndpoint", endpoint_uri(tenant, name))
+            decl = declaration(self.client.policy, tenant, name, p.name, self.config.tunnel_ip)
+            if decl is None:
+                continue
+            old = self.declared.get(p.iface_id)
+            if old is not None and old != decl.l2.uri:
+                self.client.undeclare(old)  # the endpoint's MAC or bridge domain changed
+            self.client.declare(decl.all)
+            self.declared[p.iface_id] = decl.l2.uri
+            self.client.resolve_endpoints("EprL2Ep", bd_members_prefix(decl.bridge_domain))
+        for iface_id in list(self.declared):
+            if iface_id not in seen:
+                log.info("agent %s: %s unplugged", self.config.host, iface_id)
+                self.client.undeclare(self.declared.pop(iface_id))
+                self.active.discard(iface_id)
+
+    async def _report_status(self, rendered: set[str]) -> None:
+        new = rendered - self.active
+        if not new or self.client.session is None:
+            return
+        now = time.time()
+        reports = []
+        for key in sorted(new):
+            self.stats.rendered_at[key] = now
+            reports.append(MO("PfEndpointStatus", f"/PfEndpointStatus/{key.replace('/', '%2f')}/", {"endpoint": key, "status": "ACTIVE"}))
+        reports.append(
+            MO(
+                "PfAgentCounters",
+                "/PfAgentCounters/",
+                {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs},
+            )
+        )
+        try:
+            await self.client.report(reports)
+        except Exception as exc:  # not connected: report again after the next change
+            log.info("agent %s: status report deferred: %s", self.config.host, exc)
+            return
+        self.active |= new
+
+    async def _fault(self, code: str, description: str) -> None:
+        with contextlib.suppress(Exception):
+            await self.client.report(
+                [MO("PfFault", f"/PfFault/{code}/", {"code": code, "severity": "major", "description": description[:500]})]
+            )

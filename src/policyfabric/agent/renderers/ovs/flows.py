@@ -1,0 +1,65 @@
+"""OpenFlow flows as values: what the compiler produces and the applier installs.
+
+A flow is a frozen record with its match as ordered ``(field, value)`` pairs
+and its actions as strings in ``ovs-ofctl`` syntax. ``text()`` is the
+canonical line the applier sends and diffs on; the fake table in
+``simulate.py`` evaluates the same records.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+COOKIE_BASE = 0x50460000  # "PF" + table: every flow the agent owns carries it
+
+
+@dataclass(frozen=True, order=True)
+class Flow:
+    table: int
+    priority: int
+    match: tuple[tuple[str, str], ...]
+    actions: tuple[str, ...]
+
+    @property
+    def cookie(self) -> int:
+        return COOKIE_BASE | self.table
+
+    def match_text(self) -> str:
+        parts = [f"table={self.table}", f"priority={self.priority}"]
+        parts += [k if v == "" else f"{k}={v}" for k, v in self.match]
+        return ",".join(parts)
+
+    def text(self) -> str:
+        """``ovs-ofctl add-flow`` syntax, cookie included."""
+        return f"cookie={self.cookie:#x},{self.match_text()} actions={','.join(self.actions) or 'drop'}"
+
+    @property
+    def key(self) -> tuple[int, int, tuple[tuple[str, str], ...]]:
+        """What OpenFlow identifies a flow by (strict match): two flows with one key cannot coexist."""
+        return (self.table, self.priority, self.match)
+
+
+def flow(table: int, priority: int, match: dict[str, str | int] | None, *actions: str) -> Flow:
+    """Build a flow; ``match`` values of "" are bare keywords such as ``ip`` or ``arp``."""
+    pairs = tuple((k, v if isinstance(v, str) else str(v)) for k, v in (match or {}).items())
+    return Flow(table, priority, pairs, tuple(actions))
+
+
+def port_masks(lo: int, hi: int) -> list[str]:
+    """The fewest value/mask pairs covering ports lo..hi (OVS's tp_dst=V/M)."""
+    out = []
+    while lo <= hi:
+        size = lo & -lo if lo else 1 << 16
+        while size > hi - lo + 1:
+            size >>= 1
+        out.append(f"{lo}" if size == 1 else f"{lo:#06x}/{(0xFFFF ^ (size - 1)):#06x}")
+        lo += size
+    return out
+
+
+def mac_hex(mac: str) -> str:
+    return "0x" + mac.replace(":", "")
+
+
+def ip_hex(ip: str) -> str:
+    return "0x" + "".join(f"{int(b):02x}" for b in ip.split("."))

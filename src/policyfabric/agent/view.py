@@ -1,0 +1,192 @@
+"""The agent's view of the network: what its cache says, in plain typed records.
+
+Renderers never read OpFlex MOs. This module turns the resolved policy (the
+tenant subtrees) and the endpoint registry into small frozen records, so the
+compilers that follow are pure functions of data that is easy to build in a
+unit test.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from policyfabric.agent.endpoints import target
+from policyfabric.opflex.mo import MO
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One classifier + action of a contract, consumer → provider unless ``direction`` says otherwise."""
+
+    key: str  # contract.rule
+    order: int
+    allow: bool
+    direction: str  # in | out | bidirectional
+    ethertype: int | None = None  # 0x0800, 0x86DD or None for both
+    protocol: int | None = None
+    ports: tuple[int, int] | None = None
+
+
+@dataclass(frozen=True)
+class Contract:
+    uri: str
+    rules: tuple[Rule, ...]
+
+
+@dataclass(frozen=True)
+class Group:
+    """An endpoint group: its class id is what the pipeline carries in registers and tunnels."""
+
+    uri: str
+    classid: int
+    bd: str  # bridge domain URI
+    intra_allow: bool
+    provides: tuple[str, ...] = ()
+    consumes: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class BridgeDomain:
+    uri: str
+    vni: int
+    vrf: int  # the routing domain's number: the conntrack zone, so tenants' addresses never collide
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """An endpoint this host serves (``ofport``) or a remote one (``vtep``)."""
+
+    key: str  # TENANT/NAME
+    mac: str
+    ips: tuple[str, ...]
+    bd: str
+    classid: int  # 0: no group (security groups only)
+    ofport: int | None = None
+    vtep: str | None = None
+
+
+@dataclass(frozen=True)
+class Network:
+    local: tuple[Endpoint, ...] = ()
+    remote: tuple[Endpoint, ...] = ()
+    groups: Mapping[str, Group] = field(default_factory=dict)
+    contracts: Mapping[str, Contract] = field(default_factory=dict)
+    bds: Mapping[str, BridgeDomain] = field(default_factory=dict)
+
+
+def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
+    return [policy[c] for c in mo.children if c in policy and policy[c].subject == subject]
+
+
+def _encap(policy: Mapping[str, MO], mo: MO, prop: str) -> int:
+    for ctx in _children(policy, mo, "GbpeInstContext"):
+        value = ctx.properties.get(prop)
+        if isinstance(value, int):
+            return value
+    return 0
+
+
+def _targets(policy: Mapping[str, MO], mo: MO, subject: str) -> tuple[str, ...]:
+    out = []
+    for rel in _children(policy, mo, subject):
+        value = rel.properties.get("target")
+        if isinstance(value, dict):
+            out.append(value["reference_uri"])
+    return tuple(sorted(out))
+
+
+def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
+    rules = []
+    name = contract.properties.get("name", "")
+    for subj in _children(policy, contract, "GbpSubject"):
+        for rule in _children(policy, subj, "GbpRule"):
+            props = rule.properties
+            clfs = [policy[u] for u in _targets(policy, rule, "GbpRuleToClassifierRSrc") if u in policy]
+            actions = [policy[u] for u in _targets(policy, rule, "GbpRuleToActionRSrc") if u in policy]
+            allow = all(a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction")
+            for clf in clfs:
+                c = clf.properties
+                ports = None
+                if isinstance(c.get("dFromPort"), int):
+                    ports = (int(c["dFromPort"]), int(c.get("dToPort", c["dFromPort"])))
+                rules.append(
+                    Rule(
+                        key=f"{name}.{props.get('name', '')}",
+                        order=int(props.get("order", 0)),
+                        allow=allow,
+                        direction=str(props.get("direction", "in")),
+                        ethertype=c.get("etherT"),
+                        protocol=c.get("prot"),
+                        ports=ports,
+                    )
+                )
+    return tuple(rules)
+
+
+def policy_view(policy: Mapping[str, MO]) -> Network:
+    """Groups, contracts and bridge domains of every tenant in the cache."""
+    groups, contracts, bds = {}, {}, {}
+    for uri, mo in policy.items():
+        if mo.subject == "GbpBridgeDomain":
+            vrf_uri = target(policy, uri + "GbpBridgeDomainToNetworkRSrc/")
+            vrf = policy.get(vrf_uri) if vrf_uri else None
+            bds[uri] = BridgeDomain(uri, _encap(policy, mo, "encapId"), _encap(policy, vrf, "encapId") if vrf else 0)
+        elif mo.subject == "GbpEpGroup":
+            bd = target(policy, uri + "GbpEpGroupToNetworkRSrc/") or ""
+            groups[uri] = Group(
+                uri,
+                _encap(policy, mo, "classid"),
+                bd,
+                mo.properties.get("intraGroupPolicy", "allow") == "allow",
+                _targets(policy, mo, "GbpEpGroupToProvContractRSrc"),
+                _targets(policy, mo, "GbpEpGroupToConsContractRSrc"),
+            )
+        elif mo.subject == "GbpContract":
+            contracts[uri] = Contract(uri, _rules(policy, mo))
+    return Network(groups=groups, contracts=contracts, bds=bds)
+
+
+def _ref(value: Any) -> str | None:
+    return value["reference_uri"] if isinstance(value, dict) else None
+
+
+def local_endpoint(policy: Mapping[str, MO], groups: Mapping[str, Group], key: str, uri: str, ofport: int) -> (
+    Endpoint | None
+):
+    """A local endpoint from its ``PfEndpoint``; None until that and its bridge domain are resolved."""
+    mo = policy.get(uri)
+    if mo is None:
+        return None
+    props = mo.properties
+    bd = _ref(props.get("bridgeDomain"))
+    mac = props.get("mac")
+    if bd is None or not isinstance(mac, str):
+        return None
+    group = groups.get(_ref(props.get("epg")) or "")
+    ips = tuple(ip for ip in props.get("ip", []) if ip != "slaac")
+    return Endpoint(key, mac, ips, bd, group.classid if group else 0, ofport=ofport)
+
+
+def remote_endpoints(registry: Iterable[MO], own_vtep: str, local_keys: set[str]) -> tuple[Endpoint, ...]:
+    """Other hosts' L2 endpoints, from the bridge-domain membership the agent resolved."""
+    out = []
+    for mo in registry:
+        if mo.subject != "EprL2Ep":
+            continue
+        p = mo.properties
+        vtep, bd, key = p.get("tunnelIp"), _ref(p.get("context")), str(p.get("uuid", ""))
+        if not isinstance(vtep, str) or vtep == own_vtep or bd is None or key in local_keys:
+            continue
+        out.append(
+            Endpoint(
+                key,
+                str(p.get("mac", "")),
+                tuple(str(ip) for ip in p.get("ip", []) if ip != "slaac"),
+                bd,
+                int(p.get("classid", 0)),
+                vtep=vtep,
+            )
+        )
+    return tuple(sorted(out, key=lambda e: (e.bd, e.mac)))

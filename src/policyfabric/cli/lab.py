@@ -1,0 +1,146 @@
+"""`policyfabric lab`: build a scenario for real (namespaces, Open vSwitch, agents) and probe it."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from policyfabric.lab.lab import DEFAULT_STATE, Lab, LabState, ProbeResult, verify
+from policyfabric.lab.plan import LabError, plan
+from policyfabric.lab.sh import CommandFailed
+from policyfabric.model import scenario as sc
+
+lab_app = typer.Typer(
+    help="Build a scenario file for real on this machine (root needed) and check traffic against `expect`.",
+    no_args_is_help=True,
+)
+out = Console()
+err = Console(stderr=True)
+
+StateOpt = Annotated[Path, typer.Option("--state", help="Directory holding the lab's state and logs.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]
+
+
+def _root() -> None:
+    if os.geteuid() != 0:
+        err.print("[red]the lab creates network namespaces and Open vSwitch instances: run it as root[/]")
+        raise typer.Exit(2)
+
+
+def results_table(results: list[ProbeResult]) -> Table:
+    table = Table(title="intent vs measured (real packets)")
+    for col in ("from", "to", "probe", "expected", "measured", ""):
+        table.add_column(col)
+    for r in results:
+        e = r.expect
+        mark = "[green]ok[/]" if r.ok else "[red]MISMATCH[/]"
+        table.add_row(e.source, e.target, e.probe, e.result, r.measured, mark)
+    return table
+
+
+def report(results: list[ProbeResult], as_json: bool) -> int:
+    passed = sum(r.ok for r in results)
+    failed = len(results) - passed
+    if as_json:
+        print(json.dumps({"results": [r.to_json() for r in results], "passed": passed, "failed": failed}))
+    else:
+        out.print(results_table(results))
+        colour = "green" if not failed else "red"
+        out.print(f"[{colour}]{passed} passed, {failed} failed[/]")
+    return 0 if failed == 0 else 1
+
+
+def _say(as_json: bool):  # type: ignore[no-untyped-def]
+    return (lambda s: err.print(f"lab: {s}")) if as_json else (lambda s: out.print(f"lab: {s}"))
+
+
+@lab_app.command("verify")
+def verify_cmd(
+    file: Annotated[Path, typer.Argument(help="Scenario file (LAB.md format).")],
+    as_json: JsonOpt = False,
+    state: StateOpt = DEFAULT_STATE,
+) -> None:
+    """Bring the lab up, probe every `expect` line with real packets, tear it down; exit 0 only if all match."""
+    _root()
+    try:
+        results = verify(file, state, _say(as_json))
+    except (LabError, sc.ScenarioError, CommandFailed) as exc:
+        err.print(f"[red]lab: {exc}[/]")
+        raise typer.Exit(2) from None
+    except KeyboardInterrupt:
+        err.print("lab: interrupted; everything was removed")
+        raise typer.Exit(130) from None
+    raise typer.Exit(report(results, as_json))
+
+
+@lab_app.command("up")
+def up_cmd(
+    file: Annotated[Path, typer.Argument(help="Scenario file (LAB.md format).")],
+    state: StateOpt = DEFAULT_STATE,
+    authority: Annotated[
+        str | None,
+        typer.Option(help="Use a running authority: REST URL and OpFlex address, 'http://H:P,H:P'."),
+    ] = None,
+) -> None:
+    """Bring the lab up and leave it running (explore it, then `lab probe` and `lab down`)."""
+    _root()
+    existing: tuple[str, str] | None = None
+    if authority:
+        url, _, opflex = authority.partition(",")
+        if not opflex:
+            raise typer.BadParameter("write URL,OPFLEX e.g. http://127.0.0.1:8080,127.0.0.1:8009")
+        existing = (url, opflex)
+    try:
+        scenario = sc.load(file)
+        problems = sc.check(scenario)
+        if problems:
+            raise LabError("; ".join(p.render(str(file)) for p in problems))
+        plan(scenario)
+        lab = Lab.create(file, state, _say(False))
+    except (LabError, sc.ScenarioError) as exc:
+        err.print(f"[red]lab: {exc}[/]")
+        raise typer.Exit(2) from None
+    try:
+        lab.up(scenario, existing)
+    except BaseException as exc:
+        err.print(f"[red]lab: {exc}; removing what was created[/]")
+        lab.down()
+        raise typer.Exit(2) from None
+    out.print(f"lab {lab.state.id} is up; state and logs in {state}; authority at {lab.state.url}")
+    out.print(f"  endpoints: {', '.join(lab.state.endpoints)} (namespaces {lab.state.id}-ep-NAME)")
+    out.print(f"  next: policyfabric lab probe --state {state}; policyfabric lab down --state {state}")
+
+
+@lab_app.command("probe")
+def probe_cmd(as_json: JsonOpt = False, state: StateOpt = DEFAULT_STATE) -> None:
+    """Probe the `expect` lines of the running lab's scenario again."""
+    _root()
+    try:
+        lab = Lab(LabState.load(state))
+        expects = plan(sc.load(lab.state.scenario)).expect
+    except (LabError, sc.ScenarioError) as exc:
+        err.print(f"[red]lab: {exc}[/]")
+        raise typer.Exit(2) from None
+    raise typer.Exit(report(lab.probe(expects), as_json))
+
+
+@lab_app.command("down")
+def down_cmd(state: StateOpt = DEFAULT_STATE) -> None:
+    """Remove everything the lab created (processes, Open vSwitch instances, namespaces)."""
+    _root()
+    try:
+        lab = Lab(LabState.load(state))
+    except LabError as exc:
+        err.print(f"[red]lab: {exc}[/]")
+        raise typer.Exit(2) from None
+    left = lab.down()
+    if left:
+        err.print("[red]lab: could not remove: " + "; ".join(left) + "[/]")
+        raise typer.Exit(1)
+    out.print(f"lab {lab.state.id} removed")

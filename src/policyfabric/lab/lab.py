@@ -1,0 +1,413 @@
+"""Build a scenario for real on this machine: namespaces, Open vSwitch, agents, traffic.
+
+Layout (``ID`` is a random lab id, so two labs never collide):
+
+- ``ID-fabric``: the underlay, a Linux bridge joining every host's ``ul0``;
+- ``ID-<host>``: a lab host: its own ovsdb-server and ovs-vswitchd, ``br-int``
+  for endpoints and ``br-phy`` holding the host's underlay address (OVS
+  userspace tunnelling routes through it); the agent runs in the root
+  namespace and reaches OVS through its unix sockets;
+- ``ID-ep-<endpoint>``: an endpoint: ``eth0`` with its MAC and addresses,
+  veth-paired with a port on its host's ``br-int``.
+
+Everything created is recorded in ``state.json`` before it is created, so
+``down`` (and the cleanup after a failure or Ctrl-C) removes exactly that,
+and nothing else.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import json
+import logging
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from policyfabric.authority.process import AuthorityProcess, authority_in
+from policyfabric.cli import apply as applying
+from policyfabric.cli.client import Client
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.lab.plan import Expect, Host, LabEndpoint, LabError, LabPlan, plan
+from policyfabric.lab.sh import CommandFailed, run
+from policyfabric.model import kinds as k
+from policyfabric.model import scenario as sc
+
+log = logging.getLogger(__name__)
+
+DEFAULT_STATE = Path("/tmp/policyfabric-lab")
+PROBE_TIMEOUT = 1.0
+PROBE_ATTEMPTS = 2
+
+
+@dataclass
+class LabState:
+    """What a lab created; written before each creation so cleanup is exact."""
+
+    id: str
+    directory: str
+    scenario: str
+    url: str = ""
+    opflex: str = ""
+    namespaces: list[str] = field(default_factory=list)
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid (authority, agents)
+    ovs: dict[str, str] = field(default_factory=dict)  # host -> run directory
+    endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, ips, mac, host
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def save(self) -> None:
+        path = Path(self.directory) / "state.json"
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(self), indent=1))
+        os.replace(tmp, path)
+
+    @classmethod
+    def load(cls, directory: Path) -> LabState:
+        try:
+            data = json.loads((directory / "state.json").read_text())
+        except FileNotFoundError:
+            raise LabError(f"no lab is up under {directory} (no state.json)") from None
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class ProbeResult:
+    expect: Expect
+    measured: str  # allow | deny | error: ...
+
+    @property
+    def ok(self) -> bool:
+        return self.measured == self.expect.result
+
+    def to_json(self) -> dict[str, Any]:
+        e = self.expect
+        return {
+            "from": e.source,
+            "to": e.target,
+            "probe": e.probe,
+            "expected": e.result,
+            "measured": self.measured,
+            "ok": self.ok,
+        }
+
+
+def _kill_pid(pid: int, timeout: float = 5.0) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:  # not our child (lab down from another process)
+                done = 0 if _exists(pid) else pid
+            if done:
+                return
+            time.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
+
+
+def _exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
+    except (ProcessLookupError, FileNotFoundError):
+        return False
+
+
+class Lab:
+    def __init__(self, state: LabState, say: Callable[[str], None] = lambda s: None) -> None:
+        self.state, self.say = state, say
+        self.dir = Path(state.directory)
+        self.agents: dict[str, subprocess.Popen[bytes]] = {}
+        self.authority: AuthorityProcess | None = None
+
+    # ---- bring up
+    @classmethod
+    def create(cls, scenario_path: Path, directory: Path, say: Callable[[str], None] = lambda s: None) -> Lab:
+        directory.mkdir(parents=True, exist_ok=True)
+        if (directory / "state.json").exists():
+            raise LabError(f"a lab is already up under {directory}: run `policyfabric lab down --state {directory}`")
+        state = LabState("pf" + secrets.token_hex(3), str(directory), str(scenario_path))
+        state.save()
+        return cls(state, say)
+
+    def ns(self, name: str) -> str:
+        netns = f"{self.state.id}-{name}"
+        if netns not in self.state.namespaces:
+            self.state.namespaces.append(netns)
+            self.state.save()
+            run(["ip", "netns", "add", netns])
+            run(["ip", "link", "set", "lo", "up"], netns=netns)
+        return netns
+
+    def up(self, scenario: sc.Scenario, authority: tuple[str, str] | None = None) -> LabPlan:
+        lab = plan(scenario)
+        if authority is None:
+            self.say("starting an embedded authority (SQLite)")
+            self.authority = authority_in(self.dir / "authority")
+            self.authority.start()
+            assert self.authority.proc is not None
+            self.state.pids["authority"] = self.authority.proc.pid
+            self.state.url, self.state.opflex = self.authority.url, "{}:{}".format(*self.authority.opflex)
+        else:
+            self.state.url, self.state.opflex = authority
+        self.state.save()
+        self.say(f"applying the intent of {scenario.path} at {self.state.url}")
+        with Client(self.state.url) as client:
+            applying.execute(applying.plan(scenario, client), client, lambda step: None)
+        fabric = self.ns("fabric")
+        run(["ip", "link", "add", "fabric", "type", "bridge"], netns=fabric)
+        run(["ip", "link", "set", "fabric", "up"], netns=fabric)
+        for host in lab.hosts:
+            self.say(f"host {host.name}: Open vSwitch, underlay {host.underlay_ip}, agent")
+            self.add_host(host)
+        with Client(self.state.url) as client:
+            for ep in lab.endpoints:
+                self.plug(ep, client)
+        self.say(f"{len(lab.endpoints)} endpoint(s) plugged; waiting for the agents to render them")
+        self.wait_active([e.key for e in lab.endpoints])
+        return lab
+
+    def add_host(self, host: Host) -> None:
+        netns = self.ns(host.name)
+        rundir = self.dir / host.name / "ovs"
+        self.state.ovs[host.name] = str(rundir)
+        self.state.hosts[host.name] = {"netns": netns, "underlay_ip": host.underlay_ip, "rundir": str(rundir)}
+        self.state.save()
+        ovs = OvsInstance(rundir, netns)
+        ovs.start()
+        ovs.add_bridge("br-int")
+        ovs.vsctl("--may-exist", "add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev")
+        run(
+            ["ip", "link", "add", "ul0", "netns", netns, "type", "veth", "peer", "name", f"h{host.index}",
+             "netns", f"{self.state.id}-fabric"]
+        )
+        run(["ip", "link", "set", f"h{host.index}", "master", "fabric", "up"], netns=f"{self.state.id}-fabric")
+        run(["ip", "link", "set", "ul0", "up"], netns=netns)
+        ovs.vsctl("--may-exist", "add-port", "br-phy", "ul0")
+        run(["ip", "addr", "add", f"{host.underlay_ip}/24", "dev", "br-phy"], netns=netns)
+        run(["ip", "link", "set", "br-phy", "up"], netns=netns)
+        self.start_agent(host.name)
+
+    def start_agent(self, host: str) -> None:
+        info = self.state.hosts[host]
+        logfile = self.dir / host / "agent.log"
+        cmd = [
+            sys.executable, "-m", "policyfabric", "agent",
+            "--host", host,
+            "--authority", self.state.opflex,
+            "--ovsdb", f"unix:{info['rundir']}/db.sock",
+            "--bridge", "br-int",
+            "--state-dir", str(self.dir / host / "agent"),
+            "--tunnel-ip", info["underlay_ip"],
+            "--log-level", "info",
+        ]  # fmt: skip
+        with logfile.open("ab") as out:
+            proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.agents[host] = proc
+        self.state.pids[f"agent:{host}"] = proc.pid
+        self.state.save()
+
+    def stop_agent(self, host: str, kill: bool = False) -> None:
+        pid = self.state.pids.pop(f"agent:{host}", None)
+        self.state.save()
+        if pid is not None:
+            if kill:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+            _kill_pid(pid)
+        self.agents.pop(host, None)
+
+    def plug(self, ep: LabEndpoint, client: Client) -> None:
+        """An endpoint namespace with the endpoint's MAC and addresses, plugged into its host's br-int."""
+        found = client.list(k.ENDPOINT, tenant=ep.tenant, name=ep.name)
+        if not found:
+            raise LabError(f"endpoint {ep.key} is not known to the authority")
+        obj = found[0]
+        subnets = client.list(k.SUBNET, tenant=ep.tenant)
+        netns = self.ns(f"ep-{ep.name}")
+        host = self.state.hosts[ep.host]
+        ips = [ip for ip in obj.get("ip", []) if ip != "slaac"]
+        self.state.endpoints[ep.name] = {"netns": netns, "host": ep.host, "mac": obj["mac"], "ips": ips,
+                                         "key": ep.key, "port": ep.port}  # fmt: skip
+        self.state.save()
+        run(["ip", "link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", ep.port,
+             "netns", host["netns"]])  # fmt: skip
+        run(["ip", "link", "set", "eth0", "address", obj["mac"]], netns=netns)
+        for ip in ips:
+            addr = ipaddress.ip_address(ip)
+            prefix = next(
+                (s["cidr"].split("/")[1] for s in subnets if addr in ipaddress.ip_network(s["cidr"])),
+                "32" if addr.version == 4 else "128",
+            )
+            run(["ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0", *(["nodad"] if addr.version == 6 else [])],
+                netns=netns)  # fmt: skip
+        run(["ip", "link", "set", "eth0", "up"], netns=netns)
+        run(["ethtool", "-K", "eth0", "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
+        run(["ip", "link", "set", ep.port, "up"], netns=host["netns"])
+        OvsInstance(Path(host["rundir"])).vsctl(
+            "--may-exist", "add-port", "br-int", ep.port,
+            "--", "set", "Interface", ep.port, f"external_ids:iface-id={ep.key}",
+        )  # fmt: skip
+
+    def unplug(self, name: str) -> None:
+        ep = self.state.endpoints[name]
+        host = self.state.hosts[ep["host"]]
+        OvsInstance(Path(host["rundir"])).vsctl("--if-exists", "del-port", "br-int", ep["port"])
+        run(["ip", "link", "del", ep["port"]], netns=host["netns"], check=False)
+
+    def wait_active(self, keys: list[str], timeout: float = 60.0) -> None:
+        """Until every endpoint is ACTIVE (its agent installed its flows), then until flows settle."""
+        deadline = time.monotonic() + timeout
+        pending = set(keys)
+        with Client(self.state.url) as client:
+            while pending:
+                for obj in client.list(k.ENDPOINT):
+                    key = f"{obj['tenant']}/{obj['name']}"
+                    if key in pending and obj.get("status") == "ACTIVE":
+                        pending.discard(key)
+                if not pending:
+                    break
+                if time.monotonic() > deadline:
+                    raise LabError(
+                        f"endpoints not ACTIVE after {timeout:.0f} s: {', '.join(sorted(pending))} "
+                        f"(agent logs: {self.dir}/<host>/agent.log)"
+                    )
+                time.sleep(0.1)
+        self.settle()
+
+    def flow_counts(self) -> dict[str, int]:
+        out = {}
+        for name, info in self.state.hosts.items():
+            text = OvsInstance(Path(info["rundir"])).ofctl("dump-aggregate", f"unix:{info['rundir']}/br-int.mgmt")
+            out[name] = int(text.split("flow_count=")[1].split()[0])
+        return out
+
+    def settle(self, quiet: float = 0.6, timeout: float = 30.0) -> None:
+        """Wait until no host's flow count changed for ``quiet`` seconds."""
+        deadline = time.monotonic() + timeout
+        last, since = self.flow_counts(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.15)
+            now = self.flow_counts()
+            if now != last:
+                last, since = now, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                return
+
+    # ---- probes
+    def address_of(self, name: str, v6: bool = False) -> str:
+        ep = self.state.endpoints.get(name)
+        if ep is None:
+            raise LabError(f"{name!r} is not an endpoint of this lab (floating IPs and external hosts: not yet)")
+        for ip in ep["ips"]:
+            if (":" in ip) == v6:
+                return str(ip)
+        raise LabError(f"endpoint {name} has no IPv{'6' if v6 else '4'} address")
+
+    def probe_one(self, x: Expect) -> ProbeResult:
+        try:
+            src = self.state.endpoints.get(x.source)
+            if src is None:
+                raise LabError(f"{x.source!r} is not an endpoint of this lab")
+            proto, _, port = x.probe.partition("/")
+            dst = self.address_of(x.target, v6=proto == "icmpv6")
+            for _ in range(PROBE_ATTEMPTS):
+                if proto in ("icmp", "icmpv6"):
+                    cmd = ["ping", "-n", "-q", "-c", "1", "-W", str(int(PROBE_TIMEOUT)), dst]
+                else:
+                    cmd = [sys.executable, "-m", "policyfabric.lab.probe", proto, dst, port, str(PROBE_TIMEOUT)]
+                done = subprocess.run(["ip", "netns", "exec", src["netns"], *cmd], capture_output=True, timeout=30)
+                if done.returncode == 0:
+                    return ProbeResult(x, "allow")
+            return ProbeResult(x, "deny")
+        except (LabError, CommandFailed, subprocess.TimeoutExpired) as exc:
+            return ProbeResult(x, f"error: {exc}")
+
+    def probe(self, expects: list[Expect]) -> list[ProbeResult]:
+        servers = []
+        try:
+            for target, proto, port in sorted({(x.target, *x.probe.partition("/")[::2]) for x in expects
+                                                if x.probe.startswith(("tcp/", "udp/"))}):  # fmt: skip
+                ep = self.state.endpoints.get(target)
+                if ep is None:
+                    continue
+                proc = subprocess.Popen(
+                    ["ip", "netns", "exec", ep["netns"], sys.executable, "-m", "policyfabric.lab.probe",
+                     "serve", proto, port],
+                    stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                )  # fmt: skip
+                servers.append(proc)
+                assert proc.stdout is not None
+                proc.stdout.readline()  # "ready"
+            with ThreadPoolExecutor(4) as pool:
+                return list(pool.map(self.probe_one, expects))
+        finally:
+            for proc in servers:
+                proc.kill()
+                proc.wait()
+
+    # ---- tear down
+    def down(self, keep_logs: bool = False) -> list[str]:
+        """Remove everything the state file lists; return what could not be removed.
+        With ``keep_logs`` the directory (logs of agents, OVS and authority) stays."""
+        problems = []
+        for role, pid in list(self.state.pids.items()):
+            if role != "authority":
+                _kill_pid(pid)
+        for host, rundir in self.state.ovs.items():
+            try:
+                OvsInstance(Path(rundir)).stop()
+            except OSError as exc:
+                problems.append(f"open vswitch of {host}: {exc}")
+        if "authority" in self.state.pids:
+            _kill_pid(self.state.pids["authority"])
+        for netns in reversed(self.state.namespaces):
+            try:
+                run(["ip", "netns", "del", netns])
+            except CommandFailed as exc:
+                if "No such file" not in exc.output:
+                    problems.append(str(exc))
+        if problems:
+            return problems
+        if keep_logs:
+            (self.dir / "state.json").unlink(missing_ok=True)
+        else:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return problems
+
+
+def verify(
+    scenario_path: Path, directory: Path, say: Callable[[str], None] = lambda s: None
+) -> list[ProbeResult]:
+    """Up, probe every expectation, down (always, also on failure or Ctrl-C)."""
+    scenario = sc.load(scenario_path)
+    problems = sc.check(scenario)
+    if problems:
+        raise LabError("; ".join(p.render(str(scenario_path)) for p in problems))
+    lab_plan = plan(scenario)
+    lab = Lab.create(scenario_path, directory, say)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    failed = True
+    try:
+        lab.up(scenario)
+        say(f"probing {len(lab_plan.expect)} expectation(s) with real packets")
+        results = lab.probe(lab_plan.expect)
+        failed = not all(r.ok for r in results)
+        return results
+    finally:
+        say("tearing the lab down" + (f" (logs kept in {directory})" if failed else ""))
+        left = lab.down(keep_logs=failed)
+        signal.signal(signal.SIGTERM, previous)
+        if left:
+            raise LabError("could not remove: " + "; ".join(left))

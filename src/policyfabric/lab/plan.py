@@ -1,0 +1,115 @@
+"""The lab part of a scenario file, read into a plan (pure: no I/O beyond the file).
+
+``hosts``, ``endpoints``, ``external_hosts`` and ``expect`` (LAB.md) become
+typed records with the names the lab will use for namespaces and links, so
+errors in the file are reported before anything is created.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from policyfabric.model import scenario as sc
+
+UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")  # TEST-NET-1: nothing real uses it
+PROBE = re.compile(r"^(icmp|icmpv6|tcp/\d{1,5}|udp/\d{1,5})$")
+RENDERERS = ("ovs",)
+
+
+class LabError(Exception):
+    """The scenario cannot be built as a lab (reported before anything is created)."""
+
+
+@dataclass(frozen=True)
+class Host:
+    name: str
+    index: int
+    role: str = "compute"
+    renderer: str = "ovs"
+
+    @property
+    def underlay_ip(self) -> str:
+        return str(UNDERLAY.network_address + 1 + self.index)
+
+
+@dataclass(frozen=True)
+class LabEndpoint:
+    name: str
+    tenant: str
+    host: str
+    index: int
+
+    @property
+    def key(self) -> str:
+        return f"{self.tenant}/{self.name}"
+
+    @property
+    def port(self) -> str:
+        """The host-side interface name (15 characters at most)."""
+        return f"pf{self.index}-{self.name}"[:15]
+
+
+@dataclass(frozen=True)
+class Expect:
+    source: str
+    target: str
+    probe: str
+    result: str
+    line: int = 0
+
+
+@dataclass
+class LabPlan:
+    hosts: list[Host] = field(default_factory=list)
+    endpoints: list[LabEndpoint] = field(default_factory=list)
+    expect: list[Expect] = field(default_factory=list)
+
+    def host(self, name: str) -> Host:
+        return next(h for h in self.hosts if h.name == name)
+
+
+def _list(raw: dict[str, Any], key: str) -> list[Any]:
+    value = raw.get(key) or []
+    if not isinstance(value, list):
+        raise LabError(f"{key}: must be a list")
+    return value
+
+
+def plan(scenario: sc.Scenario) -> LabPlan:
+    raw = scenario.raw
+    out = LabPlan()
+    problems = []
+    for i, h in enumerate(_list(raw, "hosts")):
+        if not isinstance(h, dict) or not isinstance(h.get("name"), str):
+            problems.append(f"hosts[{i}]: needs a name")
+            continue
+        renderer = str(h.get("renderer", "ovs"))
+        if renderer not in RENDERERS:
+            problems.append(f"hosts[{i}] ({h['name']}): renderer {renderer!r} is not available (have: {', '.join(RENDERERS)})")
+        out.hosts.append(Host(h["name"], i, str(h.get("role", "compute")), renderer))
+    if len(out.hosts) > 250:
+        problems.append("hosts: at most 250 lab hosts")
+    host_names = {h.name for h in out.hosts}
+    for i, e in enumerate(_list(raw, "endpoints")):
+        if not isinstance(e, dict):
+            continue
+        if e.get("host") not in host_names:
+            problems.append(f"endpoints[{i}] ({e.get('name')}): host {e.get('host')!r} is not in hosts:")
+            continue
+        out.endpoints.append(LabEndpoint(str(e.get("name")), str(e.get("tenant")), str(e["host"]), i))
+    for i, x in enumerate(_list(raw, "expect")):
+        if not isinstance(x, dict):
+            problems.append(f"expect[{i}]: must be a mapping with from, to, probe, result")
+            continue
+        probe, result = str(x.get("probe", "")), str(x.get("result", ""))
+        if not PROBE.match(probe):
+            problems.append(f"expect[{i}]: probe {probe!r}: use icmp, icmpv6, tcp/N or udp/N")
+        if result not in ("allow", "deny"):
+            problems.append(f"expect[{i}]: result {result!r}: use allow or deny")
+        out.expect.append(Expect(str(x.get("from")), str(x.get("to")), probe, result))
+    if problems:
+        raise LabError("; ".join(problems))
+    return out

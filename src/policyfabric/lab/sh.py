@@ -1,0 +1,48 @@
+"""Running the machine's networking tools, optionally inside a network namespace.
+
+Everything the lab and the OVS renderer do to the host goes through here, so
+a failure always says which command failed and what it printed.
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from collections.abc import Mapping, Sequence
+
+log = logging.getLogger(__name__)
+
+
+class CommandFailed(RuntimeError):
+    def __init__(self, argv: Sequence[str], code: int, output: str) -> None:
+        self.argv, self.code, self.output = list(argv), code, output
+        super().__init__(f"`{' '.join(argv)}` exited {code}: {output.strip()[-2000:]}")
+
+
+def in_netns(netns: str | None, argv: Sequence[str]) -> list[str]:
+    return ["ip", "netns", "exec", netns, *argv] if netns else list(argv)
+
+
+def run(
+    argv: Sequence[str],
+    *,
+    netns: str | None = None,
+    env: Mapping[str, str] | None = None,
+    input: str | None = None,
+    check: bool = True,
+    timeout: float = 60.0,
+) -> str:
+    """Run a command to completion and return its stdout; raise CommandFailed on error."""
+    full = in_netns(netns, argv)
+    log.debug("run: %s", " ".join(full))
+    proc = subprocess.run(
+        full,
+        input=input,
+        capture_output=True,
+        text=True,
+        env=dict(env) if env is not None else None,
+        timeout=timeout,
+    )
+    if check and proc.returncode != 0:
+        raise CommandFailed(full, proc.returncode, proc.stderr + proc.stdout)
+    return proc.stdout
