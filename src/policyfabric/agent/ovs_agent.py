@@ -171,7 +171,12 @@ class OvsAgent:
         for p in plugged:
             key = _split_iface_id(p.iface_id)
             if key is None:
-                log.warning("agent %s: interface %s: iface-id %r is not TENANT/NAME", self.config.host, p.name, p.iface_id)
+                log.warning(
+                    "agent %s: interface %s: iface-id %r is not TENANT/NAME",
+                    self.config.host,
+                    p.name,
+                    p.iface_id,
+                )
                 continue
             tenant, name = key
             seen.add(p.iface_id)
@@ -200,7 +205,13 @@ class OvsAgent:
         reports = []
         for key in sorted(new):
             self.stats.rendered_at[key] = now
-            reports.append(MO("PfEndpointStatus", f"/PfEndpointStatus/{key.replace('/', '%2f')}/", {"endpoint": key, "status": "ACTIVE"}))
+            reports.append(
+                MO(
+                    "PfEndpointStatus",
+                    f"/PfEndpointStatus/{key.replace('/', '%2f')}/",
+                    {"endpoint": key, "status": "ACTIVE"},
+                )
+            )
         reports.append(
             MO(
                 "PfAgentCounters",
@@ -218,5 +229,11 @@ class OvsAgent:
     async def _fault(self, code: str, description: str) -> None:
         with contextlib.suppress(Exception):
             await self.client.report(
-                [MO("PfFault", f"/PfFault/{code}/", {"code": code, "severity": "major", "description": description[:500]})]
+                [
+                    MO(
+                        "PfFault",
+                        f"/PfFault/{code}/",
+                        {"code": code, "severity": "major", "description": description[:500]},
+                    )
+                ]
             )

@@ -105,7 +105,9 @@ def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
             props = rule.properties
             clfs = [policy[u] for u in _targets(policy, rule, "GbpRuleToClassifierRSrc") if u in policy]
             actions = [policy[u] for u in _targets(policy, rule, "GbpRuleToActionRSrc") if u in policy]
-            allow = all(a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction")
+            allow = all(
+                a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction"
+            )
             for clf in clfs:
                 c = clf.properties
                 ports = None
@@ -132,7 +134,9 @@ def policy_view(policy: Mapping[str, MO]) -> Network:
         if mo.subject == "GbpBridgeDomain":
             vrf_uri = target(policy, uri + "GbpBridgeDomainToNetworkRSrc/")
             vrf = policy.get(vrf_uri) if vrf_uri else None
-            bds[uri] = BridgeDomain(uri, _encap(policy, mo, "encapId"), _encap(policy, vrf, "encapId") if vrf else 0)
+            bds[uri] = BridgeDomain(
+                uri, _encap(policy, mo, "encapId"), _encap(policy, vrf, "encapId") if vrf else 0
+            )
         elif mo.subject == "GbpEpGroup":
             bd = target(policy, uri + "GbpEpGroupToNetworkRSrc/") or ""
             groups[uri] = Group(
@@ -152,9 +156,9 @@ def _ref(value: Any) -> str | None:
     return value["reference_uri"] if isinstance(value, dict) else None
 
 
-def local_endpoint(policy: Mapping[str, MO], groups: Mapping[str, Group], key: str, uri: str, ofport: int) -> (
-    Endpoint | None
-):
+def local_endpoint(
+    policy: Mapping[str, MO], groups: Mapping[str, Group], key: str, uri: str, ofport: int
+) -> Endpoint | None:
     """A local endpoint from its ``PfEndpoint``; None until that and its bridge domain are resolved."""
     mo = policy.get(uri)
     if mo is None:

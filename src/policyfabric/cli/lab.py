@@ -66,7 +66,9 @@ def verify_cmd(
     as_json: JsonOpt = False,
     state: StateOpt = DEFAULT_STATE,
 ) -> None:
-    """Bring the lab up, probe every `expect` line with real packets, tear it down; exit 0 only if all match."""
+    """Bring the lab up, probe every `expect` line with real packets, tear it down.
+
+    Exits 0 only if every measured result matches the expected one."""
     _root()
     try:
         results = verify(file, state, _say(as_json))

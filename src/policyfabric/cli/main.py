@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-
 import json
 import logging
 import sys
@@ -139,10 +138,14 @@ def agent(
     ovsdb: Annotated[
         str, typer.Option(help="OVSDB of the local Open vSwitch, e.g. unix:/var/run/openvswitch/db.sock.")
     ] = "unix:/var/run/openvswitch/db.sock",
-    bridge: Annotated[str, typer.Option(help="The integration bridge the endpoints are plugged into.")] = "br-int",
+    bridge: Annotated[
+        str, typer.Option(help="The integration bridge the endpoints are plugged into.")
+    ] = "br-int",
     tunnel_ip: Annotated[
         str | None,
-        typer.Option(help="This host's underlay IPv4 address: VXLAN to and from other hosts. Without it, no tunnels."),
+        typer.Option(
+            help="This host's underlay IPv4 address: VXLAN to and from other hosts. Without it, no tunnels."
+        ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:

@@ -136,7 +136,9 @@ class Lab:
     def create(cls, scenario_path: Path, directory: Path, say: Callable[[str], None] = lambda s: None) -> Lab:
         directory.mkdir(parents=True, exist_ok=True)
         if (directory / "state.json").exists():
-            raise LabError(f"a lab is already up under {directory}: run `policyfabric lab down --state {directory}`")
+            raise LabError(
+                f"a lab is already up under {directory}: run `policyfabric lab down --state {directory}`"
+            )
         state = LabState("pf" + secrets.token_hex(3), str(directory), str(scenario_path))
         state.save()
         return cls(state, say)
@@ -189,10 +191,25 @@ class Lab:
         ovs.add_bridge("br-int")
         ovs.vsctl("--may-exist", "add-br", "br-phy", "--", "set", "bridge", "br-phy", "datapath_type=netdev")
         run(
-            ["ip", "link", "add", "ul0", "netns", netns, "type", "veth", "peer", "name", f"h{host.index}",
-             "netns", f"{self.state.id}-fabric"]
+            [
+                "ip",
+                "link",
+                "add",
+                "ul0",
+                "netns",
+                netns,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                f"h{host.index}",
+                "netns",
+                f"{self.state.id}-fabric",
+            ]
         )
-        run(["ip", "link", "set", f"h{host.index}", "master", "fabric", "up"], netns=f"{self.state.id}-fabric")
+        run(
+            ["ip", "link", "set", f"h{host.index}", "master", "fabric", "up"], netns=f"{self.state.id}-fabric"
+        )
         run(["ip", "link", "set", "ul0", "up"], netns=netns)
         ovs.vsctl("--may-exist", "add-port", "br-phy", "ul0")
         run(["ip", "addr", "add", f"{host.underlay_ip}/24", "dev", "br-phy"], netns=netns)
@@ -250,8 +267,8 @@ class Lab:
                 (s["cidr"].split("/")[1] for s in subnets if addr in ipaddress.ip_network(s["cidr"])),
                 "32" if addr.version == 4 else "128",
             )
-            run(["ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0", *(["nodad"] if addr.version == 6 else [])],
-                netns=netns)  # fmt: skip
+            nodad = ["nodad"] if addr.version == 6 else []
+            run(["ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0", *nodad], netns=netns)
         run(["ip", "link", "set", "eth0", "up"], netns=netns)
         run(["ethtool", "-K", "eth0", "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
         run(["ip", "link", "set", ep.port, "up"], netns=host["netns"])
@@ -289,7 +306,9 @@ class Lab:
     def flow_counts(self) -> dict[str, int]:
         out = {}
         for name, info in self.state.hosts.items():
-            text = OvsInstance(Path(info["rundir"])).ofctl("dump-aggregate", f"unix:{info['rundir']}/br-int.mgmt")
+            text = OvsInstance(Path(info["rundir"])).ofctl(
+                "dump-aggregate", f"unix:{info['rundir']}/br-int.mgmt"
+            )
             out[name] = int(text.split("flow_count=")[1].split()[0])
         return out
 
@@ -309,7 +328,9 @@ class Lab:
     def address_of(self, name: str, v6: bool = False) -> str:
         ep = self.state.endpoints.get(name)
         if ep is None:
-            raise LabError(f"{name!r} is not an endpoint of this lab (floating IPs and external hosts: not yet)")
+            raise LabError(
+                f"{name!r} is not an endpoint of this lab (floating IPs and external hosts: not yet)"
+            )
         for ip in ep["ips"]:
             if (":" in ip) == v6:
                 return str(ip)
@@ -326,8 +347,18 @@ class Lab:
                 if proto in ("icmp", "icmpv6"):
                     cmd = ["ping", "-n", "-q", "-c", "1", "-W", str(int(PROBE_TIMEOUT)), dst]
                 else:
-                    cmd = [sys.executable, "-m", "policyfabric.lab.probe", proto, dst, port, str(PROBE_TIMEOUT)]
-                done = subprocess.run(["ip", "netns", "exec", src["netns"], *cmd], capture_output=True, timeout=30)
+                    cmd = [
+                        sys.executable,
+                        "-m",
+                        "policyfabric.lab.probe",
+                        proto,
+                        dst,
+                        port,
+                        str(PROBE_TIMEOUT),
+                    ]
+                done = subprocess.run(
+                    ["ip", "netns", "exec", src["netns"], *cmd], capture_output=True, timeout=30
+                )
                 if done.returncode == 0:
                     return ProbeResult(x, "allow")
             return ProbeResult(x, "deny")

@@ -88,7 +88,8 @@ def plan(scenario: sc.Scenario) -> LabPlan:
             continue
         renderer = str(h.get("renderer", "ovs"))
         if renderer not in RENDERERS:
-            problems.append(f"hosts[{i}] ({h['name']}): renderer {renderer!r} is not available (have: {', '.join(RENDERERS)})")
+            have = ", ".join(RENDERERS)
+            problems.append(f"hosts[{i}] ({h['name']}): renderer {renderer!r} is not available ({have})")
         out.hosts.append(Host(h["name"], i, str(h.get("role", "compute")), renderer))
     if len(out.hosts) > 250:
         problems.append("hosts: at most 250 lab hosts")

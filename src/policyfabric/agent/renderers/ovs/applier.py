@@ -59,7 +59,12 @@ class FlowApplier:
         desired = {f.key: f for f in flows}
         if self.installed is None:
             self.ensure_tlv_map()
-            self._ofctl("--bundle", "replace-flows", self.target, text="".join(f.text() + "\n" for f in desired.values()))
+            self._ofctl(
+                "--bundle",
+                "replace-flows",
+                self.target,
+                text="".join(f.text() + "\n" for f in desired.values()),
+            )
             self.installed = desired
             return Applied(len(desired), 0, time.monotonic() - start, True)
         lines, added, removed = [], 0, 0

@@ -8,6 +8,7 @@ canonical line the applier sends and diffs on; the fake table in
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 COOKIE_BASE = 0x50460000  # "PF" + table: every flow the agent owns carries it
@@ -39,7 +40,7 @@ class Flow:
         return (self.table, self.priority, self.match)
 
 
-def flow(table: int, priority: int, match: dict[str, str | int] | None, *actions: str) -> Flow:
+def flow(table: int, priority: int, match: Mapping[str, str | int] | None, *actions: str) -> Flow:
     """Build a flow; ``match`` values of "" are bare keywords such as ``ip`` or ``arp``."""
     pairs = tuple((k, v if isinstance(v, str) else str(v)) for k, v in (match or {}).items())
     return Flow(table, priority, pairs, tuple(actions))

@@ -34,15 +34,17 @@ class _NotifyingIdl(connection.OvsdbIdl):  # type: ignore[misc]
     on_change: Callable[[], None] | None = None
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
-        if self.on_change is not None and getattr(row, "_table", None) is not None:
-            if row._table.name in ("Interface", "Port"):
-                self.on_change()
+        table = getattr(getattr(row, "_table", None), "name", None)
+        if self.on_change is not None and table in ("Interface", "Port"):
+            self.on_change()
 
 
 class Ovsdb:
     def __init__(self, target: str, bridge: str, timeout: float = 10.0) -> None:
         self.target, self.bridge = target, bridge
-        idl = _NotifyingIdl.from_server(target, "Open_vSwitch", helper_tables=("Open_vSwitch", "Bridge", "Port", "Interface"))
+        idl = _NotifyingIdl.from_server(
+            target, "Open_vSwitch", helper_tables=("Open_vSwitch", "Bridge", "Port", "Interface")
+        )
         self.idl = idl
         self.conn = connection.Connection(idl=idl, timeout=timeout)
         self.api = impl_idl.OvsdbIdl(self.conn, start=True)
@@ -56,15 +58,15 @@ class Ovsdb:
         options = {"remote_ip": "flow", "key": "flow", "local_ip": local_ip}
         with self.api.transaction(check_error=True) as txn:
             txn.add(self.api.add_port(self.bridge, TUNNEL_PORT, may_exist=True))
-            txn.add(
-                self.api.db_set("Interface", TUNNEL_PORT, ("type", "geneve"), ("options", options))
-            )
+            txn.add(self.api.db_set("Interface", TUNNEL_PORT, ("type", "geneve"), ("options", options)))
 
     def interfaces(self) -> tuple[list[Plugged], int | None]:
         """The bridge's endpoint interfaces with an OpenFlow port number, and the tunnel's port."""
         ports = self.api.list_ports(self.bridge).execute(check_error=True) or []
         on_bridge = set(ports)
-        rows = self.api.db_list("Interface", columns=["name", "ofport", "external_ids"]).execute(check_error=True)
+        rows = self.api.db_list("Interface", columns=["name", "ofport", "external_ids"]).execute(
+            check_error=True
+        )
         plugged, tunnel = [], None
         for row in rows or []:
             name, ofport = row["name"], row["ofport"]

@@ -105,7 +105,7 @@ def port_security(net: Network) -> list[Flow]:
     for ep in net.local:
         if ep.bd not in net.bds:
             continue
-        port = {"in_port": ep.ofport or 0, "dl_src": ep.mac}
+        port: dict[str, str | int] = {"in_port": ep.ofport or 0, "dl_src": ep.mac}
         for ip in ep.ips:
             if _is_v6(ip):
                 flows.append(flow(PORT_SECURITY, 100, {**port, "ipv6": "", "ipv6_src": ip}, goto(ARP)))
@@ -120,7 +120,9 @@ def port_security(net: Network) -> list[Flow]:
                     )
                 )
         # IPv6 neighbour discovery needs the link-local address, and DAD the unspecified one
-        flows.append(flow(PORT_SECURITY, 100, {**port, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP)))
+        flows.append(
+            flow(PORT_SECURITY, 100, {**port, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP))
+        )
         flows.append(flow(PORT_SECURITY, 100, {**port, "icmp6": "", "ipv6_src": "::"}, goto(ARP)))
     flows.append(flow(PORT_SECURITY, 0, None, "drop"))
     return flows
@@ -138,7 +140,9 @@ def arp_responder(net: Network) -> list[Flow]:
             if not _is_v6(ip):
                 # an endpoint announcing or probing its own address is not answered
                 flows.append(
-                    flow(ARP, 200, {"in_port": ep.ofport or 0, "arp": "", "arp_op": 1, "arp_tpa": ip}, goto(L2))
+                    flow(
+                        ARP, 200, {"in_port": ep.ofport or 0, "arp": "", "arp_op": 1, "arp_tpa": ip}, goto(L2)
+                    )
                 )
     for ep in _known(net):
         bd = net.bds.get(ep.bd)
@@ -219,9 +223,15 @@ def l2(net: Network, tunnel_port: int | None) -> list[Flow]:
         for vtep in sorted(vteps_of[vni]):
             remote_out += _tunnel_out(vni, vtep, tunnel_port or 0)
         for kind, dst in (("arp", MULTICAST), ("icmp6", ND_MULTICAST)):
-            flows.append(flow(L2, 50, {"reg2": hex(vni), "reg5": "0", kind: "", "dl_dst": dst}, *local_out, *remote_out))
+            flows.append(
+                flow(
+                    L2, 50, {"reg2": hex(vni), "reg5": "0", kind: "", "dl_dst": dst}, *local_out, *remote_out
+                )
+            )
             if tunnel_port is not None:
-                flows.append(flow(L2, 50, {"reg2": hex(vni), "reg5": "1", kind: "", "dl_dst": dst}, *local_out))
+                flows.append(
+                    flow(L2, 50, {"reg2": hex(vni), "reg5": "1", kind: "", "dl_dst": dst}, *local_out)
+                )
     flows.append(flow(L2, 0, None, "drop"))
     return flows
 
@@ -291,7 +301,9 @@ def policy(net: Network) -> list[Flow]:
         if not prov or not cons:
             continue
         for rule in contract.rules:
-            variants = {"in": [(cons, prov)], "out": [(prov, cons)]}.get(rule.direction, [(cons, prov), (prov, cons)])
+            variants = {"in": [(cons, prov)], "out": [(prov, cons)]}.get(
+                rule.direction, [(cons, prov), (prov, cons)]
+            )
             priority = (2000 if not rule.allow else 1000) - min(rule.order, 900)
             for n, (srcs, dsts) in enumerate(variants):
                 cid = conj_id(uri, rule.key, str(n), str(rule.ethertype), str(rule.protocol), str(rule.ports))
@@ -306,7 +318,9 @@ def policy(net: Network) -> list[Flow]:
                         clauses[(POLICY_CT, priority, key)].append(f"conjunction({cid},{i}/3)")
                 final = commit if rule.allow else ("drop",)
                 for eth in ("ip", "ipv6"):
-                    flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, eth: "", "conj_id": cid}, *final))
+                    flows.append(
+                        flow(POLICY_CT, priority, {"ct_state": NEW, eth: "", "conj_id": cid}, *final)
+                    )
     for (table, priority, match), actions in clauses.items():
         flows.append(Flow(table, priority, match, tuple(sorted(set(actions)))))
     return flows
