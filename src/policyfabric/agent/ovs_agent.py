@@ -155,15 +155,22 @@ class OvsAgent:
         self.stats.flows, self.stats.endpoints = len(flows), len(net.local)
         if applied.added or applied.removed:
             self.stats.last_sync_s = applied.seconds
-            log.info(
-                "agent %s: %s sync: +%d -%d flows (%d in all) in %.0f ms",
-                self.config.host,
-                "full" if applied.full else "delta",
-                applied.added,
-                applied.removed,
-                len(flows),
-                applied.seconds * 1000,
-            )
+            if applied.full:
+                log.info(
+                    "agent %s: full sync of %d flows (OVS changes only those that differ) in %.0f ms",
+                    self.config.host,
+                    len(flows),
+                    applied.seconds * 1000,
+                )
+            else:
+                log.info(
+                    "agent %s: delta sync: +%d -%d flows (%d in all) in %.0f ms",
+                    self.config.host,
+                    applied.added,
+                    applied.removed,
+                    len(flows),
+                    applied.seconds * 1000,
+                )
         await self._report_status({e.key for e in net.local})
 
     def _declare(self, plugged: list[Plugged]) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from policyfabric.lab.lab import DEFAULT_STATE, Lab, LabState, ProbeResult, verify
+from policyfabric.lab.lab import DEFAULT_STATE, Lab, LabState, ProbeResult, checked_plan, verify
 from policyfabric.lab.plan import LabError, plan
 from policyfabric.lab.sh import CommandFailed
 from policyfabric.model import scenario as sc
@@ -100,10 +100,7 @@ def up_cmd(
         existing = (url, opflex)
     try:
         scenario = sc.load(file)
-        problems = sc.check(scenario)
-        if problems:
-            raise LabError("; ".join(p.render(str(file)) for p in problems))
-        plan(scenario)
+        checked_plan(scenario)
         lab = Lab.create(file, state, _say(False))
     except (LabError, sc.ScenarioError) as exc:
         err.print(f"[red]lab: {exc}[/]")

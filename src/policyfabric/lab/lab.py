@@ -153,7 +153,7 @@ class Lab:
         return netns
 
     def up(self, scenario: sc.Scenario, authority: tuple[str, str] | None = None) -> LabPlan:
-        lab = plan(scenario)
+        lab = checked_plan(scenario)
         if authority is None:
             self.say("starting an embedded authority (SQLite)")
             self.authority = authority_in(self.dir / "authority")
@@ -418,15 +418,20 @@ class Lab:
         return problems
 
 
+def checked_plan(scenario: sc.Scenario) -> LabPlan:
+    """The lab plan of a scenario whose intent passed ``check`` (else LabError listing every problem)."""
+    problems = sc.check(scenario)
+    if problems:
+        raise LabError("; ".join(p.render(str(scenario.path)) for p in problems))
+    return plan(scenario)
+
+
 def verify(
     scenario_path: Path, directory: Path, say: Callable[[str], None] = lambda s: None
 ) -> list[ProbeResult]:
     """Up, probe every expectation, down (always, also on failure or Ctrl-C)."""
     scenario = sc.load(scenario_path)
-    problems = sc.check(scenario)
-    if problems:
-        raise LabError("; ".join(p.render(str(scenario_path)) for p in problems))
-    lab_plan = plan(scenario)
+    lab_plan = checked_plan(scenario)
     lab = Lab.create(scenario_path, directory, say)
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     failed = True

@@ -1,6 +1,7 @@
 """Tiny probe programs run inside endpoint namespaces (``python -m policyfabric.lab.probe``).
 
 ``serve tcp|udp PORT``: accept TCP connections / echo UDP datagrams until killed.
+``serve tcp-echo PORT``: echo on every TCP connection (long-lived connection tests).
 ``tcp|udp ADDR PORT TIMEOUT``: exit 0 if a connection (an echo) succeeds in time.
 Only the standard library: it starts in a fraction of a second.
 """
@@ -9,21 +10,31 @@ from __future__ import annotations
 
 import socket
 import sys
+import threading
+
+
+def _echo(conn: socket.socket) -> None:
+    with conn:
+        while data := conn.recv(4096):
+            conn.sendall(data)
 
 
 def serve(proto: str, port: int) -> None:
     family = socket.AF_INET6
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     s = socket.socket(family, kind)
     s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     s.bind(("::", port))
-    if proto == "tcp":
+    if proto in ("tcp", "tcp-echo"):
         s.listen(128)
         print("ready", flush=True)
         while True:
             conn, _ = s.accept()
-            conn.close()
+            if proto == "tcp":
+                conn.close()
+            else:
+                threading.Thread(target=_echo, args=(conn,), daemon=True).start()
     print("ready", flush=True)
     while True:
         data, addr = s.recvfrom(2048)

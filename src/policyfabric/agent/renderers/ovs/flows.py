@@ -58,9 +58,5 @@ def port_masks(lo: int, hi: int) -> list[str]:
     return out
 
 
-def mac_hex(mac: str) -> str:
-    return "0x" + mac.replace(":", "")
-
-
 def ip_hex(ip: str) -> str:
     return "0x" + "".join(f"{int(b):02x}" for b in ip.split("."))

@@ -34,7 +34,7 @@ import zlib
 from collections import defaultdict
 from collections.abc import Iterable
 
-from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex, mac_hex, port_masks
+from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex, port_masks
 from policyfabric.agent.view import Endpoint, Network, Rule
 
 CLASSIFY, PORT_SECURITY, ARP, L2, POLICY, POLICY_CT, OUTPUT = 0, 10, 20, 30, 60, 61, 70
@@ -49,8 +49,10 @@ def goto(table: int) -> str:
     return f"goto_table:{table}"
 
 
-def load(value: int | str, reg: str) -> str:
-    return f"load:{value if isinstance(value, str) else hex(value)}->{reg}"
+def set_field(value: int | str, field: str) -> str:
+    """``set_field``, not ``load``: OVS reports loads back as set_field, and ``replace-flows``
+    would then see every loading flow as changed and rewrite it on each full sync."""
+    return f"set_field:{value if isinstance(value, str) else hex(value)}->{field}"
 
 
 def link_local(mac: str) -> str:
@@ -75,9 +77,9 @@ def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
                 CLASSIFY,
                 100,
                 {"in_port": ep.ofport or 0},
-                load(ep.classid, "NXM_NX_REG0[]"),
-                load(bd.vni, "NXM_NX_REG2[]"),
-                load(bd.vrf & 0xFFFF, "NXM_NX_REG3[]"),
+                set_field(ep.classid, "reg0"),
+                set_field(bd.vni, "reg2"),
+                set_field(bd.vrf & 0xFFFF, "reg3"),
                 goto(PORT_SECURITY),
             )
         )
@@ -88,9 +90,9 @@ def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
                     CLASSIFY,
                     100,
                     {"in_port": tunnel_port, "tun_id": hex(bd.vni)},
-                    load(bd.vni, "NXM_NX_REG2[]"),
-                    load(bd.vrf & 0xFFFF, "NXM_NX_REG3[]"),
-                    load(1, "NXM_NX_REG5[0]"),
+                    set_field(bd.vni, "reg2"),
+                    set_field(bd.vrf & 0xFFFF, "reg3"),
+                    set_field("0x1/0x1", "reg5"),
                     "move:NXM_NX_TUN_METADATA0[0..15]->NXM_NX_REG0[0..15]",
                     goto(L2),
                 )
@@ -157,12 +159,12 @@ def arp_responder(net: Network) -> list[Flow]:
                     100,
                     {"reg2": hex(bd.vni), "arp": "", "arp_op": 1, "arp_tpa": ip},
                     "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
-                    f"mod_dl_src:{ep.mac}",
-                    "load:0x2->NXM_OF_ARP_OP[]",
+                    set_field(ep.mac, "eth_src"),
+                    set_field(2, "arp_op"),
                     "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]",
                     "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
-                    load(mac_hex(ep.mac), "NXM_NX_ARP_SHA[]"),
-                    load(ip_hex(ip), "NXM_OF_ARP_SPA[]"),
+                    set_field(ep.mac, "arp_sha"),
+                    set_field(ip, "arp_spa"),
                     "IN_PORT",
                 )
             )
@@ -172,8 +174,8 @@ def arp_responder(net: Network) -> list[Flow]:
 
 def _tunnel_out(vni: int, vtep: str, tunnel_port: int) -> list[str]:
     return [
-        load(vni, "NXM_NX_TUN_ID[]"),
-        load(ip_hex(vtep), "NXM_NX_TUN_IPV4_DST[]"),
+        set_field(vni, "tun_id"),
+        set_field(vtep, "tun_dst"),
         "move:NXM_NX_REG0[0..15]->NXM_NX_TUN_METADATA0[0..15]",
         f"output:{tunnel_port}",
     ]
@@ -193,8 +195,8 @@ def l2(net: Network, tunnel_port: int | None) -> list[Flow]:
                 L2,
                 100,
                 {"reg2": hex(bd.vni), "dl_dst": ep.mac},
-                load(ep.classid, "NXM_NX_REG1[]"),
-                load(ep.ofport or 0, "NXM_NX_REG4[]"),
+                set_field(ep.classid, "reg1"),
+                set_field(ep.ofport or 0, "reg4"),
                 goto(POLICY),
             )
         )
@@ -209,9 +211,9 @@ def l2(net: Network, tunnel_port: int | None) -> list[Flow]:
                     L2,
                     100,
                     {"reg2": hex(bd.vni), "reg5": "0", "dl_dst": ep.mac},
-                    load(ep.classid, "NXM_NX_REG1[]"),
-                    load(tunnel_port, "NXM_NX_REG4[]"),
-                    load(ip_hex(ep.vtep), "NXM_NX_REG7[]"),
+                    set_field(ep.classid, "reg1"),
+                    set_field(tunnel_port, "reg4"),
+                    set_field(ip_hex(ep.vtep), "reg7"),
                     goto(POLICY),
                 )
             )

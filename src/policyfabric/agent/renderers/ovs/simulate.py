@@ -40,6 +40,7 @@ FIELD_ALIASES = {
     "NXM_OF_ARP_SPA": "arp_spa",
     "NXM_OF_ARP_TPA": "arp_tpa",
 }
+SET_FIELD_NAMES = {"eth_src": "dl_src", "eth_dst": "dl_dst"}
 MAC_FIELDS = {"dl_src", "dl_dst", "arp_sha", "arp_tha"}
 IP_FIELDS = {"arp_spa", "arp_tpa", "nw_src", "nw_dst", "tun_dst"}
 
@@ -203,6 +204,16 @@ class FakeSwitch:
         else:
             p.fields[target] = value
 
+    def _set_named(self, p: Packet, name: str, text: str) -> None:
+        value, _, mask = text.partition("/")
+        if name.startswith("reg"):
+            m = _num(mask) if mask else 0xFFFFFFFF
+            p.regs[name] = (p.regs.get(name, 0) & ~m) | (_num(value) & m)
+        elif name in MAC_FIELDS or name in IP_FIELDS:
+            p.fields[name] = value
+        else:
+            p.fields[name] = _num(value)
+
     def _field_get(self, p: Packet, src: str) -> int:
         name, _, bits = src.partition("[")
         source = FIELD_ALIASES.get(name) or name.replace("NXM_NX_REG", "reg")
@@ -244,8 +255,9 @@ class FakeSwitch:
             elif action.startswith("move:"):
                 src, dst = action[5:].split("->")
                 self._field_set(p, dst, self._field_get(p, src))
-            elif action.startswith("mod_dl_src:"):
-                p.fields["dl_src"] = action.split(":", 1)[1]
+            elif action.startswith("set_field:"):
+                value, dst = action[len("set_field:") :].rsplit("->", 1)
+                self._set_named(p, SET_FIELD_NAMES.get(dst, dst), value)
             elif action.startswith("ct("):
                 args = dict(a.partition("=")[::2] for a in re.split(r",(?![^\[]*\])", action[3:-1]))
                 zone = self._field_get(p, args["zone"])

@@ -1,0 +1,88 @@
+"""Helpers for tests that build a real lab: namespaces, private Open vSwitch per host, agents."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from policyfabric.cli.client import Client
+from policyfabric.lab.lab import Lab
+from policyfabric.lab.plan import Expect
+from policyfabric.model import kinds as k
+
+SCENARIOS = Path(__file__).parent / "scenarios"
+
+
+def ns_run(netns: str, *cmd: str, timeout: float = 20) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", netns, *cmd], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def measured(lab: Lab, src: str, dst: str, probe: str) -> str:
+    return lab.probe_one(Expect(src, dst, probe, "allow")).measured
+
+
+def serve(lab: Lab, endpoint: str, proto: str, port: int) -> subprocess.Popen[str]:
+    """A probe server in the endpoint's namespace (stop it with .kill())."""
+    proc = subprocess.Popen(
+        ["ip", "netns", "exec", lab.state.endpoints[endpoint]["netns"], sys.executable, "-m",
+         "policyfabric.lab.probe", "serve", proto, str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "ready"
+    return proc
+
+
+@contextlib.contextmanager
+def serving(lab: Lab, *listeners: tuple[str, str, int]) -> Iterator[None]:
+    """Probe servers (endpoint, proto, port) for the duration: a deny must never be a closed port."""
+    procs = []
+    try:
+        for ep, proto, port in listeners:
+            procs.append(serve(lab, ep, proto, port))
+        yield
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+
+
+def until(condition: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> float:
+    """Poll until ``condition()`` is truthy; return the seconds it took (fail on timeout)."""
+    start = time.monotonic()
+    while not condition():
+        if time.monotonic() - start > timeout:
+            raise AssertionError(f"condition not met within {timeout} s")
+        time.sleep(step)
+    return time.monotonic() - start
+
+
+def endpoint(lab: Lab, name: str, tenant: str = "acme") -> dict[str, Any]:
+    with Client(lab.state.url) as client:
+        return client.list(k.ENDPOINT, tenant=tenant, name=name)[0]
+
+
+def flows_with_age(lab: Lab, host: str) -> dict[str, float]:
+    """Every flow on the host's br-int (match and actions) with its age in seconds."""
+    rundir = lab.state.hosts[host]["rundir"]
+    text = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", f"unix:{rundir}/br-int.mgmt"],
+        capture_output=True, text=True, check=True,
+    ).stdout  # fmt: skip
+    out = {}
+    for line in text.splitlines():
+        if "duration=" not in line:
+            continue
+        fields = [f.strip() for f in line.split(",")]
+        age = float(next(f for f in fields if f.startswith("duration="))[9:-1])
+        key = ",".join(
+            f for f in fields if not f.startswith(("duration=", "n_packets=", "n_bytes=", "idle_age="))
+        )
+        out[key] = age
+    return out
