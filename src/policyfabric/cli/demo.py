@@ -1,8 +1,10 @@
-"""`policyfabric demo`: the whole foundation in one go, on the embedded default.
+"""`policyfabric demo`: intent to packets in one go, on the embedded default.
 
-Until the dataplane lands: start an authority on SQLite, check and apply a
-scenario (twice, to show apply is idempotent), let a dry-run agent resolve
-and declare the endpoints of one host over OpFlex, show what was stored, stop.
+Start an authority on SQLite, check and apply a scenario (twice, to show
+apply is idempotent), build its lab for real (a network namespace, Open
+vSwitch and agent per host, an endpoint namespace per endpoint, Geneve
+between hosts), probe every `expect` line with real packets and print the
+intent/measured matrix, show what the authority knows, tear it all down.
 """
 
 from __future__ import annotations
@@ -17,65 +19,60 @@ from rich.console import Console
 
 from policyfabric.authority.process import authority_in
 from policyfabric.cli.client import Client
+from policyfabric.lab.lab import Lab
+from policyfabric.lab.plan import LabError
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
 
-def lab_endpoints(file: Path, host: str) -> list[str]:
-    """TENANT/NAME of the scenario's endpoints placed on ``host``."""
-    scenario = sc.load(file)
-    return [
-        f"{e.data.get('tenant')}/{e.data.get('name')}"
-        for e in scenario.entries
-        if e.kind is k.ENDPOINT and isinstance(e.data, dict) and e.data.get("host") == host
-    ]
-
-
 def run_demo(file: Path, state_dir: Path | None, out: Console, err: Console) -> int:
+    if os.geteuid() != 0:
+        err.print("the demo builds network namespaces and Open vSwitch instances: run it as root")
+        return 2
+    from policyfabric.cli.lab import report
+    from policyfabric.cli.main import objects_table
+
     with tempfile.TemporaryDirectory(prefix="policyfabric-demo-") as tmp:
         base = state_dir or Path(tmp)
-        server = authority_in(base)
+        server = authority_in(base / "authority")
         out.rule("[bold]policyfabric demo")
         out.print(f"1. starting a Policy Authority on SQLite ({server.db}) at {server.url}")
         with server:
             env = {**os.environ, "POLICYFABRIC_URL": server.url}
-            opflex = "{}:{}".format(*server.opflex)
             steps = (
                 ("checking", ["check", "-f", str(file)]),
                 ("applying", ["apply", "-f", str(file)]),
                 ("applying again (must change nothing)", ["apply", "-f", str(file)]),
-                (
-                    "running a dry-run agent 'h1' over OpFlex for the endpoints on h1 in",
-                    [
-                        "agent",
-                        "--dry-run",
-                        "--once",
-                        "--host",
-                        "h1",
-                        "--authority",
-                        opflex,
-                        *[arg for ep in lab_endpoints(file, "h1") for arg in ("--endpoint", ep)],
-                        "--state-dir",
-                        str(base / "h1"),
-                    ],
-                ),
             )
             for number, (label, args) in enumerate(steps, start=2):
                 out.print(f"{number}. {label} {file}")
-                cmd = [sys.executable, "-m", "policyfabric", *args]
-                done = subprocess.run(cmd, env=env, check=False)
+                done = subprocess.run([sys.executable, "-m", "policyfabric", *args], env=env, check=False)
                 if done.returncode != 0:
                     err.print(f"demo failed while {label}; authority log: {server.log}")
                     return done.returncode
-            out.print(f"{len(steps) + 2}. what the authority stored (endpoints on h1 are now bound to it):")
-            from policyfabric.cli.main import objects_table
-
-            with Client(server.url) as client:
-                for kind in k.ORDER:
-                    items = client.list(kind)
-                    if items:
-                        out.print(objects_table(kind, items))
-                out.print(f"revision {client.revision()}")
-            out.print(f"{len(steps) + 3}. stopping the authority")
-        out.rule("[bold green]demo done")
-    return 0
+            n = len(steps) + 2
+            out.print(f"{n}. building the lab: a namespace, Open vSwitch and agent per host, real endpoints")
+            lab = Lab.create(file, base / "lab", lambda s: out.print(f"   lab: {s}"))
+            failed = True
+            try:
+                scenario = sc.load(file)
+                plan = lab.up(scenario, authority=(server.url, "{}:{}".format(*server.opflex)))
+                out.print(f"{n + 1}. probing {len(plan.expect)} expectation(s) with real packets")
+                results = lab.probe(plan.expect)
+                code = report(results, as_json=False)
+                failed = code != 0
+                out.print(f"{n + 2}. what the authority knows: endpoints bound to hosts, ACTIVE once flows are on")
+                with Client(server.url) as client:
+                    out.print(objects_table(k.ENDPOINT, client.list(k.ENDPOINT)))
+                    flows = lab.flow_counts()
+                    out.print("   flows per host: " + ", ".join(f"{h} {c}" for h, c in flows.items()))
+                    out.print(f"   revision {client.revision()}")
+            except LabError as exc:
+                err.print(f"demo: {exc}")
+                code = 2
+            finally:
+                out.print(f"{n + 3}. tearing the lab down" + (f" (logs kept in {base / 'lab'})" if failed else ""))
+                lab.down(keep_logs=failed)
+            out.print(f"{n + 4}. stopping the authority")
+        out.rule("[bold green]demo done" if code == 0 else "[bold red]demo: intent and measurement differ")
+    return code
