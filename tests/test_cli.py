@@ -13,7 +13,9 @@ import pytest
 from policyfabric.authority.process import AuthorityProcess, free_port
 from tests.conftest import Api
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "demo.yaml"
+# every kind of object; the demo (examples/demo.yaml) is the lab-ready subset
+EXAMPLE = Path(__file__).parent / "scenarios" / "full_model.yaml"
+DEMO = Path(__file__).parent.parent / "examples" / "demo.yaml"
 
 
 def run(*args: str, url: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
@@ -183,7 +185,7 @@ def test_authority_refuses_a_port_in_use(fresh_authority: AuthorityProcess, tmp_
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="the demo builds a lab: root needed")
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
-    done = run("demo", str(EXAMPLE), "--state-dir", str(tmp_path / "demo"))
+    done = run("demo", str(DEMO), "--state-dir", str(tmp_path / "demo"))
     assert "16 created" in done.stdout and "0 created, 0 updated, 16 unchanged" in done.stdout
     assert "9 passed, 0 failed" in done.stdout
     web1 = next(line for line in done.stdout.splitlines() if line.startswith("│ web1") and "acme" in line)

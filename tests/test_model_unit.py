@@ -17,7 +17,8 @@ from policyfabric.model.errors import Invalid
 from policyfabric.model.parse import parse_spec
 from policyfabric.model.types import check_label, parse_mac, parse_port, port_bounds
 
-EXAMPLE = Path(__file__).parent.parent / "examples" / "demo.yaml"
+# every kind of object; the demo (examples/demo.yaml) is the lab-ready subset
+EXAMPLE = Path(__file__).parent / "scenarios" / "full_model.yaml"
 LABEL = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
 
 

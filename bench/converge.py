@@ -1,0 +1,307 @@
+#!/usr/bin/env python3
+"""Agent convergence on one Open vSwitch host: intent → flows on the bridge.
+
+Workload (the OVN comparison's, see ../shared/ANCHORS.md): N endpoints on one
+host, 4 bridge domains on one l3_context, EPGs `web` and `app` (alternating),
+`app` consumes tcp/80 provided by `web`. Every endpoint is a real OVS port
+(type internal, so it has an OpenFlow port) with `iface-id` TENANT/NAME,
+plugged before the intent is applied (as a compute service would).
+
+Figures per N:
+- apply_s: the REST writes of the intent (N endpoint creates, 4 clients);
+- converge_s: from the first REST write until the last flow change on the
+  bridge with every endpoint ACTIVE; render_s: from the last REST write;
+- member_change_s: one endpoint moves from `app` to `web` (REST PUT) until its
+  classification flow on the bridge carries the new group (OpenFlow monitor);
+- rule_add_s: a tcp/8080 rule added to the contract until its flow is on the
+  bridge;
+- flows, agent RSS.
+Baselines in the same run: the floor for installing the same flows
+(`ovs-ofctl --bundle replace-flows` of the final table into an empty
+bridge), and a bare two-flow bundle through ovs-ofctl (the cost of any
+change through the CLI). The last line is one JSON object.
+
+    .venv/bin/python bench/converge.py [--n 50,500,1000,2000,5000] [--repeat 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import httpx
+from rich.console import Console
+from rich.table import Table
+
+from policyfabric.authority.process import authority_in
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.lab.sh import run
+
+console = Console(stderr=True)
+TENANT = "bench"
+BDS = 4
+
+
+class FlowMonitor:
+    """``ovs-ofctl monitor``: every flow added, modified or deleted, with the time it was seen."""
+
+    def __init__(self, ovs: OvsInstance, bridge: str = "br-int") -> None:
+        self.proc = subprocess.Popen(
+            ["ovs-ofctl", "monitor", ovs.mgmt(bridge), "watch:"],
+            stdout=subprocess.PIPE,
+            text=True,
+            env=ovs.env,
+        )
+        self.lines: queue.Queue[tuple[float, str]] = queue.Queue()
+        threading.Thread(target=self._read, daemon=True).start()
+        time.sleep(0.3)
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.put((time.monotonic(), line))
+
+    def wait_for(self, pattern: str, timeout: float = 60.0) -> float:
+        """The monotonic time of the first event line matching ``pattern``."""
+        deadline = time.monotonic() + timeout
+        rx = re.compile(pattern)
+        while time.monotonic() < deadline:
+            try:
+                when, line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            if rx.search(line):
+                return when
+        raise TimeoutError(f"no flow event matching {pattern!r} in {timeout} s")
+
+    def stop(self) -> None:
+        self.proc.kill()
+        self.proc.wait()
+
+
+def flow_count(ovs: OvsInstance) -> int:
+    text = ovs.ofctl("dump-aggregate", ovs.mgmt("br-int"))
+    return int(text.split("flow_count=")[1].split()[0])
+
+
+def rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+def plug_ports(ovs: OvsInstance, n: int) -> None:
+    for start in range(0, n, 250):
+        args: list[str] = []
+        for i in range(start, min(n, start + 250)):
+            port = f"p{i}"
+            args += ["--", "add-port", "br-int", port, "--", "set", "Interface", port, "type=internal"]
+            args += [f"external_ids:iface-id={TENANT}/ep{i}"]
+        ovs.vsctl(*args, timeout=300)
+
+
+def apply_intent(url: str, n: int) -> tuple[float, float, dict[str, str]]:
+    """The intent over REST; returns (start, end, ids of what later steps change)."""
+    ids: dict[str, str] = {}
+    with httpx.Client(base_url=url, timeout=120) as http:
+
+        def post(collection: str, body: dict[str, Any]) -> dict[str, Any]:
+            r = http.post(f"/v1/{collection}", json=body)
+            r.raise_for_status()
+            return dict(r.json())
+
+        start = time.monotonic()
+        post("tenants", {"name": TENANT})
+        post("l3-contexts", {"name": "vrf", "tenant": TENANT})
+        for b in range(BDS):
+            post("bridge-domains", {"name": f"bd{b}", "tenant": TENANT, "l3_context": "vrf"})
+            post("subnets", {"name": f"s{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "cidr": f"10.{b}.0.0/16"})
+        rule = {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}
+        ids["contract"] = post("contracts", {"name": "http", "tenant": TENANT, "rules": [rule]})["id"]
+        for b in range(BDS):
+            post("endpoint-groups", {"name": f"web{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "provides": ["http"]})
+            post("endpoint-groups", {"name": f"app{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "consumes": ["http"]})
+
+    def create(i: int) -> tuple[int, str]:
+        b = i % BDS
+        epg = f"{'app' if (i // BDS) % 2 else 'web'}{b}"
+        body = {"name": f"ep{i}", "tenant": TENANT, "epg": epg, "ip": f"10.{b}.{(i // 250) % 256}.{i % 250 + 2}"}
+        r = clients[threading.get_ident() % len(clients)].post("/v1/endpoints", json=body)
+        r.raise_for_status()
+        return i, r.json()["id"]
+
+    clients = [httpx.Client(base_url=url, timeout=120) for _ in range(4)]
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            for i, eid in pool.map(create, range(n)):
+                if i == BDS:  # ep4: an app endpoint (i // BDS odd) on bd0, moved to web0 later
+                    ids["mover"] = eid
+    finally:
+        for c in clients:
+            c.close()
+    return start, time.monotonic(), ids
+
+
+def wait_converged(ovs: OvsInstance, url: str, n: int, timeout: float) -> float:
+    """Until every endpoint is ACTIVE and the flow count has not moved for 1 s; returns when it last moved."""
+    deadline = time.monotonic() + timeout
+    last_count, last_change = -1, time.monotonic()
+    active = 0
+    next_rest = 0.0
+    with httpx.Client(base_url=url, timeout=60) as http:
+        while time.monotonic() < deadline:
+            count = flow_count(ovs)
+            now = time.monotonic()
+            if count != last_count:
+                last_count, last_change = count, now
+            if now >= next_rest and active < n:
+                eps = http.get("/v1/endpoints", params={"tenant": TENANT}).json()
+                active = sum(1 for e in eps if e.get("status") == "ACTIVE")
+                next_rest = now + 0.5
+            if active >= n and now - last_change >= 1.0:
+                return last_change
+            time.sleep(0.02)
+    raise TimeoutError(f"not converged after {timeout} s: {active}/{n} ACTIVE, {last_count} flows")
+
+
+def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
+    """Seconds for ovs-ofctl to install the agent's final flow table into an empty bridge (bundle),
+    and for a bare two-flow bundle."""
+    flows = ovs.ofctl("dump-flows", ovs.mgmt("br-int"), "--no-stats")
+    lines = [ln.strip() for ln in flows.splitlines() if ln.strip().startswith("cookie=")]
+    path = workdir / "floor.flows"
+    path.write_text("\n".join(lines) + "\n")
+    spare = OvsInstance(workdir / "spare-ovs", ovs.netns and ovs.netns + "-floor")
+    if spare.netns:
+        run(["ip", "netns", "add", spare.netns])
+    try:
+        spare.start()
+        spare.add_bridge("br-int")
+        spare.ofctl("add-tlv-map", spare.mgmt("br-int"), "{class=0x5046,type=0x01,len=4}->tun_metadata0")
+        start = time.monotonic()
+        spare.ofctl("--bundle", "replace-flows", spare.mgmt("br-int"), str(path))
+        took = time.monotonic() - start
+        two = workdir / "two.flows"
+        two.write_text("flow add table=99,priority=1,reg0=1 actions=drop\nflow add table=99,priority=1,reg0=2 actions=drop\n")
+        start = time.monotonic()
+        spare.ofctl("bundle", spare.mgmt("br-int"), str(two))
+        tiny = time.monotonic() - start
+        return took, tiny
+    finally:
+        spare.stop()
+        if spare.netns:
+            run(["ip", "netns", "del", spare.netns], check=False)
+
+
+def one_run(n: int, workdir: Path) -> dict[str, Any]:
+    netns = f"pfbench-{os.getpid()}-{n}"
+    run(["ip", "netns", "add", netns])
+    ovs = OvsInstance(workdir / "ovs", netns)
+    server = authority_in(workdir / "authority")
+    agent = None
+    try:
+        ovs.start()
+        ovs.add_bridge("br-int")
+        console.print(f"N={n}: plugging {n} ports")
+        plug_ports(ovs, n)
+        server.start()
+        log = (workdir / "agent.log").open("wb")
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
+             "--authority", "{}:{}".format(*server.opflex), "--ovsdb", ovs.ovsdb,
+             "--state-dir", str(workdir / "agent"), "--log-level", "warning"],
+            stdout=log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        time.sleep(1.0)
+        console.print(f"N={n}: applying the intent")
+        start, applied, ids = apply_intent(server.url, n)
+        console.print(f"N={n}: applied in {applied - start:.1f} s; waiting for the flows")
+        done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2)
+        flows = flow_count(ovs)
+        monitor = FlowMonitor(ovs)
+        try:
+            with httpx.Client(base_url=server.url, timeout=60) as http:
+                mover = http.get(f"/v1/endpoints/{ids['mover']}").json()
+                web_classid = http.get("/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}).json()[0]["classid"]
+                body = {k: mover[k] for k in ("name", "tenant", "ip", "mac")} | {"epg": "web0"}
+                t0 = time.monotonic()
+                http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
+                seen = monitor.wait_for(rf"table=0 .*actions=set_field:{web_classid:#x}->reg0")
+                member_change = seen - t0
+                rules = [
+                    {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"},
+                    {"name": "alt", "classifier": {"protocol": "tcp", "port": 8080}, "action": "allow"},
+                ]
+                t0 = time.monotonic()
+                http.put(f"/v1/contracts/{ids['contract']}", json={"name": "http", "tenant": TENANT, "rules": rules}).raise_for_status()
+                seen = monitor.wait_for(r"event=ADDED.*tp_dst=8080")
+                rule_add = seen - t0
+        finally:
+            monitor.stop()
+        floor, tiny = floor_install(ovs, workdir)
+        return {
+            "apply_s": round(applied - start, 3),
+            "converge_s": round(done - start, 3),
+            "render_s": round(max(done - applied, 0.0), 3),
+            "member_change_s": round(member_change, 4),
+            "rule_add_s": round(rule_add, 4),
+            "flows": flows,
+            "rss_kb": rss_kb(agent.pid),
+            "floor_install_s": round(floor, 3),
+            "ofctl_two_flow_bundle_s": round(tiny, 4),
+        }
+    finally:
+        if agent is not None:
+            agent.terminate()
+            agent.wait(10)
+        server.stop()
+        ovs.stop()
+        run(["ip", "netns", "del", netns], check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--n", default="50,500,1000,2000,5000", help="endpoint counts, comma-separated")
+    parser.add_argument("--repeat", type=int, default=1, help="runs per N (medians are reported)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
+        return 2
+    sizes = [int(x) for x in args.n.split(",")]
+    results: dict[str, dict[str, Any]] = {}
+    for n in sizes:
+        runs = []
+        for r in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix=f"pf-converge-{n}-") as tmp:
+                runs.append(one_run(n, Path(tmp)))
+                console.print(f"N={n} run {r + 1}: {runs[-1]}")
+        results[str(n)] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
+        results[str(n)]["render_vs_floor"] = round(results[str(n)]["render_s"] / max(results[str(n)]["floor_install_s"], 1e-3), 2)
+    table = Table(title="agent convergence on one OVS host (median)")
+    cols = ["apply_s", "converge_s", "render_s", "floor_install_s", "render_vs_floor", "member_change_s",
+            "rule_add_s", "ofctl_two_flow_bundle_s", "flows", "rss_kb"]  # fmt: skip
+    table.add_column("N", justify="right")
+    for c in cols:
+        table.add_column(c, justify="right")
+    for n, fig in results.items():
+        table.add_row(n, *(str(fig[c]) for c in cols))
+    Console().print(table)
+    print(json.dumps({"bench": "converge", "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
