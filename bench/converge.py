@@ -31,6 +31,7 @@ import json
 import os
 import queue
 import re
+import signal
 import statistics
 import subprocess
 import sys
@@ -58,9 +59,11 @@ class FlowMonitor:
     """``ovs-ofctl monitor``: every flow added, modified or deleted, with the time it was seen."""
 
     def __init__(self, ovs: OvsInstance, bridge: str = "br-int") -> None:
+        # the initial reply goes to stdout, later events to stderr (unbuffered): read both
         self.proc = subprocess.Popen(
             ["ovs-ofctl", "monitor", ovs.mgmt(bridge), "watch:"],
             stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
             text=True,
             env=ovs.env,
         )
@@ -128,17 +131,31 @@ def apply_intent(url: str, n: int) -> tuple[float, float, dict[str, str]]:
         post("l3-contexts", {"name": "vrf", "tenant": TENANT})
         for b in range(BDS):
             post("bridge-domains", {"name": f"bd{b}", "tenant": TENANT, "l3_context": "vrf"})
-            post("subnets", {"name": f"s{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "cidr": f"10.{b}.0.0/16"})
+            post(
+                "subnets",
+                {"name": f"s{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "cidr": f"10.{b}.0.0/16"},
+            )
         rule = {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}
         ids["contract"] = post("contracts", {"name": "http", "tenant": TENANT, "rules": [rule]})["id"]
         for b in range(BDS):
-            post("endpoint-groups", {"name": f"web{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "provides": ["http"]})
-            post("endpoint-groups", {"name": f"app{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "consumes": ["http"]})
+            post(
+                "endpoint-groups",
+                {"name": f"web{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "provides": ["http"]},
+            )
+            post(
+                "endpoint-groups",
+                {"name": f"app{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "consumes": ["http"]},
+            )
 
     def create(i: int) -> tuple[int, str]:
         b = i % BDS
         epg = f"{'app' if (i // BDS) % 2 else 'web'}{b}"
-        body = {"name": f"ep{i}", "tenant": TENANT, "epg": epg, "ip": f"10.{b}.{(i // 250) % 256}.{i % 250 + 2}"}
+        body = {
+            "name": f"ep{i}",
+            "tenant": TENANT,
+            "epg": epg,
+            "ip": f"10.{b}.{(i // 250) % 256}.{i % 250 + 2}",
+        }
         r = clients[threading.get_ident() % len(clients)].post("/v1/endpoints", json=body)
         r.raise_for_status()
         return i, r.json()["id"]
@@ -168,7 +185,7 @@ def wait_converged(ovs: OvsInstance, url: str, n: int, timeout: float) -> float:
             if count != last_count:
                 last_count, last_change = count, now
             if now >= next_rest and active < n:
-                eps = http.get("/v1/endpoints", params={"tenant": TENANT}).json()
+                eps = http.get("/v1/endpoints", params={"tenant": TENANT}).json()["items"]
                 active = sum(1 for e in eps if e.get("status") == "ACTIVE")
                 next_rest = now + 0.5
             if active >= n and now - last_change >= 1.0:
@@ -195,7 +212,7 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
         spare.ofctl("--bundle", "replace-flows", spare.mgmt("br-int"), str(path))
         took = time.monotonic() - start
         two = workdir / "two.flows"
-        two.write_text("flow add table=99,priority=1,reg0=1 actions=drop\nflow add table=99,priority=1,reg0=2 actions=drop\n")
+        two.write_text("".join(f"flow add table=99,priority=1,reg0={i} actions=drop\n" for i in (1, 2)))
         start = time.monotonic()
         spare.ofctl("bundle", spare.mgmt("br-int"), str(two))
         tiny = time.monotonic() - start
@@ -235,18 +252,25 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
         try:
             with httpx.Client(base_url=server.url, timeout=60) as http:
                 mover = http.get(f"/v1/endpoints/{ids['mover']}").json()
-                web_classid = http.get("/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}).json()[0]["classid"]
+                web_classid = http.get(
+                    "/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}
+                ).json()["items"][0]["classid"]
                 body = {k: mover[k] for k in ("name", "tenant", "ip", "mac")} | {"epg": "web0"}
                 t0 = time.monotonic()
                 http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
-                seen = monitor.wait_for(rf"table=0 .*actions=set_field:{web_classid:#x}->reg0")
+                seen = monitor.wait_for(
+                    rf"table=0 .*(load:{web_classid:#x}->NXM_NX_REG0\[\]|set_field:{web_classid:#x}->reg0)"
+                )
                 member_change = seen - t0
                 rules = [
                     {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"},
                     {"name": "alt", "classifier": {"protocol": "tcp", "port": 8080}, "action": "allow"},
                 ]
                 t0 = time.monotonic()
-                http.put(f"/v1/contracts/{ids['contract']}", json={"name": "http", "tenant": TENANT, "rules": rules}).raise_for_status()
+                http.put(
+                    f"/v1/contracts/{ids['contract']}",
+                    json={"name": "http", "tenant": TENANT, "rules": rules},
+                ).raise_for_status()
                 seen = monitor.wait_for(r"event=ADDED.*tp_dst=8080")
                 rule_add = seen - t0
         finally:
@@ -273,13 +297,16 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--n", default="50,500,1000,2000,5000", help="endpoint counts, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="runs per N (medians are reported)")
     args = parser.parse_args()
     if os.geteuid() != 0:
         console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
         return 2
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally blocks) when killed
     sizes = [int(x) for x in args.n.split(",")]
     results: dict[str, dict[str, Any]] = {}
     for n in sizes:
@@ -289,7 +316,9 @@ def main() -> int:
                 runs.append(one_run(n, Path(tmp)))
                 console.print(f"N={n} run {r + 1}: {runs[-1]}")
         results[str(n)] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-        results[str(n)]["render_vs_floor"] = round(results[str(n)]["render_s"] / max(results[str(n)]["floor_install_s"], 1e-3), 2)
+        results[str(n)]["render_vs_floor"] = round(
+            results[str(n)]["render_s"] / max(results[str(n)]["floor_install_s"], 1e-3), 2
+        )
     table = Table(title="agent convergence on one OVS host (median)")
     cols = ["apply_s", "converge_s", "render_s", "floor_install_s", "render_vs_floor", "member_change_s",
             "rule_add_s", "ofctl_two_flow_bundle_s", "flows", "rss_kb"]  # fmt: skip

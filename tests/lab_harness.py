@@ -86,3 +86,9 @@ def flows_with_age(lab: Lab, host: str) -> dict[str, float]:
         )
         out[key] = age
     return out
+
+
+def own_processes(marker: str) -> list[str]:
+    """Command lines of running processes that mention ``marker`` (a lab's state directory)."""
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]

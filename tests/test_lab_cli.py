@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.lab_harness import SCENARIOS
+from tests.lab_harness import SCENARIOS, own_processes
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 
@@ -28,12 +28,6 @@ def lab(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:
 
 def namespaces() -> set[str]:
     return set(subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout.split())
-
-
-def own_processes(marker: str) -> list[str]:
-    """Command lines of running processes that mention ``marker`` (a lab's state directory)."""
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
 
 
 def test_verify_json_matches_intent_and_leaves_nothing(tmp_path: Path) -> None:

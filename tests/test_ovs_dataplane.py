@@ -19,7 +19,17 @@ from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, endpoint, flows_with_age, measured, ns_run, serve, serving, until
+from tests.lab_harness import (
+    SCENARIOS,
+    endpoint,
+    flows_with_age,
+    measured,
+    ns_run,
+    own_processes,
+    serve,
+    serving,
+    until,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 
@@ -32,6 +42,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         yield lab
     finally:
         assert lab.down(keep_logs=True) == []
+        assert own_processes(lab.state.directory) == [], "the lab left processes behind"
 
 
 def contract(client: Client) -> dict:  # type: ignore[type-arg]
@@ -160,14 +171,14 @@ def test_authority_down_keeps_policy_and_a_later_change_applies(lab: Lab) -> Non
     try:
         listening = serving(lab, ("web2", "tcp", 8443), ("web2", "tcp", 80))
         listening.__enter__()
-        lab.authority.stop()
+        lab.stop_authority()
         lab.stop_agent("h2")
         lab.start_agent("h2")  # an agent restarted while the authority is away enforces its cache
         time.sleep(2)
         assert measured(lab, "app2", "web2", "tcp/80") == "allow"
         assert measured(lab, "app2", "web2", "tcp/8443") == "deny"
         assert measured(lab, "web1", "app1", "icmp") == "deny"
-        lab.authority.start()
+        lab.start_authority()
         with Client(lab.state.url) as client:
             extra = {"name": "tls", "classifier": {"protocol": "tcp", "port": 8443}, "action": "allow"}
             set_rules(client, [*HTTP, extra])
@@ -177,7 +188,7 @@ def test_authority_down_keeps_policy_and_a_later_change_applies(lab: Lab) -> Non
     finally:
         listening.__exit__(None, None, None)
         if lab.authority.proc is None or lab.authority.proc.poll() is not None:
-            lab.authority.start()
+            lab.start_authority()
 
 
 def test_endpoint_moves_between_hosts(lab: Lab) -> None:

@@ -61,7 +61,7 @@ def run_demo(file: Path, state_dir: Path | None, out: Console, err: Console) -> 
                 results = lab.probe(plan.expect)
                 code = report(results, as_json=False)
                 failed = code != 0
-                out.print(f"{n + 2}. what the authority knows: endpoints bound to hosts, ACTIVE once flows are on")
+                out.print(f"{n + 2}. endpoints: bound to hosts, ACTIVE once their flows are on")
                 with Client(server.url) as client:
                     out.print(objects_table(k.ENDPOINT, client.list(k.ENDPOINT)))
                     flows = lab.flow_counts()
@@ -71,7 +71,8 @@ def run_demo(file: Path, state_dir: Path | None, out: Console, err: Console) -> 
                 err.print(f"demo: {exc}")
                 code = 2
             finally:
-                out.print(f"{n + 3}. tearing the lab down" + (f" (logs kept in {base / 'lab'})" if failed else ""))
+                kept = f" (logs kept in {base / 'lab'})" if failed else ""
+                out.print(f"{n + 3}. tearing the lab down{kept}")
                 lab.down(keep_logs=failed)
             out.print(f"{n + 4}. stopping the authority")
         out.rule("[bold green]demo done" if code == 0 else "[bold red]demo: intent and measurement differ")

@@ -235,6 +235,21 @@ class Lab:
         self.state.pids[f"agent:{host}"] = proc.pid
         self.state.save()
 
+    def stop_authority(self) -> None:
+        """Stop the embedded authority (agents keep enforcing their cached policy)."""
+        if self.authority is not None:
+            self.authority.stop()
+        self.state.pids.pop("authority", None)
+        self.state.save()
+
+    def start_authority(self) -> None:
+        """Start the embedded authority again, on the same database and ports."""
+        assert self.authority is not None, "the lab uses an external authority"
+        self.authority.start()
+        assert self.authority.proc is not None
+        self.state.pids["authority"] = self.authority.proc.pid
+        self.state.save()
+
     def stop_agent(self, host: str, kill: bool = False) -> None:
         pid = self.state.pids.pop(f"agent:{host}", None)
         self.state.save()
@@ -403,6 +418,8 @@ class Lab:
                 problems.append(f"open vswitch of {host}: {exc}")
         if "authority" in self.state.pids:
             _kill_pid(self.state.pids["authority"])
+        if self.authority is not None:
+            self.authority.stop()
         for netns in reversed(self.state.namespaces):
             try:
                 run(["ip", "netns", "del", netns])
