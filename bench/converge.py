@@ -61,7 +61,7 @@ class FlowMonitor:
     def __init__(self, ovs: OvsInstance, bridge: str = "br-int") -> None:
         # the initial reply goes to stdout, later events to stderr (unbuffered): read both
         self.proc = subprocess.Popen(
-            ["ovs-ofctl", "monitor", ovs.mgmt(bridge), "watch:"],
+            ["ovs-ofctl", "monitor", ovs.mgmt(bridge), "watch:!initial"],
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -256,11 +256,11 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
                     "/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}
                 ).json()["items"][0]["classid"]
                 body = {k: mover[k] for k in ("name", "tenant", "ip", "mac")} | {"epg": "web0"}
+                port = ovs.vsctl("get", "Interface", f"p{BDS}", "ofport").strip()
                 t0 = time.monotonic()
                 http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
-                seen = monitor.wait_for(
-                    rf"table=0 .*(load:{web_classid:#x}->NXM_NX_REG0\[\]|set_field:{web_classid:#x}->reg0)"
-                )
+                web = rf"(load:{web_classid:#x}->NXM_NX_REG0\[\]|set_field:{web_classid:#x}->reg0)"
+                seen = monitor.wait_for(rf"table=0 .*in_port={port} .*{web}")
                 member_change = seen - t0
                 rules = [
                     {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"},
@@ -306,7 +306,11 @@ def main() -> int:
     if os.geteuid() != 0:
         console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
         return 2
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # clean up (finally blocks) when killed
+    def terminate(*_: object) -> None:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
+        sys.exit(143)
+
+    signal.signal(signal.SIGTERM, terminate)  # clean up (finally blocks) when killed
     sizes = [int(x) for x in args.n.split(",")]
     results: dict[str, dict[str, Any]] = {}
     for n in sizes:
