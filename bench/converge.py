@@ -239,7 +239,7 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
         agent = subprocess.Popen(
             [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
              "--authority", "{}:{}".format(*server.opflex), "--ovsdb", ovs.ovsdb,
-             "--state-dir", str(workdir / "agent"), "--log-level", "warning"],
+             "--state-dir", str(workdir / "agent"), "--log-level", "info"],
             stdout=log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         time.sleep(1.0)
@@ -276,6 +276,9 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
         finally:
             monitor.stop()
         floor, tiny = floor_install(ovs, workdir)
+        slow = [ln for ln in (workdir / "agent.log").read_text().splitlines() if "slow reconcile" in ln]
+        for line in slow[-4:]:
+            console.print(f"N={n} agent: {line.split(': ', 2)[-1]}")
         return {
             "apply_s": round(applied - start, 3),
             "converge_s": round(done - start, 3),

@@ -68,12 +68,13 @@ class FlowApplier:
             self.installed = desired
             return Applied(len(desired), 0, time.monotonic() - start, True)
         lines, added, removed = [], 0, 0
-        for key, old in self.installed.items():
+        for key, gone in self.installed.items():
             if key not in desired:
-                lines.append(f"flow delete_strict {old.match_text()}")
+                lines.append(f"flow delete_strict {gone.match_text()}")
                 removed += 1
         for key, new in desired.items():
-            if self.installed.get(key) != new:
+            old = self.installed.get(key)
+            if old is not new and old != new:  # compiled flows are memoised: mostly the same object
                 lines.append(f"flow add {new.text()}")  # add replaces a flow with the same match
                 added += 1
         if lines:

@@ -32,11 +32,14 @@ class Plugged:
 
 class _NotifyingIdl(connection.OvsdbIdl):  # type: ignore[misc]
     on_change: Callable[[], None] | None = None
+    dirty = True  # set on every Interface/Port change; the bulk read clears it
 
     def notify(self, event: Any, row: Any, updates: Any = None) -> None:
         table = getattr(getattr(row, "_table", None), "name", None)
-        if self.on_change is not None and table in ("Interface", "Port"):
-            self.on_change()
+        if table in ("Interface", "Port"):
+            self.dirty = True
+            if self.on_change is not None:
+                self.on_change()
 
 
 class Ovsdb:
@@ -48,6 +51,7 @@ class Ovsdb:
         self.idl = idl
         self.conn = connection.Connection(idl=idl, timeout=timeout)
         self.api = impl_idl.OvsdbIdl(self.conn, start=True)
+        self._last: tuple[list[Plugged], int | None] | None = None
 
     def watch(self, callback: Callable[[], None]) -> None:
         """``callback`` runs on the OVSDB thread after every Interface/Port change."""
@@ -61,7 +65,15 @@ class Ovsdb:
             txn.add(self.api.db_set("Interface", TUNNEL_PORT, ("type", "geneve"), ("options", options)))
 
     def interfaces(self) -> tuple[list[Plugged], int | None]:
-        """The bridge's endpoint interfaces with an OpenFlow port number, and the tunnel's port."""
+        """The bridge's endpoint interfaces with an OpenFlow port number, and the tunnel's port.
+        Read again only after OVSDB reported a change (a policy change costs no OVSDB read)."""
+        if not self.idl.dirty and self._last is not None:
+            return self._last
+        self.idl.dirty = False  # before reading: a change during the read marks it dirty again
+        self._last = self._read()
+        return self._last
+
+    def _read(self) -> tuple[list[Plugged], int | None]:
         ports = self.api.list_ports(self.bridge).execute(check_error=True) or []
         on_bridge = set(ports)
         rows = self.api.db_list("Interface", columns=["name", "ofport", "external_ids"]).execute(
