@@ -10,6 +10,7 @@ from __future__ import annotations
 import builtins
 import ipaddress
 import logging
+import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -31,6 +32,7 @@ ENDPOINT_STATUSES = ("DOWN", "BUILD", "ACTIVE", "ERROR")
 # Server-allocated numbers: overlay ids for bridge domains and l3_contexts
 # (one space: they share the VXLAN VNI space), policy class ids for EPGs.
 VNI_BASE, CLASSID_BASE = 0x10000, 0x4000
+MIRROR_CATCH_UP = 5000  # changes beyond this since a mirror was read: read the tenant again
 ALLOCATED = {
     k.BRIDGE_DOMAIN.name: ("vni", VNI_BASE),
     k.L3_CONTEXT.name: ("vni", VNI_BASE),
@@ -107,6 +109,9 @@ class Authority:
     def __init__(self, store: Store) -> None:
         self.store = store
         self.cache = SpecCache()
+        # per-tenant mirrors for snapshot(): (revision read at, records by id)
+        self._mirrors: dict[str | None, tuple[int, dict[str, Record]]] = {}
+        self._mirror_lock = threading.Lock()
         # Called after every commit with what it changed (from the writing thread).
         self.listeners: list[Listener] = []
 
@@ -225,18 +230,39 @@ class Authority:
         self, tenant: str | None
     ) -> tuple[dict[str, builtins.list[o.Spec]], dict[str, dict[str, int]]]:
         """Every object of ``tenant`` (None: the global kinds) by kind name, and the
-        allocated numbers by kind (``{"vni": {name: n}}`` keyed ``kind/name``)."""
+        allocated numbers by kind (``{"vni": {name: n}}`` keyed ``kind/name``).
+
+        Incremental: a mirror of the tenant's records is kept with the revision it was
+        read at, and brought up to date from the change log (one read per changed
+        object), so a push after one write does not re-read and re-parse the tenant."""
+        kinds = {
+            kind.name for kind in k.ORDER if kind.scoped == (tenant is not None) and kind is not k.TENANT
+        }
+        with self._mirror_lock, self.store.read() as txn:
+            now = txn.revision()
+            mirror = self._mirrors.get(tenant)
+            changes = txn.changes(mirror[0], MIRROR_CATCH_UP) if mirror is not None else None
+            if mirror is None or changes is None or len(changes) >= MIRROR_CATCH_UP:
+                records = {r.id: r for kind in kinds for r in txn.list(kind, tenant)}
+            else:
+                records = dict(mirror[1])
+                for change in changes:
+                    if change.kind not in kinds or change.tenant != tenant:
+                        continue
+                    record = txn.get(change.id) if change.op != "delete" else None
+                    if record is None:
+                        records.pop(change.id, None)
+                    else:
+                        records[change.id] = record
+            self._mirrors[tenant] = (now, records)
         objects: dict[str, builtins.list[o.Spec]] = {}
         numbers: dict[str, dict[str, int]] = {"vni": {}, "classid": {}}
-        with self.store.read() as txn:
-            for kind in k.ORDER:
-                if kind.scoped != (tenant is not None) or kind is k.TENANT:
-                    continue
-                for record in txn.list(kind.name, tenant):
-                    objects.setdefault(kind.name, []).append(self.cache.spec(record))
-                    for counter in ("vni", "classid"):
-                        if counter in record.data:
-                            numbers[counter][f"{kind.name}/{record.name}"] = int(record.data[counter])
+        rank = {kind.name: i for i, kind in enumerate(k.ORDER)}
+        for record in sorted(records.values(), key=lambda r: (rank[r.kind], r.name)):
+            objects.setdefault(record.kind, []).append(self.cache.spec(record))
+            for counter in ("vni", "classid"):
+                if counter in record.data:
+                    numbers[counter][f"{record.kind}/{record.name}"] = int(record.data[counter])
         return objects, numbers
 
     def set_endpoint_state(

@@ -7,8 +7,11 @@ used as a naming value is escaped whole.
 
 from __future__ import annotations
 
+import re
+from functools import lru_cache
 from urllib.parse import unquote
 
+_PLAIN = re.compile(r"[A-Za-z0-9._~-]*")
 _SAFE = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789-_.~")
 
 UNIVERSE = "/PolicyUniverse/"
@@ -16,7 +19,11 @@ EPR_L2 = "/EprL2Universe/"
 EPR_L3 = "/EprL3Universe/"
 
 
+@lru_cache(maxsize=1 << 16)
 def escape(value: str) -> str:
+    """Memoised: the authority rebuilds tenant trees often, and names repeat (profiled hot spot)."""
+    if _PLAIN.fullmatch(value):
+        return value
     return "".join(chr(b) if b in _SAFE else f"%{b:02x}" for b in value.encode())
 
 
