@@ -27,7 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from policyfabric.authority.service import ENDPOINT_STATUSES, Authority
+from policyfabric.authority.service import ENDPOINT_STATUSES, Authority, EndpointState
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex import gbp
 from policyfabric.opflex.mo import MO, Tree
@@ -206,6 +206,8 @@ class OpflexServer:
         self._epr_changed: dict[str, tuple[MO, bool]] = {}  # uri -> (MO, deleted)
         self._flush: asyncio.TimerHandle | None = None
         self._flushing = asyncio.Lock()
+        self._states: list[tuple[EndpointState, asyncio.Future[bool]]] = []
+        self._state_writer: asyncio.Task[None] | None = None
         self._server: asyncio.AbstractServer | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -460,17 +462,41 @@ class OpflexServer:
         self._schedule()
         return {}
 
+    async def _endpoint_state(self, state: EndpointState) -> bool:
+        """Queue an endpoint's reported state; reports that arrive while a write is in flight go
+        into the next one, so a host reporting thousands of endpoints costs a few commits."""
+        done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        self._states.append((state, done))
+        if self._state_writer is None or self._state_writer.done():
+            self._state_writer = asyncio.create_task(self._write_states())
+        return await done
+
+    async def _write_states(self) -> None:
+        while self._states:
+            batch, self._states = self._states, []
+            try:
+                found = await asyncio.to_thread(self.authority.set_endpoint_states, [s for s, _ in batch])
+            except Exception as exc:
+                for _, done in batch:
+                    if not done.done():
+                        done.set_exception(exc)
+                continue
+            for (_, done), ok in zip(batch, found, strict=True):
+                if not done.done():
+                    done.set_result(ok)
+
     async def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
         """The endpoint now lives on ``agent``'s host; BUILD unless it is already up."""
         tenant, name = endpoint
-        known = await asyncio.to_thread(
-            self.authority.set_endpoint_state,
-            tenant,
-            name,
-            host=agent,
-            interface=interface if isinstance(interface, str) else None,
-            status="BUILD",
-            unless=("ACTIVE", "BUILD"),
+        known = await self._endpoint_state(
+            EndpointState(
+                tenant,
+                name,
+                host=agent,
+                interface=interface if isinstance(interface, str) else None,
+                status="BUILD",
+                unless=("ACTIVE", "BUILD"),
+            )
         )
         if not known:
             log.warning(
@@ -501,7 +527,7 @@ class OpflexServer:
         ):
             tenant, name = decl.endpoint
             log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
-            await asyncio.to_thread(self.authority.set_endpoint_state, tenant, name, status="DOWN")
+            await self._endpoint_state(EndpointState(tenant, name, status="DOWN"))
 
     async def _endpoint_resolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         if any(isinstance(p, dict) and "endpoint_ident" in p for p in params):
@@ -550,7 +576,7 @@ class OpflexServer:
             key, status = props.get("endpoint"), props.get("status")
             if isinstance(key, str) and "/" in key and status in ENDPOINT_STATUSES:
                 tenant, name = key.split("/", 1)
-                await asyncio.to_thread(self.authority.set_endpoint_state, tenant, name, status=status)
+                await self._endpoint_state(EndpointState(tenant, name, status=status))
         elif mo.subject == "PfFault":
             code = str(props.get("code", "fault"))
             fkey = (agent_name, code, str(props.get("uri", "")))

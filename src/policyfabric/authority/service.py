@@ -14,6 +14,7 @@ import threading
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
 from policyfabric.model import kinds as k
@@ -40,6 +41,18 @@ ALLOCATED = {
 }
 
 Listener = Callable[[list[Change]], None]
+
+
+@dataclass(frozen=True)
+class EndpointState:
+    """What an agent reported about one endpoint (None: leave the field as it is)."""
+
+    tenant: str
+    name: str
+    host: str | None = None
+    interface: str | None = None
+    status: str | None = None
+    unless: tuple[str, ...] = ()  # leave the status alone while it is one of these
 
 
 class SpecCache:
@@ -278,32 +291,41 @@ class Authority:
         """Record what an agent reported about an endpoint; False if there is no such endpoint.
         ``status`` is not applied while the current status is one of ``unless``. Writes (and
         bumps the revision) only when something changes; the endpoint's claims stay as they are."""
+        return self.set_endpoint_states([EndpointState(tenant, name, host, interface, status, unless)])[0]
+
+    def set_endpoint_states(self, updates: Sequence[EndpointState]) -> builtins.list[bool]:
+        """Several agents' reports in one transaction (one commit, one fsync), each change with
+        its own revision. Agents report endpoints by the thousand when a host starts."""
+        found: builtins.list[bool] = []
+        logged = []
         with self._writing() as txn:
-            record = txn.find(k.ENDPOINT.name, tenant, name)
-            if record is None:
-                return False
-            if record.data.get("status") in unless:
-                status = None
-            data = dict(record.data)
-            for field, value in (("host", host), ("interface", interface), ("status", status)):
-                if value is not None:
-                    data[field] = value
-            if data == record.data:
-                return True
-            txn.put(
-                Record(record.kind, record.id, record.tenant, record.name, txn.next_revision(), data),
-                None,
-                "update",
+            for u in updates:
+                record = txn.find(k.ENDPOINT.name, u.tenant, u.name)
+                if record is None:
+                    found.append(False)
+                    continue
+                found.append(True)
+                status = None if record.data.get("status") in u.unless else u.status
+                data = dict(record.data)
+                for field, value in (("host", u.host), ("interface", u.interface), ("status", status)):
+                    if value is not None:
+                        data[field] = value
+                if data == record.data:
+                    continue
+                revision = txn.next_revision()
+                updated = Record(record.kind, record.id, record.tenant, record.name, revision, data)
+                txn.put(updated, None, "update")
+                logged.append((u, data))
+        for u, data in logged:
+            log.info(
+                "endpoint %s/%s: host=%s interface=%s status=%s",
+                u.tenant,
+                u.name,
+                data.get("host"),
+                data.get("interface"),
+                data.get("status"),
             )
-        log.info(
-            "endpoint %s/%s: host=%s interface=%s status=%s",
-            tenant,
-            name,
-            data.get("host"),
-            data.get("interface"),
-            data.get("status"),
-        )
-        return True
+        return found
 
     # ---- helpers
     @staticmethod
