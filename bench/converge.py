@@ -31,6 +31,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import statistics
 import subprocess
@@ -305,6 +306,7 @@ def main() -> int:
     )
     parser.add_argument("--n", default="50,500,1000,2000,5000", help="endpoint counts, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="runs per N (medians are reported)")
+    parser.add_argument("--keep", type=Path, help="copy the agent's and authority's logs here after each run")
     args = parser.parse_args()
     if os.geteuid() != 0:
         console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
@@ -320,7 +322,14 @@ def main() -> int:
         runs = []
         for r in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix=f"pf-converge-{n}-") as tmp:
-                runs.append(one_run(n, Path(tmp)))
+                try:
+                    runs.append(one_run(n, Path(tmp)))
+                finally:
+                    if args.keep:
+                        args.keep.mkdir(parents=True, exist_ok=True)
+                        for name in ("agent.log", "authority/authority.log"):
+                            if (Path(tmp) / name).exists():
+                                shutil.copy(Path(tmp) / name, args.keep / f"{n}-{r}-{Path(name).name}")
                 console.print(f"N={n} run {r + 1}: {runs[-1]}")
         results[str(n)] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
         results[str(n)]["render_vs_floor"] = round(

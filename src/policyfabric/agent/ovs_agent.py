@@ -83,6 +83,8 @@ class OvsAgent:
         self.active: set[str] = set()  # endpoints reported ACTIVE
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
         self._decl_memo: dict[str, tuple[tuple[object, ...], str]] = {}
+        self._reporting: set[str] = set()  # endpoints whose ACTIVE report is in flight
+        self._tasks: set[asyncio.Task[None]] = set()
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -185,7 +187,7 @@ class OvsAgent:
                     len(flows),
                     applied.seconds * 1000,
                 )
-        await self._report_status({e.key for e in net.local})
+        self._report_status({e.key for e in net.local})
 
     def _declare(self, plugged: list[Plugged]) -> None:
         seen = set()
@@ -246,34 +248,37 @@ class OvsAgent:
         children = [policy.get(c) for mo in related if mo is not None for c in mo.children]
         return (ep, interface, self.config.tunnel_ip, *related, *children)
 
-    async def _report_status(self, rendered: set[str]) -> None:
-        new = rendered - self.active
-        if not new or self.client.session is None:
+    def _report_status(self, rendered: set[str]) -> None:
+        """Tell the authority which endpoints now have their flows (ACTIVE), in the background:
+        the reconcile loop never waits for the authority."""
+        new = rendered - self.active - self._reporting
+        if not new:
             return
+        if self.client.session is None:
+            asyncio.get_running_loop().call_later(1.0, self.wake)  # report once connected
+            return
+        self._reporting |= new
+        task = asyncio.create_task(self._send_status(new))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _send_status(self, new: set[str]) -> None:
         now = time.time()
         reports = []
         for key in sorted(new):
             self.stats.rendered_at[key] = now
-            reports.append(
-                MO(
-                    "PfEndpointStatus",
-                    f"/PfEndpointStatus/{key.replace('/', '%2f')}/",
-                    {"endpoint": key, "status": "ACTIVE"},
-                )
-            )
-        reports.append(
-            MO(
-                "PfAgentCounters",
-                "/PfAgentCounters/",
-                {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs},
-            )
-        )
+            uri = f"/PfEndpointStatus/{key.replace('/', '%2f')}/"
+            reports.append(MO("PfEndpointStatus", uri, {"endpoint": key, "status": "ACTIVE"}))
+        counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
+        reports.append(MO("PfAgentCounters", "/PfAgentCounters/", counters))
         try:
             await self.client.report(reports)
-        except Exception as exc:  # not connected: report again after the next change
+            self.active |= new
+        except Exception as exc:  # not connected: try again shortly
             log.info("agent %s: status report deferred: %s", self.config.host, exc)
-            return
-        self.active |= new
+            asyncio.get_running_loop().call_later(1.0, self.wake)
+        finally:
+            self._reporting -= new
 
     async def _fault(self, code: str, description: str) -> None:
         with contextlib.suppress(Exception):

@@ -458,18 +458,30 @@ class OpflexServer:
                 )
                 self._epr_changed[top.uri] = (top, False)
                 if endpoint is not None and top.subject == "EprL2Ep":
-                    await self._bind(endpoint, agent, top.properties.get("interfaceName"))
+                    self._bind(endpoint, agent, top.properties.get("interfaceName"))
         self._schedule()
         return {}
 
-    async def _endpoint_state(self, state: EndpointState) -> bool:
-        """Queue an endpoint's reported state; reports that arrive while a write is in flight go
-        into the next one, so a host reporting thousands of endpoints costs a few commits."""
+    def _queue_state(self, state: EndpointState, unknown: str | None = None) -> asyncio.Future[bool]:
+        """Queue an endpoint's reported state for the batch writer; the future says whether the
+        endpoint exists. Reports that arrive while a write is in flight go into the next write,
+        in order, so a host declaring thousands of endpoints costs a few commits, not thousands.
+        ``unknown`` is logged (a warning) if the authority has no such endpoint."""
         done: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+
+        def check(f: asyncio.Future[bool]) -> None:
+            if f.cancelled():
+                return
+            if f.exception() is not None:
+                log.error("opflex: recording %s/%s failed: %s", state.tenant, state.name, f.exception())
+            elif not f.result() and unknown:
+                log.warning("%s", unknown)
+
+        done.add_done_callback(check)
         self._states.append((state, done))
         if self._state_writer is None or self._state_writer.done():
             self._state_writer = asyncio.create_task(self._write_states())
-        return await done
+        return done
 
     async def _write_states(self) -> None:
         while self._states:
@@ -485,10 +497,11 @@ class OpflexServer:
                 if not done.done():
                     done.set_result(ok)
 
-    async def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
-        """The endpoint now lives on ``agent``'s host; BUILD unless it is already up."""
+    def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
+        """The endpoint now lives on ``agent``'s host; BUILD unless it is already up (written by
+        the batch writer: the declaration itself is already in the registry)."""
         tenant, name = endpoint
-        known = await self._endpoint_state(
+        self._queue_state(
             EndpointState(
                 tenant,
                 name,
@@ -496,15 +509,9 @@ class OpflexServer:
                 interface=interface if isinstance(interface, str) else None,
                 status="BUILD",
                 unless=("ACTIVE", "BUILD"),
-            )
+            ),
+            unknown=f"opflex: agent {agent} declared endpoint {tenant}/{name}, unknown to the authority",
         )
-        if not known:
-            log.warning(
-                "opflex: agent %s declared endpoint %s/%s, which the authority does not know",
-                agent,
-                tenant,
-                name,
-            )
 
     async def _endpoint_undeclare(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(EndpointRef, params):
@@ -527,7 +534,7 @@ class OpflexServer:
         ):
             tenant, name = decl.endpoint
             log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
-            await self._endpoint_state(EndpointState(tenant, name, status="DOWN"))
+            self._queue_state(EndpointState(tenant, name, status="DOWN"))
 
     async def _endpoint_resolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         if any(isinstance(p, dict) and "endpoint_ident" in p for p in params):
@@ -561,13 +568,15 @@ class OpflexServer:
         agent_name = str(peer.agent)
         agent = self.agents[agent_name]
         agent.last_seen, agent.reports = time.time(), agent.reports + 1
+        mos = []
         for entry in parse(Report, params):
             for raw in entry.observable:
                 try:
-                    mo = MO.from_wire(raw)
+                    mos.append(MO.from_wire(raw))
                 except ValueError as exc:
                     raise RpcError(Code.ERROR, f"Malformed message: observable: {exc}") from None
-                await self._observe(agent_name, agent, mo)
+        # all of a report's endpoint states go into one write; the reply means they are stored
+        await asyncio.gather(*(self._observe(agent_name, agent, mo) for mo in mos))
         return {}
 
     async def _observe(self, agent_name: str, agent: AgentInfo, mo: MO) -> None:
@@ -576,7 +585,7 @@ class OpflexServer:
             key, status = props.get("endpoint"), props.get("status")
             if isinstance(key, str) and "/" in key and status in ENDPOINT_STATUSES:
                 tenant, name = key.split("/", 1)
-                await self._endpoint_state(EndpointState(tenant, name, status=status))
+                await self._queue_state(EndpointState(tenant, name, status=status))
         elif mo.subject == "PfFault":
             code = str(props.get("code", "fault"))
             fkey = (agent_name, code, str(props.get("uri", "")))

@@ -13,12 +13,20 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from ovsdbapp.backend.ovs_idl import connection
+from ovsdbapp.backend.ovs_idl import connection, idlutils
 from ovsdbapp.schema.open_vswitch import impl_idl
 
 log = logging.getLogger(__name__)
 
 TUNNEL_PORT = "pf-geneve"
+# Only what the agent reads or writes: above all not Interface.statistics, which OVS rewrites
+# every few seconds for every interface (at 1,000 ports that alone kept the IDL thread busy).
+COLUMNS = {
+    "Open_vSwitch": ["bridges", "cur_cfg", "next_cfg"],
+    "Bridge": ["name", "ports"],
+    "Port": ["name", "interfaces"],
+    "Interface": ["name", "type", "options", "ofport", "external_ids"],
+}
 
 
 @dataclass(frozen=True)
@@ -45,9 +53,10 @@ class _NotifyingIdl(connection.OvsdbIdl):  # type: ignore[misc]
 class Ovsdb:
     def __init__(self, target: str, bridge: str, timeout: float = 10.0) -> None:
         self.target, self.bridge = target, bridge
-        idl = _NotifyingIdl.from_server(
-            target, "Open_vSwitch", helper_tables=("Open_vSwitch", "Bridge", "Port", "Interface")
-        )
+        helper = idlutils.get_schema_helper(target, "Open_vSwitch")
+        for table, columns in COLUMNS.items():
+            helper.register_columns(table, columns)
+        idl = _NotifyingIdl(target, helper)
         self.idl = idl
         self.conn = connection.Connection(idl=idl, timeout=timeout)
         self.api = impl_idl.OvsdbIdl(self.conn, start=True)
