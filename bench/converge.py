@@ -18,8 +18,9 @@ Figures per N:
 - flows, agent RSS.
 Baselines in the same run: the floor for installing the same flows
 (`ovs-ofctl --bundle replace-flows` of the final table into an empty
-bridge), and a bare two-flow bundle through ovs-ofctl (the cost of any
-change through the CLI). The last line is one JSON object.
+bridge; render_vs_floor = render_s / that), and a bare two-flow bundle
+through ovs-ofctl, on an empty bridge and on the benchmarked one (the floor
+of any change made through ovs-ofctl). The last line is one JSON object.
 
     .venv/bin/python bench/converge.py [--n 50,500,1000,2000,5000] [--repeat 1]
 """
@@ -224,6 +225,21 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
             run(["ip", "netns", "del", spare.netns], check=False)
 
 
+def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
+    """Median seconds of a two-flow ``ovs-ofctl bundle`` (add, then delete) on the benchmarked bridge
+    itself: the floor of any change the agent makes through ovs-ofctl at this size."""
+    add, delete = workdir / "add.flows", workdir / "del.flows"
+    add.write_text("".join(f"flow add table=99,priority=1,reg0={i} actions=drop\n" for i in (1, 2)))
+    delete.write_text("".join(f"flow delete_strict table=99,priority=1,reg0={i}\n" for i in (1, 2)))
+    times = []
+    for _ in range(5):
+        for path in (add, delete):
+            start = time.monotonic()
+            ovs.ofctl("bundle", ovs.mgmt("br-int"), str(path))
+            times.append(time.monotonic() - start)
+    return statistics.median(times)
+
+
 def one_run(n: int, workdir: Path) -> dict[str, Any]:
     netns = f"pfbench-{os.getpid()}-{n}"
     run(["ip", "netns", "add", netns])
@@ -277,6 +293,7 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
         finally:
             monitor.stop()
         floor, tiny = floor_install(ovs, workdir)
+        busy = two_flow_bundle(ovs, workdir)
         slow = [ln for ln in (workdir / "agent.log").read_text().splitlines() if "slow reconcile" in ln]
         for line in slow[-4:]:
             console.print(f"N={n} agent: {line.split(': ', 2)[-1]}")
@@ -290,6 +307,7 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
             "rss_kb": rss_kb(agent.pid),
             "floor_install_s": round(floor, 3),
             "ofctl_two_flow_bundle_s": round(tiny, 4),
+            "ofctl_two_flow_bundle_busy_s": round(busy, 4),
         }
     finally:
         if agent is not None:
@@ -311,6 +329,7 @@ def main() -> int:
     if os.geteuid() != 0:
         console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
         return 2
+
     def terminate(*_: object) -> None:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second TERM must not interrupt the cleanup
         sys.exit(143)
@@ -337,7 +356,7 @@ def main() -> int:
         )
     table = Table(title="agent convergence on one OVS host (median)")
     cols = ["apply_s", "converge_s", "render_s", "floor_install_s", "render_vs_floor", "member_change_s",
-            "rule_add_s", "ofctl_two_flow_bundle_s", "flows", "rss_kb"]  # fmt: skip
+            "rule_add_s", "ofctl_two_flow_bundle_s", "ofctl_two_flow_bundle_busy_s", "flows", "rss_kb"]  # fmt: skip
     table.add_column("N", justify="right")
     for c in cols:
         table.add_column(c, justify="right")
