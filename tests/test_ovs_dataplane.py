@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -223,3 +224,33 @@ def test_endpoint_unplugged_goes_down(lab: Lab) -> None:
 
         lab.plug(LabEndpoint("app2", "acme", "h1", 3), client)
     until(lambda: endpoint(lab, "app2")["status"] == "ACTIVE")
+
+
+def test_a_render_failure_is_a_fault_at_the_authority(lab: Lab) -> None:
+    """An agent that cannot program its bridge says so: a fault in GET /v1/faults, and it keeps trying."""
+    db = f"unix:{lab.state.hosts['h1']['rundir']}/db.sock"
+    log = Path(lab.state.directory) / "broken-agent.log"
+    with log.open("wb") as out:
+        agent = subprocess.Popen(
+            [sys.executable, "-m", "policyfabric", "agent", "--host", "h1-broken",
+             "--authority", lab.state.opflex, "--ovsdb", db, "--bridge", "br-missing"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        with Client(lab.state.url) as client:
+
+            def fault() -> dict | None:  # type: ignore[type-arg]
+                items = client.request("GET", "/v1/faults")["items"]
+                return next((f for f in items if f["agent"] == "h1-broken"), None)
+
+            until(fault, timeout=20)
+            found = fault()
+            assert (
+                found is not None
+                and found["code"] == "render-failed"
+                and "br-missing" in found["message"]
+            )
+        assert agent.poll() is None, "the agent must keep running"
+    finally:
+        agent.terminate()
+        agent.wait(10)

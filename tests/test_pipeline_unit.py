@@ -121,19 +121,22 @@ def test_spoofed_source_mac_or_ip_is_dropped_at_the_port() -> None:
     assert sw.send({**arp, "arp_sha": APP1.mac, "arp_spa": "10.0.0.1", "arp_tpa": "10.0.0.3"}).dropped
 
 
-def test_arp_for_a_remote_endpoint_is_answered_on_the_host() -> None:
-    sw = h1()
-    arp = {
-        "in_port": 2,
+def arp_request(src: Endpoint, target_ip: str) -> dict[str, Any]:
+    return {
+        "in_port": src.ofport,
         "eth_type": "arp",
-        "dl_src": APP1.mac,
+        "dl_src": src.mac,
         "dl_dst": "ff:ff:ff:ff:ff:ff",
         "arp_op": 1,
-        "arp_sha": APP1.mac,
-        "arp_spa": APP1.ips[0],
-        "arp_tpa": WEB2_REMOTE.ips[0],
+        "arp_sha": src.mac,
+        "arp_spa": src.ips[0],
+        "arp_tpa": target_ip,
     }
-    result = sw.send(arp)
+
+
+def test_arp_for_a_remote_endpoint_is_answered_on_the_host() -> None:
+    sw = h1()
+    result = sw.send(arp_request(APP1, WEB2_REMOTE.ips[0]))
     assert result.ports == [2]
     answer = result.outputs[0][1]
     assert answer["arp_op"] == 2 and answer["arp_sha"] == WEB2_REMOTE.mac and answer["arp_spa"] == "10.0.0.4"
@@ -142,17 +145,7 @@ def test_arp_for_a_remote_endpoint_is_answered_on_the_host() -> None:
 
 def test_unknown_arp_reaches_only_the_bridge_domains_ports_and_hosts() -> None:
     sw = h1()
-    arp = {
-        "in_port": 2,
-        "eth_type": "arp",
-        "dl_src": APP1.mac,
-        "dl_dst": "ff:ff:ff:ff:ff:ff",
-        "arp_op": 1,
-        "arp_sha": APP1.mac,
-        "arp_spa": APP1.ips[0],
-        "arp_tpa": "10.0.0.200",
-    }
-    result = sw.send(arp)
+    result = sw.send(arp_request(APP1, "10.0.0.200"))
     assert sorted(result.ports) == [1, 3, TUNNEL]
     tunnel = dict(result.outputs)[TUNNEL]
     assert tunnel["tun_dst"] == "192.0.2.2" and tunnel["tun_id"] == BD.vni

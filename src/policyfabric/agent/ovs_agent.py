@@ -19,7 +19,7 @@ import contextlib
 import logging
 import ssl
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -56,7 +56,6 @@ class Stats:
     flows: int = 0
     last_sync_s: float = 0.0
     endpoints: int = 0
-    rendered_at: dict[str, float] = field(default_factory=dict)
 
 
 def _split_iface_id(iface_id: str) -> tuple[str, str] | None:
@@ -85,6 +84,8 @@ class OvsAgent:
         self._decl_memo: dict[str, tuple[tuple[object, ...], str]] = {}
         self._reporting: set[str] = set()  # endpoints whose ACTIVE report is in flight
         self._tasks: set[asyncio.Task[None]] = set()
+        self._faulted = False
+        self._last_error = ""
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -120,11 +121,19 @@ class OvsAgent:
                 self._wake.clear()
                 try:
                     await self.reconcile()
-                except Exception as exc:  # keep serving; report and retry on the next change
-                    log.exception("agent %s: reconcile failed", self.config.host)
-                    await self._fault("render-failed", str(exc))
+                except Exception as exc:  # keep serving; report, and retry shortly
+                    if str(exc) != self._last_error:  # the traceback once; the fault stays raised
+                        log.exception("agent %s: reconcile failed (retrying every second)", self.config.host)
+                    self._last_error = str(exc)
+                    self._faulted = True
+                    await self._fault("render-failed", "major", str(exc))
                     await asyncio.sleep(1)
                     self._wake.set()
+                    continue
+                if self._faulted:
+                    self._faulted, self._last_error = False, ""
+                    log.info("agent %s: rendering works again", self.config.host)
+                    await self._fault("render-failed", "cleared", "rendering works again")
         finally:
             client_task.cancel()
             with contextlib.suppress(BaseException):
@@ -263,10 +272,8 @@ class OvsAgent:
         task.add_done_callback(self._tasks.discard)
 
     async def _send_status(self, new: set[str]) -> None:
-        now = time.time()
         reports = []
         for key in sorted(new):
-            self.stats.rendered_at[key] = now
             uri = f"/PfEndpointStatus/{key.replace('/', '%2f')}/"
             reports.append(MO("PfEndpointStatus", uri, {"endpoint": key, "status": "ACTIVE"}))
         counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
@@ -280,14 +287,14 @@ class OvsAgent:
         finally:
             self._reporting -= new
 
-    async def _fault(self, code: str, description: str) -> None:
+    async def _fault(self, code: str, severity: str, description: str) -> None:
         with contextlib.suppress(Exception):
             await self.client.report(
                 [
                     MO(
                         "PfFault",
                         f"/PfFault/{code}/",
-                        {"code": code, "severity": "major", "description": description[:500]},
+                        {"code": code, "severity": severity, "description": description[:500]},
                     )
                 ]
             )

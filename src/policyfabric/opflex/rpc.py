@@ -112,6 +112,8 @@ class Session:
             return await asyncio.wait_for(future, timeout)
         finally:
             self.pending.pop((method, xid), None)
+            if future.done() and not future.cancelled():
+                future.exception()  # mark it retrieved: the caller got SessionClosed from send() already
 
     async def push(self, method: str, params: dict[str, Any]) -> None:
         """Send a request that gets no success reply (policy_update, endpoint_update)."""
