@@ -23,6 +23,7 @@ bench:
 	@scripts/bootstrap.sh test
 	$(PY) bench/api.py
 	$(PY) bench/opflex_fanout.py
+	$(PY) bench/converge.py --n 50,500,1000
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -199,7 +199,7 @@ def wait_converged(ovs: OvsInstance, url: str, n: int, timeout: float) -> float:
 def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
     """Seconds for ovs-ofctl to install the agent's final flow table into an empty bridge (bundle),
     and for a bare two-flow bundle."""
-    flows = ovs.ofctl("dump-flows", ovs.mgmt("br-int"), "--no-stats")
+    flows = ovs.ofctl("--no-names", "dump-flows", ovs.mgmt("br-int"), "--no-stats")
     lines = [ln.strip() for ln in flows.splitlines() if ln.strip().startswith("cookie=")]
     path = workdir / "floor.flows"
     path.write_text("\n".join(lines) + "\n")
@@ -211,12 +211,12 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
         spare.add_bridge("br-int")
         spare.ofctl("add-tlv-map", spare.mgmt("br-int"), "{class=0x5046,type=0x01,len=4}->tun_metadata0")
         start = time.monotonic()
-        spare.ofctl("--bundle", "replace-flows", spare.mgmt("br-int"), str(path))
+        spare.ofctl("--no-names", "--bundle", "replace-flows", spare.mgmt("br-int"), str(path))
         took = time.monotonic() - start
         two = workdir / "two.flows"
         two.write_text("".join(f"flow add table=99,priority=1,reg0={i} actions=drop\n" for i in (1, 2)))
         start = time.monotonic()
-        spare.ofctl("bundle", spare.mgmt("br-int"), str(two))
+        spare.ofctl("--no-names", "bundle", spare.mgmt("br-int"), str(two))
         tiny = time.monotonic() - start
         return took, tiny
     finally:
@@ -227,7 +227,8 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
 
 def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
     """Median seconds of a two-flow ``ovs-ofctl bundle`` (add, then delete) on the benchmarked bridge
-    itself: the floor of any change the agent makes through ovs-ofctl at this size."""
+    itself: the floor of any change the agent makes through ovs-ofctl at this size (with
+    ``--no-names``, as the agent calls it)."""
     add, delete = workdir / "add.flows", workdir / "del.flows"
     add.write_text("".join(f"flow add table=99,priority=1,reg0={i} actions=drop\n" for i in (1, 2)))
     delete.write_text("".join(f"flow delete_strict table=99,priority=1,reg0={i}\n" for i in (1, 2)))
@@ -235,7 +236,7 @@ def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
     for _ in range(5):
         for path in (add, delete):
             start = time.monotonic()
-            ovs.ofctl("bundle", ovs.mgmt("br-int"), str(path))
+            ovs.ofctl("--no-names", "bundle", ovs.mgmt("br-int"), str(path))
             times.append(time.monotonic() - start)
     return statistics.median(times)
 
