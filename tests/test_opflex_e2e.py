@@ -152,6 +152,64 @@ def test_a_rest_change_reaches_the_agents_that_resolved_it_and_no_others(
     run(go)
 
 
+def test_a_security_group_member_joining_or_leaving_is_a_small_update(
+    opflex_authority: AuthorityProcess,
+) -> None:
+    """The agent resolves a group's membership (one ``PfSecGroupMember`` per member) and hears of
+    a join or a leave as a few objects, whatever the group's size: never the membership again."""
+    api = Api(opflex_authority.url)
+    sg = uri_of("acme", "GbpSecGroup", "ssh-from-app")
+
+    def member(i: int) -> dict[str, Any]:
+        return {
+            "name": f"m{i}",
+            "tenant": "acme",
+            "subnet": "app4",
+            "ip": f"10.2.0.{100 + i}",
+            "security_groups": ["ssh-from-app"],
+        }
+
+    for i in range(60):
+        api.ok("endpoints", member(i))
+
+    async def go() -> None:
+        h1 = await Agent("h1", [opflex_authority.opflex], ["acme/vm9"]).start()
+        updates: list[int] = []
+        apply_policy = h1.client._apply_policy
+
+        def spy(replace: list[MO], merge: list[MO], delete: list[str]) -> None:
+            updates.append(len(json.dumps([m.to_wire() for m in replace + merge])) + len(json.dumps(delete)))
+            apply_policy(replace, merge, delete)
+
+        h1.client._apply_policy = spy  # type: ignore[method-assign]
+
+        def size() -> int:
+            mo = h1.client.policy.get(sg)
+            return sum(1 for c in mo.children if "PfSecGroupMember" in c) if mo else 0
+
+        try:
+            assert size() == 62  # app1, vm9 and the 60
+            api.ok("endpoints", member(60))
+            await until(lambda: size() == 63)
+            await asyncio.sleep(0.2)
+            joined = sum(updates)
+            updates.clear()
+            gone = api.find("endpoints", "acme", "m7")
+            assert gone is not None and api.delete("endpoints", gone["id"]).status_code == 200
+            await until(lambda: size() == 62)
+            await asyncio.sleep(0.2)
+            left = sum(updates)
+            print(f"join: {joined} bytes, leave: {left} bytes, for a group of 63")
+            member_uri = sg + "PfSecGroupMember/m60/"
+            assert h1.client.policy[member_uri].properties["ip"] == ["10.2.0.160"]
+            # the whole membership's URIs alone would be about 63 * 75 bytes
+            assert 0 < joined < 2500 and 0 < left < 600
+        finally:
+            await h1.stop()
+
+    run(go)
+
+
 def test_endpoint_registry_binds_endpoints_and_reports_state(
     opflex_authority: AuthorityProcess, tmp_path: Path
 ) -> None:

@@ -245,11 +245,7 @@ def test_a_render_failure_is_a_fault_at_the_authority(lab: Lab) -> None:
 
             until(fault, timeout=20)
             found = fault()
-            assert (
-                found is not None
-                and found["code"] == "render-failed"
-                and "br-missing" in found["message"]
-            )
+            assert found is not None and found["code"] == "render-failed" and "br-missing" in found["message"]
         assert agent.poll() is None, "the agent must keep running"
     finally:
         agent.terminate()

@@ -216,7 +216,7 @@ def test_rules_are_conjunctions_not_a_cross_product() -> None:
     net = Network((), (), groups, {"wide": wide}, {"bd": BD})
     flows = [f for f in compile_pipeline(net, TUNNEL) if f.table == POLICY_CT and f.priority == 1000]
     masks = len(port_masks(1000, 1999))
-    assert len(flows) == 5 + 5 + masks + 2  # clauses + the conj_id flows (ip, ipv6)
+    assert len(flows) == 5 + 5 + masks + 1  # clauses + the conj_id flow
 
 
 @given(st.integers(0, 65535), st.integers(0, 65535))

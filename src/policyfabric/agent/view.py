@@ -30,6 +30,21 @@ class Rule:
 
 
 @dataclass(frozen=True)
+class SgRule(Rule):
+    """A security group rule (always allow): ``direction`` is in (ingress) or out (egress); the
+    remote side is a prefix, the members of a group (``remote_group``, a GbpSecGroup URI), or any."""
+
+    remote_prefix: str | None = None
+    remote_group: str | None = None
+
+
+@dataclass(frozen=True)
+class SecurityGroup:
+    uri: str
+    rules: tuple[SgRule, ...]
+
+
+@dataclass(frozen=True)
 class Contract:
     uri: str
     rules: tuple[Rule, ...]
@@ -65,6 +80,12 @@ class Endpoint:
     classid: int  # 0: no group (security groups only)
     ofport: int | None = None
     vtep: str | None = None
+    security_groups: tuple[str, ...] = ()  # GbpSecGroup URIs (local endpoints)
+
+    @property
+    def sg_governed(self) -> bool:
+        """Security groups judge its traffic: it has some, or it has no EPG (plain Neutron mode)."""
+        return bool(self.security_groups) or self.classid == 0
 
 
 @dataclass(frozen=True)
@@ -74,6 +95,8 @@ class Network:
     groups: Mapping[str, Group] = field(default_factory=dict)
     contracts: Mapping[str, Contract] = field(default_factory=dict)
     bds: Mapping[str, BridgeDomain] = field(default_factory=dict)
+    security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
+    address_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group → member IPs
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
@@ -109,27 +132,66 @@ def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
                 a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction"
             )
             for clf in clfs:
-                c = clf.properties
-                ports = None
-                if isinstance(c.get("dFromPort"), int):
-                    ports = (int(c["dFromPort"]), int(c.get("dToPort", c["dFromPort"])))
                 rules.append(
                     Rule(
                         key=f"{name}.{props.get('name', '')}",
                         order=int(props.get("order", 0)),
                         allow=allow,
                         direction=str(props.get("direction", "in")),
-                        ethertype=c.get("etherT"),
-                        protocol=c.get("prot"),
-                        ports=ports,
+                        **_classifier(clf.properties),
                     )
                 )
     return tuple(rules)
 
 
+def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
+    ports = None
+    if isinstance(c.get("dFromPort"), int):
+        ports = (int(c["dFromPort"]), int(c.get("dToPort", c["dFromPort"])))
+    return {"ethertype": c.get("etherT"), "protocol": c.get("prot"), "ports": ports}
+
+
+def _sg_rules(policy: Mapping[str, MO], sg: MO) -> tuple[SgRule, ...]:
+    rules = []
+    for subj in _children(policy, sg, "GbpSecGroupSubject"):
+        for rule in _children(policy, subj, "GbpSecGroupRule"):
+            props = rule.properties
+            clfs = [policy[u] for u in _targets(policy, rule, "GbpRuleToClassifierRSrc") if u in policy]
+            prefixes: list[str | None] = []
+            for u in _targets(policy, rule, "GbpSecGroupRuleToRemoteAddressRSrc"):
+                if u in policy:
+                    prefixes += [
+                        f"{n.properties.get('address')}/{n.properties.get('prefixLen')}"
+                        for n in _children(policy, policy[u], "GbpSubnet")
+                    ]
+            group = target(policy, rule.uri + "PfSecGroupRuleToRemoteGroupRSrc/")
+            for clf in clfs:
+                for prefix in prefixes or [None]:
+                    rules.append(
+                        SgRule(
+                            key=f"{sg.uri}#{props.get('order', 0)}",
+                            order=int(props.get("order", 0)),
+                            allow=True,
+                            direction=str(props.get("direction", "in")),
+                            remote_prefix=prefix,
+                            remote_group=group,
+                            **_classifier(clf.properties),
+                        )
+                    )
+    return tuple(rules)
+
+
+def _members(policy: Mapping[str, MO], sg: MO) -> tuple[str, ...]:
+    """The addresses of a security group's members (its address set)."""
+    out: set[str] = set()
+    for member in _children(policy, sg, "PfSecGroupMember"):
+        out.update(str(ip) for ip in member.properties.get("ip", []))
+    return tuple(sorted(out))
+
+
 def policy_view(policy: Mapping[str, MO]) -> Network:
-    """Groups, contracts and bridge domains of every tenant in the cache."""
-    groups, contracts, bds = {}, {}, {}
+    """Groups, contracts, bridge domains and security groups of every tenant in the cache."""
+    groups, contracts, bds, sgs, sets = {}, {}, {}, {}, {}
     for uri, mo in policy.items():
         if mo.subject == "GbpBridgeDomain":
             vrf_uri = target(policy, uri + "GbpBridgeDomainToNetworkRSrc/")
@@ -149,7 +211,10 @@ def policy_view(policy: Mapping[str, MO]) -> Network:
             )
         elif mo.subject == "GbpContract":
             contracts[uri] = Contract(uri, _rules(policy, mo))
-    return Network(groups=groups, contracts=contracts, bds=bds)
+        elif mo.subject == "GbpSecGroup":
+            sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo))
+            sets[uri] = _members(policy, mo)
+    return Network(groups=groups, contracts=contracts, bds=bds, security_groups=sgs, address_sets=sets)
 
 
 def _ref(value: Any) -> str | None:
@@ -170,7 +235,8 @@ def local_endpoint(
         return None
     group = groups.get(_ref(props.get("epg")) or "")
     ips = tuple(ip for ip in props.get("ip", []) if ip != "slaac")
-    return Endpoint(key, mac, ips, bd, group.classid if group else 0, ofport=ofport)
+    sgs = tuple(sorted(u for u in map(_ref, props.get("securityGroup", [])) if u is not None))
+    return Endpoint(key, mac, ips, bd, group.classid if group else 0, ofport=ofport, security_groups=sgs)
 
 
 def remote_endpoints(registry: Iterable[MO], own_vtep: str, local_keys: set[str]) -> tuple[Endpoint, ...]:

@@ -170,12 +170,35 @@ def tenant_of(uri: str) -> str | None:
     return unescape(uri[len(prefix) :].split("/", 1)[0])
 
 
-def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO]]:
-    """(new or changed MOs, removed MOs) between two versions of a tree."""
+def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO], list[MO]]:
+    """(new or changed MOs, MOs whose only change is in their children, removed MOs) between two
+    versions of a tree. An MO whose properties stayed goes out as ``merge_children`` listing only
+    the children it gained (a lost child's URI is under the parent's, so its deletion says it),
+    or not at all: adding or removing one member of a large set is a small update."""
     before = old.mos if old else {}
-    changed = [mo for uri, mo in new.mos.items() if before.get(uri) != mo]
+    changed, merged = [], []
+    for uri, mo in new.mos.items():
+        was = before.get(uri)
+        if was == mo:
+            continue
+        if was is not None and was.properties == mo.properties and was.parent_uri == mo.parent_uri:
+            had = set(was.children)
+            gained = [c for c in mo.children if c not in had]
+            if gained:
+                merged.append(MO(mo.subject, mo.uri, mo.properties, gained, mo.parent_subject, mo.parent_uri))
+            continue
+        changed.append(mo)
     removed = [mo for uri, mo in before.items() if uri not in new.mos]
-    return changed, removed
+    return changed, merged, removed
+
+
+def _wire(mos: list[MO]) -> list[tuple[str, dict[str, Any]]]:
+    """(uri, wire form): serialised once, not once per session."""
+    return [(mo.uri, mo.to_wire()) for mo in mos]
+
+
+def _refs(mos: list[MO]) -> list[tuple[str, dict[str, Any]]]:
+    return [(mo.uri, {"subject": mo.subject, "uri": mo.uri}) for mo in mos]
 
 
 class OpflexServer:
@@ -389,45 +412,44 @@ class OpflexServer:
 
         fresh = await asyncio.to_thread(build)
         changed: list[MO] = []
+        merged: list[MO] = []
         removed: list[MO] = []
         for tenant, tree in fresh.items():
-            c, r = diff(self.trees.get(tenant), tree)
+            c, m, r = diff(self.trees.get(tenant), tree)
             changed += c
+            merged += m
             removed += r
             if tree.mos:
                 self.trees[tenant] = tree
             else:
                 self.trees.pop(tenant, None)
-        if push and (changed or removed):
+        if push and (changed or merged or removed):
             await self._fan_out(
                 "policy_update",
                 lambda peer: peer.subs,
-                changed,
-                removed,
-                lambda rep, rem: {"replace": rep, "merge_children": [], "delete": rem},
+                {"replace": _wire(changed), "merge_children": _wire(merged), "delete": _refs(removed)},
             )
 
     async def _fan_out(
         self,
         method: str,
         table: Callable[[Peer], dict[str, float]],
-        changed: list[MO],
-        removed: list[MO],
-        shape: Callable[[list[Any], list[Any]], dict[str, Any]],
+        parts: dict[str, list[tuple[str, dict[str, Any]]]],
     ) -> None:
-        """Send each session the changes under its live subscriptions in ``table``, in one message."""
+        """Send each session, in one message, the (uri, wire form) entries of ``parts`` that fall
+        under its live subscriptions in ``table``; ``parts`` maps a payload field to its entries."""
         now = time.monotonic()
-        replaced = [(mo.uri, mo.to_wire()) for mo in changed]  # serialised once, not once per session
-        deleted = [(mo.uri, {"subject": mo.subject, "uri": mo.uri}) for mo in removed]
         sends = []
         for session, peer in list(self.peers.items()):
             subs = [u for u, exp in table(peer).items() if exp > now]
             if not session.ready or not subs:
                 continue
-            rep = [wire for uri, wire in replaced if any(under(uri, s) for s in subs)]
-            rem = [ref for uri, ref in deleted if any(under(uri, s) for s in subs)]
-            if rep or rem:
-                sends.append(self._send_quietly(session, method, shape(rep, rem)))
+            payload = {
+                name: [wire for uri, wire in entries if any(under(uri, s) for s in subs)]
+                for name, entries in parts.items()
+            }
+            if any(payload.values()):
+                sends.append(self._send_quietly(session, method, payload))
         await asyncio.gather(*sends)
 
     @staticmethod
@@ -555,13 +577,8 @@ class OpflexServer:
     async def _push_epr(self, changes: dict[str, tuple[MO, bool]]) -> None:
         changed = [mo for mo, deleted in changes.values() if not deleted]
         removed = [mo for mo, deleted in changes.values() if deleted]
-        await self._fan_out(
-            "endpoint_update",
-            lambda peer: peer.ep_subs,
-            changed,
-            removed,
-            lambda rep, rem: {"replace": rep, "delete": rem},
-        )
+        parts = {"replace": _wire(changed), "delete": _refs(removed)}
+        await self._fan_out("endpoint_update", lambda peer: peer.ep_subs, parts)
 
     # ---- observer
     async def _state_report(self, peer: Peer, params: list[Any]) -> dict[str, Any]:

@@ -141,6 +141,7 @@ class Lab:
             )
         state = LabState("pf" + secrets.token_hex(3), str(directory), str(scenario_path))
         state.save()
+        say(f"lab {state.id}: its namespaces are named {state.id}-*, its state is in {directory}")
         return cls(state, say)
 
     def ns(self, name: str) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -378,18 +379,32 @@ class PolicyClient:
                     changed |= self._drop(child)
             self.policy[mo.uri] = mo
             changed.add(mo.uri)
-        for mo in merge:
+        for mo in merge:  # properties replaced, children added to those the object has
             old = self.policy.get(mo.uri)
-            if old is None:
-                self.policy[mo.uri] = mo
-            else:
-                old.properties.update(mo.properties)
-                old.children += [c for c in mo.children if c not in old.children]
+            if old is not None:  # a new object, not a mutated one: consumers compare by identity
+                have = set(old.children)
+                mo = dataclasses.replace(
+                    old,
+                    properties={**old.properties, **mo.properties},
+                    children=old.children + [c for c in mo.children if c not in have],
+                )
+            self.policy[mo.uri] = mo
             changed.add(mo.uri)
         for uri in delete:
+            was = self.policy.get(uri)
             changed |= self._drop(uri)
+            if was is not None and was.parent_uri is not None:
+                self._unlink(was.parent_uri, uri)
         self._follow(changed)
         self._changed(changed)
+
+    def _unlink(self, parent_uri: str, uri: str) -> None:
+        """Take a deleted object out of its parent's children (the parent itself is not resent)."""
+        parent = self.policy.get(parent_uri)
+        if parent is not None and uri in parent.children:
+            self.policy[parent_uri] = dataclasses.replace(
+                parent, children=[c for c in parent.children if c != uri]
+            )
 
     def _drop(self, uri: str) -> set[str]:
         mo = self.policy.pop(uri, None)

@@ -5,7 +5,8 @@ uses (``GbpEpGroup``, ``GbpBridgeDomain``, ``GbpContract`` ...). Objects GBP
 has no class for get a ``Pf`` prefix, listed in docs/opflex.md:
 ``PfEndpoint`` (an endpoint's intent, which its agent resolves),
 ``PfRouter``/``PfRouterInterface``/``PfExternalGateway``, ``PfFloatingIp``,
-``PfExternalNetwork`` and ``PfSecGroupRuleToRemoteGroupRSrc``.
+``PfExternalNetwork``, ``PfSecGroupRuleToRemoteGroupRSrc`` and ``PfSecGroupMember``
+(a security group's address set, one child per member endpoint).
 """
 
 from __future__ import annotations
@@ -216,6 +217,13 @@ def tenant_tree(
         if ep.host is not None:
             props["host"] = ep.host
         tree.add(top, "PfEndpoint", ep.name, **props)
+        # the address set of each of its groups: one small child per member, so a member joining
+        # or leaving is one object in a policy_update, never the whole membership
+        for g in ep.security_groups:
+            sg = uri_of(tenant, "GbpSecGroup", g)
+            if sg in tree.mos:
+                addresses = [str(ip) for ip in ep.ip if ip != "slaac"]
+                tree.add(sg, "PfSecGroupMember", ep.name, endpoint=f"{tenant}/{ep.name}", ip=addresses)
     for router in of("router"):
         uri = tree.add(top, "PfRouter", router.name, name=router.name)
         _relation(

@@ -10,8 +10,10 @@ version):
 20    ARP            answer ARP requests for known endpoints locally
 30    L2             destination MAC in the bridge domain → port or remote host;
                      ARP/ND multicast to the bridge domain's ports and hosts only
-60    POLICY         IP → conntrack (zone = routing domain)
-61    POLICY_CT      established/related pass; new: contracts as conjunctions
+60    POLICY         IP → conntrack (zone = routing domain); neighbour discovery passes
+61    POLICY_CT      established/related pass; new: group policy (contracts as conjunctions)
+62    SG_EGRESS      new, from a local port: its security groups' egress rules
+63    SG_INGRESS     new, to a local port: its security groups' ingress rules; then commit
 70    OUTPUT         to the port, or into the tunnel with VNI and source group
 ====  =============  ============================================================
 
@@ -19,7 +21,14 @@ Registers: reg0 source group class id, reg1 destination group class id,
 reg2 bridge domain VNI, reg3 conntrack zone, reg4 output port, reg5 bit 0 =
 arrived from a tunnel, reg7 remote host (tunnel IPv4 destination).
 
-Policy is checked on both hosts of a cross-host flow: the sender knows the
+A new connection passes only if every layer that applies to it allows it:
+group policy when either end is in an EPG (an end without one, class 0, is
+never a contract party), then the sender's security groups (on the sender's
+host) and the receiver's (on the receiver's host) for endpoints they govern.
+Remote groups are address sets: one clause flow per member address, shared by
+every rule that names the group, so flows grow with members + rules.
+
+Group policy is checked on both hosts of a cross-host flow: the sender knows the
 destination's group from the registry, the receiver gets the source group in
 a Geneve option (``tun_metadata0``, class 0x5046). VXLAN-GBP would be the
 OpFlex way, but OVS's userspace datapath does not put the GBP extension on
@@ -32,13 +41,23 @@ from __future__ import annotations
 import ipaddress
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
 from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex, port_masks
-from policyfabric.agent.view import BridgeDomain, Endpoint, Network, Rule
+from policyfabric.agent.view import BridgeDomain, Endpoint, Network, Rule, SgRule
 
-CLASSIFY, PORT_SECURITY, ARP, L2, POLICY, POLICY_CT, OUTPUT = 0, 10, 20, 30, 60, 61, 70
+CLASSIFY, PORT_SECURITY, ARP, L2, POLICY, POLICY_CT, SG_EGRESS, SG_INGRESS, OUTPUT = (
+    0,
+    10,
+    20,
+    30,
+    60,
+    61,
+    62,
+    63,
+    70,
+)
 
 ZONE = "NXM_NX_REG3[0..15]"
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
@@ -262,7 +281,35 @@ def conj_id(*parts: str) -> int:
     return zlib.crc32("|".join(parts).encode()) & 0x7FFFFFFF or 1
 
 
+Clauses = dict[tuple[int, int, tuple[tuple[str, str], ...]], list[str]]
+
+
+def add_conjunction(
+    clauses: Clauses,
+    table: int,
+    priority: int,
+    cid: int,
+    parts: Sequence[Sequence[Mapping[str, str | int]]],
+    extra: Mapping[str, str | int] | None = None,
+) -> None:
+    """Record the clause flows of conjunction ``cid``: a flow with the same match in several
+    conjunctions is one flow with several ``conjunction`` actions (see ``clause_flows``)."""
+    for i, matches in enumerate(parts, 1):
+        for m in matches:
+            key = flow(table, priority, {**(extra or {}), **m}).match
+            clauses[(table, priority, key)].append(f"conjunction({cid},{i}/{len(parts)})")
+
+
+def clause_flows(clauses: Clauses) -> list[Flow]:
+    return [
+        Flow(table, priority, match, tuple(sorted(set(actions))))
+        for (table, priority, match), actions in clauses.items()
+    ]
+
+
 def policy(net: Network) -> list[Flow]:
+    """Conntrack, then group policy for new connections; what it allows goes on to the security
+    groups (table 62)."""
     flows = [
         flow(POLICY, 100, {"ip": ""}, f"ct(table={POLICY_CT},zone={ZONE})"),
         flow(POLICY, 100, {"ipv6": ""}, f"ct(table={POLICY_CT},zone={ZONE})"),
@@ -270,15 +317,20 @@ def policy(net: Network) -> list[Flow]:
         flow(POLICY_CT, 3000, {"ct_state": "+inv+trk"}, "drop"),
         flow(POLICY_CT, 2900, {"ct_state": "-new+est+trk"}, goto(OUTPUT)),
         flow(POLICY_CT, 2900, {"ct_state": "-new+rel+trk"}, goto(OUTPUT)),
+        # neither end in an EPG: group policy does not apply, security groups alone judge
+        flow(POLICY_CT, 1, {"ct_state": NEW, "reg0": "0", "reg1": "0"}, goto(SG_EGRESS)),
         flow(POLICY_CT, 0, None, "drop"),
     ]
-    commit = (f"ct(commit,zone={ZONE})", goto(OUTPUT))
+    # IPv6 neighbour discovery (solicitations, advertisements, router solicitations) is to IPv6
+    # what ARP is to IPv4; router advertisements from endpoints are not let through
+    for icmp_type in (133, 135, 136):
+        flows.append(flow(POLICY, 200, {"icmp6": "", "icmp_type": icmp_type}, goto(OUTPUT)))
+    passed = (goto(SG_EGRESS),)
     local_groups = {e.classid for e in net.local if e.classid}
     for group in net.groups.values():
         if group.classid in local_groups:
-            for eth in ("ip", "ipv6"):  # ct() needs the ethertype in the match
-                pair = {"ct_state": NEW, eth: "", "reg0": hex(group.classid), "reg1": hex(group.classid)}
-                flows.append(flow(POLICY_CT, 2500, pair, *(commit if group.intra_allow else ("drop",))))
+            pair = {"ct_state": NEW, "reg0": hex(group.classid), "reg1": hex(group.classid)}
+            flows.append(flow(POLICY_CT, 2500, pair, *(passed if group.intra_allow else ("drop",))))
     providers: dict[str, list[int]] = defaultdict(list)
     consumers: dict[str, list[int]] = defaultdict(list)
     for group in net.groups.values():
@@ -286,7 +338,7 @@ def policy(net: Network) -> list[Flow]:
             providers[c].append(group.classid)
         for c in group.consumes:
             consumers[c].append(group.classid)
-    clauses: dict[tuple[int, int, tuple[tuple[str, str], ...]], list[str]] = defaultdict(list)
+    clauses: Clauses = defaultdict(list)
     for uri, contract in sorted(net.contracts.items()):
         prov, cons = sorted(providers[uri]), sorted(consumers[uri])
         if not prov or not cons:
@@ -298,23 +350,85 @@ def policy(net: Network) -> list[Flow]:
             priority = (2000 if not rule.allow else 1000) - min(rule.order, 900)
             for n, (srcs, dsts) in enumerate(variants):
                 cid = conj_id(uri, rule.key, str(n), str(rule.ethertype), str(rule.protocol), str(rule.ports))
-                parts: list[Iterable[dict[str, str | int]]] = [
+                parts: list[Sequence[Mapping[str, str | int]]] = [
                     [{"reg0": hex(s)} for s in srcs],
                     [{"reg1": hex(d)} for d in dsts],
                     _classifier_matches(rule),
                 ]
-                for i, matches in enumerate(parts, 1):
-                    for m in matches:
-                        key = flow(POLICY_CT, priority, {"ct_state": NEW, **m}).match
-                        clauses[(POLICY_CT, priority, key)].append(f"conjunction({cid},{i}/3)")
-                final = commit if rule.allow else ("drop",)
-                for eth in ("ip", "ipv6"):
-                    flows.append(
-                        flow(POLICY_CT, priority, {"ct_state": NEW, eth: "", "conj_id": cid}, *final)
-                    )
-    for (table, priority, match), actions in clauses.items():
-        flows.append(Flow(table, priority, match, tuple(sorted(set(actions)))))
-    return flows
+                add_conjunction(clauses, POLICY_CT, priority, cid, parts, {"ct_state": NEW})
+                final = passed if rule.allow else ("drop",)
+                flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, "conj_id": cid}, *final))
+    return flows + clause_flows(clauses)
+
+
+def _remote_matches(rule: SgRule, net: Network, field: str) -> list[Mapping[str, str | int]] | None:
+    """The remote side of a security group rule as clause matches on ``field`` (src or dst);
+    [] when any address will do, None when nothing can match (an empty remote group)."""
+    v6 = rule.ethertype == 0x86DD
+    eth, key = ("ipv6", f"ipv6_{field}") if v6 else ("ip", f"nw_{field}")
+    if rule.remote_prefix is not None:
+        net_ = ipaddress.ip_network(rule.remote_prefix, strict=False)
+        return [] if net_.prefixlen == 0 else [{eth: "", key: str(net_)}]
+    if rule.remote_group is not None:
+        found: list[Mapping[str, str | int]] = [
+            {eth: "", key: a} for a in net.address_sets.get(rule.remote_group, ()) if _is_v6(a) == v6
+        ]
+        return found or None
+    return []
+
+
+def security_groups(net: Network) -> list[Flow]:
+    """Neutron security groups of the local endpoints they govern: egress on the sender's host
+    (table 62, by in_port), ingress on the receiver's (table 63, by output port); default deny
+    ingress, and egress too once a group has egress rules. Table 63 commits what passed."""
+    commit = (f"ct(commit,zone={ZONE})", goto(OUTPUT))
+    flows = [
+        flow(SG_EGRESS, 0, None, goto(SG_INGRESS)),
+        flow(SG_INGRESS, 0, {"ip": ""}, *commit),
+        flow(SG_INGRESS, 0, {"ipv6": ""}, *commit),
+    ]
+    ports_of: dict[str, list[int]] = defaultdict(list)  # security group → local ports it governs
+    for ep in net.local:
+        if not ep.sg_governed:
+            continue
+        port = ep.ofport or 0
+        rules = [
+            r for g in ep.security_groups if g in net.security_groups for r in net.security_groups[g].rules
+        ]
+        if any(r.direction == "out" for r in rules):
+            flows.append(flow(SG_EGRESS, 10, {"in_port": port}, "drop"))
+        flows.append(flow(SG_INGRESS, 10, {"reg4": port}, "drop"))
+        for g in ep.security_groups:
+            ports_of[g].append(port)
+    clauses: Clauses = defaultdict(list)
+    for uri, ports in sorted(ports_of.items()):
+        sg = net.security_groups.get(uri)
+        for rule in sg.rules if sg else ():
+            egress = rule.direction == "out"
+            remote = _remote_matches(rule, net, "dst" if egress else "src")
+            if remote is None:
+                continue
+            table = SG_EGRESS if egress else SG_INGRESS
+            local: list[Mapping[str, str | int]] = [
+                {"in_port": p} if egress else {"reg4": p} for p in sorted(ports)
+            ]
+            cid = conj_id(
+                "sg",
+                rule.key,
+                str(rule.ethertype),
+                str(rule.protocol),
+                str(rule.ports),
+                str(rule.remote_prefix),
+            )
+            parts: list[Sequence[Mapping[str, str | int]]] = [local, *([remote] if remote else [])]
+            parts.append(_classifier_matches(rule))
+            add_conjunction(clauses, table, 100, cid, parts)
+            if egress:
+                flows.append(flow(SG_EGRESS, 100, {"conj_id": cid}, goto(SG_INGRESS)))
+            else:  # ct(commit) needs the ethertype in the match
+                eth = "ipv6" if rule.ethertype == 0x86DD else "ip"
+                flows.append(flow(SG_INGRESS, 100, {eth: "", "conj_id": cid}, *commit))
+    return flows + clause_flows(clauses)
 
 
 def tunnel_output(tunnel_port: int | None) -> list[Flow]:
@@ -341,6 +455,7 @@ def compile_pipeline(net: Network, tunnel_port: int | None) -> list[Flow]:
         *endpoint_flows(net, tunnel_port),
         *flooding(net, tunnel_port),
         *policy(net),
+        *security_groups(net),
         *tunnel_output(tunnel_port),
     ]
     return list(dict.fromkeys(flows))  # unordered by design: the applier diffs by match

@@ -90,7 +90,9 @@ def _eq(name: str, want: str, have: Any) -> bool:
     if name in MAC_FIELDS:
         m = _mac(mask) if mask else (1 << 48) - 1
         return (_mac(value) & m) == (_mac(have) & m)
-    if name in IP_FIELDS or name == "ipv6_src":
+    if name in IP_FIELDS or name in ("ipv6_src", "ipv6_dst"):
+        if mask:  # a prefix (nw_src=10.2.0.0/24)
+            return ipaddress.ip_address(have) in ipaddress.ip_network(want, strict=False)
         return _ip(value) == _ip(have)
     m = _num(mask) if mask else -1
     return (_num(value) & m) == (int(have) & m)

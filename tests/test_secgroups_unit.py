@@ -1,0 +1,172 @@
+"""Security groups in the compiled pipeline, evaluated by the fake switch.
+
+Neutron semantics (default deny ingress; egress allowed until a group has
+egress rules; replies pass by conntrack), remote groups as address sets, and
+composition with group policy: a packet passes only if every layer that
+applies to it allows it. Real packets: test_ovs_dataplane.py.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline, link_local
+from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
+from policyfabric.agent.view import Endpoint, Network, SecurityGroup, SgRule
+from tests.test_pipeline_unit import APP, APP1, BD, HTTP, TUNNEL, WEB, WEB1, ip_packet, reply
+
+V4 = 0x0800
+SSH = SecurityGroup("sg/ssh", (SgRule("sg/ssh#0", 0, True, "in", V4, 6, (22, 22), remote_group="sg/ssh"),))
+PING_FROM_NET = SecurityGroup(
+    "sg/ping", (SgRule("sg/ping#0", 0, True, "in", V4, 1, None, remote_prefix="10.0.0.0/30"),)
+)
+WEB_ONLY_OUT = SecurityGroup("sg/web-out", (SgRule("sg/web-out#0", 0, True, "out", V4, 6, (80, 80)),))
+HTTP_IN = SecurityGroup("sg/http-in", (SgRule("sg/http-in#0", 0, True, "in", V4, 6, (80, 80)),))
+GROUPS = {g.uri: g for g in (SSH, PING_FROM_NET, WEB_ONLY_OUT, HTTP_IN)}
+
+
+def vm(name: str, n: int, *sgs: str, ofport: int | None = None, vtep: str | None = None) -> Endpoint:
+    """A plain Neutron endpoint: no EPG (class 0), only security groups."""
+    return Endpoint(
+        f"acme/{name}", f"02:00:00:00:01:{n:02x}", (f"10.0.0.{n}",), "bd", 0, ofport, vtep, tuple(sgs)
+    )
+
+
+VM1 = vm("vm1", 1, "sg/ssh", "sg/ping", ofport=11)
+VM2 = vm("vm2", 2, "sg/ssh", ofport=12)
+VM3 = vm("vm3", 3, ofport=13)  # no groups at all: nothing may reach it
+VM9 = vm("vm9", 9, "sg/web-out", ofport=19)
+
+
+def members(eps: tuple[Endpoint, ...]) -> dict[str, tuple[str, ...]]:
+    sets: dict[str, set[str]] = {g: set() for g in GROUPS}
+    for e in eps:
+        for g in e.security_groups:
+            sets[g].update(e.ips)
+    return {g: tuple(sorted(a)) for g, a in sets.items()}
+
+
+def net(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), **kw: Any) -> Network:
+    return Network(
+        local,
+        remote,
+        {"web": WEB, "app": APP},
+        {"http": HTTP},
+        {"bd": BD},
+        GROUPS,
+        kw.get("sets", members(local + remote)),
+    )
+
+
+def switch(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), **kw: Any) -> FakeSwitch:
+    return FakeSwitch(compile_pipeline(net(local, remote, **kw), TUNNEL))
+
+
+def test_remote_group_admits_members_only_on_the_rule_port() -> None:
+    outsider = vm("vm4", 4, "sg/web-out", ofport=14)  # not in sg/ssh
+    sw = switch((VM1, VM2, outsider))
+    assert sw.send(ip_packet(VM2, VM1, dport=22)).ports == [11]
+    assert sw.send(ip_packet(VM2, VM1, dport=80)).dropped
+    assert sw.send(ip_packet(outsider, VM1, dport=22)).dropped
+
+
+def test_replies_pass_and_egress_is_open_without_egress_rules() -> None:
+    sw = switch((VM1, VM2))
+    request = ip_packet(VM2, VM1, dport=22)
+    assert sw.send(request).ports == [11]
+    assert sw.send(reply(request, in_port=11)).ports == [12]
+    # vm1 may send anything (no egress rules), but vm2 admits only ssh from sg/ssh members
+    assert sw.send(ip_packet(VM1, VM2, dport=22)).ports == [12]
+    assert sw.send(ip_packet(VM1, VM2, dport=23)).dropped
+
+
+def test_an_endpoint_without_groups_or_epg_admits_nothing() -> None:
+    sw = switch((VM1, VM3))
+    assert sw.send(ip_packet(VM1, VM3, dport=22)).dropped
+    assert sw.send(ip_packet(VM1, VM3, proto=1, dport=0)).dropped
+
+
+def test_remote_prefix() -> None:
+    far = replace(VM2, key="acme/vm7", mac="02:00:00:00:01:07", ips=("10.0.0.7",), ofport=17)
+    sw = switch((VM1, VM2, far))
+    assert sw.send(ip_packet(VM2, VM1, proto=1, dport=0)).ports == [11]  # 10.0.0.2 is in 10.0.0.0/30
+    assert sw.send(ip_packet(far, VM1, proto=1, dport=0)).dropped  # 10.0.0.7 is not
+
+
+def test_egress_rules_restrict_egress() -> None:
+    target = vm("vm5", 5, "sg/http-in", ofport=15)
+    sw = switch((VM9, target, VM1))
+    assert sw.send(ip_packet(VM9, target, dport=80)).ports == [15]
+    assert sw.send(ip_packet(VM9, VM1, dport=22)).dropped  # vm9 may only send tcp/80
+
+
+def test_ingress_is_judged_on_the_receivers_host() -> None:
+    """From a tunnel, only the receiver's ingress rules apply, by source address."""
+    sw = switch((VM1,), (replace(VM2, ofport=None, vtep="192.0.2.2"),))
+    base = {**ip_packet(VM2, VM1, dport=22), "in_port": TUNNEL, "tun_id": BD.vni, "tun_metadata0": 0}
+    assert sw.send(base).ports == [11]
+    assert sw.send({**base, "tp_dst": 80, "tp_src": 40001}).dropped
+    assert sw.send({**base, "nw_src": "10.0.0.5", "tp_src": 40002}).dropped  # not a member
+
+
+def test_both_layers_must_allow() -> None:
+    """web1 (EPG web) also has a group admitting only ssh: the contract's tcp/80 is not enough."""
+    web1 = replace(WEB1, security_groups=("sg/ssh",))
+    sw = switch((web1, APP1, VM2))
+    assert sw.send(ip_packet(APP1, web1, dport=80)).dropped
+    sw = switch((replace(WEB1, security_groups=("sg/http-in",)), APP1))
+    assert sw.send(ip_packet(APP1, WEB1, dport=80)).ports == [1]
+    assert sw.send(ip_packet(APP1, WEB1, dport=22)).dropped  # the group would, the contract does not
+
+
+def test_epg_members_and_group_only_endpoints_do_not_mix() -> None:
+    """vm2 is in web1's group sg/ssh but in no EPG: no contract can name it, so group policy denies."""
+    web1 = replace(WEB1, security_groups=("sg/ssh",))
+    sw = switch((web1, VM2))
+    assert sw.send(ip_packet(VM2, web1, dport=22)).dropped
+
+
+def test_ipv6_neighbour_discovery_passes_policy() -> None:
+    """vm3 admits nothing, but neighbour solicitations still reach it (router advertisements not)."""
+    sw = switch((VM1, VM3))
+    ns = {
+        "in_port": 11,
+        "eth_type": "ipv6",
+        "dl_src": VM1.mac,
+        "dl_dst": VM3.mac,
+        "ipv6_src": link_local(VM1.mac),
+        "nw_proto": 58,
+        "icmp_type": 135,
+    }
+    assert sw.send(ns).ports == [13]
+    assert sw.send({**ns, "icmp_type": 134}).dropped
+
+
+def _diff(a: list[Flow], b: list[Flow]) -> int:
+    return len(set(a) ^ set(b))
+
+
+def test_a_member_joining_changes_one_flow_whatever_the_size() -> None:
+    """Address sets: flows grow with members + rules, and one join changes O(1) flows."""
+    changed, sizes = [], []
+    for n in (10, 100, 1000):
+        remote = tuple(
+            replace(vm(f"r{i}", 0, "sg/ssh", vtep="192.0.2.2"), ips=(f"10.1.{i // 250}.{i % 250 + 1}",))
+            for i in range(n)
+        )
+        before = compile_pipeline(net((VM1,), (), sets=members((VM1, *remote))), TUNNEL)
+        joined = replace(remote[0], key="acme/new", ips=("10.9.9.9",))
+        after = compile_pipeline(net((VM1,), (), sets=members((VM1, *remote, joined))), TUNNEL)
+        changed.append(_diff(before, after))
+        sizes.append(len(before))
+    assert changed == [1, 1, 1]  # one address flow in vm1's ingress set
+    assert sizes[2] - sizes[1] == 900  # one flow per member, not per member x rule x port
+
+
+def test_a_local_member_joining_adds_its_port_and_address() -> None:
+    before = compile_pipeline(net((VM1, VM3)), TUNNEL)
+    after = compile_pipeline(net((VM1, replace(VM3, security_groups=("sg/ssh",)))), TUNNEL)
+    # its port joins the rule's port clause, its address the set; no other flow changes
+    assert _diff(before, after) == 2
