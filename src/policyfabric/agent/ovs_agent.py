@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import ssl
 import time
@@ -154,7 +155,7 @@ class OvsAgent:
                 local.append(ep)
         keys = {e.key for e in local}
         remote = remote_endpoints(self.client.endpoints.values(), self.config.tunnel_ip or "", keys)
-        return Network(tuple(local), remote, base.groups, base.contracts, base.bds)
+        return dataclasses.replace(base, local=tuple(local), remote=remote)
 
     async def reconcile(self) -> None:
         assert self.ovsdb is not None
