@@ -295,15 +295,26 @@ def add_conjunction(
     """Record the clause flows of conjunction ``cid``: a flow with the same match in several
     conjunctions is one flow with several ``conjunction`` actions (see ``clause_flows``)."""
     for i, matches in enumerate(parts, 1):
+        action = f"conjunction({cid},{i}/{len(parts)})"
         for m in matches:
-            key = flow(table, priority, {**(extra or {}), **m}).match
-            clauses[(table, priority, key)].append(f"conjunction({cid},{i}/{len(parts)})")
+            pairs = {**extra, **m} if extra else m
+            key = tuple((k, v if isinstance(v, str) else str(v)) for k, v in pairs.items())  # flow()'s match
+            clauses[(table, priority, key)].append(action)
+
+
+@lru_cache(maxsize=1 << 18)
+def _clause_flow(
+    table: int, priority: int, match: tuple[tuple[str, str], ...], actions: tuple[str, ...]
+) -> Flow:
+    """Memoised: an address set's unchanged clause flows are the same objects on every compile, which
+    the applier's diff skips by identity."""
+    return Flow(table, priority, match, actions)
 
 
 def clause_flows(clauses: Clauses) -> list[Flow]:
     return [
-        Flow(table, priority, match, tuple(sorted(set(actions))))
-        for (table, priority, match), actions in clauses.items()
+        _clause_flow(table, priority, match, (acts[0],) if len(acts) == 1 else tuple(sorted(set(acts))))
+        for (table, priority, match), acts in clauses.items()
     ]
 
 

@@ -1,0 +1,187 @@
+#!/usr/bin/env python3
+"""Security groups that scale: address sets against per-address expansion.
+
+Workload: N endpoints, all members of one security group `sg` whose rules
+are ingress tcp/22 and icmp from members of `sg` (remote_group), ingress
+tcp/80 from anywhere; egress open. One host serves L = min(N, 50) of them
+(the rest are on other hosts, reached through the tunnel), so its bridge
+holds the overlay flows of all N plus the security group flows.
+
+Per N, on a real Open vSwitch (private ovsdb-server + ovs-vswitchd in their
+own network namespace), through the agent's own compiler and applier:
+- flows on the bridge, and those of the security group tables (62, 63);
+- full sync: compile (pure; memo caches cleared first) + apply (one
+  ``replace-flows`` bundle into an empty bridge);
+- one member joining (a new remote address): compile + apply (one delta
+  bundle), and how many flows that changed (all: the new endpoint's L2 and
+  ARP flows too; and those of the security group tables);
+- in the same run, the naive expansion (one flow per local port × rule ×
+  member address, what per-address rules need without sets) and the ratio.
+The last line is one JSON object.
+
+    sudo .venv/bin/python bench/secgroups.py [--n 10,100,1000,10000] [--repeat 3] [--local 50]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from policyfabric.agent.renderers.ovs import pipeline
+from policyfabric.agent.renderers.ovs.applier import FlowApplier
+from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.view import BridgeDomain, Endpoint, Network, SecurityGroup, SgRule
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.lab.sh import run
+
+console = Console(stderr=True)
+SG = "/PolicyUniverse/PolicySpace/bench/GbpSecGroup/sg/"
+BD_URI = "/PolicyUniverse/PolicySpace/bench/GbpBridgeDomain/bd/"
+BD = BridgeDomain(BD_URI, vni=0x10001, vrf=0x10000)
+TUNNEL_PORT = 1000
+V4 = 0x0800
+RULES = (
+    SgRule(f"{SG}#0", 0, True, "in", V4, 6, (22, 22), remote_group=SG),
+    SgRule(f"{SG}#1", 1, True, "in", V4, 1, None, remote_group=SG),
+    SgRule(f"{SG}#2", 2, True, "in", V4, 6, (80, 80)),
+)
+
+
+def address(i: int) -> str:
+    return f"10.{(i >> 16) & 0xFF}.{(i >> 8) & 0xFF}.{i & 0xFF}"
+
+
+def member(i: int, local: bool) -> Endpoint:
+    mac = f"02:50:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
+    where: dict[str, Any] = {"ofport": i + 1} if local else {"vtep": f"192.0.2.{2 + i % 200}"}
+    return Endpoint(f"bench/ep{i}", mac, (address(i + 1),), BD_URI, 0, security_groups=(SG,), **where)
+
+
+def network(n: int, local: int) -> Network:
+    eps = [member(i, i < local) for i in range(n)]
+    return Network(
+        local=tuple(e for e in eps if e.ofport),
+        remote=tuple(e for e in eps if e.vtep),
+        bds={BD_URI: BD},
+        security_groups={SG: SecurityGroup(SG, RULES)},
+        address_sets={SG: tuple(e.ips[0] for e in eps)},
+    )
+
+
+def joined(net: Network, n: int) -> Network:
+    new = member(n, local=False)
+    return replace(
+        net,
+        remote=(*net.remote, new),
+        address_sets={SG: (*net.address_sets[SG], new.ips[0])},
+    )
+
+
+def clear_memo() -> None:
+    for fn in (pipeline.local_endpoint_flows, pipeline.arp_answers, pipeline.remote_endpoint_flows,
+               pipeline._clause_flow):  # fmt: skip
+        fn.cache_clear()
+
+
+def naive_flows(local: int, n: int) -> int:
+    """Per-address expansion: a flow per local port, rule and member address (rules without a
+    remote side: a flow per local port)."""
+    per_member = sum(1 for r in RULES if r.remote_group)
+    return local * per_member * n + local * sum(1 for r in RULES if not r.remote_group)
+
+
+def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
+    netns = f"pfsg-{os.getpid()}-{n}"
+    run(["ip", "netns", "add", netns])
+    ovs = OvsInstance(workdir / "ovs", netns)
+    try:
+        ovs.start()
+        ovs.add_bridge("br-int")
+        applier = FlowApplier(ovs.mgmt("br-int"), ovs.env)
+        net = network(n, local)
+        clear_memo()
+        t0 = time.perf_counter()
+        flows = pipeline.compile_pipeline(net, TUNNEL_PORT)
+        compile_s = time.perf_counter() - t0
+        applied = applier.sync(flows)
+        sg_flows = sum(1 for f in flows if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS))
+        bigger = joined(net, n)
+        t0 = time.perf_counter()
+        after = pipeline.compile_pipeline(bigger, TUNNEL_PORT)
+        join_compile = time.perf_counter() - t0
+        delta = applier.sync(after)
+        on_bridge = int(ovs.ofctl("dump-aggregate", ovs.mgmt("br-int")).split("flow_count=")[1].split()[0])
+        assert on_bridge == len(after), (on_bridge, len(after))
+        naive = naive_flows(local, n)
+
+        def sg_set(fs: list[Flow]) -> set[Flow]:
+            return {f for f in fs if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS)}
+
+        return {
+            "flows": len(flows),
+            "sg_flows": sg_flows,
+            "naive_sg_flows": naive,
+            "naive_vs_sets": round(naive / sg_flows, 1),
+            "full_compile_s": round(compile_s, 4),
+            "full_apply_s": round(applied.seconds, 4),
+            "join_compile_s": round(join_compile, 4),
+            "join_apply_s": round(delta.seconds, 4),
+            "join_s": round(join_compile + delta.seconds, 4),
+            "join_flows_changed": delta.added + delta.removed,  # the overlay's included
+            "join_sg_flows_changed": len(sg_set(flows) ^ sg_set(after)),
+        }
+    finally:
+        ovs.stop()
+        run(["ip", "netns", "del", netns], check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", default="10,100,1000,10000", help="group sizes, comma-separated")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per N (medians are reported)")
+    parser.add_argument("--local", type=int, default=50, help="members on the measured host (at most N)")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        console.print("bench/secgroups.py needs root (it runs Open vSwitch in its own network namespace)")
+        return 2
+    results: dict[str, dict[str, Any]] = {}
+    for n in (int(x) for x in args.n.split(",")):
+        runs = []
+        for r in range(args.repeat):
+            with tempfile.TemporaryDirectory(prefix="pf-secgroups-") as tmp:
+                runs.append(one_run(n, min(n, args.local), Path(tmp)))
+            console.print(f"N={n} run {r + 1}: {runs[-1]}")
+        results[str(n)] = {
+            key: statistics.median([r[key] for r in runs])
+            if isinstance(runs[0][key], float)
+            else runs[0][key]
+            for key in runs[0]
+        }
+    table = Table(title="security groups: address sets vs per-address expansion (medians)")
+    columns = ("flows", "sg_flows", "naive_sg_flows", "naive_vs_sets", "full_compile_s", "full_apply_s",
+               "join_s", "join_flows_changed", "join_sg_flows_changed")  # fmt: skip
+    table.add_column("N", justify="right")
+    for c in columns:
+        table.add_column(c, justify="right")
+    for n, figures in results.items():
+        table.add_row(n, *(str(figures[c]) for c in columns))
+    Console().print(table)
+    print(json.dumps({"bench": "secgroups", "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
