@@ -24,6 +24,7 @@ bench:
 	$(PY) bench/api.py
 	$(PY) bench/opflex_fanout.py
 	$(PY) bench/converge.py --n 50,500,1000
+	$(PY) bench/secgroups.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info
