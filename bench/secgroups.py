@@ -15,7 +15,7 @@ own network namespace), through the agent's own compiler and applier:
 - one member joining (a new remote address): compile + apply (one delta
   bundle), and how many flows that changed (all: the new endpoint's L2 and
   ARP flows too; and those of the security group tables);
-- in the same run, the naive expansion (one flow per local port × rule ×
+- in the same run, the naive expansion (one flow per local port x rule x
   member address, what per-address rules need without sets) and the ratio.
 The last line is one JSON object.
 
