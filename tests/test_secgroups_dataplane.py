@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
@@ -68,3 +69,26 @@ def test_a_member_joining_opens_the_path_and_changes_few_flows(lab: Lab) -> None
         until(lambda: measured(lab, "vm3", "vm2", "tcp/22") == "deny")
         assert measured(lab, "vm3", "vm1", "tcp/22") == "deny"
     until(lambda: {h: flow_set(lab, h) for h in ("h1", "h2")} == before)
+
+
+def test_a_plugin_renderer_runs_beside_open_vswitch(lab: Lab) -> None:
+    """The example configfile renderer, in a real agent: the firewall file follows the policy."""
+    path = Path(lab.state.directory) / "h1" / "firewall.conf"
+    lab.stop_agent("h1")
+    lab.start_agent("h1", ["--renderer", f"configfile:path={path}"])
+    try:
+        until(lambda: path.exists() and "acme-vm3-sg-in" in path.read_text())
+        text = path.read_text()
+        assert "object-group network sg-acme/ssh\n host 10.3.0.10\n host 10.3.0.11\n!" in text
+        assert " permit tcp object-group sg-acme/ssh host 10.3.0.10 eq 22" in text
+        set_groups(lab, "vm4", ["web-client", "ssh"])  # a member joins: the set in the file grows
+        until(lambda: " host 10.3.0.31\n" in path.read_text().split("object-group network sg-acme/ssh")[1])
+        set_groups(lab, "vm4", ["web-client"])
+        until(
+            lambda: (
+                " host 10.3.0.31\n" not in path.read_text().split("ip access-list")[0].split("sg-acme/ssh")[1]
+            )
+        )
+    finally:
+        lab.stop_agent("h1")
+        lab.start_agent("h1")

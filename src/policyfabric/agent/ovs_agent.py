@@ -20,11 +20,12 @@ import dataclasses
 import logging
 import ssl
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
@@ -49,6 +50,7 @@ class AgentConfig:
     tls: ssl.SSLContext | None = None
     domain: str = "policyfabric"
     debounce: float = 0.01
+    renderers: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # plug-ins: (name, options)
 
 
 @dataclass
@@ -79,6 +81,12 @@ class OvsAgent:
         )
         self.applier = FlowApplier(config.ofctl_target or mgmt_target(config.ovsdb, config.bridge))
         self.ovsdb: Ovsdb | None = None
+        context = api.RendererContext(config.host, config.state_dir)
+        self.plugins = [
+            (name, api.load(name, dataclasses.replace(context, options=options)))
+            for name, options in config.renderers
+        ]
+        self._rendered: dict[str, object] = {}  # plug-in name -> desired state it last applied
         self.stats = Stats()
         self.active: set[str] = set()  # endpoints reported ACTIVE
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
@@ -197,7 +205,26 @@ class OvsAgent:
                     len(flows),
                     applied.seconds * 1000,
                 )
+        for name, renderer in self.plugins:
+            await self._render_plugin(name, renderer, net)
         self._report_status({e.key for e in net.local})
+
+    async def _render_plugin(self, name: str, renderer: api.Renderer[object], net: Network) -> None:
+        """A plug-in renderer on the same view; applied only when its desired state changed."""
+        desired = renderer.compile(net)
+        if name in self._rendered and self._rendered[name] == desired:
+            return
+        applied = await asyncio.to_thread(renderer.apply, desired)
+        self._rendered[name] = desired
+        log.info(
+            "agent %s: renderer %s: +%d -%d in %.0f ms %s",
+            self.config.host,
+            name,
+            applied.added,
+            applied.removed,
+            applied.seconds * 1000,
+            applied.detail,
+        )
 
     def _declare(self, plugged: list[Plugged]) -> None:
         seen = set()

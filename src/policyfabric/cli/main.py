@@ -144,7 +144,14 @@ def agent(
     tunnel_ip: Annotated[
         str | None,
         typer.Option(
-            help="This host's underlay IPv4 address: VXLAN to and from other hosts. Without it, no tunnels."
+            help="This host's underlay IPv4 address: Geneve to and from other hosts. Without it, no tunnels."
+        ),
+    ] = None,
+    renderer: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="A plug-in renderer to run beside Open vSwitch, as NAME[:KEY=VALUE,...] (repeatable; "
+            "`policyfabric renderers` lists them), e.g. configfile:path=/etc/pf-firewall.conf."
         ),
     ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
@@ -173,7 +180,10 @@ def agent(
         eps.append((tenant, name))
     tls = client_context(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
     if not dry_run:
-        raise typer.Exit(_run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls, domain))
+        plugins = [_renderer_spec(r) for r in renderer or []]
+        raise typer.Exit(
+            _run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls, domain, plugins)
+        )
     try:
         code = asyncio.run(run_dry(host, peers, eps, state_dir, once, tls, domain, out))
     except KeyboardInterrupt:
@@ -190,22 +200,29 @@ def _run_ovs_agent(
     tunnel_ip: str | None,
     tls: Any,
     domain: str,
+    plugins: list[tuple[str, dict[str, str]]],
 ) -> int:
     import asyncio
     import ipaddress
     import signal
 
     from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
+    from policyfabric.agent.renderers.api import RendererError
 
     if tunnel_ip is not None:
         try:
             ipaddress.IPv4Address(tunnel_ip)
         except ValueError:
             raise fail(f"--tunnel-ip {tunnel_ip!r} is not an IPv4 address") from None
-    config = AgentConfig(host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls=tls, domain=domain)
+    config = AgentConfig(
+        host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls=tls, domain=domain, renderers=plugins
+    )
+    try:
+        agent = OvsAgent(config)
+    except RendererError as exc:
+        raise fail(f"--renderer: {exc}") from None
 
     async def main() -> None:
-        agent = OvsAgent(config)
         task = asyncio.create_task(agent.run())
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
@@ -219,6 +236,41 @@ def _run_ovs_agent(
         err.print(f"[red]agent {host}: {exc}[/]")
         return 1
     return 0
+
+
+def _renderer_spec(text: str) -> tuple[str, dict[str, str]]:
+    """``NAME[:KEY=VALUE,...]`` → (name, options)."""
+    name, _, rest = text.partition(":")
+    options = {}
+    for item in filter(None, rest.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise fail(f"--renderer {text!r}: options are KEY=VALUE, comma-separated")
+        options[key.strip()] = value.strip()
+    if not name:
+        raise fail(f"--renderer {text!r}: give the renderer's name first")
+    return name, options
+
+
+@app.command()
+def renderers() -> None:
+    """List the renderer plug-ins installed (entry points in the group `policyfabric.renderers`)."""
+    from policyfabric.agent.renderers.api import RendererContext, RendererError, installed, load
+
+    table = Table(title="renderer plug-ins (use: policyfabric agent --renderer NAME[:KEY=VALUE,...])")
+    for column in ("name", "class", "options"):
+        table.add_column(column)
+    table.add_row(
+        "(built in)", "Open vSwitch: policyfabric.agent.renderers.ovs", "--ovsdb, --bridge, --tunnel-ip"
+    )
+    for name, target in sorted(installed().items()):
+        try:
+            cls = type(load(name, RendererContext("-", Path("."))))
+            options = "; ".join(f"{k}: {v}" for k, v in cls.OPTIONS.items()) or "-"
+        except RendererError as exc:
+            options = f"[red]{exc}[/]"
+        table.add_row(name, target, options)
+    out.print(table)
 
 
 def _load_checked(path: Path) -> sc.Scenario:

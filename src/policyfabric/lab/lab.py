@@ -28,7 +28,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -219,7 +219,8 @@ class Lab:
         run(["ip", "link", "set", "br-phy", "up"], netns=netns)
         self.start_agent(host.name)
 
-    def start_agent(self, host: str) -> None:
+    def start_agent(self, host: str, extra: Sequence[str] = ()) -> None:
+        """Start the host's agent (``extra``: more command-line options, e.g. ``--renderer``)."""
         info = self.state.hosts[host]
         logfile = self.dir / host / "agent.log"
         cmd = [
@@ -231,6 +232,7 @@ class Lab:
             "--state-dir", str(self.dir / host / "agent"),
             "--tunnel-ip", info["underlay_ip"],
             "--log-level", "info",
+            *extra,
         ]  # fmt: skip
         with logfile.open("ab") as out:
             proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
