@@ -87,6 +87,7 @@ class OvsAgent:
             for name, options in config.renderers
         ]
         self._rendered: dict[str, object] = {}  # plug-in name -> desired state it last applied
+        self.policy_elsewhere = any(r.TAKES_OVER_POLICY for _, r in self.plugins)
         self.stats = Stats()
         self.active: set[str] = set()  # endpoints reported ACTIVE
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
@@ -115,12 +116,13 @@ class OvsAgent:
         self.client.on_change = self.wake
         client_task = asyncio.create_task(self.client.run())
         log.info(
-            "agent %s: bridge %s via %s, tunnel ip %s, cache version %d",
+            "agent %s: bridge %s via %s, tunnel ip %s, cache version %d; policy enforced by %s",
             self.config.host,
             self.config.bridge,
             self.config.ovsdb,
             self.config.tunnel_ip,
             self.client.version,
+            ", ".join(n for n, r in self.plugins if r.TAKES_OVER_POLICY) or "Open vSwitch",
         )
         try:
             self._wake.set()
@@ -158,7 +160,9 @@ class OvsAgent:
             key = _split_iface_id(p.iface_id)
             if key is None:
                 continue
-            ep = local_endpoint(self.client.policy, base.groups, p.iface_id, endpoint_uri(*key), p.ofport)
+            ep = local_endpoint(
+                self.client.policy, base.groups, p.iface_id, endpoint_uri(*key), p.ofport, p.name
+            )
             if ep is not None:
                 local.append(ep)
         keys = {e.key for e in local}
@@ -174,7 +178,9 @@ class OvsAgent:
         t2 = time.perf_counter()
         net = self.network(plugged)
         t3 = time.perf_counter()
-        flows = compile_pipeline(net, tunnel_port if self.config.tunnel_ip else None)
+        flows = compile_pipeline(
+            net, tunnel_port if self.config.tunnel_ip else None, enforce_policy=not self.policy_elsewhere
+        )
         t4 = time.perf_counter()
         applied = await asyncio.to_thread(self.applier.sync, flows)
         t5 = time.perf_counter()

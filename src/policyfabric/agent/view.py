@@ -81,11 +81,22 @@ class Endpoint:
     ofport: int | None = None
     vtep: str | None = None
     security_groups: tuple[str, ...] = ()  # GbpSecGroup URIs (local endpoints)
+    interface: str | None = None  # its port on the integration bridge (local endpoints)
 
     @property
     def sg_governed(self) -> bool:
         """Security groups judge its traffic: it has some, or it has no EPG (plain Neutron mode)."""
         return bool(self.security_groups) or self.classid == 0
+
+
+def opens(src: Group, dst: Group, contract: str, rule: Rule) -> bool:
+    """Whether ``rule`` of ``contract`` lets group ``src`` open connections to group ``dst``:
+    consumer → provider for ``in``, provider → consumer for ``out``, both for ``bidirectional``."""
+    if contract in src.consumes and contract in dst.provides and rule.direction in ("in", "bidirectional"):
+        return True
+    return (
+        contract in src.provides and contract in dst.consumes and rule.direction in ("out", "bidirectional")
+    )
 
 
 @dataclass(frozen=True)
@@ -222,7 +233,12 @@ def _ref(value: Any) -> str | None:
 
 
 def local_endpoint(
-    policy: Mapping[str, MO], groups: Mapping[str, Group], key: str, uri: str, ofport: int
+    policy: Mapping[str, MO],
+    groups: Mapping[str, Group],
+    key: str,
+    uri: str,
+    ofport: int,
+    interface: str | None = None,
 ) -> Endpoint | None:
     """A local endpoint from its ``PfEndpoint``; None until that and its bridge domain are resolved."""
     mo = policy.get(uri)
@@ -236,7 +252,8 @@ def local_endpoint(
     group = groups.get(_ref(props.get("epg")) or "")
     ips = tuple(ip for ip in props.get("ip", []) if ip != "slaac")
     sgs = tuple(sorted(u for u in map(_ref, props.get("securityGroup", [])) if u is not None))
-    return Endpoint(key, mac, ips, bd, group.classid if group else 0, ofport=ofport, security_groups=sgs)
+    classid = group.classid if group else 0
+    return Endpoint(key, mac, ips, bd, classid, ofport=ofport, security_groups=sgs, interface=interface)
 
 
 def remote_endpoints(registry: Iterable[MO], own_vtep: str, local_keys: set[str]) -> tuple[Endpoint, ...]:

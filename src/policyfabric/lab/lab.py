@@ -187,7 +187,8 @@ class Lab:
         netns = self.ns(host.name)
         rundir = self.dir / host.name / "ovs"
         self.state.ovs[host.name] = str(rundir)
-        self.state.hosts[host.name] = {"netns": netns, "underlay_ip": host.underlay_ip, "rundir": str(rundir)}
+        self.state.hosts[host.name] = {"netns": netns, "underlay_ip": host.underlay_ip, "rundir": str(rundir),
+                                       "renderer": host.renderer}  # fmt: skip
         self.state.save()
         ovs = OvsInstance(rundir, netns)
         ovs.start()
@@ -223,6 +224,8 @@ class Lab:
         """Start the host's agent (``extra``: more command-line options, e.g. ``--renderer``)."""
         info = self.state.hosts[host]
         logfile = self.dir / host / "agent.log"
+        if info.get("renderer") == "nftables":  # policy in the host namespace's nftables
+            extra = ["--renderer", f"nftables:netns={info['netns']}", *extra]
         cmd = [
             sys.executable, "-m", "policyfabric", "agent",
             "--host", host,
@@ -292,16 +295,39 @@ class Lab:
         run(["ip", "link", "set", "eth0", "up"], netns=netns)
         run(["ethtool", "-K", "eth0", "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
         run(["ip", "link", "set", ep.port, "up"], netns=host["netns"])
+        port = ep.port
+        if host.get("renderer") == "nftables":
+            port = self._hybrid(ep, host["netns"])
         OvsInstance(Path(host["rundir"])).vsctl(
-            "--may-exist", "add-port", "br-int", ep.port,
-            "--", "set", "Interface", ep.port, f"external_ids:iface-id={ep.key}",
+            "--may-exist", "add-port", "br-int", port,
+            "--", "set", "Interface", port, f"external_ids:iface-id={ep.key}",
         )  # fmt: skip
+
+    def _hybrid(self, ep: LabEndpoint, netns: str) -> str:
+        """Neutron's hybrid plugging: the endpoint's port on its own Linux bridge ``qbrN``, joined
+        to br-int by the veth ``qvbN``/``qvoN`` (where the nftables renderer sees its traffic).
+        Returns the OVS port's name."""
+        bridge, veth, ovs_port = f"qbr{ep.index}", f"qvb{ep.index}", f"qvo{ep.index}"
+        self.state.endpoints[ep.name].update(bridge=bridge, ovs_port=ovs_port)
+        self.state.save()
+        run(["ip", "link", "add", bridge, "type", "bridge"], netns=netns)
+        run(["ip", "link", "add", veth, "type", "veth", "peer", "name", ovs_port], netns=netns)
+        for dev in (ep.port, veth):
+            run(["ip", "link", "set", dev, "master", bridge], netns=netns)
+        for dev in (bridge, veth, ovs_port):
+            run(["ip", "link", "set", dev, "up"], netns=netns)
+        for dev in (ep.port, veth, ovs_port):  # userspace conntrack in OVS needs real checksums
+            run(["ethtool", "-K", dev, "tx", "off"], netns=netns)
+        return ovs_port
 
     def unplug(self, name: str) -> None:
         ep = self.state.endpoints[name]
         host = self.state.hosts[ep["host"]]
-        OvsInstance(Path(host["rundir"])).vsctl("--if-exists", "del-port", "br-int", ep["port"])
-        run(["ip", "link", "del", ep["port"]], netns=host["netns"], check=False)
+        port = ep.get("ovs_port", ep["port"])
+        OvsInstance(Path(host["rundir"])).vsctl("--if-exists", "del-port", "br-int", port)
+        for dev in (ep["port"], port, ep.get("bridge")):
+            if dev:
+                run(["ip", "link", "del", dev], netns=host["netns"], check=False)
 
     def wait_active(self, keys: list[str], timeout: float = 60.0) -> None:
         """Until every endpoint is ACTIVE (its agent installed its flows), then until flows settle."""

@@ -16,7 +16,7 @@ from policyfabric.model import scenario as sc
 
 UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")  # TEST-NET-1: nothing real uses it
 PROBE = re.compile(r"^(icmp|icmpv6|tcp/\d{1,5}|udp/\d{1,5})$")
-RENDERERS = ("ovs",)
+RENDERERS = ("ovs", "nftables")  # nftables: hybrid plugging, policy in nftables (Open vSwitch forwards)
 
 
 class LabError(Exception):

@@ -61,6 +61,9 @@ class Renderer(ABC, Generic[Desired]):
 
     #: options the renderer understands (name → help), shown by ``policyfabric renderers``
     OPTIONS: ClassVar[Mapping[str, str]] = {}
+    #: True if this renderer enforces policy for the host's endpoints in place of Open vSwitch
+    #: (which then only forwards and checks port security), as the nftables renderer does
+    TAKES_OVER_POLICY: ClassVar[bool] = False
 
     def __init__(self, context: RendererContext) -> None:
         unknown = sorted(set(context.options) - set(self.OPTIONS))

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext, RendererError
-from policyfabric.agent.view import Endpoint, Group, Network, Rule, SgRule
+from policyfabric.agent.view import Endpoint, Group, Network, Rule, SgRule, opens
 from policyfabric.opflex.uri import unescape
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
@@ -107,10 +107,10 @@ def _group_rules(net: Network, group: Group, me: str, used: set[int]) -> tuple[l
             action = "permit" if rule.allow else "deny"
             for peer in net.groups.values():
                 other = f"object-group epg-{short(peer.uri)}"
-                if _opens(peer, group, uri, rule):
+                if opens(peer, group, uri, rule):
                     used.add(peer.classid)
                     inbound.append(_line(action, rule, other, me))
-                if _opens(group, peer, uri, rule):
+                if opens(group, peer, uri, rule):
                     used.add(peer.classid)
                     outbound.append(_line(action, rule, me, other))
     return inbound, outbound
@@ -128,16 +128,6 @@ def _sg_rules(net: Network, ep: Endpoint, me: str, used: set[str]) -> tuple[list
             else:
                 outbound.append(_line("permit", rule, me, remote))
     return inbound, outbound
-
-
-def _opens(src: Group, dst: Group, contract: str, rule: Rule) -> bool:
-    """Whether ``rule`` of ``contract`` lets group ``src`` open connections to group ``dst``:
-    consumer → provider for ``in``, provider → consumer for ``out``, both for ``bidirectional``."""
-    if contract in src.consumes and contract in dst.provides and rule.direction in ("in", "bidirectional"):
-        return True
-    return (
-        contract in src.provides and contract in dst.consumes and rule.direction in ("out", "bidirectional")
-    )
 
 
 def _remote(rule: SgRule, used_sets: set[str]) -> str:

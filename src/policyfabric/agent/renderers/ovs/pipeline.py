@@ -459,14 +459,16 @@ def tunnel_output(tunnel_port: int | None) -> list[Flow]:
     return flows
 
 
-def compile_pipeline(net: Network, tunnel_port: int | None) -> list[Flow]:
-    """Every flow ``br-int`` should hold for this network view, deduplicated."""
+def compile_pipeline(net: Network, tunnel_port: int | None, enforce_policy: bool = True) -> list[Flow]:
+    """Every flow ``br-int`` should hold for this network view, deduplicated. With
+    ``enforce_policy=False`` (another renderer, e.g. nftables, enforces policy on this host) the
+    bridge forwards and checks port security only: table 60 passes everything to output."""
+    rules = [*policy(net), *security_groups(net)] if enforce_policy else [flow(POLICY, 0, None, goto(OUTPUT))]
     flows = [
         *classify(net, tunnel_port),
         *endpoint_flows(net, tunnel_port),
         *flooding(net, tunnel_port),
-        *policy(net),
-        *security_groups(net),
+        *rules,
         *tunnel_output(tunnel_port),
     ]
     return list(dict.fromkeys(flows))  # unordered by design: the applier diffs by match
