@@ -15,6 +15,9 @@ own network namespace), through the agent's own compiler and applier:
 - one member joining (a new remote address): compile + apply (one delta
   bundle), and how many flows that changed (all: the new endpoint's L2 and
   ARP flows too; and those of the security group tables);
+- the nftables renderer on the same view, into the same namespace: set
+  elements, rules, compile + apply of the whole table (one ``nft -f``
+  transaction), and the same after a member joins;
 - in the same run, the naive expansion (one flow per local port x rule x
   member address, what per-address rules need without sets) and the ratio.
 The last line is one JSON object.
@@ -38,6 +41,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
+from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset, set_elements
 from policyfabric.agent.renderers.ovs import pipeline
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
@@ -64,7 +68,9 @@ def address(i: int) -> str:
 
 def member(i: int, local: bool) -> Endpoint:
     mac = f"02:50:00:{(i >> 16) & 0xFF:02x}:{(i >> 8) & 0xFF:02x}:{i & 0xFF:02x}"
-    where: dict[str, Any] = {"ofport": i + 1} if local else {"vtep": f"192.0.2.{2 + i % 200}"}
+    where: dict[str, Any] = (
+        {"ofport": i + 1, "interface": f"qvo{i + 1}"} if local else {"vtep": f"192.0.2.{2 + i % 200}"}
+    )
     return Endpoint(f"bench/ep{i}", mac, (address(i + 1),), BD_URI, 0, security_groups=(SG,), **where)
 
 
@@ -101,6 +107,29 @@ def naive_flows(local: int, n: int) -> int:
     return local * per_member * n + local * sum(1 for r in RULES if not r.remote_group)
 
 
+def nft_figures(net: Network, bigger: Network, netns: str) -> dict[str, Any]:
+    """The nftables renderer on the same view, into the bench's namespace: set elements, rules,
+    compile + one-transaction apply of the whole table, and the same for a member joining."""
+    t0 = time.perf_counter()
+    text = compile_ruleset(net)
+    compile_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    run(["nft", "-f", "-"], netns=netns, input=text)
+    apply_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    joined_text = compile_ruleset(bigger)
+    run(["nft", "-f", "-"], netns=netns, input=joined_text)
+    join_s = time.perf_counter() - t0
+    rules = sum(1 for line in text.splitlines() if line.startswith("    ") and "type filter hook" not in line)
+    return {
+        "nft_set_elements": set_elements(text),
+        "nft_rules": rules,
+        "nft_full_s": round(compile_s + apply_s, 4),
+        "nft_join_s": round(join_s, 4),
+        "nft_join_elements_changed": set_elements(joined_text) - set_elements(text),
+    }
+
+
 def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
     netns = f"pfsg-{os.getpid()}-{n}"
     run(["ip", "netns", "add", netns])
@@ -124,6 +153,7 @@ def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
         on_bridge = int(ovs.ofctl("dump-aggregate", ovs.mgmt("br-int")).split("flow_count=")[1].split()[0])
         assert on_bridge == len(after), (on_bridge, len(after))
         naive = naive_flows(local, n)
+        nft = nft_figures(net, bigger, netns)
 
         def sg_set(fs: list[Flow]) -> set[Flow]:
             return {f for f in fs if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS)}
@@ -140,6 +170,7 @@ def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
             "join_s": round(join_compile + delta.seconds, 4),
             "join_flows_changed": delta.added + delta.removed,  # the overlay's included
             "join_sg_flows_changed": len(sg_set(flows) ^ sg_set(after)),
+            **nft,
         }
     finally:
         ovs.stop()
@@ -172,7 +203,8 @@ def main() -> int:
         }
     table = Table(title="security groups: address sets vs per-address expansion (medians)")
     columns = ("flows", "sg_flows", "naive_sg_flows", "naive_vs_sets", "full_compile_s", "full_apply_s",
-               "join_s", "join_flows_changed", "join_sg_flows_changed")  # fmt: skip
+               "join_s", "join_flows_changed", "join_sg_flows_changed", "nft_set_elements", "nft_rules",
+               "nft_full_s", "nft_join_s")  # fmt: skip
     table.add_column("N", justify="right")
     for c in columns:
         table.add_column(c, justify="right")
