@@ -137,8 +137,8 @@ def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
     for subj in _children(policy, contract, "GbpSubject"):
         for rule in _children(policy, subj, "GbpRule"):
             props = rule.properties
-            clfs = [policy[u] for u in _targets(policy, rule, "GbpRuleToClassifierRSrc") if u in policy]
-            actions = [policy[u] for u in _targets(policy, rule, "GbpRuleToActionRSrc") if u in policy]
+            clfs = _related(policy, rule, "GbpRuleToClassifierRSrc")
+            actions = _related(policy, rule, "GbpRuleToActionRSrc")
             allow = all(
                 a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction"
             )
@@ -155,6 +155,11 @@ def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
+def _related(policy: Mapping[str, MO], mo: MO, relation: str) -> list[MO]:
+    """The cached objects ``mo``'s ``relation`` children point to."""
+    return [policy[u] for u in _targets(policy, mo, relation) if u in policy]
+
+
 def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
     ports = None
     if isinstance(c.get("dFromPort"), int):
@@ -167,14 +172,12 @@ def _sg_rules(policy: Mapping[str, MO], sg: MO) -> tuple[SgRule, ...]:
     for subj in _children(policy, sg, "GbpSecGroupSubject"):
         for rule in _children(policy, subj, "GbpSecGroupRule"):
             props = rule.properties
-            clfs = [policy[u] for u in _targets(policy, rule, "GbpRuleToClassifierRSrc") if u in policy]
-            prefixes: list[str | None] = []
-            for u in _targets(policy, rule, "GbpSecGroupRuleToRemoteAddressRSrc"):
-                if u in policy:
-                    prefixes += [
-                        f"{n.properties.get('address')}/{n.properties.get('prefixLen')}"
-                        for n in _children(policy, policy[u], "GbpSubnet")
-                    ]
+            clfs = _related(policy, rule, "GbpRuleToClassifierRSrc")
+            prefixes: list[str | None] = [
+                f"{n.properties.get('address')}/{n.properties.get('prefixLen')}"
+                for subnets in _related(policy, rule, "GbpSecGroupRuleToRemoteAddressRSrc")
+                for n in _children(policy, subnets, "GbpSubnet")
+            ]
             group = target(policy, rule.uri + "PfSecGroupRuleToRemoteGroupRSrc/")
             for clf in clfs:
                 for prefix in prefixes or [None]:
