@@ -1,0 +1,300 @@
+#!/usr/bin/env python3
+"""policyfabric and OVN side by side, on the workload of bench/converge.py, in one run.
+
+Workload: N endpoints (OVN: logical switch ports) on one host, 4 bridge
+domains (logical switches) on one l3_context (joined by one logical router),
+groups `web` and `app` (port groups), `app` may reach `web` on tcp/80 and
+everything else to those groups is dropped (OVN: allow-related and drop ACLs
+on the port groups, whose address sets OVN derives). Every endpoint is a
+real OVS port (type internal, `iface-id` set) on a userspace br-int in its
+own network namespace, plugged before the intent is applied.
+
+- policyfabric: bench/converge.py's run (authority on SQLite, a real agent;
+  the intent through REST, the figures seen on the bridge by an OpenFlow
+  monitor).
+- OVN (Debian's ovn-central + ovn-host; the setup step installs them if
+  missing): private NB and SB ovsdb-servers, ovn-northd, and ovn-controller
+  on the chassis. The intent is one `ovn-nbctl --wait=hv` transaction;
+  each figure is the wall time of an `ovn-nbctl --wait=hv` command (OVN's
+  own "every hypervisor has it" signal, as in ../shared/ANCHORS.md).
+
+Figures per system: converge_s, member_change_s, rule_add_s, flows, rss_kb
+(agent / ovn-controller), and the ratios policyfabric/OVN. policyfabric's
+converge_s includes its N separate REST creates; its render_s (from the last
+write) is printed beside it. The last line is one JSON object:
+{"results": {"<N>": {"policyfabric": {...}, "ovn": {...}}}}.
+
+    sudo .venv/bin/python bench/vs_ovn.py [--n 50,500,1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+sys.path.insert(0, str(Path(__file__).parent))
+import converge
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.lab.sh import run
+
+console = Console(stderr=True)
+KEYS = ("converge_s", "member_change_s", "rule_add_s", "flows", "rss_kb")
+OVN_SCHEMAS = Path("/usr/share/ovn")
+
+
+def setup() -> None:
+    """Install OVN from Debian's packages if it is missing, without starting its system services."""
+    if shutil.which("ovn-northd") and shutil.which("ovn-controller"):
+        return
+    console.print("installing ovn-central and ovn-host (Debian packages)")
+    guard = Path("/usr/sbin/policy-rc.d")
+    ours = not guard.exists()
+    if ours:  # no service may start during the install: this bench runs its own daemons
+        guard.write_text("#!/bin/sh\nexit 101\n")
+        guard.chmod(0o755)
+    try:
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(
+            ["apt-get", "install", "-y", "-q", "--no-install-recommends", "ovn-central", "ovn-host"],
+            check=True,
+            env=env,
+        )
+    finally:
+        if ours:
+            guard.unlink()
+
+
+class Ovn:
+    """NB and SB databases, northd, and one chassis (OVS + ovn-controller) in a namespace."""
+
+    def __init__(self, workdir: Path, netns: str) -> None:
+        self.dir, self.netns = workdir, netns
+        self.ovs = OvsInstance(workdir / "chassis", netns)
+        self.pidfiles: list[Path] = []
+
+    @property
+    def nb(self) -> str:
+        return f"unix:{self.dir / 'nb.sock'}"
+
+    @property
+    def sb(self) -> str:
+        return f"unix:{self.dir / 'sb.sock'}"
+
+    def _daemon(
+        self, argv: list[str], name: str, netns: str | None = None, env: dict[str, str] | None = None
+    ) -> None:
+        pid = self.dir / f"{name}.pid"
+        self.pidfiles.append(pid)
+        ctl = (
+            [] if name == "controller" else [f"--unixctl={self.dir / (name + '.ctl')}"]
+        )  # it has no such option
+        run(
+            [*argv, f"--pidfile={pid}", *ctl, f"--log-file={self.dir / (name + '.log')}", "--detach"],
+            netns=netns,
+            env=env,
+        )
+
+    def start(self) -> None:
+        self.dir.mkdir(parents=True, exist_ok=True)
+        for db in ("nb", "sb"):
+            path = self.dir / f"{db}.db"
+            run(["ovsdb-tool", "create", str(path), str(OVN_SCHEMAS / f"ovn-{db}.ovsschema")])
+            self._daemon(
+                ["ovsdb-server", str(path), f"--remote=punix:{self.dir / (db + '.sock')}"], f"{db}-ovsdb"
+            )
+        self._daemon(["ovn-northd", f"--ovnnb-db={self.nb}", f"--ovnsb-db={self.sb}"], "northd")
+        self.ovs.start()
+        self.ovs.add_bridge("br-int")
+        self.ovs.vsctl(
+            "set",
+            "open",
+            ".",
+            "external_ids:system-id=chassis1",
+            f"external_ids:ovn-remote={self.sb}",
+            "external_ids:ovn-encap-type=geneve",
+            "external_ids:ovn-encap-ip=127.0.0.1",
+            "external_ids:ovn-bridge=br-int",
+            "external_ids:ovn-bridge-datapath-type=netdev",
+        )
+        env = {**self.ovs.env, "OVN_RUNDIR": str(self.dir)}
+        self._daemon(["ovn-controller", self.ovs.ovsdb], "controller", netns=self.netns, env=env)
+
+    def nbctl(self, *args: str, timeout: float = 600) -> float:
+        """Seconds an ``ovn-nbctl --wait=hv`` command takes (until every chassis has applied it)."""
+        start = time.monotonic()
+        run(["ovn-nbctl", f"--db={self.nb}", "--wait=hv", "--timeout=600", *args], timeout=timeout)
+        return time.monotonic() - start
+
+    def controller_pid(self) -> int:
+        return int((self.dir / "controller.pid").read_text().strip())
+
+    def stop(self) -> None:
+        for pidfile in reversed(self.pidfiles):
+            try:
+                pid = int(pidfile.read_text().strip())
+                os.kill(pid, signal.SIGTERM)
+            except (OSError, ValueError):
+                continue
+            deadline = time.monotonic() + 5
+            while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+                time.sleep(0.02)
+            if Path(f"/proc/{pid}").exists():
+                os.kill(pid, signal.SIGKILL)
+        self.ovs.stop()
+
+
+def intent(n: int) -> list[str]:
+    """The whole workload as ovn-nbctl commands for one transaction."""
+    cmds = [["lr-add", "r1"]]
+    for b in range(converge.BDS):
+        cmds += [
+            ["ls-add", f"ls{b}"],
+            ["lrp-add", "r1", f"lrp{b}", f"02:00:00:00:0{b}:01", f"10.{b}.0.1/16"],
+            ["lsp-add", f"ls{b}", f"ls{b}-r"],
+            ["lsp-set-type", f"ls{b}-r", "router"],
+            ["lsp-set-addresses", f"ls{b}-r", "router"],
+            ["lsp-set-options", f"ls{b}-r", f"router-port=lrp{b}"],
+        ]
+    web, app = [], []
+    for i in range(n):
+        b = i % converge.BDS
+        name = f"ep{i}"
+        ip = f"10.{b}.{(i // converge.BDS) // 250}.{(i // converge.BDS) % 250 + 2}"
+        cmds += [
+            ["lsp-add", f"ls{b}", name],
+            [
+                "lsp-set-addresses",
+                name,
+                f"02:51:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x} {ip}",
+            ],
+        ]
+        (web if i % 2 == 0 else app).append(name)
+    cmds += [["pg-add", "pg_web", *web], ["pg-add", "pg_app", *app]]
+    cmds += [
+        [
+            "acl-add",
+            "pg_web",
+            "to-lport",
+            "1002",
+            "outport == @pg_web && ip4.src == $pg_app_ip4 && tcp.dst == 80",
+            "allow-related",
+        ],
+        ["acl-add", "pg_web", "to-lport", "1001", "outport == @pg_web && ip", "drop"],
+        ["acl-add", "pg_app", "to-lport", "1001", "outport == @pg_app && ip", "drop"],
+    ]
+    out: list[str] = []
+    for c in cmds:
+        out += ["--", *c]
+    return out
+
+
+def ovn_run(n: int, workdir: Path) -> dict[str, Any]:
+    netns = f"pfovn-{os.getpid()}-{n}"
+    run(["ip", "netns", "add", netns])
+    ovn = Ovn(workdir / "ovn", netns)
+    try:
+        ovn.start()
+        console.print(f"OVN N={n}: plugging {n} ports")
+        for start in range(0, n, 250):
+            args: list[str] = []
+            for i in range(start, min(n, start + 250)):
+                args += [
+                    "--",
+                    "add-port",
+                    "br-int",
+                    f"p{i}",
+                    "--",
+                    "set",
+                    "Interface",
+                    f"p{i}",
+                    "type=internal",
+                    f"external_ids:iface-id=ep{i}",
+                ]
+            ovn.ovs.vsctl(*args, timeout=300)
+        ovn.nbctl("sync")  # northd and the chassis are up
+        console.print(f"OVN N={n}: one transaction with the intent")
+        converge_s = ovn.nbctl(*intent(n))
+        mover = "ep1"  # in pg_app (odd)
+        uuid = run(["ovn-nbctl", f"--db={ovn.nb}", "get", "logical_switch_port", mover, "_uuid"]).strip()
+        member = ovn.nbctl(
+            "remove",
+            "port_group",
+            "pg_app",
+            "ports",
+            uuid,
+            "--",
+            "add",
+            "port_group",
+            "pg_web",
+            "ports",
+            uuid,
+        )
+        rule = ovn.nbctl(
+            "acl-add",
+            "pg_web",
+            "to-lport",
+            "1003",
+            "outport == @pg_web && ip4.src == $pg_app_ip4 && tcp.dst == 8080",
+            "allow-related",
+        )
+        return {
+            "converge_s": round(converge_s, 3),
+            "member_change_s": round(member, 4),
+            "rule_add_s": round(rule, 4),
+            "flows": converge.flow_count(ovn.ovs),
+            "rss_kb": converge.rss_kb(ovn.controller_pid()),
+        }
+    finally:
+        ovn.stop()
+        run(["ip", "netns", "del", netns], check=False)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", default="50,500,1000", help="endpoint counts, comma-separated")
+    args = parser.parse_args()
+    if os.geteuid() != 0:
+        console.print("bench/vs_ovn.py needs root (namespaces, Open vSwitch, installing OVN)")
+        return 2
+    setup()
+    results: dict[str, dict[str, dict[str, Any]]] = {}
+    for n in (int(x) for x in args.n.split(",")):
+        with tempfile.TemporaryDirectory(prefix="pf-vs-ovn-") as tmp:
+            (Path(tmp) / "policyfabric").mkdir()
+            ours = converge.one_run(n, Path(tmp) / "policyfabric")
+            theirs = ovn_run(n, Path(tmp))
+        results[str(n)] = {
+            "policyfabric": {k: ours[k] for k in KEYS} | {"render_s": ours["render_s"]},
+            "ovn": theirs,
+            "ratio": {k: round(ours[k] / theirs[k], 2) if theirs[k] else None for k in KEYS},
+        }
+        console.print(f"N={n}: {results[str(n)]}")
+    table = Table(title="policyfabric vs OVN (one run; ratio = policyfabric / OVN, < 1 is better for times)")
+    table.add_column("N", justify="right")
+    table.add_column("system")
+    for k in (*KEYS, "render_s"):
+        table.add_column(k, justify="right")
+    for n, r in results.items():
+        for system in ("policyfabric", "ovn", "ratio"):
+            table.add_row(n, system, *(str(r[system].get(k, "")) for k in (*KEYS, "render_s")))
+    Console().print(table)
+    print(json.dumps({"bench": "vs_ovn", "results": results}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
