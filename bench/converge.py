@@ -8,7 +8,8 @@ host, 4 bridge domains on one l3_context, EPGs `web` and `app` (alternating),
 plugged before the intent is applied (as a compute service would).
 
 Figures per N:
-- apply_s: the REST writes of the intent (N endpoint creates, 4 clients);
+- apply_s: the REST writes of the intent (N endpoint creates, 4 clients; with
+  --batch, the whole intent in one POST /v1/batch, one transaction);
 - converge_s: from the first REST write until the last flow change on the
   bridge with every endpoint ACTIVE; render_s: from the last REST write;
 - member_change_s: one endpoint moves from `app` to `web` (REST PUT) until its
@@ -118,47 +119,61 @@ def plug_ports(ovs: OvsInstance, n: int) -> None:
         ovs.vsctl(*args, timeout=300)
 
 
-def apply_intent(url: str, n: int) -> tuple[float, float, dict[str, str]]:
-    """The intent over REST; returns (start, end, ids of what later steps change)."""
-    ids: dict[str, str] = {}
-    with httpx.Client(base_url=url, timeout=120) as http:
-
-        def post(collection: str, body: dict[str, Any]) -> dict[str, Any]:
-            r = http.post(f"/v1/{collection}", json=body)
-            r.raise_for_status()
-            return dict(r.json())
-
-        start = time.monotonic()
-        post("tenants", {"name": TENANT})
-        post("l3-contexts", {"name": "vrf", "tenant": TENANT})
-        for b in range(BDS):
-            post("bridge-domains", {"name": f"bd{b}", "tenant": TENANT, "l3_context": "vrf"})
-            post(
-                "subnets",
-                {"name": f"s{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "cidr": f"10.{b}.0.0/16"},
+def intent_objects(n: int) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """(the shared objects, the N endpoints) as (collection, body) and endpoint bodies."""
+    shared: list[tuple[str, dict[str, Any]]] = [
+        ("tenants", {"name": TENANT}),
+        ("l3-contexts", {"name": "vrf", "tenant": TENANT}),
+    ]
+    for b in range(BDS):
+        shared.append(("bridge-domains", {"name": f"bd{b}", "tenant": TENANT, "l3_context": "vrf"}))
+        subnet = {"name": f"s{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "cidr": f"10.{b}.0.0/16"}
+        shared.append(("subnets", subnet))
+    rule = {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}
+    shared.append(("contracts", {"name": "http", "tenant": TENANT, "rules": [rule]}))
+    for b in range(BDS):
+        for role, key in (("web", "provides"), ("app", "consumes")):
+            shared.append(
+                (
+                    "endpoint-groups",
+                    {"name": f"{role}{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", key: ["http"]},
+                )
             )
-        rule = {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}
-        ids["contract"] = post("contracts", {"name": "http", "tenant": TENANT, "rules": [rule]})["id"]
-        for b in range(BDS):
-            post(
-                "endpoint-groups",
-                {"name": f"web{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "provides": ["http"]},
-            )
-            post(
-                "endpoint-groups",
-                {"name": f"app{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "consumes": ["http"]},
-            )
-
-    def create(i: int) -> tuple[int, str]:
+    endpoints = []
+    for i in range(n):
         b = i % BDS
         epg = f"{'app' if (i // BDS) % 2 else 'web'}{b}"
-        body = {
-            "name": f"ep{i}",
-            "tenant": TENANT,
-            "epg": epg,
-            "ip": f"10.{b}.{(i // 250) % 256}.{i % 250 + 2}",
-        }
-        r = clients[threading.get_ident() % len(clients)].post("/v1/endpoints", json=body)
+        endpoints.append(
+            {"name": f"ep{i}", "tenant": TENANT, "epg": epg, "ip": f"10.{b}.{(i // 250) % 256}.{i % 250 + 2}"}
+        )
+    return shared, endpoints
+
+
+def apply_intent(url: str, n: int, batch: bool = False) -> tuple[float, float, dict[str, str]]:
+    """The intent over REST: one request per object (4 clients for the endpoints), or with
+    ``batch`` all of it in one POST /v1/batch (one transaction, as ovn-nbctl does). Returns
+    (start, end, ids of what later steps change); ep4, an app endpoint on bd0, moves to web0 later."""
+    shared, endpoints = intent_objects(n)
+    ids: dict[str, str] = {}
+    with httpx.Client(base_url=url, timeout=600) as http:
+        start = time.monotonic()
+        if batch:
+            items = [{"kind": c, "object": body} for c, body in shared]
+            items += [{"kind": "endpoints", "object": body} for body in endpoints]
+            r = http.post("/v1/batch", json={"create": items})
+            r.raise_for_status()
+            created = r.json()["created"]
+            ids["contract"] = created[[c for c, _ in shared].index("contracts")]["id"]
+            ids["mover"] = created[len(shared) + BDS]["id"]
+            return start, time.monotonic(), ids
+        for collection, body in shared:
+            r = http.post(f"/v1/{collection}", json=body)
+            r.raise_for_status()
+            if collection == "contracts":
+                ids["contract"] = r.json()["id"]
+
+    def create(i: int) -> tuple[int, str]:
+        r = clients[threading.get_ident() % len(clients)].post("/v1/endpoints", json=endpoints[i])
         r.raise_for_status()
         return i, r.json()["id"]
 
@@ -166,7 +181,7 @@ def apply_intent(url: str, n: int) -> tuple[float, float, dict[str, str]]:
     try:
         with ThreadPoolExecutor(4) as pool:
             for i, eid in pool.map(create, range(n)):
-                if i == BDS:  # ep4: an app endpoint (i // BDS odd) on bd0, moved to web0 later
+                if i == BDS:
                     ids["mover"] = eid
     finally:
         for c in clients:
@@ -241,7 +256,7 @@ def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
     return statistics.median(times)
 
 
-def one_run(n: int, workdir: Path) -> dict[str, Any]:
+def one_run(n: int, workdir: Path, batch: bool = False) -> dict[str, Any]:
     netns = f"pfbench-{os.getpid()}-{n}"
     run(["ip", "netns", "add", netns])
     ovs = OvsInstance(workdir / "ovs", netns)
@@ -262,7 +277,7 @@ def one_run(n: int, workdir: Path) -> dict[str, Any]:
         )  # fmt: skip
         time.sleep(1.0)
         console.print(f"N={n}: applying the intent")
-        start, applied, ids = apply_intent(server.url, n)
+        start, applied, ids = apply_intent(server.url, n, batch)
         console.print(f"N={n}: applied in {applied - start:.1f} s; waiting for the flows")
         done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2)
         flows = flow_count(ovs)
@@ -325,6 +340,9 @@ def main() -> int:
     )
     parser.add_argument("--n", default="50,500,1000,2000,5000", help="endpoint counts, comma-separated")
     parser.add_argument("--repeat", type=int, default=1, help="runs per N (medians are reported)")
+    parser.add_argument(
+        "--batch", action="store_true", help="the intent in one POST /v1/batch (one transaction)"
+    )
     parser.add_argument("--keep", type=Path, help="copy the agent's and authority's logs here after each run")
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -343,7 +361,7 @@ def main() -> int:
         for r in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix=f"pf-converge-{n}-") as tmp:
                 try:
-                    runs.append(one_run(n, Path(tmp)))
+                    runs.append(one_run(n, Path(tmp), args.batch))
                 finally:
                     if args.keep:
                         args.keep.mkdir(parents=True, exist_ok=True)

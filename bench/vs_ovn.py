@@ -9,9 +9,10 @@ on the port groups, whose address sets OVN derives). Every endpoint is a
 real OVS port (type internal, `iface-id` set) on a userspace br-int in its
 own network namespace, plugged before the intent is applied.
 
-- policyfabric: bench/converge.py's run (authority on SQLite, a real agent;
-  the intent through REST, the figures seen on the bridge by an OpenFlow
-  monitor).
+- policyfabric: bench/converge.py's run with --batch (authority on SQLite,
+  a real agent; the intent in one POST /v1/batch, one transaction, as OVN
+  gets it in one NB transaction; the figures seen on the bridge by an
+  OpenFlow monitor).
 - OVN (Debian's ovn-central + ovn-host; the setup step installs them if
   missing): private NB and SB ovsdb-servers, ovn-northd, and ovn-controller
   on the chassis. The intent is one `ovn-nbctl --wait=hv` transaction;
@@ -20,8 +21,7 @@ own network namespace, plugged before the intent is applied.
 
 Figures per system: converge_s, member_change_s, rule_add_s, flows, rss_kb
 (agent / ovn-controller), and the ratios policyfabric/OVN. policyfabric's
-converge_s includes its N separate REST creates; its render_s (from the last
-write) is printed beside it. The last line is one JSON object:
+render_s (from the end of the write) is printed beside its converge_s. The last line is one JSON object:
 {"results": {"<N>": {"policyfabric": {...}, "ovn": {...}}}}.
 
     sudo .venv/bin/python bench/vs_ovn.py [--n 50,500,1000]
@@ -275,7 +275,7 @@ def main() -> int:
     for n in (int(x) for x in args.n.split(",")):
         with tempfile.TemporaryDirectory(prefix="pf-vs-ovn-") as tmp:
             (Path(tmp) / "policyfabric").mkdir()
-            ours = converge.one_run(n, Path(tmp) / "policyfabric")
+            ours = converge.one_run(n, Path(tmp) / "policyfabric", batch=True)
             theirs = ovn_run(n, Path(tmp))
         results[str(n)] = {
             "policyfabric": {k: ours[k] for k in KEYS} | {"render_s": ours["render_s"]},

@@ -22,7 +22,7 @@ from policyfabric.authority.service import Authority
 from policyfabric.model import kinds as k
 from policyfabric.model.errors import BadRequest, Invalid, PolicyError, Problem
 from policyfabric.model.kinds import Kind
-from policyfabric.model.parse import check_local, problems_from_pydantic
+from policyfabric.model.parse import check_local, parse_spec, problems_from_pydantic
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +40,40 @@ class ErrorBody(BaseModel):
 
 class Revision(BaseModel):
     revision: int
+
+
+MAX_BATCH = 20_000
+
+
+class BatchItem(BaseModel):
+    kind: str = Field(description="the collection or kind: endpoints, endpoint_group, bd ...")
+    object: dict[str, Any] = Field(description="the object, as its collection's POST body")
+
+
+class Batch(BaseModel):
+    create: list[BatchItem] = Field(description=f"objects to create, in order (at most {MAX_BATCH})")
+
+
+def parse_batch(body: Batch) -> list[tuple[Kind, Any]]:
+    """Each item's kind and spec; every problem of every item in one 422, fields as create[i].x."""
+    if len(body.create) > MAX_BATCH:
+        raise Invalid(f"a batch holds at most {MAX_BATCH} objects, not {len(body.create)}", "create")
+    items, problems = [], []
+    for i, item in enumerate(body.create):
+        kind = k.lookup(item.kind)
+        if kind is None:
+            problems.append(Problem(f"create[{i}].kind", f"{item.kind!r} is not a kind of object"))
+            continue
+        try:
+            items.append((kind, parse_spec(kind, item.object)))
+        except PolicyError as err:
+            problems += [
+                Problem(f"create[{i}].{p.field}" if p.field else f"create[{i}]", p.message)
+                for p in err.problems
+            ]
+    if problems:
+        raise Invalid.of(problems)
+    return items
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -179,6 +213,18 @@ def create_app(authority: Authority, observer: Observer | None = None) -> FastAP
     ) -> dict[str, Any]:
         found, current = authority.changes(since, limit)
         return {"changes": found, "revision": current}
+
+    @app.post(
+        "/v1/batch",
+        tags=["meta"],
+        status_code=201,
+        summary="Create many objects in one transaction (all or nothing)",
+        responses=ERRORS,
+    )
+    def batch(body: Batch) -> JSONResponse:
+        created = authority.create_many(parse_batch(body))
+        revision = max((c["revision"] for c in created), default=authority.revision())
+        return JSONResponse({"created": created, "revision": revision}, status_code=201)
 
     @app.get("/v1/agents", tags=["opflex"], summary="Policy agents known to this authority")
     def agents() -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
-from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, PolicyError
+from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, PolicyError, Problem
 from policyfabric.model.kinds import Kind
 from policyfabric.model.objects import keep_omitted
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
@@ -166,29 +166,53 @@ class Authority:
 
     def create(self, kind: Kind, spec: o.Spec) -> dict[str, Any]:
         with self._writing() as txn:
+            record = self._create(txn, TxnView(txn, self.cache), kind, spec)
+        self._log_created(kind, record)
+        return render(record)
+
+    def create_many(self, items: Sequence[tuple[Kind, o.Spec]]) -> builtins.list[dict[str, Any]]:
+        """Create all of ``items`` in one transaction, in order (later items may refer to earlier
+        ones): all or nothing. An error names the item at fault (``create[3].ip``)."""
+        records = []
+        with self._writing() as txn:
             view = TxnView(txn, self.cache)
-            if view.find(kind, spec.scope, spec.name) is not None:
-                where = f" in tenant {spec.scope!r}" if spec.scope else ""
-                raise Conflict(f"a {kind} named {spec.name!r} already exists{where}", "name")
-            spec = self._fill_generated(txn, spec)
-            obj = Obj(kind, str(uuid.uuid4()), spec)
-            claims = validate(obj, view)
-            data = spec.model_dump(mode="json")
-            if kind.name in INITIAL_STATUS:
-                data["status"] = INITIAL_STATUS[kind.name]
-            if kind.name in ALLOCATED:
-                counter, base = ALLOCATED[kind.name]
-                data[counter] = base + txn.next_sequence(counter)
-            record = self._put(txn, view, obj, data, claims, "create")
+            for i, (kind, spec) in enumerate(items):
+                try:
+                    records.append((kind, self._create(txn, view, kind, spec)))
+                except PolicyError as err:
+                    err.message = f"create[{i}] ({kind} {spec.name!r}): {err.message}"
+                    err.field = f"create[{i}].{err.field}" if err.field else f"create[{i}]"
+                    err.problems = [Problem(err.field, err.message)]
+                    raise
+        for kind, record in records:
+            self._log_created(kind, record)
+        return [render(r) for _, r in records]
+
+    def _create(self, txn: WriteTxn, view: TxnView, kind: Kind, spec: o.Spec) -> Record:
+        if view.find(kind, spec.scope, spec.name) is not None:
+            where = f" in tenant {spec.scope!r}" if spec.scope else ""
+            raise Conflict(f"a {kind} named {spec.name!r} already exists{where}", "name")
+        spec = self._fill_generated(txn, spec)
+        obj = Obj(kind, str(uuid.uuid4()), spec)
+        claims = validate(obj, view)
+        data = spec.model_dump(mode="json")
+        if kind.name in INITIAL_STATUS:
+            data["status"] = INITIAL_STATUS[kind.name]
+        if kind.name in ALLOCATED:
+            counter, base = ALLOCATED[kind.name]
+            data[counter] = base + txn.next_sequence(counter)
+        return self._put(txn, view, obj, data, claims, "create")
+
+    @staticmethod
+    def _log_created(kind: Kind, record: Record) -> None:
         log.info(
             "created %s %s/%s (%s) at revision %d",
             kind,
-            spec.scope or "-",
-            spec.name,
-            obj.id,
+            record.tenant or "-",
+            record.name,
+            record.id,
             record.revision,
         )
-        return render(record)
 
     def replace(self, kind: Kind, id: str, spec: o.Spec) -> dict[str, Any]:
         with self._writing() as txn:
