@@ -15,9 +15,10 @@ own network namespace), through the agent's own compiler and applier:
 - one member joining (a new remote address): compile + apply (one delta
   bundle), and how many flows that changed (all: the new endpoint's L2 and
   ARP flows too; and those of the security group tables);
-- the nftables renderer on the same view, into the same namespace: set
-  elements, rules, compile + apply of the whole table (one ``nft -f``
-  transaction), and the same after a member joins;
+- the nftables renderer on the same view, into the same namespace, through
+  its own apply: set elements, rules, compile + apply of the whole table
+  (one ``nft -f`` transaction), and of a member joining (one transaction of
+  set element updates);
 - in the same run, the naive expansion (one flow per local port x rule x
   member address, what per-address rules need without sets) and the ratio.
 The last line is one JSON object.
@@ -41,7 +42,8 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset, set_elements
+from policyfabric.agent.renderers.api import RendererContext
+from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
 from policyfabric.agent.renderers.ovs import pipeline
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
@@ -108,25 +110,24 @@ def naive_flows(local: int, n: int) -> int:
 
 
 def nft_figures(net: Network, bigger: Network, netns: str) -> dict[str, Any]:
-    """The nftables renderer on the same view, into the bench's namespace: set elements, rules,
-    compile + one-transaction apply of the whole table, and the same for a member joining."""
+    """The nftables renderer on the same view, into the bench's namespace, through its own apply:
+    set elements, rules, the whole table (compile + one transaction), then a member joining
+    (compile + one transaction of set element updates)."""
+    renderer = NftablesRenderer(RendererContext("bench", options={"netns": netns}))
     t0 = time.perf_counter()
-    text = compile_ruleset(net)
-    compile_s = time.perf_counter() - t0
+    ruleset = renderer.compile(net)
+    renderer.apply(ruleset)
+    full_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    run(["nft", "-f", "-"], netns=netns, input=text)
-    apply_s = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    joined_text = compile_ruleset(bigger)
-    run(["nft", "-f", "-"], netns=netns, input=joined_text)
+    joined = renderer.apply(renderer.compile(bigger))
     join_s = time.perf_counter() - t0
-    rules = sum(1 for line in text.splitlines() if line.startswith("    ") and "type filter hook" not in line)
+    rules = sum(1 for line in ruleset.chains.splitlines() if line.startswith("    ") and " hook " not in line)
     return {
-        "nft_set_elements": set_elements(text),
+        "nft_set_elements": ruleset.elements,
         "nft_rules": rules,
-        "nft_full_s": round(compile_s + apply_s, 4),
+        "nft_full_s": round(full_s, 4),
         "nft_join_s": round(join_s, 4),
-        "nft_join_elements_changed": set_elements(joined_text) - set_elements(text),
+        "nft_join_elements_changed": joined.added + joined.removed,
     }
 
 

@@ -141,7 +141,7 @@ def test_the_ruleset_is_valid_nft(tmp_path: Path) -> None:
 
     eps = tuple(replace(e, interface=f"qvo{e.ofport}") for e in (VM1, VM3, VM9, WEB1, APP1))
     path = tmp_path / "rules.nft"
-    path.write_text(compile_ruleset(net(eps)))
+    path.write_text(compile_ruleset(net(eps)).text())
     netns = f"pft-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:

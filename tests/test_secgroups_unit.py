@@ -170,3 +170,21 @@ def test_a_local_member_joining_adds_its_port_and_address() -> None:
     after = compile_pipeline(net((VM1, replace(VM3, security_groups=("sg/ssh",)))), TUNNEL)
     # its port joins the rule's port clause, its address the set; no other flow changes
     assert _diff(before, after) == 2
+
+
+def test_nftables_membership_changes_are_set_element_updates() -> None:
+    """The Linux renderer's ruleset: a join is one element added; a rule change replaces the table."""
+    from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
+
+    def hybrid(*eps: Endpoint) -> tuple[Endpoint, ...]:
+        return tuple(replace(e, interface=f"qvo{e.ofport}") for e in eps)
+
+    before = compile_ruleset(net(hybrid(VM1, VM3)))
+    joined = {**members((VM1, VM3)), "sg/ssh": ("10.0.0.1", "10.0.0.77")}  # a remote member joins sg/ssh
+    after = compile_ruleset(net(hybrid(VM1, VM3), sets=joined))
+    assert after.update_from(before) == "add element inet policyfabric sgfefbdfaf_4 { 10.0.0.77 }\n"
+    assert before.update_from(after) == "delete element inet policyfabric sgfefbdfaf_4 { 10.0.0.77 }\n"
+    assert before.update_from(before) == ""
+    other_rules = compile_ruleset(net(hybrid(VM1, replace(VM3, security_groups=("sg/http-in",)))))
+    assert other_rules.update_from(before) is None  # chains changed: the whole table
+    assert "sgfefbdfaf_4 { type ipv4_addr; elements = { 10.0.0.1 } }" in before.text()

@@ -14,7 +14,7 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext
-from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset, set_elements
+from policyfabric.agent.renderers.nftables.ruleset import Ruleset, compile_ruleset
 from policyfabric.agent.view import Network
 from policyfabric.lab.sh import run
 
@@ -22,7 +22,7 @@ from policyfabric.lab.sh import run
 SYSCTLS = ("net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1")
 
 
-class NftablesRenderer(Renderer[str]):
+class NftablesRenderer(Renderer[Ruleset]):
     OPTIONS: ClassVar[Mapping[str, str]] = {
         "netns": "network namespace whose nftables to program (default: the agent's own)"
     }
@@ -31,19 +31,32 @@ class NftablesRenderer(Renderer[str]):
     def __init__(self, context: RendererContext) -> None:
         super().__init__(context)
         self.netns = context.options.get("netns") or None
-        self.applied: str | None = None
+        self.applied: Ruleset | None = None
 
-    def compile(self, net: Network) -> str:
+    def compile(self, net: Network) -> Ruleset:
         return compile_ruleset(net)
 
-    def apply(self, desired: str) -> Applied:
+    def apply(self, desired: Ruleset) -> Applied:
+        """Set element updates when only membership changed (Felix's set updates: a join is one
+        element), else the whole table; either way one ``nft -f`` transaction."""
         start = time.monotonic()
         if self.applied is None:
             run(["sysctl", "-q", "-w", *SYSCTLS], netns=self.netns)
-        run(["nft", "-f", "-"], netns=self.netns, input=desired)
-        old = set((self.applied or "").splitlines())
-        new = set(desired.splitlines())
+        delta = desired.update_from(self.applied) if self.applied is not None else None
+        try:
+            if delta is not None:
+                if delta:
+                    run(["nft", "-f", "-"], netns=self.netns, input=delta)
+                added = sum(line.startswith("add element") for line in delta.splitlines())
+                removed = sum(line.startswith("delete element") for line in delta.splitlines())
+                how = "set elements"
+            else:
+                run(["nft", "-f", "-"], netns=self.netns, input=desired.text())
+                old = set(self.applied.text().splitlines()) if self.applied else set()
+                new = set(desired.text().splitlines())
+                added, removed, how = len(new - old), len(old - new), "whole table"
+        except Exception:
+            self.applied = None  # unknown state: the next apply replaces the whole table
+            raise
         self.applied = desired
-        return Applied(
-            len(new - old), len(old - new), time.monotonic() - start, f"{set_elements(desired)} set elements"
-        )
+        return Applied(added, removed, time.monotonic() - start, f"{how}; {desired.elements} set elements")

@@ -27,7 +27,8 @@ from __future__ import annotations
 
 import zlib
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 from policyfabric.agent.view import Endpoint, Network, Rule, SgRule, opens
 
@@ -59,6 +60,43 @@ def _families(ethertype: int | None) -> list[tuple[str, str, str]]:
     return [FAMILIES[ethertype]] if ethertype in FAMILIES else list(FAMILIES.values())
 
 
+@dataclass(frozen=True)
+class Ruleset:
+    """The desired table: its named sets' elements, apart from the rest (chains and set names),
+    so that a change of membership alone can be applied as set element updates."""
+
+    sets: Mapping[str, frozenset[str]]
+    chains: str
+
+    @property
+    def elements(self) -> int:
+        return sum(len(e) for e in self.sets.values())
+
+    def text(self) -> str:
+        """``nft -f`` text replacing the whole table atomically (add, delete, define: one transaction)."""
+        declared = []
+        for name, elements in sorted(self.sets.items()):
+            kind = "ipv6_addr" if name.endswith("_6") else "ipv4_addr"
+            body = f" elements = {{ {', '.join(sorted(elements))} }}" if elements else ""
+            declared.append(f"  set {name} {{ type {kind};{body} }}")
+        head = [f"table inet {TABLE} {{}}", f"delete table inet {TABLE}", f"table inet {TABLE} {{", *declared]
+        return "\n".join(head) + "\n" + self.chains
+
+    def update_from(self, old: Ruleset) -> str | None:
+        """``nft -f`` text turning ``old`` into this one with set element changes only (one
+        transaction), or None when more than set contents changed."""
+        if self.chains != old.chains or self.sets.keys() != old.sets.keys():
+            return None
+        lines = []
+        for name in sorted(self.sets):
+            gone, new = old.sets[name] - self.sets[name], self.sets[name] - old.sets[name]
+            if gone:
+                lines.append(f"delete element inet {TABLE} {name} {{ {', '.join(sorted(gone))} }}")
+            if new:
+                lines.append(f"add element inet {TABLE} {name} {{ {', '.join(sorted(new))} }}")
+        return "\n".join(lines) + "\n" if lines else ""
+
+
 def _join(*parts: str) -> str:
     return " ".join(p for p in parts if p)
 
@@ -77,13 +115,8 @@ class _Sets:
             )
         return name
 
-    def render(self) -> list[str]:
-        out = []
-        for name, elements in sorted(self.elements.items()):
-            kind = "ipv6_addr" if name.endswith("_6") else "ipv4_addr"
-            body = f" elements = {{ {', '.join(sorted(elements))} }}" if elements else ""
-            out.append(f"  set {name} {{ type {kind};{body} }}")
-        return out
+    def frozen(self) -> dict[str, frozenset[str]]:
+        return {name: frozenset(elements) for name, elements in self.elements.items()}
 
 
 def _group_chain(
@@ -157,8 +190,8 @@ def _sg_chain(net: Network, ep: Endpoint, inbound: bool, sets: _Sets) -> list[st
     return [*lines, "drop"]
 
 
-def compile_ruleset(net: Network) -> str:
-    """The ``nft -f`` text that replaces the table atomically (add, delete, define: one transaction)."""
+def compile_ruleset(net: Network) -> Ruleset:
+    """The desired table for this view (``.text()`` is what ``nft -f`` takes)."""
     members: dict[int, set[str]] = defaultdict(set)
     for e in (*net.local, *net.remote):
         if e.classid:
@@ -185,13 +218,7 @@ def compile_ruleset(net: Network) -> str:
             chains.append((f"ep{n}_{direction}", "", layers))
             chains.append((f"ep{n}_{direction}_g", "", _group_chain(net, ep, inbound, sets, members)))
             chains.append((f"ep{n}_{direction}_sg", "", _sg_chain(net, ep, inbound, sets)))
-    text = [
-        f"table inet {TABLE} {{}}",
-        f"delete table inet {TABLE}",
-        f"table inet {TABLE} {{",
-        *sets.render(),
-    ]
-    text += ["  chain zones {", "    type filter hook prerouting priority raw; policy accept;", *zones, "  }"]
+    text = ["  chain zones {", "    type filter hook prerouting priority raw; policy accept;", *zones, "  }"]
     text += [
         "  chain forward {",
         "    type filter hook forward priority filter; policy accept;",
@@ -203,13 +230,4 @@ def compile_ruleset(net: Network) -> str:
         text += [f"    {line}" for line in body]
         text.append("  }")
     text.append("}")
-    return "\n".join(text) + "\n"
-
-
-def set_elements(ruleset: str) -> int:
-    """How many set elements a compiled ruleset holds (for benches and logs)."""
-    count = 0
-    for line in ruleset.splitlines():
-        if "elements = {" in line:
-            count += line.split("elements = {", 1)[1].count(",") + 1
-    return count
+    return Ruleset(sets.frozen(), "\n".join(text) + "\n")
