@@ -28,7 +28,7 @@ from policyfabric.agent.endpoints import bd_members_prefix, declaration
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
-from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline, routed_bds
 from policyfabric.agent.view import Network, local_endpoint, policy_view, remote_endpoints
 from policyfabric.opflex.client import Peer, PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
@@ -177,6 +177,8 @@ class OvsAgent:
         self._declare(plugged)
         t2 = time.perf_counter()
         net = self.network(plugged)
+        for bd in routed_bds(net):  # to route to a subnet, learn its endpoints (idempotent)
+            self.client.resolve_endpoints("EprL2Ep", bd_members_prefix(bd))
         t3 = time.perf_counter()
         flows = compile_pipeline(
             net, tunnel_port if self.config.tunnel_ip else None, enforce_policy=not self.policy_elsewhere

@@ -8,6 +8,7 @@ unit test.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -100,6 +101,36 @@ def opens(src: Group, dst: Group, contract: str, rule: Rule) -> bool:
 
 
 @dataclass(frozen=True)
+class RouterInterface:
+    """A router's leg on a bridge domain: its subnet's gateway address (answered on every host)."""
+
+    bd: str  # bridge domain URI
+    gateway_ip: str
+    prefix: str  # the subnet, e.g. 10.1.0.0/24
+
+
+@dataclass(frozen=True)
+class Router:
+    """A distributed router: every host with endpoints on its subnets routes between them."""
+
+    uri: str
+    number: int  # small and stable: what reg6 carries between L2 and L3
+    mac: str  # the gateway MAC, the same on every host (an overlay never learns it from two places)
+    interfaces: tuple[RouterInterface, ...]
+
+    @property
+    def bds(self) -> frozenset[str]:
+        return frozenset(i.bd for i in self.interfaces)
+
+
+def router_identity(uri: str) -> tuple[int, str]:
+    """(number, MAC) of a router, derived from its URI so every host agrees without asking."""
+    h = zlib.crc32(uri.encode())
+    number = (h & 0xFFFF) or 1
+    return number, f"02:50:46:fe:{number >> 8:02x}:{number & 0xFF:02x}"
+
+
+@dataclass(frozen=True)
 class Network:
     local: tuple[Endpoint, ...] = ()
     remote: tuple[Endpoint, ...] = ()
@@ -108,6 +139,7 @@ class Network:
     bds: Mapping[str, BridgeDomain] = field(default_factory=dict)
     security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
     address_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group → member IPs
+    routers: Mapping[str, Router] = field(default_factory=dict)
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
@@ -203,11 +235,37 @@ def _members(policy: Mapping[str, MO], sg: MO) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+def _routers(
+    policy: Mapping[str, MO], routers: list[MO], bd_of_subnets: Mapping[str, str]
+) -> dict[str, Router]:
+    out = {}
+    for mo in routers:
+        legs = []
+        for leg in _children(policy, mo, "PfRouterInterface"):
+            subnet = policy.get(_ref(leg.properties.get("subnet")) or "")
+            gw = subnet.properties.get("virtualRouterIp") if subnet else None
+            bd = bd_of_subnets.get(subnet.parent_uri or "") if subnet else None
+            if subnet is None or bd is None or not isinstance(gw, str) or gw == "None":
+                continue  # not resolved yet, or a subnet without a gateway: nothing to route
+            prefix = f"{subnet.properties.get('address')}/{subnet.properties.get('prefixLen')}"
+            legs.append(RouterInterface(bd, gw, prefix))
+        number, mac = router_identity(mo.uri)
+        out[mo.uri] = Router(mo.uri, number, mac, tuple(sorted(legs, key=lambda i: (i.bd, i.gateway_ip))))
+    return out
+
+
 def policy_view(policy: Mapping[str, MO]) -> Network:
-    """Groups, contracts, bridge domains and security groups of every tenant in the cache."""
+    """Groups, contracts, bridge domains, security groups and routers of every tenant in the cache."""
     groups, contracts, bds, sgs, sets = {}, {}, {}, {}, {}
+    routers: list[MO] = []
+    bd_of_subnets: dict[str, str] = {}  # GbpSubnets container → its bridge domain
     for uri, mo in policy.items():
-        if mo.subject == "GbpBridgeDomain":
+        if mo.subject == "PfRouter":
+            routers.append(mo)
+        elif mo.subject == "GbpBridgeDomain":
+            container = target(policy, uri + "GbpForwardingBehavioralGroupToSubnetsRSrc/")
+            if container:
+                bd_of_subnets[container] = uri
             vrf_uri = target(policy, uri + "GbpBridgeDomainToNetworkRSrc/")
             vrf = policy.get(vrf_uri) if vrf_uri else None
             bds[uri] = BridgeDomain(
@@ -228,7 +286,14 @@ def policy_view(policy: Mapping[str, MO]) -> Network:
         elif mo.subject == "GbpSecGroup":
             sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo))
             sets[uri] = _members(policy, mo)
-    return Network(groups=groups, contracts=contracts, bds=bds, security_groups=sgs, address_sets=sets)
+    return Network(
+        groups=groups,
+        contracts=contracts,
+        bds=bds,
+        security_groups=sgs,
+        address_sets=sets,
+        routers=_routers(policy, routers, bd_of_subnets),
+    )
 
 
 def _ref(value: Any) -> str | None:

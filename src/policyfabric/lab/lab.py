@@ -294,6 +294,16 @@ class Lab:
             run(["ip", "addr", "add", f"{ip}/{prefix}", "dev", "eth0", *nodad], netns=netns)
         run(["ip", "link", "set", "eth0", "up"], netns=netns)
         run(["ethtool", "-K", "eth0", "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
+        gateways = [
+            s["gateway_ip"]
+            for ip in ips
+            for s in subnets
+            if s.get("gateway_ip")
+            and ipaddress.ip_address(ip) in ipaddress.ip_network(s["cidr"])
+            and ipaddress.ip_address(ip).version == 4
+        ]
+        if gateways:  # off-subnet traffic goes to the subnet's gateway: the distributed router
+            run(["ip", "route", "add", "default", "via", gateways[0]], netns=netns)
         run(["ip", "link", "set", ep.port, "up"], netns=host["netns"])
         port = ep.port
         if host.get("renderer") == "nftables":

@@ -9,7 +9,11 @@ version):
 10    PORT_SECURITY  source MAC, IP and ARP fields must be the endpoint's own
 20    ARP            answer ARP requests for known endpoints locally
 30    L2             destination MAC in the bridge domain → port or remote host;
-                     ARP/ND multicast to the bridge domain's ports and hosts only
+                     ARP/ND multicast to the bridge domain's ports and hosts only;
+                     a router's MAC → 40 with the router in reg6
+40    ROUTING        distributed routing: destination IP in the router's subnets →
+                     router MAC as source, the endpoint's MAC, TTL - 1, its bridge
+                     domain, group and port or host (then policy, as bridged)
 60    POLICY         IP → conntrack (zone = routing domain); neighbour discovery passes
 61    POLICY_CT      established/related pass; new: group policy (contracts as conjunctions)
 62    SG_EGRESS      new, from a local port: its security groups' egress rules
@@ -19,7 +23,8 @@ version):
 
 Registers: reg0 source group class id, reg1 destination group class id,
 reg2 bridge domain VNI, reg3 conntrack zone, reg4 output port, reg5 bit 0 =
-arrived from a tunnel, reg7 remote host (tunnel IPv4 destination).
+arrived from a tunnel, reg6 router number, reg7 remote host (tunnel IPv4
+destination).
 
 A new connection passes only if every layer that applies to it allows it:
 group policy when either end is in an EPG (an end without one, class 0, is
@@ -47,17 +52,8 @@ from functools import lru_cache
 from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex, port_masks
 from policyfabric.agent.view import BridgeDomain, Endpoint, Network, Rule, SgRule
 
-CLASSIFY, PORT_SECURITY, ARP, L2, POLICY, POLICY_CT, SG_EGRESS, SG_INGRESS, OUTPUT = (
-    0,
-    10,
-    20,
-    30,
-    60,
-    61,
-    62,
-    63,
-    70,
-)
+CLASSIFY, PORT_SECURITY, ARP, L2, ROUTING = 0, 10, 20, 30, 40
+POLICY, POLICY_CT, SG_EGRESS, SG_INGRESS, OUTPUT = 60, 61, 62, 63, 70
 
 ZONE = "NXM_NX_REG3[0..15]"
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
@@ -132,26 +128,27 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
     return (*flows, *arp_answers(ep, bd))
 
 
+def arp_reply(vni: int, ip: str, mac: str) -> Flow:
+    """Answer "who has ``ip``" in the bridge domain with ``mac``, from the host itself."""
+    return flow(
+        ARP,
+        100,
+        {"reg2": hex(vni), "arp": "", "arp_op": 1, "arp_tpa": ip},
+        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
+        set_field(mac, "eth_src"),
+        set_field(2, "arp_op"),
+        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]",
+        "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
+        set_field(mac, "arp_sha"),
+        set_field(ip, "arp_spa"),
+        "IN_PORT",
+    )
+
+
 @lru_cache(maxsize=1 << 17)
 def arp_answers(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
     """Answer "who has IP" for an endpoint of the bridge domain on the host, so ARP stays local."""
-    return tuple(
-        flow(
-            ARP,
-            100,
-            {"reg2": hex(bd.vni), "arp": "", "arp_op": 1, "arp_tpa": ip},
-            "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
-            set_field(ep.mac, "eth_src"),
-            set_field(2, "arp_op"),
-            "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]",
-            "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
-            set_field(ep.mac, "arp_sha"),
-            set_field(ip, "arp_spa"),
-            "IN_PORT",
-        )
-        for ip in ep.ips
-        if not _is_v6(ip)
-    )
+    return tuple(arp_reply(bd.vni, ip, ep.mac) for ip in ep.ips if not _is_v6(ip))
 
 
 @lru_cache(maxsize=1 << 17)
@@ -183,6 +180,65 @@ def endpoint_flows(net: Network, tunnel_port: int | None) -> list[Flow]:
             if bd is not None and bd.uri in local_bds and ep.vtep is not None:
                 flows += remote_endpoint_flows(ep, bd, tunnel_port)
     return flows
+
+
+@lru_cache(maxsize=1 << 17)
+def routed_flows(
+    ep: Endpoint, bd: BridgeDomain, router: int, router_mac: str, tunnel_port: int
+) -> tuple[Flow, ...]:
+    """Table 40: packets for the endpoint's IPv4 addresses that reached router ``router`` leave it
+    with the router's MAC as source and the endpoint's as destination, TTL - 1, on the endpoint's
+    bridge domain, to its port or its host (remote when ``ep.vtep``)."""
+    where = [set_field(ep.ofport or 0, "reg4")]
+    if ep.vtep is not None:
+        where = [set_field(tunnel_port, "reg4"), set_field(ip_hex(ep.vtep), "reg7")]
+    return tuple(
+        flow(
+            ROUTING,
+            100,
+            {"reg6": hex(router), "ip": "", "nw_dst": ip},
+            set_field(router_mac, "eth_src"),
+            set_field(ep.mac, "eth_dst"),
+            "dec_ttl",
+            set_field(bd.vni, "reg2"),
+            set_field(ep.classid, "reg1"),
+            *where,
+            goto(POLICY),
+        )
+        for ip in ep.ips
+        if not _is_v6(ip)
+    )
+
+
+def routing(net: Network, tunnel_port: int | None) -> list[Flow]:
+    """Distributed routing: a host with endpoints on a router's subnets answers ARP for their
+    gateways with the router's MAC and routes between them itself, to local ports directly and to
+    remote endpoints straight to their host (no gateway in the path)."""
+    flows = [flow(ROUTING, 0, None, "drop")]
+    local_bds = {e.bd for e in net.local}
+    for router in sorted(net.routers.values(), key=lambda r: r.uri):
+        if not router.bds & local_bds:
+            continue
+        for leg in router.interfaces:
+            bd = net.bds.get(leg.bd)
+            if bd is None or leg.bd not in local_bds or ":" in leg.gateway_ip:
+                continue
+            flows.append(arp_reply(bd.vni, leg.gateway_ip, router.mac))
+            match = {"reg2": hex(bd.vni), "dl_dst": router.mac}
+            flows.append(flow(L2, 100, match, set_field(router.number, "reg6"), goto(ROUTING)))
+        for ep in (*net.local, *net.remote):
+            bd = net.bds.get(ep.bd)
+            if bd is None or ep.bd not in router.bds or (ep.ofport is None and tunnel_port is None):
+                continue
+            flows += routed_flows(ep, bd, router.number, router.mac, tunnel_port or 0)
+    return flows
+
+
+def routed_bds(net: Network) -> set[str]:
+    """Every bridge domain a router joins to one that has local endpoints: the agent learns their
+    endpoints (registry) to route to them."""
+    local_bds = {e.bd for e in net.local}
+    return {bd for r in net.routers.values() if r.bds & local_bds for bd in r.bds}
 
 
 def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
@@ -468,6 +524,7 @@ def compile_pipeline(net: Network, tunnel_port: int | None, enforce_policy: bool
         *classify(net, tunnel_port),
         *endpoint_flows(net, tunnel_port),
         *flooding(net, tunnel_port),
+        *routing(net, tunnel_port),
         *rules,
         *tunnel_output(tunnel_port),
     ]

@@ -269,6 +269,11 @@ class FakeSwitch:
                     p.ct_state = self.conntrack.state(p, zone)
                     self._run(int(args["table"]), p, result, depth + 1)
                     return
+            elif action == "dec_ttl":  # at 1 or 0 OVS sends it to a controller: there is none, so drop
+                ttl = int(p.fields.get("nw_ttl", 64))
+                if ttl <= 1:
+                    return
+                p.fields["nw_ttl"] = ttl - 1
             elif action.startswith("conjunction("):
                 continue
             else:
