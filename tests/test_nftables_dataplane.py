@@ -107,11 +107,14 @@ def test_a_member_joining_is_one_set_element(lab: Lab) -> None:
         until(lambda: elements() == before)
 
 
-def test_group_policy_scenario_passes_with_nftables_hosts(tmp_path: Path) -> None:
-    """The two-host EPG scenario, one host on each renderer, through `lab verify --json`."""
-    scenario = with_nftables(
-        SCENARIOS / "two_hosts.yaml", tmp_path / "two.yaml", "[{name: h1}, {name: h2, renderer: nftables}]"
-    )
+@pytest.mark.parametrize(("name", "expectations"), [("two_hosts.yaml", 10), ("routed.yaml", 7)])
+def test_scenarios_pass_with_a_host_on_nftables(tmp_path: Path, name: str, expectations: int) -> None:
+    """The EPG scenario and the routed one (two tenants, same addresses), one host on each renderer,
+    through `lab verify --json`."""
+    hosts = "[{name: h1}, {name: h2, renderer: nftables}]"
+    if name == "routed.yaml":
+        hosts = "[{name: h1, renderer: nftables}, {name: h2}]"  # where the same-host routing happens
+    scenario = with_nftables(SCENARIOS / name, tmp_path / name, hosts)
     done = subprocess.run(
         [
             sys.executable,
@@ -129,7 +132,7 @@ def test_group_policy_scenario_passes_with_nftables_hosts(tmp_path: Path) -> Non
     )
     report = json.loads(done.stdout)
     assert done.returncode == 0, done.stderr
-    assert report["failed"] == 0 and report["passed"] == 10
+    assert report["failed"] == 0 and report["passed"] == expectations
 
 
 def test_the_ruleset_is_valid_nft(tmp_path: Path) -> None:
