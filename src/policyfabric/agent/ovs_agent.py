@@ -5,7 +5,9 @@ interface was plugged or unplugged) and the OpFlex client (policy or
 endpoint registry changed). Each wake-up runs ``reconcile``: read the
 plugged interfaces in bulk, make sure the policy they need is resolved and
 they are declared, compile the desired flows (pure) and apply the
-difference (one bundle). Bursts are coalesced by a short debounce.
+difference (one bundle). A lone change is rendered at once; changes that
+arrive during a reconcile, or within ``debounce`` of its start, share the
+next one.
 
 While no authority answers, the cache (persisted under ``--state-dir``)
 keeps driving the same flows, so the dataplane stays as it was; the client
@@ -126,10 +128,13 @@ class OvsAgent:
         )
         try:
             self._wake.set()
+            last = float("-inf")
             while True:
                 await self._wake.wait()
-                await asyncio.sleep(self.config.debounce)
+                # a lone change is rendered at once; in a burst, at most one reconcile per debounce
+                await asyncio.sleep(max(0.0, last + self.config.debounce - time.monotonic()))
                 self._wake.clear()
+                last = time.monotonic()
                 try:
                     await self.reconcile()
                 except Exception as exc:  # keep serving; report, and retry shortly

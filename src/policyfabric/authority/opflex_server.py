@@ -5,7 +5,7 @@
   session to it for ``prr`` seconds; a REST change is diffed against the
   previous tree and pushed as one ``policy_update`` per session, only to the
   sessions subscribed to a changed URI (or an ancestor of it), in revision
-  order, coalescing bursts within ``coalesce`` seconds.
+  order: a lone change at once, a burst coalesced into one push per ``coalesce`` seconds.
 - Endpoint registry: declarations with leases; ``endpoint_resolve`` accepts
   a full endpoint URI or a prefix of one (an extension: all endpoints of a
   bridge domain) and subscribes to it; changes go out as ``endpoint_update``.
@@ -220,6 +220,7 @@ class OpflexServer:
         self.advertise = advertise or []
         self.keepalive, self.max_frame, self.tls = keepalive, max_frame, tls
         self.coalesce, self.lease_tick = coalesce, lease_tick
+        self._last_flush = float("-inf")
         self.peers: dict[Session, Peer] = {}
         self.agents: dict[str, AgentInfo] = {}
         self.faults: dict[tuple[str, str, str], Fault] = {}
@@ -381,12 +382,17 @@ class OpflexServer:
         self._schedule()
 
     def _schedule(self) -> None:
+        """A flush at once if none ran within ``coalesce`` (a lone change waits for nothing), else when
+        that much has passed since the last one began (a burst is pushed in few, larger updates)."""
         if self._flush is None and self.loop is not None:
-            self._flush = self.loop.call_later(self.coalesce, lambda: asyncio.ensure_future(self.flush()))
+            wait = max(0.0, self._last_flush + self.coalesce - self.loop.time())
+            self._flush = self.loop.call_later(wait, lambda: asyncio.ensure_future(self.flush()))
 
     async def flush(self) -> None:
         """Push what changed since the last flush, once per session."""
         self._flush = None
+        if self.loop is not None:
+            self._last_flush = self.loop.time()
         async with self._flushing:
             dirty, self._dirty = self._dirty, set()
             epr, self._epr_changed = self._epr_changed, {}

@@ -93,6 +93,8 @@ class PolicyClient:
         self._stop = False
         self.save_interval = 0.5
         self._save_handle: asyncio.TimerHandle | None = None
+        self._push_seq = 0  # policy_update messages applied so far
+        self._pushed: dict[str, int] = {}  # uri -> the push that last changed it
         self._load()
 
     # ---- cache persistence
@@ -318,12 +320,19 @@ class PolicyClient:
 
     async def _resolve(self, items: list[tuple[str, str]], full: bool = False) -> None:
         """Resolve URIs in parallel; on a full resync, drop what the authority no longer has."""
+        asked = self._push_seq
         results = await asyncio.gather(
             *[
                 self._call("policy_resolve", {"subject": s, "policy_uri": u, "prr": self.prr})
                 for s, u in items
             ]
         )
+
+        def newer(u: str) -> bool:
+            """A push about ``u`` was applied after the request left: the reply is older than it.
+            (Pushes are applied as they are read, before this coroutine resumes with the replies.)"""
+            return self._pushed.get(u, 0) > asked
+
         changed: set[str] = set()
         for (_, uri), result in zip(items, results, strict=True):
             if not isinstance(result, dict):
@@ -331,10 +340,12 @@ class PolicyClient:
             mos = [MO.from_wire(m) for m in result.get("policy", []) if isinstance(m, dict)]
             fresh = {m.uri for m in mos}
             if full:  # the subtree as the authority has it now: remove what vanished while away
-                for gone in [u for u in self.policy if u.startswith(uri) and u not in fresh]:
+                for gone in [u for u in self.policy if u.startswith(uri) and u not in fresh and not newer(u)]:
                     del self.policy[gone]
                     changed.add(gone)
             for mo in mos:
+                if newer(mo.uri):
+                    continue
                 if self.policy.get(mo.uri) != mo:
                     self.policy[mo.uri] = mo
                     changed.add(mo.uri)
@@ -371,6 +382,9 @@ class PolicyClient:
         return Session.NO_REPLY
 
     def _apply_policy(self, replace: list[MO], merge: list[MO], delete: list[str]) -> None:
+        self._push_seq += 1
+        for uri in (*(m.uri for m in replace), *(m.uri for m in merge), *delete):
+            self._pushed[uri] = self._push_seq
         changed: set[str] = set()
         for mo in replace:
             old = self.policy.get(mo.uri)
