@@ -29,6 +29,11 @@ class Rule:
     protocol: int | None = None
     ports: tuple[int, int] | None = None
 
+    @property
+    def priority(self) -> int:
+        """Evaluation order for every renderer: drop rules before allow rules, each by ``order``."""
+        return (2000 if not self.allow else 1000) - min(self.order, 900)
+
 
 @dataclass(frozen=True)
 class SgRule(Rule):

@@ -102,17 +102,20 @@ def _group_rules(net: Network, group: Group, me: str, used: set[int]) -> tuple[l
         used.add(group.classid)
         inbound.append(f" permit ip {own} {me}")
         outbound.append(f" permit ip {me} {own}")
-    for uri, contract in sorted(net.contracts.items()):
-        for rule in contract.rules:
-            action = "permit" if rule.allow else "deny"
-            for peer in net.groups.values():
-                other = f"object-group epg-{short(peer.uri)}"
-                if opens(peer, group, uri, rule):
-                    used.add(peer.classid)
-                    inbound.append(_line(action, rule, other, me))
-                if opens(group, peer, uri, rule):
-                    used.add(peer.classid)
-                    outbound.append(_line(action, rule, me, other))
+    ranked = sorted(
+        ((uri, rule) for uri, contract in sorted(net.contracts.items()) for rule in contract.rules),
+        key=lambda item: -item[1].priority,  # first match wins on a firewall: drop rules first
+    )
+    for uri, rule in ranked:
+        action = "permit" if rule.allow else "deny"
+        for peer in net.groups.values():
+            other = f"object-group epg-{short(peer.uri)}"
+            if opens(peer, group, uri, rule):
+                used.add(peer.classid)
+                inbound.append(_line(action, rule, other, me))
+            if opens(group, peer, uri, rule):
+                used.add(peer.classid)
+                outbound.append(_line(action, rule, me, other))
     return inbound, outbound
 
 

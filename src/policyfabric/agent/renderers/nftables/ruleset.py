@@ -136,7 +136,7 @@ def _group_chain(
     ranked: list[tuple[int, str]] = []
     for uri, contract in sorted(net.contracts.items()):
         for rule in contract.rules:
-            priority = (2000 if not rule.allow else 1000) - min(rule.order, 900)
+            priority = rule.priority
             for peer in sorted(net.groups.values(), key=lambda g: g.classid):
                 allowed = opens(peer, me, uri, rule) if inbound else opens(me, peer, uri, rule)
                 if not allowed:

@@ -414,7 +414,7 @@ def policy(net: Network) -> list[Flow]:
             variants = {"in": [(cons, prov)], "out": [(prov, cons)]}.get(
                 rule.direction, [(cons, prov), (prov, cons)]
             )
-            priority = (2000 if not rule.allow else 1000) - min(rule.order, 900)
+            priority = rule.priority
             for n, (srcs, dsts) in enumerate(variants):
                 cid = conj_id(uri, rule.key, str(n), str(rule.ethertype), str(rule.protocol), str(rule.ports))
                 parts: list[Sequence[Mapping[str, str | int]]] = [
