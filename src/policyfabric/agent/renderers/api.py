@@ -16,7 +16,7 @@ Plug-ins are Python entry points in the group ``policyfabric.renderers``::
     [project.entry-points."policyfabric.renderers"]
     myfirewall = "my_package.renderer:MyFirewallRenderer"
 
-and run with ``policyfabric agent --renderer myfirewall --renderer-opt key=value``.
+and run with ``policyfabric agent --renderer myfirewall:key=value``.
 The Open vSwitch renderer is built into the agent (it also discovers the
 endpoints and forwards their traffic); plug-in renderers run beside it on the
 same view. ``policyfabric renderers`` lists what is installed.
@@ -43,7 +43,7 @@ class RendererContext:
 
     host: str
     state_dir: Path | None = None
-    options: Mapping[str, str] = field(default_factory=dict)  # --renderer-opt KEY=VALUE
+    options: Mapping[str, str] = field(default_factory=dict)  # --renderer NAME:KEY=VALUE,...
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ address), each local endpoint gets an inbound and an outbound access list
 naming those sets, and the file is replaced atomically (write, then rename)
 only when its text changes.
 
-    policyfabric agent ... --renderer configfile --renderer-opt path=/etc/pf-firewall.conf
+    policyfabric agent ... --renderer configfile:path=/etc/pf-firewall.conf
 
 It is registered like any third-party renderer (``[project.entry-points.
 "policyfabric.renderers"]`` in pyproject.toml) and is the template for one.
@@ -150,7 +150,7 @@ class ConfigFileRenderer(Renderer[str]):
         default = context.state_dir / "firewall.conf" if context.state_dir else None
         path = context.options.get("path") or default
         if path is None:
-            raise RendererError("configfile: give --renderer-opt path=FILE (or --state-dir)")
+            raise RendererError("configfile: give --renderer configfile:path=FILE (or --state-dir)")
         self.path = Path(path)
 
     def compile(self, net: Network) -> str:
