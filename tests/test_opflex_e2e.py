@@ -326,9 +326,6 @@ def test_agents_resync_after_an_authority_restart(opflex_authority: AuthorityPro
 def test_agents_fail_over_between_authority_addresses(tmp_path: Path) -> None:
     first = authority_in(tmp_path / "a", extra=["--keepalive", "0.5"])
     second = authority_in(tmp_path / "b", extra=["--keepalive", "0.5"])
-    for server in (first, second):
-        server.start()
-        apply(server)
 
     async def go() -> None:
         h1 = await Agent("h1", [first.opflex, second.opflex], ["acme/web1"]).start()
@@ -344,8 +341,11 @@ def test_agents_fail_over_between_authority_addresses(tmp_path: Path) -> None:
             await h1.stop()
 
     try:
+        for server in (first, second):
+            server.start()
+            apply(server)
         run(go)
-    finally:
+    finally:  # also when starting either fails: nothing outlives the test
         first.kill()
         second.kill()
 
