@@ -29,7 +29,6 @@ of any change made through ovs-ofctl). The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import queue
 import re
@@ -47,11 +46,10 @@ from typing import Any
 
 import httpx
 from rich.console import Console
-from rich.table import Table
 
+from common import flow_count, private_ovs, report
 from policyfabric.authority.process import authority_in
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.lab.sh import run
 
 console = Console(stderr=True)
 TENANT = "bench"
@@ -95,11 +93,6 @@ class FlowMonitor:
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
-
-
-def flow_count(ovs: OvsInstance) -> int:
-    text = ovs.ofctl("dump-aggregate", ovs.mgmt("br-int"))
-    return int(text.split("flow_count=")[1].split()[0])
 
 
 def rss_kb(pid: int) -> int:
@@ -218,12 +211,7 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
     lines = [ln.strip() for ln in flows.splitlines() if ln.strip().startswith("cookie=")]
     path = workdir / "floor.flows"
     path.write_text("\n".join(lines) + "\n")
-    spare = OvsInstance(workdir / "spare-ovs", ovs.netns and ovs.netns + "-floor")
-    if spare.netns:
-        run(["ip", "netns", "add", spare.netns])
-    try:
-        spare.start()
-        spare.add_bridge("br-int")
+    with private_ovs(workdir / "spare-ovs", f"{ovs.netns}-floor") as spare:
         spare.ofctl("add-tlv-map", spare.mgmt("br-int"), "{class=0x5046,type=0x01,len=4}->tun_metadata0")
         start = time.monotonic()
         spare.ofctl("--no-names", "--bundle", "replace-flows", spare.mgmt("br-int"), str(path))
@@ -232,12 +220,7 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
         two.write_text("".join(f"flow add table=99,priority=1,reg0={i} actions=drop\n" for i in (1, 2)))
         start = time.monotonic()
         spare.ofctl("--no-names", "bundle", spare.mgmt("br-int"), str(two))
-        tiny = time.monotonic() - start
-        return took, tiny
-    finally:
-        spare.stop()
-        if spare.netns:
-            run(["ip", "netns", "del", spare.netns], check=False)
+        return took, time.monotonic() - start
 
 
 def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
@@ -257,81 +240,75 @@ def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
 
 
 def one_run(n: int, workdir: Path, batch: bool = False) -> dict[str, Any]:
-    netns = f"pfbench-{os.getpid()}-{n}"
-    run(["ip", "netns", "add", netns])
-    ovs = OvsInstance(workdir / "ovs", netns)
-    server = authority_in(workdir / "authority")
-    agent = None
-    try:
-        ovs.start()
-        ovs.add_bridge("br-int")
-        console.print(f"N={n}: plugging {n} ports")
-        plug_ports(ovs, n)
-        server.start()
-        log = (workdir / "agent.log").open("wb")
-        agent = subprocess.Popen(
-            [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
-             "--authority", "{}:{}".format(*server.opflex), "--ovsdb", ovs.ovsdb,
-             "--state-dir", str(workdir / "agent"), "--log-level", "info"],
-            stdout=log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        time.sleep(1.0)
-        console.print(f"N={n}: applying the intent")
-        start, applied, ids = apply_intent(server.url, n, batch)
-        console.print(f"N={n}: applied in {applied - start:.1f} s; waiting for the flows")
-        done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2)
-        flows = flow_count(ovs)
-        monitor = FlowMonitor(ovs)
+    with private_ovs(workdir / "ovs", f"pfbench-{os.getpid()}-{n}") as ovs:
+        server = authority_in(workdir / "authority")
+        agent = None
         try:
-            with httpx.Client(base_url=server.url, timeout=60) as http:
-                mover = http.get(f"/v1/endpoints/{ids['mover']}").json()
-                web_classid = http.get(
-                    "/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}
-                ).json()["items"][0]["classid"]
-                body = {k: mover[k] for k in ("name", "tenant", "ip", "mac")} | {"epg": "web0"}
-                port = ovs.vsctl("get", "Interface", f"p{BDS}", "ofport").strip()
-                t0 = time.monotonic()
-                http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
-                web = rf"(load:{web_classid:#x}->NXM_NX_REG0\[\]|set_field:{web_classid:#x}->reg0)"
-                seen = monitor.wait_for(rf"table=0 .*in_port={port} .*{web}")
-                member_change = seen - t0
-                rules = [
-                    {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"},
-                    {"name": "alt", "classifier": {"protocol": "tcp", "port": 8080}, "action": "allow"},
-                ]
-                t0 = time.monotonic()
-                http.put(
-                    f"/v1/contracts/{ids['contract']}",
-                    json={"name": "http", "tenant": TENANT, "rules": rules},
-                ).raise_for_status()
-                seen = monitor.wait_for(r"event=ADDED.*tp_dst=8080")
-                rule_add = seen - t0
+            console.print(f"N={n}: plugging {n} ports")
+            plug_ports(ovs, n)
+            server.start()
+            log = (workdir / "agent.log").open("wb")
+            agent = subprocess.Popen(
+                [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
+                 "--authority", "{}:{}".format(*server.opflex), "--ovsdb", ovs.ovsdb,
+                 "--state-dir", str(workdir / "agent"), "--log-level", "info"],
+                stdout=log, stderr=subprocess.STDOUT,
+            )  # fmt: skip
+            time.sleep(1.0)
+            console.print(f"N={n}: applying the intent")
+            start, applied, ids = apply_intent(server.url, n, batch)
+            console.print(f"N={n}: applied in {applied - start:.1f} s; waiting for the flows")
+            done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2)
+            flows = flow_count(ovs)
+            monitor = FlowMonitor(ovs)
+            try:
+                with httpx.Client(base_url=server.url, timeout=60) as http:
+                    mover = http.get(f"/v1/endpoints/{ids['mover']}").json()
+                    web_classid = http.get(
+                        "/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}
+                    ).json()["items"][0]["classid"]
+                    body = {k: mover[k] for k in ("name", "tenant", "ip", "mac")} | {"epg": "web0"}
+                    port = ovs.vsctl("get", "Interface", f"p{BDS}", "ofport").strip()
+                    t0 = time.monotonic()
+                    http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
+                    web = rf"(load:{web_classid:#x}->NXM_NX_REG0\[\]|set_field:{web_classid:#x}->reg0)"
+                    seen = monitor.wait_for(rf"table=0 .*in_port={port} .*{web}")
+                    member_change = seen - t0
+                    rules = [
+                        {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"},
+                        {"name": "alt", "classifier": {"protocol": "tcp", "port": 8080}, "action": "allow"},
+                    ]
+                    t0 = time.monotonic()
+                    http.put(
+                        f"/v1/contracts/{ids['contract']}",
+                        json={"name": "http", "tenant": TENANT, "rules": rules},
+                    ).raise_for_status()
+                    seen = monitor.wait_for(r"event=ADDED.*tp_dst=8080")
+                    rule_add = seen - t0
+            finally:
+                monitor.stop()
+            floor, tiny = floor_install(ovs, workdir)
+            busy = two_flow_bundle(ovs, workdir)
+            slow = [ln for ln in (workdir / "agent.log").read_text().splitlines() if "slow reconcile" in ln]
+            for line in slow[-4:]:
+                console.print(f"N={n} agent: {line.split(': ', 2)[-1]}")
+            return {
+                "apply_s": round(applied - start, 3),
+                "converge_s": round(done - start, 3),
+                "render_s": round(max(done - applied, 0.0), 3),
+                "member_change_s": round(member_change, 4),
+                "rule_add_s": round(rule_add, 4),
+                "flows": flows,
+                "rss_kb": rss_kb(agent.pid),
+                "floor_install_s": round(floor, 3),
+                "ofctl_two_flow_bundle_s": round(tiny, 4),
+                "ofctl_two_flow_bundle_busy_s": round(busy, 4),
+            }
         finally:
-            monitor.stop()
-        floor, tiny = floor_install(ovs, workdir)
-        busy = two_flow_bundle(ovs, workdir)
-        slow = [ln for ln in (workdir / "agent.log").read_text().splitlines() if "slow reconcile" in ln]
-        for line in slow[-4:]:
-            console.print(f"N={n} agent: {line.split(': ', 2)[-1]}")
-        return {
-            "apply_s": round(applied - start, 3),
-            "converge_s": round(done - start, 3),
-            "render_s": round(max(done - applied, 0.0), 3),
-            "member_change_s": round(member_change, 4),
-            "rule_add_s": round(rule_add, 4),
-            "flows": flows,
-            "rss_kb": rss_kb(agent.pid),
-            "floor_install_s": round(floor, 3),
-            "ofctl_two_flow_bundle_s": round(tiny, 4),
-            "ofctl_two_flow_bundle_busy_s": round(busy, 4),
-        }
-    finally:
-        if agent is not None:
-            agent.terminate()
-            agent.wait(10)
-        server.stop()
-        ovs.stop()
-        run(["ip", "netns", "del", netns], check=False)
+            if agent is not None:
+                agent.terminate()
+                agent.wait(10)
+            server.stop()
 
 
 def main() -> int:
@@ -373,18 +350,17 @@ def main() -> int:
         results[str(n)]["render_vs_floor"] = round(
             results[str(n)]["render_s"] / max(results[str(n)]["floor_install_s"], 1e-3), 2
         )
-    table = Table(title="agent convergence on one OVS host (median)")
     cols = [
         *("apply_s", "converge_s", "render_s", "floor_install_s", "render_vs_floor", "member_change_s"),
         *("rule_add_s", "ofctl_two_flow_bundle_s", "ofctl_two_flow_bundle_busy_s", "flows", "rss_kb"),
     ]
-    table.add_column("N", justify="right")
-    for c in cols:
-        table.add_column(c, justify="right")
-    for n, fig in results.items():
-        table.add_row(n, *(str(fig[c]) for c in cols))
-    Console().print(table)
-    print(json.dumps({"bench": "converge", "results": results}))
+    rows = [[n, *(fig[c] for c in cols)] for n, fig in results.items()]
+    report(
+        "agent convergence on one OVS host (median)",
+        ["N", *cols],
+        rows,
+        {"bench": "converge", "results": results},
+    )
     return 0
 
 

@@ -29,7 +29,6 @@ The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import sys
@@ -40,16 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
+from common import flow_count, private_ovs, report
 from policyfabric.agent.renderers.api import RendererContext
 from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
 from policyfabric.agent.renderers.ovs import pipeline
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.view import BridgeDomain, Endpoint, Network, SecurityGroup, SgRule
-from policyfabric.lab.ovs import OvsInstance
-from policyfabric.lab.sh import run
 
 console = Console(stderr=True)
 SG = "/PolicyUniverse/PolicySpace/bench/GbpSecGroup/sg/"
@@ -131,13 +128,12 @@ def nft_figures(net: Network, bigger: Network, netns: str) -> dict[str, Any]:
     }
 
 
+def sg_flows(flows: list[Flow]) -> set[Flow]:
+    return {f for f in flows if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS)}
+
+
 def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
-    netns = f"pfsg-{os.getpid()}-{n}"
-    run(["ip", "netns", "add", netns])
-    ovs = OvsInstance(workdir / "ovs", netns)
-    try:
-        ovs.start()
-        ovs.add_bridge("br-int")
+    with private_ovs(workdir / "ovs", f"pfsg-{os.getpid()}-{n}") as ovs:
         applier = FlowApplier(ovs.mgmt("br-int"), ovs.env)
         net = network(n, local)
         clear_memo()
@@ -145,37 +141,27 @@ def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
         flows = pipeline.compile_pipeline(net, TUNNEL_PORT)
         compile_s = time.perf_counter() - t0
         applied = applier.sync(flows)
-        sg_flows = sum(1 for f in flows if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS))
         bigger = joined(net, n)
         t0 = time.perf_counter()
         after = pipeline.compile_pipeline(bigger, TUNNEL_PORT)
         join_compile = time.perf_counter() - t0
         delta = applier.sync(after)
-        on_bridge = int(ovs.ofctl("dump-aggregate", ovs.mgmt("br-int")).split("flow_count=")[1].split()[0])
-        assert on_bridge == len(after), (on_bridge, len(after))
-        naive = naive_flows(local, n)
-        nft = nft_figures(net, bigger, netns)
-
-        def sg_set(fs: list[Flow]) -> set[Flow]:
-            return {f for f in fs if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS)}
-
+        assert flow_count(ovs) == len(after), (flow_count(ovs), len(after))
+        naive, sets = naive_flows(local, n), len(sg_flows(flows))
         return {
             "flows": len(flows),
-            "sg_flows": sg_flows,
+            "sg_flows": sets,
             "naive_sg_flows": naive,
-            "naive_vs_sets": round(naive / sg_flows, 1),
+            "naive_vs_sets": round(naive / sets, 1),
             "full_compile_s": round(compile_s, 4),
             "full_apply_s": round(applied.seconds, 4),
             "join_compile_s": round(join_compile, 4),
             "join_apply_s": round(delta.seconds, 4),
             "join_s": round(join_compile + delta.seconds, 4),
             "join_flows_changed": delta.added + delta.removed,  # the overlay's included
-            "join_sg_flows_changed": len(sg_set(flows) ^ sg_set(after)),
-            **nft,
+            "join_sg_flows_changed": len(sg_flows(flows) ^ sg_flows(after)),
+            **nft_figures(net, bigger, str(ovs.netns)),
         }
-    finally:
-        ovs.stop()
-        run(["ip", "netns", "del", netns], check=False)
 
 
 def main() -> int:
@@ -202,17 +188,12 @@ def main() -> int:
             else runs[0][key]
             for key in runs[0]
         }
-    table = Table(title="security groups: address sets vs per-address expansion (medians)")
     columns = ("flows", "sg_flows", "naive_sg_flows", "naive_vs_sets", "full_compile_s", "full_apply_s",
                "join_s", "join_flows_changed", "join_sg_flows_changed", "nft_set_elements", "nft_rules",
                "nft_full_s", "nft_join_s")  # fmt: skip
-    table.add_column("N", justify="right")
-    for c in columns:
-        table.add_column(c, justify="right")
-    for n, figures in results.items():
-        table.add_row(n, *(str(figures[c]) for c in columns))
-    Console().print(table)
-    print(json.dumps({"bench": "secgroups", "results": results}))
+    rows = [[n, *(figures[c] for c in columns)] for n, figures in results.items()]
+    report("security groups: address sets vs per-address expansion (medians)", ["N", *columns], rows,
+           {"bench": "secgroups", "results": results})  # fmt: skip
     return 0
 
 

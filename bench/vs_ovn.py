@@ -30,7 +30,6 @@ render_s (from the end of the write) is printed beside its converge_s. The last 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import signal
@@ -42,10 +41,9 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
-from rich.table import Table
 
-sys.path.insert(0, str(Path(__file__).parent))
-import converge
+import converge  # the policyfabric side (bench/ is on sys.path when a bench runs)
+from common import flow_count, netns, report
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.lab.sh import run
 
@@ -167,7 +165,8 @@ def intent(n: int) -> list[str]:
             ["lsp-set-addresses", f"ls{b}-r", "router"],
             ["lsp-set-options", f"ls{b}-r", f"router-port=lrp{b}"],
         ]
-    web, app = [], []
+    web: list[str] = []
+    app: list[str] = []
     for i in range(n):
         b = i % converge.BDS
         name = f"ep{i}"
@@ -201,64 +200,62 @@ def intent(n: int) -> list[str]:
 
 
 def ovn_run(n: int, workdir: Path) -> dict[str, Any]:
-    netns = f"pfovn-{os.getpid()}-{n}"
-    run(["ip", "netns", "add", netns])
-    ovn = Ovn(workdir / "ovn", netns)
-    try:
-        ovn.start()
-        console.print(f"OVN N={n}: plugging {n} ports")
-        for start in range(0, n, 250):
-            args: list[str] = []
-            for i in range(start, min(n, start + 250)):
-                args += [
-                    "--",
-                    "add-port",
-                    "br-int",
-                    f"p{i}",
-                    "--",
-                    "set",
-                    "Interface",
-                    f"p{i}",
-                    "type=internal",
-                    f"external_ids:iface-id=ep{i}",
-                ]
-            ovn.ovs.vsctl(*args, timeout=300)
-        ovn.nbctl("sync")  # northd and the chassis are up
-        console.print(f"OVN N={n}: one transaction with the intent")
-        converge_s = ovn.nbctl(*intent(n))
-        mover = "ep1"  # in pg_app (odd)
-        uuid = run(["ovn-nbctl", f"--db={ovn.nb}", "get", "logical_switch_port", mover, "_uuid"]).strip()
-        member = ovn.nbctl(
-            "remove",
-            "port_group",
-            "pg_app",
-            "ports",
-            uuid,
-            "--",
-            "add",
-            "port_group",
-            "pg_web",
-            "ports",
-            uuid,
-        )
-        rule = ovn.nbctl(
-            "acl-add",
-            "pg_web",
-            "to-lport",
-            "1003",
-            "outport == @pg_web && ip4.src == $pg_app_ip4 && tcp.dst == 8080",
-            "allow-related",
-        )
-        return {
-            "converge_s": round(converge_s, 3),
-            "member_change_s": round(member, 4),
-            "rule_add_s": round(rule, 4),
-            "flows": converge.flow_count(ovn.ovs),
-            "rss_kb": converge.rss_kb(ovn.controller_pid()),
-        }
-    finally:
-        ovn.stop()
-        run(["ip", "netns", "del", netns], check=False)
+    with netns(f"pfovn-{os.getpid()}-{n}") as name:
+        ovn = Ovn(workdir / "ovn", name)
+        try:
+            ovn.start()
+            console.print(f"OVN N={n}: plugging {n} ports")
+            for start in range(0, n, 250):
+                args: list[str] = []
+                for i in range(start, min(n, start + 250)):
+                    args += [
+                        "--",
+                        "add-port",
+                        "br-int",
+                        f"p{i}",
+                        "--",
+                        "set",
+                        "Interface",
+                        f"p{i}",
+                        "type=internal",
+                        f"external_ids:iface-id=ep{i}",
+                    ]
+                ovn.ovs.vsctl(*args, timeout=300)
+            ovn.nbctl("sync")  # northd and the chassis are up
+            console.print(f"OVN N={n}: one transaction with the intent")
+            converge_s = ovn.nbctl(*intent(n))
+            mover = "ep1"  # in pg_app (odd)
+            uuid = run(["ovn-nbctl", f"--db={ovn.nb}", "get", "logical_switch_port", mover, "_uuid"]).strip()
+            member = ovn.nbctl(
+                "remove",
+                "port_group",
+                "pg_app",
+                "ports",
+                uuid,
+                "--",
+                "add",
+                "port_group",
+                "pg_web",
+                "ports",
+                uuid,
+            )
+            rule = ovn.nbctl(
+                "acl-add",
+                "pg_web",
+                "to-lport",
+                "1003",
+                "outport == @pg_web && ip4.src == $pg_app_ip4 && tcp.dst == 8080",
+                "allow-related",
+            )
+            return {
+                "converge_s": round(converge_s, 3),
+                "member_change_s": round(member, 4),
+                "rule_add_s": round(rule, 4),
+                "flows": flow_count(ovn.ovs),
+                "rss_kb": converge.rss_kb(ovn.controller_pid()),
+            }
+        finally:
+            ovn.stop()
 
 
 def main() -> int:
@@ -284,16 +281,15 @@ def main() -> int:
         }
         ratios[str(n)] = {k: round(ours[k] / theirs[k], 2) if theirs[k] else None for k in KEYS}
         console.print(f"N={n}: {results[str(n)]}, ratios {ratios[str(n)]}")
-    table = Table(title="policyfabric vs OVN (one run; ratio = policyfabric / OVN, < 1 is better for times)")
-    table.add_column("N", justify="right")
-    table.add_column("system")
-    for k in (*KEYS, "render_s"):
-        table.add_column(k, justify="right")
-    for n, r in results.items():
-        for system, figures in (("policyfabric", r["policyfabric"]), ("ovn", r["ovn"]), ("ratio", ratios[n])):
-            table.add_row(n, system, *(str(figures.get(k, "")) for k in (*KEYS, "render_s")))
-    Console().print(table)
-    print(json.dumps({"bench": "vs_ovn", "results": results, "ratios": ratios}))
+    columns = (*KEYS, "render_s")
+    rows = [
+        [n, system, *(figures.get(k, "") for k in columns)]
+        for n, r in results.items()
+        for system, figures in (("policyfabric", r["policyfabric"]), ("ovn", r["ovn"]), ("ratio", ratios[n]))
+    ]
+    title = "policyfabric vs OVN (one run; ratio = policyfabric / OVN, < 1 is better for times)"
+    summary = {"bench": "vs_ovn", "results": results, "ratios": ratios}
+    report(title, ["N", "system", *columns], rows, summary)
     return 0
 
 
