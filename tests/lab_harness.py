@@ -14,6 +14,7 @@ from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.lab.plan import Expect
 from policyfabric.model import kinds as k
+from policyfabric.model import scenario as sc
 
 SCENARIOS = Path(__file__).parent / "scenarios"
 
@@ -51,6 +52,18 @@ def serving(lab: Lab, *listeners: tuple[str, str, int]) -> Iterator[None]:
         for proc in procs:
             proc.kill()
             proc.wait()
+
+
+@contextlib.contextmanager
+def running_lab(scenario: Path, directory: Path) -> Iterator[Lab]:
+    """A lab up on ``scenario`` for the duration; afterwards nothing of it may be left."""
+    lab = Lab.create(scenario, directory)
+    try:
+        lab.up(sc.load(scenario))
+        yield lab
+    finally:
+        assert lab.down(keep_logs=True) == []
+        assert own_processes(lab.state.directory) == [], "the lab left processes behind"
 
 
 def until(condition: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> float:

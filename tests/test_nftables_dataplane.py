@@ -20,7 +20,15 @@ import pytest
 from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, flows_with_age, measured, ns_run, own_processes, serving, until
+from tests.lab_harness import (
+    SCENARIOS,
+    flows_with_age,
+    measured,
+    ns_run,
+    running_lab,
+    serving,
+    until,
+)
 from tests.test_secgroups_dataplane import set_groups
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, nftables)")
@@ -43,13 +51,8 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
         base / "secgroups-nft.yaml",
         "[{name: h1, renderer: nftables}, {name: h2}]",
     )
-    lab = Lab.create(scenario, base / "state")
-    try:
-        lab.up(sc.load(scenario))
+    with running_lab(scenario, base / "state") as lab:
         yield lab
-    finally:
-        assert lab.down(keep_logs=True) == []
-        assert own_processes(lab.state.directory) == [], "the lab left processes behind"
 
 
 def nft(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:

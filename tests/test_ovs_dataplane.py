@@ -19,14 +19,13 @@ import pytest
 from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.model import kinds as k
-from policyfabric.model import scenario as sc
 from tests.lab_harness import (
     SCENARIOS,
     endpoint,
     flows_with_age,
     measured,
     ns_run,
-    own_processes,
+    running_lab,
     serve,
     serving,
     until,
@@ -37,13 +36,8 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (n
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.create(SCENARIOS / "two_hosts.yaml", tmp_path_factory.mktemp("lab") / "state")
-    try:
-        lab.up(sc.load(SCENARIOS / "two_hosts.yaml"))
+    with running_lab(SCENARIOS / "two_hosts.yaml", tmp_path_factory.mktemp("lab") / "state") as lab:
         yield lab
-    finally:
-        assert lab.down(keep_logs=True) == []
-        assert own_processes(lab.state.directory) == [], "the lab left processes behind"
 
 
 def contract(client: Client) -> dict:  # type: ignore[type-arg]

@@ -20,7 +20,7 @@ import pytest
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, measured, own_processes, serving, until
+from tests.lab_harness import SCENARIOS, measured, running_lab, serving, until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 SCENARIO = SCENARIOS / "routed.yaml"
@@ -28,13 +28,8 @@ SCENARIO = SCENARIOS / "routed.yaml"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.create(SCENARIO, tmp_path_factory.mktemp("routed") / "state")
-    try:
-        lab.up(sc.load(SCENARIO))
+    with running_lab(SCENARIO, tmp_path_factory.mktemp("routed") / "state") as lab:
         yield lab
-    finally:
-        assert lab.down(keep_logs=True) == []
-        assert own_processes(lab.state.directory) == [], "the lab left processes behind"
 
 
 def tunnel_tx(lab: Lab, host: str) -> int:

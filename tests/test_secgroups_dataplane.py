@@ -17,7 +17,15 @@ from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, endpoint, flows_with_age, measured, own_processes, serving, until
+from tests.lab_harness import (
+    SCENARIOS,
+    endpoint,
+    flows_with_age,
+    measured,
+    running_lab,
+    serving,
+    until,
+)
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 SCENARIO = SCENARIOS / "secgroups.yaml"
@@ -25,13 +33,8 @@ SCENARIO = SCENARIOS / "secgroups.yaml"
 
 @pytest.fixture(scope="module")
 def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    lab = Lab.create(SCENARIO, tmp_path_factory.mktemp("lab") / "state")
-    try:
-        lab.up(sc.load(SCENARIO))
+    with running_lab(SCENARIO, tmp_path_factory.mktemp("lab") / "state") as lab:
         yield lab
-    finally:
-        assert lab.down(keep_logs=True) == []
-        assert own_processes(lab.state.directory) == [], "the lab left processes behind"
 
 
 def test_the_matrix_matches_the_security_groups(lab: Lab) -> None:

@@ -51,9 +51,10 @@ class NftablesRenderer(Renderer[Ruleset]):
                 removed = sum(line.startswith("delete element") for line in delta.splitlines())
                 how = "set elements"
             else:
-                run(["nft", "-f", "-"], netns=self.netns, input=desired.text())
+                text = desired.text()
+                run(["nft", "-f", "-"], netns=self.netns, input=text)
                 old = set(self.applied.text().splitlines()) if self.applied else set()
-                new = set(desired.text().splitlines())
+                new = set(text.splitlines())
                 added, removed, how = len(new - old), len(old - new), "whole table"
         except Exception:
             self.applied = None  # unknown state: the next apply replaces the whole table
