@@ -94,7 +94,8 @@ class PolicyClient:
         self.save_interval = 0.5
         self._save_handle: asyncio.TimerHandle | None = None
         self._push_seq = 0  # policy_update messages applied so far
-        self._pushed: dict[str, int] = {}  # uri -> the push that last changed it
+        self._pushed: dict[str, int] = {}  # uri -> the push that last changed it (while resolving)
+        self._resolving = 0  # resolve batches awaiting their replies
         self._load()
 
     # ---- cache persistence
@@ -321,12 +322,16 @@ class PolicyClient:
     async def _resolve(self, items: list[tuple[str, str]], full: bool = False) -> None:
         """Resolve URIs in parallel; on a full resync, drop what the authority no longer has."""
         asked = self._push_seq
-        results = await asyncio.gather(
-            *[
-                self._call("policy_resolve", {"subject": s, "policy_uri": u, "prr": self.prr})
-                for s, u in items
-            ]
-        )
+        self._resolving += 1
+        try:
+            results = await asyncio.gather(
+                *[
+                    self._call("policy_resolve", {"subject": s, "policy_uri": u, "prr": self.prr})
+                    for s, u in items
+                ]
+            )
+        finally:
+            self._resolving -= 1
 
         def newer(u: str) -> bool:
             """A push about ``u`` was applied after the request left: the reply is older than it.
@@ -349,6 +354,8 @@ class PolicyClient:
                 if self.policy.get(mo.uri) != mo:
                     self.policy[mo.uri] = mo
                     changed.add(mo.uri)
+        if not self._resolving:
+            self._pushed.clear()  # only replies still in flight could be older than a push
         self._follow(changed)
         self._changed(changed)
 
@@ -383,8 +390,9 @@ class PolicyClient:
 
     def _apply_policy(self, replace: list[MO], merge: list[MO], delete: list[str]) -> None:
         self._push_seq += 1
-        for uri in (*(m.uri for m in replace), *(m.uri for m in merge), *delete):
-            self._pushed[uri] = self._push_seq
+        if self._resolving:  # only a reply still in flight can be older than this push
+            for uri in (*(m.uri for m in replace), *(m.uri for m in merge), *delete):
+                self._pushed[uri] = self._push_seq
         changed: set[str] = set()
         for mo in replace:
             old = self.policy.get(mo.uri)
