@@ -61,9 +61,8 @@ class LabState:
     opflex: str = ""
     namespaces: list[str] = field(default_factory=list)
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid (authority, agents)
-    ovs: dict[str, str] = field(default_factory=dict)  # host -> run directory
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, ips, mac, host
-    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, rundir, ...
 
     def save(self) -> None:
         path = Path(self.directory) / "state.json"
@@ -77,7 +76,8 @@ class LabState:
             data = json.loads((directory / "state.json").read_text())
         except FileNotFoundError:
             raise LabError(f"no lab is up under {directory} (no state.json)") from None
-        return cls(**data)
+        known = cls.__dataclass_fields__
+        return cls(**{key: value for key, value in data.items() if key in known})  # older files: extra keys
 
 
 @dataclass(frozen=True)
@@ -186,7 +186,6 @@ class Lab:
     def add_host(self, host: Host) -> None:
         netns = self.ns(host.name)
         rundir = self.dir / host.name / "ovs"
-        self.state.ovs[host.name] = str(rundir)
         self.state.hosts[host.name] = {"netns": netns, "underlay_ip": host.underlay_ip, "rundir": str(rundir),
                                        "renderer": host.renderer}  # fmt: skip
         self.state.save()
@@ -452,9 +451,9 @@ class Lab:
         for role, pid in list(self.state.pids.items()):
             if role != "authority":
                 _kill_pid(pid)
-        for host, rundir in self.state.ovs.items():
+        for host, info in self.state.hosts.items():
             try:
-                OvsInstance(Path(rundir)).stop()
+                OvsInstance(Path(info["rundir"])).stop()
             except OSError as exc:
                 problems.append(f"open vswitch of {host}: {exc}")
         if "authority" in self.state.pids:
