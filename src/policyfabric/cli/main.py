@@ -255,7 +255,7 @@ def _renderer_spec(text: str) -> tuple[str, dict[str, str]]:
 @app.command()
 def renderers() -> None:
     """List the renderer plug-ins installed (entry points in the group `policyfabric.renderers`)."""
-    from policyfabric.agent.renderers.api import RendererContext, RendererError, installed, load
+    from policyfabric.agent.renderers.api import RendererError, installed, renderer_class
 
     table = Table(title="renderer plug-ins (use: policyfabric agent --renderer NAME[:KEY=VALUE,...])")
     for column in ("name", "class", "options"):
@@ -265,7 +265,7 @@ def renderers() -> None:
     )
     for name, target in sorted(installed().items()):
         try:
-            cls = type(load(name, RendererContext("-", Path("."))))
+            cls = renderer_class(name)
             options = "; ".join(f"{k}: {v}" for k, v in cls.OPTIONS.items()) or "-"
         except RendererError as exc:
             options = f"[red]{exc}[/]"

@@ -92,8 +92,8 @@ def installed() -> dict[str, str]:
     return {ep.name: ep.value for ep in entry_points(group=GROUP)}
 
 
-def load(name: str, context: RendererContext) -> Renderer[object]:
-    """Instantiate the renderer registered as ``name``; a RendererError says what is installed."""
+def renderer_class(name: str) -> type[Renderer[object]]:
+    """The class registered as ``name``; a RendererError says what is wrong or what is installed."""
     found = [ep for ep in entry_points(group=GROUP) if ep.name == name]
     if not found:
         have = ", ".join(sorted(installed())) or "none"
@@ -104,5 +104,9 @@ def load(name: str, context: RendererContext) -> Renderer[object]:
         raise RendererError(f"renderer {name!r} ({found[0].value}) failed to load: {exc}") from exc
     if not (isinstance(cls, type) and issubclass(cls, Renderer)):
         raise RendererError(f"renderer {name!r} ({found[0].value}) is not a policyfabric Renderer subclass")
-    renderer: Renderer[object] = cls(context)
-    return renderer
+    return cls
+
+
+def load(name: str, context: RendererContext) -> Renderer[object]:
+    """Instantiate the renderer registered as ``name`` (its options checked)."""
+    return renderer_class(name)(context)
