@@ -22,20 +22,22 @@ import dataclasses
 import logging
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
 from policyfabric.agent.renderers import api
+from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline, routed_bds
 from policyfabric.agent.view import Network, local_endpoint, policy_view, remote_endpoints
 from policyfabric.opflex.client import Peer, PolicyClient
-from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.gbp import endpoint_uri, external_network_uri
 from policyfabric.opflex.mo import MO
-from policyfabric.opflex.uri import space
+from policyfabric.opflex.uri import UNIVERSE, space
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +55,9 @@ class AgentConfig:
     domain: str = "policyfabric"
     debounce: float = 0.01
     renderers: list[tuple[str, dict[str, str]]] = field(default_factory=list)  # plug-ins: (name, options)
+    external: dict[str, str] = field(default_factory=dict)  # external network name -> interface on bridge
+    gateway: bool = False  # may be elected SNAT gateway: learns every tenant's routers
+    announce_every: float = 20.0  # seconds between ARP refreshes on external networks
 
 
 @dataclass
@@ -100,6 +105,8 @@ class OvsAgent:
         self._last_error = ""
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._announced: set[external.Announcement] = set()
+        self._gateway_report: tuple[object, frozenset[str]] | None = None  # (session, networks) told
 
     # ---- wiring
     def wake(self, *_: Any) -> None:
@@ -117,6 +124,7 @@ class OvsAgent:
         self.ovsdb.watch(self._wake_threadsafe)
         self.client.on_change = self.wake
         client_task = asyncio.create_task(self.client.run())
+        refresher = asyncio.create_task(self._refresh_announcements())
         log.info(
             "agent %s: bridge %s via %s, tunnel ip %s, cache version %d; policy enforced by %s",
             self.config.host,
@@ -152,6 +160,7 @@ class OvsAgent:
                     await self._fault("render-failed", "cleared", "rendering works again")
         finally:
             client_task.cancel()
+            refresher.cancel()
             with contextlib.suppress(BaseException):
                 await self.client.stop()
             self.ovsdb.close()
@@ -172,7 +181,78 @@ class OvsAgent:
                 local.append(ep)
         keys = {e.key for e in local}
         remote = remote_endpoints(self.client.endpoints.values(), self.config.tunnel_ip or "", keys)
-        return dataclasses.replace(base, local=tuple(local), remote=remote)
+        assert self.ovsdb is not None
+        attached = {}
+        for uri, ext in base.external.items():
+            iface = self.config.external.get(ext.name)
+            ofport = self.ovsdb.ofports.get(iface) if iface else None
+            attached[uri] = dataclasses.replace(ext, ofport=ofport) if ofport else ext
+        return dataclasses.replace(
+            base, local=tuple(local), remote=remote, external=attached, host=self.config.host
+        )
+
+    def _subscribe_external(self) -> None:
+        """The external networks this host has a port on; on a gateway, every tenant (their routers
+        may name this host)."""
+        for name in self.config.external:
+            self.client.resolve("PfExternalNetwork", external_network_uri(name))
+        if not self.config.gateway:
+            return
+        self.client.resolve("PolicyUniverse", UNIVERSE)
+        universe = self.client.policy.get(UNIVERSE)
+        for uri in universe.children if universe else ():
+            mo = self.client.policy.get(uri)
+            if mo is None or mo.subject == "PolicySpace":
+                self.client.resolve("PolicySpace", uri)
+
+    def _report_gateway(self, net: Network) -> None:
+        """Tell the authority (once per session, and on change) which external networks this
+        gateway has a working port on: what the gateway election needs."""
+        session = self.client.session
+        if not self.config.gateway or session is None:
+            return
+        nets = frozenset(uri for uri, ext in net.external.items() if ext.ofport is not None)
+        if self._gateway_report == (session, nets):
+            return
+        self._gateway_report = (session, nets)
+        mo = MO(
+            "PfGatewayPorts",
+            "/PfGatewayPorts/",
+            {"tunnelIp": self.config.tunnel_ip or "", "externalNetworks": sorted(nets)},
+        )
+
+        async def send() -> None:
+            try:
+                await self.client.report([mo])
+                log.info("agent %s: gateway ports reported: %s", self.config.host, ", ".join(sorted(nets)))
+            except Exception as exc:
+                self._gateway_report = None
+                log.info("agent %s: gateway report deferred: %s", self.config.host, exc)
+                asyncio.get_running_loop().call_later(1.0, self.wake)
+
+        task = asyncio.create_task(send())
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _announce(self, items: Iterable[external.Announcement]) -> None:
+        """Gratuitous ARP for each address (the external side's switches and neighbours follow a
+        floating IP or a gateway that moved here), and an ARP request for the network's gateway
+        (its reply fills the neighbour table)."""
+        lines = []
+        for a in items:
+            for target in (a.ip, a.gateway_ip):
+                frame = external.arp_frame(a.mac, a.ip, target).hex()
+                lines.append(f"in_port=controller packet={frame} actions=output:{a.port}")
+        for line in lines:
+            try:
+                await asyncio.to_thread(self.applier.packet_out, line)
+            except Exception as exc:
+                log.warning("agent %s: ARP announcement failed: %s", self.config.host, exc)
+
+    async def _refresh_announcements(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.announce_every)
+            await self._announce(sorted(self._announced, key=lambda a: (a.port, a.ip)))
 
     async def reconcile(self) -> None:
         assert self.ovsdb is not None
@@ -180,8 +260,10 @@ class OvsAgent:
         plugged, tunnel_port = await asyncio.to_thread(self.ovsdb.interfaces)
         t1 = time.perf_counter()
         self._declare(plugged)
+        self._subscribe_external()
         t2 = time.perf_counter()
         net = self.network(plugged)
+        self._report_gateway(net)
         for bd in routed_bds(net):  # to route to a subnet, learn its endpoints (idempotent)
             self.client.resolve_endpoints("EprL2Ep", bd_members_prefix(bd))
         t3 = time.perf_counter()
@@ -218,6 +300,16 @@ class OvsAgent:
                     len(flows),
                     applied.seconds * 1000,
                 )
+        announce = set(external.announcements(net))
+        if announce - self._announced:
+            fresh = sorted(announce - self._announced, key=lambda a: (a.port, a.ip))
+            log.info(
+                "agent %s: now answering on external networks for %s",
+                self.config.host,
+                ", ".join(a.ip for a in fresh),
+            )
+            await self._announce(fresh)
+        self._announced = announce
         for name, renderer in self.plugins:
             await self._render_plugin(name, renderer, net)
         self._report_status({e.key for e in net.local})

@@ -115,6 +115,17 @@ class RouterInterface:
 
 
 @dataclass(frozen=True)
+class RouterGateway:
+    """A router's leg on an external network: SNAT to ``ip`` on the active gateway host."""
+
+    network: str  # PfExternalNetwork URI
+    ip: str  # the router's external address
+    snat: bool
+    active_host: str  # elected by the authority ("" while no gateway host is alive)
+    active_vtep: str
+
+
+@dataclass(frozen=True)
 class Router:
     """A distributed router: every host with endpoints on its subnets routes between them."""
 
@@ -122,6 +133,7 @@ class Router:
     number: int  # small and stable: what reg6 carries between L2 and L3
     mac: str  # the gateway MAC, the same on every host (an overlay never learns it from two places)
     interfaces: tuple[RouterInterface, ...]
+    gateway: RouterGateway | None = None
 
     @property
     def bds(self) -> frozenset[str]:
@@ -136,6 +148,32 @@ def router_identity(uri: str) -> tuple[int, str]:
 
 
 @dataclass(frozen=True)
+class ExternalNet:
+    """An external network; ``ofport`` is this host's port on it (None: not attached here)."""
+
+    uri: str
+    name: str
+    cidr: str
+    gateway_ip: str
+    ofport: int | None = None
+
+
+@dataclass(frozen=True)
+class FloatingIp:
+    """1:1 NAT of ``endpoint`` (TENANT/NAME) to ``ip``, done on the endpoint's host."""
+
+    ip: str
+    network: str  # PfExternalNetwork URI
+    endpoint: str
+
+    @property
+    def mac(self) -> str:
+        """The floating IP's MAC on the external network: derived, so it survives a restart."""
+        h = zlib.crc32(self.ip.encode()) & 0xFFFFFF
+        return f"02:50:47:{h >> 16:02x}:{(h >> 8) & 0xFF:02x}:{h & 0xFF:02x}"
+
+
+@dataclass(frozen=True)
 class Network:
     local: tuple[Endpoint, ...] = ()
     remote: tuple[Endpoint, ...] = ()
@@ -145,6 +183,9 @@ class Network:
     security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
     address_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group → member IPs
     routers: Mapping[str, Router] = field(default_factory=dict)
+    external: Mapping[str, ExternalNet] = field(default_factory=dict)  # by URI
+    floating_ips: tuple[FloatingIp, ...] = ()
+    host: str = ""  # this host's name (is it a router's active gateway?)
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
@@ -255,18 +296,52 @@ def _routers(
             prefix = f"{subnet.properties.get('address')}/{subnet.properties.get('prefixLen')}"
             legs.append(RouterInterface(bd, gw, prefix))
         number, mac = router_identity(mo.uri)
-        out[mo.uri] = Router(mo.uri, number, mac, tuple(sorted(legs, key=lambda i: (i.bd, i.gateway_ip))))
+        gateway = None
+        for gw in _children(policy, mo, "PfExternalGateway"):
+            p = gw.properties
+            network, ip = _ref(p.get("network")), p.get("ip")
+            if network is not None and isinstance(ip, str) and ip:
+                active, vtep = p.get("activeHost"), p.get("activeTunnelIp")
+                gateway = RouterGateway(
+                    network,
+                    ip,
+                    bool(p.get("snat", 1)),
+                    active if isinstance(active, str) else "",
+                    vtep if isinstance(vtep, str) else "",
+                )
+        legs.sort(key=lambda i: (i.bd, i.gateway_ip))
+        out[mo.uri] = Router(mo.uri, number, mac, tuple(legs), gateway)
     return out
+
+
+def _external(mo: MO) -> ExternalNet:
+    p = mo.properties
+    return ExternalNet(mo.uri, str(p.get("name", "")), str(p.get("cidr", "")), str(p.get("gatewayIp", "")))
+
+
+def _floating_ip(mo: MO) -> FloatingIp | None:
+    p = mo.properties
+    ip, network, key = p.get("ip"), _ref(p.get("network")), p.get("endpointKey")
+    if not isinstance(ip, str) or network is None or not isinstance(key, str):
+        return None  # not bound to an endpoint: nothing to render
+    return FloatingIp(ip, network, key)
 
 
 def policy_view(policy: Mapping[str, MO]) -> Network:
     """Groups, contracts, bridge domains, security groups and routers of every tenant in the cache."""
-    groups, contracts, bds, sgs, sets = {}, {}, {}, {}, {}
+    groups, contracts, bds, sgs, sets, external = {}, {}, {}, {}, {}, {}
     routers: list[MO] = []
+    fips: list[FloatingIp] = []
     bd_of_subnets: dict[str, str] = {}  # GbpSubnets container → its bridge domain
     for uri, mo in policy.items():
         if mo.subject == "PfRouter":
             routers.append(mo)
+        elif mo.subject == "PfExternalNetwork":
+            external[uri] = _external(mo)
+        elif mo.subject == "PfFloatingIp":
+            fip = _floating_ip(mo)
+            if fip is not None:
+                fips.append(fip)
         elif mo.subject == "GbpBridgeDomain":
             container = target(policy, uri + "GbpForwardingBehavioralGroupToSubnetsRSrc/")
             if container:
@@ -298,6 +373,8 @@ def policy_view(policy: Mapping[str, MO]) -> Network:
         security_groups=sgs,
         address_sets=sets,
         routers=_routers(policy, routers, bd_of_subnets),
+        external=external,
+        floating_ips=tuple(sorted(fips, key=lambda f: f.ip)),
     )
 
 

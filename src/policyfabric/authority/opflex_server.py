@@ -27,6 +27,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, ValidationError
 
+from policyfabric.authority import gateways as gw
 from policyfabric.authority.service import ENDPOINT_STATUSES, Authority, EndpointState
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex import gbp
@@ -136,6 +137,8 @@ class AgentInfo:
     last_seen: float = field(default_factory=time.time)
     counters: dict[str, Any] = field(default_factory=dict)
     reports: int = 0
+    tunnel_ip: str = ""
+    external: frozenset[str] = frozenset()  # URIs of the external networks it has a port on
 
     def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
         return {
@@ -149,6 +152,7 @@ class AgentInfo:
             "endpoints": sorted(endpoints),
             "counters": self.counters,
             "reports": self.reports,
+            "tunnel_ip": self.tunnel_ip,
         }
 
 
@@ -226,6 +230,7 @@ class OpflexServer:
         self.faults: dict[tuple[str, str, str], Fault] = {}
         self.trees: dict[str | None, Tree] = {}
         self.declarations: dict[str, Declaration] = {}
+        self.gateways: dict[gw.RouterKey, tuple[str, str]] = {}  # router -> active (host, tunnel IP)
         self._dirty: set[str | None] = set()
         self._epr_changed: dict[str, tuple[MO, bool]] = {}  # uri -> (MO, deleted)
         self._flush: asyncio.TimerHandle | None = None
@@ -291,6 +296,8 @@ class OpflexServer:
             agent = self.agents.get(peer.agent or "")
             if agent is not None and agent.connected and peer.current:
                 agent.connected, agent.last_seen = False, time.time()
+                log.info("opflex: agent %s disconnected", agent.name)
+                self._elect()
 
     @staticmethod
     def _dialed(writer: asyncio.StreamWriter) -> str:
@@ -402,6 +409,8 @@ class OpflexServer:
                 await self._push_epr(epr)
 
     async def _rebuild(self, tenants: set[str | None], push: bool) -> None:
+        gateways = dict(self.gateways)
+
         def build() -> dict[str | None, Tree]:
             out: dict[str | None, Tree] = {}
             names = self.authority.tenants()
@@ -411,7 +420,8 @@ class OpflexServer:
                     nets = [n for n in objects.get("external_network", []) if isinstance(n, ExternalNetwork)]
                     out[None] = gbp.global_tree(names, nets)
                 elif tenant in names:
-                    out[tenant] = gbp.tenant_tree(tenant, objects, numbers)
+                    active = {r: v for (t, r), v in gateways.items() if t == tenant}
+                    out[tenant] = gbp.tenant_tree(tenant, objects, numbers, active)
                 else:
                     out[tenant] = Tree()  # the tenant is gone
             return out
@@ -429,6 +439,7 @@ class OpflexServer:
                 self.trees[tenant] = tree
             else:
                 self.trees.pop(tenant, None)
+        self._elect()  # routers may have gained or lost an external gateway
         if push and (changed or merged or removed):
             await self._fan_out(
                 "policy_update",
@@ -625,6 +636,47 @@ class OpflexServer:
                 )
         elif mo.subject == "PfAgentCounters":
             agent.counters.update({k: v for k, v in props.items() if isinstance(v, int | float | str)})
+        elif mo.subject == "PfGatewayPorts":
+            tunnel, nets = props.get("tunnelIp"), props.get("externalNetworks")
+            agent.tunnel_ip = tunnel if isinstance(tunnel, str) else ""
+            agent.external = (
+                frozenset(n for n in nets if isinstance(n, str)) if isinstance(nets, list) else frozenset()
+            )
+            self._elect()
+
+    # ---- gateway HA
+    def _elect(self) -> None:
+        """Re-run the gateway election; a change rebuilds the router's tenant (pushed at once)."""
+        candidates = []
+        for tenant, tree in self.trees.items():
+            for mo in tree.mos.values():
+                if mo.subject != "PfExternalGateway" or tenant is None:
+                    continue
+                router = tree.mos.get(mo.parent_uri or "")
+                net = mo.properties.get("network")
+                if router is None or not isinstance(net, dict) or not int(mo.properties.get("snat", 1)):
+                    continue
+                hosts = tuple(h for h in mo.properties.get("hosts", []) if isinstance(h, str))
+                candidates.append(
+                    gw.Candidate((tenant, str(router.properties.get("name"))), net["reference_uri"], hosts)
+                )
+        alive = {
+            a.name: gw.GatewayHost(a.name, a.tunnel_ip, a.external)
+            for a in self.agents.values()
+            if a.connected and a.tunnel_ip and a.external
+        }
+        fresh = gw.elect(candidates, alive, self.gateways)
+        if fresh == self.gateways:
+            return
+        for key in sorted(set(fresh) | set(self.gateways)):
+            old, new = self.gateways.get(key, ("", ""))[0], fresh.get(key, ("", ""))[0]
+            if old != new:
+                log.warning(
+                    "opflex: router %s/%s: active gateway %s -> %s", *key, old or "none", new or "none"
+                )
+        changed: set[str | None] = {key[0] for key, _ in set(fresh.items()) ^ set(self.gateways.items())}
+        self.gateways = fresh
+        self._mark_dirty(changed)
 
     # ---- leases
     async def _leases(self) -> None:

@@ -418,18 +418,23 @@ class Authority:
                 mac = generate_mac()
             return spec.model_copy(update={"mac": mac})
         if isinstance(spec, o.FloatingIp) and spec.ip is None:
-            return spec.model_copy(update={"ip": self._allocate_floating_ip(txn, spec)})
+            return spec.model_copy(update={"ip": self._allocate_external_ip(txn, spec.network, "network")})
+        gw = spec.external_gateway if isinstance(spec, o.Router) else None
+        if gw is not None and gw.ip is None:
+            ip = self._allocate_external_ip(txn, gw.network, "external_gateway.network")
+            return spec.model_copy(update={"external_gateway": gw.model_copy(update={"ip": ip})})
         return spec
 
     @staticmethod
-    def _allocate_floating_ip(
-        txn: ReadTxn, spec: o.FloatingIp
+    def _allocate_external_ip(
+        txn: ReadTxn, network: str, field: str
     ) -> ipaddress.IPv4Address | ipaddress.IPv6Address:
-        record = txn.find(k.EXTERNAL_NETWORK.name, None, spec.network)
+        """The first free address of an external network (floating IPs and router gateways)."""
+        record = txn.find(k.EXTERNAL_NETWORK.name, None, network)
         if record is None:
-            raise Invalid(f"no external network named {spec.network!r}", "network")
+            raise Invalid(f"no external network named {network!r}", field)
         net = o.ExternalNetwork.model_validate(record.data)
         for addr in net.cidr.hosts():
             if addr != net.gateway_ip and txn.claim_holder(f"floating-ip/{addr}") is None:
                 return addr
-        raise Conflict(f"external network {net.name!r} has no free address left", "ip")
+        raise Conflict(f"external network {net.name!r} has no free address left", field)

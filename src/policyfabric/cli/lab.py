@@ -143,3 +143,42 @@ def down_cmd(state: StateOpt = DEFAULT_STATE) -> None:
         err.print("[red]lab: could not remove: " + "; ".join(left) + "[/]")
         raise typer.Exit(1)
     out.print(f"lab {lab.state.id} removed")
+
+
+def _running_host(state: Path, host: str) -> Lab:
+    try:
+        lab = Lab(LabState.load(state))
+    except LabError as exc:
+        err.print(f"[red]lab: {exc}[/]")
+        raise typer.Exit(2) from None
+    if host not in lab.state.hosts:
+        err.print(f"[red]lab: no host {host!r} (hosts: {', '.join(lab.state.hosts)})[/]")
+        raise typer.Exit(2)
+    return lab
+
+
+HostArg = Annotated[str, typer.Argument(help="A lab host's name (hosts: in the scenario).")]
+
+
+@lab_app.command("fail")
+def fail_cmd(host: HostArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Kill a lab host: its agent and Open vSwitch (SIGKILL). A gateway's routers fail over."""
+    _root()
+    lab = _running_host(state, host)
+    lab.fail(host)
+    out.print(
+        f"host {host}: agent and Open vSwitch killed; bring it back with `policyfabric lab heal {host}`"
+    )
+
+
+@lab_app.command("heal")
+def heal_cmd(host: HostArg, state: StateOpt = DEFAULT_STATE) -> None:
+    """Bring a failed lab host back: Open vSwitch (bridges and ports kept), underlay, agent."""
+    _root()
+    lab = _running_host(state, host)
+    try:
+        lab.heal(host)
+    except Exception as exc:
+        err.print(f"[red]lab: host {host}: {exc}[/]")
+        raise typer.Exit(1) from None
+    out.print(f"host {host}: Open vSwitch and agent running again")

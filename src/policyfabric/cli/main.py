@@ -154,6 +154,20 @@ def agent(
             "`policyfabric renderers` lists them), e.g. configfile:path=/etc/pf-firewall.conf."
         ),
     ] = None,
+    external: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="NETWORK=IFACE: this host's port on external network NETWORK is interface IFACE on "
+            "--bridge (repeatable). Floating IPs of local endpoints are NATed there."
+        ),
+    ] = None,
+    gateway: Annotated[
+        bool,
+        typer.Option(
+            help="This host may be elected SNAT gateway of routers that list it in external_gateway.hosts "
+            "(it then learns every tenant's routers). Needs --external and --tunnel-ip."
+        ),
+    ] = False,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run a Policy Agent: discover endpoints on the bridge, resolve their policy, program Open vSwitch.
@@ -181,9 +195,16 @@ def agent(
     tls = client_context(tls_ca, tls_cert, tls_key) if (tls_ca or tls_cert) else None
     if not dry_run:
         plugins = [_renderer_spec(r) for r in renderer or []]
-        raise typer.Exit(
-            _run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls, domain, plugins)
-        )
+        ports = {}
+        for item in external or []:
+            net, sep, iface = item.partition("=")
+            if not sep or not net or not iface:
+                raise fail(f"--external {item!r}: write NETWORK=IFACE")
+            ports[net] = iface
+        if gateway and not (ports and tunnel_ip):
+            raise fail("--gateway needs --external (the port SNAT goes out of) and --tunnel-ip")
+        config = dict(renderers=plugins, external=ports, gateway=gateway, tls=tls, domain=domain)
+        raise typer.Exit(_run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, config))
     try:
         code = asyncio.run(run_dry(host, peers, eps, state_dir, once, tls, domain, out))
     except KeyboardInterrupt:
@@ -198,9 +219,7 @@ def _run_ovs_agent(
     bridge: str,
     state_dir: Path | None,
     tunnel_ip: str | None,
-    tls: Any,
-    domain: str,
-    plugins: list[tuple[str, dict[str, str]]],
+    options: dict[str, Any],
 ) -> int:
     import asyncio
     import ipaddress
@@ -214,9 +233,7 @@ def _run_ovs_agent(
             ipaddress.IPv4Address(tunnel_ip)
         except ValueError:
             raise fail(f"--tunnel-ip {tunnel_ip!r} is not an IPv4 address") from None
-    config = AgentConfig(
-        host, peers, ovsdb, bridge, state_dir, tunnel_ip, tls=tls, domain=domain, renderers=plugins
-    )
+    config = AgentConfig(host, peers, ovsdb, bridge, state_dir, tunnel_ip, **options)
     try:
         agent = OvsAgent(config)
     except RendererError as exc:

@@ -8,7 +8,12 @@ Layout (``ID`` is a random lab id, so two labs never collide):
   userspace tunnelling routes through it); the agent runs in the root
   namespace and reaches OVS through its unix sockets;
 - ``ID-ep-<endpoint>``: an endpoint: ``eth0`` with its MAC and addresses,
-  veth-paired with a port on its host's ``br-int``.
+  veth-paired with a port on its host's ``br-int``;
+- ``ID-x<N>``: external network N: a Linux bridge that every lab host's
+  ``ext<N>`` port (on its ``br-int``) and the external hosts join; the
+  bridge holds the network's gateway address and forwards (the upstream
+  router);
+- ``ID-xh-<name>``: an external host, on its external network.
 
 Everything created is recorded in ``state.json`` before it is created, so
 ``down`` (and the cleanup after a failure or Ctrl-C) removes exactly that,
@@ -38,7 +43,16 @@ from policyfabric.authority.process import AuthorityProcess, authority_in
 from policyfabric.cli import apply as applying
 from policyfabric.cli.client import Client
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.lab.plan import Expect, Host, LabEndpoint, LabError, LabPlan, plan
+from policyfabric.lab.plan import (
+    Expect,
+    ExternalHost,
+    ExternalSegment,
+    Host,
+    LabEndpoint,
+    LabError,
+    LabPlan,
+    plan,
+)
 from policyfabric.lab.sh import CommandFailed, run
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
@@ -63,6 +77,8 @@ class LabState:
     pids: dict[str, int] = field(default_factory=dict)  # role -> pid (authority, agents)
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, ips, mac, host
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, rundir, ...
+    external_hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, ip
+    floating_ips: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> ip, endpoint
 
     def save(self) -> None:
         path = Path(self.directory) / "state.json"
@@ -155,8 +171,6 @@ class Lab:
 
     def up(self, scenario: sc.Scenario, authority: tuple[str, str] | None = None) -> LabPlan:
         lab = checked_plan(scenario)
-        if scenario.raw.get("external_hosts"):
-            self.say("note: external_hosts are not built yet (they come with DVR); probes to them fail")
         if authority is None:
             self.say("starting an embedded authority (SQLite)")
             self.authority = authority_in(self.dir / "authority")
@@ -173,21 +187,60 @@ class Lab:
         fabric = self.ns("fabric")
         run(["ip", "link", "add", "fabric", "type", "bridge"], netns=fabric)
         run(["ip", "link", "set", "fabric", "up"], netns=fabric)
+        for seg in lab.segments:
+            self.add_segment(seg)
         for host in lab.hosts:
             self.say(f"host {host.name}: Open vSwitch, underlay {host.underlay_ip}, agent")
-            self.add_host(host)
+            self.add_host(host, lab.segments)
+        for x in lab.external_hosts:
+            self.add_external_host(x, next(s for s in lab.segments if s.name == x.network))
         with Client(self.state.url) as client:
+            for fip in client.list(k.FLOATING_IP):
+                self.state.floating_ips[fip["name"]] = {"ip": fip["ip"], "endpoint": fip.get("endpoint")}
+            for router in client.list(k.ROUTER):  # a router as a probe target: its SNAT address
+                gw = router.get("external_gateway") or {}
+                if gw.get("ip"):
+                    self.state.floating_ips[router["name"]] = {"ip": gw["ip"], "endpoint": None}
+            self.state.save()
             for ep in lab.endpoints:
                 self.plug(ep, client)
         self.say(f"{len(lab.endpoints)} endpoint(s) plugged; waiting for the agents to render them")
         self.wait_active([e.key for e in lab.endpoints])
         return lab
 
-    def add_host(self, host: Host) -> None:
+    def add_segment(self, seg: ExternalSegment) -> None:
+        """An external network: a bridge that holds the gateway address and routes (upstream)."""
+        netns = self.ns(f"x{seg.index}")
+        self.say(f"external network {seg.name}: {seg.cidr}, upstream gateway {seg.gateway_ip}")
+        prefix = seg.cidr.split("/")[1]
+        run(["ip", "link", "add", "br0", "type", "bridge"], netns=netns)
+        run(["ip", "addr", "add", f"{seg.gateway_ip}/{prefix}", "dev", "br0"], netns=netns)
+        run(["ip", "link", "set", "br0", "up"], netns=netns)
+        run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=netns)
+
+    def _segment_link(self, seg: ExternalSegment, netns: str, inside: str, outside: str) -> None:
+        """A veth from ``netns`` (named ``inside``) to the segment's bridge (named ``outside``)."""
+        segns = f"{self.state.id}-x{seg.index}"
+        run(["ip", "link", "add", inside, "netns", netns, "type", "veth", "peer", "name", outside,
+             "netns", segns])  # fmt: skip
+        run(["ip", "link", "set", outside, "master", "br0", "up"], netns=segns)
+        run(["ip", "link", "set", inside, "up"], netns=netns)
+        run(["ethtool", "-K", inside, "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
+
+    def add_external_host(self, x: ExternalHost, seg: ExternalSegment) -> None:
+        netns = self.ns(f"xh-{x.name}")
+        self.state.external_hosts[x.name] = {"netns": netns, "ip": x.ip, "network": x.network}
+        self.state.save()
+        self._segment_link(seg, netns, "eth0", f"e{x.index}")
+        run(["ip", "addr", "add", f"{x.ip}/{seg.cidr.split('/')[1]}", "dev", "eth0"], netns=netns)
+        run(["ip", "route", "add", "default", "via", seg.gateway_ip], netns=netns)
+
+    def add_host(self, host: Host, segments: Sequence[ExternalSegment] = ()) -> None:
         netns = self.ns(host.name)
         rundir = self.dir / host.name / "ovs"
         self.state.hosts[host.name] = {"netns": netns, "underlay_ip": host.underlay_ip, "rundir": str(rundir),
-                                       "renderer": host.renderer}  # fmt: skip
+                                       "renderer": host.renderer, "role": host.role,
+                                       "external": {s.name: s.port for s in segments}}  # fmt: skip
         self.state.save()
         ovs = OvsInstance(rundir, netns)
         ovs.start()
@@ -217,6 +270,9 @@ class Lab:
         ovs.vsctl("--may-exist", "add-port", "br-phy", "ul0")
         run(["ip", "addr", "add", f"{host.underlay_ip}/24", "dev", "br-phy"], netns=netns)
         run(["ip", "link", "set", "br-phy", "up"], netns=netns)
+        for seg in segments:  # every host: floating IPs are NATed on their endpoint's host
+            self._segment_link(seg, netns, seg.port, f"h{host.index}")
+            ovs.vsctl("--may-exist", "add-port", "br-int", seg.port)
         self.start_agent(host.name)
 
     def start_agent(self, host: str, extra: Sequence[str] = ()) -> None:
@@ -225,6 +281,10 @@ class Lab:
         logfile = self.dir / host / "agent.log"
         if info.get("renderer") == "nftables":  # policy in the host namespace's nftables
             extra = ["--renderer", f"nftables:netns={info['netns']}", *extra]
+        for net, iface in info.get("external", {}).items():
+            extra = ["--external", f"{net}={iface}", *extra]
+        if info.get("role") == "gateway" and info.get("external"):
+            extra = ["--gateway", *extra]
         cmd = [
             sys.executable, "-m", "policyfabric", "agent",
             "--host", host,
@@ -256,6 +316,32 @@ class Lab:
         assert self.authority.proc is not None
         self.state.pids["authority"] = self.authority.proc.pid
         self.state.save()
+
+    def fail(self, host: str) -> None:
+        """The host dies: its agent and both Open vSwitch daemons are killed (SIGKILL), so its
+        datapath stops forwarding and its OpFlex session drops."""
+        info = self.state.hosts[host]
+        self.stop_agent(host, kill=True)
+        OvsInstance(Path(info["rundir"])).kill()
+        info["failed"] = True
+        self.state.save()
+
+    def heal(self, host: str) -> None:
+        """Bring a failed host back: Open vSwitch (its database kept the bridges and ports), the
+        underlay address (it lived on br-phy, which died with ovs-vswitchd), then the agent."""
+        info = self.state.hosts[host]
+        ovs = OvsInstance(Path(info["rundir"]), info["netns"])
+        ovs.start()
+        deadline = time.monotonic() + 10
+        while run(["ip", "link", "show", "br-phy"], netns=info["netns"], check=False) == "":
+            if time.monotonic() > deadline:
+                raise LabError(f"host {host}: br-phy did not come back")
+            time.sleep(0.05)
+        run(["ip", "addr", "replace", f"{info['underlay_ip']}/24", "dev", "br-phy"], netns=info["netns"])
+        run(["ip", "link", "set", "br-phy", "up"], netns=info["netns"])
+        info["failed"] = False
+        self.state.save()
+        self.start_agent(host)
 
     def stop_agent(self, host: str, kill: bool = False) -> None:
         pid = self.state.pids.pop(f"agent:{host}", None)
@@ -381,21 +467,33 @@ class Lab:
 
     # ---- probes
     def address_of(self, name: str, v6: bool = False) -> str:
+        """The address probes aim at: an endpoint's, a floating IP's or an external host's."""
+        if name in self.state.floating_ips:
+            return str(self.state.floating_ips[name]["ip"])
+        if name in self.state.external_hosts:
+            return str(self.state.external_hosts[name]["ip"])
         ep = self.state.endpoints.get(name)
         if ep is None:
-            raise LabError(
-                f"{name!r} is not an endpoint of this lab (floating IPs and external hosts: not yet)"
-            )
+            raise LabError(f"{name!r} is not an endpoint, floating IP or external host of this lab")
         for ip in ep["ips"]:
             if (":" in ip) == v6:
                 return str(ip)
         raise LabError(f"endpoint {name} has no IPv{'6' if v6 else '4'} address")
 
+    def netns_of(self, name: str) -> str | None:
+        """Where traffic to or from ``name`` starts or ends: an endpoint's or external host's
+        namespace; a floating IP's endpoint's."""
+        fip = self.state.floating_ips.get(name)
+        if fip is not None:
+            name = str(fip.get("endpoint"))
+        found = self.state.endpoints.get(name) or self.state.external_hosts.get(name)
+        return str(found["netns"]) if found else None
+
     def probe_one(self, x: Expect) -> ProbeResult:
         try:
-            src = self.state.endpoints.get(x.source)
+            src = self.state.endpoints.get(x.source) or self.state.external_hosts.get(x.source)
             if src is None:
-                raise LabError(f"{x.source!r} is not an endpoint of this lab")
+                raise LabError(f"{x.source!r} is not an endpoint or external host of this lab")
             proto, _, port = x.probe.partition("/")
             dst = self.address_of(x.target, v6=proto == "icmpv6")
             for _ in range(PROBE_ATTEMPTS):
@@ -423,13 +521,14 @@ class Lab:
     def probe(self, expects: list[Expect]) -> list[ProbeResult]:
         servers = []
         try:
-            for target, proto, port in sorted({(x.target, *x.probe.partition("/")[::2]) for x in expects
-                                                if x.probe.startswith(("tcp/", "udp/"))}):  # fmt: skip
-                ep = self.state.endpoints.get(target)
-                if ep is None:
-                    continue
+            wanted = {
+                (netns, *x.probe.partition("/")[::2])
+                for x in expects
+                if x.probe.startswith(("tcp/", "udp/")) and (netns := self.netns_of(x.target)) is not None
+            }  # one server per namespace and port (an endpoint and its floating IP share it)
+            for netns, proto, port in sorted(wanted):
                 proc = subprocess.Popen(
-                    ["ip", "netns", "exec", ep["netns"], sys.executable, "-m", "policyfabric.lab.probe",
+                    ["ip", "netns", "exec", netns, sys.executable, "-m", "policyfabric.lab.probe",
                      "serve", proto, port],
                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
                 )  # fmt: skip

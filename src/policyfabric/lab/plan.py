@@ -53,6 +53,30 @@ class LabEndpoint:
 
 
 @dataclass(frozen=True)
+class ExternalSegment:
+    """An external network as a lab segment: a bridge in its own namespace that also plays the
+    upstream router (it holds the network's gateway address)."""
+
+    name: str
+    index: int
+    cidr: str
+    gateway_ip: str
+
+    @property
+    def port(self) -> str:
+        """Each lab host's interface on it (inside the host's namespace)."""
+        return f"ext{self.index}"
+
+
+@dataclass(frozen=True)
+class ExternalHost:
+    name: str
+    network: str
+    ip: str
+    index: int
+
+
+@dataclass(frozen=True)
 class Expect:
     source: str
     target: str
@@ -66,6 +90,8 @@ class LabPlan:
     hosts: list[Host] = field(default_factory=list)
     endpoints: list[LabEndpoint] = field(default_factory=list)
     expect: list[Expect] = field(default_factory=list)
+    segments: list[ExternalSegment] = field(default_factory=list)
+    external_hosts: list[ExternalHost] = field(default_factory=list)
 
     def host(self, name: str) -> Host:
         return next(h for h in self.hosts if h.name == name)
@@ -101,6 +127,7 @@ def plan(scenario: sc.Scenario) -> LabPlan:
             problems.append(f"endpoints[{i}] ({e.get('name')}): host {e.get('host')!r} is not in hosts:")
             continue
         out.endpoints.append(LabEndpoint(str(e.get("name")), str(e.get("tenant")), str(e["host"]), i))
+    problems += _external(raw, out)
     for i, x in enumerate(_list(raw, "expect")):
         if not isinstance(x, dict):
             problems.append(f"expect[{i}]: must be a mapping with from, to, probe, result")
@@ -114,3 +141,40 @@ def plan(scenario: sc.Scenario) -> LabPlan:
     if problems:
         raise LabError("; ".join(problems))
     return out
+
+
+def _external(raw: dict[str, Any], out: LabPlan) -> list[str]:
+    """External networks (from the intent) become segments; external hosts sit on them."""
+    problems = []
+    for i, n in enumerate(_list(raw, "external_networks")):
+        if not isinstance(n, dict) or "cidr" not in n:
+            continue  # the intent check reports it
+        net = ipaddress.ip_network(str(n["cidr"]), strict=False)
+        if net.version != 4:
+            problems.append(f"external_networks[{i}]: the lab builds IPv4 external networks only")
+            continue
+        gateway = str(n.get("gateway_ip") or next(net.hosts()))
+        out.segments.append(ExternalSegment(str(n.get("name")), i, str(net), gateway))
+    by_name = {s.name: s for s in out.segments}
+    for i, x in enumerate(_list(raw, "external_hosts")):
+        if not isinstance(x, dict) or not isinstance(x.get("name"), str):
+            problems.append(f"external_hosts[{i}]: needs a name, a network and an ip")
+            continue
+        seg = by_name.get(str(x.get("network")))
+        if seg is None:
+            problems.append(
+                f"external_hosts[{i}] ({x['name']}): network {x.get('network')!r} is not in external_networks"
+            )
+            continue
+        try:
+            ip = ipaddress.ip_address(str(x.get("ip")))
+        except ValueError:
+            problems.append(f"external_hosts[{i}] ({x['name']}): ip {x.get('ip')!r} is not an address")
+            continue
+        if ip not in ipaddress.ip_network(seg.cidr) or str(ip) == seg.gateway_ip:
+            problems.append(
+                f"external_hosts[{i}] ({x['name']}): {ip} must be inside {seg.cidr}, and not its gateway"
+            )
+            continue
+        out.external_hosts.append(ExternalHost(x["name"], seg.name, str(ip), i))
+    return problems

@@ -106,6 +106,8 @@ class GatewayedPrefix(BaseModel):
 def keep_omitted(spec: Spec, current: Spec) -> Spec:
     """Fields the server or an agent fills in keep their value when an update leaves them out."""
     keep = {f: getattr(current, f) for f in spec.KEEP_IF_OMITTED - spec.model_fields_set}
+    if isinstance(spec, Router) and isinstance(current, Router):
+        spec = spec.kept_from(current)
     return spec.model_copy(update=keep) if keep else spec
 
 
@@ -289,7 +291,10 @@ class Endpoint(TenantScoped):
 class ExternalGateway(Strict):
     network: Name
     snat: bool = True
-    hosts: NameList = Field(default_factory=list, description="gateway hosts, for HA")
+    hosts: NameList = Field(default_factory=list, description="gateway hosts, for HA (one is active)")
+    ip: Address | None = Field(
+        None, description="its address on the external network (the SNAT source); allocated if left out"
+    )
 
 
 class Router(TenantScoped):
@@ -300,6 +305,13 @@ class Router(TenantScoped):
     l3_context: Name
     interfaces: NameList = Field(default_factory=list, description="subnet names")
     external_gateway: ExternalGateway | None = None
+
+    def kept_from(self, current: Router) -> Router:
+        """An allocated external gateway address stays when an update leaves it out."""
+        mine, theirs = self.external_gateway, current.external_gateway
+        if mine is None or mine.ip is not None or theirs is None or theirs.network != mine.network:
+            return self
+        return self.model_copy(update={"external_gateway": mine.model_copy(update={"ip": theirs.ip})})
 
 
 class FloatingIp(TenantScoped):

@@ -286,6 +286,14 @@ def _check_router(obj: Obj, view: View) -> list[Claim]:
                 field,
             )
         claims.append(Claim(f"router-interface/{spec.tenant}/{name}", field, f"subnet {name!r}"))
+    gw = spec.external_gateway
+    if gw is not None and gw.ip is not None:
+        net = _typed(view, spec, k.EXTERNAL_NETWORK, gw.network, o.ExternalNetwork)
+        why = net.why_not_host(gw.ip, f"external network {net.name!r}") if net else None
+        if why:
+            raise Invalid(why, "external_gateway.ip")
+        # one namespace for every address on external networks: floating IPs and router gateways
+        claims.append(Claim(f"floating-ip/{gw.ip}", "external_gateway.ip", f"external address {gw.ip}"))
     return claims
 
 

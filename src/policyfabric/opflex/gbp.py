@@ -56,11 +56,15 @@ def _relation(tree: Tree, parent: str, cls: str, subject: str, target: str, many
 
 
 def tenant_tree(
-    tenant: str, objects: Mapping[str, Sequence[o.Spec]], ids: Mapping[str, Mapping[str, int]]
+    tenant: str,
+    objects: Mapping[str, Sequence[o.Spec]],
+    ids: Mapping[str, Mapping[str, int]],
+    gateways: Mapping[str, tuple[str, str]] | None = None,
 ) -> Tree:
     """The PolicySpace of ``tenant``. ``objects`` maps a kind name to its specs;
     ``ids`` gives server-allocated numbers by ``kind/name``: ``ids["vni"]["bridge_domain/bd1"]``,
-    ``ids["classid"]["endpoint_group/web"]`` (0 when unknown)."""
+    ``ids["classid"]["endpoint_group/web"]`` (0 when unknown). ``gateways`` maps a router name
+    to its active gateway host and that host's tunnel address (the authority's election)."""
     tree = Tree()
     top = space(tenant)
     tree.root("PolicySpace", top, name=tenant)
@@ -239,12 +243,16 @@ def tenant_tree(
             tree.add(uri, "PfRouterInterface", name, name=name, subnet=ref("GbpSubnet", target))
         gw = router.external_gateway
         if gw is not None:
+            active, vtep = (gateways or {}).get(router.name, ("", ""))
             tree.add(
                 uri,
                 "PfExternalGateway",
                 network=ref("PfExternalNetwork", external_network_uri(gw.network)),
                 snat=int(gw.snat),
                 hosts=list(gw.hosts),
+                ip=str(gw.ip or ""),
+                activeHost=active,
+                activeTunnelIp=vtep,
             )
     for fip in of("floating_ip"):
         props = {
@@ -254,6 +262,7 @@ def tenant_tree(
         }
         if fip.endpoint is not None:
             props["endpoint"] = ref("PfEndpoint", endpoint_uri(tenant, fip.endpoint))
+            props["endpointKey"] = f"{tenant}/{fip.endpoint}"
         tree.add(top, "PfFloatingIp", fip.name, **props)
     return tree
 

@@ -59,6 +59,10 @@ class FlowApplier:
             return
         run([*OFCTL, "add-tlv-map", self.target, TLV_MAP], env=self.env)
 
+    def packet_out(self, spec: str) -> None:
+        """Send one packet from the switch (``in_port=... packet=HEX actions=...``)."""
+        run([*OFCTL, "packet-out", self.target, spec], env=self.env)
+
     def sync(self, flows: Iterable[Flow]) -> Applied:
         """Make the bridge hold exactly ``flows``."""
         start = time.monotonic()

@@ -61,6 +61,7 @@ class Ovsdb:
         self.conn = connection.Connection(idl=idl, timeout=timeout)
         self.api = impl_idl.OvsdbIdl(self.conn, start=True)
         self._last: tuple[list[Plugged], int | None] | None = None
+        self.ofports: dict[str, int] = {}  # every interface on the bridge, by name (external ports)
 
     def watch(self, callback: Callable[[], None]) -> None:
         """``callback`` runs on the OVSDB thread after every Interface/Port change."""
@@ -88,17 +89,19 @@ class Ovsdb:
         rows = self.api.db_list("Interface", columns=["name", "ofport", "external_ids"]).execute(
             check_error=True
         )
-        plugged, tunnel = [], None
+        plugged, tunnel, ofports = [], None, {}
         for row in rows or []:
             name, ofport = row["name"], row["ofport"]
             ofport = ofport[0] if isinstance(ofport, list) and ofport else ofport
             if name not in on_bridge or not isinstance(ofport, int) or ofport <= 0:
                 continue
+            ofports[name] = ofport
             if name == TUNNEL_PORT:
                 tunnel = ofport
             iface_id = row["external_ids"].get("iface-id")
             if iface_id:
                 plugged.append(Plugged(iface_id, name, ofport))
+        self.ofports = ofports
         return sorted(plugged, key=lambda p: p.iface_id), tunnel
 
     def close(self) -> None:

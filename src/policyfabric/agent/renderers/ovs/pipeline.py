@@ -49,26 +49,29 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from functools import lru_cache
 
+from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex, port_masks
+from policyfabric.agent.renderers.ovs.tables import (
+    ARP,
+    CLASSIFY,
+    L2,
+    NEW,
+    OUTPUT,
+    OUTSIDE,
+    POLICY,
+    POLICY_CT,
+    PORT_SECURITY,
+    ROUTING,
+    SG_EGRESS,
+    SG_INGRESS,
+    ZONE,
+    goto,
+    set_field,
+)
 from policyfabric.agent.view import BridgeDomain, Endpoint, Network, Rule, SgRule
 
-CLASSIFY, PORT_SECURITY, ARP, L2, ROUTING = 0, 10, 20, 30, 40
-POLICY, POLICY_CT, SG_EGRESS, SG_INGRESS, OUTPUT = 60, 61, 62, 63, 70
-
-ZONE = "NXM_NX_REG3[0..15]"
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 ND_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
-NEW = "+new+trk"
-
-
-def goto(table: int) -> str:
-    return f"goto_table:{table}"
-
-
-def set_field(value: int | str, field: str) -> str:
-    """``set_field``, not ``load``: OVS reports loads back as set_field, and ``replace-flows``
-    would then see every loading flow as changed and rewrite it on each full sync."""
-    return f"set_field:{value if isinstance(value, str) else hex(value)}->{field}"
 
 
 def link_local(mac: str) -> str:
@@ -130,19 +133,7 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
 
 def arp_reply(vni: int, ip: str, mac: str) -> Flow:
     """Answer "who has ``ip``" in the bridge domain with ``mac``, from the host itself."""
-    return flow(
-        ARP,
-        100,
-        {"reg2": hex(vni), "arp": "", "arp_op": 1, "arp_tpa": ip},
-        "move:NXM_OF_ETH_SRC[]->NXM_OF_ETH_DST[]",
-        set_field(mac, "eth_src"),
-        set_field(2, "arp_op"),
-        "move:NXM_NX_ARP_SHA[]->NXM_NX_ARP_THA[]",
-        "move:NXM_OF_ARP_SPA[]->NXM_OF_ARP_TPA[]",
-        set_field(mac, "arp_sha"),
-        set_field(ip, "arp_spa"),
-        "IN_PORT",
-    )
+    return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac)
 
 
 @lru_cache(maxsize=1 << 17)
@@ -217,7 +208,7 @@ def routing(net: Network, tunnel_port: int | None) -> list[Flow]:
     flows = [flow(ROUTING, 0, None, "drop")]
     local_bds = {e.bd for e in net.local}
     for router in sorted(net.routers.values(), key=lambda r: r.uri):
-        if not router.bds & local_bds:
+        if not router.bds & local_bds and not external.is_active_gateway(router, net):
             continue
         for leg in router.interfaces:
             bd = net.bds.get(leg.bd)
@@ -238,7 +229,12 @@ def routed_bds(net: Network) -> set[str]:
     """Every bridge domain a router joins to one that has local endpoints: the agent learns their
     endpoints (registry) to route to them."""
     local_bds = {e.bd for e in net.local}
-    return {bd for r in net.routers.values() if r.bds & local_bds for bd in r.bds}
+    return {
+        bd
+        for r in net.routers.values()
+        if r.bds & local_bds or external.is_active_gateway(r, net)  # a gateway routes replies back
+        for bd in r.bds
+    }
 
 
 def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
@@ -386,6 +382,10 @@ def policy(net: Network) -> list[Flow]:
         flow(POLICY_CT, 2900, {"ct_state": "-new+rel+trk"}, goto(OUTPUT)),
         # neither end in an EPG: group policy does not apply, security groups alone judge
         flow(POLICY_CT, 1, {"ct_state": NEW, "reg0": "0", "reg1": "0"}, goto(SG_EGRESS)),
+        # a router with an external gateway lets its subnets out (security groups may still refuse);
+        # the outside may reach an endpoint without an EPG if its security groups say so
+        flow(POLICY_CT, 2400, {"ct_state": NEW, "reg1": hex(OUTSIDE)}, goto(SG_EGRESS)),
+        flow(POLICY_CT, 2400, {"ct_state": NEW, "reg0": hex(OUTSIDE), "reg1": "0"}, goto(SG_EGRESS)),
         flow(POLICY_CT, 0, None, "drop"),
     ]
     # IPv6 neighbour discovery (solicitations, advertisements, router solicitations) is to IPv6
@@ -405,6 +405,9 @@ def policy(net: Network) -> list[Flow]:
             providers[c].append(group.classid)
         for c in group.consumes:
             consumers[c].append(group.classid)
+    if any(external.local_fips(net)):  # the outside, through a floating IP, consumes what EPGs provide
+        for c in providers:
+            consumers[c].append(OUTSIDE)
     clauses: Clauses = defaultdict(list)
     for uri, contract in sorted(net.contracts.items()):
         prov, cons = sorted(providers[uri]), sorted(consumers[uri])
@@ -525,6 +528,7 @@ def compile_pipeline(net: Network, tunnel_port: int | None, enforce_policy: bool
         *endpoint_flows(net, tunnel_port),
         *flooding(net, tunnel_port),
         *routing(net, tunnel_port),
+        *external.external_flows(net, tunnel_port, {e.bd for e in net.local}),
         *rules,
         *tunnel_output(tunnel_port),
     ]
