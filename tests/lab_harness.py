@@ -105,3 +105,14 @@ def own_processes(marker: str) -> list[str]:
     """Command lines of running processes that mention ``marker`` (a lab's state directory)."""
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+def settled(read: Callable[[], int], quiet: float = 2.5) -> int:
+    """A counter's value once it has stopped moving (OVS refreshes flow statistics lazily)."""
+    last, stable_since = read(), time.monotonic()
+    while time.monotonic() - stable_since < quiet:
+        time.sleep(0.25)
+        now = read()
+        if now != last:
+            last, stable_since = now, time.monotonic()
+    return last

@@ -20,7 +20,7 @@ import pytest
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, measured, running_lab, serving, until
+from tests.lab_harness import SCENARIOS, measured, running_lab, serving, settled, until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 SCENARIO = SCENARIOS / "routed.yaml"
@@ -47,14 +47,7 @@ def test_the_routed_matrix_matches_the_intent(lab: Lab) -> None:
 
 
 def settled_tunnel_tx(lab: Lab, host: str) -> int:
-    """The tunnel's count once it has stopped moving (OVS refreshes flow statistics lazily)."""
-    last, stable_since = tunnel_tx(lab, host), time.monotonic()
-    while time.monotonic() - stable_since < 2.5:
-        time.sleep(0.25)
-        now = tunnel_tx(lab, host)
-        if now != last:
-            last, stable_since = now, time.monotonic()
-    return last
+    return settled(lambda: tunnel_tx(lab, host))
 
 
 def test_same_host_routed_traffic_never_leaves_the_host(lab: Lab) -> None:

@@ -1,0 +1,131 @@
+"""External networks with real Open vSwitch, namespaces and packets: floating IPs NATed on the
+endpoint's host, SNAT on the elected gateway host, and that gateway failing over to its standby."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from policyfabric.lab.lab import Lab, checked_plan
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.model import scenario as sc
+from tests.lab_harness import SCENARIOS, measured, running_lab, serving, settled, until
+
+pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
+SCENARIO = SCENARIOS / "external.yaml"
+
+PEER_SERVER = """
+import socket, sys
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1])))
+s.listen()
+print("ready", flush=True)
+while True:
+    c, addr = s.accept()
+    print(addr[0], flush=True)
+    c.close()
+"""
+
+
+@pytest.fixture(scope="module")
+def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+    with running_lab(SCENARIO, tmp_path_factory.mktemp("external") / "state") as lab:
+        yield lab
+
+
+def source_seen_outside(lab: Lab, src: str, port: int) -> str:
+    """The source address internet1 sees when ``src`` connects to it."""
+    netns = lab.state.external_hosts["internet1"]["netns"]
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", PEER_SERVER, str(port)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+        assert measured(lab, src, "internet1", f"tcp/{port}") == "allow"
+        return server.stdout.readline().strip()
+    finally:
+        server.kill()
+        server.wait()
+
+
+def nat_packets(lab: Lab, host: str) -> int:
+    """Packets through the host's SNAT/floating-IP table (71) so far."""
+    ovs = OvsInstance(Path(lab.state.hosts[host]["rundir"]))
+    flows = ovs.ofctl("--no-names", "dump-flows", ovs.mgmt("br-int"), "table=71")
+    return sum(int(m) for m in re.findall(r"n_packets=(\d+)", flows))
+
+
+def test_the_external_matrix_matches_the_intent(lab: Lab) -> None:
+    results = lab.probe(checked_plan(sc.load(SCENARIO)).expect)
+    assert [(r.expect.source, r.expect.target, r.expect.probe, r.measured) for r in results if not r.ok] == []
+
+
+def nat_counts(lab: Lab, *hosts: str) -> dict[str, int]:
+    return {h: settled(lambda h=h: nat_packets(lab, h)) for h in hosts}  # type: ignore[misc]
+
+
+def test_a_floating_ip_is_the_source_outside_and_nat_happens_on_the_endpoints_host(lab: Lab) -> None:
+    before = nat_counts(lab, "h1", "gw1", "gw2")
+    assert source_seen_outside(lab, "web1", 9001) == "203.0.113.10"
+    after = nat_counts(lab, "h1", "gw1", "gw2")
+    assert after["h1"] > before["h1"]  # web1's host did the NAT ...
+    assert (after["gw1"], after["gw2"]) == (before["gw1"], before["gw2"])  # ... no gateway was involved
+
+
+def test_snat_goes_through_the_first_gateway_only(lab: Lab) -> None:
+    before = nat_counts(lab, "h2", "gw1", "gw2")
+    assert source_seen_outside(lab, "app1", 9002) == "203.0.113.2"  # the router's external address
+    after = nat_counts(lab, "h2", "gw1", "gw2")
+    assert after["gw1"] > before["gw1"]
+    assert after["gw2"] == before["gw2"]
+    assert after["h2"] == before["h2"]  # app1 has no floating IP: not NATed at home
+
+
+def test_the_outside_cannot_open_connections_through_snat(lab: Lab) -> None:
+    with serving(lab, ("app1", "tcp", 8081)):
+        assert measured(lab, "app1", "internet1", "icmp") == "allow"  # the SNAT path is up
+        assert measured(lab, "internet1", "r1", "tcp/8081") == "deny"
+
+
+def ping_replies(lab: Lab, src: str, dst: str, seconds: float) -> subprocess.Popen[str]:
+    """A ping stream (every 50 ms) with a timestamp per reply."""
+    netns = lab.state.endpoints[src]["netns"]
+    count = str(int(seconds / 0.05))
+    return subprocess.Popen(
+        ["ip", "netns", "exec", netns, "ping", "-n", "-D", "-i", "0.05", "-W", "1", "-c", count,
+         lab.address_of(dst)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+
+
+def reply_times(output: str) -> list[float]:
+    return [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", output, re.M)]
+
+
+def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab) -> None:
+    stream = ping_replies(lab, "app1", "internet1", 12)
+    time.sleep(2)
+    killed = time.time()
+    lab.fail("gw1")
+    output, _ = stream.communicate(timeout=30)
+    after = [t for t in reply_times(output) if t > killed]
+    assert [t for t in reply_times(output) if t < killed], "no SNAT traffic before the failure"
+    assert after, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
+    assert after[0] - killed < 5.0
+    assert source_seen_outside(lab, "app1", 9003) == "203.0.113.2"  # same address, other host
+    # the healed host comes back as a standby: no second interruption (no preemption)
+    lab.heal("gw1")
+    until(lambda: measured(lab, "app1", "internet1", "icmp") == "allow", timeout=10)
+    before = nat_counts(lab, "gw1", "gw2")
+    assert source_seen_outside(lab, "app1", 9004) == "203.0.113.2"
+    after = nat_counts(lab, "gw1", "gw2")
+    assert after["gw1"] == before["gw1"] and after["gw2"] > before["gw2"]
