@@ -43,7 +43,7 @@ from rich.console import Console
 from common import flow_count, private_ovs, report
 from policyfabric.agent.renderers.api import RendererContext
 from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
-from policyfabric.agent.renderers.ovs import pipeline
+from policyfabric.agent.renderers.ovs import pipeline, tables
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.view import BridgeDomain, Endpoint, Network, SecurityGroup, SgRule
@@ -129,7 +129,7 @@ def nft_figures(net: Network, bigger: Network, netns: str) -> dict[str, Any]:
 
 
 def sg_flows(flows: list[Flow]) -> set[Flow]:
-    return {f for f in flows if f.table in (pipeline.SG_EGRESS, pipeline.SG_INGRESS)}
+    return {f for f in flows if f.table in (tables.SG_EGRESS, tables.SG_INGRESS)}
 
 
 def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:

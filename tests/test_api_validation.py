@@ -491,3 +491,43 @@ def test_unknown_ids_and_paths_are_404s_in_the_error_format(api: Api) -> None:
     assert r.status_code == 404 and error(r)["code"] == "not_found"
     r = api.http.patch("/v1/tenants")
     assert r.status_code == 405 and error(r)["code"] == "method_not_allowed"
+
+
+def test_a_routers_external_address_is_allocated_kept_and_never_shared(
+    api: Api, tenant: dict[str, str], public: str
+) -> None:
+    t, prefix = tenant["name"], _net(api, public)
+    body = {"name": "r", "tenant": t, "l3_context": "vrf1", "interfaces": ["sa"],
+            "external_gateway": {"network": public, "hosts": ["gw1", "gw2"]}}  # fmt: skip
+    router = api.ok("routers", body)
+    allocated = router["external_gateway"]["ip"]
+    assert allocated == f"{prefix}.2"  # the first free address after the network's gateway
+    again = api.put("routers", router["id"], {**body, "interfaces": ["sa", "sb"]})
+    assert again.status_code == 200, again.text
+    assert again.json()["external_gateway"]["ip"] == allocated  # an update that leaves it out keeps it
+    refused(
+        api,
+        "floating-ips",
+        {"name": "f", "tenant": t, "network": public, "ip": allocated},
+        409,
+        "ip",
+        "already taken",
+    )
+    fip = api.ok("floating-ips", {"name": "f2", "tenant": t, "network": public})
+    assert fip["ip"] not in (allocated, f"{prefix}.1")
+    refused(
+        api,
+        "routers",
+        {**body, "name": "r2", "external_gateway": {"network": public, "ip": f"{prefix}.999"}},
+        422,
+        "external_gateway.ip",
+        "not an IP address",
+    )
+    refused(
+        api,
+        "routers",
+        {**body, "name": "r2", "external_gateway": {"network": public, "ip": "203.0.113.7"}},
+        422,
+        "external_gateway.ip",
+        "not inside",
+    )

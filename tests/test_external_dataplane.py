@@ -117,10 +117,10 @@ def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab) -
     killed = time.time()
     lab.fail("gw1")
     output, _ = stream.communicate(timeout=30)
-    after = [t for t in reply_times(output) if t > killed]
+    recovered = [t for t in reply_times(output) if t > killed]
     assert [t for t in reply_times(output) if t < killed], "no SNAT traffic before the failure"
-    assert after, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
-    assert after[0] - killed < 5.0
+    assert recovered, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
+    assert recovered[0] - killed < 5.0
     assert source_seen_outside(lab, "app1", 9003) == "203.0.113.2"  # same address, other host
     # the healed host comes back as a standby: no second interruption (no preemption)
     lab.heal("gw1")

@@ -14,8 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from policyfabric.agent.renderers.ovs.flows import port_masks
-from policyfabric.agent.renderers.ovs.pipeline import POLICY_CT, compile_pipeline
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch, Result
+from policyfabric.agent.renderers.ovs.tables import POLICY_CT
 from policyfabric.agent.view import BridgeDomain, Contract, Endpoint, Group, Network, Rule
 
 TUNNEL = 100

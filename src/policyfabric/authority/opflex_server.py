@@ -701,7 +701,11 @@ class OpflexServer:
                 for d in self.declarations.values()
                 if d.agent == agent.name and d.endpoint is not None and d.is_l2
             ]
-            out.append(agent.to_json(subs, eps))
+            item = agent.to_json(subs, eps)
+            item["gateway_for"] = sorted(
+                f"{t}/{r}" for (t, r), (h, _) in self.gateways.items() if h == agent.name
+            )
+            out.append(item)
         return sorted(out, key=lambda a: a["name"])
 
     def faults_json(self) -> list[dict[str, Any]]:
