@@ -51,8 +51,6 @@ def test_without_a_port_on_the_network_a_host_does_no_nat() -> None:
 def test_compute_hosts_send_snat_traffic_to_the_elected_gateway_after_policy() -> None:
     flows = compile_pipeline(host("h2", (APP2,)), TUNNEL)
     [out] = [f for f in flows if f.table == ROUTING and f.priority == 40]
-        f for f in flows if f.table == ROUTING and f.priority == 40
-    ]
     assert "set_field:0xc0000203->reg7" in out.actions  # gw1's tunnel address
     assert f"set_field:{external.transit_vni(ROUTER):#x}->reg2" in out.actions
     assert out.actions[-1] == "goto_table:60"  # policy first
