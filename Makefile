@@ -26,6 +26,7 @@ bench:
 	$(PY) bench/converge.py --n 50,500,1000
 	$(PY) bench/secgroups.py
 	$(PY) bench/vs_ovn.py
+	$(PY) bench/failover.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
@@ -129,3 +130,29 @@ def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab) -
     assert source_seen_outside(lab, "app1", 9004) == "203.0.113.2"
     after = nat_counts(lab, "gw1", "gw2")
     assert after["gw1"] == before["gw1"] and after["gw2"] > before["gw2"]
+
+
+def active_gateway(lab: Lab) -> str:
+    with Client(lab.state.url) as client:
+        agents = client.request("GET", "/v1/agents")["items"]
+    [name] = [a["name"] for a in agents if "acme/r1" in a.get("gateway_for", [])]
+    return str(name)
+
+
+def test_snat_fails_over_when_the_active_gateway_is_cut_off_silently(lab: Lab) -> None:
+    """No goodbye this time: links down and the agent frozen; the authority notices by keepalive."""
+    victim = active_gateway(lab)
+    stream = ping_replies(lab, "app1", "internet1", 10)
+    time.sleep(2)
+    cut = time.time()
+    lab.fail(victim, cut=True)
+    try:
+        output, _ = stream.communicate(timeout=30)
+        recovered = [t for t in reply_times(output) if t > cut + 0.1]
+        assert recovered, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
+        assert recovered[0] - cut < 5.0
+        assert active_gateway(lab) != victim
+    finally:
+        lab.heal(victim)
+    until(lambda: measured(lab, "app1", "internet1", "icmp") == "allow", timeout=10)
+    assert active_gateway(lab) != victim  # back, and a standby

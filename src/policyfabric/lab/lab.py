@@ -173,7 +173,8 @@ class Lab:
         lab = checked_plan(scenario)
         if authority is None:
             self.say("starting an embedded authority (SQLite)")
-            self.authority = authority_in(self.dir / "authority")
+            # a silent agent (a host cut off) is dropped after 4 x 0.5 s: gateways fail over quickly
+            self.authority = authority_in(self.dir / "authority", extra=["--keepalive", "0.5"])
             self.authority.start()
             assert self.authority.proc is not None
             self.state.pids["authority"] = self.authority.proc.pid
@@ -317,19 +318,39 @@ class Lab:
         self.state.pids["authority"] = self.authority.proc.pid
         self.state.save()
 
-    def fail(self, host: str) -> None:
+    def fail(self, host: str, cut: bool = False) -> None:
         """The host dies: its agent and both Open vSwitch daemons are killed (SIGKILL), so its
-        datapath stops forwarding and its OpFlex session drops."""
+        datapath stops forwarding and its OpFlex session drops. With ``cut`` it drops off the
+        network instead: its underlay and external links go down and its agent freezes (SIGSTOP;
+        in the lab the agent's OpFlex connection does not run over the underlay), so nobody hears
+        a goodbye: the authority notices by keepalive."""
         info = self.state.hosts[host]
-        self.stop_agent(host, kill=True)
-        OvsInstance(Path(info["rundir"])).kill()
-        info["failed"] = True
+        if cut:
+            for dev in ("ul0", *info.get("external", {}).values()):
+                run(["ip", "link", "set", dev, "down"], netns=info["netns"])
+            pid = self.state.pids.get(f"agent:{host}")
+            if pid is not None:
+                os.kill(pid, signal.SIGSTOP)
+        else:
+            self.stop_agent(host, kill=True)
+            OvsInstance(Path(info["rundir"])).kill()
+        info["failed"] = "cut" if cut else "killed"
         self.state.save()
 
     def heal(self, host: str) -> None:
-        """Bring a failed host back: Open vSwitch (its database kept the bridges and ports), the
-        underlay address (it lived on br-phy, which died with ovs-vswitchd), then the agent."""
+        """Bring a failed host back. A cut host: links up, agent resumed (it reconnects and learns
+        it is no longer the gateway). A killed one: Open vSwitch (its database kept the bridges and
+        ports), the underlay address (it lived on br-phy, which died with ovs-vswitchd), the agent."""
         info = self.state.hosts[host]
+        if info.get("failed") == "cut":
+            for dev in ("ul0", *info.get("external", {}).values()):
+                run(["ip", "link", "set", dev, "up"], netns=info["netns"])
+            pid = self.state.pids.get(f"agent:{host}")
+            if pid is not None:
+                os.kill(pid, signal.SIGCONT)
+            info["failed"] = False
+            self.state.save()
+            return
         ovs = OvsInstance(Path(info["rundir"]), info["netns"])
         ovs.start()
         deadline = time.monotonic() + 10
