@@ -43,13 +43,11 @@ REPLY = re.compile(r"^\[(\d+\.\d+)\] \d+ bytes from")
 
 def active_gateway(lab: Lab, timeout: float = 20.0) -> str:
     deadline = time.monotonic() + timeout
-    with Client(lab.state.url) as client:
-        while time.monotonic() < deadline:
-            agents = client.request("GET", "/v1/agents")["items"]
-            found = [a["name"] for a in agents if ROUTER in a.get("gateway_for", []) and a["connected"]]
-            if found:
-                return str(found[0])
-            time.sleep(0.1)
+    while time.monotonic() < deadline:
+        found = lab.active_gateway(ROUTER)
+        if found:
+            return found
+        time.sleep(0.1)
     raise RuntimeError(f"no active gateway for {ROUTER} after {timeout:.0f} s")
 
 

@@ -10,6 +10,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.lab.plan import Expect
@@ -64,6 +66,17 @@ def running_lab(scenario: Path, directory: Path) -> Iterator[Lab]:
     finally:
         assert lab.down(keep_logs=True) == []
         assert own_processes(lab.state.directory) == [], "the lab left processes behind"
+
+
+def lab_fixture(scenario: Path) -> Any:
+    """A module-scoped ``lab`` fixture: the lab of ``scenario``, up for the module's tests."""
+
+    @pytest.fixture(scope="module")
+    def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
+        with running_lab(scenario, tmp_path_factory.mktemp(scenario.stem) / "state") as lab:
+            yield lab
+
+    return lab
 
 
 def until(condition: Callable[[], Any], timeout: float = 15.0, step: float = 0.05) -> float:

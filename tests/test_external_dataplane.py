@@ -8,16 +8,14 @@ import re
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from policyfabric.cli.client import Client
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, measured, running_lab, serving, settled, until
+from tests.lab_harness import SCENARIOS, lab_fixture, measured, serving, settled, until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 SCENARIO = SCENARIOS / "external.yaml"
@@ -36,10 +34,7 @@ while True:
 """
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(SCENARIO, tmp_path_factory.mktemp("external") / "state") as lab:
-        yield lab
+lab = lab_fixture(SCENARIO)
 
 
 def source_seen_outside(lab: Lab, src: str, port: int) -> str:
@@ -132,16 +127,10 @@ def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab) -
     assert after["gw1"] == before["gw1"] and after["gw2"] > before["gw2"]
 
 
-def active_gateway(lab: Lab) -> str:
-    with Client(lab.state.url) as client:
-        agents = client.request("GET", "/v1/agents")["items"]
-    [name] = [a["name"] for a in agents if "acme/r1" in a.get("gateway_for", [])]
-    return str(name)
-
-
 def test_snat_fails_over_when_the_active_gateway_is_cut_off_silently(lab: Lab) -> None:
     """No goodbye this time: links down and the agent frozen; the authority notices by keepalive."""
-    victim = active_gateway(lab)
+    victim = lab.active_gateway("acme/r1")
+    assert victim is not None
     stream = ping_replies(lab, "app1", "internet1", 10)
     time.sleep(2)
     cut = time.time()
@@ -151,8 +140,8 @@ def test_snat_fails_over_when_the_active_gateway_is_cut_off_silently(lab: Lab) -
         recovered = [t for t in reply_times(output) if t > cut + 0.1]
         assert recovered, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
         assert recovered[0] - cut < 5.0
-        assert active_gateway(lab) != victim
+        assert lab.active_gateway("acme/r1") != victim
     finally:
         lab.heal(victim)
     until(lambda: measured(lab, "app1", "internet1", "icmp") == "allow", timeout=10)
-    assert active_gateway(lab) != victim  # back, and a standby
+    assert lab.active_gateway("acme/r1") != victim  # back, and a standby

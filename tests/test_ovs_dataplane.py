@@ -11,7 +11,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -23,9 +22,9 @@ from tests.lab_harness import (
     SCENARIOS,
     endpoint,
     flows_with_age,
+    lab_fixture,
     measured,
     ns_run,
-    running_lab,
     serve,
     serving,
     until,
@@ -34,10 +33,7 @@ from tests.lab_harness import (
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(SCENARIOS / "two_hosts.yaml", tmp_path_factory.mktemp("lab") / "state") as lab:
-        yield lab
+lab = lab_fixture(SCENARIOS / "two_hosts.yaml")
 
 
 def contract(client: Client) -> dict:  # type: ignore[type-arg]

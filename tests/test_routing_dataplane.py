@@ -11,7 +11,6 @@ import os
 import re
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -19,16 +18,13 @@ import pytest
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
-from tests.lab_harness import SCENARIOS, measured, running_lab, serving, settled, until
+from tests.lab_harness import SCENARIOS, lab_fixture, measured, serving, settled, until
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
 SCENARIO = SCENARIOS / "routed.yaml"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(SCENARIO, tmp_path_factory.mktemp("routed") / "state") as lab:
-        yield lab
+lab = lab_fixture(SCENARIO)
 
 
 def tunnel_tx(lab: Lab, host: str) -> int:

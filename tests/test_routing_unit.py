@@ -23,6 +23,7 @@ from policyfabric.agent.view import (
     Rule,
     router_identity,
 )
+from tests.test_pipeline_unit import ip_packet
 
 TUNNEL = 100
 WEB_BD = BridgeDomain("bd-web", vni=0x10001, vrf=0x10000)
@@ -58,19 +59,7 @@ def network(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), rout
 
 def routed(src: Endpoint, dst_ip: str, dport: int = 80, ttl: int = 64, **extra: Any) -> dict[str, Any]:
     """A packet from ``src`` to an off-subnet address: to the gateway's (router's) MAC."""
-    return {
-        "in_port": src.ofport,
-        "eth_type": "ip",
-        "dl_src": src.mac,
-        "dl_dst": R1.mac,
-        "nw_src": src.ips[0],
-        "nw_dst": dst_ip,
-        "nw_proto": 6,
-        "tp_src": 40000,
-        "tp_dst": dport,
-        "nw_ttl": ttl,
-        **extra,
-    }
+    return ip_packet(src, src, dport=dport, **{"dl_dst": R1.mac, "nw_dst": dst_ip, "nw_ttl": ttl, **extra})
 
 
 def test_the_gateway_answers_arp_on_the_host_with_the_router_mac() -> None:

@@ -8,7 +8,6 @@ handful of flows on each host, not a number that grows with the group.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,8 +20,8 @@ from tests.lab_harness import (
     SCENARIOS,
     endpoint,
     flows_with_age,
+    lab_fixture,
     measured,
-    running_lab,
     serving,
     until,
 )
@@ -31,10 +30,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (n
 SCENARIO = SCENARIOS / "secgroups.yaml"
 
 
-@pytest.fixture(scope="module")
-def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
-    with running_lab(SCENARIO, tmp_path_factory.mktemp("lab") / "state") as lab:
-        yield lab
+lab = lab_fixture(SCENARIO)
 
 
 def test_the_matrix_matches_the_security_groups(lab: Lab) -> None:

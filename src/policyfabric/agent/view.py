@@ -9,7 +9,7 @@ unit test.
 from __future__ import annotations
 
 import zlib
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +73,11 @@ class BridgeDomain:
     uri: str
     vni: int
     vrf: int  # the routing domain's number: the conntrack zone, so tenants' addresses never collide
+
+    @property
+    def zone(self) -> int:
+        """The routing domain's conntrack zone (16 bits)."""
+        return self.vrf & 0xFFFF
 
 
 @dataclass(frozen=True)
@@ -209,27 +214,25 @@ def _targets(policy: Mapping[str, MO], mo: MO, subject: str) -> tuple[str, ...]:
     return tuple(sorted(out))
 
 
+def _classified(
+    policy: Mapping[str, MO], container: MO, subject: str, rule_subject: str
+) -> Iterator[tuple[MO, dict[str, Any]]]:
+    """Each (rule, fields common to every Rule) under ``container``'s subjects, once per classifier."""
+    for subj in _children(policy, container, subject):
+        for rule in _children(policy, subj, rule_subject):
+            props = rule.properties
+            common = {"order": int(props.get("order", 0)), "direction": str(props.get("direction", "in"))}
+            for clf in _related(policy, rule, "GbpRuleToClassifierRSrc"):
+                yield rule, {**common, **_classifier(clf.properties)}
+
+
 def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
     rules = []
     name = contract.properties.get("name", "")
-    for subj in _children(policy, contract, "GbpSubject"):
-        for rule in _children(policy, subj, "GbpRule"):
-            props = rule.properties
-            clfs = _related(policy, rule, "GbpRuleToClassifierRSrc")
-            actions = _related(policy, rule, "GbpRuleToActionRSrc")
-            allow = all(
-                a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction"
-            )
-            for clf in clfs:
-                rules.append(
-                    Rule(
-                        key=f"{name}.{props.get('name', '')}",
-                        order=int(props.get("order", 0)),
-                        allow=allow,
-                        direction=str(props.get("direction", "in")),
-                        **_classifier(clf.properties),
-                    )
-                )
+    for rule, fields in _classified(policy, contract, "GbpSubject", "GbpRule"):
+        actions = _related(policy, rule, "GbpRuleToActionRSrc")
+        allow = all(a.properties.get("allow", 1) == 1 for a in actions if a.subject == "GbpAllowDenyAction")
+        rules.append(Rule(key=f"{name}.{rule.properties.get('name', '')}", allow=allow, **fields))
     return tuple(rules)
 
 
@@ -247,29 +250,16 @@ def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
 
 def _sg_rules(policy: Mapping[str, MO], sg: MO) -> tuple[SgRule, ...]:
     rules = []
-    for subj in _children(policy, sg, "GbpSecGroupSubject"):
-        for rule in _children(policy, subj, "GbpSecGroupRule"):
-            props = rule.properties
-            clfs = _related(policy, rule, "GbpRuleToClassifierRSrc")
-            prefixes: list[str | None] = [
-                f"{n.properties.get('address')}/{n.properties.get('prefixLen')}"
-                for subnets in _related(policy, rule, "GbpSecGroupRuleToRemoteAddressRSrc")
-                for n in _children(policy, subnets, "GbpSubnet")
-            ]
-            group = target(policy, rule.uri + "PfSecGroupRuleToRemoteGroupRSrc/")
-            for clf in clfs:
-                for prefix in prefixes or [None]:
-                    rules.append(
-                        SgRule(
-                            key=f"{sg.uri}#{props.get('order', 0)}",
-                            order=int(props.get("order", 0)),
-                            allow=True,
-                            direction=str(props.get("direction", "in")),
-                            remote_prefix=prefix,
-                            remote_group=group,
-                            **_classifier(clf.properties),
-                        )
-                    )
+    for rule, fields in _classified(policy, sg, "GbpSecGroupSubject", "GbpSecGroupRule"):
+        prefixes: list[str | None] = [
+            f"{n.properties.get('address')}/{n.properties.get('prefixLen')}"
+            for subnets in _related(policy, rule, "GbpSecGroupRuleToRemoteAddressRSrc")
+            for n in _children(policy, subnets, "GbpSubnet")
+        ]
+        group = target(policy, rule.uri + "PfSecGroupRuleToRemoteGroupRSrc/")
+        for prefix in prefixes or [None]:
+            key = f"{sg.uri}#{rule.properties.get('order', 0)}"
+            rules.append(SgRule(key=key, allow=True, remote_prefix=prefix, remote_group=group, **fields))
     return tuple(rules)
 
 

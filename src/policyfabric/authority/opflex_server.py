@@ -196,6 +196,21 @@ def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO], list[MO]]:
     return changed, merged, removed
 
 
+def _gateway_candidates(tenant: str, tree: Tree) -> list[gw.Candidate]:
+    """The tenant's routers with an SNAT gateway, as election candidates."""
+    out = []
+    for mo in tree.mos.values():
+        if mo.subject != "PfExternalGateway":
+            continue
+        router = tree.mos.get(mo.parent_uri or "")
+        net = mo.properties.get("network")
+        if router is None or not isinstance(net, dict) or not int(mo.properties.get("snat", 1)):
+            continue
+        hosts = tuple(h for h in mo.properties.get("hosts", []) if isinstance(h, str))
+        out.append(gw.Candidate((tenant, str(router.properties.get("name"))), net["reference_uri"], hosts))
+    return out
+
+
 def _wire(mos: list[MO]) -> list[tuple[str, dict[str, Any]]]:
     """(uri, wire form): serialised once, not once per session."""
     return [(mo.uri, mo.to_wire()) for mo in mos]
@@ -231,6 +246,7 @@ class OpflexServer:
         self.trees: dict[str | None, Tree] = {}
         self.declarations: dict[str, Declaration] = {}
         self.gateways: dict[gw.RouterKey, tuple[str, str]] = {}  # router -> active (host, tunnel IP)
+        self._candidates: dict[str, list[gw.Candidate]] = {}  # tenant -> its routers with SNAT gateways
         self._dirty: set[str | None] = set()
         self._epr_changed: dict[str, tuple[MO, bool]] = {}  # uri -> (MO, deleted)
         self._flush: asyncio.TimerHandle | None = None
@@ -439,6 +455,8 @@ class OpflexServer:
                 self.trees[tenant] = tree
             else:
                 self.trees.pop(tenant, None)
+            if tenant is not None:  # read once per rebuild of the tenant, not on every election
+                self._candidates[tenant] = _gateway_candidates(tenant, tree)
         self._elect()  # routers may have gained or lost an external gateway
         if push and (changed or merged or removed):
             await self._fan_out(
@@ -647,19 +665,7 @@ class OpflexServer:
     # ---- gateway HA
     def _elect(self) -> None:
         """Re-run the gateway election; a change rebuilds the router's tenant (pushed at once)."""
-        candidates = []
-        for tenant, tree in self.trees.items():
-            for mo in tree.mos.values():
-                if mo.subject != "PfExternalGateway" or tenant is None:
-                    continue
-                router = tree.mos.get(mo.parent_uri or "")
-                net = mo.properties.get("network")
-                if router is None or not isinstance(net, dict) or not int(mo.properties.get("snat", 1)):
-                    continue
-                hosts = tuple(h for h in mo.properties.get("hosts", []) if isinstance(h, str))
-                candidates.append(
-                    gw.Candidate((tenant, str(router.properties.get("name"))), net["reference_uri"], hosts)
-                )
+        candidates = [c for found in self._candidates.values() for c in found]
         alive = {
             a.name: gw.GatewayHost(a.name, a.tunnel_ip, a.external)
             for a in self.agents.values()

@@ -78,7 +78,9 @@ class LabState:
     endpoints: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, ips, mac, host
     hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, rundir, ...
     external_hosts: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> netns, ip
-    floating_ips: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> ip, endpoint
+    # probe targets outside the fabric's own addresses: floating IPs (name -> ip, endpoint) and
+    # routers (name -> their SNAT address, no endpoint)
+    external_addresses: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def save(self) -> None:
         path = Path(self.directory) / "state.json"
@@ -197,11 +199,14 @@ class Lab:
             self.add_external_host(x, next(s for s in lab.segments if s.name == x.network))
         with Client(self.state.url) as client:
             for fip in client.list(k.FLOATING_IP):
-                self.state.floating_ips[fip["name"]] = {"ip": fip["ip"], "endpoint": fip.get("endpoint")}
+                self.state.external_addresses[fip["name"]] = {
+                    "ip": fip["ip"],
+                    "endpoint": fip.get("endpoint"),
+                }
             for router in client.list(k.ROUTER):  # a router as a probe target: its SNAT address
                 gw = router.get("external_gateway") or {}
                 if gw.get("ip"):
-                    self.state.floating_ips[router["name"]] = {"ip": gw["ip"], "endpoint": None}
+                    self.state.external_addresses[router["name"]] = {"ip": gw["ip"], "endpoint": None}
             self.state.save()
             for ep in lab.endpoints:
                 self.plug(ep, client)
@@ -364,6 +369,13 @@ class Lab:
         self.state.save()
         self.start_agent(host)
 
+    def active_gateway(self, router: str) -> str | None:
+        """The host the authority elected as SNAT gateway of ``router`` (TENANT/NAME), if any."""
+        with Client(self.state.url) as client:
+            agents = client.request("GET", "/v1/agents")["items"]
+        found = [a["name"] for a in agents if router in a.get("gateway_for", []) and a["connected"]]
+        return str(found[0]) if found else None
+
     def stop_agent(self, host: str, kill: bool = False) -> None:
         pid = self.state.pids.pop(f"agent:{host}", None)
         self.state.save()
@@ -489,8 +501,8 @@ class Lab:
     # ---- probes
     def address_of(self, name: str, v6: bool = False) -> str:
         """The address probes aim at: an endpoint's, a floating IP's or an external host's."""
-        if name in self.state.floating_ips:
-            return str(self.state.floating_ips[name]["ip"])
+        if name in self.state.external_addresses:
+            return str(self.state.external_addresses[name]["ip"])
         if name in self.state.external_hosts:
             return str(self.state.external_hosts[name]["ip"])
         ep = self.state.endpoints.get(name)
@@ -504,7 +516,7 @@ class Lab:
     def netns_of(self, name: str) -> str | None:
         """Where traffic to or from ``name`` starts or ends: an endpoint's or external host's
         namespace; a floating IP's endpoint's."""
-        fip = self.state.floating_ips.get(name)
+        fip = self.state.external_addresses.get(name)
         if fip is not None:
             name = str(fip.get("endpoint"))
         found = self.state.endpoints.get(name) or self.state.external_hosts.get(name)

@@ -101,18 +101,14 @@ def local_fips(net: Network) -> Iterator[LocalFip]:
     """Floating IPs of this host's endpoints, on networks this host has a port on, behind a
     router of the endpoint's subnet with a gateway on that network."""
     local = {e.key: e for e in net.local}
+    routers = sorted(net.routers.values(), key=lambda r: r.uri)
     for fip in net.floating_ips:
         ep, ext = local.get(fip.endpoint), net.external.get(fip.network)
         address = _v4(ep) if ep else None
         if ep is None or address is None or ext is None or ext.ofport is None:
             continue
         router = next(
-            (
-                r
-                for r in sorted(net.routers.values(), key=lambda r: r.uri)
-                if ep.bd in r.bds and r.gateway and r.gateway.network == fip.network
-            ),
-            None,
+            (r for r in routers if ep.bd in r.bds and r.gateway and r.gateway.network == fip.network), None
         )
         if router is not None:
             yield LocalFip(fip, ep, address, router, ext.ofport)
@@ -267,13 +263,13 @@ def external_flows(net: Network, tunnel_port: int | None, local_bds: set[str]) -
             flows += port_flows(port)
     for f in local_fips(net):
         bd = net.bds.get(f.endpoint.bd)
-        flows += fip_flows(f, (bd.vrf & 0xFFFF) if bd else 0)
+        flows += fip_flows(f, bd.zone if bd else 0)
     for router in sorted(net.routers.values(), key=lambda r: r.uri):
         gw = router.gateway
         if gw is None:
             continue
         ext = net.external.get(gw.network)
-        vrf = next((net.bds[i.bd].vrf & 0xFFFF for i in router.interfaces if i.bd in net.bds), 0)
+        vrf = next((net.bds[i.bd].zone for i in router.interfaces if i.bd in net.bds), 0)
         if is_active_gateway(router, net) and ext is not None and ext.ofport is not None:
             flows += snat_gateway_flows(router, ext, tunnel_port, vrf)
         elif router.bds & local_bds and gw.snat and gw.active_vtep and tunnel_port is not None:

@@ -100,7 +100,7 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
             {"in_port": port},
             set_field(ep.classid, "reg0"),
             set_field(bd.vni, "reg2"),
-            set_field(bd.vrf & 0xFFFF, "reg3"),
+            set_field(bd.zone, "reg3"),
             goto(PORT_SECURITY),
         ),
         flow(
@@ -248,7 +248,7 @@ def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
                     100,
                     {"in_port": tunnel_port, "tun_id": hex(bd.vni)},
                     set_field(bd.vni, "reg2"),
-                    set_field(bd.vrf & 0xFFFF, "reg3"),
+                    set_field(bd.zone, "reg3"),
                     set_field("0x1/0x1", "reg5"),
                     "move:NXM_NX_TUN_METADATA0[0..15]->NXM_NX_REG0[0..15]",
                     goto(L2),

@@ -13,8 +13,8 @@ NAT_OUT, NEXTHOP, NEIGHBOUR = 71, 72, 73  # to an external network: SNAT, next h
 
 ZONE = "NXM_NX_REG3[0..15]"
 NEW = "+new+trk"
-# reg5 flags
-FROM_TUNNEL, REPLY_ONLY = 0x1, 0x2  # REPLY_ONLY: came back through SNAT, judged on the source host
+# reg5 flags (bit 0, "from a tunnel", is matched as reg5=0/1 by the L2 flows)
+REPLY_ONLY = 0x2  # came back through SNAT: judged on the endpoint's host
 # the class id of "the outside" (traffic through a floating IP or SNAT); EPGs get 0x4000 and up
 OUTSIDE = 0x3FFF
 
