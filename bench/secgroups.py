@@ -43,7 +43,7 @@ from rich.console import Console
 from common import flow_count, private_ovs, report
 from policyfabric.agent.renderers.api import RendererContext
 from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
-from policyfabric.agent.renderers.ovs import pipeline, tables
+from policyfabric.agent.renderers.ovs import conjunctions, pipeline, switching, tables
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.view import BridgeDomain, Endpoint, Network, SecurityGroup, SgRule
@@ -94,8 +94,8 @@ def joined(net: Network, n: int) -> Network:
 
 
 def clear_memo() -> None:
-    for fn in (pipeline.local_endpoint_flows, pipeline.arp_answers, pipeline.remote_endpoint_flows,
-               pipeline._clause_flow):  # fmt: skip
+    for fn in (switching.local_endpoint_flows, switching.arp_answers, switching.remote_endpoint_flows,
+               conjunctions._clause_flow):  # fmt: skip
         fn.cache_clear()
 
 

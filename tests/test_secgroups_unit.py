@@ -12,8 +12,9 @@ from dataclasses import replace
 from typing import Any
 
 from policyfabric.agent.renderers.ovs.flows import Flow
-from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline, link_local
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
+from policyfabric.agent.renderers.ovs.switching import link_local
 from policyfabric.agent.view import Endpoint, Network, SecurityGroup, SgRule
 from tests.test_pipeline_unit import APP, APP1, BD, HTTP, TUNNEL, WEB, WEB1, ip_packet, reply
 

@@ -1,0 +1,206 @@
+"""Switching on ``br-int``: classification, port security, local ARP answers, L2 delivery,
+ARP/ND flooding within a bridge domain, and output to ports or the tunnel.
+
+Per-endpoint flows are pure functions of one frozen record, memoised, so a recompile after a
+change costs one dictionary lookup per unchanged endpoint (the incremental part of the compiler).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import defaultdict
+from functools import lru_cache
+
+from policyfabric.agent.renderers.ovs import external
+from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.tables import (
+    ARP,
+    CLASSIFY,
+    L2,
+    OUTPUT,
+    POLICY,
+    PORT_SECURITY,
+    goto,
+    set_field,
+)
+from policyfabric.agent.view import BridgeDomain, Endpoint, Network
+
+MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
+ND_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
+
+
+def link_local(mac: str) -> str:
+    """The EUI-64 IPv6 link-local address of ``mac``."""
+    b = bytes.fromhex(mac.replace(":", ""))
+    eui = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
+    return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
+
+
+
+def is_v6(ip: str) -> bool:
+    return ":" in ip
+
+
+@lru_cache(maxsize=1 << 17)
+def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
+    """Classification, port security, its own ARP probes, L2 delivery and output of a local endpoint."""
+    port = ep.ofport or 0
+    flows = [
+        flow(
+            CLASSIFY,
+            100,
+            {"in_port": port},
+            set_field(ep.classid, "reg0"),
+            set_field(bd.vni, "reg2"),
+            set_field(bd.zone, "reg3"),
+            goto(PORT_SECURITY),
+        ),
+        flow(
+            L2,
+            100,
+            {"reg2": hex(bd.vni), "dl_dst": ep.mac},
+            set_field(ep.classid, "reg1"),
+            set_field(port, "reg4"),
+            goto(POLICY),
+        ),
+        flow(OUTPUT, 100, {"reg4": port}, f"output:{port}"),
+    ]
+    # port security: only its own MAC and addresses (ARP sender fields included)
+    src: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac}
+    for ip in ep.ips:
+        if is_v6(ip):
+            flows.append(flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": ip}, goto(ARP)))
+        else:
+            flows.append(flow(PORT_SECURITY, 100, {**src, "ip": "", "nw_src": ip}, goto(ARP)))
+            flows.append(
+                flow(PORT_SECURITY, 100, {**src, "arp": "", "arp_spa": ip, "arp_sha": ep.mac}, goto(ARP))
+            )
+            # an endpoint announcing or probing its own address is not answered
+            flows.append(flow(ARP, 200, {"in_port": port, "arp": "", "arp_op": 1, "arp_tpa": ip}, goto(L2)))
+    # IPv6 neighbour discovery needs the link-local address, and DAD the unspecified one
+    flows.append(flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP)))
+    flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP)))
+    return (*flows, *arp_answers(ep, bd))
+
+
+def arp_reply(vni: int, ip: str, mac: str) -> Flow:
+    """Answer "who has ``ip``" in the bridge domain with ``mac``, from the host itself."""
+    return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac)
+
+
+@lru_cache(maxsize=1 << 17)
+def arp_answers(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
+    """Answer "who has IP" for an endpoint of the bridge domain on the host, so ARP stays local."""
+    return tuple(arp_reply(bd.vni, ip, ep.mac) for ip in ep.ips if not is_v6(ip))
+
+
+@lru_cache(maxsize=1 << 17)
+def remote_endpoint_flows(ep: Endpoint, bd: BridgeDomain, tunnel_port: int) -> tuple[Flow, ...]:
+    """L2 delivery to a remote endpoint through the tunnel, and ARP answers for it."""
+    l2 = flow(
+        L2,
+        100,
+        {"reg2": hex(bd.vni), "reg5": "0", "dl_dst": ep.mac},
+        set_field(ep.classid, "reg1"),
+        set_field(tunnel_port, "reg4"),
+        set_field(ip_hex(ep.vtep or "0.0.0.0"), "reg7"),
+        goto(POLICY),
+    )
+    return (l2, *arp_answers(ep, bd))
+
+
+def endpoint_flows(net: Network, tunnel_port: int | None) -> list[Flow]:
+    flows: list[Flow] = []
+    local_bds = set()
+    for ep in net.local:
+        bd = net.bds.get(ep.bd)
+        if bd is not None:
+            local_bds.add(bd.uri)
+            flows += local_endpoint_flows(ep, bd)
+    if tunnel_port is not None:
+        for ep in net.remote:
+            bd = net.bds.get(ep.bd)
+            if bd is not None and bd.uri in local_bds and ep.vtep is not None:
+                flows += remote_endpoint_flows(ep, bd, tunnel_port)
+    return flows
+
+
+
+def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
+    """Tunnel traffic by VNI (local ports are classified by their own flows), and the default drop."""
+    flows = []
+    if tunnel_port is not None:
+        for bd in {net.bds[e.bd] for e in net.local if e.bd in net.bds}:
+            flows.append(
+                flow(
+                    CLASSIFY,
+                    100,
+                    {"in_port": tunnel_port, "tun_id": hex(bd.vni)},
+                    set_field(bd.vni, "reg2"),
+                    set_field(bd.zone, "reg3"),
+                    set_field("0x1/0x1", "reg5"),
+                    "move:NXM_NX_TUN_METADATA0[0..15]->NXM_NX_REG0[0..15]",
+                    goto(L2),
+                )
+            )
+    flows.append(flow(CLASSIFY, 0, None, "drop"))
+    flows.append(flow(PORT_SECURITY, 0, None, "drop"))
+    flows.append(flow(ARP, 0, None, goto(L2)))
+    return flows
+
+
+def _tunnel_out(vni: int, vtep: str, tunnel_port: int) -> list[str]:
+    return [
+        set_field(vni, "tun_id"),
+        set_field(vtep, "tun_dst"),
+        "move:NXM_NX_REG0[0..15]->NXM_NX_TUN_METADATA0[0..15]",
+        f"output:{tunnel_port}",
+    ]
+
+
+def flooding(net: Network, tunnel_port: int | None) -> list[Flow]:
+    """ARP and IPv6 neighbour discovery reach the bridge domain's own ports and the hosts that have
+    members in it; other broadcast and multicast stays out of a default-deny fabric."""
+    flows = []
+    ports_of: dict[int, list[int]] = defaultdict(list)
+    vteps_of: dict[int, set[str]] = defaultdict(set)
+    for ep in net.local:
+        bd = net.bds.get(ep.bd)
+        if bd is not None:
+            ports_of[bd.vni].append(ep.ofport or 0)
+    if tunnel_port is not None:
+        for ep in net.remote:
+            bd = net.bds.get(ep.bd)
+            if bd is not None and bd.vni in ports_of and ep.vtep is not None:
+                vteps_of[bd.vni].add(ep.vtep)
+    for vni, ports in sorted(ports_of.items()):
+        local_out = [f"output:{p}" for p in sorted(ports)]
+        remote_out: list[str] = []
+        for vtep in sorted(vteps_of[vni]):
+            remote_out += _tunnel_out(vni, vtep, tunnel_port or 0)
+        for kind, dst in (("arp", MULTICAST), ("icmp6", ND_MULTICAST)):
+            match = {"reg2": hex(vni), "reg5": "0", kind: "", "dl_dst": dst}
+            flows.append(flow(L2, 50, match, *local_out, *remote_out))
+            if tunnel_port is not None:
+                flows.append(flow(L2, 50, {**match, "reg5": "1"}, *local_out))
+    flows.append(flow(L2, 0, None, "drop"))
+    return flows
+
+
+def tunnel_output(tunnel_port: int | None) -> list[Flow]:
+    flows = [flow(OUTPUT, 0, None, "drop")]
+    if tunnel_port is not None:
+        flows.append(
+            flow(
+                OUTPUT,
+                100,
+                {"reg4": tunnel_port},
+                "move:NXM_NX_REG2[]->NXM_NX_TUN_ID[0..31]",
+                "move:NXM_NX_REG7[]->NXM_NX_TUN_IPV4_DST[]",
+                "move:NXM_NX_REG0[0..15]->NXM_NX_TUN_METADATA0[0..15]",
+                f"output:{tunnel_port}",
+            )
+        )
+    return flows
+
+
