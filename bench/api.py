@@ -31,8 +31,8 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from policyfabric.authority.process import authority_in
 from policyfabric.authority.service import Authority
+from policyfabric.lab.authority import authority_in
 from policyfabric.model import kinds as k
 from policyfabric.model.parse import parse_spec
 from policyfabric.store.sqlite import SqliteStore

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.lab.sh import run
+from policyfabric.sh import run
 
 
 @contextlib.contextmanager

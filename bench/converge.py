@@ -48,7 +48,7 @@ import httpx
 from rich.console import Console
 
 from common import flow_count, private_ovs, report
-from policyfabric.authority.process import authority_in
+from policyfabric.lab.authority import authority_in
 from policyfabric.lab.ovs import OvsInstance
 
 console = Console(stderr=True)

@@ -31,7 +31,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
 from common import report
-from policyfabric.cli.client import Client
+from policyfabric.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc

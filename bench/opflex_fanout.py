@@ -33,7 +33,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from policyfabric.authority.process import authority_in
+from policyfabric.lab.authority import authority_in
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
 

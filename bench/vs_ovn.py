@@ -45,7 +45,7 @@ from rich.console import Console
 import converge  # the policyfabric side (bench/ is on sys.path when a bench runs)
 from common import flow_count, netns, report
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.lab.sh import run
+from policyfabric.sh import run
 
 console = Console(stderr=True)
 KEYS = ("converge_s", "member_change_s", "rule_add_s", "flows", "rss_kb")

@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 import pytest
 
-from policyfabric.authority.process import AuthorityProcess, authority_in
+from policyfabric.lab.authority import AuthorityProcess, authority_in
 
 
 class Api:

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from policyfabric.cli.client import Client
+from policyfabric.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.lab.plan import Expect
 from policyfabric.model import kinds as k

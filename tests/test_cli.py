@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from policyfabric.authority.process import AuthorityProcess, free_port
+from policyfabric.lab.authority import AuthorityProcess, free_port
 from tests.conftest import Api
 
 # every kind of object; the demo (examples/demo.yaml) is the lab-ready subset

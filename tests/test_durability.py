@@ -6,7 +6,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 
-from policyfabric.authority.process import AuthorityProcess
+from policyfabric.lab.authority import AuthorityProcess
 from tests.conftest import Api
 
 

@@ -18,7 +18,7 @@ import pytest
 import trustme
 
 from policyfabric.agent.dryrun import DryRunAgent
-from policyfabric.authority.process import AuthorityProcess, authority_in
+from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.opflex import wire
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri, uri_of

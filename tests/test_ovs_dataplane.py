@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from policyfabric.cli.client import Client
+from policyfabric.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.model import kinds as k
 from tests.lab_harness import (

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from policyfabric.authority.process import AuthorityProcess
+from policyfabric.lab.authority import AuthorityProcess
 
 
 def test_no_server_errors_from_openapi_fuzzing(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:

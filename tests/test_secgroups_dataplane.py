@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from policyfabric.cli.client import Client
+from policyfabric.client import Client
 from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc

@@ -17,8 +17,9 @@ from pathlib import Path
 
 from rich.console import Console
 
-from policyfabric.authority.process import authority_in
-from policyfabric.cli.client import Client
+from policyfabric.cli.tables import objects_table, report
+from policyfabric.client import Client
+from policyfabric.lab.authority import authority_in
 from policyfabric.lab.lab import Lab
 from policyfabric.lab.plan import LabError
 from policyfabric.model import kinds as k
@@ -29,9 +30,6 @@ def run_demo(file: Path, state_dir: Path | None, out: Console, err: Console) -> 
     if os.geteuid() != 0:
         err.print("the demo builds network namespaces and Open vSwitch instances: run it as root")
         return 2
-    from policyfabric.cli.lab import report
-    from policyfabric.cli.main import objects_table
-
     with tempfile.TemporaryDirectory(prefix="policyfabric-demo-") as tmp:
         base = state_dir or Path(tmp)
         server = authority_in(base / "authority")

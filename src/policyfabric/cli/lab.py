@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
-from rich.table import Table
 
-from policyfabric.lab.lab import DEFAULT_STATE, Lab, LabState, ProbeResult, checked_plan, verify
+from policyfabric.cli.tables import report
+from policyfabric.lab.lab import DEFAULT_STATE, Lab, LabState, checked_plan, verify
 from policyfabric.lab.plan import LabError, plan
-from policyfabric.lab.sh import CommandFailed
 from policyfabric.model import scenario as sc
+from policyfabric.sh import CommandFailed
 
 lab_app = typer.Typer(
     help="Build a scenario file for real on this machine (root needed) and check traffic against `expect`.",
@@ -31,29 +30,6 @@ def _root() -> None:
     if os.geteuid() != 0:
         err.print("[red]the lab creates network namespaces and Open vSwitch instances: run it as root[/]")
         raise typer.Exit(2)
-
-
-def results_table(results: list[ProbeResult]) -> Table:
-    table = Table(title="intent vs measured (real packets)")
-    for col in ("from", "to", "probe", "expected", "measured", ""):
-        table.add_column(col)
-    for r in results:
-        e = r.expect
-        mark = "[green]ok[/]" if r.ok else "[red]MISMATCH[/]"
-        table.add_row(e.source, e.target, e.probe, e.result, r.measured, mark)
-    return table
-
-
-def report(results: list[ProbeResult], as_json: bool) -> int:
-    passed = sum(r.ok for r in results)
-    failed = len(results) - passed
-    if as_json:
-        print(json.dumps({"results": [r.to_json() for r in results], "passed": passed, "failed": failed}))
-    else:
-        out.print(results_table(results))
-        colour = "green" if not failed else "red"
-        out.print(f"[{colour}]{passed} passed, {failed} failed[/]")
-    return 0 if failed == 0 else 1
 
 
 def _say(as_json: bool):  # type: ignore[no-untyped-def]

@@ -15,8 +15,9 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from policyfabric import __version__
-from policyfabric.cli import apply as applying
-from policyfabric.cli.client import DEFAULT_URL, ApiError, Client, Unreachable
+from policyfabric.cli.tables import objects_table
+from policyfabric.client import DEFAULT_URL, ApiError, Client, Unreachable
+from policyfabric.client import apply as applying
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
@@ -364,43 +365,6 @@ def _kind(text: str) -> k.Kind:
     if kind is None:
         raise fail(f"unknown kind {text!r}; one of: {', '.join(x.collection for x in k.ORDER)}")
     return kind
-
-
-COLUMNS: dict[str, tuple[str, ...]] = {
-    "tenant": (),
-    "external_network": ("cidr", "gateway_ip"),
-    "l3_context": (),
-    "bridge_domain": ("l3_context", "mtu"),
-    "subnet": ("bridge_domain", "cidr", "gateway_ip", "ipv6_ra_mode"),
-    "contract": ("rules",),
-    "security_group": ("rules",),
-    "endpoint_group": ("bridge_domain", "provides", "consumes", "intra_group"),
-    "endpoint": ("epg", "subnet", "ip", "mac", "host", "status"),
-    "router": ("l3_context", "interfaces", "external_gateway"),
-    "floating_ip": ("network", "ip", "endpoint"),
-}
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, list):
-        if value and isinstance(value[0], dict):
-            return f"{len(value)} rule(s)"
-        return ", ".join(map(str, value))
-    if isinstance(value, dict):
-        return " ".join(f"{a}={_cell(b)}" for a, b in value.items())
-    return str(value)
-
-
-def objects_table(kind: k.Kind, items: list[dict[str, Any]]) -> Table:
-    table = Table(title=kind.collection)
-    columns = ("name", *(("tenant",) if kind.scoped else ()), *COLUMNS[kind.name], "id")
-    for column in columns:
-        table.add_column(column, no_wrap=column in ("id", "mac", "cidr", "ip", "gateway_ip"))
-    for item in items:
-        table.add_row(*(_cell(item.get(c)) if c != "id" else item["id"][:8] for c in columns))
-    return table
 
 
 @app.command()

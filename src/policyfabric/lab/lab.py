@@ -39,9 +39,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policyfabric.authority.process import AuthorityProcess, authority_in
-from policyfabric.cli import apply as applying
-from policyfabric.cli.client import Client
+from policyfabric.client import Client
+from policyfabric.client import apply as applying
+from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.lab.plan import (
     Expect,
@@ -53,9 +53,9 @@ from policyfabric.lab.plan import (
     LabPlan,
     plan,
 )
-from policyfabric.lab.sh import CommandFailed, run
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
+from policyfabric.sh import CommandFailed, run
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ import signal
 import time
 from pathlib import Path
 
-from policyfabric.lab.sh import run
+from policyfabric.sh import run
 
 SCHEMA_PATHS = (Path("/usr/share/openvswitch/vswitch.ovsschema"),)
 

@@ -16,7 +16,7 @@ from typing import ClassVar
 from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext
 from policyfabric.agent.renderers.nftables.ruleset import Ruleset, compile_ruleset
 from policyfabric.agent.view import Network
-from policyfabric.lab.sh import run
+from policyfabric.sh import run
 
 # bridged IP traffic must cross the inet hooks (per network namespace; the default is on)
 SYSCTLS = ("net.bridge.bridge-nf-call-iptables=1", "net.bridge.bridge-nf-call-ip6tables=1")

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 from policyfabric.agent.renderers.ovs.flows import Flow
-from policyfabric.lab.sh import run
+from policyfabric.sh import run
 
 log = logging.getLogger(__name__)
 

@@ -1,4 +1,8 @@
-"""Run an authority as a child process (the demo, tests and benches use it)."""
+"""Run an authority as a child process, on loopback with its own database and log.
+
+The lab, the demo, tests and benchmarks use it; it talks to the authority only
+through the REST client (``policyfabric.client``), never by importing it.
+"""
 
 from __future__ import annotations
 
@@ -10,7 +14,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from policyfabric.cli.client import Client, Unreachable
+from policyfabric.client import Client, Unreachable
 
 
 def free_port() -> int:

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from policyfabric.cli.client import Client
+from policyfabric.client.rest import Client
 from policyfabric.model import kinds as k
 from policyfabric.model.objects import SecurityGroup, Spec, keep_omitted
 from policyfabric.model.scenario import Entry, Scenario

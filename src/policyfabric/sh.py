@@ -1,7 +1,8 @@
 """Running the machine's networking tools, optionally inside a network namespace.
 
-Everything the lab and the OVS renderer do to the host goes through here, so
-a failure always says which command failed and what it printed.
+The one door to subprocesses: everything the agent's renderers (ovs-ofctl, nft) and
+the lab (ip, ovs-vsctl, ethtool) run goes through here, so a failure always says which
+command failed and what it printed. It sits at the bottom of the package: any layer may use it.
 """
 
 from __future__ import annotations
