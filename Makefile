@@ -1,4 +1,5 @@
-# The two commands of the README. Each installs what it needs first.
+# The two commands of the README (demo, test). Each installs what it needs first.
+# For development: lint, typecheck, unit (the pure tests, seconds), bench.
 .PHONY: demo test install lint typecheck unit bench clean
 
 VENV := .venv
@@ -10,17 +11,23 @@ demo:
 	@scripts/bootstrap.sh
 	$(VENV)/bin/policyfabric demo examples/demo.yaml
 
-test:
-	@scripts/bootstrap.sh test
-	$(PY) -m ruff check src tests bench
-	$(PY) -m mypy
+test: install lint typecheck
 	$(PY) -m pytest $(PYTEST_ARGS)
+
+lint: install
+	$(PY) -m ruff check src tests bench
+
+typecheck: install
+	$(PY) -m mypy
+
+# no processes, no root: the model, the compilers against the fake switch, the OpFlex codec, the API in-process
+unit: install
+	$(PY) -m pytest -m "not integration and not dataplane" $(PYTEST_ARGS)
 
 install:
 	@scripts/bootstrap.sh test
 
-bench:
-	@scripts/bootstrap.sh test
+bench: install
 	$(PY) bench/api.py
 	$(PY) bench/opflex_fanout.py
 	$(PY) bench/converge.py --n 50,500,1000

@@ -1,7 +1,9 @@
-"""Fixtures: a real authority process on loopback, and an HTTP client for it."""
+"""Fixtures: the authority's REST API in-process (fast, for API semantics) or as a real process on
+loopback (for the CLI, OpFlex and the lab); the ``dataplane`` and ``integration`` markers."""
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -9,16 +11,35 @@ from typing import Any
 
 import httpx
 import pytest
+from fastapi.testclient import TestClient
 
+from policyfabric.authority.api import create_app
+from policyfabric.authority.service import Authority
 from policyfabric.lab.authority import AuthorityProcess, authority_in
+from policyfabric.store.sqlite import SqliteStore
+
+PROCESS_FIXTURES = frozenset({"authority", "fresh_authority"})
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A test that starts an authority process is an ``integration`` test; ``dataplane`` tests
+    (real packets: namespaces, Open vSwitch, nftables) are skipped, saying why, when not root."""
+    not_root = pytest.mark.skip(reason="dataplane: needs root (network namespaces, Open vSwitch)")
+    for item in items:
+        if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if item.get_closest_marker("dataplane") is not None:
+            item.add_marker(pytest.mark.integration)
+            if os.geteuid() != 0:
+                item.add_marker(not_root)
 
 
 class Api:
     """Thin HTTP helper: every call returns the httpx.Response (tests assert on it)."""
 
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, http: httpx.Client | None = None) -> None:
         self.url = url
-        self.http = httpx.Client(base_url=url, timeout=30)
+        self.http = http or httpx.Client(base_url=url, timeout=30)
 
     def post(self, collection: str, body: Any) -> httpx.Response:
         return self.http.post(f"/v1/{collection}", json=body)
@@ -70,11 +91,20 @@ def fresh_authority(tmp_path: Path) -> Iterator[AuthorityProcess]:
         server.kill()
 
 
+@pytest.fixture(scope="session")
+def inprocess_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The REST API in this process, on its own SQLite file: what the API tests need, without a
+    server process (the request path is the same FastAPI app the authority serves)."""
+    store = SqliteStore(tmp_path_factory.mktemp("api") / "policyfabric.db")
+    with TestClient(create_app(Authority(store)), raise_server_exceptions=False) as client:
+        yield client
+    store.close()
+
+
 @pytest.fixture
-def api(authority: AuthorityProcess) -> Iterator[Api]:
-    client = Api(authority.url)
-    yield client
-    client.http.close()
+def api(inprocess_app: TestClient) -> Api:
+    """Tests keep apart by using their own tenants (``tenant``, ``unique``)."""
+    return Api(str(inprocess_app.base_url), inprocess_app)
 
 
 @pytest.fixture

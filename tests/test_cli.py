@@ -13,6 +13,8 @@ import pytest
 from policyfabric.lab.authority import AuthorityProcess, free_port
 from tests.conftest import Api
 
+pytestmark = pytest.mark.integration  # starts authority processes and the CLI
+
 # every kind of object; the demo (examples/demo.yaml) is the lab-ready subset
 EXAMPLE = Path(__file__).parent / "scenarios" / "full_model.yaml"
 DEMO = Path(__file__).parent.parent / "examples" / "demo.yaml"
@@ -183,7 +185,7 @@ def test_authority_refuses_a_port_in_use(fresh_authority: AuthorityProcess, tmp_
     assert clash.returncode != 0 and "address already in use" in clash.stderr
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="the demo builds a lab: root needed")
+@pytest.mark.dataplane
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     done = run("demo", str(DEMO), "--state-dir", str(tmp_path / "demo"))
     assert "16 created" in done.stdout and "0 created, 0 updated, 16 unchanged" in done.stdout

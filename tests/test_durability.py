@@ -5,9 +5,12 @@ from __future__ import annotations
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
+import pytest
 
 from policyfabric.lab.authority import AuthorityProcess
 from tests.conftest import Api
+
+pytestmark = pytest.mark.integration  # starts authority processes and the CLI
 
 
 def test_acknowledged_writes_survive_kill_9(fresh_authority: AuthorityProcess) -> None:

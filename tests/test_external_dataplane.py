@@ -3,7 +3,6 @@ endpoint's host, SNAT on the elected gateway host, and that gateway failing over
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -17,7 +16,7 @@ from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
 from tests.lab_harness import SCENARIOS, lab_fixture, measured, serving, settled, until
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
+pytestmark = pytest.mark.dataplane
 SCENARIO = SCENARIOS / "external.yaml"
 
 PEER_SERVER = """

@@ -13,7 +13,7 @@ import pytest
 
 from tests.lab_harness import SCENARIOS, own_processes
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
+pytestmark = pytest.mark.dataplane
 
 
 def lab(*args: str, check: bool = False) -> subprocess.CompletedProcess[str]:

@@ -31,7 +31,7 @@ from tests.lab_harness import (
 )
 from tests.test_secgroups_dataplane import set_groups
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, nftables)")
+pytestmark = pytest.mark.dataplane
 
 
 def with_nftables(source: Path, target: Path, hosts: str) -> Path:

@@ -27,6 +27,8 @@ from policyfabric.opflex.tls import client_context
 from tests.conftest import Api
 from tests.test_model_unit import EXAMPLE
 
+pytestmark = pytest.mark.integration  # a real authority process, agents over real TCP
+
 CONTRACT = "/PolicyUniverse/PolicySpace/acme/GbpeL24Classifier/http.web-in/"
 EPG_WEB = uri_of("acme", "GbpEpGroup", "web")
 

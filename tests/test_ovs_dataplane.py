@@ -7,7 +7,6 @@ test_lab_cli.py.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import time
@@ -30,7 +29,7 @@ from tests.lab_harness import (
     until,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
+pytestmark = pytest.mark.dataplane
 
 
 lab = lab_fixture(SCENARIOS / "two_hosts.yaml")

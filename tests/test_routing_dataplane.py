@@ -7,7 +7,6 @@ both ends are there, goes host to host otherwise, and never crosses tenants.
 
 from __future__ import annotations
 
-import os
 import re
 import subprocess
 import sys
@@ -20,7 +19,7 @@ from policyfabric.lab.ovs import OvsInstance
 from policyfabric.model import scenario as sc
 from tests.lab_harness import SCENARIOS, lab_fixture, measured, serving, settled, until
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
+pytestmark = pytest.mark.dataplane
 SCENARIO = SCENARIOS / "routed.yaml"
 
 

@@ -6,7 +6,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from policyfabric.lab.authority import AuthorityProcess
+
+pytestmark = pytest.mark.integration  # starts authority processes and the CLI
 
 
 def test_no_server_errors_from_openapi_fuzzing(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:

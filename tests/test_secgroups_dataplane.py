@@ -7,7 +7,6 @@ handful of flows on each host, not a number that grows with the group.
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from tests.lab_harness import (
     until,
 )
 
-pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the lab needs root (namespaces, Open vSwitch)")
+pytestmark = pytest.mark.dataplane
 SCENARIO = SCENARIOS / "secgroups.yaml"
 
 
