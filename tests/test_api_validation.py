@@ -1,4 +1,4 @@
-"""Every validation rule, through real HTTP: a wrong value (precise 4xx naming
+"""Every validation rule, through the HTTP API (in-process): a wrong value (precise 4xx naming
 the field) and the right one (accepted)."""
 
 from __future__ import annotations
