@@ -15,6 +15,7 @@ from fastapi.testclient import TestClient
 
 from policyfabric.authority.api import create_app
 from policyfabric.authority.service import Authority
+from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.store.sqlite import SqliteStore
 
@@ -35,23 +36,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 class Api:
-    """Thin HTTP helper: every call returns the httpx.Response (tests assert on it)."""
+    """The SDK client (``policyfabric.client.Client``) as the API tests use it: every call returns
+    the ``httpx.Response``, whatever its status, so that tests assert on status and error shape."""
 
     def __init__(self, url: str, http: httpx.Client | None = None) -> None:
-        self.url = url
-        self.http = http or httpx.Client(base_url=url, timeout=30)
+        self.client = Client(url, http=http)
+        self.url = self.client.url
+        self.http = self.client.http  # for requests no SDK call makes (malformed bodies, odd verbs)
 
     def post(self, collection: str, body: Any) -> httpx.Response:
-        return self.http.post(f"/v1/{collection}", json=body)
+        return self.client.response("POST", f"/v1/{collection}", json=body)
 
     def put(self, collection: str, id: str, body: Any) -> httpx.Response:
-        return self.http.put(f"/v1/{collection}/{id}", json=body)
+        return self.client.response("PUT", f"/v1/{collection}/{id}", json=body)
 
     def delete(self, collection: str, id: str) -> httpx.Response:
-        return self.http.delete(f"/v1/{collection}/{id}")
+        return self.client.response("DELETE", f"/v1/{collection}/{id}")
 
     def get(self, path: str, **params: Any) -> httpx.Response:
-        return self.http.get(path, params=params)
+        return self.client.response("GET", path, params=params)
 
     def ok(self, collection: str, body: Any) -> dict[str, Any]:
         """Create and insist it worked."""
@@ -61,11 +64,11 @@ class Api:
 
     def find(self, collection: str, tenant: str | None, name: str) -> dict[str, Any] | None:
         params = {"name": name, **({"tenant": tenant} if tenant else {})}
-        items = self.http.get(f"/v1/{collection}", params=params).json()["items"]
+        items = self.get(f"/v1/{collection}", **params).json()["items"]
         return items[0] if items else None
 
     def revision(self) -> int:
-        return int(self.http.get("/v1/revision").json()["revision"])
+        return self.client.revision()
 
 
 def unique(prefix: str) -> str:

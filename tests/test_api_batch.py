@@ -21,7 +21,7 @@ def test_a_batch_creates_everything_in_order_at_one_revision(api: Api, tenant: d
             {"kind": "endpoint", "object": {"name": "in-gc", "tenant": t, "epg": "gc", "ip": "10.1.0.99"}},
         ]
     }
-    r = api.http.post("/v1/batch", json=body)
+    r = api.post("batch", body)
     assert r.status_code == 201, r.text
     created = r.json()["created"]
     assert len(created) == 52 and created[-1]["epg"] == "gc"  # a later item may use an earlier one
@@ -33,22 +33,22 @@ def test_a_batch_creates_everything_in_order_at_one_revision(api: Api, tenant: d
 def test_one_bad_item_refuses_the_whole_batch_and_says_which(api: Api, tenant: dict[str, str]) -> None:
     t = tenant["name"]
     before = api.revision()
-    r = api.http.post("/v1/batch", json={"create": [ep(t, "ok1", "10.1.0.20"), ep(t, "bad", "10.1.0.300")]})
+    r = api.post("batch", {"create": [ep(t, "ok1", "10.1.0.20"), ep(t, "bad", "10.1.0.300")]})
     assert r.status_code == 422
     err = error(r)
     assert err["field"] == "create[1].ip[0]" and "10.1.0.300" in err["message"]
-    r = api.http.post("/v1/batch", json={"create": [ep(t, "a", "10.1.0.21"), ep(t, "b", "10.1.0.21")]})
+    r = api.post("batch", {"create": [ep(t, "a", "10.1.0.21"), ep(t, "b", "10.1.0.21")]})
     assert r.status_code == 409
     err = error(r)
     assert err["field"] == "create[1].ip[0]" and err["message"].startswith("create[1] (endpoint 'b'):")
-    r = api.http.post("/v1/batch", json={"create": [{"kind": "gizmos", "object": {}}]})
+    r = api.post("batch", {"create": [{"kind": "gizmos", "object": {}}]})
     assert r.status_code == 422 and error(r)["field"] == "create[0].kind"
     assert api.revision() == before  # nothing was written
     assert api.find("endpoints", t, "ok1") is None and api.find("endpoints", t, "a") is None
 
 
 def test_a_batch_that_is_not_one_is_refused(api: Api) -> None:
-    assert api.http.post("/v1/batch", json={"create": "x"}).status_code == 422
+    assert api.post("batch", {"create": "x"}).status_code == 422
     r = api.http.post("/v1/batch", content=b"{nope", headers={"content-type": "application/json"})
     assert r.status_code == 400
     r = api.http.post(

@@ -1,4 +1,9 @@
-"""A small REST client for the authority, used by the CLI, the lab and benches."""
+"""The REST client of the authority: the one the CLI, the lab, tests and benchmarks use.
+
+``request`` parses a refusal into ``ApiError`` (the API's error shape: status, code, message,
+field); ``response`` hands back the raw response for callers that judge it themselves (the API
+tests). An ``httpx.Client`` can be passed in, e.g. FastAPI's in-process ``TestClient``.
+"""
 
 from __future__ import annotations
 
@@ -28,9 +33,11 @@ class Unreachable(Exception):
 
 
 class Client:
-    def __init__(self, url: str = DEFAULT_URL, timeout: float = 30.0) -> None:
+    def __init__(
+        self, url: str = DEFAULT_URL, timeout: float = 30.0, http: httpx.Client | None = None
+    ) -> None:
         self.url = url.rstrip("/")
-        self.http = httpx.Client(base_url=self.url, timeout=timeout)
+        self.http = http if http is not None else httpx.Client(base_url=self.url, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
@@ -41,14 +48,19 @@ class Client:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def request(self, method: str, path: str, **kw: Any) -> Any:
+    def response(self, method: str, path: str, **kw: Any) -> httpx.Response:
+        """The raw response, whatever its status; ``Unreachable`` if no authority answers."""
         try:
-            response = self.http.request(method, path, **kw)
+            return self.http.request(method, path, **kw)
         except httpx.TransportError as exc:
             raise Unreachable(
                 f"cannot reach the authority at {self.url} ({exc.__class__.__name__}: {exc}). "
                 "Start one with `policyfabric authority`, or point --authority / POLICYFABRIC_URL at it."
             ) from None
+
+    def request(self, method: str, path: str, **kw: Any) -> Any:
+        """The response's JSON; a refusal raises ``ApiError``."""
+        response = self.response(method, path, **kw)
         if response.status_code >= 400:
             try:
                 err = response.json()["error"]
