@@ -106,7 +106,7 @@ class OvsAgent:
         self.applier = FlowApplier(config.ofctl_target or mgmt_target(config.ovsdb, config.bridge))
         self.ovs = OvsRenderer(context, self.applier, enforce_policy=not self.policy_elsewhere)
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
-        self._ovs = self.renderers[0]
+        self._ovs_rendering = self.renderers[0]
         self.declarer = Declarer(self.client, config.host, config.tunnel_ip)
         self.reports = Reporter(self.client, config.host, self.wake)
         self.stats = Stats()
@@ -237,8 +237,8 @@ class OvsAgent:
             )
         self.stats.syncs += 1
         self.stats.flows, self.stats.endpoints = self.ovs.flows, len(net.local)
-        if self._ovs.last_change is not None:
-            self.stats.last_sync_s = self._ovs.last_change.seconds
+        if self._ovs_rendering.last_change is not None:
+            self.stats.last_sync_s = self._ovs_rendering.last_change.seconds
         counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
         self.reports.endpoints_active({e.key for e in net.local}, counters)
 
