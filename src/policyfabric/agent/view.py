@@ -191,6 +191,7 @@ class Network:
     external: Mapping[str, ExternalNet] = field(default_factory=dict)  # by URI
     floating_ips: tuple[FloatingIp, ...] = ()
     host: str = ""  # this host's name (is it a router's active gateway?)
+    tunnel_port: int | None = None  # this host's Geneve port on the bridge (None: no tunnel)
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:

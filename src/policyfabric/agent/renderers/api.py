@@ -17,9 +17,10 @@ Plug-ins are Python entry points in the group ``policyfabric.renderers``::
     myfirewall = "my_package.renderer:MyFirewallRenderer"
 
 and run with ``policyfabric agent --renderer myfirewall:key=value``.
-The Open vSwitch renderer is built into the agent (it also discovers the
-endpoints and forwards their traffic); plug-in renderers run beside it on the
-same view. ``policyfabric renderers`` lists what is installed.
+The Open vSwitch renderer (``ovs.renderer.OvsRenderer``) is built into the
+agent and always runs first, through the same two steps; the agent's OVSDB
+side discovers the endpoints it forwards for. Plug-in renderers run after it
+on the same view. ``policyfabric renderers`` lists what is installed.
 """
 
 from __future__ import annotations

@@ -1,0 +1,126 @@
+"""Declaring the host's plugged endpoints to the authority's endpoint registry.
+
+Why this is its own module: declaring is the agent's one stateful conversation
+with the registry (what it said, so it can take it back), and it changes for
+reasons of its own (registry layout, memoisation) that have nothing to do with
+rendering. ``endpoints.declaration`` builds what to declare (pure); the
+``Declarer`` decides when: it declares an endpoint once its policy is
+resolved, again only when something the declaration is computed from
+changed, undeclares the old L2 endpoint when its MAC or bridge domain moved,
+and undeclares endpoints that were unplugged.
+
+It talks to the client through ``DeclaringClient`` (the subset of
+``opflex.client.PolicyClient`` it uses), so tests drive it with a plain fake.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.mo import MO
+from policyfabric.opflex.uri import space
+
+log = logging.getLogger(__name__)
+
+
+class DeclaringClient(Protocol):
+    """What the declarer needs of the OpFlex client."""
+
+    @property
+    def policy(self) -> Mapping[str, MO]: ...
+
+    def resolve(self, subject: str, uri: str) -> None: ...
+
+    def resolve_endpoints(self, subject: str, uri: str) -> None: ...
+
+    def declare(self, mos: list[MO]) -> None: ...
+
+    def undeclare(self, uri: str) -> None: ...
+
+
+class PluggedPort(Protocol):
+    """An interface that names an endpoint (``ovsdb.Plugged`` is one)."""
+
+    @property
+    def iface_id(self) -> str: ...
+
+    @property
+    def name(self) -> str: ...
+
+
+def split_iface_id(iface_id: str) -> tuple[str, str] | None:
+    """``TENANT/NAME`` → (tenant, name); None if it is not of that form."""
+    tenant, sep, name = iface_id.partition("/")
+    return (tenant, name) if sep and tenant and name else None
+
+
+class Declarer:
+    def __init__(self, client: DeclaringClient, host: str, tunnel_ip: str | None) -> None:
+        self.client, self.host, self.tunnel_ip = client, host, tunnel_ip
+        self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
+        self._memo: dict[str, tuple[tuple[object, ...], str]] = {}
+
+    def sync(self, plugged: Iterable[PluggedPort]) -> list[str]:
+        """Resolve and declare what is plugged; undeclare what is not. Returns the iface-ids that
+        were unplugged since the last call."""
+        seen = set()
+        for p in plugged:
+            key = split_iface_id(p.iface_id)
+            if key is None:
+                log.warning(
+                    "agent %s: interface %s: iface-id %r is not TENANT/NAME", self.host, p.name, p.iface_id
+                )
+                continue
+            seen.add(p.iface_id)
+            self._declare(p.iface_id, *key, p.name)
+        gone = [iface_id for iface_id in self.declared if iface_id not in seen]
+        for iface_id in gone:
+            self._memo.pop(iface_id, None)
+            log.info("agent %s: %s unplugged", self.host, iface_id)
+            self.client.undeclare(self.declared.pop(iface_id))
+        return gone
+
+    def _declare(self, iface_id: str, tenant: str, name: str, interface: str) -> None:
+        self.client.resolve("PolicySpace", space(tenant))
+        uri = endpoint_uri(tenant, name)
+        self.client.resolve("PfEndpoint", uri)
+        inputs = self._inputs(uri, interface)
+        last = self._memo.get(iface_id)
+        if last is not None and _same(last[0], inputs):
+            return  # same objects as last time: nothing to declare again
+        decl = declaration(self.client.policy, tenant, name, interface, self.tunnel_ip)
+        if decl is None:
+            return  # its policy is not resolved yet
+        self._memo[iface_id] = (inputs, decl.l2.uri)
+        old = self.declared.get(iface_id)
+        if old is not None and old != decl.l2.uri:
+            self.client.undeclare(old)  # the endpoint's MAC or bridge domain changed
+        self.client.declare(decl.all)
+        self.declared[iface_id] = decl.l2.uri
+        self.client.resolve_endpoints("EprL2Ep", bd_members_prefix(decl.bridge_domain))
+
+    def _inputs(self, uri: str, interface: str) -> tuple[object, ...]:
+        """Everything a declaration is computed from: MOs are replaced, never mutated, so identity
+        tells whether anything changed."""
+        policy = self.client.policy
+        ep = policy.get(uri)
+        props = ep.properties if ep is not None else {}
+        refs = [
+            v.get("reference_uri")
+            for v in (props.get("epg"), props.get("bridgeDomain"))
+            if isinstance(v, dict)
+        ]
+        related = [policy.get(r) for r in refs if isinstance(r, str)]
+        children = [policy.get(c) for mo in related if mo is not None for c in mo.children]
+        return (ep, interface, self.tunnel_ip, *related, *children)
+
+
+def _same(last: tuple[object, ...], inputs: tuple[object, ...]) -> bool:
+    """The same objects (strings compared by value)."""
+    return len(last) == len(inputs) and all(
+        a is b or (isinstance(a, str) and a == b) for a, b in zip(last, inputs, strict=True)
+    )

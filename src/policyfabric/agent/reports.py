@@ -1,0 +1,137 @@
+"""What the agent tells the authority's observer (OpFlex ``state_report``).
+
+Why this is its own module: reports are the agent's outbound side, with their
+own rules (which endpoints were already reported, when to retry, what a
+gateway last said in this session), and the reconcile loop must never wait
+for them. So ``Reporter`` sends in the background and, if the authority is
+not there, asks the loop to wake again shortly (``wake``) instead of failing
+the reconcile:
+
+- ``PfEndpointStatus`` ACTIVE for each endpoint once its dataplane is
+  rendered, with the agent's ``PfAgentCounters``;
+- ``PfGatewayPorts``: the external networks a gateway has a working port on,
+  once per session and on change (what the gateway election needs);
+- ``PfFault``: raised and cleared by the loop (awaited, best effort).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Coroutine, Mapping
+from typing import Any, Protocol
+
+from policyfabric.opflex.mo import MO
+
+log = logging.getLogger(__name__)
+
+RETRY_AFTER = 1.0  # seconds before a deferred report wakes the loop again
+
+
+class ReportingClient(Protocol):
+    """What reporting needs of the OpFlex client."""
+
+    @property
+    def session(self) -> object | None: ...
+
+    async def report(self, observables: list[MO]) -> None: ...
+
+
+def endpoint_status(keys: set[str], counters: Mapping[str, int]) -> list[MO]:
+    """ACTIVE for each endpoint (``TENANT/NAME``), then the agent's counters."""
+    reports = [
+        MO(
+            "PfEndpointStatus",
+            f"/PfEndpointStatus/{key.replace('/', '%2f')}/",
+            {"endpoint": key, "status": "ACTIVE"},
+        )
+        for key in sorted(keys)
+    ]
+    reports.append(MO("PfAgentCounters", "/PfAgentCounters/", dict(counters)))
+    return reports
+
+
+def gateway_ports(tunnel_ip: str, networks: frozenset[str]) -> MO:
+    return MO(
+        "PfGatewayPorts", "/PfGatewayPorts/", {"tunnelIp": tunnel_ip, "externalNetworks": sorted(networks)}
+    )
+
+
+def fault(code: str, severity: str, description: str) -> MO:
+    return MO(
+        "PfFault", f"/PfFault/{code}/", {"code": code, "severity": severity, "description": description[:500]}
+    )
+
+
+class Reporter:
+    def __init__(
+        self, client: ReportingClient, host: str, wake: Callable[[], None], retry_after: float = RETRY_AFTER
+    ) -> None:
+        self.client, self.host, self.wake, self.retry_after = client, host, wake, retry_after
+        self.active: set[str] = set()  # endpoints reported ACTIVE
+        self._reporting: set[str] = set()  # endpoints whose ACTIVE report is in flight
+        self._gateway: tuple[object, frozenset[str]] | None = None  # (session, networks) told
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def _retry(self) -> None:
+        asyncio.get_running_loop().call_later(self.retry_after, self.wake)
+
+    def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def settled(self) -> None:
+        """Wait for the reports in flight (tests)."""
+        while self._tasks:
+            await asyncio.gather(*self._tasks)
+
+    def forget(self, key: str) -> None:
+        """The endpoint is gone (unplugged): report it ACTIVE again when it is back."""
+        self.active.discard(key)
+
+    def endpoints_active(self, rendered: set[str], counters: Mapping[str, int]) -> None:
+        """Tell the authority which endpoints now have their dataplane (ACTIVE), in the background:
+        the reconcile loop never waits for the authority."""
+        new = rendered - self.active - self._reporting
+        if not new:
+            return
+        if self.client.session is None:
+            self._retry()  # report once connected
+            return
+        self._reporting |= new
+        self._spawn(self._send_status(new, endpoint_status(new, counters)))
+
+    async def _send_status(self, new: set[str], reports: list[MO]) -> None:
+        try:
+            await self.client.report(reports)
+            self.active |= new
+        except Exception as exc:  # not connected: try again shortly
+            log.info("agent %s: status report deferred: %s", self.host, exc)
+            self._retry()
+        finally:
+            self._reporting -= new
+
+    def gateway_ports(self, tunnel_ip: str, networks: frozenset[str]) -> None:
+        """Tell the authority (once per session, and on change) which external networks this
+        gateway has a working port on."""
+        session = self.client.session
+        if session is None or self._gateway == (session, networks):
+            return
+        self._gateway = (session, networks)
+        self._spawn(self._send_gateway(gateway_ports(tunnel_ip, networks), networks))
+
+    async def _send_gateway(self, mo: MO, networks: frozenset[str]) -> None:
+        try:
+            await self.client.report([mo])
+            log.info("agent %s: gateway ports reported: %s", self.host, ", ".join(sorted(networks)))
+        except Exception as exc:
+            self._gateway = None
+            log.info("agent %s: gateway report deferred: %s", self.host, exc)
+            self._retry()
+
+    async def fault(self, code: str, severity: str, description: str) -> None:
+        """Raise or clear (``severity="cleared"``) a fault; best effort, never raises."""
+        with contextlib.suppress(Exception):
+            await self.client.report([fault(code, severity, description)])

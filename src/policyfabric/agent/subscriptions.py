@@ -1,0 +1,52 @@
+"""The policy an agent asks for beyond its own endpoints' (which the declarer resolves).
+
+Why this is its own module: what a host subscribes to follows from its role
+(which external networks it has a port on, whether it may be elected SNAT
+gateway) and from what the pipeline routes, not from how the agent loops or
+renders. Each call is idempotent: the client resolves a URI once and keeps
+following it, so the agent calls these on every reconcile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from typing import Protocol
+
+from policyfabric.agent.endpoints import bd_members_prefix
+from policyfabric.agent.renderers.ovs.pipeline import routed_bds
+from policyfabric.agent.view import Network
+from policyfabric.opflex.gbp import external_network_uri
+from policyfabric.opflex.mo import MO
+from policyfabric.opflex.uri import UNIVERSE
+
+
+class SubscribingClient(Protocol):
+    """What subscribing needs of the OpFlex client."""
+
+    @property
+    def policy(self) -> Mapping[str, MO]: ...
+
+    def resolve(self, subject: str, uri: str) -> None: ...
+
+    def resolve_endpoints(self, subject: str, uri: str) -> None: ...
+
+
+def subscribe_external(client: SubscribingClient, networks: Iterable[str], gateway: bool) -> None:
+    """The external networks this host has a port on; on a gateway, every tenant (their routers
+    may name this host)."""
+    for name in networks:
+        client.resolve("PfExternalNetwork", external_network_uri(name))
+    if not gateway:
+        return
+    client.resolve("PolicyUniverse", UNIVERSE)
+    universe = client.policy.get(UNIVERSE)
+    for uri in universe.children if universe else ():
+        mo = client.policy.get(uri)
+        if mo is None or mo.subject == "PolicySpace":
+            client.resolve("PolicySpace", uri)
+
+
+def learn_routed(client: SubscribingClient, net: Network) -> None:
+    """To route to a subnet, learn the endpoints of its bridge domain."""
+    for bd in routed_bds(net):
+        client.resolve_endpoints("EprL2Ep", bd_members_prefix(bd))
