@@ -49,8 +49,10 @@ def security_groups(net: Network) -> list[Flow]:
     commit = (f"ct(commit,zone={ZONE})", goto(OUTPUT))
     flows = [
         flow(SG_EGRESS, 0, None, goto(SG_INGRESS)),
-        flow(SG_INGRESS, 0, {"ip": ""}, *commit),
-        flow(SG_INGRESS, 0, {"ipv6": ""}, *commit),
+        # to the tunnel or an ungoverned port; priority 1, as 0 is the miss's (only IP comes here)
+        flow(SG_INGRESS, 1, {"ip": ""}, *commit),
+        flow(SG_INGRESS, 1, {"ipv6": ""}, *commit),
+        flow(SG_INGRESS, 0, None, "drop"),
     ]
     ports_of: dict[str, list[int]] = defaultdict(list)  # security group → local ports it governs
     for ep in net.local:
@@ -94,5 +96,3 @@ def security_groups(net: Network) -> list[Flow]:
                 eth = "ipv6" if rule.ethertype == 0x86DD else "ip"
                 flows.append(flow(SG_INGRESS, 100, {eth: "", "conj_id": cid}, *commit))
     return flows + clause_flows(clauses)
-
-
