@@ -93,8 +93,13 @@ def contract(uri: str, *rules: Rule) -> Contract:
     return Contract(uri, rules)
 
 
-def _uris(items: Iterable[Any]) -> tuple[str, ...]:
-    return tuple(i if isinstance(i, str) else i.uri for i in items)
+def _uri(record: Any) -> str:
+    """A record's URI, or the URI itself: builders take either."""
+    return record if isinstance(record, str) else str(record.uri)
+
+
+def _uris(records: Iterable[Any]) -> tuple[str, ...]:
+    return tuple(map(_uri, records))
 
 
 def group(
@@ -107,7 +112,7 @@ def group(
     consumes: Iterable[Contract | str] = (),
 ) -> Group:
     """An endpoint group (EPG); ``classid`` is what registers and tunnels carry (0x4000 and up)."""
-    return Group(uri, classid, _uris([bd])[0], intra_allow, _uris(provides), _uris(consumes))
+    return Group(uri, classid, _uri(bd), intra_allow, _uris(provides), _uris(consumes))
 
 
 def endpoint(
@@ -120,19 +125,22 @@ def endpoint(
     vtep: str | None = None,
     security_groups: Iterable[SecurityGroup | str] = (),
     tenant: str = "acme",
+    interface: str | None = None,
 ) -> Endpoint:
     """An endpoint: local to the host being compiled with ``ofport``, on another host with ``vtep``
     (that host's tunnel address). Without ``group`` it is in no EPG (class 0): security groups
-    alone judge it, as in plain Neutron."""
+    alone judge it, as in plain Neutron. ``interface`` names its port device (hybrid plugging, where
+    the nftables renderer sees its traffic)."""
     return Endpoint(
         f"{tenant}/{name}",
         mac,
         ips,
-        _uris([bd])[0],
+        _uri(bd),
         group.classid if group else 0,
         ofport,
         vtep,
         _uris(security_groups),
+        interface,
     )
 
 
@@ -157,8 +165,9 @@ def sg_rule(
     remote_prefix: str | None = None,
     order: int = 0,
 ) -> SgRule:
-    """A security group rule (always allow): ``in`` is ingress, ``out`` egress; the remote side is
-    a prefix, the members of a group (often the rule's own), or anyone."""
+    """A security group rule (always allow): ``in`` is ingress, ``out`` egress; IPv4 unless
+    ``ethertype`` says otherwise (Neutron's rules name one); the remote side is a prefix, the
+    members of a group (often the rule's own), or anyone."""
     remote = remote_group if remote_group is None or isinstance(remote_group, str) else remote_group.uri
     return SgRule(key, order, True, direction, ethertype, protocol, _ports(ports), remote_prefix, remote)
 
@@ -182,7 +191,7 @@ def members(
 def leg(bd: BridgeDomain | str, prefix: str, gateway_ip: str | None = None) -> RouterInterface:
     """A router's leg on a subnet; its gateway address defaults to the subnet's first address."""
     gw = gateway_ip or str(next(ipaddress.ip_network(prefix).hosts()))
-    return RouterInterface(_uris([bd])[0], gw, prefix)
+    return RouterInterface(_uri(bd), gw, prefix)
 
 
 def router(uri: str, *legs: RouterInterface, gateway: RouterGateway | None = None) -> Router:
@@ -205,11 +214,11 @@ def gateway(
     network: ExternalNet | str, ip: str, *, active_host: str = "", active_vtep: str = "", snat: bool = True
 ) -> RouterGateway:
     """A router's leg on an external network, with the elected active SNAT gateway host."""
-    return RouterGateway(_uris([network])[0], ip, snat, active_host, active_vtep)
+    return RouterGateway(_uri(network), ip, snat, active_host, active_vtep)
 
 
 def floating_ip(ip: str, network: ExternalNet | str, ep: Endpoint) -> FloatingIp:
-    return FloatingIp(ip, _uris([network])[0], ep.key)
+    return FloatingIp(ip, _uri(network), ep.key)
 
 
 def network(

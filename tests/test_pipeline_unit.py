@@ -46,9 +46,9 @@ WEB = group("web", 0x4001, BD, provides=[HTTP])
 APP = group("app", 0x4002, BD, intra_allow=False, consumes=[HTTP])
 
 
-def ep(name: str, n: int, of: Group, *, ofport: int | None = None, vtep: str | None = None) -> Endpoint:
+def ep(name: str, n: int, epg: Group, *, ofport: int | None = None, vtep: str | None = None) -> Endpoint:
     """Endpoint ``n`` of the bridge domain: MAC ...:00:n, address 10.0.0.n."""
-    return endpoint(name, mac(n), f"10.0.0.{n}", bd=BD, group=of, ofport=ofport, vtep=vtep)
+    return endpoint(name, mac(n), f"10.0.0.{n}", bd=BD, group=epg, ofport=ofport, vtep=vtep)
 
 
 WEB1 = ep("web1", 1, WEB, ofport=1)

@@ -287,7 +287,8 @@ BAD_FLOWS = {
         flow(EXT_IN, 10, None, f"learn(table={NEIGHBOUR},load:NXM_OF_IN_PORT[]->NXM_NX_REG1[])"),
         "setting reg1",
     ),
-    "unknown action": (flow(L2, 10, None, "load:0x1->NXM_NX_REG1[]"), "unknown to the checker"),
+    "load": (flow(L2, 10, None, "load:0x1->NXM_NX_REG1[]"), "use set_field"),
+    "unknown action": (flow(L2, 10, None, "controller"), "action 'controller' is unknown to the checker"),
 }
 
 
@@ -302,9 +303,18 @@ def test_the_checker_refuses_a_flow_that_breaks_a_rule(bad: Flow, says: str) -> 
     assert isinstance(refused.value, ValueError)  # what a fake switch may catch
 
 
-def test_a_good_flow_passes_with_its_prerequisite_spelled_either_way() -> None:
+def test_good_flows_pass_prerequisites_spelled_either_way_and_a_learned_flow() -> None:
     check_flow(flow(POLICY_CT, 10, {**IP, "nw_proto": TCP, "tp_dst": 80}, goto(SG_EGRESS)))
     check_flow(flow(SG_INGRESS, 10, {"tcp6": "", "tp_dst": 22}, "conjunction(7,1/2)"))
+    check_flow(
+        flow(
+            NEIGHBOUR,
+            100,
+            {"reg4": 9, "reg9": "0xcb007101"},
+            set_field("02:00:00:00:00:01", "eth_dst"),
+            "output:NXM_OF_IN_PORT[]",
+        )
+    )  # a learned flow
 
 
 def test_the_pipeline_needs_a_miss_in_every_table_it_uses_and_only_there() -> None:

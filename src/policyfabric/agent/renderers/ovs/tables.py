@@ -23,22 +23,24 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+# the tables' numbers, as the compiler names them; each is its declaration's ``number`` below (tested)
 CLASSIFY, PORT_SECURITY, ARP, L2 = 0, 10, 20, 30
 EXT_IN, EXT_ARP, EXT_IN_NAT = 35, 36, 37
 ROUTING = 40
 POLICY, POLICY_CT, SG_EGRESS, SG_INGRESS, OUTPUT = 60, 61, 62, 63, 70
 NAT_OUT, NEXTHOP, NEIGHBOUR = 71, 72, 73
 
-ZONE = "NXM_NX_REG3[0..15]"
+ZONE = "NXM_NX_REG3[0..15]"  # ct(zone=...): reg3's low 16 bits
 NEW = "+new+trk"
-# reg5 flags (bit 0, "from a tunnel", is matched as reg5=0/1 by the L2 flows)
-REPLY_ONLY = 0x2  # came back through SNAT: judged on the endpoint's host
+REPLY_ONLY = 0x2  # reg5 flag: came back through SNAT, judged on the endpoint's host
 # the class id of "the outside" (traffic through a floating IP or SNAT); EPGs get 0x4000 and up
 OUTSIDE = 0x3FFF
 
 
 @dataclass(frozen=True)
 class Register:
+    """A register's one job across the pipeline (which tables set and match it: see ``TABLES``)."""
+
     name: str  # as matched: reg0
     role: str
 

@@ -16,7 +16,9 @@ the tests call on everything the compiler emits. The rules:
 - ``output``/``IN_PORT`` only where the table outputs, ``conjunction`` only where it matches
   ``conj_id`` and beside nothing but other conjunctions, ``learn`` only into a table it declares in
   ``learns``, with the learned flow's matches and loads checked against that table;
-- an action the checker does not know is refused: teach it here first, then use it.
+- ``load`` is refused (``set_field`` instead: OVS reports loads back as ``set_field``, and
+  ``replace-flows`` would rewrite such a flow on every full sync), and so is any action the
+  checker does not know: teach it here first, then use it.
 
 ``check_pipeline`` adds: every table the pipeline uses (holds a flow, or is the target of one)
 has its miss flow, priority 0 and no match, doing what the table declares (drop, or go to its miss
@@ -177,6 +179,8 @@ def _action(action: str) -> _Effect | None:
         return _Effect(writes=(field(dst),), reads=(field(src),))
     if re.fullmatch(r"output:\d+", action):
         return _Effect(outputs=True)
+    if m := re.fullmatch(r"output:(NXM_\w+\[[\d.]*\])", action):  # to the port a field holds
+        return _Effect(reads=(field(m.group(1)),), outputs=True)
     if action == "dec_ttl":
         return _Effect(writes=("nw_ttl",), needs_ip=True)
     if action.startswith("ct(") and action.endswith(")"):
@@ -234,6 +238,12 @@ def problems(f: Flow) -> list[str]:
             out.append(f"matches {name}, which the table does not declare")
     for i, action in enumerate(f.actions):
         a = _action(action)
+        if a is None and action.startswith("load:"):
+            out.append(
+                f"{action}: use set_field (OVS reports a load back as set_field, so replace-flows "
+                "would rewrite the flow on every full sync)"
+            )
+            continue
         if a is None:
             out.append(f"action {action!r} is unknown to the checker")
             continue
