@@ -6,7 +6,7 @@ should hold; it does no I/O. It only assembles the parts, one module each:
 ``routing`` (distributed routing), ``external`` (floating IPs, SNAT),
 ``group_policy`` (contracts), ``secgroups`` (security groups). The tables
 (what each may match, set and go to) and the registers' roles are declared
-once, in ``tables.py``; ``verify.check_pipeline`` holds every flow to them.
+once, in ``tables.py``; the tests hold every flow to them (``verify``).
 
 A new connection passes only if every layer that applies to it allows it:
 group policy when either end is in an EPG (an end without one, class 0, is
