@@ -7,88 +7,78 @@ Real packets: test_routing_dataplane.py.
 
 from __future__ import annotations
 
-from dataclasses import replace
-from typing import Any
+from collections.abc import Iterable, Mapping
 
-from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
-from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
-from policyfabric.agent.view import (
-    BridgeDomain,
-    Contract,
-    Endpoint,
-    Group,
-    Network,
-    Router,
-    RouterInterface,
-    Rule,
-    router_identity,
-)
-from tests.test_pipeline_unit import ip_packet
-
-TUNNEL = 100
-WEB_BD = BridgeDomain("bd-web", vni=0x10001, vrf=0x10000)
-APP_BD = BridgeDomain("bd-app", vni=0x10002, vrf=0x10000)
-WEB = Group("web", 0x4001, "bd-web", intra_allow=True, provides=("http",))
-APP = Group("app", 0x4002, "bd-app", intra_allow=True, consumes=("http",))
-HTTP = Contract("http", (Rule("http.in", 0, True, "in", None, 6, (80, 80)),))
-R1 = Router(
-    "r1",
-    *router_identity("r1"),
-    (
-        RouterInterface("bd-app", "10.2.0.1", "10.2.0.0/24"),
-        RouterInterface("bd-web", "10.1.0.1", "10.1.0.0/24"),
-    ),
-)
-WEB1 = Endpoint("acme/web1", "02:00:00:00:01:01", ("10.1.0.10",), "bd-web", WEB.classid, ofport=1)
-APP2 = Endpoint("acme/app2", "02:00:00:00:02:02", ("10.2.0.21",), "bd-app", APP.classid, ofport=2)
-APP1_REMOTE = Endpoint(
-    "acme/app1", "02:00:00:00:02:01", ("10.2.0.20",), "bd-app", APP.classid, vtep="192.0.2.2"
+from policyfabric.agent.view import Endpoint, Network, Router
+from tests import fabric
+from tests.fabric import (
+    TCP,
+    TUNNEL,
+    arp_request,
+    as_local,
+    as_remote,
+    bridge_domain,
+    contract,
+    endpoint,
+    group,
+    leg,
+    mac,
+    routed,
+    router,
+    rule,
+    switch,
 )
 
+WEB_BD = bridge_domain("bd-web", vni=0x10001, vrf=0x10000)
+APP_BD = bridge_domain("bd-app", vni=0x10002, vrf=0x10000)
+HTTP = contract("http", rule("http.in", protocol=TCP, ports=80))
+WEB = group("web", 0x4001, WEB_BD, provides=[HTTP])
+APP = group("app", 0x4002, APP_BD, consumes=[HTTP])
+R1 = router("r1", leg(APP_BD, "10.2.0.0/24"), leg(WEB_BD, "10.1.0.0/24"))
+WEB1 = endpoint("web1", mac(1, 1), "10.1.0.10", bd=WEB_BD, group=WEB, ofport=1)
+APP2 = endpoint("app2", mac(2, 2), "10.2.0.21", bd=APP_BD, group=APP, ofport=2)
+APP1_REMOTE = endpoint("app1", mac(1, 2), "10.2.0.20", bd=APP_BD, group=APP, vtep="192.0.2.2")
 
-def network(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), routers: Any = None) -> Network:
-    return Network(
-        local,
-        remote,
-        {"web": WEB, "app": APP},
-        {"http": HTTP},
-        {"bd-web": WEB_BD, "bd-app": APP_BD},
-        routers={"r1": R1} if routers is None else routers,
+
+def network(
+    local: Iterable[Endpoint],
+    remote: Iterable[Endpoint] = (),
+    routers: Iterable[Router] | Mapping[str, Router] = (R1,),
+) -> Network:
+    """A host of acme's routed fabric: ``local`` on its ports, ``remote`` elsewhere; ``routers`` as
+    records or by URI (test_external_unit builds its hosts on this, and on the records above)."""
+    return fabric.network(
+        local=local,
+        remote=remote,
+        groups=[WEB, APP],
+        contracts=[HTTP],
+        bds=[WEB_BD, APP_BD],
+        routers=routers.values() if isinstance(routers, Mapping) else routers,
     )
 
 
-def routed(src: Endpoint, dst_ip: str, dport: int = 80, ttl: int = 64, **extra: Any) -> dict[str, Any]:
-    """A packet from ``src`` to an off-subnet address: to the gateway's (router's) MAC."""
-    return ip_packet(src, src, dport=dport, **{"dl_dst": R1.mac, "nw_dst": dst_ip, "nw_ttl": ttl, **extra})
-
-
 def test_the_gateway_answers_arp_on_the_host_with_the_router_mac() -> None:
-    sw = FakeSwitch(compile_pipeline(network((WEB1, APP2)), TUNNEL))
-    arp = {"in_port": 2, "eth_type": "arp", "dl_src": APP2.mac, "dl_dst": "ff:ff:ff:ff:ff:ff", "arp_op": 1,
-           "arp_sha": APP2.mac, "arp_spa": "10.2.0.21", "arp_tpa": "10.2.0.1"}  # fmt: skip
-    answer = sw.send(arp)
+    answer = switch(network((WEB1, APP2))).send(arp_request(APP2, "10.2.0.1"))
     assert answer.ports == [2]
     assert answer.outputs[0][1]["arp_sha"] == R1.mac and answer.outputs[0][1]["arp_spa"] == "10.2.0.1"
 
 
 def test_same_host_routing_rewrites_macs_decrements_ttl_and_applies_policy() -> None:
-    sw = FakeSwitch(compile_pipeline(network((WEB1, APP2)), TUNNEL))
-    out = sw.send(routed(APP2, "10.1.0.10"))
+    sw = switch(network((WEB1, APP2)))
+    out = sw.send(routed(APP2, R1, "10.1.0.10"))
     assert out.ports == [1]  # straight to web1's port: the packet never leaves the host
     header = out.outputs[0][1]
     assert (header["dl_src"], header["dl_dst"], header["nw_ttl"]) == (R1.mac, WEB1.mac, 63)
-    assert sw.send(routed(APP2, "10.1.0.10", dport=22, tp_src=40001)).dropped  # the contract says tcp/80
-    assert sw.send(routed(APP2, "10.1.0.10", ttl=1, tp_src=40002)).dropped  # TTL runs out at the router
+    assert sw.send(routed(APP2, R1, "10.1.0.10", dport=22, tp_src=40001)).dropped  # the contract: tcp/80
+    assert sw.send(routed(APP2, R1, "10.1.0.10", ttl=1, tp_src=40002)).dropped  # TTL runs out at the router
 
 
 def test_cross_host_routing_goes_straight_to_the_destination_host() -> None:
-    sender = FakeSwitch(compile_pipeline(network((WEB1,), (APP1_REMOTE,)), TUNNEL))
-    out = sender.send(routed(WEB1, "10.2.0.20", dport=80))  # web may not open to app: dropped
-    assert out.dropped
-    app1 = replace(APP1_REMOTE, ofport=5, vtep=None)
-    web1_remote = replace(WEB1, ofport=None, vtep="192.0.2.1")
-    h2 = FakeSwitch(compile_pipeline(network((app1,), (web1_remote,)), TUNNEL))
-    out = h2.send(routed(app1, "10.1.0.10"))
+    sender = switch(network((WEB1,), (APP1_REMOTE,)))
+    assert sender.send(routed(WEB1, R1, "10.2.0.20", dport=80)).dropped  # web may not open to app
+    app1 = as_local(APP1_REMOTE, 5)
+    h2 = switch(network((app1,), (as_remote(WEB1, "192.0.2.1"),)))
+    out = h2.send(routed(app1, R1, "10.1.0.10"))
     assert out.ports == [TUNNEL]
     header = out.outputs[0][1]
     # into the tunnel to web1's host, on web's bridge domain, with app's group
@@ -98,40 +88,31 @@ def test_cross_host_routing_goes_straight_to_the_destination_host() -> None:
         APP.classid,
     )
     # web1's host delivers it by its (rewritten) destination MAC, and checks policy again
-    h1 = FakeSwitch(compile_pipeline(network((WEB1,), (APP1_REMOTE,)), TUNNEL))
+    h1 = switch(network((WEB1,), (APP1_REMOTE,)))
     arrived = h1.send({**header, "in_port": TUNNEL})
     assert arrived.ports == [1] and arrived.outputs[0][1]["dl_dst"] == WEB1.mac
     assert h1.send({**header, "in_port": TUNNEL, "tp_dst": 22, "tp_src": 40009}).dropped
 
 
 def test_no_router_no_routing_and_other_routing_domains_stay_apart() -> None:
-    assert (
-        FakeSwitch(compile_pipeline(network((WEB1, APP2), routers={}), TUNNEL))
-        .send(routed(APP2, "10.1.0.10"))
-        .dropped
-    )
+    assert switch(network((WEB1, APP2), routers=())).send(routed(APP2, R1, "10.1.0.10")).dropped
     # a second tenant with the same addresses and its own router: its packets reach only its endpoints
-    other_bd = BridgeDomain("b-web", vni=0x20001, vrf=0x20000)
-    other_app_bd = BridgeDomain("b-app", vni=0x20002, vrf=0x20000)
-    legs = (
-        RouterInterface("b-app", "10.2.0.1", "10.2.0.0/24"),
-        RouterInterface("b-web", "10.1.0.1", "10.1.0.0/24"),
+    b_web = bridge_domain("b-web", vni=0x20001, vrf=0x20000)
+    b_app = bridge_domain("b-app", vni=0x20002, vrf=0x20000)
+    r2 = router("r2", leg(b_app, "10.2.0.0/24"), leg(b_web, "10.1.0.0/24"))
+    bgroup = group("bweb", 0x5001, b_web)
+    bweb = endpoint("bweb1", mac(1, 3), "10.1.0.10", bd=b_web, group=bgroup, ofport=7, tenant="beta")
+    bapp = endpoint("bapp1", mac(2, 3), "10.2.0.21", bd=b_app, ofport=8, tenant="beta")
+    view = fabric.network(
+        local=(WEB1, APP2, bweb, bapp),
+        groups=[WEB, APP, bgroup],
+        contracts=[HTTP],
+        bds=[WEB_BD, APP_BD, b_web, b_app],
+        routers=[R1, r2],
     )
-    r2 = Router("r2", *router_identity("r2"), legs)
-    bgroup = Group("bweb", 0x5001, "b-web", intra_allow=True)
-    bweb = Endpoint("beta/bweb1", "02:00:00:00:03:01", ("10.1.0.10",), "b-web", 0x5001, ofport=7)
-    bapp = Endpoint("beta/bapp1", "02:00:00:00:03:02", ("10.2.0.21",), "b-app", 0, ofport=8)
-    net = Network(
-        (WEB1, APP2, bweb, bapp),
-        (),
-        {"web": WEB, "app": APP, "bweb": bgroup},
-        {"http": HTTP},
-        {"bd-web": WEB_BD, "bd-app": APP_BD, "b-web": other_bd, "b-app": other_app_bd},
-        routers={"r1": R1, "r2": r2},
-    )
-    sw = FakeSwitch(compile_pipeline(net, TUNNEL))
-    assert sw.send(routed(APP2, "10.1.0.10")).ports == [1]  # acme's web1
-    beta = sw.send(routed(bapp, "10.1.0.10", dl_dst=r2.mac, tp_src=40005))
+    sw = switch(view)
+    assert sw.send(routed(APP2, R1, "10.1.0.10")).ports == [1]  # acme's web1
+    beta = sw.send(routed(bapp, r2, "10.1.0.10", tp_src=40005))
     assert 1 not in beta.ports  # never acme's web1 (beta's policy drops it: no contract)
-    through_acme = sw.send(routed(bapp, "10.1.0.10", dl_dst=R1.mac, tp_src=40006))
+    through_acme = sw.send(routed(bapp, R1, "10.1.0.10", tp_src=40006))
     assert through_acme.dropped  # acme's router is not on beta's bridge domains

@@ -8,31 +8,41 @@ applies to it allows it. Real packets: test_ovs_dataplane.py.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import replace
-from typing import Any
 
 from policyfabric.agent.renderers.ovs.flows import Flow
-from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
 from policyfabric.agent.renderers.ovs.switching import link_local
-from policyfabric.agent.view import Endpoint, Network, SecurityGroup, SgRule
-from tests.test_pipeline_unit import APP, APP1, BD, HTTP, TUNNEL, WEB, WEB1, ip_packet, reply
-
-V4 = 0x0800
-SSH = SecurityGroup("sg/ssh", (SgRule("sg/ssh#0", 0, True, "in", V4, 6, (22, 22), remote_group="sg/ssh"),))
-PING_FROM_NET = SecurityGroup(
-    "sg/ping", (SgRule("sg/ping#0", 0, True, "in", V4, 1, None, remote_prefix="10.0.0.0/30"),)
+from policyfabric.agent.view import Endpoint, Network
+from tests import fabric
+from tests.fabric import (
+    ICMP,
+    ICMP6,
+    TCP,
+    Packet,
+    as_remote,
+    endpoint,
+    from_tunnel,
+    ip_packet,
+    mac,
+    pipeline,
+    reply,
+    security_group,
+    sg_rule,
 )
-WEB_ONLY_OUT = SecurityGroup("sg/web-out", (SgRule("sg/web-out#0", 0, True, "out", V4, 6, (80, 80)),))
-HTTP_IN = SecurityGroup("sg/http-in", (SgRule("sg/http-in#0", 0, True, "in", V4, 6, (80, 80)),))
+from tests.test_pipeline_unit import APP, APP1, BD, HTTP, WEB, WEB1
+
+SSH = security_group("sg/ssh", sg_rule("sg/ssh#0", protocol=TCP, ports=22, remote_group="sg/ssh"))
+PING_FROM_NET = security_group("sg/ping", sg_rule("sg/ping#0", protocol=ICMP, remote_prefix="10.0.0.0/30"))
+WEB_ONLY_OUT = security_group("sg/web-out", sg_rule("sg/web-out#0", "out", protocol=TCP, ports=80))
+HTTP_IN = security_group("sg/http-in", sg_rule("sg/http-in#0", protocol=TCP, ports=80))
 GROUPS = {g.uri: g for g in (SSH, PING_FROM_NET, WEB_ONLY_OUT, HTTP_IN)}
 
 
 def vm(name: str, n: int, *sgs: str, ofport: int | None = None, vtep: str | None = None) -> Endpoint:
-    """A plain Neutron endpoint: no EPG (class 0), only security groups."""
-    return Endpoint(
-        f"acme/{name}", f"02:00:00:00:01:{n:02x}", (f"10.0.0.{n}",), "bd", 0, ofport, vtep, tuple(sgs)
-    )
+    """A plain Neutron endpoint: no EPG (class 0), only security groups; MAC ...:01:n, 10.0.0.n."""
+    return endpoint(name, mac(n, 1), f"10.0.0.{n}", bd=BD, ofport=ofport, vtep=vtep, security_groups=sgs)
 
 
 VM1 = vm("vm1", 1, "sg/ssh", "sg/ping", ofport=11)
@@ -42,27 +52,29 @@ VM9 = vm("vm9", 9, "sg/web-out", ofport=19)
 
 
 def members(eps: tuple[Endpoint, ...]) -> dict[str, tuple[str, ...]]:
-    sets: dict[str, set[str]] = {g: set() for g in GROUPS}
-    for e in eps:
-        for g in e.security_groups:
-            sets[g].update(e.ips)
-    return {g: tuple(sorted(a)) for g, a in sets.items()}
+    """The address sets of every group in GROUPS, from the members among ``eps``."""
+    return fabric.members(eps, GROUPS)
 
 
-def net(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), **kw: Any) -> Network:
-    return Network(
-        local,
-        remote,
-        {"web": WEB, "app": APP},
-        {"http": HTTP},
-        {"bd": BD},
-        GROUPS,
-        kw.get("sets", members(local + remote)),
+def net(
+    local: tuple[Endpoint, ...],
+    remote: tuple[Endpoint, ...] = (),
+    sets: Mapping[str, tuple[str, ...]] | None = None,
+) -> Network:
+    """A host with ``local`` on its ports; address sets from ``local`` and ``remote`` unless ``sets``."""
+    return fabric.network(
+        local=local,
+        remote=remote,
+        groups=[WEB, APP],
+        contracts=[HTTP],
+        bds=[BD],
+        security_groups=GROUPS.values(),
+        address_sets=sets,
     )
 
 
-def switch(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), **kw: Any) -> FakeSwitch:
-    return FakeSwitch(compile_pipeline(net(local, remote, **kw), TUNNEL))
+def switch(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = ()) -> FakeSwitch:
+    return fabric.switch(net(local, remote))
 
 
 def test_remote_group_admits_members_only_on_the_rule_port() -> None:
@@ -90,7 +102,7 @@ def test_an_endpoint_without_groups_or_epg_admits_nothing() -> None:
 
 
 def test_remote_prefix() -> None:
-    far = replace(VM2, key="acme/vm7", mac="02:00:00:00:01:07", ips=("10.0.0.7",), ofport=17)
+    far = vm("vm7", 7, "sg/ssh", ofport=17)
     sw = switch((VM1, VM2, far))
     assert sw.send(ip_packet(VM2, VM1, proto=1, dport=0)).ports == [11]  # 10.0.0.2 is in 10.0.0.0/30
     assert sw.send(ip_packet(far, VM1, proto=1, dport=0)).dropped  # 10.0.0.7 is not
@@ -105,8 +117,8 @@ def test_egress_rules_restrict_egress() -> None:
 
 def test_ingress_is_judged_on_the_receivers_host() -> None:
     """From a tunnel, only the receiver's ingress rules apply, by source address."""
-    sw = switch((VM1,), (replace(VM2, ofport=None, vtep="192.0.2.2"),))
-    base = {**ip_packet(VM2, VM1, dport=22), "in_port": TUNNEL, "tun_id": BD.vni, "tun_metadata0": 0}
+    sw = switch((VM1,), (as_remote(VM2, "192.0.2.2"),))
+    base = from_tunnel(ip_packet(VM2, VM1, dport=22), BD.vni, 0)  # no EPG: class 0
     assert sw.send(base).ports == [11]
     assert sw.send({**base, "tp_dst": 80, "tp_src": 40001}).dropped
     assert sw.send({**base, "nw_src": "10.0.0.5", "tp_src": 40002}).dropped  # not a member
@@ -132,13 +144,13 @@ def test_epg_members_and_group_only_endpoints_do_not_mix() -> None:
 def test_ipv6_neighbour_discovery_passes_policy() -> None:
     """vm3 admits nothing, but neighbour solicitations still reach it (router advertisements not)."""
     sw = switch((VM1, VM3))
-    ns = {
-        "in_port": 11,
+    ns: Packet = {
+        "in_port": VM1.ofport,
         "eth_type": "ipv6",
         "dl_src": VM1.mac,
         "dl_dst": VM3.mac,
         "ipv6_src": link_local(VM1.mac),
-        "nw_proto": 58,
+        "nw_proto": ICMP6,
         "icmp_type": 135,
     }
     assert sw.send(ns).ports == [13]
@@ -157,9 +169,9 @@ def test_a_member_joining_changes_one_flow_whatever_the_size() -> None:
             replace(vm(f"r{i}", 0, "sg/ssh", vtep="192.0.2.2"), ips=(f"10.1.{i // 250}.{i % 250 + 1}",))
             for i in range(n)
         )
-        before = compile_pipeline(net((VM1,), (), sets=members((VM1, *remote))), TUNNEL)
+        before = pipeline(net((VM1,), (), sets=members((VM1, *remote))))
         joined = replace(remote[0], key="acme/new", ips=("10.9.9.9",))
-        after = compile_pipeline(net((VM1,), (), sets=members((VM1, *remote, joined))), TUNNEL)
+        after = pipeline(net((VM1,), (), sets=members((VM1, *remote, joined))))
         changed.append(_diff(before, after))
         sizes.append(len(before))
     assert changed == [1, 1, 1]  # one address flow in vm1's ingress set
@@ -167,8 +179,8 @@ def test_a_member_joining_changes_one_flow_whatever_the_size() -> None:
 
 
 def test_a_local_member_joining_adds_its_port_and_address() -> None:
-    before = compile_pipeline(net((VM1, VM3)), TUNNEL)
-    after = compile_pipeline(net((VM1, replace(VM3, security_groups=("sg/ssh",)))), TUNNEL)
+    before = pipeline(net((VM1, VM3)))
+    after = pipeline(net((VM1, replace(VM3, security_groups=("sg/ssh",)))))
     # its port joins the rule's port clause, its address the set; no other flow changes
     assert _diff(before, after) == 2
 

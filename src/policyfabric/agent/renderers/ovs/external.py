@@ -1,7 +1,8 @@
 """External networks on ``br-int``: floating IPs and SNAT, compiled as pure functions.
 
 A host's port on an external network (``--external NETWORK=IFACE``) is
-classified to table 45. What this host does there:
+classified to ``EXT_IN`` (the tables, and what each may do: ``tables.py``).
+What this host does there:
 
 - **floating IPs of its own endpoints** (DVR: NAT happens on the endpoint's
   host): it answers ARP for the floating IP with a MAC derived from it;
@@ -19,7 +20,7 @@ classified to table 45. What this host does there:
   connection inward through SNAT.
 
 Next hops on the external network are resolved from ARP seen on the port
-(a ``learn`` action fills table 52), primed by the agent's ARP requests for
+(a ``learn`` action fills ``NEIGHBOUR``), primed by the agent's ARP requests for
 the network's gateway address; an on-link address not learned yet goes via
 the gateway.
 """
@@ -249,7 +250,8 @@ def to_gateway_flows(router: Router, tunnel_port: int) -> list[Flow]:
 
 def external_flows(net: Network, tunnel_port: int | None, local_bds: set[str]) -> list[Flow]:
     """Every external-network flow of this host (none on a host without routers to the outside)."""
-    flows = [flow(table, 0, None, "drop") for table in (EXT_IN, EXT_ARP, EXT_IN_NAT, NAT_OUT, NEXTHOP)]
+    misses = (EXT_IN, EXT_ARP, EXT_IN_NAT, NAT_OUT, NEXTHOP, NEIGHBOUR)
+    flows = [flow(table, 0, None, "drop") for table in misses]
     flows += [
         # after DNAT (floating IP) or un-SNAT: route to the endpoint; through SNAT, replies only
         flow(EXT_IN_NAT, 200, {"ct_state": "+inv+trk"}, "drop"),

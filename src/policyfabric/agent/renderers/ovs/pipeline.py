@@ -4,13 +4,9 @@
 should hold; it does no I/O. It only assembles the parts, one module each:
 ``switching`` (classification, port security, ARP, L2, flooding, output),
 ``routing`` (distributed routing), ``external`` (floating IPs, SNAT),
-``group_policy`` (contracts), ``secgroups`` (security groups). The tables,
-what each may match, set and go to, are declared once in ``tables.py``.
-
-Registers: reg0 source group class id, reg1 destination group class id,
-reg2 bridge domain VNI, reg3 conntrack zone, reg4 output port, reg5 bit 0 =
-arrived from a tunnel, reg6 router number, reg7 remote host (tunnel IPv4
-destination).
+``group_policy`` (contracts), ``secgroups`` (security groups). The tables
+(what each may match, set and go to) and the registers' roles are declared
+once, in ``tables.py``; the tests hold every flow to them (``verify``).
 
 A new connection passes only if every layer that applies to it allows it:
 group policy when either end is in an EPG (an end without one, class 0, is
@@ -42,7 +38,7 @@ from policyfabric.agent.view import Network
 def compile_pipeline(net: Network, tunnel_port: int | None, enforce_policy: bool = True) -> list[Flow]:
     """Every flow ``br-int`` should hold for this network view, deduplicated. With
     ``enforce_policy=False`` (another renderer, e.g. nftables, enforces policy on this host) the
-    bridge forwards and checks port security only: table 60 passes everything to output."""
+    bridge forwards and checks port security only: POLICY passes everything to OUTPUT."""
     rules = [*policy(net), *security_groups(net)] if enforce_policy else [flow(POLICY, 0, None, goto(OUTPUT))]
     flows = [
         *classify(net, tunnel_port),

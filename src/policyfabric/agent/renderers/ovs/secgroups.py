@@ -49,8 +49,10 @@ def security_groups(net: Network) -> list[Flow]:
     commit = (f"ct(commit,zone={ZONE})", goto(OUTPUT))
     flows = [
         flow(SG_EGRESS, 0, None, goto(SG_INGRESS)),
-        flow(SG_INGRESS, 0, {"ip": ""}, *commit),
-        flow(SG_INGRESS, 0, {"ipv6": ""}, *commit),
+        # to the tunnel or an ungoverned port; priority 1, as 0 is the miss's (only IP comes here)
+        flow(SG_INGRESS, 1, {"ip": ""}, *commit),
+        flow(SG_INGRESS, 1, {"ipv6": ""}, *commit),
+        flow(SG_INGRESS, 0, None, "drop"),
     ]
     ports_of: dict[str, list[int]] = defaultdict(list)  # security group → local ports it governs
     for ep in net.local:
