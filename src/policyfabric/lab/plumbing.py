@@ -22,11 +22,11 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.lab.plan import ExternalHost, ExternalSegment, Host, LabEndpoint, LabError
+from policyfabric.lab.plan import UNDERLAY, ExternalHost, ExternalSegment, Host, LabEndpoint, LabError
 from policyfabric.lab.state import EndpointState, ExternalHostState, HostState, LabState
 from policyfabric.sh import run
 
-UNDERLAY_PREFIX = 24  # plan.UNDERLAY
+UNDERLAY_PREFIX = UNDERLAY.prefixlen
 
 
 def namespace(state: LabState, name: str) -> str:
