@@ -55,7 +55,7 @@ class PingStream:
     """ping -D every 20 ms in the endpoint's namespace; reply timestamps collected as they come."""
 
     def __init__(self, lab: Lab, src: str, dst: str) -> None:
-        netns = lab.state.endpoints[src]["netns"]
+        netns = lab.state.endpoints[src].netns
         self.proc = subprocess.Popen(
             ["ip", "netns", "exec", netns, "ping", "-n", "-D", "-i", "0.02", "-W", "1", lab.address_of(dst)],
             stdout=subprocess.PIPE, text=True,

@@ -34,7 +34,7 @@ def measured(lab: Lab, src: str, dst: str, probe: str) -> str:
 def serve(lab: Lab, endpoint: str, proto: str, port: int) -> subprocess.Popen[str]:
     """A probe server in the endpoint's namespace (stop it with .kill())."""
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", lab.state.endpoints[endpoint]["netns"], sys.executable, "-m",
+        ["ip", "netns", "exec", lab.state.endpoints[endpoint].netns, sys.executable, "-m",
          "policyfabric.lab.probe", "serve", proto, str(port)],
         stdout=subprocess.PIPE, text=True,
     )  # fmt: skip
@@ -96,7 +96,7 @@ def endpoint(lab: Lab, name: str, tenant: str = "acme") -> dict[str, Any]:
 
 def flows_with_age(lab: Lab, host: str) -> dict[str, float]:
     """Every flow on the host's br-int (match and actions) with its age in seconds."""
-    rundir = lab.state.hosts[host]["rundir"]
+    rundir = lab.state.hosts[host].rundir
     text = subprocess.run(
         ["ovs-ofctl", "-O", "OpenFlow15", "dump-flows", f"unix:{rundir}/br-int.mgmt"],
         capture_output=True, text=True, check=True,

@@ -38,7 +38,7 @@ lab = lab_fixture(SCENARIO)
 
 def source_seen_outside(lab: Lab, src: str, port: int) -> str:
     """The source address internet1 sees when ``src`` connects to it."""
-    netns = lab.state.external_hosts["internet1"]["netns"]
+    netns = lab.state.external_hosts["internet1"].netns
     server = subprocess.Popen(
         ["ip", "netns", "exec", netns, sys.executable, "-c", PEER_SERVER, str(port)],
         stdout=subprocess.PIPE, text=True,
@@ -54,7 +54,7 @@ def source_seen_outside(lab: Lab, src: str, port: int) -> str:
 
 def nat_packets(lab: Lab, host: str) -> int:
     """Packets through the host's SNAT/floating-IP table (71) so far."""
-    ovs = OvsInstance(Path(lab.state.hosts[host]["rundir"]))
+    ovs = OvsInstance(Path(lab.state.hosts[host].rundir))
     flows = ovs.ofctl("--no-names", "dump-flows", ovs.mgmt("br-int"), "table=71")
     return sum(int(m) for m in re.findall(r"n_packets=(\d+)", flows))
 
@@ -93,7 +93,7 @@ def test_the_outside_cannot_open_connections_through_snat(lab: Lab) -> None:
 
 def ping_replies(lab: Lab, src: str, dst: str, seconds: float) -> subprocess.Popen[str]:
     """A ping stream (every 50 ms) with a timestamp per reply."""
-    netns = lab.state.endpoints[src]["netns"]
+    netns = lab.state.endpoints[src].netns
     count = str(int(seconds / 0.05))
     return subprocess.Popen(
         ["ip", "netns", "exec", netns, "ping", "-n", "-D", "-i", "0.05", "-W", "1", "-c", count,

@@ -56,7 +56,7 @@ def lab(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Lab]:
 
 
 def nft(lab: Lab, host: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return ns_run(lab.state.hosts[host]["netns"], "nft", *args)
+    return ns_run(lab.state.hosts[host].netns, "nft", *args)
 
 
 def test_security_groups_hold_with_a_host_on_nftables(lab: Lab) -> None:

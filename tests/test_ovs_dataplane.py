@@ -51,7 +51,7 @@ def test_endpoints_are_active_and_bound_to_their_hosts(lab: Lab) -> None:
     for name, host in (("web1", "h1"), ("app1", "h2")):
         ep = endpoint(lab, name)
         assert ep["status"] == "ACTIVE" and ep["host"] == host
-        assert ep["interface"] == lab.state.endpoints[name]["port"]
+        assert ep["interface"] == lab.state.endpoints[name].port
 
 
 def test_contract_added_changed_removed_takes_effect(lab: Lab) -> None:
@@ -101,19 +101,19 @@ def test_spoofed_source_mac_or_ip_is_dropped(lab: Lab) -> None:
     for target in ("web1", "web2"):
         dst = lab.state.endpoints[target]
         cases = {
-            "genuine": (app1["mac"], app1["ips"][0]),
-            "spoofed ip": (app1["mac"], "10.1.0.99"),
-            "spoofed mac": ("02:50:46:00:00:99", app1["ips"][0]),
-            "another endpoint's mac and ip": (web1["mac"], web1["ips"][0]),
+            "genuine": (app1.mac, app1.ips[0]),
+            "spoofed ip": (app1.mac, "10.1.0.99"),
+            "spoofed mac": ("02:50:46:00:00:99", app1.ips[0]),
+            "another endpoint's mac and ip": (web1.mac, web1.ips[0]),
         }
         for case, (mac, ip) in cases.items():
             sniffer = subprocess.Popen(
-                ["ip", "netns", "exec", dst["netns"], sys.executable, "-c", SNIFF, "2"],
+                ["ip", "netns", "exec", dst.netns, sys.executable, "-c", SNIFF, "2"],
                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert sniffer.stdout is not None
             assert sniffer.stdout.readline().strip() == "ready", sniffer.stderr
-            sent = ns_run(app1["netns"], sys.executable, "-c", SEND, mac, ip, dst["mac"], dst["ips"][0])
+            sent = ns_run(app1.netns, sys.executable, "-c", SEND, mac, ip, dst.mac, dst.ips[0])
             assert sent.returncode == 0, sent.stderr
             out, errs = sniffer.communicate(timeout=20)
             count = int(out.strip().splitlines()[-1]) if out.strip() else -1
@@ -138,8 +138,8 @@ print("ok")
     try:
         before = flows_with_age(lab, "h1")
         client = subprocess.Popen(
-            ["ip", "netns", "exec", lab.state.endpoints["app2"]["netns"], sys.executable, "-c", client_code,
-             lab.state.endpoints["web1"]["ips"][0], "60"],
+            ["ip", "netns", "exec", lab.state.endpoints["app2"].netns, sys.executable, "-c", client_code,
+             lab.state.endpoints["web1"].ips[0], "60"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
         time.sleep(0.5)
@@ -217,7 +217,7 @@ def test_endpoint_unplugged_goes_down(lab: Lab) -> None:
 
 def test_a_render_failure_is_a_fault_at_the_authority(lab: Lab) -> None:
     """An agent that cannot program its bridge says so: a fault in GET /v1/faults, and it keeps trying."""
-    db = f"unix:{lab.state.hosts['h1']['rundir']}/db.sock"
+    db = f"unix:{lab.state.hosts['h1'].rundir}/db.sock"
     log = Path(lab.state.directory) / "broken-agent.log"
     with log.open("wb") as out:
         agent = subprocess.Popen(

@@ -29,7 +29,7 @@ lab = lab_fixture(SCENARIO)
 def tunnel_tx(lab: Lab, host: str) -> int:
     """Unicast packets the host's bridge has sent into its tunnel so far: the n_packets of table
     70's flow for the tunnel port (flooded ARP and IPv6 neighbour discovery do not go through it)."""
-    ovs = OvsInstance(Path(lab.state.hosts[host]["rundir"]))
+    ovs = OvsInstance(Path(lab.state.hosts[host].rundir))
     port = ovs.vsctl("get", "Interface", "pf-geneve", "ofport").strip()
     flows = ovs.ofctl("--no-names", "dump-flows", ovs.mgmt("br-int"), f"table=70,reg4={port}")
     return sum(int(m) for m in re.findall(r"n_packets=(\d+)", flows))
@@ -66,7 +66,7 @@ SNIFF = (
 
 def test_the_ttl_drops_by_one_at_the_router(lab: Lab) -> None:
     """web1 sees app2's packets with TTL 63, not 64: they were routed, not bridged."""
-    web1 = lab.state.endpoints["web1"]["netns"]
+    web1 = lab.state.endpoints["web1"].netns
     capture = subprocess.Popen(
         ["ip", "netns", "exec", web1, sys.executable, "-c", SNIFF], stdout=subprocess.PIPE, text=True
     )

@@ -10,8 +10,9 @@ import typer
 from rich.console import Console
 
 from policyfabric.cli.tables import report
-from policyfabric.lab.lab import DEFAULT_STATE, Lab, LabState, checked_plan, verify
+from policyfabric.lab.lab import DEFAULT_STATE, Lab, checked_plan, verify
 from policyfabric.lab.plan import LabError, plan
+from policyfabric.lab.state import LabState
 from policyfabric.model import scenario as sc
 from policyfabric.sh import CommandFailed
 

@@ -12,7 +12,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from policyfabric.lab.lab import ProbeResult
+from policyfabric.lab.probing import ProbeResult
 from policyfabric.model import kinds as k
 
 out = Console()

@@ -10,10 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
-import time
 from pathlib import Path
 
+from policyfabric.lab import processes
 from policyfabric.sh import run
 
 SCHEMA_PATHS = (Path("/usr/share/openvswitch/vswitch.ovsschema"),)
@@ -118,28 +117,8 @@ class OvsInstance:
     def stop(self, timeout: float = 5.0) -> None:
         """Stop both daemons by PID (vswitchd first, so it removes its ports cleanly)."""
         for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline and _alive(pid):
-                time.sleep(0.02)
-            if _alive(pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+            processes.stop(pid, timeout)
 
     def kill(self) -> None:
         for pid in self.pids():
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    # a zombie of ours counts as gone
-    with contextlib.suppress(OSError):
-        if Path(f"/proc/{pid}/stat").read_text().split()[2] == "Z":
-            return False
-    return True
+            processes.kill(pid)
