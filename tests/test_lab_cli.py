@@ -98,6 +98,14 @@ def test_up_probe_down(tmp_path: Path) -> None:
         assert again.returncode == 2 and "already up" in again.stderr
         probe = lab("probe", "--json", "--state", str(state))
         assert probe.returncode == 0 and json.loads(probe.stdout)["failed"] == 0
+        # cut h2 off (links down, agent frozen): traffic to and from it stops; heal brings it back
+        cut = lab("fail", "h2", "--cut", "--state", str(state))
+        assert cut.returncode == 0 and "links down" in cut.stdout, cut.stdout + cut.stderr
+        assert json.loads(lab("probe", "--json", "--state", str(state)).stdout)["failed"] > 0
+        healed = lab("heal", "h2", "--state", str(state))
+        assert healed.returncode == 0, healed.stdout + healed.stderr
+        probe = lab("probe", "--json", "--state", str(state))
+        assert probe.returncode == 0 and json.loads(probe.stdout)["failed"] == 0
     finally:
         down = lab("down", "--state", str(state))
     assert down.returncode == 0 and "removed" in down.stdout

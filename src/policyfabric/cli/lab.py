@@ -137,15 +137,24 @@ def _running_host(state: Path, host: str) -> Lab:
 HostArg = Annotated[str, typer.Argument(help="A lab host's name (hosts: in the scenario).")]
 
 
+CutOpt = Annotated[
+    bool,
+    typer.Option(
+        "--cut",
+        help="Cut the host off instead of killing it: underlay and external links down, agent frozen "
+        "(SIGSTOP), so nothing says goodbye and the authority notices by keepalive.",
+    ),
+]
+
+
 @lab_app.command("fail")
-def fail_cmd(host: HostArg, state: StateOpt = DEFAULT_STATE) -> None:
+def fail_cmd(host: HostArg, cut: CutOpt = False, state: StateOpt = DEFAULT_STATE) -> None:
     """Kill a lab host: its agent and Open vSwitch (SIGKILL). A gateway's routers fail over."""
     _root()
     lab = _running_host(state, host)
-    lab.fail(host)
-    out.print(
-        f"host {host}: agent and Open vSwitch killed; bring it back with `policyfabric lab heal {host}`"
-    )
+    lab.fail(host, cut=cut)
+    what = "links down and agent frozen" if cut else "agent and Open vSwitch killed"
+    out.print(f"host {host}: {what}; bring it back with `policyfabric lab heal {host}`")
 
 
 @lab_app.command("heal")
