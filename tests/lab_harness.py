@@ -89,6 +89,21 @@ def until(condition: Callable[[], Any], timeout: float = 15.0, step: float = 0.0
     return time.monotonic() - start
 
 
+class AgentLog:
+    """A host's agent log, read from where it stood when this was made: ``synced()`` says whether
+    the agent (a restarted one, say) has put its flows on the bridge since."""
+
+    def __init__(self, lab: Lab, host: str) -> None:
+        self.path = lab.dir / host / "agent.log"
+        self.mark = self.path.stat().st_size if self.path.exists() else 0
+
+    def since(self) -> str:
+        return self.path.read_bytes()[self.mark :].decode(errors="replace")
+
+    def synced(self) -> bool:
+        return "renderer openvswitch:" in self.since() and "full sync" in self.since()
+
+
 def endpoint(lab: Lab, name: str, tenant: str = "acme") -> dict[str, Any]:
     with Client(lab.state.url) as client:
         return client.list(k.ENDPOINT, tenant=tenant, name=name)[0]

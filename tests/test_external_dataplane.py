@@ -91,27 +91,39 @@ def test_the_outside_cannot_open_connections_through_snat(lab: Lab) -> None:
         assert measured(lab, "internet1", "r1", "tcp/8081") == "deny"
 
 
-def ping_replies(lab: Lab, src: str, dst: str, seconds: float) -> subprocess.Popen[str]:
-    """A ping stream (every 50 ms) with a timestamp per reply."""
-    netns = lab.state.endpoints[src].netns
-    count = str(int(seconds / 0.05))
-    return subprocess.Popen(
-        ["ip", "netns", "exec", netns, "ping", "-n", "-D", "-i", "0.05", "-W", "1", "-c", count,
-         lab.address_of(dst)],
-        stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
+class PingStream:
+    """A ping stream (every 50 ms) with a timestamp per reply, line-buffered into a file so a test
+    can see replies arrive (``replies``) while it runs."""
+
+    def __init__(self, lab: Lab, src: str, dst: str, seconds: float, out: Path) -> None:
+        self.out = out
+        count = str(int(seconds / 0.05))
+        with out.open("w") as sink:
+            self.proc = subprocess.Popen(
+                ["ip", "netns", "exec", lab.state.endpoints[src].netns, "stdbuf", "-oL", "ping", "-n",
+                 "-D", "-i", "0.05", "-W", "1", "-c", count, lab.address_of(dst)],
+                stdout=sink, text=True,
+            )  # fmt: skip
+
+    def replies(self) -> list[float]:
+        return reply_times(self.out.read_text())
+
+    def finish(self, timeout: float = 30) -> str:
+        """Wait for the stream to end; everything it printed."""
+        self.proc.wait(timeout)
+        return self.out.read_text()
 
 
 def reply_times(output: str) -> list[float]:
     return [float(m) for m in re.findall(r"^\[(\d+\.\d+)\] \d+ bytes from", output, re.M)]
 
 
-def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab) -> None:
-    stream = ping_replies(lab, "app1", "internet1", 12)
-    time.sleep(2)
+def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab, tmp_path: Path) -> None:
+    stream = PingStream(lab, "app1", "internet1", 12, tmp_path / "ping.out")
+    until(lambda: len(stream.replies()) >= 5)  # SNAT traffic flows through the active gateway
     killed = time.time()
     lab.fail("gw1")
-    output, _ = stream.communicate(timeout=30)
+    output = stream.finish()
     recovered = [t for t in reply_times(output) if t > killed]
     assert [t for t in reply_times(output) if t < killed], "no SNAT traffic before the failure"
     assert recovered, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
@@ -126,16 +138,16 @@ def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab) -
     assert after["gw1"] == before["gw1"] and after["gw2"] > before["gw2"]
 
 
-def test_snat_fails_over_when_the_active_gateway_is_cut_off_silently(lab: Lab) -> None:
+def test_snat_fails_over_when_the_active_gateway_is_cut_off_silently(lab: Lab, tmp_path: Path) -> None:
     """No goodbye this time: links down and the agent frozen; the authority notices by keepalive."""
     victim = lab.active_gateway("acme/r1")
     assert victim is not None
-    stream = ping_replies(lab, "app1", "internet1", 10)
-    time.sleep(2)
+    stream = PingStream(lab, "app1", "internet1", 10, tmp_path / "ping.out")
+    until(lambda: len(stream.replies()) >= 5)
     cut = time.time()
     lab.fail(victim, cut=True)
     try:
-        output, _ = stream.communicate(timeout=30)
+        output = stream.finish()
         recovered = [t for t in reply_times(output) if t > cut + 0.1]
         assert recovered, f"SNAT traffic never came back through the standby:\n{output[-600:]}"
         assert recovered[0] - cut < 5.0

@@ -19,6 +19,7 @@ from policyfabric.lab.lab import Lab
 from policyfabric.model import kinds as k
 from tests.lab_harness import (
     SCENARIOS,
+    AgentLog,
     endpoint,
     flows_with_age,
     lab_fixture,
@@ -84,13 +85,15 @@ sendp(Ether(src=src_mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / TCP(sport=4
       iface="eth0", count=3, verbose=False)
 """
 SNIFF = """
-import sys
-from scapy.all import TCP, sniff
+import sys, time
+from scapy.all import TCP, AsyncSniffer
 def ours(p):
     return TCP in p and p[TCP].sport == 4242 and p[TCP].dport == 80
-got = sniff(iface="eth0", lfilter=ours, timeout=float(sys.argv[1]),
-            started_callback=lambda: print("ready", flush=True))
-print(len(got), flush=True)
+sniffer = AsyncSniffer(iface="eth0", lfilter=ours, started_callback=lambda: print("ready", flush=True))
+sniffer.start()
+sys.stdin.readline()  # the sender is done: whatever was let through has arrived within a moment
+time.sleep(0.5)
+print(len(sniffer.stop()), flush=True)
 """
 
 
@@ -108,14 +111,14 @@ def test_spoofed_source_mac_or_ip_is_dropped(lab: Lab) -> None:
         }
         for case, (mac, ip) in cases.items():
             sniffer = subprocess.Popen(
-                ["ip", "netns", "exec", dst.netns, sys.executable, "-c", SNIFF, "2"],
-                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                ["ip", "netns", "exec", dst.netns, sys.executable, "-c", SNIFF],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
             )  # fmt: skip
             assert sniffer.stdout is not None
             assert sniffer.stdout.readline().strip() == "ready", sniffer.stderr
             sent = ns_run(app1.netns, sys.executable, "-c", SEND, mac, ip, dst.mac, dst.ips[0])
             assert sent.returncode == 0, sent.stderr
-            out, errs = sniffer.communicate(timeout=20)
+            out, errs = sniffer.communicate("sent\n", timeout=20)
             count = int(out.strip().splitlines()[-1]) if out.strip() else -1
             assert count >= 0, errs
             if case == "genuine":
@@ -129,6 +132,7 @@ def test_agent_restart_keeps_tcp_connection_and_changes_no_flow(lab: Lab) -> Non
     client_code = """
 import socket, sys, time
 s = socket.create_connection((sys.argv[1], 80), timeout=2)
+print("connected", flush=True)
 for i in range(int(sys.argv[2])):
     s.sendall(b"ping %d\\n" % i)
     assert s.recv(100) == b"ping %d\\n" % i
@@ -142,10 +146,11 @@ print("ok")
              lab.state.endpoints["web1"].ips[0], "60"],
             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
         )  # fmt: skip
-        time.sleep(0.5)
+        assert client.stdout is not None and client.stdout.readline().strip() == "connected"
+        log = AgentLog(lab, "h1")
         lab.stop_agent("h1")
         lab.start_agent("h1")
-        time.sleep(3)  # the new agent has synced by now (its log says so)
+        until(log.synced, timeout=30)  # the new agent's first (full) sync is done
         out, errs = client.communicate(timeout=30)
         assert client.returncode == 0 and out.strip() == "ok", errs
         after = flows_with_age(lab, "h1")
@@ -162,9 +167,10 @@ def test_authority_down_keeps_policy_and_a_later_change_applies(lab: Lab) -> Non
         listening = serving(lab, ("web2", "tcp", 8443), ("web2", "tcp", 80))
         listening.__enter__()
         lab.stop_authority()
+        log = AgentLog(lab, "h2")
         lab.stop_agent("h2")
         lab.start_agent("h2")  # an agent restarted while the authority is away enforces its cache
-        time.sleep(2)
+        until(log.synced, timeout=30)
         assert measured(lab, "app2", "web2", "tcp/80") == "allow"
         assert measured(lab, "app2", "web2", "tcp/8443") == "deny"
         assert measured(lab, "web1", "app1", "icmp") == "deny"
