@@ -22,8 +22,9 @@ from policyfabric.agent.reports import Reporter
 from policyfabric.agent.view import Network
 from policyfabric.opflex.gbp import endpoint_uri
 from policyfabric.opflex.mo import MO, ref
+from tests.fabric import TUNNEL
 from tests.test_external_unit import FIP, host
-from tests.test_routing_unit import TUNNEL, WEB1
+from tests.test_routing_unit import WEB1
 
 # ---- the declarer
 
