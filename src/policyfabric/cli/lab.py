@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
+from policyfabric.cli.console import err, out
 from policyfabric.cli.tables import report
 from policyfabric.lab.lab import DEFAULT_STATE, Lab, checked_plan, verify
 from policyfabric.lab.plan import LabError, plan
@@ -20,8 +20,6 @@ lab_app = typer.Typer(
     help="Build a scenario file for real on this machine (root needed) and check traffic against `expect`.",
     no_args_is_help=True,
 )
-out = Console()
-err = Console(stderr=True)
 
 StateOpt = Annotated[Path, typer.Option("--state", help="Directory holding the lab's state and logs.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print one JSON object instead of a table.")]

@@ -9,13 +9,11 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from rich.console import Console
 from rich.table import Table
 
+from policyfabric.cli.console import out
 from policyfabric.lab.probing import ProbeResult
 from policyfabric.model import kinds as k
-
-out = Console()
 
 COLUMNS: dict[str, tuple[str, ...]] = {
     "tenant": (),
