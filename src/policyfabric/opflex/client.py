@@ -17,10 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
-import json
 import logging
-import os
 import random
 import ssl
 import time
@@ -29,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric import __version__
+from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
@@ -77,7 +75,7 @@ class PolicyClient:
         self.prr, self.keepalive = prr, keepalive
         self.backoff, self.connect_timeout = backoff, connect_timeout
         self.on_change = on_change
-        self.state_file = state_dir / "opflex-cache.json" if state_dir else None
+        self.cache_file = CacheFile(state_dir / "opflex-cache.json", name) if state_dir else None
         self.policy: dict[str, MO] = {}
         self.endpoints: dict[str, MO] = {}
         self.wanted: dict[str, str] = {}  # policy uri -> subject
@@ -98,42 +96,17 @@ class PolicyClient:
         self._resolving = 0  # resolve batches awaiting their replies
         self._load()
 
-    # ---- cache persistence
+    # ---- cache persistence (opflex/cache.py)
     def _load(self) -> None:
-        if self.state_file is None or not self.state_file.exists():
-            return
-        try:
-            data = json.loads(self.state_file.read_text())
-            self.version = int(data["version"])
-            self.policy = {m["uri"]: MO.from_wire(m) for m in data["policy"]}
-            self.endpoints = {m["uri"]: MO.from_wire(m) for m in data["endpoints"]}
-            self.wanted, self.ep_wanted = dict(data["wanted"]), dict(data["ep_wanted"])
-            log.info(
-                "opflex client %s: loaded cache version %d (%d policy objects)",
-                self.name,
-                self.version,
-                len(self.policy),
-            )
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            log.warning("opflex client %s: ignoring unreadable cache %s: %s", self.name, self.state_file, exc)
+        found = self.cache_file.load() if self.cache_file is not None else None
+        if found is not None:
+            self.version, self.policy, self.endpoints = found.version, found.policy, found.endpoints
+            self.wanted, self.ep_wanted = found.wanted, found.ep_wanted
 
     def _save(self) -> None:
-        if self.state_file is None:
-            return
-        self.state_file.parent.mkdir(parents=True, exist_ok=True)
-        data = {
-            "format": 1,
-            "version": self.version,
-            "agent": self.name,
-            "written_by": __version__,
-            "policy": [m.to_wire() for m in self.policy.values()],
-            "endpoints": [m.to_wire() for m in self.endpoints.values()],
-            "wanted": self.wanted,
-            "ep_wanted": self.ep_wanted,
-        }
-        tmp = self.state_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(data))
-        os.replace(tmp, self.state_file)
+        if self.cache_file is not None:
+            contents = CacheContents(self.version, self.policy, self.endpoints, self.wanted, self.ep_wanted)
+            self.cache_file.save(contents)
 
     def _changed(self, uris: set[str]) -> None:
         if not uris:
@@ -146,7 +119,7 @@ class PolicyClient:
     def _save_soon(self) -> None:
         """Persist at most every ``save_interval`` seconds: writing the whole cache on each of a
         burst of updates cost more than rendering them (profiled with 1,000 endpoints)."""
-        if self.state_file is None or self._save_handle is not None:
+        if self.cache_file is None or self._save_handle is not None:
             return
         try:
             loop = asyncio.get_running_loop()
@@ -393,49 +366,9 @@ class PolicyClient:
         if self._resolving:  # only a reply still in flight can be older than this push
             for uri in (*(m.uri for m in replace), *(m.uri for m in merge), *delete):
                 self._pushed[uri] = self._push_seq
-        changed: set[str] = set()
-        for mo in replace:
-            old = self.policy.get(mo.uri)
-            if old is not None:  # replace: children not listed any more are gone
-                for child in set(old.children) - set(mo.children):
-                    changed |= self._drop(child)
-            self.policy[mo.uri] = mo
-            changed.add(mo.uri)
-        for mo in merge:  # properties replaced, children added to those the object has
-            old = self.policy.get(mo.uri)
-            if old is not None:  # a new object, not a mutated one: consumers compare by identity
-                have = set(old.children)
-                mo = dataclasses.replace(
-                    old,
-                    properties={**old.properties, **mo.properties},
-                    children=old.children + [c for c in mo.children if c not in have],
-                )
-            self.policy[mo.uri] = mo
-            changed.add(mo.uri)
-        for uri in delete:
-            was = self.policy.get(uri)
-            changed |= self._drop(uri)
-            if was is not None and was.parent_uri is not None:
-                self._unlink(was.parent_uri, uri)
+        changed = apply_policy_update(self.policy, replace, merge, delete)
         self._follow(changed)
         self._changed(changed)
-
-    def _unlink(self, parent_uri: str, uri: str) -> None:
-        """Take a deleted object out of its parent's children (the parent itself is not resent)."""
-        parent = self.policy.get(parent_uri)
-        if parent is not None and uri in parent.children:
-            self.policy[parent_uri] = dataclasses.replace(
-                parent, children=[c for c in parent.children if c != uri]
-            )
-
-    def _drop(self, uri: str) -> set[str]:
-        mo = self.policy.pop(uri, None)
-        if mo is None:
-            return set()
-        gone = {uri}
-        for child in mo.children:
-            gone |= self._drop(child)
-        return gone
 
     def _apply_endpoints(self, replace: list[MO], delete: list[str]) -> None:
         changed = set()

@@ -1,0 +1,127 @@
+"""The agent's policy cache: how a ``policy_update`` changes it, and its copy on disk, which lets a
+restarted agent enforce its last policy while no authority answers.
+
+One JSON file, written whole (to a temporary name, then renamed: a crash leaves the old file or
+the new one, never half of one), versioned, with the MOs in their wire form. An unreadable file
+is ignored with a warning: the agent then starts empty and resolves everything again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from policyfabric import __version__
+from policyfabric.opflex.mo import MO
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+
+
+@dataclass
+class CacheContents:
+    version: int = 0  # bumped on every change the client applies
+    policy: dict[str, MO] = field(default_factory=dict)
+    endpoints: dict[str, MO] = field(default_factory=dict)
+    wanted: dict[str, str] = field(default_factory=dict)  # policy URI -> subject
+    ep_wanted: dict[str, str] = field(default_factory=dict)  # registry URI or prefix -> subject
+
+
+class CacheFile:
+    def __init__(self, path: Path, agent: str) -> None:
+        self.path, self.agent = path, agent
+
+    def load(self) -> CacheContents | None:
+        """What the file holds; None if there is no file or it cannot be read (logged)."""
+        if not self.path.exists():
+            return None
+        try:
+            data = json.loads(self.path.read_text())
+            contents = CacheContents(
+                int(data["version"]),
+                {m["uri"]: MO.from_wire(m) for m in data["policy"]},
+                {m["uri"]: MO.from_wire(m) for m in data["endpoints"]},
+                dict(data["wanted"]),
+                dict(data["ep_wanted"]),
+            )
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("opflex client %s: ignoring unreadable cache %s: %s", self.agent, self.path, exc)
+            return None
+        log.info(
+            "opflex client %s: loaded cache version %d (%d policy objects)",
+            self.agent,
+            contents.version,
+            len(contents.policy),
+        )
+        return contents
+
+    def save(self, contents: CacheContents) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        data = {
+            "format": FORMAT,
+            "version": contents.version,
+            "agent": self.agent,
+            "written_by": __version__,
+            "policy": [m.to_wire() for m in contents.policy.values()],
+            "endpoints": [m.to_wire() for m in contents.endpoints.values()],
+            "wanted": contents.wanted,
+            "ep_wanted": contents.ep_wanted,
+        }
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, self.path)
+
+
+def apply_policy_update(
+    policy: dict[str, MO], replace: list[MO], merge: list[MO], delete: list[str]
+) -> set[str]:
+    """Apply one ``policy_update`` to ``policy`` in place; returns the URIs it changed. Objects are
+    replaced, never mutated: consumers (the agent's declarer) tell a change by identity."""
+    changed: set[str] = set()
+    for mo in replace:
+        old = policy.get(mo.uri)
+        if old is not None:  # replace: children not listed any more are gone
+            for child in set(old.children) - set(mo.children):
+                changed |= _drop(policy, child)
+        policy[mo.uri] = mo
+        changed.add(mo.uri)
+    for mo in merge:  # properties replaced, children added to those the object has
+        old = policy.get(mo.uri)
+        if old is not None:
+            have = set(old.children)
+            mo = dataclasses.replace(
+                old,
+                properties={**old.properties, **mo.properties},
+                children=old.children + [c for c in mo.children if c not in have],
+            )
+        policy[mo.uri] = mo
+        changed.add(mo.uri)
+    for uri in delete:
+        was = policy.get(uri)
+        changed |= _drop(policy, uri)
+        if was is not None and was.parent_uri is not None:
+            _unlink(policy, was.parent_uri, uri)
+    return changed
+
+
+def _unlink(policy: dict[str, MO], parent_uri: str, uri: str) -> None:
+    """Take a deleted object out of its parent's children (the parent itself is not resent)."""
+    parent = policy.get(parent_uri)
+    if parent is not None and uri in parent.children:
+        policy[parent_uri] = dataclasses.replace(parent, children=[c for c in parent.children if c != uri])
+
+
+def _drop(policy: dict[str, MO], uri: str) -> set[str]:
+    """Remove ``uri`` and its descendants; their URIs."""
+    mo = policy.pop(uri, None)
+    if mo is None:
+        return set()
+    gone = {uri}
+    for child in mo.children:
+        gone |= _drop(policy, child)
+    return gone

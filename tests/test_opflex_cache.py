@@ -1,0 +1,58 @@
+"""The agent's policy cache: how updates change it, and its file (pure, no sessions)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update
+from policyfabric.opflex.mo import MO
+
+ROOT = "/PolicyUniverse/PolicySpace/acme/"
+
+
+def mo(uri: str, *children: str, parent: str | None = ROOT, **props: object) -> MO:
+    if parent is None:
+        return MO("X", uri, dict(props), list(children))
+    return MO("X", uri, dict(props), list(children), "PolicySpace", parent, "X")
+
+
+def cache() -> dict[str, MO]:
+    a, b = ROOT + "A/a/", ROOT + "A/a/B/b/"
+    return {ROOT: mo(ROOT, a, parent=None), a: mo(a, b, name="a"), b: mo(b, parent=a, name="b")}
+
+
+def test_replace_drops_the_children_it_no_longer_lists() -> None:
+    policy = cache()
+    changed = apply_policy_update(policy, [mo(ROOT + "A/a/", name="a2")], [], [])
+    assert ROOT + "A/a/B/b/" not in policy and policy[ROOT + "A/a/"].properties == {"name": "a2"}
+    assert changed == {ROOT + "A/a/", ROOT + "A/a/B/b/"}
+
+
+def test_merge_adds_children_once_and_makes_a_new_object() -> None:
+    policy = cache()
+    before = policy[ROOT + "A/a/"]
+    new_child = ROOT + "A/a/B/c/"
+    apply_policy_update(policy, [], [mo(ROOT + "A/a/", ROOT + "A/a/B/b/", new_child, extra=1)], [])
+    after = policy[ROOT + "A/a/"]
+    assert after is not before and before.children == [ROOT + "A/a/B/b/"]  # never mutated
+    assert after.children == [ROOT + "A/a/B/b/", new_child]
+    assert after.properties == {"name": "a", "extra": 1}
+
+
+def test_delete_takes_the_subtree_and_unlinks_it_from_its_parent() -> None:
+    policy = cache()
+    changed = apply_policy_update(policy, [], [], [ROOT + "A/a/"])
+    assert set(policy) == {ROOT} and policy[ROOT].children == []
+    assert changed == {ROOT + "A/a/", ROOT + "A/a/B/b/"}
+    assert apply_policy_update(policy, [], [], [ROOT + "A/a/"]) == set()  # already gone: no change
+
+
+def test_the_file_round_trips_and_an_unreadable_one_is_ignored(tmp_path: Path) -> None:
+    file = CacheFile(tmp_path / "cache.json", "h1")
+    assert file.load() is None
+    file.save(CacheContents(7, cache(), {}, {ROOT: "PolicySpace"}, {}))
+    loaded = file.load()
+    assert loaded is not None and loaded.version == 7 and loaded.policy == cache()
+    assert loaded.wanted == {ROOT: "PolicySpace"}
+    (tmp_path / "cache.json").write_text('{"version": "seven"')
+    assert file.load() is None
