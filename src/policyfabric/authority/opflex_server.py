@@ -28,9 +28,9 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from policyfabric.authority import gateways as gw
+from policyfabric.authority.opflex.policy_tree import global_tree, tenant_tree
 from policyfabric.authority.service import ENDPOINT_STATUSES, Authority, EndpointState
 from policyfabric.model.objects import ExternalNetwork
-from policyfabric.opflex import gbp
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.rpc import RpcError, Session
 from policyfabric.opflex.uri import UNIVERSE, under, unescape
@@ -434,10 +434,10 @@ class OpflexServer:
                 objects, numbers = self.authority.snapshot(tenant)
                 if tenant is None:
                     nets = [n for n in objects.get("external_network", []) if isinstance(n, ExternalNetwork)]
-                    out[None] = gbp.global_tree(names, nets)
+                    out[None] = global_tree(names, nets)
                 elif tenant in names:
                     active = {r: v for (t, r), v in gateways.items() if t == tenant}
-                    out[tenant] = gbp.tenant_tree(tenant, objects, numbers, active)
+                    out[tenant] = tenant_tree(tenant, objects, numbers, active)
                 else:
                     out[tenant] = Tree()  # the tenant is gone
             return out
