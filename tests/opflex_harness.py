@@ -7,7 +7,9 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from policyfabric.authority.opflex_server import Identity, OpflexServer, Peer
+from policyfabric.authority.opflex import OpflexServer
+from policyfabric.authority.opflex.params import Identity
+from policyfabric.authority.opflex.peers import Peer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.rpc import Session
 from policyfabric.store.sqlite import SqliteStore
