@@ -10,8 +10,8 @@ from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.tables import CLASSIFY, EXT_ARP, EXT_IN, NAT_OUT, POLICY_CT, ROUTING
 from policyfabric.agent.view import ExternalNet, FloatingIp, Network, RouterGateway, policy_view
 from policyfabric.authority.gateways import Candidate, GatewayHost, elect
+from policyfabric.authority.opflex.policy_tree import tenant_tree
 from policyfabric.model import objects as o
-from policyfabric.opflex.gbp import tenant_tree
 from tests.test_routing_unit import APP1_REMOTE, APP2, R1, TUNNEL, WEB1, network
 
 PUBLIC = ExternalNet("/ext/public/", "public", "203.0.113.0/24", "203.0.113.1")

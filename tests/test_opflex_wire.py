@@ -10,9 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyfabric.agent.endpoints import declaration
+from policyfabric.authority.opflex.policy_tree import tenant_tree
 from policyfabric.model import scenario as sc
 from policyfabric.opflex import wire
-from policyfabric.opflex.gbp import tenant_tree
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import escape, unescape
 from tests.test_model_unit import EXAMPLE

@@ -11,9 +11,10 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from policyfabric.opflex.gbp import endpoint_uri
-from policyfabric.opflex.mo import MO, ref
+from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
+from policyfabric.opflex.mo import MO, REFERENCE_URI, ref
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child
 
 
@@ -31,13 +32,13 @@ class Declaration:
 def target(policy: Mapping[str, MO], uri: str) -> str | None:
     """The target URI of a single-valued relation object."""
     mo = policy.get(uri)
-    value = mo.properties.get("target") if mo else None
-    return value["reference_uri"] if isinstance(value, dict) else None
+    value = mo.properties.get(Prop.TARGET) if mo else None
+    return value[REFERENCE_URI] if isinstance(value, dict) else None
 
 
 def bd_members_prefix(bd_uri: str) -> str:
     """The registry URI prefix of every L2 endpoint on a bridge domain."""
-    return child(EPR_L2, "EprL2Ep", bd_uri)
+    return child(EPR_L2, Cls.EPR_L2_EP, bd_uri)
 
 
 def declaration(
@@ -56,42 +57,53 @@ def declaration(
     if ep is None:
         return None
     props = ep.properties
-    bd = props.get("bridgeDomain")
-    mac = props.get("mac")
+    bd = props.get(Prop.BRIDGE_DOMAIN)
+    mac = props.get(Prop.MAC)
     if not isinstance(bd, dict) or not isinstance(mac, str):
         return None
-    bd_uri = bd["reference_uri"]
-    common = {"uuid": f"{tenant}/{name}", "mac": mac}
-    if isinstance(props.get("epg"), dict):
-        common["group"] = props["epg"]
-    l2_props = {**common, "context": ref("GbpBridgeDomain", bd_uri), "ip": list(props.get("ip", []))}
+    bd_uri = bd[REFERENCE_URI]
+    epg_ref = props.get(Prop.EPG)
+    common: dict[str, Any] = {Prop.UUID: f"{tenant}/{name}", Prop.MAC: mac}
+    if isinstance(epg_ref, dict):
+        common[Prop.GROUP] = epg_ref
+    l2_props = {
+        **common,
+        Prop.CONTEXT: ref(Cls.GBP_BRIDGE_DOMAIN, bd_uri),
+        Prop.IP: list(props.get(Prop.IP, [])),
+    }
     if interface:
-        l2_props["interfaceName"] = interface
+        l2_props[Prop.INTERFACE_NAME] = interface
     if tunnel_ip:
-        l2_props["tunnelIp"] = tunnel_ip
-    epg = policy.get(props["epg"]["reference_uri"]) if isinstance(props.get("epg"), dict) else None
+        l2_props[Prop.TUNNEL_IP] = tunnel_ip
+    epg = policy.get(epg_ref[REFERENCE_URI]) if isinstance(epg_ref, dict) else None
     if epg is not None:
         for uri in epg.children:
             ctx = policy.get(uri)
-            if ctx is not None and ctx.subject == "GbpeInstContext":
-                l2_props["classid"] = ctx.properties.get("classid", 0)
+            if ctx is not None and ctx.subject == Cls.GBPE_INST_CONTEXT:
+                l2_props[Prop.CLASSID] = ctx.properties.get(Prop.CLASSID, 0)
     l2 = MO(
-        "EprL2Ep", child(EPR_L2, "EprL2Ep", bd_uri, mac), l2_props, [], "EprL2Universe", EPR_L2, "EprL2Ep"
+        Cls.EPR_L2_EP,
+        child(EPR_L2, Cls.EPR_L2_EP, bd_uri, mac),
+        l2_props,
+        [],
+        Cls.EPR_L2_UNIVERSE,
+        EPR_L2,
+        Cls.EPR_L2_EP,
     )
-    rd_uri = target(policy, bd_uri + "GbpBridgeDomainToNetworkRSrc/")
+    rd_uri = target(policy, child(bd_uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC))
     l3 = []
     if rd_uri is not None:
-        for ip in props.get("ip", []):
+        for ip in props.get(Prop.IP, []):
             if ip != "slaac":
                 l3.append(
                     MO(
-                        "EprL3Ep",
-                        child(EPR_L3, "EprL3Ep", rd_uri, ip),
-                        {**common, "ip": ip, "context": ref("GbpRoutingDomain", rd_uri)},
+                        Cls.EPR_L3_EP,
+                        child(EPR_L3, Cls.EPR_L3_EP, rd_uri, ip),
+                        {**common, Prop.IP: ip, Prop.CONTEXT: ref(Cls.GBP_ROUTING_DOMAIN, rd_uri)},
                         [],
-                        "EprL3Universe",
+                        Cls.EPR_L3_UNIVERSE,
                         EPR_L3,
-                        "EprL3Ep",
+                        Cls.EPR_L3_EP,
                     )
                 )
     return Declaration(l2, l3, bd_uri)

@@ -11,7 +11,7 @@ import sqlalchemy.exc
 import uvicorn
 
 from policyfabric.authority.api import create_app
-from policyfabric.authority.opflex_server import OpflexServer
+from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.tls import server_context
 from policyfabric.store.sqlite import SqliteStore, Sync

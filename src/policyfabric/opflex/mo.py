@@ -18,13 +18,15 @@ from typing import Any
 
 from policyfabric.opflex.uri import child
 
+REFERENCE_URI = "reference_uri"  # a reference's target; its class is under "subject"
+
 
 def ref(subject: str, uri: str) -> dict[str, str]:
-    return {"subject": subject, "reference_uri": uri}
+    return {"subject": subject, REFERENCE_URI: uri}
 
 
 def is_ref(value: Any) -> bool:
-    return isinstance(value, dict) and isinstance(value.get("reference_uri"), str) and "subject" in value
+    return isinstance(value, dict) and isinstance(value.get(REFERENCE_URI), str) and "subject" in value
 
 
 @dataclass
@@ -78,7 +80,7 @@ class MO:
         for value in self.properties.values():
             for item in value if isinstance(value, list) else [value]:
                 if is_ref(item):
-                    yield item["subject"], item["reference_uri"]
+                    yield item["subject"], item[REFERENCE_URI]
 
 
 class Tree:

@@ -1,0 +1,315 @@
+"""The stored policy model as a GBP managed-object tree (pure): the writer.
+
+Only the authority writes policy, so the translation lives here, next to the
+repository that serves and diffs its output (``repository.py``). Agents read
+the same objects through ``agent/view.py``; both sides spell classes and
+properties through ``opflex/gbp.py``. The layout is tabled in docs/opflex.md
+("The model as managed objects"). Property order is the order on the wire:
+keep it when editing.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from policyfabric.model import objects as o
+from policyfabric.model.types import port_bounds
+from policyfabric.opflex.gbp import (
+    ETHERTYPES,
+    PROTOCOLS,
+    Cls,
+    Prop,
+    endpoint_uri,
+    external_network_uri,
+    uri_of,
+)
+from policyfabric.opflex.mo import Tree, ref
+from policyfabric.opflex.uri import UNIVERSE, child, space
+
+
+def _classifier_props(
+    name: str, protocol: str, port: int | str | None, ethertype: str | None
+) -> dict[str, Any]:
+    props: dict[str, Any] = {Prop.NAME: name, Prop.CONNECTION_TRACKING: "reflexive"}
+    if ethertype in ETHERTYPES:
+        props[Prop.ETHER_T] = ETHERTYPES[ethertype]
+    if protocol in PROTOCOLS:
+        props[Prop.PROT] = PROTOCOLS[protocol]
+    if port is not None:
+        props[Prop.D_FROM_PORT], props[Prop.D_TO_PORT] = port_bounds(port)
+    return props
+
+
+def _relation(tree: Tree, parent: str, cls: str, subject: str, target: str, many: bool = False) -> None:
+    """A ``cls`` relation under ``parent`` pointing at the ``subject`` at ``target``; ``many`` names
+    it by its target (one of several), otherwise it is a singleton."""
+    if many:
+        tree.add(parent, cls, target, **{Prop.TARGET: ref(subject, target)})
+    else:
+        tree.add(parent, cls, **{Prop.TARGET: ref(subject, target)})
+
+
+def tenant_tree(
+    tenant: str,
+    objects: Mapping[str, Sequence[o.Spec]],
+    ids: Mapping[str, Mapping[str, int]],
+    gateways: Mapping[str, tuple[str, str]] | None = None,
+) -> Tree:
+    """The PolicySpace of ``tenant``. ``objects`` maps a kind name to its specs;
+    ``ids`` gives server-allocated numbers by ``kind/name``: ``ids["vni"]["bridge_domain/bd1"]``,
+    ``ids["classid"]["endpoint_group/web"]`` (0 when unknown). ``gateways`` maps a router name
+    to its active gateway host and that host's tunnel address (the authority's election)."""
+    tree = Tree()
+    top = space(tenant)
+    tree.root(Cls.POLICY_SPACE, top, **{Prop.NAME: tenant})
+    tree.mos[top].parent_subject, tree.mos[top].parent_uri = Cls.POLICY_UNIVERSE, UNIVERSE
+    tree.mos[top].parent_relation = Cls.POLICY_SPACE
+    vni, classid = ids.get("vni", {}), ids.get("classid", {})
+
+    def of(kind: str) -> list[Any]:
+        return list(objects.get(kind, ()))
+
+    for vrf in of("l3_context"):
+        rd = tree.add(top, Cls.GBP_ROUTING_DOMAIN, vrf.name, **{Prop.NAME: vrf.name})
+        tree.add(rd, Cls.GBPE_INST_CONTEXT, **{Prop.ENCAP_ID: vni.get(f"l3_context/{vrf.name}", 0)})
+    for bd in of("bridge_domain"):
+        uri = tree.add(
+            top,
+            Cls.GBP_BRIDGE_DOMAIN,
+            bd.name,
+            **{Prop.NAME: bd.name, Prop.ROUTING_MODE: "enabled", Prop.MTU: bd.mtu},
+        )
+        _relation(
+            tree,
+            uri,
+            Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC,
+            Cls.GBP_ROUTING_DOMAIN,
+            uri_of(tenant, Cls.GBP_ROUTING_DOMAIN, bd.l3_context),
+        )
+        _relation(
+            tree,
+            uri,
+            Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC,
+            Cls.GBP_SUBNETS,
+            uri_of(tenant, Cls.GBP_SUBNETS, bd.name),
+        )
+        tree.add(uri, Cls.GBPE_INST_CONTEXT, **{Prop.ENCAP_ID: vni.get(f"bridge_domain/{bd.name}", 0)})
+        container = tree.add(top, Cls.GBP_SUBNETS, bd.name, **{Prop.NAME: bd.name})
+        for subnet in of("subnet"):
+            if subnet.bridge_domain == bd.name:
+                props: dict[str, Any] = {
+                    Prop.NAME: subnet.name,
+                    Prop.ADDRESS: str(subnet.cidr.network_address),
+                    Prop.PREFIX_LEN: subnet.cidr.prefixlen,
+                    Prop.VIRTUAL_ROUTER_IP: str(subnet.gateway_ip),
+                }
+                if subnet.ipv6_ra_mode == "slaac":
+                    props.update({Prop.IPV6_ADV_AUTONOMOUS_FLAG: 1, Prop.IPV6_ADV_ON_LINK_FLAG: 1})
+                tree.add(container, Cls.GBP_SUBNET, subnet.name, **props)
+    actions = {
+        "allow": tree.add(top, Cls.GBP_ALLOW_DENY_ACTION, "allow", **{Prop.NAME: "allow", Prop.ALLOW: 1}),
+        "drop": tree.add(top, Cls.GBP_ALLOW_DENY_ACTION, "deny", **{Prop.NAME: "deny", Prop.ALLOW: 0}),
+        "log": tree.add(top, Cls.GBP_LOG_ACTION, "log", **{Prop.NAME: "log"}),
+    }
+    for contract in of("contract"):
+        uri = tree.add(top, Cls.GBP_CONTRACT, contract.name, **{Prop.NAME: contract.name})
+        subject = tree.add(uri, Cls.GBP_SUBJECT, "default", **{Prop.NAME: "default"})
+        for order, rule in enumerate(contract.rules):
+            r = tree.add(
+                subject,
+                Cls.GBP_RULE,
+                rule.name,
+                **{Prop.NAME: rule.name, Prop.ORDER: order, Prop.DIRECTION: rule.classifier.direction},
+            )
+            clf_name = f"{contract.name}.{rule.name}"
+            c = rule.classifier
+            clf = tree.add(
+                top,
+                Cls.GBPE_L24_CLASSIFIER,
+                clf_name,
+                **_classifier_props(clf_name, c.protocol, c.port, c.ethertype),
+            )
+            _relation(tree, r, Cls.GBP_RULE_TO_CLASSIFIER_RSRC, Cls.GBPE_L24_CLASSIFIER, clf, many=True)
+            action = actions["drop" if rule.action == "drop" else "allow"]
+            _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_ALLOW_DENY_ACTION, action, many=True)
+            if rule.action == "log":
+                _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_LOG_ACTION, actions["log"], many=True)
+    for sg in of("security_group"):
+        uri = tree.add(top, Cls.GBP_SEC_GROUP, sg.name, **{Prop.NAME: sg.name})
+        subject = tree.add(uri, Cls.GBP_SEC_GROUP_SUBJECT, "default", **{Prop.NAME: "default"})
+        for order, rule in enumerate(sg.rules):
+            direction = "in" if rule.direction == "ingress" else "out"
+            r = tree.add(
+                subject,
+                Cls.GBP_SEC_GROUP_RULE,
+                str(order),
+                **{Prop.NAME: str(order), Prop.ORDER: order, Prop.DIRECTION: direction},
+            )
+            clf_name = f"sg.{sg.name}.{order}"
+            clf = tree.add(
+                top,
+                Cls.GBPE_L24_CLASSIFIER,
+                clf_name,
+                **_classifier_props(clf_name, rule.protocol, rule.port, rule.ethertype),
+            )
+            _relation(tree, r, Cls.GBP_RULE_TO_CLASSIFIER_RSRC, Cls.GBPE_L24_CLASSIFIER, clf, many=True)
+            _relation(
+                tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_ALLOW_DENY_ACTION, actions["allow"], many=True
+            )
+            if rule.remote_ip_prefix is not None:
+                remote = tree.add(top, Cls.GBP_SUBNETS, clf_name, **{Prop.NAME: clf_name})
+                net = rule.remote_ip_prefix
+                tree.add(
+                    remote,
+                    Cls.GBP_SUBNET,
+                    "remote",
+                    **{
+                        Prop.NAME: "remote",
+                        Prop.ADDRESS: str(net.network_address),
+                        Prop.PREFIX_LEN: net.prefixlen,
+                    },
+                )
+                _relation(
+                    tree, r, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC, Cls.GBP_SUBNETS, remote, many=True
+                )
+            if rule.remote_group is not None:
+                _relation(
+                    tree,
+                    r,
+                    Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC,
+                    Cls.GBP_SEC_GROUP,
+                    uri_of(tenant, Cls.GBP_SEC_GROUP, rule.remote_group),
+                )
+    bd_of_epg = {}
+    for epg in of("endpoint_group"):
+        uri = tree.add(
+            top,
+            Cls.GBP_EP_GROUP,
+            epg.name,
+            **{Prop.NAME: epg.name, Prop.INTRA_GROUP_POLICY: epg.intra_group},
+        )
+        bd = uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, epg.bridge_domain)
+        bd_of_epg[epg.name] = bd
+        _relation(tree, uri, Cls.GBP_EP_GROUP_TO_NETWORK_RSRC, Cls.GBP_BRIDGE_DOMAIN, bd)
+        for contract in epg.provides:
+            _relation(
+                tree,
+                uri,
+                Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC,
+                Cls.GBP_CONTRACT,
+                uri_of(tenant, Cls.GBP_CONTRACT, contract),
+                many=True,
+            )
+        for contract in epg.consumes:
+            _relation(
+                tree,
+                uri,
+                Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC,
+                Cls.GBP_CONTRACT,
+                uri_of(tenant, Cls.GBP_CONTRACT, contract),
+                many=True,
+            )
+        tree.add(
+            uri,
+            Cls.GBPE_INST_CONTEXT,
+            **{
+                Prop.ENCAP_ID: vni.get(f"bridge_domain/{epg.bridge_domain}", 0),
+                Prop.CLASSID: classid.get(f"endpoint_group/{epg.name}", 0),
+            },
+        )
+    subnet_bd = {s.name: s.bridge_domain for s in of("subnet")}
+    for ep in of("endpoint"):
+        props = {Prop.NAME: ep.name, Prop.MAC: ep.mac, Prop.IP: list(ep.ip)}
+        if ep.epg is not None:
+            props[Prop.EPG] = ref(Cls.GBP_EP_GROUP, uri_of(tenant, Cls.GBP_EP_GROUP, ep.epg))
+        bd_name = bd_of_epg.get(ep.epg or "") or (
+            uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, subnet_bd[ep.subnet]) if ep.subnet in subnet_bd else None
+        )
+        if bd_name:
+            props[Prop.BRIDGE_DOMAIN] = ref(Cls.GBP_BRIDGE_DOMAIN, bd_name)
+        props[Prop.SECURITY_GROUP] = [
+            ref(Cls.GBP_SEC_GROUP, uri_of(tenant, Cls.GBP_SEC_GROUP, g)) for g in ep.security_groups
+        ]
+        if ep.host is not None:
+            props[Prop.HOST] = ep.host
+        tree.add(top, Cls.PF_ENDPOINT, ep.name, **props)
+        # the address set of each of its groups: one small child per member, so a member joining
+        # or leaving is one object in a policy_update, never the whole membership
+        for g in ep.security_groups:
+            sg = uri_of(tenant, Cls.GBP_SEC_GROUP, g)
+            if sg in tree.mos:
+                addresses = [str(ip) for ip in ep.ip if ip != "slaac"]
+                tree.add(
+                    sg,
+                    Cls.PF_SEC_GROUP_MEMBER,
+                    ep.name,
+                    **{Prop.ENDPOINT: f"{tenant}/{ep.name}", Prop.IP: addresses},
+                )
+    for router in of("router"):
+        uri = tree.add(top, Cls.PF_ROUTER, router.name, **{Prop.NAME: router.name})
+        _relation(
+            tree,
+            uri,
+            Cls.PF_ROUTER_TO_ROUTING_DOMAIN_RSRC,
+            Cls.GBP_ROUTING_DOMAIN,
+            uri_of(tenant, Cls.GBP_ROUTING_DOMAIN, router.l3_context),
+        )
+        for name in router.interfaces:
+            bd = subnet_bd.get(name, "")
+            target = child(uri_of(tenant, Cls.GBP_SUBNETS, bd), Cls.GBP_SUBNET, name)
+            tree.add(
+                uri,
+                Cls.PF_ROUTER_INTERFACE,
+                name,
+                **{Prop.NAME: name, Prop.SUBNET: ref(Cls.GBP_SUBNET, target)},
+            )
+        gw = router.external_gateway
+        if gw is not None:
+            active, vtep = (gateways or {}).get(router.name, ("", ""))
+            tree.add(
+                uri,
+                Cls.PF_EXTERNAL_GATEWAY,
+                **{
+                    Prop.NETWORK: ref(Cls.PF_EXTERNAL_NETWORK, external_network_uri(gw.network)),
+                    Prop.SNAT: int(gw.snat),
+                    Prop.HOSTS: list(gw.hosts),
+                    Prop.IP: str(gw.ip or ""),
+                    Prop.ACTIVE_HOST: active,
+                    Prop.ACTIVE_TUNNEL_IP: vtep,
+                },
+            )
+    for fip in of("floating_ip"):
+        props = {
+            Prop.NAME: fip.name,
+            Prop.IP: str(fip.ip),
+            Prop.NETWORK: ref(Cls.PF_EXTERNAL_NETWORK, external_network_uri(fip.network)),
+        }
+        if fip.endpoint is not None:
+            props[Prop.ENDPOINT] = ref(Cls.PF_ENDPOINT, endpoint_uri(tenant, fip.endpoint))
+            props[Prop.ENDPOINT_KEY] = f"{tenant}/{fip.endpoint}"
+        tree.add(top, Cls.PF_FLOATING_IP, fip.name, **props)
+    return tree
+
+
+def global_tree(tenants: Sequence[str], networks: Sequence[o.ExternalNetwork]) -> Tree:
+    """The universe root (listing every PolicySpace) and the external networks."""
+    tree = Tree()
+    tree.root(Cls.POLICY_UNIVERSE, UNIVERSE)
+    tree.mos[UNIVERSE].children.extend(space(t) for t in sorted(tenants))
+    for net in networks:
+        tree.add(
+            UNIVERSE,
+            Cls.PF_EXTERNAL_NETWORK,
+            net.name,
+            **{
+                Prop.NAME: net.name,
+                Prop.CIDR: str(net.cidr),
+                Prop.GATEWAY_IP: str(net.gateway_ip),
+                Prop.PHYSICAL_NETWORK: net.physical_network or "",
+            },
+        )
+    return tree
+
+
+__all__ = ["global_tree", "tenant_tree"]

@@ -1,0 +1,263 @@
+"""The authority's OpFlex server: sessions, the handshake and dispatch to the three roles.
+
+``OpflexServer`` accepts agents' sessions, answers ``send_identity`` and
+routes every other request to the role that serves it:
+
+- ``PolicyRepository`` (``repository.py``): ``policy_resolve``/``unresolve``,
+  ``policy_update`` pushes;
+- ``EndpointRegistry`` (``registry.py``): ``endpoint_declare``/``undeclare``/
+  ``resolve``/``unresolve``, ``endpoint_update`` pushes;
+- ``Observer`` (``observer.py``): ``state_report``.
+
+It owns what spans the roles: the sessions (``peers``, and ``fan_out`` over
+them), the flush that pushes both kinds of change (a lone change at once, a
+burst coalesced into one push per ``coalesce`` seconds), the lease clock and
+the gateway election (``election.py``), which reads candidates from the
+repository's trees and live hosts from the observer and makes the
+repository rebuild what changed hands. The roles only know the callbacks it
+hands them. It also composes the REST views ``GET /v1/agents`` and
+``GET /v1/faults``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+from policyfabric.authority.opflex import peers as pe
+from policyfabric.authority.opflex.election import GatewayElection
+from policyfabric.authority.opflex.observer import Observer
+from policyfabric.authority.opflex.params import Identity, parse
+from policyfabric.authority.opflex.registry import EndpointRegistry, EndpointStateWriter
+from policyfabric.authority.opflex.repository import PolicyRepository, Trees, affected_tenants
+from policyfabric.authority.service import Authority
+from policyfabric.opflex.rpc import RpcError, Session
+from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
+from policyfabric.store.base import Change
+
+log = logging.getLogger(__name__)
+
+ROLES = ["policy_repository", "endpoint_registry", "observer"]
+
+
+class OpflexServer:
+    def __init__(
+        self,
+        authority: Authority,
+        *,
+        name: str = "policyfabric-authority",
+        domain: str = "policyfabric",
+        advertise: list[str] | None = None,
+        keepalive: float = 10.0,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        tls: ssl.SSLContext | None = None,
+        coalesce: float = 0.02,
+        lease_tick: float = 1.0,
+    ) -> None:
+        self.authority = authority
+        self.name, self.domain = name, domain
+        self.advertise = advertise or []
+        self.keepalive, self.max_frame, self.tls = keepalive, max_frame, tls
+        self.coalesce, self.lease_tick = coalesce, lease_tick
+        self.peers: dict[Session, pe.Peer] = {}
+        self.election = GatewayElection()
+        self.policy = PolicyRepository(
+            authority,
+            fan_out=self._fan_out,
+            schedule=self._schedule,
+            gateways=self.election.snapshot,
+            rebuilt=self._rebuilt,
+        )
+        states = EndpointStateWriter(authority)
+        self.registry = EndpointRegistry(states, fan_out=self._fan_out, schedule=self._schedule)
+        self.observer = Observer(states.queue, gateway_ports=self._elect)
+        self._last_flush = float("-inf")
+        self._flush: asyncio.TimerHandle | None = None
+        self._flushing = asyncio.Lock()
+        self._server: asyncio.AbstractServer | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.loop: asyncio.AbstractEventLoop | None = None
+
+    # ---- lifecycle
+    async def start(self, host: str, port: int) -> None:
+        self.loop = asyncio.get_running_loop()
+        await self.policy.rebuild({None, *self.authority.tenants()}, push=False)
+        self.authority.listeners.append(self._on_commit)
+        self._server = await asyncio.start_server(
+            self._accept, host, port, ssl=self.tls, limit=1 << 20, backlog=4096
+        )
+        if not self.advertise:
+            self.advertise = [f"{host}:{port}"]
+        self._spawn(self._leases())
+        log.info(
+            "opflex: listening on %s:%d%s (domain %s)",
+            host,
+            port,
+            " with TLS" if self.tls else "",
+            self.domain,
+        )
+
+    async def stop(self) -> None:
+        with contextlib.suppress(ValueError):
+            self.authority.listeners.remove(self._on_commit)
+        if self._server is not None:
+            self._server.close()
+        for session in list(self.peers):
+            await session.close("authority stopping")
+        for task in list(self._tasks):
+            task.cancel()
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # ---- sessions
+    async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        address = writer.get_extra_info("peername")
+        label = f"{address[0]}:{address[1]}" if address else "?"
+        # A peer that cannot take our data within two keepalive periods is as good as dead.
+        session = Session(
+            reader,
+            writer,
+            self._handle,
+            label=label,
+            max_frame=self.max_frame,
+            keepalive=self.keepalive,
+            write_timeout=max(2 * self.keepalive, 1.0),
+        )
+        self.peers[session] = pe.Peer(self._dialed(writer))
+        try:
+            await session.run()
+        finally:
+            self._closed(session)
+
+    def _closed(self, session: Session) -> None:
+        """Forget a session; its agent is disconnected unless a newer session replaced it."""
+        peer = self.peers.pop(session)
+        if peer.current and self.observer.disconnected(peer.agent or ""):
+            log.info("opflex: agent %s disconnected", peer.agent)
+            self._elect()
+
+    @staticmethod
+    def _dialed(writer: asyncio.StreamWriter) -> str:
+        sock = writer.get_extra_info("sockname")
+        return f"{sock[0]}:{sock[1]}" if sock else ""
+
+    async def _fan_out(
+        self, method: str, table: Callable[[pe.Peer], dict[str, float]], parts: dict[str, pe.Entries]
+    ) -> None:
+        await pe.fan_out(self.peers, method, table, parts)
+
+    # ---- dispatch
+    async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
+        if method == "send_identity":
+            return self._identity(session, parse(Identity, params)[0])
+        if not session.ready:
+            raise RpcError(Code.ESTATE, f"Unexpected request of type {method}")
+
+        handler = {
+            "policy_resolve": self.policy.resolve,
+            "policy_unresolve": self.policy.unresolve,
+            "endpoint_declare": self.registry.declare,
+            "endpoint_undeclare": self.registry.undeclare,
+            "endpoint_resolve": self.registry.resolve,
+            "endpoint_unresolve": self.registry.unresolve,
+            "state_report": self.observer.state_report,
+        }.get(method)
+        if handler is None:
+            raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
+        return await handler(self.peers[session], params)
+
+    def _identity(self, session: Session, ident: Identity) -> dict[str, Any]:
+        if ident.domain != self.domain:
+            raise RpcError(Code.EDOMAIN, f"Domain mismatch: this authority serves {self.domain!r}")
+        if "policy_element" not in ident.my_role:
+            raise RpcError(Code.EUNSUPPORTED, "only policy_element peers are served")
+        for other, other_peer in list(self.peers.items()):  # a reconnecting agent replaces its old session
+            if other is not session and other_peer.agent == ident.name:
+                other_peer.current = False
+                self._spawn(other.close("replaced by a new session of the same agent"))
+        peer = self.peers[session]
+        self.observer.connected(ident.name, ident.domain, session.label)
+        session.ready = True
+        peer.agent = ident.name
+        session.label = f"{ident.name}@{session.label}"
+        dialed = peer.dialed
+        peers = [dialed] + [a for a in self.advertise if a != dialed]
+        log.info("opflex: agent %s connected from %s", ident.name, session.label)
+        return {
+            "name": self.name,
+            "domain": self.domain,
+            "my_role": ROLES,
+            "peers": [{"role": ROLES, "connectivity_info": p} for p in peers],
+        }
+
+    # ---- changes and flushes
+    def _on_commit(self, changes: list[Change]) -> None:
+        """Called from the REST worker thread after each commit."""
+        tenants = affected_tenants(changes)
+        if self.loop is not None:
+            self.loop.call_soon_threadsafe(self.policy.mark_dirty, tenants)
+
+    def _schedule(self) -> None:
+        """A flush at once if none ran within ``coalesce`` (a lone change waits for nothing), else when
+        that much has passed since the last one began (a burst is pushed in few, larger updates)."""
+        if self._flush is None and self.loop is not None:
+            wait = max(0.0, self._last_flush + self.coalesce - self.loop.time())
+            self._flush = self.loop.call_later(wait, lambda: asyncio.ensure_future(self.flush()))
+
+    async def flush(self) -> None:
+        """Push what changed since the last flush, once per session."""
+        self._flush = None
+        if self.loop is not None:
+            self._last_flush = self.loop.time()
+        async with self._flushing:
+            dirty = self.policy.take_dirty()
+            epr = self.registry.take_changes()
+            if dirty:
+                await self.policy.rebuild(dirty, push=True)
+            if epr:
+                await self.registry.push(epr)
+
+    async def _leases(self) -> None:
+        while True:
+            await asyncio.sleep(self.lease_tick)
+            now = time.monotonic()
+            for peer in list(self.peers.values()):
+                peer.expire(now)
+            await self.registry.expire(now)
+
+    # ---- gateway HA
+    def _rebuilt(self, trees: Trees) -> None:
+        for tenant, tree in trees.items():
+            if tenant is not None:  # read once per rebuild of the tenant, not on every election
+                self.election.consider(tenant, tree)
+        self._elect()
+
+    def _elect(self) -> None:
+        """Re-run the gateway election; a change rebuilds the router's tenant (pushed at once)."""
+        changed = self.election.run(self.observer.gateway_hosts())
+        if changed:
+            self.policy.mark_dirty(changed)
+
+    # ---- REST views
+    def agents_json(self) -> list[dict[str, Any]]:
+        out = []
+        for agent in self.observer.agents.values():
+            subs = sum(len(p.subs) + len(p.ep_subs) for p in self.peers.values() if p.agent == agent.name)
+            item = agent.to_json(subs, self.registry.endpoints_of(agent.name))
+            item["gateway_for"] = self.election.routers_of(agent.name)
+            out.append(item)
+        return sorted(out, key=lambda a: a["name"])
+
+    def faults_json(self) -> list[dict[str, Any]]:
+        return self.observer.faults_json()
+
+
+__all__ = ["OpflexServer"]
