@@ -20,7 +20,7 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
-from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.gbp import Cls, endpoint_uri
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import space
 
@@ -85,9 +85,9 @@ class Declarer:
         return gone
 
     def _declare(self, iface_id: str, tenant: str, name: str, interface: str) -> None:
-        self.client.resolve("PolicySpace", space(tenant))
+        self.client.resolve(Cls.POLICY_SPACE, space(tenant))
         uri = endpoint_uri(tenant, name)
-        self.client.resolve("PfEndpoint", uri)
+        self.client.resolve(Cls.PF_ENDPOINT, uri)
         inputs = self._inputs(uri, interface)
         last = self._memo.get(iface_id)
         if last is not None and _same(last[0], inputs):
@@ -101,7 +101,7 @@ class Declarer:
             self.client.undeclare(old)  # the endpoint's MAC or bridge domain changed
         self.client.declare(decl.all)
         self.declared[iface_id] = decl.l2.uri
-        self.client.resolve_endpoints("EprL2Ep", bd_members_prefix(decl.bridge_domain))
+        self.client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(decl.bridge_domain))
 
     def _inputs(self, uri: str, interface: str) -> tuple[object, ...]:
         """Everything a declaration is computed from: MOs are replaced, never mutated, so identity

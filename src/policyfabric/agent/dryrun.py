@@ -17,7 +17,7 @@ from rich.table import Table
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
 from policyfabric.opflex.client import Peer, PolicyClient
-from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.gbp import Cls, endpoint_uri
 
 
 class DryRunAgent:
@@ -32,7 +32,7 @@ class DryRunAgent:
                 continue
             for mo in decl.all:
                 self.client.declare([mo])
-            self.client.resolve_endpoints("EprL2Ep", bd_members_prefix(decl.bridge_domain))
+            self.client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(decl.bridge_domain))
 
     def table(self) -> Table:
         table = Table(title=f"agent {self.client.name}: cache version {self.client.version}")
@@ -60,7 +60,7 @@ async def run_dry(
     client.on_change = lambda uris: agent.sync()
     runner = asyncio.create_task(client.run())
     for tenant, name in endpoints:
-        client.resolve("PfEndpoint", endpoint_uri(tenant, name))
+        client.resolve(Cls.PF_ENDPOINT, endpoint_uri(tenant, name))
     settled = await client.settled(timeout=15)
     agent.sync()
     settled = settled and await client.settled(timeout=15)

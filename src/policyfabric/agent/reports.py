@@ -22,6 +22,7 @@ import logging
 from collections.abc import Callable, Coroutine, Mapping
 from typing import Any, Protocol
 
+from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO
 
 log = logging.getLogger(__name__)
@@ -42,26 +43,24 @@ def endpoint_status(keys: set[str], counters: Mapping[str, int]) -> list[MO]:
     """ACTIVE for each endpoint (``TENANT/NAME``), then the agent's counters."""
     reports = [
         MO(
-            "PfEndpointStatus",
-            f"/PfEndpointStatus/{key.replace('/', '%2f')}/",
-            {"endpoint": key, "status": "ACTIVE"},
+            Cls.PF_ENDPOINT_STATUS,
+            f"/{Cls.PF_ENDPOINT_STATUS}/{key.replace('/', '%2f')}/",
+            {Prop.ENDPOINT: key, Prop.STATUS: "ACTIVE"},
         )
         for key in sorted(keys)
     ]
-    reports.append(MO("PfAgentCounters", "/PfAgentCounters/", dict(counters)))
+    reports.append(MO(Cls.PF_AGENT_COUNTERS, f"/{Cls.PF_AGENT_COUNTERS}/", dict(counters)))
     return reports
 
 
 def gateway_ports(tunnel_ip: str, networks: frozenset[str]) -> MO:
-    return MO(
-        "PfGatewayPorts", "/PfGatewayPorts/", {"tunnelIp": tunnel_ip, "externalNetworks": sorted(networks)}
-    )
+    props = {Prop.TUNNEL_IP: tunnel_ip, Prop.EXTERNAL_NETWORKS: sorted(networks)}
+    return MO(Cls.PF_GATEWAY_PORTS, f"/{Cls.PF_GATEWAY_PORTS}/", props)
 
 
 def fault(code: str, severity: str, description: str) -> MO:
-    return MO(
-        "PfFault", f"/PfFault/{code}/", {"code": code, "severity": severity, "description": description[:500]}
-    )
+    props = {Prop.CODE: code, Prop.SEVERITY: severity, Prop.DESCRIPTION: description[:500]}
+    return MO(Cls.PF_FAULT, f"/{Cls.PF_FAULT}/{code}/", props)
 
 
 class Reporter:

@@ -15,7 +15,7 @@ from typing import Protocol
 from policyfabric.agent.endpoints import bd_members_prefix
 from policyfabric.agent.renderers.ovs.pipeline import routed_bds
 from policyfabric.agent.view import Network
-from policyfabric.opflex.gbp import external_network_uri
+from policyfabric.opflex.gbp import Cls, external_network_uri
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import UNIVERSE
 
@@ -35,18 +35,18 @@ def subscribe_external(client: SubscribingClient, networks: Iterable[str], gatew
     """The external networks this host has a port on; on a gateway, every tenant (their routers
     may name this host)."""
     for name in networks:
-        client.resolve("PfExternalNetwork", external_network_uri(name))
+        client.resolve(Cls.PF_EXTERNAL_NETWORK, external_network_uri(name))
     if not gateway:
         return
-    client.resolve("PolicyUniverse", UNIVERSE)
+    client.resolve(Cls.POLICY_UNIVERSE, UNIVERSE)
     universe = client.policy.get(UNIVERSE)
     for uri in universe.children if universe else ():
         mo = client.policy.get(uri)
-        if mo is None or mo.subject == "PolicySpace":
-            client.resolve("PolicySpace", uri)
+        if mo is None or mo.subject == Cls.POLICY_SPACE:
+            client.resolve(Cls.POLICY_SPACE, uri)
 
 
 def learn_routed(client: SubscribingClient, net: Network) -> None:
     """To route to a subnet, learn the endpoints of its bridge domain."""
     for bd in routed_bds(net):
-        client.resolve_endpoints("EprL2Ep", bd_members_prefix(bd))
+        client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(bd))

@@ -27,13 +27,14 @@ from typing import Any
 
 from policyfabric import __version__
 from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update
+from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 
 log = logging.getLogger(__name__)
 
-EPR_SUBJECTS = frozenset({"EprL2Ep", "EprL3Ep"})
+EPR_SUBJECTS = frozenset({Cls.EPR_L2_EP, Cls.EPR_L3_EP})
 Peer = tuple[str, int]
 
 
