@@ -6,7 +6,8 @@ all of them or, if any fails (a refused overlap, a flow the ``verify`` hook reje
 A flow is identified as OVS identifies it, by table, priority and match *meaning* (``simmatch``),
 so an add replaces a flow with the same match spelled differently, as OVS would.
 ``delete_learned`` is OVS's: when the last flow with a ``learn(delete_learned)`` for a table and
-cookie goes, every flow in that table with that cookie goes, at that point of the bundle.
+cookie goes, every flow in that table with that cookie goes, including flows the same bundle
+added (OVS inserts a bundle's flows first, then settles the counts in order).
 
 **Overlaps.** Two flows overlap when they sit in one table at one priority and some packet
 could match both; OVS then picks either, so the outcome would depend on chance. At the end of
@@ -100,40 +101,36 @@ class FlowTables:
         self._learners: Counter[tuple[int, int]] = Counter()  # (table, cookie) → learn(delete_learned)s
         self._sorted: dict[int, list[Entry]] | None = None
 
-    def install(self, flow: Flow, cookie: int | None = None, learned: bool = False) -> Entry:
-        """Add (or replace, same key) one flow; the replaced flow's learners are counted out after
-        the new one's are counted in, as OVS does, so a replacement never flushes."""
+    def _put(self, flow: Flow, cookie: int | None = None, learned: bool = False) -> tuple[Entry, Entry | None]:
+        """Add (or replace, same key) one flow: the new entry and the one it replaced."""
         if self.verify is not None:
             self.verify(flow)
         e = entry(flow, cookie, learned)
-        self._learners.update(e.learns)
         old = self.entries.get(e.key)
         self.entries[e.key] = e
         self._sorted = None
-        if old is not None:
-            self._forget(old)
-        return e
+        return e, old
 
-    def remove(self, key: Key) -> Entry | None:
-        e = self.entries.pop(key, None)
-        if e is not None:
-            self._sorted = None
-            self._forget(e)
-        return e
+    def _pop(self, key: Key) -> Entry | None:
+        self._sorted = None
+        return self.entries.pop(key, None)
 
-    def _forget(self, e: Entry) -> None:
-        self._learners.subtract(e.learns)
-        for table, cookie in e.learns:
+    def _count(self, gained: Iterable[tuple[int, int]], lost: Iterable[tuple[int, int]]) -> None:
+        """OVS's delete_learned bookkeeping: when the last learning flow for a table and cookie
+        goes, every flow in that table with that cookie goes, whoever installed it."""
+        self._learners.update(gained)
+        for table, cookie in lost:
+            self._learners[table, cookie] -= 1
             if self._learners[table, cookie] <= 0:
                 del self._learners[table, cookie]
                 for k in [k for k, x in self.entries.items() if k[0] == table and x.cookie == cookie]:
-                    self.remove(k)
+                    self._pop(k)
 
     def learn(self, flow: Flow, cookie: int) -> None:
         """Install a flow a ``learn`` action made (replacing one with its key), checked like any."""
         saved = (dict(self.entries), Counter(self._learners))
         try:
-            self.check({self.install(flow, cookie, learned=True).key}, set())
+            self.check({self._put(flow, cookie, learned=True)[0].key}, set())
         except Exception:
             self._restore(saved)
             raise
@@ -143,28 +140,36 @@ class FlowTables:
         self._sorted = None
 
     def apply(self, commands: Iterable[Command]) -> None:
-        """One bundle: every command in order, then the overlap check; all or nothing."""
+        """One bundle, in OVS's two phases: every command changes the tables (start), then each,
+        in order, settles its learning flows' counts (finish), flushing what OVS would flush
+        against the tables as the whole bundle left them. Then the overlap check. All or nothing."""
         saved = (dict(self.entries), Counter(self._learners))
         dirty: set[Key] = set()
         conjunctions: set[int] = set()  # conjunction ids whose clauses changed
+        finish: list[tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = []
         try:
             for c in commands:
-                if isinstance(c, ReplaceFlows):
+                if isinstance(c, ReplaceFlows):  # ovs-ofctl's own diff: learned flows are not in it
                     self.entries.clear()
                     self._learners.clear()
-                    self._sorted = None
+                    finish.clear()
                     for f in c.flows:  # of two flows with one key the last wins, as in ovs-ofctl
-                        e = self.install(f)
+                        e, _ = self._put(f)
+                        self._learners.update(e.learns)
                         dirty.add(e.key)
                         conjunctions.update(cid for cid, _, _ in e.clauses)
                 elif isinstance(c, AddFlow):
-                    e = self.install(c.flow)
+                    e, old = self._put(c.flow)
+                    finish.append((e.learns, old.learns if old else ()))
                     dirty.add(e.key)
                     conjunctions.update(cid for cid, _, _ in e.clauses)
                 else:
-                    gone = self.remove(entry(c.flow).key)
+                    gone = self._pop(entry(c.flow).key)
+                    finish.append(((), gone.learns if gone else ()))
                     conjunctions.update(cid for cid, _, _ in (gone.clauses if gone else ()))
-            self.check(dirty, conjunctions)
+            for gained, lost in finish:
+                self._count(gained, lost)
+            self.check({k for k in dirty if k in self.entries}, conjunctions)
         except Exception:
             self._restore(saved)
             raise
