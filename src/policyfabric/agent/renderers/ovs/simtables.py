@@ -101,7 +101,9 @@ class FlowTables:
         self._learners: Counter[tuple[int, int]] = Counter()  # (table, cookie) → learn(delete_learned)s
         self._sorted: dict[int, list[Entry]] | None = None
 
-    def _put(self, flow: Flow, cookie: int | None = None, learned: bool = False) -> tuple[Entry, Entry | None]:
+    def _put(
+        self, flow: Flow, cookie: int | None = None, learned: bool = False
+    ) -> tuple[Entry, Entry | None]:
         """Add (or replace, same key) one flow: the new entry and the one it replaced."""
         if self.verify is not None:
             self.verify(flow)
