@@ -113,8 +113,8 @@ def test_planning_what_is_there_is_empty_and_a_first_sync_replaces_everything(fl
 def test_changed_flows_are_adds_and_removed_ones_strict_deletes() -> None:
     a, b = flow(0, 1, {"in_port": 1}, "output:2"), flow(0, 1, {"in_port": 2}, "output:1")
     assert plan(index([a, b]), index([replace(a, actions=("drop",))])) == [
-        AddFlow(replace(a, actions=("drop",))),
         DeleteFlow(b),
+        AddFlow(replace(a, actions=("drop",))),
     ]
 
 

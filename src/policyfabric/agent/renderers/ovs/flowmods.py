@@ -8,14 +8,8 @@ flow no longer wanted. Two interpreters read the same commands: the applier's ex
 (``applier.py``) turns them into one ``ovs-ofctl`` bundle, and the fake switch (``simulate.py``)
 applies them to its tables. This is ovsdbapp's habit, commands as values inside one transaction,
 and it is what lets the tests prove that a plan takes a switch from ``installed`` to exactly
-``desired`` and that replaying it changes nothing.
-
-Adds go before deletes. The order is invisible to traffic (a bundle commits at once), but not
-to OVS's ``delete_learned`` bookkeeping: when the last flow with a ``learn(delete_learned)`` for
-a table and cookie is deleted, OVS flushes every flow with that table and cookie, including flows
-added earlier in the same bundle. Replacing the external port's learning flow (a new ofport)
-with deletes first would take the new port's table 73 flows with it, and the mirror would not
-know. Adds first, the count never drops to zero.
+``desired`` and that replaying it changes nothing. Deletes come first, as in ``replace-flows``;
+within a bundle the order is invisible to traffic.
 """
 
 from __future__ import annotations
@@ -61,10 +55,9 @@ def plan(installed: Mapping[FlowKey, Flow] | None, desired: Mapping[FlowKey, Flo
     """The commands that make a bridge holding ``installed`` (None: unknown) hold ``desired``."""
     if installed is None:
         return [ReplaceFlows(tuple(desired.values()))]
-    commands: list[Command] = []
+    commands: list[Command] = [DeleteFlow(gone) for key, gone in installed.items() if key not in desired]
     for key, new in desired.items():
         old = installed.get(key)
         if old is not new and old != new:  # compiled flows are memoised: mostly the same object
             commands.append(AddFlow(new))
-    commands += [DeleteFlow(gone) for key, gone in installed.items() if key not in desired]
     return commands

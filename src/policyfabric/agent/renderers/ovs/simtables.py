@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 
-from policyfabric.agent.renderers.ovs.flowmods import AddFlow, Command, ReplaceFlows
+from policyfabric.agent.renderers.ovs.flowmods import AddFlow, Command, DeleteFlow, ReplaceFlows
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.simactions import Learn
 from policyfabric.agent.renderers.ovs.simmatch import Match, Packet
@@ -142,7 +142,7 @@ class FlowTables:
         self._sorted = None
 
     def apply(self, commands: Iterable[Command]) -> None:
-        """One bundle, in OVS's two phases: every command changes the tables (start), then each,
+        """One bundle, in OVS's two phases: every flow mod changes the tables (start), then each,
         in order, settles its learning flows' counts (finish), flushing what OVS would flush
         against the tables as the whole bundle left them. Then the overlap check. All or nothing."""
         saved = (dict(self.entries), Counter(self._learners))
@@ -150,31 +150,38 @@ class FlowTables:
         conjunctions: set[int] = set()  # conjunction ids whose clauses changed
         finish: list[tuple[tuple[tuple[int, int], ...], tuple[tuple[int, int], ...]]] = []
         try:
-            for c in commands:
-                if isinstance(c, ReplaceFlows):  # ovs-ofctl's own diff: learned flows are not in it
-                    self.entries.clear()
-                    self._learners.clear()
-                    finish.clear()
-                    for f in c.flows:  # of two flows with one key the last wins, as in ovs-ofctl
-                        e, _ = self._put(f)
-                        self._learners.update(e.learns)
+            for command in commands:
+                mods = self._replacing(command.flows) if isinstance(command, ReplaceFlows) else [command]
+                for c in mods:
+                    if isinstance(c, AddFlow):
+                        e, old = self._put(c.flow)
+                        finish.append((e.learns, old.learns if old else ()))
                         dirty.add(e.key)
                         conjunctions.update(cid for cid, _, _ in e.clauses)
-                elif isinstance(c, AddFlow):
-                    e, old = self._put(c.flow)
-                    finish.append((e.learns, old.learns if old else ()))
-                    dirty.add(e.key)
-                    conjunctions.update(cid for cid, _, _ in e.clauses)
-                else:
-                    gone = self._pop(entry(c.flow).key)
-                    finish.append(((), gone.learns if gone else ()))
-                    conjunctions.update(cid for cid, _, _ in (gone.clauses if gone else ()))
+                    else:
+                        gone = self._pop(entry(c.flow).key)
+                        finish.append(((), gone.learns if gone else ()))
+                        conjunctions.update(cid for cid, _, _ in (gone.clauses if gone else ()))
             for gained, lost in finish:
                 self._count(gained, lost)
             self.check({k for k in dirty if k in self.entries}, conjunctions)
         except Exception:
             self._restore(saved)
             raise
+
+    def _replacing(self, flows: Iterable[Flow]) -> list[AddFlow | DeleteFlow]:
+        """What ``ovs-ofctl replace-flows`` sends, in its order: strict deletes of the flows only the
+        switch has (learned ones included), then adds of those new or different. Of two flows with
+        one key in the file, the last wins."""
+        wanted = {entry(f).key: f for f in flows}
+        mods: list[AddFlow | DeleteFlow] = [
+            DeleteFlow(e.flow) for k, e in self.entries.items() if k not in wanted
+        ]
+        for k, f in wanted.items():
+            have = self.entries.get(k)
+            if have is None or have.learned or have.flow != f:
+                mods.append(AddFlow(f))
+        return mods
 
     def check(self, dirty: set[Key], conjunctions: set[int]) -> None:
         """Raise OverlapError for an overlap involving a ``dirty`` flow, or a conjunction whose clauses
