@@ -14,7 +14,7 @@ from typing import Any
 from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.flowmods import index, plan
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
-from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
+from policyfabric.agent.renderers.ovs.simulate import FakeSwitch, Result
 from policyfabric.agent.renderers.ovs.tables import NEIGHBOUR, OUTSIDE
 from policyfabric.agent.view import (
     Endpoint,
@@ -61,7 +61,7 @@ def switch(net: Network) -> FakeSwitch:
     return FakeSwitch(compile_pipeline(net, TUNNEL))
 
 
-def arp_on_public(sw: FakeSwitch, ip: str, mac: str, target: str = "203.0.113.99") -> Any:
+def arp_on_public(sw: FakeSwitch, ip: str, mac: str, target: str = "203.0.113.99") -> Result:
     """A neighbour on the public network asks for ``target``: the host learns where ``ip`` is."""
     return sw.send(
         {"in_port": PORT, "eth_type": "arp", "dl_src": mac, "dl_dst": "ff:ff:ff:ff:ff:ff", "arp_op": 1,
@@ -77,8 +77,8 @@ def from_outside(dst: str, dl_dst: str, src: str = INTERNET, dport: int = 80, sp
             **extra}  # fmt: skip
 
 
-def answer(request: dict[str, Any], header: dict[str, Any], in_port: int) -> dict[str, Any]:
-    """The reply to ``request`` as its receiver sends it back, from the header it received."""
+def answer(header: dict[str, Any], in_port: int) -> dict[str, Any]:
+    """The reply to a packet, as its receiver (on ``in_port``) sends it back: from the header it got."""
     return {**header, "in_port": in_port, "dl_src": header["dl_dst"], "dl_dst": header["dl_src"],
             "nw_src": header["nw_dst"], "nw_dst": header["nw_src"], "tp_src": header["tp_dst"],
             "tp_dst": header["tp_src"], "nw_ttl": 64}  # fmt: skip
@@ -86,7 +86,7 @@ def answer(request: dict[str, Any], header: dict[str, Any], in_port: int) -> dic
 
 def reply_from_outside(header: dict[str, Any]) -> dict[str, Any]:
     """What the outside sends back to a packet that left by the public port with ``header``."""
-    return {**answer({}, header, PORT), "dl_src": UPSTREAM_MAC, "dl_dst": header["dl_src"]}
+    return {**answer(header, PORT), "dl_src": UPSTREAM_MAC, "dl_dst": header["dl_src"]}
 
 
 def tunnelled(header: dict[str, Any]) -> dict[str, Any]:
@@ -112,7 +112,7 @@ def test_the_reply_leaves_snated_to_the_floating_ip_with_its_mac() -> None:
     arp_on_public(h1, PUBLIC.gateway_ip, UPSTREAM_MAC)
     request = from_outside(FIP.ip, FIP.mac)
     _, delivered = h1.send(request).only
-    port, header = h1.send(answer(request, delivered, WEB1.ofport or 0)).only
+    port, header = h1.send(answer(delivered, WEB1.ofport or 0)).only
     assert port == PORT
     assert (header["nw_src"], header["tp_src"], header["nw_dst"]) == (FIP.ip, 80, INTERNET)
     assert (header["dl_src"], header["dl_dst"]) == (FIP.mac, UPSTREAM_MAC)
@@ -198,6 +198,7 @@ def test_a_new_connection_inbound_to_the_snat_address_is_dropped() -> None:
     gw1 = switch(host("gw1", (), (APP1_REMOTE,)))
     arp_on_public(gw1, PUBLIC.gateway_ip, UPSTREAM_MAC)
     assert gw1.send(from_outside(GW.ip, ROUTER.mac, dport=8081)).dropped
+    assert gw1.conntrack.connections == []  # dropped before anything could commit it
     # nor does a stray segment of no connection (conntrack: invalid), to the gateway or a floating IP
     assert gw1.send(from_outside(GW.ip, ROUTER.mac, dport=8081, tcp_flags=0x10)).dropped
     h1 = switch(host("h1", (WEB1,)))

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,11 +218,3 @@ class Packet:
             return self.conj_id
         raw = self.get(name)
         return None if raw is None else to_int(name, raw)
-
-    def copy(self) -> Packet:
-        return Packet(dict(self.fields), dict(self.regs), self.ct_state, self.conj_id)
-
-
-def header(fields: Mapping[str, Any]) -> dict[str, Any]:
-    """What leaves a port: the header fields (registers and conntrack state stay behind)."""
-    return dict(fields)
