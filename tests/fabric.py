@@ -30,7 +30,7 @@ from typing import Any
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch, Result
-from policyfabric.agent.renderers.ovs.verify import check_pipeline
+from policyfabric.agent.renderers.ovs.verify import check_flow, check_pipeline
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
@@ -262,8 +262,8 @@ def pipeline(net: Network, tunnel: int | None = TUNNEL, *, enforce_policy: bool 
 
 
 def switch(net: Network, tunnel: int | None = TUNNEL, *, enforce_policy: bool = True) -> FakeSwitch:
-    """A fake switch holding ``net``'s checked pipeline."""
-    return FakeSwitch(pipeline(net, tunnel, enforce_policy=enforce_policy))
+    """A fake switch holding ``net``'s checked pipeline; flows it learns are checked too."""
+    return FakeSwitch(pipeline(net, tunnel, enforce_policy=enforce_policy), verify=check_flow)
 
 
 # --- packets ---

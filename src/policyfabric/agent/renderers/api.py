@@ -49,12 +49,14 @@ class RendererContext:
 
 @dataclass(frozen=True)
 class Applied:
-    """What an ``apply`` changed, for the agent's log ("+3 -1 in 12 ms")."""
+    """What an ``apply`` changed, for the agent's log ("+3 -1 in 12 ms"); ``full`` when the device
+    was rewritten whole (the Open vSwitch renderer's first sync after start) rather than patched."""
 
     added: int
     removed: int
     seconds: float
     detail: str = ""
+    full: bool = False
 
 
 class Renderer(ABC, Generic[Desired]):

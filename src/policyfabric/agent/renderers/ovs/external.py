@@ -51,6 +51,11 @@ from policyfabric.agent.renderers.ovs.tables import (
 from policyfabric.agent.view import Endpoint, ExternalNet, FloatingIp, Network, Router
 
 NEIGHBOUR_IDLE = 600  # seconds a learned next-hop MAC lives without traffic
+# The cookie of learned next hops: not the agent's own table 73 cookie, because when the last
+# learning flow goes (delete_learned) OVS flushes every flow of the table with the learn's cookie,
+# and a bundle that replaces the learning flow (the port under a new ofport) deletes the old one
+# before the new one counts: the port's new table 73 flows would go with the learned ones.
+LEARNED_COOKIE = COOKIE_BASE | 0x100 | NEIGHBOUR
 
 
 def transit_vni(router: Router) -> int:
@@ -119,7 +124,7 @@ def _learn(port: int) -> str:
     """From an ARP packet on external port ``port``: "to reach SPA, send to SHA out of this port"."""
     return (
         f"learn(table={NEIGHBOUR},priority=100,idle_timeout={NEIGHBOUR_IDLE},delete_learned,"
-        f"cookie={COOKIE_BASE | NEIGHBOUR:#x},NXM_NX_REG4[]={port},NXM_NX_REG9[]=NXM_OF_ARP_SPA[],"
+        f"cookie={LEARNED_COOKIE:#x},NXM_NX_REG4[]={port},NXM_NX_REG9[]=NXM_OF_ARP_SPA[],"
         "load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[],output:NXM_OF_IN_PORT[])"
     )
 

@@ -69,7 +69,7 @@ class OvsRenderer(api.Renderer[Bridge]):
             detail = f"full sync of {n} flows (OVS changes only those that differ)"
         else:
             detail = f"delta sync ({n} flows in all)"
-        return api.Applied(synced.added, synced.removed, synced.seconds, detail)
+        return api.Applied(synced.added, synced.removed, synced.seconds, detail, full=synced.full)
 
     def refresh_announcements(self) -> None:
         """Announce every address again (neighbours that missed it, expired caches). Blocking."""
