@@ -13,6 +13,24 @@ from dataclasses import dataclass
 
 COOKIE_BASE = 0x50460000  # "PF" + table: every flow the agent owns carries it
 
+# The NXM names the compiler's move/learn actions use, and the ovs-ofctl field each one is: what the
+# table-map checker (verify.py) and the fake switch (simactions.py) both read them as.
+NXM_FIELDS = {
+    "NXM_OF_IN_PORT": "in_port",
+    "NXM_OF_ETH_SRC": "dl_src",
+    "NXM_OF_ETH_DST": "dl_dst",
+    "NXM_OF_IP_SRC": "nw_src",
+    "NXM_OF_IP_DST": "nw_dst",
+    "NXM_OF_ARP_OP": "arp_op",
+    "NXM_OF_ARP_SPA": "arp_spa",
+    "NXM_OF_ARP_TPA": "arp_tpa",
+    "NXM_NX_ARP_SHA": "arp_sha",
+    "NXM_NX_ARP_THA": "arp_tha",
+    "NXM_NX_TUN_ID": "tun_id",
+    "NXM_NX_TUN_IPV4_DST": "tun_dst",
+    "NXM_NX_TUN_METADATA0": "tun_metadata0",
+}
+
 
 @dataclass(frozen=True, order=True)
 class Flow:

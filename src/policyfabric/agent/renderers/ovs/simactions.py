@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.renderers.ovs.flows import NXM_FIELDS, Flow
 from policyfabric.agent.renderers.ovs.simconntrack import Nat
 from policyfabric.agent.renderers.ovs.simmatch import (
     ALIASES,
@@ -23,21 +23,7 @@ from policyfabric.agent.renderers.ovs.simmatch import (
     width,
 )
 
-NXM_NAMES = {
-    "NXM_OF_IN_PORT": "in_port",
-    "NXM_OF_ETH_SRC": "dl_src",
-    "NXM_OF_ETH_DST": "dl_dst",
-    "NXM_OF_IP_SRC": "nw_src",
-    "NXM_OF_IP_DST": "nw_dst",
-    "NXM_OF_ARP_OP": "arp_op",
-    "NXM_OF_ARP_SPA": "arp_spa",
-    "NXM_OF_ARP_TPA": "arp_tpa",
-    "NXM_NX_ARP_SHA": "arp_sha",
-    "NXM_NX_ARP_THA": "arp_tha",
-    "NXM_NX_TUN_ID": "tun_id",
-    "NXM_NX_TUN_IPV4_DST": "tun_dst",
-    "NXM_NX_TUN_METADATA0": "tun_metadata0",
-}
+NXM_NAMES = NXM_FIELDS
 
 OXM_NAMES = {"dl_src": "eth_src", "dl_dst": "eth_dst"}  # how set_field spells them (and OVS dumps them)
 

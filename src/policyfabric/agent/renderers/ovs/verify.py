@@ -38,7 +38,7 @@ import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
-from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.renderers.ovs.flows import NXM_FIELDS, Flow
 from policyfabric.agent.renderers.ovs.tables import BY_NUMBER, REGISTERS, Table, goto
 
 IPV4 = frozenset({"ip", "tcp", "udp", "icmp"})
@@ -59,23 +59,7 @@ FIELDS: dict[str, frozenset[str]] = {
     "icmp_type": frozenset({"icmp", "icmp6"}),
     **dict.fromkeys(("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"), frozenset({"arp"})),
 }
-ALIASES = {  # ovs-ofctl's other names for the same fields
-    "eth_src": "dl_src",
-    "eth_dst": "dl_dst",
-    "NXM_OF_ETH_SRC": "dl_src",
-    "NXM_OF_ETH_DST": "dl_dst",
-    "NXM_OF_IP_SRC": "nw_src",
-    "NXM_OF_IP_DST": "nw_dst",
-    "NXM_OF_IN_PORT": "in_port",
-    "NXM_OF_ARP_OP": "arp_op",
-    "NXM_OF_ARP_SPA": "arp_spa",
-    "NXM_OF_ARP_TPA": "arp_tpa",
-    "NXM_NX_ARP_SHA": "arp_sha",
-    "NXM_NX_ARP_THA": "arp_tha",
-    "NXM_NX_TUN_ID": "tun_id",
-    "NXM_NX_TUN_IPV4_DST": "tun_dst",
-    "NXM_NX_TUN_METADATA0": "tun_metadata0",
-}
+ALIASES = {"eth_src": "dl_src", "eth_dst": "dl_dst", **NXM_FIELDS}  # ovs-ofctl's other names
 L4 = {("ip", "6"): "tcp", ("ip", "17"): "udp", ("ip", "1"): "icmp"}
 L4 |= {("ipv6", "6"): "tcp6", ("ipv6", "17"): "udp6", ("ipv6", "58"): "icmp6"}
 
