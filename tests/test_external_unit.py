@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import replace
 from typing import Any
 
+from policyfabric.agent.reader import policy_view
 from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.flowmods import index, plan
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
@@ -24,7 +25,6 @@ from policyfabric.agent.view import (
     RouterGateway,
     SecurityGroup,
     SgRule,
-    policy_view,
 )
 from policyfabric.authority.gateways import Candidate, GatewayHost, elect
 from policyfabric.authority.opflex.policy_tree import tenant_tree

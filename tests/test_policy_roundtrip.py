@@ -19,6 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from policyfabric.agent.endpoints import declaration
+from policyfabric.agent.reader import local_endpoint, policy_view, remote_endpoints
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
@@ -31,9 +32,6 @@ from policyfabric.agent.view import (
     RouterInterface,
     Rule,
     SgRule,
-    local_endpoint,
-    policy_view,
-    remote_endpoints,
     router_identity,
 )
 from policyfabric.authority.opflex.policy_tree import global_tree, tenant_tree

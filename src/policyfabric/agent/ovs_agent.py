@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric.agent.declarer import Declarer, split_iface_id
+from policyfabric.agent.reader import local_endpoint, policy_view, remote_endpoints
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
@@ -38,7 +39,7 @@ from policyfabric.agent.renderers.ovs.renderer import NAME as OVS
 from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
 from policyfabric.agent.reports import Reporter
 from policyfabric.agent.subscriptions import learn_routed, subscribe_external
-from policyfabric.agent.view import Network, local_endpoint, policy_view, remote_endpoints
+from policyfabric.agent.view import Network
 from policyfabric.opflex.client import Peer, PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
 
