@@ -1,1 +1,1 @@
-"""policyfabric.store"""
+"""Where intent is kept: the interface the authority needs (``base``) and SQLite (``sqlite``)."""
