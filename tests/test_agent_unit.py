@@ -8,6 +8,8 @@ import asyncio
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import pytest
+
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent, Rendering
 from policyfabric.agent.renderers import api
@@ -361,3 +363,36 @@ def test_every_renderer_is_applied_only_when_its_desired_state_changed() -> None
     asyncio.run(main())
     assert plugin.applies == 2 and agent.renderers[1].last == 0
     assert bridge.flows == set(compile_pipeline(replace(net, local=()), TUNNEL))
+
+
+class Failing(Counting):
+    """A plug-in whose device refuses the next ``fail`` applies."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.fail = 0
+
+    def apply(self, desired: int) -> api.Applied:
+        if self.fail:
+            self.fail -= 1
+            raise RuntimeError("device refused the change")
+        return super().apply(desired)
+
+
+def test_after_a_failed_apply_the_same_desired_state_is_applied_again() -> None:
+    """A applied, B refused, the view back to A: the device may hold part of B, so A goes again."""
+    agent = OvsAgent(AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock"))
+    plugin = Failing()
+    rendering = Rendering("failing", plugin)
+    a = replace(host("h1", (WEB1,)), tunnel_port=TUNNEL)
+    b = replace(a, local=())
+
+    async def main() -> None:
+        await agent._render(rendering, a)
+        plugin.fail = 1
+        with pytest.raises(RuntimeError):
+            await agent._render(rendering, b)
+        await agent._render(rendering, a)
+
+    asyncio.run(main())
+    assert plugin.applies == 2 and rendering.rendered and rendering.last == 1

@@ -149,6 +149,11 @@ def test_the_outside_reaches_only_what_groups_provide() -> None:
     h2 = switch(replace(host("h2", (APP1,)), floating_ips=(on_app1,)))
     assert h2.send(from_outside(on_app1.ip, on_app1.mac)).dropped
     assert h2.send(from_outside(on_app1.ip, on_app1.mac, dport=22)).dropped
+    # not for want of NAT: h2 answers for the floating IP, and app1 goes out through it
+    port, answered = arp_on_public(h2, PUBLIC.gateway_ip, UPSTREAM_MAC, target=on_app1.ip).only
+    assert port == PORT and (answered["arp_spa"], answered["arp_sha"]) == (on_app1.ip, on_app1.mac)
+    port, header = h2.send(routed(APP1, R1, INTERNET)).only
+    assert port == PORT and (header["nw_src"], header["dl_src"]) == (on_app1.ip, on_app1.mac)
 
 
 def test_without_a_port_on_the_network_a_host_does_no_nat() -> None:

@@ -46,25 +46,31 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports(path: Path) -> list[tuple[int, str]]:
-    """(line, imported module) of every ``policyfabric`` import in the file."""
+def imports(path: Path, module: str) -> list[tuple[int, str]]:
+    """(line, imported module) of every ``policyfabric`` import in the file of ``module``, relative
+    ones (``from ..lab import x``) resolved against where the file sits."""
     tree = ast.parse(path.read_text(), str(path))
+    package = module if path.name == "__init__.py" else module.rpartition(".")[0]
     out: list[tuple[int, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
             out += [(node.lineno, a.name) for a in node.names if a.name.startswith("policyfabric")]
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            if node.module == "policyfabric":  # from policyfabric import x: x is a layer (or __version__)
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                up = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*up, *([node.module] if node.module else [])])
+            if base == "policyfabric":  # from policyfabric import x: x is a layer (or __version__)
                 out += [(node.lineno, f"policyfabric.{a.name}") for a in node.names]
-            elif node.module.startswith("policyfabric."):
-                out.append((node.lineno, node.module))
+            elif base.startswith("policyfabric."):
+                out.append((node.lineno, base))
     return out
 
 
 def violations(path: Path, module: str) -> list[str]:
     """Each import of ``path`` (module ``module``) that climbs out of its layer, as ``file:line: ...``."""
     own, found = layer_of(module), []
-    for line, target in imports(path):
+    for line, target in imports(path, module):
         layer = layer_of(target)
         if layer == "" and target.split(".")[-1] not in ALLOWED:
             continue  # a package attribute such as __version__
@@ -103,6 +109,9 @@ def test_the_named_boundaries_hold(layer: str, forbidden: str) -> None:
         ("policyfabric.authority.probe", "import policyfabric.cli.main", False),
         ("policyfabric.model.probe", "from policyfabric import agent", False),
         ("policyfabric.agent.probe", "def f():\n    from policyfabric.client import Client", False),
+        ("policyfabric.agent.probe", "from ..lab.lab import Lab", False),
+        ("policyfabric.agent.renderers.probe", "from ... import cli", False),
+        ("policyfabric.agent.renderers.probe", "from ..view import Network", True),
         ("policyfabric.lab.probe", "from policyfabric.client import Client", True),
         ("policyfabric.cli.probe", "from policyfabric import __version__", True),
     ],

@@ -31,6 +31,7 @@ pytestmark = pytest.mark.integration  # a real authority process, agents over re
 
 CONTRACT = "/PolicyUniverse/PolicySpace/acme/GbpeL24Classifier/http.web-in/"
 EPG_WEB = uri_of("acme", "GbpEpGroup", "web")
+EPG_G = uri_of("other", "GbpEpGroup", "g")
 
 
 def apply(server: AuthorityProcess, path: Path = EXAMPLE) -> None:
@@ -87,6 +88,10 @@ class Agent:
         mo = self.client.policy.get(uri)
         return mo.properties.get(name) if mo else None
 
+    def changed_since(self, mark: int) -> set[str]:
+        """The URIs of every update applied after the first ``mark`` ones."""
+        return {u for _, uris in self.updates[mark:] for u in uris}
+
 
 async def until(check: Callable[[], bool], timeout: float = 5.0) -> float:
     """Wait for ``check``; returns the seconds it took."""
@@ -124,6 +129,13 @@ def test_a_rest_change_reaches_the_agents_that_resolved_it_and_no_others(
     api.ok("endpoint-groups", {"name": "g", "tenant": "other", "bridge_domain": "b"})
     api.ok("endpoints", {"name": "x1", "tenant": "other", "epg": "g", "ip": "10.9.0.5"})
 
+    async def barrier(agent: Agent, intra: str) -> None:
+        """A change to tenant other's EPG g, once ``agent`` has it."""
+        g = api.find("endpoint-groups", "other", "g")
+        assert g is not None
+        assert api.put("endpoint-groups", g["id"], {**g, "intra_group": intra}).status_code == 200
+        await until(lambda: agent.prop(EPG_G, "intraGroupPolicy") == intra)
+
     async def go() -> None:
         peers = [opflex_authority.opflex]
         web = await Agent("h1", peers, ["acme/web1"]).start()  # provides http
@@ -131,22 +143,27 @@ def test_a_rest_change_reaches_the_agents_that_resolved_it_and_no_others(
         other = await Agent("h3", peers, ["other/x1"]).start()
         try:
             assert web.prop(CONTRACT, "dFromPort") == 80 and app.prop(CONTRACT, "dFromPort") == 80
-            versions = {a.client.name: a.client.version for a in (web, app, other)}
+            seen = {a.client.name: len(a.updates) for a in (web, app, other)}
             assert set_http_port(api, 8080) == 200
             took = await until(
                 lambda: web.prop(CONTRACT, "dFromPort") == 8080 and app.prop(CONTRACT, "dFromPort") == 8080
             )
             print(f"contract change reached both agents in {took * 1000:.0f} ms")
-            await asyncio.sleep(0.3)
-            assert other.client.version == versions["h3"]  # not concerned: nothing sent
+            # not concerned, nothing sent: a later change that does concern h3 arrives alone (each
+            # session's pushes go in revision order, so an earlier one would have come first)
+            await barrier(other, "deny")
+            assert other.changed_since(seen["h3"]) == {EPG_G}
             # A change to EPG web reaches h1 (its endpoint is in web) and not h2.
-            versions = {a.client.name: a.client.version for a in (web, app, other)}
+            seen = {a.client.name: len(a.updates) for a in (web, app, other)}
             epg = api.find("endpoint-groups", "acme", "web")
             assert epg is not None
             assert api.put("endpoint-groups", epg["id"], {**epg, "intra_group": "deny"}).status_code == 200
             await until(lambda: web.prop(EPG_WEB, "intraGroupPolicy") == "deny")
-            await asyncio.sleep(0.3)
-            assert app.client.version == versions["h2"] and other.client.version == versions["h3"]
+            assert set_http_port(api, 8081) == 200  # h2's barrier: a change it does resolve
+            await until(lambda: app.prop(CONTRACT, "dFromPort") == 8081)
+            assert EPG_WEB not in app.changed_since(seen["h2"]) and CONTRACT in app.changed_since(seen["h2"])
+            await barrier(other, "allow")
+            assert other.changed_since(seen["h3"]) == {EPG_G}
         finally:
             for a in (web, app, other):
                 await a.stop()

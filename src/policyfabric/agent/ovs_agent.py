@@ -250,11 +250,16 @@ class OvsAgent:
         t1 = time.perf_counter()
         if rendering.rendered and rendering.last == desired:
             return t1 - t0, 0.0
+        # until this apply succeeds, the device's state is unknown (a failed bundle may have been
+        # half-sent): the next reconcile applies again even if the desired state is back to the last
+        # one applied, and the OVS applier then resyncs in full
+        rendering.rendered = False
         applied = await asyncio.to_thread(rendering.renderer.apply, desired)
         rendering.rendered, rendering.last = True, desired
         if applied.added or applied.removed:
             rendering.last_change = applied
-        log.info(
+        log.log(
+            logging.INFO if applied.added or applied.removed or applied.full else logging.DEBUG,
             "agent %s: renderer %s: +%d -%d in %.0f ms %s",
             self.config.host,
             rendering.name,

@@ -13,7 +13,6 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from policyfabric.agent.endpoints import bd_members_prefix
-from policyfabric.agent.renderers.ovs.pipeline import routed_bds
 from policyfabric.agent.view import Network
 from policyfabric.opflex.gbp import Cls, external_network_uri
 from policyfabric.opflex.mo import MO
@@ -48,5 +47,5 @@ def subscribe_external(client: SubscribingClient, networks: Iterable[str], gatew
 
 def learn_routed(client: SubscribingClient, net: Network) -> None:
     """To route to a subnet, learn the endpoints of its bridge domain."""
-    for bd in routed_bds(net):
+    for bd in net.routed_bds():
         client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(bd))

@@ -187,3 +187,16 @@ class Network:
     floating_ips: tuple[FloatingIp, ...] = ()
     host: str = ""  # this host's name (is it a router's active gateway?)
     tunnel_port: int | None = None  # this host's Geneve port on the bridge (None: no tunnel)
+
+    def is_active_gateway(self, router: Router) -> bool:
+        """This host is the router's elected SNAT gateway."""
+        gw = router.gateway
+        return bool(gw and gw.snat and self.host and gw.active_host == self.host)
+
+    def routed_bds(self) -> set[str]:
+        """Every bridge domain a router joins to one that has local endpoints (or of a router this
+        host is the gateway of: it routes replies back): the agent learns their endpoints from the
+        registry, to route to them."""
+        local_bds = {e.bd for e in self.local}
+        routers = [r for r in self.routers.values() if r.bds & local_bds or self.is_active_gateway(r)]
+        return {bd for r in routers for bd in r.bds}

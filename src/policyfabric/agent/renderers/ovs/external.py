@@ -89,11 +89,6 @@ def _v4(ep: Endpoint) -> str | None:
     return next((ip for ip in ep.ips if ":" not in ip), None)
 
 
-def is_active_gateway(router: Router, net: Network) -> bool:
-    gw = router.gateway
-    return bool(gw and gw.snat and net.host and gw.active_host == net.host)
-
-
 @dataclass(frozen=True)
 class LocalFip:
     fip: FloatingIp
@@ -277,7 +272,7 @@ def external_flows(net: Network, tunnel_port: int | None, local_bds: set[str]) -
             continue
         ext = net.external.get(gw.network)
         vrf = next((net.bds[i.bd].zone for i in router.interfaces if i.bd in net.bds), 0)
-        if is_active_gateway(router, net) and ext is not None and ext.ofport is not None:
+        if net.is_active_gateway(router) and ext is not None and ext.ofport is not None:
             flows += snat_gateway_flows(router, ext, tunnel_port, vrf)
         elif router.bds & local_bds and gw.snat and gw.active_vtep and tunnel_port is not None:
             flows += to_gateway_flows(router, tunnel_port)
@@ -309,7 +304,7 @@ def announcements(net: Network) -> list[Announcement]:
     for router in net.routers.values():
         gw = router.gateway
         ext = net.external.get(gw.network) if gw else None
-        if gw and ext and ext.ofport is not None and is_active_gateway(router, net):
+        if gw and ext and ext.ofport is not None and net.is_active_gateway(router):
             out.append(Announcement(ext.ofport, gw.ip, router.mac, ext.gateway_ip))
     return sorted(out, key=lambda a: (a.port, a.ip))
 

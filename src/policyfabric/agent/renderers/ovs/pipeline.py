@@ -28,7 +28,7 @@ from __future__ import annotations
 from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.flows import Flow, flow
 from policyfabric.agent.renderers.ovs.group_policy import policy
-from policyfabric.agent.renderers.ovs.routing import routed_bds, routing
+from policyfabric.agent.renderers.ovs.routing import routing
 from policyfabric.agent.renderers.ovs.secgroups import security_groups
 from policyfabric.agent.renderers.ovs.switching import classify, endpoint_flows, flooding, tunnel_output
 from policyfabric.agent.renderers.ovs.tables import OUTPUT, POLICY, goto
@@ -52,4 +52,4 @@ def compile_pipeline(net: Network, tunnel_port: int | None, enforce_policy: bool
     return list(dict.fromkeys(flows))  # unordered by design: the applier diffs by match
 
 
-__all__ = ["compile_pipeline", "routed_bds"]
+__all__ = ["compile_pipeline"]

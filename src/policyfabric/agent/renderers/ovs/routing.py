@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.switching import arp_reply, is_v6
 from policyfabric.agent.renderers.ovs.tables import (
@@ -53,7 +52,7 @@ def routing(net: Network, tunnel_port: int | None) -> list[Flow]:
     flows = [flow(ROUTING, 0, None, "drop")]
     local_bds = {e.bd for e in net.local}
     for router in sorted(net.routers.values(), key=lambda r: r.uri):
-        if not router.bds & local_bds and not external.is_active_gateway(router, net):
+        if not router.bds & local_bds and not net.is_active_gateway(router):
             continue
         for leg in router.interfaces:
             bd = net.bds.get(leg.bd)
@@ -68,17 +67,5 @@ def routing(net: Network, tunnel_port: int | None) -> list[Flow]:
                 continue
             flows += routed_flows(ep, bd, router.number, router.mac, tunnel_port or 0)
     return flows
-
-
-def routed_bds(net: Network) -> set[str]:
-    """Every bridge domain a router joins to one that has local endpoints: the agent learns their
-    endpoints (registry) to route to them."""
-    local_bds = {e.bd for e in net.local}
-    return {
-        bd
-        for r in net.routers.values()
-        if r.bds & local_bds or external.is_active_gateway(r, net)  # a gateway routes replies back
-        for bd in r.bds
-    }
 
 
