@@ -2,7 +2,7 @@
 
 One module read by both sides, so the authority that writes the managed
 objects (``authority/opflex/policy_tree.py``, the server) and the agents that
-read them (``agent/view.py``, ``agent/endpoints.py``) cannot drift apart: a
+read them (``agent/reader.py``, ``agent/endpoints.py``) cannot drift apart: a
 misspelt name is an ``AttributeError`` (and a mypy error), not an object
 silently missing from a view. The strings themselves are the wire format:
 libopflex peers and recorded exchanges depend on every byte, so they never

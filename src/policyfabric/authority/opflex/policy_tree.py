@@ -2,7 +2,7 @@
 
 Only the authority writes policy, so the translation lives here, next to the
 repository that serves and diffs its output (``repository.py``). Agents read
-the same objects through ``agent/view.py``; both sides spell classes and
+the same objects through ``agent/reader.py``; both sides spell classes and
 properties through ``opflex/gbp.py``. The layout is tabled in docs/opflex.md
 ("The model as managed objects"). Property order is the order on the wire:
 keep it when editing.

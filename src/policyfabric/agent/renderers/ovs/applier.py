@@ -39,7 +39,7 @@ TLV_MAP = "{class=0x5046,type=0x01,len=4}->tun_metadata0"
 # of 41 ms per two-flow bundle on a bridge with 2,000 ports.
 OFCTL = ("ovs-ofctl", "-O", "OpenFlow15", "--no-names")
 
-Runner = Callable[..., str]  # lab.sh.run's shape: run(argv, *, env=...) -> stdout
+Runner = Callable[..., str]  # policyfabric.sh.run's shape: run(argv, *, env=...) -> stdout
 
 
 def bundle_line(command: AddFlow | DeleteFlow) -> str:
@@ -78,7 +78,7 @@ def applied(commands: Sequence[Command], seconds: float) -> Applied:
 class FlowApplier:
     """One bridge: a mirror of what the agent installed, and the executor of planned commands.
 
-    ``run`` is how commands reach the machine (``lab.sh.run``'s signature); tests pass their own.
+    ``run`` is how commands reach the machine (``policyfabric.sh.run``'s signature); tests pass their own.
     """
 
     def __init__(self, target: str, env: Mapping[str, str] | None = None, *, run: Runner = run) -> None:
