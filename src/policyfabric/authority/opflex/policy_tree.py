@@ -192,24 +192,13 @@ def tenant_tree(
         bd = uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, epg.bridge_domain)
         bd_of_epg[epg.name] = bd
         _relation(tree, uri, Cls.GBP_EP_GROUP_TO_NETWORK_RSRC, Cls.GBP_BRIDGE_DOMAIN, bd)
-        for contract in epg.provides:
-            _relation(
-                tree,
-                uri,
-                Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC,
-                Cls.GBP_CONTRACT,
-                uri_of(tenant, Cls.GBP_CONTRACT, contract),
-                many=True,
-            )
-        for contract in epg.consumes:
-            _relation(
-                tree,
-                uri,
-                Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC,
-                Cls.GBP_CONTRACT,
-                uri_of(tenant, Cls.GBP_CONTRACT, contract),
-                many=True,
-            )
+        for relation, contracts in (
+            (Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC, epg.provides),
+            (Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC, epg.consumes),
+        ):
+            for contract in contracts:
+                target = uri_of(tenant, Cls.GBP_CONTRACT, contract)
+                _relation(tree, uri, relation, Cls.GBP_CONTRACT, target, many=True)
         tree.add(
             uri,
             Cls.GBPE_INST_CONTEXT,
