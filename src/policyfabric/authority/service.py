@@ -281,6 +281,11 @@ class Authority:
                         data[field] = value
                 if data == record.data:
                     continue
+                try:  # what an agent reported must read back (the OpFlex server checks it first)
+                    k.ENDPOINT.spec.model_validate(data)
+                except ValueError as exc:
+                    log.error("endpoint %s/%s: agent report not recorded: %s", u.tenant, u.name, exc)
+                    continue
                 revision = txn.next_revision()
                 updated = Record(record.kind, record.id, record.tenant, record.name, revision, data)
                 txn.put(updated, None, "update")

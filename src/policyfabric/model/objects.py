@@ -19,6 +19,8 @@ from policyfabric.model.types import (
     Cidr,
     EndpointAddresses,
     Ethertype,
+    Hostname,
+    InterfaceName,
     IPAddress,
     Mac,
     Name,
@@ -279,8 +281,8 @@ class Endpoint(TenantScoped):
     )
     mac: Mac | None = Field(None, description="unicast MAC; generated when left out")
     security_groups: NameList = Field(default_factory=list)
-    host: Name | None = None
-    interface: str | None = Field(None, min_length=1, max_length=255)
+    host: Hostname | None = Field(None, description="the host it is bound to (an RFC 1123 name)")
+    interface: InterfaceName | None = None
 
     def problems(self) -> list[Problem]:
         if self.epg is None and self.subnet is None:

@@ -48,6 +48,55 @@ Name = Annotated[
 ]
 
 
+# ---- host and interface names: what agents report, so what the store must always be able to read
+_HOST_LABEL = re.compile(r"[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?")
+HOSTNAME_MAX = 253
+_INTERFACE = re.compile(r"[A-Za-z0-9_.:@+-]{1,64}")
+INTERFACE_MAX = 64
+
+
+def check_hostname(value: object) -> str:
+    """An RFC 1123 host name, one label (``h1``) or several (``compute-1.example.com``): labels of
+    1-63 letters, digits and ``-`` not starting or ending with ``-``, 253 characters in all.
+    DNS names are case-insensitive, so ``H1`` and ``h1`` are one host: stored lower-case. Agents
+    are named after their hosts, and an agent's name is written into the endpoints it binds, so
+    this is also what keeps an agent from writing a record the store cannot read back."""
+    if not isinstance(value, str):
+        raise ValueError("must be a string")
+    # ASCII first: str.lower() maps some non-ASCII letters to ASCII ones (KELVIN SIGN -> 'k')
+    name = value.lower() if value.isascii() else ""
+    if not name or len(name) > HOSTNAME_MAX or not all(_HOST_LABEL.fullmatch(p) for p in name.split(".")):
+        raise ValueError(
+            f"{value[:80]!r} is not a host name: use labels of 1-63 letters, digits and '-' "
+            f"(not starting or ending with '-') joined by '.', at most {HOSTNAME_MAX} characters"
+        )
+    return name
+
+
+def check_interface(value: object) -> str:
+    """A network interface name as Linux and Open vSwitch spell them (``tap1``, ``eth0.100``,
+    ``vhu3f2a-01``): 1-64 of letters, digits and ``_.:@+-``, not ``.`` or ``..``. Agents report
+    it, so it is bounded like everything an agent can write."""
+    if not isinstance(value, str) or not _INTERFACE.fullmatch(value) or value in (".", ".."):
+        shown = value[:80] if isinstance(value, str) else type(value).__name__
+        raise ValueError(
+            f"{shown!r} is not an interface name: use 1-{INTERFACE_MAX} letters, digits and '_.:@+-'"
+        )
+    return value
+
+
+Hostname = Annotated[
+    str,
+    BeforeValidator(check_hostname),
+    WithJsonSchema({"type": "string", "maxLength": HOSTNAME_MAX, "description": "RFC 1123 host name"}),
+]
+InterfaceName = Annotated[
+    str,
+    BeforeValidator(check_interface),
+    WithJsonSchema({"type": "string", "pattern": "^[A-Za-z0-9_.:@+-]{1,64}$"}),
+]
+
+
 def parse_port(value: object) -> int | str:
     """``N`` or ``"N-M"`` with 1 <= N <= M <= 65535; ``"N-N"`` collapses to ``N``."""
     if isinstance(value, bool):
