@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric.authority.opflex import OpflexServer
-from policyfabric.authority.opflex.params import Identity
+from policyfabric.authority.opflex.identity import Credentials
 from policyfabric.authority.opflex.peers import Peer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex import wire
@@ -39,27 +39,75 @@ class _NullWriter:
         return ("127.0.0.1", 8009)
 
 
-class RecordingWriter(_NullWriter):
-    """Keeps what the server sends: ``messages()`` decodes it."""
+class _Buffer:
+    """A transport that says how much it holds unsent (what ``Session.post`` checks)."""
 
-    def __init__(self) -> None:
+    def __init__(self, writer: RecordingWriter) -> None:
+        self.writer = writer
+        self.aborted = False
+
+    def get_write_buffer_size(self) -> int:
+        return self.writer.unsent()
+
+    def abort(self) -> None:
+        self.aborted = True
+
+    def set_write_buffer_limits(self, high: int) -> None: ...
+
+
+class RecordingWriter(_NullWriter):
+    """Keeps what the server sends: ``messages()`` decodes it. A ``stalled`` one is a peer that
+    never reads: its bytes stay unsent and ``drain`` never returns."""
+
+    def __init__(self, stalled: bool = False) -> None:
         self.data = bytearray()
+        self.stalled = stalled
+        self.transport = _Buffer(self)
 
     def write(self, data: bytes) -> None:
         self.data += data
 
+    def unsent(self) -> int:
+        return len(self.data) if self.stalled else 0
+
+    async def drain(self) -> None:
+        if self.stalled:
+            await asyncio.Event().wait()
+
     def messages(self, method: str | None = None) -> list[dict[str, Any]]:
         """The messages sent so far (only requests of ``method``, if given)."""
-        out = [json.loads(f) for f in wire.FrameDecoder().feed(bytes(self.data))]
+        out = [json.loads(f) for f in wire.FrameDecoder(1 << 30).feed(bytes(self.data))]
         return [m for m in out if method is None or m.get("method") == method]
 
 
-def attach(server: OpflexServer, agent: str) -> tuple[Session, RecordingWriter]:
+def connect(
+    server: OpflexServer, credentials: Credentials | None = None, stalled: bool = False
+) -> tuple[Session, RecordingWriter]:
+    """A session before its handshake, with no socket behind it (``credentials``: what its TLS
+    transport would have proved)."""
+    writer = RecordingWriter(stalled)
+    session = Session(
+        asyncio.StreamReader(),
+        writer,  # type: ignore[arg-type]
+        server._handle,
+        label="test",
+        keepalive=server.keepalive,
+        send_queue=server.send_queue,
+    )
+    server.peers[session] = Peer("127.0.0.1:8009", credentials or Credentials())
+    return session, writer
+
+
+def identity(name: str) -> list[Any]:
+    return [{"proto_version": "1.0", "name": name, "domain": "policyfabric", "my_role": ["policy_element"]}]
+
+
+def attach(
+    server: OpflexServer, agent: str, credentials: Credentials | None = None, stalled: bool = False
+) -> tuple[Session, RecordingWriter]:
     """A session of ``agent`` that has done its handshake, with no socket behind it."""
-    writer = RecordingWriter()
-    session = Session(asyncio.StreamReader(), writer, server._handle, label=agent)  # type: ignore[arg-type]
-    server.peers[session] = Peer("127.0.0.1:8009")
-    server._identity(session, Identity(name=agent, domain="policyfabric", my_role=["policy_element"]))
+    session, writer = connect(server, credentials, stalled)
+    server._identity(session, identity(agent))
     return session, writer
 
 

@@ -401,7 +401,7 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         ctx = client_context(None, None, None)
         ca.configure_trust(ctx)
         if issuer is not None:
-            issuer.issue_cert("agent-h1").configure_cert(ctx)
+            issuer.issue_cert("h1").configure_cert(ctx)  # the agent's name: see test_opflex_trust_e2e.py
         return ctx
 
     async def go() -> None:
@@ -480,12 +480,13 @@ def test_handshake_lists_the_dialed_address(opflex_authority: AuthorityProcess) 
     result = raw.hello()
     assert result["peers"][0]["connectivity_info"] == f"127.0.0.1:{opflex_authority.opflex_port}"
     assert {"policy_repository", "endpoint_registry", "observer"} <= set(result["my_role"])
-    raw.send(
+    other = Raw(opflex_authority.opflex)
+    other.send(
         wire.request(
             "send_identity", 2, [{"name": "x", "domain": "elsewhere", "my_role": ["policy_element"]}]
         )
     )
-    assert raw.reply_to("send_identity")["error"]["code"] == "EDOMAIN"  # type: ignore[index]
+    assert other.reply_to("send_identity")["error"]["code"] == "EDOMAIN"  # type: ignore[index]
 
 
 def test_bad_input_gets_an_error_or_a_clean_close_and_other_sessions_live_on(

@@ -244,3 +244,161 @@ def test_server_dispatch_answers_any_params_with_a_result_or_an_rpc_error(
             await server.stop()
 
     asyncio.run(go())
+
+
+# ---- the protocol edge: depth, non-finite numbers, bounded params ------------------------------
+
+NOT_FINITE = [b"NaN", b"Infinity", b"-Infinity", b"1e400", b"-1e400"]
+
+
+def _invalid(text: str) -> Any:
+    raise AssertionError(f"{text} is not JSON")
+
+
+@pytest.mark.parametrize("depth", [wire.MAX_DEPTH, 1_000, 100_000])
+def test_deep_nesting_is_refused_and_the_session_kept(depth: int) -> None:
+    inner = b"[" * depth + b"]" * depth
+    msg = wire.parse(b'{"id":["echo",1],"method":"echo","params":[' + inner + b"]}")
+    assert isinstance(msg, wire.Malformed) and not msg.close
+    assert "nesting deeper than" in msg.reason
+    if depth < 1_000:  # decoded, then refused: the id is known, so the reply can name it
+        assert msg.id == ["echo", 1]
+    shallow = b"[" * (wire.MAX_DEPTH - 3) + b"]" * (wire.MAX_DEPTH - 3)
+    assert isinstance(
+        wire.parse(b'{"id":["echo",1],"method":"echo","params":[' + shallow + b"]}"), wire.Request
+    )
+
+
+@pytest.mark.parametrize("number", NOT_FINITE)
+def test_non_finite_numbers_are_refused_with_the_request_id(number: bytes) -> None:
+    msg = wire.parse(
+        b'{"id":["policy_resolve",4],"method":"policy_resolve","params":[{"prr":' + number + b"}]}"
+    )
+    assert isinstance(msg, wire.Malformed) and not msg.close
+    assert msg.id == ["policy_resolve", 4] and "not finite" in msg.reason
+    assert isinstance(wire.parse(number), wire.Malformed)
+    with pytest.raises(ValueError):
+        wire.encode({"x": float(number.decode().replace("Infinity", "inf"))})  # nothing invalid leaves
+
+
+@given(
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=4),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3),
+        max_leaves=30,
+    )
+)
+def test_whatever_parses_can_be_encoded_again(value: Any) -> None:
+    """A frame either is refused or holds only values that re-encode as valid JSON (an echo of it,
+    or a store holding it, is readable)."""
+    raw = json.dumps({"id": ["echo", 1], "method": "echo", "params": [value]}).encode()
+    msg = wire.parse(raw)
+    if isinstance(msg, wire.Request):
+        echoed = wire.encode(wire.result(msg.id, msg.params))[:-1]
+        assert json.loads(echoed, parse_constant=_invalid) == {"id": ["echo", 1], "result": [value]}
+    else:
+        assert isinstance(msg, wire.Malformed) and not msg.close and "not finite" in msg.reason
+
+
+def _json_values() -> st.SearchStrategy[Any]:
+    return st.recursive(
+        st.none()
+        | st.booleans()
+        | st.integers(-(10**30), 10**30)
+        | st.floats(allow_nan=False, allow_infinity=False)
+        | st.text(max_size=12)
+        | st.sampled_from(["h1", "acme/web1", "EprL2Ep", "x" * 300, "a.b.c", "-x", "policyfabric"]),
+        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+        max_leaves=12,
+    )
+
+
+def _mo() -> st.SearchStrategy[Any]:
+    prop = st.fixed_dictionaries(
+        {
+            "name": st.sampled_from(["uuid", "interfaceName", "mac", "ip", "tunnelIp", "x"]),
+            "data": _json_values(),
+        }
+    )
+    return st.fixed_dictionaries(
+        {
+            "subject": st.sampled_from(["EprL2Ep", "EprL3Ep", "GbpEpGroup", ""]),
+            "uri": st.sampled_from(["/EprL2Universe/EprL2Ep/a/b/", "/EprL3Universe/EprL3Ep/c/d/", "/", "x"]),
+            "properties": st.lists(prop, max_size=4),
+        },
+        optional={"children": st.lists(st.text(max_size=5), max_size=2), "parent_uri": _json_values()},
+    )
+
+
+IDENTITY = st.fixed_dictionaries(
+    {},
+    optional={
+        "proto_version": _json_values(),
+        "name": st.sampled_from(["h1", "H1.Example.COM", "h1\n", "", "a" * 300, "gw1", "x_y"])
+        | _json_values(),
+        "domain": st.sampled_from(["policyfabric", "elsewhere"]) | _json_values(),
+        "my_role": st.sampled_from([["policy_element"], ["observer"]]) | _json_values(),
+        "data": _json_values(),
+    },
+)
+DECLARE = st.fixed_dictionaries(
+    {},
+    optional={
+        "endpoint": st.lists(_mo(), max_size=3) | _json_values(),
+        "prr": st.integers(-(10**30), 10**30)
+        | st.sampled_from([10**400, -(10**400), 7200, 1])
+        | st.floats(allow_nan=False)
+        | _json_values(),
+    },
+)
+
+
+def _answer_through_a_session(method: str, params: list[Any], identified: bool) -> dict[str, Any]:
+    """Send one request through a real ``Session`` of an in-process server; its reply."""
+    import asyncio
+
+    from tests.opflex_harness import attach, connect, ready_server_session
+
+    async def go() -> dict[str, Any]:
+        server, _ = await ready_server_session()
+        session, seen = attach(server, "h9") if identified else connect(server)
+        frame = json.dumps(wire.request(method, 7, params)).encode()
+        await session._handle(wire.parse(frame))
+        await asyncio.sleep(0)
+        [reply] = [m for m in seen.messages() if m.get("id") == [method, 7]]
+        assert not session.closed.is_set(), "the session was dropped"
+        await server.stop()
+        return reply
+
+    return asyncio.run(go())
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(IDENTITY | _json_values(), max_size=2))
+def test_any_identity_gets_a_result_or_an_rpc_error_and_keeps_the_session(params: list[Any]) -> None:
+    reply = _answer_through_a_session("send_identity", params, identified=False)
+    if "error" in reply:
+        assert reply["error"]["code"] in {c.value for c in wire.Code}
+        assert reply["error"]["message"] != "internal error"
+    else:
+        assert reply["result"]["domain"] == "policyfabric"
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.lists(DECLARE | _json_values(), max_size=2))
+def test_any_declaration_gets_a_result_or_an_rpc_error_and_keeps_the_session(params: list[Any]) -> None:
+    reply = _answer_through_a_session("endpoint_declare", params, identified=True)
+    if "error" in reply:
+        assert reply["error"]["code"] in {c.value for c in wire.Code}
+        assert reply["error"]["message"] != "internal error"
+    else:
+        assert reply["result"] == {}
+
+
+@pytest.mark.parametrize("prr", [0, -1, 10**400, True, 7200.0, "7200", 86401])
+def test_a_lease_is_a_bounded_positive_integer(prr: Any) -> None:
+    params = [
+        {"subject": "GbpEpGroup", "policy_uri": "/PolicyUniverse/PolicySpace/t/GbpEpGroup/g/", "prr": prr}
+    ]
+    reply = _answer_through_a_session("policy_resolve", params, identified=True)
+    assert reply["error"]["code"] == "ERROR" and "Malformed message: prr" in reply["error"]["message"]

@@ -7,7 +7,12 @@ What every session does, whichever role it plays:
   stream cannot be trusted (oversized frame, notification, bad reply id);
 - keepalive: an echo after ``keepalive`` seconds of silence, and the session
   is dropped after ``4 x keepalive`` with nothing heard (half-open peers);
-- a peer that stops reading is dropped once writes stall ``write_timeout``.
+- a peer that stops reading is dropped once writes stall ``write_timeout``;
+- pushes (``post``: requests that get no success reply) never wait for the
+  peer: they go into the transport's buffer at once, so one server can push
+  to a thousand sessions without any slow one holding up the others. A
+  session whose unsent backlog would pass ``send_queue`` bytes is not reading
+  and is dropped, so a stalled peer holds neither time nor much memory.
 
 Each problem is logged once per session, so a misbehaving peer cannot flood
 the log.
@@ -27,6 +32,8 @@ from policyfabric.opflex import wire
 from policyfabric.opflex.wire import Code
 
 log = logging.getLogger(__name__)
+
+DEFAULT_SEND_QUEUE = 8 * 1024 * 1024  # unsent bytes a session may hold (beyond one frame, see post)
 
 
 class RpcError(Exception):
@@ -61,12 +68,14 @@ class Session:
         max_frame: int = wire.DEFAULT_MAX_FRAME,
         keepalive: float = 10.0,
         write_timeout: float = 10.0,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
         self.reader, self.writer, self.handler = reader, writer, handler
         self.label = label
         self.decoder = wire.FrameDecoder(max_frame)
         self.keepalive = keepalive
         self.write_timeout = write_timeout
+        self.send_queue = send_queue
         self.pending: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self.unacknowledged: dict[tuple[str, int], str] = {}
         self._xids = itertools.count(1)
@@ -115,13 +124,43 @@ class Session:
             if future.done() and not future.cancelled():
                 future.exception()  # mark it retrieved: the caller got SessionClosed from send() already
 
-    async def push(self, method: str, params: dict[str, Any]) -> None:
-        """Send a request that gets no success reply (policy_update, endpoint_update)."""
+    def backlog(self) -> int:
+        """Bytes written to the transport and not yet handed to the socket."""
+        try:
+            return int(self.writer.transport.get_write_buffer_size())
+        except Exception:  # no transport (tests), or it is gone
+            return 0
+
+    def post(self, method: str, params: dict[str, Any]) -> bool:
+        """Queue a request that gets no success reply (policy_update, endpoint_update, echo)
+        without waiting for the peer to read it; False if the session is closed or was just
+        dropped. A frame always goes into an empty queue (one large push is fine); one that would
+        take a non-empty backlog past ``send_queue`` bytes means the peer is not reading: the
+        session is dropped, logged once, rather than let it hold memory or anyone's time."""
+        if self.closed.is_set():
+            return False
         xid = next(self._xids)
+        data = wire.encode(wire.request(method, xid, [params]))
+        backlog = self.backlog()
+        if backlog and backlog + len(data) > self.send_queue:
+            reason = f"peer not reading: {backlog} bytes unsent, over the limit of {self.send_queue}"
+            self.log_once("backlog", "%s; dropping it", reason)
+            self._shut(reason, abort=True)
+            return False
         self.unacknowledged[(method, xid)] = method
         if len(self.unacknowledged) > 10000:  # remember recent ones only, to log their errors
             self.unacknowledged.pop(next(iter(self.unacknowledged)))
-        await self.send(wire.request(method, xid, [params]))
+        try:
+            self.writer.write(data)
+        except (ConnectionError, RuntimeError) as exc:
+            self._shut(f"write failed: {exc}")
+            return False
+        return True
+
+    async def push(self, method: str, params: dict[str, Any]) -> None:
+        """``post``, raising SessionClosed if it could not be queued."""
+        if not self.post(method, params):
+            raise SessionClosed(self.close_reason)
 
     # ---- receiving
     async def run(self) -> None:
@@ -200,7 +239,7 @@ class Session:
             )
             with contextlib.suppress(SessionClosed):
                 await self.send(wire.error(msg.id, err.code, err.message))
-            if err.code == Code.ESTATE:
+            if err.code == Code.ESTATE and not self.ready:
                 await self.close(f"{msg.method} before the handshake")
             return
         except SessionClosed:
@@ -212,7 +251,11 @@ class Session:
             return
         if value is not Session.NO_REPLY:
             with contextlib.suppress(SessionClosed):
-                await self.send(wire.result(msg.id, value))
+                try:
+                    await self.send(wire.result(msg.id, value))
+                except (ValueError, RecursionError):  # cannot be encoded as JSON: a bug, not the peer's
+                    log.exception("opflex %s: cannot encode the reply to %s", self.label, msg.method)
+                    await self.send(wire.error(msg.id, Code.ERROR, "internal error"))
 
     async def _keepalive(self) -> None:
         tick = max(self.keepalive / 4, 0.05)
@@ -223,12 +266,14 @@ class Session:
                 await self.close(f"peer silent for {idle:.1f}s (keepalive {self.keepalive:g}s)", abort=True)
                 return
             if idle >= self.keepalive:
-                with contextlib.suppress(SessionClosed):
-                    await self.push("echo", {"ts": int(time.time() * 1000)})
+                self.post("echo", {"ts": int(time.time() * 1000)})
 
     async def close(self, reason: str, abort: bool = False) -> None:
         """End the session. ``abort`` drops unsent data at once: for a peer that is
         gone or not reading, where a graceful close would wait for it forever."""
+        self._shut(reason, abort)
+
+    def _shut(self, reason: str, abort: bool = False) -> None:
         if self.closed.is_set():
             return
         self.close_reason = reason

@@ -4,16 +4,27 @@ Pure (no I/O), so the framer and the message classifier can be fuzzed.
 Follows libopflex's dialect (see docs/opflex.md): request ids are
 ``["<method>", <int>]`` and are echoed verbatim; every frame ends with a NUL
 byte; whitespace between frames is tolerated.
+
+What a peer sends is refused here, before anything acts on it, when it could
+hurt whoever handles it later: nesting deeper than ``MAX_DEPTH`` (OpFlex
+messages are about 8 deep; Python's decoder and every recursive consumer of
+the value give up near 1,000, taking the session with them) and numbers that
+are not finite (``NaN``, ``Infinity``, ``1e400``: not JSON, so a value echoed
+or stored with one is unreadable to the next reader). Both are ``ERROR``
+replies that keep the session, as for any malformed frame. ``encode`` refuses
+non-finite numbers too, so nothing invalid leaves either.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 
 DEFAULT_MAX_FRAME = 4 * 1024 * 1024
+MAX_DEPTH = 64  # arrays and objects within each other, the frame's own object counting as 1
 NUL = b"\0"
 
 
@@ -58,7 +69,7 @@ class FrameDecoder:
 
 def encode(message: dict[str, Any]) -> bytes:
     """One frame: compact JSON, then NUL."""
-    return json.dumps(message, separators=(",", ":"), ensure_ascii=False).encode() + NUL
+    return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + NUL
 
 
 @dataclass(frozen=True)
@@ -98,12 +109,54 @@ def valid_id(value: Any) -> bool:
     )
 
 
+class _NotFinite:
+    """Stands in, while decoding, for a number that is not finite (so the id can still be read)."""
+
+
+_NOT_FINITE = _NotFinite()
+
+
+def _number(text: str) -> float | _NotFinite:
+    value = float(text)
+    return value if math.isfinite(value) else _NOT_FINITE
+
+
+def _not_finite(text: str) -> _NotFinite:
+    return _NOT_FINITE
+
+
+def _problem(value: Any, limit: int = MAX_DEPTH) -> str | None:
+    """Why a decoded value must be refused (too deep, or holding a non-finite number), or None.
+    Iterative: the check itself must not be the recursion it guards against."""
+    stack = [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if depth > limit:
+            return f"nesting deeper than {limit} levels"
+        children = item.values() if isinstance(item, dict) else item
+        for child in children:
+            if isinstance(child, dict | list):
+                stack.append((child, depth + 1))
+            elif child is _NOT_FINITE:
+                return "a number that is not finite (NaN, Infinity or out of range)"
+    return None
+
+
 def parse(frame: bytes) -> Message:
     """Classify one frame. Never raises: bad input becomes Malformed."""
     try:
-        msg = json.loads(frame)
+        msg = json.loads(frame, parse_float=_number, parse_constant=_not_finite)
+    except RecursionError:
+        return Malformed(None, f"Malformed message: nesting deeper than {MAX_DEPTH} levels")
     except (ValueError, UnicodeDecodeError) as exc:
         return Malformed(None, f"Malformed message: not JSON ({exc})")
+    if isinstance(msg, list | dict):
+        problem = _problem(msg)
+        if problem is not None:
+            msg_id = msg.get("id") if isinstance(msg, dict) else None
+            return Malformed(msg_id if valid_id(msg_id) else None, f"Malformed message: {problem}")
+    elif msg is _NOT_FINITE:
+        return Malformed(None, "Malformed message: a number that is not finite")
     if not isinstance(msg, dict):
         return Malformed(None, "Malformed message: a message must be a JSON object")
     msg_id = msg.get("id")

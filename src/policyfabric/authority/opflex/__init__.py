@@ -2,8 +2,9 @@
 
 - ``server.py``: ``OpflexServer``, the façade: sessions, handshake, dispatch,
   flushes, leases, the REST views of agents and faults;
-- ``params.py``: request parameter models and ``parse``;
-- ``peers.py``: per-session state and ``fan_out`` (pushes to subscribers);
+- ``identity.py``: who a session is: its TLS credentials, and whether it may take a name;
+- ``params.py``: request parameter models and ``parse`` (the bounds on what a peer names);
+- ``peers.py``: per-session state and ``fan_out`` (pushes to subscribers, never awaited);
 - ``repository.py``: the policy repository (tenant trees, ``diff``, rebuilds);
 - ``policy_tree.py``: the stored model as GBP managed objects (the writer);
 - ``registry.py``: the endpoint registry and the batched endpoint-state writer;
@@ -11,7 +12,7 @@
 - ``election.py``: gateway HA wiring around the pure ``authority/gateways.py``.
 
 Dependencies point one way: ``server`` → the roles → ``params``/``peers``/
-``policy_tree`` → ``opflex/`` and ``model/``. The names of GBP classes and
+``identity``/``policy_tree`` → ``opflex/`` and ``model/``. The names of GBP classes and
 properties are in ``policyfabric/opflex/gbp.py``, shared with the agents.
 """
 

@@ -5,16 +5,27 @@ its gateway ports). ``state_report`` observables:
 
 - ``PfEndpointStatus`` sets an endpoint's REST ``status`` (through the
   registry's batched writer, handed in as ``record``; the reply to the
-  report means its statuses are stored);
+  report means its statuses are stored), but only for an endpoint the
+  reporting agent has declared (``owns``, the registry's): a host speaks for
+  its own endpoints. Others are ignored and counted (``reports_refused``);
 - ``PfFault`` raises or clears a fault, listed at ``GET /v1/faults``;
 - ``PfAgentCounters`` shows up at ``GET /v1/agents``;
 - ``PfGatewayPorts`` (from a gateway agent) says which external networks it
   can serve; ``gateway_ports`` is called so the server re-runs the election.
+
+Everything is filed under the session's agent, never under a name in the
+payload, and bounded: at most ``MAX_FAULTS`` faults per agent (the oldest
+go, counted in ``faults_dropped``), ``MAX_COUNTERS`` counters (new keys
+beyond go, counted in ``counters_dropped``), text fields cut to a few
+hundred characters. An agent that disconnected shows ``connected: false``
+and is forgotten, with its faults, ``forget_after`` seconds later, so names
+that come and go do not pile up.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -29,6 +40,14 @@ from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError
 from policyfabric.opflex.wire import Code
 
+log = logging.getLogger(__name__)
+
+MAX_FAULTS = 100  # per agent
+MAX_COUNTERS = 64  # keys per agent
+MAX_NETWORKS = 1024  # external networks a gateway may report a port on
+MAX_KEY, MAX_TEXT, MAX_DESCRIPTION = 64, 256, 1024  # characters
+INT64 = 1 << 63
+
 
 @dataclass
 class AgentInfo:
@@ -42,6 +61,9 @@ class AgentInfo:
     reports: int = 0
     tunnel_ip: str = ""
     external: frozenset[str] = frozenset()  # URIs of the external networks it has a port on
+    faults_dropped: int = 0  # faults pushed out by newer ones past MAX_FAULTS
+    counters_dropped: int = 0  # counter values not kept (past MAX_COUNTERS, or not a bounded value)
+    reports_refused: int = 0  # endpoint statuses for endpoints it has not declared
 
     def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
         return {
@@ -53,9 +75,12 @@ class AgentInfo:
             "last_seen": self.last_seen,
             "subscriptions": subscriptions,
             "endpoints": sorted(endpoints),
-            "counters": self.counters,
+            "counters": dict(self.counters),
             "reports": self.reports,
             "tunnel_ip": self.tunnel_ip,
+            "faults_dropped": self.faults_dropped,
+            "counters_dropped": self.counters_dropped,
+            "reports_refused": self.reports_refused,
         }
 
 
@@ -69,15 +94,32 @@ class Fault:
     time: float
 
 
+def text(value: Any, limit: int, default: str = "") -> str:
+    """A reported string, cut to ``limit`` characters; other types are not text."""
+    return value[:limit] if isinstance(value, str) else default
+
+
+def counter(value: Any) -> int | float | str | None:
+    """A counter value worth keeping (a bounded number or a short string), or None."""
+    if isinstance(value, bool) or not isinstance(value, int | float | str):
+        return None
+    if isinstance(value, int) and not -INT64 <= value < INT64:
+        return None
+    return text(value, MAX_TEXT) if isinstance(value, str) else value
+
+
 class Observer:
     def __init__(
         self,
         record: Callable[[EndpointState], Awaitable[bool]],
         gateway_ports: Callable[[], None],
+        owns: Callable[[str, tuple[str, str]], bool] = lambda agent, endpoint: True,
     ) -> None:
-        self._record, self._gateway_ports = record, gateway_ports
+        self._record, self._gateway_ports, self._owns = record, gateway_ports, owns
         self.agents: dict[str, AgentInfo] = {}
-        self.faults: dict[tuple[str, str, str], Fault] = {}  # (agent, code, uri) -> fault
+        # agent -> (code, uri) -> its fault, oldest first
+        self.faults: dict[str, dict[tuple[str, str], Fault]] = {}
+        self._warned: set[str] = set()  # agents already logged for reporting others' endpoints
 
     # ---- sessions
     def connected(self, name: str, domain: str, address: str) -> None:
@@ -92,6 +134,15 @@ class Observer:
         agent.connected, agent.last_seen = False, time.time()
         return True
 
+    def forget(self, before: float) -> list[str]:
+        """Drop the agents disconnected since before ``before`` (``time.time()``), and their faults."""
+        gone = [a.name for a in self.agents.values() if not a.connected and a.last_seen < before]
+        for name in gone:
+            del self.agents[name]
+            self.faults.pop(name, None)
+            self._warned.discard(name)
+        return gone
+
     # ---- requests
     async def state_report(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         agent_name = str(peer.agent)
@@ -105,51 +156,86 @@ class Observer:
                 except ValueError as exc:
                     raise RpcError(Code.ERROR, f"Malformed message: observable: {exc}") from None
         # all of a report's endpoint states go into one write; the reply means they are stored
-        await asyncio.gather(*(self._observe(agent_name, agent, mo) for mo in mos))
+        await asyncio.gather(*(self._observe(agent, mo) for mo in mos))
         return {}
 
-    async def _observe(self, agent_name: str, agent: AgentInfo, mo: MO) -> None:
+    async def _observe(self, agent: AgentInfo, mo: MO) -> None:
         props = mo.properties
         if mo.subject == Cls.PF_ENDPOINT_STATUS:
             key, status = props.get(Prop.ENDPOINT), props.get(Prop.STATUS)
             if isinstance(key, str) and "/" in key and status in ENDPOINT_STATUSES:
                 tenant, name = key.split("/", 1)
+                if not self._owns(agent.name, (tenant, name)):
+                    self._refuse(agent, key)
+                    return
                 await self._record(EndpointState(tenant, name, status=status))
         elif mo.subject == Cls.PF_FAULT:
-            code = str(props.get(Prop.CODE, "fault"))
-            fkey = (agent_name, code, str(props.get(Prop.URI, "")))
-            if props.get(Prop.SEVERITY) == "cleared":
-                self.faults.pop(fkey, None)
-            else:
-                self.faults[fkey] = Fault(
-                    agent_name,
-                    code,
-                    str(props.get(Prop.SEVERITY, "major")),
-                    str(props.get(Prop.DESCRIPTION, "")),
-                    props.get(Prop.URI),
-                    time.time(),
-                )
+            self._fault(agent, props)
         elif mo.subject == Cls.PF_AGENT_COUNTERS:
-            agent.counters.update({k: v for k, v in props.items() if isinstance(v, int | float | str)})
+            for key, value in props.items():
+                kept = counter(value)
+                if (
+                    kept is None
+                    or len(key) > MAX_KEY
+                    or (key not in agent.counters and len(agent.counters) >= MAX_COUNTERS)
+                ):
+                    agent.counters_dropped += 1
+                else:
+                    agent.counters[key] = kept
         elif mo.subject == Cls.PF_GATEWAY_PORTS:
             tunnel, nets = props.get(Prop.TUNNEL_IP), props.get(Prop.EXTERNAL_NETWORKS)
-            agent.tunnel_ip = tunnel if isinstance(tunnel, str) else ""
+            agent.tunnel_ip = text(tunnel, MAX_KEY)
             agent.external = (
-                frozenset(n for n in nets if isinstance(n, str)) if isinstance(nets, list) else frozenset()
+                frozenset(n[:MAX_DESCRIPTION] for n in nets[:MAX_NETWORKS] if isinstance(n, str))
+                if isinstance(nets, list)
+                else frozenset()
             )
             self._gateway_ports()
+
+    def _refuse(self, agent: AgentInfo, key: str) -> None:
+        agent.reports_refused += 1
+        if agent.name not in self._warned:  # once per agent: the count says the rest
+            self._warned.add(agent.name)
+            log.warning(
+                "opflex: agent %s reported the status of %s, which it has not declared: ignored",
+                agent.name,
+                key[:MAX_TEXT],
+            )
+
+    def _fault(self, agent: AgentInfo, props: dict[str, Any]) -> None:
+        code = text(props.get(Prop.CODE), MAX_KEY) or "fault"
+        uri = text(props.get(Prop.URI), MAX_DESCRIPTION)
+        mine = self.faults.setdefault(agent.name, {})
+        previous = mine.pop((code, uri), None)  # raised again: it becomes the newest
+        if props.get(Prop.SEVERITY) == "cleared":
+            if not mine:
+                del self.faults[agent.name]
+            return
+        if previous is None and len(mine) >= MAX_FAULTS:
+            del mine[next(iter(mine))]
+            agent.faults_dropped += 1
+        mine[(code, uri)] = Fault(
+            agent.name,
+            code,
+            text(props.get(Prop.SEVERITY), MAX_KEY, "major"),
+            text(props.get(Prop.DESCRIPTION), MAX_DESCRIPTION),
+            uri or None,
+            time.time(),
+        )
 
     # ---- views
     def gateway_hosts(self) -> dict[str, GatewayHost]:
         """The connected agents that can serve as gateways: what the election runs over."""
         return {
             a.name: GatewayHost(a.name, a.tunnel_ip, a.external)
-            for a in self.agents.values()
+            for a in list(self.agents.values())
             if a.connected and a.tunnel_ip and a.external
         }
 
     def faults_json(self) -> list[dict[str, Any]]:
-        return [f.__dict__ for f in sorted(self.faults.values(), key=lambda f: f.time)]
+        """Every agent's faults, oldest first (read from the REST thread: copies, not iterators)."""
+        found = [f for mine in list(self.faults.values()) for f in list(mine.values())]
+        return [dict(f.__dict__) for f in sorted(found, key=lambda f: f.time)]
 
 
 __all__ = ["AgentInfo", "Fault", "Observer"]

@@ -5,16 +5,31 @@ their shape (extra keys are allowed, as libopflex sends some we ignore);
 ``parse`` turns a failure into libopflex's ``ERROR`` "Malformed message" reply.
 Shared by the session dispatcher and the three role components, so it sits
 below all of them.
+
+Everything a peer names is bounded here, where it enters: an agent's name is
+a host name (it is written into endpoint records), a lease (``prr``) is a
+whole number of seconds from 1 to ``MAX_PRR`` (a float, a huge integer or
+``true`` is not a lease, and would overflow the clock it is added to), and
+subjects and URIs have a length limit (they are kept as subscription keys).
 """
 
 from __future__ import annotations
 
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
+from policyfabric.model.types import Hostname
 from policyfabric.opflex.rpc import RpcError
 from policyfabric.opflex.wire import Code
+
+MAX_PRR = 86400  # seconds: a day; agents renew at a third to a half of it (libopflex: 7200)
+MAX_URI = 4096  # characters; a registry URI holds an escaped bridge domain URI
+MAX_SUBJECT = 128
+
+Prr = Annotated[StrictInt, Field(ge=1, le=MAX_PRR)]
+Uri = Annotated[str, Field(max_length=MAX_URI)]
+Subject = Annotated[str, Field(max_length=MAX_SUBJECT)]
 
 
 class _Params(BaseModel):
@@ -23,34 +38,34 @@ class _Params(BaseModel):
 
 class Identity(_Params):
     proto_version: str = "1.0"
-    name: str
+    name: Hostname
     domain: str
     my_role: list[str]
 
 
 class Resolve(_Params):
-    subject: str
-    policy_uri: str
-    prr: int
+    subject: Subject
+    policy_uri: Uri
+    prr: Prr
 
 
 class Unresolve(_Params):
-    subject: str
-    policy_uri: str
+    subject: Subject
+    policy_uri: Uri
 
 
 class Declare(_Params):
     endpoint: list[dict[str, Any]]
-    prr: int
+    prr: Prr
 
 
 class EndpointRef(_Params):
-    subject: str
-    endpoint_uri: str
+    subject: Subject
+    endpoint_uri: Uri
 
 
 class EndpointResolve(EndpointRef):
-    prr: int
+    prr: Prr
 
 
 class Report(_Params):
@@ -76,6 +91,7 @@ def parse(model: type[P], params: list[Any]) -> list[P]:
 
 
 __all__ = [
+    "MAX_PRR",
     "Declare",
     "EndpointRef",
     "EndpointResolve",

@@ -5,24 +5,28 @@ its two subscription tables, one per role that pushes (the policy
 repository's ``subs``, the endpoint registry's ``ep_subs``). Each role writes
 only its own table, through the ``Peer`` a request arrives with. ``fan_out``
 is the one way a role pushes: it is handed to each role as a callback, so
-no role sees the others' sessions or state.
+no role sees the others' sessions or state. It queues each session's message
+and returns (``Session.post``): it never waits for a peer to read, so a slow
+or stalled peer delays nobody else (it is dropped once its backlog is too
+large).
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policyfabric.authority.opflex.identity import Credentials
 from policyfabric.opflex.mo import MO
-from policyfabric.opflex.rpc import Session
+from policyfabric.opflex.rpc import RpcError, Session
 from policyfabric.opflex.uri import under
+from policyfabric.opflex.wire import Code
 
+MAX_SUBSCRIPTIONS = 100_000  # per session and role
 Entries = list[tuple[str, dict[str, Any]]]  # (uri, wire form) of each MO in a push
-FanOut = Callable[[str, Callable[["Peer"], dict[str, float]], dict[str, Entries]], Awaitable[None]]
+FanOut = Callable[[str, Callable[["Peer"], dict[str, float]], dict[str, Entries]], None]
 
 
 @dataclass
@@ -30,10 +34,19 @@ class Peer:
     """What the server keeps about one session."""
 
     dialed: str  # the address the agent dialed: listed first in the handshake's peers
-    agent: str | None = None  # its name, once identified
+    credentials: Credentials = field(default_factory=Credentials)  # what its transport proved
+    accepted: float = field(default_factory=time.monotonic)  # when the connection was accepted
+    agent: str | None = None  # its name, once identified (once per session)
     current: bool = True  # False once a newer session of the same agent replaced it
     subs: dict[str, float] = field(default_factory=dict)  # policy URI -> lease expiry (monotonic)
     ep_subs: dict[str, float] = field(default_factory=dict)  # registry URI or prefix -> expiry
+
+    def subscribe(self, table: dict[str, float], uri: str, prr: int) -> None:
+        """Subscribe to ``uri`` in ``table`` (``subs`` or ``ep_subs``) for ``prr`` seconds; each
+        table holds at most ``MAX_SUBSCRIPTIONS`` (an agent holds one per object it resolved)."""
+        if uri not in table and len(table) >= MAX_SUBSCRIPTIONS:
+            raise RpcError(Code.ERROR, f"too many subscriptions: at most {MAX_SUBSCRIPTIONS} per session")
+        table[uri] = time.monotonic() + prr
 
     def expire(self, now: float) -> None:
         for table in (self.subs, self.ep_subs):
@@ -51,16 +64,15 @@ def refs(mos: list[MO]) -> Entries:
     return [(mo.uri, {"subject": mo.subject, "uri": mo.uri}) for mo in mos]
 
 
-async def fan_out(
+def fan_out(
     peers: Mapping[Session, Peer],
     method: str,
     table: Callable[[Peer], dict[str, float]],
     parts: dict[str, Entries],
 ) -> None:
-    """Send each session, in one message, the (uri, wire form) entries of ``parts`` that fall
+    """Queue for each session, in one message, the (uri, wire form) entries of ``parts`` that fall
     under its live subscriptions in ``table``; ``parts`` maps a payload field to its entries."""
     now = time.monotonic()
-    sends = []
     for session, peer in list(peers.items()):
         subs = [u for u, exp in table(peer).items() if exp > now]
         if not session.ready or not subs:
@@ -70,13 +82,7 @@ async def fan_out(
             for name, entries in parts.items()
         }
         if any(payload.values()):
-            sends.append(_send_quietly(session, method, payload))
-    await asyncio.gather(*sends)
+            session.post(method, payload)  # False: closed, or dropped for not reading
 
 
-async def _send_quietly(session: Session, method: str, params: dict[str, Any]) -> None:
-    with contextlib.suppress(Exception):
-        await session.push(method, params)
-
-
-__all__ = ["Entries", "FanOut", "Peer", "fan_out", "refs", "wire"]
+__all__ = ["MAX_SUBSCRIPTIONS", "Entries", "FanOut", "Peer", "fan_out", "refs", "wire"]

@@ -9,6 +9,13 @@ flush. Declaring an L2 endpoint that names a stored endpoint binds it in the
 REST API (host, interface, status ``BUILD``); its last L2 declaration going
 away sets it ``DOWN``. Those writes, and the statuses the observer receives,
 go through one ``EndpointStateWriter`` that batches them into few commits.
+
+Trust: an agent's declarations are filed under its (checked) name, and only
+that agent may undeclare them or report its endpoints' status (``declares``:
+the observer asks before it records a ``PfEndpointStatus``). What a
+declaration would write into the store (the ``interfaceName``) is checked
+with the model's own type first, so no agent can write a record the store
+cannot read back.
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ from typing import Any
 from policyfabric.authority.opflex.params import Declare, EndpointRef, EndpointResolve, parse
 from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
 from policyfabric.authority.service import Authority, EndpointState
+from policyfabric.model.types import check_interface
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError
@@ -91,11 +99,64 @@ class Declaration:
         return bool(self.mos[0]["subject"] == Cls.EPR_L2_EP)
 
 
+# ---- trust and bounds: who declared what ---------------------------------------------------
+class Declarations(dict[str, Declaration]):
+    """The declarations by registry URI, indexing which agents declared an interface (an L2
+    declaration) for each stored endpoint: what ``declares`` and ``endpoints_of`` read once per
+    status report and per agent, which a scan of every declaration would make quadratic. Written
+    only with ``d[uri] = decl``, ``d.pop(uri, None)`` and ``del d[uri]``, which keep the index."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.by_agent: dict[str, dict[tuple[str, str], int]] = {}  # agent -> endpoint -> L2 count
+
+    def _index(self, decl: Declaration, step: int) -> None:
+        if decl.endpoint is None or not decl.is_l2:
+            return
+        mine = self.by_agent.setdefault(decl.agent, {})
+        count = mine.get(decl.endpoint, 0) + step
+        if count > 0:
+            mine[decl.endpoint] = count
+        else:
+            mine.pop(decl.endpoint, None)
+            if not mine:
+                del self.by_agent[decl.agent]
+
+    def __setitem__(self, uri: str, decl: Declaration) -> None:
+        old = self.get(uri)
+        if old is not None:
+            self._index(old, -1)
+        super().__setitem__(uri, decl)
+        self._index(decl, 1)
+
+    def __delitem__(self, uri: str) -> None:
+        self._index(self[uri], -1)
+        super().__delitem__(uri)
+
+    def pop(self, uri: str, default: Any = None) -> Any:
+        if uri not in self:
+            return default
+        decl = self[uri]
+        del self[uri]
+        return decl
+
+
+def check_bounds(mo: MO) -> None:
+    """Refuse a declared MO whose fields would be written into the store unreadable."""
+    interface = mo.properties.get(Prop.INTERFACE_NAME)
+    if interface is not None:
+        try:
+            check_interface(interface)
+        except ValueError as exc:
+            raise RpcError(Code.ERROR, f"Malformed message: interfaceName: {exc}") from None
+
+
+# ---- the role ---------------------------------------------------------------------------------
 class EndpointRegistry:
     def __init__(self, states: EndpointStateWriter, *, fan_out: FanOut, schedule: Callable[[], None]) -> None:
         self._states = states
         self._fan_out, self._schedule = fan_out, schedule
-        self.declarations: dict[str, Declaration] = {}
+        self.declarations = Declarations()
         self._changed: Changes = {}
 
     # ---- requests
@@ -109,6 +170,8 @@ class EndpointRegistry:
             tops = [m for m in mos if m.subject in (Cls.EPR_L2_EP, Cls.EPR_L3_EP)]
             if not tops:
                 raise RpcError(Code.ERROR, "Malformed message: endpoint holds no EprL2Ep or EprL3Ep")
+            for top in tops:  # bounds: before anything of this entry is held or written
+                check_bounds(top)
             for top in tops:
                 subtree = [m.to_wire() for m in mos if m is top or (m.parent_uri or "").startswith(top.uri)]
                 key = top.properties.get(Prop.UUID)
@@ -138,7 +201,7 @@ class EndpointRegistry:
             raise RpcError(Code.EUNSUPPORTED, "Endpoint resolution by ident is not supported")
         found: list[dict[str, Any]] = []
         for entry in parse(EndpointResolve, params):
-            peer.ep_subs[entry.endpoint_uri] = time.monotonic() + max(entry.prr, 1)
+            peer.subscribe(peer.ep_subs, entry.endpoint_uri, entry.prr)
             for uri, decl in self.declarations.items():
                 if under(uri, entry.endpoint_uri):
                     found += decl.mos
@@ -199,16 +262,17 @@ class EndpointRegistry:
         changed = [mo for mo, deleted in changes.values() if not deleted]
         removed = [mo for mo, deleted in changes.values() if deleted]
         parts = {"replace": wire(changed), "delete": refs(removed)}
-        await self._fan_out("endpoint_update", lambda peer: peer.ep_subs, parts)
+        self._fan_out("endpoint_update", lambda peer: peer.ep_subs, parts)
 
     # ---- views
     def endpoints_of(self, agent: str) -> list[str]:
         """``TENANT/NAME`` of the stored endpoints ``agent`` declared an interface for."""
-        return [
-            f"{d.endpoint[0]}/{d.endpoint[1]}"
-            for d in self.declarations.values()
-            if d.agent == agent and d.endpoint is not None and d.is_l2
-        ]
+        return [f"{t}/{n}" for t, n in list(self.declarations.by_agent.get(agent, {}))]  # REST thread: a copy
+
+    def declares(self, agent: str, endpoint: tuple[str, str]) -> bool:
+        """Whether ``agent`` holds a live declaration of ``endpoint``'s interface: then, and only
+        then, it may report the endpoint's status."""
+        return endpoint in self.declarations.by_agent.get(agent, {})
 
 
 __all__ = ["Declaration", "EndpointRegistry", "EndpointStateWriter"]

@@ -8,6 +8,16 @@ rebuilds them (off the event loop), diffs each against its previous tree and
 sends one ``policy_update`` per session, holding only the changed MOs under
 that session's subscriptions.
 
+Read-your-writes: a resolve must see every write acknowledged before it
+arrived, though rebuilds are coalesced and run at the next flush. Each
+``mark_dirty`` numbers the change (``_marked``: the latest number per
+tenant); a rebuild records the number it covers (``_built``: the number
+taken when it read the dirty set, which is before it reads the store). A
+resolve that reads a tenant whose tree is behind its latest mark waits for
+the rebuild in progress or scheduled, not for the tenant to be clean (a
+tenant written to without pause would starve it); nothing else waits, and
+pushes go at the same pace as before.
+
 It talks to the rest of the server through its constructor: ``fan_out`` to
 push, ``schedule`` to ask for a flush, ``gateways`` for the election's
 current result (written into ``PfExternalGateway``) and ``rebuilt`` to hand
@@ -17,6 +27,7 @@ each fresh tree back (the election reads its candidates from it).
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -34,7 +45,10 @@ from policyfabric.opflex.uri import UNIVERSE, child, unescape
 from policyfabric.opflex.wire import Code
 from policyfabric.store.base import Change
 
+log = logging.getLogger(__name__)
+
 Trees = Mapping[str | None, Tree]  # tenant (None: the global tree) -> its tree
+FRESH_WAIT = 10.0  # seconds a resolve waits for a rebuild before answering from the tree it has
 
 
 def tenant_of(uri: str) -> str | None:
@@ -94,13 +108,20 @@ class PolicyRepository:
         self._gateways, self._rebuilt = gateways, rebuilt
         self.trees: dict[str | None, Tree] = {}
         self._dirty: set[str | None] = set()
+        self._mark = 0  # numbers the calls to mark_dirty
+        self._marked: dict[str | None, int] = {}  # tenant -> the number of its latest change
+        self._built: dict[str | None, int] = {}  # tenant -> the latest change its tree holds
+        self._taken = 0  # the number the dirty set was last taken at (what a running rebuild covers)
+        self._progress = asyncio.Event()  # set (then replaced) whenever a rebuild completes
 
     # ---- requests
     async def resolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         if any(isinstance(p, dict) and "policy_ident" in p for p in params):
             raise RpcError(Code.EUNSUPPORTED, "Policy resolution by ident is not supported")
         policy: list[dict[str, Any]] = []
-        for entry in parse(Resolve, params):
+        entries = parse(Resolve, params)
+        await self.fresh({tenant_of(e.policy_uri) for e in entries})
+        for entry in entries:
             tree = self.trees.get(tenant_of(entry.policy_uri))
             mos = tree.subtree(entry.policy_uri) if tree else []
             if mos and mos[0].subject != entry.subject:
@@ -108,7 +129,7 @@ class PolicyRepository:
                     Code.ERROR,
                     f"Unknown subject: {entry.subject} (the object at that URI is a {mos[0].subject})",
                 )
-            peer.subs[entry.policy_uri] = time.monotonic() + max(entry.prr, 1)
+            peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
             policy += [mo.to_wire() for mo in mos]
         return {"policy": policy}
 
@@ -120,15 +141,57 @@ class PolicyRepository:
     # ---- changes
     def mark_dirty(self, tenants: Iterable[str | None]) -> None:
         """Rebuild these trees at the next flush (None: the global tree)."""
-        self._dirty.update(tenants)
+        self._mark += 1
+        for tenant in tenants:
+            self._dirty.add(tenant)
+            self._marked[tenant] = self._mark
         self._schedule()
 
     def take_dirty(self) -> set[str | None]:
+        """The tenants to rebuild now; the rebuild that takes them covers every change marked so far
+        (it reads the store after this, and each change was committed before it was marked)."""
         dirty, self._dirty = self._dirty, set()
+        self._taken = self._mark
         return dirty
+
+    def behind(self, tenants: Iterable[str | None]) -> set[str | None]:
+        """Those of ``tenants`` whose tree misses a change marked before now."""
+        return {t for t in tenants if self._built.get(t, 0) < self._marked.get(t, 0)}
+
+    async def fresh(self, tenants: set[str | None]) -> None:
+        """Wait until the trees of ``tenants`` hold every change marked before the call (the
+        rebuild is already scheduled by ``mark_dirty``). Bounded: should rebuilds fail, the
+        resolve answers from the tree it has after ``FRESH_WAIT`` seconds, and says so."""
+        need = {t: self._marked[t] for t in self.behind(tenants)}
+        if not need:
+            return
+        deadline = time.monotonic() + FRESH_WAIT
+        while any(self._built.get(t, 0) < n for t, n in need.items()):
+            left = deadline - time.monotonic()
+            if left <= 0:
+                log.warning("opflex: a resolve did not wait for the rebuild of %s", sorted(map(str, need)))
+                return
+            self._schedule()  # in case the flush it was waiting for found nothing to do
+            try:
+                await asyncio.wait_for(self._progress.wait(), left)
+            except TimeoutError:
+                continue
+
+    def _built_up_to(self, tenants: Iterable[str | None], mark: int) -> None:
+        for tenant in tenants:
+            self._built[tenant] = max(self._built.get(tenant, 0), mark)
+        self._progress.set()
+        self._progress = asyncio.Event()
 
     async def rebuild(self, tenants: set[str | None], push: bool) -> None:
         """Rebuild ``tenants``' trees from the store; with ``push``, send what changed."""
+        covers = self._taken  # what the flush that called this took (0 before any change)
+        try:
+            await self._rebuild(tenants, push)
+        finally:  # even a failed build ends the wait of the resolves behind it: they answer from
+            self._built_up_to(tenants, covers)  # what there is, as they did before they waited
+
+    async def _rebuild(self, tenants: set[str | None], push: bool) -> None:
         gateways = dict(self._gateways())
         authority = self.authority
 
@@ -162,7 +225,7 @@ class PolicyRepository:
                 self.trees.pop(tenant, None)
         self._rebuilt(fresh)  # routers may have gained or lost an external gateway
         if push and (changed or merged or removed):
-            await self._fan_out(
+            self._fan_out(
                 "policy_update",
                 lambda peer: peer.subs,
                 {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},

@@ -17,6 +17,12 @@ repository's trees and live hosts from the observer and makes the
 repository rebuild what changed hands. The roles only know the callbacks it
 hands them. It also composes the REST views ``GET /v1/agents`` and
 ``GET /v1/faults``.
+
+The handshake is where trust is decided (``identity.py``): ``send_identity``
+is accepted once per session, for a host name that the client certificate
+carries (with a CA), and that no other live session holds. A refused
+handshake is an error reply; the session stays open and unidentified, so the
+peer may try again, until ``4 x keepalive`` after it connected.
 """
 
 from __future__ import annotations
@@ -31,12 +37,13 @@ from typing import Any
 
 from policyfabric.authority.opflex import peers as pe
 from policyfabric.authority.opflex.election import GatewayElection
+from policyfabric.authority.opflex.identity import check_name, credentials, may_take_over
 from policyfabric.authority.opflex.observer import Observer
 from policyfabric.authority.opflex.params import Identity, parse
 from policyfabric.authority.opflex.registry import EndpointRegistry, EndpointStateWriter
 from policyfabric.authority.opflex.repository import PolicyRepository, Trees, affected_tenants
 from policyfabric.authority.service import Authority
-from policyfabric.opflex.rpc import RpcError, Session
+from policyfabric.opflex.rpc import DEFAULT_SEND_QUEUE, RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 from policyfabric.store.base import Change
 
@@ -58,12 +65,18 @@ class OpflexServer:
         tls: ssl.SSLContext | None = None,
         coalesce: float = 0.02,
         lease_tick: float = 1.0,
+        forget_agents_after: float = 3600.0,
+        send_queue: int = DEFAULT_SEND_QUEUE,
     ) -> None:
+        """``forget_agents_after``: seconds a disconnected agent stays in ``GET /v1/agents`` (as
+        ``connected: false``). ``send_queue``: unsent bytes a session may hold before it is
+        dropped as not reading (pushes never wait for a peer)."""
         self.authority = authority
         self.name, self.domain = name, domain
         self.advertise = advertise or []
         self.keepalive, self.max_frame, self.tls = keepalive, max_frame, tls
         self.coalesce, self.lease_tick = coalesce, lease_tick
+        self.forget_agents_after, self.send_queue = forget_agents_after, send_queue
         self.peers: dict[Session, pe.Peer] = {}
         self.election = GatewayElection()
         self.policy = PolicyRepository(
@@ -75,7 +88,8 @@ class OpflexServer:
         )
         states = EndpointStateWriter(authority)
         self.registry = EndpointRegistry(states, fan_out=self._fan_out, schedule=self._schedule)
-        self.observer = Observer(states.queue, gateway_ports=self._elect)
+        self.observer = Observer(states.queue, gateway_ports=self._elect, owns=self.registry.declares)
+        self._probing: set[Session] = set()  # live sessions being asked whether they still are
         self._last_flush = float("-inf")
         self._flush: asyncio.TimerHandle | None = None
         self._flushing = asyncio.Lock()
@@ -130,8 +144,9 @@ class OpflexServer:
             max_frame=self.max_frame,
             keepalive=self.keepalive,
             write_timeout=max(2 * self.keepalive, 1.0),
+            send_queue=self.send_queue,
         )
-        self.peers[session] = pe.Peer(self._dialed(writer))
+        self.peers[session] = pe.Peer(self._dialed(writer), credentials(writer, self.tls))
         try:
             await session.run()
         finally:
@@ -149,15 +164,15 @@ class OpflexServer:
         sock = writer.get_extra_info("sockname")
         return f"{sock[0]}:{sock[1]}" if sock else ""
 
-    async def _fan_out(
+    def _fan_out(
         self, method: str, table: Callable[[pe.Peer], dict[str, float]], parts: dict[str, pe.Entries]
     ) -> None:
-        await pe.fan_out(self.peers, method, table, parts)
+        pe.fan_out(self.peers, method, table, parts)
 
     # ---- dispatch
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
         if method == "send_identity":
-            return self._identity(session, parse(Identity, params)[0])
+            return self._identity(session, params)
         if not session.ready:
             raise RpcError(Code.ESTATE, f"Unexpected request of type {method}")
 
@@ -174,29 +189,66 @@ class OpflexServer:
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
         return await handler(self.peers[session], params)
 
-    def _identity(self, session: Session, ident: Identity) -> dict[str, Any]:
+    def _identity(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        """The handshake: once per session, a host name its certificate carries (with a CA), held
+        by no other live session unless that one has the same certificate (``identity.py``)."""
+        peer = self.peers[session]
+        if peer.agent is not None:  # nothing is re-labelled, nothing grows
+            raise RpcError(Code.ESTATE, f"already identified as {peer.agent}: send_identity is accepted once")
+        ident = parse(Identity, params)[0]
         if ident.domain != self.domain:
             raise RpcError(Code.EDOMAIN, f"Domain mismatch: this authority serves {self.domain!r}")
         if "policy_element" not in ident.my_role:
             raise RpcError(Code.EUNSUPPORTED, "only policy_element peers are served")
-        for other, other_peer in list(self.peers.items()):  # a reconnecting agent replaces its old session
-            if other is not session and other_peer.agent == ident.name:
-                other_peer.current = False
-                self._spawn(other.close("replaced by a new session of the same agent"))
-        peer = self.peers[session]
-        self.observer.connected(ident.name, ident.domain, session.label)
+        name = ident.name
+        try:
+            check_name(name, peer.credentials)
+        except RpcError as err:
+            log.warning("opflex %s: identity %s refused: %s", session.label, name, err.message)
+            raise
+        for other, other_peer in list(self.peers.items()):
+            if other is session or other_peer.agent != name or not other_peer.current:
+                continue
+            if other.closed.is_set():
+                continue
+            if not may_take_over(peer.credentials, other_peer.credentials):
+                self._probe(other)
+                log.warning("opflex %s: identity %s refused: a live session holds it", session.label, name)
+                raise RpcError(Code.ERROR, f"agent {name} already has a live session (retry once it is gone)")
+            other_peer.current = False  # the same certificate: the agent reconnected
+            self._spawn(other.close("replaced by a new session with the same certificate"))
+        self.observer.connected(name, ident.domain, session.label)
         session.ready = True
-        peer.agent = ident.name
-        session.label = f"{ident.name}@{session.label}"
+        peer.agent = name
+        session.label = f"{name}@{session.label}"  # once: a session is identified once
         dialed = peer.dialed
         peers = [dialed] + [a for a in self.advertise if a != dialed]
-        log.info("opflex: agent %s connected from %s", ident.name, session.label)
+        log.info("opflex: agent %s connected from %s (%s)", name, session.label, peer.credentials.label)
         return {
             "name": self.name,
             "domain": self.domain,
             "my_role": ROLES,
             "peers": [{"role": ROLES, "connectivity_info": p} for p in peers],
         }
+
+    def _probe(self, session: Session) -> None:
+        """Ask a live session, claimed by a newcomer, whether it is still there: one that does not
+        answer an echo within a keepalive period is closed, so the agent gets its name back."""
+        if session in self._probing:
+            return
+        self._probing.add(session)
+
+        async def probe() -> None:
+            try:
+                await session.call("echo", [{"ts": int(time.time() * 1000)}], timeout=self.keepalive)
+            except TimeoutError:
+                await session.close("silent while another session claimed its name", abort=True)
+            except (RpcError, SessionClosed):
+                pass  # it answered (an error is an answer), or it is gone already
+            finally:
+                self._probing.discard(session)
+
+        self._spawn(probe())
 
     # ---- changes and flushes
     def _on_commit(self, changes: list[Change]) -> None:
@@ -220,18 +272,29 @@ class OpflexServer:
         async with self._flushing:
             dirty = self.policy.take_dirty()
             epr = self.registry.take_changes()
-            if dirty:
-                await self.policy.rebuild(dirty, push=True)
-            if epr:
-                await self.registry.push(epr)
+            try:
+                if dirty:
+                    await self.policy.rebuild(dirty, push=True)
+                if epr:
+                    await self.registry.push(epr)
+            except Exception:  # run by a timer: nobody else would see it
+                log.exception("opflex: flush failed")
 
     async def _leases(self) -> None:
         while True:
             await asyncio.sleep(self.lease_tick)
-            now = time.monotonic()
-            for peer in list(self.peers.values()):
-                peer.expire(now)
-            await self.registry.expire(now)
+            self.tick(time.monotonic())
+            await self.registry.expire(time.monotonic())
+
+    def tick(self, now: float) -> None:
+        """Expire subscriptions; close sessions still unidentified ``4 x keepalive`` after they
+        connected; forget agents gone for ``forget_agents_after`` (``now``: monotonic)."""
+        for session, peer in list(self.peers.items()):
+            peer.expire(now)
+            if peer.agent is None and now - peer.accepted > 4 * self.keepalive:
+                self._spawn(session.close("no identity within 4 x keepalive", abort=True))
+        for name in self.observer.forget(time.time() - self.forget_agents_after):
+            log.info("opflex: agent %s forgotten (disconnected for %gs)", name, self.forget_agents_after)
 
     # ---- gateway HA
     def _rebuilt(self, trees: Trees) -> None:
@@ -248,10 +311,14 @@ class OpflexServer:
 
     # ---- REST views
     def agents_json(self) -> list[dict[str, Any]]:
+        """Read from the REST thread: it works on copies of the loop's tables."""
+        subs: dict[str, int] = {}
+        for p in list(self.peers.values()):
+            if p.agent is not None:
+                subs[p.agent] = subs.get(p.agent, 0) + len(p.subs) + len(p.ep_subs)
         out = []
-        for agent in self.observer.agents.values():
-            subs = sum(len(p.subs) + len(p.ep_subs) for p in self.peers.values() if p.agent == agent.name)
-            item = agent.to_json(subs, self.registry.endpoints_of(agent.name))
+        for agent in list(self.observer.agents.values()):
+            item = agent.to_json(subs.get(agent.name, 0), self.registry.endpoints_of(agent.name))
             item["gateway_for"] = self.election.routers_of(agent.name)
             out.append(item)
         return sorted(out, key=lambda a: a["name"])

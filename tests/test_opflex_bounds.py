@@ -1,0 +1,199 @@
+"""What an agent can make the authority hold or write is bounded: faults and counters per agent,
+forgotten agents, per-session send backlogs (a stalled peer delays nobody), and the fields it
+writes into endpoint records (the store stays readable whatever an agent sends). In process."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policyfabric.agent.endpoints import declaration
+from policyfabric.authority.opflex import OpflexServer
+from policyfabric.authority.opflex.observer import MAX_COUNTERS, MAX_FAULTS
+from policyfabric.authority.service import Authority, EndpointState
+from policyfabric.model.kinds import BY_NAME as K
+from policyfabric.opflex.gbp import Cls, Prop
+from policyfabric.opflex.mo import MO
+from policyfabric.opflex.rpc import RpcError
+from policyfabric.opflex.uri import space
+from policyfabric.store.sqlite import SqliteStore
+from tests.opflex_harness import attach
+from tests.test_opflex_roles import authority_with_a_router, report, web1
+
+
+async def started(authority: Authority, **kw: Any) -> OpflexServer:
+    server = OpflexServer(authority, **kw)
+    server.loop = asyncio.get_running_loop()
+    await server.policy.rebuild({None, *authority.tenants()}, push=False)
+    return server
+
+
+def fault(code: str, severity: str = "major", **extra: Any) -> MO:
+    return MO(Cls.PF_FAULT, f"/PfFault/{code}/", {Prop.CODE: code, Prop.SEVERITY: severity, **extra})
+
+
+# ---- what the observer keeps ---------------------------------------------------------------
+
+
+def test_faults_are_capped_per_agent_oldest_first_and_the_drops_counted(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = await started(authority_with_a_router(tmp_path))
+        h1, _ = attach(server, "h1")
+        h2, _ = attach(server, "h2")
+        await report(server, h2, fault("h2-only"))
+        for i in range(0, MAX_FAULTS + 50, 25):
+            await report(server, h1, *(fault(f"f{j}") for j in range(i, i + 25)))
+        mine = [f["code"] for f in server.faults_json() if f["agent"] == "h1"]
+        assert mine == [f"f{j}" for j in range(50, MAX_FAULTS + 50)]  # the oldest 50 went
+        assert [f["code"] for f in server.faults_json() if f["agent"] == "h2"] == ["h2-only"]
+        views = {a["name"]: a for a in server.agents_json()}
+        assert (views["h1"]["faults_dropped"], views["h2"]["faults_dropped"]) == (50, 0)
+        # raising one again makes it the newest (not a new one), clearing removes it, and fields are cut
+        await report(server, h1, fault("f50"), fault("f51", "cleared"), fault("big", description="x" * 10**5))
+        mine = [f["code"] for f in server.faults_json() if f["agent"] == "h1"]
+        assert len(mine) == MAX_FAULTS and mine[-2:] == ["f50", "big"] and "f51" not in mine
+        assert max(len(f["message"]) for f in server.faults_json()) <= 1024
+
+    asyncio.run(go())
+
+
+def test_counters_are_capped_in_number_and_size(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = await started(authority_with_a_router(tmp_path))
+        h1, _ = attach(server, "h1")
+        many = {f"c{i}": i for i in range(MAX_COUNTERS + 10)}
+        await report(server, h1, MO(Cls.PF_AGENT_COUNTERS, "/c/", many))
+        odd = {"c0": "y" * 10_000, "k" * 100: 1, "huge": 1 << 70, "flag": True, "c1": 7}
+        await report(server, h1, MO(Cls.PF_AGENT_COUNTERS, "/c/", odd))
+        [view] = server.agents_json()
+        counters = view["counters"]
+        assert len(counters) == MAX_COUNTERS and counters["c1"] == 7 and f"c{MAX_COUNTERS}" not in counters
+        assert len(counters["c0"]) == 256
+        assert view["counters_dropped"] == 10 + 3  # the 10 past the cap; the long key, the huge int, the bool
+
+    asyncio.run(go())
+
+
+def test_disconnected_agents_show_as_such_and_are_forgotten(tmp_path: Path) -> None:
+    async def go() -> None:
+        server = await started(authority_with_a_router(tmp_path), forget_agents_after=60)
+        h1, _ = attach(server, "h1")
+        attach(server, "h2")
+        await report(server, h1, fault("x"))
+        server._closed(h1)
+        assert {a["name"]: a["connected"] for a in server.agents_json()} == {"h1": False, "h2": True}
+        server.tick(time.monotonic())
+        assert len(server.agents_json()) == 2  # not yet: it left less than a minute ago
+        server.observer.agents["h1"].last_seen -= 61
+        server.tick(time.monotonic())
+        assert [a["name"] for a in server.agents_json()] == ["h2"] and server.faults_json() == []
+
+    asyncio.run(go())
+
+
+# ---- a stalled peer delays nobody ------------------------------------------------------------
+
+
+def test_a_stalled_peer_never_delays_another_and_is_dropped_past_its_backlog(tmp_path: Path) -> None:
+    """The peer that never reads has its pushes queued, not awaited: every flush completes at once
+    and the others get each change; once its backlog passes ``send_queue`` it is dropped."""
+
+    async def go() -> None:
+        authority = authority_with_a_router(tmp_path)
+        server = await started(authority, send_queue=20_000)
+        stalled, stalled_seen = attach(server, "h1", stalled=True)
+        good, good_seen = attach(server, "h2")
+        whole = [{"subject": Cls.POLICY_SPACE, "policy_uri": space("acme"), "prr": 60}]
+        for session in (stalled, good):
+            await server._handle(session, "policy_resolve", whole)
+        [record], _ = authority.list(K["endpoint"], "acme", "web1")
+        for i in range(40):
+            await asyncio.to_thread(
+                authority.replace, K["endpoint"], record["id"], _web1(ip=f"10.1.0.{20 + i}")
+            )
+            server.policy.mark_dirty({"acme"})
+            start = time.monotonic()
+            await asyncio.wait_for(server.flush(), 2)
+            assert time.monotonic() - start < 0.5
+            assert len(good_seen.messages("policy_update")) == i + 1
+        assert stalled.closed.is_set() and stalled_seen.transport.aborted
+        assert not good.closed.is_set()
+        assert 15_000 < len(stalled_seen.data) <= 20_000  # it held up to its limit, no more
+
+    asyncio.run(go())
+
+
+def _web1(**change: Any) -> Any:
+    from policyfabric.model import objects as o
+
+    return o.Endpoint(name="web1", tenant="acme", subnet="s", **{"ip": ["10.1.0.10"], **change})
+
+
+# ---- nothing an agent sends makes the store unreadable -----------------------------------------
+
+
+def test_an_endpoint_bound_to_an_fqdn_host_loads_deletes_and_the_authority_restarts(tmp_path: Path) -> None:
+    async def bind() -> None:
+        server = await started(authority_with_a_router(tmp_path))
+        host, _ = attach(server, "Compute-1.Example.com")
+        decl = declaration(server.policy.trees["acme"].mos, "acme", "web1", "tap1", "192.0.2.1")
+        assert decl is not None
+        await server._handle(
+            host, "endpoint_declare", [{"endpoint": [m.to_wire() for m in decl.all], "prr": 60}]
+        )
+        await web1(server.authority, host="compute-1.example.com", interface="tap1", status="BUILD")
+        server.authority.store.close()
+
+    asyncio.run(bind())
+
+    async def restart(path: Path) -> OpflexServer:
+        return await started(Authority(SqliteStore(path, sync="normal")))  # what start() does first
+
+    server = asyncio.run(restart(tmp_path / "db"))
+    assert server.policy.trees["acme"].mos  # the tenant loaded, with its endpoint
+    authority = server.authority
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    assert record["host"] == "compute-1.example.com"
+    authority.delete(K["endpoint"], record["id"])
+    authority.store.close()
+    server = asyncio.run(restart(tmp_path / "db"))
+    assert server.authority.list(K["endpoint"], "acme", "web1")[0] == []
+
+
+@pytest.mark.parametrize("interface", ["x" * 100_000, "tap 1", "tap/1", "..", "", 7])
+def test_a_bad_interface_name_is_refused_before_anything_is_written(tmp_path: Path, interface: Any) -> None:
+    async def go() -> None:
+        server = await started(authority_with_a_router(tmp_path))
+        h1, _ = attach(server, "h1")
+        decl = declaration(server.policy.trees["acme"].mos, "acme", "web1", "tap1", "192.0.2.1")
+        assert decl is not None
+        mos = [m.to_wire() for m in decl.all]
+        for prop in mos[0]["properties"]:
+            if prop["name"] == Prop.INTERFACE_NAME:
+                prop["data"] = interface
+        with pytest.raises(RpcError) as err:
+            await server._handle(h1, "endpoint_declare", [{"endpoint": mos, "prr": 60}])
+        assert "interfaceName" in err.value.message
+        await asyncio.sleep(0.05)
+        [record], _ = server.authority.list(K["endpoint"], "acme", "web1")
+        assert record.get("host") is None and server.registry.declarations == {}
+
+    asyncio.run(go())
+
+
+def test_the_store_refuses_an_agent_report_it_could_not_read_back(tmp_path: Path) -> None:
+    """The guard behind the protocol edge: ``set_endpoint_states`` writes only what validates."""
+    authority = authority_with_a_router(tmp_path)
+    bad = EndpointState("acme", "web1", host="h1", interface="x" * 100_000, status="BUILD")
+    good = EndpointState("acme", "web1", host="h1.example.com", interface="tap1", status="BUILD")
+    assert authority.set_endpoint_states([bad]) == [True]
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    assert record.get("interface") is None and record["status"] == "DOWN"
+    assert authority.set_endpoint_states([good]) == [True]
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    assert (record["host"], record["interface"], record["status"]) == ("h1.example.com", "tap1", "BUILD")
+    Authority(SqliteStore(tmp_path / "db", sync="normal")).snapshot("acme")  # reads back
