@@ -16,6 +16,7 @@ from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.opflex.observer import MAX_COUNTERS, MAX_FAULTS
 from policyfabric.authority.service import Authority, EndpointState
 from policyfabric.model.kinds import BY_NAME as K
+from policyfabric.opflex import wire
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError
@@ -123,6 +124,32 @@ def test_a_stalled_peer_never_delays_another_and_is_dropped_past_its_backlog(tmp
         assert stalled.closed.is_set() and stalled_seen.transport.aborted
         assert not good.closed.is_set()
         assert 15_000 < len(stalled_seen.data) <= 20_000  # it held up to its limit, no more
+        await asyncio.sleep(0.05)  # the flush the last mark_dirty scheduled (finds nothing to do)
+
+    asyncio.run(go())
+
+
+def test_a_peer_that_talks_but_never_reads_is_dropped_after_the_write_timeout(tmp_path: Path) -> None:
+    """Its backlog stays under ``send_queue``, and it is never silent: what drops it is that its
+    pushes stay unsent for ``write_timeout`` (1 s here), as a stalled reply would."""
+
+    async def go() -> None:
+        server = await started(authority_with_a_router(tmp_path), keepalive=0.1)
+        stalled, _ = attach(server, "h1", stalled=True)
+        reading, _ = attach(server, "h2")
+        runs = [asyncio.create_task(s.run()) for s in (stalled, reading)]
+        for session in (stalled, reading):
+            session.post("policy_update", {"replace": [], "merge_children": [], "delete": []})
+        start = time.monotonic()
+        while time.monotonic() - start < 2 and not stalled.closed.is_set():
+            for session in (stalled, reading):  # both keep talking (replies: nothing to answer)
+                session.reader.feed_data(wire.encode(wire.result(["policy_update", 1], {})))
+            await asyncio.sleep(0.05)
+        assert stalled.closed.is_set() and "pushes unsent" in stalled.close_reason
+        assert 1.0 < time.monotonic() - start < 1.5
+        assert not reading.closed.is_set()
+        for task in runs:
+            task.cancel()
 
     asyncio.run(go())
 

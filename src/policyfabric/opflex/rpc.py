@@ -11,8 +11,9 @@ What every session does, whichever role it plays:
 - pushes (``post``: requests that get no success reply) never wait for the
   peer: they go into the transport's buffer at once, so one server can push
   to a thousand sessions without any slow one holding up the others. A
-  session whose unsent backlog would pass ``send_queue`` bytes is not reading
-  and is dropped, so a stalled peer holds neither time nor much memory.
+  session whose unsent backlog would pass ``send_queue`` bytes, or stays
+  unsent for ``write_timeout``, is not reading and is dropped, so a stalled
+  peer holds neither anyone's time nor more than ``send_queue`` of memory.
 
 Each problem is logged once per session, so a misbehaving peer cannot flood
 the log.
@@ -33,7 +34,7 @@ from policyfabric.opflex.wire import Code
 
 log = logging.getLogger(__name__)
 
-DEFAULT_SEND_QUEUE = 8 * 1024 * 1024  # unsent bytes a session may hold (beyond one frame, see post)
+DEFAULT_SEND_QUEUE = 4 * wire.DEFAULT_MAX_FRAME  # unsent bytes a session may hold (16 MiB; see post)
 
 
 class RpcError(Exception):
@@ -259,11 +260,21 @@ class Session:
 
     async def _keepalive(self) -> None:
         tick = max(self.keepalive / 4, 0.05)
+        unsent_since: float | None = None  # when the backlog was last seen empty, if it is not now
         while not self.closed.is_set():
             await asyncio.sleep(tick)
-            idle = time.monotonic() - self.last_heard
+            now = time.monotonic()
+            idle = now - self.last_heard
             if idle >= 4 * self.keepalive:
                 await self.close(f"peer silent for {idle:.1f}s (keepalive {self.keepalive:g}s)", abort=True)
+                return
+            # A peer that talks but does not read would keep its pushes queued for ever: it has
+            # ``write_timeout`` to empty its backlog once, as a reply's write has to drain.
+            unsent_since = (unsent_since or now) if self.backlog() else None
+            if unsent_since is not None and now - unsent_since > self.write_timeout:
+                await self.close(
+                    f"peer stopped reading (pushes unsent for {self.write_timeout:g}s)", abort=True
+                )
                 return
             if idle >= self.keepalive:
                 self.post("echo", {"ts": int(time.time() * 1000)})
