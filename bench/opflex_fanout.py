@@ -10,9 +10,16 @@ contract's port, and each agent records when the new port is in its cache.
 Figures per A: the time until each agent has applied the update (p50, p99,
 max); the messages/s the authority served while agents resolved; the
 authority's CPU seconds and RSS. The baseline measured in the same run is
-A=10: ratios are p99(A) / p99(10). The last line is one JSON object.
+the smallest A: ratios are p99(A) / p99(smallest). The last line is one JSON
+object.
 
-    .venv/bin/python bench/opflex_fanout.py [--agents 10,100,1000] [--endpoints 100] [--procs 2]
+With ``--tls``, every size also runs over mutual TLS, in the same run: the
+authority requires client certificates from a CA (trustme), each agent has its
+own certificate with its name as DNS SAN, so the authority binds each name to
+its certificate as in production. The table then has one row per size and
+transport.
+
+    .venv/bin/python bench/opflex_fanout.py [--agents 10,100,1000] [--endpoints 100] [--procs 2] [--tls]
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ from rich.table import Table
 from policyfabric.lab.authority import authority_in
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.tls import client_context
 
 CLASSIFIER = "/PolicyUniverse/PolicySpace/bench/GbpeL24Classifier/http.web-in/"
 console = Console(stderr=True)
@@ -81,14 +89,47 @@ def setup(url: str, endpoints: int) -> str:
         return str(contract["id"])
 
 
-def agents_process(first: int, count: int, endpoints: int, addr: tuple[str, int], conn: Any) -> None:
-    """Run `count` agents in one event loop; report readiness, then each agent's update time."""
+def certificates(directory: Path, agents: int) -> list[str]:
+    """A CA, the authority's certificate and one per agent (its name as DNS SAN), as PEM files in
+    ``directory``; the authority's TLS options."""
+    import trustme  # a test dependency: only --tls needs it
+
+    ca = trustme.CA()
+    ca.cert_pem.write_to_path(str(directory / "ca.pem"))
+    server = ca.issue_cert("127.0.0.1")
+    server.cert_chain_pems[0].write_to_path(str(directory / "server.pem"))
+    server.private_key_pem.write_to_path(str(directory / "server.key"))
+    for n in range(agents):
+        ca.issue_cert(f"agent{n}").private_key_and_cert_chain_pem.write_to_path(
+            str(directory / f"agent{n}.pem")
+        )
+    return [
+        "--tls-cert",
+        str(directory / "server.pem"),
+        "--tls-key",
+        str(directory / "server.key"),
+        "--tls-ca",
+        str(directory / "ca.pem"),
+    ]
+
+
+def agents_process(
+    first: int, count: int, endpoints: int, addr: tuple[str, int], tls: str | None, conn: Any
+) -> None:
+    """Run `count` agents in one event loop; report readiness, then each agent's update time.
+    ``tls``: the directory of the certificates (mutual TLS), or None (TCP)."""
 
     async def main() -> None:
         arrived: dict[int, float] = {}
         clients = []
         for n in range(first, first + count):
-            client = PolicyClient(f"agent{n}", [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30)
+            ctx = None
+            if tls is not None:
+                pem = Path(tls) / f"agent{n}.pem"
+                ctx = client_context(Path(tls) / "ca.pem", pem, pem)
+            client = PolicyClient(
+                f"agent{n}", [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30, tls=ctx
+            )
 
             def changed(uris: set[str], n: int = n, client: PolicyClient = client) -> None:
                 mo = client.policy.get(CLASSIFIER)
@@ -134,9 +175,12 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[min(len(ordered) - 1, max(0, round(p / 100 * len(ordered)) - 1))]
 
 
-def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
+def run_one(agents: int, endpoints: int, procs: int, tls: bool) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
-        server = authority_in(Path(tmp), sync="normal", extra=["--keepalive", "60", "--log-level", "warning"])
+        options = certificates(Path(tmp), agents) if tls else []
+        server = authority_in(
+            Path(tmp), sync="normal", extra=["--keepalive", "60", "--log-level", "warning", *options]
+        )
         server.start()
         try:
             contract_id = setup(server.url, endpoints)
@@ -150,7 +194,8 @@ def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
             for count in share:
                 parent, child = mp.Pipe()
                 worker = mp.Process(
-                    target=agents_process, args=(first, count, endpoints, server.opflex, child)
+                    target=agents_process,
+                    args=(first, count, endpoints, server.opflex, tmp if tls else None, child),
                 )
                 worker.start()
                 pipes.append(parent)
@@ -179,6 +224,7 @@ def run_one(agents: int, endpoints: int, procs: int) -> dict[str, Any]:
             latencies = [t - t0 for t in arrived.values()]
             assert len(latencies) == agents, f"only {len(latencies)} of {agents} agents got the update"
             return {
+                "transport": "tls" if tls else "tcp",
                 "agents": agents,
                 "endpoints_per_agent": endpoints,
                 "update_p50_s": round(statistics.median(latencies), 4),
@@ -210,18 +256,25 @@ def main() -> int:
     parser.add_argument(
         "--procs", type=int, default=2, help="client processes (default 2: this machine's cores)"
     )
+    parser.add_argument(
+        "--tls", action="store_true", help="also run every size over mutual TLS (one certificate per agent)"
+    )
     args = parser.parse_args()
     sizes = [int(a) for a in args.agents.split(",")]
-    results = {}
+    transports = ["tcp", "tls"] if args.tls else ["tcp"]
+    results: dict[tuple[str, int], dict[str, Any]] = {}
     for agents in sizes:
-        console.print(f"[dim]{agents} agents x {args.endpoints} endpoints...[/]")
-        results[agents] = run_one(agents, args.endpoints, args.procs)
-    base = results[min(sizes)]
+        for transport in transports:
+            console.print(f"[dim]{agents} agents x {args.endpoints} endpoints over {transport}...[/]")
+            results[(transport, agents)] = run_one(agents, args.endpoints, args.procs, transport == "tls")
     table = Table(title="OpFlex fan-out: one contract change to A agents")
-    for column in ("agents", "p50", "p99", "max", "p99 vs smallest", "resolve msgs/s", "CPU (update)", "RSS"):
+    columns = ("transport", "agents", "p50", "p99", "max", "p99 vs smallest", "resolve msgs/s")
+    for column in (*columns, "CPU (update)", "RSS"):
         table.add_column(column, justify="right")
-    for agents, r in results.items():
+    for (transport, agents), r in results.items():
+        base = results[(transport, min(sizes))]
         table.add_row(
+            transport,
             str(agents),
             f"{r['update_p50_s'] * 1000:.0f} ms",
             f"{r['update_p99_s'] * 1000:.0f} ms",
@@ -232,18 +285,20 @@ def main() -> int:
             f"{r['authority_rss_kb'] / 1024:.0f} MB",
         )
     Console().print(table)
-    largest = results[max(sizes)]
-    print(
-        f"target: A={max(sizes)} p99 < 1 s: {'met' if largest['update_p99_s'] < 1 else 'NOT met'} "
-        f"({largest['update_p99_s'] * 1000:.0f} ms)"
-    )
+    for transport in transports:
+        largest = results[(transport, max(sizes))]
+        print(
+            f"target ({transport}): A={max(sizes)} p99 < 1 s: "
+            f"{'met' if largest['update_p99_s'] < 1 else 'NOT met'} ({largest['update_p99_s'] * 1000:.0f} ms)"
+        )
     print(
         json.dumps(
             {
                 "bench": "opflex_fanout",
-                "results": {str(k): v for k, v in results.items()},
+                "results": {f"{t}/{a}": v for (t, a), v in results.items()},
                 "ratio_p99_vs_smallest": {
-                    str(k): round(v["update_p99_s"] / base["update_p99_s"], 2) for k, v in results.items()
+                    f"{t}/{a}": round(v["update_p99_s"] / results[(t, min(sizes))]["update_p99_s"], 2)
+                    for (t, a), v in results.items()
                 },
             }
         )
