@@ -155,7 +155,7 @@ def test_on_plain_tcp_a_live_agent_cannot_be_pushed_off(opflex_authority: Author
         intruder = Raw(opflex_authority.opflex)
         try:
             assert "already has a live session" in identify(intruder, "GW1")["error"]["message"]
-            await asyncio.sleep(1.5)  # three keepalive periods: the probe was answered
+            await asyncio.sleep(1.0)  # two keepalive periods: the probe was answered
             assert gw1.client.connects == 1 and agents(api)["gw1"]["connected"]
         finally:
             await gw1.stop()

@@ -11,13 +11,16 @@ a host name (it is written into endpoint records), a lease (``prr``) is a
 whole number of seconds from 1 to ``MAX_PRR`` (a float, a huge integer or
 ``true`` is not a lease, and would overflow the clock it is added to), and
 subjects and URIs have a length limit (they are kept as subscription keys).
+The managed objects of a declaration or a report must have the shape of one
+(``wire_mo``: the types of its fields), so that the roles reading them meet
+no surprise; they stay dicts, read by ``MO.from_wire``.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, ValidationError
 
 from policyfabric.model.types import Hostname
 from policyfabric.opflex.rpc import RpcError
@@ -30,6 +33,28 @@ MAX_SUBJECT = 128
 Prr = Annotated[StrictInt, Field(ge=1, le=MAX_PRR)]
 Uri = Annotated[str, Field(max_length=MAX_URI)]
 Subject = Annotated[str, Field(max_length=MAX_SUBJECT)]
+
+
+def wire_mo(mo: dict[str, Any]) -> dict[str, Any]:
+    """An MO as sent: string ``subject`` and ``uri``, ``properties`` a list of ``{name, data}``,
+    ``children`` a list of URIs, the ``parent_*`` fields strings (any may be left out)."""
+    for key in ("subject", "uri"):
+        if not isinstance(mo.get(key), str):
+            raise ValueError(f"an MO needs a string {key!r}")
+    for key in ("parent_subject", "parent_uri", "parent_relation"):
+        if not isinstance(mo.get(key), str | None):
+            raise ValueError(f"{key!r} must be a string")
+    props, children = mo.get("properties") or [], mo.get("children") or []
+    if not isinstance(props, list) or not all(
+        isinstance(p, dict) and isinstance(p.get("name"), str) for p in props
+    ):
+        raise ValueError("'properties' must be a list of {name, data}")
+    if not isinstance(children, list) or not all(isinstance(c, str) for c in children):
+        raise ValueError("'children' must be a list of URIs")
+    return mo
+
+
+WireMO = Annotated[dict[str, Any], AfterValidator(wire_mo)]
 
 
 class _Params(BaseModel):
@@ -55,7 +80,7 @@ class Unresolve(_Params):
 
 
 class Declare(_Params):
-    endpoint: list[dict[str, Any]]
+    endpoint: list[WireMO]
     prr: Prr
 
 
@@ -69,7 +94,7 @@ class EndpointResolve(EndpointRef):
 
 
 class Report(_Params):
-    observable: list[dict[str, Any]]
+    observable: list[WireMO]
 
 
 P = TypeVar("P", bound=_Params)
