@@ -85,10 +85,18 @@ def check_interface(value: object) -> str:
     return value
 
 
+_HOST_LABEL_PATTERN = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 Hostname = Annotated[
     str,
     BeforeValidator(check_hostname),
-    WithJsonSchema({"type": "string", "maxLength": HOSTNAME_MAX, "description": "RFC 1123 host name"}),
+    WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{_HOST_LABEL_PATTERN}(\\.{_HOST_LABEL_PATTERN})*$",
+            "maxLength": HOSTNAME_MAX,
+            "description": "RFC 1123 host name (stored lower-case)",
+        }
+    ),
 ]
 InterfaceName = Annotated[
     str,
