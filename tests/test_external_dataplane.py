@@ -76,12 +76,17 @@ def test_a_floating_ip_is_the_source_outside_and_nat_happens_on_the_endpoints_ho
     assert (after["gw1"], after["gw2"]) == (before["gw1"], before["gw2"])  # ... no gateway was involved
 
 
-def test_snat_goes_through_the_first_gateway_only(lab: Lab) -> None:
+def test_snat_goes_through_the_elected_gateway_only(lab: Lab) -> None:
+    """The active gateway NATs, the standby does not. Which one is active depends on which reported
+    its ports first at start (the election never preempts): gw1 unless gw2's agent was quicker."""
+    active = lab.active_gateway("acme/r1")
+    assert active in ("gw1", "gw2")
+    standby = "gw2" if active == "gw1" else "gw1"
     before = nat_counts(lab, "h2", "gw1", "gw2")
     assert source_seen_outside(lab, "app1", 9002) == "203.0.113.2"  # the router's external address
     after = nat_counts(lab, "h2", "gw1", "gw2")
-    assert after["gw1"] > before["gw1"]
-    assert after["gw2"] == before["gw2"]
+    assert after[active] > before[active]
+    assert after[standby] == before[standby]
     assert after["h2"] == before["h2"]  # app1 has no floating IP: not NATed at home
 
 
@@ -119,10 +124,13 @@ def reply_times(output: str) -> list[float]:
 
 
 def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab, tmp_path: Path) -> None:
+    victim = lab.active_gateway("acme/r1")
+    assert victim in ("gw1", "gw2")
+    standby = "gw2" if victim == "gw1" else "gw1"
     stream = PingStream(lab, "app1", "internet1", 12, tmp_path / "ping.out")
     until(lambda: len(stream.replies()) >= 5)  # SNAT traffic flows through the active gateway
     killed = time.time()
-    lab.fail("gw1")
+    lab.fail(victim)
     output = stream.finish()
     recovered = [t for t in reply_times(output) if t > killed]
     assert [t for t in reply_times(output) if t < killed], "no SNAT traffic before the failure"
@@ -130,12 +138,13 @@ def test_snat_fails_over_to_the_standby_when_the_active_gateway_dies(lab: Lab, t
     assert recovered[0] - killed < 5.0
     assert source_seen_outside(lab, "app1", 9003) == "203.0.113.2"  # same address, other host
     # the healed host comes back as a standby: no second interruption (no preemption)
-    lab.heal("gw1")
+    assert lab.active_gateway("acme/r1") == standby
+    lab.heal(victim)
     until(lambda: measured(lab, "app1", "internet1", "icmp") == "allow", timeout=10)
     before = nat_counts(lab, "gw1", "gw2")
     assert source_seen_outside(lab, "app1", 9004) == "203.0.113.2"
     after = nat_counts(lab, "gw1", "gw2")
-    assert after["gw1"] == before["gw1"] and after["gw2"] > before["gw2"]
+    assert after[victim] == before[victim] and after[standby] > before[standby]
 
 
 def test_snat_fails_over_when_the_active_gateway_is_cut_off_silently(lab: Lab, tmp_path: Path) -> None:
