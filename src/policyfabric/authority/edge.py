@@ -42,7 +42,9 @@ def too_large_message(limit: int) -> str:
 
 
 def _error(status: int, code: str, message: str) -> bytes:
-    return json.dumps({"error": {"code": code, "message": message, "field": None}}).encode()
+    return json.dumps(
+        {"error": {"code": code, "message": message, "field": None}}, separators=(",", ":")
+    ).encode()
 
 
 class BodyLimit:
@@ -129,6 +131,7 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type[HttpTo
 
     class GuardedHttpTools(HttpToolsProtocol):
         _deadline: asyncio.TimerHandle | None = None
+        _awaiting_headers = True  # since the connection opened, or since a request's first byte
         _header_bytes = 0
         _in_body = False
 
@@ -148,22 +151,20 @@ def guarded_protocol(max_connections: int, header_timeout: float) -> type[HttpTo
         def data_received(self, data: bytes) -> None:
             if self._in_body:
                 self._arm(header_timeout)  # a body may stall this long, not longer
-            elif self._deadline is not None:
+            if self._awaiting_headers:
                 self._header_bytes += len(data)
-                if self._header_bytes > MAX_HEADER_BYTES:
-                    self._refuse_headers()
-                    return
             super().data_received(data)
+            if self._awaiting_headers and self._header_bytes > MAX_HEADER_BYTES:
+                self._refuse_headers()
 
         def on_message_begin(self) -> None:
             super().on_message_begin()
-            self._header_bytes = 0
+            self._awaiting_headers = True
             if self._deadline is None:
                 self._arm(header_timeout)
 
         def on_headers_complete(self) -> None:
-            self._disarm()
-            self._in_body = True
+            self._awaiting_headers, self._header_bytes, self._in_body = False, 0, True
             self._arm(header_timeout)
             super().on_headers_complete()
 

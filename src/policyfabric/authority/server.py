@@ -229,7 +229,6 @@ async def _run(
         timeout_keep_alive=int(max(1, settings.idle_timeout)),
         ssl_certfile=settings.rest_tls_cert,
         ssl_keyfile=settings.rest_tls_key,
-        backlog=min(2048, settings.max_connections),
     )
     server = uvicorn.Server(config)
     try:
