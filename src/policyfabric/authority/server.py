@@ -161,6 +161,8 @@ def serve(settings: Settings) -> None:
             raise StartupError(f"cannot load the TLS certificate: {exc}") from None
     if settings.max_body < 1:
         raise StartupError("--max-body must be at least 1 byte")
+    if settings.header_timeout <= 0 or settings.idle_timeout <= 0:
+        raise StartupError("--header-timeout and --idle-timeout must be positive")
     fd_limit = edge.raise_fd_limit()
     if settings.max_connections is None:
         settings.max_connections = edge.default_max_connections(fd_limit)
