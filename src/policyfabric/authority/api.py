@@ -130,7 +130,7 @@ def _collection_routes(app: FastAPI, authority: Authority, kind: Kind, access: A
     deleted = create_model(f"{kind.spec.__name__}Deleted", deleted=(out, ...), revision=(int, ...))
     base = f"/v1/{kind.collection}"
     tags: list[str | Enum] = [kind.collection]
-    Reader = Annotated[Principal, Depends(access.principal)]
+    Caller = Annotated[Principal, Depends(access.principal)]  # any known token
     Writer = Annotated[Principal, Depends(access.writer(kind))]
 
     def create(body: spec_type, who: Writer) -> JSONResponse:  # type: ignore[valid-type]
@@ -141,7 +141,7 @@ def _collection_routes(app: FastAPI, authority: Authority, kind: Kind, access: A
         return JSONResponse(made, status_code=201, headers=etag(made))
 
     def list_(
-        who: Reader,
+        who: Caller,
         tenant: str | None = Query(None, description="only objects of this tenant"),
         name: str | None = Query(None, description="only the object with this name"),
     ) -> dict[str, Any]:
@@ -155,7 +155,7 @@ def _collection_routes(app: FastAPI, authority: Authority, kind: Kind, access: A
             "revision": revision,
         }
 
-    def get(id: str, who: Reader) -> JSONResponse:
+    def get(id: str, who: Caller) -> JSONResponse:
         obj = authority.get(kind, id, who.tenant)
         return JSONResponse(obj, headers=etag(obj))
 
@@ -231,7 +231,7 @@ def create_app(
     )
     app.add_middleware(BodyLimit, limit=max_body)
     access = Access(tokens)
-    Reader = Annotated[Principal, Depends(access.principal)]
+    Caller = Annotated[Principal, Depends(access.principal)]  # any known token
 
     @app.exception_handler(PolicyError)
     async def policy_error(_: Request, exc: PolicyError) -> JSONResponse:
@@ -260,7 +260,7 @@ def create_app(
         return JSONResponse(body, status_code=500)
 
     @app.get("/v1/revision", tags=["meta"], summary="The current global revision", response_model=Revision)
-    def revision(_: Reader) -> dict[str, int]:
+    def revision(_: Caller) -> dict[str, int]:
         return {"revision": authority.revision()}
 
     @app.get(
@@ -270,7 +270,7 @@ def create_app(
         responses=ERRORS,
     )
     def changes(
-        who: Reader,
+        who: Caller,
         since: int = Query(0, ge=0, le=MAX_REVISION, description="return changes with a higher revision"),
         limit: int = Query(1000, ge=1, le=10000),
     ) -> dict[str, Any]:
@@ -300,14 +300,14 @@ def create_app(
         return JSONResponse({"created": created, "revision": revision}, status_code=201)
 
     @app.get("/v1/agents", tags=["opflex"], summary="Policy agents known to this authority", responses=ERRORS)
-    def agents(who: Reader) -> dict[str, Any]:
+    def agents(who: Caller) -> dict[str, Any]:
         who.check_global("agents")
         return {"items": observer.agents_json() if observer else []}
 
     @app.get(
         "/v1/faults", tags=["opflex"], summary="Faults reported by agents (state_report)", responses=ERRORS
     )
-    def faults(who: Reader) -> dict[str, Any]:
+    def faults(who: Caller) -> dict[str, Any]:
         who.check_global("faults")
         return {"items": observer.faults_json() if observer else []}
 
