@@ -10,7 +10,12 @@ The workload is endpoint creation (the hot write: references, address and
 MAC claims) and reads by id. Medians of --repeat runs. The last line is one
 JSON object with every figure.
 
-    .venv/bin/python bench/api.py [--creates 400] [--reads 2000] [--repeat 3]
+--tokens adds, in the same run, every HTTP figure again against an authority
+started with --tokens, the creates and reads made with a member token of the
+tenant (what authentication, scoping and the audit line cost), run by run
+alternating with the figures without tokens.
+
+    .venv/bin/python bench/api.py [--creates 400] [--reads 2000] [--repeat 3] [--tokens]
 """
 
 from __future__ import annotations
@@ -38,6 +43,11 @@ from policyfabric.model.parse import parse_spec
 from policyfabric.store.sqlite import SqliteStore
 
 CLIENTS = (1, 4, 16)
+ADMIN, MEMBER = "bench-admin-0123456789abcdef", "bench-member-0123456789abcdef"
+TOKENS = f"""tokens:
+  - {{token: {ADMIN}, role: admin, name: bench-admin}}
+  - {{token: {MEMBER}, role: member, tenant: bench, name: bench-member}}
+"""
 SETUP: list[tuple[str, dict[str, Any]]] = [
     ("tenants", {"name": "bench"}),
     ("l3-contexts", {"name": "vrf", "tenant": "bench"}),
@@ -66,10 +76,15 @@ def addresses(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def call(conn: http.client.HTTPConnection, method: str, path: str, body: Any = None) -> tuple[int, bytes]:
+def call(
+    conn: http.client.HTTPConnection, method: str, path: str, body: Any = None, token: str = ""
+) -> tuple[int, bytes]:
     """One request on a kept-alive connection (stdlib: the client must cost less than the server)."""
     payload = json.dumps(body).encode() if body is not None else None
-    conn.request(method, path, body=payload, headers={"content-type": "application/json"})
+    headers = {"content-type": "application/json"}
+    if token:
+        headers["authorization"] = f"Bearer {token}"
+    conn.request(method, path, body=payload, headers=headers)
     response = conn.getresponse()
     return response.status, response.read()
 
@@ -94,27 +109,40 @@ def run_parallel(
     return len(jobs) / (time.perf_counter() - start)
 
 
-def http_round(clients: int, creates: int, reads: int) -> tuple[float, float]:
-    with (
-        tempfile.TemporaryDirectory() as tmp,
-        authority_in(Path(tmp)) as server,
-        httpx.Client(base_url=server.url) as client,
-    ):
-        for collection, body in SETUP:
-            client.post(f"/v1/{collection}", json=body).raise_for_status()
+def http_round(clients: int, creates: int, reads: int, tokens: bool = False) -> tuple[float, float]:
+    """Creates/s and reads/s; ``tokens``: the authority runs with --tokens, the work uses a member token."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra, admin, member = [], "", ""
+        if tokens:
+            (Path(tmp) / "tokens.yaml").write_text(TOKENS)
+            extra, admin, member = ["--tokens", str(Path(tmp) / "tokens.yaml")], ADMIN, MEMBER
+        with (
+            authority_in(Path(tmp), extra=extra, token=admin) as server,
+            httpx.Client(
+                base_url=server.url, headers={"authorization": f"Bearer {admin}"} if admin else {}
+            ) as client,
+        ):
+            return _measure(server.port, client, clients, creates, reads, member)
 
-        def create(conn: http.client.HTTPConnection, body: dict[str, Any]) -> None:
-            status, text = call(conn, "POST", "/v1/endpoints", body)
-            assert status == 201, text
 
-        create_rate = run_parallel(clients, addresses(creates), create, server.port)
-        ids = [e["id"] for e in client.get("/v1/endpoints").json()["items"]]
+def _measure(
+    port: int, client: httpx.Client, clients: int, creates: int, reads: int, token: str
+) -> tuple[float, float]:
+    for collection, body in SETUP:
+        client.post(f"/v1/{collection}", json=body).raise_for_status()
 
-        def read(conn: http.client.HTTPConnection, id: str) -> None:
-            status, text = call(conn, "GET", f"/v1/endpoints/{id}")
-            assert status == 200, text
+    def create(conn: http.client.HTTPConnection, body: dict[str, Any]) -> None:
+        status, text = call(conn, "POST", "/v1/endpoints", body, token)
+        assert status == 201, text
 
-        read_rate = run_parallel(clients, [ids[i % len(ids)] for i in range(reads)], read, server.port)
+    create_rate = run_parallel(clients, addresses(creates), create, port)
+    ids = [e["id"] for e in client.get("/v1/endpoints").json()["items"]]
+
+    def read(conn: http.client.HTTPConnection, id: str) -> None:
+        status, text = call(conn, "GET", f"/v1/endpoints/{id}", token=token)
+        assert status == 200, text
+
+    read_rate = run_parallel(clients, [ids[i % len(ids)] for i in range(reads)], read, port)
     return create_rate, read_rate
 
 
@@ -143,17 +171,24 @@ def main() -> int:
     parser.add_argument(
         "--repeat", type=int, default=3, help="runs per figure; the median is reported (default 3)"
     )
+    parser.add_argument(
+        "--tokens", action="store_true", help="also measure with --tokens and a member token (same run)"
+    )
     args = parser.parse_args()
 
-    create: dict[int, float] = {}
-    read: dict[int, float] = {}
+    modes = (False, True) if args.tokens else (False,)
+    create: dict[tuple[int, bool], float] = {}
+    read: dict[tuple[int, bool], float] = {}
     for clients in CLIENTS:
-        runs = []
+        runs: dict[bool, list[tuple[float, float]]] = {mode: [] for mode in modes}
         for r in range(args.repeat):
-            console.print(f"[dim]HTTP, {clients} client(s), run {r + 1}/{args.repeat}[/]")
-            runs.append(http_round(clients, args.creates, args.reads))
-        create[clients] = statistics.median(c for c, _ in runs)
-        read[clients] = statistics.median(rd for _, rd in runs)
+            for mode in modes:  # alternated, so that drift on the machine hits both alike
+                label = ", member token" if mode else ""
+                console.print(f"[dim]HTTP, {clients} client(s){label}, run {r + 1}/{args.repeat}[/]")
+                runs[mode].append(http_round(clients, args.creates, args.reads, tokens=mode))
+        for mode in modes:
+            create[clients, mode] = statistics.median(c for c, _ in runs[mode])
+            read[clients, mode] = statistics.median(rd for _, rd in runs[mode])
     baseline: dict[str, float] = {}
     for sync in ("full", "normal"):
         console.print(f"[dim]in-process service, synchronous={sync}[/]")
@@ -163,37 +198,54 @@ def main() -> int:
         title=f"policyfabric REST API throughput (median of {args.repeat}; "
         f"{args.creates} creates, {args.reads} reads per run)"
     )
-    for column in ("clients", "creates/s", "reads/s", "creates vs 1 client", "reads vs 1 client"):
+    columns = ["clients", "creates/s", "reads/s", "creates vs 1 client", "reads vs 1 client"]
+    if args.tokens:
+        columns += ["creates/s, token", "reads/s, token", "creates token/none", "reads token/none"]
+    for column in columns:
         table.add_column(column, justify="right")
     for clients in CLIENTS:
-        table.add_row(
+        c, rd = create[clients, False], read[clients, False]
+        row = [
             str(clients),
-            f"{create[clients]:.0f}",
-            f"{read[clients]:.0f}",
-            f"{create[clients] / create[1]:.2f}x",
-            f"{read[clients] / read[1]:.2f}x",
-        )
+            f"{c:.0f}",
+            f"{rd:.0f}",
+            f"{c / create[1, False]:.2f}x",
+            f"{rd / read[1, False]:.2f}x",
+        ]
+        if args.tokens:
+            ct, rt = create[clients, True], read[clients, True]
+            row += [f"{ct:.0f}", f"{rt:.0f}", f"{ct / c:.2f}", f"{rt / rd:.2f}"]
+        table.add_row(*row)
     Console().print(table)
     print(
         f"baseline, same creates in-process without HTTP: {baseline['full']:.0f}/s (synchronous=FULL), "
         f"{baseline['normal']:.0f}/s (synchronous=NORMAL)"
     )
     print(
-        f"HTTP (1 client) / in-process: {create[1] / baseline['full']:.2f}; "
+        f"HTTP (1 client) / in-process: {create[1, False] / baseline['full']:.2f}; "
         f"fsync cost: NORMAL/FULL = {baseline['normal'] / baseline['full']:.2f}x"
     )
-    result = {
+    result: dict[str, Any] = {
         "bench": "api",
         "creates_per_run": args.creates,
         "reads_per_run": args.reads,
         "repeat": args.repeat,
-        "create_per_s": {str(c): round(v, 1) for c, v in create.items()},
-        "read_per_s": {str(c): round(v, 1) for c, v in read.items()},
+        "create_per_s": {str(c): round(create[c, False], 1) for c in CLIENTS},
+        "read_per_s": {str(c): round(read[c, False], 1) for c in CLIENTS},
         "baseline_inprocess_create_per_s": {s: round(v, 1) for s, v in baseline.items()},
-        "ratio_http_vs_inprocess_create": round(create[1] / baseline["full"], 3),
-        "ratio_create_16_vs_1": round(create[16] / create[1], 3),
-        "ratio_read_16_vs_1": round(read[16] / read[1], 3),
+        "ratio_http_vs_inprocess_create": round(create[1, False] / baseline["full"], 3),
+        "ratio_create_16_vs_1": round(create[16, False] / create[1, False], 3),
+        "ratio_read_16_vs_1": round(read[16, False] / read[1, False], 3),
     }
+    if args.tokens:
+        result["member_token"] = {
+            "create_per_s": {str(c): round(create[c, True], 1) for c in CLIENTS},
+            "read_per_s": {str(c): round(read[c, True], 1) for c in CLIENTS},
+            "ratio_create_vs_no_tokens": {
+                str(c): round(create[c, True] / create[c, False], 3) for c in CLIENTS
+            },
+            "ratio_read_vs_no_tokens": {str(c): round(read[c, True] / read[c, False], 3) for c in CLIENTS},
+        }
     print(json.dumps(result))
     return 0
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +14,7 @@ import pytest
 from fastapi.testclient import TestClient
 
 from policyfabric.authority.api import create_app
+from policyfabric.authority.auth import parse_tokens
 from policyfabric.authority.service import Authority
 from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
@@ -39,19 +40,19 @@ class Api:
     """The SDK client (``policyfabric.client.Client``) as the API tests use it: every call returns
     the ``httpx.Response``, whatever its status, so that tests assert on status and error shape."""
 
-    def __init__(self, url: str, http: httpx.Client | None = None) -> None:
-        self.client = Client(url, http=http)
+    def __init__(self, url: str, http: httpx.Client | None = None, token: str = "") -> None:
+        self.client = Client(url, http=http, token=token)
         self.url = self.client.url
         self.http = self.client.http  # for requests no SDK call makes (malformed bodies, odd verbs)
 
     def post(self, collection: str, body: Any) -> httpx.Response:
         return self.client.response("POST", f"/v1/{collection}", json=body)
 
-    def put(self, collection: str, id: str, body: Any) -> httpx.Response:
-        return self.client.response("PUT", f"/v1/{collection}/{id}", json=body)
+    def put(self, collection: str, id: str, body: Any, **headers: str) -> httpx.Response:
+        return self.client.response("PUT", f"/v1/{collection}/{id}", json=body, headers=_headers(headers))
 
-    def delete(self, collection: str, id: str) -> httpx.Response:
-        return self.client.response("DELETE", f"/v1/{collection}/{id}")
+    def delete(self, collection: str, id: str, **headers: str) -> httpx.Response:
+        return self.client.response("DELETE", f"/v1/{collection}/{id}", headers=_headers(headers))
 
     def get(self, path: str, **params: Any) -> httpx.Response:
         return self.client.response("GET", path, params=params)
@@ -69,6 +70,11 @@ class Api:
 
     def revision(self) -> int:
         return self.client.revision()
+
+
+def _headers(given: dict[str, str]) -> dict[str, str]:
+    """``if_match="12"`` -> ``{"If-Match": "12"}``."""
+    return {name.replace("_", "-").title(): value for name, value in given.items()}
 
 
 def unique(prefix: str) -> str:
@@ -108,6 +114,49 @@ def inprocess_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClie
 def api(inprocess_app: TestClient) -> Api:
     """Tests keep apart by using their own tenants (``tenant``, ``unique``)."""
     return Api(str(inprocess_app.base_url), inprocess_app)
+
+
+# The tokens of ``tokens_app``: name -> (token, role, tenant). Tenants acme and beta.
+TOKENS = {
+    "ops": ("admin-0123456789abcdef", "admin", None),
+    "acme": ("member-acme-0123456789", "member", "acme"),
+    "beta": ("member-beta-0123456789", "member", "beta"),
+    "audit": ("reader-all-0123456789a", "reader", None),
+    "acme-ro": ("reader-acme-0123456789", "reader", "acme"),
+}
+
+
+@pytest.fixture(scope="session")
+def tokens_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
+    """The REST API in this process with ``--tokens`` (``TOKENS``), on a database of its own."""
+    tokens = parse_tokens(
+        {
+            "tokens": [
+                {"token": token, "role": role, "name": name, **({"tenant": tenant} if tenant else {})}
+                for name, (token, role, tenant) in TOKENS.items()
+            ]
+        },
+        "tokens",
+    )
+    store = SqliteStore(tmp_path_factory.mktemp("api-tokens") / "policyfabric.db")
+    with TestClient(create_app(Authority(store), tokens=tokens), raise_server_exceptions=False) as client:
+        yield client
+    store.close()
+
+
+AsToken = Callable[[str], Api]
+
+
+@pytest.fixture
+def as_(tokens_app: TestClient) -> AsToken:
+    """``as_("acme")``: an Api on ``tokens_app`` with that token of ``TOKENS`` ("" or "none": no
+    token; any other string is sent as an unknown token)."""
+
+    def api_as(name: str) -> Api:
+        token = TOKENS[name][0] if name in TOKENS else "" if name in ("", "none") else name
+        return Api(str(tokens_app.base_url), tokens_app, token=token)
+
+    return api_as
 
 
 @pytest.fixture

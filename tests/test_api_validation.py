@@ -234,6 +234,21 @@ def test_an_address_listed_twice_is_refused(api: Api, tenant: dict[str, str]) ->
     )
 
 
+def test_ipv6_zone_ids_are_refused(api: Api, tenant: dict[str, str]) -> None:
+    """``fd00:1::20%zz`` once compared unequal to ``fd00:1::20``: four endpoints held one address,
+    one the gateway's. A zone id is never part of an address in the policy."""
+    t = tenant["name"]
+    api.ok("endpoints", ep(t, "e1", ip="fd00:1::20"))
+    for i, ip in enumerate(["fd00:1::20%zz", "fd00:1::20%1", "fd00:1::1%eth0"]):
+        refused(api, "endpoints", ep(t, f"z{i}", ip=ip), 422, "ip[0]", "zone id", ip.partition("%")[0])
+    subnet = {"name": "s9", "tenant": t, "bridge_domain": "bd-b"}
+    refused(api, "subnets", {**subnet, "cidr": "fd00:9::%zz/64"}, 422, "cidr", "zone id", "fd00:9::/64")
+    refused(
+        api, "subnets", {**subnet, "cidr": "fd00:9::/64", "gateway_ip": "fd00:9::1%zz"}, 422, "gateway_ip"
+    )
+    assert [e["name"] for e in api.get("/v1/endpoints", tenant=t).json()["items"]] == ["e1"]
+
+
 @pytest.mark.parametrize(
     ("mac", "words"),
     [

@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import ssl
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
+import trustme
 
-from policyfabric.lab.authority import AuthorityProcess, free_port
+from policyfabric.lab.authority import AuthorityProcess, authority_in, free_port
 from tests.conftest import Api
 
 pytestmark = pytest.mark.integration  # starts authority processes and the CLI
@@ -20,10 +26,15 @@ EXAMPLE = Path(__file__).parent / "scenarios" / "full_model.yaml"
 DEMO = Path(__file__).parent.parent / "examples" / "demo.yaml"
 
 
-def run(*args: str, url: str | None = None, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "COLUMNS": "200"}
+def run(
+    *args: str, url: str | None = None, check: bool = True, token: str | None = None, **extra: str
+) -> subprocess.CompletedProcess[str]:
+    env = {key: v for key, v in os.environ.items() if key != "POLICYFABRIC_TOKEN"}
+    env.update(COLUMNS="200", **extra)
     if url:
         env["POLICYFABRIC_URL"] = url
+    if token:
+        env["POLICYFABRIC_TOKEN"] = token
     done = subprocess.run(
         [sys.executable, "-m", "policyfabric", *args], env=env, capture_output=True, text=True, check=False
     )
@@ -193,3 +204,134 @@ def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     web1 = next(line for line in done.stdout.splitlines() if line.startswith("│ web1") and "acme" in line)
     assert "h1" in web1 and "ACTIVE" in web1  # bound and rendered by h1's agent
     assert "demo done" in done.stdout
+
+
+# ---- exposure and tokens ------------------------------------------------------------------------
+
+ADMIN, MEMBER = "admin-0123456789abcdef", "member-acme-0123456789"
+
+
+def tokens_file(tmp_path: Path, text: str | None = None) -> Path:
+    path = tmp_path / "tokens.yaml"
+    path.write_text(
+        text
+        or f"tokens:\n  - {{token: {ADMIN}, role: admin, name: ops}}\n"
+        f"  - {{token: {MEMBER}, role: member, tenant: acme, name: ci}}\n"
+    )
+    path.chmod(0o600)
+    return path
+
+
+@contextlib.contextmanager
+def running(args: list[str], url: str, log: Path, **client: object) -> Iterator[subprocess.Popen[bytes]]:
+    """``policyfabric authority ARGS``, until it answers GET /openapi.json at ``url``."""
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "policyfabric", "authority", *args], stdout=out, stderr=out
+        )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(f"{url}/openapi.json", timeout=2, **client).raise_for_status()  # type: ignore[arg-type]
+                break
+            except httpx.TransportError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_rest_beyond_loopback_needs_tokens_or_insecure(tmp_path: Path) -> None:
+    port = free_port()
+    base = ["--db", str(tmp_path / "x.db"), "--opflex-listen", "off", "--listen", f"0.0.0.0:{port}"]
+    refused = run("authority", *base, check=False)
+    assert refused.returncode == 1 and "Traceback" not in refused.stderr
+    assert f"REST would listen on 0.0.0.0:{port} without --tokens" in refused.stderr
+    assert "--insecure" in refused.stderr
+    log = tmp_path / "insecure.log"
+    with running([*base, "--insecure"], f"http://127.0.0.1:{port}", log):
+        pass
+    assert f"INSECURE: REST on 0.0.0.0:{port} without --tokens" in log.read_text()
+    log = tmp_path / "tokens.log"
+    with running([*base, "--tokens", str(tokens_file(tmp_path))], f"http://127.0.0.1:{port}", log):
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/tenants").status_code == 401
+    assert "tokens cross the network in clear" in log.read_text()
+
+
+def test_opflex_beyond_loopback_needs_tls_or_insecure(tmp_path: Path) -> None:
+    args = ["--db", str(tmp_path / "x.db"), "--listen", f"127.0.0.1:{free_port()}"]
+    refused = run("authority", *args, "--opflex-listen", f"0.0.0.0:{free_port()}", check=False)
+    assert refused.returncode == 1 and "OpFlex would listen on 0.0.0.0:" in refused.stderr
+    assert "--tls-cert" in refused.stderr and "--insecure" in refused.stderr
+
+
+def test_a_wrong_tokens_file_is_refused_naming_the_entry_and_never_the_token(tmp_path: Path) -> None:
+    secret = "this-is-the-secret-0123456789"
+    path = tokens_file(
+        tmp_path, f"tokens:\n  - {{token: {secret}, role: admin}}\n  - {{token: {secret}x, role: member}}\n"
+    )
+    done = run("authority", "--db", str(tmp_path / "x.db"), "--tokens", str(path), check=False)
+    assert done.returncode == 1 and "Traceback" not in done.stderr
+    assert f"{path}: tokens[1].tenant: a member token needs the tenant" in done.stderr.replace("\n", "")
+    assert secret not in done.stderr + done.stdout
+
+
+def test_the_cli_sends_its_token(tmp_path: Path) -> None:
+    server = authority_in(tmp_path / "authority", extra=["--tokens", str(tokens_file(tmp_path))], token=ADMIN)
+    with server:
+        url = server.url
+        assert (
+            "1 created" in run("apply", "-f", str(tenant_file(tmp_path, "acme")), url=url, token=ADMIN).stdout
+        )
+        anonymous = run("get", "tenants", url=url, check=False)
+        assert anonymous.returncode == 1 and "needs a token" in anonymous.stderr and "401" in anonymous.stderr
+        assert "acme" in run("get", "tenants", "--token", MEMBER, url=url).stdout  # the option
+        member = run("apply", "-f", str(tenant_file(tmp_path, "other")), url=url, token=MEMBER, check=False)
+        assert member.returncode == 1 and "the authority refused a change" in member.stderr
+        assert "only an admin token may change them" in member.stderr
+        made = run("apply", "-f", str(contract_file(tmp_path)), url=url, token=MEMBER)  # the environment
+        assert "1 created" in made.stdout
+        assert (
+            "deleted contract 'web'"
+            in run("delete", "contract", "web", "--tenant", "acme", url=url, token=MEMBER).stdout
+        )
+        wrong = run("get", "tenants", "--token", "not-a-token-we-know-0000", url=url, check=False)
+        assert wrong.returncode == 1 and "not one this authority knows" in wrong.stderr
+        log = server.log.read_text()
+    assert "INFO policyfabric.audit: member 'ci' (tenant acme): DELETE contract acme/web" in log
+    assert ADMIN not in log and MEMBER not in log
+
+
+def tenant_file(tmp_path: Path, name: str) -> Path:
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(f"tenants:\n  - name: {name}\n")
+    return path
+
+
+def contract_file(tmp_path: Path) -> Path:
+    path = tmp_path / "contract.yaml"
+    path.write_text("tenants:\n  - name: acme\n    contracts:\n      - {name: web}\n")
+    return path
+
+
+def test_rest_over_tls(tmp_path: Path) -> None:
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1")
+    cert.private_key_and_cert_chain_pem.write_to_path(str(tmp_path / "rest.pem"))
+    ca.cert_pem.write_to_path(str(tmp_path / "ca.pem"))
+    port = free_port()
+    args = ["--db", str(tmp_path / "x.db"), "--opflex-listen", "off", "--listen", f"127.0.0.1:{port}"]
+    args += ["--rest-tls-cert", str(tmp_path / "rest.pem"), "--rest-tls-key", str(tmp_path / "rest.pem")]
+    url = f"https://127.0.0.1:{port}"
+    trusted = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
+    with running(args, url, tmp_path / "tls.log", verify=trusted):
+        assert run("get", "tenants", url=url, check=False).returncode == 1  # no CA: refused
+        assert "tenants" in run("get", "tenants", url=url, SSL_CERT_FILE=str(tmp_path / "ca.pem")).stdout
+        assert httpx.get(f"{url}/v1/revision", verify=trusted).json() == {"revision": 0}
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"http://127.0.0.1:{port}/v1/revision")  # no plain HTTP on it
+    bad = run("authority", *args[:-2], check=False)
+    assert bad.returncode == 1 and "--rest-tls-cert and --rest-tls-key go together" in bad.stderr

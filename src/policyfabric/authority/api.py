@@ -5,22 +5,40 @@ Bodies are parsed by the kind's pydantic model and then checked by
 checker uses - and the service applies the cross-object rules. Every error
 is ``{"error": {"code", "message", "field"}}`` with a 4xx status; nothing
 answers with a traceback.
+
+Every route knows who asks (``access.Access``: a bearer token of ``--tokens``,
+or the anonymous admin without it) and passes the token's tenant to the
+service as its ``scope``; every write logs an audit line. ``edge.BodyLimit``
+caps request bodies before they are parsed.
 """
 
 import logging
 from enum import Enum
-from typing import Any, Protocol
+from typing import Annotated, Any, Protocol
 
-from fastapi import FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policyfabric import __version__
+from policyfabric.authority.access import (
+    MAX_REVISION,
+    Access,
+    IfMatch,
+    audit,
+    body_revision,
+    etag,
+    expected,
+    guarded,
+    if_match,
+)
+from policyfabric.authority.auth import Principal, Tokens
+from policyfabric.authority.edge import BodyLimit
 from policyfabric.authority.service import Authority
 from policyfabric.model import kinds as k
-from policyfabric.model.errors import BadRequest, Invalid, PolicyError, Problem
+from policyfabric.model.errors import BadRequest, Forbidden, Invalid, PolicyError, Problem
 from policyfabric.model.kinds import Kind
 from policyfabric.model.parse import check_local, parse_spec, problems_from_pydantic
 
@@ -80,18 +98,22 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
         (400, "malformed request"),
-        (404, "no such object"),
-        (409, "conflicts with other objects, or in use"),
+        (401, "no token, or an unknown one (with --tokens)"),
+        (403, "the token's role or tenant does not allow this"),
+        (404, "no such object (or one of another tenant)"),
+        (409, "conflicts with other objects, in use, or changed since the revision the request expects"),
+        (413, "the body is over --max-body"),
         (422, "invalid value"),
     )
 }
+MiB = 1 << 20
 
 
 def error_response(err: PolicyError) -> JSONResponse:
     detail: dict[str, Any] = {"code": err.code, "message": err.message, "field": err.field}
     if len(err.problems) > 1:
         detail["problems"] = [{"field": p.field, "message": p.message} for p in err.problems]
-    return JSONResponse({"error": detail}, status_code=err.status)
+    return JSONResponse({"error": detail}, status_code=err.status, headers=err.headers or None)
 
 
 def _out_model(kind: Kind) -> type[BaseModel]:
@@ -101,32 +123,57 @@ def _out_model(kind: Kind) -> type[BaseModel]:
     return create_model(f"{kind.spec.__name__}Out", __base__=kind.spec, **fields)
 
 
-def _collection_routes(app: FastAPI, authority: Authority, kind: Kind) -> None:
+def _collection_routes(app: FastAPI, authority: Authority, kind: Kind, access: Access) -> None:
     spec_type = kind.spec
     out = _out_model(kind)
     items = create_model(f"{kind.spec.__name__}List", items=(list[out], ...), revision=(int, ...))  # type: ignore[valid-type]
     deleted = create_model(f"{kind.spec.__name__}Deleted", deleted=(out, ...), revision=(int, ...))
     base = f"/v1/{kind.collection}"
     tags: list[str | Enum] = [kind.collection]
+    Caller = Annotated[Principal, Depends(access.principal)]  # any known token
+    Writer = Annotated[Principal, Depends(access.writer(kind))]
 
-    def create(body: spec_type) -> JSONResponse:  # type: ignore[valid-type]
-        return JSONResponse(authority.create(kind, check_local(body)), status_code=201)
+    def create(body: spec_type, who: Writer) -> JSONResponse:  # type: ignore[valid-type]
+        spec = check_local(body)
+        guarded(who, "POST", base, who.check_write, kind, spec.scope)
+        made = authority.create(kind, spec, who.tenant)
+        audit(who, "POST", kind, made, made["revision"])
+        return JSONResponse(made, status_code=201, headers=etag(made))
 
     def list_(
+        who: Caller,
         tenant: str | None = Query(None, description="only objects of this tenant"),
         name: str | None = Query(None, description="only the object with this name"),
     ) -> dict[str, Any]:
+        if who.tenant is not None and kind.scoped:
+            if tenant not in (None, who.tenant):
+                return {"items": [], "revision": authority.revision()}  # what a member sees of it
+            tenant = who.tenant
         found, revision = authority.list(kind, tenant, name)
-        return {"items": found, "revision": revision}
+        return {
+            "items": [o for o in found if who.sees(kind.name, o.get("tenant"), o["name"])],
+            "revision": revision,
+        }
 
-    def get(id: str) -> dict[str, Any]:
-        return authority.get(kind, id)
+    def get(id: str, who: Caller) -> JSONResponse:
+        obj = authority.get(kind, id, who.tenant)
+        return JSONResponse(obj, headers=etag(obj))
 
-    def replace(id: str, body: spec_type) -> dict[str, Any]:  # type: ignore[valid-type]
-        return authority.replace(kind, id, check_local(body))
+    def replace(
+        id: str,
+        body: spec_type,  # type: ignore[valid-type]
+        who: Writer,
+        match: IfMatch = None,
+        revision: Annotated[int | None, Depends(body_revision)] = None,
+    ) -> JSONResponse:
+        expect = expected(if_match(match), revision)
+        made = authority.replace(kind, id, check_local(body), scope=who.tenant, expect=expect)
+        audit(who, "PUT", kind, made, made["revision"])
+        return JSONResponse(made, headers=etag(made))
 
-    def remove(id: str) -> dict[str, Any]:
-        gone, revision = authority.delete(kind, id)
+    def remove(id: str, who: Writer, match: IfMatch = None) -> dict[str, Any]:
+        gone, revision = authority.delete(kind, id, scope=who.tenant, expect=if_match(match))
+        audit(who, "DELETE", kind, gone, revision)
         return {"deleted": gone, "revision": revision}
 
     title = str(kind)
@@ -170,12 +217,21 @@ class Observer(Protocol):
     def faults_json(self) -> list[dict[str, Any]]: ...
 
 
-def create_app(authority: Authority, observer: Observer | None = None) -> FastAPI:
+def create_app(
+    authority: Authority,
+    observer: Observer | None = None,
+    tokens: Tokens | None = None,
+    max_body: int = MiB,
+) -> FastAPI:
+    """The REST API; ``tokens`` None: no authentication (every request is the anonymous admin)."""
     app = FastAPI(
         title="policyfabric Policy Authority",
         version=__version__,
         description="Declare tenants, networks and group-based policy; agents enforce it.",
     )
+    app.add_middleware(BodyLimit, limit=max_body)
+    access = Access(tokens)
+    Caller = Annotated[Principal, Depends(access.principal)]  # any known token
 
     @app.exception_handler(PolicyError)
     async def policy_error(_: Request, exc: PolicyError) -> JSONResponse:
@@ -187,7 +243,8 @@ def create_app(authority: Authority, observer: Observer | None = None) -> FastAP
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "bad_request")
+        codes = {404: "not_found", 405: "method_not_allowed", 413: "too_large"}
+        code = codes.get(exc.status_code, "bad_request")
         message = str(exc.detail)
         if exc.status_code == 404:
             message = f"no such resource: {request.url.path} (collections are under /v1)"
@@ -203,16 +260,22 @@ def create_app(authority: Authority, observer: Observer | None = None) -> FastAP
         return JSONResponse(body, status_code=500)
 
     @app.get("/v1/revision", tags=["meta"], summary="The current global revision", response_model=Revision)
-    def revision() -> dict[str, int]:
+    def revision(_: Caller) -> dict[str, int]:
         return {"revision": authority.revision()}
 
-    @app.get("/v1/changes", tags=["meta"], summary="Changes after a revision, oldest first")
+    @app.get(
+        "/v1/changes",
+        tags=["meta"],
+        summary="Changes after a revision, oldest first, in whole revisions",
+        responses=ERRORS,
+    )
     def changes(
-        since: int = Query(0, ge=0, description="return changes with a higher revision"),
+        who: Caller,
+        since: int = Query(0, ge=0, le=MAX_REVISION, description="return changes with a higher revision"),
         limit: int = Query(1000, ge=1, le=10000),
     ) -> dict[str, Any]:
-        found, current = authority.changes(since, limit)
-        return {"changes": found, "revision": current}
+        page = authority.changes(since, limit, who.tenant)
+        return {"changes": [c.__dict__ for c in page.changes], "revision": page.revision, "until": page.until}
 
     @app.post(
         "/v1/batch",
@@ -221,19 +284,33 @@ def create_app(authority: Authority, observer: Observer | None = None) -> FastAP
         summary="Create many objects in one transaction (all or nothing)",
         responses=ERRORS,
     )
-    def batch(body: Batch) -> JSONResponse:
-        created = authority.create_many(parse_batch(body))
+    def batch(body: Batch, who: Annotated[Principal, Depends(access.writer(None))]) -> JSONResponse:
+        items = parse_batch(body)
+        for i, (kind, spec) in enumerate(items):
+            try:
+                guarded(who, "POST", "/v1/batch", who.check_write, kind, spec.scope)
+            except Forbidden as err:
+                where = f"create[{i}].{err.field}" if err.field else f"create[{i}].kind"
+                raise Forbidden(f"create[{i}] ({kind} {spec.name!r}): {err.message}", where) from None
+        created = authority.create_many(items, who.tenant)
         revision = max((c["revision"] for c in created), default=authority.revision())
+        kinds = sorted({str(k.BY_NAME[kind.name]) for kind, _ in items})
+        summary = {"name": f"{len(created)} objects ({', '.join(kinds)})"}
+        audit(who, "POST", "batch", summary, revision)
         return JSONResponse({"created": created, "revision": revision}, status_code=201)
 
-    @app.get("/v1/agents", tags=["opflex"], summary="Policy agents known to this authority")
-    def agents() -> dict[str, Any]:
+    @app.get("/v1/agents", tags=["opflex"], summary="Policy agents known to this authority", responses=ERRORS)
+    def agents(who: Caller) -> dict[str, Any]:
+        who.check_global("agents")
         return {"items": observer.agents_json() if observer else []}
 
-    @app.get("/v1/faults", tags=["opflex"], summary="Faults reported by agents (state_report)")
-    def faults() -> dict[str, Any]:
+    @app.get(
+        "/v1/faults", tags=["opflex"], summary="Faults reported by agents (state_report)", responses=ERRORS
+    )
+    def faults(who: Caller) -> dict[str, Any]:
+        who.check_global("faults")
         return {"items": observer.faults_json() if observer else []}
 
     for kind in k.ORDER:
-        _collection_routes(app, authority, kind)
+        _collection_routes(app, authority, kind, access)
     return app

@@ -1,16 +1,29 @@
-"""Run the Policy Authority: the store, the REST API and the OpFlex server, in one event loop."""
+"""Run the Policy Authority: the store, the REST API and the OpFlex server, in one event loop.
+
+Before anything listens, ``check_exposure`` refuses what would hand the network to anyone who
+reaches it: REST without ``--tokens``, or OpFlex without TLS, on an address other than loopback
+(``--insecure`` accepts it, loudly). The REST listener is bounded (``edge``): body size, header
+and idle deadlines, a connection cap below the file descriptor limit.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import inspect
+import ipaddress
 import logging
+import socket
+import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import sqlalchemy.exc
 import uvicorn
 
-from policyfabric.authority.api import create_app
+from policyfabric.authority import edge
+from policyfabric.authority.api import MiB, create_app
+from policyfabric.authority.auth import TokenError, Tokens, load_tokens
 from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.tls import server_context
@@ -46,6 +59,16 @@ class Settings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    # the REST edge
+    tokens: Path | None = None
+    insecure: bool = False
+    rest_tls_cert: Path | None = None
+    rest_tls_key: Path | None = None
+    max_body: int = MiB
+    max_connections: int | None = None  # None: edge.default_max_connections(the fd limit)
+    header_timeout: float = 10.0
+    idle_timeout: float = 5.0
+    forget_agents_after: float | None = None  # None: the OpFlex server's default
 
 
 def open_store(db: Path, sync: Sync) -> SqliteStore:
@@ -57,8 +80,77 @@ def open_store(db: Path, sync: Sync) -> SqliteStore:
         raise StartupError(f"cannot open the database {db}: {exc.orig}") from None
 
 
+def is_loopback(host: str) -> bool:
+    """Whether every address ``host`` names is a loopback one (a name that does not resolve: no)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = {info[4][0] for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(str(a).partition("%")[0]).is_loopback for a in found)
+
+
+def check_exposure(settings: Settings) -> None:
+    """Refuse to listen beyond loopback without authentication (REST) or TLS (OpFlex), unless
+    ``--insecure``; then, and for tokens sent in clear, warn."""
+    rest = "{}:{}".format(*settings.listen)
+    if settings.tokens is None and not is_loopback(settings.listen[0]):
+        if not settings.insecure:
+            raise StartupError(
+                f"REST would listen on {rest} without --tokens: anyone who reaches it could read and change "
+                "every tenant's objects. Give --tokens FILE (docs/api.md), listen on 127.0.0.1, or pass "
+                "--insecure to accept that"
+            )
+        log.warning(
+            "INSECURE: REST on %s without --tokens: anyone who reaches it can change everything", rest
+        )
+    elif (
+        settings.tokens is not None and settings.rest_tls_cert is None and not is_loopback(settings.listen[0])
+    ):
+        log.warning(
+            "REST on %s without --rest-tls-cert: tokens cross the network in clear (use TLS, here or in a "
+            "proxy in front)",
+            rest,
+        )
+    if settings.opflex_listen is not None and settings.tls_cert is None:
+        opflex = "{}:{}".format(*settings.opflex_listen)
+        if not is_loopback(settings.opflex_listen[0]):
+            if not settings.insecure:
+                raise StartupError(
+                    f"OpFlex would listen on {opflex} without TLS: anyone who reaches it could pose as an "
+                    "agent or read every tenant's policy. Give --tls-cert/--tls-key (and --tls-ca for the "
+                    "agents' certificates), listen on 127.0.0.1, or pass --insecure to accept that"
+                )
+            log.warning(
+                "INSECURE: OpFlex on %s without TLS: anyone who reaches it can pose as an agent", opflex
+            )
+
+
+def _rest_tls(settings: Settings) -> None:
+    if (settings.rest_tls_cert is None) != (settings.rest_tls_key is None):
+        raise StartupError("--rest-tls-cert and --rest-tls-key go together")
+    if settings.rest_tls_cert is not None:
+        try:  # load it once here for a clear error; uvicorn loads it again
+            ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(
+                settings.rest_tls_cert, settings.rest_tls_key
+            )
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(f"cannot load the REST TLS certificate: {exc}") from None
+
+
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; raises StartupError if it cannot start."""
+    check_exposure(settings)
+    _rest_tls(settings)
+    tokens = None
+    if settings.tokens is not None:
+        try:
+            tokens = load_tokens(settings.tokens)
+        except TokenError as exc:
+            raise StartupError(str(exc)) from None
     tls = None
     if settings.tls_cert is not None:
         if settings.tls_key is None:
@@ -67,15 +159,37 @@ def serve(settings: Settings) -> None:
             tls = server_context(settings.tls_cert, settings.tls_key, settings.tls_ca)
         except (OSError, ValueError) as exc:
             raise StartupError(f"cannot load the TLS certificate: {exc}") from None
+    if settings.max_body < 1:
+        raise StartupError("--max-body must be at least 1 byte")
+    if settings.header_timeout <= 0 or settings.idle_timeout <= 0:
+        raise StartupError("--header-timeout and --idle-timeout must be positive")
+    fd_limit = edge.raise_fd_limit()
+    if settings.max_connections is None:
+        settings.max_connections = edge.default_max_connections(fd_limit)
+    elif not 0 < settings.max_connections < fd_limit:
+        raise StartupError(f"--max-connections must be between 1 and the open-file limit ({fd_limit})")
     store = open_store(settings.db, settings.sync)
     try:
-        asyncio.run(_run(settings, store, tls))
+        asyncio.run(_run(settings, store, tls, tokens))
     finally:
         store.close()
         log.info("policyfabric authority stopped")
 
 
-async def _run(settings: Settings, store: SqliteStore, tls: object) -> None:
+def _opflex_options(settings: Settings) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if settings.forget_agents_after is not None:
+        # TODO(merge): pass forget_after=settings.forget_agents_after directly once OpflexServer takes it
+        if "forget_after" not in inspect.signature(OpflexServer).parameters:
+            raise StartupError("--forget-agents-after: this OpFlex server cannot forget agents yet")
+        options["forget_after"] = settings.forget_agents_after
+    return options
+
+
+async def _run(
+    settings: Settings, store: SqliteStore, tls: ssl.SSLContext | None, tokens: Tokens | None
+) -> None:
+    restore = edge.quiet_accept_errors(asyncio.get_running_loop())
     authority = Authority(store)
     opflex = None
     if settings.opflex_listen is not None:
@@ -84,7 +198,8 @@ async def _run(settings: Settings, store: SqliteStore, tls: object) -> None:
             domain=settings.domain,
             advertise=settings.opflex_advertise,
             keepalive=settings.keepalive,
-            tls=tls,  # type: ignore[arg-type]
+            tls=tls,
+            **_opflex_options(settings),
         )
         try:
             await opflex.start(*settings.opflex_listen)
@@ -92,20 +207,37 @@ async def _run(settings: Settings, store: SqliteStore, tls: object) -> None:
             where = "{}:{}".format(*settings.opflex_listen)
             raise StartupError(f"cannot listen for OpFlex on {where}: {exc.strerror}") from None
     host, port = settings.listen
-    app = create_app(authority, opflex)
+    app = create_app(authority, opflex, tokens, settings.max_body)
+    assert settings.max_connections is not None
+    scheme = "https" if settings.rest_tls_cert else "http"
+    who = f"{len(tokens)} token(s) from {settings.tokens}" if tokens else "no --tokens: no authentication"
     log.info(
-        "policyfabric authority: REST on http://%s:%d/v1, store %s at revision %d",
+        "policyfabric authority: REST on %s://%s:%d/v1 (%s; at most %d connections), store %s at revision %d",
+        scheme,
         host,
         port,
+        who,
+        settings.max_connections,
         settings.db,
         authority.revision(),
     )
-    config = uvicorn.Config(app, host=host, port=port, log_level="warning", access_log=False)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_level="warning",
+        access_log=False,
+        http=edge.guarded_protocol(settings.max_connections, settings.header_timeout),
+        timeout_keep_alive=int(max(1, settings.idle_timeout)),
+        ssl_certfile=settings.rest_tls_cert,
+        ssl_keyfile=settings.rest_tls_key,
+    )
     server = uvicorn.Server(config)
     try:
         await server.serve()
     finally:
         if opflex is not None:
             await opflex.stop()
+        restore()
     if not server.started:
         raise StartupError(f"cannot listen for REST on {host}:{port} (see the error above)")

@@ -2,7 +2,14 @@
 transaction, then commit, all or nothing.
 
 HTTP-free on purpose: the REST layer, tests and (later) the OpFlex server
-call these methods and get plain dicts or PolicyErrors back.
+call these methods and get plain dicts or PolicyErrors back. Writes are
+logged by their caller (the REST API's audit line says who asked).
+
+``scope`` (a tenant) limits a call to what a token of that tenant may see
+(``auth.visible``): another tenant's object is "not found", and a conflict
+with one does not name it. ``expect`` (a revision) refuses a replace or delete
+of an object changed since the caller read it (optimistic concurrency): the
+check runs inside the write transaction, so no other write slips in between.
 """
 
 from __future__ import annotations
@@ -17,6 +24,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
+from policyfabric.authority import changelog
+from policyfabric.authority.auth import visible
 from policyfabric.authority.txn_view import SpecCache, TxnView
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
@@ -78,9 +87,9 @@ class Authority:
         with self.store.read() as txn:
             return txn.revision()
 
-    def get(self, kind: Kind, id: str) -> dict[str, Any]:
+    def get(self, kind: Kind, id: str, scope: str | None = None) -> dict[str, Any]:
         with self.store.read() as txn:
-            return render(self._existing(txn, kind, id))
+            return render(self._existing(txn, kind, id, scope))
 
     def list(
         self, kind: Kind, tenant: str | None = None, name: str | None = None
@@ -89,9 +98,10 @@ class Authority:
             items = [render(r) for r in txn.list(kind.name, tenant, name)]
             return items, txn.revision()
 
-    def changes(self, since: int, limit: int = 1000) -> tuple[builtins.list[dict[str, Any]], int]:
+    def changes(self, since: int, limit: int = 1000, scope: str | None = None) -> changelog.Page:
+        """Changes after ``since`` in whole revisions, and where to continue (``changelog``)."""
         with self.store.read() as txn:
-            return [c.__dict__ for c in txn.changes(since, limit)], txn.revision()
+            return changelog.read_page(txn, since, limit, scope)
 
     # ---- writes
     @contextmanager
@@ -109,13 +119,14 @@ class Authority:
                 except Exception:
                     log.exception("change listener failed")
 
-    def create(self, kind: Kind, spec: o.Spec) -> dict[str, Any]:
+    def create(self, kind: Kind, spec: o.Spec, scope: str | None = None) -> dict[str, Any]:
         with self._writing() as txn:
-            record = self._create(txn, TxnView(txn, self.cache), kind, spec)
-        self._log_created(kind, record)
+            record = self._create(txn, TxnView(txn, self.cache), kind, spec, scope)
         return render(record)
 
-    def create_many(self, items: Sequence[tuple[Kind, o.Spec]]) -> builtins.list[dict[str, Any]]:
+    def create_many(
+        self, items: Sequence[tuple[Kind, o.Spec]], scope: str | None = None
+    ) -> builtins.list[dict[str, Any]]:
         """Create all of ``items`` in one transaction, in order (later items may refer to earlier
         ones): all or nothing. An error names the item at fault (``create[3].ip``)."""
         records = []
@@ -123,17 +134,15 @@ class Authority:
             view = TxnView(txn, self.cache)
             for i, (kind, spec) in enumerate(items):
                 try:
-                    records.append((kind, self._create(txn, view, kind, spec)))
+                    records.append(self._create(txn, view, kind, spec, scope))
                 except PolicyError as err:
                     err.message = f"create[{i}] ({kind} {spec.name!r}): {err.message}"
                     err.field = f"create[{i}].{err.field}" if err.field else f"create[{i}]"
                     err.problems = [Problem(err.field, err.message)]
                     raise
-        for kind, record in records:
-            self._log_created(kind, record)
-        return [render(r) for _, r in records]
+        return [render(r) for r in records]
 
-    def _create(self, txn: WriteTxn, view: TxnView, kind: Kind, spec: o.Spec) -> Record:
+    def _create(self, txn: WriteTxn, view: TxnView, kind: Kind, spec: o.Spec, scope: str | None) -> Record:
         if view.find(kind, spec.scope, spec.name) is not None:
             where = f" in tenant {spec.scope!r}" if spec.scope else ""
             raise Conflict(f"a {kind} named {spec.name!r} already exists{where}", "name")
@@ -146,23 +155,14 @@ class Authority:
         if kind.name in ALLOCATED:
             counter, base = ALLOCATED[kind.name]
             data[counter] = base + txn.next_sequence(counter)
-        return self._put(txn, view, obj, data, claims, "create")
+        return self._put(txn, view, obj, data, claims, "create", scope)
 
-    @staticmethod
-    def _log_created(kind: Kind, record: Record) -> None:
-        log.info(
-            "created %s %s/%s (%s) at revision %d",
-            kind,
-            record.tenant or "-",
-            record.name,
-            record.id,
-            record.revision,
-        )
-
-    def replace(self, kind: Kind, id: str, spec: o.Spec) -> dict[str, Any]:
+    def replace(
+        self, kind: Kind, id: str, spec: o.Spec, *, scope: str | None = None, expect: int | None = None
+    ) -> dict[str, Any]:
         with self._writing() as txn:
             view = TxnView(txn, self.cache)
-            current = self._existing(txn, kind, id)
+            current = self._existing(txn, kind, id, scope, expect)
             old = view.obj(current)
             spec = keep_omitted(spec, old.spec)
             if spec.scope != old.spec.scope:
@@ -181,27 +181,23 @@ class Authority:
             structural = any(getattr(spec, f) != getattr(old.spec, f) for f in spec.STRUCTURAL)
             affected = dependents_closure(old, view) if structural else []
             data = {**current.data, **spec.model_dump(mode="json")}
-            record = self._put(txn, view, new, data, claims, "update")
+            record = self._put(txn, view, new, data, claims, "update", scope)
             if structural:
-                self._recheck(txn, view, new, affected + dependents_closure(new, view))
-        log.info(
-            "updated %s %s/%s (%s) at revision %d", kind, spec.scope or "-", spec.name, id, record.revision
-        )
+                self._recheck(txn, view, new, affected + dependents_closure(new, view), scope)
         return render(record)
 
-    def delete(self, kind: Kind, id: str) -> tuple[dict[str, Any], int]:
+    def delete(
+        self, kind: Kind, id: str, *, scope: str | None = None, expect: int | None = None
+    ) -> tuple[dict[str, Any], int]:
         with self._writing() as txn:
             view = TxnView(txn, self.cache)
-            current = self._existing(txn, kind, id)
+            current = self._existing(txn, kind, id, scope, expect)
             obj = view.obj(current)
             users = dependents(obj, view)
             if users:
                 raise InUse(f"{obj.label} is in use by {describe(users)}: delete or change those first")
             txn.delete(current)
             revision = txn.next_revision()
-        log.info(
-            "deleted %s %s/%s (%s) at revision %d", kind, current.tenant or "-", current.name, id, revision
-        )
         return render(current), revision
 
     def tenants(self) -> builtins.list[str]:
@@ -303,10 +299,24 @@ class Authority:
 
     # ---- helpers
     @staticmethod
-    def _existing(txn: ReadTxn, kind: Kind, id: str) -> Record:
+    def _existing(
+        txn: ReadTxn, kind: Kind, id: str, scope: str | None = None, expect: int | None = None
+    ) -> Record:
+        """The object, if ``scope`` sees it (else the same 404 as a missing one) and, when the caller
+        ``expect``s a revision, it is still at that revision."""
         record = txn.get(id)
-        if record is None or record.kind != kind.name:
+        if (
+            record is None
+            or record.kind != kind.name
+            or not visible(scope, kind.name, record.tenant, record.name)
+        ):
             raise NotFound(f"no {kind} with id {id!r}")
+        if expect is not None and expect != record.revision:
+            raise Conflict(
+                f"{kind} {record.name!r} is at revision {record.revision}, not {expect} as this request "
+                "expects: it changed since you read it; read it again and retry",
+                "revision",
+            )
         return record
 
     @staticmethod
@@ -325,16 +335,19 @@ class Authority:
         data: dict[str, Any],
         claims: builtins.list[Claim],
         op: Op,
+        scope: str | None,
     ) -> Record:
         record = Record(obj.kind.name, obj.id, obj.spec.scope, obj.spec.name, txn.next_revision(), data)
         try:
             txn.put(record, claims, op)
         except ClaimTaken as taken:
-            raise self._claim_conflict(txn, taken) from None
+            raise self._claim_conflict(txn, taken, scope) from None
         view.forget()
         return record
 
-    def _recheck(self, txn: WriteTxn, view: TxnView, changed: Obj, affected: builtins.list[Obj]) -> None:
+    def _recheck(
+        self, txn: WriteTxn, view: TxnView, changed: Obj, affected: builtins.list[Obj], scope: str | None
+    ) -> None:
         """Re-validate what depends on a structural change; refuse the change if any breaks."""
         seen: set[str] = set()
         for dep in affected:
@@ -344,7 +357,7 @@ class Authority:
             try:
                 txn.set_claims(dep.id, validate(dep, view))
             except ClaimTaken as taken:
-                raise self._broken(changed, dep, self._claim_conflict(txn, taken)) from None
+                raise self._broken(changed, dep, self._claim_conflict(txn, taken, scope)) from None
             except PolicyError as err:
                 raise self._broken(changed, dep, err) from None
 
@@ -353,10 +366,12 @@ class Authority:
         field = f" {err.field}:" if err.field else ""
         return Conflict(f"this change to {changed.label} would break {dep.label}:{field} {err.message}")
 
-    def _claim_conflict(self, txn: ReadTxn, taken: ClaimTaken) -> Conflict:
+    def _claim_conflict(self, txn: ReadTxn, taken: ClaimTaken, scope: str | None) -> Conflict:
         holder = txn.get(taken.holder)
         who = f"{k.BY_NAME[holder.kind]} {holder.name!r}" if holder else "another object"
-        if holder is not None and holder.tenant:
+        if holder is not None and not visible(scope, holder.kind, holder.tenant, holder.name):
+            who = "an object of another tenant"  # a scoped caller learns no other tenant's names
+        elif holder is not None and holder.tenant:
             who += f" (tenant {holder.tenant!r})"
         return Conflict(f"{taken.claim.conflict} is already taken by {who}", taken.claim.field)
 

@@ -42,6 +42,45 @@ def authority(
         str,
         typer.Option(help="SQLite durability: 'full' (survives power loss) or 'normal' (survives a crash)."),
     ] = "full",
+    tokens: Annotated[
+        Path | None,
+        typer.Option(
+            help="YAML file of REST bearer tokens: `tokens: [{token, role: admin|member|reader, tenant}]` "
+            "(docs/api.md). Without it REST has no authentication and listens on loopback only."
+        ),
+    ] = None,
+    insecure: Annotated[
+        bool,
+        typer.Option(
+            help="Allow REST without --tokens, or OpFlex without --tls-cert, on a non-loopback address."
+        ),
+    ] = False,
+    rest_tls_cert: Annotated[Path | None, typer.Option(help="PEM certificate for REST over HTTPS.")] = None,
+    rest_tls_key: Annotated[Path | None, typer.Option(help="PEM key of --rest-tls-cert.")] = None,
+    max_body: Annotated[
+        int, typer.Option(help="Largest REST request body in bytes; larger ones get 413.")
+    ] = 1 << 20,
+    max_connections: Annotated[
+        int | None,
+        typer.Option(
+            help="Most REST connections at once; more get 503. Default: min(1000, open-file limit / 2)."
+        ),
+    ] = None,
+    header_timeout: Annotated[
+        float,
+        typer.Option(
+            help="Seconds a REST client has to send a request's headers (and longest pause in a body)."
+        ),
+    ] = 10.0,
+    idle_timeout: Annotated[
+        float, typer.Option(help="Seconds an idle keep-alive REST connection is kept open.")
+    ] = 5.0,
+    forget_agents_after: Annotated[
+        float | None,
+        typer.Option(
+            help="Forget an OpFlex agent disconnected for this many seconds (default: the server's)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the Policy Authority: the policy store, its REST API (under /v1) and its OpFlex server."""
@@ -62,6 +101,15 @@ def authority(
             tls_cert=tls_cert,
             tls_key=tls_key,
             tls_ca=tls_ca,
+            tokens=tokens,
+            insecure=insecure,
+            rest_tls_cert=rest_tls_cert,
+            rest_tls_key=rest_tls_key,
+            max_body=max_body,
+            max_connections=max_connections,
+            header_timeout=header_timeout,
+            idle_timeout=idle_timeout,
+            forget_agents_after=forget_agents_after,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -64,9 +64,19 @@ def up_cmd(
         str | None,
         typer.Option(help="Use a running authority: REST URL and OpFlex address, 'http://H:P,H:P'."),
     ] = None,
+    token: Annotated[
+        str | None,
+        typer.Option(
+            envvar="POLICYFABRIC_TOKEN",
+            show_default=False,
+            help="REST token for --authority (if it has --tokens).",
+        ),
+    ] = None,
 ) -> None:
     """Bring the lab up and leave it running (explore it, then `lab probe` and `lab down`)."""
     _root()
+    if token:
+        os.environ["POLICYFABRIC_TOKEN"] = token  # the lab's REST clients take it from there
     existing: tuple[str, str] | None = None
     if authority:
         url, _, opflex = authority.partition(",")

@@ -32,6 +32,16 @@ AuthorityUrl = Annotated[
     str,
     typer.Option("--authority", envvar="POLICYFABRIC_URL", help="REST URL of the Policy Authority."),
 ]
+Token = Annotated[
+    str | None,
+    typer.Option(
+        "--token",
+        envvar="POLICYFABRIC_TOKEN",
+        show_default=False,
+        help="Bearer token for an authority run with --tokens (prefer the environment variable: "
+        "a command line is visible to other users).",
+    ),
+]
 FileArg = Annotated[Path, typer.Option("-f", "--file", help="Scenario file (YAML, see docs/scenario.md).")]
 
 
@@ -70,14 +80,15 @@ def check(file: FileArg) -> None:
 
 
 @app.command("apply")
-def apply_(file: FileArg, authority: AuthorityUrl = DEFAULT_URL) -> None:
+def apply_(file: FileArg, authority: AuthorityUrl = DEFAULT_URL, token: Token = None) -> None:
     """Create or update, by name, every object a scenario file declares (idempotent).
 
     The file is checked offline first; nothing is sent if it has problems.
-    Objects are never deleted by apply.
+    Objects are never deleted by apply. An object someone changes while apply
+    runs is not overwritten: apply stops and says so; run it again.
     """
     scenario = _load_checked(file)
-    with Client(authority) as client:
+    with Client(authority, token=token or "") as client:
         try:
             steps = applying.plan(scenario, client)
             with Progress(
@@ -99,6 +110,8 @@ def apply_(file: FileArg, authority: AuthorityUrl = DEFAULT_URL) -> None:
             revision = client.revision()
         except Unreachable as exc:
             raise fail(str(exc)) from None
+        except applying.Changed as exc:
+            raise fail(f"{exc}. Objects before it were applied, none after: run apply again") from None
         except ApiError as exc:
             raise fail(f"the authority refused a change: {exc}") from None
     table = Table(title=f"{file} -> {authority} (revision {revision})")
@@ -131,10 +144,11 @@ def get(
     tenant: Annotated[str | None, typer.Option(help="only objects of this tenant")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
     authority: AuthorityUrl = DEFAULT_URL,
+    token: Token = None,
 ) -> None:
     """Show stored objects of one kind."""
     which = _kind(kind)
-    with Client(authority) as client:
+    with Client(authority, token=token or "") as client:
         try:
             items = client.list(which, tenant, name)
         except (Unreachable, ApiError) as exc:
@@ -155,17 +169,19 @@ def delete(
         str | None, typer.Option(help="its tenant (not for tenants and external networks)")
     ] = None,
     authority: AuthorityUrl = DEFAULT_URL,
+    token: Token = None,
 ) -> None:
-    """Delete one object; refused while other objects use it."""
+    """Delete one object; refused while other objects use it, or if it changes while this runs."""
     which = _kind(kind)
     if which.scoped and tenant is None:
         raise fail(f"a {which} lives in a tenant: add --tenant")
-    with Client(authority) as client:
+    with Client(authority, token=token or "") as client:
         try:
             found = client.list(which, tenant if which.scoped else None, name)
             if not found:
                 raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
-            result = client.delete(which, found[0]["id"])
+            # the revision just read: an object changed in between is not deleted unseen
+            result = client.delete(which, found[0]["id"], found[0]["revision"])
         except (Unreachable, ApiError) as exc:
             raise fail(str(exc)) from None
     out.print(f"deleted {which} {name!r} (revision {result['revision']})")

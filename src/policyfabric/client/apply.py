@@ -3,6 +3,10 @@
 Create or update by name, in dependency order, never delete; an object whose
 spec already matches is left alone, so applying a file twice changes
 nothing. The plan is computed from one listing per kind, not a GET per object.
+
+An update sends the revision the plan read (``If-Match``): if someone changed
+the object between plan and execute, the authority refuses it and ``execute``
+raises ``Changed`` rather than overwrite their change with a stale plan.
 """
 
 from __future__ import annotations
@@ -12,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from policyfabric.client.rest import Client
+from policyfabric.client.rest import ApiError, Client
 from policyfabric.model import kinds as k
 from policyfabric.model.objects import SecurityGroup, Spec, keep_omitted
 from policyfabric.model.scenario import Entry, Scenario
@@ -26,6 +30,11 @@ class Step:
     action: Action
     body: dict[str, Any]
     id: str | None = None
+    revision: int | None = None  # the object's revision when the plan read it (or created it)
+
+
+class Changed(Exception):
+    """An object changed at the authority after the plan read it; nothing after it was applied."""
 
 
 @dataclass
@@ -67,7 +76,8 @@ def plan(scenario: Scenario, client: Client) -> list[Step]:
         have = kind.spec.model_validate(current)
         want = keep_omitted(spec, have)
         same = want.model_dump(mode="json") == have.model_dump(mode="json")
-        steps.append(Step(entry, "unchanged" if same else "update", _body(spec), current["id"]))
+        action: Action = "unchanged" if same else "update"
+        steps.append(Step(entry, action, _body(spec), current["id"], current["revision"]))
     return steps
 
 
@@ -94,11 +104,22 @@ def execute(steps: list[Step], client: Client, progress: Callable[[Step], None])
                 groups.add(step.body["name"])
                 if body != step.body:
                     complete_later.append(step)
-            step.id = client.create(kind, body)["id"]
+            made = client.create(kind, body)
+            step.id, step.revision = made["id"], made["revision"]
         elif step.action == "update":
-            client.replace(kind, str(step.id), step.body)
+            _replace(client, step)
         result.count(kind.name, step.action)
         progress(step)
     for step in complete_later:
-        client.replace(step.entry.kind, str(step.id), step.body)
+        _replace(client, step)
     return result
+
+
+def _replace(client: Client, step: Step) -> None:
+    try:
+        client.replace(step.entry.kind, str(step.id), step.body, step.revision)
+    except ApiError as exc:
+        if exc.status == 409 and exc.field == "revision":
+            what = f"{step.entry.kind} {step.body['name']!r}"
+            raise Changed(f"{what} changed at the authority after apply read it ({exc.message})") from None
+        raise

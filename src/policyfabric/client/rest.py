@@ -3,10 +3,16 @@
 ``request`` parses a refusal into ``ApiError`` (the API's error shape: status, code, message,
 field); ``response`` hands back the raw response for callers that judge it themselves (the API
 tests). An ``httpx.Client`` can be passed in, e.g. FastAPI's in-process ``TestClient``.
+
+``token`` is sent as ``Authorization: Bearer TOKEN`` (an authority run with ``--tokens``); left
+out, it is ``$POLICYFABRIC_TOKEN`` if set, as for the CLI, so that code handed only a URL (the
+lab, scripts) reaches a protected authority too. ``replace`` and ``delete`` take the revision
+the caller read and send it as ``If-Match``: the authority refuses (409) if the object changed.
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import httpx
@@ -14,6 +20,7 @@ import httpx
 from policyfabric.model.kinds import Kind
 
 DEFAULT_URL = "http://127.0.0.1:8700"
+TOKEN_ENV = "POLICYFABRIC_TOKEN"
 
 
 class ApiError(Exception):
@@ -34,10 +41,17 @@ class Unreachable(Exception):
 
 class Client:
     def __init__(
-        self, url: str = DEFAULT_URL, timeout: float = 30.0, http: httpx.Client | None = None
+        self,
+        url: str = DEFAULT_URL,
+        timeout: float = 30.0,
+        http: httpx.Client | None = None,
+        token: str | None = None,
     ) -> None:
+        """``token`` None: ``$POLICYFABRIC_TOKEN`` if set; "": none."""
         self.url = url.rstrip("/")
         self.http = http if http is not None else httpx.Client(base_url=self.url, timeout=timeout)
+        token = os.environ.get(TOKEN_ENV) if token is None else token
+        self.headers = {"Authorization": f"Bearer {token}"} if token else {}
 
     def close(self) -> None:
         self.http.close()
@@ -50,6 +64,8 @@ class Client:
 
     def response(self, method: str, path: str, **kw: Any) -> httpx.Response:
         """The raw response, whatever its status; ``Unreachable`` if no authority answers."""
+        if self.headers:
+            kw["headers"] = {**self.headers, **kw.get("headers", {})}
         try:
             return self.http.request(method, path, **kw)
         except httpx.TransportError as exc:
@@ -79,8 +95,18 @@ class Client:
     def create(self, kind: Kind, body: dict[str, Any]) -> dict[str, Any]:
         return dict(self.request("POST", f"/v1/{kind.collection}", json=body))
 
-    def replace(self, kind: Kind, id: str, body: dict[str, Any]) -> dict[str, Any]:
-        return dict(self.request("PUT", f"/v1/{kind.collection}/{id}", json=body))
+    def replace(
+        self, kind: Kind, id: str, body: dict[str, Any], revision: int | None = None
+    ) -> dict[str, Any]:
+        """Replace the object; with ``revision``, only if it is still at that revision (else 409)."""
+        return dict(
+            self.request("PUT", f"/v1/{kind.collection}/{id}", json=body, headers=_if_match(revision))
+        )
 
-    def delete(self, kind: Kind, id: str) -> dict[str, Any]:
-        return dict(self.request("DELETE", f"/v1/{kind.collection}/{id}"))
+    def delete(self, kind: Kind, id: str, revision: int | None = None) -> dict[str, Any]:
+        """Delete the object; with ``revision``, only if it is still at that revision (else 409)."""
+        return dict(self.request("DELETE", f"/v1/{kind.collection}/{id}", headers=_if_match(revision)))
+
+
+def _if_match(revision: int | None) -> dict[str, str]:
+    return {} if revision is None else {"If-Match": f'"{revision}"'}

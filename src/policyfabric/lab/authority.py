@@ -35,6 +35,7 @@ class AuthorityProcess:
     opflex_port: int = 0
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
+    token: str = ""  # for an authority run with --tokens (in extra): a token it knows
 
     @property
     def opflex(self) -> tuple[str, int]:
@@ -64,7 +65,7 @@ class AuthorityProcess:
         with self.log.open("ab") as log:
             self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         deadline = time.monotonic() + timeout
-        with Client(self.url, timeout=2) as client:
+        with Client(self.url, timeout=2, token=self.token) as client:
             while True:
                 try:
                     client.revision()
@@ -100,7 +101,9 @@ class AuthorityProcess:
         self.stop()
 
 
-def authority_in(directory: Path, sync: str = "full", extra: list[str] | None = None) -> AuthorityProcess:
+def authority_in(
+    directory: Path, sync: str = "full", extra: list[str] | None = None, token: str = ""
+) -> AuthorityProcess:
     """An (unstarted) authority whose database and log live in ``directory``, on free ports."""
     directory.mkdir(parents=True, exist_ok=True)
     return AuthorityProcess(
@@ -110,4 +113,5 @@ def authority_in(directory: Path, sync: str = "full", extra: list[str] | None = 
         sync,
         free_port(),
         extra or [],
+        token=token,
     )

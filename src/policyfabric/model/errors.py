@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -27,6 +28,7 @@ class PolicyError(Exception):
 
     status = 400
     code = "bad_request"
+    headers: ClassVar[dict[str, str]] = {}  # HTTP headers the answer must carry
 
     def __init__(self, message: str, field: str | None = None, problems: list[Problem] | None = None) -> None:
         super().__init__(message)
@@ -78,3 +80,26 @@ class InUse(PolicyError):
 
     status = 409
     code = "in_use"
+
+
+class Unauthorized(PolicyError):
+    """No token, or one the authority does not know (RFC 6750: the answer names the scheme)."""
+
+    status = 401
+    code = "unauthorized"
+    headers: ClassVar[dict[str, str]] = {"WWW-Authenticate": 'Bearer realm="policyfabric"'}
+
+
+class Forbidden(PolicyError):
+    """The token is known but its role or tenant does not allow this request."""
+
+    status = 403
+    code = "forbidden"
+
+
+class TooLarge(PolicyError):
+    """The request body is larger than the authority accepts (``--max-body``)."""
+
+    status = 413
+    code = "too_large"
+    headers: ClassVar[dict[str, str]] = {"Connection": "close"}  # do not read the rest of it

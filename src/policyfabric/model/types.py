@@ -181,6 +181,7 @@ def parse_network(value: object) -> IPNetwork:
     if not isinstance(value, str):
         raise ValueError("must be a CIDR string like 10.0.0.0/24")
     text = value.strip()
+    _refuse_zone_id(text)
     if "/" not in text:
         try:
             addr = ipaddress.ip_address(text)
@@ -206,10 +207,20 @@ Cidr = Annotated[
 ]
 
 
+def _refuse_zone_id(text: str) -> None:
+    """Python's ``ipaddress`` takes ``fd00::20%zz`` (an IPv6 zone id, RFC 4007) and compares it
+    unequal to ``fd00::20``: four endpoints could hold one address, one the gateway's. A zone
+    names a link of one host, never part of an address in the policy: refuse it."""
+    if "%" in text.partition("/")[0]:
+        bare = re.sub(r"%[^/]*", "", text)
+        raise ValueError(f"{text!r} has a zone id ('%...'): write it without one ({bare})")
+
+
 def parse_address(value: object) -> IPAddress:
-    """An IPv4 or IPv6 address (no prefix length)."""
+    """An IPv4 or IPv6 address (no prefix length, no zone id)."""
     if not isinstance(value, str):
         raise ValueError("must be an IP address string")
+    _refuse_zone_id(value.strip())
     try:
         return ipaddress.ip_address(value.strip())
     except ValueError:
