@@ -9,7 +9,6 @@ and idle deadlines, a connection cap below the file descriptor limit.
 from __future__ import annotations
 
 import asyncio
-import inspect
 import ipaddress
 import logging
 import socket
@@ -177,12 +176,12 @@ def serve(settings: Settings) -> None:
 
 
 def _opflex_options(settings: Settings) -> dict[str, Any]:
+    """The OpFlex server's options the command line may set (its defaults otherwise)."""
     options: dict[str, Any] = {}
     if settings.forget_agents_after is not None:
-        # TODO(merge): pass forget_after=settings.forget_agents_after directly once OpflexServer takes it
-        if "forget_after" not in inspect.signature(OpflexServer).parameters:
-            raise StartupError("--forget-agents-after: this OpFlex server cannot forget agents yet")
-        options["forget_after"] = settings.forget_agents_after
+        if settings.forget_agents_after <= 0:
+            raise StartupError("--forget-agents-after must be positive")
+        options["forget_agents_after"] = settings.forget_agents_after
     return options
 
 
