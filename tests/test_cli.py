@@ -182,6 +182,8 @@ def test_authority_startup_problems_are_clear_errors(tmp_path: Path) -> None:
     assert bad.returncode == 1 and "file is not a database" in bad.stderr and "Traceback" not in bad.stderr
     listen = run("authority", "--listen", "nonsense:xx", check=False)
     assert listen.returncode == 1 and "not HOST:PORT" in listen.stderr
+    forget = run("authority", "--db", str(tmp_path / "f.db"), "--forget-agents-after", "0", check=False)
+    assert forget.returncode == 1 and "--forget-agents-after must be positive" in forget.stderr
 
 
 def test_authority_refuses_a_port_in_use(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:
