@@ -306,8 +306,10 @@ class EndpointRegistry:
             self._of.pop(decl.key, None)
         # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
         if decl.is_l2 and not any(self.declarations[u].is_l2 for u in uris):
-            if release:
+            if release:  # its agent let it go: with its addresses (its next host declares them)
                 self._released[decl.key] = decl.agent
+                for other in [u for u in uris if self.declarations[u].agent == decl.agent]:
+                    self._undeclare(other, why, release=False, status=False)
             if status:
                 tenant, name = decl.endpoint
                 log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
