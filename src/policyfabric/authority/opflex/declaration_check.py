@@ -18,6 +18,7 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from policyfabric.authority.opflex.intent_index import SLAAC, EndpointIntent, IntentIndex
@@ -54,95 +55,95 @@ def show(value: object, limit: int = 60) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+@lru_cache(maxsize=4096)
+def _unicast_v4(value: str) -> bool:
+    """Memoised: a host's declarations all carry its one tunnel address."""
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return str(ip) == value and not (ip.is_multicast or ip.is_unspecified or value == "255.255.255.255")
+
+
 def tunnel_ip(value: object) -> str:
     """A unicast IPv4 address in dotted-quad form (other hosts write it into their flows)."""
-    if isinstance(value, str):
-        try:
-            ip = ipaddress.IPv4Address(value)
-        except ValueError:
-            pass
-        else:
-            if str(ip) == value and not (ip.is_multicast or ip.is_unspecified or value == "255.255.255.255"):
-                return value
+    if isinstance(value, str) and _unicast_v4(value):
+        return value
     raise Refused(f"tunnelIp {show(value)} is not a unicast IPv4 address")
 
 
-def _must(ok: bool, message: str) -> None:
+def _must(ok: bool, what: str, value: object, why: str) -> None:
+    """Refuse unless ``ok``, saying ``what`` (a property) was ``value`` and ``why`` that is wrong
+    (the message is only built for a refusal: declarations come by the thousand)."""
     if not ok:
-        raise Refused(message)
+        raise Refused(f"{what} {show(value)} {why}")
 
 
 def _group(p: dict[str, Any], intent: EndpointIntent) -> None:
     """``group``, if given, is the endpoint's group."""
     if Prop.GROUP in p:
         want = ref(Cls.GBP_EP_GROUP, intent.group) if intent.group else None
-        _must(p[Prop.GROUP] == want, f"group {show(p[Prop.GROUP])} is not the group the intent gives it")
+        _must(p[Prop.GROUP] == want, "group", p[Prop.GROUP], "is not the group the intent gives it")
 
 
-def _l2(mo: MO, intent: EndpointIntent) -> dict[str, Any]:
+def _l2(mo: MO, intent: EndpointIntent) -> None:
     p = mo.properties
-    _must(intent.bd is not None, "the intent gives it no bridge domain")
-    _must(mo.uri == intent.l2_uri, f"URI {show(mo.uri)} is not its bridge domain and MAC")
-    _must(
-        p.get(Prop.CONTEXT) == ref(Cls.GBP_BRIDGE_DOMAIN, intent.bd or ""),
-        f"context {show(p.get(Prop.CONTEXT))} is not its bridge domain",
-    )
+    if intent.bd is None:
+        raise Refused("the intent gives it no bridge domain")
+    _must(mo.uri == intent.l2_uri, "URI", mo.uri, "is not its bridge domain and MAC")
+    context = p.get(Prop.CONTEXT)
+    _must(context == ref(Cls.GBP_BRIDGE_DOMAIN, intent.bd), "context", context, "is not its bridge domain")
     ips = p.get(Prop.IP, [])
-    _must(isinstance(ips, list), f"ip {show(ips)} is not a list")
+    _must(isinstance(ips, list), "ip", ips, "is not a list")
     for ip in ips:
         _must(
-            ip in intent.addresses or (ip == SLAAC and intent.slaac),
-            f"ip {show(ip)} is not one of its addresses",
+            ip in intent.addresses or (ip == SLAAC and intent.slaac), "ip", ip, "is not one of its addresses"
         )
     if Prop.CLASSID in p:
         classid = p[Prop.CLASSID]
-        _must(
-            isinstance(classid, int) and not isinstance(classid, bool) and classid == (intent.classid or 0),
-            f"classid {show(classid)} is not its group's",
-        )
+        ok = isinstance(classid, int) and not isinstance(classid, bool) and classid == (intent.classid or 0)
+        _must(ok, "classid", classid, "is not its group's")
     if Prop.INTERFACE_NAME in p:
         name = p[Prop.INTERFACE_NAME]
-        _must(
-            isinstance(name, str) and INTERFACE_NAME.fullmatch(name) is not None,
-            f"interfaceName {show(name)} is not an interface name",
-        )
+        ok = isinstance(name, str) and INTERFACE_NAME.fullmatch(name) is not None
+        _must(ok, "interfaceName", name, "is not an interface name")
     if Prop.TUNNEL_IP in p:
         tunnel_ip(p[Prop.TUNNEL_IP])
-    return {k: p[k] for k in mo.properties}
 
 
-def _l3(mo: MO, intent: EndpointIntent) -> dict[str, Any]:
+def _l3(mo: MO, intent: EndpointIntent) -> None:
     p = mo.properties
     ip = p.get(Prop.IP)
-    _must(intent.rd is not None, "the intent gives it no routing domain")
-    _must(isinstance(ip, str) and ip in intent.addresses, f"ip {show(ip)} is not one of its addresses")
-    _must(mo.uri == intent.l3_uri(str(ip)), f"URI {show(mo.uri)} is not its routing domain and address")
-    _must(
-        p.get(Prop.CONTEXT) == ref(Cls.GBP_ROUTING_DOMAIN, intent.rd or ""),
-        f"context {show(p.get(Prop.CONTEXT))} is not its routing domain",
-    )
-    return dict(p)
+    if intent.rd is None:
+        raise Refused("the intent gives it no routing domain")
+    _must(isinstance(ip, str) and ip in intent.addresses, "ip", ip, "is not one of its addresses")
+    _must(mo.uri == intent.l3_uri(str(ip)), "URI", mo.uri, "is not its routing domain and address")
+    context = p.get(Prop.CONTEXT)
+    _must(context == ref(Cls.GBP_ROUTING_DOMAIN, intent.rd), "context", context, "is not its routing domain")
 
 
 def check(mo: MO, children: int, index: IntentIndex) -> Checked:
     """``mo`` (an ``EprL2Ep`` or ``EprL3Ep`` with ``children`` objects under it) as the registry
     stores it; raises ``Refused`` unless it says what the intent says."""
-    _must(children == 0, "child objects are not accepted")
-    allowed = L2_PROPERTIES if mo.subject == Cls.EPR_L2_EP else L3_PROPERTIES
-    extra = sorted(set(mo.properties) - allowed)
-    _must(not extra, f"{mo.subject} properties {show(extra)} are not accepted")
+    if children:
+        raise Refused("child objects are not accepted")
+    l2 = mo.subject == Cls.EPR_L2_EP
     p = mo.properties
+    extra = p.keys() - (L2_PROPERTIES if l2 else L3_PROPERTIES)
+    _must(not extra, f"{mo.subject} properties", sorted(extra), "are not accepted")
     key = p.get(Prop.UUID)
     intent = index.get(key) if isinstance(key, str) else None
-    _must(intent is not None, f"uuid {show(key)} is not an endpoint of the intent")
-    assert intent is not None
-    _must(p.get(Prop.MAC) == intent.mac, f"mac {show(p.get(Prop.MAC))} is not its MAC")
+    if intent is None:
+        raise Refused(f"uuid {show(key)} is not an endpoint of the intent")
+    _must(p.get(Prop.MAC) == intent.mac, "mac", p.get(Prop.MAC), "is not its MAC")
     _group(p, intent)
-    if mo.subject == Cls.EPR_L2_EP:
-        stored = MO(mo.subject, mo.uri, _l2(mo, intent), [], Cls.EPR_L2_UNIVERSE, EPR_L2, Cls.EPR_L2_EP)
-    else:
-        stored = MO(mo.subject, mo.uri, _l3(mo, intent), [], Cls.EPR_L3_UNIVERSE, EPR_L3, Cls.EPR_L3_EP)
-    return Checked(stored, intent)
+    if l2:
+        _l2(mo, intent)
+        return Checked(
+            MO(mo.subject, mo.uri, dict(p), [], Cls.EPR_L2_UNIVERSE, EPR_L2, Cls.EPR_L2_EP), intent
+        )
+    _l3(mo, intent)
+    return Checked(MO(mo.subject, mo.uri, dict(p), [], Cls.EPR_L3_UNIVERSE, EPR_L3, Cls.EPR_L3_EP), intent)
 
 
 __all__ = ["Checked", "Refused", "check", "show", "tunnel_ip"]

@@ -24,7 +24,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from functools import lru_cache
+from functools import cached_property, lru_cache
 
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO, REFERENCE_URI, Tree
@@ -49,7 +49,7 @@ class EndpointIntent:
     addresses: frozenset[str]  # every address it may declare
     slaac: bool  # the intent lists "slaac" (an L2 declaration may list it too)
 
-    @property
+    @cached_property
     def l2_uri(self) -> str | None:
         """The one URI its ``EprL2Ep`` may have (bridge domain and MAC, libopflex's layout)."""
         return child(EPR_L2, Cls.EPR_L2_EP, self.bd, self.mac) if self.bd else None
@@ -71,21 +71,26 @@ def _interface_id(mac: str) -> int | None:
     return int.from_bytes(bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]]), "big")
 
 
-def derived_addresses(mac: str, slaac_prefixes: tuple[ipaddress.IPv6Network, ...]) -> set[str]:
-    """The link-local address of ``mac`` and its SLAAC address in each of ``slaac_prefixes``."""
+@lru_cache(maxsize=1 << 16)
+def derived_addresses(mac: str, slaac_prefixes: tuple[ipaddress.IPv6Network, ...]) -> frozenset[str]:
+    """The link-local address of ``mac`` and its SLAAC address in each of ``slaac_prefixes``.
+    Memoised, as ``canonical_ip``: every rebuild of a tenant indexes all its endpoints again."""
     iid = _interface_id(mac)
     if iid is None:
-        return set()
+        return frozenset()
     out = {str(ipaddress.IPv6Address((0xFE80 << 112) | iid))}
     out.update(str(ipaddress.IPv6Address(int(p.network_address) | iid)) for p in slaac_prefixes)
-    return out
+    return frozenset(out)
 
 
 def canonical_ip(value: object) -> str | None:
     """``value`` if it is an IP address written the way ``ipaddress`` writes it, without an IPv6
     scope; else None."""
-    if not isinstance(value, str):
-        return None
+    return _canonical_ip(value) if isinstance(value, str) else None
+
+
+@lru_cache(maxsize=1 << 16)
+def _canonical_ip(value: str) -> str | None:
     try:
         ip = ipaddress.ip_address(value)
     except ValueError:
