@@ -18,6 +18,7 @@ import json
 import re
 from collections.abc import Callable
 from dataclasses import replace
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -25,10 +26,12 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from policyfabric.agent.endpoints import declaration
+from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
 from policyfabric.agent.reader import local_endpoint, policy_view, remote_endpoints
 from policyfabric.agent.renderers.configfile import compile_config
 from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
 from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.renderers.ovs.ovsdb import Plugged
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.values import InvalidPolicy
 from policyfabric.agent.view import Invalid, Network
@@ -390,8 +393,10 @@ JSON_VALUES = st.recursive(
     | st.integers(min_value=-(1 << 70), max_value=1 << 70)
     | st.sampled_from([*STRINGS, "10.1.0.99", "fd00::1", "02:00:00:00:00:99", "in", "allow", "/x/"])
     | st.text(max_size=20),
-    lambda inner: st.lists(inner, max_size=3)
-    | st.dictionaries(st.sampled_from(["subject", "reference_uri", "x"]), inner, max_size=2),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(st.sampled_from(["subject", "reference_uri", "x"]), inner, max_size=2)
+    ),
     max_leaves=6,
 )
 RENDERED = [(where, prop) for _, where, prop, _, _ in FIELDS]  # half the draws hit one of these
@@ -438,4 +443,24 @@ def test_whatever_the_properties_say_every_compiled_flow_is_canonical(
 ) -> None:
     """Rendering never fails either: what the reader lets through, the compilers can compile."""
     net = agent_view(*hostile)
+    assert_canonical(net)
+
+
+def test_the_agents_view_leaves_out_the_finding_and_names_it() -> None:
+    """``OvsAgent.network`` (what the reconcile loop renders) with the finding in its registry cache:
+    the injected entry is left out, the valid one stays, and the refusal is on the view."""
+    agent = OvsAgent(
+        AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock", tunnel_ip="192.0.2.1")
+    )
+    c = cache()
+    entries = registry(c)
+    ghost = copy.deepcopy(entries[0])
+    ghost.uri = ghost.uri.replace("02%3a00%3a00%3a00%3a00%3a02", "02%3a00%3a00%3a00%3a00%3a77")
+    ghost.properties.update({Prop.UUID: "acme/ghost", Prop.MAC: "02:00:00:00:00:77", Prop.IP: [INJECTION]})
+    agent.client.policy = c
+    agent.client.endpoints = {m.uri: m for m in (*entries, ghost)}
+    agent.ovsdb = SimpleNamespace(ofports={})  # type: ignore[assignment]
+    net = agent.network([Plugged("acme/web1", "qvo7", 7)], TUNNEL)
+    assert [e.key for e in net.local] == ["acme/web1"] and [e.key for e in net.remote] == ["acme/app1"]
+    assert [(i.uri, i.field) for i in net.invalid] == [(ghost.uri, Prop.IP)]
     assert_canonical(net)
