@@ -1,9 +1,10 @@
 """The agent's cache read as the view's records: the resolved policy (the tenant subtrees) and
 the endpoint registry, turned into the frozen records of ``agent/view.py``.
 
-The one place on the agent's side that reads managed objects: what a class or property means is
-decided here, by the names of ``opflex/gbp.py`` that the authority's writer also uses, and
-nothing after this (the renderers) sees an MO.
+The one place on the agent's side that reads managed objects (with ``endpoints.py``, which reads
+the endpoints: a plugged one's ``PfEndpoint``, the registry's entries; re-exported here): what a
+class or property means is decided here, by the names of ``opflex/gbp.py`` that the authority's
+writer also uses, and nothing after this (the renderers) sees an MO.
 
 It is also the agent's trust boundary. Every value a renderer will write into flow or rule text
 comes off the wire as JSON: an address, a MAC, a number or a keyword is parsed into its type here
@@ -19,12 +20,13 @@ resolved yet, or a default).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
+from policyfabric.agent.endpoints import local_endpoint, remote_endpoints
 from policyfabric.agent.values import (
-    INTERFACE,
     URI,
+    Problems,
     Refused,
     addresses,
     choice,
@@ -33,21 +35,17 @@ from policyfabric.agent.values import (
     parse_ip,
     parse_ipv4,
     parse_key,
-    parse_mac,
     parse_prefix,
     ranged,
     ref,
-    refs,
-    show,
+    refuse,
 )
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
-    Endpoint,
     ExternalNet,
     FloatingIp,
     Group,
-    Invalid,
     IpAddress,
     Network,
     Prefix,
@@ -64,7 +62,6 @@ from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import child
 
 T = TypeVar("T")
-Problems = list[Invalid] | None  # where refusals go (None: nowhere, e.g. in tests of valid input)
 READ = frozenset(  # the classes whose objects become records, by their URI
     {
         Cls.PF_ROUTER,
@@ -76,12 +73,6 @@ READ = frozenset(  # the classes whose objects become records, by their URI
         Cls.GBP_SEC_GROUP,
     }
 )
-
-
-def _refuse(problems: Problems, uri: str, bad: Refused) -> None:
-    if problems is not None:
-        where = uri if URI.fullmatch(uri) else show(uri)
-        problems.append(Invalid(where, bad.field, show(bad.value), str(bad)))
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
@@ -196,7 +187,7 @@ def _sg_rules(policy: Mapping[str, MO], sg: MO, problems: Problems) -> tuple[SgR
         try:
             rules += _sg_rule(policy, sg, rule)
         except _At as at:
-            _refuse(problems, at.uri, at.bad)
+            refuse(problems, at.uri, at.bad)
     return tuple(rules)
 
 
@@ -232,7 +223,7 @@ def _members(policy: Mapping[str, MO], sg: MO, problems: Problems) -> tuple[IpAd
         try:
             out.update(get(member.properties, Prop.IP, addresses))
         except Refused as bad:
-            _refuse(problems, member.uri, bad)
+            refuse(problems, member.uri, bad)
     return tuple(sorted(out))
 
 
@@ -285,9 +276,9 @@ def _routers(
             try:
                 found = _leg(policy, leg, bd_of_subnets)
             except Refused as bad:
-                _refuse(problems, leg.uri, bad)
+                refuse(problems, leg.uri, bad)
             except _At as at:
-                _refuse(problems, at.uri, at.bad)
+                refuse(problems, at.uri, at.bad)
             else:
                 if found is not None:
                     legs.append(found)
@@ -297,7 +288,7 @@ def _routers(
             try:
                 gateway = _gateway(gw)
             except Refused as bad:
-                _refuse(problems, gw.uri, bad)  # no way out rather than a wrong one
+                refuse(problems, gw.uri, bad)  # no way out rather than a wrong one
         legs.sort(key=lambda i: (i.bd, i.gateway_ip))
         out[mo.uri] = Router(mo.uri, number, mac, tuple(legs), gateway)
     return out
@@ -370,9 +361,9 @@ def policy_view(policy: Mapping[str, MO], problems: Problems = None) -> Network:
                 sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo, problems))
                 sets[uri] = _members(policy, mo, problems)
         except Refused as bad:
-            _refuse(problems, uri, bad)
+            refuse(problems, uri, bad)
         except _At as at:
-            _refuse(problems, at.uri, at.bad)
+            refuse(problems, at.uri, at.bad)
     return Network(
         groups=groups,
         contracts=contracts,
@@ -385,82 +376,4 @@ def policy_view(policy: Mapping[str, MO], problems: Problems = None) -> Network:
     )
 
 
-def local_endpoint(
-    policy: Mapping[str, MO],
-    groups: Mapping[str, Group],
-    key: str,
-    uri: str,
-    ofport: int,
-    interface: str | None = None,
-    problems: Problems = None,
-) -> Endpoint | None:
-    """A local endpoint from its ``PfEndpoint``; None until that and its bridge domain are resolved,
-    or if a value does not parse (added to ``problems``), or its group was left out for that."""
-    mo = policy.get(uri)
-    if mo is None:
-        return None
-    props = mo.properties
-    try:
-        bd = ref(props.get(Prop.BRIDGE_DOMAIN), Prop.BRIDGE_DOMAIN)
-        if bd is None or Prop.MAC not in props:
-            return None
-        mac = get(props, Prop.MAC, parse_mac)
-        epg = ref(props.get(Prop.EPG), Prop.EPG)
-        ips = get(props, Prop.IP, addresses)
-        sgs = tuple(sorted(get(props, Prop.SECURITY_GROUP, refs)))
-        if interface is not None and not INTERFACE.fullmatch(interface):
-            raise Refused("interface", interface, "not an interface name")
-    except Refused as bad:
-        _refuse(problems, uri, bad)
-        return None
-    if epg is not None and problems is not None and any(p.uri.startswith(epg) for p in problems):
-        return None  # its group was refused: no policy is better than the wrong one
-    group = groups.get(epg or "")
-    classid = group.classid if group else 0
-    return Endpoint(key, mac, ips, bd, classid, ofport=ofport, security_groups=sgs, interface=interface)
-
-
-def _remote(mo: MO) -> Endpoint | Refused | None:
-    """One registry entry as an endpoint (None: not a reachable L2 endpoint; Refused: refused)."""
-    p = mo.properties
-    if mo.subject != Cls.EPR_L2_EP or p.get(Prop.TUNNEL_IP) is None or p.get(Prop.CONTEXT) is None:
-        return None  # an address binding, or declared by an agent without a tunnel
-    try:
-        return Endpoint(
-            get(p, Prop.UUID, parse_key),
-            get(p, Prop.MAC, parse_mac),
-            get(p, Prop.IP, addresses),
-            ref(p.get(Prop.CONTEXT), Prop.CONTEXT) or "",
-            optional(p, Prop.CLASSID, CLASSID, 0),
-            vtep=get(p, Prop.TUNNEL_IP, parse_ipv4),
-        )
-    except Refused as bad:
-        return bad
-
-
-CLASSID = ranged(0, 0xFFFF)
-# Registry entries read by the last call, by identity: the client replaces an entry when it changes
-# and never mutates one, so an entry seen before reads the same (the memo holds the entry itself,
-# so its id cannot be reused while remembered). A reconcile reads every entry again; 10,000 remote
-# endpoints cost ~40 ms a time without this, about what the compilers' own memo saves.
-_remembered: dict[int, tuple[MO, Endpoint | Refused | None]] = {}
-
-
-def remote_endpoints(
-    registry: Iterable[MO], own_vtep: str, local_keys: set[str], problems: Problems = None
-) -> tuple[Endpoint, ...]:
-    """Other hosts' L2 endpoints, from the bridge-domain membership the agent resolved; one with a
-    value that does not parse is left out (added to ``problems``)."""
-    global _remembered
-    out = []
-    seen: dict[int, tuple[MO, Endpoint | Refused | None]] = {}
-    for mo in registry:
-        last = _remembered.get(id(mo))
-        read = last[1] if last is not None and last[0] is mo else _remote(mo)
-        seen[id(mo)] = (mo, read)
-        if isinstance(read, Refused):
-            _refuse(problems, mo.uri, read)
-        elif read is not None and read.vtep != own_vtep and read.key not in local_keys:
-            out.append(read)
-    _remembered = seen
-    return tuple(sorted(out, key=lambda e: (e.bd, e.mac)))
+__all__ = ["local_endpoint", "policy_view", "remote_endpoints"]  # the endpoints' readers live in endpoints.py

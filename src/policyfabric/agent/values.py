@@ -217,6 +217,16 @@ def ref(value: Any, field: str) -> str | None:
     return uri(value.get(REFERENCE_URI), field)
 
 
+Problems = list[Invalid] | None  # where refusals go (None: nowhere, e.g. in tests of valid input)
+
+
+def refuse(problems: Problems, uri: str, bad: Refused) -> None:
+    """Add ``bad``, a value of the object at ``uri``, to ``problems``."""
+    if problems is not None:
+        where = uri if URI.fullmatch(uri) else show(uri)
+        problems.append(Invalid(where, bad.field, show(bad.value), str(bad)))
+
+
 class InvalidPolicy:
     """What the agent says about refused values: each logged once; one fault ``invalid-policy``
     while any remain (naming them), said again to a new session, cleared when none remain."""
