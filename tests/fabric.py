@@ -17,7 +17,9 @@ records is made here once. A fabric reads like this::
 Records are keyed by their URI in the ``Network``; builders take records (or URIs) rather than
 positional tuples, and default what the compiler does not care about. ``switch`` checks every
 compiled flow against the table map (``verify.check_pipeline``) before loading it, so every
-unit test also checks that its pipeline keeps to the declared tables.
+unit test also checks that its pipeline keeps to the declared tables. Addresses and MACs go through
+the agent's own parsers (``agent.values``), as the reader's do: a test cannot build a view the
+reader would refuse.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch, Result
 from policyfabric.agent.renderers.ovs.verify import check_flow, check_pipeline
+from policyfabric.agent.values import parse_ip, parse_ipv4, parse_mac, parse_prefix
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
@@ -38,6 +41,8 @@ from policyfabric.agent.view import (
     ExternalNet,
     FloatingIp,
     Group,
+    IpAddress,
+    Mac,
     Network,
     Router,
     RouterGateway,
@@ -60,9 +65,9 @@ Ports = int | tuple[int, int] | None  # a port, an inclusive range, or any
 # --- the view's records ---
 
 
-def mac(n: int, block: int = 0) -> str:
+def mac(n: int, block: int = 0) -> Mac:
     """A locally administered MAC: ``02:00:00:00:BLOCK:N`` (a block per kind of endpoint)."""
-    return f"02:00:00:00:{block:02x}:{n:02x}"
+    return parse_mac(f"02:00:00:00:{block:02x}:{n:02x}")
 
 
 def bridge_domain(uri: str = "bd", vni: int = 0x10001, vrf: int = 0x10000) -> BridgeDomain:
@@ -133,12 +138,12 @@ def endpoint(
     the nftables renderer sees its traffic)."""
     return Endpoint(
         f"{tenant}/{name}",
-        mac,
-        ips,
+        parse_mac(mac),
+        tuple(map(parse_ip, ips)),
         _uri(bd),
         group.classid if group else 0,
         ofport,
-        vtep,
+        parse_ipv4(vtep) if vtep is not None else None,
         _uris(security_groups),
         interface,
     )
@@ -146,7 +151,7 @@ def endpoint(
 
 def as_remote(ep: Endpoint, vtep: str) -> Endpoint:
     """``ep`` as another host sees it: behind the tunnel to ``vtep``."""
-    return replace(ep, ofport=None, vtep=vtep)
+    return replace(ep, ofport=None, vtep=parse_ipv4(vtep))
 
 
 def as_local(ep: Endpoint, ofport: int) -> Endpoint:
@@ -169,7 +174,8 @@ def sg_rule(
     ``ethertype`` says otherwise (Neutron's rules name one); the remote side is a prefix, the
     members of a group (often the rule's own), or anyone."""
     remote = remote_group if remote_group is None or isinstance(remote_group, str) else remote_group.uri
-    return SgRule(key, order, True, direction, ethertype, protocol, _ports(ports), remote_prefix, remote)
+    prefix = parse_prefix(remote_prefix) if remote_prefix is not None else None
+    return SgRule(key, order, True, direction, ethertype, protocol, _ports(ports), prefix, remote)
 
 
 def security_group(uri: str, *rules: SgRule) -> SecurityGroup:
@@ -178,10 +184,10 @@ def security_group(uri: str, *rules: SgRule) -> SecurityGroup:
 
 def members(
     endpoints: Iterable[Endpoint], groups: Iterable[SecurityGroup | str]
-) -> dict[str, tuple[str, ...]]:
+) -> dict[str, tuple[IpAddress, ...]]:
     """The address sets of ``groups``: their member endpoints' addresses (what the agent resolves
     from ``PfSecGroupMember``), empty for a group without members."""
-    sets: dict[str, set[str]] = {g: set() for g in _uris(groups)}
+    sets: dict[str, set[IpAddress]] = {g: set() for g in _uris(groups)}
     for ep in endpoints:
         for g in ep.security_groups:
             sets.setdefault(g, set()).update(ep.ips)
@@ -191,7 +197,7 @@ def members(
 def leg(bd: BridgeDomain | str, prefix: str, gateway_ip: str | None = None) -> RouterInterface:
     """A router's leg on a subnet; its gateway address defaults to the subnet's first address."""
     gw = gateway_ip or str(next(ipaddress.ip_network(prefix).hosts()))
-    return RouterInterface(_uri(bd), gw, prefix)
+    return RouterInterface(_uri(bd), parse_ip(gw), parse_prefix(prefix))
 
 
 def router(uri: str, *legs: RouterInterface, gateway: RouterGateway | None = None) -> Router:
@@ -207,18 +213,20 @@ def external_network(
 ) -> ExternalNet:
     """An external network; ``ofport`` is the compiled host's port on it (None: not attached)."""
     gw = gateway_ip or str(next(ipaddress.ip_network(cidr).hosts()))
-    return ExternalNet(uri, uri.strip("/").rpartition("/")[2] or uri, cidr, gw, ofport)
+    name = uri.strip("/").rpartition("/")[2] or uri
+    return ExternalNet(uri, name, parse_prefix(cidr, version=4), parse_ipv4(gw), ofport)
 
 
 def gateway(
     network: ExternalNet | str, ip: str, *, active_host: str = "", active_vtep: str = "", snat: bool = True
 ) -> RouterGateway:
     """A router's leg on an external network, with the elected active SNAT gateway host."""
-    return RouterGateway(_uri(network), ip, snat, active_host, active_vtep)
+    vtep = parse_ipv4(active_vtep) if active_vtep else None
+    return RouterGateway(_uri(network), parse_ipv4(ip), snat, active_host, vtep)
 
 
 def floating_ip(ip: str, network: ExternalNet | str, ep: Endpoint) -> FloatingIp:
-    return FloatingIp(ip, _uri(network), ep.key)
+    return FloatingIp(parse_ipv4(ip), _uri(network), ep.key)
 
 
 def network(
@@ -246,7 +254,9 @@ def network(
         {c.uri: c for c in contracts},
         {b.uri: b for b in bds},
         {g.uri: g for g in sgs},
-        members(local + remote, sgs) if address_sets is None else address_sets,
+        members(local + remote, sgs)
+        if address_sets is None
+        else {g: tuple(map(parse_ip, ips)) for g, ips in address_sets.items()},
         {r.uri: r for r in routers},
         {e.uri: e for e in external},
         tuple(floating_ips),

@@ -19,25 +19,22 @@ from policyfabric.agent.renderers.ovs.simulate import FakeSwitch, Result
 from policyfabric.agent.renderers.ovs.tables import NEIGHBOUR, OUTSIDE
 from policyfabric.agent.view import (
     Endpoint,
-    ExternalNet,
-    FloatingIp,
     Network,
-    RouterGateway,
     SecurityGroup,
     SgRule,
 )
 from policyfabric.authority.gateways import Candidate, GatewayHost, elect
 from policyfabric.authority.opflex.policy_tree import tenant_tree
 from policyfabric.model import objects as o
-from tests.fabric import TUNNEL, routed
+from tests.fabric import TUNNEL, as_remote, external_network, floating_ip, gateway, routed
 from tests.fabric import switch as checked_switch
 from tests.test_routing_unit import APP1_REMOTE, APP_BD, R1, WEB1, network
 
-PUBLIC = ExternalNet("/ext/public/", "public", "203.0.113.0/24", "203.0.113.1")
+PUBLIC = external_network("/ext/public/", "203.0.113.0/24", "203.0.113.1")
 PORT = 9  # each host's port on the public network
-GW = RouterGateway("/ext/public/", "203.0.113.2", True, "gw1", "192.0.2.3")
+GW = gateway("/ext/public/", "203.0.113.2", active_host="gw1", active_vtep="192.0.2.3")
 ROUTER = replace(R1, gateway=GW)
-FIP = FloatingIp("203.0.113.10", "/ext/public/", WEB1.key)
+FIP = floating_ip("203.0.113.10", "/ext/public/", WEB1)
 APP1 = replace(APP1_REMOTE, ofport=3, vtep=None)  # app1 at home, on h2 (192.0.2.2); no floating IP
 
 INTERNET = "198.51.100.7"  # somewhere beyond the public network's gateway
@@ -138,14 +135,14 @@ def test_arp_for_a_floating_ip_is_answered_by_its_endpoints_host_only() -> None:
     port, reply = arp_on_public(h1, PUBLIC.gateway_ip, UPSTREAM_MAC, target=FIP.ip).only
     assert port == PORT and (reply["arp_op"], reply["arp_sha"], reply["arp_spa"]) == (2, FIP.mac, FIP.ip)
     assert reply["dl_dst"] == UPSTREAM_MAC
-    h2 = switch(host("h2", (APP1,), (replace(WEB1, ofport=None, vtep="192.0.2.1"),)))
+    h2 = switch(host("h2", (APP1,), (as_remote(WEB1, "192.0.2.1"),)))
     assert arp_on_public(h2, PUBLIC.gateway_ip, UPSTREAM_MAC, target=FIP.ip).dropped
     assert h2.send(from_outside(FIP.ip, FIP.mac)).dropped
 
 
 def test_the_outside_reaches_only_what_groups_provide() -> None:
     """A floating IP on app1 (its group consumes http, provides nothing) lets nothing in."""
-    on_app1 = replace(FIP, ip="203.0.113.11", endpoint=APP1.key)
+    on_app1 = floating_ip("203.0.113.11", "/ext/public/", APP1)
     h2 = switch(replace(host("h2", (APP1,)), floating_ips=(on_app1,)))
     assert h2.send(from_outside(on_app1.ip, on_app1.mac)).dropped
     assert h2.send(from_outside(on_app1.ip, on_app1.mac, dport=22)).dropped

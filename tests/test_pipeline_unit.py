@@ -121,7 +121,7 @@ def test_unknown_arp_reaches_only_the_bridge_domains_ports_and_hosts() -> None:
     tunnel = dict(result.outputs)[TUNNEL]
     assert tunnel["tun_dst"] == "192.0.2.2" and tunnel["tun_id"] == BD.vni
     # an unknown unicast MAC goes nowhere
-    assert sw.send(ip_packet(APP1, replace(WEB1, mac="02:00:00:00:00:55"))).dropped
+    assert sw.send(ip_packet(APP1, replace(WEB1, mac=mac(0x55)))).dropped
 
 
 def test_cross_host_policy_is_enforced_and_replies_return() -> None:

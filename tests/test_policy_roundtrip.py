@@ -27,7 +27,11 @@ from policyfabric.agent.view import (
     ExternalNet,
     FloatingIp,
     Group,
+    IpAddress,
+    Ipv4Address,
+    Mac,
     Network,
+    Prefix,
     RouterGateway,
     RouterInterface,
     Rule,
@@ -210,10 +214,10 @@ def test_security_groups_keep_prefixes_remote_groups_and_their_address_set() -> 
     _, view = full()
     ssh = u(Cls.GBP_SEC_GROUP, "ssh")
     assert view.security_groups[ssh].rules == (
-        SgRule(f"{ssh}#0", 0, True, "in", IPV4, TCP, (22, 22), remote_prefix="192.0.2.0/24"),
+        SgRule(f"{ssh}#0", 0, True, "in", IPV4, TCP, (22, 22), remote_prefix=Prefix("192.0.2.0/24")),
         SgRule(f"{ssh}#1", 1, True, "out", IPV4, None, None),
         SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=ssh),
-        SgRule(f"{ssh}#3", 3, True, "in", IPV6, ICMPV6, None, remote_prefix="2001:db8::/32"),
+        SgRule(f"{ssh}#3", 3, True, "in", IPV6, ICMPV6, None, remote_prefix=Prefix("2001:db8::/32")),
     )
     # its members' addresses from the intent; web1's slaac address is not known to the authority
     assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30")}
@@ -226,25 +230,30 @@ def test_routers_have_a_leg_per_subnet_and_the_elected_external_gateway() -> Non
     number, mac = router_identity(r1)
     assert (router.uri, router.number, router.mac) == (r1, number, mac)
     assert router.interfaces == (
-        RouterInterface(u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), "10.2.0.254", "10.2.0.0/24"),
-        RouterInterface(u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), "10.1.0.1", "10.1.0.0/24"),
+        RouterInterface(u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), IpAddress("10.2.0.254"), Prefix("10.2.0.0/24")),
+        RouterInterface(u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), IpAddress("10.1.0.1"), Prefix("10.1.0.0/24")),
     )
     assert router.gateway == RouterGateway(
-        external_network_uri("public"), "203.0.113.2", True, "gw2", "192.0.2.4"
+        external_network_uri("public"), Ipv4Address("203.0.113.2"), True, "gw2", Ipv4Address("192.0.2.4")
     )
 
 
 def test_external_networks_and_bound_floating_ips() -> None:
     _, view = full()
     public = external_network_uri("public")
-    assert dict(view.external) == {public: ExternalNet(public, "public", "203.0.113.0/24", "203.0.113.1")}
-    assert view.floating_ips == (FloatingIp("203.0.113.10", public, "acme/web1"),)
+    assert dict(view.external) == {
+        public: ExternalNet(public, "public", Prefix("203.0.113.0/24"), Ipv4Address("203.0.113.1"))
+    }
+    assert view.floating_ips == (FloatingIp(Ipv4Address("203.0.113.10"), public, "acme/web1"),)
 
 
 def test_without_an_election_the_gateway_has_no_active_host() -> None:
     view = policy_view(policy(INTENT, IDS, None, [PUBLIC]))
     [router] = view.routers.values()
-    assert router.gateway is not None and (router.gateway.active_host, router.gateway.active_vtep) == ("", "")
+    assert router.gateway is not None and (router.gateway.active_host, router.gateway.active_vtep) == (
+        "",
+        None,
+    )
 
 
 def test_local_endpoints_from_their_intent() -> None:
@@ -252,8 +261,8 @@ def test_local_endpoints_from_their_intent() -> None:
     web1 = local_endpoint(cache, view.groups, "acme/web1", endpoint_uri(T, "web1"), 7, "tap-web1")
     assert web1 == Endpoint(
         "acme/web1",
-        "02:00:00:00:00:01",
-        ("10.1.0.10",),
+        Mac("02:00:00:00:00:01"),
+        (IpAddress("10.1.0.10"),),
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"),
         16385,
         ofport=7,
@@ -264,8 +273,8 @@ def test_local_endpoints_from_their_intent() -> None:
     vm9 = local_endpoint(cache, view.groups, "acme/vm9", endpoint_uri(T, "vm9"), 9)
     assert vm9 == Endpoint(
         "acme/vm9",
-        "02:00:00:00:00:09",
-        ("10.2.0.30",),
+        Mac("02:00:00:00:00:09"),
+        (IpAddress("10.2.0.30"),),
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"),
         0,
         ofport=9,
@@ -304,7 +313,14 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
     # a remote host reads the declaration back from the registry
     wired = [MO.from_wire(json.loads(json.dumps(m.to_wire()))) for m in decl.all]
     assert remote_endpoints(wired, "192.0.2.99", set()) == (
-        Endpoint("acme/web1", "02:00:00:00:00:01", ("10.1.0.10",), bd, 16385, vtep="192.0.2.1"),
+        Endpoint(
+            "acme/web1",
+            Mac("02:00:00:00:00:01"),
+            (IpAddress("10.1.0.10"),),
+            bd,
+            16385,
+            vtep=Ipv4Address("192.0.2.1"),
+        ),
     )
     assert remote_endpoints(wired, "192.0.2.1", set()) == ()  # its own host skips it
     # vm9 has no group: no group reference, no class id
@@ -432,7 +448,9 @@ def test_any_intent_comes_back_from_the_agents_view(
         decl = declaration(cache, tenant, ep.name, None, "192.0.2.1")
         assert decl is not None
         [remote] = remote_endpoints(decl.all, "192.0.2.2", set())
-        assert remote == Endpoint(key, str(ep.mac), local.ips, bd_uri, group.classid, vtep="192.0.2.1")
+        assert remote == Endpoint(
+            key, Mac(str(ep.mac)), local.ips, bd_uri, group.classid, vtep=Ipv4Address("192.0.2.1")
+        )
         [l3] = decl.l3
         assert l3.uri == child(
             EPR_L3, Cls.EPR_L3_EP, uri_of(tenant, Cls.GBP_ROUTING_DOMAIN, vrf.name), str(ep.ip[0])

@@ -14,7 +14,8 @@ from dataclasses import replace
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
 from policyfabric.agent.renderers.ovs.switching import link_local
-from policyfabric.agent.view import Endpoint, Network
+from policyfabric.agent.values import parse_ip
+from policyfabric.agent.view import Endpoint, IpAddress, Network
 from tests import fabric
 from tests.fabric import (
     ICMP,
@@ -51,7 +52,7 @@ VM3 = vm("vm3", 3, ofport=13)  # no groups at all: nothing may reach it
 VM9 = vm("vm9", 9, "sg/web-out", ofport=19)
 
 
-def members(eps: tuple[Endpoint, ...]) -> dict[str, tuple[str, ...]]:
+def members(eps: tuple[Endpoint, ...]) -> dict[str, tuple[IpAddress, ...]]:
     """The address sets of every group in GROUPS, from the members among ``eps``."""
     return fabric.members(eps, GROUPS)
 
@@ -166,11 +167,13 @@ def test_a_member_joining_changes_one_flow_whatever_the_size() -> None:
     changed, sizes = [], []
     for n in (10, 100, 1000):
         remote = tuple(
-            replace(vm(f"r{i}", 0, "sg/ssh", vtep="192.0.2.2"), ips=(f"10.1.{i // 250}.{i % 250 + 1}",))
+            replace(
+                vm(f"r{i}", 0, "sg/ssh", vtep="192.0.2.2"), ips=(parse_ip(f"10.1.{i // 250}.{i % 250 + 1}"),)
+            )
             for i in range(n)
         )
         before = pipeline(net((VM1,), (), sets=members((VM1, *remote))))
-        joined = replace(remote[0], key="acme/new", ips=("10.9.9.9",))
+        joined = replace(remote[0], key="acme/new", ips=(parse_ip("10.9.9.9"),))
         after = pipeline(net((VM1,), (), sets=members((VM1, *remote, joined))))
         changed.append(_diff(before, after))
         sizes.append(len(before))

@@ -39,7 +39,8 @@ from policyfabric.agent.renderers.ovs.renderer import NAME as OVS
 from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
 from policyfabric.agent.reports import Reporter
 from policyfabric.agent.subscriptions import learn_routed, subscribe_external
-from policyfabric.agent.view import Network
+from policyfabric.agent.values import InvalidPolicy
+from policyfabric.agent.view import Invalid, Network
 from policyfabric.opflex.client import Peer, PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
 
@@ -110,6 +111,7 @@ class OvsAgent:
         self._ovs_rendering = self.renderers[0]
         self.declarer = Declarer(self.client, config.host, config.tunnel_ip)
         self.reports = Reporter(self.client, config.host, self.wake)
+        self.invalid = InvalidPolicy(config.host)  # what the reader refused: logged once, a fault
         self.stats = Stats()
         self._faulted = False
         self._last_error = ""
@@ -181,19 +183,20 @@ class OvsAgent:
     # ---- the reconcile step
     def network(self, plugged: list[Plugged], tunnel_port: int | None = None) -> Network:
         """The pure input of the renderers, from the cache, what is plugged and the bridge's ports."""
-        base = policy_view(self.client.policy)
+        invalid: list[Invalid] = []
+        base = policy_view(self.client.policy, invalid)
         local = []
         for p in plugged:
             key = split_iface_id(p.iface_id)
             if key is None:
                 continue
             ep = local_endpoint(
-                self.client.policy, base.groups, p.iface_id, endpoint_uri(*key), p.ofport, p.name
+                self.client.policy, base.groups, p.iface_id, endpoint_uri(*key), p.ofport, p.name, invalid
             )
             if ep is not None:
                 local.append(ep)
         keys = {e.key for e in local}
-        remote = remote_endpoints(self.client.endpoints.values(), self.config.tunnel_ip or "", keys)
+        remote = remote_endpoints(self.client.endpoints.values(), self.config.tunnel_ip or "", keys, invalid)
         assert self.ovsdb is not None
         attached = {}
         for uri, ext in base.external.items():
@@ -207,6 +210,7 @@ class OvsAgent:
             external=attached,
             host=self.config.host,
             tunnel_port=tunnel_port if self.config.tunnel_ip else None,
+            invalid=tuple(invalid),
         )
 
     async def reconcile(self) -> None:
@@ -219,6 +223,9 @@ class OvsAgent:
         subscribe_external(self.client, self.config.external, self.config.gateway)
         t2 = time.perf_counter()
         net = self.network(plugged, tunnel_port)
+        fault = self.invalid.update(net.invalid, self.client.session)
+        if fault is not None:
+            await self.reports.fault("invalid-policy", *fault)
         if self.config.gateway:
             ports = frozenset(uri for uri, ext in net.external.items() if ext.ofport is not None)
             self.reports.gateway_ports(self.config.tunnel_ip or "", ports)

@@ -1,25 +1,54 @@
 """The agent's cache read as the view's records: the resolved policy (the tenant subtrees) and
 the endpoint registry, turned into the frozen records of ``agent/view.py``.
 
-The one place on the agent's side that reads managed objects: what a class or property means is
-decided here, by the names of ``opflex/gbp.py`` that the authority's writer also uses, and
-nothing after this (the renderers) sees an MO.
+The one place on the agent's side that reads managed objects (with ``endpoints.py``, which reads
+the endpoints: a plugged one's ``PfEndpoint``, the registry's entries; re-exported here): what a
+class or property means is decided here, by the names of ``opflex/gbp.py`` that the authority's
+writer also uses, and nothing after this (the renderers) sees an MO.
+
+It is also the agent's trust boundary. Every value a renderer will write into flow or rule text
+comes off the wire as JSON: an address, a MAC, a number or a keyword is parsed into its type here
+(``values.parse_*``: canonical strings, ranged ints, one of a few keywords), and URIs (the records'
+identities, which renderers use as keys and hash) must be well-formed escaped URIs. A value that
+does not parse is refused, never passed on or guessed at: the object holding it is left out of the
+view (an endpoint, a leg, a network, a floating IP, a security group rule or member; a contract
+or a group as a whole, since leaving out one of its rules, possibly a deny, could open what the
+intent closes), and an ``Invalid`` names it, for the agent to log once and report as the fault
+``invalid-policy`` (``InvalidPolicy``). A property that is absent reads as it always did (not
+resolved yet, or a default).
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
-from typing import Any
+from collections.abc import Callable, Mapping
+from typing import Any, TypeVar
 
-from policyfabric.agent.endpoints import target
+from policyfabric.agent.endpoints import local_endpoint, remote_endpoints
+from policyfabric.agent.values import (
+    URI,
+    Problems,
+    Refused,
+    addresses,
+    choice,
+    get,
+    optional,
+    parse_ip,
+    parse_ipv4,
+    parse_key,
+    parse_prefix,
+    ranged,
+    ref,
+    refuse,
+)
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
-    Endpoint,
     ExternalNet,
     FloatingIp,
     Group,
+    IpAddress,
     Network,
+    Prefix,
     Router,
     RouterGateway,
     RouterInterface,
@@ -29,56 +58,64 @@ from policyfabric.agent.view import (
     router_identity,
 )
 from policyfabric.opflex.gbp import Cls, Prop
-from policyfabric.opflex.mo import MO, REFERENCE_URI
+from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import child
+
+T = TypeVar("T")
+READ = frozenset(  # the classes whose objects become records, by their URI
+    {
+        Cls.PF_ROUTER,
+        Cls.PF_EXTERNAL_NETWORK,
+        Cls.PF_FLOATING_IP,
+        Cls.GBP_BRIDGE_DOMAIN,
+        Cls.GBP_EP_GROUP,
+        Cls.GBP_CONTRACT,
+        Cls.GBP_SEC_GROUP,
+    }
+)
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
     return [policy[c] for c in mo.children if c in policy and policy[c].subject == subject]
 
 
-def _encap(policy: Mapping[str, MO], mo: MO, prop: str) -> int:
+class _At(Exception):
+    """A ``Refused`` value, and the URI of the object that holds it (a child or a related object of
+    the one being read, which is left out with it)."""
+
+    def __init__(self, uri: str, bad: Refused) -> None:
+        super().__init__(uri)
+        self.uri, self.bad = uri, bad
+
+
+def _of(mo: MO, read: Callable[[Mapping[str, Any]], T]) -> T:
+    """``read(mo.properties)``; a value that does not parse is refused at ``mo``'s URI."""
+    try:
+        return read(mo.properties)
+    except Refused as bad:
+        raise _At(mo.uri, bad) from None
+
+
+def _encap(policy: Mapping[str, MO], mo: MO, prop: str, high: int) -> int:
     for ctx in _children(policy, mo, Cls.GBPE_INST_CONTEXT):
-        value = ctx.properties.get(prop)
-        if isinstance(value, int):
-            return value
+        if prop in ctx.properties:
+            return _of(ctx, lambda p: get(p, prop, ranged(0, high)))
     return 0
+
+
+def _target(policy: Mapping[str, MO], uri: str, relation: str) -> str | None:
+    """The target of ``uri``'s single ``relation`` child (None: not resolved)."""
+    rel = policy.get(child(uri, relation))
+    return _of(rel, lambda p: ref(p.get(Prop.TARGET), Prop.TARGET)) if rel is not None else None
 
 
 def _targets(policy: Mapping[str, MO], mo: MO, subject: str) -> tuple[str, ...]:
     out = []
     for rel in _children(policy, mo, subject):
-        value = rel.properties.get(Prop.TARGET)
-        if isinstance(value, dict):
-            out.append(value[REFERENCE_URI])
+        value = _of(rel, lambda p: ref(p.get(Prop.TARGET), Prop.TARGET))
+        if value is not None:
+            out.append(value)
     return tuple(sorted(out))
-
-
-def _classified(
-    policy: Mapping[str, MO], container: MO, subject: str, rule_subject: str
-) -> Iterator[tuple[MO, dict[str, Any]]]:
-    """Each (rule, fields common to every Rule) under ``container``'s subjects, once per classifier."""
-    for subj in _children(policy, container, subject):
-        for rule in _children(policy, subj, rule_subject):
-            props = rule.properties
-            common = {
-                "order": int(props.get(Prop.ORDER, 0)),
-                "direction": str(props.get(Prop.DIRECTION, "in")),
-            }
-            for clf in _related(policy, rule, Cls.GBP_RULE_TO_CLASSIFIER_RSRC):
-                yield rule, {**common, **_classifier(clf.properties)}
-
-
-def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
-    rules = []
-    name = contract.properties.get(Prop.NAME, "")
-    for rule, fields in _classified(policy, contract, Cls.GBP_SUBJECT, Cls.GBP_RULE):
-        actions = _related(policy, rule, Cls.GBP_RULE_TO_ACTION_RSRC)
-        allow = all(
-            a.properties.get(Prop.ALLOW, 1) == 1 for a in actions if a.subject == Cls.GBP_ALLOW_DENY_ACTION
-        )
-        rules.append(Rule(key=f"{name}.{rule.properties.get(Prop.NAME, '')}", allow=allow, **fields))
-    return tuple(rules)
 
 
 def _related(policy: Mapping[str, MO], mo: MO, relation: str) -> list[MO]:
@@ -88,61 +125,170 @@ def _related(policy: Mapping[str, MO], mo: MO, relation: str) -> list[MO]:
 
 def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
     ports = None
-    if isinstance(c.get(Prop.D_FROM_PORT), int):
-        ports = (int(c[Prop.D_FROM_PORT]), int(c.get(Prop.D_TO_PORT, c[Prop.D_FROM_PORT])))
-    return {"ethertype": c.get(Prop.ETHER_T), "protocol": c.get(Prop.PROT), "ports": ports}
+    if Prop.D_FROM_PORT in c:
+        low = get(c, Prop.D_FROM_PORT, ranged(0, 0xFFFF))
+        ports = (low, optional(c, Prop.D_TO_PORT, ranged(low, 0xFFFF), low))
+    return {
+        "ethertype": optional(c, Prop.ETHER_T, choice(0x0800, 0x86DD), None),
+        "protocol": optional(c, Prop.PROT, ranged(0, 0xFF), None),
+        "ports": ports,
+    }
 
 
-def _sg_rules(policy: Mapping[str, MO], sg: MO) -> tuple[SgRule, ...]:
+def _rule_mos(policy: Mapping[str, MO], container: MO, subject: str, rule_subject: str) -> list[MO]:
+    return [r for s in _children(policy, container, subject) for r in _children(policy, s, rule_subject)]
+
+
+def _rule_fields(policy: Mapping[str, MO], rule: MO) -> list[dict[str, Any]]:
+    """The fields of a Rule, once per classifier of ``rule``; raises ``_At`` (the rule's or the
+    classifier's URI) on a value that does not parse."""
+    try:
+        props = rule.properties
+        common = {
+            "order": optional(props, Prop.ORDER, ranged(0, 0xFFFF), 0),
+            "direction": optional(props, Prop.DIRECTION, choice("in", "out", "bidirectional"), "in"),
+        }
+        classifiers = _related(policy, rule, Cls.GBP_RULE_TO_CLASSIFIER_RSRC)
+    except Refused as bad:
+        raise _At(rule.uri, bad) from None
+    out = []
+    for clf in classifiers:
+        try:
+            out.append({**common, **_classifier(clf.properties)})
+        except Refused as bad:
+            raise _At(clf.uri, bad) from None
+    return out
+
+
+def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
+    """A contract's rules; raises ``_At`` if any does not parse (the contract is left out whole:
+    without one of its rules, maybe a deny, it could allow what the intent does not)."""
     rules = []
-    for rule, fields in _classified(policy, sg, Cls.GBP_SEC_GROUP_SUBJECT, Cls.GBP_SEC_GROUP_RULE):
-        prefixes: list[str | None] = [
-            _prefix(n)
-            for subnets in _related(policy, rule, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC)
-            for n in _children(policy, subnets, Cls.GBP_SUBNET)
-        ]
-        group = target(policy, child(rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC))
-        for prefix in prefixes or [None]:
-            key = f"{sg.uri}#{rule.properties.get(Prop.ORDER, 0)}"
-            rules.append(SgRule(key=key, allow=True, remote_prefix=prefix, remote_group=group, **fields))
+    name = contract.properties.get(Prop.NAME, "")
+    for rule in _rule_mos(policy, contract, Cls.GBP_SUBJECT, Cls.GBP_RULE):
+        try:
+            actions = _related(policy, rule, Cls.GBP_RULE_TO_ACTION_RSRC)
+            allow = all(
+                _of(a, lambda p: optional(p, Prop.ALLOW, ranged(0, 1), 1)) == 1
+                for a in actions
+                if a.subject == Cls.GBP_ALLOW_DENY_ACTION
+            )
+        except Refused as bad:
+            raise _At(rule.uri, bad) from None
+        for fields in _rule_fields(policy, rule):
+            rules.append(Rule(key=f"{name}.{rule.properties.get(Prop.NAME, '')}", allow=allow, **fields))
     return tuple(rules)
 
 
-def _members(policy: Mapping[str, MO], sg: MO) -> tuple[str, ...]:
-    """The addresses of a security group's members (its address set)."""
-    out: set[str] = set()
+def _sg_rules(policy: Mapping[str, MO], sg: MO, problems: Problems) -> tuple[SgRule, ...]:
+    """Its rules; one that does not parse is left out (they only allow: fewer is narrower)."""
+    rules = []
+    for rule in _rule_mos(policy, sg, Cls.GBP_SEC_GROUP_SUBJECT, Cls.GBP_SEC_GROUP_RULE):
+        try:
+            rules += _sg_rule(policy, sg, rule)
+        except _At as at:
+            refuse(problems, at.uri, at.bad)
+    return tuple(rules)
+
+
+def _sg_rule(policy: Mapping[str, MO], sg: MO, rule: MO) -> list[SgRule]:
+    try:
+        prefixes: list[Prefix | None] = [
+            _of(n, _prefix)
+            for subnets in _related(policy, rule, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC)
+            for n in _children(policy, subnets, Cls.GBP_SUBNET)
+        ]
+        group = _target(policy, rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC)
+    except Refused as bad:
+        raise _At(rule.uri, bad) from None
+    for fields in _rule_fields(policy, rule):
+        family = {0x0800: 4, 0x86DD: 6}.get(fields["ethertype"])
+        for prefix in prefixes:  # the model makes a prefix's ethertype its family; flows match by it
+            if prefix is not None and family != (6 if ":" in prefix else 4):
+                raise _At(rule.uri, Refused(Prop.ETHER_T, fields["ethertype"], f"not the family of {prefix}"))
+    return [
+        SgRule(
+            key=f"{sg.uri}#{fields['order']}", allow=True, remote_prefix=prefix, remote_group=group, **fields
+        )
+        for fields in _rule_fields(policy, rule)
+        for prefix in prefixes or [None]
+    ]
+
+
+def _members(policy: Mapping[str, MO], sg: MO, problems: Problems) -> tuple[IpAddress, ...]:
+    """The addresses of a security group's members (its address set); a member with an address
+    that does not parse is left out (a smaller set allows less)."""
+    out: set[IpAddress] = set()
     for member in _children(policy, sg, Cls.PF_SEC_GROUP_MEMBER):
-        out.update(str(ip) for ip in member.properties.get(Prop.IP, []))
+        try:
+            out.update(get(member.properties, Prop.IP, addresses))
+        except Refused as bad:
+            refuse(problems, member.uri, bad)
     return tuple(sorted(out))
 
 
+def _prefix(subnet: Mapping[str, Any]) -> Prefix:
+    """A GbpSubnet's prefix, e.g. 10.1.0.0/24, from its properties."""
+    address = get(subnet, Prop.ADDRESS, parse_ip)
+    length = get(subnet, Prop.PREFIX_LEN, ranged(0, 128))
+    try:
+        return parse_prefix(f"{address}/{length}")
+    except ValueError as exc:
+        raise Refused(Prop.PREFIX_LEN, length, str(exc)) from None
+
+
+def _leg(policy: Mapping[str, MO], leg: MO, bd_of_subnets: Mapping[str, str]) -> RouterInterface | None:
+    subnet = policy.get(ref(leg.properties.get(Prop.SUBNET), Prop.SUBNET) or "")
+    bd = bd_of_subnets.get(subnet.parent_uri or "") if subnet else None
+    gw = subnet.properties.get(Prop.VIRTUAL_ROUTER_IP) if subnet else None
+    if subnet is None or bd is None or gw in (None, "None"):
+        return None  # not resolved yet, or a subnet without a gateway: nothing to route
+    try:
+        return RouterInterface(
+            bd, get(subnet.properties, Prop.VIRTUAL_ROUTER_IP, parse_ip), _prefix(subnet.properties)
+        )
+    except Refused as bad:
+        raise _At(subnet.uri, bad) from None
+
+
+def _gateway(mo: MO) -> RouterGateway | None:
+    p = mo.properties
+    network, ip = ref(p.get(Prop.NETWORK), Prop.NETWORK), p.get(Prop.IP)
+    if network is None or ip in (None, ""):
+        return None
+    active, vtep = p.get(Prop.ACTIVE_HOST), p.get(Prop.ACTIVE_TUNNEL_IP, "")
+    return RouterGateway(
+        network,
+        get(p, Prop.IP, parse_ipv4),
+        optional(p, Prop.SNAT, ranged(0, 1), 1) == 1,
+        active if isinstance(active, str) else "",
+        get(p, Prop.ACTIVE_TUNNEL_IP, parse_ipv4) if vtep != "" else None,
+    )
+
+
 def _routers(
-    policy: Mapping[str, MO], routers: list[MO], bd_of_subnets: Mapping[str, str]
+    policy: Mapping[str, MO], routers: list[MO], bd_of_subnets: Mapping[str, str], problems: Problems
 ) -> dict[str, Router]:
     out = {}
     for mo in routers:
         legs = []
         for leg in _children(policy, mo, Cls.PF_ROUTER_INTERFACE):
-            subnet = policy.get(_ref(leg.properties.get(Prop.SUBNET)) or "")
-            gw = subnet.properties.get(Prop.VIRTUAL_ROUTER_IP) if subnet else None
-            bd = bd_of_subnets.get(subnet.parent_uri or "") if subnet else None
-            if subnet is None or bd is None or not isinstance(gw, str) or gw == "None":
-                continue  # not resolved yet, or a subnet without a gateway: nothing to route
-            legs.append(RouterInterface(bd, gw, _prefix(subnet)))
+            try:
+                found = _leg(policy, leg, bd_of_subnets)
+            except Refused as bad:
+                refuse(problems, leg.uri, bad)
+            except _At as at:
+                refuse(problems, at.uri, at.bad)
+            else:
+                if found is not None:
+                    legs.append(found)
         number, mac = router_identity(mo.uri)
         gateway = None
         for gw in _children(policy, mo, Cls.PF_EXTERNAL_GATEWAY):
-            p = gw.properties
-            network, ip = _ref(p.get(Prop.NETWORK)), p.get(Prop.IP)
-            if network is not None and isinstance(ip, str) and ip:
-                active, vtep = p.get(Prop.ACTIVE_HOST), p.get(Prop.ACTIVE_TUNNEL_IP)
-                gateway = RouterGateway(
-                    network,
-                    ip,
-                    bool(p.get(Prop.SNAT, 1)),
-                    active if isinstance(active, str) else "",
-                    vtep if isinstance(vtep, str) else "",
-                )
+            try:
+                gateway = _gateway(gw)
+            except Refused as bad:
+                refuse(problems, gw.uri, bad)  # no way out rather than a wrong one
         legs.sort(key=lambda i: (i.bd, i.gateway_ip))
         out[mo.uri] = Router(mo.uri, number, mac, tuple(legs), gateway)
     return out
@@ -150,121 +296,84 @@ def _routers(
 
 def _external(mo: MO) -> ExternalNet:
     p = mo.properties
-    return ExternalNet(
-        mo.uri, str(p.get(Prop.NAME, "")), str(p.get(Prop.CIDR, "")), str(p.get(Prop.GATEWAY_IP, ""))
-    )
+    cidr = get(p, Prop.CIDR, lambda v: parse_prefix(v, version=4))
+    gateway = get(p, Prop.GATEWAY_IP, parse_ipv4)
+    return ExternalNet(mo.uri, str(p.get(Prop.NAME, "")), cidr, gateway)
 
 
 def _floating_ip(mo: MO) -> FloatingIp | None:
     p = mo.properties
-    ip, network, key = p.get(Prop.IP), _ref(p.get(Prop.NETWORK)), p.get(Prop.ENDPOINT_KEY)
-    if not isinstance(ip, str) or network is None or not isinstance(key, str):
+    if p.get(Prop.ENDPOINT_KEY) is None or p.get(Prop.NETWORK) is None:
         return None  # not bound to an endpoint: nothing to render
-    return FloatingIp(ip, network, key)
+    network = ref(p.get(Prop.NETWORK), Prop.NETWORK)
+    ip, key = get(p, Prop.IP, parse_ipv4), get(p, Prop.ENDPOINT_KEY, parse_key)
+    return FloatingIp(ip, network, key) if network is not None else None
 
 
-def policy_view(policy: Mapping[str, MO]) -> Network:
-    """Groups, contracts, bridge domains, security groups and routers of every tenant in the cache."""
+def _group(policy: Mapping[str, MO], uri: str, mo: MO) -> Group:
+    intra = optional(mo.properties, Prop.INTRA_GROUP_POLICY, choice("allow", "deny"), "allow")
+    return Group(
+        uri,
+        _encap(policy, mo, Prop.CLASSID, 0xFFFF),
+        _target(policy, uri, Cls.GBP_EP_GROUP_TO_NETWORK_RSRC) or "",
+        intra == "allow",
+        _targets(policy, mo, Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC),
+        _targets(policy, mo, Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC),
+    )
+
+
+def _bridge_domain(policy: Mapping[str, MO], uri: str, mo: MO, bd_of_subnets: dict[str, str]) -> BridgeDomain:
+    container = _target(policy, uri, Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC)
+    if container:
+        bd_of_subnets[container] = uri
+    vrf_uri = _target(policy, uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC)
+    vrf = policy.get(vrf_uri) if vrf_uri else None
+    vni = _encap(policy, mo, Prop.ENCAP_ID, 0xFFFFFF)
+    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0)
+
+
+def policy_view(policy: Mapping[str, MO], problems: Problems = None) -> Network:
+    """Groups, contracts, bridge domains, security groups and routers of every tenant in the cache;
+    what does not parse is left out and added to ``problems``."""
     groups, contracts, bds, sgs, sets, external = {}, {}, {}, {}, {}, {}
     routers: list[MO] = []
     fips: list[FloatingIp] = []
     bd_of_subnets: dict[str, str] = {}  # GbpSubnets container → its bridge domain
     for uri, mo in policy.items():
-        if mo.subject == Cls.PF_ROUTER:
-            routers.append(mo)
-        elif mo.subject == Cls.PF_EXTERNAL_NETWORK:
-            external[uri] = _external(mo)
-        elif mo.subject == Cls.PF_FLOATING_IP:
-            fip = _floating_ip(mo)
-            if fip is not None:
-                fips.append(fip)
-        elif mo.subject == Cls.GBP_BRIDGE_DOMAIN:
-            container = target(policy, child(uri, Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC))
-            if container:
-                bd_of_subnets[container] = uri
-            vrf_uri = target(policy, child(uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC))
-            vrf = policy.get(vrf_uri) if vrf_uri else None
-            bds[uri] = BridgeDomain(
-                uri, _encap(policy, mo, Prop.ENCAP_ID), _encap(policy, vrf, Prop.ENCAP_ID) if vrf else 0
-            )
-        elif mo.subject == Cls.GBP_EP_GROUP:
-            bd = target(policy, child(uri, Cls.GBP_EP_GROUP_TO_NETWORK_RSRC)) or ""
-            groups[uri] = Group(
-                uri,
-                _encap(policy, mo, Prop.CLASSID),
-                bd,
-                mo.properties.get(Prop.INTRA_GROUP_POLICY, "allow") == "allow",
-                _targets(policy, mo, Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC),
-                _targets(policy, mo, Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC),
-            )
-        elif mo.subject == Cls.GBP_CONTRACT:
-            contracts[uri] = Contract(uri, _rules(policy, mo))
-        elif mo.subject == Cls.GBP_SEC_GROUP:
-            sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo))
-            sets[uri] = _members(policy, mo)
+        try:
+            if mo.subject in READ and not URI.fullmatch(uri):
+                raise Refused("uri", uri, "not a URI")
+            if mo.subject == Cls.PF_ROUTER:
+                routers.append(mo)
+            elif mo.subject == Cls.PF_EXTERNAL_NETWORK:
+                external[uri] = _external(mo)
+            elif mo.subject == Cls.PF_FLOATING_IP:
+                fip = _floating_ip(mo)
+                if fip is not None:
+                    fips.append(fip)
+            elif mo.subject == Cls.GBP_BRIDGE_DOMAIN:
+                bds[uri] = _bridge_domain(policy, uri, mo, bd_of_subnets)
+            elif mo.subject == Cls.GBP_EP_GROUP:
+                groups[uri] = _group(policy, uri, mo)
+            elif mo.subject == Cls.GBP_CONTRACT:
+                contracts[uri] = Contract(uri, _rules(policy, mo))
+            elif mo.subject == Cls.GBP_SEC_GROUP:
+                sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo, problems))
+                sets[uri] = _members(policy, mo, problems)
+        except Refused as bad:
+            refuse(problems, uri, bad)
+        except _At as at:
+            refuse(problems, at.uri, at.bad)
     return Network(
         groups=groups,
         contracts=contracts,
         bds=bds,
         security_groups=sgs,
         address_sets=sets,
-        routers=_routers(policy, routers, bd_of_subnets),
+        routers=_routers(policy, routers, bd_of_subnets, problems),
         external=external,
         floating_ips=tuple(sorted(fips, key=lambda f: f.ip)),
     )
 
 
-def _ref(value: Any) -> str | None:
-    return value[REFERENCE_URI] if isinstance(value, dict) else None
-
-
-def _prefix(subnet: MO) -> str:
-    """A GbpSubnet's prefix, e.g. 10.1.0.0/24."""
-    return f"{subnet.properties.get(Prop.ADDRESS)}/{subnet.properties.get(Prop.PREFIX_LEN)}"
-
-
-def local_endpoint(
-    policy: Mapping[str, MO],
-    groups: Mapping[str, Group],
-    key: str,
-    uri: str,
-    ofport: int,
-    interface: str | None = None,
-) -> Endpoint | None:
-    """A local endpoint from its ``PfEndpoint``; None until that and its bridge domain are resolved."""
-    mo = policy.get(uri)
-    if mo is None:
-        return None
-    props = mo.properties
-    bd = _ref(props.get(Prop.BRIDGE_DOMAIN))
-    mac = props.get(Prop.MAC)
-    if bd is None or not isinstance(mac, str):
-        return None
-    group = groups.get(_ref(props.get(Prop.EPG)) or "")
-    ips = tuple(ip for ip in props.get(Prop.IP, []) if ip != "slaac")
-    sgs = tuple(sorted(u for u in map(_ref, props.get(Prop.SECURITY_GROUP, [])) if u is not None))
-    classid = group.classid if group else 0
-    return Endpoint(key, mac, ips, bd, classid, ofport=ofport, security_groups=sgs, interface=interface)
-
-
-def remote_endpoints(registry: Iterable[MO], own_vtep: str, local_keys: set[str]) -> tuple[Endpoint, ...]:
-    """Other hosts' L2 endpoints, from the bridge-domain membership the agent resolved."""
-    out = []
-    for mo in registry:
-        if mo.subject != Cls.EPR_L2_EP:
-            continue
-        p = mo.properties
-        vtep, bd, key = p.get(Prop.TUNNEL_IP), _ref(p.get(Prop.CONTEXT)), str(p.get(Prop.UUID, ""))
-        if not isinstance(vtep, str) or vtep == own_vtep or bd is None or key in local_keys:
-            continue
-        out.append(
-            Endpoint(
-                key,
-                str(p.get(Prop.MAC, "")),
-                tuple(str(ip) for ip in p.get(Prop.IP, []) if ip != "slaac"),
-                bd,
-                int(p.get(Prop.CLASSID, 0)),
-                vtep=vtep,
-            )
-        )
-    return tuple(sorted(out, key=lambda e: (e.bd, e.mac)))
+__all__ = ["local_endpoint", "policy_view", "remote_endpoints"]  # the endpoints' readers live in endpoints.py

@@ -3,6 +3,18 @@
 Renderers never read OpFlex MOs: they get a ``Network`` of small frozen records (built from the
 cache by ``agent/reader.py``), so the compilers that follow are pure functions of data that is
 easy to build in a unit test (``tests/fabric.py``).
+
+Values in the records are typed, and the types are why a renderer can write them into flow or
+rule text without a second thought. Addresses and MACs are canonical strings that only a parser
+makes (``Mac``, ``IpAddress``, ``Ipv4Address``, ``Prefix``: ``NewType``s over ``str``, so mypy
+rejects a plain string where one is expected, and ``values.parse_*`` is the one way to get one);
+numbers are ints checked against the field they go into. Canonical strings rather than
+``ipaddress`` objects or a MAC class: the compilers are written over text (a flow is text, an
+nftables rule is text) and test (``":" in ip``), format (``f"nw_dst={ip}"``) and hash these
+values as strings; typed strings keep every compiler line as it was, keep the flows of valid
+input byte for byte the same, and still make "this came from a parser" a property mypy checks.
+The parsers accept only what they would write back unchanged (apart from the case of hex
+digits), so nothing the wire says can carry a space, a comma or a newline into a renderer.
 """
 
 from __future__ import annotations
@@ -10,6 +22,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import NewType
+
+Mac = NewType("Mac", str)  # a unicast MAC: six lower-case hex octets, ``:``-separated
+IpAddress = NewType("IpAddress", str)  # an IPv4 or IPv6 address as ``ipaddress`` writes it, no scope
+Ipv4Address = NewType("Ipv4Address", str)  # a dotted quad (tunnel endpoints: 32-bit registers)
+Prefix = NewType("Prefix", str)  # ADDRESS/LEN with no host bits set, as ``ipaddress`` writes it
 
 
 @dataclass(frozen=True)
@@ -35,7 +53,7 @@ class SgRule(Rule):
     """A security group rule (always allow): ``direction`` is in (ingress) or out (egress); the
     remote side is a prefix, the members of a group (``remote_group``, a GbpSecGroup URI), or any."""
 
-    remote_prefix: str | None = None
+    remote_prefix: Prefix | None = None
     remote_group: str | None = None
 
 
@@ -80,12 +98,12 @@ class Endpoint:
     """An endpoint this host serves (``ofport``) or a remote one (``vtep``)."""
 
     key: str  # TENANT/NAME
-    mac: str
-    ips: tuple[str, ...]
+    mac: Mac
+    ips: tuple[IpAddress, ...]
     bd: str
     classid: int  # 0: no group (security groups only)
     ofport: int | None = None
-    vtep: str | None = None
+    vtep: Ipv4Address | None = None
     security_groups: tuple[str, ...] = ()  # GbpSecGroup URIs (local endpoints)
     interface: str | None = None  # its port on the integration bridge (local endpoints)
 
@@ -110,8 +128,8 @@ class RouterInterface:
     """A router's leg on a bridge domain: its subnet's gateway address (answered on every host)."""
 
     bd: str  # bridge domain URI
-    gateway_ip: str
-    prefix: str  # the subnet, e.g. 10.1.0.0/24
+    gateway_ip: IpAddress
+    prefix: Prefix  # the subnet, e.g. 10.1.0.0/24
 
 
 @dataclass(frozen=True)
@@ -119,10 +137,10 @@ class RouterGateway:
     """A router's leg on an external network: SNAT to ``ip`` on the active gateway host."""
 
     network: str  # PfExternalNetwork URI
-    ip: str  # the router's external address
+    ip: Ipv4Address  # the router's external address (ARP answers it: IPv4)
     snat: bool
     active_host: str  # elected by the authority ("" while no gateway host is alive)
-    active_vtep: str
+    active_vtep: Ipv4Address | None  # that host's tunnel address
 
 
 @dataclass(frozen=True)
@@ -131,7 +149,7 @@ class Router:
 
     uri: str
     number: int  # small and stable: what reg6 carries between L2 and L3
-    mac: str  # the gateway MAC, the same on every host (an overlay never learns it from two places)
+    mac: Mac  # the gateway MAC, the same on every host (an overlay never learns it from two places)
     interfaces: tuple[RouterInterface, ...]
     gateway: RouterGateway | None = None
 
@@ -140,11 +158,11 @@ class Router:
         return frozenset(i.bd for i in self.interfaces)
 
 
-def router_identity(uri: str) -> tuple[int, str]:
+def router_identity(uri: str) -> tuple[int, Mac]:
     """(number, MAC) of a router, derived from its URI so every host agrees without asking."""
     h = zlib.crc32(uri.encode())
     number = (h & 0xFFFF) or 1
-    return number, f"02:50:46:fe:{number >> 8:02x}:{number & 0xFF:02x}"
+    return number, Mac(f"02:50:46:fe:{number >> 8:02x}:{number & 0xFF:02x}")
 
 
 @dataclass(frozen=True)
@@ -153,8 +171,8 @@ class ExternalNet:
 
     uri: str
     name: str
-    cidr: str
-    gateway_ip: str
+    cidr: Prefix  # IPv4: external networks are ARP's, and their next hops sit in a 32-bit register
+    gateway_ip: Ipv4Address
     ofport: int | None = None
 
 
@@ -162,15 +180,29 @@ class ExternalNet:
 class FloatingIp:
     """1:1 NAT of ``endpoint`` (TENANT/NAME) to ``ip``, done on the endpoint's host."""
 
-    ip: str
+    ip: Ipv4Address
     network: str  # PfExternalNetwork URI
     endpoint: str
 
     @property
-    def mac(self) -> str:
+    def mac(self) -> Mac:
         """The floating IP's MAC on the external network: derived, so it survives a restart."""
         h = zlib.crc32(self.ip.encode()) & 0xFFFFFF
-        return f"02:50:47:{h >> 16:02x}:{(h >> 8) & 0xFF:02x}:{h & 0xFF:02x}"
+        return Mac(f"02:50:47:{h >> 16:02x}:{(h >> 8) & 0xFF:02x}:{h & 0xFF:02x}")
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A value the reader refused, so that the object holding it was left out of the view: the
+    object's URI, the property, the value as ``repr`` writes it (shortened) and why."""
+
+    uri: str
+    field: str
+    value: str
+    why: str
+
+    def __str__(self) -> str:
+        return f"{self.uri}: {self.field} {self.value}: {self.why}"
 
 
 @dataclass(frozen=True)
@@ -181,12 +213,13 @@ class Network:
     contracts: Mapping[str, Contract] = field(default_factory=dict)
     bds: Mapping[str, BridgeDomain] = field(default_factory=dict)
     security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
-    address_sets: Mapping[str, tuple[str, ...]] = field(default_factory=dict)  # group → member IPs
+    address_sets: Mapping[str, tuple[IpAddress, ...]] = field(default_factory=dict)  # group → member IPs
     routers: Mapping[str, Router] = field(default_factory=dict)
     external: Mapping[str, ExternalNet] = field(default_factory=dict)  # by URI
     floating_ips: tuple[FloatingIp, ...] = ()
     host: str = ""  # this host's name (is it a router's active gateway?)
     tunnel_port: int | None = None  # this host's Geneve port on the bridge (None: no tunnel)
+    invalid: tuple[Invalid, ...] = ()  # what the reader refused to put in this view
 
     def is_active_gateway(self, router: Router) -> bool:
         """This host is the router's elected SNAT gateway."""

@@ -24,15 +24,15 @@ from pathlib import Path
 from typing import ClassVar
 
 from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext, RendererError
+from policyfabric.agent.values import printable
 from policyfabric.agent.view import Endpoint, Group, Network, Rule, SgRule, opens
-from policyfabric.opflex.uri import unescape
 
 PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 
 
 def short(uri: str) -> str:
     """``/PolicyUniverse/PolicySpace/acme/GbpSecGroup/ssh/`` → ``acme/ssh``."""
-    parts = [unescape(p) for p in uri.strip("/").split("/")]
+    parts = uri.strip("/").split("/")  # escaped names as they are: a name prints as itself or as %xx
     return f"{parts[2]}/{parts[-1]}" if len(parts) >= 5 else parts[-1]
 
 
@@ -64,7 +64,7 @@ def compile_config(net: Network, host: str) -> str:
     objects: list[str] = []
     acls: list[str] = []
     for ep in sorted(net.local, key=lambda e: e.key):
-        name = ep.key.replace("/", "-")
+        name = printable(ep.key).replace("/", "-")
         me = f"host {ep.ips[0]}" if len(ep.ips) == 1 else f"object-group ep-{name}"
         if len(ep.ips) != 1:
             objects += [f"object-group network ep-{name}", *_hosts(ep.ips), "!"]
@@ -81,7 +81,7 @@ def compile_config(net: Network, host: str) -> str:
         for suffix, rules, last in lists:
             acls += [f"ip access-list extended {name}-{suffix}", *rules, f" {last} ip any any", "!"]
             applied.append(f" ip access-group {name}-{suffix} {'out' if suffix.endswith('in') else 'in'}")
-        acls += [f"interface {name}", f" description {ep.key} {ep.mac}", *applied, "!"]
+        acls += [f"interface {name}", f" description {printable(ep.key)} {ep.mac}", *applied, "!"]
     for classid in sorted(used_groups):
         objects += [f"object-group network epg-{short(groups[classid].uri)}", *_hosts(members[classid]), "!"]
     for uri in sorted(used_sets):

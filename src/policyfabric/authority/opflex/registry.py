@@ -5,17 +5,28 @@ address binding) are held in memory with a lease (``prr``); one that expires
 counts as undeclared. ``endpoint_resolve`` accepts a full endpoint URI or a
 prefix of one (an extension: all endpoints of a bridge domain) and
 subscribes to it; changes go out as ``endpoint_update`` at the server's next
-flush. Declaring an L2 endpoint that names a stored endpoint binds it in the
-REST API (host, interface, status ``BUILD``); its last L2 declaration going
-away sets it ``DOWN``. Those writes, and the statuses the observer receives,
-go through one ``EndpointStateWriter`` that batches them into few commits.
+flush. Declaring an L2 endpoint binds it in the REST API (host, interface,
+status ``BUILD``); its last L2 declaration going away sets it ``DOWN``. Those
+writes, and the statuses the observer receives, go through one
+``EndpointStateWriter`` that batches them into few commits.
+
+What other agents receive from here becomes their flows, so a declaration is a
+claim checked against the intent, never taken as said: its content must be
+what the intent says of that endpoint (``declaration_check.py``, against the
+``IntentIndex`` the repository rebuilds with its trees), and the agent must be
+one that may declare it (``_may_declare``: no other live agent holds it; the
+pinned host, unless that host let it go). A refused request gets an ``ERROR``
+reply (the session stays), stores nothing, is counted per agent
+(``refused``, in ``GET /v1/agents``) and logged once per agent and endpoint.
+When the intent changes, the declarations of the endpoints that changed are
+checked again and withdrawn (pushed as deletes) if they no longer hold.
 
 Trust: an agent's declarations are filed under its (checked) name, and only
 that agent may undeclare them or report its endpoints' status (``declares``:
-the observer asks before it records a ``PfEndpointStatus``). What a
-declaration would write into the store (the ``interfaceName``) is checked
-with the model's own type first, so no agent can write a record the store
-cannot read back.
+the observer asks before it records a ``PfEndpointStatus``, answered from an
+index by agent). What a declaration would write into the store (the
+``interfaceName``) is checked with the model's own type (``declaration_check``),
+so no agent can write a record the store cannot read back.
 """
 
 from __future__ import annotations
@@ -23,14 +34,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from policyfabric.authority.opflex.declaration_check import Checked, Refused, check, show
+from policyfabric.authority.opflex.intent_index import Changed as IntentChanges
+from policyfabric.authority.opflex.intent_index import IntentIndex
 from policyfabric.authority.opflex.params import Declare, EndpointRef, EndpointResolve, parse
 from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
 from policyfabric.authority.service import Authority, EndpointState
-from policyfabric.model.types import check_interface
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError
@@ -40,6 +54,7 @@ from policyfabric.opflex.wire import Code
 log = logging.getLogger(__name__)
 
 Changes = dict[str, tuple[MO, bool]]  # registry URI -> (its top MO, deleted)
+MAX_LOGGED = 10_000  # refusals logged (once per agent and endpoint), so a flood cannot fill the log
 
 
 class EndpointStateWriter:
@@ -88,15 +103,19 @@ class EndpointStateWriter:
 
 @dataclass
 class Declaration:
-    mos: list[dict[str, Any]]  # the declared MO and its children, as sent
+    mos: list[dict[str, Any]]  # the stored MO (as checked, no children), in wire form
     agent: str
     expires: float
-    endpoint: tuple[str, str] | None  # (tenant, name) when it names a stored endpoint
+    endpoint: tuple[str, str]  # (tenant, name) of the endpoint of the intent it declares
 
     @property
     def is_l2(self) -> bool:
         """An EprL2Ep (the endpoint's interface), rather than an EprL3Ep (an address binding)."""
         return bool(self.mos[0]["subject"] == Cls.EPR_L2_EP)
+
+    @property
+    def key(self) -> str:
+        return f"{self.endpoint[0]}/{self.endpoint[1]}"
 
 
 # ---- trust and bounds: who declared what ---------------------------------------------------
@@ -141,27 +160,40 @@ class Declarations(dict[str, Declaration]):
         return decl
 
 
-def check_bounds(mo: MO) -> None:
-    """Refuse a declared MO whose fields would be written into the store unreadable."""
-    interface = mo.properties.get(Prop.INTERFACE_NAME)
-    if interface is not None:
-        try:
-            check_interface(interface)
-        except ValueError as exc:
-            raise RpcError(Code.ERROR, f"Malformed message: interfaceName: {exc}") from None
-
-
 # ---- the role ---------------------------------------------------------------------------------
 class EndpointRegistry:
-    def __init__(self, states: EndpointStateWriter, *, fan_out: FanOut, schedule: Callable[[], None]) -> None:
+    """Declarations by URI. ``intent`` is what they are checked against (rebuilt with the policy
+    trees; its changes re-check the declarations of the endpoints that changed); ``live`` says
+    whether an agent's session is up (one whose session is gone may be taken over)."""
+
+    def __init__(
+        self,
+        states: EndpointStateWriter,
+        *,
+        fan_out: FanOut,
+        schedule: Callable[[], None],
+        intent: IntentIndex,
+        live: Callable[[str], bool],
+    ) -> None:
         self._states = states
         self._fan_out, self._schedule = fan_out, schedule
+        self._intent, self._live = intent, live
         self.declarations = Declarations()
+        self._of: dict[str, set[str]] = {}  # TENANT/NAME -> URIs of its declarations
+        self._released: dict[str, str] = {}  # TENANT/NAME -> the agent that last let it go
+        self.refused: Counter[str] = Counter()  # refused declarations per agent
+        self._logged: set[tuple[str, str]] = set()  # (agent, what) refusals already logged
         self._changed: Changes = {}
+        intent.listeners.append(self._recheck)
 
     # ---- requests
     async def declare(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
+        """Check every object of the request (content: ``declaration_check``; who may declare it:
+        ``_may_declare``); store them all, or refuse them all with one error."""
         agent = str(peer.agent)
+        accepted: list[tuple[Checked, float]] = []
+        refused: list[tuple[str, str]] = []  # (what, why)
+        holding: set[str] = set()  # endpoints whose EprL2Ep this request declares
         for entry in parse(Declare, params):
             try:
                 mos = [MO.from_wire(m) for m in entry.endpoint]
@@ -170,21 +202,23 @@ class EndpointRegistry:
             tops = [m for m in mos if m.subject in (Cls.EPR_L2_EP, Cls.EPR_L3_EP)]
             if not tops:
                 raise RpcError(Code.ERROR, "Malformed message: endpoint holds no EprL2Ep or EprL3Ep")
-            for top in tops:  # bounds: before anything of this entry is held or written
-                check_bounds(top)
-            for top in tops:
-                subtree = [m.to_wire() for m in mos if m is top or (m.parent_uri or "").startswith(top.uri)]
-                key = top.properties.get(Prop.UUID)
-                endpoint = None
-                if isinstance(key, str) and "/" in key:
-                    tenant, name = key.split("/", 1)
-                    endpoint = (tenant, name)
-                self.declarations[top.uri] = Declaration(
-                    subtree, agent, time.monotonic() + max(entry.prr, 1), endpoint
-                )
-                self._changed[top.uri] = (top, False)
-                if endpoint is not None and top.subject == Cls.EPR_L2_EP:
-                    self._bind(endpoint, agent, top.properties.get(Prop.INTERFACE_NAME))
+            expires = time.monotonic() + max(entry.prr, 1)
+            for top in sorted(tops, key=lambda m: m.subject != Cls.EPR_L2_EP):  # L2 first
+                children = sum(1 for m in mos if m is not top and (m.parent_uri or "").startswith(top.uri))
+                try:
+                    checked = check(top, children, self._intent)
+                    self._may_declare(agent, checked, holding)
+                except Refused as why:
+                    key = top.properties.get(Prop.UUID)
+                    refused.append((key if isinstance(key, str) else top.uri, str(why)))
+                    continue
+                accepted.append((checked, expires))
+                if checked.is_l2:
+                    holding.add(checked.intent.key)
+        if refused:
+            self._refuse(agent, refused)
+        for checked, expires in accepted:
+            self._store(agent, checked, expires)
         self._schedule()
         return {}
 
@@ -192,7 +226,7 @@ class EndpointRegistry:
         for entry in parse(EndpointRef, params):
             decl = self.declarations.get(entry.endpoint_uri)
             if decl is not None and decl.agent == peer.agent:
-                await self._undeclare(entry.endpoint_uri, "undeclared")
+                self._undeclare(entry.endpoint_uri, "undeclared", release=True, status=True)
         self._schedule()
         return {}
 
@@ -212,6 +246,85 @@ class EndpointRegistry:
             peer.ep_subs.pop(entry.endpoint_uri, None)
         return {}
 
+    # ---- who may declare what
+    def _may_declare(self, agent: str, checked: Checked, holding: set[str]) -> None:
+        """Raise ``Refused`` unless ``agent`` may declare this endpoint: no other live agent holds
+        it (its EprL2Ep, or this very URI), and, if the intent pins it to a host, ``agent`` is that
+        host, or already holds it, or the pinned host let it go (undeclared it, its lease ran out)
+        or holds it from a session that is gone. The pin is the endpoint's REST ``host``, which a
+        binding rewrites: a host that let an endpoint go hands it to the next that declares it."""
+        intent = checked.intent
+        l2 = self.declarations.get(intent.l2_uri or "")
+        for decl in (l2, self.declarations.get(checked.mo.uri)):
+            if decl is not None and decl.agent != agent and self._live(decl.agent):
+                raise Refused(f"it is declared by agent {show(decl.agent)}, whose session is live")
+        pin = intent.host
+        holder = l2.agent if l2 is not None else None
+        if pin is None or pin == agent or intent.key in holding or holder in (agent, pin):
+            return
+        if self._released.get(intent.key) == pin:
+            return
+        raise Refused(f"the intent pins it to host {show(pin)}")
+
+    def _refuse(self, agent: str, refused: list[tuple[str, str]]) -> None:
+        """Count and log (once per agent and endpoint) a refused request, and answer it."""
+        self.refused[agent] += len(refused)
+        for what, why in refused:
+            if (agent, what) in self._logged:
+                continue
+            if len(self._logged) < MAX_LOGGED:
+                self._logged.add((agent, what))
+                log.warning("opflex: refused agent %s's declaration of %s: %s", show(agent), show(what), why)
+            elif len(self._logged) == MAX_LOGGED:
+                self._logged.add(("", ""))
+                log.warning("opflex: %d refusals logged; further ones are only counted", MAX_LOGGED)
+        what, why = refused[0]
+        more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
+        raise RpcError(Code.ERROR, f"Declaration refused: {show(what)}: {why}{more}")
+
+    def _store(self, agent: str, checked: Checked, expires: float) -> None:
+        key, uri = checked.intent.key, checked.mo.uri
+        old = self.declarations.get(uri)
+        if old is not None and old.key != key:
+            self._of.get(old.key, set()).discard(uri)
+        tenant, name = key.split("/", 1)
+        self.declarations[uri] = Declaration([checked.mo.to_wire()], agent, expires, (tenant, name))
+        self._of.setdefault(key, set()).add(uri)
+        self._changed[uri] = (checked.mo, False)
+        if checked.is_l2:
+            self._released.pop(key, None)
+            for other in [u for u in self._of[key] if self.declarations[u].agent != agent]:
+                self._undeclare(other, f"taken over by {agent}", release=False, status=False)
+            self._bind((tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME))
+
+    # ---- the intent changed
+    def _recheck(self, changed: IntentChanges) -> None:
+        """Withdraw the declarations the intent no longer allows: of endpoints it dropped, that
+        no longer say what it says (the agent declares again, so their status stays), or of an
+        endpoint it moved to another host (DOWN until that host declares it)."""
+        withdrawn = False
+        for key, old, new in changed:
+            if new is None:
+                self._released.pop(key, None)
+            for uri in sorted(self._of.get(key, ())):
+                decl = self.declarations[uri]
+                why, status = None, False
+                if new is None:
+                    why = "its endpoint left the intent"
+                elif new.host not in (None, decl.agent, old.host if old else None):
+                    why, status = f"the intent moved it to host {new.host}", True
+                else:
+                    try:
+                        check(MO.from_wire(decl.mos[0]), 0, self._intent)
+                    except Refused as exc:
+                        why = f"no longer what the intent says: {exc}"
+                if why is not None:
+                    log.info("opflex: withdrew %s's declaration of %s: %s", decl.agent, key, why)
+                    self._undeclare(uri, why, release=False, status=status)
+                    withdrawn = True
+        if withdrawn:
+            self._schedule()
+
     # ---- bindings in the REST API
     def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
         """The endpoint now lives on ``agent``'s host; BUILD unless it is already up (written by
@@ -229,27 +342,35 @@ class EndpointRegistry:
             unknown=f"opflex: agent {agent} declared endpoint {tenant}/{name}, unknown to the authority",
         )
 
-    async def _undeclare(self, uri: str, why: str) -> None:
+    def _undeclare(self, uri: str, why: str, *, release: bool, status: bool) -> None:
+        """Drop a declaration (pushed as a delete). When it was the endpoint's last EprL2Ep:
+        ``release`` records that its agent let the endpoint go (another host may now declare it),
+        ``status`` sets it DOWN."""
         decl = self.declarations.pop(uri, None)
         if decl is None:
             return
         self._changed[uri] = (MO.from_wire(decl.mos[0]), True)
+        uris = self._of.get(decl.key, set())
+        uris.discard(uri)
+        if not uris:
+            self._of.pop(decl.key, None)
         # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
-        if (
-            decl.is_l2
-            and decl.endpoint is not None
-            and not any(d.endpoint == decl.endpoint and d.is_l2 for d in self.declarations.values())
-        ):
-            tenant, name = decl.endpoint
-            log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
-            self._states.queue(EndpointState(tenant, name, status="DOWN"))
+        if decl.is_l2 and not any(self.declarations[u].is_l2 for u in uris):
+            if release:  # its agent let it go: with its addresses (its next host declares them)
+                self._released[decl.key] = decl.agent
+                for other in [u for u in uris if self.declarations[u].agent == decl.agent]:
+                    self._undeclare(other, why, release=False, status=False)
+            if status:
+                tenant, name = decl.endpoint
+                log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
+                self._states.queue(EndpointState(tenant, name, status="DOWN"))
 
     # ---- leases and pushes
     async def expire(self, now: float) -> None:
         """Undeclare what its agent stopped renewing (``now``: monotonic)."""
         expired = [u for u, d in self.declarations.items() if d.expires <= now]
         for uri in expired:
-            await self._undeclare(uri, "lease expired")
+            self._undeclare(uri, "lease expired", release=True, status=True)
         if expired:
             self._schedule()
 

@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from policyfabric.authority.gateways import RouterKey
+from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex, tenant_endpoints
 from policyfabric.authority.opflex.params import Resolve, Unresolve, parse
 from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
 from policyfabric.authority.opflex.policy_tree import global_tree, tenant_tree
@@ -107,6 +108,7 @@ class PolicyRepository:
         self._fan_out, self._schedule = fan_out, schedule
         self._gateways, self._rebuilt = gateways, rebuilt
         self.trees: dict[str | None, Tree] = {}
+        self.intent = IntentIndex()  # the endpoints of the trees: what declarations are checked against
         self._dirty: set[str | None] = set()
         self._mark = 0  # numbers the calls to mark_dirty
         self._marked: dict[str | None, int] = {}  # tenant -> the number of its latest change
@@ -195,7 +197,7 @@ class PolicyRepository:
         gateways = dict(self._gateways())
         authority = self.authority
 
-        def build() -> dict[str | None, Tree]:
+        def build() -> tuple[dict[str | None, Tree], dict[str, dict[str, EndpointIntent]]]:
             out: dict[str | None, Tree] = {}
             names = authority.tenants()
             for tenant in tenants:
@@ -208,9 +210,10 @@ class PolicyRepository:
                     out[tenant] = tenant_tree(tenant, objects, numbers, active)
                 else:
                     out[tenant] = Tree()  # the tenant is gone
-            return out
+            return out, {t: tenant_endpoints(t, tree) for t, tree in out.items() if t is not None}
 
-        fresh = await asyncio.to_thread(build)
+        fresh, endpoints = await asyncio.to_thread(build)
+        self.intent.update(endpoints)  # before any push: an agent's next declaration meets this intent
         changed: list[MO] = []
         merged: list[MO] = []
         removed: list[MO] = []

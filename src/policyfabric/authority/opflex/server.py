@@ -87,7 +87,9 @@ class OpflexServer:
             rebuilt=self._rebuilt,
         )
         states = EndpointStateWriter(authority)
-        self.registry = EndpointRegistry(states, fan_out=self._fan_out, schedule=self._schedule)
+        self.registry = EndpointRegistry(
+            states, fan_out=self._fan_out, schedule=self._schedule, intent=self.policy.intent, live=self._live
+        )
         self.observer = Observer(states.queue, gateway_ports=self._elect, owns=self.registry.declares)
         self._probing: set[Session] = set()  # live sessions being asked whether they still are
         self._last_flush = float("-inf")
@@ -158,6 +160,11 @@ class OpflexServer:
         if peer.current and self.observer.disconnected(peer.agent or ""):
             log.info("opflex: agent %s disconnected", peer.agent)
             self._elect()
+
+    def _live(self, agent: str) -> bool:
+        """The agent's session is up (the registry lets another agent take over its endpoints otherwise)."""
+        info = self.observer.agents.get(agent)
+        return info is not None and info.connected
 
     @staticmethod
     def _dialed(writer: asyncio.StreamWriter) -> str:
@@ -320,6 +327,7 @@ class OpflexServer:
         for agent in list(self.observer.agents.values()):
             item = agent.to_json(subs.get(agent.name, 0), self.registry.endpoints_of(agent.name))
             item["gateway_for"] = self.election.routers_of(agent.name)
+            item["refused_declarations"] = self.registry.refused[agent.name]
             out.append(item)
         return sorted(out, key=lambda a: a["name"])
 

@@ -30,6 +30,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
+from policyfabric.agent.values import printable
 from policyfabric.agent.view import Endpoint, Network, Rule, SgRule, opens
 
 TABLE = "policyfabric"
@@ -212,7 +213,7 @@ def compile_ruleset(net: Network) -> Ruleset:
                 body.append(f"{p} saddr {{ {', '.join(addrs)} }} jump ep{n}_out")
                 body.append(f"{p} daddr {{ {', '.join(addrs)} }} jump ep{n}_in")
         body.append("drop")
-        chains.append((f"ep{n}", f"endpoint {ep.key} ({bridge})", body))
+        chains.append((f"ep{n}", f"endpoint {printable(ep.key)} ({bridge})", body))
         for direction, inbound in (("in", True), ("out", False)):
             layers = [f"jump ep{n}_{direction}_g", f"jump ep{n}_{direction}_sg", "accept"]
             chains.append((f"ep{n}_{direction}", "", layers))

@@ -81,5 +81,3 @@ def clause_flows(clauses: Clauses) -> list[Flow]:
         _clause_flow(table, priority, match, (acts[0],) if len(acts) == 1 else tuple(sorted(set(acts))))
         for (table, priority, match), acts in clauses.items()
     ]
-
-

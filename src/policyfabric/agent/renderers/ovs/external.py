@@ -232,7 +232,7 @@ def snat_gateway_flows(
 
 def to_gateway_flows(router: Router, tunnel_port: int) -> list[Flow]:
     """A compute host: the router's traffic to the outside goes to the active gateway, after policy."""
-    assert router.gateway is not None
+    assert router.gateway is not None and router.gateway.active_vtep is not None
     return [
         flow(
             ROUTING,

@@ -87,5 +87,3 @@ def policy(net: Network) -> list[Flow]:
                 final = passed if rule.allow else ("drop",)
                 flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, "conj_id": cid}, *final))
     return flows + clause_flows(clauses)
-
-

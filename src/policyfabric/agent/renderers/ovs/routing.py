@@ -67,5 +67,3 @@ def routing(net: Network, tunnel_port: int | None) -> list[Flow]:
                 continue
             flows += routed_flows(ep, bd, router.number, router.mac, tunnel_port or 0)
     return flows
-
-

@@ -96,5 +96,3 @@ def security_groups(net: Network) -> list[Flow]:
                 eth = "ipv6" if rule.ethertype == 0x86DD else "ip"
                 flows.append(flow(SG_INGRESS, 100, {eth: "", "conj_id": cid}, *commit))
     return flows + clause_flows(clauses)
-
-

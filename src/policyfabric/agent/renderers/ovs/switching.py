@@ -36,7 +36,6 @@ def link_local(mac: str) -> str:
     return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
 
 
-
 def is_v6(ip: str) -> bool:
     return ":" in ip
 
@@ -125,7 +124,6 @@ def endpoint_flows(net: Network, tunnel_port: int | None) -> list[Flow]:
     return flows
 
 
-
 def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
     """Tunnel traffic by VNI (local ports are classified by their own flows), and the default drop."""
     flows = []
@@ -202,5 +200,3 @@ def tunnel_output(tunnel_port: int | None) -> list[Flow]:
             )
         )
     return flows
-
-

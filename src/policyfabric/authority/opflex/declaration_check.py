@@ -1,0 +1,157 @@
+"""Whether one declared registry object says what the intent says (pure): the content check.
+
+Why it exists: what an agent declares is pushed to every other agent of the bridge domain, which
+renders it into flows. A declaration is therefore accepted only if every property is the value the
+intent gives that endpoint (``intent_index.py``), or, for the two values only the agent knows, a
+well-formed one: ``tunnelIp`` a unicast IPv4 address, ``interfaceName`` an interface name. Anything
+else (an endpoint not in the intent, another MAC, an address it does not have, another bridge
+domain, a group or class id not its own, a property nobody reads, a child object) is refused, so
+nothing the registry stores or pushes was chosen by the declaring agent beyond those two values.
+
+What is stored is rebuilt from the checked values, not the agent's object as sent: the parent
+fields are the registry's layout and the children are none. Who may declare (the pinned host, the
+agent holding the endpoint) is the registry's state, checked there.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from policyfabric.authority.opflex.intent_index import SLAAC, EndpointIntent, IntentIndex
+from policyfabric.model.types import check_interface
+from policyfabric.opflex.gbp import Cls, Prop
+from policyfabric.opflex.mo import MO, ref
+from policyfabric.opflex.uri import EPR_L2, EPR_L3
+
+# Linux's rules (at most 15 bytes; no "/", ":", whitespace), narrowed to what OVS and the
+# orchestrators use, so the name is also safe wherever it is printed.
+L3_PROPERTIES = frozenset({Prop.UUID, Prop.MAC, Prop.GROUP, Prop.CONTEXT, Prop.IP})
+L2_PROPERTIES = L3_PROPERTIES | {Prop.INTERFACE_NAME, Prop.TUNNEL_IP, Prop.CLASSID}
+
+
+class Refused(Exception):
+    """A declaration the registry does not accept; the message says why (no newlines)."""
+
+
+@dataclass(frozen=True)
+class Checked:
+    """A declared object that says what the intent says, as the registry stores and pushes it."""
+
+    mo: MO
+    intent: EndpointIntent
+
+    @property
+    def is_l2(self) -> bool:
+        return self.mo.subject == Cls.EPR_L2_EP
+
+
+def show(value: object, limit: int = 60) -> str:
+    """A value for an error or a log line: repr'd (quotes, escaped newlines), shortened."""
+    text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@lru_cache(maxsize=4096)
+def _unicast_v4(value: str) -> bool:
+    """Memoised: a host's declarations all carry its one tunnel address."""
+    try:
+        ip = ipaddress.IPv4Address(value)
+    except ValueError:
+        return False
+    return str(ip) == value and not (ip.is_multicast or ip.is_unspecified or value == "255.255.255.255")
+
+
+def tunnel_ip(value: object) -> str:
+    """A unicast IPv4 address in dotted-quad form (other hosts write it into their flows)."""
+    if isinstance(value, str) and _unicast_v4(value):
+        return value
+    raise Refused(f"tunnelIp {show(value)} is not a unicast IPv4 address")
+
+
+def _must(ok: bool, what: str, value: object, why: str) -> None:
+    """Refuse unless ``ok``, saying ``what`` (a property) was ``value`` and ``why`` that is wrong
+    (the message is only built for a refusal: declarations come by the thousand)."""
+    if not ok:
+        raise Refused(f"{what} {show(value)} {why}")
+
+
+def _group(p: dict[str, Any], intent: EndpointIntent) -> None:
+    """``group``, if given, is the endpoint's group."""
+    if Prop.GROUP in p:
+        want = ref(Cls.GBP_EP_GROUP, intent.group) if intent.group else None
+        _must(p[Prop.GROUP] == want, "group", p[Prop.GROUP], "is not the group the intent gives it")
+
+
+def _l2(mo: MO, intent: EndpointIntent) -> None:
+    p = mo.properties
+    if intent.bd is None:
+        raise Refused("the intent gives it no bridge domain")
+    _must(mo.uri == intent.l2_uri, "URI", mo.uri, "is not its bridge domain and MAC")
+    context = p.get(Prop.CONTEXT)
+    _must(context == ref(Cls.GBP_BRIDGE_DOMAIN, intent.bd), "context", context, "is not its bridge domain")
+    ips = p.get(Prop.IP, [])
+    _must(isinstance(ips, list), "ip", ips, "is not a list")
+    for ip in ips:
+        _must(
+            ip in intent.addresses or (ip == SLAAC and intent.slaac), "ip", ip, "is not one of its addresses"
+        )
+    if Prop.CLASSID in p:
+        classid = p[Prop.CLASSID]
+        ok = isinstance(classid, int) and not isinstance(classid, bool) and classid == (intent.classid or 0)
+        _must(ok, "classid", classid, "is not its group's")
+    if Prop.INTERFACE_NAME in p:
+        name = p[Prop.INTERFACE_NAME]
+        _must(_is_interface(name), "interfaceName", name, "is not an interface name")
+    if Prop.TUNNEL_IP in p:
+        tunnel_ip(p[Prop.TUNNEL_IP])
+
+
+def _l3(mo: MO, intent: EndpointIntent) -> None:
+    p = mo.properties
+    ip = p.get(Prop.IP)
+    if intent.rd is None:
+        raise Refused("the intent gives it no routing domain")
+    _must(isinstance(ip, str) and ip in intent.addresses, "ip", ip, "is not one of its addresses")
+    _must(mo.uri == intent.l3_uri(str(ip)), "URI", mo.uri, "is not its routing domain and address")
+    context = p.get(Prop.CONTEXT)
+    _must(context == ref(Cls.GBP_ROUTING_DOMAIN, intent.rd), "context", context, "is not its routing domain")
+
+
+def check(mo: MO, children: int, index: IntentIndex) -> Checked:
+    """``mo`` (an ``EprL2Ep`` or ``EprL3Ep`` with ``children`` objects under it) as the registry
+    stores it; raises ``Refused`` unless it says what the intent says."""
+    if children:
+        raise Refused("child objects are not accepted")
+    l2 = mo.subject == Cls.EPR_L2_EP
+    p = mo.properties
+    extra = p.keys() - (L2_PROPERTIES if l2 else L3_PROPERTIES)
+    _must(not extra, f"{mo.subject} properties", sorted(extra), "are not accepted")
+    key = p.get(Prop.UUID)
+    intent = index.get(key) if isinstance(key, str) else None
+    if intent is None:
+        raise Refused(f"uuid {show(key)} is not an endpoint of the intent")
+    _must(p.get(Prop.MAC) == intent.mac, "mac", p.get(Prop.MAC), "is not its MAC")
+    _group(p, intent)
+    if l2:
+        _l2(mo, intent)
+        return Checked(
+            MO(mo.subject, mo.uri, dict(p), [], Cls.EPR_L2_UNIVERSE, EPR_L2, Cls.EPR_L2_EP), intent
+        )
+    _l3(mo, intent)
+    return Checked(MO(mo.subject, mo.uri, dict(p), [], Cls.EPR_L3_UNIVERSE, EPR_L3, Cls.EPR_L3_EP), intent)
+
+
+__all__ = ["Checked", "Refused", "check", "show", "tunnel_ip"]
+
+
+def _is_interface(name: object) -> bool:
+    """The model's own rule (what the store will hold), so a name passes here exactly when the
+    endpoint record can take it."""
+    try:
+        check_interface(name)
+    except ValueError:
+        return False
+    return True

@@ -1,0 +1,399 @@
+"""The endpoint registry checks every declaration against the intent (in process, no sockets).
+
+An agent may declare only endpoints of the intent, with the MAC, addresses, bridge domain, routing
+domain, group and class id the intent gives them, a unicast IPv4 tunnel address and an interface
+name; only the pinned host (or, once that host let it go, another) may declare a pinned endpoint,
+and no agent may take over one that a live agent holds. Anything else is an RPC error that stores
+and pushes nothing, is counted per agent and logged once. The intent is examples/demo.yaml; the
+same attack with real agents and packets: test_trust_dataplane.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import ipaddress
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.authority.opflex import OpflexServer
+from policyfabric.authority.service import Authority
+from policyfabric.model import scenario as sc
+from policyfabric.model.kinds import BY_NAME as K
+from policyfabric.model.parse import parse_spec
+from policyfabric.opflex.gbp import Cls, Prop, uri_of
+from policyfabric.opflex.mo import MO, ref
+from policyfabric.opflex.rpc import RpcError, Session
+from policyfabric.opflex.uri import EPR_L2, EPR_L3, child
+from policyfabric.store.sqlite import SqliteStore
+from tests.opflex_harness import RecordingWriter, attach
+
+DEMO = Path(__file__).parent.parent / "examples" / "demo.yaml"
+BD = uri_of("acme", Cls.GBP_BRIDGE_DOMAIN, "bd1")
+RD = uri_of("acme", Cls.GBP_ROUTING_DOMAIN, "vrf1")
+INJECTION = "10.1.0.77 actions=drop\ncookie=0x0,table=0,priority=65535,actions=NORMAL #"
+
+
+@dataclass
+class Fabric:
+    """An authority on demo.yaml, its OpFlex server, and sessions of h1, h2 and a rogue peer."""
+
+    authority: Authority
+    server: OpflexServer
+    sessions: dict[str, Session]
+    seen: dict[str, RecordingWriter]
+
+    async def declare(self, agent: str, *mos: MO | dict[str, Any]) -> Any:
+        wire = [m.to_wire() if isinstance(m, MO) else m for m in mos]
+        result = await self.server._handle(
+            self.sessions[agent], "endpoint_declare", [{"endpoint": wire, "prr": 60}]
+        )
+        await self.server.flush()
+        return result
+
+    async def undeclare(self, agent: str, uri: str) -> None:
+        params = [{"subject": Cls.EPR_L2_EP, "endpoint_uri": uri}]
+        await self.server._handle(self.sessions[agent], "endpoint_undeclare", params)
+        await self.server.flush()
+
+    def of(self, name: str, host: str, tunnel: str = "192.0.2.1") -> tuple[MO, list[MO]]:
+        """The (L2, L3s) a well-behaved agent on ``host`` declares for ``name``."""
+        decl = declaration(self.server.policy.trees["acme"].mos, "acme", name, f"pf-{name}", tunnel)
+        assert decl is not None
+        return decl.l2, decl.l3
+
+    def registry(self) -> dict[str, str]:
+        """What the registry holds: URI -> declaring agent."""
+        return {uri: d.agent for uri, d in self.server.registry.declarations.items()}
+
+    def pushed(self, agent: str) -> list[tuple[list[str], list[str]]]:
+        """(replaced URIs, deleted URIs) of each endpoint_update ``agent`` received."""
+        return [
+            ([m["uri"] for m in u["params"][0]["replace"]], [d["uri"] for d in u["params"][0]["delete"]])
+            for u in self.seen[agent].messages("endpoint_update")
+        ]
+
+    def refused(self, agent: str) -> int:
+        return int(next(a for a in self.server.agents_json() if a["name"] == agent)["refused_declarations"])
+
+    def endpoint(self, name: str) -> dict[str, Any]:
+        [record], _ = self.authority.list(K["endpoint"], "acme", name)
+        return dict(record)
+
+    async def settled(self, name: str, **want: Any) -> dict[str, Any]:
+        """The stored endpoint once it has ``want`` (statuses are written in batches)."""
+        for _ in range(200):
+            record = self.endpoint(name)
+            if all(record.get(k) == v for k, v in want.items()):
+                return record
+            await asyncio.sleep(0.01)
+        raise AssertionError(f"{name} is {record}, not {want}")
+
+    async def change(self, name: str, **fields: Any) -> None:
+        """An operator's REST update of endpoint ``name``, then the rebuild a commit triggers."""
+        record = self.endpoint(name)
+        spec = {
+            k: record[k] for k in ("name", "tenant", "epg", "ip", "mac", "host") if record.get(k) is not None
+        }
+        self.authority.replace(K["endpoint"], record["id"], parse_spec(K["endpoint"], {**spec, **fields}))
+        await self.rebuild()
+
+    async def rebuild(self) -> None:
+        await self.server.policy.rebuild({"acme"}, push=True)
+        await self.server.flush()
+
+
+def fabric(tmp_path: Path, test: Callable[[Fabric], Awaitable[None]]) -> None:
+    scenario = sc.load(DEMO)
+    assert sc.check(scenario) == []
+    authority = Authority(SqliteStore(tmp_path / "db", sync="normal"))
+    authority.create_many([(e.kind, e.spec) for e in scenario.in_order() if e.spec is not None])
+
+    async def go() -> None:
+        server = OpflexServer(authority)
+        server.loop = asyncio.get_running_loop()
+        await server.policy.rebuild({None, "acme"}, push=False)
+        sessions, seen = {}, {}
+        for agent in ("h1", "h2", "evil"):
+            sessions[agent], seen[agent] = attach(server, agent)
+        members = [{"subject": Cls.EPR_L2_EP, "endpoint_uri": bd_members_prefix(BD), "prr": 60}]
+        await server._handle(sessions["h2"], "endpoint_resolve", members)
+        await test(Fabric(authority, server, sessions, seen))
+
+    asyncio.run(go())
+
+
+async def refused(f: Fabric, agent: str, *mos: MO | dict[str, Any], why: str = "") -> str:
+    """Declare; it must be refused with an ERROR naming ``why``, and change nothing."""
+    before = f.registry()
+    with pytest.raises(RpcError) as err:
+        await f.declare(agent, *mos)
+    assert err.value.code == "ERROR" and "Declaration refused" in err.value.message
+    assert why in err.value.message, err.value.message
+    assert "\n" not in err.value.message
+    assert f.registry() == before
+    return err.value.message
+
+
+def test_a_well_behaved_declaration_is_stored_bound_and_pushed(tmp_path: Path) -> None:
+    async def test(f: Fabric) -> None:
+        l2, l3 = f.of("web1", "h1")
+        assert await f.declare("h1", l2, *l3) == {}
+        assert f.registry() == {l2.uri: "h1", l3[0].uri: "h1"}
+        assert f.pushed("h2") == [([l2.uri], [])]  # the L3 is not under the bridge domain's prefix
+        await f.settled("web1", host="h1", interface="pf-web1", status="BUILD")
+        assert f.refused("h1") == 0
+
+    fabric(tmp_path, test)
+
+
+def test_the_ghost_with_flows_in_its_address_is_refused_and_the_session_lives(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The finding: an endpoint that is not in the intent, with flow syntax in its address."""
+
+    async def test(f: Fabric) -> None:
+        ghost = MO(
+            Cls.EPR_L2_EP,
+            child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:77"),
+            {
+                Prop.UUID: "acme/ghost",
+                Prop.MAC: "02:00:00:00:00:77",
+                Prop.CONTEXT: ref(Cls.GBP_BRIDGE_DOMAIN, BD),
+                Prop.IP: [INJECTION],
+                Prop.TUNNEL_IP: "192.0.2.66",
+            },
+        )
+        with caplog.at_level(logging.WARNING):
+            message = await refused(f, "evil", ghost, why="'acme/ghost' is not an endpoint of the intent")
+            await refused(f, "evil", ghost)
+        assert f.pushed("h2") == [] and f.refused("evil") == 2
+        logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
+        assert len(logged) == 1 and "evil" in logged[0] and "acme/ghost" in logged[0], logged  # once
+        assert message.count("actions=") == 0  # the value is not even echoed when the endpoint is unknown
+        # the session is kept: the same peer is still served
+        reply = await f.server._handle(f.sessions["evil"], "endpoint_resolve", [
+            {"subject": Cls.EPR_L2_EP, "endpoint_uri": bd_members_prefix(BD), "prr": 60}
+        ])  # fmt: skip
+        assert reply == {"endpoint": []}
+
+    fabric(tmp_path, test)
+
+
+def _props(mo: MO, **changes: Any) -> MO:
+    out = copy.deepcopy(mo)
+    for name, value in changes.items():
+        if value is None:
+            out.properties.pop(name, None)
+        else:
+            out.properties[name] = value
+    return out
+
+
+OTHER_BD = uri_of("acme", Cls.GBP_BRIDGE_DOMAIN, "bd2")
+L2_MUTATIONS: dict[str, tuple[Callable[[MO], MO], str]] = {
+    "ghost uuid": (lambda m: _props(m, uuid="acme/ghost"), "not an endpoint of the intent"),
+    "uuid not a string": (lambda m: _props(m, uuid=["acme/web1"]), "not an endpoint of the intent"),
+    "another MAC": (lambda m: _props(m, mac="02:00:00:00:00:99"), "is not its MAC"),
+    "another's address": (lambda m: _props(m, ip=["10.1.0.11"]), "not one of its addresses"),
+    "injection in ip": (lambda m: _props(m, ip=[INJECTION]), "not one of its addresses"),
+    "an address with a scope": (lambda m: _props(m, ip=["fe80::1%eth0,actions=NORMAL"]), "not one of"),
+    "ip not a list": (lambda m: _props(m, ip="10.1.0.10"), "is not a list"),
+    "slaac when not slaac": (lambda m: _props(m, ip=["slaac"]), "not one of its addresses"),
+    "another bridge domain": (
+        lambda m: _props(m, context=ref(Cls.GBP_BRIDGE_DOMAIN, OTHER_BD)),
+        "bridge domain",
+    ),
+    "context as a string": (lambda m: _props(m, context=BD), "not its bridge domain"),
+    "URI of another MAC": (
+        lambda m: MO(m.subject, child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:99"), m.properties),
+        "is not its bridge domain and MAC",
+    ),
+    "another class id": (lambda m: _props(m, classid=0x4002), "not its group's"),
+    "class id as a bool": (lambda m: _props(m, classid=True), "not its group's"),
+    "another group": (
+        lambda m: _props(m, group=ref(Cls.GBP_EP_GROUP, uri_of("acme", Cls.GBP_EP_GROUP, "app"))),
+        "not the group",
+    ),
+    "injection in interfaceName": (
+        lambda m: _props(m, interfaceName="tap0\nactions=NORMAL"),
+        "interface name",
+    ),
+    "interfaceName too long": (lambda m: _props(m, interfaceName="a" * 65), "interface name"),
+    "interfaceName with a slash": (lambda m: _props(m, interfaceName="../etc"), "interface name"),
+    "injection in tunnelIp": (lambda m: _props(m, tunnelIp="192.0.2.1,actions=NORMAL"), "unicast IPv4"),
+    "tunnelIp IPv6": (lambda m: _props(m, tunnelIp="2001:db8::1"), "unicast IPv4"),
+    "tunnelIp multicast": (lambda m: _props(m, tunnelIp="224.0.0.1"), "unicast IPv4"),
+    "tunnelIp with a space": (lambda m: _props(m, tunnelIp=" 192.0.2.1"), "unicast IPv4"),
+    "tunnelIp a number": (lambda m: _props(m, tunnelIp=3221225985), "unicast IPv4"),
+    "a property nobody reads": (lambda m: _props(m, actions="NORMAL"), "are not accepted"),
+}
+
+
+@pytest.mark.parametrize("mutation", sorted(L2_MUTATIONS))
+def test_an_l2_declaration_that_differs_from_the_intent_is_refused(tmp_path: Path, mutation: str) -> None:
+    """Declared by web1's own host, so only the content decides."""
+    mutate, why = L2_MUTATIONS[mutation]
+
+    async def test(f: Fabric) -> None:
+        l2, _ = f.of("web1", "h1")
+        await refused(f, "h1", mutate(l2), why=why)
+        assert f.pushed("h2") == [] and f.refused("h1") == 1
+        assert f.endpoint("web1")["status"] == "DOWN"
+        assert await f.declare("h1", l2) == {}  # the control: unchanged, it is accepted
+
+    fabric(tmp_path, test)
+
+
+def test_an_l3_declaration_that_differs_from_the_intent_is_refused(tmp_path: Path) -> None:
+    async def test(f: Fabric) -> None:
+        l2, [l3] = f.of("web1", "h1")
+        other_rd = uri_of("acme", Cls.GBP_ROUTING_DOMAIN, "vrf2")
+        for bad, why in (
+            (_props(l3, ip="10.1.0.11"), "not one of its addresses"),
+            (MO(l3.subject, child(EPR_L3, Cls.EPR_L3_EP, RD, "10.1.0.11"), l3.properties), "routing domain"),
+            (_props(l3, context=ref(Cls.GBP_ROUTING_DOMAIN, other_rd)), "not its routing domain"),
+            (_props(l3, ip=INJECTION), "not one of its addresses"),
+            (_props(l3, tunnelIp="192.0.2.1"), "are not accepted"),
+        ):
+            await refused(f, "h1", l2, bad, why=why)  # all or nothing: the good L2 is not stored either
+        assert f.registry() == {} and f.refused("h1") == 5
+        assert await f.declare("h1", l2, l3) == {}
+
+    fabric(tmp_path, test)
+
+
+def test_child_objects_are_refused(tmp_path: Path) -> None:
+    async def test(f: Fabric) -> None:
+        l2, _ = f.of("web1", "h1")
+        kid = MO("EprL2EpToSomething", l2.uri + "EprL2EpToSomething/", {"x": 1}, [], l2.subject, l2.uri, "k")
+        await refused(f, "h1", l2, kid, why="child objects are not accepted")
+
+    fabric(tmp_path, test)
+
+
+def eui64(mac: str, prefix: str) -> str:
+    """``prefix`` (a /64) with the modified EUI-64 interface identifier of ``mac`` (RFC 4291)."""
+    octets = [int(x, 16) for x in mac.split(":")]
+    iid = bytes([octets[0] ^ 0x02, *octets[1:3], 0xFF, 0xFE, *octets[3:]])
+    net = ipaddress.IPv6Network(prefix)
+    return str(ipaddress.IPv6Address(net.network_address.packed[:8] + iid))
+
+
+def test_derived_ipv6_addresses_are_declarable(tmp_path: Path) -> None:
+    """web2 is ``slaac`` in net6 (fd00:1::/64): its link-local and SLAAC addresses are its own;
+    web1 is not slaac: its link-local address is its own, an address in net6 is not."""
+
+    async def test(f: Fabric) -> None:
+        l2, _ = f.of("web2", "h2")
+        mac = l2.properties[Prop.MAC]
+        own = ["10.1.0.11", "slaac", eui64(mac, "fe80::/64"), eui64(mac, "fd00:1::/64")]
+        assert await f.declare("h2", _props(l2, ip=own)) == {}
+        web1, _ = f.of("web1", "h1")
+        mac1 = web1.properties[Prop.MAC]
+        assert await f.declare("h1", _props(web1, ip=["10.1.0.10", eui64(mac1, "fe80::/64")])) == {}
+        await refused(f, "h1", _props(web1, ip=[eui64(mac1, "fd00:1::/64")]), why="not one of its addresses")
+        await refused(f, "h1", _props(web1, ip=[eui64(mac, "fe80::/64")]), why="not one of its addresses")
+
+    fabric(tmp_path, test)
+
+
+def test_a_pinned_endpoint_is_declared_by_its_host_only(tmp_path: Path) -> None:
+    """The finding's second half: a peer declares web1 (pinned to h1) with its own tunnel address."""
+
+    async def test(f: Fabric) -> None:
+        evil, _ = f.of("web1", "evil", tunnel="192.0.2.66")
+        await refused(f, "evil", evil, why="the intent pins it to host 'h1'")
+        await refused(f, "h2", f.of("web1", "h2", tunnel="192.0.2.2")[0], why="pins it to host 'h1'")
+        assert f.pushed("h2") == [] and f.endpoint("web1").get("host") == "h1"
+        l2, l3 = f.of("web1", "h1")
+        assert await f.declare("h1", l2, *l3) == {}
+        # held live by h1: the same answer, now for two reasons
+        await refused(f, "evil", evil, why="declared by agent 'h1', whose session is live")
+        assert f.registry() == {l2.uri: "h1", l3[0].uri: "h1"}
+        assert [p.properties.get(Prop.TUNNEL_IP) for p in [l2]] == ["192.0.2.1"]
+
+    fabric(tmp_path, test)
+
+
+def test_a_host_that_lets_an_endpoint_go_hands_it_over(tmp_path: Path) -> None:
+    """An endpoint moving: its host undeclares it (unplugged), another host declares it."""
+
+    async def test(f: Fabric) -> None:
+        l2, l3 = f.of("web1", "h1")
+        assert await f.declare("h1", l2, *l3) == {}
+        await f.undeclare("h1", l2.uri)
+        await f.settled("web1", status="DOWN")
+        moved, moved_l3 = f.of("web1", "h2", tunnel="192.0.2.2")
+        assert await f.declare("h2", moved, *moved_l3) == {}
+        await f.settled("web1", host="h2", status="BUILD")
+        await f.rebuild()  # the binding is the pin now: h2's declaration stands
+        assert f.registry() == {l2.uri: "h2", l3[0].uri: "h2"}  # its addresses went with h1's L2
+        await refused(f, "h1", l2, why="declared by agent 'h2'")
+
+    fabric(tmp_path, test)
+
+
+def test_an_endpoint_held_by_a_live_agent_cannot_be_taken_over_unless_its_session_is_gone(
+    tmp_path: Path,
+) -> None:
+    async def test(f: Fabric) -> None:
+        free = {"name": "free", "tenant": "acme", "epg": "web", "ip": ["10.1.0.40"]}
+        f.authority.create(K["endpoint"], parse_spec(K["endpoint"], free))
+        await f.rebuild()
+        l2, l3 = f.of("free", "h1")
+        assert await f.declare("h1", l2, *l3) == {}  # not pinned: the first host may declare it
+        taken, taken_l3 = f.of("free", "evil", tunnel="192.0.2.66")
+        await refused(f, "evil", taken, *taken_l3, why="declared by agent 'h1', whose session is live")
+        f.server._closed(f.sessions["h1"])  # h1's session ends (its declarations live on, leased)
+        assert await f.declare("evil", taken, *taken_l3) == {}
+        assert f.registry() == {l2.uri: "evil", l3[0].uri: "evil"}
+
+    fabric(tmp_path, test)
+
+
+def test_declarations_the_intent_no_longer_allows_are_withdrawn(tmp_path: Path) -> None:
+    async def test(f: Fabric) -> None:
+        l2, l3 = f.of("web1", "h1")
+        app2, app2_l3 = f.of("app2", "h1")
+        assert await f.declare("h1", l2, *l3) == {} and await f.declare("h1", app2, *app2_l3) == {}
+        await f.settled("web1", host="h1", status="BUILD")
+        pushes = len(f.pushed("h2"))
+
+        await f.change("web1", ip=["10.1.0.12"])  # its address changed: the old declarations are stale
+        assert f.registry() == {app2.uri: "h1", app2_l3[0].uri: "h1"}
+        assert f.pushed("h2")[pushes:] == [([], [l2.uri])]
+        assert f.endpoint("web1")["status"] == "BUILD"  # its agent declares it again: no DOWN
+        fresh, fresh_l3 = f.of("web1", "h1")
+        assert await f.declare("h1", fresh, *fresh_l3) == {}
+
+        await f.change("web1", host="h2")  # the intent moves it to another host
+        assert fresh.uri not in f.registry()
+        await f.settled("web1", status="DOWN")
+
+        record = f.endpoint("app2")
+        f.authority.delete(K["endpoint"], record["id"])  # the intent drops it
+        await f.rebuild()
+        assert f.registry() == {}
+        assert f.pushed("h2")[-1] == ([], [app2.uri])
+
+    fabric(tmp_path, test)
+
+
+def test_the_refusal_counter_is_per_agent_in_the_agents_view(tmp_path: Path) -> None:
+    async def test(f: Fabric) -> None:
+        await refused(f, "evil", _props(f.of("web1", "h1")[0], uuid="acme/nobody"))
+        await refused(f, "h2", f.of("web1", "h2")[0])
+        assert {a["name"]: a["refused_declarations"] for a in f.server.agents_json()} == {
+            "evil": 1,
+            "h1": 0,
+            "h2": 1,
+        }
+
+    fabric(tmp_path, test)
