@@ -26,7 +26,7 @@ def refused(
 # ---- names and references -------------------------------------------------
 
 
-@pytest.mark.parametrize("bad", ["Web", "web_1", "-web", "web-", "", "a" * 64, "wéb"])
+@pytest.mark.parametrize("bad", ["Web", "web_1", "-web", "web-", "", "a" * 64, "wéb", "web\n"])
 def test_names_must_be_dns_labels(api: Api, tenant: dict[str, str], bad: str) -> None:
     refused(api, "l3-contexts", {"name": bad, "tenant": tenant["name"]}, 422, "name", "not a valid name")
 
@@ -513,9 +513,10 @@ def test_a_routers_external_address_is_allocated_kept_and_never_shared(
 ) -> None:
     t, prefix = tenant["name"], _net(api, public)
     body = {"name": "r", "tenant": t, "l3_context": "vrf1", "interfaces": ["sa"],
-            "external_gateway": {"network": public, "hosts": ["gw1", "gw2"]}}  # fmt: skip
+            "external_gateway": {"network": public, "hosts": ["gw1", "GW2.example.com"]}}  # fmt: skip
     router = api.ok("routers", body)
     allocated = router["external_gateway"]["ip"]
+    assert router["external_gateway"]["hosts"] == ["gw1", "gw2.example.com"]  # host names, as agents give them
     assert allocated == f"{prefix}.2"  # the first free address after the network's gateway
     again = api.put("routers", router["id"], {**body, "interfaces": ["sa", "sb"]})
     assert again.status_code == 200, again.text

@@ -20,6 +20,7 @@ from policyfabric.model.types import (
     EndpointAddresses,
     Ethertype,
     Hostname,
+    HostnameList,
     InterfaceName,
     IPAddress,
     Mac,
@@ -293,7 +294,7 @@ class Endpoint(TenantScoped):
 class ExternalGateway(Strict):
     network: Name
     snat: bool = True
-    hosts: NameList = Field(default_factory=list, description="gateway hosts, for HA (one is active)")
+    hosts: HostnameList = Field(default_factory=list, description="gateway hosts, for HA (one is active)")
     ip: Address | None = Field(
         None, description="its address on the external network (the SNAT source); allocated if left out"
     )

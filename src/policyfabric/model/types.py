@@ -32,7 +32,7 @@ def check_label(value: object) -> str:
     """A DNS-label-like name: what a name must be for every object and host."""
     if not isinstance(value, str):
         raise ValueError("must be a string")
-    if not _LABEL.match(value):
+    if not _LABEL.fullmatch(value):
         raise ValueError(
             f"{value!r} is not a valid name: use 1-63 lowercase letters, digits and '-', "
             "starting and ending with a letter or digit"
@@ -269,6 +269,7 @@ EndpointAddresses = Annotated[
     AfterValidator(unique_items),
 ]
 NameList = Annotated[list[Name], BeforeValidator(as_list), AfterValidator(unique_items)]
+HostnameList = Annotated[list[Hostname], BeforeValidator(as_list), AfterValidator(unique_items)]
 
 
 def usable_host(net: IPNetwork, addr: IPAddress) -> str | None:
