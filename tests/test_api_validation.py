@@ -516,7 +516,7 @@ def test_a_routers_external_address_is_allocated_kept_and_never_shared(
             "external_gateway": {"network": public, "hosts": ["gw1", "GW2.example.com"]}}  # fmt: skip
     router = api.ok("routers", body)
     allocated = router["external_gateway"]["ip"]
-    assert router["external_gateway"]["hosts"] == ["gw1", "gw2.example.com"]  # host names, as agents give them
+    assert router["external_gateway"]["hosts"] == ["gw1", "gw2.example.com"]  # host names, lower-cased
     assert allocated == f"{prefix}.2"  # the first free address after the network's gateway
     again = api.put("routers", router["id"], {**body, "interfaces": ["sa", "sb"]})
     assert again.status_code == 200, again.text

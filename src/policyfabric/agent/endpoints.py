@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from policyfabric.agent.values import (
-    INTERFACE,
     Problems,
     Refused,
     addresses,
@@ -35,6 +34,7 @@ from policyfabric.agent.values import (
 )
 from policyfabric.agent.values import ref as read_ref
 from policyfabric.agent.view import Endpoint, Group
+from policyfabric.model.types import is_interface
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
 from policyfabric.opflex.mo import MO, REFERENCE_URI, ref
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child
@@ -154,7 +154,7 @@ def local_endpoint(
         epg = read_ref(props.get(Prop.EPG), Prop.EPG)
         ips = get(props, Prop.IP, addresses)
         sgs = tuple(sorted(get(props, Prop.SECURITY_GROUP, refs)))
-        if interface is not None and not INTERFACE.fullmatch(interface):
+        if interface is not None and not is_interface(interface):
             raise Refused("interface", interface, "not an interface name")
     except Refused as bad:
         refuse(problems, uri, bad)

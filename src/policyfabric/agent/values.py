@@ -25,7 +25,6 @@ log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 URI = re.compile(r"(?:/(?:[A-Za-z0-9._~-]|%[0-9A-Fa-f]{2})+)+/")  # what uri.child() writes
-INTERFACE = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,14}")  # as the registry accepts them
 MAX_LOGGED = 1000
 _MAC = re.compile(r"[0-9a-f]{2}(?::[0-9a-f]{2}){5}")
 

@@ -85,6 +85,16 @@ def check_interface(value: object) -> str:
     return value
 
 
+def is_interface(value: object) -> bool:
+    """Whether ``value`` is an interface name as ``check_interface`` takes it (for the checks that
+    refuse with their own message: the registry's, the agent's)."""
+    try:
+        check_interface(value)
+    except ValueError:
+        return False
+    return True
+
+
 _HOST_LABEL_PATTERN = "[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?"
 Hostname = Annotated[
     str,

@@ -21,7 +21,7 @@ from functools import lru_cache
 from typing import Any
 
 from policyfabric.authority.opflex.intent_index import SLAAC, EndpointIntent, IntentIndex
-from policyfabric.model.types import check_interface
+from policyfabric.model.types import is_interface
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO, ref
 from policyfabric.opflex.uri import EPR_L2, EPR_L3
@@ -104,7 +104,7 @@ def _l2(mo: MO, intent: EndpointIntent) -> None:
         _must(ok, "classid", classid, "is not its group's")
     if Prop.INTERFACE_NAME in p:
         name = p[Prop.INTERFACE_NAME]
-        _must(_is_interface(name), "interfaceName", name, "is not an interface name")
+        _must(is_interface(name), "interfaceName", name, "is not an interface name")
     if Prop.TUNNEL_IP in p:
         tunnel_ip(p[Prop.TUNNEL_IP])
 
@@ -145,13 +145,3 @@ def check(mo: MO, children: int, index: IntentIndex) -> Checked:
 
 
 __all__ = ["Checked", "Refused", "check", "show", "tunnel_ip"]
-
-
-def _is_interface(name: object) -> bool:
-    """The model's own rule (what the store will hold), so a name passes here exactly when the
-    endpoint record can take it."""
-    try:
-        check_interface(name)
-    except ValueError:
-        return False
-    return True
