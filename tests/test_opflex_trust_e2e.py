@@ -178,22 +178,24 @@ def test_an_fqdn_host_binds_endpoints_that_delete_and_survive_a_restart(
     opflex_authority: AuthorityProcess,
 ) -> None:
     api = Api(opflex_authority.url)
+    # an endpoint the intent does not pin to a host (the example pins its own to h1 and h2)
+    api.ok("endpoints", {"name": "fq1", "tenant": "acme", "epg": "web", "ip": "10.1.0.77"})
 
     async def go() -> None:
-        host = await Agent("Compute-1.Example.com", [opflex_authority.opflex], ["acme/web2"]).start()
+        host = await Agent("Compute-1.Example.com", [opflex_authority.opflex], ["acme/fq1"]).start()
         try:
             await until(
-                lambda: (api.find("endpoints", "acme", "web2") or {}).get("host") == "compute-1.example.com"
+                lambda: (api.find("endpoints", "acme", "fq1") or {}).get("host") == "compute-1.example.com"
             )
         finally:
             await host.stop()
 
     run(go)
-    web2 = api.find("endpoints", "acme", "web2")
-    assert web2 is not None and api.delete("endpoints", web2["id"]).status_code == 200
+    fq1 = api.find("endpoints", "acme", "fq1")
+    assert fq1 is not None and api.delete("endpoints", fq1["id"]).status_code == 200
     opflex_authority.kill()
     opflex_authority.start()  # raises if it does not start
-    assert api.find("endpoints", "acme", "web2") is None
+    assert api.find("endpoints", "acme", "fq1") is None
 
 
 def test_protocol_edge_cases_get_an_error_reply_and_the_session_lives(
