@@ -5,6 +5,7 @@ writes into endpoint records (the store stays readable whatever an agent sends).
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 from pathlib import Path
 from typing import Any
@@ -224,3 +225,43 @@ def test_the_store_refuses_an_agent_report_it_could_not_read_back(tmp_path: Path
     [record], _ = authority.list(K["endpoint"], "acme", "web1")
     assert (record["host"], record["interface"], record["status"]) == ("h1.example.com", "tap1", "BUILD")
     Authority(SqliteStore(tmp_path / "db", sync="normal")).snapshot("acme")  # reads back
+
+
+def test_connections_beyond_the_session_cap_are_closed_at_once_and_logged_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two sessions allowed: the third and later connections are closed at once (one log line for
+    the burst), while the first two are served; when one ends, a new connection is taken."""
+
+    async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, n: int) -> Any:
+        writer.write(wire.encode(wire.request("echo", n, [n])))
+        await writer.drain()
+        return await asyncio.wait_for(reader.readuntil(b"\0"), 5)
+
+    async def go() -> None:
+        server = OpflexServer(authority_with_a_router(tmp_path), max_sessions=2)
+        with socket.socket() as s:  # a free port
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        await server.start("127.0.0.1", port)
+        try:
+            kept = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
+            await asyncio.sleep(0.05)  # both accepted
+            shed = [await asyncio.open_connection("127.0.0.1", port) for _ in range(5)]
+            for reader, _ in shed:
+                assert await asyncio.wait_for(reader.read(), 5) == b""  # closed, nothing sent
+            for n, (reader, writer) in enumerate(kept):
+                assert b'"result"' in await echo(reader, writer, n)
+            kept[0][1].close()
+            await asyncio.sleep(0.05)
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert b'"result"' in await echo(reader, writer, 9)  # room again
+            writer.close()
+            kept[1][1].close()
+        finally:
+            await server.stop()
+
+    with caplog.at_level("WARNING", logger="policyfabric.authority.opflex.server"):
+        asyncio.run(go())
+    refusals = [r for r in caplog.records if "the most allowed" in r.getMessage()]
+    assert 1 <= len(refusals) <= 2  # the first at once, the rest summed a second later (or not yet)

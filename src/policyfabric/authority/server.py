@@ -31,6 +31,9 @@ from policyfabric.store.sqlite import SqliteStore, Sync
 log = logging.getLogger(__name__)
 
 
+FD_RESERVE = 64  # descriptors kept for the store, logs and the listeners themselves
+
+
 class StartupError(Exception):
     """The authority cannot start; the message says why."""
 
@@ -65,6 +68,7 @@ class Settings:
     rest_tls_key: Path | None = None
     max_body: int = MiB
     max_connections: int | None = None  # None: edge.default_max_connections(the fd limit)
+    opflex_max_sessions: int | None = None  # None: the descriptors REST leaves, less a reserve
     header_timeout: float = 10.0
     idle_timeout: float = 5.0
     forget_agents_after: float | None = None  # None: the OpFlex server's default
@@ -167,6 +171,14 @@ def serve(settings: Settings) -> None:
         settings.max_connections = edge.default_max_connections(fd_limit)
     elif not 0 < settings.max_connections < fd_limit:
         raise StartupError(f"--max-connections must be between 1 and the open-file limit ({fd_limit})")
+    spare = fd_limit - settings.max_connections - FD_RESERVE
+    if settings.opflex_max_sessions is None:
+        settings.opflex_max_sessions = max(1, spare)
+    elif not 0 < settings.opflex_max_sessions <= spare:
+        raise StartupError(
+            f"--opflex-max-sessions must be between 1 and {spare} (the open-file limit {fd_limit}, less "
+            f"--max-connections {settings.max_connections} and {FD_RESERVE} for the store and logs)"
+        )
     store = open_store(settings.db, settings.sync)
     try:
         asyncio.run(_run(settings, store, tls, tokens))
@@ -182,6 +194,8 @@ def _opflex_options(settings: Settings) -> dict[str, Any]:
         if settings.forget_agents_after <= 0:
             raise StartupError("--forget-agents-after must be positive")
         options["forget_agents_after"] = settings.forget_agents_after
+    if settings.opflex_max_sessions is not None:
+        options["max_sessions"] = settings.opflex_max_sessions
     return options
 
 

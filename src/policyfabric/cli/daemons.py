@@ -66,6 +66,13 @@ def authority(
             help="Most REST connections at once; more get 503. Default: min(1000, open-file limit / 2)."
         ),
     ] = None,
+    opflex_max_sessions: Annotated[
+        int | None,
+        typer.Option(
+            help="Most OpFlex sessions at once; more are closed at once. Default: the open-file limit "
+            "less --max-connections and a reserve."
+        ),
+    ] = None,
     header_timeout: Annotated[
         float,
         typer.Option(
@@ -107,6 +114,7 @@ def authority(
             rest_tls_key=rest_tls_key,
             max_body=max_body,
             max_connections=max_connections,
+            opflex_max_sessions=opflex_max_sessions,
             header_timeout=header_timeout,
             idle_timeout=idle_timeout,
             forget_agents_after=forget_agents_after,

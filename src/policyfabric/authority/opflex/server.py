@@ -35,6 +35,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from policyfabric.authority.edge import Throttled
 from policyfabric.authority.opflex import peers as pe
 from policyfabric.authority.opflex.election import GatewayElection
 from policyfabric.authority.opflex.identity import check_name, credentials, may_take_over
@@ -67,16 +68,21 @@ class OpflexServer:
         lease_tick: float = 1.0,
         forget_agents_after: float = 3600.0,
         send_queue: int = DEFAULT_SEND_QUEUE,
+        max_sessions: int = 1000,
     ) -> None:
         """``forget_agents_after``: seconds a disconnected agent stays in ``GET /v1/agents`` (as
         ``connected: false``). ``send_queue``: unsent bytes a session may hold before it is
-        dropped as not reading (pushes never wait for a peer)."""
+        dropped as not reading (pushes never wait for a peer). ``max_sessions``: connections
+        beyond it are closed at once (logged at most once a second), so a flood of idle
+        connections cannot use up the descriptors REST and the store need."""
         self.authority = authority
         self.name, self.domain = name, domain
         self.advertise = advertise or []
         self.keepalive, self.max_frame, self.tls = keepalive, max_frame, tls
         self.coalesce, self.lease_tick = coalesce, lease_tick
         self.forget_agents_after, self.send_queue = forget_agents_after, send_queue
+        self.max_sessions = max_sessions
+        self._shed = Throttled(log, "opflex: %d sessions open, the most allowed: refused %s")
         self.peers: dict[Session, pe.Peer] = {}
         self.election = GatewayElection()
         self.policy = PolicyRepository(
@@ -137,6 +143,10 @@ class OpflexServer:
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         address = writer.get_extra_info("peername")
         label = f"{address[0]}:{address[1]}" if address else "?"
+        if len(self.peers) >= self.max_sessions:
+            self._shed.note(len(self.peers), label)
+            writer.close()
+            return
         # A peer that cannot take our data within two keepalive periods is as good as dead.
         session = Session(
             reader,
