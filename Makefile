@@ -28,8 +28,9 @@ install:
 	@scripts/bootstrap.sh test
 
 bench: install
-	$(PY) bench/api.py
-	$(PY) bench/opflex_fanout.py
+	$(PY) bench/api.py --tokens
+	$(PY) bench/opflex_fanout.py --tls
+	$(PY) bench/declarations.py
 	$(PY) bench/converge.py --n 50,500,1000
 	$(PY) bench/secgroups.py
 	$(PY) bench/vs_ovn.py
