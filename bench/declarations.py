@@ -32,7 +32,6 @@ from typing import Any
 from common import report
 from policyfabric.agent.endpoints import declaration
 from policyfabric.authority.opflex import OpflexServer
-from policyfabric.authority.opflex.params import Identity
 from policyfabric.authority.opflex.peers import Peer
 from policyfabric.authority.service import Authority
 from policyfabric.model import objects as o
@@ -96,7 +95,7 @@ async def run(endpoints: int, hosts: int, rounds: int) -> dict[str, Any]:
             session = Session(asyncio.StreamReader(), _Writer(), server._handle, label=f"h{h}")  # type: ignore[arg-type]
             server.peers[session] = Peer("127.0.0.1:8009")
             server._identity(
-                session, Identity(name=f"h{h}", domain="policyfabric", my_role=["policy_element"])
+                session, [{"name": f"h{h}", "domain": "policyfabric", "my_role": ["policy_element"]}]
             )
             sessions[f"h{h}"] = session
         tree = server.policy.trees["bench"].mos
