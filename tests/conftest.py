@@ -4,6 +4,8 @@ loopback (for the CLI, OpFlex and the lab); the ``dataplane`` and ``integration`
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,7 +22,8 @@ from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.store.sqlite import SqliteStore
 
-PROCESS_FIXTURES = frozenset({"authority", "fresh_authority"})
+PROCESS_FIXTURES = frozenset({"authority", "fresh_authority", "opflex_authority"})
+SCENARIOS = Path(__file__).parent / "scenarios"
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -88,6 +91,30 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityPro
     server = authority_in(tmp_path_factory.mktemp("authority"))
     with server:
         yield server
+
+
+@pytest.fixture
+def opflex_authority(tmp_path: Path) -> Iterator[AuthorityProcess]:
+    """An authority of the test's own with the example scenario applied (through the CLI) and a
+    keepalive of 0.5 s, so that the OpFlex tests see dead peers quickly."""
+    server = authority_in(tmp_path / "authority", extra=["--keepalive", "0.5"])
+    try:
+        server.start()
+        apply_scenario(server)
+        yield server
+    finally:
+        server.kill()
+
+
+def apply_scenario(server: AuthorityProcess, path: Path = SCENARIOS / "full_model.yaml") -> None:
+    """``policyfabric apply -f path`` against ``server``, as an operator would."""
+    env = {"POLICYFABRIC_URL": server.url, "PATH": "/usr/bin:/bin"}
+    subprocess.run(
+        [sys.executable, "-m", "policyfabric", "apply", "-f", str(path)],
+        env=env,
+        check=True,
+        capture_output=True,
+    )
 
 
 @pytest.fixture

@@ -10,7 +10,7 @@ import ssl
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterator
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -24,35 +24,13 @@ from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri, uri_of
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.tls import client_context
-from tests.conftest import Api
-from tests.test_model_unit import EXAMPLE
+from tests.conftest import Api, apply_scenario
 
 pytestmark = pytest.mark.integration  # a real authority process, agents over real TCP
 
 CONTRACT = "/PolicyUniverse/PolicySpace/acme/GbpeL24Classifier/http.web-in/"
 EPG_WEB = uri_of("acme", "GbpEpGroup", "web")
 EPG_G = uri_of("other", "GbpEpGroup", "g")
-
-
-def apply(server: AuthorityProcess, path: Path = EXAMPLE) -> None:
-    env = {"POLICYFABRIC_URL": server.url, "PATH": "/usr/bin:/bin"}
-    subprocess.run(
-        [sys.executable, "-m", "policyfabric", "apply", "-f", str(path)],
-        env=env,
-        check=True,
-        capture_output=True,
-    )
-
-
-@pytest.fixture
-def opflex_authority(tmp_path: Path) -> Iterator[AuthorityProcess]:
-    server = authority_in(tmp_path / "authority", extra=["--keepalive", "0.5"])
-    try:
-        server.start()
-        apply(server)
-        yield server
-    finally:
-        server.kill()
 
 
 class Agent:
@@ -362,7 +340,7 @@ def test_agents_fail_over_between_authority_addresses(tmp_path: Path) -> None:
     try:
         for server in (first, second):
             server.start()
-            apply(server)
+            apply_scenario(server)
         run(go)
     finally:  # also when starting either fails: nothing outlives the test
         first.kill()
@@ -395,7 +373,7 @@ def test_tls_with_client_certificates(tmp_path: Path) -> None:
         ],
     )
     server.start()
-    apply(server)
+    apply_scenario(server)
 
     def context(issuer: trustme.CA | None) -> ssl.SSLContext:
         ctx = client_context(None, None, None)

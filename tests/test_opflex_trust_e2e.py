@@ -11,7 +11,6 @@ import socket
 import ssl
 import statistics
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -22,30 +21,17 @@ from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.opflex import wire
 from policyfabric.opflex.gbp import endpoint_uri
 from policyfabric.opflex.tls import client_context
-from tests.conftest import Api
+from tests.conftest import Api, apply_scenario
 from tests.test_opflex_e2e import (
     CONTRACT,
     Agent,
     Raw,
-    apply,
     run,
     set_http_port,
     until,
 )
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def opflex_authority(tmp_path: Path) -> Iterator[AuthorityProcess]:
-    """As test_opflex_e2e.py's: the example applied, a keepalive of 0.5 s."""
-    server = authority_in(tmp_path / "authority", extra=["--keepalive", "0.5"])
-    try:
-        server.start()
-        apply(server)
-        yield server
-    finally:
-        server.kill()
 
 
 class RawTls(Raw):
@@ -107,7 +93,7 @@ def test_with_mutual_tls_a_name_is_bound_to_its_certificate(tmp_path: Path) -> N
     ]
     server = authority_in(tmp_path / "a", extra=extra)
     server.start()
-    apply(server)
+    apply_scenario(server)
     api = Api(server.url)
     h1_cert, other_h1_cert = ca.issue_cert("h1"), ca.issue_cert("h1")
 
@@ -252,7 +238,7 @@ def test_a_peer_that_never_reads_does_not_delay_the_pushes_of_others(tmp_path: P
     until then, the others' pushes must go at their normal pace, not wait for it."""
     server = authority_in(tmp_path / "a", extra=["--keepalive", "5"])
     server.start()
-    apply(server)
+    apply_scenario(server)
     api = Api(server.url)
     space = "/PolicyUniverse/PolicySpace/acme/"
 
