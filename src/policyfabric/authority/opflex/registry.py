@@ -120,17 +120,27 @@ class Declaration:
 
 # ---- trust and bounds: who declared what ---------------------------------------------------
 class Declarations(dict[str, Declaration]):
-    """The declarations by registry URI, indexing which agents declared an interface (an L2
-    declaration) for each stored endpoint: what ``declares`` and ``endpoints_of`` read once per
-    status report and per agent, which a scan of every declaration would make quadratic. Written
-    only with ``d[uri] = decl``, ``d.pop(uri, None)`` and ``del d[uri]``, which keep the index."""
+    """The declarations by registry URI, and two indexes kept with them: the URIs declared for
+    each endpoint of the intent (``by_endpoint``, what taking over, re-checking and releasing an
+    endpoint read), and which endpoints each agent declared an interface for (``by_agent``, what
+    ``declares`` and ``endpoints_of`` read once per status report and per agent). A scan of every
+    declaration would make each of those quadratic. Written only with ``d[uri] = decl``,
+    ``d.pop(uri, None)`` and ``del d[uri]``, which keep both indexes."""
 
     def __init__(self) -> None:
         super().__init__()
+        self.by_endpoint: dict[str, set[str]] = {}  # TENANT/NAME -> URIs of its declarations
         self.by_agent: dict[str, dict[tuple[str, str], int]] = {}  # agent -> endpoint -> L2 count
 
-    def _index(self, decl: Declaration, step: int) -> None:
-        if decl.endpoint is None or not decl.is_l2:
+    def _index(self, uri: str, decl: Declaration, step: int) -> None:
+        uris = self.by_endpoint.setdefault(decl.key, set())
+        if step > 0:
+            uris.add(uri)
+        else:
+            uris.discard(uri)
+            if not uris:
+                del self.by_endpoint[decl.key]
+        if not decl.is_l2:
             return
         mine = self.by_agent.setdefault(decl.agent, {})
         count = mine.get(decl.endpoint, 0) + step
@@ -144,12 +154,12 @@ class Declarations(dict[str, Declaration]):
     def __setitem__(self, uri: str, decl: Declaration) -> None:
         old = self.get(uri)
         if old is not None:
-            self._index(old, -1)
+            self._index(uri, old, -1)
         super().__setitem__(uri, decl)
-        self._index(decl, 1)
+        self._index(uri, decl, 1)
 
     def __delitem__(self, uri: str) -> None:
-        self._index(self[uri], -1)
+        self._index(uri, self[uri], -1)
         super().__delitem__(uri)
 
     def pop(self, uri: str, default: Any = None) -> Any:
@@ -179,7 +189,6 @@ class EndpointRegistry:
         self._fan_out, self._schedule = fan_out, schedule
         self._intent, self._live = intent, live
         self.declarations = Declarations()
-        self._of: dict[str, set[str]] = {}  # TENANT/NAME -> URIs of its declarations
         self._released: dict[str, str] = {}  # TENANT/NAME -> the agent that last let it go
         self.refused: Counter[str] = Counter()  # refused declarations per agent
         self._logged: set[tuple[str, str]] = set()  # (agent, what) refusals already logged
@@ -284,16 +293,13 @@ class EndpointRegistry:
 
     def _store(self, agent: str, checked: Checked, expires: float) -> None:
         key, uri = checked.intent.key, checked.mo.uri
-        old = self.declarations.get(uri)
-        if old is not None and old.key != key:
-            self._of.get(old.key, set()).discard(uri)
         tenant, name = key.split("/", 1)
         self.declarations[uri] = Declaration([checked.mo.to_wire()], agent, expires, (tenant, name))
-        self._of.setdefault(key, set()).add(uri)
         self._changed[uri] = (checked.mo, False)
         if checked.is_l2:
             self._released.pop(key, None)
-            for other in [u for u in self._of[key] if self.declarations[u].agent != agent]:
+            held = self.declarations.by_endpoint[key]
+            for other in [u for u in held if self.declarations[u].agent != agent]:
                 self._undeclare(other, f"taken over by {agent}", release=False, status=False)
             self._bind((tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME))
 
@@ -306,7 +312,7 @@ class EndpointRegistry:
         for key, old, new in changed:
             if new is None:
                 self._released.pop(key, None)
-            for uri in sorted(self._of.get(key, ())):
+            for uri in sorted(self.declarations.by_endpoint.get(key, ())):
                 decl = self.declarations[uri]
                 why, status = None, False
                 if new is None:
@@ -350,10 +356,7 @@ class EndpointRegistry:
         if decl is None:
             return
         self._changed[uri] = (MO.from_wire(decl.mos[0]), True)
-        uris = self._of.get(decl.key, set())
-        uris.discard(uri)
-        if not uris:
-            self._of.pop(decl.key, None)
+        uris = set(self.declarations.by_endpoint.get(decl.key, ()))
         # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
         if decl.is_l2 and not any(self.declarations[u].is_l2 for u in uris):
             if release:  # its agent let it go: with its addresses (its next host declares them)
