@@ -372,6 +372,7 @@ def test_declarations_the_intent_no_longer_allows_are_withdrawn(tmp_path: Path) 
         assert f.endpoint("web1")["status"] == "BUILD"  # its agent declares it again: no DOWN
         fresh, fresh_l3 = f.of("web1", "h1")
         assert await f.declare("h1", fresh, *fresh_l3) == {}
+        await f.server.registry.written()  # its binding is in the store before the operator moves it
 
         await f.change("web1", host="h2")  # the intent moves it to another host
         assert fresh.uri not in f.registry()

@@ -67,6 +67,12 @@ class EndpointStateWriter:
         self._states: list[tuple[EndpointState, asyncio.Future[bool]]] = []
         self._writer: asyncio.Task[None] | None = None
 
+    async def idle(self) -> None:
+        """Until every state queued so far is written (a binding can then no longer land after a
+        later operator change)."""
+        while self._writer is not None and not self._writer.done():
+            await asyncio.shield(self._writer)
+
     def queue(self, state: EndpointState, unknown: str | None = None) -> asyncio.Future[bool]:
         """Queue an endpoint's state; the future says whether the endpoint exists. ``unknown`` is
         logged (a warning) if the authority has no such endpoint."""
@@ -387,6 +393,10 @@ class EndpointRegistry:
         removed = [mo for mo, deleted in changes.values() if deleted]
         parts = {"replace": wire(changed), "delete": refs(removed)}
         self._fan_out("endpoint_update", lambda peer: peer.ep_subs, parts)
+
+    async def written(self) -> None:
+        """Until the bindings and statuses queued so far are in the store."""
+        await self._states.idle()
 
     # ---- views
     def endpoints_of(self, agent: str) -> list[str]:
