@@ -184,11 +184,15 @@ def test_running_out_of_file_descriptors_logs_a_line_a_second_not_a_traceback_pe
 ) -> None:
     opflex = free_port()
     proc, log, rest = spawn(
-        tmp_path, (128, 128), "--opflex-listen", f"127.0.0.1:{opflex}", "--keepalive", "30"
+        tmp_path,
+        (128, 128),
+        *("--opflex-listen", f"127.0.0.1:{opflex}", "--keepalive", "30"),
+        "--opflex-max-sessions",
+        "1000",  # past what the descriptors allow (a warning): the table fills up
     )
     flood = []
     try:
-        for _ in range(300):  # OpFlex has no cap of its own here: the table fills up
+        for _ in range(300):
             flood.append(socket.create_connection(("127.0.0.1", opflex), timeout=5))
         time.sleep(2.5)
         text = log.read_text()

@@ -174,10 +174,18 @@ def serve(settings: Settings) -> None:
     spare = fd_limit - settings.max_connections - FD_RESERVE
     if settings.opflex_max_sessions is None:
         settings.opflex_max_sessions = max(1, spare)
-    elif not 0 < settings.opflex_max_sessions <= spare:
-        raise StartupError(
-            f"--opflex-max-sessions must be between 1 and {spare} (the open-file limit {fd_limit}, less "
-            f"--max-connections {settings.max_connections} and {FD_RESERVE} for the store and logs)"
+    elif settings.opflex_max_sessions < 1:
+        raise StartupError("--opflex-max-sessions must be at least 1")
+    elif settings.opflex_max_sessions > spare:
+        log.warning(
+            "--opflex-max-sessions %d is more than the descriptors leave (%d: the open-file limit %d, "
+            "less --max-connections %d and %d for the store and logs): a flood of OpFlex connections "
+            "can starve REST",
+            settings.opflex_max_sessions,
+            spare,
+            fd_limit,
+            settings.max_connections,
+            FD_RESERVE,
         )
     store = open_store(settings.db, settings.sync)
     try:
