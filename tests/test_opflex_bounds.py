@@ -227,6 +227,28 @@ def test_the_store_refuses_an_agent_report_it_could_not_read_back(tmp_path: Path
     Authority(SqliteStore(tmp_path / "db", sync="normal")).snapshot("acme")  # reads back
 
 
+def test_a_binding_does_not_undo_an_operator_move_that_committed_first(tmp_path: Path) -> None:
+    """A binding is written only while the stored host is the one its declaration was checked
+    against: the operator's move to h2 that commits while h1's binding waits stays."""
+    authority = authority_with_a_router(tmp_path)
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    assert record.get("host") is None
+    binding = EndpointState("acme", "web1", host="h1", interface="tap1", status="BUILD", if_host=(None,))
+    authority.replace(K["endpoint"], record["id"], K["endpoint"].spec.model_validate({**_spec(record), "host": "h2"}))
+    assert authority.set_endpoint_states([binding]) == [True]
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    assert record["host"] == "h2" and record.get("interface") is None
+    again = EndpointState("acme", "web1", host="h2", interface="tap2", status="BUILD", if_host=("h2",))
+    assert authority.set_endpoint_states([again]) == [True]
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    assert (record["host"], record["interface"]) == ("h2", "tap2")
+
+
+def _spec(record: dict[str, Any]) -> dict[str, Any]:
+    """A record as a client would PUT it back (without what the server adds)."""
+    return {k: v for k, v in record.items() if k not in ("id", "revision", "status", "interface")}
+
+
 def test_connections_beyond_the_session_cap_are_closed_at_once_and_logged_once(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

@@ -63,6 +63,9 @@ class EndpointState:
     interface: str | None = None
     status: str | None = None
     unless: tuple[str, ...] = ()  # leave the status alone while it is one of these
+    # A binding: write only while the stored host is still this one (what the declaration was
+    # checked against). An operator's move that lands first wins; the registry then withdraws it.
+    if_host: tuple[str | None] | None = None
 
 
 def render(record: Record) -> dict[str, Any]:
@@ -270,6 +273,15 @@ class Authority:
                     found.append(False)
                     continue
                 found.append(True)
+                if u.if_host is not None and record.data.get("host") != u.if_host[0]:
+                    log.info(
+                        "endpoint %s/%s: agent %s's binding not recorded: the intent moved it to host %s",
+                        u.tenant,
+                        u.name,
+                        u.host,
+                        record.data.get("host"),
+                    )
+                    continue
                 status = None if record.data.get("status") in u.unless else u.status
                 data = dict(record.data)
                 for field, value in (("host", u.host), ("interface", u.interface), ("status", status)):

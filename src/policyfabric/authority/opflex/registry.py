@@ -307,7 +307,7 @@ class EndpointRegistry:
             held = self.declarations.by_endpoint[key]
             for other in [u for u in held if self.declarations[u].agent != agent]:
                 self._undeclare(other, f"taken over by {agent}", release=False, status=False)
-            self._bind((tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME))
+            self._bind((tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME), checked.intent.host)
 
     # ---- the intent changed
     def _recheck(self, changed: IntentChanges) -> None:
@@ -338,9 +338,11 @@ class EndpointRegistry:
             self._schedule()
 
     # ---- bindings in the REST API
-    def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any) -> None:
+    def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any, pinned: str | None) -> None:
         """The endpoint now lives on ``agent``'s host; BUILD unless it is already up (written by
-        the batch writer: the declaration itself is already in the registry)."""
+        the batch writer: the declaration itself is already in the registry). Written only while
+        the stored host is still ``pinned``, the host the declaration was checked against: an
+        operator's move that commits while the binding waits is not undone by it."""
         tenant, name = endpoint
         self._states.queue(
             EndpointState(
@@ -350,6 +352,7 @@ class EndpointRegistry:
                 interface=interface if isinstance(interface, str) else None,
                 status="BUILD",
                 unless=("ACTIVE", "BUILD"),
+                if_host=(pinned,),
             ),
             unknown=f"opflex: agent {agent} declared endpoint {tenant}/{name}, unknown to the authority",
         )
