@@ -234,7 +234,9 @@ def test_a_binding_does_not_undo_an_operator_move_that_committed_first(tmp_path:
     [record], _ = authority.list(K["endpoint"], "acme", "web1")
     assert record.get("host") is None
     binding = EndpointState("acme", "web1", host="h1", interface="tap1", status="BUILD", if_host=(None,))
-    authority.replace(K["endpoint"], record["id"], K["endpoint"].spec.model_validate({**_spec(record), "host": "h2"}))
+    authority.replace(
+        K["endpoint"], record["id"], K["endpoint"].spec.model_validate({**_spec(record), "host": "h2"})
+    )
     assert authority.set_endpoint_states([binding]) == [True]
     [record], _ = authority.list(K["endpoint"], "acme", "web1")
     assert record["host"] == "h2" and record.get("interface") is None

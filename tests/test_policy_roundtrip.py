@@ -41,7 +41,15 @@ from policyfabric.agent.view import (
 from policyfabric.authority.opflex.policy_tree import global_tree, tenant_tree
 from policyfabric.authority.opflex.repository import tenant_of
 from policyfabric.model import objects as o
-from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_uri, uri_of
+from policyfabric.opflex.gbp import (
+    NO_MEMBER,
+    Cls,
+    Prop,
+    endpoint_uri,
+    external_network_uri,
+    members_uri,
+    uri_of,
+)
 from policyfabric.opflex.mo import MO, Tree, ref
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child, unescape
 
@@ -212,15 +220,16 @@ def test_contract_rules_come_back_in_order_with_their_classifier_and_action() ->
 
 def test_security_groups_keep_prefixes_remote_groups_and_their_address_set() -> None:
     _, view = full()
-    ssh = u(Cls.GBP_SEC_GROUP, "ssh")
+    ssh, members = u(Cls.GBP_SEC_GROUP, "ssh"), members_uri("acme", "ssh")
     assert view.security_groups[ssh].rules == (
         SgRule(f"{ssh}#0", 0, True, "in", IPV4, TCP, (22, 22), remote_prefix=Prefix("192.0.2.0/24")),
         SgRule(f"{ssh}#1", 1, True, "out", IPV4, None, None),
-        SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=ssh),
+        SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=members),
         SgRule(f"{ssh}#3", 3, True, "in", IPV6, ICMPV6, None, remote_prefix=Prefix("2001:db8::/32")),
     )
     # its members' addresses from the intent; web1's slaac address is not known to the authority
-    assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30")}
+    # (the placeholder that keeps an empty set closed for reference peers is not a member)
+    assert dict(view.address_sets) == {members: ("10.1.0.10", "10.2.0.30")}
 
 
 def test_routers_have_a_leg_per_subnet_and_the_elected_external_gateway() -> None:
@@ -528,3 +537,39 @@ def test_names_are_escaped_in_uris_and_read_back_unchanged(names: list[str]) -> 
     assert decl.l3[0].uri == child(
         EPR_L3, Cls.EPR_L3_EP, uri_of(tenant, Cls.GBP_ROUTING_DOMAIN, vrf), "10.0.0.5"
     )
+
+
+def test_a_peer_that_ignores_our_classes_sees_remote_groups_restricted_never_open() -> None:
+    """What a reference peer reads: every ``Pf*`` object dropped (libopflex drops unknown classes).
+    A rule limited to a remote group still carries the model's remote-address set, and that set
+    is never empty (an empty one means "any address" to the reference agent), even for a group
+    with no members; the classifier's ethertype is the model's enum constant, by name."""
+    intent = {**INTENT, "security_group": [*INTENT["security_group"], _lonely_group()]}
+    tree = tenant_tree("acme", intent, IDS, GATEWAYS)
+    seen = {uri: mo for uri, mo in tree.mos.items() if not mo.subject.startswith("Pf")}
+    rules = [mo for mo in seen.values() if mo.subject == Cls.GBP_SEC_GROUP_RULE]
+    by_group = [r for r in rules if child(r.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC) in tree.mos]
+    assert len(by_group) == 2
+    for rule in by_group:
+        [relation] = [
+            seen[c]
+            for c in rule.children
+            if seen.get(c) and c.startswith(child(rule.uri, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC))
+        ]
+        container = seen[relation.properties[Prop.TARGET]["reference_uri"]]
+        addresses = [seen[c].properties[Prop.ADDRESS] for c in container.children]
+        assert addresses and all(a != "0.0.0.0" for a in addresses), addresses
+    lonely = seen[members_uri("acme", "nobody")]
+    assert [seen[c].properties[Prop.ADDRESS] for c in lonely.children] == [NO_MEMBER]
+    assert {
+        mo.properties.get(Prop.ETHER_T) for mo in seen.values() if mo.subject == Cls.GBPE_L24_CLASSIFIER
+    } <= {"ipv4", "ipv6", None}
+    # and our agent reads the lonely group's set as empty: nothing allowed
+    view = policy_view(tree.mos)
+    assert view.address_sets[members_uri("acme", "nobody")] == ()
+
+
+def _lonely_group() -> o.SecurityGroup:
+    """A group that allows ssh from its own members, of which there are none."""
+    rule = o.SecurityGroupRule(direction="ingress", protocol="tcp", port=22, remote_group="nobody")
+    return o.SecurityGroup(name="nobody", tenant=T, rules=[rule])

@@ -35,7 +35,7 @@ from policyfabric.agent.renderers.ovs.ovsdb import Plugged
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.values import InvalidPolicy
 from policyfabric.agent.view import Invalid, Network
-from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_uri
+from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_uri, members_uri
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import child
 from tests.test_policy_roundtrip import GATEWAYS, IDS, INTENT, PUBLIC, T, policy, u
@@ -216,10 +216,13 @@ GATEWAY = child(u(Cls.PF_ROUTER, "r1"), Cls.PF_EXTERNAL_GATEWAY)
 WEB_CTX = child(u(Cls.GBP_EP_GROUP, "web"), Cls.GBPE_INST_CONTEXT)
 BD_CTX = child(u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), Cls.GBPE_INST_CONTEXT)
 PROVIDES = child(
-    u(Cls.GBP_EP_GROUP, "web"), Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC, u(Cls.GBP_CONTRACT, "http")
+    u(Cls.GBP_EP_GROUP, "web"),
+    Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC,
+    Cls.GBP_CONTRACT,
+    u(Cls.GBP_CONTRACT, "http"),
 )
 RULE = child(child(u(Cls.GBP_CONTRACT, "http"), Cls.GBP_SUBJECT, "default"), Cls.GBP_RULE, "web-in")
-MEMBER = child(u(Cls.GBP_SEC_GROUP, "ssh"), Cls.PF_SEC_GROUP_MEMBER, "web1")
+MEMBER = child(members_uri(T, "ssh"), Cls.GBP_SUBNET, "web1.10.1.0.10")
 
 
 def local(name: str) -> Present:
@@ -247,7 +250,7 @@ def has_sg_prefix(net: Network) -> bool:
 
 
 def has_member(net: Network) -> bool:
-    return "10.1.0.10" in net.address_sets.get(u(Cls.GBP_SEC_GROUP, "ssh"), ())
+    return "10.1.0.10" in net.address_sets.get(members_uri(T, "ssh"), ())
 
 
 # (where the property is: the object's URI, or "app1" for its registry entry; the property; how a
@@ -329,7 +332,7 @@ FIELDS: list[tuple[str, str, str, Callable[[Any], Any], Present]] = [
         lambda v: v,
         lambda n: u(Cls.GBP_BRIDGE_DOMAIN, "bd-web") in n.bds,
     ),
-    ("security group member ip", MEMBER, Prop.IP, lambda v: [v], has_member),
+    ("security group member address", MEMBER, Prop.ADDRESS, lambda v: v, has_member),
     ("security group remote address", SG_REMOTE, Prop.ADDRESS, lambda v: v, has_sg_prefix),
     ("security group remote prefixLen", SG_REMOTE, Prop.PREFIX_LEN, lambda v: v, has_sg_prefix),
     ("registry ip", "app1", Prop.IP, lambda v: [v], lambda n: bool(n.remote)),

@@ -28,7 +28,6 @@ from policyfabric.agent.values import (
     URI,
     Problems,
     Refused,
-    addresses,
     choice,
     get,
     optional,
@@ -57,7 +56,7 @@ from policyfabric.agent.view import (
     SgRule,
     router_identity,
 )
-from policyfabric.opflex.gbp import Cls, Prop
+from policyfabric.opflex.gbp import ETHER_T_NAMES, NO_MEMBER, Cls, Prop
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import child
 
@@ -129,7 +128,7 @@ def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
         low = get(c, Prop.D_FROM_PORT, ranged(0, 0xFFFF))
         ports = (low, optional(c, Prop.D_TO_PORT, ranged(low, 0xFFFF), low))
     return {
-        "ethertype": optional(c, Prop.ETHER_T, choice(0x0800, 0x86DD), None),
+        "ethertype": ETHER_T_NAMES.get(optional(c, Prop.ETHER_T, choice("ipv4", "ipv6", "unspecified"), "")),
         "protocol": optional(c, Prop.PROT, ranged(0, 0xFF), None),
         "ports": ports,
     }
@@ -180,48 +179,75 @@ def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
     return tuple(rules)
 
 
-def _sg_rules(policy: Mapping[str, MO], sg: MO, problems: Problems) -> tuple[SgRule, ...]:
-    """Its rules; one that does not parse is left out (they only allow: fewer is narrower)."""
+def _sg_rules(
+    policy: Mapping[str, MO], sg: MO, problems: Problems, sets: dict[str, tuple[IpAddress, ...]]
+) -> tuple[SgRule, ...]:
+    """Its rules; one that does not parse is left out (they only allow: fewer is narrower). The
+    member sets its rules name go into ``sets``."""
     rules = []
     for rule in _rule_mos(policy, sg, Cls.GBP_SEC_GROUP_SUBJECT, Cls.GBP_SEC_GROUP_RULE):
         try:
-            rules += _sg_rule(policy, sg, rule)
+            rules += _sg_rule(policy, sg, rule, sets, problems)
         except _At as at:
             refuse(problems, at.uri, at.bad)
     return tuple(rules)
 
 
-def _sg_rule(policy: Mapping[str, MO], sg: MO, rule: MO) -> list[SgRule]:
+def _sg_rule(
+    policy: Mapping[str, MO],
+    sg: MO,
+    rule: MO,
+    sets: dict[str, tuple[IpAddress, ...]],
+    problems: Problems,
+) -> list[SgRule]:
+    """A rule's remote side is the model's remote-address sets (GbpSubnets): prefixes, or, when
+    the rule also names a remote group (``PfSecGroupRuleToRemoteGroupRSrc``, ours), one set of
+    member addresses the renderers keep as an address set. No remote address: any."""
     try:
-        prefixes: list[Prefix | None] = [
-            _of(n, _prefix)
-            for subnets in _related(policy, rule, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC)
-            for n in _children(policy, subnets, Cls.GBP_SUBNET)
-        ]
-        group = _target(policy, rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC)
+        containers = _related(policy, rule, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC)
+        by_group = policy.get(child(rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC)) is not None
     except Refused as bad:
         raise _At(rule.uri, bad) from None
+    if by_group:
+        if len(containers) != 1:  # not resolved yet, or not what our authority writes: nothing
+            return []
+        group = containers[0].uri
+        if group not in sets:
+            sets[group] = _members(policy, containers[0], problems)
+        return [
+            SgRule(key=f"{sg.uri}#{fields['order']}", allow=True, remote_group=group, **fields)
+            for fields in _rule_fields(policy, rule)
+        ]
+    try:
+        prefixes: list[Prefix | None] = [
+            _of(n, _prefix) for subnets in containers for n in _children(policy, subnets, Cls.GBP_SUBNET)
+        ]
+    except Refused as bad:
+        raise _At(rule.uri, bad) from None
+    if containers and not prefixes:
+        return []  # a remote side with no address matches nothing (never "any")
     for fields in _rule_fields(policy, rule):
         family = {0x0800: 4, 0x86DD: 6}.get(fields["ethertype"])
         for prefix in prefixes:  # the model makes a prefix's ethertype its family; flows match by it
             if prefix is not None and family != (6 if ":" in prefix else 4):
                 raise _At(rule.uri, Refused(Prop.ETHER_T, fields["ethertype"], f"not the family of {prefix}"))
     return [
-        SgRule(
-            key=f"{sg.uri}#{fields['order']}", allow=True, remote_prefix=prefix, remote_group=group, **fields
-        )
+        SgRule(key=f"{sg.uri}#{fields['order']}", allow=True, remote_prefix=prefix, **fields)
         for fields in _rule_fields(policy, rule)
         for prefix in prefixes or [None]
     ]
 
 
-def _members(policy: Mapping[str, MO], sg: MO, problems: Problems) -> tuple[IpAddress, ...]:
-    """The addresses of a security group's members (its address set); a member with an address
-    that does not parse is left out (a smaller set allows less)."""
+def _members(policy: Mapping[str, MO], container: MO, problems: Problems) -> tuple[IpAddress, ...]:
+    """The member addresses in a group's member set (one-address GbpSubnets, less the placeholder
+    that keeps an empty set closed for reference peers); a member whose address does not parse is
+    left out (a smaller set allows less)."""
     out: set[IpAddress] = set()
-    for member in _children(policy, sg, Cls.PF_SEC_GROUP_MEMBER):
+    for member in _children(policy, container, Cls.GBP_SUBNET):
         try:
-            out.update(get(member.properties, Prop.IP, addresses))
+            address = get(member.properties, Prop.ADDRESS, parse_ip)
+            if address != NO_MEMBER:
+                out.add(address)
         except Refused as bad:
             refuse(problems, member.uri, bad)
     return tuple(sorted(out))
@@ -310,12 +336,24 @@ def _floating_ip(mo: MO) -> FloatingIp | None:
     return FloatingIp(ip, network, key) if network is not None else None
 
 
+def _network(policy: Mapping[str, MO], uri: str) -> str:
+    """A group's bridge domain: the target of its network relation, or, when that is a flood
+    domain (the reference model allows both), the flood domain's ("": not resolved yet)."""
+    target = _target(policy, uri, Cls.GBP_EP_GROUP_TO_NETWORK_RSRC) or ""
+    fd = policy.get(target)
+    if fd is not None and fd.subject == Cls.GBP_FLOOD_DOMAIN:
+        return _target(policy, target, Cls.GBP_FLOOD_DOMAIN_TO_NETWORK_RSRC) or ""
+    return target
+
+
 def _group(policy: Mapping[str, MO], uri: str, mo: MO) -> Group:
-    intra = optional(mo.properties, Prop.INTRA_GROUP_POLICY, choice("allow", "deny"), "allow")
+    intra = optional(
+        mo.properties, Prop.INTRA_GROUP_POLICY, choice("allow", "deny", "require-contract"), "allow"
+    )
     return Group(
         uri,
         _encap(policy, mo, Prop.CLASSID, 0xFFFF),
-        _target(policy, uri, Cls.GBP_EP_GROUP_TO_NETWORK_RSRC) or "",
+        _network(policy, uri),
         intra == "allow",
         _targets(policy, mo, Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC),
         _targets(policy, mo, Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC),
@@ -335,7 +373,8 @@ def _bridge_domain(policy: Mapping[str, MO], uri: str, mo: MO, bd_of_subnets: di
 def policy_view(policy: Mapping[str, MO], problems: Problems = None) -> Network:
     """Groups, contracts, bridge domains, security groups and routers of every tenant in the cache;
     what does not parse is left out and added to ``problems``."""
-    groups, contracts, bds, sgs, sets, external = {}, {}, {}, {}, {}, {}
+    groups, contracts, bds, sgs, external = {}, {}, {}, {}, {}
+    sets: dict[str, tuple[IpAddress, ...]] = {}
     routers: list[MO] = []
     fips: list[FloatingIp] = []
     bd_of_subnets: dict[str, str] = {}  # GbpSubnets container → its bridge domain
@@ -358,8 +397,7 @@ def policy_view(policy: Mapping[str, MO], problems: Problems = None) -> Network:
             elif mo.subject == Cls.GBP_CONTRACT:
                 contracts[uri] = Contract(uri, _rules(policy, mo))
             elif mo.subject == Cls.GBP_SEC_GROUP:
-                sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo, problems))
-                sets[uri] = _members(policy, mo, problems)
+                sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo, problems, sets))
         except Refused as bad:
             refuse(problems, uri, bad)
         except _At as at:

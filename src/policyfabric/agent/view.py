@@ -51,7 +51,8 @@ class Rule:
 @dataclass(frozen=True)
 class SgRule(Rule):
     """A security group rule (always allow): ``direction`` is in (ingress) or out (egress); the
-    remote side is a prefix, the members of a group (``remote_group``, a GbpSecGroup URI), or any."""
+    remote side is a prefix, the members of a group (``remote_group``, the URI of its member set, a
+    GbpSubnets), or any."""
 
     remote_prefix: Prefix | None = None
     remote_group: str | None = None
@@ -213,7 +214,9 @@ class Network:
     contracts: Mapping[str, Contract] = field(default_factory=dict)
     bds: Mapping[str, BridgeDomain] = field(default_factory=dict)
     security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
-    address_sets: Mapping[str, tuple[IpAddress, ...]] = field(default_factory=dict)  # group → member IPs
+    address_sets: Mapping[str, tuple[IpAddress, ...]] = field(
+        default_factory=dict
+    )  # member set (GbpSubnets URI) → member IPs
     routers: Mapping[str, Router] = field(default_factory=dict)
     external: Mapping[str, ExternalNet] = field(default_factory=dict)  # by URI
     floating_ips: tuple[FloatingIp, ...] = ()

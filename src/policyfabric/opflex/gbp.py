@@ -56,8 +56,12 @@ class Cls:
     GBP_SEC_GROUP_SUBJECT: Final = "GbpSecGroupSubject"
     GBP_SEC_GROUP_RULE: Final = "GbpSecGroupRule"
     GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC: Final = "GbpSecGroupRuleToRemoteAddressRSrc"
+    # → the GbpSecGroup whose members the rule's remote-address set is (our agents' hint to keep
+    # it as an address set; the restriction itself is the model's GbpSecGroupRuleToRemoteAddressRSrc)
     PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC: Final = "PfSecGroupRuleToRemoteGroupRSrc"
-    PF_SEC_GROUP_MEMBER: Final = "PfSecGroupMember"  # one per member endpoint: the address set
+    GBP_FLOOD_DOMAIN: Final = "GbpFloodDomain"  # EPG → flood domain → bridge domain (the reference's)
+    GBP_FLOOD_DOMAIN_TO_NETWORK_RSRC: Final = "GbpFloodDomainToNetworkRSrc"
+    PLATFORM_CONFIG: Final = "PlatformConfig"  # under the universe, named by the agent's domain
     # endpoints, routers, external networks
     PF_ENDPOINT: Final = "PfEndpoint"  # an endpoint's intent
     PF_ROUTER: Final = "PfRouter"
@@ -85,7 +89,6 @@ class Prop:
     TARGET: Final = "target"  # every *RSrc relation: a reference
     # GbpBridgeDomain
     ROUTING_MODE: Final = "routingMode"
-    MTU: Final = "mtu"
     # GbpeInstContext
     ENCAP_ID: Final = "encapId"  # a VNI
     CLASSID: Final = "classid"  # an endpoint group's class id (also on EprL2Ep)
@@ -94,7 +97,6 @@ class Prop:
     PREFIX_LEN: Final = "prefixLen"
     VIRTUAL_ROUTER_IP: Final = "virtualRouterIp"  # the subnet's gateway
     IPV6_ADV_AUTONOMOUS_FLAG: Final = "ipv6AdvAutonomousFlag"
-    IPV6_ADV_ON_LINK_FLAG: Final = "ipv6AdvOnLinkFlag"
     # GbpEpGroup
     INTRA_GROUP_POLICY: Final = "intraGroupPolicy"  # allow | deny
     # GbpRule, GbpSecGroupRule
@@ -110,12 +112,12 @@ class Prop:
     D_TO_PORT: Final = "dToPort"
     # PfEndpoint (and mac/ip on the registry's endpoints)
     MAC: Final = "mac"
-    IP: Final = "ip"  # a list on PfEndpoint, EprL2Ep and PfSecGroupMember; one address elsewhere
+    IP: Final = "ip"  # a list on PfEndpoint and EprL2Ep; one address elsewhere
     EPG: Final = "epg"
     BRIDGE_DOMAIN: Final = "bridgeDomain"
     SECURITY_GROUP: Final = "securityGroup"  # a list of references
     HOST: Final = "host"
-    # PfSecGroupMember, PfFloatingIp, PfEndpointStatus
+    # PfFloatingIp, PfEndpointStatus
     ENDPOINT: Final = "endpoint"  # TENANT/NAME, or a reference on PfFloatingIp
     # PfRouterInterface
     SUBNET: Final = "subnet"
@@ -147,7 +149,13 @@ class Prop:
     EXTERNAL_NETWORKS: Final = "externalNetworks"
 
 
-ETHERTYPES = {"ipv4": 0x0800, "ipv6": 0x86DD}  # the model's ethertype → etherT
+# etherT is an enum of the reference model (l2/EtherType): sent by constant name, as libopflex
+# serialises enums; a number there is dropped by a reference peer without a word.
+ETHER_T_NAMES = {"ipv4": 0x0800, "ipv6": 0x86DD, "arp": 0x0806}  # etherT on the wire → ethertype
+# A security group's member set (GbpSubnets) always holds this one address, which no packet carries
+# as its source or destination: a reference peer, for which an empty remote-address set means "any
+# address", still matches nothing when the group has no members (fails closed).
+NO_MEMBER = "255.255.255.255"
 PROTOCOLS = {"tcp": 6, "udp": 17, "icmp": 1, "icmpv6": 58}  # the model's protocol → prot
 
 
@@ -164,4 +172,20 @@ def endpoint_uri(tenant: str, name: str) -> str:
     return uri_of(tenant, Cls.PF_ENDPOINT, name)
 
 
-__all__ = ["ETHERTYPES", "PROTOCOLS", "Cls", "Prop", "endpoint_uri", "external_network_uri", "uri_of"]
+def members_uri(tenant: str, group: str) -> str:
+    """The GbpSubnets that holds a security group's member addresses (a name no object can have:
+    names are DNS labels, without dots)."""
+    return uri_of(tenant, Cls.GBP_SUBNETS, f"sg.{group}.members")
+
+
+__all__ = [
+    "ETHER_T_NAMES",
+    "NO_MEMBER",
+    "PROTOCOLS",
+    "Cls",
+    "Prop",
+    "endpoint_uri",
+    "external_network_uri",
+    "members_uri",
+    "uri_of",
+]

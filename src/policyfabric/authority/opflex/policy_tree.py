@@ -16,12 +16,13 @@ from typing import Any
 from policyfabric.model import objects as o
 from policyfabric.model.types import port_bounds
 from policyfabric.opflex.gbp import (
-    ETHERTYPES,
+    NO_MEMBER,
     PROTOCOLS,
     Cls,
     Prop,
     endpoint_uri,
     external_network_uri,
+    members_uri,
     uri_of,
 )
 from policyfabric.opflex.mo import Tree, ref
@@ -32,8 +33,8 @@ def _classifier_props(
     name: str, protocol: str, port: int | str | None, ethertype: str | None
 ) -> dict[str, Any]:
     props: dict[str, Any] = {Prop.NAME: name, Prop.CONNECTION_TRACKING: "reflexive"}
-    if ethertype in ETHERTYPES:
-        props[Prop.ETHER_T] = ETHERTYPES[ethertype]
+    if ethertype in ("ipv4", "ipv6"):
+        props[Prop.ETHER_T] = ethertype  # the model's enum constant, by name
     if protocol in PROTOCOLS:
         props[Prop.PROT] = PROTOCOLS[protocol]
     if port is not None:
@@ -43,11 +44,20 @@ def _classifier_props(
 
 def _relation(tree: Tree, parent: str, cls: str, subject: str, target: str, many: bool = False) -> None:
     """A ``cls`` relation under ``parent`` pointing at the ``subject`` at ``target``; ``many`` names
-    it by its target (one of several), otherwise it is a singleton."""
+    it by its target's class and URI (one of several: the reference model's naming), otherwise it
+    is a singleton."""
     if many:
-        tree.add(parent, cls, target, **{Prop.TARGET: ref(subject, target)})
+        tree.add(parent, cls, subject, target, **{Prop.TARGET: ref(subject, target)})
     else:
         tree.add(parent, cls, **{Prop.TARGET: ref(subject, target)})
+
+
+def _host(tree: Tree, container: str, name: str, address: str) -> None:
+    """A one-address GbpSubnet (a /32 or /128) in ``container``."""
+    length = 128 if ":" in address else 32
+    tree.add(
+        container, Cls.GBP_SUBNET, name, **{Prop.NAME: name, Prop.ADDRESS: address, Prop.PREFIX_LEN: length}
+    )
 
 
 def tenant_tree(
@@ -78,7 +88,7 @@ def tenant_tree(
             top,
             Cls.GBP_BRIDGE_DOMAIN,
             bd.name,
-            **{Prop.NAME: bd.name, Prop.ROUTING_MODE: "enabled", Prop.MTU: bd.mtu},
+            **{Prop.NAME: bd.name, Prop.ROUTING_MODE: "enabled"},
         )
         _relation(
             tree,
@@ -105,7 +115,7 @@ def tenant_tree(
                     Prop.VIRTUAL_ROUTER_IP: str(subnet.gateway_ip),
                 }
                 if subnet.ipv6_ra_mode == "slaac":
-                    props.update({Prop.IPV6_ADV_AUTONOMOUS_FLAG: 1, Prop.IPV6_ADV_ON_LINK_FLAG: 1})
+                    props[Prop.IPV6_ADV_AUTONOMOUS_FLAG] = 1
                 tree.add(container, Cls.GBP_SUBNET, subnet.name, **props)
     actions = {
         "allow": tree.add(top, Cls.GBP_ALLOW_DENY_ACTION, "allow", **{Prop.NAME: "allow", Prop.ALLOW: 1}),
@@ -135,6 +145,7 @@ def tenant_tree(
             _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_ALLOW_DENY_ACTION, action, many=True)
             if rule.action == "log":
                 _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_LOG_ACTION, actions["log"], many=True)
+    remote_groups: set[str] = set()  # the groups some rule names as its remote side
     for sg in of("security_group"):
         uri = tree.add(top, Cls.GBP_SEC_GROUP, sg.name, **{Prop.NAME: sg.name})
         subject = tree.add(uri, Cls.GBP_SEC_GROUP_SUBJECT, "default", **{Prop.NAME: "default"})
@@ -173,7 +184,12 @@ def tenant_tree(
                 _relation(
                     tree, r, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC, Cls.GBP_SUBNETS, remote, many=True
                 )
-            if rule.remote_group is not None:
+            if rule.remote_group is not None:  # the model's restriction, and our agents' hint
+                remote = members_uri(tenant, rule.remote_group)
+                remote_groups.add(rule.remote_group)
+                _relation(
+                    tree, r, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC, Cls.GBP_SUBNETS, remote, many=True
+                )
                 _relation(
                     tree,
                     r,
@@ -181,6 +197,11 @@ def tenant_tree(
                     Cls.GBP_SEC_GROUP,
                     uri_of(tenant, Cls.GBP_SEC_GROUP, rule.remote_group),
                 )
+    for group in sorted(remote_groups):
+        name = f"sg.{group}.members"
+        container = tree.add(top, Cls.GBP_SUBNETS, name, **{Prop.NAME: name})
+        assert container == members_uri(tenant, group)
+        _host(tree, container, "none", NO_MEMBER)
     bd_of_epg = {}
     for epg in of("endpoint_group"):
         uri = tree.add(
@@ -223,18 +244,14 @@ def tenant_tree(
         if ep.host is not None:
             props[Prop.HOST] = ep.host
         tree.add(top, Cls.PF_ENDPOINT, ep.name, **props)
-        # the address set of each of its groups: one small child per member, so a member joining
-        # or leaving is one object in a policy_update, never the whole membership
+        # the member set of each of its groups that a rule names as its remote side: one GbpSubnet
+        # per address, so a member joining or leaving is a few objects in a policy_update, never
+        # the whole membership
         for g in ep.security_groups:
-            sg = uri_of(tenant, Cls.GBP_SEC_GROUP, g)
-            if sg in tree.mos:
-                addresses = [str(ip) for ip in ep.ip if ip != "slaac"]
-                tree.add(
-                    sg,
-                    Cls.PF_SEC_GROUP_MEMBER,
-                    ep.name,
-                    **{Prop.ENDPOINT: f"{tenant}/{ep.name}", Prop.IP: addresses},
-                )
+            if g in remote_groups:
+                for ip in ep.ip:
+                    if ip != "slaac":
+                        _host(tree, members_uri(tenant, g), f"{ep.name}.{ip}", str(ip))
     for router in of("router"):
         uri = tree.add(top, Cls.PF_ROUTER, router.name, **{Prop.NAME: router.name})
         _relation(

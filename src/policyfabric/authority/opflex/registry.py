@@ -307,7 +307,9 @@ class EndpointRegistry:
             held = self.declarations.by_endpoint[key]
             for other in [u for u in held if self.declarations[u].agent != agent]:
                 self._undeclare(other, f"taken over by {agent}", release=False, status=False)
-            self._bind((tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME), checked.intent.host)
+            self._bind(
+                (tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME), checked.intent.host
+            )
 
     # ---- the intent changed
     def _recheck(self, changed: IntentChanges) -> None:
