@@ -273,7 +273,38 @@ def test_child_objects_are_refused(tmp_path: Path) -> None:
     async def test(f: Fabric) -> None:
         l2, _ = f.of("web1", "h1")
         kid = MO("EprL2EpToSomething", l2.uri + "EprL2EpToSomething/", {"x": 1}, [], l2.subject, l2.uri, "k")
-        await refused(f, "h1", l2, kid, why="child objects are not accepted")
+        await refused(f, "h1", l2, kid, why="child objects ['EprL2EpToSomething'] are not accepted")
+
+    fabric(tmp_path, test)
+
+
+def test_a_reference_agents_declaration_is_matched_by_its_uri_and_stored_as_checked(tmp_path: Path) -> None:
+    """libopflex's agent names its endpoint by its endpoint file's uuid, not TENANT/NAME, and puts
+    its security groups and attributes under it: matched by bridge domain and MAC, stored with
+    TENANT/NAME and without the children (nothing it chose beyond the checked values is pushed).
+    A uuid of our form still has to name the endpoint."""
+
+    async def test(f: Fabric) -> None:
+        l2, l3 = f.of("web1", "h1")
+        theirs = _props(l2, **{Prop.UUID: "6f1b6a4e-55a0-4d38-9a1c-1c0c0c0c0c01", Prop.VM_NAME: "web1-vm"})
+        theirs.children = [
+            theirs.uri + "EprSecurityGroupContext/x/",
+            theirs.uri + "GbpeReportedEpAttributeSet/",
+        ]
+        sgc = MO(Cls.EPR_SECURITY_GROUP_CONTEXT, theirs.children[0], {}, [], theirs.subject, theirs.uri, "s")
+        attrs = MO(
+            Cls.GBPE_REPORTED_EP_ATTRIBUTE_SET, theirs.children[1], {}, [], theirs.subject, theirs.uri, "a"
+        )
+        l3_theirs = _props(l3[0], **{Prop.UUID: "6f1b6a4e-55a0-4d38-9a1c-1c0c0c0c0c01"})
+        assert await f.declare("h1", theirs, sgc, attrs, l3_theirs) == {}
+        assert f.registry() == {l2.uri: "h1", l3[0].uri: "h1"}
+        stored = f.server.registry.declarations[l2.uri].mos
+        assert len(stored) == 1 and stored[0]["children"] == []
+        props = {p["name"]: p["data"] for p in stored[0]["properties"]}
+        assert props[Prop.UUID] == "acme/web1" and props[Prop.VM_NAME] == "web1-vm"
+        await f.settled("web1", host="h1", interface="pf-web1", status="BUILD")
+        other = _props(l2, **{Prop.UUID: "acme/web2"})
+        await refused(f, "h1", other, why="is not its MAC")
 
     fabric(tmp_path, test)
 

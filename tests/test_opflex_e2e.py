@@ -21,7 +21,7 @@ from policyfabric.agent.dryrun import DryRunAgent
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.opflex import wire
 from policyfabric.opflex.client import PolicyClient
-from policyfabric.opflex.gbp import endpoint_uri, uri_of
+from policyfabric.opflex.gbp import endpoint_uri, members_uri, uri_of
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.tls import client_context
 from tests.conftest import Api, apply_scenario
@@ -152,10 +152,11 @@ def test_a_rest_change_reaches_the_agents_that_resolved_it_and_no_others(
 def test_a_security_group_member_joining_or_leaving_is_a_small_update(
     opflex_authority: AuthorityProcess,
 ) -> None:
-    """The agent resolves a group's membership (one ``PfSecGroupMember`` per member) and hears of
-    a join or a leave as a few objects, whatever the group's size: never the membership again."""
+    """The agent resolves a group's member set (one ``GbpSubnet`` per member address, and the
+    placeholder) and hears of a join or a leave as a few objects, whatever the group's size:
+    never the membership again."""
     api = Api(opflex_authority.url)
-    sg = uri_of("acme", "GbpSecGroup", "ssh-from-app")
+    sg = members_uri("acme", "ssh-from-app")
 
     def member(i: int) -> dict[str, Any]:
         return {
@@ -182,7 +183,7 @@ def test_a_security_group_member_joining_or_leaving_is_a_small_update(
 
         def size() -> int:
             mo = h1.client.policy.get(sg)
-            return sum(1 for c in mo.children if "PfSecGroupMember" in c) if mo else 0
+            return sum(1 for c in mo.children if not c.endswith("/none/")) if mo else 0
 
         try:
             assert size() == 62  # app1, vm9 and the 60
@@ -197,8 +198,8 @@ def test_a_security_group_member_joining_or_leaving_is_a_small_update(
             await asyncio.sleep(0.2)
             left = sum(updates)
             print(f"join: {joined} bytes, leave: {left} bytes, for a group of 63")
-            member_uri = sg + "PfSecGroupMember/m60/"
-            assert h1.client.policy[member_uri].properties["ip"] == ["10.2.0.160"]
+            member_uri = sg + "GbpSubnet/m60.10.2.0.160/"
+            assert h1.client.policy[member_uri].properties["address"] == "10.2.0.160"
             # the whole membership's URIs alone would be about 63 * 75 bytes
             assert 0 < joined < 2500 and 0 < left < 600
         finally:

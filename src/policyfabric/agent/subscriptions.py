@@ -16,7 +16,7 @@ from policyfabric.agent.endpoints import bd_members_prefix
 from policyfabric.agent.view import Network
 from policyfabric.opflex.gbp import Cls, external_network_uri
 from policyfabric.opflex.mo import MO
-from policyfabric.opflex.uri import UNIVERSE
+from policyfabric.opflex.uri import UNIVERSE, child
 
 
 class SubscribingClient(Protocol):
@@ -39,9 +39,9 @@ def subscribe_external(client: SubscribingClient, networks: Iterable[str], gatew
         return
     client.resolve(Cls.POLICY_UNIVERSE, UNIVERSE)
     universe = client.policy.get(UNIVERSE)
+    spaces = child(UNIVERSE, Cls.POLICY_SPACE)
     for uri in universe.children if universe else ():
-        mo = client.policy.get(uri)
-        if mo is None or mo.subject == Cls.POLICY_SPACE:
+        if uri.startswith(spaces):  # (the universe also holds the PlatformConfig)
             client.resolve(Cls.POLICY_SPACE, uri)
 
 

@@ -75,6 +75,10 @@ class Cls:
     EPR_L2_EP: Final = "EprL2Ep"
     EPR_L3_UNIVERSE: Final = "EprL3Universe"
     EPR_L3_EP: Final = "EprL3Ep"
+    # what the reference agent declares under its endpoints (accepted, not stored)
+    EPR_SECURITY_GROUP_CONTEXT: Final = "EprSecurityGroupContext"
+    GBPE_REPORTED_EP_ATTRIBUTE_SET: Final = "GbpeReportedEpAttributeSet"
+    GBPE_REPORTED_EP_ATTRIBUTE: Final = "GbpeReportedEpAttribute"
     # observables (state_report)
     PF_ENDPOINT_STATUS: Final = "PfEndpointStatus"
     PF_FAULT: Final = "PfFault"
@@ -137,6 +141,7 @@ class Prop:
     GROUP: Final = "group"
     CONTEXT: Final = "context"  # its bridge domain (L2) or routing domain (L3)
     INTERFACE_NAME: Final = "interfaceName"
+    VM_NAME: Final = "vmName"  # the reference agent's, from its endpoint file
     TUNNEL_IP: Final = "tunnelIp"  # also on PfGatewayPorts
     # PfEndpointStatus
     STATUS: Final = "status"

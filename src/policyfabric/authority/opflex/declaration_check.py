@@ -16,6 +16,7 @@ agent holding the endpoint) is the registry's state, checked there.
 from __future__ import annotations
 
 import ipaddress
+from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
@@ -29,7 +30,13 @@ from policyfabric.opflex.uri import EPR_L2, EPR_L3
 # Linux's rules (at most 15 bytes; no "/", ":", whitespace), narrowed to what OVS and the
 # orchestrators use, so the name is also safe wherever it is printed.
 L3_PROPERTIES = frozenset({Prop.UUID, Prop.MAC, Prop.GROUP, Prop.CONTEXT, Prop.IP})
-L2_PROPERTIES = L3_PROPERTIES | {Prop.INTERFACE_NAME, Prop.TUNNEL_IP, Prop.CLASSID}
+L2_PROPERTIES = L3_PROPERTIES | {Prop.INTERFACE_NAME, Prop.TUNNEL_IP, Prop.CLASSID, Prop.VM_NAME}
+# What the reference agent declares under its endpoints besides: the security groups it was told
+# (the intent's are what count), its endpoint file's attributes. Accepted, checked for their
+# class only, and neither stored nor pushed (what is stored is rebuilt from checked values).
+IGNORED_CHILDREN = frozenset(
+    {Cls.EPR_SECURITY_GROUP_CONTEXT, Cls.GBPE_REPORTED_EP_ATTRIBUTE_SET, Cls.GBPE_REPORTED_EP_ATTRIBUTE}
+)
 
 
 class Refused(Exception):
@@ -120,28 +127,37 @@ def _l3(mo: MO, intent: EndpointIntent) -> None:
     _must(context == ref(Cls.GBP_ROUTING_DOMAIN, intent.rd), "context", context, "is not its routing domain")
 
 
-def check(mo: MO, children: int, index: IntentIndex) -> Checked:
-    """``mo`` (an ``EprL2Ep`` or ``EprL3Ep`` with ``children`` objects under it) as the registry
-    stores it; raises ``Refused`` unless it says what the intent says."""
-    if children:
-        raise Refused("child objects are not accepted")
+def check(mo: MO, children: Sequence[str], index: IntentIndex) -> Checked:
+    """``mo`` (an ``EprL2Ep`` or ``EprL3Ep`` with ``children``, the classes of the objects under
+    it) as the registry stores it; raises ``Refused`` unless it says what the intent says.
+
+    The endpoint is the one its ``uuid`` names when that is ``TENANT/NAME`` (what our agents send),
+    else the one whose registry URI it has (bridge domain and MAC, or routing domain and address:
+    a reference agent's ``uuid`` is its endpoint file's id); what is stored carries
+    ``TENANT/NAME``."""
+    unknown = sorted(set(children) - IGNORED_CHILDREN)
+    _must(not unknown, "child objects", unknown, "are not accepted")
     l2 = mo.subject == Cls.EPR_L2_EP
     p = mo.properties
     extra = p.keys() - (L2_PROPERTIES if l2 else L3_PROPERTIES)
     _must(not extra, f"{mo.subject} properties", sorted(extra), "are not accepted")
     key = p.get(Prop.UUID)
-    intent = index.get(key) if isinstance(key, str) else None
+    if isinstance(key, str) and "/" not in key:  # not TENANT/NAME: a reference agent's own id
+        intent = index.by_uri(mo.uri)
+    else:
+        intent = index.get(key) if isinstance(key, str) else None
     if intent is None:
         raise Refused(f"uuid {show(key)} is not an endpoint of the intent")
     _must(p.get(Prop.MAC) == intent.mac, "mac", p.get(Prop.MAC), "is not its MAC")
     _group(p, intent)
+    if Prop.VM_NAME in p:
+        _must(is_interface(p[Prop.VM_NAME]), "vmName", p[Prop.VM_NAME], "is not a name")
+    stored = {**p, Prop.UUID: intent.key}
     if l2:
         _l2(mo, intent)
-        return Checked(
-            MO(mo.subject, mo.uri, dict(p), [], Cls.EPR_L2_UNIVERSE, EPR_L2, Cls.EPR_L2_EP), intent
-        )
+        return Checked(MO(mo.subject, mo.uri, stored, [], Cls.EPR_L2_UNIVERSE, EPR_L2, Cls.EPR_L2_EP), intent)
     _l3(mo, intent)
-    return Checked(MO(mo.subject, mo.uri, dict(p), [], Cls.EPR_L3_UNIVERSE, EPR_L3, Cls.EPR_L3_EP), intent)
+    return Checked(MO(mo.subject, mo.uri, stored, [], Cls.EPR_L3_UNIVERSE, EPR_L3, Cls.EPR_L3_EP), intent)
 
 
 __all__ = ["Checked", "Refused", "check", "show", "tunnel_ip"]

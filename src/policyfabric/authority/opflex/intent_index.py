@@ -197,7 +197,19 @@ class IntentIndex:
 
     def __init__(self) -> None:
         self._tenants: dict[str, dict[str, EndpointIntent]] = {}
+        self._by_uri: dict[str, EndpointIntent] = {}  # EprL2Ep / EprL3Ep URI -> its endpoint
         self.listeners: list[Callable[[Changed], None]] = []
+
+    def by_uri(self, uri: str) -> EndpointIntent | None:
+        """The endpoint whose ``EprL2Ep`` (bridge domain and MAC) or ``EprL3Ep`` (routing domain
+        and address) has this URI: how a reference agent's declaration is matched, since its
+        ``uuid`` is whatever its endpoint file says, not ``TENANT/NAME``."""
+        return self._by_uri.get(uri)
+
+    @staticmethod
+    def _uris(entry: EndpointIntent) -> list[str]:
+        out = [entry.l2_uri] if entry.l2_uri else []
+        return out + [u for u in map(entry.l3_uri, sorted(entry.addresses)) if u]
 
     def get(self, key: str) -> EndpointIntent | None:
         """The endpoint ``TENANT/NAME`` of the intent, or None."""
@@ -211,8 +223,15 @@ class IntentIndex:
         changed: Changed = []
         for tenant, fresh in tenants.items():
             old = self._tenants.get(tenant, {})
-            changed += [(k, e, fresh.get(k)) for k, e in old.items() if fresh.get(k) != e]
-            changed += [(k, None, e) for k, e in fresh.items() if k not in old]
+            gone: Changed = [(k, e, fresh.get(k)) for k, e in old.items() if fresh.get(k) != e]
+            new: Changed = [(k, None, e) for k, e in fresh.items() if k not in old]
+            for _, was, now in gone + new:
+                for uri in self._uris(was) if was else ():
+                    if self._by_uri.get(uri) is was:
+                        del self._by_uri[uri]
+                for uri in self._uris(now) if now else ():
+                    self._by_uri[uri] = now
+            changed += gone + new
             if fresh:
                 self._tenants[tenant] = dict(fresh)
             else:

@@ -298,11 +298,21 @@ def tenant_tree(
     return tree
 
 
-def global_tree(tenants: Sequence[str], networks: Sequence[o.ExternalNetwork]) -> Tree:
-    """The universe root (listing every PolicySpace) and the external networks."""
+def global_tree(
+    tenants: Sequence[str], networks: Sequence[o.ExternalNetwork], domain: str = "policyfabric"
+) -> Tree:
+    """The universe root (listing every PolicySpace), the platform's configuration and the
+    external networks.
+
+    ``PlatformConfig/<domain>/`` is what a reference agent resolves first, by the domain it is
+    configured with. It carries only its name: ``encapType`` is left out because the model's enum
+    has no constant for Geneve (the overlay here; a reference agent raises a fault for a type other
+    than its own, and would for any constant we could send), and ``multicastGroupIP`` because
+    flooding here is head-end replication to the bridge domain's hosts, never multicast."""
     tree = Tree()
     tree.root(Cls.POLICY_UNIVERSE, UNIVERSE)
     tree.mos[UNIVERSE].children.extend(space(t) for t in sorted(tenants))
+    tree.add(UNIVERSE, Cls.PLATFORM_CONFIG, domain, **{Prop.NAME: domain})
     for net in networks:
         tree.add(
             UNIVERSE,

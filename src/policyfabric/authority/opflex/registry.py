@@ -219,7 +219,9 @@ class EndpointRegistry:
                 raise RpcError(Code.ERROR, "Malformed message: endpoint holds no EprL2Ep or EprL3Ep")
             expires = time.monotonic() + max(entry.prr, 1)
             for top in sorted(tops, key=lambda m: m.subject != Cls.EPR_L2_EP):  # L2 first
-                children = sum(1 for m in mos if m is not top and (m.parent_uri or "").startswith(top.uri))
+                children = [
+                    m.subject for m in mos if m is not top and (m.parent_uri or "").startswith(top.uri)
+                ]
                 try:
                     checked = check(top, children, self._intent)
                     self._may_declare(agent, checked, holding)
@@ -329,7 +331,7 @@ class EndpointRegistry:
                     why, status = f"the intent moved it to host {new.host}", True
                 else:
                     try:
-                        check(MO.from_wire(decl.mos[0]), 0, self._intent)
+                        check(MO.from_wire(decl.mos[0]), (), self._intent)
                     except Refused as exc:
                         why = f"no longer what the intent says: {exc}"
                 if why is not None:

@@ -103,8 +103,10 @@ class PolicyRepository:
         schedule: Callable[[], None],
         gateways: Callable[[], Mapping[RouterKey, tuple[str, str]]],
         rebuilt: Callable[[Trees], None],
+        domain: str = "policyfabric",
     ) -> None:
         self.authority = authority
+        self.domain = domain  # the OpFlex domain: names the PlatformConfig served
         self._fan_out, self._schedule = fan_out, schedule
         self._gateways, self._rebuilt = gateways, rebuilt
         self.trees: dict[str | None, Tree] = {}
@@ -204,7 +206,7 @@ class PolicyRepository:
                 objects, numbers = authority.snapshot(tenant)
                 if tenant is None:
                     nets = [n for n in objects.get("external_network", []) if isinstance(n, ExternalNetwork)]
-                    out[None] = global_tree(names, nets)
+                    out[None] = global_tree(names, nets, self.domain)
                 elif tenant in names:
                     active = {r: v for (t, r), v in gateways.items() if t == tenant}
                     out[tenant] = tenant_tree(tenant, objects, numbers, active)

@@ -91,6 +91,7 @@ class OpflexServer:
             schedule=self._schedule,
             gateways=self.election.snapshot,
             rebuilt=self._rebuilt,
+            domain=domain,
         )
         states = EndpointStateWriter(authority)
         self.registry = EndpointRegistry(
