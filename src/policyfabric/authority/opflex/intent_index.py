@@ -229,8 +229,9 @@ class IntentIndex:
                 for uri in self._uris(was) if was else ():
                     if self._by_uri.get(uri) is was:
                         del self._by_uri[uri]
-                for uri in self._uris(now) if now else ():
-                    self._by_uri[uri] = now
+                if now is not None:
+                    for uri in self._uris(now):
+                        self._by_uri[uri] = now
             changed += gone + new
             if fresh:
                 self._tenants[tenant] = dict(fresh)
