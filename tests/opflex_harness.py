@@ -99,16 +99,34 @@ def connect(
     return session, writer
 
 
-def identity(name: str) -> list[Any]:
-    return [{"proto_version": "1.0", "name": name, "domain": "policyfabric", "my_role": ["policy_element"]}]
+# what our agent sends in send_identity's data, and what libopflex's sends (it reports no statuses)
+OURS: dict[str, Any] = {"agent": "policyfabric test"}
+REFERENCE: dict[str, Any] = {"mac": "02:00:00:00:00:01", "features": ["erspan-mirror"]}
+
+
+def identity(name: str, data: dict[str, Any] | None = None) -> list[Any]:
+    return [
+        {
+            "proto_version": "1.0",
+            "name": name,
+            "domain": "policyfabric",
+            "my_role": ["policy_element"],
+            "data": OURS if data is None else data,
+        }
+    ]
 
 
 def attach(
-    server: OpflexServer, agent: str, credentials: Credentials | None = None, stalled: bool = False
+    server: OpflexServer,
+    agent: str,
+    credentials: Credentials | None = None,
+    stalled: bool = False,
+    data: dict[str, Any] | None = None,
 ) -> tuple[Session, RecordingWriter]:
-    """A session of ``agent`` that has done its handshake, with no socket behind it."""
+    """A session of ``agent`` that has done its handshake (``data``: its identity's), with no
+    socket behind it."""
     session, writer = connect(server, credentials, stalled)
-    server._identity(session, identity(agent))
+    server._identity(session, identity(agent, data))
     return session, writer
 
 

@@ -32,7 +32,7 @@ from policyfabric.opflex.mo import MO, ref
 from policyfabric.opflex.rpc import RpcError, Session
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child
 from policyfabric.store.sqlite import SqliteStore
-from tests.opflex_harness import RecordingWriter, attach
+from tests.opflex_harness import REFERENCE, RecordingWriter, attach
 
 DEMO = Path(__file__).parent.parent / "examples" / "demo.yaml"
 BD = uri_of("acme", Cls.GBP_BRIDGE_DOMAIN, "bd1")
@@ -427,5 +427,62 @@ def test_the_refusal_counter_is_per_agent_in_the_agents_view(tmp_path: Path) -> 
             "h1": 0,
             "h2": 1,
         }
+
+    fabric(tmp_path, test)
+
+
+def test_a_reference_agent_is_heard_its_endpoint_active_its_faults_and_counters_reported(
+    tmp_path: Path,
+) -> None:
+    """libopflex's agent reports no endpoint status: it declares an endpoint once it is attached,
+    so the declaration makes it ACTIVE. Its ``FaultInstance`` is a fault (cleared by severity
+    ``cleared``), its ``GbpeEpCounter`` sums into its counters."""
+
+    async def test(f: Fabric) -> None:
+        f.sessions["h1"].closed.set()  # h1 comes back as a reference agent (the demo pins web1 to h1)
+        f.sessions["ref"], _ = attach(f.server, "h1", data=REFERENCE)
+        l2, _ = f.of("web1", "h1")
+        assert await f.declare("ref", l2) == {}
+        await f.settled("web1", host="h1", interface="pf-web1", status="ACTIVE")
+
+        def observable(subject: str, uri: str, **props: Any) -> dict[str, Any]:
+            return MO(subject, uri, props).to_wire()
+
+        fault = observable(
+            Cls.FAULT_INSTANCE,
+            "/FaultUniverse/FaultInstance/8encapmismatchconfig/",
+            faultCode=5,
+            severity="critical",
+            description="encapType from fabric doesn't match agent config",
+            affectedObject="/PolicyUniverse/PlatformConfig/policyfabric/",
+        )
+        counters = [
+            observable(
+                Cls.GBPE_EP_COUNTER,
+                f"/ObserverEpStatUniverse/GbpeEpCounter/{u}/",
+                uuid=u,
+                rxPackets=n,
+                txPackets=2 * n,
+            )
+            for u, n in (("a", 10), ("b", 5))
+        ]
+        report = [{"observable": [fault, *counters]}]
+        assert await f.server._handle(f.sessions["ref"], "state_report", report) == {}
+        [seen] = f.server.observer.faults_json()
+        assert (seen["agent"], seen["code"], seen["severity"]) == ("h1", "5", "critical")
+        assert seen["uri"] == "/PolicyUniverse/PlatformConfig/policyfabric/"
+        agent = f.server.observer.agents["h1"]
+        assert agent.counters["endpoints.rxPackets"] == 15 and agent.counters["endpoints.txPackets"] == 30
+        again = observable(Cls.GBPE_EP_COUNTER, "/x/", uuid="a", rxPackets=11, txPackets=20)
+        cleared = {**fault, "properties": [*fault["properties"][:1], {"name": "severity", "data": "cleared"}]}
+        cleared["properties"] = [p for p in fault["properties"] if p["name"] != "severity"] + [
+            {"name": "severity", "data": "cleared"}
+        ]
+        assert (
+            await f.server._handle(f.sessions["ref"], "state_report", [{"observable": [again, cleared]}])
+            == {}
+        )
+        assert agent.counters["endpoints.rxPackets"] == 16 and agent.counters["endpoints.txPackets"] == 30
+        assert f.server.observer.faults_json() == []
 
     fabric(tmp_path, test)

@@ -84,6 +84,9 @@ class Cls:
     PF_FAULT: Final = "PfFault"
     PF_AGENT_COUNTERS: Final = "PfAgentCounters"
     PF_GATEWAY_PORTS: Final = "PfGatewayPorts"
+    # the reference agent's observables
+    FAULT_INSTANCE: Final = "FaultInstance"
+    GBPE_EP_COUNTER: Final = "GbpeEpCounter"
 
 
 class Prop:
@@ -150,6 +153,9 @@ class Prop:
     SEVERITY: Final = "severity"
     DESCRIPTION: Final = "description"
     URI: Final = "uri"
+    # FaultInstance (the reference agent's faults)
+    FAULT_CODE: Final = "faultCode"
+    AFFECTED_OBJECT: Final = "affectedObject"
     # PfGatewayPorts
     EXTERNAL_NETWORKS: Final = "externalNetworks"
 

@@ -13,6 +13,13 @@ its gateway ports). ``state_report`` observables:
 - ``PfGatewayPorts`` (from a gateway agent) says which external networks it
   can serve; ``gateway_ports`` is called so the server re-runs the election.
 
+The reference agent's observables are heard the same way: ``FaultInstance``
+(``faultCode``, ``severity``, ``description``, ``affectedObject``) as a fault,
+and ``GbpeEpCounter`` (one per endpoint, by its uuid) summed into the agent's
+counters as ``endpoints.<name>`` (at most ``MAX_ENDPOINT_COUNTERS`` endpoints
+kept per agent). Its endpoints' status follows their declarations (the
+registry), since it reports none.
+
 Everything is filed under the session's agent, never under a name in the
 payload, and bounded: at most ``MAX_FAULTS`` faults per agent (the oldest
 go, counted in ``faults_dropped``), ``MAX_COUNTERS`` counters (new keys
@@ -44,6 +51,8 @@ log = logging.getLogger(__name__)
 
 MAX_FAULTS = 100  # per agent
 MAX_COUNTERS = 64  # keys per agent
+MAX_ENDPOINT_COUNTERS = 4096  # endpoints per agent whose GbpeEpCounter is kept
+EP_COUNTERS = ("rxPackets", "txPackets", "rxDrop", "txDrop", "rxBytes", "txBytes")  # what is summed
 MAX_NETWORKS = 1024  # external networks a gateway may report a port on
 MAX_KEY, MAX_TEXT, MAX_DESCRIPTION = 64, 256, 1024  # characters
 INT64 = 1 << 63
@@ -64,6 +73,7 @@ class AgentInfo:
     faults_dropped: int = 0  # faults pushed out by newer ones past MAX_FAULTS
     counters_dropped: int = 0  # counter values not kept (past MAX_COUNTERS, or not a bounded value)
     reports_refused: int = 0  # endpoint statuses for endpoints it has not declared
+    endpoint_counters: dict[str, dict[str, int]] = field(default_factory=dict)  # uuid -> GbpeEpCounter
 
     def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
         return {
@@ -182,6 +192,19 @@ class Observer:
                     agent.counters_dropped += 1
                 else:
                     agent.counters[key] = kept
+        elif mo.subject == Cls.FAULT_INSTANCE:
+            code = props.get(Prop.FAULT_CODE)
+            self._fault(
+                agent,
+                {
+                    Prop.CODE: str(code) if isinstance(code, int) and not isinstance(code, bool) else None,
+                    Prop.SEVERITY: props.get(Prop.SEVERITY),
+                    Prop.DESCRIPTION: props.get(Prop.DESCRIPTION),
+                    Prop.URI: props.get(Prop.AFFECTED_OBJECT),
+                },
+            )
+        elif mo.subject == Cls.GBPE_EP_COUNTER:
+            self._endpoint_counters(agent, props)
         elif mo.subject == Cls.PF_GATEWAY_PORTS:
             tunnel, nets = props.get(Prop.TUNNEL_IP), props.get(Prop.EXTERNAL_NETWORKS)
             agent.tunnel_ip = text(tunnel, MAX_KEY)
@@ -191,6 +214,22 @@ class Observer:
                 else frozenset()
             )
             self._gateway_ports()
+
+    def _endpoint_counters(self, agent: AgentInfo, props: dict[str, Any]) -> None:
+        """Keep one endpoint's counters (by its uuid) and show their sums as the agent's (kept as
+        running sums: a report costs what it carries, not the agent's number of endpoints)."""
+        uuid = text(props.get(Prop.UUID), MAX_KEY)
+        known = agent.endpoint_counters
+        if not uuid or (uuid not in known and len(known) >= MAX_ENDPOINT_COUNTERS):
+            agent.counters_dropped += 1
+            return
+        old = known.get(uuid, {})
+        new = {k: v for k in EP_COUNTERS if isinstance(v := props.get(k), int) and not isinstance(v, bool)}
+        new = {k: v for k, v in new.items() if 0 <= v < INT64}
+        known[uuid] = new
+        for k in EP_COUNTERS:
+            total = agent.counters.get(f"endpoints.{k}", 0)
+            agent.counters[f"endpoints.{k}"] = total - old.get(k, 0) + new.get(k, 0)
 
     def _refuse(self, agent: AgentInfo, key: str) -> None:
         agent.reports_refused += 1

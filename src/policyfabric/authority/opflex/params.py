@@ -66,6 +66,15 @@ class Identity(_Params):
     name: Hostname
     domain: str
     my_role: list[str]
+    data: dict[str, Any] | None = None  # ours: {"agent": "policyfabric X"}; libopflex: {mac, features}
+
+    @property
+    def reports_status(self) -> bool:
+        """Whether the agent reports its endpoints' status (ours, ``PfEndpointStatus``). The
+        reference agent does not: it declares an endpoint once it is attached and its policy
+        resolved, so its declaration is what says the endpoint is up."""
+        agent = self.data.get("agent") if self.data else None
+        return isinstance(agent, str) and agent.startswith("policyfabric ")
 
 
 class Resolve(_Params):

@@ -38,6 +38,7 @@ class Peer:
     accepted: float = field(default_factory=time.monotonic)  # when the connection was accepted
     agent: str | None = None  # its name, once identified (once per session)
     current: bool = True  # False once a newer session of the same agent replaced it
+    reports_status: bool = True  # False for a reference agent: its declarations say ACTIVE
     subs: dict[str, float] = field(default_factory=dict)  # policy URI -> lease expiry (monotonic)
     ep_subs: dict[str, float] = field(default_factory=dict)  # registry URI or prefix -> expiry
 

@@ -235,7 +235,7 @@ class EndpointRegistry:
         if refused:
             self._refuse(agent, refused)
         for checked, expires in accepted:
-            self._store(agent, checked, expires)
+            self._store(agent, checked, expires, "BUILD" if peer.reports_status else "ACTIVE")
         self._schedule()
         return {}
 
@@ -299,7 +299,7 @@ class EndpointRegistry:
         more = f" (and {len(refused) - 1} more)" if len(refused) > 1 else ""
         raise RpcError(Code.ERROR, f"Declaration refused: {show(what)}: {why}{more}")
 
-    def _store(self, agent: str, checked: Checked, expires: float) -> None:
+    def _store(self, agent: str, checked: Checked, expires: float, status: str) -> None:
         key, uri = checked.intent.key, checked.mo.uri
         tenant, name = key.split("/", 1)
         self.declarations[uri] = Declaration([checked.mo.to_wire()], agent, expires, (tenant, name))
@@ -309,9 +309,8 @@ class EndpointRegistry:
             held = self.declarations.by_endpoint[key]
             for other in [u for u in held if self.declarations[u].agent != agent]:
                 self._undeclare(other, f"taken over by {agent}", release=False, status=False)
-            self._bind(
-                (tenant, name), agent, checked.mo.properties.get(Prop.INTERFACE_NAME), checked.intent.host
-            )
+            interface = checked.mo.properties.get(Prop.INTERFACE_NAME)
+            self._bind((tenant, name), agent, interface, checked.intent.host, status)
 
     # ---- the intent changed
     def _recheck(self, changed: IntentChanges) -> None:
@@ -342,9 +341,13 @@ class EndpointRegistry:
             self._schedule()
 
     # ---- bindings in the REST API
-    def _bind(self, endpoint: tuple[str, str], agent: str, interface: Any, pinned: str | None) -> None:
-        """The endpoint now lives on ``agent``'s host; BUILD unless it is already up (written by
-        the batch writer: the declaration itself is already in the registry). Written only while
+    def _bind(
+        self, endpoint: tuple[str, str], agent: str, interface: Any, pinned: str | None, status: str
+    ) -> None:
+        """The endpoint now lives on ``agent``'s host; ``status`` (BUILD: our agents report ACTIVE
+        once its flows are in; ACTIVE from a reference agent, which declares it only once it is
+        attached) unless it is already up (written by the batch writer: the declaration itself
+        is already in the registry). Written only while
         the stored host is still ``pinned``, the host the declaration was checked against: an
         operator's move that commits while the binding waits is not undone by it."""
         tenant, name = endpoint
@@ -354,8 +357,8 @@ class EndpointRegistry:
                 name,
                 host=agent,
                 interface=interface if isinstance(interface, str) else None,
-                status="BUILD",
-                unless=("ACTIVE", "BUILD"),
+                status=status,
+                unless=("ACTIVE", status),
                 if_host=(pinned,),
             ),
             unknown=f"opflex: agent {agent} declared endpoint {tenant}/{name}, unknown to the authority",

@@ -237,7 +237,7 @@ class OpflexServer:
             self._spawn(other.close("replaced by a new session with the same certificate"))
         self.observer.connected(name, ident.domain, session.label)
         session.ready = True
-        peer.agent = name
+        peer.agent, peer.reports_status = name, ident.reports_status
         session.label = f"{name}@{session.label}"  # once: a session is identified once
         dialed = peer.dialed
         peers = [dialed] + [a for a in self.advertise if a != dialed]
