@@ -165,7 +165,7 @@ def test_the_ghost_with_flows_in_its_address_is_refused_and_the_session_lives(
             {
                 Prop.UUID: "acme/ghost",
                 Prop.MAC: "02:00:00:00:00:77",
-                Prop.CONTEXT: ref(Cls.GBP_BRIDGE_DOMAIN, BD),
+                Prop.CONTEXT: BD,
                 Prop.IP: [INJECTION],
                 Prop.TUNNEL_IP: "192.0.2.66",
             },
@@ -210,7 +210,10 @@ L2_MUTATIONS: dict[str, tuple[Callable[[MO], MO], str]] = {
         lambda m: _props(m, context=ref(Cls.GBP_BRIDGE_DOMAIN, OTHER_BD)),
         "bridge domain",
     ),
-    "context as a string": (lambda m: _props(m, context=BD), "not its bridge domain"),
+    "context as a reference": (
+        lambda m: _props(m, context=ref(Cls.GBP_BRIDGE_DOMAIN, BD)),
+        "not its bridge domain",
+    ),
     "URI of another MAC": (
         lambda m: MO(m.subject, child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:99"), m.properties),
         "is not its bridge domain and MAC",

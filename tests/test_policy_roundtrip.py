@@ -50,7 +50,7 @@ from policyfabric.opflex.gbp import (
     members_uri,
     uri_of,
 )
-from policyfabric.opflex.mo import MO, Tree, ref
+from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child, unescape
 
 T = "acme"
@@ -220,16 +220,16 @@ def test_contract_rules_come_back_in_order_with_their_classifier_and_action() ->
 
 def test_security_groups_keep_prefixes_remote_groups_and_their_address_set() -> None:
     _, view = full()
-    ssh, members = u(Cls.GBP_SEC_GROUP, "ssh"), members_uri("acme", "ssh")
+    ssh = u(Cls.GBP_SEC_GROUP, "ssh")
     assert view.security_groups[ssh].rules == (
         SgRule(f"{ssh}#0", 0, True, "in", IPV4, TCP, (22, 22), remote_prefix=Prefix("192.0.2.0/24")),
         SgRule(f"{ssh}#1", 1, True, "out", IPV4, None, None),
-        SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=members),
+        SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=ssh),
         SgRule(f"{ssh}#3", 3, True, "in", IPV6, ICMPV6, None, remote_prefix=Prefix("2001:db8::/32")),
     )
     # its members' addresses from the intent; web1's slaac address is not known to the authority
     # (the placeholder that keeps an empty set closed for reference peers is not a member)
-    assert dict(view.address_sets) == {members: ("10.1.0.10", "10.2.0.30")}
+    assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30")}
 
 
 def test_routers_have_a_leg_per_subnet_and_the_elected_external_gateway() -> None:
@@ -304,8 +304,8 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
         "properties": [
             {"name": "uuid", "data": "acme/web1"},
             {"name": "mac", "data": "02:00:00:00:00:01"},
-            {"name": "group", "data": ref("GbpEpGroup", u(Cls.GBP_EP_GROUP, "web"))},
-            {"name": "context", "data": ref("GbpBridgeDomain", bd)},
+            {"name": "group", "data": u(Cls.GBP_EP_GROUP, "web")},
+            {"name": "context", "data": bd},
             {"name": "ip", "data": ["10.1.0.10", "slaac"]},
             {"name": "interfaceName", "data": "tap-web1"},
             {"name": "tunnelIp", "data": "192.0.2.1"},
@@ -318,7 +318,7 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
     }
     [l3] = decl.l3  # one per known address: slaac is learnt, not declared
     assert (l3.subject, l3.uri) == ("EprL3Ep", child(EPR_L3, "EprL3Ep", rd, "10.1.0.10"))
-    assert (l3.properties["ip"], l3.properties["context"]) == ("10.1.0.10", ref("GbpRoutingDomain", rd))
+    assert (l3.properties["ip"], l3.properties["context"]) == ("10.1.0.10", rd)
     # a remote host reads the declaration back from the registry
     wired = [MO.from_wire(json.loads(json.dumps(m.to_wire()))) for m in decl.all]
     assert remote_endpoints(wired, "192.0.2.99", set()) == (
@@ -566,7 +566,7 @@ def test_a_peer_that_ignores_our_classes_sees_remote_groups_restricted_never_ope
     } <= {"ipv4", "ipv6", None}
     # and our agent reads the lonely group's set as empty: nothing allowed
     view = policy_view(tree.mos)
-    assert view.address_sets[members_uri("acme", "nobody")] == ()
+    assert view.address_sets[u(Cls.GBP_SEC_GROUP, "nobody")] == ()
 
 
 def _lonely_group() -> o.SecurityGroup:

@@ -250,7 +250,7 @@ def has_sg_prefix(net: Network) -> bool:
 
 
 def has_member(net: Network) -> bool:
-    return "10.1.0.10" in net.address_sets.get(members_uri(T, "ssh"), ())
+    return "10.1.0.10" in net.address_sets.get(u(Cls.GBP_SEC_GROUP, "ssh"), ())
 
 
 # (where the property is: the object's URI, or "app1" for its registry entry; the property; how a
@@ -339,7 +339,7 @@ FIELDS: list[tuple[str, str, str, Callable[[Any], Any], Present]] = [
     ("registry mac", "app1", Prop.MAC, lambda v: v, lambda n: bool(n.remote)),
     ("registry tunnelIp", "app1", Prop.TUNNEL_IP, lambda v: v, lambda n: bool(n.remote)),
     ("registry classid", "app1", Prop.CLASSID, lambda v: v, lambda n: bool(n.remote)),
-    ("registry context", "app1", Prop.CONTEXT, lambda v: _ref(v), lambda n: bool(n.remote)),
+    ("registry context", "app1", Prop.CONTEXT, lambda v: v, lambda n: bool(n.remote)),
     ("registry uuid", "app1", Prop.UUID, lambda v: v, lambda n: bool(n.remote)),
 ]
 

@@ -27,7 +27,7 @@ from policyfabric.lab.lab import Lab, checked_plan
 from policyfabric.model import scenario as sc
 from policyfabric.opflex.client import PolicyClient, parse_peers
 from policyfabric.opflex.gbp import Cls, Prop, uri_of
-from policyfabric.opflex.mo import MO, ref
+from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError
 from policyfabric.opflex.uri import EPR_L2, child, space
 from tests.lab_harness import endpoint, flows_with_age, lab_fixture
@@ -48,7 +48,7 @@ def ghost() -> MO:
     props = {
         Prop.UUID: "acme/ghost",
         Prop.MAC: mac,
-        Prop.CONTEXT: ref(Cls.GBP_BRIDGE_DOMAIN, BD),
+        Prop.CONTEXT: BD,
         Prop.IP: [INJECTION],
         Prop.TUNNEL_IP: EVIL_TUNNEL,
     }

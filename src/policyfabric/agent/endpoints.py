@@ -31,12 +31,13 @@ from policyfabric.agent.values import (
     ranged,
     refs,
     refuse,
+    uri,
 )
 from policyfabric.agent.values import ref as read_ref
 from policyfabric.agent.view import Endpoint, Group
 from policyfabric.model.types import is_interface
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
-from policyfabric.opflex.mo import MO, REFERENCE_URI, ref
+from policyfabric.opflex.mo import MO, REFERENCE_URI
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child
 
 
@@ -86,11 +87,11 @@ def declaration(
     bd_uri = bd[REFERENCE_URI]
     epg_ref = props.get(Prop.EPG)
     common: dict[str, Any] = {Prop.UUID: f"{tenant}/{name}", Prop.MAC: mac}
-    if isinstance(epg_ref, dict):
-        common[Prop.GROUP] = epg_ref
+    if isinstance(epg_ref, dict):  # group and context are URIs (epr/Context), not references
+        common[Prop.GROUP] = epg_ref[REFERENCE_URI]
     l2_props = {
         **common,
-        Prop.CONTEXT: ref(Cls.GBP_BRIDGE_DOMAIN, bd_uri),
+        Prop.CONTEXT: bd_uri,
         Prop.IP: list(props.get(Prop.IP, [])),
     }
     if interface:
@@ -121,7 +122,7 @@ def declaration(
                     MO(
                         Cls.EPR_L3_EP,
                         child(EPR_L3, Cls.EPR_L3_EP, rd_uri, ip),
-                        {**common, Prop.IP: ip, Prop.CONTEXT: ref(Cls.GBP_ROUTING_DOMAIN, rd_uri)},
+                        {**common, Prop.IP: ip, Prop.CONTEXT: rd_uri},
                         [],
                         Cls.EPR_L3_UNIVERSE,
                         EPR_L3,
@@ -179,7 +180,7 @@ def _remote(mo: MO) -> Endpoint | Refused | None:
             get(p, Prop.UUID, parse_key),
             get(p, Prop.MAC, parse_mac),
             get(p, Prop.IP, addresses),
-            read_ref(p.get(Prop.CONTEXT), Prop.CONTEXT) or "",
+            get(p, Prop.CONTEXT, lambda v: uri(v, Prop.CONTEXT)),
             optional(p, Prop.CLASSID, CLASSID, 0),
             vtep=get(p, Prop.TUNNEL_IP, parse_ipv4),
         )

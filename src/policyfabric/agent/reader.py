@@ -201,17 +201,19 @@ def _sg_rule(
     problems: Problems,
 ) -> list[SgRule]:
     """A rule's remote side is the model's remote-address sets (GbpSubnets): prefixes, or, when
-    the rule also names a remote group (``PfSecGroupRuleToRemoteGroupRSrc``, ours), one set of
-    member addresses the renderers keep as an address set. No remote address: any."""
+    the rule also names a remote group (``PfSecGroupRuleToRemoteGroupRSrc``, ours), that group's
+    member addresses, which the renderers keep as the group's address set. No remote address:
+    any."""
     try:
         containers = _related(policy, rule, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC)
-        by_group = policy.get(child(rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC)) is not None
+        group = _target(policy, rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC)
     except Refused as bad:
         raise _At(rule.uri, bad) from None
-    if by_group:
+    except _At as at:
+        raise _At(rule.uri, at.bad) from None
+    if group is not None:
         if len(containers) != 1:  # not resolved yet, or not what our authority writes: nothing
             return []
-        group = containers[0].uri
         if group not in sets:
             sets[group] = _members(policy, containers[0], problems)
         return [

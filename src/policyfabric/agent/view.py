@@ -51,8 +51,7 @@ class Rule:
 @dataclass(frozen=True)
 class SgRule(Rule):
     """A security group rule (always allow): ``direction`` is in (ingress) or out (egress); the
-    remote side is a prefix, the members of a group (``remote_group``, the URI of its member set, a
-    GbpSubnets), or any."""
+    remote side is a prefix, the members of a group (``remote_group``, a GbpSecGroup URI), or any."""
 
     remote_prefix: Prefix | None = None
     remote_group: str | None = None
@@ -216,7 +215,7 @@ class Network:
     security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
     address_sets: Mapping[str, tuple[IpAddress, ...]] = field(
         default_factory=dict
-    )  # member set (GbpSubnets URI) → member IPs
+    )  # group → member IPs
     routers: Mapping[str, Router] = field(default_factory=dict)
     external: Mapping[str, ExternalNet] = field(default_factory=dict)  # by URI
     floating_ips: tuple[FloatingIp, ...] = ()

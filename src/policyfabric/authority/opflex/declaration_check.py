@@ -24,7 +24,7 @@ from typing import Any
 from policyfabric.authority.opflex.intent_index import SLAAC, EndpointIntent, IntentIndex
 from policyfabric.model.types import is_interface
 from policyfabric.opflex.gbp import Cls, Prop
-from policyfabric.opflex.mo import MO, ref
+from policyfabric.opflex.mo import MO
 from policyfabric.opflex.uri import EPR_L2, EPR_L3
 
 # Linux's rules (at most 15 bytes; no "/", ":", whitespace), narrowed to what OVS and the
@@ -88,8 +88,7 @@ def _must(ok: bool, what: str, value: object, why: str) -> None:
 def _group(p: dict[str, Any], intent: EndpointIntent) -> None:
     """``group``, if given, is the endpoint's group."""
     if Prop.GROUP in p:
-        want = ref(Cls.GBP_EP_GROUP, intent.group) if intent.group else None
-        _must(p[Prop.GROUP] == want, "group", p[Prop.GROUP], "is not the group the intent gives it")
+        _must(p[Prop.GROUP] == intent.group, "group", p[Prop.GROUP], "is not the group the intent gives it")
 
 
 def _l2(mo: MO, intent: EndpointIntent) -> None:
@@ -98,7 +97,7 @@ def _l2(mo: MO, intent: EndpointIntent) -> None:
         raise Refused("the intent gives it no bridge domain")
     _must(mo.uri == intent.l2_uri, "URI", mo.uri, "is not its bridge domain and MAC")
     context = p.get(Prop.CONTEXT)
-    _must(context == ref(Cls.GBP_BRIDGE_DOMAIN, intent.bd), "context", context, "is not its bridge domain")
+    _must(context == intent.bd, "context", context, "is not its bridge domain")
     ips = p.get(Prop.IP, [])
     _must(isinstance(ips, list), "ip", ips, "is not a list")
     for ip in ips:
@@ -124,7 +123,7 @@ def _l3(mo: MO, intent: EndpointIntent) -> None:
     _must(isinstance(ip, str) and ip in intent.addresses, "ip", ip, "is not one of its addresses")
     _must(mo.uri == intent.l3_uri(str(ip)), "URI", mo.uri, "is not its routing domain and address")
     context = p.get(Prop.CONTEXT)
-    _must(context == ref(Cls.GBP_ROUTING_DOMAIN, intent.rd), "context", context, "is not its routing domain")
+    _must(context == intent.rd, "context", context, "is not its routing domain")
 
 
 def check(mo: MO, children: Sequence[str], index: IntentIndex) -> Checked:
