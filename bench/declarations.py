@@ -138,14 +138,17 @@ async def run(endpoints: int, hosts: int, rounds: int) -> dict[str, Any]:
         except ImportError:  # the baseline tree: no checks
             return out
         mos = [MO.from_wire(m) for _, params in work[2:] for m in params[0]["endpoint"]]  # ep1's changed
+        tops = [
+            (m, [c for c in mos if c.parent_uri == m.uri]) for m in mos if m.subject in ("EprL2Ep", "EprL3Ep")
+        ]
         index = server.policy.intent
         checks = []
         for _ in range(rounds):
             start = time.perf_counter()
-            for mo in mos:
-                check(mo, (), index)
+            for mo, children in tops:
+                check(mo, children, index)
             checks.append(time.perf_counter() - start)
-        out["check_per_s"] = round(len(mos) / statistics.median(checks))
+        out["check_per_s"] = round(len(tops) / statistics.median(checks))
         builds = []
         for _ in range(rounds):
             start = time.perf_counter()

@@ -94,9 +94,12 @@ def test_an_endpoint_is_declared_once_its_policy_is_resolved() -> None:
     assert client.registry == {} and ("PfEndpoint", EP) in client.resolved
     client.policy = policy()
     declarer.sync([WEB1_PORT])
-    [(l2, *l3)] = client.registry.values()
-    assert l2.properties["mac"] == "02:50:46:00:00:01" and l2.properties["tunnelIp"] == "192.0.2.1"
-    assert l2.properties["interfaceName"] == "tap-web1" and l2.properties["classid"] == 0x4001
+    [(l2, *rest)] = client.registry.values()
+    kids = {m.subject: m.properties for m in rest if m.parent_uri == l2.uri}
+    l3 = [m for m in rest if m.subject == "EprL3Ep"]
+    assert l2.properties["mac"] == "02:50:46:00:00:01" and l2.properties["interfaceName"] == "tap-web1"
+    assert kids["PfEpTunnel"] == {"tunnelIp": "192.0.2.1", "classid": 0x4001}
+    assert kids["EprL3Net"] == {"ip": "10.1.0.10"}
     assert [m.properties["ip"] for m in l3] == ["10.1.0.10"]
     assert any(
         uri.startswith("/EprL2Universe/") for _, uri in client.following

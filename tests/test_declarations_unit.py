@@ -63,10 +63,17 @@ class Fabric:
         await self.server.flush()
 
     def of(self, name: str, host: str, tunnel: str = "192.0.2.1") -> tuple[MO, list[MO]]:
-        """The (L2, L3s) a well-behaved agent on ``host`` declares for ``name``."""
+        """The (L2, L3s) a well-behaved agent on ``host`` declares for ``name`` (the L2 alone, without
+        its addresses and tunnel: ``request`` has them)."""
         decl = declaration(self.server.policy.trees["acme"].mos, "acme", name, f"pf-{name}", tunnel)
         assert decl is not None
         return decl.l2, decl.l3
+
+    def request(self, name: str, tunnel: str = "192.0.2.1") -> list[MO]:
+        """The L2 request a well-behaved agent sends for ``name``: its EprL2Ep, EprL3Net and PfEpTunnel."""
+        decl = declaration(self.server.policy.trees["acme"].mos, "acme", name, f"pf-{name}", tunnel)
+        assert decl is not None
+        return [decl.l2, *decl.l2_children]
 
     def registry(self) -> dict[str, str]:
         """What the registry holds: URI -> declaring agent."""
@@ -159,20 +166,29 @@ def test_the_ghost_with_flows_in_its_address_is_refused_and_the_session_lives(
     """The finding: an endpoint that is not in the intent, with flow syntax in its address."""
 
     async def test(f: Fabric) -> None:
-        ghost = MO(
-            Cls.EPR_L2_EP,
-            child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:77"),
-            {
-                Prop.UUID: "acme/ghost",
-                Prop.MAC: "02:00:00:00:00:77",
-                Prop.CONTEXT: BD,
-                Prop.IP: [INJECTION],
-                Prop.TUNNEL_IP: "192.0.2.66",
-            },
-        )
+        uri = child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:77")
+        address, tunnel = child(uri, Cls.EPR_L3_NET, INJECTION), child(uri, Cls.PF_EP_TUNNEL)
+        ghost = [
+            MO(
+                Cls.EPR_L2_EP,
+                uri,
+                {Prop.UUID: "acme/ghost", Prop.MAC: "02:00:00:00:00:77", Prop.CONTEXT: BD},
+                [address, tunnel],
+            ),
+            MO(Cls.EPR_L3_NET, address, {Prop.IP: INJECTION}, [], Cls.EPR_L2_EP, uri, Cls.EPR_L3_NET),
+            MO(
+                Cls.PF_EP_TUNNEL,
+                tunnel,
+                {Prop.TUNNEL_IP: "192.0.2.66"},
+                [],
+                Cls.EPR_L2_EP,
+                uri,
+                Cls.PF_EP_TUNNEL,
+            ),
+        ]
         with caplog.at_level(logging.WARNING):
-            message = await refused(f, "evil", ghost, why="'acme/ghost' is not an endpoint of the intent")
-            await refused(f, "evil", ghost)
+            message = await refused(f, "evil", *ghost, why="'acme/ghost' is not an endpoint of the intent")
+            await refused(f, "evil", *ghost)
         assert f.pushed("h2") == [] and f.refused("evil") == 2
         logged = [r.getMessage() for r in caplog.records if "refused" in r.getMessage()]
         assert len(logged) == 1 and "evil" in logged[0] and "acme/ghost" in logged[0], logged  # once
@@ -197,45 +213,89 @@ def _props(mo: MO, **changes: Any) -> MO:
 
 
 OTHER_BD = uri_of("acme", Cls.GBP_BRIDGE_DOMAIN, "bd2")
-L2_MUTATIONS: dict[str, tuple[Callable[[MO], MO], str]] = {
-    "ghost uuid": (lambda m: _props(m, uuid="acme/ghost"), "not an endpoint of the intent"),
-    "uuid not a string": (lambda m: _props(m, uuid=["acme/web1"]), "not an endpoint of the intent"),
-    "another MAC": (lambda m: _props(m, mac="02:00:00:00:00:99"), "is not its MAC"),
-    "another's address": (lambda m: _props(m, ip=["10.1.0.11"]), "not one of its addresses"),
-    "injection in ip": (lambda m: _props(m, ip=[INJECTION]), "not one of its addresses"),
-    "an address with a scope": (lambda m: _props(m, ip=["fe80::1%eth0,actions=NORMAL"]), "not one of"),
-    "ip not a list": (lambda m: _props(m, ip="10.1.0.10"), "is not a list"),
-    "slaac when not slaac": (lambda m: _props(m, ip=["slaac"]), "not one of its addresses"),
-    "another bridge domain": (
-        lambda m: _props(m, context=ref(Cls.GBP_BRIDGE_DOMAIN, OTHER_BD)),
-        "bridge domain",
+Request = list[MO]
+
+
+def _on(subject: str, **changes: Any) -> Callable[[Request], Request]:
+    """Change the properties of the request's ``subject`` object."""
+    return lambda r: [_props(m, **changes) if m.subject == subject else m for m in r]
+
+
+def _l2(**changes: Any) -> Callable[[Request], Request]:
+    return _on(Cls.EPR_L2_EP, **changes)
+
+
+def _address(ip: Any) -> Callable[[Request], Request]:
+    """Its EprL3Net child's address changed, the URI following where it can."""
+
+    def change(r: Request) -> Request:
+        out = []
+        for m in r:
+            if m.subject == Cls.EPR_L3_NET:
+                m = _props(m, ip=ip)
+                if isinstance(ip, str):
+                    m.uri = child(r[0].uri, Cls.EPR_L3_NET, ip)
+            out.append(m)
+        return out
+
+    return change
+
+
+def _tunnel(**changes: Any) -> Callable[[Request], Request]:
+    return _on(Cls.PF_EP_TUNNEL, **changes)
+
+
+L2_MUTATIONS: dict[str, tuple[Callable[[Request], Request], str]] = {
+    "ghost uuid": (_l2(uuid="acme/ghost"), "not an endpoint of the intent"),
+    "uuid not a string": (_l2(uuid=["acme/web1"]), "not an endpoint of the intent"),
+    "another MAC": (_l2(mac="02:00:00:00:00:99"), "is not its MAC"),
+    "another's address": (_address("10.1.0.11"), "not one of its addresses"),
+    "injection in ip": (_address(INJECTION), "not one of its addresses"),
+    "an address with a scope": (_address("fe80::1%eth0,actions=NORMAL"), "not one of"),
+    "ip a list": (_address(["10.1.0.10"]), "not one of its addresses"),
+    "slaac as an address": (_address("slaac"), "not one of its addresses"),
+    "an address under another URI": (
+        lambda r: [
+            MO(
+                m.subject,
+                child(r[0].uri, Cls.EPR_L3_NET, "10.1.0.11"),
+                m.properties,
+                [],
+                m.parent_subject,
+                m.parent_uri,
+                m.parent_relation,
+            )
+            if m.subject == Cls.EPR_L3_NET
+            else m
+            for m in r
+        ],
+        "is not its address",
     ),
-    "context as a reference": (
-        lambda m: _props(m, context=ref(Cls.GBP_BRIDGE_DOMAIN, BD)),
-        "not its bridge domain",
-    ),
+    "ip on the L2 itself": (_l2(ip=["10.1.0.10"]), "are not accepted"),
+    "another bridge domain": (_l2(context=OTHER_BD), "bridge domain"),
+    "context as a reference": (_l2(context=ref(Cls.GBP_BRIDGE_DOMAIN, BD)), "not its bridge domain"),
     "URI of another MAC": (
-        lambda m: MO(m.subject, child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:99"), m.properties),
+        lambda r: [MO(r[0].subject, child(EPR_L2, Cls.EPR_L2_EP, BD, "02:00:00:00:00:99"), r[0].properties)],
         "is not its bridge domain and MAC",
     ),
-    "another class id": (lambda m: _props(m, classid=0x4002), "not its group's"),
-    "class id as a bool": (lambda m: _props(m, classid=True), "not its group's"),
-    "another group": (
-        lambda m: _props(m, group=ref(Cls.GBP_EP_GROUP, uri_of("acme", Cls.GBP_EP_GROUP, "app"))),
+    "another class id": (_tunnel(classid=0x4002), "not its group's"),
+    "class id as a bool": (_tunnel(classid=True), "not its group's"),
+    "another group": (_l2(group=uri_of("acme", Cls.GBP_EP_GROUP, "app")), "not the group"),
+    "group as a reference": (
+        _l2(group=ref(Cls.GBP_EP_GROUP, uri_of("acme", Cls.GBP_EP_GROUP, "web"))),
         "not the group",
     ),
-    "injection in interfaceName": (
-        lambda m: _props(m, interfaceName="tap0\nactions=NORMAL"),
-        "interface name",
-    ),
-    "interfaceName too long": (lambda m: _props(m, interfaceName="a" * 65), "interface name"),
-    "interfaceName with a slash": (lambda m: _props(m, interfaceName="../etc"), "interface name"),
-    "injection in tunnelIp": (lambda m: _props(m, tunnelIp="192.0.2.1,actions=NORMAL"), "unicast IPv4"),
-    "tunnelIp IPv6": (lambda m: _props(m, tunnelIp="2001:db8::1"), "unicast IPv4"),
-    "tunnelIp multicast": (lambda m: _props(m, tunnelIp="224.0.0.1"), "unicast IPv4"),
-    "tunnelIp with a space": (lambda m: _props(m, tunnelIp=" 192.0.2.1"), "unicast IPv4"),
-    "tunnelIp a number": (lambda m: _props(m, tunnelIp=3221225985), "unicast IPv4"),
-    "a property nobody reads": (lambda m: _props(m, actions="NORMAL"), "are not accepted"),
+    "injection in interfaceName": (_l2(interfaceName="tap0\nactions=NORMAL"), "interface name"),
+    "interfaceName too long": (_l2(interfaceName="a" * 65), "interface name"),
+    "interfaceName with a slash": (_l2(interfaceName="../etc"), "interface name"),
+    "injection in tunnelIp": (_tunnel(tunnelIp="192.0.2.1,actions=NORMAL"), "unicast IPv4"),
+    "tunnelIp IPv6": (_tunnel(tunnelIp="2001:db8::1"), "unicast IPv4"),
+    "tunnelIp multicast": (_tunnel(tunnelIp="224.0.0.1"), "unicast IPv4"),
+    "tunnelIp with a space": (_tunnel(tunnelIp=" 192.0.2.1"), "unicast IPv4"),
+    "tunnelIp a number": (_tunnel(tunnelIp=3221225985), "unicast IPv4"),
+    "tunnelIp on the L2 itself": (_l2(tunnelIp="192.0.2.1"), "are not accepted"),
+    "a property nobody reads": (_l2(actions="NORMAL"), "are not accepted"),
+    "a property nobody reads on the tunnel": (_tunnel(actions="NORMAL"), "are not accepted"),
 }
 
 
@@ -245,11 +305,12 @@ def test_an_l2_declaration_that_differs_from_the_intent_is_refused(tmp_path: Pat
     mutate, why = L2_MUTATIONS[mutation]
 
     async def test(f: Fabric) -> None:
-        l2, _ = f.of("web1", "h1")
-        await refused(f, "h1", mutate(l2), why=why)
+        request = f.request("web1")
+        await refused(f, "h1", *mutate(copy.deepcopy(request)), why=why)
         assert f.pushed("h2") == [] and f.refused("h1") == 1
         assert f.endpoint("web1")["status"] == "DOWN"
-        assert await f.declare("h1", l2) == {}  # the control: unchanged, it is accepted
+        assert await f.declare("h1", *request) == {}  # the control: unchanged, it is accepted
+        assert [uri for uris, _ in f.pushed("h2") for uri in uris] == [m.uri for m in request]
 
     fabric(tmp_path, test)
 
@@ -312,6 +373,16 @@ def test_a_reference_agents_declaration_is_matched_by_its_uri_and_stored_as_chec
     fabric(tmp_path, test)
 
 
+def with_addresses(l2: MO, ips: list[str]) -> list[MO]:
+    """``l2`` with these addresses as its EprL3Net children."""
+    kids = [
+        MO(Cls.EPR_L3_NET, child(l2.uri, Cls.EPR_L3_NET, ip), {Prop.IP: ip}, [], l2.subject, l2.uri, "n")
+        for ip in ips
+    ]
+    top = MO(l2.subject, l2.uri, dict(l2.properties), [k.uri for k in kids], l2.parent_subject, l2.parent_uri)
+    return [top, *kids]
+
+
 def eui64(mac: str, prefix: str) -> str:
     """``prefix`` (a /64) with the modified EUI-64 interface identifier of ``mac`` (RFC 4291)."""
     octets = [int(x, 16) for x in mac.split(":")]
@@ -327,13 +398,14 @@ def test_derived_ipv6_addresses_are_declarable(tmp_path: Path) -> None:
     async def test(f: Fabric) -> None:
         l2, _ = f.of("web2", "h2")
         mac = l2.properties[Prop.MAC]
-        own = ["10.1.0.11", "slaac", eui64(mac, "fe80::/64"), eui64(mac, "fd00:1::/64")]
-        assert await f.declare("h2", _props(l2, ip=own)) == {}
+        own = ["10.1.0.11", eui64(mac, "fe80::/64"), eui64(mac, "fd00:1::/64")]
+        assert await f.declare("h2", *with_addresses(l2, own)) == {}
         web1, _ = f.of("web1", "h1")
         mac1 = web1.properties[Prop.MAC]
-        assert await f.declare("h1", _props(web1, ip=["10.1.0.10", eui64(mac1, "fe80::/64")])) == {}
-        await refused(f, "h1", _props(web1, ip=[eui64(mac1, "fd00:1::/64")]), why="not one of its addresses")
-        await refused(f, "h1", _props(web1, ip=[eui64(mac, "fe80::/64")]), why="not one of its addresses")
+        assert await f.declare("h1", *with_addresses(web1, ["10.1.0.10", eui64(mac1, "fe80::/64")])) == {}
+        why = "not one of its addresses"
+        await refused(f, "h1", *with_addresses(web1, [eui64(mac1, "fd00:1::/64")]), why=why)
+        await refused(f, "h1", *with_addresses(web1, [eui64(mac, "fe80::/64")]), why=why)
 
     fabric(tmp_path, test)
 
@@ -347,11 +419,18 @@ def test_a_pinned_endpoint_is_declared_by_its_host_only(tmp_path: Path) -> None:
         await refused(f, "h2", f.of("web1", "h2", tunnel="192.0.2.2")[0], why="pins it to host 'h1'")
         assert f.pushed("h2") == [] and f.endpoint("web1").get("host") == "h1"
         l2, l3 = f.of("web1", "h1")
-        assert await f.declare("h1", l2, *l3) == {}
+        request = f.request("web1")
+        assert await f.declare("h1", *request, *l3) == {}
         # held live by h1: the same answer, now for two reasons
         await refused(f, "evil", evil, why="declared by agent 'h1', whose session is live")
-        assert f.registry() == {l2.uri: "h1", l3[0].uri: "h1"}
-        assert [p.properties.get(Prop.TUNNEL_IP) for p in [l2]] == ["192.0.2.1"]
+        assert {k: v for k, v in f.registry().items() if "EprL3Ep/" in k or k == l2.uri} == {
+            l2.uri: "h1",
+            l3[0].uri: "h1",
+        }
+        tunnel = [m for m in f.server.registry.declarations[l2.uri].mos if m["subject"] == Cls.PF_EP_TUNNEL]
+        assert [p["data"] for t in tunnel for p in t["properties"] if p["name"] == Prop.TUNNEL_IP] == [
+            "192.0.2.1"
+        ]
 
     fabric(tmp_path, test)
 
@@ -396,7 +475,8 @@ def test_declarations_the_intent_no_longer_allows_are_withdrawn(tmp_path: Path) 
     async def test(f: Fabric) -> None:
         l2, l3 = f.of("web1", "h1")
         app2, app2_l3 = f.of("app2", "h1")
-        assert await f.declare("h1", l2, *l3) == {} and await f.declare("h1", app2, *app2_l3) == {}
+        assert await f.declare("h1", *f.request("web1"), *l3) == {}  # with its address (EprL3Net)
+        assert await f.declare("h1", app2, *app2_l3) == {}
         await f.settled("web1", host="h1", status="BUILD")
         pushes = len(f.pushed("h2"))
 

@@ -138,7 +138,7 @@ def test_declarations_and_reports_reach_the_rest_views(tmp_path: Path) -> None:
         [h1_view, _] = server.agents_json()
         assert h1_view["endpoints"] == ["acme/web1"] and h1_view["subscriptions"] == 0
         [update] = h2_seen.messages("endpoint_update")
-        assert [m["uri"] for m in update["params"][0]["replace"]] == [decl.l2.uri]
+        assert [m["uri"] for m in update["params"][0]["replace"]] == [m.uri for m in decl.requests[0]]
         await web1(authority, status="BUILD", host="h1", interface="tap1")
 
         status = MO(Cls.PF_ENDPOINT_STATUS, "/x/", {Prop.ENDPOINT: "acme/web1", Prop.STATUS: "ACTIVE"})

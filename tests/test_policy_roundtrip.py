@@ -298,20 +298,23 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
     assert decl is not None
     bd, rd = u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), u(Cls.GBP_ROUTING_DOMAIN, "vrf1")
     assert decl.bridge_domain == bd
+    l2_uri = child(EPR_L2, "EprL2Ep", bd, "02:00:00:00:00:01")
+    # its addresses as the model lists them (slaac is learnt, not declared); its tunnel is ours
+    assert [(m.subject, m.properties) for m in decl.l2_children] == [
+        ("EprL3Net", {"ip": "10.1.0.10"}),
+        ("PfEpTunnel", {"tunnelIp": "192.0.2.1", "classid": 16385}),
+    ]
     assert decl.l2.to_wire() == {
         "subject": "EprL2Ep",
-        "uri": child(EPR_L2, "EprL2Ep", bd, "02:00:00:00:00:01"),
+        "uri": l2_uri,
         "properties": [
             {"name": "uuid", "data": "acme/web1"},
             {"name": "mac", "data": "02:00:00:00:00:01"},
             {"name": "group", "data": u(Cls.GBP_EP_GROUP, "web")},
             {"name": "context", "data": bd},
-            {"name": "ip", "data": ["10.1.0.10", "slaac"]},
             {"name": "interfaceName", "data": "tap-web1"},
-            {"name": "tunnelIp", "data": "192.0.2.1"},
-            {"name": "classid", "data": 16385},
         ],
-        "children": [],
+        "children": [l2_uri + "EprL3Net/10.1.0.10/", l2_uri + "PfEpTunnel/"],
         "parent_subject": "EprL2Universe",
         "parent_uri": "/EprL2Universe/",
         "parent_relation": "EprL2Ep",
@@ -320,7 +323,7 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
     assert (l3.subject, l3.uri) == ("EprL3Ep", child(EPR_L3, "EprL3Ep", rd, "10.1.0.10"))
     assert (l3.properties["ip"], l3.properties["context"]) == ("10.1.0.10", rd)
     # a remote host reads the declaration back from the registry
-    wired = [MO.from_wire(json.loads(json.dumps(m.to_wire()))) for m in decl.all]
+    wired = {m.uri: MO.from_wire(json.loads(json.dumps(m.to_wire()))) for m in decl.all}
     assert remote_endpoints(wired, "192.0.2.99", set()) == (
         Endpoint(
             "acme/web1",
@@ -334,7 +337,8 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
     assert remote_endpoints(wired, "192.0.2.1", set()) == ()  # its own host skips it
     # vm9 has no group: no group reference, no class id
     vm9 = declaration(cache, T, "vm9")
-    assert vm9 is not None and Prop.GROUP not in vm9.l2.properties and Prop.CLASSID not in vm9.l2.properties
+    assert vm9 is not None and Prop.GROUP not in vm9.l2.properties
+    assert [m.subject for m in vm9.l2_children] == ["EprL3Net"]  # no tunnel given, no class id
 
 
 # ---- random intents -------------------------------------------------------------------------------
@@ -456,7 +460,7 @@ def test_any_intent_comes_back_from_the_agents_view(
         )
         decl = declaration(cache, tenant, ep.name, None, "192.0.2.1")
         assert decl is not None
-        [remote] = remote_endpoints(decl.all, "192.0.2.2", set())
+        [remote] = remote_endpoints({m.uri: m for m in decl.all}, "192.0.2.2", set())
         assert remote == Endpoint(
             key, Mac(str(ep.mac)), local.ips, bd_uri, group.classid, vtep=Ipv4Address("192.0.2.1")
         )

@@ -72,6 +72,12 @@ def registry(policy_cache: dict[str, MO]) -> list[MO]:
     return [MO.from_wire(json.loads(json.dumps(m.to_wire()))) for m in decl.all]
 
 
+def entry(entries: list[MO], where: str) -> MO:
+    """app1's registry entry (``app1``), its address (``app1/ip``) or its tunnel (``app1/tunnel``)."""
+    subject = {"app1": Cls.EPR_L2_EP, "app1/ip": Cls.EPR_L3_NET, "app1/tunnel": Cls.PF_EP_TUNNEL}[where]
+    return next(m for m in entries if m.subject == subject)
+
+
 def agent_view(policy_cache: dict[str, MO], entries: list[MO]) -> Network:
     """h1's view (web1 and vm9 plugged, hybrid; app1 remote; a port on the public network; the
     active SNAT gateway), built as ``OvsAgent.network`` builds it."""
@@ -84,7 +90,7 @@ def agent_view(policy_cache: dict[str, MO], entries: list[MO]) -> Network:
         )
         if ep is not None:
             local.append(ep)
-    remote = remote_endpoints(entries, "192.0.2.1", {e.key for e in local}, invalid)
+    remote = remote_endpoints({m.uri: m for m in entries}, "192.0.2.1", {e.key for e in local}, invalid)
     external = {uri: replace(ext, ofport=5) for uri, ext in base.external.items()}
     return replace(
         base,
@@ -335,10 +341,10 @@ FIELDS: list[tuple[str, str, str, Callable[[Any], Any], Present]] = [
     ("security group member address", MEMBER, Prop.ADDRESS, lambda v: v, has_member),
     ("security group remote address", SG_REMOTE, Prop.ADDRESS, lambda v: v, has_sg_prefix),
     ("security group remote prefixLen", SG_REMOTE, Prop.PREFIX_LEN, lambda v: v, has_sg_prefix),
-    ("registry ip", "app1", Prop.IP, lambda v: [v], lambda n: bool(n.remote)),
+    ("registry ip", "app1/ip", Prop.IP, lambda v: v, lambda n: bool(n.remote)),
     ("registry mac", "app1", Prop.MAC, lambda v: v, lambda n: bool(n.remote)),
-    ("registry tunnelIp", "app1", Prop.TUNNEL_IP, lambda v: v, lambda n: bool(n.remote)),
-    ("registry classid", "app1", Prop.CLASSID, lambda v: v, lambda n: bool(n.remote)),
+    ("registry tunnelIp", "app1/tunnel", Prop.TUNNEL_IP, lambda v: v, lambda n: bool(n.remote)),
+    ("registry classid", "app1/tunnel", Prop.CLASSID, lambda v: v, lambda n: bool(n.remote)),
     ("registry context", "app1", Prop.CONTEXT, lambda v: v, lambda n: bool(n.remote)),
     ("registry uuid", "app1", Prop.UUID, lambda v: v, lambda n: bool(n.remote)),
 ]
@@ -357,11 +363,12 @@ def test_a_hostile_value_in_any_rendered_field_is_refused_and_named(
     for hostile in HOSTILE:
         c = cache()
         entries = registry(c)
-        mo = next(m for m in entries if m.subject == Cls.EPR_L2_EP) if where == "app1" else c[where]
+        mo = entry(entries, where) if where.startswith("app1") else c[where]
         mo.properties[prop] = embed(hostile)
         net = agent_view(c, entries)
         assert not present(net), f"{prop}={hostile!r} was not refused"
-        named = [i for i in net.invalid if i.uri == mo.uri]
+        at = entry(entries, "app1").uri if where.startswith("app1") else mo.uri  # the entry left out
+        named = [i for i in net.invalid if i.uri == at]
         assert named and all("\n" not in str(i) for i in net.invalid), (hostile, net.invalid)
         assert prop in {i.field for i in named} or prop == Prop.TARGET, (hostile, named)
         assert_canonical(net)
@@ -372,7 +379,7 @@ def test_an_invalid_value_is_logged_once_and_raised_as_one_fault_until_it_is_gon
 ) -> None:
     c = cache()
     entries = registry(c)
-    entries[0].properties[Prop.IP] = [INJECTION]
+    entry(entries, "app1/ip").properties[Prop.IP] = INJECTION
     invalid = agent_view(c, entries).invalid
     reports = InvalidPolicy("h1")
     session, other = object(), object()
@@ -412,12 +419,11 @@ def hostile_caches(draw: st.DrawFn) -> tuple[dict[str, MO], list[MO]]:
     of any object."""
     c = cache()
     entries = registry(c)
-    app1 = next(m for m in entries if m.subject == Cls.EPR_L2_EP)
     mos = sorted(c.values(), key=lambda m: m.uri) + entries
     for _ in range(draw(st.integers(1, 6))):
         if draw(st.booleans()):
             where, prop = draw(st.sampled_from(RENDERED))
-            mo = app1 if where == "app1" else c[where]
+            mo = entry(entries, where) if where.startswith("app1") else c[where]
             hostile = draw(st.sampled_from(STRINGS) | JSON_VALUES)
             value = draw(st.sampled_from([hostile, [hostile], _ref(hostile)]))
         else:
@@ -433,7 +439,7 @@ def the_finding() -> tuple[dict[str, MO], list[MO]]:
     endpoint's intent: always among the examples."""
     c = cache()
     entries = registry(c)
-    entries[0].properties[Prop.IP] = [INJECTION]
+    entry(entries, "app1/ip").properties[Prop.IP] = INJECTION
     c[endpoint_uri(T, "web1")].properties[Prop.IP] = ["10.1.0.10", "fe80::1%eth0 actions=NORMAL"]
     return c, entries
 
@@ -457,11 +463,20 @@ def test_the_agents_view_leaves_out_the_finding_and_names_it() -> None:
     )
     c = cache()
     entries = registry(c)
-    ghost = copy.deepcopy(entries[0])
-    ghost.uri = ghost.uri.replace("02%3a00%3a00%3a00%3a00%3a02", "02%3a00%3a00%3a00%3a00%3a77")
-    ghost.properties.update({Prop.UUID: "acme/ghost", Prop.MAC: "02:00:00:00:00:77", Prop.IP: [INJECTION]})
+    app1 = entry(entries, "app1")
+    ghosts = []
+    for m in (app1, entry(entries, "app1/ip"), entry(entries, "app1/tunnel")):
+        g = copy.deepcopy(m)
+        g.uri = g.uri.replace("02%3a00%3a00%3a00%3a00%3a02", "02%3a00%3a00%3a00%3a00%3a77")
+        g.children = [
+            u.replace("02%3a00%3a00%3a00%3a00%3a02", "02%3a00%3a00%3a00%3a00%3a77") for u in g.children
+        ]
+        ghosts.append(g)
+    ghost = ghosts[0]
+    ghost.properties.update({Prop.UUID: "acme/ghost", Prop.MAC: "02:00:00:00:00:77"})
+    ghosts[1].properties[Prop.IP] = INJECTION
     agent.client.policy = c
-    agent.client.endpoints = {m.uri: m for m in (*entries, ghost)}
+    agent.client.endpoints = {m.uri: m for m in (*entries, *ghosts)}
     agent.ovsdb = SimpleNamespace(ofports={})  # type: ignore[assignment]
     net = agent.network([Plugged("acme/web1", "qvo7", 7)], TUNNEL)
     assert [e.key for e in net.local] == ["acme/web1"] and [e.key for e in net.remote] == ["acme/app1"]

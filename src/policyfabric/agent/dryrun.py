@@ -30,8 +30,8 @@ class DryRunAgent:
             decl = declaration(self.client.policy, tenant, name, interface=f"dry-{name}"[:15])
             if decl is None:
                 continue
-            for mo in decl.all:
-                self.client.declare([mo])
+            for request in decl.requests:
+                self.client.declare(request)
             self.client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(decl.bridge_domain))
 
     def table(self) -> Table:

@@ -15,7 +15,7 @@ rest of the reader does (``reader.py``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,7 @@ from policyfabric.agent.values import (
     addresses,
     get,
     optional,
+    parse_ip,
     parse_ipv4,
     parse_key,
     parse_mac,
@@ -46,10 +47,16 @@ class Declaration:
     l2: MO
     l3: list[MO]
     bridge_domain: str  # URI
+    l2_children: tuple[MO, ...] = ()  # its addresses (EprL3Net) and its tunnel (PfEpTunnel)
 
     @property
     def all(self) -> list[MO]:
-        return [self.l2, *self.l3]
+        return [self.l2, *self.l2_children, *self.l3]
+
+    @property
+    def requests(self) -> list[list[MO]]:
+        """The declaration as separate requests: the L2 endpoint with its children, each L3 alone."""
+        return [[self.l2, *self.l2_children], *([m] for m in self.l3)]
 
 
 def target(policy: Mapping[str, MO], uri: str) -> str | None:
@@ -73,9 +80,11 @@ def declaration(
 ) -> Declaration | None:
     """The registry objects for a local endpoint, or None until its policy is resolved.
 
-    Beyond libopflex's properties, the L2 endpoint carries ``tunnelIp`` (where
-    other hosts send its traffic) and ``classid`` (its group's class id, so a
-    remote host can apply group policy without resolving the group)."""
+    The L2 endpoint is libopflex's (``uuid``, ``mac``, ``group``, ``context``, ``interfaceName``),
+    its addresses ``EprL3Net`` children as the model lists them, and, ours beyond the model, a
+    ``PfEpTunnel`` child with ``tunnelIp`` (where other hosts send its traffic) and ``classid``
+    (its group's class id, so a remote host can apply group policy without resolving the group).
+    A peer that does not know ``PfEpTunnel`` cannot reach the endpoint: it fails closed."""
     ep = policy.get(endpoint_uri(tenant, name))
     if ep is None:
         return None
@@ -89,29 +98,47 @@ def declaration(
     common: dict[str, Any] = {Prop.UUID: f"{tenant}/{name}", Prop.MAC: mac}
     if isinstance(epg_ref, dict):  # group and context are URIs (epr/Context), not references
         common[Prop.GROUP] = epg_ref[REFERENCE_URI]
-    l2_props = {
-        **common,
-        Prop.CONTEXT: bd_uri,
-        Prop.IP: list(props.get(Prop.IP, [])),
-    }
+    l2_props = {**common, Prop.CONTEXT: bd_uri}
     if interface:
         l2_props[Prop.INTERFACE_NAME] = interface
+    l2_uri = child(EPR_L2, Cls.EPR_L2_EP, bd_uri, mac)
+    ips = [ip for ip in props.get(Prop.IP, []) if ip != "slaac"]
+    kids = [
+        MO(
+            Cls.EPR_L3_NET,
+            child(l2_uri, Cls.EPR_L3_NET, ip),
+            {Prop.IP: ip},
+            [],
+            Cls.EPR_L2_EP,
+            l2_uri,
+            Cls.EPR_L3_NET,
+        )
+        for ip in ips
+    ]
+    tunnel: dict[str, Any] = {}
     if tunnel_ip:
-        l2_props[Prop.TUNNEL_IP] = tunnel_ip
+        tunnel[Prop.TUNNEL_IP] = tunnel_ip
     epg = policy.get(epg_ref[REFERENCE_URI]) if isinstance(epg_ref, dict) else None
     if epg is not None:
         for uri in epg.children:
             ctx = policy.get(uri)
             if ctx is not None and ctx.subject == Cls.GBPE_INST_CONTEXT:
-                l2_props[Prop.CLASSID] = ctx.properties.get(Prop.CLASSID, 0)
+                tunnel[Prop.CLASSID] = ctx.properties.get(Prop.CLASSID, 0)
+    if tunnel:
+        kids.append(
+            MO(
+                Cls.PF_EP_TUNNEL,
+                child(l2_uri, Cls.PF_EP_TUNNEL),
+                tunnel,
+                [],
+                Cls.EPR_L2_EP,
+                l2_uri,
+                Cls.PF_EP_TUNNEL,
+            )
+        )
+    kids.sort(key=lambda m: m.uri)
     l2 = MO(
-        Cls.EPR_L2_EP,
-        child(EPR_L2, Cls.EPR_L2_EP, bd_uri, mac),
-        l2_props,
-        [],
-        Cls.EPR_L2_UNIVERSE,
-        EPR_L2,
-        Cls.EPR_L2_EP,
+        Cls.EPR_L2_EP, l2_uri, l2_props, [k.uri for k in kids], Cls.EPR_L2_UNIVERSE, EPR_L2, Cls.EPR_L2_EP
     )
     rd_uri = target(policy, child(bd_uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC))
     l3 = []
@@ -129,7 +156,7 @@ def declaration(
                         Cls.EPR_L3_EP,
                     )
                 )
-    return Declaration(l2, l3, bd_uri)
+    return Declaration(l2, l3, bd_uri, tuple(kids))
 
 
 def local_endpoint(
@@ -170,19 +197,29 @@ def local_endpoint(
 CLASSID = ranged(0, 0xFFFF)  # class ids travel in 16 bits (a register half, a Geneve option)
 
 
-def _remote(mo: MO) -> Endpoint | Refused | None:
-    """One registry entry as an endpoint (None: not a reachable L2 endpoint; Refused: refused)."""
+def _remote(mo: MO, registry: Mapping[str, MO]) -> Endpoint | Refused | None:
+    """One registry entry as an endpoint (None: not a reachable L2 endpoint; Refused: refused):
+    its addresses from its ``EprL3Net`` children, its host's tunnel and its class id from its
+    ``PfEpTunnel``."""
     p = mo.properties
-    if mo.subject != Cls.EPR_L2_EP or p.get(Prop.TUNNEL_IP) is None or p.get(Prop.CONTEXT) is None:
+    kids = [registry[c] for c in mo.children if c in registry]
+    tunnel = next((k.properties for k in kids if k.subject == Cls.PF_EP_TUNNEL), None)
+    if (
+        mo.subject != Cls.EPR_L2_EP
+        or tunnel is None
+        or tunnel.get(Prop.TUNNEL_IP) is None
+        or p.get(Prop.CONTEXT) is None
+    ):
         return None  # an address binding, or declared by an agent without a tunnel
     try:
+        ips = tuple(get(k.properties, Prop.IP, parse_ip) for k in kids if k.subject == Cls.EPR_L3_NET)
         return Endpoint(
             get(p, Prop.UUID, parse_key),
             get(p, Prop.MAC, parse_mac),
-            get(p, Prop.IP, addresses),
+            ips,
             get(p, Prop.CONTEXT, lambda v: uri(v, Prop.CONTEXT)),
-            optional(p, Prop.CLASSID, CLASSID, 0),
-            vtep=get(p, Prop.TUNNEL_IP, parse_ipv4),
+            optional(tunnel, Prop.CLASSID, CLASSID, 0),
+            vtep=get(tunnel, Prop.TUNNEL_IP, parse_ipv4),
         )
     except Refused as bad:
         return bad
@@ -196,16 +233,19 @@ _remembered: dict[int, tuple[MO, Endpoint | Refused | None]] = {}
 
 
 def remote_endpoints(
-    registry: Iterable[MO], own_vtep: str, local_keys: set[str], problems: Problems = None
+    registry: Mapping[str, MO], own_vtep: str, local_keys: set[str], problems: Problems = None
 ) -> tuple[Endpoint, ...]:
     """Other hosts' L2 endpoints, from the bridge-domain membership the agent resolved; one with a
     value that does not parse is left out (added to ``problems``)."""
     global _remembered
     out = []
     seen: dict[int, tuple[MO, Endpoint | Refused | None]] = {}
-    for mo in registry:
+    for mo in registry.values():
+        if mo.subject != Cls.EPR_L2_EP:
+            continue
         last = _remembered.get(id(mo))
-        read = last[1] if last is not None and last[0] is mo else _remote(mo)
+        # (the registry replaces an endpoint with its children: a new top whenever they change)
+        read = last[1] if last is not None and last[0] is mo else _remote(mo, registry)
         seen[id(mo)] = (mo, read)
         if isinstance(read, Refused):
             refuse(problems, mo.uri, read)

@@ -196,7 +196,7 @@ class OvsAgent:
             if ep is not None:
                 local.append(ep)
         keys = {e.key for e in local}
-        remote = remote_endpoints(self.client.endpoints.values(), self.config.tunnel_ip or "", keys, invalid)
+        remote = remote_endpoints(self.client.endpoints, self.config.tunnel_ip or "", keys, invalid)
         assert self.ovsdb is not None
         attached = {}
         for uri, ext in base.external.items():

@@ -213,9 +213,7 @@ class Network:
     contracts: Mapping[str, Contract] = field(default_factory=dict)
     bds: Mapping[str, BridgeDomain] = field(default_factory=dict)
     security_groups: Mapping[str, SecurityGroup] = field(default_factory=dict)
-    address_sets: Mapping[str, tuple[IpAddress, ...]] = field(
-        default_factory=dict
-    )  # group → member IPs
+    address_sets: Mapping[str, tuple[IpAddress, ...]] = field(default_factory=dict)  # group → member IPs
     routers: Mapping[str, Router] = field(default_factory=dict)
     external: Mapping[str, ExternalNet] = field(default_factory=dict)  # by URI
     floating_ips: tuple[FloatingIp, ...] = ()

@@ -372,14 +372,32 @@ class PolicyClient:
         self._changed(changed)
 
     def _apply_endpoints(self, replace: list[MO], delete: list[str]) -> None:
+        """Registry entries are kept flat by URI; an entry's children (an ``EprL2Ep``'s addresses
+        and tunnel) go with it: a replaced entry drops the children it no longer lists, a deleted
+        one all of them."""
         changed = set()
         for mo in replace:
+            old = self.endpoints.get(mo.uri)
+            if old is not None and old.children != mo.children:
+                keep = set(mo.children)
+                for gone in old.children:
+                    if gone not in keep:
+                        changed |= self._drop_entry(gone)
             self.endpoints[mo.uri] = mo
             changed.add(mo.uri)
         for uri in delete:
-            if self.endpoints.pop(uri, None) is not None:
-                changed.add(uri)
+            changed |= self._drop_entry(uri)
         self._changed(changed)
+
+    def _drop_entry(self, uri: str) -> set[str]:
+        """Remove a registry entry and its children; the URIs removed."""
+        mo = self.endpoints.pop(uri, None)
+        if mo is None:
+            return set()
+        gone = {uri}
+        for kid in mo.children:
+            gone |= self._drop_entry(kid)
+        return gone
 
     # ---- for tests and the dry run
     async def settled(self, timeout: float = 10.0, quiet: float = 0.3) -> bool:

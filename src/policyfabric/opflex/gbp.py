@@ -75,6 +75,8 @@ class Cls:
     EPR_L2_EP: Final = "EprL2Ep"
     EPR_L3_UNIVERSE: Final = "EprL3Universe"
     EPR_L3_EP: Final = "EprL3Ep"
+    EPR_L3_NET: Final = "EprL3Net"  # under an EprL2Ep: one of its addresses (the model's)
+    PF_EP_TUNNEL: Final = "PfEpTunnel"  # under an EprL2Ep: where to send its traffic (ours)
     # what the reference agent declares under its endpoints (accepted, not stored)
     EPR_SECURITY_GROUP_CONTEXT: Final = "EprSecurityGroupContext"
     GBPE_REPORTED_EP_ATTRIBUTE_SET: Final = "GbpeReportedEpAttributeSet"

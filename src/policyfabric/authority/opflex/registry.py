@@ -53,7 +53,7 @@ from policyfabric.opflex.wire import Code
 
 log = logging.getLogger(__name__)
 
-Changes = dict[str, tuple[MO, bool]]  # registry URI -> (its top MO, deleted)
+Changes = dict[str, tuple[list[MO], bool]]  # registry URI -> (its top MO and children, deleted)
 MAX_LOGGED = 10_000  # refusals logged (once per agent and endpoint), so a flood cannot fill the log
 
 
@@ -109,7 +109,7 @@ class EndpointStateWriter:
 
 @dataclass
 class Declaration:
-    mos: list[dict[str, Any]]  # the stored MO (as checked, no children), in wire form
+    mos: list[dict[str, Any]]  # the stored MO and its children (as checked), in wire form
     agent: str
     expires: float
     endpoint: tuple[str, str]  # (tenant, name) of the endpoint of the intent it declares
@@ -219,9 +219,7 @@ class EndpointRegistry:
                 raise RpcError(Code.ERROR, "Malformed message: endpoint holds no EprL2Ep or EprL3Ep")
             expires = time.monotonic() + max(entry.prr, 1)
             for top in sorted(tops, key=lambda m: m.subject != Cls.EPR_L2_EP):  # L2 first
-                children = [
-                    m.subject for m in mos if m is not top and (m.parent_uri or "").startswith(top.uri)
-                ]
+                children = [m for m in mos if m is not top and (m.parent_uri or "").startswith(top.uri)]
                 try:
                     checked = check(top, children, self._intent)
                     self._may_declare(agent, checked, holding)
@@ -302,8 +300,10 @@ class EndpointRegistry:
     def _store(self, agent: str, checked: Checked, expires: float, status: str) -> None:
         key, uri = checked.intent.key, checked.mo.uri
         tenant, name = key.split("/", 1)
-        self.declarations[uri] = Declaration([checked.mo.to_wire()], agent, expires, (tenant, name))
-        self._changed[uri] = (checked.mo, False)
+        self.declarations[uri] = Declaration(
+            [m.to_wire() for m in checked.all], agent, expires, (tenant, name)
+        )
+        self._changed[uri] = (checked.all, False)
         if checked.is_l2:
             self._released.pop(key, None)
             held = self.declarations.by_endpoint[key]
@@ -330,7 +330,8 @@ class EndpointRegistry:
                     why, status = f"the intent moved it to host {new.host}", True
                 else:
                     try:
-                        check(MO.from_wire(decl.mos[0]), (), self._intent)
+                        mos = [MO.from_wire(m) for m in decl.mos]
+                        check(mos[0], mos[1:], self._intent)
                     except Refused as exc:
                         why = f"no longer what the intent says: {exc}"
                 if why is not None:
@@ -371,7 +372,7 @@ class EndpointRegistry:
         decl = self.declarations.pop(uri, None)
         if decl is None:
             return
-        self._changed[uri] = (MO.from_wire(decl.mos[0]), True)
+        self._changed[uri] = ([MO.from_wire(decl.mos[0])], True)  # (its children go with it)
         uris = set(self.declarations.by_endpoint.get(decl.key, ()))
         # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
         if decl.is_l2 and not any(self.declarations[u].is_l2 for u in uris):
@@ -399,8 +400,8 @@ class EndpointRegistry:
 
     async def push(self, changes: Changes) -> None:
         """``endpoint_update`` to the sessions that resolved a URI or prefix of the changed ones."""
-        changed = [mo for mo, deleted in changes.values() if not deleted]
-        removed = [mo for mo, deleted in changes.values() if deleted]
+        changed = [mo for mos, deleted in changes.values() if not deleted for mo in mos]
+        removed = [mos[0] for mos, deleted in changes.values() if deleted]
         parts = {"replace": wire(changed), "delete": refs(removed)}
         self._fan_out("endpoint_update", lambda peer: peer.ep_subs, parts)
 
