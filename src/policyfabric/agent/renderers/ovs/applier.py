@@ -75,20 +75,29 @@ def ofctl_calls(target: str, commands: Sequence[Command]) -> list[tuple[tuple[st
     return [(("bundle", target), "\n".join(lines) + "\n")]
 
 
+class _Said:
+    """A command as ``ovs-ofctl bundle`` would say it, rendered only when an error names it."""
+
+    __slots__ = ("command",)
+
+    def __init__(self, command: AddFlow | DeleteFlow) -> None:
+        self.command = command
+
+    def __str__(self) -> str:
+        return bundle_line(self.command)
+
+
 def bundled(commands: Sequence[AddFlow | DeleteFlow]) -> list[Bundled]:
     """The flow mods of ``commands`` for the channel, encoded before anything is sent (a flow the
     encoder cannot express raises ``OfWireError`` naming it, and the bridge is untouched)."""
-    out = []
-    for c in commands:
-        if isinstance(c, AddFlow):
-            out.append(Bundled(OFPT_FLOW_MOD, add_body(c.flow), f"flow add {c.flow.text()}"))
-        else:
-            out.append(
-                Bundled(
-                    OFPT_FLOW_MOD, delete_strict_body(c.flow), f"flow delete_strict {c.flow.match_text()}"
-                )
-            )
-    return out
+    return [
+        Bundled(
+            OFPT_FLOW_MOD,
+            add_body(c.flow) if isinstance(c, AddFlow) else delete_strict_body(c.flow),
+            _Said(c),
+        )
+        for c in commands
+    ]
 
 
 def applied(commands: Sequence[Command], seconds: float) -> Applied:

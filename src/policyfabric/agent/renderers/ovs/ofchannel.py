@@ -77,11 +77,12 @@ class BundleFailed(ChannelError):
 
 @dataclass(frozen=True)
 class Bundled:
-    """A message for a bundle: its type, its body, and what it is (for errors: the flow's text)."""
+    """A message for a bundle: its type, its body, and what it is (for errors: the flow's text,
+    rendered only if OVS refuses it: ``str(what)``)."""
 
     type: int
     body: bytes
-    what: str
+    what: object
 
 
 class OfChannel:
@@ -207,7 +208,7 @@ class OfChannel:
         sock = self._ensure()
         self._bundle_id = (self._bundle_id + 1) & 0xFFFFFFFF
         bid = self._bundle_id
-        by_xid: dict[int, str] = {}
+        by_xid: dict[int, object] = {}
         open_xid = self._next_xid()
         parts = [w.bundle_control(open_xid, bid, w.OFPBCT_OPEN_REQUEST)]
         for m in messages:
@@ -238,7 +239,7 @@ class OfChannel:
             more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
             raise BundleFailed(f"OVS refused the bundle, nothing committed: {first}{more}", errors)
 
-    def _until(self, xid: int, reply_type: int, names: dict[int, str]) -> list[tuple[w.OfError, str]]:
+    def _until(self, xid: int, reply_type: int, names: dict[int, object]) -> list[tuple[w.OfError, str]]:
         """Read until the reply of type ``reply_type`` to ``xid`` (or an error about ``xid``); the
         errors on the way, each with what its xid was."""
         errors: list[tuple[w.OfError, str]] = []
@@ -246,7 +247,7 @@ class OfChannel:
             msg_type, got_xid, body, _ = self._read_message()
             if msg_type == w.OFPT_ERROR:
                 err = w.decode_error(got_xid, body)
-                errors.append((err, names.get(got_xid, f"xid {got_xid:#x}")))
+                errors.append((err, str(names.get(got_xid, f"xid {got_xid:#x}"))))
                 if got_xid == xid:
                     return errors
             elif msg_type == reply_type and got_xid == xid:
