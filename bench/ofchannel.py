@@ -92,7 +92,7 @@ def run(rounds: int, repeat: int) -> dict[str, Any]:
         target = ovs.mgmt("br-int")
         ovs.ofctl("add-tlv-map", target, TLV_MAP)
         ofctl = FlowApplier(target, ovs.env, channel=False)
-        via_channel = FlowApplier(target, ovs.env)
+        via_channel = FlowApplier(target, ovs.env, channel_max=1 << 20)
         assert via_channel.channel is not None
         ofctl.execute([ReplaceFlows(tuple(flows))])
         assert flow_count(ovs) == len(flows)

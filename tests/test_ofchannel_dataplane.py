@@ -57,7 +57,7 @@ def clear(ovs: OvsInstance, *bridges: str) -> None:
 
 
 def through_channel(ovs: OvsInstance, bridge: str) -> FlowApplier:
-    applier = FlowApplier(ovs.mgmt(bridge), ovs.env)
+    applier = FlowApplier(ovs.mgmt(bridge), ovs.env, channel_max=1 << 20)  # every delta, however large
     assert applier.channel is not None
     return applier
 

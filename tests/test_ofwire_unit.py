@@ -346,6 +346,20 @@ def test_a_switch_without_openflow_15_is_no_channel(fake_ovs: tuple[FakeOvs, Pat
         OfChannel(path).connect()
 
 
+def test_a_large_delta_goes_through_ovs_ofctl(fake_ovs: tuple[FakeOvs, Path]) -> None:
+    ovs, path = fake_ovs
+    calls: list[str] = []
+
+    def run(argv: Sequence[str], **_: Any) -> str:
+        calls.append(argv[4])
+        return ""
+
+    applier = FlowApplier(f"unix:{path}", run=run, channel=True, channel_max=2)
+    applier.execute([AddFlow(A), AddFlow(B)])
+    applier.execute([AddFlow(A), AddFlow(B), AddFlow(C)])
+    assert len(ovs.committed) == 1 and calls == ["bundle"]
+
+
 def test_injected_run_means_no_channel_unless_asked() -> None:
     assert FlowApplier("unix:/x.mgmt", run=lambda *a, **k: "").channel is None
     assert FlowApplier("unix:/x.mgmt").channel is not None

@@ -47,6 +47,12 @@ TLV_MAP = "{class=0x5046,type=0x01,len=4}->tun_metadata0"
 # of 41 ms per two-flow bundle on a bridge with 2,000 ports.
 OFCTL = ("ovs-ofctl", "-O", "OpenFlow15", "--no-names")
 
+# A delta of more flow mods than this goes through ovs-ofctl: encoding in Python costs ~12-50 µs a
+# flow the first time it is seen (memoised after), ovs-ofctl's C parser ~10 µs, so past a few hundred
+# new flows the process start (~5 ms) is the cheaper price (bench/converge.py: a burst of new
+# endpoints rendered 2-4x slower without this limit).
+CHANNEL_MAX = 200
+
 Runner = Callable[..., str]  # policyfabric.sh.run's shape: run(argv, *, env=...) -> stdout
 
 
@@ -114,7 +120,8 @@ class FlowApplier:
     ``run`` is how ``ovs-ofctl`` reaches the machine (``policyfabric.sh.run``'s signature); tests
     pass their own. ``channel`` carries the deltas: by default an ``OfChannel`` to the target's
     management socket when ``run`` is the real one (a test that injects ``run`` sees every command
-    as an ``ovs-ofctl`` call, as before); False for none; or a channel of the caller's.
+    as an ``ovs-ofctl`` call, as before); False for none; or a channel of the caller's. Deltas of
+    more than ``channel_max`` flow mods go through ``ovs-ofctl`` (``CHANNEL_MAX``).
     """
 
     def __init__(
@@ -124,6 +131,7 @@ class FlowApplier:
         *,
         run: Runner = run,
         channel: OfChannel | bool | None = None,
+        channel_max: int = CHANNEL_MAX,
     ) -> None:
         self.target, self.env = target, dict(env) if env is not None else None
         self.installed: dict[FlowKey, Flow] | None = None
@@ -134,6 +142,7 @@ class FlowApplier:
         elif channel or (channel is None and run is _default_run):
             path = mgmt_socket(target, self.env)
             self.channel = OfChannel(path) if path is not None else None
+        self.channel_max = channel_max  # larger deltas go through ovs-ofctl (see CHANNEL_MAX)
         self.channel_down: str | None = None  # why the last delta went through ovs-ofctl instead
 
     def _ofctl(self, *args: str, text: str) -> None:
@@ -158,7 +167,12 @@ class FlowApplier:
     def execute(self, commands: Sequence[Command]) -> None:
         """Run ``commands`` on the bridge as one bundle (the channel's, else one ``ovs-ofctl``
         call); raise if it fails."""
-        if commands and self.channel is not None and not isinstance(commands[0], ReplaceFlows):
+        if (
+            commands
+            and self.channel is not None
+            and len(commands) <= self.channel_max
+            and not isinstance(commands[0], ReplaceFlows)
+        ):
             deltas = [c for c in commands if not isinstance(c, ReplaceFlows)]
             if len(deltas) != len(commands):
                 raise ValueError("replace-flows is a bundle of its own: nothing may go with it")
