@@ -5,7 +5,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # Tests run on 2 workers: the CI machine has 2 cores.
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 demo:
 	@scripts/bootstrap.sh
