@@ -29,6 +29,7 @@ install:
 
 bench: install
 	$(PY) bench/api.py --tokens
+	$(PY) bench/keystone.py
 	$(PY) bench/opflex_fanout.py --tls
 	$(PY) bench/declarations.py
 	$(PY) bench/converge.py --n 50,500,1000
