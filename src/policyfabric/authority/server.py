@@ -107,9 +107,9 @@ def check_exposure(settings: Settings) -> None:
     if not authenticated and not is_loopback(settings.listen[0]):
         if not settings.insecure:
             raise StartupError(
-                f"REST would listen on {rest} without --tokens: anyone who reaches it could read and change "
-                "every tenant's objects. Give --tokens FILE (docs/api.md), listen on 127.0.0.1, or pass "
-                "--insecure to accept that"
+                f"REST would listen on {rest} without --tokens or --keystone: anyone who reaches it could "
+                "read and change every tenant's objects. Give --tokens FILE (docs/api.md), listen on "
+                "127.0.0.1, or pass --insecure to accept that"
             )
         log.warning(
             "INSECURE: REST on %s without --tokens: anyone who reaches it can change everything", rest
