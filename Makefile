@@ -5,7 +5,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 # Tests run on 2 workers: the CI machine has 2 cores.
-PYTEST_ARGS ?= -n 2
+PYTEST_ARGS ?= -n 2 --dist loadgroup
 
 demo:
 	@scripts/bootstrap.sh
@@ -29,6 +29,7 @@ install:
 
 bench: install
 	$(PY) bench/api.py --tokens
+	$(PY) bench/keystone.py
 	$(PY) bench/opflex_fanout.py --tls
 	$(PY) bench/declarations.py
 	$(PY) bench/converge.py --n 50,500,1000

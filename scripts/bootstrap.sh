@@ -2,7 +2,7 @@
 # Install what policyfabric needs on a Debian machine, then the package into
 # .venv. Safe to run again: it installs only what is missing or changed.
 #   scripts/bootstrap.sh          runtime only
-#   scripts/bootstrap.sh test     runtime + test tools
+#   scripts/bootstrap.sh test     runtime + test tools (and a Keystone for the tests: install-keystone.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -48,3 +48,9 @@ if [ ! -f "$stamp" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e "$spec"
   touch "$stamp"
 fi
+
+# The tests run a real Keystone (tests/test_keystone.py): MariaDB and Keystone, in a venv of
+# their own (.cache/keystone-venv), never in .venv.
+case ",$EXTRAS," in
+  *,test,*) scripts/install-keystone.sh ;;
+esac

@@ -12,10 +12,10 @@ what a tenant sees) are in ``auth.py``.
 import json
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Annotated, Any
+from typing import Annotated, Any, Protocol
 
 from fastapi import Depends, Header, Request, Security
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 
 from policyfabric.authority.auth import ANONYMOUS, Principal, Tokens
 from policyfabric.model.errors import BadRequest, Conflict, Forbidden, Invalid, Unauthorized
@@ -34,11 +34,22 @@ IfMatch = Annotated[
 ]
 
 
+class Validator(Protocol):
+    """Tokens an outside service vouches for (``keystone.KeystoneAuth``): the principal of one, or
+    a PolicyError (401 none or unknown, 403 no role this authority maps, 503 the service is
+    unreachable)."""
+
+    async def principal(self, token: str) -> Principal: ...
+
+
 class Access:
     """Who a request is from (``principal``), and whether it may write (``writer``)."""
 
-    def __init__(self, tokens: Tokens | None) -> None:
+    def __init__(self, tokens: Tokens | None, keystone: Validator | None = None) -> None:
         self.tokens = tokens
+        if keystone is not None:
+            self.principal = _keystone_principal(keystone)
+            return
         bearer = HTTPBearer(auto_error=False, description="a token of the authority's --tokens file")
 
         async def principal(
@@ -68,6 +79,22 @@ class Access:
             return who
 
         return may_write
+
+
+def _keystone_principal(keystone: Validator) -> Callable[..., Awaitable[Principal]]:
+    """The ``principal`` dependency with ``--keystone``: X-Auth-Token (OpenStack clients) or a
+    bearer token, validated by Keystone."""
+    x_auth = APIKeyHeader(name="X-Auth-Token", auto_error=False, description="a Keystone token")
+    bearer = HTTPBearer(auto_error=False, description="a Keystone token, as a bearer token")
+
+    async def principal(
+        x_auth_token: Annotated[str | None, Security(x_auth)],
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Security(bearer)],
+    ) -> Principal:
+        token = x_auth_token or (credentials.credentials if credentials is not None else "")
+        return await keystone.principal(token)  # none: 401 too, with the validator's challenge
+
+    return principal
 
 
 def guarded(who: Principal, method: str, what: str, check: Callable[..., None], *args: Any) -> None:

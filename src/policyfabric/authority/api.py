@@ -27,6 +27,7 @@ from policyfabric.authority.access import (
     MAX_REVISION,
     Access,
     IfMatch,
+    Validator,
     audit,
     body_revision,
     etag,
@@ -98,12 +99,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
     status: {"model": ErrorBody, "description": text}
     for status, text in (
         (400, "malformed request"),
-        (401, "no token, or an unknown one (with --tokens)"),
+        (401, "no token, or an unknown one (with --tokens or --keystone)"),
         (403, "the token's role or tenant does not allow this"),
         (404, "no such object (or one of another tenant)"),
         (409, "conflicts with other objects, in use, or changed since the revision the request expects"),
         (413, "the body is over --max-body"),
         (422, "invalid value"),
+        (503, "with --keystone: Keystone could not be asked whether the token is valid"),
     )
 }
 MiB = 1 << 20
@@ -222,15 +224,17 @@ def create_app(
     observer: Observer | None = None,
     tokens: Tokens | None = None,
     max_body: int = MiB,
+    keystone: Validator | None = None,
 ) -> FastAPI:
-    """The REST API; ``tokens`` None: no authentication (every request is the anonymous admin)."""
+    """The REST API; ``tokens`` and ``keystone`` None: no authentication (every request is the
+    anonymous admin). ``keystone``: Keystone tokens (``--keystone``) instead of ``tokens``."""
     app = FastAPI(
         title="policyfabric Policy Authority",
         version=__version__,
         description="Declare tenants, networks and group-based policy; agents enforce it.",
     )
     app.add_middleware(BodyLimit, limit=max_body)
-    access = Access(tokens)
+    access = Access(tokens, keystone)
     Caller = Annotated[Principal, Depends(access.principal)]  # any known token
 
     @app.exception_handler(PolicyError)

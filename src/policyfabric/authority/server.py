@@ -21,6 +21,7 @@ import sqlalchemy.exc
 import uvicorn
 
 from policyfabric.authority import edge
+from policyfabric.authority.access import Validator
 from policyfabric.authority.api import MiB, create_app
 from policyfabric.authority.auth import TokenError, Tokens, load_tokens
 from policyfabric.authority.opflex import OpflexServer
@@ -63,6 +64,7 @@ class Settings:
     tls_ca: Path | None = None
     # the REST edge
     tokens: Path | None = None
+    keystone: Path | None = None  # an oslo.config file: [keystone_authtoken] and [policyfabric]
     insecure: bool = False
     rest_tls_cert: Path | None = None
     rest_tls_key: Path | None = None
@@ -72,6 +74,7 @@ class Settings:
     header_timeout: float = 10.0
     idle_timeout: float = 5.0
     forget_agents_after: float | None = None  # None: the OpFlex server's default
+    validator: Validator | None = None  # set by serve() from keystone
 
 
 def open_store(db: Path, sync: Sync) -> SqliteStore:
@@ -100,19 +103,18 @@ def check_exposure(settings: Settings) -> None:
     """Refuse to listen beyond loopback without authentication (REST) or TLS (OpFlex), unless
     ``--insecure``; then, and for tokens sent in clear, warn."""
     rest = "{}:{}".format(*settings.listen)
-    if settings.tokens is None and not is_loopback(settings.listen[0]):
+    authenticated = settings.tokens is not None or settings.keystone is not None
+    if not authenticated and not is_loopback(settings.listen[0]):
         if not settings.insecure:
             raise StartupError(
-                f"REST would listen on {rest} without --tokens: anyone who reaches it could read and change "
-                "every tenant's objects. Give --tokens FILE (docs/api.md), listen on 127.0.0.1, or pass "
-                "--insecure to accept that"
+                f"REST would listen on {rest} without --tokens or --keystone: anyone who reaches it could "
+                "read and change every tenant's objects. Give --tokens FILE (docs/api.md), listen on "
+                "127.0.0.1, or pass --insecure to accept that"
             )
         log.warning(
             "INSECURE: REST on %s without --tokens: anyone who reaches it can change everything", rest
         )
-    elif (
-        settings.tokens is not None and settings.rest_tls_cert is None and not is_loopback(settings.listen[0])
-    ):
+    elif authenticated and settings.rest_tls_cert is None and not is_loopback(settings.listen[0]):
         log.warning(
             "REST on %s without --rest-tls-cert: tokens cross the network in clear (use TLS, here or in a "
             "proxy in front)",
@@ -146,6 +148,8 @@ def _rest_tls(settings: Settings) -> None:
 
 def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT; raises StartupError if it cannot start."""
+    if settings.tokens is not None and settings.keystone is not None:
+        raise StartupError("--tokens and --keystone exclude each other: give one")
     check_exposure(settings)
     _rest_tls(settings)
     tokens = None
@@ -153,6 +157,13 @@ def serve(settings: Settings) -> None:
         try:
             tokens = load_tokens(settings.tokens)
         except TokenError as exc:
+            raise StartupError(str(exc)) from None
+    if settings.keystone is not None:
+        from policyfabric.authority.keystone import KeystoneAuth, KeystoneError
+
+        try:
+            settings.validator = KeystoneAuth(settings.keystone)
+        except KeystoneError as exc:
             raise StartupError(str(exc)) from None
     tls = None
     if settings.tls_cert is not None:
@@ -228,10 +239,12 @@ async def _run(
             where = "{}:{}".format(*settings.opflex_listen)
             raise StartupError(f"cannot listen for OpFlex on {where}: {exc.strerror}") from None
     host, port = settings.listen
-    app = create_app(authority, opflex, tokens, settings.max_body)
+    app = create_app(authority, opflex, tokens, settings.max_body, settings.validator)
     assert settings.max_connections is not None
     scheme = "https" if settings.rest_tls_cert else "http"
     who = f"{len(tokens)} token(s) from {settings.tokens}" if tokens else "no --tokens: no authentication"
+    if settings.validator is not None:
+        who = str(settings.validator)
     log.info(
         "policyfabric authority: REST on %s://%s:%d/v1 (%s; at most %d connections), store %s at revision %d",
         scheme,

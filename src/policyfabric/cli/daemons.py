@@ -46,7 +46,16 @@ def authority(
         Path | None,
         typer.Option(
             help="YAML file of REST bearer tokens: `tokens: [{token, role: admin|member|reader, tenant}]` "
-            "(docs/api.md). Without it REST has no authentication and listens on loopback only."
+            "(docs/api.md). Without it (or --keystone) REST has no authentication and listens on "
+            "loopback only."
+        ),
+    ] = None,
+    keystone: Annotated[
+        Path | None,
+        typer.Option(
+            help="Validate OpenStack Keystone tokens (X-Auth-Token) instead of --tokens: a config file with "
+            "[keystone_authtoken] (keystonemiddleware's options) and [policyfabric] (project and role "
+            "mapping); docs/operations.md. Needs policyfabric[keystone]."
         ),
     ] = None,
     insecure: Annotated[
@@ -109,6 +118,7 @@ def authority(
             tls_key=tls_key,
             tls_ca=tls_ca,
             tokens=tokens,
+            keystone=keystone,
             insecure=insecure,
             rest_tls_cert=rest_tls_cert,
             rest_tls_key=rest_tls_key,
