@@ -81,7 +81,7 @@ def scenario_flows(path: Path) -> dict[str, list[Flow]]:
                 decl = declaration(cache, tenant, name, f"pf-{name}", vtep[there])
                 assert decl is not None, name
                 registry += decl.all
-        remote = remote_endpoints(registry, vtep[host], {e.key for e in local})
+        remote = remote_endpoints({m.uri: m for m in registry}, vtep[host], {e.key for e in local})
         external = {
             uri: dataclasses.replace(ext, ofport=EXTERNAL_PORT + i)
             for i, (uri, ext) in enumerate(sorted(view.external.items()))
