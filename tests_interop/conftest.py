@@ -13,6 +13,8 @@ the slow part): an authority with examples/demo.yaml applied through REST, a
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +27,18 @@ from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
-from .harness import BIN, REPO, Daemon, FrameTap, agent_config, endpoint_file, ref_env, wait_for
+from .harness import (
+    BIN,
+    REPO,
+    Daemon,
+    FrameTap,
+    agent_config,
+    endpoint_file,
+    fault_file,
+    ref_env,
+    save_frames,
+    wait_for,
+)
 
 DEMO = REPO / "examples" / "demo.yaml"
 TENANT = "acme"
@@ -33,6 +46,8 @@ AGENT = "h2"  # the demo puts web2 and app1 on h2
 DOMAIN = "policyfabric"
 # demo endpoint -> (group, interface, security groups)
 ENDPOINTS = {"app1": ("app", "tap-app1", ["ssh-from-app"]), "web2": ("web", "tap-web2", [])}
+# a host-agent fault file (written with that endpoint's): the agent reports it in a state_report
+FAULTY, FAULT_UUID, FAULT_CODE = "app1", "6f1c1c8e-0b1e-4a3c-9d1e-000000000001", 7
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -84,12 +99,18 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         eps = run / "endpoints"
         eps.mkdir()
         (run / "services").mkdir()
+        (run / "faults").mkdir()
         for name, (epg, iface, sgs) in ENDPOINTS.items():
             [rec] = client.list(k.ENDPOINT, TENANT, name)
             records[name] = rec
             ips = [ip for ip in rec["ip"] if ip != "slaac"]
             body = endpoint_file(f"{TENANT}/{name}", TENANT, epg, iface, rec["mac"], ips, sgs)
             (eps / f"{name}.ep").write_text(json.dumps(body, indent=2))
+            if name == FAULTY:
+                # a platform fault: an endpoint's fault (with ep_uuid) crashed opflex_agent d83a8c53
+                # here (general protection fault in libstdc++ once its group resolved)
+                fault = fault_file(FAULT_UUID, FAULT_CODE, "interop: a fault the reference agent reports")
+                (run / "faults" / f"{name}.fs").write_text(json.dumps(fault, indent=2))
         inspector = run / "inspector.sock"
         config = agent_config(run, AGENT, DOMAIN, ("127.0.0.1", tap.port), eps, inspector)
         (run / "agent.conf").write_text(json.dumps(config, indent=2))
@@ -111,5 +132,14 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         if agent is not None:
             agent.stop()
         tap.close()
+        # the session as recorded (JSON lines), beside the logs; INTEROP_SAVE_FRAMES=DIR keeps a copy
+        save_frames(tap.snapshot(), run / "frames.jsonl")
+        if os.environ.get("INTEROP_SAVE_FRAMES"):
+            keep = Path(os.environ["INTEROP_SAVE_FRAMES"])
+            keep.mkdir(parents=True, exist_ok=True)
+            shutil.copy(run / "frames.jsonl", keep / "reference-agent-session.jsonl")
+            for name in ("agent.log", "agent.conf"):
+                if (run / name).exists():
+                    shutil.copy(run / name, keep / name)
         server.stop()
         client.close()

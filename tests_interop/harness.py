@@ -111,7 +111,7 @@ def agent_config(
     """An opflex_agent configuration: no TLS, no renderer (the OVS one needs OVS 2.12 internals),
     an inspector socket for gbp_inspect, endpoints from files in ``endpoints``."""
     return {
-        "log": {"level": "debug2"},
+        "log": {"level": "debug"},
         "opflex": {
             "domain": domain,
             "name": name,
@@ -122,6 +122,7 @@ def agent_config(
             "timers": {"prr": 60},
         },
         "endpoint-sources": {"filesystem": [str(endpoints)]},
+        "host-agent-fault-sources": {"filesystem": [str(run / "faults")]},
         "service-sources": {"filesystem": [str(run / "services")]},
         "plugins": {"renderer": []},
         "prometheus": {"enabled": False},
@@ -142,6 +143,28 @@ def endpoint_file(
     }
     if sgs:
         out["security-group"] = [{"policy-space": tenant, "name": g} for g in sgs]
+    return out
+
+
+def fault_file(uuid: str, code: int, description: str, ep: dict[str, Any] | None = None) -> dict[str, Any]:
+    """A host-agent fault as the reference agent's fault source reads it (``NAME.fs``); with ``ep``
+    (an endpoint file's body) it is an endpoint's fault. The agent reports it as a ``FaultInstance``
+    in a ``state_report``."""
+    out: dict[str, Any] = {
+        "fault_uuid": uuid,
+        "severity": "major",
+        "description": description,
+        "faultCode": code,
+    }
+    if ep is not None:
+        out.update(
+            {
+                "ep_uuid": ep["uuid"],
+                "mac": ep["mac"],
+                "policy-space-name": ep["policy-space-name"],
+                "endpoint-group-name": ep["endpoint-group-name"],
+            }
+        )
     return out
 
 

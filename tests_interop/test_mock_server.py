@@ -90,7 +90,13 @@ def test_the_reference_sample_passes_the_model_check(sample: Path) -> None:
     """The reference's own objects break none of modelcheck's rules (enum names, RSrc naming...)."""
     mos = sample_mos(sample)
     assert len(mos) > 100
-    assert check(mos) == []
+    # Two hand-written quirks of the sample (agent-ovs cmd/test/Policies.cpp): its SPAN relations
+    # are added with the target's *name* as the naming value (``addSpanSrcGrpToFltGrpRSrc(
+    # fltGrp1->getName())``), where the generated code and every Gbp relation use the target URI.
+    quirks = ("SpanSrcGrpToFltGrpRSrc", "GbpEpGroupToSpanSessionRSrc")
+    violations = check(mos)
+    assert [v for v in violations if not any(f"uri form: {q} " in v for q in quirks)] == []
+    assert len(violations) == 2
 
 
 async def _resolve_all(peer: tuple[str, int], spaces: list[str]) -> PolicyClient:
