@@ -10,6 +10,7 @@ its violations, the to-do list of that work. Pure: no sockets, no processes.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Iterator
@@ -300,6 +301,19 @@ def test_a_thousand_mos_in_well_under_a_second() -> None:
     elapsed = time.perf_counter() - start
     assert len(violations) == (1000 - len(base)) // 2
     assert elapsed < 0.5, elapsed
+
+
+def test_the_reference_agents_own_frames_pass() -> None:
+    """What a reference agent sent (tests_interop/frames: its declarations and a state_report) breaks
+    none of the rules: the checker and modelgbp.json agree with the reference itself."""
+    mos: list[MO] = []
+    for path in sorted((REPO / "tests_interop" / "frames").glob("*.json")):
+        for param in json.loads(path.read_text())["request"]["params"]:
+            if isinstance(param, dict):
+                for key in ("endpoint", "observable"):
+                    mos += [MO.from_wire(item) for item in param.get(key, [])]
+    assert {mo.subject for mo in mos} >= {"EprL2Ep", "EprL3Ep", "EprSecurityGroupContext", "FaultInstance"}
+    assert check(mos) == []
 
 
 # ---- what the authority serves

@@ -240,6 +240,8 @@ class FrameTap:
             self._spawn(self._pump, up, client, "authority->agent")
 
     def _pump(self, src: socket.socket, dst: socket.socket, direction: str) -> None:
+        """Forward ``src`` to ``dst``, recording each frame before it is forwarded, so that a
+        reply is never recorded ahead of the request it answers."""
         buf = bytearray()
         while True:
             try:
@@ -250,10 +252,6 @@ class FrameTap:
                 for s in (src, dst):
                     with contextlib.suppress(OSError):
                         s.shutdown(socket.SHUT_RDWR)
-                return
-            try:
-                dst.sendall(data)
-            except OSError:
                 return
             buf += data
             while (end := buf.find(b"\0")) >= 0:
@@ -266,6 +264,10 @@ class FrameTap:
                     msg = {"unparsed": raw.decode(errors="replace")}
                 with self._lock:
                     self.frames.append(Frame(time.time(), direction, msg))
+            try:
+                dst.sendall(data)
+            except OSError:
+                return
 
     def snapshot(self) -> list[Frame]:
         with self._lock:
