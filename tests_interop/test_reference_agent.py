@@ -3,9 +3,9 @@
 What a reference agent makes of what the authority serves is read back with
 ``gbp_inspect`` (the agent's own view of its store), and what the authority
 makes of the agent is read back through REST. Where the dialects still differ
-(issue 20, ../shared/reference/libopflex-interop-notes.md) the assertion is a
-strict xfail whose reason says what the reference does with our objects; when
-the authority is fixed the xfail turns into a failure, to be removed.
+(issue 20, ../shared/reference/libopflex-interop-notes.md), an assertion would
+be a strict xfail whose reason says what the reference does with our objects;
+none is left.
 """
 
 from __future__ import annotations
@@ -13,8 +13,6 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterable
-
-import pytest
 
 from policyfabric.model import kinds as k
 from policyfabric.opflex.mo import MO
@@ -40,8 +38,31 @@ CLASSES = (
 
 
 def tree(stack: Stack) -> dict[str, MO]:
-    """Every object of those classes the agent holds, with their subtrees, by URI."""
-    return {mo.uri: mo for mo in gbp_inspect(stack.inspector, *CLASSES) if mo.uri.startswith(SPACE)}
+    """Every object of those classes the agent holds, with their subtrees, by URI, once it has
+    resolved what its endpoint needs (it follows references object by object, so a read right
+    after start can miss the last ones): the same tree twice in a row, holding the contract, the
+    subnets and the security group's member set."""
+
+    def read() -> dict[str, MO]:
+        return {mo.uri: mo for mo in gbp_inspect(stack.inspector, *CLASSES) if mo.uri.startswith(SPACE)}
+
+    def complete(mos: dict[str, MO]) -> bool:
+        names = {(mo.subject, str(mo.properties.get("name"))) for mo in mos.values()}
+        return {
+            ("GbpContract", "http"),
+            ("GbpSubnet", "net4"),
+            ("GbpSubnets", "sg.ssh-from-app.members"),
+        } <= names
+
+    last: list[dict[str, MO]] = []
+
+    def settled() -> dict[str, MO] | None:
+        now = read()
+        done = complete(now) and bool(last) and last[-1] == now
+        last.append(now)
+        return now if done else None
+
+    return wait_for("the agent's resolved tree", settled, 10)
 
 
 def of(mos: dict[str, MO], subject: str) -> dict[str, MO]:
@@ -70,7 +91,12 @@ def test_agent_holds_the_groups_and_the_contract(stack: Stack) -> None:
 
 
 def test_agent_holds_the_subnets(stack: Stack) -> None:
-    subnets = of(tree(stack), "GbpSubnet")
+    """(The agent follows EPG -> bridge domain -> subnets: they may arrive after the groups.)"""
+    subnets = wait_for(
+        "the subnets in gbp_inspect",
+        lambda: found if {"net4", "net6"} <= set(found := of(tree(stack), "GbpSubnet")) else None,
+        10,
+    )
     assert subnets["net4"].properties.get("address") == "10.1.0.0"
     assert subnets["net4"].properties.get("prefixLen") == 24
     assert subnets["net6"].properties.get("address") == "fd00:1::"
@@ -81,21 +107,15 @@ def test_classifier_keeps_its_ports(stack: Stack) -> None:
     assert (clf.get("prot"), clf.get("dFromPort"), clf.get("dToPort")) == (6, 80, 80)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20, dialect 1: etherT is sent as the integer 2048; libopflex reads enums only by "
-    "constant name ('ipv4') and drops the property silently, so the classifier has no ethertype",
-)
 def test_classifier_keeps_its_ethertype(stack: Stack) -> None:
-    clf = of(tree(stack), "GbpeL24Classifier")["http.web-in"].properties
-    assert clf.get("etherT") == "ipv4"
+    """etherT is an enum of the model, read by constant name: ssh-from-app's first rule is ipv4
+    (an integer would be dropped without a word); the contract's web-in is for any family, so it
+    carries none (the reference then matches both, as the intent says)."""
+    classifiers = of(tree(stack), "GbpeL24Classifier")
+    assert classifiers["sg.ssh-from-app.0"].properties.get("etherT") == "ipv4"
+    assert "etherT" not in classifiers["http.web-in"].properties
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20, dialect 2: the relation source is stored under policyfabric's URI, without the "
-    "target-class segment, where the generated resolveGbpRuleToClassifierRSrc(target) looks",
-)
 def test_the_rule_reaches_its_classifier(stack: Stack) -> None:
     """The rule's relation source, under the URI the reference builds for it."""
     mos = tree(stack)
@@ -129,15 +149,21 @@ def test_security_group_rule_keeps_its_remote_prefix(stack: Stack) -> None:
     assert [mo.subject for mo in sg_rules(stack)["1"]] == ["GbpSecGroupRuleToRemoteAddressRSrc"]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20, dialect 4: the remote-group restriction is a PfSecGroupRuleToRemoteGroupRSrc, "
-    "a class libopflex drops ('Could not deserialize object of unknown class'), so tcp/22 reaches "
-    "the reference agent as an allow from anywhere",
-)
 def test_security_group_rule_keeps_its_remote_group(stack: Stack) -> None:
-    """A rule whose restriction the agent cannot see is an allow from anywhere: it must not exist."""
-    assert sg_rules(stack)["0"], "tcp/22 reached the agent with no remote restriction"
+    """A rule whose restriction the agent cannot see is an allow from anywhere: it must not exist.
+    The group's members reach the reference agent as the model's remote addresses (app1's, and
+    the placeholder that keeps the set from ever being empty); our own hint it drops."""
+    mos = tree(stack)
+    relations = [mo for mo in sg_rules(stack)["0"] if mo.subject == "GbpSecGroupRuleToRemoteAddressRSrc"]
+    assert relations, "tcp/22 reached the agent with no remote restriction"
+    [target] = [mo.properties["target"]["reference_uri"] for mo in relations]
+    assert target in mos, "the member set was not resolved"
+    addresses = sorted(
+        (str(mo.properties.get("address")), mo.properties.get("prefixLen"))
+        for uri, mo in mos.items()
+        if uri.startswith(target) and mo.subject == "GbpSubnet"
+    )
+    assert addresses == [("10.1.0.20", 32), ("255.255.255.255", 32)]
 
 
 # ---- (b) what the authority made of the agent
@@ -152,13 +178,6 @@ def test_agent_is_listed(stack: Stack) -> None:
     assert agents
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20: the authority refuses the reference agent's declarations: its EprL2Ep has "
-    "children (GbpeReportedEpAttributeSet, EprSecurityGroupContext: 'child objects are not accepted') "
-    "and its group/context are URI strings, as the model types them, not references ('group ... is "
-    "not the group the intent gives it'); nothing binds, and state_report is not read (dialect 6)",
-)
 def test_endpoint_is_bound_to_the_agent_and_active(stack: Stack) -> None:
     def state() -> tuple[object, object, object]:
         [rec] = stack.client.list(k.ENDPOINT, TENANT, "app1")
@@ -169,10 +188,6 @@ def test_endpoint_is_bound_to_the_agent_and_active(stack: Stack) -> None:
     assert state() == (AGENT, "tap-app1", "ACTIVE")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 20, dialect 6: the agent's state_report (a FaultInstance) is answered {} and ignored",
-)
 def test_the_agents_fault_reaches_rest(stack: Stack) -> None:
     def faults() -> list[dict[str, object]]:
         items = stack.client.request("GET", "/v1/faults")["items"]

@@ -91,6 +91,29 @@ class Cls:
     GBPE_EP_COUNTER: Final = "GbpeEpCounter"
 
 
+# The classes policyfabric adds beyond the reference model, each made so that a peer that drops it
+# (libopflex drops classes it does not know) is given less, never more (docs/opflex.md, "The model
+# as managed objects"): every other class and property on the wire is the model's, with its types,
+# which tests/test_modelcheck.py holds against modelgbp.json.
+EXTENSIONS: frozenset[str] = frozenset(
+    {
+        Cls.PF_ENDPOINT,  # an endpoint's intent: without it, no endpoint to enforce for
+        Cls.PF_ROUTER,  # routers, their legs and gateways: without them, nothing routed across them
+        Cls.PF_ROUTER_TO_ROUTING_DOMAIN_RSRC,
+        Cls.PF_ROUTER_INTERFACE,
+        Cls.PF_EXTERNAL_GATEWAY,
+        Cls.PF_FLOATING_IP,  # without it, no floating IP
+        Cls.PF_EXTERNAL_NETWORK,  # without it, no way out
+        Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC,  # a hint: the rule's remote addresses are the model's
+        Cls.PF_EP_TUNNEL,  # without it, a remote endpoint cannot be reached
+        Cls.PF_ENDPOINT_STATUS,  # observables, from our agents only
+        Cls.PF_FAULT,
+        Cls.PF_AGENT_COUNTERS,
+        Cls.PF_GATEWAY_PORTS,
+    }
+)
+
+
 class Prop:
     """Property names, by the classes that carry them."""
 
@@ -193,6 +216,7 @@ def members_uri(tenant: str, group: str) -> str:
 
 __all__ = [
     "ETHER_T_NAMES",
+    "EXTENSIONS",
     "NO_MEMBER",
     "PROTOCOLS",
     "Cls",

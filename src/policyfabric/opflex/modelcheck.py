@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
@@ -222,8 +222,12 @@ def _type_problem(
     return (WRONG_TYPE, f"unhandled model type {ptype}")
 
 
-def check_details(mos: Iterable[MO], model: Model | None = None) -> list[Violation]:
-    """Every violation of ``mos`` against the model, in input order."""
+def check_details(
+    mos: Iterable[MO], model: Model | None = None, extensions: Collection[str] = ()
+) -> list[Violation]:
+    """Every violation of ``mos`` against the model, in input order. Objects of the
+    ``extensions`` classes (classes added beyond the model on purpose, which a reference peer
+    drops) are not checked; any other class the model lacks is a violation."""
     model = model or load_model()
     classes = model.classes
     mos = list(mos)
@@ -234,6 +238,8 @@ def check_details(mos: Iterable[MO], model: Model | None = None) -> list[Violati
             parent_of.setdefault(c, mo)
     out: list[Violation] = []
     for mo in mos:
+        if mo.subject in extensions:
+            continue
         cinfo = classes.get(mo.subject)
         if cinfo is None:
             out.append(
@@ -313,9 +319,9 @@ def _check_place(mo: MO, cinfo: Mapping[str, Any], listed_by: MO | None, model: 
     return out
 
 
-def check(mos: Iterable[MO], model: Model | None = None) -> list[str]:
+def check(mos: Iterable[MO], model: Model | None = None, extensions: Collection[str] = ()) -> list[str]:
     """Human-readable violations of ``mos`` against the reference model (empty: all good)."""
-    return [str(v) for v in check_details(mos, model)]
+    return [str(v) for v in check_details(mos, model, extensions)]
 
 
 __all__ = ["KINDS", "Model", "Violation", "check", "check_details", "load_model"]
