@@ -62,7 +62,8 @@ def tree(stack: Stack) -> dict[str, MO]:
         last.append(now)
         return now if done else None
 
-    return wait_for("the agent's resolved tree", settled, 10)
+    found: dict[str, MO] = wait_for("the agent's resolved tree", settled, 10)
+    return found
 
 
 def of(mos: dict[str, MO], subject: str) -> dict[str, MO]:
