@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from policyfabric.model import kinds as k
 from policyfabric.opflex.mo import MO
 
-from .conftest import AGENT, FAULT_CODE, TENANT, Stack
+from .conftest import AGENT, DOMAIN, FAULT_CODE, TENANT, Stack
 from .harness import gbp_inspect, method_of, wait_for
 
 SPACE = f"/PolicyUniverse/PolicySpace/{TENANT}/"
@@ -89,6 +89,21 @@ def test_agent_holds_the_groups_and_the_contract(stack: Stack) -> None:
     assert "http" in of(mos, "GbpContract")
     rules = of(mos, "GbpRule")
     assert "web-in" in rules
+
+
+def test_agent_holds_the_platform_config(stack: Stack) -> None:
+    """What it resolves first: /PolicyUniverse/PlatformConfig/<its domain>/ (named, nothing else:
+    no encapType, since the model has no constant for Geneve)."""
+    found = wait_for(
+        "the PlatformConfig in gbp_inspect",
+        lambda: [
+            mo for mo in gbp_inspect(stack.inspector, "PlatformConfig") if mo.subject == "PlatformConfig"
+        ],
+        10,
+    )
+    assert [(mo.uri, mo.properties) for mo in found] == [
+        (f"/PolicyUniverse/PlatformConfig/{DOMAIN}/", {"name": DOMAIN})
+    ]
 
 
 def test_agent_holds_the_subnets(stack: Stack) -> None:
