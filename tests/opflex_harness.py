@@ -95,7 +95,7 @@ def connect(
         write_timeout=max(2 * server.keepalive, 1.0),  # as the server's own sessions
         send_queue=server.send_queue,
     )
-    server.peers[session] = Peer("127.0.0.1:8009", credentials or Credentials())
+    server.peers[session] = Peer("127.0.0.1:8009", credentials or Credentials(), post=session.post)
     return session, writer
 
 

@@ -241,6 +241,15 @@ class Observer:
                 key[:MAX_TEXT],
             )
 
+    def authority_fault(self, agent: str, code: str, message: str, uri: str) -> None:
+        """A fault the authority itself raises about what it cannot do for ``agent`` (listed with
+        the agent's own, bounded the same way)."""
+        info = self.agents.get(agent)
+        if info is not None:
+            self._fault(
+                info, {Prop.CODE: code, Prop.SEVERITY: "major", Prop.DESCRIPTION: message, Prop.URI: uri}
+            )
+
     def _fault(self, agent: AgentInfo, props: dict[str, Any]) -> None:
         code = text(props.get(Prop.CODE), MAX_KEY) or "fault"
         uri = text(props.get(Prop.URI), MAX_DESCRIPTION)

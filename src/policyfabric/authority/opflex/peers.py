@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from policyfabric.authority.opflex.chunks import Oversized, size_of, split
 from policyfabric.authority.opflex.identity import Credentials
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session
@@ -39,6 +40,8 @@ class Peer:
     agent: str | None = None  # its name, once identified (once per session)
     current: bool = True  # False once a newer session of the same agent replaced it
     reports_status: bool = True  # False for a reference agent: its declarations say ACTIVE
+    # queues a message on its session (``Session.post``); set by the server once the session exists
+    post: Callable[[str, dict[str, Any]], bool] | None = None
     subs: dict[str, float] = field(default_factory=dict)  # policy URI -> lease expiry (monotonic)
     ep_subs: dict[str, float] = field(default_factory=dict)  # registry URI or prefix -> expiry
 
@@ -70,10 +73,21 @@ def fan_out(
     method: str,
     table: Callable[[Peer], dict[str, float]],
     parts: dict[str, Entries],
+    oversized: Callable[[Peer, list[Oversized]], None] = lambda peer, found: None,
 ) -> None:
-    """Queue for each session, in one message, the (uri, wire form) entries of ``parts`` that fall
-    under its live subscriptions in ``table``; ``parts`` maps a payload field to its entries."""
+    """Queue for each session the (uri, wire form) entries of ``parts`` that fall under its live
+    subscriptions in ``table``; ``parts`` maps a payload field to its entries. One message, or
+    several when it would be large (``chunks.split``: a peer reads frames up to a limit); an entry
+    too large for any frame is left out and handed to ``oversized``."""
     now = time.monotonic()
+    sizes: dict[int, int] = {}  # by entry identity: the same forms go to many sessions
+
+    def size(entry: Any) -> int:
+        found = sizes.get(id(entry))
+        if found is None:
+            found = sizes[id(entry)] = size_of(entry)
+        return found
+
     for session, peer in list(peers.items()):
         subs = [u for u, exp in table(peer).items() if exp > now]
         if not session.ready or not subs:
@@ -82,8 +96,14 @@ def fan_out(
             name: [form for uri, form in entries if any(under(uri, s) for s in subs)]
             for name, entries in parts.items()
         }
-        if any(payload.values()):
-            session.post(method, payload)  # False: closed, or dropped for not reading
+        if not any(payload.values()):
+            continue
+        messages, too_large = split(payload, size=size)
+        if too_large:
+            oversized(peer, too_large)
+        for message in messages:
+            if any(message.values()) and not session.post(method, message):
+                break  # closed, or dropped for not reading
 
 
 __all__ = ["MAX_SUBSCRIPTIONS", "Entries", "FanOut", "Peer", "fan_out", "refs", "wire"]

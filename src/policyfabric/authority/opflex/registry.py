@@ -39,6 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from policyfabric.authority.opflex.chunks import resolve_in_parts
 from policyfabric.authority.opflex.declaration_check import Checked, Refused, check, show
 from policyfabric.authority.opflex.intent_index import Changed as IntentChanges
 from policyfabric.authority.opflex.intent_index import IntentIndex
@@ -254,7 +255,14 @@ class EndpointRegistry:
             for uri, decl in self.declarations.items():
                 if under(uri, entry.endpoint_uri):
                     found += decl.mos
-        return {"endpoint": found}
+        # a bridge domain of thousands may not fit one frame: all but the last part go first
+        post = peer.post
+        reply, _ = resolve_in_parts(
+            {"endpoint": found},
+            (lambda m: post("endpoint_update", m)) if post is not None else None,
+            lambda m: {"replace": m["endpoint"], "delete": []},
+        )
+        return reply
 
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(EndpointRef, params):

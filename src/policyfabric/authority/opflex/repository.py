@@ -33,6 +33,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from policyfabric.authority.gateways import RouterKey
+from policyfabric.authority.opflex.chunks import Oversized, resolve_in_parts
 from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex, tenant_endpoints
 from policyfabric.authority.opflex.params import Resolve, Unresolve, parse
 from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
@@ -104,9 +105,11 @@ class PolicyRepository:
         gateways: Callable[[], Mapping[RouterKey, tuple[str, str]]],
         rebuilt: Callable[[Trees], None],
         domain: str = "policyfabric",
+        oversized: Callable[[Peer, list[Oversized]], None] = lambda peer, found: None,
     ) -> None:
         self.authority = authority
         self.domain = domain  # the OpFlex domain: names the PlatformConfig served
+        self._oversized = oversized  # told of objects too large for any frame (never sent)
         self._fan_out, self._schedule = fan_out, schedule
         self._gateways, self._rebuilt = gateways, rebuilt
         self.trees: dict[str | None, Tree] = {}
@@ -135,7 +138,16 @@ class PolicyRepository:
                 )
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
             policy += [mo.to_wire() for mo in mos]
-        return {"policy": policy}
+        # a whole tenant may not fit one frame: all but the last part go first, as updates
+        post = peer.post
+        reply, oversized = resolve_in_parts(
+            {"policy": policy},
+            (lambda m: post("policy_update", m)) if post is not None else None,
+            lambda m: {"replace": m["policy"], "merge_children": [], "delete": []},
+        )
+        if oversized:
+            self._oversized(peer, oversized)
+        return reply
 
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(Unresolve, params):

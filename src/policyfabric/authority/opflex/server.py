@@ -37,6 +37,7 @@ from typing import Any
 
 from policyfabric.authority.edge import Throttled
 from policyfabric.authority.opflex import peers as pe
+from policyfabric.authority.opflex.chunks import Oversized
 from policyfabric.authority.opflex.election import GatewayElection
 from policyfabric.authority.opflex.identity import check_name, credentials, may_take_over
 from policyfabric.authority.opflex.observer import Observer
@@ -92,6 +93,7 @@ class OpflexServer:
             gateways=self.election.snapshot,
             rebuilt=self._rebuilt,
             domain=domain,
+            oversized=self._oversized,
         )
         states = EndpointStateWriter(authority)
         self.registry = EndpointRegistry(
@@ -159,7 +161,7 @@ class OpflexServer:
             write_timeout=max(2 * self.keepalive, 1.0),
             send_queue=self.send_queue,
         )
-        self.peers[session] = pe.Peer(self._dialed(writer), credentials(writer, self.tls))
+        self.peers[session] = pe.Peer(self._dialed(writer), credentials(writer, self.tls), post=session.post)
         try:
             await session.run()
         finally:
@@ -185,7 +187,26 @@ class OpflexServer:
     def _fan_out(
         self, method: str, table: Callable[[pe.Peer], dict[str, float]], parts: dict[str, pe.Entries]
     ) -> None:
-        pe.fan_out(self.peers, method, table, parts)
+        pe.fan_out(self.peers, method, table, parts, self._oversized)
+
+    def _oversized(self, peer: pe.Peer, found: list[Oversized]) -> None:
+        """Objects too large for any frame a peer reads: never sent, logged, and a fault of the
+        agent's in ``GET /v1/faults`` (it would otherwise reconnect and meet them again)."""
+        for o in found:
+            log.error(
+                "opflex: %s (%d bytes) is larger than a frame (%d bytes): not sent to %s",
+                o.uri,
+                o.size,
+                self.max_frame,
+                peer.agent or "an unidentified peer",
+            )
+            if peer.agent is not None:
+                self.observer.authority_fault(
+                    peer.agent,
+                    "object-too-large",
+                    f"{o.uri} is {o.size} bytes, over the OpFlex frame limit: the agent cannot receive it",
+                    o.uri,
+                )
 
     # ---- dispatch
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
