@@ -16,6 +16,7 @@
 # Makefile turns this into a skip, not a failure); anything else is a failure.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 ROOT="$PWD"
 
 EXIT_SKIPPED=3
@@ -84,21 +85,7 @@ APT_PACKAGES=(
   prometheus-cpp-dev libcurl4-openssl-dev libnetfilter-conntrack-dev
 )
 step "Debian build packages"
-missing=()
-for pkg in "${APT_PACKAGES[@]}"; do
-  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
-done
-if [ ${#missing[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "interop: missing Debian packages: ${missing[*]}; run as root, or install them first" >&2
-    exit 1
-  fi
-  echo "interop: installing Debian packages: ${missing[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  # Another apt run (a concurrent bootstrap) holds the lock for a while: wait for it.
-  apt-get -o DPkg::Lock::Timeout=900 update -qq
-  apt-get -o DPkg::Lock::Timeout=900 install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-fi
+need_debian_packages interop --no-recommends "${APT_PACKAGES[@]}"
 
 # --- Sources: a fresh extraction (a half-built tree from an interrupted run is not trusted)
 step "extract $(basename "$TARBALL")"

@@ -6,6 +6,7 @@
 # Safe to run again: it installs only what is missing or changed.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib.sh
 
 KEYSTONE_PINS=(keystone==30.0.0 PyMySQL==1.2.4 gunicorn==27.0.1)
 VENV=.cache/keystone-venv
@@ -29,13 +30,7 @@ if ! command -v mariadbd >/dev/null 2>&1 && [ ! -x /usr/sbin/mariadbd ]; then
   apt-get install -y -qq --no-install-recommends mariadb-server >/dev/null
 fi
 
-PYTHON=""
-for candidate in python3 python3.13 python3.12 python3.11 /usr/bin/python3; do
-  if command -v "$candidate" >/dev/null 2>&1 &&
-     "$candidate" -c 'import sys, venv; sys.exit(sys.version_info < (3, 10))' 2>/dev/null; then
-    PYTHON="$candidate"; break
-  fi
-done
+PYTHON="$(find_python 10 || true)"
 [ -n "$PYTHON" ] || { echo "install-keystone: need Python >= 3.10 with venv" >&2; exit 1; }
 
 stamp="$VENV/.stamp-$(printf '%s\n' "${KEYSTONE_PINS[@]}" | sha256sum | cut -c1-16)"

@@ -56,31 +56,9 @@ def sample(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def mock_server(sample: Path) -> Iterator[tuple[str, int]]:
-    """mock_server on a free port, serving the sample. It binds 0.0.0.0 (no option to narrow it)
-    and ignores SIGTERM: it is killed by its PID."""
-    port = free_port()
-    d = Daemon(
-        "mock_server",
-        [
-            str(BIN / "mock_server"),
-            "--policy",
-            str(sample),
-            "--server_port",
-            str(port),
-            "--peer",
-            f"127.0.0.1:{port}",
-            "--level",
-            "info",
-        ],
-        sample.parent / "mock_server.log",
-        env=ref_env(),
-        sigkill_only=True,
-    ).start()
-    try:
-        wait_for("mock_server to listen", lambda: "Watching policy" in d.text() or _listening(port), 10)
-        yield ("127.0.0.1", port)
-    finally:
-        d.stop()
+    """mock_server serving the sample."""
+    with serving(sample) as peer:
+        yield peer
 
 
 def _listening(port: int) -> bool:
@@ -246,7 +224,8 @@ def test_a_mirror_of_the_demo_reads_into_the_view_our_authority_gives(tmp_path: 
 
 @contextlib.contextmanager
 def serving(policy: Path) -> Iterator[tuple[str, int]]:
-    """mock_server serving ``policy`` on a free port (killed by its PID)."""
+    """mock_server serving ``policy`` on a free port. It binds 0.0.0.0 (no option to narrow it) and
+    ignores SIGTERM: it is killed by its PID."""
     port = free_port()
     d = Daemon(
         "mock_server",
