@@ -19,6 +19,7 @@ from policyfabric.agent.drift import DriftFaults
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent, Rendering
 from policyfabric.agent.renderers.nftables.monitor import Transactions
 from policyfabric.agent.renderers.ovs import ofwire as w
+from policyfabric.agent.renderers.ovs.external import LEARNED_COOKIE
 from policyfabric.agent.renderers.ovs.flowmods import AddFlow, DeleteFlow, ReplaceFlows
 from policyfabric.agent.renderers.ovs.flows import COOKIE_BASE, flow
 from policyfabric.agent.renderers.ovs.monitor import Attribution, FlowMonitor, describe
@@ -85,7 +86,8 @@ def test_a_full_syncs_window_takes_everything_until_it_closes() -> None:
 
 def test_learned_flows_and_timeouts_are_the_switchs_own() -> None:
     a = Attribution()
-    assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=0))  # learn() added it
+    assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=LEARNED_COOKIE))  # learn() added it
+    assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=0))
     assert not a.foreign(update(REMOVED, NEIGHBOUR, cookie=0, reason=w.OFPRR_IDLE_TIMEOUT))
     assert not a.foreign(update(REMOVED, NEIGHBOUR, cookie=0, reason=w.OFPRR_DELETE))
     assert a.foreign(update(REMOVED, NEIGHBOUR, cookie=COOKIE_BASE | NEIGHBOUR))  # one of ours
@@ -255,11 +257,16 @@ def test_nft_changes_by_others_are_drift_and_the_renderers_own_are_not() -> None
 
 def test_one_fault_per_episode_cleared_once_it_stayed_repaired() -> None:
     d = DriftFaults(quiet=2.0)
-    assert d.noted("openvswitch", "table 61: 3 flows deleted", 10.0) == (
+    first, second = object(), object()
+    raised = (
         "drift-openvswitch",
         "major",
-        "openvswitch: changed by someone else, repairing: table 61: 3 flows deleted",
+        "openvswitch: changed by someone else, repaired at once: table 61: 3 flows deleted",
     )
+    assert d.noted("openvswitch", "table 61: 3 flows deleted", 10.0, first) == raised
+    assert d.untold(first) == [] and d.untold(None) == []
+    assert d.untold(second) == [raised]  # a new session: said again, once
+    assert d.untold(second) == []
     assert d.pending("openvswitch") and not d.pending("nftables")
     assert d.noted("openvswitch", "table 62: 1 flow deleted", 10.1) is None  # same episode
     taken = d.take("openvswitch")

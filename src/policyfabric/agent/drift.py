@@ -28,6 +28,8 @@ class _Episode:
     detected: float | None = None  # when the drift pending repair was seen (first of them)
     repaired: float | None = None  # when it was last repaired
     drifts: int = 0
+    description: str = ""  # the fault's
+    told: object = None  # the session the fault was raised in
 
 
 class DriftFaults:
@@ -36,8 +38,11 @@ class DriftFaults:
         self._episodes: dict[str, _Episode] = {}
         self.repairs = 0  # repairs made (a counter the agent reports)
 
-    def noted(self, renderer: str, what: str, now: float) -> tuple[str, str, str] | None:
-        """A drift was seen: the fault (code, severity, description) to raise, if this starts an episode."""
+    def noted(
+        self, renderer: str, what: str, now: float, session: object = None
+    ) -> tuple[str, str, str] | None:
+        """A drift was seen: the fault (code, severity, description) to raise now, if this starts an
+        episode (raised in ``session``: see ``untold``)."""
         episode = self._episodes.get(renderer)
         new = episode is None
         if episode is None:
@@ -48,7 +53,21 @@ class DriftFaults:
             episode.detected = now
         if not new:
             return None
-        return code(renderer), "major", f"{renderer}: changed by someone else, repairing: {what}"
+        episode.description = f"{renderer}: changed by someone else, repaired at once: {what}"
+        episode.told = session
+        return code(renderer), "major", episode.description
+
+    def untold(self, session: object) -> list[tuple[str, str, str]]:
+        """The faults to raise (again) in ``session``: those raised in none or in an earlier one
+        (reports are best effort: a fault raised as the session broke is said again)."""
+        if session is None:
+            return []
+        out = []
+        for renderer, episode in self._episodes.items():
+            if episode.told is not session:
+                episode.told = session
+                out.append((code(renderer), "major", episode.description))
+        return out
 
     def pending(self, renderer: str) -> bool:
         """A repair is due: apply this renderer even if its desired state is unchanged."""

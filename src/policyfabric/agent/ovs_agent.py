@@ -140,7 +140,7 @@ class OvsAgent:
 
     def _drifted(self, name: str, what: str) -> None:
         log.warning("agent %s: renderer %s: drift: %s; repairing", self.config.host, name, what)
-        fault = self.drift.noted(name, what, time.monotonic())
+        fault = self.drift.noted(name, what, time.monotonic(), self.client.session)
         if fault is not None:
             self.reports.fault_soon(*fault)
         self._wake.set()
@@ -275,6 +275,8 @@ class OvsAgent:
         counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
         self.reports.endpoints_active({e.key for e in net.local}, counters)
         now = time.monotonic()
+        for raised in self.drift.untold(self.client.session):  # raised as the session broke, say
+            await self.reports.fault(*raised)
         for cleared in self.drift.clearable(now):
             log.info("agent %s: %s cleared: %s", self.config.host, cleared[0], cleared[2])
             await self.reports.fault(*cleared)

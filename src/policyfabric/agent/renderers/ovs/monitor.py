@@ -18,7 +18,8 @@ flows``: what it changes is unknown beforehand) every update is the agent's. Wha
 drift: ``on_drift`` is called with what drifted (tables, how many flows, how), and the applier's
 next sync is a full one, which restores exactly what is missing and touches nothing else.
 
-Not drift: flows the pipeline's ``learn`` actions add in their own tables (no agent cookie), and
+Not drift: flows the pipeline's ``learn`` actions add in their own tables (their cookie is not the
+agent's ``COOKIE_BASE | table``), and
 flows the switch itself removes (idle or hard timeout, eviction): only learned flows have those.
 A change by hand during one of the agent's own full syncs is taken as the agent's (the window is
 the length of a ``replace-flows``); any other is seen. If the connection is lost (OVS restarted,
@@ -51,8 +52,9 @@ KINDS = {w.OFPFME_ADDED: "added", w.OFPFME_REMOVED: "deleted", w.OFPFME_MODIFIED
 SWITCH_REMOVED = frozenset({w.OFPRR_IDLE_TIMEOUT, w.OFPRR_HARD_TIMEOUT, w.OFPRR_EVICTION})
 
 
-def ours(cookie: int) -> bool:
-    return cookie & 0xFFFF0000 == COOKIE_BASE
+def installed_by_agent(table: int, cookie: int) -> bool:
+    """The agent's flows carry exactly ``COOKIE_BASE | table`` (learned ones another cookie)."""
+    return cookie == COOKIE_BASE | table
 
 
 @dataclass
@@ -103,7 +105,7 @@ class Attribution:
             return False  # INITIAL (not asked for), ABBREV (own connection: none)
         if update.event == w.OFPFME_REMOVED and update.reason in SWITCH_REMOVED:
             return False  # a learned flow timed out: only those have timeouts
-        if update.table in self.learned and not ours(update.cookie):
+        if update.table in self.learned and not installed_by_agent(update.table, update.cookie):
             return False  # learned by the pipeline's learn() action
         key = (update.table, update.priority)
         for win in self._windows.values():
