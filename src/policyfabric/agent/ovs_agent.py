@@ -153,7 +153,12 @@ class OvsAgent:
         self.ovsdb.watch(self._wake_threadsafe)
         for rendering in self.renderers:  # before the first apply: nothing after it goes unseen
             watch = functools.partial(self._drifted_threadsafe, rendering.name)
-            await asyncio.to_thread(rendering.renderer.watch, watch)
+            try:
+                await asyncio.to_thread(rendering.renderer.watch, watch)
+            except Exception as exc:  # a renderer that cannot watch still renders
+                log.warning(
+                    "agent %s: renderer %s cannot watch for drift: %s", self.config.host, rendering.name, exc
+                )
         self.client.on_change = self.wake
         client_task = asyncio.create_task(self.client.run())
         refresher = asyncio.create_task(self._refresh_announcements())
