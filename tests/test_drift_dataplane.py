@@ -13,8 +13,6 @@ repair within 1 s.
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
 import subprocess
 import threading
 import time
@@ -28,7 +26,7 @@ from policyfabric.agent.renderers.ovs.tables import POLICY
 from policyfabric.client import Client
 from policyfabric.lab.lab import Lab
 from policyfabric.model import kinds as k
-from tests.lab_harness import AgentLog, measured, ns_run, running_lab, until
+from tests.lab_harness import AgentLog, measured, ns_run, paused, running_lab, until
 
 pytestmark = pytest.mark.dataplane
 
@@ -67,16 +65,6 @@ def faults(lab: Lab, agent: str, code: str) -> list[dict[str, Any]]:
     with Client(lab.state.url) as client:
         items = client.request("GET", "/v1/faults")["items"]
     return [f for f in items if f["agent"] == agent and f["code"] == code]
-
-
-@contextlib.contextmanager
-def paused(lab: Lab, host: str) -> Iterator[None]:
-    pid = lab.state.pids[f"agent:{host}"]
-    os.kill(pid, signal.SIGSTOP)
-    try:
-        yield
-    finally:
-        os.kill(pid, signal.SIGCONT)
 
 
 class FaultWatch:
