@@ -46,6 +46,7 @@ bench: install
 	$(PY) bench/secgroups.py
 	$(PY) bench/vs_ovn.py
 	$(PY) bench/failover.py
+	$(PY) bench/drift.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info

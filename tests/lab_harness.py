@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -66,6 +68,18 @@ def running_lab(scenario: Path, directory: Path) -> Iterator[Lab]:
     finally:
         assert lab.down(keep_logs=True) == []
         assert own_processes(lab.state.directory) == [], "the lab left processes behind"
+
+
+@contextlib.contextmanager
+def paused(lab: Lab, host: str) -> Iterator[None]:
+    """The host's agent frozen (SIGSTOP) for the duration: what is changed by hand meanwhile stays
+    so (a running agent repairs drift at once)."""
+    pid = lab.state.pids[f"agent:{host}"]
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        yield
+    finally:
+        os.kill(pid, signal.SIGCONT)
 
 
 def lab_fixture(scenario: Path) -> Any:

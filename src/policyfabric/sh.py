@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import subprocess
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 log = logging.getLogger(__name__)
 
@@ -32,18 +32,38 @@ def run(
     input: str | None = None,
     check: bool = True,
     timeout: float = 60.0,
+    started: Callable[[int], None] | None = None,
 ) -> str:
-    """Run a command to completion and return its stdout; raise CommandFailed on error."""
+    """Run a command to completion and return its stdout; raise CommandFailed on error.
+    ``started(pid)`` is called once the process exists, before it is given its input (the
+    nftables renderer tells its own changes apart from others' by the PID that made them)."""
     full = in_netns(netns, argv)
     log.debug("run: %s", " ".join(full))
-    proc = subprocess.run(
-        full,
-        input=input,
-        capture_output=True,
-        text=True,
-        env=dict(env) if env is not None else None,
-        timeout=timeout,
-    )
+    if started is None:
+        proc = subprocess.run(
+            full,
+            input=input,
+            capture_output=True,
+            text=True,
+            env=dict(env) if env is not None else None,
+            timeout=timeout,
+        )
+    else:
+        with subprocess.Popen(
+            full,
+            stdin=subprocess.PIPE if input is not None else subprocess.DEVNULL,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(env) if env is not None else None,
+        ) as popen:
+            started(popen.pid)
+            try:
+                out, err = popen.communicate(input, timeout=timeout)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                raise
+        proc = subprocess.CompletedProcess(full, popen.returncode, out, err)
     if check and proc.returncode != 0:
         raise CommandFailed(full, proc.returncode, proc.stderr + proc.stdout)
     return proc.stdout

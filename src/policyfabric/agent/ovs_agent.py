@@ -11,7 +11,11 @@ pure, ``apply`` only when the result changed). Then the endpoints that now
 have their dataplane are reported ACTIVE (``reports``, in the background). A
 lone change is rendered at once; changes that arrive during a reconcile, or
 within ``debounce`` of its start, share the next one. A failed render raises
-the ``render-failed`` fault and is retried every second until one works.
+the ``render-failed`` fault and is retried every second until one works. A
+renderer that watches its device (``Renderer.watch``) wakes the loop when
+someone else changes it: that renderer is applied again in full at once, and
+the ``drift-<renderer>`` fault is raised until it has stayed repaired
+(``drift``).
 
 While no authority answers, the cache (persisted under ``--state-dir``)
 keeps driving the same flows, so the dataplane stays as it was; the client
@@ -23,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 import ssl
 import time
@@ -31,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric.agent.declarer import Declarer, split_iface_id
+from policyfabric.agent.drift import DriftFaults
 from policyfabric.agent.reader import local_endpoint, policy_view, remote_endpoints
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
@@ -112,6 +118,7 @@ class OvsAgent:
         self.declarer = Declarer(self.client, config.host, config.tunnel_ip)
         self.reports = Reporter(self.client, config.host, self.wake)
         self.invalid = InvalidPolicy(config.host)  # what the reader refused: logged once, a fault
+        self.drift = DriftFaults()  # devices changed by someone else: repaired at once, a fault
         self.stats = Stats()
         self._faulted = False
         self._last_error = ""
@@ -126,12 +133,32 @@ class OvsAgent:
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._wake.set)
 
+    def _drifted_threadsafe(self, name: str, what: str) -> None:
+        """A renderer's watcher (its own thread) saw its device changed by someone else."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._drifted, name, what)
+
+    def _drifted(self, name: str, what: str) -> None:
+        log.warning("agent %s: renderer %s: drift: %s; repairing", self.config.host, name, what)
+        fault = self.drift.noted(name, what, time.monotonic(), self.client.session)
+        if fault is not None:
+            self.reports.fault_soon(*fault)
+        self._wake.set()
+
     async def run(self) -> None:
         self._loop = asyncio.get_running_loop()
         self.ovsdb = await asyncio.to_thread(Ovsdb, self.config.ovsdb, self.config.bridge)
         if self.config.tunnel_ip:
             await asyncio.to_thread(self.ovsdb.ensure_tunnel, self.config.tunnel_ip)
         self.ovsdb.watch(self._wake_threadsafe)
+        for rendering in self.renderers:  # before the first apply: nothing after it goes unseen
+            watch = functools.partial(self._drifted_threadsafe, rendering.name)
+            try:
+                await asyncio.to_thread(rendering.renderer.watch, watch)
+            except Exception as exc:  # a renderer that cannot watch still renders
+                log.warning(
+                    "agent %s: renderer %s cannot watch for drift: %s", self.config.host, rendering.name, exc
+                )
         self.client.on_change = self.wake
         client_task = asyncio.create_task(self.client.run())
         refresher = asyncio.create_task(self._refresh_announcements())
@@ -171,6 +198,9 @@ class OvsAgent:
         finally:
             client_task.cancel()
             refresher.cancel()
+            for rendering in self.renderers:
+                with contextlib.suppress(Exception):
+                    rendering.renderer.unwatch()
             with contextlib.suppress(BaseException):
                 await self.client.stop()
             self.ovsdb.close()
@@ -249,20 +279,45 @@ class OvsAgent:
             self.stats.last_sync_s = self._ovs_rendering.last_change.seconds
         counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
         self.reports.endpoints_active({e.key for e in net.local}, counters)
+        now = time.monotonic()
+        for raised in self.drift.untold(self.client.session):  # raised as the session broke, say
+            await self.reports.fault(*raised)
+        for cleared in self.drift.clearable(now):
+            log.info("agent %s: %s cleared: %s", self.config.host, cleared[0], cleared[2])
+            await self.reports.fault(*cleared)
+        later = self.drift.next_clear(now)
+        if later is not None:
+            asyncio.get_running_loop().call_later(later + 0.01, self.wake)
 
     async def _render(self, rendering: Rendering, net: Network) -> tuple[float, float]:
         """Compile; apply only when the desired state changed. Returns (compile, apply) seconds."""
         t0 = time.perf_counter()
         desired = rendering.renderer.compile(net)
         t1 = time.perf_counter()
-        if rendering.rendered and rendering.last == desired:
+        if rendering.rendered and rendering.last == desired and not self.drift.pending(rendering.name):
             return t1 - t0, 0.0
         # until this apply succeeds, the device's state is unknown (a failed bundle may have been
         # half-sent): the next reconcile applies again even if the desired state is back to the last
         # one applied, and the OVS applier then resyncs in full
         rendering.rendered = False
-        applied = await asyncio.to_thread(rendering.renderer.apply, desired)
+        drift = self.drift.take(rendering.name)  # a drift this apply repairs (the renderer applies in full)
+        try:
+            applied = await asyncio.to_thread(rendering.renderer.apply, desired)
+        except BaseException:
+            if drift is not None:
+                self.drift.give_back(rendering.name, drift)
+            raise
         rendering.rendered, rendering.last = True, desired
+        if drift is not None:
+            now = time.monotonic()
+            self.drift.repaired(rendering.name, now)
+            log.info(
+                "agent %s: renderer %s: drift repaired %.0f ms after it was seen (%s)",
+                self.config.host,
+                rendering.name,
+                (now - drift[0]) * 1000,
+                "; ".join(drift[1])[:500],
+            )
         if applied.added or applied.removed:
             rendering.last_change = applied
         log.log(

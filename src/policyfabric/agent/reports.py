@@ -130,6 +130,10 @@ class Reporter:
             log.info("agent %s: gateway report deferred: %s", self.host, exc)
             self._retry()
 
+    def fault_soon(self, code: str, severity: str, description: str) -> None:
+        """``fault`` in the background: for what is raised from outside a reconcile (drift)."""
+        self._spawn(self.fault(code, severity, description))
+
     async def fault(self, code: str, severity: str, description: str) -> None:
         """Raise or clear (``severity="cleared"``) a fault; best effort, never raises."""
         with contextlib.suppress(Exception):

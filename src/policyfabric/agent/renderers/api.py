@@ -26,7 +26,7 @@ on the same view. ``policyfabric renderers`` lists what is installed.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -84,6 +84,16 @@ class Renderer(ABC, Generic[Desired]):
     @abstractmethod
     def apply(self, desired: Desired) -> Applied:
         """Make the device hold ``desired``. Raise on failure: the agent reports a fault and retries."""
+
+    def watch(self, drifted: Callable[[str], None]) -> bool:
+        """Optional: watch the device for changes made by anyone else (drift). On one, call
+        ``drifted(what)`` (from any thread) after making sure the next ``apply`` restores the whole
+        desired state, even an equal one: the agent then applies again at once, raises the fault
+        ``drift-<renderer>`` and clears it once the device has stayed repaired. True if watching."""
+        return False
+
+    def unwatch(self) -> None:
+        """Stop watching (the agent is stopping)."""
 
 
 class RendererError(Exception):

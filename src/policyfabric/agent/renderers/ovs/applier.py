@@ -11,7 +11,9 @@ bundle, all of a change or none of it, over a persistent OpenFlow 1.5 connection
 When that connection cannot be had (no management socket, no OpenFlow 1.5) the same bundle goes
 through ``ovs-ofctl bundle`` (logged once, with the reason). When a bundle fails or the
 connection breaks during one, what the bridge holds is unknown, so the mirror is dropped and the
-next sync is a full one.
+next sync is a full one. The same happens when someone else changes the bridge (drift): ``watch``
+puts a flow monitor on it (``monitor.py``) that tells apart the agent's own changes, which every
+sync brackets, from anyone else's.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
@@ -33,6 +36,7 @@ from policyfabric.agent.renderers.ovs.flowmods import (
     plan,
 )
 from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.renderers.ovs.monitor import FlowMonitor
 from policyfabric.agent.renderers.ovs.ofchannel import Bundled, ChannelUnavailable, OfChannel, mgmt_socket
 from policyfabric.agent.renderers.ovs.ofwire import OFPT_FLOW_MOD, add_body, delete_strict_body
 from policyfabric.sh import run
@@ -144,6 +148,29 @@ class FlowApplier:
             self.channel = OfChannel(path) if path is not None else None
         self.channel_max = channel_max  # larger deltas go through ovs-ofctl (see CHANNEL_MAX)
         self.channel_down: str | None = None  # why the last delta went through ovs-ofctl instead
+        self.monitor: FlowMonitor | None = None
+        self._drifted = threading.Event()  # someone else changed the bridge: the next sync is full
+
+    def watch(self, on_drift: Callable[[str], None]) -> bool:
+        """Watch the bridge for changes made by others (a flow monitor on the management socket):
+        on one, the next sync is a full one and ``on_drift(what)`` is called (from the monitor's
+        thread). False if the target has no management socket to watch."""
+        path = mgmt_socket(self.target, self.env)
+        if path is None or self.monitor is not None:
+            return self.monitor is not None
+
+        def drifted(what: str) -> None:
+            self._drifted.set()
+            on_drift(what)
+
+        self.monitor = FlowMonitor(path, drifted)
+        self.monitor.start()
+        return True
+
+    def unwatch(self) -> None:
+        if self.monitor is not None:
+            self.monitor.stop()
+            self.monitor = None
 
     def _ofctl(self, *args: str, text: str) -> None:
         with tempfile.NamedTemporaryFile("w", suffix=".flows", delete=False) as f:
@@ -194,14 +221,22 @@ class FlowApplier:
     def sync(self, flows: Iterable[Flow]) -> Applied:
         """Make the bridge hold exactly ``flows``."""
         start = time.monotonic()
+        if self._drifted.is_set():  # someone else changed the bridge: restore it in full
+            self._drifted.clear()
+            self.installed = None
         desired = index(flows)
         commands = plan(self.installed, desired)
         if self.installed is None:
             self.ensure_tlv_map()
+        token = self.monitor.own(commands) if self.monitor is not None and commands else None
         try:
             self.execute(commands)
         except Exception:
             self.installed = None  # unknown state: the next sync is a full one
             raise
+        finally:
+            if token is not None:
+                assert self.monitor is not None
+                self.monitor.settle(token)
         self.installed = desired
         return applied(commands, time.monotonic() - start)

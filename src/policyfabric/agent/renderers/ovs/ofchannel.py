@@ -123,7 +123,7 @@ class OfChannel:
             sock.close()
             self._sock = None
             raise ChannelUnavailable(f"cannot connect to {self.path}: {exc.strerror or exc}") from None
-        if msg_type != w.OFPT_HELLO or not _speaks_15(version, body):
+        if msg_type != w.OFPT_HELLO or not speaks_15(version, body):
             self.close()
             raise ChannelUnavailable(f"{self.path} does not speak OpenFlow 1.5 (hello version {version})")
 
@@ -255,7 +255,7 @@ class OfChannel:
             # anything else (an async message, a stale reply) is not ours to wait for
 
 
-def _speaks_15(version: int, hello_body: bytes) -> bool:
+def speaks_15(version: int, hello_body: bytes) -> bool:
     """OpenFlow 1.5 is agreed if the peer's hello says so: its version, or its version bitmap."""
     if version == w.VERSION:
         return True

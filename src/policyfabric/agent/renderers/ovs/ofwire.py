@@ -953,6 +953,76 @@ def bundle_add(
     return message(OFPT_BUNDLE_ADD_MESSAGE, xid, struct.pack("!I2xH", bundle_id, flags) + inner)
 
 
+# --- flow monitor (OpenFlow 1.4+ OFPMP_FLOW_MONITOR, as OVS implements it) --------------------------
+
+OFPT_MULTIPART_REQUEST, OFPT_MULTIPART_REPLY = 18, 19
+OFPMP_FLOW_MONITOR = 16
+OFPMPF_REPLY_MORE = 1
+# what to report (ofp_flow_monitor_flags): no initial dump, no instructions, others' changes only
+OFPFMF_INITIAL, OFPFMF_ADD, OFPFMF_REMOVED, OFPFMF_MODIFY = 1, 2, 4, 8
+OFPFMC_ADD = 0
+# ofp_flow_update_event
+OFPFME_INITIAL, OFPFME_ADDED, OFPFME_REMOVED, OFPFME_MODIFIED = 0, 1, 2, 3
+OFPFME_ABBREV, OFPFME_PAUSED, OFPFME_RESUMED = 4, 5, 6
+# ofp_flow_removed_reason: why a flow went (the first three are the switch's own doing)
+OFPRR_IDLE_TIMEOUT, OFPRR_HARD_TIMEOUT, OFPRR_DELETE, OFPRR_EVICTION = 0, 1, 2, 5
+EMPTY_MATCH = struct.pack("!HH4x", 1, 4)  # ofp_match: OXM, no fields, padded to 8
+_FLOW_UPDATE = struct.Struct("!HHBBHHH4xQ")  # ofp_flow_update_full up to the match: 24 bytes
+
+
+def flow_monitor_request(
+    xid: int, monitor_id: int, flags: int = OFPFMF_ADD | OFPFMF_REMOVED | OFPFMF_MODIFY
+) -> bytes:
+    """``OFPMP_FLOW_MONITOR`` request: every table, every flow, ``flags`` saying which events."""
+    body = struct.pack("!HH4x", OFPMP_FLOW_MONITOR, 0)
+    body += struct.pack("!IIIHBB", monitor_id, OFPP_ANY, OFPG_ANY, flags, 0xFF, OFPFMC_ADD)
+    return message(OFPT_MULTIPART_REQUEST, xid, body + EMPTY_MATCH)
+
+
+@dataclass(frozen=True)
+class FlowUpdate:
+    """One event of a flow monitor: a flow added, removed or modified (``OFPFME_*``), and which
+    (its match and instructions are not decoded: what drifted is said by table and cookie)."""
+
+    event: int
+    table: int
+    priority: int
+    cookie: int
+    reason: int = 0  # for OFPFME_REMOVED: OFPRR_*
+
+
+def decode_flow_updates(body: bytes) -> list[FlowUpdate] | None:
+    """The updates in the body of an ``OFPT_MULTIPART_REPLY``, or None if it is not a flow monitor's.
+    ``PAUSED`` and ``RESUMED`` come as updates with no flow (table 0xff)."""
+    if len(body) < 8 or struct.unpack_from("!H", body)[0] != OFPMP_FLOW_MONITOR:
+        return None
+    out, offset = [], 8
+    while offset + 4 <= len(body):
+        length, event = struct.unpack_from("!HH", body, offset)
+        if length < 4 or offset + length > len(body):
+            raise ValueError(f"flow update of length {length} at {offset} in a reply of {len(body)} bytes")
+        if event in (OFPFME_INITIAL, OFPFME_ADDED, OFPFME_REMOVED, OFPFME_MODIFIED):
+            if length < _FLOW_UPDATE.size:
+                raise ValueError(f"flow update of length {length} is too short for a flow")
+            _, _, table, reason, _, _, priority, cookie = _FLOW_UPDATE.unpack_from(body, offset)
+            out.append(FlowUpdate(event, table, priority, cookie, reason))
+        else:
+            out.append(FlowUpdate(event, 0xFF, 0, 0))
+        offset += length
+    return out
+
+
+def flow_update(event: int, table: int, priority: int, cookie: int, reason: int = 0) -> bytes:
+    """One ``ofp_flow_update_full`` with an empty match and no instructions (tests, fakes)."""
+    length = _FLOW_UPDATE.size + len(EMPTY_MATCH)
+    return _FLOW_UPDATE.pack(length, event, table, reason, 0, 0, priority, cookie) + EMPTY_MATCH
+
+
+def flow_monitor_reply(xid: int, updates: bytes, more: bool = False) -> bytes:
+    flags = OFPMPF_REPLY_MORE if more else 0
+    return message(OFPT_MULTIPART_REPLY, xid, struct.pack("!HH4x", OFPMP_FLOW_MONITOR, flags) + updates)
+
+
 # --- errors ---------------------------------------------------------------------------------------
 
 ERROR_TYPES = {

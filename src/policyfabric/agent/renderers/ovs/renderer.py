@@ -23,6 +23,7 @@ Its OVS-specific inputs, and why each arrives the way it does:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from policyfabric.agent.renderers import api
@@ -70,6 +71,13 @@ class OvsRenderer(api.Renderer[Bridge]):
         else:
             detail = f"delta sync ({n} flows in all)"
         return api.Applied(synced.added, synced.removed, synced.seconds, detail, full=synced.full)
+
+    def watch(self, drifted: Callable[[str], None]) -> bool:
+        """A flow monitor on the bridge (``monitor.py``): flows changed by others are drift."""
+        return self.applier.watch(drifted)
+
+    def unwatch(self) -> None:
+        self.applier.unwatch()
 
     def refresh_announcements(self) -> None:
         """Announce every address again (neighbours that missed it, expired caches). Blocking."""
