@@ -611,3 +611,33 @@ def test_dry_run_agent_prints_what_it_resolved_and_uses_its_cache_when_alone(
         cmd, capture_output=True, text=True, timeout=60, env={"COLUMNS": "200", "PATH": "/usr/bin:/bin"}
     )
     assert done.returncode == 1 and "cached policy" in done.stdout and "GbpEpGroup" in done.stdout
+
+
+def test_a_refused_declaration_is_tried_again_and_taken_once_the_holder_is_gone(
+    opflex_authority: AuthorityProcess, caplog: pytest.LogCaptureFixture
+) -> None:
+    """h2 declares an endpoint h1 holds: refused (h1's session is live). Once h1 is gone, h2's
+    client tries again on its own within seconds (not at its lease refresh, prr/3 away: minutes
+    by default) and takes it; each refused declaration is logged once, however often retried."""
+    api = Api(opflex_authority.url)
+    api.ok("endpoints", {"name": "roamer", "tenant": "acme", "subnet": "app4", "ip": "10.2.0.222"})
+
+    async def go() -> None:
+        h1 = await Agent("h1", [opflex_authority.opflex], ["acme/roamer"]).start()
+        await until(lambda: (api.find("endpoints", "acme", "roamer") or {}).get("host") == "h1")
+        h2 = await Agent("h2", [opflex_authority.opflex], ["acme/roamer"]).start()
+        try:
+            await asyncio.sleep(1.5)  # refused at least once, and tried again
+            assert (api.find("endpoints", "acme", "roamer") or {}).get("host") == "h1"
+            await h1.stop()
+            took = await until(
+                lambda: (api.find("endpoints", "acme", "roamer") or {}).get("host") == "h2", 40
+            )
+            print(f"taken over {took:.1f} s after the holder left")
+        finally:
+            await h2.stop()
+        refusals = [r.getMessage() for r in caplog.records if "(retrying)" in r.getMessage()]
+        assert len(refusals) == len(set(refusals)) == 2, refusals  # its L2 and its L3: once each
+
+    with caplog.at_level("INFO"):
+        run(go)

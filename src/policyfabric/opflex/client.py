@@ -33,6 +33,7 @@ from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 
 log = logging.getLogger(__name__)
+DECLARE_RETRY_MAX = 30.0  # seconds between attempts of a refused declaration, at most
 
 EPR_SUBJECTS = frozenset({Cls.EPR_L2_EP, Cls.EPR_L3_EP})
 Peer = tuple[str, int]
@@ -82,6 +83,7 @@ class PolicyClient:
         self.wanted: dict[str, str] = {}  # policy uri -> subject
         self.ep_wanted: dict[str, str] = {}  # endpoint uri or prefix -> subject
         self.declared: dict[str, list[dict[str, Any]]] = {}  # local endpoint uri -> MOs
+        self._refused: set[str] = set()  # declarations refused and being retried (logged once)
         self.version = 0
         self.session: Session | None = None
         self.connected_to: Peer | None = None
@@ -159,7 +161,32 @@ class PolicyClient:
         wire = [m.to_wire() for m in mos]
         if self.declared.get(top.uri) != wire:
             self.declared[top.uri] = wire
-            self._spawn(self._call("endpoint_declare", {"endpoint": wire, "prr": self.prr}))
+            self._spawn(self._declare(top.uri, wire))
+
+    async def _declare(self, uri: str, wire: list[dict[str, Any]]) -> None:
+        """Declare; a refused declaration (another live agent holds the endpoint, say, until it
+        lets go) is tried again after 1, 2, 4 ... up to ``DECLARE_RETRY_MAX`` seconds, not only at
+        the next lease refresh, for as long as it is still what this client declares. The refusal
+        is logged once, its end too."""
+        delay = 1.0
+        while True:
+            try:
+                await self._call("endpoint_declare", {"endpoint": wire, "prr": self.prr}, refused=True)
+            except RpcError as err:
+                if uri not in self._refused:
+                    self._refused.add(uri)
+                    log.warning(
+                        "opflex client %s: declaration of %s refused (retrying): %s", self.name, uri, err
+                    )
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, DECLARE_RETRY_MAX)
+                if self.declared.get(uri) is not wire:
+                    return  # changed or undeclared since: that has its own attempt
+                continue
+            if uri in self._refused:
+                self._refused.discard(uri)
+                log.info("opflex client %s: declaration of %s accepted", self.name, uri)
+            return
 
     def undeclare(self, uri: str) -> None:
         mos = self.declared.pop(uri, None)
@@ -272,7 +299,10 @@ class PolicyClient:
         task = asyncio.get_running_loop().create_task(coro)
         task.add_done_callback(lambda t: t.exception() if not t.cancelled() else None)
 
-    async def _call(self, method: str, params: dict[str, Any]) -> Any:
+    async def _call(self, method: str, params: dict[str, Any], refused: bool = False) -> Any:
+        """The result of a request, or None if the session is not up or went away (what is
+        declared and resolved is sent again after the next handshake). An error reply is logged
+        and None, or raised with ``refused``."""
         session = self.session
         if session is None or not session.ready:
             return None  # sent again by _resync after the next handshake
@@ -282,6 +312,8 @@ class PolicyClient:
         except (SessionClosed, TimeoutError):
             return None
         except RpcError as err:
+            if refused:
+                raise
             log.warning("opflex client %s: %s refused: %s", self.name, method, err)
             return None
         finally:
