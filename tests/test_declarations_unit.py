@@ -569,3 +569,26 @@ def test_a_reference_agent_is_heard_its_endpoint_active_its_faults_and_counters_
         assert f.server.observer.faults_json() == []
 
     fabric(tmp_path, test)
+
+
+def test_a_host_tunnel_address_is_its_own(tmp_path: Path) -> None:
+    """Other hosts send an endpoint's traffic to the tunnel address its declaration gives: a peer
+    may not give another live agent's (it would send traffic there); once that agent is gone, the
+    address is free again (a host re-addressed, a new agent on it)."""
+
+    async def test(f: Fabric) -> None:
+        free = {"name": "free", "tenant": "acme", "epg": "web", "ip": ["10.1.0.40"]}
+        f.authority.create(K["endpoint"], parse_spec(K["endpoint"], free))
+        await f.rebuild()
+        assert await f.declare("h1", *f.request("web1", tunnel="192.0.2.1")) == {}
+        await refused(
+            f,
+            "evil",
+            *f.request("free", tunnel="192.0.2.1"),
+            why="tunnelIp '192.0.2.1' is declared by agent 'h1'",
+        )
+        assert await f.declare("evil", *f.request("free", tunnel="192.0.2.66")) == {}  # its own: fine
+        f.server._closed(f.sessions["h1"])
+        assert await f.declare("h2", *f.request("app1", tunnel="192.0.2.1")) == {}
+
+    fabric(tmp_path, test)

@@ -114,6 +114,7 @@ class Declaration:
     agent: str
     expires: float
     endpoint: tuple[str, str]  # (tenant, name) of the endpoint of the intent it declares
+    tunnel: str | None = None  # the tunnelIp of its PfEpTunnel (an EprL2Ep's), if any
 
     @property
     def is_l2(self) -> bool:
@@ -127,10 +128,11 @@ class Declaration:
 
 # ---- trust and bounds: who declared what ---------------------------------------------------
 class Declarations(dict[str, Declaration]):
-    """The declarations by registry URI, and two indexes kept with them: the URIs declared for
+    """The declarations by registry URI, and the indexes kept with them: the URIs declared for
     each endpoint of the intent (``by_endpoint``, what taking over, re-checking and releasing an
-    endpoint read), and which endpoints each agent declared an interface for (``by_agent``, what
-    ``declares`` and ``endpoints_of`` read once per status report and per agent). A scan of every
+    endpoint read), which endpoints each agent declared an interface for (``by_agent``, what
+    ``declares`` and ``endpoints_of`` read once per status report and per agent), and which agents
+    declare each tunnel address (``by_tunnel``: a host's tunnel is its own). A scan of every
     declaration would make each of those quadratic. Written only with ``d[uri] = decl``,
     ``d.pop(uri, None)`` and ``del d[uri]``, which keep both indexes."""
 
@@ -138,6 +140,7 @@ class Declarations(dict[str, Declaration]):
         super().__init__()
         self.by_endpoint: dict[str, set[str]] = {}  # TENANT/NAME -> URIs of its declarations
         self.by_agent: dict[str, dict[tuple[str, str], int]] = {}  # agent -> endpoint -> L2 count
+        self.by_tunnel: dict[str, Counter[str]] = {}  # tunnelIp -> agents declaring it (how often)
 
     def _index(self, uri: str, decl: Declaration, step: int) -> None:
         uris = self.by_endpoint.setdefault(decl.key, set())
@@ -147,6 +150,13 @@ class Declarations(dict[str, Declaration]):
             uris.discard(uri)
             if not uris:
                 del self.by_endpoint[decl.key]
+        if decl.tunnel is not None:
+            agents = self.by_tunnel.setdefault(decl.tunnel, Counter())
+            agents[decl.agent] += step
+            if agents[decl.agent] <= 0:
+                del agents[decl.agent]
+                if not agents:
+                    del self.by_tunnel[decl.tunnel]
         if not decl.is_l2:
             return
         mine = self.by_agent.setdefault(decl.agent, {})
@@ -175,6 +185,15 @@ class Declarations(dict[str, Declaration]):
         decl = self[uri]
         del self[uri]
         return decl
+
+
+def _tunnel(checked: Checked) -> str | None:
+    """The tunnel address a checked declaration gives (its ``PfEpTunnel``'s), if any."""
+    for c in checked.children:
+        if c.subject == Cls.PF_EP_TUNNEL:
+            value = c.properties.get(Prop.TUNNEL_IP)
+            return value if isinstance(value, str) else None
+    return None
 
 
 # ---- the role ---------------------------------------------------------------------------------
@@ -272,7 +291,9 @@ class EndpointRegistry:
     # ---- who may declare what
     def _may_declare(self, agent: str, checked: Checked, holding: set[str]) -> None:
         """Raise ``Refused`` unless ``agent`` may declare this endpoint: no other live agent holds
-        it (its EprL2Ep, or this very URI), and, if the intent pins it to a host, ``agent`` is that
+        it (its EprL2Ep, or this very URI), no other live agent declares the tunnel address it gives
+        (traffic to its endpoints would go to that host), and, if the intent pins it to a host,
+        ``agent`` is that
         host, or already holds it, or the pinned host let it go (undeclared it, its lease ran out)
         or holds it from a session that is gone. The pin is the endpoint's REST ``host``, which a
         binding rewrites: a host that let an endpoint go hands it to the next that declares it."""
@@ -281,6 +302,12 @@ class EndpointRegistry:
         for decl in (l2, self.declarations.get(checked.mo.uri)):
             if decl is not None and decl.agent != agent and self._live(decl.agent):
                 raise Refused(f"it is declared by agent {show(decl.agent)}, whose session is live")
+        tunnel = _tunnel(checked)
+        for other in self.declarations.by_tunnel.get(tunnel or "", ()):
+            if other != agent and self._live(other):
+                raise Refused(
+                    f"tunnelIp {show(tunnel)} is declared by agent {show(other)}, whose session is live"
+                )
         pin = intent.host
         holder = l2.agent if l2 is not None else None
         if pin is None or pin == agent or intent.key in holding or holder in (agent, pin):
@@ -309,7 +336,7 @@ class EndpointRegistry:
         key, uri = checked.intent.key, checked.mo.uri
         tenant, name = key.split("/", 1)
         self.declarations[uri] = Declaration(
-            [m.to_wire() for m in checked.all], agent, expires, (tenant, name)
+            [m.to_wire() for m in checked.all], agent, expires, (tenant, name), _tunnel(checked)
         )
         self._changed[uri] = (checked.all, False)
         if checked.is_l2:
