@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
+import itertools
+import time
 from pathlib import Path
 
 from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update
+from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.mo import MO
 
 ROOT = "/PolicyUniverse/PolicySpace/acme/"
@@ -56,3 +60,32 @@ def test_the_file_round_trips_and_an_unreadable_one_is_ignored(tmp_path: Path) -
     assert loaded.wanted == {ROOT: "PolicySpace"}
     (tmp_path / "cache.json").write_text('{"version": "seven"')
     assert file.load() is None
+
+
+def test_the_cache_is_written_less_often_the_more_a_write_costs(tmp_path: Path) -> None:
+    """Each write is the whole cache: after one that took 50 ms the next waits a second (at most
+    5% of the time), written in a thread from a copy; stop waits for it and writes what is last."""
+    client = PolicyClient("h1", [("127.0.0.1", 1)], state_dir=tmp_path)
+    assert client.cache_file is not None
+    writes: list[float] = []
+    real = client.cache_file.save
+
+    def slow(contents: CacheContents) -> None:
+        writes.append(time.monotonic())
+        time.sleep(0.05)
+        real(contents)
+
+    client.cache_file.save = slow  # type: ignore[method-assign]
+
+    async def go() -> None:
+        for i in range(40):
+            client.policy[f"/PolicyUniverse/X/{i}/"] = MO("X", f"/PolicyUniverse/X/{i}/", {})
+            client._changed({f"/PolicyUniverse/X/{i}/"})
+            await asyncio.sleep(0.05)  # 2 s of changes
+        await client.stop()
+
+    asyncio.run(go())
+    assert 2 <= len(writes) <= 4, writes  # every 0.5 s would be 4-5, and each 50 ms: 1 s apart
+    assert all(b - a >= 0.9 for a, b in itertools.pairwise(writes[:-1]))  # (the last: on stop)
+    loaded = CacheFile(tmp_path / "opflex-cache.json", "h1").load()
+    assert loaded is not None and len(loaded.policy) == 40  # the last write has everything

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import os
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -72,7 +73,7 @@ class CacheFile:
             "wanted": contents.wanted,
             "ep_wanted": contents.ep_wanted,
         }
-        tmp = self.path.with_suffix(".tmp")
+        tmp = self.path.with_suffix(f".{threading.get_ident()}.tmp")  # a write in a thread, one on stop
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.path)
 
