@@ -38,7 +38,7 @@ from policyfabric.agent.view import (
     SgRule,
     router_identity,
 )
-from policyfabric.authority.opflex.policy_tree import global_tree, tenant_tree
+from policyfabric.authority.opflex.policy_tree import EndpointMemo, global_tree, tenant_tree
 from policyfabric.authority.opflex.repository import tenant_of
 from policyfabric.model import objects as o
 from policyfabric.opflex.gbp import (
@@ -50,7 +50,7 @@ from policyfabric.opflex.gbp import (
     members_uri,
     uri_of,
 )
-from policyfabric.opflex.mo import MO, Tree
+from policyfabric.opflex.mo import MO, Tree, ref
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child, unescape
 
 T = "acme"
@@ -577,3 +577,32 @@ def _lonely_group() -> o.SecurityGroup:
     """A group that allows ssh from its own members, of which there are none."""
     rule = o.SecurityGroupRule(direction="ingress", protocol="tcp", port=22, remote_group="nobody")
     return o.SecurityGroup(name="nobody", tenant=T, rules=[rule])
+
+
+def test_a_rebuild_with_the_memo_reuses_what_did_not_change_and_equals_a_fresh_build() -> None:
+    """The repository rebuilds a tenant's tree after every write: endpoints whose spec and bridge
+    domain are the same keep their object (identical, so the diff skips them); a changed one, or
+    one whose group moved to another bridge domain, is built anew; the tree always equals a build
+    without the memo."""
+    memo: EndpointMemo = {}
+    first = tenant_tree("acme", INTENT, IDS, GATEWAYS, memo)
+    web1 = endpoint_uri(T, "web1")
+    moved = [s for s in INTENT["endpoint"] if s.name != "vm9"] + [
+        o.Endpoint(name="vm9", tenant=T, subnet="s-app", ip=["10.2.0.31"], mac="02:00:00:00:00:09")
+    ]
+    again = tenant_tree("acme", {**INTENT, "endpoint": moved}, IDS, GATEWAYS, memo)
+    assert again.mos[web1] is first.mos[web1]
+    assert again.mos[endpoint_uri(T, "vm9")] is not first.mos[endpoint_uri(T, "vm9")]
+    assert again.mos == tenant_tree("acme", {**INTENT, "endpoint": moved}, IDS, GATEWAYS).mos
+    groups = [
+        s.model_copy(update={"bridge_domain": "bd-app"}) if s.name == "web" else s
+        for s in INTENT["endpoint_group"]
+    ]
+    regrouped = tenant_tree(
+        "acme", {**INTENT, "endpoint": moved, "endpoint_group": groups}, IDS, GATEWAYS, memo
+    )
+    assert regrouped.mos[web1] is not again.mos[web1]
+    assert regrouped.mos[web1].properties[Prop.BRIDGE_DOMAIN] == ref(
+        Cls.GBP_BRIDGE_DOMAIN, u(Cls.GBP_BRIDGE_DOMAIN, "bd-app")
+    )
+    assert set(memo) == {s.name for s in moved}

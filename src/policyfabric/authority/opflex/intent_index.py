@@ -178,17 +178,40 @@ class _Reader:
         )
 
 
-def tenant_endpoints(tenant: str, tree: Tree) -> dict[str, EndpointIntent]:
-    """Every endpoint of ``tenant``'s tree by ``TENANT/NAME`` (pure; run where the tree is built)."""
+# id of a PfEndpoint -> (it, what else its entry reads: its bridge domain's routing domain and SLAAC
+# prefixes, its group's class id, the entry): the tree builder keeps unchanged endpoints' objects,
+# so an entry is read again only when its object or its context changed
+IntentMemo = dict[int, tuple[MO, tuple[object, ...], "EndpointIntent | None"]]
+
+
+def tenant_endpoints(tenant: str, tree: Tree, memo: IntentMemo | None = None) -> dict[str, EndpointIntent]:
+    """Every endpoint of ``tenant``'s tree by ``TENANT/NAME`` (pure; run where the tree is built).
+    ``memo`` (the caller's, one per tenant) is refilled with what this call read."""
     root = tree.mos.get(space(tenant))
     reader = _Reader(tree)
     out = {}
+    fresh: IntentMemo = {}
     for uri in root.children if root else ():
         mo = tree.mos.get(uri)
-        if mo is not None and mo.subject == Cls.PF_ENDPOINT:
+        if mo is None or mo.subject != Cls.PF_ENDPOINT:
+            continue
+        bd, group = _ref(mo.properties.get(Prop.BRIDGE_DOMAIN)), _ref(mo.properties.get(Prop.EPG))
+        context = (
+            reader.rd(bd) if bd else None,
+            reader.slaac_prefixes(bd) if bd else (),
+            reader.classid(group) if group else None,
+        )
+        hit = memo.get(id(mo)) if memo is not None else None
+        if hit is not None and hit[0] is mo and hit[1] == context:
+            entry = hit[2]
+        else:
             entry = reader.endpoint(tenant, mo)
-            if entry is not None:
-                out[entry.key] = entry
+        fresh[id(mo)] = (mo, context, entry)
+        if entry is not None:
+            out[entry.key] = entry
+    if memo is not None:
+        memo.clear()
+        memo.update(fresh)
     return out
 
 
@@ -223,7 +246,7 @@ class IntentIndex:
         changed: Changed = []
         for tenant, fresh in tenants.items():
             old = self._tenants.get(tenant, {})
-            gone: Changed = [(k, e, fresh.get(k)) for k, e in old.items() if fresh.get(k) != e]
+            gone: Changed = [(k, e, f) for k, e in old.items() if (f := fresh.get(k)) is not e and f != e]
             new: Changed = [(k, None, e) for k, e in fresh.items() if k not in old]
             for _, was, now in gone + new:
                 for uri in self._uris(was) if was else ():
@@ -242,4 +265,11 @@ class IntentIndex:
                 listener(changed)
 
 
-__all__ = ["EndpointIntent", "IntentIndex", "canonical_ip", "derived_addresses", "tenant_endpoints"]
+__all__ = [
+    "EndpointIntent",
+    "IntentIndex",
+    "IntentMemo",
+    "canonical_ip",
+    "derived_addresses",
+    "tenant_endpoints",
+]

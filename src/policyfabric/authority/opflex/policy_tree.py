@@ -25,7 +25,7 @@ from policyfabric.opflex.gbp import (
     members_uri,
     uri_of,
 )
-from policyfabric.opflex.mo import Tree, ref
+from policyfabric.opflex.mo import MO, Tree, ref
 from policyfabric.opflex.uri import UNIVERSE, child, space
 
 
@@ -60,16 +60,41 @@ def _host(tree: Tree, container: str, name: str, address: str) -> None:
     )
 
 
+def _endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None) -> MO:
+    """An endpoint's ``PfEndpoint`` (its intent), as its agent resolves it."""
+    props: dict[str, Any] = {Prop.NAME: ep.name, Prop.MAC: ep.mac, Prop.IP: list(ep.ip)}
+    if ep.epg is not None:
+        props[Prop.EPG] = ref(Cls.GBP_EP_GROUP, uri_of(tenant, Cls.GBP_EP_GROUP, ep.epg))
+    if bd_name:
+        props[Prop.BRIDGE_DOMAIN] = ref(Cls.GBP_BRIDGE_DOMAIN, bd_name)
+    props[Prop.SECURITY_GROUP] = [
+        ref(Cls.GBP_SEC_GROUP, uri_of(tenant, Cls.GBP_SEC_GROUP, g)) for g in ep.security_groups
+    ]
+    if ep.host is not None:
+        props[Prop.HOST] = ep.host
+    uri = child(top, Cls.PF_ENDPOINT, ep.name)
+    return MO(Cls.PF_ENDPOINT, uri, props, [], Cls.POLICY_SPACE, top, Cls.PF_ENDPOINT)
+
+
+# name -> (its spec, its bridge domain's URI, its PfEndpoint): what the last build made of each
+# endpoint, so the next one reuses the object when neither changed (a tenant's endpoints are most
+# of its objects, and a rebuild follows every write to it)
+EndpointMemo = dict[str, tuple[Any, str | None, MO]]
+
+
 def tenant_tree(
     tenant: str,
     objects: Mapping[str, Sequence[o.Spec]],
     ids: Mapping[str, Mapping[str, int]],
     gateways: Mapping[str, tuple[str, str]] | None = None,
+    memo: EndpointMemo | None = None,
 ) -> Tree:
     """The PolicySpace of ``tenant``. ``objects`` maps a kind name to its specs;
     ``ids`` gives server-allocated numbers by ``kind/name``: ``ids["vni"]["bridge_domain/bd1"]``,
     ``ids["classid"]["endpoint_group/web"]`` (0 when unknown). ``gateways`` maps a router name
-    to its active gateway host and that host's tunnel address (the authority's election)."""
+    to its active gateway host and that host's tunnel address (the authority's election).
+    ``memo`` (the caller's, one per tenant) lets unchanged endpoints keep their objects: the tree
+    is the same, it is built faster, and the diff against the last one finds them identical."""
     tree = Tree()
     top = space(tenant)
     tree.root(Cls.POLICY_SPACE, top, **{Prop.NAME: tenant})
@@ -229,21 +254,19 @@ def tenant_tree(
             },
         )
     subnet_bd = {s.name: s.bridge_domain for s in of("subnet")}
+    fresh: EndpointMemo = {}
     for ep in of("endpoint"):
-        props = {Prop.NAME: ep.name, Prop.MAC: ep.mac, Prop.IP: list(ep.ip)}
-        if ep.epg is not None:
-            props[Prop.EPG] = ref(Cls.GBP_EP_GROUP, uri_of(tenant, Cls.GBP_EP_GROUP, ep.epg))
         bd_name = bd_of_epg.get(ep.epg or "") or (
             uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, subnet_bd[ep.subnet]) if ep.subnet in subnet_bd else None
         )
-        if bd_name:
-            props[Prop.BRIDGE_DOMAIN] = ref(Cls.GBP_BRIDGE_DOMAIN, bd_name)
-        props[Prop.SECURITY_GROUP] = [
-            ref(Cls.GBP_SEC_GROUP, uri_of(tenant, Cls.GBP_SEC_GROUP, g)) for g in ep.security_groups
-        ]
-        if ep.host is not None:
-            props[Prop.HOST] = ep.host
-        tree.add(top, Cls.PF_ENDPOINT, ep.name, **props)
+        hit = memo.get(ep.name) if memo is not None else None
+        if hit is not None and hit[0] is ep and hit[1] == bd_name:
+            mo = hit[2]  # the same spec in the same place: the same object as last time
+        else:
+            mo = _endpoint_mo(tenant, top, ep, bd_name)
+        fresh[ep.name] = (ep, bd_name, mo)
+        tree.mos[mo.uri] = mo
+        tree.mos[top].children.append(mo.uri)
         # the member set of each of its groups that a rule names as its remote side: one GbpSubnet
         # per address, so a member joining or leaving is a few objects in a policy_update, never
         # the whole membership
@@ -252,6 +275,9 @@ def tenant_tree(
                 for ip in ep.ip:
                     if ip != "slaac":
                         _host(tree, members_uri(tenant, g), f"{ep.name}.{ip}", str(ip))
+    if memo is not None:  # what is gone is forgotten
+        memo.clear()
+        memo.update(fresh)
     for router in of("router"):
         uri = tree.add(top, Cls.PF_ROUTER, router.name, **{Prop.NAME: router.name})
         _relation(

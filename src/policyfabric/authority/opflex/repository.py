@@ -34,10 +34,15 @@ from typing import Any
 
 from policyfabric.authority.gateways import RouterKey
 from policyfabric.authority.opflex.chunks import Oversized, resolve_in_parts
-from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex, tenant_endpoints
+from policyfabric.authority.opflex.intent_index import (
+    EndpointIntent,
+    IntentIndex,
+    IntentMemo,
+    tenant_endpoints,
+)
 from policyfabric.authority.opflex.params import Resolve, Unresolve, parse
 from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
-from policyfabric.authority.opflex.policy_tree import global_tree, tenant_tree
+from policyfabric.authority.opflex.policy_tree import EndpointMemo, global_tree, tenant_tree
 from policyfabric.authority.service import Authority
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex.gbp import Cls
@@ -114,6 +119,8 @@ class PolicyRepository:
         self._gateways, self._rebuilt = gateways, rebuilt
         self.trees: dict[str | None, Tree] = {}
         self.intent = IntentIndex()  # the endpoints of the trees: what declarations are checked against
+        self._memos: dict[str, EndpointMemo] = {}  # tenant -> its endpoints' objects, as last built
+        self._intent_memos: dict[str, IntentMemo] = {}  # tenant -> its endpoints' entries, as last read
         self._dirty: set[str | None] = set()
         self._mark = 0  # numbers the calls to mark_dirty
         self._marked: dict[str | None, int] = {}  # tenant -> the number of its latest change
@@ -221,10 +228,17 @@ class PolicyRepository:
                     out[None] = global_tree(names, nets, self.domain)
                 elif tenant in names:
                     active = {r: v for (t, r), v in gateways.items() if t == tenant}
-                    out[tenant] = tenant_tree(tenant, objects, numbers, active)
+                    memo = self._memos.setdefault(tenant, {})
+                    out[tenant] = tenant_tree(tenant, objects, numbers, active, memo)
                 else:
                     out[tenant] = Tree()  # the tenant is gone
-            return out, {t: tenant_endpoints(t, tree) for t, tree in out.items() if t is not None}
+                    self._memos.pop(tenant, None)
+                    self._intent_memos.pop(tenant, None)
+            return out, {
+                t: tenant_endpoints(t, tree, self._intent_memos.setdefault(t, {}))
+                for t, tree in out.items()
+                if t is not None
+            }
 
         fresh, endpoints = await asyncio.to_thread(build)
         self.intent.update(endpoints)  # before any push: an agent's next declaration meets this intent
