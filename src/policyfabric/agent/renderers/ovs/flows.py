@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from functools import cached_property
 
 COOKIE_BASE = 0x50460000  # "PF" + table: every flow the agent owns carries it
 
@@ -52,9 +53,11 @@ class Flow:
         """``ovs-ofctl add-flow`` syntax, cookie included."""
         return f"cookie={self.cookie:#x},{self.match_text()} actions={','.join(self.actions) or 'drop'}"
 
-    @property
+    @cached_property
     def key(self) -> tuple[int, int, tuple[tuple[str, str], ...]]:
-        """What OpenFlow identifies a flow by (strict match): two flows with one key cannot coexist."""
+        """What OpenFlow identifies a flow by (strict match): two flows with one key cannot coexist.
+        Cached on the flow (compiled flows are memoised, and every sync indexes all of them: at
+        45,000 flows this was 1.85 M calls a run)."""
         return (self.table, self.priority, self.match)
 
 
