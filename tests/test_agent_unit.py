@@ -399,3 +399,33 @@ def test_after_a_failed_apply_the_same_desired_state_is_applied_again() -> None:
 
     asyncio.run(main())
     assert plugin.applies == 2 and rendering.rendered and rendering.last == 1
+
+
+def test_the_declarer_looks_again_only_at_endpoints_whose_inputs_changed() -> None:
+    """Given the URIs changed since the last sync, an endpoint still on the same interface is
+    recomputed only if one of its inputs is among them (its PfEndpoint, its group and bridge domain
+    and their children, resolved or not yet); every FULL_EVERY syncs, all are."""
+    client = FakeClient()
+    declarer = Declarer(client, "h1", "192.0.2.1")
+    declarer.sync([WEB1_PORT], None)  # not resolved yet: its inputs are the URIs it waits for
+    client.policy = policy()
+    unrelated = "/PolicyUniverse/PolicySpace/acme/GbpContract/c/"
+    declarer.sync([WEB1_PORT], {unrelated})
+    assert client.declarations == 0  # nothing it waits for arrived (as far as it was told)
+    declarer.sync([WEB1_PORT], set(client.policy))
+    assert client.declarations == 1
+    client.resolved.clear()
+    declarer.sync([WEB1_PORT], {unrelated})
+    assert client.resolved == set() and client.declarations == 1  # not even looked at
+    ctx = EPG + "GbpeInstContext/"
+    client.policy[ctx] = MO("GbpeInstContext", ctx, {"classid": 0x4002})
+    declarer.sync([WEB1_PORT], {ctx})
+    [(l2, *rest)] = client.registry.values()
+    assert client.declarations == 2
+    assert {m.subject: m.properties for m in rest if m.parent_uri == l2.uri}["PfEpTunnel"][
+        "classid"
+    ] == 0x4002
+    renamed = Plugged("acme/web1", "tap-other", 5)  # another interface: looked at, changed or not
+    declarer.sync([renamed], set())
+    assert client.declarations == 3
+    assert declarer.sync([], set()) == ["acme/web1"] and client.registry == {}

@@ -58,17 +58,44 @@ def split_iface_id(iface_id: str) -> tuple[str, str] | None:
     return (tenant, name) if sep and tenant and name else None
 
 
+FULL_EVERY = 50  # syncs: every so often each endpoint is looked at again, changed or not
+
+
 class Declarer:
+    """Declares the endpoints plugged on this host (``sync``, once per reconcile).
+
+    Incremental: given the URIs that changed in the cache since the last sync, an endpoint still
+    plugged on the same interface is looked at again only if one of the objects its declaration
+    was computed from is among them (a reverse index, ``_deps``), so a reconcile after one change
+    costs what the change touches, not the number of endpoints; every ``FULL_EVERY`` syncs, and
+    whenever the changes are not known, every endpoint is looked at (a safety net)."""
+
     def __init__(self, client: DeclaringClient, host: str, tunnel_ip: str | None) -> None:
         self.client, self.host, self.tunnel_ip = client, host, tunnel_ip
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
         self._memo: dict[str, tuple[tuple[object, ...], str]] = {}
+        self._deps: dict[str, set[str]] = {}  # URI of an input -> iface-ids computed from it
+        self._inputs_of: dict[str, tuple[str, frozenset[str]]] = {}  # iface-id -> (interface, URIs)
+        self._syncs = 0
 
-    def sync(self, plugged: Iterable[PluggedPort]) -> list[str]:
-        """Resolve and declare what is plugged; undeclare what is not. Returns the iface-ids that
-        were unplugged since the last call."""
+    def sync(self, plugged: Iterable[PluggedPort], changed: set[str] | None = None) -> list[str]:
+        """Resolve and declare what is plugged; undeclare what is not. ``changed``: the cache URIs
+        changed since the last call (None: unknown, look at everything). Returns the iface-ids
+        that were unplugged since the last call."""
+        self._syncs += 1
+        full = changed is None or self._syncs % FULL_EVERY == 0
+        touched: set[str] = set()
+        if not full:
+            assert changed is not None
+            for uri in changed:
+                touched |= self._deps.get(uri, set())
         seen = set()
         for p in plugged:
+            if not full and p.iface_id not in touched:
+                known = self._inputs_of.get(p.iface_id)
+                if known is not None and known[0] == p.name:
+                    seen.add(p.iface_id)
+                    continue  # nothing it depends on changed
             key = split_iface_id(p.iface_id)
             if key is None:
                 log.warning(
@@ -77,6 +104,8 @@ class Declarer:
                 continue
             seen.add(p.iface_id)
             self._declare(p.iface_id, *key, p.name)
+        for iface_id in [i for i in self._inputs_of if i not in seen]:
+            self._forget_inputs(iface_id)
         gone = [iface_id for iface_id in self.declared if iface_id not in seen]
         for iface_id in gone:
             self._memo.pop(iface_id, None)
@@ -84,11 +113,27 @@ class Declarer:
             self.client.undeclare(self.declared.pop(iface_id))
         return gone
 
+    def _remember_inputs(self, iface_id: str, interface: str, uris: set[str]) -> None:
+        self._forget_inputs(iface_id)
+        self._inputs_of[iface_id] = (interface, frozenset(uris))
+        for uri in uris:
+            self._deps.setdefault(uri, set()).add(iface_id)
+
+    def _forget_inputs(self, iface_id: str) -> None:
+        known = self._inputs_of.pop(iface_id, None)
+        for uri in known[1] if known else ():
+            users = self._deps.get(uri)
+            if users is not None:
+                users.discard(iface_id)
+                if not users:
+                    del self._deps[uri]
+
     def _declare(self, iface_id: str, tenant: str, name: str, interface: str) -> None:
         self.client.resolve(Cls.POLICY_SPACE, space(tenant))
         uri = endpoint_uri(tenant, name)
         self.client.resolve(Cls.PF_ENDPOINT, uri)
-        inputs = self._inputs(uri, interface)
+        inputs, uris = self._inputs(uri, interface)
+        self._remember_inputs(iface_id, interface, uris)
         last = self._memo.get(iface_id)
         if last is not None and _same(last[0], inputs):
             return  # same objects as last time: nothing to declare again
@@ -103,9 +148,9 @@ class Declarer:
         self.declared[iface_id] = decl.l2.uri
         self.client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(decl.bridge_domain))
 
-    def _inputs(self, uri: str, interface: str) -> tuple[object, ...]:
-        """Everything a declaration is computed from: MOs are replaced, never mutated, so identity
-        tells whether anything changed."""
+    def _inputs(self, uri: str, interface: str) -> tuple[tuple[object, ...], set[str]]:
+        """Everything a declaration is computed from (MOs are replaced, never mutated, so identity
+        tells whether anything changed), and the URIs of those objects, resolved or not yet."""
         policy = self.client.policy
         ep = policy.get(uri)
         props = ep.properties if ep is not None else {}
@@ -115,8 +160,10 @@ class Declarer:
             if isinstance(v, dict)
         ]
         related = [policy.get(r) for r in refs if isinstance(r, str)]
-        children = [policy.get(c) for mo in related if mo is not None for c in mo.children]
-        return (ep, interface, self.tunnel_ip, *related, *children)
+        kids = [c for mo in related if mo is not None for c in mo.children]
+        children = [policy.get(c) for c in kids]
+        uris = {uri, *(r for r in refs if isinstance(r, str)), *kids}
+        return (ep, interface, self.tunnel_ip, *related, *children), uris
 
 
 def _same(last: tuple[object, ...], inputs: tuple[object, ...]) -> bool:

@@ -51,6 +51,7 @@ from policyfabric.opflex.client import Peer, PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
 
 log = logging.getLogger(__name__)
+MAX_CHANGED = 100_000  # changed URIs remembered between reconciles; beyond, the next looks at everything
 
 
 @dataclass
@@ -124,9 +125,19 @@ class OvsAgent:
         self._last_error = ""
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._changed: set[str] | None = None  # cache URIs changed since the last reconcile (None: unknown)
 
     # ---- wiring
     def wake(self, *_: Any) -> None:
+        self._wake.set()
+
+    def _cache_changed(self, uris: set[str]) -> None:
+        """The client applied changes to these URIs: remembered for the next reconcile (what the
+        declarer looks at again), which they wake."""
+        if self._changed is not None:
+            self._changed |= uris
+            if len(self._changed) > MAX_CHANGED:  # a flood: looking at everything is cheaper
+                self._changed = None
         self._wake.set()
 
     def _wake_threadsafe(self) -> None:
@@ -159,7 +170,7 @@ class OvsAgent:
                 log.warning(
                     "agent %s: renderer %s cannot watch for drift: %s", self.config.host, rendering.name, exc
                 )
-        self.client.on_change = self.wake
+        self.client.on_change = self._cache_changed
         client_task = asyncio.create_task(self.client.run())
         refresher = asyncio.create_task(self._refresh_announcements())
         log.info(
@@ -248,7 +259,8 @@ class OvsAgent:
         t0 = time.perf_counter()
         plugged, tunnel_port = await asyncio.to_thread(self.ovsdb.interfaces)
         t1 = time.perf_counter()
-        for iface_id in self.declarer.sync(plugged):
+        changed, self._changed = self._changed, set()
+        for iface_id in self.declarer.sync(plugged, changed):
             self.reports.forget(iface_id)
         subscribe_external(self.client, self.config.external, self.config.gateway)
         t2 = time.perf_counter()
