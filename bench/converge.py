@@ -41,7 +41,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -52,6 +52,7 @@ from rich.console import Console
 from common import flow_count, private_ovs, report
 from policyfabric.lab.authority import authority_in
 from policyfabric.lab.ovs import OvsInstance
+from profiling.frametrace import FrameTrace
 
 console = Console(stderr=True)
 TENANT = "bench"
@@ -110,25 +111,31 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def _port_args(i: int) -> list[str]:
-    port = f"p{i}"
-    return ["--", "add-port", "br-int", port, "--", "set", "Interface", port, "type=internal",
-            f"external_ids:iface-id={TENANT}/ep{i}"]  # fmt: skip
+def iface_id(i: int) -> str:
+    return f"{TENANT}/ep{i}"
 
 
-def plug_ports(ovs: OvsInstance, n: int, how: str = "idl", batch: int = 500) -> float:
+def plug_ports(
+    ovs: OvsInstance, n: int, how: str = "idl", batch: int = 10_000, iface: Callable[[int], str] = iface_id
+) -> float:
     """Plug N internal ports with their ``iface-id`` and wait until every one has an OpenFlow port
     number; returns the seconds it took. ``how``: ``idl``, one OVSDB transaction of ``batch``
-    ports at a time on one ovsdbapp connection (the default: the IDL's replica is kept, so a
-    transaction costs what it adds); ``vsctl``, one ``ovs-vsctl`` per ``batch`` ports (each one
-    reads the whole database and resolves every name it is given by a linear search, O(N²) for
-    N ports in one call). Either way most of the time is ovs-vswitchd's (a tap device per port in
-    the userspace datapath)."""
+    ports at a time on one ovsdbapp connection (the default); ``vsctl``, one ``ovs-vsctl
+    --no-wait`` per ``batch`` ports. Most of the time is ovs-vswitchd's, and it is O(N) per
+    transaction (it reconfigures every port each time, and creates a tap device per new port in
+    the userspace datapath), so few large transactions win. Measured here (2 cores, busy), until
+    every port has its OpenFlow number: N=5,000: ovs-vsctl 500 a call 34.7 s, 1,000 a call 35.0 s,
+    all in one call 32.8 s (18.4 s of it in ovs-vsctl: its name lookups are linear, O(N²) in one
+    call); ovsdbapp 500 a transaction 20.6 s. N=10,000 through ovsdbapp: 500 a transaction 246 s,
+    2,000 164 s, all in one 111 s (ovs-vswitchd 86 s of CPU)."""
     start = time.monotonic()
     if how == "vsctl":
         for first in range(0, n, batch):
-            ovs.vsctl("--no-wait", *(a for i in range(first, min(n, first + batch)) for a in _port_args(i)),
-                      timeout=900)  # fmt: skip
+            args: list[str] = []
+            for i in range(first, min(n, first + batch)):
+                args += ["--", "add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}"]
+                args += ["type=internal", f"external_ids:iface-id={iface(i)}"]
+            ovs.vsctl("--no-wait", *args, timeout=900)
     else:
         from ovsdbapp.backend.ovs_idl import connection
         from ovsdbapp.schema.open_vswitch import impl_idl
@@ -142,7 +149,7 @@ def plug_ports(ovs: OvsInstance, n: int, how: str = "idl", batch: int = 500) -> 
                 with api.transaction(check_error=True) as txn:
                     for i in range(first, min(n, first + batch)):
                         txn.add(api.add_port("br-int", f"p{i}"))
-                        ids = {"iface-id": f"{TENANT}/ep{i}"}
+                        ids = {"iface-id": iface(i)}
                         txn.add(api.db_set("Interface", f"p{i}", ("type", "internal"), ("external_ids", ids)))
         finally:
             conn.stop()
@@ -399,11 +406,13 @@ def one_run(
     samples: int = 20,
     plug: str = "idl",
     profile: Path | None = None,
+    trace_frames: bool = False,
 ) -> dict[str, Any]:
     with private_ovs(workdir / "ovs", f"pfbench-{os.getpid()}-{n}") as ovs:
         # a batch of 10,000 endpoints is about 1 MiB of JSON, the default --max-body
         server = authority_in(workdir / "authority", extra=["--max-body", str(64 << 20)])
         agent = None
+        relay: FrameTrace | None = None
         try:
             console.print(f"N={n}: plugging {n} ports ({plug})")
             plug_s = plug_ports(ovs, n, plug)
@@ -411,10 +420,14 @@ def one_run(
             agent_log = workdir / "agent.log"
             with profiled(profile) as env:
                 server.start()
+                opflex = server.opflex
+                if trace_frames:
+                    relay = FrameTrace(server.opflex, workdir / "frames.log")
+                    opflex = ("127.0.0.1", relay.port)
                 log = agent_log.open("wb")
                 agent = subprocess.Popen(
                     [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
-                     "--authority", "{}:{}".format(*server.opflex), "--ovsdb", ovs.ovsdb,
+                     "--authority", "{}:{}".format(*opflex), "--ovsdb", ovs.ovsdb,
                      "--state-dir", str(workdir / "agent"), "--log-level", "info"],
                     stdout=log, stderr=subprocess.STDOUT, env=env,
                 )  # fmt: skip
@@ -460,6 +473,9 @@ def one_run(
                     agent.kill()
                     agent.wait()
             server.stop(60 if profile else 10)
+            if relay is not None:
+                relay.close()
+                console.print(f"N={n}: largest OpFlex frame: {relay.largest[1]}")
 
 
 def main() -> int:
@@ -477,11 +493,15 @@ def main() -> int:
     )
     parser.add_argument(
         "--plug", choices=("idl", "vsctl"), default="idl",
-        help="plug the ports through one ovsdbapp connection (500 a transaction) or ovs-vsctl (500 a call)",
+        help="plug the ports through one ovsdbapp connection or ovs-vsctl (10,000 ports a transaction)",
     )  # fmt: skip
     parser.add_argument(
         "--profile", type=Path, metavar="DIR",
         help="run the authority and the agent under cProfile (every thread); DIR/<N>-<run>/*.prof",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace-frames", action="store_true",
+        help="relay the agent's OpFlex session and log every frame's size (frames.log, with --keep)",
     )  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
@@ -502,7 +522,9 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix=f"pf-converge-{n}-") as tmp:
                 profile = args.profile / f"{n}-{r}" if args.profile else None
                 try:
-                    runs.append(one_run(n, Path(tmp), args.batch, args.samples, args.plug, profile))
+                    runs.append(
+                        one_run(n, Path(tmp), args.batch, args.samples, args.plug, profile, args.trace_frames)
+                    )
                     console.print(f"N={n} run {r + 1}: {runs[-1]}")
                 except (ReconnectLoop, TimeoutError) as exc:  # reported, and the next N still runs
                     errors.append(str(exc))
@@ -510,7 +532,7 @@ def main() -> int:
                 finally:
                     if args.keep:
                         args.keep.mkdir(parents=True, exist_ok=True)
-                        for name in ("agent.log", "authority/authority.log"):
+                        for name in ("agent.log", "authority/authority.log", "frames.log"):
                             if (Path(tmp) / name).exists():
                                 shutil.copy(Path(tmp) / name, args.keep / f"{n}-{r}-{Path(name).name}")
         if not runs:
