@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import multiprocessing
 import os
 import queue
 import re
@@ -115,6 +116,26 @@ def iface_id(i: int) -> str:
     return f"{TENANT}/ep{i}"
 
 
+def _plug_idl(ovsdb: str, n: int, batch: int, ids: list[str]) -> None:
+    from ovsdbapp.backend.ovs_idl import connection
+    from ovsdbapp.schema.open_vswitch import impl_idl
+
+    conn = connection.Connection(idl=connection.OvsdbIdl.from_server(ovsdb, "Open_vSwitch"), timeout=900)
+    api = impl_idl.OvsdbIdl(conn, start=True)
+    try:
+        for first in range(0, n, batch):
+            with api.transaction(check_error=True) as txn:
+                for i in range(first, min(n, first + batch)):
+                    txn.add(api.add_port("br-int", f"p{i}"))
+                    txn.add(
+                        api.db_set(
+                            "Interface", f"p{i}", ("type", "internal"), ("external_ids", {"iface-id": ids[i]})
+                        )
+                    )
+    finally:
+        conn.stop()
+
+
 def plug_ports(
     ovs: OvsInstance, n: int, how: str = "idl", batch: int = 10_000, iface: Callable[[int], str] = iface_id
 ) -> float:
@@ -136,23 +157,15 @@ def plug_ports(
                 args += ["--", "add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}"]
                 args += ["type=internal", f"external_ids:iface-id={iface(i)}"]
             ovs.vsctl("--no-wait", *args, timeout=900)
-    else:
-        from ovsdbapp.backend.ovs_idl import connection
-        from ovsdbapp.schema.open_vswitch import impl_idl
-
-        conn = connection.Connection(
-            idl=connection.OvsdbIdl.from_server(ovs.ovsdb, "Open_vSwitch"), timeout=900
+    else:  # in a child process: a second ovsdbapp connection in one process never connects
+        # (python-ovs keeps state across connections), and a bench plugs once per run
+        child = multiprocessing.get_context("spawn").Process(
+            target=_plug_idl, args=(ovs.ovsdb, n, batch, [iface(i) for i in range(n)])
         )
-        api = impl_idl.OvsdbIdl(conn, start=True)
-        try:
-            for first in range(0, n, batch):
-                with api.transaction(check_error=True) as txn:
-                    for i in range(first, min(n, first + batch)):
-                        txn.add(api.add_port("br-int", f"p{i}"))
-                        ids = {"iface-id": iface(i)}
-                        txn.add(api.db_set("Interface", f"p{i}", ("type", "internal"), ("external_ids", ids)))
-        finally:
-            conn.stop()
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"plugging {n} ports through ovsdbapp failed (exit code {child.exitcode})")
     deadline = time.monotonic() + 600 + n * 0.1
     while time.monotonic() < deadline:  # one bulk read a poll
         out = ovs.vsctl("--bare", "--columns=ofport", "list", "Interface", timeout=120).split()
