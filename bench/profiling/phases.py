@@ -6,7 +6,8 @@
 DIR: one run's profiles (``--profile P`` writes ``P/<N>-<run>/{authority,agent}-<pid>.prof``).
 For each phase, the cumulative seconds of the functions that are that phase (summed over every
 call and every thread, as cProfile counts them: a coroutine's time only while it runs, not while
-it awaits), then the functions with the most time of their own, in each process. The last line
+it awaits; a function run in a worker thread counts wall time, so also the time its thread waited
+for the GIL), then the functions with the most time of their own, in each process. The last line
 is one JSON object. cProfile slows pure Python down by about 1.5-2x: compare phases with each
 other and across N, and take absolute figures from unprofiled runs.
 """
@@ -26,8 +27,9 @@ PHASES: dict[str, tuple[str, list[tuple[str, str]]]] = {
     "REST writes (batch, PUTs)": ("authority", [("authority/service.py", "create_many"),
                                                 ("authority/service.py", "replace")]),
     "declarations (endpoint_declare)": ("authority", [("opflex/registry.py", "declare")]),
-    "status reports (state_report + writes)": ("authority", [("opflex/observer.py", "state_report"),
-                                                             ("opflex/registry.py", "_write")]),
+    "status reports (state_report + store writes, thread)": ("authority", [
+        ("opflex/observer.py", "state_report"), ("authority/service.py", "set_endpoint_states")]),
+    "REST lists (the bench's ACTIVE poll)": ("authority", [("authority/service.py", "list")]),
     "tree rebuild (snapshot + tree + intent, thread)": ("authority", [("opflex/repository.py", "build")]),
     "tree diff + intent update + push": ("authority", [("opflex/repository.py", "diff"),
                                                        ("opflex/intent_index.py", "update"),
