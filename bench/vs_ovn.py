@@ -48,7 +48,7 @@ from rich.console import Console
 import converge  # the policyfabric side (bench/ is on sys.path when a bench runs)
 from common import flow_count, netns, report
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.sh import run
+from policyfabric.sh import CommandFailed, run
 
 console = Console(stderr=True)
 KEYS = (
@@ -269,13 +269,19 @@ def main() -> int:
             except (converge.ReconnectLoop, TimeoutError) as exc:  # reported; OVN's side still runs
                 console.print(f"[red]policyfabric N={n} did not converge: {exc}[/]")
                 ours = {"error": str(exc)}
-            theirs = ovn_run(n, Path(tmp), args.samples)
+            try:
+                theirs = ovn_run(n, Path(tmp), args.samples)
+            except (CommandFailed, subprocess.TimeoutExpired) as exc:  # e.g. --wait=hv past its 600 s
+                console.print(f"[red]OVN N={n} failed: {exc}[/]")
+                theirs = {"error": str(exc)[-500:]}
         mine = {k: ours[k] for k in KEYS if k in ours}
         results[str(n)] = {
             "policyfabric": mine | ({"render_s": ours["render_s"]} if "render_s" in ours else ours),
             "ovn": theirs,
         }
-        ratios[str(n)] = {k: round(mine[k] / theirs[k], 2) if theirs[k] and k in mine else None for k in KEYS}
+        ratios[str(n)] = {
+            k: round(mine[k] / theirs[k], 2) if theirs.get(k) and k in mine else None for k in KEYS
+        }
         console.print(f"N={n}: {results[str(n)]}, ratios {ratios[str(n)]}")
     columns = (*KEYS, "render_s")
     rows = [
