@@ -44,7 +44,7 @@ bench: install
 	$(PY) bench/declarations.py
 	$(PY) bench/converge.py --n 50,500,1000
 	$(PY) bench/secgroups.py
-	$(PY) bench/vs_ovn.py
+	$(PY) bench/vs_ovn.py --n 1000,5000
 	$(PY) bench/failover.py
 	$(PY) bench/drift.py
 

@@ -60,7 +60,8 @@ console = Console(stderr=True)
 
 def addresses(n: int) -> list[dict[str, Any]]:
     """n endpoints with distinct addresses (skipping .0 and the gateway)."""
-    out, i = [], 2
+    out: list[dict[str, Any]] = []
+    i = 2
     while len(out) < n:
         if i & 255 not in (0, 255):
             out.append(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import sys
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,5 +55,5 @@ def report(
         table.add_column(column, justify="right")
     for row in rows:
         table.add_row(*(str(v) for v in row))
-    Console().print(table)
+    Console(width=None if sys.stdout.isatty() else 250).print(table)  # a file gets every column
     print(json.dumps(summary))

@@ -29,6 +29,8 @@ of any change made through ovs-ofctl). The last line is one JSON object.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import multiprocessing
 import os
 import queue
 import re
@@ -40,6 +42,7 @@ import sys
 import tempfile
 import threading
 import time
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -50,6 +53,7 @@ from rich.console import Console
 from common import flow_count, private_ovs, report
 from policyfabric.lab.authority import authority_in
 from policyfabric.lab.ovs import OvsInstance
+from profiling.frametrace import FrameTrace
 
 console = Console(stderr=True)
 TENANT = "bench"
@@ -90,6 +94,12 @@ class FlowMonitor:
                 return when
         raise TimeoutError(f"no flow event matching {pattern!r} in {timeout} s")
 
+    def drain(self) -> None:
+        """Forget the events seen so far."""
+        with contextlib.suppress(queue.Empty):
+            while True:
+                self.lines.get_nowait()
+
     def stop(self) -> None:
         self.proc.kill()
         self.proc.wait()
@@ -102,14 +112,67 @@ def rss_kb(pid: int) -> int:
     return 0
 
 
-def plug_ports(ovs: OvsInstance, n: int) -> None:
-    for start in range(0, n, 250):
-        args: list[str] = []
-        for i in range(start, min(n, start + 250)):
-            port = f"p{i}"
-            args += ["--", "add-port", "br-int", port, "--", "set", "Interface", port, "type=internal"]
-            args += [f"external_ids:iface-id={TENANT}/ep{i}"]
-        ovs.vsctl(*args, timeout=300)
+def iface_id(i: int) -> str:
+    return f"{TENANT}/ep{i}"
+
+
+def _plug_idl(ovsdb: str, n: int, batch: int, ids: list[str]) -> None:
+    from ovsdbapp.backend.ovs_idl import connection
+    from ovsdbapp.schema.open_vswitch import impl_idl
+
+    conn = connection.Connection(idl=connection.OvsdbIdl.from_server(ovsdb, "Open_vSwitch"), timeout=900)
+    api = impl_idl.OvsdbIdl(conn, start=True)
+    try:
+        for first in range(0, n, batch):
+            with api.transaction(check_error=True) as txn:
+                for i in range(first, min(n, first + batch)):
+                    txn.add(api.add_port("br-int", f"p{i}"))
+                    txn.add(
+                        api.db_set(
+                            "Interface", f"p{i}", ("type", "internal"), ("external_ids", {"iface-id": ids[i]})
+                        )
+                    )
+    finally:
+        conn.stop()
+
+
+def plug_ports(
+    ovs: OvsInstance, n: int, how: str = "idl", batch: int = 10_000, iface: Callable[[int], str] = iface_id
+) -> float:
+    """Plug N internal ports with their ``iface-id`` and wait until every one has an OpenFlow port
+    number; returns the seconds it took. ``how``: ``idl``, one OVSDB transaction of ``batch``
+    ports at a time on one ovsdbapp connection (the default); ``vsctl``, one ``ovs-vsctl
+    --no-wait`` per ``batch`` ports. Most of the time is ovs-vswitchd's, and it is O(N) per
+    transaction (it reconfigures every port each time, and creates a tap device per new port in
+    the userspace datapath), so few large transactions win. Measured here (2 cores, busy), until
+    every port has its OpenFlow number: N=5,000: ovs-vsctl 500 a call 34.7 s, 1,000 a call 35.0 s,
+    all in one call 32.8 s (18.4 s of it in ovs-vsctl: its name lookups are linear, O(N²) in one
+    call); ovsdbapp 500 a transaction 20.6 s. N=10,000 through ovsdbapp: 500 a transaction 246 s,
+    2,000 164 s, all in one 111 s (ovs-vswitchd 86 s of CPU)."""
+    start = time.monotonic()
+    if how == "vsctl":
+        for first in range(0, n, batch):
+            args: list[str] = []
+            for i in range(first, min(n, first + batch)):
+                args += ["--", "add-port", "br-int", f"p{i}", "--", "set", "Interface", f"p{i}"]
+                args += ["type=internal", f"external_ids:iface-id={iface(i)}"]
+            ovs.vsctl("--no-wait", *args, timeout=900)
+    else:  # in a child process: a second ovsdbapp connection in one process never connects
+        # (python-ovs keeps state across connections), and a bench plugs once per run
+        child = multiprocessing.get_context("spawn").Process(
+            target=_plug_idl, args=(ovs.ovsdb, n, batch, [iface(i) for i in range(n)])
+        )
+        child.start()
+        child.join()
+        if child.exitcode != 0:
+            raise RuntimeError(f"plugging {n} ports through ovsdbapp failed (exit code {child.exitcode})")
+    deadline = time.monotonic() + 600 + n * 0.1
+    while time.monotonic() < deadline:  # one bulk read a poll
+        out = ovs.vsctl("--bare", "--columns=ofport", "list", "Interface", timeout=120).split()
+        if sum(1 for v in out if v.isdigit() and int(v) > 0) >= n:
+            return time.monotonic() - start
+        time.sleep(0.5)
+    raise TimeoutError(f"ovs-vswitchd did not number {n} ports in time")
 
 
 def intent_objects(n: int) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
@@ -182,8 +245,11 @@ def apply_intent(url: str, n: int, batch: bool = False) -> tuple[float, float, d
     return start, time.monotonic(), ids
 
 
-def wait_converged(ovs: OvsInstance, url: str, n: int, timeout: float) -> float:
-    """Until every endpoint is ACTIVE and the flow count has not moved for 1 s; returns when it last moved."""
+def wait_converged(
+    ovs: OvsInstance, url: str, n: int, timeout: float, agent_log: Path | None = None
+) -> float:
+    """Until every endpoint is ACTIVE and the flow count has not moved for 1 s; returns when it last
+    moved. Raises ReconnectLoop early when the agent's log shows it cannot converge."""
     deadline = time.monotonic() + timeout
     last_count, last_change = -1, time.monotonic()
     active = 0
@@ -197,7 +263,12 @@ def wait_converged(ovs: OvsInstance, url: str, n: int, timeout: float) -> float:
             if now >= next_rest and active < n:
                 eps = http.get("/v1/endpoints", params={"tenant": TENANT}).json()["items"]
                 active = sum(1 for e in eps if e.get("status") == "ACTIVE")
-                next_rest = now + 0.5
+                # a list of N endpoints costs the authority O(N) (0.36 s at N=5,000, profiled): at
+                # most a fifth of its time goes to this poll, the rest to what is measured
+                next_rest = time.monotonic() + max(0.5, 4 * (time.monotonic() - now))
+                trouble = agent_trouble(agent_log) if agent_log is not None else None
+                if trouble and active < n:
+                    raise ReconnectLoop(f"{trouble} ({active}/{n} ACTIVE, {last_count} flows)")
             if active >= n and now - last_change >= 1.0:
                 return last_change
             time.sleep(0.02)
@@ -223,6 +294,17 @@ def floor_install(ovs: OvsInstance, workdir: Path) -> tuple[float, float]:
         return took, time.monotonic() - start
 
 
+def floor_install_ported(ovs: OvsInstance, workdir: Path) -> float:
+    """Seconds to install the same table (floor.flows) into the benchmarked bridge itself, emptied
+    first: with its N ports. ovs-vswitchd's cost per flow grows with the ports of a userspace
+    bridge (45,000 flows: 0.3 s with no port, 1.5 s with 1,000, 15 s with 5,000), so this, not the
+    empty bridge, is what the agent's first install competes with. Run after the agent stopped."""
+    ovs.ofctl("--no-names", "del-flows", ovs.mgmt("br-int"))
+    start = time.monotonic()
+    ovs.ofctl("--no-names", "--bundle", "replace-flows", ovs.mgmt("br-int"), str(workdir / "floor.flows"))
+    return time.monotonic() - start
+
+
 def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
     """Median seconds of a two-flow ``ovs-ofctl bundle`` (add, then delete) on the benchmarked bridge
     itself: the floor of any change the agent makes through ovs-ofctl at this size (with
@@ -239,76 +321,191 @@ def two_flow_bundle(ovs: OvsInstance, workdir: Path) -> float:
     return statistics.median(times)
 
 
-def one_run(n: int, workdir: Path, batch: bool = False) -> dict[str, Any]:
+def quantiles(samples: list[float]) -> tuple[float, float]:
+    """(median, p99) of ``samples`` (p99 by linear interpolation: about the largest of 20)."""
+    if len(samples) < 2:
+        return samples[0], samples[0]
+    return statistics.median(samples), statistics.quantiles(samples, n=100, method="inclusive")[98]
+
+
+class ReconnectLoop(RuntimeError):
+    """The agent's OpFlex session keeps closing (it cannot converge)."""
+
+
+def agent_trouble(log_path: Path, closes: int = 3) -> str | None:
+    """Why the agent cannot converge, when its log shows its OpFlex session closed ``closes``
+    times (a reconnect loop): the last reason, e.g. a frame over the 4 MiB limit."""
+    if not log_path.exists():
+        return None
+    reasons = [ln.split("session closed: ", 1)[1] for ln in log_path.read_text(errors="replace").splitlines()
+               if "session closed: " in ln]  # fmt: skip
+    if len(reasons) >= closes:
+        return f"the agent's OpFlex session closed {len(reasons)} times; last: {reasons[-1]}"
+    return None
+
+
+def reconcile_phases(log_path: Path) -> dict[str, Any]:
+    """The agent's own breakdown of its slow reconciles (over 100 ms): count and summed ms per phase."""
+    rx = re.compile(
+        r"slow reconcile (\d+) ms \(ovsdb (\d+), declare (\d+), view (\d+), compile (\d+), apply (\d+)\)"
+    )
+    names = ("total", "ovsdb", "declare", "view", "compile", "apply")
+    sums = dict.fromkeys(names, 0)
+    count = 0
+    for line in log_path.read_text(errors="replace").splitlines():
+        m = rx.search(line)
+        if m:
+            count += 1
+            for name, value in zip(names, m.groups(), strict=True):
+                sums[name] += int(value)
+    return {"slow_reconciles": count, **{f"{k}_ms": v for k, v in sums.items()}}
+
+
+def measure_changes(
+    ovs: OvsInstance, url: str, ids: dict[str, str], samples: int
+) -> tuple[list[float], list[float]]:
+    """``samples`` membership changes (``ep4`` moves between ``app0`` and ``web0``, back and forth)
+    and ``samples`` rule adds (tcp/8080, 8081, ... added to the contract one by one), each timed
+    from the REST write until its flow event is seen on the bridge. The changes are sequential,
+    with a pause between them so that each is a lone change."""
+    members: list[float] = []
+    rules: list[float] = []
+    monitor = FlowMonitor(ovs)
+    try:
+        with httpx.Client(base_url=url, timeout=60) as http:
+            mover = http.get(f"/v1/endpoints/{ids['mover']}").json()
+            classid = {}
+            for name in ("web0", "app0"):
+                found = http.get("/v1/endpoint-groups", params={"tenant": TENANT, "name": name}).json()
+                classid[name] = found["items"][0]["classid"]
+            port = ovs.vsctl("get", "Interface", f"p{BDS}", "ofport").strip()
+            for k in range(samples):
+                epg = ("web0", "app0")[k % 2]
+                body = {key: mover[key] for key in ("name", "tenant", "ip", "mac")} | {"epg": epg}
+                group = rf"(load:{classid[epg]:#x}->NXM_NX_REG0\[\]|set_field:{classid[epg]:#x}->reg0)"
+                monitor.drain()
+                t0 = time.monotonic()
+                http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
+                members.append(monitor.wait_for(rf"table=0 .*in_port={port} .*{group}") - t0)
+                time.sleep(0.2)
+            rule_list = [{"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}]
+            for k in range(samples):
+                tcp = {"protocol": "tcp", "port": 8080 + k}
+                rule_list.append({"name": f"alt{k}", "classifier": tcp, "action": "allow"})
+                monitor.drain()
+                t0 = time.monotonic()
+                contract = {"name": "http", "tenant": TENANT, "rules": rule_list}
+                http.put(f"/v1/contracts/{ids['contract']}", json=contract).raise_for_status()
+                rules.append(monitor.wait_for(rf"event=ADDED.*tp_dst={8080 + k}\b") - t0)
+                time.sleep(0.2)
+    finally:
+        monitor.stop()
+    return members, rules
+
+
+@contextlib.contextmanager
+def profiled(directory: Path | None) -> Iterator[dict[str, str]]:
+    """The environment for a daemon started under cProfile (bench/profiling/sitecustomize.py),
+    also set in this process's own for the duration (the authority's launcher inherits it)."""
+    if directory is None:
+        yield dict(os.environ)
+        return
+    hook = str(Path(__file__).resolve().parent / "profiling")
+    extra = {"PF_BENCH_PROFILE": str(directory), "PYTHONPATH": os.pathsep.join(
+        p for p in (hook, os.environ.get("PYTHONPATH", "")) if p)}  # fmt: skip
+    saved = {k: os.environ.get(k) for k in extra}
+    os.environ.update(extra)
+    try:
+        yield dict(os.environ)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def one_run(
+    n: int,
+    workdir: Path,
+    batch: bool = False,
+    samples: int = 20,
+    plug: str = "idl",
+    profile: Path | None = None,
+    trace_frames: bool = False,
+) -> dict[str, Any]:
     with private_ovs(workdir / "ovs", f"pfbench-{os.getpid()}-{n}") as ovs:
-        server = authority_in(workdir / "authority")
+        # a batch of 10,000 endpoints is about 1 MiB of JSON, the default --max-body
+        server = authority_in(workdir / "authority", extra=["--max-body", str(64 << 20)])
         agent = None
+        relay: FrameTrace | None = None
         try:
-            console.print(f"N={n}: plugging {n} ports")
-            plug_ports(ovs, n)
-            server.start()
-            log = (workdir / "agent.log").open("wb")
-            agent = subprocess.Popen(
-                [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
-                 "--authority", "{}:{}".format(*server.opflex), "--ovsdb", ovs.ovsdb,
-                 "--state-dir", str(workdir / "agent"), "--log-level", "info"],
-                stdout=log, stderr=subprocess.STDOUT,
-            )  # fmt: skip
+            console.print(f"N={n}: plugging {n} ports ({plug})")
+            plug_s = plug_ports(ovs, n, plug)
+            console.print(f"N={n}: plugged in {plug_s:.1f} s")
+            agent_log = workdir / "agent.log"
+            with profiled(profile) as env:
+                server.start()
+                opflex = server.opflex
+                if trace_frames:
+                    relay = FrameTrace(server.opflex, workdir / "frames.log")
+                    opflex = ("127.0.0.1", relay.port)
+                log = agent_log.open("wb")
+                agent = subprocess.Popen(
+                    [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
+                     "--authority", "{}:{}".format(*opflex), "--ovsdb", ovs.ovsdb,
+                     "--state-dir", str(workdir / "agent"), "--log-level", "info"],
+                    stdout=log, stderr=subprocess.STDOUT, env=env,
+                )  # fmt: skip
             time.sleep(1.0)
             console.print(f"N={n}: applying the intent")
             start, applied, ids = apply_intent(server.url, n, batch)
             console.print(f"N={n}: applied in {applied - start:.1f} s; waiting for the flows")
-            done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2)
+            done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2, agent_log=agent_log)
             flows = flow_count(ovs)
-            monitor = FlowMonitor(ovs)
-            try:
-                with httpx.Client(base_url=server.url, timeout=60) as http:
-                    mover = http.get(f"/v1/endpoints/{ids['mover']}").json()
-                    web_classid = http.get(
-                        "/v1/endpoint-groups", params={"tenant": TENANT, "name": "web0"}
-                    ).json()["items"][0]["classid"]
-                    body = {k: mover[k] for k in ("name", "tenant", "ip", "mac")} | {"epg": "web0"}
-                    port = ovs.vsctl("get", "Interface", f"p{BDS}", "ofport").strip()
-                    t0 = time.monotonic()
-                    http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
-                    web = rf"(load:{web_classid:#x}->NXM_NX_REG0\[\]|set_field:{web_classid:#x}->reg0)"
-                    seen = monitor.wait_for(rf"table=0 .*in_port={port} .*{web}")
-                    member_change = seen - t0
-                    rules = [
-                        {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"},
-                        {"name": "alt", "classifier": {"protocol": "tcp", "port": 8080}, "action": "allow"},
-                    ]
-                    t0 = time.monotonic()
-                    http.put(
-                        f"/v1/contracts/{ids['contract']}",
-                        json={"name": "http", "tenant": TENANT, "rules": rules},
-                    ).raise_for_status()
-                    seen = monitor.wait_for(r"event=ADDED.*tp_dst=8080")
-                    rule_add = seen - t0
-            finally:
-                monitor.stop()
+            rss = rss_kb(agent.pid)
+            phases = reconcile_phases(agent_log)
+            members, rules = measure_changes(ovs, server.url, ids, samples)
             floor, tiny = floor_install(ovs, workdir)
             busy = two_flow_bundle(ovs, workdir)
-            slow = [ln for ln in (workdir / "agent.log").read_text().splitlines() if "slow reconcile" in ln]
+            agent.terminate()  # (the bridge is emptied next: the agent must not see it)
+            agent.wait(60 if profile else 10)
+            floor_ported = floor_install_ported(ovs, workdir)
+            slow = [ln for ln in agent_log.read_text().splitlines() if "slow reconcile" in ln]
             for line in slow[-4:]:
                 console.print(f"N={n} agent: {line.split(': ', 2)[-1]}")
+            member_p50, member_p99 = quantiles(members)
+            rule_p50, rule_p99 = quantiles(rules)
             return {
+                "plug_s": round(plug_s, 2),
                 "apply_s": round(applied - start, 3),
                 "converge_s": round(done - start, 3),
                 "render_s": round(max(done - applied, 0.0), 3),
-                "member_change_s": round(member_change, 4),
-                "rule_add_s": round(rule_add, 4),
+                "member_change_s": round(member_p50, 4),
+                "member_change_p99_s": round(member_p99, 4),
+                "rule_add_s": round(rule_p50, 4),
+                "rule_add_p99_s": round(rule_p99, 4),
+                "samples": len(members),
                 "flows": flows,
-                "rss_kb": rss_kb(agent.pid),
+                "rss_kb": rss,
                 "floor_install_s": round(floor, 3),
+                "floor_install_ported_s": round(floor_ported, 3),
                 "ofctl_two_flow_bundle_s": round(tiny, 4),
                 "ofctl_two_flow_bundle_busy_s": round(busy, 4),
+                "agent_phases_ms": phases,
             }
         finally:
             if agent is not None:
                 agent.terminate()
-                agent.wait(10)
-            server.stop()
+                try:
+                    agent.wait(60 if profile else 10)
+                except subprocess.TimeoutExpired:
+                    agent.kill()
+                    agent.wait()
+            server.stop(60 if profile else 10)
+            if relay is not None:
+                relay.close()
+                console.print(f"N={n}: largest OpFlex frame: {relay.largest[1]}")
 
 
 def main() -> int:
@@ -321,6 +518,21 @@ def main() -> int:
         "--batch", action="store_true", help="the intent in one POST /v1/batch (one transaction)"
     )
     parser.add_argument("--keep", type=Path, help="copy the agent's and authority's logs here after each run")
+    parser.add_argument(
+        "--samples", type=int, default=20, help="membership changes and rule adds timed per run (p50, p99)"
+    )
+    parser.add_argument(
+        "--plug", choices=("idl", "vsctl"), default="idl",
+        help="plug the ports through one ovsdbapp connection or ovs-vsctl (10,000 ports a transaction)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--profile", type=Path, metavar="DIR",
+        help="run the authority and the agent under cProfile (every thread); DIR/<N>-<run>/*.prof",
+    )  # fmt: skip
+    parser.add_argument(
+        "--trace-frames", action="store_true",
+        help="relay the agent's OpFlex session and log every frame's size (frames.log, with --keep)",
+    )  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
@@ -334,34 +546,56 @@ def main() -> int:
     sizes = [int(x) for x in args.n.split(",")]
     results: dict[str, dict[str, Any]] = {}
     for n in sizes:
-        runs = []
+        runs: list[dict[str, Any]] = []
+        errors: list[str] = []
         for r in range(args.repeat):
             with tempfile.TemporaryDirectory(prefix=f"pf-converge-{n}-") as tmp:
+                profile = args.profile / f"{n}-{r}" if args.profile else None
                 try:
-                    runs.append(one_run(n, Path(tmp), args.batch))
+                    runs.append(
+                        one_run(n, Path(tmp), args.batch, args.samples, args.plug, profile, args.trace_frames)
+                    )
+                    console.print(f"N={n} run {r + 1}: {runs[-1]}")
+                except (ReconnectLoop, TimeoutError) as exc:  # reported, and the next N still runs
+                    errors.append(str(exc))
+                    console.print(f"[red]N={n} run {r + 1} did not converge: {exc}[/]")
                 finally:
                     if args.keep:
                         args.keep.mkdir(parents=True, exist_ok=True)
-                        for name in ("agent.log", "authority/authority.log"):
+                        for name in ("agent.log", "authority/authority.log", "frames.log"):
                             if (Path(tmp) / name).exists():
                                 shutil.copy(Path(tmp) / name, args.keep / f"{n}-{r}-{Path(name).name}")
-                console.print(f"N={n} run {r + 1}: {runs[-1]}")
-        results[str(n)] = {k: statistics.median(run[k] for run in runs) for k in runs[0]}
-        results[str(n)]["render_vs_floor"] = round(
-            results[str(n)]["render_s"] / max(results[str(n)]["floor_install_s"], 1e-3), 2
-        )
+        if not runs:
+            results[str(n)] = {"error": errors[-1]}
+            continue
+        fig = {k: statistics.median(run[k] for run in runs) for k in runs[0] if k != "agent_phases_ms"}
+        fig["agent_phases_ms"] = runs[len(runs) // 2]["agent_phases_ms"]
+        fig["render_vs_floor"] = round(fig["render_s"] / max(fig["floor_install_s"], 1e-3), 2)
+        fig["render_vs_ported_floor"] = round(fig["render_s"] / max(fig["floor_install_ported_s"], 1e-3), 2)
+        if errors:
+            fig["errors"] = errors
+        results[str(n)] = fig
     cols = [
-        *("apply_s", "converge_s", "render_s", "floor_install_s", "render_vs_floor", "member_change_s"),
-        *("rule_add_s", "ofctl_two_flow_bundle_s", "ofctl_two_flow_bundle_busy_s", "flows", "rss_kb"),
+        *(
+            "apply_s",
+            "converge_s",
+            "render_s",
+            "floor_install_s",
+            "render_vs_floor",
+            "floor_install_ported_s",
+        ),
+        *("render_vs_ported_floor", "member_change_s"),
+        *("member_change_p99_s", "rule_add_s", "rule_add_p99_s", "ofctl_two_flow_bundle_s"),
+        *("ofctl_two_flow_bundle_busy_s", "flows", "rss_kb", "plug_s"),
     ]
-    rows = [[n, *(fig[c] for c in cols)] for n, fig in results.items()]
+    rows = [[n, *(fig.get(c, "-") for c in cols)] for n, fig in results.items()]
     report(
-        "agent convergence on one OVS host (median)",
+        "agent convergence on one OVS host (median of runs; changes: p50 and p99 of --samples)",
         ["N", *cols],
         rows,
         {"bench": "converge", "results": results},
     )
-    return 0
+    return 0 if all("error" not in fig for fig in results.values()) else 1
 
 
 if __name__ == "__main__":

@@ -99,7 +99,7 @@ async def run(endpoints: int, hosts: int, rounds: int) -> dict[str, Any]:
             )
             sessions[f"h{h}"] = session
         tree = server.policy.trees["bench"].mos
-        work = []
+        work: list[tuple[Any, list[dict[str, Any]]]] = []
         for i in range(endpoints):
             decl = declaration(tree, "bench", f"ep{i}", f"tap{i}", f"192.0.2.{i % hosts + 1}")
             assert decl is not None

@@ -46,7 +46,7 @@ from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
 from policyfabric.agent.renderers.ovs import conjunctions, pipeline, switching, tables
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
-from policyfabric.agent.view import BridgeDomain, Endpoint, Network, SecurityGroup, SgRule
+from policyfabric.agent.view import BridgeDomain, Endpoint, IpAddress, Mac, Network, SecurityGroup, SgRule
 
 console = Console(stderr=True)
 SG = "/PolicyUniverse/PolicySpace/bench/GbpSecGroup/sg/"
@@ -70,7 +70,9 @@ def member(i: int, local: bool) -> Endpoint:
     where: dict[str, Any] = (
         {"ofport": i + 1, "interface": f"qvo{i + 1}"} if local else {"vtep": f"192.0.2.{2 + i % 200}"}
     )
-    return Endpoint(f"bench/ep{i}", mac, (address(i + 1),), BD_URI, 0, security_groups=(SG,), **where)
+    return Endpoint(
+        f"bench/ep{i}", Mac(mac), (IpAddress(address(i + 1)),), BD_URI, 0, security_groups=(SG,), **where
+    )
 
 
 def network(n: int, local: int) -> Network:

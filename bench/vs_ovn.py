@@ -19,12 +19,15 @@ own network namespace, plugged before the intent is applied.
   each figure is the wall time of an `ovn-nbctl --wait=hv` command (OVN's
   own "every hypervisor has it" signal, as in ../shared/ANCHORS.md).
 
-Figures per system: converge_s, member_change_s, rule_add_s, flows, rss_kb
-(agent / ovn-controller), and the ratios policyfabric/OVN. policyfabric's
-render_s (from the end of the write) is printed beside its converge_s. The last line is one JSON object:
+Figures per system: converge_s, member_change_s and rule_add_s (the median of
+--samples changes, each sequential; with their p99 as *_p99_s), flows, rss_kb
+(agent / ovn-controller), and the ratios policyfabric/OVN. OVN's logical
+switch ports have port security (MAC + IP), as policyfabric's endpoints have
+anti-spoofing. policyfabric's render_s (from the end of the write) is printed
+beside its converge_s. The last line is one JSON object:
 {"results": {"<N>": {"policyfabric": {...}, "ovn": {...}}}, "ratios": {"<N>": {...}}}.
 
-    sudo .venv/bin/python bench/vs_ovn.py [--n 50,500,1000]
+    sudo .venv/bin/python bench/vs_ovn.py [--n 1000,5000] [--samples 20]
 """
 
 from __future__ import annotations
@@ -45,10 +48,13 @@ from rich.console import Console
 import converge  # the policyfabric side (bench/ is on sys.path when a bench runs)
 from common import flow_count, netns, report
 from policyfabric.lab.ovs import OvsInstance
-from policyfabric.sh import run
+from policyfabric.sh import CommandFailed, run
 
 console = Console(stderr=True)
-KEYS = ("converge_s", "member_change_s", "rule_add_s", "flows", "rss_kb")
+KEYS = (
+    *("converge_s", "member_change_s", "member_change_p99_s", "rule_add_s", "rule_add_p99_s"),
+    *("flows", "rss_kb"),
+)
 OVN_SCHEMAS = Path("/usr/share/ovn")
 
 
@@ -132,7 +138,10 @@ class Ovn:
     def nbctl(self, *args: str, timeout: float = 600) -> float:
         """Seconds an ``ovn-nbctl --wait=hv`` command takes (until every chassis has applied it)."""
         start = time.monotonic()
-        run(["ovn-nbctl", f"--db={self.nb}", "--wait=hv", "--timeout=600", *args], timeout=timeout)
+        run(
+            ["ovn-nbctl", f"--db={self.nb}", "--wait=hv", f"--timeout={max(1, int(timeout))}", *args],
+            timeout=timeout + 5,
+        )
         return time.monotonic() - start
 
     def controller_pid(self) -> int:
@@ -171,13 +180,12 @@ def intent(n: int) -> list[str]:
         b = i % converge.BDS
         name = f"ep{i}"
         ip = f"10.{b}.{(i // converge.BDS) // 250}.{(i // converge.BDS) % 250 + 2}"
+        mac_ip = f"02:51:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x} {ip}"
         cmds += [
             ["lsp-add", f"ls{b}", name],
-            [
-                "lsp-set-addresses",
-                name,
-                f"02:51:00:{i >> 16 & 255:02x}:{i >> 8 & 255:02x}:{i & 255:02x} {ip}",
-            ],
+            ["lsp-set-addresses", name, mac_ip],
+            # anti-spoofing, as policyfabric's endpoints have it: only this MAC and address may leave
+            ["lsp-set-port-security", name, mac_ip],
         ]
         (web if i % 2 == 0 else app).append(name)
     cmds += [["pg-add", "pg_web", *web], ["pg-add", "pg_app", *app]]
@@ -199,60 +207,53 @@ def intent(n: int) -> list[str]:
     return out
 
 
-def ovn_run(n: int, workdir: Path) -> dict[str, Any]:
+def ovn_run(n: int, workdir: Path, samples: int = 20, timeout: float = 600) -> dict[str, Any]:
     with netns(f"pfovn-{os.getpid()}-{n}") as name:
         ovn = Ovn(workdir / "ovn", name)
         try:
             ovn.start()
             console.print(f"OVN N={n}: plugging {n} ports")
-            for start in range(0, n, 250):
-                args: list[str] = []
-                for i in range(start, min(n, start + 250)):
-                    args += [
-                        "--",
-                        "add-port",
-                        "br-int",
-                        f"p{i}",
-                        "--",
-                        "set",
-                        "Interface",
-                        f"p{i}",
-                        "type=internal",
-                        f"external_ids:iface-id=ep{i}",
-                    ]
-                ovn.ovs.vsctl(*args, timeout=300)
+            plug_s = converge.plug_ports(ovn.ovs, n, iface=lambda i: f"ep{i}")
+            console.print(f"OVN N={n}: plugged in {plug_s:.1f} s")
             ovn.nbctl("sync")  # northd and the chassis are up
             console.print(f"OVN N={n}: one transaction with the intent")
-            converge_s = ovn.nbctl(*intent(n))
+            try:
+                converge_s = ovn.nbctl(*intent(n), timeout=timeout)
+            except (CommandFailed, subprocess.TimeoutExpired) as exc:  # a lower bound, no changes timed
+                console.print(f"[red]OVN N={n}: not converged after {timeout:.0f} s[/]")
+                return {
+                    "converge_s_at_least": timeout,
+                    "flows": flow_count(ovn.ovs),
+                    "rss_kb": converge.rss_kb(ovn.controller_pid()),
+                    "plug_s": round(plug_s, 2),
+                    "error": f"--wait=hv not done after {timeout:.0f} s: {str(exc)[-200:]}",
+                }
+            flows = flow_count(ovn.ovs)
+            rss = converge.rss_kb(ovn.controller_pid())
             mover = "ep1"  # in pg_app (odd)
             uuid = run(["ovn-nbctl", f"--db={ovn.nb}", "get", "logical_switch_port", mover, "_uuid"]).strip()
-            member = ovn.nbctl(
-                "remove",
-                "port_group",
-                "pg_app",
-                "ports",
-                uuid,
-                "--",
-                "add",
-                "port_group",
-                "pg_web",
-                "ports",
-                uuid,
-            )
-            rule = ovn.nbctl(
-                "acl-add",
-                "pg_web",
-                "to-lport",
-                "1003",
-                "outport == @pg_web && ip4.src == $pg_app_ip4 && tcp.dst == 8080",
-                "allow-related",
-            )
+            members, rules = [], []
+            for k in range(samples):  # back and forth between the groups, as policyfabric's mover
+                there, here = ("pg_app", "pg_web") if k % 2 == 0 else ("pg_web", "pg_app")
+                move = ["remove", "port_group", there, "ports", uuid]
+                move += ["--", "add", "port_group", here, "ports", uuid]
+                members.append(ovn.nbctl(*move))
+                time.sleep(0.2)
+            for k in range(samples):  # one more ACL each time, as policyfabric's contract gains rules
+                match = f"outport == @pg_web && ip4.src == $pg_app_ip4 && tcp.dst == {8080 + k}"
+                rules.append(ovn.nbctl("acl-add", "pg_web", "to-lport", "1003", match, "allow-related"))
+                time.sleep(0.2)
+            member_p50, member_p99 = converge.quantiles(members)
+            rule_p50, rule_p99 = converge.quantiles(rules)
             return {
                 "converge_s": round(converge_s, 3),
-                "member_change_s": round(member, 4),
-                "rule_add_s": round(rule, 4),
-                "flows": flow_count(ovn.ovs),
-                "rss_kb": converge.rss_kb(ovn.controller_pid()),
+                "member_change_s": round(member_p50, 4),
+                "member_change_p99_s": round(member_p99, 4),
+                "rule_add_s": round(rule_p50, 4),
+                "rule_add_p99_s": round(rule_p99, 4),
+                "flows": flows,
+                "rss_kb": rss,
+                "plug_s": round(plug_s, 2),
             }
         finally:
             ovn.stop()
@@ -262,7 +263,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
-    parser.add_argument("--n", default="50,500,1000", help="endpoint counts, comma-separated")
+    parser.add_argument("--n", default="1000,5000", help="endpoint counts, comma-separated")
+    parser.add_argument(
+        "--samples", type=int, default=20, help="membership changes and rule adds timed per system (p50, p99)"
+    )
+    parser.add_argument(
+        "--ovn-timeout", type=float, default=600,
+        help="seconds OVN may take to converge (past it: converge_s_at_least, no changes timed)",
+    )  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         console.print("bench/vs_ovn.py needs root (namespaces, Open vSwitch, installing OVN)")
@@ -273,15 +281,30 @@ def main() -> int:
     for n in (int(x) for x in args.n.split(",")):
         with tempfile.TemporaryDirectory(prefix="pf-vs-ovn-") as tmp:
             (Path(tmp) / "policyfabric").mkdir()
-            ours = converge.one_run(n, Path(tmp) / "policyfabric", batch=True)
-            theirs = ovn_run(n, Path(tmp))
+            try:
+                ours = converge.one_run(n, Path(tmp) / "policyfabric", batch=True, samples=args.samples)
+            except (converge.ReconnectLoop, TimeoutError) as exc:  # reported; OVN's side still runs
+                console.print(f"[red]policyfabric N={n} did not converge: {exc}[/]")
+                ours = {"error": str(exc)}
+            try:
+                theirs = ovn_run(n, Path(tmp), args.samples, args.ovn_timeout)
+            except (CommandFailed, subprocess.TimeoutExpired) as exc:  # e.g. --wait=hv past its 600 s
+                console.print(f"[red]OVN N={n} failed: {exc}[/]")
+                theirs = {"error": str(exc)[-500:]}
+        mine = {k: ours[k] for k in KEYS if k in ours}
         results[str(n)] = {
-            "policyfabric": {k: ours[k] for k in KEYS} | {"render_s": ours["render_s"]},
+            "policyfabric": mine | ({"render_s": ours["render_s"]} if "render_s" in ours else ours),
             "ovn": theirs,
         }
-        ratios[str(n)] = {k: round(ours[k] / theirs[k], 2) if theirs[k] else None for k in KEYS}
+        ratios[str(n)] = {
+            k: round(mine[k] / theirs[k], 2) if theirs.get(k) and k in mine else None for k in KEYS
+        }
+        if "converge_s_at_least" in theirs and "converge_s" in mine:  # OVN timed out: an upper bound
+            ratios[str(n)]["converge_s_at_most"] = round(
+                mine["converge_s"] / theirs["converge_s_at_least"], 3
+            )
         console.print(f"N={n}: {results[str(n)]}, ratios {ratios[str(n)]}")
-    columns = (*KEYS, "render_s")
+    columns = (*KEYS, "render_s", "converge_s_at_least", "converge_s_at_most")
     rows = [
         [n, system, *(figures.get(k, "") for k in columns)]
         for n, r in results.items()

@@ -1,0 +1,1 @@
+"""Profiling aids for the benchmarks (not imported by policyfabric)."""
