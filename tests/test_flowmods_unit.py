@@ -222,3 +222,21 @@ def test_packet_out_reaches_ovs_ofctl() -> None:
 
     FlowApplier("unix:/br.mgmt", run=run).packet_out("in_port=9 packet=00 actions=output:9")
     assert seen == [[*OFCTL, "packet-out", "unix:/br.mgmt", "in_port=9 packet=00 actions=output:9"]]
+
+
+def test_an_ovs_ofctl_call_may_take_longer_the_more_flows_it_carries() -> None:
+    """At N=10,000 a full sync of 90,000 flows into a userspace bridge of 10,000 ports took over the
+    fixed minute: every attempt timed out and started again. The deadline now grows with the flows."""
+    seen: list[float] = []
+
+    def run(argv: Sequence[str], *, timeout: float = 60.0, **_: Any) -> str:
+        seen.append(timeout)
+        return ""
+
+    applier = FlowApplier("unix:/nowhere", run=run, channel=False)
+    applier.sync(compile_pipeline(host("h1", (WEB1,)), TUNNEL))
+    small = seen[-1]
+    applier.installed = None
+    many = [flow(70, 100, {"reg1": i}, "drop") for i in range(90_000)]
+    applier.sync(many)
+    assert 60 <= small < 61 and seen[-1] > 400
