@@ -301,7 +301,9 @@ def floor_install_ported(ovs: OvsInstance, workdir: Path) -> float:
     empty bridge, is what the agent's first install competes with. Run after the agent stopped."""
     ovs.ofctl("--no-names", "del-flows", ovs.mgmt("br-int"))
     start = time.monotonic()
-    ovs.ofctl("--no-names", "--bundle", "replace-flows", ovs.mgmt("br-int"), str(workdir / "floor.flows"))
+    ovs.ofctl(
+        "--no-names", "--bundle", "replace-flows", ovs.mgmt("br-int"), str(workdir / "floor.flows"), timeout=900
+    )
     return time.monotonic() - start
 
 
@@ -467,9 +469,9 @@ def one_run(
             phases = reconcile_phases(agent_log)
             members, rules = measure_changes(ovs, server.url, ids, samples)
             floor, tiny = floor_install(ovs, workdir)
-            busy = two_flow_bundle(ovs, workdir)
-            agent.terminate()  # (the bridge is emptied next: the agent must not see it)
+            agent.terminate()  # (the bridge is changed next: the agent must not see it, or it repairs)
             agent.wait(60 if profile else 10)
+            busy = two_flow_bundle(ovs, workdir)
             floor_ported = floor_install_ported(ovs, workdir)
             slow = [ln for ln in agent_log.read_text().splitlines() if "slow reconcile" in ln]
             for line in slow[-4:]:

@@ -86,8 +86,8 @@ class OvsInstance:
     def vsctl(self, *args: str, timeout: float = 30.0) -> str:
         return run(["ovs-vsctl", f"--db={self.ovsdb}", "--timeout=20", *args], env=self.env, timeout=timeout)
 
-    def ofctl(self, *args: str, input: str | None = None) -> str:
-        return run(["ovs-ofctl", "-O", "OpenFlow15", *args], env=self.env, input=input)
+    def ofctl(self, *args: str, input: str | None = None, timeout: float = 60.0) -> str:
+        return run(["ovs-ofctl", "-O", "OpenFlow15", *args], env=self.env, input=input, timeout=timeout)
 
     def appctl(self, *args: str) -> str:
         return run(["ovs-appctl", "-t", str(self.rundir / "ovs-vswitchd.ctl"), *args], env=self.env)
