@@ -301,9 +301,8 @@ def floor_install_ported(ovs: OvsInstance, workdir: Path) -> float:
     empty bridge, is what the agent's first install competes with. Run after the agent stopped."""
     ovs.ofctl("--no-names", "del-flows", ovs.mgmt("br-int"))
     start = time.monotonic()
-    ovs.ofctl(
-        "--no-names", "--bundle", "replace-flows", ovs.mgmt("br-int"), str(workdir / "floor.flows"), timeout=900
-    )
+    table = str(workdir / "floor.flows")
+    ovs.ofctl("--no-names", "--bundle", "replace-flows", ovs.mgmt("br-int"), table, timeout=900)
     return time.monotonic() - start
 
 
