@@ -289,3 +289,21 @@ def test_connections_beyond_the_session_cap_are_closed_at_once_and_logged_once(
         asyncio.run(go())
     refusals = [r for r in caplog.records if "the most allowed" in r.getMessage()]
     assert 1 <= len(refusals) <= 2  # the first at once, the rest summed a second later (or not yet)
+
+
+def test_a_status_only_write_is_told_apart_so_no_tree_is_rebuilt_for_it(tmp_path: Path) -> None:
+    """Agents report statuses by the thousand while a host starts; no policy tree holds a status
+    (or an interface), so the OpFlex server does not rebuild the tenant's tree for such a write. A
+    binding (the host) or an operator's change is not status-only."""
+    authority = authority_with_a_router(tmp_path)
+    seen: list[list[bool]] = []
+    authority.listeners.append(lambda changes: seen.append([authority.status_only(c) for c in changes]))
+    authority.set_endpoint_states([EndpointState("acme", "web1", status="BUILD")])
+    authority.set_endpoint_states([EndpointState("acme", "web1", interface="tap1", status="ACTIVE")])
+    authority.set_endpoint_states([EndpointState("acme", "web1", host="h1")])
+    [record], _ = authority.list(K["endpoint"], "acme", "web1")
+    authority.replace(
+        K["endpoint"], record["id"], K["endpoint"].spec.model_validate({**_spec(record), "ip": ["10.1.0.11"]})
+    )
+    assert seen == [[True], [True], [False], [False]]
+    assert authority._status_only == set()  # nothing kept past its commit's listeners

@@ -51,6 +51,7 @@ ALLOCATED = {
 }
 
 Listener = Callable[[list[Change]], None]
+STATUS_ONLY = frozenset({"status", "interface"})  # endpoint fields no policy tree carries
 
 
 @dataclass(frozen=True)
@@ -84,6 +85,10 @@ class Authority:
         self._mirror_lock = threading.Lock()
         # Called after every commit with what it changed (from the writing thread).
         self.listeners: list[Listener] = []
+        # revisions of endpoint writes that changed only what no policy tree holds (status,
+        # interface): listeners may skip them (``status_only``); filled before the commit's
+        # listeners run, emptied by them
+        self._status_only: set[int] = set()
 
     # ---- reads
     def revision(self) -> int:
@@ -114,6 +119,7 @@ class Authority:
                 yield txn
         except BaseException:
             self.cache.clear()
+            self._status_only.clear()
             raise
         if txn.logged:
             for listener in self.listeners:
@@ -121,6 +127,7 @@ class Authority:
                     listener(list(txn.logged))
                 except Exception:
                     log.exception("change listener failed")
+            self._status_only.difference_update(c.revision for c in txn.logged)  # asked or not
 
     def create(self, kind: Kind, spec: o.Spec, scope: str | None = None) -> dict[str, Any]:
         with self._writing() as txn:
@@ -298,6 +305,8 @@ class Authority:
                 updated = Record(record.kind, record.id, record.tenant, record.name, revision, data)
                 txn.put(updated, None, "update")
                 logged.append((u, data))
+                if {f for f in data if data.get(f) != record.data.get(f)} <= STATUS_ONLY:
+                    self._status_only.add(revision)
         for u, data in logged:
             log.info(
                 "endpoint %s/%s: host=%s interface=%s status=%s",
@@ -308,6 +317,12 @@ class Authority:
                 data.get("status"),
             )
         return found
+
+    def status_only(self, change: Change) -> bool:
+        """Whether ``change`` (just committed) changed only an endpoint's status or interface,
+        which no policy tree holds: a status report does not make the tenant's tree rebuild.
+        Answered while the commit's listeners run."""
+        return change.revision in self._status_only
 
     # ---- helpers
     @staticmethod

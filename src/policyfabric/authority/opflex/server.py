@@ -291,7 +291,12 @@ class OpflexServer:
 
     # ---- changes and flushes
     def _on_commit(self, changes: list[Change]) -> None:
-        """Called from the REST worker thread after each commit."""
+        """Called from the REST worker thread after each commit. An endpoint's status or interface
+        is in no tree: such writes (agents' status reports, by the thousand while a host starts)
+        do not rebuild the tenant's."""
+        changes = [c for c in changes if not self.authority.status_only(c)]
+        if not changes:
+            return
         tenants = affected_tenants(changes)
         if self.loop is not None:
             self.loop.call_soon_threadsafe(self.policy.mark_dirty, tenants)
