@@ -128,7 +128,7 @@ def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
         low = get(c, Prop.D_FROM_PORT, ranged(0, 0xFFFF))
         ports = (low, optional(c, Prop.D_TO_PORT, ranged(low, 0xFFFF), low))
     return {
-        "ethertype": ETHER_T_NAMES.get(optional(c, Prop.ETHER_T, choice("ipv4", "ipv6", "unspecified"), "")),
+        "ethertype": ETHER_T_NAMES.get(optional(c, Prop.ETHER_T, choice(*ETHER_T_NAMES, "unspecified"), "")),
         "protocol": optional(c, Prop.PROT, ranged(0, 0xFF), None),
         "ports": ports,
     }

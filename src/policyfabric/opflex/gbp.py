@@ -187,7 +187,7 @@ class Prop:
 
 # etherT is an enum of the reference model (l2/EtherType): sent by constant name, as libopflex
 # serialises enums; a number there is dropped by a reference peer without a word.
-ETHER_T_NAMES = {"ipv4": 0x0800, "ipv6": 0x86DD, "arp": 0x0806}  # etherT on the wire → ethertype
+ETHER_T_NAMES = {"ipv4": 0x0800, "ipv6": 0x86DD}  # etherT on the wire → ethertype (the two rules use)
 # A security group's member set (GbpSubnets) always holds this one address, which no packet carries
 # as its source or destination: a reference peer, for which an empty remote-address set means "any
 # address", still matches nothing when the group has no members (fails closed).

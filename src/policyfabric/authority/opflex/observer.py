@@ -224,8 +224,11 @@ class Observer:
             agent.counters_dropped += 1
             return
         old = known.get(uuid, {})
-        new = {k: v for k in EP_COUNTERS if isinstance(v := props.get(k), int) and not isinstance(v, bool)}
-        new = {k: v for k, v in new.items() if 0 <= v < INT64}
+        new = {
+            k: v
+            for k in EP_COUNTERS
+            if (v := counter(props.get(k))) is not None and isinstance(v, int) and v >= 0
+        }
         known[uuid] = new
         for k in EP_COUNTERS:
             total = agent.counters.get(f"endpoints.{k}", 0)

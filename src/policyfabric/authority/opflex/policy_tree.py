@@ -16,6 +16,7 @@ from typing import Any
 from policyfabric.model import objects as o
 from policyfabric.model.types import port_bounds
 from policyfabric.opflex.gbp import (
+    ETHER_T_NAMES,
     NO_MEMBER,
     PROTOCOLS,
     Cls,
@@ -33,7 +34,7 @@ def _classifier_props(
     name: str, protocol: str, port: int | str | None, ethertype: str | None
 ) -> dict[str, Any]:
     props: dict[str, Any] = {Prop.NAME: name, Prop.CONNECTION_TRACKING: "reflexive"}
-    if ethertype in ("ipv4", "ipv6"):
+    if ethertype in ETHER_T_NAMES:
         props[Prop.ETHER_T] = ethertype  # the model's enum constant, by name
     if protocol in PROTOCOLS:
         props[Prop.PROT] = PROTOCOLS[protocol]
