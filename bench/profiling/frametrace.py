@@ -11,11 +11,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import socket
 import threading
 import time
 from pathlib import Path
 from typing import Any, TextIO
+
+from policyfabric.lab.authority import free_port
 
 
 def _first_uri(params: Any) -> str:
@@ -34,9 +35,7 @@ class FrameTrace:
     def __init__(self, upstream: tuple[str, int], path: Path) -> None:
         self.upstream = upstream
         self.out: TextIO = path.open("w")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = int(s.getsockname()[1])
+        self.port = free_port()
         self.loop = asyncio.new_event_loop()
         self.requests: dict[tuple[str, Any], tuple[str, str]] = {}  # (way, id) of a request -> (method, uri)
         self.largest: tuple[int, str] = (0, "")

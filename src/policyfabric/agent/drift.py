@@ -23,7 +23,6 @@ def code(renderer: str) -> str:
 
 @dataclass
 class _Episode:
-    first: float  # when the first drift of the episode was seen
     what: list[str] = field(default_factory=list)  # what drifted, as the renderer said (pending repair)
     detected: float | None = None  # when the drift pending repair was seen (first of them)
     repaired: float | None = None  # when it was last repaired
@@ -46,7 +45,7 @@ class DriftFaults:
         episode = self._episodes.get(renderer)
         new = episode is None
         if episode is None:
-            episode = self._episodes[renderer] = _Episode(now)
+            episode = self._episodes[renderer] = _Episode()
         episode.what.append(what)
         episode.drifts += 1
         if episode.detected is None:

@@ -139,8 +139,8 @@ class Mapping:
     def principal(self, who: Identity) -> Principal:
         """The principal of a validated identity; 403 (Forbidden) when it maps to none."""
         role = self.role(who.roles)
-        mapped = ", ".join(sorted(self.admin_roles | self.member_roles | self.reader_roles))
         if role is None:
+            mapped = ", ".join(sorted(self.admin_roles | self.member_roles | self.reader_roles))
             raise Forbidden(f"{who} holds none of the Keystone roles this authority maps ({mapped})")
         if who.system:
             return Principal(str(who), "admin" if role == "admin" else "reader", None)

@@ -204,15 +204,14 @@ class FlowApplier:
     def execute(self, commands: Sequence[Command]) -> None:
         """Run ``commands`` on the bridge as one bundle (the channel's, else one ``ovs-ofctl``
         call); raise if it fails."""
+        deltas = [c for c in commands if not isinstance(c, ReplaceFlows)]
+        # (a ReplaceFlows, alone or mixed in, goes to ofctl_calls, which refuses a mixed list)
         if (
-            commands
+            deltas
+            and len(deltas) == len(commands)
             and self.channel is not None
-            and len(commands) <= self.channel_max
-            and not isinstance(commands[0], ReplaceFlows)
+            and len(deltas) <= self.channel_max
         ):
-            deltas = [c for c in commands if not isinstance(c, ReplaceFlows)]
-            if len(deltas) != len(commands):
-                raise ValueError("replace-flows is a bundle of its own: nothing may go with it")
             messages = bundled(deltas)
             try:
                 self.channel.send(messages)

@@ -152,7 +152,6 @@ class FlowMonitor:
         self._xid = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
-        self.connected_once = False
         self.updates = 0  # flow updates read (own and others')
         self.drifts = 0  # drift reports made
 
@@ -202,7 +201,7 @@ class FlowMonitor:
         self._close()
 
     def _next_xid(self) -> int:
-        self._xid = (self._xid + 1) & 0xFFFFFFFF or 1
+        self._xid = w.next_xid(self._xid)
         return self._xid
 
     def _connect(self) -> None:
@@ -228,7 +227,6 @@ class FlowMonitor:
         sock.settimeout(None)  # block: nothing to do until OVS says something
         with self._lock:
             self._sock, self._xid = sock, 2
-        self.connected_once = True
 
     def _close(self) -> None:
         with self._lock:
@@ -243,16 +241,17 @@ class FlowMonitor:
     # ---- reading
     def _read_one(self, sock: socket.socket) -> tuple[int, int, bytes, int]:
         while True:
-            while len(self._buf) < 8 or len(self._buf) < int.from_bytes(self._buf[2:4], "big"):
+            try:
+                got = w.take_message(self._buf)
+            except ValueError as exc:
+                raise ConnectionError(f"{self.path} sent {exc}") from None
+            if got is None:
                 data = sock.recv(65536)
                 if not data:
                     raise ConnectionError(f"{self.path} closed the connection")
                 self._buf += data
-            version, msg_type, length, xid = w.HEADER.unpack_from(self._buf)
-            if length < 8:
-                raise ConnectionError(f"{self.path} sent a message of length {length}")
-            body = bytes(self._buf[8:length])
-            del self._buf[:length]
+                continue
+            version, msg_type, xid, body = got
             if msg_type == w.OFPT_ECHO_REQUEST:
                 with self._lock:
                     sock.sendall(w.message(w.OFPT_ECHO_REPLY, xid, body))
@@ -294,15 +293,14 @@ class FlowMonitor:
                     if token is not None:
                         self.attribution.close(token)
             elif msg_type == w.OFPT_MULTIPART_REPLY:
-                updates = w.decode_flow_updates(body)
-                for u in updates or ():
-                    self.updates += 1
-                    if u.event == w.OFPFME_PAUSED:
-                        unknown = "OVS paused the flow monitor: changes meanwhile unknown"
-                    with self._lock:
-                        foreign = self.attribution.foreign(u)
-                    if foreign:
-                        drifted[u.table, KINDS[u.event]] += 1
+                updates = w.decode_flow_updates(body) or ()
+                self.updates += len(updates)
+                with self._lock:  # once for the message, not per update (a full sync is thousands)
+                    foreign = [u for u in updates if self.attribution.foreign(u)]
+                if any(u.event == w.OFPFME_PAUSED for u in updates):
+                    unknown = "OVS paused the flow monitor: changes meanwhile unknown"
+                for u in foreign:
+                    drifted[u.table, KINDS[u.event]] += 1
             elif msg_type == w.OFPT_ERROR:
                 log.warning("flow monitor %s: %s", self.path, w.decode_error(xid, body).name)
             if not self._buf and not select.select([sock], [], [], 0)[0]:

@@ -103,7 +103,7 @@ class OfChannel:
         return self._sock is not None
 
     def _next_xid(self) -> int:
-        self._xid = (self._xid + 1) & 0xFFFFFFFF or 1
+        self._xid = w.next_xid(self._xid)
         return self._xid
 
     def connect(self) -> None:
@@ -152,8 +152,8 @@ class OfChannel:
         assert self._sock is not None
         while select.select([self._sock], [], [], 0)[0]:
             self._fill()
-            while self._complete():
-                self._take()
+            while self._take() is not False:
+                pass
 
     # ---- reading
     def _fill(self) -> None:
@@ -168,19 +168,16 @@ class OfChannel:
             raise ChannelLost(f"{self.path} closed the connection")
         self._buf += data
 
-    def _complete(self) -> bool:
-        if len(self._buf) < 8:
+    def _take(self) -> tuple[int, int, bytes, int] | bool | None:
+        """The next whole message (type, xid, body, version); None once an echo was answered;
+        False while no whole message has arrived."""
+        try:
+            got = w.take_message(self._buf)
+        except ValueError as exc:
+            raise ChannelLost(f"{self.path} sent {exc}") from None
+        if got is None:
             return False
-        length = int.from_bytes(self._buf[2:4], "big")
-        if length < 8:
-            raise ChannelLost(f"{self.path} sent a message of length {length}")
-        return len(self._buf) >= length
-
-    def _take(self) -> tuple[int, int, bytes, int] | None:
-        """The next whole message (type, xid, body, version), or None once an echo was answered."""
-        version, msg_type, length, xid = w.HEADER.unpack_from(self._buf)
-        body = bytes(self._buf[8:length])
-        del self._buf[:length]
+        version, msg_type, xid, body = got
         if msg_type == w.OFPT_ECHO_REQUEST:
             assert self._sock is not None
             try:
@@ -193,10 +190,10 @@ class OfChannel:
 
     def _read_message(self) -> tuple[int, int, bytes, int]:
         while True:
-            while not self._complete():
-                self._fill()
             got = self._take()
-            if got is not None:
+            if got is False:
+                self._fill()
+            elif got is not None and got is not True:
                 return got
 
     # ---- bundles

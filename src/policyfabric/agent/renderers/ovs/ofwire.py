@@ -627,11 +627,6 @@ def parse_action(text: str) -> Action | None:
     return _learn(args)
 
 
-def parse_match(pairs: tuple[tuple[str, str], ...]) -> tuple[MatchField, ...]:
-    """The match in wire order; protocol keywords and protocol-dependent names resolved."""
-    return tuple(m for m, _ in _match_entries(pairs))
-
-
 def _match_entries(pairs: tuple[tuple[str, str], ...]) -> list[tuple[MatchField, bytes]]:
     """``parse_match``, each field with its OXM bytes (memoised per field and value)."""
     eth_type: int | None = None
@@ -928,6 +923,27 @@ def clear_caches() -> None:
     """Forget every memoised encoding (benchmarks measure the cold cost with it)."""
     for fn in (add_body, delete_strict_body, _match_entry, _action_entry):
         fn.cache_clear()
+
+
+def take_message(buf: bytearray) -> tuple[int, int, int, bytes] | None:
+    """The next whole message cut from the front of ``buf`` (version, type, xid, body), or None
+    while it is incomplete; ``ValueError`` for a length under the header's (the stream cannot be
+    trusted). The framing both connections to OVS read with (``ofchannel``, ``monitor``)."""
+    if len(buf) < HEADER.size:
+        return None
+    version, msg_type, length, xid = HEADER.unpack_from(buf)
+    if length < HEADER.size:
+        raise ValueError(f"a message of length {length}")
+    if len(buf) < length:
+        return None
+    body = bytes(buf[HEADER.size : length])
+    del buf[:length]
+    return version, msg_type, xid, body
+
+
+def next_xid(xid: int) -> int:
+    """The transaction id after ``xid`` (32 bits, never 0)."""
+    return (xid + 1) & 0xFFFFFFFF or 1
 
 
 def message(msg_type: int, xid: int, body: bytes = b"") -> bytes:
