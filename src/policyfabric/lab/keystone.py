@@ -181,12 +181,17 @@ class KeystoneServer:
     def _start_mariadb(self) -> None:
         data = self.workdir / "mariadb"
         user = ["--user=root"] if os.geteuid() == 0 else []
+        # its temporary tables in a directory of its own, not the machine's /tmp (where another
+        # server, or a cleaner, once removed one while it was being written: the install aborted)
+        tmp = self.workdir / "mariadb-tmp"
+        tmp.mkdir(parents=True, exist_ok=True)
         if not (data / "mysql").is_dir():
             self._run(
                 [
                     str(_which("mariadb-install-db")),
                     "--no-defaults",
                     f"--datadir={data}",
+                    f"--tmpdir={tmp}",
                     "--auth-root-authentication-method=normal",
                     "--skip-test-db",
                     *user,
@@ -198,6 +203,7 @@ class KeystoneServer:
                 str(_which("mariadbd")),
                 "--no-defaults",
                 f"--datadir={data}",
+                f"--tmpdir={tmp}",
                 f"--port={self.db_port}",
                 "--bind-address=127.0.0.1",
                 f"--socket={self.socket}",
