@@ -52,6 +52,7 @@ Family = bool  # True: IPv6
 EndpointChains = tuple[tuple[str, Chain], ...]
 GroupInputs = tuple[Group | None, tuple[tuple[str, Contract], ...], tuple[Group, ...]]
 BASE = {"zones": ZONES, "forward": FORWARD}
+NONE: frozenset[IpAddress] = frozenset()  # one object: ``frozenset()`` makes a new one each time
 
 
 def _same(a: object, b: object) -> bool:
@@ -121,7 +122,7 @@ class _Counted(Generic[K]):
             self._sets[key] = self.of(key) - vanished.get(key, set()) | appeared.get(key, set())
 
     def of(self, key: K) -> frozenset[IpAddress]:
-        return self._sets.get(key, frozenset())
+        return self._sets.get(key, NONE)
 
 
 def _family(ip: IpAddress) -> Family:
@@ -319,7 +320,7 @@ class RulesetCompiler:
         sets: dict[str, frozenset[IpAddress]] = {}
         for classid in sorted(local.groups):
             for v6 in (False, True):  # class id 0 names no group: its set stays empty
-                members = self._members.of(classid, v6) if classid else frozenset()
+                members = self._members.of(classid, v6) if classid else NONE
                 sets[f"{group_set(classid)}_{6 if v6 else 4}"] = members
         if local.every:
             for v6 in (False, True):
