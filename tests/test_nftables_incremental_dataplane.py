@@ -108,7 +108,12 @@ def test_drift_writes_the_table_whole(netns: tuple[str, str]) -> None:
     nft = renderer(ours)
     seen: list[str] = []
     drifted = threading.Event()
-    assert nft.watch(lambda what: (seen.append(what), drifted.set()))
+
+    def on_drift(what: str) -> None:
+        seen.append(what)
+        drifted.set()
+
+    assert nft.watch(on_drift)
     try:
         net = group_of(100, 5)
         nft.apply(nft.compile(net))

@@ -76,7 +76,7 @@ def test_a_warm_compiler_agrees_with_a_fresh_one_on_every_view(seed: int) -> Non
         got, fresh = warm(net), compile_ruleset(net)
         assert got == fresh
         assert got.text() == fresh.text()
-        assert {name: set(e) for name, e in got.sets.items()} == {name: members(net, name) for name in got.sets}
+        assert {name: set(e) for name, e in got.sets.items()} == {n: members(net, n) for n in got.sets}
         fabric.change()
 
 
@@ -152,21 +152,20 @@ def test_an_endpoint_coming_writes_its_own_chains_and_one_element_of_each_map(lo
     assert delta.chains == 7 and not delta.elements_only
     gone = changes(compiler(came), compiler(net)).text.splitlines()
     assert f'delete element inet {TABLE} ports {{ "qbr1000" }}' in gone
-    assert gone[-7:] == [f"delete chain inet {TABLE} {c}" for c in sorted(chains, key=lambda c: (c != "ep1000", c))]
+    in_order = sorted(chains, key=lambda c: (c != "ep1000", c))  # as the chains were listed
+    assert gone[-7:] == [f"delete chain inet {TABLE} {c}" for c in in_order]
 
 
 def test_a_rule_change_writes_again_the_chains_that_use_it_and_no_other() -> None:
     compiler = RulesetCompiler()
     other = "/PolicyUniverse/PolicySpace/t/GbpSecGroup/other/"
     net = group_of(50, 6)
-    net = replace(
-        net,
-        local=tuple(replace(e, security_groups=(other,)) if e.ofport and e.ofport > 3 else e for e in net.local),
-        security_groups={**net.security_groups, other: SecurityGroup(other, RULES[1:])},
-    )
+    sgs = {SG: SecurityGroup(SG, RULES), other: SecurityGroup(other, RULES[1:])}
+    moved = tuple(replace(e, security_groups=(other,)) if e.ofport and e.ofport > 3 else e for e in net.local)
+    net = replace(net, local=moved, security_groups=sgs)
     before = compiler(net)
     http = SgRule(f"{SG}#2", 2, True, "in", 0x0800, 6, (80, 80))
-    after = compiler(replace(net, security_groups={**net.security_groups, SG: SecurityGroup(SG, (*RULES, http))}))
+    after = compiler(replace(net, security_groups={**sgs, SG: SecurityGroup(SG, (*RULES, http))}))
     delta = changes(before, after)
     flushed = [line.split()[-1] for line in delta.text.splitlines() if line.startswith("flush chain")]
     assert flushed == ["ep1_in_sg", "ep2_in_sg", "ep3_in_sg"]  # the endpoints in the group, ingress
