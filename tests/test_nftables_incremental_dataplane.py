@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from policyfabric.agent.renderers.api import RendererContext
+from policyfabric.agent.renderers.nftables.kernel import Nft
 from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
 from policyfabric.agent.renderers.nftables.ruleset import TABLE, compile_ruleset
 from policyfabric.agent.view import Network
@@ -68,14 +70,20 @@ def written_whole(netns: str, net: Network) -> dict[str, Any]:
     return listed(netns)
 
 
-def renderer(netns: str) -> NftablesRenderer:
-    return NftablesRenderer(RendererContext("test", options={"netns": netns}))
+def renderer(netns: str, library: bool = True) -> NftablesRenderer:
+    made = NftablesRenderer(RendererContext("test", options={"netns": netns}))
+    made.nft = Nft(netns, library=library)
+    assert made.nft.in_process == library  # libnftables is there: both ways are tested
+    return made
 
 
-@pytest.mark.parametrize("seed", range(6))
-def test_patched_tables_hold_what_whole_tables_hold(netns: tuple[str, str], seed: int) -> None:
+@pytest.mark.parametrize(
+    ("seed", "library"), [*((s, True) for s in range(6)), (6, False), (7, False)], ids=str
+)
+def test_patched_tables_hold_what_whole_tables_hold(netns: tuple[str, str], seed: int, library: bool) -> None:
+    """Through libnftables in process, and through ``nft -f`` processes (where it is missing)."""
     ours, whole = netns
-    fabric, nft = Fabric.random(seed), renderer(ours)
+    fabric, nft = Fabric.random(seed), renderer(ours, library)
     assert nft.apply(nft.compile(fabric.network())).full
     patched = 0
     for step in range(30):
@@ -123,7 +131,9 @@ def test_drift_writes_the_table_whole(netns: tuple[str, str]) -> None:
         assert desired == nft.applied  # the same view: only the drift makes it apply
         assert nft.apply(desired).full
         assert listed(ours) == written_whole(whole, net)
-        assert seen[0].startswith(f"table inet {TABLE} deleted (by process ")
+        nft.apply(nft.compile(joined(net, 101)))  # the renderer's own changes are not drift
+        time.sleep(0.3)
+        assert len(seen) == 1 and seen[0].startswith(f"table inet {TABLE} deleted (by process ")
     finally:
         nft.unwatch()
 

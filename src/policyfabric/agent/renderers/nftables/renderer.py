@@ -1,8 +1,9 @@
-"""The Linux renderer: the compiled ruleset into the kernel, one ``nft -f`` transaction per change.
+"""The Linux renderer: the compiled ruleset into the kernel, one nftables transaction per change.
 
 ``compile`` keeps a ``RulesetCompiler`` (compiler.py): the parts of the table whose inputs did
 not change are reused, not rebuilt from the whole view. ``apply`` sends only what changed
-(delta.py): set elements, map elements, the chains whose rules changed, in one transaction. The
+(delta.py): set elements, map elements, the chains whose rules changed, in one transaction,
+through libnftables in this process (kernel.py; ``nft -f`` processes where it is missing). The
 whole table is written (add, delete, define: one transaction, so traffic sees the old table or
 the new, never none; established connections stay in conntrack) on the first apply of this
 process (after a restart the kernel's table is not read back: it is replaced whole, as before),
@@ -26,6 +27,7 @@ from typing import ClassVar
 from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext
 from policyfabric.agent.renderers.nftables.compiler import RulesetCompiler
 from policyfabric.agent.renderers.nftables.delta import changes
+from policyfabric.agent.renderers.nftables.kernel import Nft
 from policyfabric.agent.renderers.nftables.monitor import NftMonitor
 from policyfabric.agent.renderers.nftables.ruleset import Ruleset
 from policyfabric.agent.view import Network
@@ -48,6 +50,7 @@ class NftablesRenderer(Renderer[Ruleset]):
         self.monitor: NftMonitor | None = None
         self._drifted = threading.Event()  # someone else changed the table: rewrite it whole
         self._compiler = RulesetCompiler()
+        self.nft = Nft(self.netns)  # libnftables in process (kernel.py), else nft -f processes
 
     def watch(self, drifted: Callable[[str], None]) -> bool:
         """``nft monitor`` in the namespace: a change to the table by any other process is drift."""
@@ -83,11 +86,10 @@ class NftablesRenderer(Renderer[Ruleset]):
             if self.applied is not None:
                 delta = changes(self.applied, desired)
                 if delta.text:
-                    run(["nft", "-f", "-"], netns=self.netns, input=delta.text, started=own)
+                    self.nft.run(delta.text, own)
                 added, removed, how, full = delta.added, delta.removed, delta.describe(), False
             else:
-                text = desired.text()
-                run(["nft", "-f", "-"], netns=self.netns, input=text, started=own)
+                self.nft.run(desired.text(), own)
                 added, removed, how, full = desired.elements + desired.rules, 0, "whole table", True
         except Exception:
             self.applied = None  # unknown state: the next apply replaces the whole table
