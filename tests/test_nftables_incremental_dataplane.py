@@ -148,9 +148,10 @@ def test_after_a_failed_transaction_the_table_is_written_whole(netns: tuple[str,
     nft.apply(nft.compile(more))
     gone = ns_run(ours, "nft", "delete", "element", "inet", TABLE, set_name(), "{ 10.0.0.101 }")
     assert gone.returncode == 0, gone.stderr
-    with pytest.raises(CommandFailed):
+    with pytest.raises(CommandFailed) as refused:
         nft.apply(nft.compile(net))  # deletes 10.0.0.101 again: the kernel refuses the transaction
     assert nft.applied is None
+    assert "Could not process rule: No such file or directory" in str(refused.value)  # nft's words
     assert nft.apply(nft.compile(net)).full
     assert listed(ours) == written_whole(whole, net)
 

@@ -46,8 +46,9 @@ def _library() -> Any | None:
     lib.nft_ctx_new.argtypes = [ctypes.c_uint32]
     for name in ("nft_ctx_buffer_output", "nft_ctx_buffer_error", "nft_ctx_free"):
         getattr(lib, name).argtypes = [ctypes.c_void_p]
-    lib.nft_ctx_get_error_buffer.restype = ctypes.c_char_p
-    lib.nft_ctx_get_error_buffer.argtypes = [ctypes.c_void_p]
+    for name in ("nft_ctx_get_output_buffer", "nft_ctx_get_error_buffer"):
+        getattr(lib, name).restype = ctypes.c_char_p
+        getattr(lib, name).argtypes = [ctypes.c_void_p]
     lib.nft_run_cmd_from_buffer.argtypes = [ctypes.c_void_p, ctypes.c_char_p]
     return lib
 
@@ -105,8 +106,10 @@ class Nft:
             self._ctx = ctx
         if own is not None:
             own(threading.get_native_id())
-        if lib.nft_run_cmd_from_buffer(self._ctx, script.encode()) != 0:
-            error = (lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+        failed = lib.nft_run_cmd_from_buffer(self._ctx, script.encode()) != 0
+        lib.nft_ctx_get_output_buffer(self._ctx)  # reading a buffer rewinds it: none grows
+        error = (lib.nft_ctx_get_error_buffer(self._ctx) or b"").decode(errors="replace")
+        if failed:
             raise CommandFailed(["libnftables", f"netns={self.netns or '-'}"], 1, error)
 
 
