@@ -1,4 +1,13 @@
-"""The Linux renderer: the compiled ruleset into the kernel, one ``nft -f`` transaction per change.
+"""The Linux renderer: the compiled ruleset into the kernel, one nftables transaction per change.
+
+``compile`` keeps a ``RulesetCompiler`` (compiler.py): the parts of the table whose inputs did
+not change are reused, not rebuilt from the whole view. ``apply`` sends only what changed
+(delta.py): set elements, map elements, the chains whose rules changed, in one transaction,
+through libnftables in this process (kernel.py; ``nft -f`` processes where it is missing). The
+whole table is written (add, delete, define: one transaction, so traffic sees the old table or
+the new, never none; established connections stay in conntrack) on the first apply of this
+process (after a restart the kernel's table is not read back: it is replaced whole, as before),
+after drift, and after a failed transaction (the kernel's state is then unknown).
 
 It takes over policy from Open vSwitch on its host (``TAKES_OVER_POLICY``):
 the OVS pipeline there forwards and checks port security, and this table
@@ -16,8 +25,11 @@ from collections.abc import Callable, Mapping
 from typing import ClassVar
 
 from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext
+from policyfabric.agent.renderers.nftables.compiler import RulesetCompiler
+from policyfabric.agent.renderers.nftables.delta import changes
+from policyfabric.agent.renderers.nftables.kernel import Nft
 from policyfabric.agent.renderers.nftables.monitor import NftMonitor
-from policyfabric.agent.renderers.nftables.ruleset import Ruleset, compile_ruleset
+from policyfabric.agent.renderers.nftables.ruleset import Ruleset
 from policyfabric.agent.view import Network
 from policyfabric.sh import run
 
@@ -37,6 +49,8 @@ class NftablesRenderer(Renderer[Ruleset]):
         self.applied: Ruleset | None = None
         self.monitor: NftMonitor | None = None
         self._drifted = threading.Event()  # someone else changed the table: rewrite it whole
+        self._compiler = RulesetCompiler()
+        self.nft = Nft(self.netns)  # libnftables in process (kernel.py), else nft -f processes
 
     def watch(self, drifted: Callable[[str], None]) -> bool:
         """``nft monitor`` in the namespace: a change to the table by any other process is drift."""
@@ -56,11 +70,11 @@ class NftablesRenderer(Renderer[Ruleset]):
             self.monitor = None
 
     def compile(self, net: Network) -> Ruleset:
-        return compile_ruleset(net)
+        return self._compiler(net)
 
     def apply(self, desired: Ruleset) -> Applied:
-        """Set element updates when only membership changed (Felix's set updates: a join is one
-        element), else the whole table; either way one ``nft -f`` transaction."""
+        """What changed since the last apply (a join: one set element), or the whole table when
+        the kernel's table is not known to hold the last one; either way one ``nft -f`` transaction."""
         start = time.monotonic()
         if self._drifted.is_set():
             self._drifted.clear()
@@ -68,22 +82,18 @@ class NftablesRenderer(Renderer[Ruleset]):
         own = self.monitor.own if self.monitor is not None else None
         if self.applied is None:
             run(["sysctl", "-q", "-w", *SYSCTLS], netns=self.netns)
-        delta = desired.update_from(self.applied) if self.applied is not None else None
         try:
-            if delta is not None:
-                if delta:
-                    run(["nft", "-f", "-"], netns=self.netns, input=delta, started=own)
-                added = sum(line.startswith("add element") for line in delta.splitlines())
-                removed = sum(line.startswith("delete element") for line in delta.splitlines())
-                how = "set elements"
+            if self.applied is not None:
+                delta = changes(self.applied, desired)
+                if delta.text:
+                    self.nft.run(delta.text, own)
+                added, removed, how, full = delta.added, delta.removed, delta.describe(), False
             else:
-                text = desired.text()
-                run(["nft", "-f", "-"], netns=self.netns, input=text, started=own)
-                old = set(self.applied.text().splitlines()) if self.applied else set()
-                new = set(text.splitlines())
-                added, removed, how = len(new - old), len(old - new), "whole table"
+                self.nft.run(desired.text(), own)
+                added, removed, how, full = desired.elements + desired.rules, 0, "whole table", True
         except Exception:
             self.applied = None  # unknown state: the next apply replaces the whole table
             raise
         self.applied = desired
-        return Applied(added, removed, time.monotonic() - start, f"{how}; {desired.elements} set elements")
+        seconds = time.monotonic() - start
+        return Applied(added, removed, seconds, f"{how}; {desired.elements} set elements", full=full)
