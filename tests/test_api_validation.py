@@ -282,6 +282,22 @@ def test_a_slaac_address_is_the_eui64_of_the_mac_and_is_claimed(api: Api, tenant
     refused(api, "endpoints", ep(t, "e4", ip=theirs), 409, "ip[0]", "endpoint 'e3'")
 
 
+def test_a_subnet_cannot_stop_being_slaac_under_a_slaac_endpoint(api: Api, tenant: dict[str, str]) -> None:
+    """The IPv6 modes are structural: a change that leaves a ``slaac`` endpoint without an
+    auto-address subnet is refused, naming the endpoint; one that keeps it auto-address is not."""
+    t = tenant["name"]
+    api.ok("endpoints", ep(t, "e1", mac="52:54:00:12:34:56", ip=["slaac"]))
+    sa6 = api.find("subnets", t, "sa6")
+    assert sa6 is not None
+    body = {k: v for k, v in sa6.items() if k not in ("id", "revision")}
+    stateful = {**body, "ipv6_ra_mode": "dhcpv6-stateful", "ipv6_address_mode": "dhcpv6-stateful"}
+    r = api.put("subnets", sa6["id"], stateful)
+    assert r.status_code == 409, r.text
+    assert "endpoint 'e1'" in error(r)["message"] and "slaac" in error(r)["message"]
+    stateless = {**body, "ipv6_ra_mode": "dhcpv6-stateless", "ipv6_address_mode": "dhcpv6-stateless"}
+    assert api.put("subnets", sa6["id"], stateless).status_code == 200
+
+
 def test_endpoint_addresses_are_unique_in_the_l3_context(api: Api, tenant: dict[str, str]) -> None:
     t = tenant["name"]
     api.ok("endpoints", ep(t, "e1", ip="10.1.0.10"))
