@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from policyfabric.lab.dhcp import configuration_warnings
 from policyfabric.lab.plan import LabError, LabPlan, plan
 from policyfabric.lab.plumbing import addressing
 from policyfabric.lab.ports import port_config
@@ -225,7 +226,8 @@ def test_a_static_endpoint_gets_its_addresses_route_and_the_bridge_domains_mtu()
 )
 def test_a_dhcp_endpoint_gets_nothing_written(ip: list[str], dhcpv6: str | None) -> None:
     cfg = port_config({"name": "vm7", "epg": "web", "mac": MAC, "ip": ip}, NETS, BD, GROUPS, dhcp=True)
-    assert (cfg.configured, cfg.gateway, cfg.mtu, cfg.dhcp, cfg.autoconf) == ((), None, None, True, True)
+    assert (cfg.configured, cfg.dhcp, cfg.autoconf) == ((), True, True)  # the lab writes nothing
+    assert (cfg.gateway, cfg.mtu) == ("10.1.0.1" if "10.1.0.7" in ip else None, 1442)  # what it should learn
     assert cfg.dhcpv6 == dhcpv6
     assert len(cfg.addresses) == len(ip)  # what it should come up with, for the lab to check
 
@@ -342,3 +344,23 @@ def test_the_bulk_server_answers_only_a_whole_megabyte() -> None:
                 got += data
             worker.join(5)
         assert got == expected
+
+
+def test_a_leased_dhcp_endpoint_is_also_checked_for_its_mtu_and_route() -> None:
+    booted = port_config(
+        {"name": "vm7", "epg": "web", "mac": MAC, "ip": ["10.1.0.7"]}, NETS, BD, GROUPS, dhcp=True
+    )
+    static = port_config({"name": "web1", "epg": "web", "mac": MAC, "ip": ["10.1.0.10"]}, NETS, BD, GROUPS)
+    configs = {"vm7": booted, "web1": static}
+
+    def entry(name: str, addresses: list[str], routes: list[str], mtu: int) -> dict[str, Any]:
+        return {"name": name, "host": "h1", "addresses": addresses, "routes": routes, "mtu": mtu}
+
+    right = [entry("vm7", ["10.1.0.7/24"], ["default via 10.1.0.1"], 1442), entry("web1", [], [], 1500)]
+    assert configuration_warnings(configs, right) == {}  # web1 is static: not this check's business
+    wrong = [entry("vm7", ["10.1.0.7/24"], [], 1500)]
+    assert configuration_warnings(configs, wrong) == {
+        "vm7": "endpoint vm7 got its addresses by DHCP but has MTU 1500, not its bridge domain's 1442 "
+        "and no default route via 10.1.0.1"
+    }
+    assert configuration_warnings(configs, [entry("vm7", [], [], 1500)]) == {}  # no lease: warned at boot

@@ -25,6 +25,7 @@ import subprocess
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from policyfabric.lab import readback
 from policyfabric.lab.plan import LabError
@@ -116,6 +117,30 @@ def warning(name: str, cfg: PortConfig, absent: list[str], timeout: float, direc
             f"has no SLAAC address within {timeout:g} s ({', '.join(learnt)}: no router advertisement taken)"
         )
     return f"endpoint {name} " + " and ".join(parts) + f"; client log: {directory}/dhcp/{name}.dhclient*.log"
+
+
+def configuration_warnings(
+    configs: Mapping[str, PortConfig], endpoints: list[dict[str, Any]]
+) -> dict[str, str]:
+    """For each DHCP endpoint in ``endpoints`` (as ``readback.endpoints`` read them) that holds its
+    addresses, what else of its intent it lacks: the MTU that fits the overlay, the default route
+    via its subnet's gateway (LAB.md: a booting endpoint comes up with all three)."""
+    out = {}
+    for entry in endpoints:
+        cfg = configs.get(entry["name"])
+        held = {a.split("/")[0] for a in entry["addresses"]}
+        if cfg is None or not cfg.dhcp or not set(cfg.addresses) <= held:
+            continue
+        wrong = []
+        if cfg.mtu is not None and entry["mtu"] != cfg.mtu:
+            wrong.append(f"MTU {entry['mtu']}, not its bridge domain's {cfg.mtu}")
+        if cfg.gateway is not None and f"default via {cfg.gateway}" not in entry["routes"]:
+            wrong.append(f"no default route via {cfg.gateway}")
+        if wrong:
+            out[entry["name"]] = (
+                f"endpoint {entry['name']} got its addresses by DHCP but has " + " and ".join(wrong)
+            )
+    return out
 
 
 def forget(netns: str) -> None:

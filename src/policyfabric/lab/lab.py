@@ -415,7 +415,8 @@ def verify(
         say(f"probing {len(lab_plan.expect)} expectation(s) with real packets")
         results = lab.probe(lab_plan.expect)
         endpoints = lab.endpoints()
-        warnings = [*lab.warnings.values(), *address_warnings(lab, endpoints, skip=list(lab.warnings))]
+        warned = {**lab.warnings, **dhcp.configuration_warnings(lab.ports, endpoints)}
+        warnings = [*warned.values(), *address_warnings(lab, endpoints, skip=list(warned))]
         failed = not all(r.ok for r in results)
         return Verified(results, endpoints, warnings)
     finally:

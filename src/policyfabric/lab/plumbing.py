@@ -160,14 +160,16 @@ def plug(state: LabState, ep: LabEndpoint, cfg: PortConfig) -> None:
     # before the link is up: its first router solicitation already says what it accepts
     run(["sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=1",
          f"net.ipv6.conf.eth0.autoconf={int(cfg.autoconf)}"], netns=netns)  # fmt: skip
-    if cfg.mtu is not None:
+    if cfg.mtu is not None and not cfg.dhcp:
         run(["ip", "link", "set", "eth0", "mtu", str(cfg.mtu)], netns=netns)
     for address in cfg.configured:
         nodad = ["nodad"] if ipaddress.ip_interface(address).version == 6 else []
         run(["ip", "addr", "add", address, "dev", "eth0", *nodad], netns=netns)
     run(["ip", "link", "set", "eth0", "up"], netns=netns)
     run(["ethtool", "-K", "eth0", "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
-    if cfg.gateway:  # off-subnet traffic goes to the subnet's gateway: the distributed router
+    if (
+        cfg.gateway and not cfg.dhcp
+    ):  # off-subnet traffic goes to the subnet's gateway: the distributed router
         run(["ip", "route", "add", "default", "via", cfg.gateway], netns=netns)
     run(["ip", "link", "set", ep.port, "up"], netns=hostns)
     port = _hybrid(state, ep) if state.hosts[ep.host].renderer == "nftables" else ep.port

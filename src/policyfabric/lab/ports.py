@@ -38,8 +38,10 @@ class PortConfig:
     addresses: tuple[str, ...]  # every address it should hold (probe targets)
     learnt: tuple[str, ...]  # those of them it makes itself from router advertisements (SLAAC)
     configured: tuple[str, ...]  # ADDRESS/PREFIX the lab writes (none for a DHCP endpoint)
-    gateway: str | None  # the IPv4 default route the lab adds (IPv6's come from router advertisements)
-    mtu: int | None  # the MTU the lab sets on eth0 (None: a DHCP endpoint learns it)
+    # the IPv4 default route and the MTU it should have: the lab writes them on a static endpoint, a
+    # DHCP one should learn them (IPv6 default routes come from router advertisements)
+    gateway: str | None
+    mtu: int | None
     autoconf: bool  # makes its own IPv6 addresses from router advertisements (SLAAC)
     dhcp: bool
     dhcpv6: str | None = None  # "stateful" (addresses) or "stateless" (options only), for a DHCP endpoint
@@ -71,14 +73,14 @@ def port_config(
     addresses = tuple(str(r.address) for r in resolved)
     learnt = tuple(str(r.address) for r in resolved if r.learnt)
     declared = [str(r.address) for r in resolved if not r.learnt]
-    if dhcp:
-        return PortConfig(
-            endpoint["mac"], addresses, learnt, configured=(), gateway=None, mtu=None, autoconf=True,
-            dhcp=True, dhcpv6=_dhcpv6_mode(resolved),
-        )  # fmt: skip
     raw = [s.model_dump(mode="json") for s in mine]
     configured, gateway = addressing(declared, raw)  # IPv6 default routes come from router advertisements
     mtu = bd.mtu if bd else None
+    if dhcp:
+        return PortConfig(
+            endpoint["mac"], addresses, learnt, configured=(), gateway=gateway, mtu=mtu, autoconf=True,
+            dhcp=True, dhcpv6=_dhcpv6_mode(resolved),
+        )  # fmt: skip
     return PortConfig(
         endpoint["mac"], addresses, learnt, configured=tuple(configured), gateway=gateway, mtu=mtu,
         autoconf=SLAAC in ips, dhcp=False,
