@@ -8,8 +8,10 @@ cd "$(dirname "$0")/.."
 . scripts/lib.sh
 
 EXTRAS="${1:-}"
-# Open vSwitch (userspace datapath), namespaces and probes for the agent and the lab.
-APT_PACKAGES=(python3 python3-venv python3-pip openvswitch-switch iproute2 ethtool nftables iputils-ping)
+# Open vSwitch (userspace datapath), namespaces and probes for the agent and the lab; ISC's DHCP
+# client (dhclient, also DHCPv6) for the lab's `dhcp: true` endpoints, which boot like VMs.
+APT_PACKAGES=(python3 python3-venv python3-pip openvswitch-switch iproute2 ethtool nftables iputils-ping
+              isc-dhcp-client)
 
 need_debian_packages bootstrap "${APT_PACKAGES[@]}"
 

@@ -63,7 +63,8 @@ json_values = st.recursive(
     | st.integers(-70000, 70000)
     | st.text(max_size=20)
     | st.sampled_from(
-        ["10.1.0.0/24", "10.1.0.1", "fd00::/64", "tcp", "icmpv6", "ipv4", "slaac", "80-90", "web"]
+        ["10.1.0.0/24", "10.1.0.1", "fd00::/64", "tcp", "icmpv6", "ipv4", "slaac", "80-90", "web",
+         "dhcpv6-stateful", "dhcpv6-stateless"]
     ),
     lambda children: (
         st.lists(children, max_size=3) | st.dictionaries(st.text(max_size=12), children, max_size=4)
@@ -92,6 +93,13 @@ json_values = st.recursive(
                 "interfaces",
                 "external_gateway",
                 "ipv6_ra_mode",
+                "ipv6_address_mode",
+                "enable_dhcp",
+                "dns_nameservers",
+                "host_routes",
+                "destination",
+                "nexthop",
+                "mtu",
                 "other",
             ]
         ),

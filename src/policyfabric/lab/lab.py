@@ -24,18 +24,21 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 from policyfabric.client import Client
 from policyfabric.client import apply as applying
-from policyfabric.lab import plumbing, probing, processes
+from policyfabric.lab import dhcp, plumbing, ports, probing, processes, readback
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.lab.plan import Expect, ExternalSegment, Host, LabEndpoint, LabError, LabPlan, plan
+from policyfabric.lab.ports import PortConfig
 from policyfabric.lab.probing import ProbeResult
 from policyfabric.lab.state import ExternalAddress, LabState
 from policyfabric.model import kinds as k
+from policyfabric.model import objects as o
 from policyfabric.model import scenario as sc
 from policyfabric.sh import CommandFailed, run
 
@@ -43,7 +46,20 @@ log = logging.getLogger(__name__)
 
 DEFAULT_STATE = Path("/tmp/policyfabric-lab")
 
-__all__ = ["DEFAULT_STATE", "Lab", "LabState", "ProbeResult", "checked_plan", "verify"]
+__all__ = ["DEFAULT_STATE", "Lab", "LabState", "ProbeResult", "Verified", "checked_plan", "verify"]
+
+# A tenant's subnets, bridge domains (by name) and endpoint groups (by name), as the authority has them
+TenantIntent = tuple[list[o.Subnet], dict[str, o.BridgeDomain], dict[str, o.EndpointGroup]]
+
+
+@dataclass
+class Verified:
+    """What ``verify`` measured: the probe results, each endpoint as its namespace held it after
+    the probes (``readback.endpoints``), and warnings (a DHCP endpoint that got no lease...)."""
+
+    results: list[ProbeResult]
+    endpoints: list[dict[str, Any]] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
 
 class Lab:
@@ -54,6 +70,10 @@ class Lab:
         self.dir = Path(state.directory)
         self.agents: dict[str, subprocess.Popen[bytes]] = {}
         self.authority: AuthorityProcess | None = None
+        self.ports: dict[str, PortConfig] = {}  # what each endpoint plugged by this process was given
+        self.warnings: dict[str, str] = {}  # endpoint -> what ``up`` found wrong with it (no DHCP lease)
+        self.dhcp_wait = dhcp.DHCP_WAIT
+        self._intent: dict[str, TenantIntent] = {}
 
     # ---- bring up
     @classmethod
@@ -101,7 +121,25 @@ class Lab:
                 self.plug(ep, client)
         self.say(f"{len(lab.endpoints)} endpoint(s) plugged; waiting for the agents to render them")
         self.wait_active([e.key for e in lab.endpoints])
+        booting = [e.name for e in lab.endpoints if e.dhcp]
+        if booting:
+            self.boot(booting)
         return lab
+
+    def boot(self, names: Sequence[str]) -> dict[str, str]:
+        """Start the DHCP clients of these (plugged, ``dhcp: true``) endpoints, as a VM does once its
+        port is up, and give them ``dhcp_wait`` seconds to hold their intent addresses. What is
+        still missing then becomes a warning (returned and kept in ``warnings``), not a failure."""
+        self.say(
+            f"starting DHCP clients in {', '.join(names)}; waiting up to {self.dhcp_wait:g} s for leases"
+        )
+        for name in names:
+            dhcp.start(self.state, name, self.ports[name], self.dir / "dhcp")
+        found = dhcp.wait(self.state, {n: self.ports[n] for n in names}, self.dhcp_wait)
+        for line in found.values():
+            self.say(f"warning: {line}")
+        self.warnings.update(found)
+        return found
 
     def _record_external_addresses(self, client: Client) -> None:
         """Probe targets the authority allocated: floating IPs, and routers (their SNAT address)."""
@@ -117,16 +155,35 @@ class Lab:
         plumbing.add_host(self.state, host, self.dir / host.name / "ovs", segments)
         self.start_agent(host.name)
 
-    def plug(self, ep: LabEndpoint, client: Client) -> None:
-        """An endpoint namespace with the MAC and addresses the authority gave the endpoint
-        (``slaac`` ones are learnt, not configured), plugged into its host's br-int."""
+    def plug(self, ep: LabEndpoint, client: Client) -> PortConfig:
+        """An endpoint namespace with the MAC the authority gave the endpoint, plugged into its
+        host's br-int: its declared addresses, routes and bridge domain's MTU written (``slaac``
+        ones are learnt), or nothing for a DHCP endpoint (``ports``)."""
         found = client.list(k.ENDPOINT, tenant=ep.tenant, name=ep.name)
         if not found:
             raise LabError(f"endpoint {ep.key} is not known to the authority")
-        obj = found[0]
-        subnets = client.list(k.SUBNET, tenant=ep.tenant)
-        ips = [ip for ip in obj.get("ip", []) if ip != "slaac"]
-        plumbing.plug(self.state, ep, obj["mac"], ips, subnets)
+        subnets, bridge_domains, groups = self.tenant_intent(client, ep.tenant)
+        cfg = ports.port_config(found[0], subnets, bridge_domains, groups, dhcp=ep.dhcp)
+        plumbing.plug(self.state, ep, cfg)
+        self.ports[ep.name] = cfg
+        return cfg
+
+    def tenant_intent(self, client: Client, tenant: str) -> TenantIntent:
+        """What plugging a tenant's endpoints reads, once per tenant and lab process (a lab's
+        subnets and bridge domains do not change while it plugs)."""
+        if tenant not in self._intent:
+            self._intent[tenant] = (
+                [o.Subnet.model_validate(s) for s in client.list(k.SUBNET, tenant=tenant)],
+                {
+                    b["name"]: o.BridgeDomain.model_validate(b)
+                    for b in client.list(k.BRIDGE_DOMAIN, tenant=tenant)
+                },
+                {
+                    g["name"]: o.EndpointGroup.model_validate(g)
+                    for g in client.list(k.ENDPOINT_GROUP, tenant=tenant)
+                },
+            )
+        return self._intent[tenant]
 
     def unplug(self, name: str) -> None:
         plumbing.unplug(self.state, name)
@@ -283,6 +340,10 @@ class Lab:
     def probe(self, expects: list[Expect]) -> list[ProbeResult]:
         return probing.probe(self.state, expects)
 
+    def endpoints(self) -> list[dict[str, Any]]:
+        """Each endpoint as its namespace holds it now (LAB.md's ``endpoints``)."""
+        return readback.endpoints(self.state)
+
     # ---- tear down
     def down(self, keep_logs: bool = False) -> list[str]:
         """Remove everything the state file lists; return what could not be removed.
@@ -306,6 +367,8 @@ class Lab:
             except CommandFailed as exc:
                 if "No such file" not in exc.output:
                     problems.append(str(exc))
+                    continue
+            dhcp.forget(netns)
         if problems:
             return problems
         if keep_logs:
@@ -323,21 +386,39 @@ def checked_plan(scenario: sc.Scenario) -> LabPlan:
     return plan(scenario)
 
 
+def address_warnings(lab: Lab, endpoints: list[dict[str, Any]], skip: Sequence[str] = ()) -> list[str]:
+    """A warning for each endpoint (not in ``skip``) whose namespace lacks intent addresses."""
+    lacking = readback.missing(lab.state, endpoints)
+    return [
+        f"endpoint {name} lacks {', '.join(ips)} (in its intent, not in its namespace)"
+        for name, ips in lacking.items()
+        if name not in skip
+    ]
+
+
 def verify(
-    scenario_path: Path, directory: Path, say: Callable[[str], None] = lambda s: None
-) -> list[ProbeResult]:
-    """Up, probe every expectation, down (always, also on failure or Ctrl-C)."""
+    scenario_path: Path,
+    directory: Path,
+    say: Callable[[str], None] = lambda s: None,
+    dhcp_wait: float = dhcp.DHCP_WAIT,
+) -> Verified:
+    """Up, probe every expectation, read every endpoint's namespace, down (always, also on
+    failure or Ctrl-C)."""
     scenario = sc.load(scenario_path)
     lab_plan = checked_plan(scenario)
     lab = Lab.create(scenario_path, directory, say)
+    lab.dhcp_wait = dhcp_wait
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     failed = True
     try:
         lab.up(scenario)
         say(f"probing {len(lab_plan.expect)} expectation(s) with real packets")
         results = lab.probe(lab_plan.expect)
+        endpoints = lab.endpoints()
+        warned = {**lab.warnings, **dhcp.configuration_warnings(lab.ports, endpoints)}
+        warnings = [*warned.values(), *address_warnings(lab, endpoints, skip=list(warned))]
         failed = not all(r.ok for r in results)
-        return results
+        return Verified(results, endpoints, warnings)
     finally:
         say("tearing the lab down" + (f" (logs kept in {directory})" if failed else ""))
         left = lab.down(keep_logs=failed)

@@ -15,7 +15,9 @@ from typing import Any
 from policyfabric.model import scenario as sc
 
 UNDERLAY = ipaddress.IPv4Network("192.0.2.0/24")  # TEST-NET-1: nothing real uses it
-PROBE = re.compile(r"^(icmp|icmpv6|tcp/\d{1,5}|udp/\d{1,5})$")
+# icmp | icmpv6 | tcp/N | udp/N | tcp6/N | udp6/N | bulk/N | bulk6/N (LAB.md)
+PROBE = re.compile(r"^(icmp|icmpv6|(tcp|udp|tcp6|udp6|bulk|bulk6)/(?P<port>\d{1,5}))$")
+PROBES = "icmp, icmpv6, tcp/N, udp/N, tcp6/N, udp6/N, bulk/N or bulk6/N"
 RENDERERS = ("ovs", "nftables")  # nftables: hybrid plugging, policy in nftables (Open vSwitch forwards)
 
 
@@ -41,6 +43,7 @@ class LabEndpoint:
     tenant: str
     host: str
     index: int
+    dhcp: bool = False  # the lab configures nothing; a DHCP client runs in the namespace (LAB.md)
 
     @property
     def key(self) -> str:
@@ -126,15 +129,22 @@ def plan(scenario: sc.Scenario) -> LabPlan:
         if e.get("host") not in host_names:
             problems.append(f"endpoints[{i}] ({e.get('name')}): host {e.get('host')!r} is not in hosts:")
             continue
-        out.endpoints.append(LabEndpoint(str(e.get("name")), str(e.get("tenant")), str(e["host"]), i))
+        dhcp = e.get("dhcp", False)
+        if not isinstance(dhcp, bool):
+            problems.append(f"endpoints[{i}] ({e.get('name')}): dhcp {dhcp!r}: use true or false")
+            continue
+        out.endpoints.append(LabEndpoint(str(e.get("name")), str(e.get("tenant")), str(e["host"]), i, dhcp))
     problems += _external(raw, out)
     for i, x in enumerate(_list(raw, "expect")):
         if not isinstance(x, dict):
             problems.append(f"expect[{i}]: must be a mapping with from, to, probe, result")
             continue
         probe, result = str(x.get("probe", "")), str(x.get("result", ""))
-        if not PROBE.match(probe):
-            problems.append(f"expect[{i}]: probe {probe!r}: use icmp, icmpv6, tcp/N or udp/N")
+        found = PROBE.match(probe)
+        if not found:
+            problems.append(f"expect[{i}]: probe {probe!r}: use {PROBES}")
+        elif found["port"] is not None and not 1 <= int(found["port"]) <= 65535:
+            problems.append(f"expect[{i}]: probe {probe!r}: ports are 1-65535")
         if result not in ("allow", "deny"):
             problems.append(f"expect[{i}]: result {result!r}: use allow or deny")
         out.expect.append(Expect(str(x.get("from")), str(x.get("to")), probe, result))

@@ -19,11 +19,14 @@ import time
 from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.lab.plan import UNDERLAY, ExternalHost, ExternalSegment, Host, LabEndpoint, LabError
 from policyfabric.lab.state import EndpointState, ExternalHostState, HostState, LabState
+
+if TYPE_CHECKING:
+    from policyfabric.lab.ports import PortConfig
 from policyfabric.sh import run
 
 UNDERLAY_PREFIX = UNDERLAY.prefixlen
@@ -139,27 +142,35 @@ def addressing(ips: Sequence[str], subnets: Sequence[dict[str, Any]]) -> tuple[l
     return addresses, (gateways[0] if gateways else None)
 
 
-def plug(
-    state: LabState, ep: LabEndpoint, mac: str, ips: Sequence[str], subnets: Sequence[dict[str, Any]]
-) -> None:
-    """An endpoint namespace: ``eth0`` with the endpoint's MAC and addresses and a default route,
-    veth-paired with a port on its host's br-int (tagged ``iface-id`` TENANT/NAME, which is how
-    the agent finds it). On a host whose renderer is nftables the port goes through ``_hybrid``."""
+def plug(state: LabState, ep: LabEndpoint, cfg: PortConfig) -> None:
+    """An endpoint namespace: ``eth0`` with the endpoint's MAC, veth-paired with a port on its
+    host's br-int (tagged ``iface-id`` TENANT/NAME, which is how the agent finds it). A static
+    endpoint gets its addresses, default routes and MTU written; a DHCP one nothing (its client
+    starts once it is plugged). Both accept router advertisements. On a host whose renderer is
+    nftables the port goes through ``_hybrid``."""
     netns = namespace(state, f"ep-{ep.name}")
     hostns = state.hosts[ep.host].netns
-    state.endpoints[ep.name] = EndpointState(netns, ep.host, mac, tuple(ips), ep.key, ep.port)
+    state.endpoints[ep.name] = EndpointState(
+        netns, ep.host, cfg.mac, cfg.addresses, ep.key, ep.port, dhcp=cfg.dhcp
+    )
     state.save()
     run(["ip", "link", "add", "eth0", "netns", netns, "type", "veth", "peer", "name", ep.port,
          "netns", hostns])  # fmt: skip
-    run(["ip", "link", "set", "eth0", "address", mac], netns=netns)
-    addresses, gateway = addressing(ips, subnets)
-    for address in addresses:
+    run(["ip", "link", "set", "eth0", "address", cfg.mac], netns=netns)
+    # before the link is up: its first router solicitation already says what it accepts
+    run(["sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=1",
+         f"net.ipv6.conf.eth0.autoconf={int(cfg.autoconf)}"], netns=netns)  # fmt: skip
+    if cfg.mtu is not None and not cfg.dhcp:
+        run(["ip", "link", "set", "eth0", "mtu", str(cfg.mtu)], netns=netns)
+    for address in cfg.configured:
         nodad = ["nodad"] if ipaddress.ip_interface(address).version == 6 else []
         run(["ip", "addr", "add", address, "dev", "eth0", *nodad], netns=netns)
     run(["ip", "link", "set", "eth0", "up"], netns=netns)
     run(["ethtool", "-K", "eth0", "tx", "off"], netns=netns)  # userspace conntrack needs real checksums
-    if gateway:  # off-subnet traffic goes to the subnet's gateway: the distributed router
-        run(["ip", "route", "add", "default", "via", gateway], netns=netns)
+    if (
+        cfg.gateway and not cfg.dhcp
+    ):  # off-subnet traffic goes to the subnet's gateway: the distributed router
+        run(["ip", "route", "add", "default", "via", cfg.gateway], netns=netns)
     run(["ip", "link", "set", ep.port, "up"], netns=hostns)
     port = _hybrid(state, ep) if state.hosts[ep.host].renderer == "nftables" else ep.port
     OvsInstance(Path(state.hosts[ep.host].rundir)).vsctl(

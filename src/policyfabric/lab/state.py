@@ -67,7 +67,9 @@ class HostState(_Record):
 
 @dataclass(frozen=True)
 class EndpointState(_Record):
-    """An endpoint namespace and the host-side port plugged into br-int (hybrid: via qbr/qvb/qvo)."""
+    """An endpoint namespace and the host-side port plugged into br-int (hybrid: via qbr/qvb/qvo).
+    ``ips``: every address it should hold by the intent (probes aim there), its SLAAC addresses
+    too (older versions: only those the lab configured)."""
 
     netns: str
     host: str
@@ -77,6 +79,7 @@ class EndpointState(_Record):
     port: str  # host-side end of the endpoint's veth
     bridge: str | None = field(default=None, metadata=OPTIONAL)  # hybrid plugging: qbrN
     ovs_port: str | None = field(default=None, metadata=OPTIONAL)  # hybrid plugging: qvoN on br-int
+    dhcp: bool = field(default=False, metadata=OPTIONAL)  # configured by its own DHCP client
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Self:

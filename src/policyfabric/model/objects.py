@@ -12,8 +12,10 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from policyfabric.model import mtu
 from policyfabric.model.errors import Problem
 from policyfabric.model.types import (
+    AUTO_ADDRESS_MODES,
     PORT_PROTOCOLS,
     Address,
     Cidr,
@@ -23,6 +25,7 @@ from policyfabric.model.types import (
     HostnameList,
     InterfaceName,
     IPAddress,
+    Ipv6Mode,
     Mac,
     Name,
     NameList,
@@ -133,17 +136,55 @@ class BridgeDomain(TenantScoped):
     STRUCTURAL = frozenset({"l3_context"})
 
     l3_context: Name
-    mtu: int = Field(1450, ge=1280, le=9000, description="MTU offered to endpoints (bytes)")
+    mtu: int = Field(
+        mtu.DEFAULT_MTU,
+        ge=mtu.MIN_MTU,
+        le=mtu.MAX_MTU,
+        description=f"MTU offered to endpoints (bytes); default {mtu.DEFAULT_MTU}: a "
+        f"{mtu.UNDERLAY_MTU}-byte underlay less the {mtu.GENEVE_OVERHEAD} bytes of Geneve with its option",
+    )
+
+
+# Neutron's defaults for max_dns_nameservers and max_subnet_host_routes (neutron/conf/common.py),
+# here fixed bounds: what every agent must put in a DHCP answer and a router advertisement.
+MAX_DNS_NAMESERVERS = 5
+MAX_HOST_ROUTES = 20
+
+
+class HostRoute(Strict):
+    """A route handed to the subnet's hosts (DHCPv4 classless static routes, option 121)."""
+
+    destination: Cidr
+    nexthop: Address
 
 
 class Subnet(GatewayedPrefix, TenantScoped):
-    """An IPv4 or IPv6 prefix on a bridge domain."""
+    """An IPv4 or IPv6 prefix on a bridge domain, with Neutron's subnet keys for what its hosts are
+    told (DHCP, router advertisements). The rules between them are Neutron's
+    (``NeutronDbPluginV2._validate_subnet`` and ``_validate_ipv6_attributes`` in
+    neutron/db/db_base_plugin_v2.py): the IPv6 modes only on IPv6 subnets, equal when both are
+    set, only with ``enable_dhcp``, and a /64 when hosts make their own (EUI-64) addresses;
+    name servers and routes of the subnet's IP version."""
 
     KIND = "subnet"
-    STRUCTURAL = frozenset({"bridge_domain", "cidr", "gateway_ip", "ipv6_ra_mode"})
+    STRUCTURAL = frozenset({"bridge_domain", "cidr", "gateway_ip", "ipv6_ra_mode", "ipv6_address_mode"})
 
     bridge_domain: Name
-    ipv6_ra_mode: Literal["slaac"] | None = None
+    enable_dhcp: bool = Field(True, description="answer DHCP (and DHCPv6) requests of its hosts")
+    dns_nameservers: list[Address] = Field(
+        default_factory=list, max_length=MAX_DNS_NAMESERVERS, description="name servers handed to hosts"
+    )
+    host_routes: list[HostRoute] = Field(
+        default_factory=list, max_length=MAX_HOST_ROUTES, description="routes handed to hosts"
+    )
+    ipv6_ra_mode: Ipv6Mode | None = Field(None, description="what router advertisements tell hosts")
+    ipv6_address_mode: Ipv6Mode | None = Field(None, description="how hosts get their IPv6 address")
+
+    @property
+    def auto_address(self) -> bool:
+        """Whether hosts make their own address here from its prefix and their MAC (SLAAC, EUI-64):
+        either mode is slaac or dhcpv6-stateless (Neutron's ``is_auto_address_subnet``)."""
+        return self.ipv6_ra_mode in AUTO_ADDRESS_MODES or self.ipv6_address_mode in AUTO_ADDRESS_MODES
 
     def problems(self) -> list[Problem]:
         found: list[Problem] = []
@@ -153,8 +194,66 @@ class Subnet(GatewayedPrefix, TenantScoped):
         if net.version == 6 and net.prefixlen > 126:
             found.append(Problem("cidr", f"{net} is too small: an IPv6 subnet needs /126 or larger"))
         found += self.gateway_problems()
-        if self.ipv6_ra_mode == "slaac" and (net.version != 6 or net.prefixlen != 64):
-            found.append(Problem("ipv6_ra_mode", f"slaac needs an IPv6 /64 subnet, and {net} is not one"))
+        found += self._ipv6_mode_problems()
+        seen: set[str] = set()
+        for i, server in enumerate(self.dns_nameservers):
+            if server.version != net.version:
+                found.append(
+                    Problem(
+                        f"dns_nameservers[{i}]",
+                        f"{server} is IPv{server.version} but {net} is IPv{net.version}",
+                    )
+                )
+            if str(server) in seen:
+                found.append(Problem(f"dns_nameservers[{i}]", f"{server} is listed twice"))
+            seen.add(str(server))
+        routes: set[tuple[str, str]] = set()
+        for i, route in enumerate(self.host_routes):
+            for key, value in (("destination", route.destination), ("nexthop", route.nexthop)):
+                if value.version != net.version:
+                    found.append(
+                        Problem(
+                            f"host_routes[{i}].{key}",
+                            f"{value} is IPv{value.version} but {net} is IPv{net.version}",
+                        )
+                    )
+            pair = (str(route.destination), str(route.nexthop))
+            if pair in routes:
+                found.append(
+                    Problem(f"host_routes[{i}]", f"the route to {pair[0]} via {pair[1]} is listed twice")
+                )
+            routes.add(pair)
+        return found
+
+    def _ipv6_mode_problems(self) -> list[Problem]:
+        net, ra, address = self.cidr, self.ipv6_ra_mode, self.ipv6_address_mode
+        if net.version == 4:
+            return [
+                Problem(key, f"{key} is not valid on an IPv4 subnet ({net}): it is for IPv6 /64 subnets")
+                for key, mode in (("ipv6_ra_mode", ra), ("ipv6_address_mode", address))
+                if mode is not None
+            ]
+        found = []
+        if ra is not None and address is not None and ra != address:
+            found.append(
+                Problem(
+                    "ipv6_address_mode",
+                    f"ipv6_ra_mode {ra!r} with ipv6_address_mode {address!r} is not valid: "
+                    "when both are set they must be the same",
+                )
+            )
+        if (ra is not None or address is not None) and not self.enable_dhcp:
+            field = "ipv6_ra_mode" if ra is not None else "ipv6_address_mode"
+            found.append(Problem(field, f"{field} cannot be set when enable_dhcp is false"))
+        if self.auto_address and net.prefixlen != 64:
+            field = "ipv6_ra_mode" if ra in AUTO_ADDRESS_MODES else "ipv6_address_mode"
+            mode = ra if ra in AUTO_ADDRESS_MODES else address
+            found.append(
+                Problem(
+                    field,
+                    f"{mode} needs an IPv6 /64 subnet (hosts make EUI-64 addresses), and {net} is not one",
+                )
+            )
         return found
 
 

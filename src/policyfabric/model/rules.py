@@ -20,9 +20,10 @@ from typing import Protocol, TypeVar
 
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
+from policyfabric.model.addressing import endpoint_addresses
 from policyfabric.model.errors import Conflict, Invalid, Problem
 from policyfabric.model.kinds import Kind
-from policyfabric.model.types import SLAAC
+from policyfabric.model.types import SLAAC, IPAddress
 
 S = TypeVar("S", bound=o.Spec)
 
@@ -238,33 +239,38 @@ def _check_endpoint(obj: Obj, view: View) -> list[Claim]:
                 f"{spec.epg!r} is on {bd.name!r}",
                 "subnet",
             )
-    subnets = [s.spec for s in subnets_of(view, spec.tenant, bd.name)]
-    claims = []
+    subnets = [s.spec for s in subnets_of(view, spec.tenant, bd.name) if isinstance(s.spec, o.Subnet)]
     for i, text in enumerate(spec.ip):
-        field = f"ip[{i}]"
-        if text == SLAAC:
-            if not any(isinstance(s, o.Subnet) and s.ipv6_ra_mode == SLAAC for s in subnets):
-                raise Invalid(
-                    f"'slaac' needs an IPv6 subnet with ipv6_ra_mode slaac on bridge domain {bd.name!r}",
-                    field,
-                )
-            continue
-        addr = ipaddress.ip_address(text)
-        home = next((s for s in subnets if isinstance(s, o.Subnet) and addr in s.cidr), None)
+        if text == SLAAC and not any(s.auto_address for s in subnets):
+            raise Invalid(
+                "'slaac' needs an IPv6 /64 subnet with ipv6_ra_mode or ipv6_address_mode slaac or "
+                f"dhcpv6-stateless on bridge domain {bd.name!r}",
+                f"ip[{i}]",
+            )
+    claims = []
+    held: dict[IPAddress, str] = {}
+    for found in endpoint_addresses(spec.ip, spec.mac, subnets):
+        addr, home = found.address, found.subnet
+        if addr in held:  # a declared address that is also its SLAAC address
+            raise Invalid(f"{addr} is also {held[addr]}: list it once", found.field)
+        held[addr] = f"the SLAAC address of {found.field}" if found.learnt else found.field
         if home is None:
-            have = ", ".join(str(s.cidr) for s in subnets if isinstance(s, o.Subnet)) or "none"
+            have = ", ".join(str(s.cidr) for s in subnets) or "none"
             raise Invalid(
                 f"{addr} is not inside a subnet of bridge domain {bd.name!r} (its subnets: {have})",
-                field,
+                found.field,
             )
         why = home.why_not_host(addr, f"subnet {home.name!r}")
         if why:
-            raise Invalid(why, field)
+            if found.learnt:
+                why = f"its SLAAC address (EUI-64 of MAC {spec.mac}) in subnet {home.name!r}: {why}"
+            raise Invalid(why, found.field)
+        what = f"SLAAC address {addr}" if found.learnt else f"address {addr}"
         claims.append(
             Claim(
                 f"ip/{spec.tenant}/{bd.l3_context}/{addr}",
-                field,
-                f"address {addr} in l3_context {bd.l3_context!r}",
+                found.field,
+                f"{what} in l3_context {bd.l3_context!r}",
             )
         )
     if spec.mac is not None:
@@ -382,7 +388,7 @@ def _endpoints_inside(view: View, subnet: o.Subnet) -> Iterator[Obj]:
             continue
         for text in spec.ip:
             if text == SLAAC:
-                if subnet.ipv6_ra_mode == SLAAC:
+                if subnet.auto_address:
                     yield ep
                     break
             elif ipaddress.ip_address(text) in subnet.cidr:

@@ -24,6 +24,10 @@ from policyfabric.model.rules import Obj, check_references, references, validate
 
 # Top-level keys that belong to the lab (checked by `policyfabric lab`).
 LAB_SECTIONS = ("hosts", "external_hosts", "expect")
+# Keys of an endpoint entry that say how the lab builds it, not what the intent is (``dhcp: true``:
+# the lab configures nothing and runs a DHCP client in its namespace). The intent parts of the
+# file (check, apply) leave them out; the lab's plan reads them.
+LAB_ENDPOINT_KEYS = ("dhcp",)
 TENANT_SECTIONS = {kind.section: kind for kind in k.ORDER if kind.scoped}
 
 
@@ -169,7 +173,12 @@ def _entries(raw: dict[str, Any]) -> Iterator[Entry]:
     for i, item in _items(raw, "external_networks"):
         yield Entry(k.EXTERNAL_NETWORK, item, f"external_networks[{i}]", item)
     for i, item in _items(raw, "endpoints"):
-        yield Entry(k.ENDPOINT, item, f"endpoints[{i}]", item)
+        data = (
+            {key: v for key, v in item.items() if key not in LAB_ENDPOINT_KEYS}
+            if isinstance(item, dict)
+            else item
+        )
+        yield Entry(k.ENDPOINT, data, f"endpoints[{i}]", item)
 
 
 def _structure_problems(raw: dict[str, Any]) -> Iterator[Located]:

@@ -27,6 +27,14 @@ Ethertype = Literal["ipv4", "ipv6", "any"]
 Protocol = Literal["tcp", "udp", "icmp", "icmpv6", "any"]
 PORT_PROTOCOLS = ("tcp", "udp")
 
+# Neutron's IPv6 subnet modes (``ipv6_ra_mode``, ``ipv6_address_mode``): how hosts on the subnet get
+# their addresses. slaac: from router advertisements (EUI-64 of the MAC); dhcpv6-stateless: the same,
+# plus other configuration (DNS) by DHCPv6; dhcpv6-stateful: the address itself by DHCPv6.
+Ipv6Mode = Literal["slaac", "dhcpv6-stateless", "dhcpv6-stateful"]
+# the modes in which a host makes its own address from the prefix and its MAC (Neutron's
+# ``ipv6_utils.is_auto_address_subnet``)
+AUTO_ADDRESS_MODES: tuple[str, ...] = ("slaac", "dhcpv6-stateless")
+
 
 def check_label(value: object) -> str:
     """A DNS-label-like name: what a name must be for every object and host."""
