@@ -67,7 +67,7 @@ def _host(tree: Tree, container: str, name: str, address: str) -> None:
     tree.mos[container].children.append(mo.uri)
 
 
-def _endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None) -> MO:
+def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None) -> MO:
     """An endpoint's ``PfEndpoint`` (its intent), as its agent resolves it."""
     props: dict[str, Any] = {Prop.NAME: ep.name, Prop.MAC: ep.mac, Prop.IP: list(ep.ip)}
     if ep.epg is not None:
@@ -431,7 +431,7 @@ def tenant_tree(
         if hit is not None and hit[0] is ep and hit[1] == bd_name:
             mo = hit[2]  # the same spec in the same place: the same object as last time
         else:
-            mo = _endpoint_mo(tenant, top, ep, bd_name)
+            mo = endpoint_mo(tenant, top, ep, bd_name)
         fresh[ep.name] = (ep, bd_name, mo)
         tree.mos[mo.uri] = mo
         tree.mos[top].children.append(mo.uri)
@@ -496,6 +496,7 @@ __all__ = [
     "add_subnet",
     "add_subnets",
     "endpoint_bd",
+    "endpoint_mo",
     "global_tree",
     "member_hosts",
     "remote_groups_of",
