@@ -34,10 +34,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from policyfabric.authority.gateways import RouterKey
-from policyfabric.authority.opflex.chunks import Oversized, resolve_in_parts
+from policyfabric.authority.opflex.chunks import Oversized, resolve_parts
 from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex, TenantIntent
 from policyfabric.authority.opflex.params import Resolve, Unresolve, parse
-from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
+from policyfabric.authority.opflex.peers import MERGE, FanOut, Peer, refs, wire
 from policyfabric.authority.opflex.policy_tree import global_tree
 from policyfabric.authority.opflex.tenant_model import (
     Patch,
@@ -144,13 +144,17 @@ class PolicyRepository:
                 )
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
             policy += [mo.to_wire() for mo in mos]
-        # a whole tenant may not fit one frame: all but the last part go first, as updates
-        post = peer.post
-        reply, oversized = resolve_in_parts(
-            {"policy": policy},
-            (lambda m: post("policy_update", m)) if post is not None else None,
-            lambda m: {"replace": m["policy"], "merge_children": [], "delete": []},
-        )
+        # a whole tenant may not fit one frame: all but the last part go first, as updates (and an MO
+        # too large for a frame in pieces, as merge_children), paced by how fast the peer reads;
+        # the reply waits for them, so that it still completes the answer
+        if peer.post is None:
+            return {"policy": policy}
+        first, reply, oversized = resolve_parts({"policy": policy}, into=MERGE)
+        for message in first:
+            update = {"replace": message["policy"], "merge_children": message.get(MERGE, []), "delete": []}
+            if not peer.send("policy_update", update):
+                break
+        await peer.sent()
         if oversized:
             self._oversized(peer, oversized)
         return reply
