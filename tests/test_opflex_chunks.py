@@ -241,6 +241,11 @@ def test_a_peer_behind_gets_its_messages_from_the_outbox_in_order() -> None:
 
     async def go() -> None:
         posted: list[int] = []
+
+        def post(method: str, params: dict[str, Any]) -> bool:
+            posted.append(params["n"])
+            return True
+
         backlog = [PACE]  # behind to begin with
         drains = asyncio.Event()
 
@@ -249,9 +254,7 @@ def test_a_peer_behind_gets_its_messages_from_the_outbox_in_order() -> None:
             backlog[0] = 0
             return True
 
-        peer = Peer(
-            "x", post=lambda m, p: posted.append(p["n"]) is None, backlog=lambda: backlog[0], drained=drained
-        )
+        peer = Peer("x", post=post, backlog=lambda: backlog[0], drained=drained)
         for n in range(5):
             assert peer.send("policy_update", {"n": n})
         assert posted == []
@@ -267,9 +270,7 @@ def test_a_peer_behind_gets_its_messages_from_the_outbox_in_order() -> None:
         async def stalled() -> bool:
             return False
 
-        late = Peer(
-            "y", post=lambda m, p: posted.append(p["n"]) is None, backlog=lambda: PACE, drained=stalled
-        )
+        late = Peer("y", post=post, backlog=lambda: PACE, drained=stalled)
         assert late.send("policy_update", {"n": 6})
         await asyncio.wait_for(late.sent(), 1)
         assert 6 not in posted
