@@ -37,7 +37,7 @@ from typing import Any
 
 from rich.console import Console
 
-from bench.common import report
+from common import report
 from policyfabric.authority.opflex.intent_index import IntentMemo, tenant_endpoints
 from policyfabric.authority.opflex.policy_tree import EndpointMemo, tenant_tree
 from policyfabric.authority.opflex.repository import PolicyRepository, diff
@@ -67,8 +67,14 @@ def setup(authority: Authority, n: int) -> None:
             (K["bridge_domain"], o.BridgeDomain(name="bd", tenant=T, l3_context="vrf")),
             (K["subnet"], o.Subnet(name="s", tenant=T, bridge_domain="bd", cidr="10.0.0.0/8")),
             (K["contract"], o.Contract(name="http", tenant=T, rules=[rule])),
-            (K["endpoint_group"], o.EndpointGroup(name="web", tenant=T, bridge_domain="bd", provides=["http"])),
-            (K["endpoint_group"], o.EndpointGroup(name="app", tenant=T, bridge_domain="bd", consumes=["http"])),
+            (
+                K["endpoint_group"],
+                o.EndpointGroup(name="web", tenant=T, bridge_domain="bd", provides=["http"]),
+            ),
+            (
+                K["endpoint_group"],
+                o.EndpointGroup(name="app", tenant=T, bridge_domain="bd", consumes=["http"]),
+            ),
             (K["security_group"], o.SecurityGroup(name="peers", tenant=T, rules=[ssh])),
             (K["security_group"], o.SecurityGroup(name="base", tenant=T)),
         ]
@@ -204,8 +210,12 @@ async def run(n: int, samples: int) -> dict[str, Any]:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--n", default="1000", help="endpoints in the tenant, comma-separated sizes (default 1000)")
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--n", default="1000", help="endpoints in the tenant, comma-separated sizes (default 1000)"
+    )
     parser.add_argument("--samples", type=int, default=20, help="writes per operation (default 20)")
     args = parser.parse_args()
     runs = [asyncio.run(run(int(n), args.samples)) for n in args.n.split(",")]
@@ -228,7 +238,17 @@ def main() -> int:
             )
     report(
         "Authority flush after one write (to fan-out), and the whole-tenant flush in the same run",
-        ("N", "write", "flush p50", "flush p99", "whole p50", "whole p99", "whole / flush", "MOs pushed", "RSS"),
+        (
+            "N",
+            "write",
+            "flush p50",
+            "flush p99",
+            "whole p50",
+            "whole p99",
+            "whole / flush",
+            "MOs pushed",
+            "RSS",
+        ),
         rows,
         {"bench": "authority_flush", "samples": args.samples, "results": runs},
     )
