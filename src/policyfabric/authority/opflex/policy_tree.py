@@ -11,6 +11,7 @@ keep it when editing.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
+from functools import lru_cache
 from typing import Any
 
 from policyfabric.model import objects as o
@@ -67,15 +68,21 @@ def _host(tree: Tree, container: str, name: str, address: str) -> None:
     tree.mos[container].children.append(mo.uri)
 
 
+# The URIs endpoints point to (their group, bridge domain, security groups, member sets): a few,
+# shared by thousands of endpoints, built once
+_shared_uri = lru_cache(maxsize=1 << 14)(uri_of)
+_members_uri = lru_cache(maxsize=1 << 14)(members_uri)
+
+
 def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None) -> MO:
     """An endpoint's ``PfEndpoint`` (its intent), as its agent resolves it."""
     props: dict[str, Any] = {Prop.NAME: ep.name, Prop.MAC: ep.mac, Prop.IP: list(ep.ip)}
     if ep.epg is not None:
-        props[Prop.EPG] = ref(Cls.GBP_EP_GROUP, uri_of(tenant, Cls.GBP_EP_GROUP, ep.epg))
+        props[Prop.EPG] = ref(Cls.GBP_EP_GROUP, _shared_uri(tenant, Cls.GBP_EP_GROUP, ep.epg))
     if bd_name:
         props[Prop.BRIDGE_DOMAIN] = ref(Cls.GBP_BRIDGE_DOMAIN, bd_name)
     props[Prop.SECURITY_GROUP] = [
-        ref(Cls.GBP_SEC_GROUP, uri_of(tenant, Cls.GBP_SEC_GROUP, g)) for g in ep.security_groups
+        ref(Cls.GBP_SEC_GROUP, _shared_uri(tenant, Cls.GBP_SEC_GROUP, g)) for g in ep.security_groups
     ]
     if ep.host is not None:
         props[Prop.HOST] = ep.host
@@ -88,7 +95,7 @@ def member_hosts(tenant: str, ep: Any, remote_groups: Collection[str]) -> list[M
     remote side: one GbpSubnet per address, so a member joining or leaving is a few objects in a
     policy_update, never the whole membership."""
     return [
-        _host_mo(members_uri(tenant, g), f"{ep.name}.{ip}", str(ip))
+        _host_mo(_members_uri(tenant, g), f"{ep.name}.{ip}", str(ip))
         for g in ep.security_groups
         if g in remote_groups
         for ip in ep.ip
@@ -100,9 +107,9 @@ def endpoint_bd(tenant: str, ep: Any, epg: Any | None, subnet: Any | None) -> st
     """The URI of the bridge domain of ``ep``: its group's (``epg``: its spec, None if it has none
     or it does not exist), else its subnet's, else None."""
     if epg is not None:
-        return uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, epg.bridge_domain)
+        return _shared_uri(tenant, Cls.GBP_BRIDGE_DOMAIN, epg.bridge_domain)
     if subnet is not None:
-        return uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, subnet.bridge_domain)
+        return _shared_uri(tenant, Cls.GBP_BRIDGE_DOMAIN, subnet.bridge_domain)
     return None
 
 

@@ -296,9 +296,14 @@ class TenantModel:
                 users.discard(unit)
                 if not users:
                     del self.uses[key]
+        uses = self.uses
         for key in reads:
             if key[1] is not None:
-                self.uses.setdefault(key, set()).add(unit)
+                users = uses.get(key)
+                if users is None:
+                    uses[key] = {unit}
+                else:
+                    users.add(unit)
         if reads:
             self.reads[unit] = reads
         else:
