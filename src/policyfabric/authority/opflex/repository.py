@@ -1,12 +1,21 @@
 """The policy repository role: the stored model as GBP MO trees, served and pushed.
 
 One tree per tenant (and one global tree: the universe and the external
-networks), built by ``policy_tree.py`` and rebuilt when the tenant changes.
-``policy_resolve`` returns a subtree and subscribes the session to it for
-``prr`` seconds. A commit marks its tenants dirty; the server's next flush
-rebuilds them (off the event loop), diffs each against its previous tree and
-sends one ``policy_update`` per session, holding only the changed MOs under
-that session's subscriptions.
+networks). ``policy_resolve`` returns a subtree and subscribes the session to
+it for ``prr`` seconds. A commit marks its tenants dirty; the server's next
+flush brings them up to date and sends one ``policy_update`` per session,
+holding only the changed MOs under that session's subscriptions.
+
+A tenant's tree is kept by its ``TenantModel`` (``tenant_model.py``): off the
+event loop the flush reads the records changed since the model's revision and
+rebuilds the MOs of those objects and of those that read them; on the loop it
+patches the tree in place (resolves read it there, so they never see half a
+patch) and the patch says what to push; the intent index is patched endpoint
+by endpoint. A flush costs what changed, not the tenant's size. The tree is
+built whole (``TenantModel.load``, diffed against the previous tree) the first
+time, when the tenant is created or deleted, after more than
+``CHANGES_AT_ONCE`` changes, or should patching fail; the global tree is
+always built whole (it is small).
 
 Read-your-writes: a resolve must see every write acknowledged before it
 arrived, though rebuilds are coalesced and run at the next flush. Each

@@ -127,9 +127,8 @@ class TenantModel:
         self.ids: dict[str, Unit] = {}  # record id -> (kind, name)
         self.numbers: dict[str, int] = {}  # "kind/name" -> its VNI or class id
         self.remote: dict[str, int] = {}  # group -> the rules naming it as their remote side (> 0)
-        self.gateways: dict[
-            str, tuple[str, str] | None
-        ] = {}  # router -> the election result it was built with
+        # router -> the election's result (active host, its tunnel address) it was built with
+        self.gateways: dict[str, tuple[str, str] | None] = {}
         self.frags: dict[Unit, Frag] = {}
         self.reads: dict[Unit, tuple[Key, ...]] = {}
         self.uses: dict[Key, set[Unit]] = {}  # the reverse of ``reads``
