@@ -369,5 +369,18 @@ def test_a_failed_update_falls_back_to_a_whole_build(tmp_path: Path, monkeypatch
         assert repo._models[T] is not first
         assert "/PolicyUniverse/PolicySpace/acme/PfEndpoint/late/" in repo.trees[T].mos
         assert repo.intent.get("acme/late") is not None
+        monkeypatch.undo()
+
+        # and should applying a patch to the tree fail, the tenant is marked to be built whole
+        marked: list[str | None] = []
+        repo.mark_dirty = lambda tenants: marked.extend(tenants)  # type: ignore[method-assign]
+        authority.create(K["endpoint"], o.Endpoint(name="later", tenant=T, epg="e1", ip=["10.1.0.78"]))
+        monkeypatch.setattr(TenantModel, "apply", broken)
+        await repo.rebuild({T}, push=True)
+        assert marked == [T] and T not in repo._models
+        monkeypatch.undo()
+        await repo.rebuild({T}, push=True)
+        assert "/PolicyUniverse/PolicySpace/acme/PfEndpoint/later/" in repo.trees[T].mos
+        assert repo.intent.get("acme/later") is not None
 
     asyncio.run(go())

@@ -243,16 +243,24 @@ class PolicyRepository:
                 if tenant is not None:
                     entries[tenant] = whole.entries
                     rebuilt[tenant] = whole.tree
+            patched = {}
             for tenant, patch in built.patches.items():
                 model = self._models[tenant]
-                pushed = model.apply(patch)
+                try:
+                    pushed = model.apply(patch)
+                except Exception:  # the tree may be half patched: built whole at the next flush
+                    log.exception("opflex: patching the tree of tenant %s failed; building it whole", tenant)
+                    self._models.pop(tenant, None)
+                    self.mark_dirty({tenant})
+                    continue
+                patched[tenant] = patch
                 changed += pushed.changed
                 merged += pushed.merged
                 removed += pushed.removed
                 if patch.routers:
                     rebuilt[tenant] = model.routers()
             self.intent.update(entries)  # before any push: an agent's next declaration meets this intent
-            for tenant, patch in built.patches.items():
+            for tenant, patch in patched.items():
                 model = self._models[tenant]
                 self.intent.patch(
                     tenant,
