@@ -47,36 +47,91 @@ def _uri(entry: Any) -> str:
     return str(entry.get("uri", "")) if isinstance(entry, dict) else ""
 
 
+def cut(entry: Any, room: int, size: Callable[[Any], int] = size_of) -> list[dict[str, Any]] | None:
+    """An MO too large for a frame as pieces of at most ``room`` bytes each: the MO with as many of
+    its children as fit, then the MO again with the next of them, and so on. None if it cannot be
+    cut (it has no children, or it is too large even with one). Sent as ``merge_children``, the
+    pieces add up to the MO: a merge sets the properties and adds the children it lists (a
+    PolicySpace of 100,000 endpoints lists 100,000 children, over 8 MiB on its own)."""
+    children = entry.get("children") if isinstance(entry, dict) else None
+    if not isinstance(children, list) or not children:
+        return None
+    base = {**entry, "children": []}
+    room -= size(base)
+    pieces: list[dict[str, Any]] = []
+    current: list[Any] = []
+    used = 0
+    for c in children:
+        n = size(c) + 1  # and its comma
+        if n > room:
+            return None
+        if current and used + n > room:
+            pieces.append({**base, "children": current})
+            current, used = [], 0
+        current.append(c)
+        used += n
+    pieces.append({**base, "children": current})
+    return pieces
+
+
 def split(
     parts: Mapping[str, Sequence[Any]],
     budget: int | None = None,
     limit: int | None = None,
     size: Callable[[Any], int] = size_of,
+    into: str | None = None,
 ) -> tuple[list[dict[str, list[Any]]], list[Oversized]]:
     """``parts`` (payload field -> entries) as messages of about ``budget`` bytes of entries each
     (``BUDGET``), every field present in every message, entries in order (all of the first field's,
     then the next's); and the entries left out because one alone exceeds ``limit`` (what fits a
-    frame of ``wire.DEFAULT_MAX_FRAME``)."""
+    frame of ``wire.DEFAULT_MAX_FRAME``). With ``into`` (a field, ``merge_children`` for policy),
+    an MO over ``limit`` is ``cut`` into pieces that go, in its place, into that field of the
+    messages (each piece in a message of its own); only one that cannot be cut is left out."""
     budget = BUDGET if budget is None else budget
     limit = LIMIT if limit is None else limit
+    fields = [*parts, *([into] if into is not None and into not in parts else [])]
     messages: list[dict[str, list[Any]]] = []
     oversized: list[Oversized] = []
-    current: dict[str, list[Any]] = {k: [] for k in parts}
+    current: dict[str, list[Any]] = {k: [] for k in fields}
     used = 0
+
+    def place(name: str, entry: Any, n: int) -> None:
+        nonlocal current, used
+        if used and used + n > budget:
+            messages.append(current)
+            current, used = {k: [] for k in fields}, 0
+        current[name].append(entry)
+        used += n
+
     for name, entries in parts.items():
         for entry in entries:
             n = size(entry)
-            if n > limit:
+            if n <= limit:
+                place(name, entry, n)
+                continue
+            pieces = cut(entry, min(budget, limit), size) if into is not None else None
+            if pieces is None:
                 oversized.append(Oversized(name, _uri(entry), n))
                 continue
-            if used and used + n > budget:
-                messages.append(current)
-                current, used = {k: [] for k in parts}, 0
-            current[name].append(entry)
-            used += n
+            for piece in pieces:
+                place(into or name, piece, budget)  # alone in its message
     if used or not messages:
         messages.append(current)
     return messages, oversized
+
+
+def resolve_parts(
+    answer: dict[str, list[Any]], into: str | None = None
+) -> tuple[list[dict[str, list[Any]]], dict[str, list[Any]], list[Oversized]]:
+    """The answer to a resolve that may be too large for one frame: the parts to send first (as
+    updates of the subscription the resolve made), the reply (the last part, which completes the
+    answer), and what no frame can carry. A part holding pieces of a ``cut`` MO (``into``) goes as
+    an update too, since a reply only replaces: the reply is then empty."""
+    messages, oversized = split(answer, into=into)
+    last = messages[-1]
+    if into is not None and into not in answer and last.get(into):
+        return messages, {k: [] for k in answer}, oversized
+    return messages[:-1], {k: last[k] for k in answer}, oversized
 
 
 def resolve_in_parts(
@@ -88,14 +143,12 @@ def resolve_in_parts(
     last is ``post``ed at once (as the update ``as_update`` makes of it, to the subscription the
     resolve just made), the last is returned as the reply. Without ``post`` (no session to push
     to) the whole answer is the reply."""
-    messages, oversized = split(answer)
-    if post is None or len(messages) == 1:
-        if len(messages) == 1:
-            return messages[0], oversized
-        return {k: [e for m in messages for e in m[k]] for k in answer}, oversized
-    for message in messages[:-1]:
+    first, reply, oversized = resolve_parts(answer)
+    if post is None:
+        return {k: [e for m in [*first, reply] for e in m[k]] for k in answer}, oversized
+    for message in first:
         post(as_update(message))
-    return messages[-1], oversized
+    return reply, oversized
 
 
-__all__ = ["BUDGET", "Oversized", "resolve_in_parts", "size_of", "split"]
+__all__ = ["BUDGET", "Oversized", "cut", "resolve_in_parts", "resolve_parts", "size_of", "split"]

@@ -22,11 +22,11 @@ domain.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
-from policyfabric.opflex.gbp import Cls, Prop
+from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, uri_of
 from policyfabric.opflex.mo import MO, REFERENCE_URI, Tree
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child, space
 
@@ -178,10 +178,27 @@ class _Reader:
         )
 
 
-# id of a PfEndpoint -> (it, what else its entry reads: its bridge domain's routing domain and SLAAC
+# URI of a PfEndpoint -> (it, what else its entry reads: its bridge domain's routing domain and SLAAC
 # prefixes, its group's class id, the entry): the tree builder keeps unchanged endpoints' objects,
 # so an entry is read again only when its object or its context changed
-IntentMemo = dict[int, tuple[MO, tuple[object, ...], "EndpointIntent | None"]]
+IntentMemo = dict[str, tuple[MO, tuple[object, ...], "EndpointIntent | None"]]
+
+
+def _entry(
+    tenant: str, reader: _Reader, mo: MO, memo: IntentMemo | None
+) -> tuple[tuple[MO, tuple[object, ...], EndpointIntent | None], EndpointIntent | None]:
+    """The entry of the PfEndpoint ``mo`` (from ``memo`` when neither it nor its context changed)."""
+    bd, group = _ref(mo.properties.get(Prop.BRIDGE_DOMAIN)), _ref(mo.properties.get(Prop.EPG))
+    context = (
+        reader.rd(bd) if bd else None,
+        reader.slaac_prefixes(bd) if bd else (),
+        reader.classid(group) if group else None,
+    )
+    hit = memo.get(mo.uri) if memo is not None else None
+    if hit is not None and hit[0] is mo and hit[1] == context:
+        return hit, hit[2]
+    entry = reader.endpoint(tenant, mo)
+    return (mo, context, entry), entry
 
 
 def tenant_endpoints(tenant: str, tree: Tree, memo: IntentMemo | None = None) -> dict[str, EndpointIntent]:
@@ -195,24 +212,77 @@ def tenant_endpoints(tenant: str, tree: Tree, memo: IntentMemo | None = None) ->
         mo = tree.mos.get(uri)
         if mo is None or mo.subject != Cls.PF_ENDPOINT:
             continue
-        bd, group = _ref(mo.properties.get(Prop.BRIDGE_DOMAIN)), _ref(mo.properties.get(Prop.EPG))
-        context = (
-            reader.rd(bd) if bd else None,
-            reader.slaac_prefixes(bd) if bd else (),
-            reader.classid(group) if group else None,
-        )
-        hit = memo.get(id(mo)) if memo is not None else None
-        if hit is not None and hit[0] is mo and hit[1] == context:
-            entry = hit[2]
-        else:
-            entry = reader.endpoint(tenant, mo)
-        fresh[id(mo)] = (mo, context, entry)
+        fresh[uri], entry = _entry(tenant, reader, mo, memo)
         if entry is not None:
             out[entry.key] = entry
     if memo is not None:
         memo.clear()
         memo.update(fresh)
     return out
+
+
+class TenantIntent:
+    """One tenant's entries kept up to date endpoint by endpoint, as the repository patches the
+    tenant's tree (``tenant_model.py``): what an endpoint's entry reads of its bridge domain (routing
+    domain, SLAAC prefixes) and of its group (class id) is kept by the bridge domain and group, so
+    a change to one re-reads its endpoints only when what they read of it changed."""
+
+    def __init__(self, tenant: str) -> None:
+        self.tenant = tenant
+        self.memo: IntentMemo = {}
+        self._contexts: dict[str, object] = {}  # bridge domain or group URI -> what entries read of it
+
+    def full(self, tree: Tree, bds: Iterable[str], groups: Iterable[str]) -> dict[str, EndpointIntent]:
+        """Every entry of ``tree`` (the tenant's, built whole), whose bridge domains and groups
+        are ``bds`` and ``groups`` (names)."""
+        out = tenant_endpoints(self.tenant, tree, self.memo)
+        reader = _Reader(tree)
+        self._contexts = {}
+        for bd in bds:
+            uri = uri_of(self.tenant, Cls.GBP_BRIDGE_DOMAIN, bd)
+            self._contexts[uri] = (reader.rd(uri), reader.slaac_prefixes(uri))
+        for group in groups:
+            uri = uri_of(self.tenant, Cls.GBP_EP_GROUP, group)
+            self._contexts[uri] = reader.classid(uri)
+        return out
+
+    def patch(
+        self,
+        tree: Tree,
+        endpoints: Iterable[str],
+        bds: Iterable[str],
+        groups: Iterable[str],
+        users: Callable[[str, str], Iterable[str]],
+    ) -> dict[str, EndpointIntent | None]:
+        """The entries of ``endpoints`` (names; None: gone), and of the endpoints (``users(what,
+        name)``, ``what`` "bd" or "epg") of the bridge domains ``bds`` and groups ``groups`` whose
+        MOs changed, when what their entries read of them changed too."""
+        reader = _Reader(tree)
+        names = set(endpoints)
+        for what, cls, changed in (("bd", Cls.GBP_BRIDGE_DOMAIN, bds), ("epg", Cls.GBP_EP_GROUP, groups)):
+            for name in changed:
+                uri = uri_of(self.tenant, cls, name)
+                now: object = (
+                    (reader.rd(uri), reader.slaac_prefixes(uri)) if what == "bd" else reader.classid(uri)
+                )
+                if uri not in tree.mos:
+                    self._contexts.pop(uri, None)
+                elif uri in self._contexts and self._contexts[uri] == now:
+                    continue  # its endpoints read nothing new
+                else:
+                    self._contexts[uri] = now
+                names.update(users(what, name))
+        out: dict[str, EndpointIntent | None] = {}
+        for name in names:
+            uri = endpoint_uri(self.tenant, name)
+            mo = tree.mos.get(uri)
+            entry = None
+            if mo is None or mo.subject != Cls.PF_ENDPOINT:
+                self.memo.pop(uri, None)
+            else:
+                self.memo[uri], entry = _entry(self.tenant, reader, mo, self.memo)
+            out[f"{self.tenant}/{name}"] = entry
+        return out
 
 
 class IntentIndex:
@@ -240,6 +310,19 @@ class IntentIndex:
         entries = self._tenants.get(tenant)
         return entries.get(key) if entries is not None else None
 
+    def _reindex(self, was: EndpointIntent | None, now: EndpointIntent | None) -> None:
+        for uri in self._uris(was) if was else ():
+            if self._by_uri.get(uri) is was:
+                del self._by_uri[uri]
+        if now is not None:
+            for uri in self._uris(now):
+                self._by_uri[uri] = now
+
+    def _tell(self, changed: Changed) -> None:
+        if changed:
+            for listener in self.listeners:
+                listener(changed)
+
     def update(self, tenants: Mapping[str, Mapping[str, EndpointIntent]]) -> None:
         """Replace these tenants' entries (an empty mapping: the tenant is gone or has no
         endpoints) and tell the listeners which endpoints changed or went."""
@@ -249,26 +332,39 @@ class IntentIndex:
             gone: Changed = [(k, e, f) for k, e in old.items() if (f := fresh.get(k)) is not e and f != e]
             new: Changed = [(k, None, e) for k, e in fresh.items() if k not in old]
             for _, was, now in gone + new:
-                for uri in self._uris(was) if was else ():
-                    if self._by_uri.get(uri) is was:
-                        del self._by_uri[uri]
-                if now is not None:
-                    for uri in self._uris(now):
-                        self._by_uri[uri] = now
+                self._reindex(was, now)
             changed += gone + new
             if fresh:
                 self._tenants[tenant] = dict(fresh)
             else:
                 self._tenants.pop(tenant, None)
-        if changed:
-            for listener in self.listeners:
-                listener(changed)
+        self._tell(changed)
+
+    def patch(self, tenant: str, entries: Mapping[str, EndpointIntent | None]) -> None:
+        """Set these entries of ``tenant`` (by ``TENANT/NAME``; None: the endpoint is gone) and
+        tell the listeners which changed: the incremental ``update``."""
+        changed: Changed = []
+        held = self._tenants.setdefault(tenant, {})
+        for key, now in entries.items():
+            was = held.get(key)
+            if was is now or was == now:
+                continue
+            self._reindex(was, now)
+            if now is None:
+                del held[key]
+            else:
+                held[key] = now
+            changed.append((key, was, now))
+        if not held:
+            del self._tenants[tenant]
+        self._tell(changed)
 
 
 __all__ = [
     "EndpointIntent",
     "IntentIndex",
     "IntentMemo",
+    "TenantIntent",
     "canonical_ip",
     "derived_addresses",
     "tenant_endpoints",

@@ -6,19 +6,28 @@ repository's ``subs``, the endpoint registry's ``ep_subs``). Each role writes
 only its own table, through the ``Peer`` a request arrives with. ``fan_out``
 is the one way a role pushes: it is handed to each role as a callback, so
 no role sees the others' sessions or state. It queues each session's message
-and returns (``Session.post``): it never waits for a peer to read, so a slow
+and returns (``Peer.send``): it never waits for a peer to read, so a slow
 or stalled peer delays nobody else (it is dropped once its backlog is too
 large).
+
+``Peer.send`` paces what one session is sent: a message goes to the session
+at once while its transport holds less than ``PACE`` bytes unsent, and waits
+in the peer's outbox otherwise, in order, until the transport has drained (a
+resolve of a 100,000-endpoint tenant is some 40 MB of updates; posted at once,
+they would exceed the session's send queue and drop it). A peer that does not
+read within the session's write timeout is closed.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from policyfabric.authority.opflex.chunks import Oversized, size_of, split
+from policyfabric.authority.opflex.chunks import BUDGET, Oversized, size_of, split
 from policyfabric.authority.opflex.identity import Credentials
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session
@@ -26,7 +35,10 @@ from policyfabric.opflex.uri import under
 from policyfabric.opflex.wire import Code
 
 MAX_SUBSCRIPTIONS = 100_000  # per session and role
+PACE = 2 * BUDGET  # unsent bytes in a session's transport beyond which messages wait in its outbox
+MAX_OUTBOX = 10_000  # messages waiting for one peer before it is dropped for not reading
 Entries = list[tuple[str, dict[str, Any]]]  # (uri, wire form) of each MO in a push
+MERGE = "merge_children"  # the field of a policy_update an MO too large for a frame is cut into
 FanOut = Callable[[str, Callable[["Peer"], dict[str, float]], dict[str, Entries]], None]
 
 
@@ -42,6 +54,11 @@ class Peer:
     reports_status: bool = True  # False for a reference agent: its declarations say ACTIVE
     # queues a message on its session (``Session.post``); set by the server once the session exists
     post: Callable[[str, dict[str, Any]], bool] | None = None
+    # the bytes its transport holds unsent, and a wait until they are handed to the socket (False:
+    # not within the session's write timeout, and the session is closed); None: no pacing
+    backlog: Callable[[], int] | None = None
+    drained: Callable[[], Awaitable[bool]] | None = None
+    close: Callable[[str], None] | None = None  # closes its session, saying why
     subs: dict[str, float] = field(default_factory=dict)  # policy URI -> lease expiry (monotonic)
     ep_subs: dict[str, float] = field(default_factory=dict)  # registry URI or prefix -> expiry
 
@@ -51,6 +68,65 @@ class Peer:
         if uri not in table and len(table) >= MAX_SUBSCRIPTIONS:
             raise RpcError(Code.ERROR, f"too many subscriptions: at most {MAX_SUBSCRIPTIONS} per session")
         table[uri] = time.monotonic() + prr
+
+    _outbox: collections.deque[tuple[str, dict[str, Any]] | asyncio.Future[None]] = field(
+        default_factory=collections.deque, repr=False
+    )
+    _pump: asyncio.Task[None] | None = field(default=None, repr=False)
+
+    def send(self, method: str, params: dict[str, Any]) -> bool:
+        """Post ``method`` to the session, now or, when its transport is behind, from the outbox
+        once it has drained: in order either way. False if the session is closed or dropped."""
+        if self.post is None:
+            return False
+        if not self._outbox and (self.backlog is None or self.drained is None or self.backlog() < PACE):
+            return self.post(method, params)
+        if len(self._outbox) >= MAX_OUTBOX:
+            self._give_up(f"peer not reading: {len(self._outbox)} messages waiting")
+            return False
+        self._outbox.append((method, params))
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._run())
+        return True
+
+    async def sent(self) -> None:
+        """Wait until everything ``send`` took so far has gone to the session (or been dropped
+        with it)."""
+        if not self._outbox:
+            return
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._outbox.append(done)
+        await done
+
+    async def _run(self) -> None:
+        try:
+            while self._outbox:
+                head = self._outbox[0]
+                if isinstance(head, asyncio.Future):
+                    self._outbox.popleft()
+                    if not head.done():
+                        head.set_result(None)
+                    continue
+                assert self.backlog is not None and self.drained is not None and self.post is not None
+                if self.backlog() >= PACE and not await self.drained():
+                    self._give_up()  # the session was closed
+                    return
+                self._outbox.popleft()
+                if not self.post(*head):
+                    self._give_up()  # closed, or dropped by the session itself
+                    return
+        finally:
+            self._pump = None
+
+    def _give_up(self, close: str | None = None) -> None:
+        """The session is gone or not reading (``close``: why to close it): what waits for it is
+        dropped, its waiters end."""
+        if close is not None and self.close is not None:
+            self.close(close)
+        while self._outbox:
+            head = self._outbox.popleft()
+            if isinstance(head, asyncio.Future) and not head.done():
+                head.set_result(None)
 
     def expire(self, now: float) -> None:
         for table in (self.subs, self.ep_subs):
@@ -77,8 +153,9 @@ def fan_out(
 ) -> None:
     """Queue for each session the (uri, wire form) entries of ``parts`` that fall under its live
     subscriptions in ``table``; ``parts`` maps a payload field to its entries. One message, or
-    several when it would be large (``chunks.split``: a peer reads frames up to a limit); an entry
-    too large for any frame is left out and handed to ``oversized``."""
+    several when it would be large (``chunks.split``: a peer reads frames up to a limit; an MO too
+    large for any frame goes in pieces, as ``merge_children``); an entry that still fits no frame
+    is left out and handed to ``oversized``."""
     now = time.monotonic()
     sizes: dict[int, int] = {}  # by entry identity: the same forms go to many sessions
 
@@ -98,12 +175,12 @@ def fan_out(
         }
         if not any(payload.values()):
             continue
-        messages, too_large = split(payload, size=size)
+        messages, too_large = split(payload, size=size, into=MERGE if MERGE in payload else None)
         if too_large:
             oversized(peer, too_large)
         for message in messages:
-            if any(message.values()) and not session.post(method, message):
+            if any(message.values()) and not peer.send(method, message):
                 break  # closed, or dropped for not reading
 
 
-__all__ = ["MAX_SUBSCRIPTIONS", "Entries", "FanOut", "Peer", "fan_out", "refs", "wire"]
+__all__ = ["MAX_SUBSCRIPTIONS", "MERGE", "PACE", "Entries", "FanOut", "Peer", "fan_out", "refs", "wire"]

@@ -1,12 +1,21 @@
 """The policy repository role: the stored model as GBP MO trees, served and pushed.
 
 One tree per tenant (and one global tree: the universe and the external
-networks), built by ``policy_tree.py`` and rebuilt when the tenant changes.
-``policy_resolve`` returns a subtree and subscribes the session to it for
-``prr`` seconds. A commit marks its tenants dirty; the server's next flush
-rebuilds them (off the event loop), diffs each against its previous tree and
-sends one ``policy_update`` per session, holding only the changed MOs under
-that session's subscriptions.
+networks). ``policy_resolve`` returns a subtree and subscribes the session to
+it for ``prr`` seconds. A commit marks its tenants dirty; the server's next
+flush brings them up to date and sends one ``policy_update`` per session,
+holding only the changed MOs under that session's subscriptions.
+
+A tenant's tree is kept by its ``TenantModel`` (``tenant_model.py``): off the
+event loop the flush reads the records changed since the model's revision and
+rebuilds the MOs of those objects and of those that read them; on the loop it
+patches the tree in place (resolves read it there, so they never see half a
+patch) and the patch says what to push; the intent index is patched endpoint
+by endpoint. A flush costs what changed, not the tenant's size. The tree is
+built whole (``TenantModel.load``, diffed against the previous tree) the first
+time, when the tenant is created or deleted, after more than
+``CHANGES_AT_ONCE`` changes, or should patching fail; the global tree is
+always built whole (it is small).
 
 Read-your-writes: a resolve must see every write acknowledged before it
 arrived, though rebuilds are coalesced and run at the next flush. Each
@@ -30,19 +39,22 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from policyfabric.authority.gateways import RouterKey
-from policyfabric.authority.opflex.chunks import Oversized, resolve_in_parts
-from policyfabric.authority.opflex.intent_index import (
-    EndpointIntent,
-    IntentIndex,
-    IntentMemo,
-    tenant_endpoints,
-)
+from policyfabric.authority.opflex.chunks import Oversized, resolve_parts
+from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex, TenantIntent
 from policyfabric.authority.opflex.params import Resolve, Unresolve, parse
-from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
-from policyfabric.authority.opflex.policy_tree import EndpointMemo, global_tree, tenant_tree
+from policyfabric.authority.opflex.peers import MERGE, FanOut, Peer, refs, wire
+from policyfabric.authority.opflex.policy_tree import global_tree
+from policyfabric.authority.opflex.tenant_model import (
+    Patch,
+    TenantModel,
+    compare,
+    read_changes,
+    read_tenant,
+)
 from policyfabric.authority.service import Authority
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex.gbp import Cls
@@ -56,6 +68,7 @@ log = logging.getLogger(__name__)
 
 Trees = Mapping[str | None, Tree]  # tenant (None: the global tree) -> its tree
 FRESH_WAIT = 10.0  # seconds a resolve waits for a rebuild before answering from the tree it has
+CHANGES_AT_ONCE = 20_000  # changes since the last flush beyond which the tenants are read whole
 
 
 def tenant_of(uri: str) -> str | None:
@@ -84,18 +97,12 @@ def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO], list[MO]]:
     the children it gained (a lost child's URI is under the parent's, so its deletion says it),
     or not at all: adding or removing one member of a large set is a small update."""
     before = old.mos if old else {}
-    changed, merged = [], []
+    changed: list[MO] = []
+    merged: list[MO] = []
     for uri, mo in new.mos.items():
-        was = before.get(uri)
-        if was == mo:
-            continue
-        if was is not None and was.properties == mo.properties and was.parent_uri == mo.parent_uri:
-            had = set(was.children)
-            gained = [c for c in mo.children if c not in had]
-            if gained:
-                merged.append(MO(mo.subject, mo.uri, mo.properties, gained, mo.parent_subject, mo.parent_uri))
-            continue
-        changed.append(mo)
+        found = compare(before.get(uri), mo)
+        if found is not None:
+            (changed if found[0] == "changed" else merged).append(found[1])
     removed = [mo for uri, mo in before.items() if uri not in new.mos]
     return changed, merged, removed
 
@@ -119,8 +126,9 @@ class PolicyRepository:
         self._gateways, self._rebuilt = gateways, rebuilt
         self.trees: dict[str | None, Tree] = {}
         self.intent = IntentIndex()  # the endpoints of the trees: what declarations are checked against
-        self._memos: dict[str, EndpointMemo] = {}  # tenant -> its endpoints' objects, as last built
-        self._intent_memos: dict[str, IntentMemo] = {}  # tenant -> its endpoints' entries, as last read
+        self._models: dict[str, TenantModel] = {}  # tenant -> its objects and their MOs (its tree's)
+        self._intents: dict[str, TenantIntent] = {}  # tenant -> its endpoints' entries, as last read
+        self._rebuilding = asyncio.Lock()
         self._dirty: set[str | None] = set()
         self._mark = 0  # numbers the calls to mark_dirty
         self._marked: dict[str | None, int] = {}  # tenant -> the number of its latest change
@@ -145,13 +153,17 @@ class PolicyRepository:
                 )
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
             policy += [mo.to_wire() for mo in mos]
-        # a whole tenant may not fit one frame: all but the last part go first, as updates
-        post = peer.post
-        reply, oversized = resolve_in_parts(
-            {"policy": policy},
-            (lambda m: post("policy_update", m)) if post is not None else None,
-            lambda m: {"replace": m["policy"], "merge_children": [], "delete": []},
-        )
+        # a whole tenant may not fit one frame: all but the last part go first, as updates (and an MO
+        # too large for a frame in pieces, as merge_children), paced by how fast the peer reads;
+        # the reply waits for them, so that it still completes the answer
+        if peer.post is None:
+            return {"policy": policy}
+        first, reply, oversized = resolve_parts({"policy": policy}, into=MERGE)
+        for message in first:
+            update = {"replace": message["policy"], "merge_children": message.get(MERGE, []), "delete": []}
+            if not peer.send("policy_update", update):
+                break
+        await peer.sent()
         if oversized:
             self._oversized(peer, oversized)
         return reply
@@ -215,52 +227,123 @@ class PolicyRepository:
             self._built_up_to(tenants, covers)  # what there is, as they did before they waited
 
     async def _rebuild(self, tenants: set[str | None], push: bool) -> None:
-        gateways = dict(self._gateways())
-        authority = self.authority
-
-        def build() -> tuple[dict[str | None, Tree], dict[str, dict[str, EndpointIntent]]]:
-            out: dict[str | None, Tree] = {}
-            names = authority.tenants()
-            for tenant in tenants:
-                objects, numbers = authority.snapshot(tenant)
-                if tenant is None:
-                    nets = [n for n in objects.get("external_network", []) if isinstance(n, ExternalNetwork)]
-                    out[None] = global_tree(names, nets, self.domain)
-                elif tenant in names:
-                    active = {r: v for (t, r), v in gateways.items() if t == tenant}
-                    memo = self._memos.setdefault(tenant, {})
-                    out[tenant] = tenant_tree(tenant, objects, numbers, active, memo)
+        async with self._rebuilding:  # one at a time: each takes the model where the last left it
+            gateways = dict(self._gateways())
+            built = await asyncio.to_thread(self._build, tenants, gateways)
+            changed: list[MO] = []
+            merged: list[MO] = []
+            removed: list[MO] = []
+            rebuilt: dict[str | None, Tree] = {}
+            entries: dict[str, dict[str, EndpointIntent]] = {}
+            for tenant, whole in built.whole.items():
+                c, m, r = diff(self.trees.get(tenant), whole.tree)
+                changed += c
+                merged += m
+                removed += r
+                if tenant is not None:
+                    entries[tenant] = whole.entries
+                    rebuilt[tenant] = whole.tree
+            patched = {}
+            for tenant, patch in built.patches.items():
+                model = self._models[tenant]
+                try:
+                    pushed = model.apply(patch)
+                except Exception:  # the tree may be half patched: built whole at the next flush
+                    log.exception("opflex: patching the tree of tenant %s failed; building it whole", tenant)
+                    self._models.pop(tenant, None)
+                    self.mark_dirty({tenant})
+                    continue
+                patched[tenant] = patch
+                changed += pushed.changed
+                merged += pushed.merged
+                removed += pushed.removed
+                if patch.routers:
+                    rebuilt[tenant] = model.routers()
+            self.intent.update(entries)  # before any push: an agent's next declaration meets this intent
+            for tenant, patch in patched.items():
+                model = self._models[tenant]
+                self.intent.patch(
+                    tenant,
+                    self._intents[tenant].patch(
+                        model.tree, patch.endpoints, patch.bds, patch.groups, model.users
+                    ),
+                )
+            for tenant, whole in built.whole.items():
+                if whole.tree.mos:
+                    self.trees[tenant] = whole.tree
                 else:
-                    out[tenant] = Tree()  # the tenant is gone
-                    self._memos.pop(tenant, None)
-                    self._intent_memos.pop(tenant, None)
-            return out, {
-                t: tenant_endpoints(t, tree, self._intent_memos.setdefault(t, {}))
-                for t, tree in out.items()
-                if t is not None
-            }
+                    self.trees.pop(tenant, None)
+            if rebuilt:
+                self._rebuilt(rebuilt)  # routers may have gained or lost an external gateway
+            if push and (changed or merged or removed):
+                self._fan_out(
+                    "policy_update",
+                    lambda peer: peer.subs,
+                    {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
+                )
 
-        fresh, endpoints = await asyncio.to_thread(build)
-        self.intent.update(endpoints)  # before any push: an agent's next declaration meets this intent
-        changed: list[MO] = []
-        merged: list[MO] = []
-        removed: list[MO] = []
-        for tenant, tree in fresh.items():
-            c, m, r = diff(self.trees.get(tenant), tree)
-            changed += c
-            merged += m
-            removed += r
-            if tree.mos:
-                self.trees[tenant] = tree
-            else:
-                self.trees.pop(tenant, None)
-        self._rebuilt(fresh)  # routers may have gained or lost an external gateway
-        if push and (changed or merged or removed):
-            self._fan_out(
-                "policy_update",
-                lambda peer: peer.subs,
-                {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
-            )
+    def _build(self, tenants: set[str | None], gateways: Mapping[RouterKey, tuple[str, str]]) -> _Built:
+        """Off the event loop: bring the models of ``tenants`` up to date with the store, by the
+        changed objects where the tenant has a model, whole otherwise (and for the global tree)."""
+        authority, out = self.authority, _Built()
+        spec_of = authority.cache.spec
+
+        def active(tenant: str) -> dict[str, tuple[str, str]]:
+            return {r: v for (t, r), v in gateways.items() if t == tenant}
+
+        known = [t for t in tenants if t is not None and t in self._models]
+        since = min((self._models[t].revision for t in known), default=0)
+        news = read_changes(authority.store.read, since, CHANGES_AT_ONCE) if known else None
+        whole = {t for t in tenants if t not in known}
+        for tenant in known:
+            model = self._models[tenant]
+            if news is None or tenant in news.tenants:
+                whole.add(tenant)
+                continue
+            try:
+                out.patches[tenant] = model.update(
+                    news.revision, news.records.get(tenant, {}), spec_of, active(tenant)
+                )
+            except Exception:  # the model may be half updated: it is built again, whole
+                log.exception(
+                    "opflex: the incremental rebuild of tenant %s failed; building it whole", tenant
+                )
+                out.patches.pop(tenant, None)
+                whole.add(tenant)
+        names = set(authority.tenants()) if whole else set()
+        for each in whole:
+            if each is None:
+                objects, _ = authority.snapshot(None)
+                nets = [n for n in objects.get("external_network", []) if isinstance(n, ExternalNetwork)]
+                out.whole[None] = _Whole(global_tree(sorted(names), nets, self.domain), {})
+            elif each in names:
+                revision, records = read_tenant(authority.store.read, each)
+                model = TenantModel.load(each, revision, records, spec_of, active(each))
+                intent = TenantIntent(each)
+                entries = intent.full(model.tree, model.specs["bridge_domain"], model.specs["endpoint_group"])
+                self._models[each], self._intents[each] = model, intent
+                out.whole[each] = _Whole(model.tree, entries)
+            else:  # the tenant is gone
+                self._models.pop(each, None)
+                self._intents.pop(each, None)
+                out.whole[each] = _Whole(Tree(), {})
+        return out
+
+
+@dataclass
+class _Whole:
+    """A tree built whole, and its endpoints' entries."""
+
+    tree: Tree
+    entries: dict[str, EndpointIntent]
+
+
+@dataclass
+class _Built:
+    """What ``_build`` made: trees built whole, and patches of the models of the other tenants."""
+
+    whole: dict[str | None, _Whole] = field(default_factory=dict)
+    patches: dict[str, Patch] = field(default_factory=dict)
 
 
 __all__ = ["PolicyRepository", "Trees", "affected_tenants", "diff", "tenant_of"]

@@ -161,7 +161,14 @@ class OpflexServer:
             write_timeout=max(2 * self.keepalive, 1.0),
             send_queue=self.send_queue,
         )
-        self.peers[session] = pe.Peer(self._dialed(writer), credentials(writer, self.tls), post=session.post)
+        self.peers[session] = pe.Peer(
+            self._dialed(writer),
+            credentials(writer, self.tls),
+            post=session.post,
+            backlog=session.backlog,
+            drained=lambda: self._drained(session),
+            close=lambda why: self._spawn(session.close(why, abort=True)),
+        )
         try:
             await session.run()
         finally:
@@ -178,6 +185,21 @@ class OpflexServer:
         """The agent's session is up (the registry lets another agent take over its endpoints otherwise)."""
         info = self.observer.agents.get(agent)
         return info is not None and info.connected
+
+    @staticmethod
+    async def _drained(session: Session) -> bool:
+        """Wait until the session's transport has handed what it holds to the socket; a peer that
+        does not read for the session's write timeout is closed (False)."""
+        try:
+            await asyncio.wait_for(session.writer.drain(), session.write_timeout)
+        except TimeoutError:
+            await session.close(
+                f"peer stopped reading (writes stalled for {session.write_timeout:g}s)", abort=True
+            )
+            return False
+        except (ConnectionError, RuntimeError):
+            return False
+        return True
 
     @staticmethod
     def _dialed(writer: asyncio.StreamWriter) -> str:
