@@ -7,7 +7,7 @@ of a ``policy_update`` or ``endpoint_update``, or the answer to a resolve) is cu
 about ``BUDGET`` bytes each, the lists and their entries kept in order: a client that applies the
 messages one after the other ends where it would with the one large message. What a resolve
 cannot answer in one frame goes first as updates of the subscription it just made, and its reply
-carries the last part (``resolve_in_parts``), so the reply still completes the answer.
+carries the last part (``resolve_parts``), so the reply still completes the answer.
 
 One object that alone encodes beyond what a peer can read cannot be cut; it is left out, and the
 caller is told (``Oversized``) so it can say so: a fault the operator sees, never a silent loop.
@@ -134,21 +134,4 @@ def resolve_parts(
     return messages[:-1], {k: last[k] for k in answer}, oversized
 
 
-def resolve_in_parts(
-    answer: dict[str, list[Any]],
-    post: Callable[[dict[str, list[Any]]], object] | None,
-    as_update: Callable[[dict[str, list[Any]]], dict[str, list[Any]]],
-) -> tuple[dict[str, list[Any]], list[Oversized]]:
-    """The reply to a resolve whose ``answer`` may be too large for one frame: every part but the
-    last is ``post``ed at once (as the update ``as_update`` makes of it, to the subscription the
-    resolve just made), the last is returned as the reply. Without ``post`` (no session to push
-    to) the whole answer is the reply."""
-    first, reply, oversized = resolve_parts(answer)
-    if post is None:
-        return {k: [e for m in [*first, reply] for e in m[k]] for k in answer}, oversized
-    for message in first:
-        post(as_update(message))
-    return reply, oversized
-
-
-__all__ = ["BUDGET", "Oversized", "cut", "resolve_in_parts", "resolve_parts", "size_of", "split"]
+__all__ = ["BUDGET", "Oversized", "cut", "resolve_parts", "size_of", "split"]

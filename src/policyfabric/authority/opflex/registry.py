@@ -39,7 +39,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from policyfabric.authority.opflex.chunks import resolve_in_parts
+from policyfabric.authority.opflex.chunks import resolve_parts
 from policyfabric.authority.opflex.declaration_check import Checked, Refused, check, show
 from policyfabric.authority.opflex.intent_index import Changed as IntentChanges
 from policyfabric.authority.opflex.intent_index import IntentIndex
@@ -274,13 +274,16 @@ class EndpointRegistry:
             for uri, decl in self.declarations.items():
                 if under(uri, entry.endpoint_uri):
                     found += decl.mos
-        # a bridge domain of thousands may not fit one frame: all but the last part go first
-        post = peer.post
-        reply, _ = resolve_in_parts(
-            {"endpoint": found},
-            (lambda m: post("endpoint_update", m)) if post is not None else None,
-            lambda m: {"replace": m["endpoint"], "delete": []},
-        )
+        # a bridge domain of thousands may not fit one frame: all but the last part go first, as
+        # updates, through the peer's outbox (in order with the updates queued before them, and
+        # paced by how fast it reads); the reply waits for them
+        if peer.post is None:
+            return {"endpoint": found}
+        first, reply, _ = resolve_parts({"endpoint": found})
+        for message in first:
+            if not peer.send("endpoint_update", {"replace": message["endpoint"], "delete": []}):
+                break
+        await peer.sent()
         return reply
 
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
