@@ -166,7 +166,7 @@ def test_a_dry_run_says_what_would_change_and_writes_nothing(api: Api, tenant: d
     t = tenant["name"]
     web = api.ok("endpoints", ep_obj(t, "web", "10.1.0.70"))
     before = api.revision()
-    body = {
+    body: dict[str, Any] = {
         "items": [
             item("update", "endpoints", ep_obj(t, "web", "10.1.0.71"), web["revision"]),
             item("create", "endpoints", ep_obj(t, "new", "10.1.0.72")),
