@@ -17,7 +17,13 @@ def fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def setup_logging(level: str) -> None:
+    """Log to stderr at ``level``; an unknown level is a one-line error naming the valid ones."""
+    if level.lower() not in LOG_LEVELS:
+        raise fail(f"--log-level {level!r}: use one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -152,6 +152,7 @@ def batch_items(steps: list[Step]) -> list[tuple[Step, dict[str, Any]]]:
 
 
 ITEM = re.compile(r"^items\[(\d+)\]\.?")
+LABEL = re.compile(r"^items\[\d+\] \([^)]*\): ")
 
 
 def execute(
@@ -201,7 +202,7 @@ def _refusal(exc: ApiError, pairs: list[tuple[Step, dict[str, Any]]]) -> Refused
     step = pairs[int(found[1])][0] if found and int(found[1]) < len(pairs) else None
     if step is not None:
         exc.field = ITEM.sub("", exc.field or "") or None
-        exc.message = re.sub(r"^items\[\d+\] ", "", exc.message)
+        exc.message = LABEL.sub("", exc.message)  # the caller names the entry its own way
     if exc.status == 409 and (exc.field or "").endswith("revision"):
         what = f"{step.entry.kind} {step.body['name']!r}" if step else "an object"
         return Changed(f"{what} changed at the authority after apply read it ({exc.message})", step, exc)
