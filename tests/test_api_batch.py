@@ -263,3 +263,27 @@ def test_a_member_cannot_prune_or_write_another_tenant_in_a_batch(as_: Any) -> N
     r = acme.post("batch", {"items": [], "owner": owner, "prune": True})
     assert r.status_code == 200 and r.json()["items"] == []
     assert ops.find("contracts", "beta", "c1") is not None
+
+
+def test_keep_writes_nothing_checks_the_revision_and_is_spared_by_prune(
+    api: Api, tenant: dict[str, str], as_: Any
+) -> None:
+    t = tenant["name"]
+    owner = unique("file")
+    made = api.post(
+        "batch", {"items": [item("create", "endpoints", ep_obj(t, "k", "10.1.0.110"))], "owner": owner}
+    )
+    revision = made.json()["items"][0]["revision"]
+    before = api.revision()
+    keep = item("keep", "endpoints", {"name": "k", "tenant": t}, revision)
+    r = api.post("batch", {"items": [keep], "owner": owner, "prune": True})
+    assert r.status_code == 200 and r.json()["items"][0]["action"] == "unchanged"
+    assert api.revision() == before and api.find("endpoints", t, "k") is not None
+    stale = item("keep", "endpoints", {"name": "k", "tenant": t}, revision - 1)
+    r = api.post("batch", {"items": [stale]})
+    assert r.status_code == 409 and error(r)["field"] == "items[0].revision"
+    # keeping a tenant is no write: a member may name its own tenant in a file it applies
+    ops, acme = as_("ops"), as_("acme")
+    ops.post("tenants", {"name": "acme"})
+    r = acme.post("batch", {"items": [item("keep", "tenants", {"name": "acme"})]})
+    assert r.status_code == 200, r.text

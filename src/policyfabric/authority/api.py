@@ -72,19 +72,20 @@ class BatchItem(BaseModel):
 
 
 class BatchOpItem(BaseModel):
-    op: Literal["create", "update", "delete"] = Field(
-        description="create (must not exist), update (replace by name; must exist) or delete"
+    op: Literal["create", "update", "delete", "keep"] = Field(
+        description="create (must not exist), update (replace by name; must exist), delete, or keep "
+        "(must exist, at revision if given; writes nothing; prune spares it)"
     )
     kind: str = Field(description="the collection or kind: endpoints, endpoint_group, bd ...")
     object: dict[str, Any] = Field(
-        description="create, update: the object as its collection's POST body; delete: only "
+        description="create, update: the object as its collection's POST body; delete, keep: only "
         "its name (and tenant)"
     )
     revision: int | None = Field(
         None,
         ge=0,
         le=MAX_REVISION,
-        description="update, delete: the revision the client read; 409 if the object is not at it",
+        description="update, delete, keep: the revision the client read; 409 if the object is not at it",
     )
 
 
@@ -173,9 +174,9 @@ def parse_ops(body: Batch) -> list[BatchOp]:
         if item.op == "create" and item.revision is not None:
             problems.append(Problem(f"{where}.revision", f"{where}: a create expects no revision"))
         try:
-            if item.op == "delete":
+            if item.op in ("delete", "keep"):
                 tenant, name = _key_of(kind, item.object)
-                ops.append(BatchOp("delete", kind, tenant, name, None, item.revision, where))
+                ops.append(BatchOp(item.op, kind, tenant, name, None, item.revision, where))
             else:
                 spec = parse_spec(kind, item.object)
                 ops.append(BatchOp(item.op, kind, spec.scope, spec.name, spec, item.revision, where))
@@ -410,6 +411,8 @@ def create_app(
     def _batch_items(body: Batch, who: Principal) -> JSONResponse:
         ops = parse_ops(body)
         for op in ops:
+            if op.op == "keep":
+                continue  # writes nothing: what the caller may see is the service's check (scope)
             try:
                 guarded(who, "POST", "/v1/batch", who.check_write, op.kind, op.tenant)
             except Forbidden as err:

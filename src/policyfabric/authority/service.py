@@ -76,12 +76,13 @@ class EndpointState:
 # The record field naming the owner (a batch's ``owner``: the file ``apply`` read) of an object
 # that batch created. Set once, at creation; updates keep it; ``prune`` deletes by it.
 OWNER_FIELD = "applied_by"
-BatchAction = Literal["create", "update", "delete"]
+BatchAction = Literal["create", "update", "delete", "keep"]
 
 
 @dataclass(frozen=True)
 class BatchOp:
-    """One item of a batch: create or update ``spec``, or delete the object ``tenant/name``.
+    """One item of a batch: create or update ``spec``, delete the object ``tenant/name``, or keep
+    it (``keep``: it must exist, at ``revision`` if given; nothing is written, and prune spares it).
     ``revision``: the revision the caller read; the item is refused (409) if the object is not
     at it any more. ``where`` names the item in errors (``items[3]``)."""
 
@@ -309,8 +310,11 @@ class Authority:
         for op in ops:
             if op.op == "delete":
                 continue
-            assert op.spec is not None, "a create or update carries its spec"
             with _naming(op):
+                if op.op == "keep":
+                    note(op, "unchanged", self._named(txn, op, scope), [])
+                    continue
+                assert op.spec is not None, "a create or update carries its spec"
                 if op.op == "create":
                     extra = {OWNER_FIELD: owner} if owner is not None else {}
                     made = self._create(txn, view, op.kind, op.spec, scope, extra)
@@ -326,9 +330,7 @@ class Authority:
             users = [d for d in dependents(obj, view) if d.id != obj.id]
             if users:
                 with _naming(op):
-                    raise InUse(
-                        f"{obj.label} is in use by {describe(users)}: delete or change those too"
-                    )
+                    raise InUse(f"{obj.label} is in use by {describe(users)}: delete or change those too")
         written = bool(txn.logged)
         return BatchResult(results, txn.logged[-1].revision if written else start, written, start)
 

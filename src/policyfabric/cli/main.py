@@ -277,7 +277,7 @@ def apply_(
         try:
             result = applying.execute(steps, client, dry_run=diff, owner=who, prune=prune)
         except applying.Refused as exc:
-            raise _refused(file, exc, "the change") from None
+            raise _refused(file, exc, "a change") from None
     if output in (Output.json, Output.yaml):
         print(dump({"items": result.items, "revision": result.revision, "dry_run": diff}, output.value))
         return
@@ -450,7 +450,7 @@ def _delete_file(file: Path, url: str, token: str | None) -> None:
         try:
             result = applying.execute(steps, client)
         except applying.Refused as exc:
-            raise _refused(file, exc, "the deletion") from None
+            raise _refused(file, exc, "a deletion") from None
     for item in result.items:
         kind = k.lookup(item["kind"])
         name = f"{item['tenant']}/{item['name']}" if item.get("tenant") else item["name"]

@@ -3,7 +3,8 @@
 ``plan`` reads one listing per kind (not a GET per object) and gives each declared object a
 step: create, update or unchanged (the same comparison the authority makes), with the revision
 it read. ``execute`` sends the whole plan as ONE batch (``POST /v1/batch``): one transaction,
-all or nothing. Every update and unchanged object carries the revision the plan read, so an
+all or nothing. Every update, and every unchanged object (a "keep" item: nothing is written to
+it), carries the revision the plan read, so an
 object someone changed after the plan is a 409 (``Changed``) rather than a lost update, and
 nothing of the file is written. With ``dry_run`` the authority checks everything and answers
 what each object would become, field by field (``apply --diff``), writing nothing.
@@ -146,8 +147,13 @@ def batch_items(steps: list[Step]) -> list[tuple[Step, dict[str, Any]]]:
                     complete_later.append((step, {"op": "update", "kind": kind, "object": step.body}))
             items.append((step, {"op": "create", "kind": kind, "object": body}))
         elif step.action in ("update", "unchanged", "delete"):
-            op = "delete" if step.action == "delete" else "update"
-            items.append((step, {"op": op, "kind": kind, "object": step.body, "revision": step.revision}))
+            op = {"update": "update", "unchanged": "keep", "delete": "delete"}[step.action]
+            body = (
+                step.body
+                if op == "update"
+                else {f: step.body[f] for f in ("name", "tenant") if f in step.body}
+            )
+            items.append((step, {"op": op, "kind": kind, "object": body, "revision": step.revision}))
     return items + complete_later
 
 
