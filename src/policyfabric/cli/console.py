@@ -16,7 +16,7 @@ err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never cut
     return typer.Exit(code)
 
 
