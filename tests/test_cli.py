@@ -15,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+import yaml
 
 from policyfabric.lab.authority import AuthorityProcess, authority_in, free_port
 from tests.conftest import Api
@@ -30,7 +31,7 @@ def run(
     *args: str, url: str | None = None, check: bool = True, token: str | None = None, **extra: str
 ) -> subprocess.CompletedProcess[str]:
     env = {key: v for key, v in os.environ.items() if key != "POLICYFABRIC_TOKEN"}
-    env.update(COLUMNS="200", **extra)
+    env.update({"COLUMNS": "200", **extra})
     if url:
         env["POLICYFABRIC_URL"] = url
     if token:
@@ -337,3 +338,248 @@ def test_rest_over_tls(tmp_path: Path) -> None:
             httpx.get(f"http://127.0.0.1:{port}/v1/revision")  # no plain HTTP on it
     bad = run("authority", *args[:-2], check=False)
     assert bad.returncode == 1 and "--rest-tls-cert and --rest-tls-key go together" in bad.stderr
+
+
+# ---- safe apply: one transaction, --diff, --prune, delete -f ---------------------------------------
+
+
+def test_apply_diff_shows_each_field_and_writes_nothing(
+    fresh_authority: AuthorityProcess, tmp_path: Path
+) -> None:
+    url = fresh_authority.url
+    f = tmp_path / "s.yaml"
+    f.write_text(EXAMPLE.read_text())
+    run("apply", "-f", str(f), url=url)
+    api = Api(url)
+    revision = api.revision()
+    f.write_text(EXAMPLE.read_text().replace("port: 80}", "port: 8080}"))
+    done = run("apply", "-f", str(f), "--diff", url=url)
+    assert "~ contract acme/http" in done.stdout
+    assert "rules[0].classifier.port: 80 -> 8080" in done.stdout
+    assert "0 to create, 1 to update, 17 unchanged" in done.stdout and "nothing was written" in done.stdout
+    assert api.revision() == revision
+    assert api.find("contracts", "acme", "http")["rules"][0]["classifier"]["port"] == 80  # type: ignore[index]
+    as_json = json.loads(run("apply", "-f", str(f), "--diff", "-o", "json", url=url).stdout)
+    assert as_json["dry_run"] is True and as_json["revision"] == revision
+    api.http.close()
+
+
+def test_apply_is_one_transaction_and_names_the_failing_object_at_its_line(
+    fresh_authority: AuthorityProcess, tmp_path: Path
+) -> None:
+    url = fresh_authority.url
+    run("apply", "-f", str(EXAMPLE), url=url)
+    api = Api(url)
+    tenant = api.find("endpoints", "acme", "web1")
+    assert tenant is not None
+    # by hand: an endpoint holding the address the file is about to give to a new one
+    api.ok("endpoints", {"name": "by-hand", "tenant": "acme", "epg": "web", "ip": "10.1.0.77"})
+    revision = api.revision()
+    text = EXAMPLE.read_text().replace("port: 80}", "port: 8080}")
+    newcomer = "  - {name: newcomer, tenant: acme, epg: web, host: h1, ip: 10.1.0.77}\n"
+    text = text.replace("endpoints:\n", "endpoints:\n" + newcomer, 1)
+    f = tmp_path / "s.yaml"
+    f.write_text(text)
+    line = next(i for i, x in enumerate(text.splitlines(), 1) if "newcomer" in x)
+    done = run("apply", "-f", str(f), url=url, check=False)
+    assert done.returncode == 1
+    assert f"{f}:{line}: endpoints[0]: endpoint acme/newcomer: ip[0]: address 10.1.0.77" in done.stderr
+    assert "already taken by endpoint 'by-hand'" in done.stderr and "[409 conflict]" in done.stderr
+    assert api.revision() == revision  # the contract's change before it was not committed either
+    assert api.find("contracts", "acme", "http")["rules"][0]["classifier"]["port"] == 80  # type: ignore[index]
+    api.http.close()
+
+
+def test_prune_removes_only_what_this_file_created(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:
+    url = fresh_authority.url
+    base = "tenants:\n  - name: acme\n    contracts:\n"
+    mine, other = tmp_path / "mine.yaml", tmp_path / "other.yaml"
+    mine.write_text(base + "      - {name: a}\n      - {name: b}\n")
+    other.write_text(base + "      - {name: theirs}\n")
+    run("apply", "-f", str(mine), url=url)
+    run("apply", "-f", str(other), url=url)
+    api = Api(url)
+    api.ok("contracts", {"name": "by-hand", "tenant": "acme"})
+    assert api.find("contracts", "acme", "a")["applied_by"] == f"file:{mine.resolve()}"  # type: ignore[index]
+    mine.write_text(base + "      - {name: b}\n")  # a leaves the file
+    diff = run("apply", "-f", str(mine), "--diff", "--prune", url=url).stdout
+    assert "- contract acme/a  (no longer in the file: pruned)" in diff and "1 to delete" in diff
+    assert api.find("contracts", "acme", "a") is not None
+    done = run("apply", "-f", str(mine), "--prune", url=url)
+    assert "0 created, 0 updated, 2 unchanged, 1 deleted (pruned)" in done.stdout
+    names = {c["name"] for c in api.get("/v1/contracts").json()["items"]}
+    assert names == {"b", "theirs", "by-hand"}  # the tenant stays too: the file still declares it
+    # the tenant was created by mine.yaml; other.yaml's --prune never touches it nor b
+    run("apply", "-f", str(other), "--prune", url=url)
+    assert api.find("contracts", "acme", "b") is not None
+    # stdin: the same file identity must be given
+    piped = subprocess.run(
+        [sys.executable, "-m", "policyfabric", "apply", "-f", "-", "--prune", "--authority", url],
+        input=mine.read_text(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert piped.returncode == 1 and "--prune with -f - needs --owner" in piped.stderr
+    piped = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "policyfabric",
+            "apply",
+            "-f",
+            "-",
+            "--owner",
+            f"file:{mine.resolve()}",
+            "--prune",
+            "--authority",
+            url,
+        ],
+        input=base + "      - {name: c}\n",
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert piped.returncode == 0 and "1 created, 0 updated, 1 unchanged, 1 deleted (pruned)" in piped.stdout
+    assert api.find("contracts", "acme", "b") is None and api.find("contracts", "acme", "by-hand") is not None
+    api.http.close()
+
+
+def test_delete_file_removes_what_the_file_declares_in_one_transaction(
+    fresh_authority: AuthorityProcess,
+) -> None:
+    url = fresh_authority.url
+    run("apply", "-f", str(EXAMPLE), url=url)
+    api = Api(url)
+    revision = api.revision()
+    done = run("delete", "-f", str(EXAMPLE), url=url)
+    assert "18 deleted, 0 not found" in done.stdout and "deleted tenant acme" in done.stdout
+    assert api.revision() == revision + 1
+    assert api.get("/v1/tenants").json()["items"] == []
+    assert "0 deleted, 18 not found" in run("delete", "-f", str(EXAMPLE), url=url).stdout
+    both = run("delete", "tenants", "acme", "-f", str(EXAMPLE), url=url, check=False)
+    assert both.returncode == 1 and "takes no KIND, NAME or --tenant" in both.stderr
+    api.http.close()
+
+
+# ---- conventions ----------------------------------------------------------------------------------
+
+
+def test_output_formats_and_stdin(fresh_authority: AuthorityProcess) -> None:
+    url = fresh_authority.url
+    piped = subprocess.run(
+        [sys.executable, "-m", "policyfabric", "apply", "-f", "-", "--authority", url],
+        input=EXAMPLE.read_text(),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert piped.returncode == 0 and "18 created" in piped.stdout, piped.stderr
+    names = run("get", "endpoints", "-o", "name", url=url).stdout.split()
+    assert "endpoints/acme/web1" in names
+    as_yaml = yaml.safe_load(run("get", "bd", "bd-web", "--tenant", "acme", "-o", "yaml", url=url).stdout)
+    assert as_yaml["l3_context"] == "vrf1" and as_yaml["name"] == "bd-web"
+    assert json.loads(run("get", "bd", "bd-web", "--tenant", "acme", "--json", url=url).stdout) == as_yaml
+    wide = run("get", "endpoints", "-o", "wide", url=url, COLUMNS="400").stdout
+    assert "applied_by" in wide and "revision" in wide
+    changes = json.loads(run("get", "changes", "--since", "0", "-o", "json", url=url).stdout)
+    assert {c["name"] for c in changes} >= {"web1", "acme"}
+    clash = run("get", "bd", "-o", "yaml", "--json", url=url, check=False)
+    assert clash.returncode == 1 and "disagree" in clash.stderr
+
+
+def test_options_that_do_not_apply_are_errors() -> None:
+    url = f"http://127.0.0.1:{free_port()}"  # never reached: refused before
+    for args, message in (
+        (["get", "tenants", "--tenant", "acme"], "--tenant does not apply to tenants"),
+        (["get", "agents", "--tenant", "acme"], "--tenant does not apply to agents"),
+        (["get", "endpoints", "--since", "3"], "--since applies to changes, not endpoints"),
+        (["delete", "ext-net", "public", "--tenant", "acme"], "--tenant does not apply to external-networks"),
+        (["get", "changes", "web1"], "changes have no name"),
+    ):
+        done = run(*args, url=url, check=False)
+        assert done.returncode == 1 and message in done.stderr, (args, done.stderr)
+
+
+def test_help_version_and_completion() -> None:
+    assert "Usage" in run("get", "-h").stdout
+    assert run("--version").stdout.strip().startswith("policyfabric ")
+    assert "--install-completion" in run("--help").stdout
+
+
+def test_a_url_without_scheme_or_a_stranger_server_is_one_clear_line(tmp_path: Path) -> None:
+    no_scheme = run("get", "tenants", "--authority", "127.0.0.1:8700", check=False)
+    assert no_scheme.returncode == 1 and "'127.0.0.1:8700' is not a REST URL" in no_scheme.stderr
+    port = free_port()
+    (tmp_path / "index.html").write_text("<html><body>" + "hello " * 500 + "</body></html>")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "http.server", str(port), "--bind", "127.0.0.1", "-d", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                httpx.get(f"http://127.0.0.1:{port}/", timeout=1)
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline
+                time.sleep(0.05)
+        done = run("get", "tenants", "--authority", f"http://127.0.0.1:{port}", check=False)
+    finally:
+        server.terminate()
+        server.wait(5)
+    assert done.returncode == 1 and "is not a policyfabric authority" in done.stderr
+    assert "<html" not in done.stderr and len(done.stderr.strip().splitlines()) <= 2
+
+
+def test_daemon_option_errors_are_one_line(tmp_path: Path) -> None:
+    bad = run("authority", "--db", str(tmp_path / "x.db"), "--log-level", "verbose", check=False)
+    assert bad.returncode == 1 and "Traceback" not in bad.stderr
+    assert "--log-level 'verbose': use one of debug, info, warning, error" in bad.stderr
+    both = run("agent", "--host", "h1", "--opflex", "127.0.0.1:1", "--authority", "127.0.0.1:1", check=False)
+    assert both.returncode == 1 and "give only --opflex" in both.stderr
+    assert "--opflex" in run("agent", "--help").stdout
+
+
+def test_get_agents_shows_health_and_human_times(fresh_authority: AuthorityProcess, tmp_path: Path) -> None:
+    url = fresh_authority.url
+    run("apply", "-f", str(EXAMPLE), url=url)
+    opflex = "{}:{}".format(*fresh_authority.opflex)
+    log = (tmp_path / "agent.log").open("wb")
+    agent = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "policyfabric",
+            "agent",
+            "--host",
+            "h1",
+            "--authority",
+            opflex,
+            "--dry-run",
+            "--endpoint",
+            "acme/web1",
+            "--state-dir",
+            str(tmp_path / "agent"),
+        ],
+        stdout=log,
+        stderr=log,
+    )
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            agents = json.loads(run("get", "agents", "-o", "json", url=url).stdout)
+            if agents:
+                break
+            assert time.monotonic() < deadline, (tmp_path / "agent.log").read_text()
+            time.sleep(0.2)
+        table = run("get", "agents", url=url).stdout
+    finally:
+        agent.terminate()
+        agent.wait(10)
+        log.close()
+    row = next(line for line in table.splitlines() if "h1" in line)
+    assert "healthy" in row and "s ago" in row
+    assert "deprecated" in (tmp_path / "agent.log").read_text()  # the old spelling still works, warned

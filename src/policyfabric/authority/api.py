@@ -14,7 +14,7 @@ caps request bodies before they are parsed.
 
 import logging
 from enum import Enum
-from typing import Annotated, Any, Protocol
+from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
@@ -37,10 +37,11 @@ from policyfabric.authority.access import (
 )
 from policyfabric.authority.auth import Principal, Tokens
 from policyfabric.authority.edge import BodyLimit
-from policyfabric.authority.service import Authority
+from policyfabric.authority.service import OWNER_FIELD, Authority, BatchOp
 from policyfabric.model import kinds as k
 from policyfabric.model.errors import BadRequest, Forbidden, Invalid, PolicyError, Problem
 from policyfabric.model.kinds import Kind
+from policyfabric.model.objects import SERVER_FIELDS
 from policyfabric.model.parse import check_local, parse_spec, problems_from_pydantic
 
 log = logging.getLogger(__name__)
@@ -62,6 +63,7 @@ class Revision(BaseModel):
 
 
 MAX_BATCH = 20_000
+OWNER_PATTERN = r"^[^\x00-\x1f\x7f]+$"  # printable: it shows in listings and logs
 
 
 class BatchItem(BaseModel):
@@ -69,8 +71,44 @@ class BatchItem(BaseModel):
     object: dict[str, Any] = Field(description="the object, as its collection's POST body")
 
 
+class BatchOpItem(BaseModel):
+    op: Literal["create", "update", "delete", "keep"] = Field(
+        description="create (must not exist), update (replace by name; must exist), delete, or keep "
+        "(must exist, at revision if given; writes nothing; prune spares it)"
+    )
+    kind: str = Field(description="the collection or kind: endpoints, endpoint_group, bd ...")
+    object: dict[str, Any] = Field(
+        description="create, update: the object as its collection's POST body; delete, keep: only "
+        "its name (and tenant)"
+    )
+    revision: int | None = Field(
+        None,
+        ge=0,
+        le=MAX_REVISION,
+        description="update, delete, keep: the revision the client read; 409 if the object is not at it",
+    )
+
+
 class Batch(BaseModel):
-    create: list[BatchItem] = Field(description=f"objects to create, in order (at most {MAX_BATCH})")
+    create: list[BatchItem] = Field(
+        [], description=f"objects to create, in order (at most {MAX_BATCH}); the older form of items"
+    )
+    items: list[BatchOpItem] = Field(
+        [],
+        description=f"creates, updates and deletes (at most {MAX_BATCH}): deletes run first, then the "
+        "rest in order; all or nothing",
+    )
+    dry_run: bool = Field(False, description="check everything and say what would change; write nothing")
+    owner: str | None = Field(
+        None,
+        min_length=1,
+        max_length=256,
+        pattern=OWNER_PATTERN,
+        description="recorded as applied_by on every object this batch creates (apply: the file)",
+    )
+    prune: bool = Field(
+        False, description="also delete every object created by `owner` that no item names (needs owner)"
+    )
 
 
 def parse_batch(body: Batch) -> list[tuple[Kind, Any]]:
@@ -93,6 +131,64 @@ def parse_batch(body: Batch) -> list[tuple[Kind, Any]]:
     if problems:
         raise Invalid.of(problems)
     return items
+
+
+def _label(kind: Kind, data: dict[str, Any]) -> str:
+    name, tenant = data.get("name"), data.get("tenant")
+    return f"{kind} {tenant}/{name}" if kind.scoped and tenant else f"{kind} {name}"
+
+
+def _key_of(kind: Kind, data: dict[str, Any]) -> tuple[str | None, str]:
+    """A delete item's tenant and name (all it carries)."""
+    problems = [
+        Problem(f, "unknown field (a delete names its object: name, and tenant)")
+        for f in data
+        if f not in ("name", "tenant", *SERVER_FIELDS)
+    ]
+    name, tenant = data.get("name"), data.get("tenant")
+    if not isinstance(name, str) or not name:
+        problems.append(Problem("name", "field required: the name of the object to delete"))
+    if kind.scoped and (not isinstance(tenant, str) or not tenant):
+        problems.append(Problem("tenant", f"field required: a {kind} lives in a tenant"))
+    if problems:
+        raise Invalid.of(problems)
+    return (str(tenant) if kind.scoped else None), str(name)
+
+
+def parse_ops(body: Batch) -> list[BatchOp]:
+    """Each item as a ``BatchOp``; every problem of every item in one 422, each field prefixed
+    with its item (``items[2].ip[0]``) and each message naming the object."""
+    if body.create and body.items:
+        raise Invalid("a batch has either create (the older form) or items, not both", "items")
+    if len(body.items) > MAX_BATCH:
+        raise Invalid(f"a batch holds at most {MAX_BATCH} objects, not {len(body.items)}", "items")
+    if body.prune and body.owner is None:
+        raise Invalid("prune deletes what an owner created: give the owner", "owner")
+    ops, problems = [], []
+    for i, item in enumerate(body.items):
+        where = f"items[{i}]"
+        kind = k.lookup(item.kind)
+        if kind is None:
+            problems.append(Problem(f"{where}.kind", f"{where}: {item.kind!r} is not a kind of object"))
+            continue
+        if item.op == "create" and item.revision is not None:
+            problems.append(Problem(f"{where}.revision", f"{where}: a create expects no revision"))
+        try:
+            if item.op in ("delete", "keep"):
+                tenant, name = _key_of(kind, item.object)
+                ops.append(BatchOp(item.op, kind, tenant, name, None, item.revision, where))
+            else:
+                spec = parse_spec(kind, item.object)
+                ops.append(BatchOp(item.op, kind, spec.scope, spec.name, spec, item.revision, where))
+        except PolicyError as err:
+            label = _label(kind, item.object)
+            problems += [
+                Problem(f"{where}.{p.field}" if p.field else where, f"{where} ({label}): {p.message}")
+                for p in err.problems
+            ]
+    if problems:
+        raise Invalid.of(problems)
+    return ops
 
 
 ERRORS: dict[int | str, dict[str, Any]] = {
@@ -119,7 +215,14 @@ def error_response(err: PolicyError) -> JSONResponse:
 
 
 def _out_model(kind: Kind) -> type[BaseModel]:
-    fields: dict[str, Any] = {"id": (str, ...), "revision": (int, ...)}
+    fields: dict[str, Any] = {
+        "id": (str, ...),
+        "revision": (int, ...),
+        OWNER_FIELD: (
+            str | None,
+            Field(None, description="the batch owner (the file `apply` read) that created it, if any"),
+        ),
+    }
     if kind is k.ENDPOINT:
         fields["status"] = (str, Field(description="DOWN until an agent has its flows installed"))
     return create_model(f"{kind.spec.__name__}Out", __base__=kind.spec, **fields)
@@ -285,10 +388,12 @@ def create_app(
         "/v1/batch",
         tags=["meta"],
         status_code=201,
-        summary="Create many objects in one transaction (all or nothing)",
-        responses=ERRORS,
+        summary="Create, update and delete many objects in one transaction (all or nothing)",
+        responses={200: {"description": "items: what was done (or, dry run, would be)"}, **ERRORS},
     )
     def batch(body: Batch, who: Annotated[Principal, Depends(access.writer(None))]) -> JSONResponse:
+        if body.items or body.dry_run or body.prune or body.owner is not None:
+            return _batch_items(body, who)
         items = parse_batch(body)
         for i, (kind, spec) in enumerate(items):
             try:
@@ -302,6 +407,38 @@ def create_app(
         summary = {"name": f"{len(created)} objects ({', '.join(kinds)})"}
         audit(who, "POST", "batch", summary, revision)
         return JSONResponse({"created": created, "revision": revision}, status_code=201)
+
+    def _batch_items(body: Batch, who: Principal) -> JSONResponse:
+        ops = parse_ops(body)
+        for op in ops:
+            if op.op == "keep":
+                continue  # writes nothing: what the caller may see is the service's check (scope)
+            try:
+                guarded(who, "POST", "/v1/batch", who.check_write, op.kind, op.tenant)
+            except Forbidden as err:
+                raise Forbidden(
+                    f"{op.where} ({op.label}): {err.message}", f"{op.where}.{err.field or 'kind'}"
+                ) from None
+
+        def may_delete(kind: Kind, tenant: str | None, name: str) -> None:
+            guarded(who, "POST", "/v1/batch", who.check_write, kind, tenant)
+
+        done = authority.batch(
+            ops,
+            scope=who.tenant,
+            owner=body.owner,
+            prune=body.prune,
+            dry_run=body.dry_run,
+            may_delete=may_delete,
+        )
+        if done.written:
+            counts: dict[str, int] = {}
+            for item in done.items:
+                counts[item["action"]] = counts.get(item["action"], 0) + 1
+            what = ", ".join(f"{n} {action}" for action, n in counts.items() if action != "unchanged")
+            audit(who, "POST", "batch", {"name": what}, done.revision)
+        answer = {"items": done.items, "revision": done.revision, "dry_run": body.dry_run}
+        return JSONResponse(answer, status_code=200)
 
     @app.get("/v1/agents", tags=["opflex"], summary="Policy agents known to this authority", responses=ERRORS)
     def agents(who: Caller) -> dict[str, Any]:

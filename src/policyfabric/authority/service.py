@@ -10,6 +10,10 @@ logged by their caller (the REST API's audit line says who asked).
 with one does not name it. ``expect`` (a revision) refuses a replace or delete
 of an object changed since the caller read it (optimistic concurrency): the
 check runs inside the write transaction, so no other write slips in between.
+
+``batch`` runs many creates, updates and deletes (by kind and name) in one transaction, all or
+nothing, optionally as a dry run (everything is checked and the answer says what would change,
+then the transaction is rolled back). It is what ``policyfabric apply`` sends.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ import uuid
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Literal
 
 from policyfabric.authority import changelog
 from policyfabric.authority.auth import visible
@@ -31,7 +35,7 @@ from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
 from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound, PolicyError, Problem
 from policyfabric.model.kinds import Kind
-from policyfabric.model.objects import keep_omitted
+from policyfabric.model.objects import SERVER_FIELDS, keep_omitted
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
 from policyfabric.model.types import generate_mac
 from policyfabric.store.base import Change, ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn
@@ -67,6 +71,86 @@ class EndpointState:
     # A binding: write only while the stored host is still this one (what the declaration was
     # checked against). An operator's move that lands first wins; the registry then withdraws it.
     if_host: tuple[str | None] | None = None
+
+
+# The record field naming the owner (a batch's ``owner``: the file ``apply`` read) of an object
+# that batch created. Set once, at creation; updates keep it; ``prune`` deletes by it.
+OWNER_FIELD = "applied_by"
+BatchAction = Literal["create", "update", "delete", "keep"]
+
+
+@dataclass(frozen=True)
+class BatchOp:
+    """One item of a batch: create or update ``spec``, delete the object ``tenant/name``, or keep
+    it (``keep``: it must exist, at ``revision`` if given; nothing is written, and prune spares it).
+    ``revision``: the revision the caller read; the item is refused (409) if the object is not
+    at it any more. ``where`` names the item in errors (``items[3]``)."""
+
+    op: BatchAction
+    kind: Kind
+    tenant: str | None
+    name: str
+    spec: o.Spec | None = None
+    revision: int | None = None
+    where: str = ""
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind} {self.tenant}/{self.name}" if self.tenant else f"{self.kind} {self.name}"
+
+
+@dataclass
+class BatchResult:
+    """What a batch did (or, dry run, would do): one entry per object it touched, in the order
+    it touched them (deletes first), and the revision it wrote (or, if it wrote nothing or was
+    a dry run, the revision it read)."""
+
+    items: list[dict[str, Any]]
+    revision: int
+    written: bool
+    read_at: int = 0
+
+
+class _Rollback(Exception):
+    """Raised inside a dry run's write transaction to roll it back, carrying the answer."""
+
+    def __init__(self, result: BatchResult) -> None:
+        super().__init__("dry run")
+        self.result = result
+
+
+@contextmanager
+def _naming(op: BatchOp) -> Iterator[None]:
+    """An error of an item names the item and its object: ``items[3] (endpoint acme/web1): ...``
+    with the field ``items[3].ip[0]``."""
+    try:
+        yield
+    except PolicyError as err:
+        prefix = f"{op.where} ({op.label}): "
+        err.message = prefix + err.message
+        err.field = f"{op.where}.{err.field}" if err.field else op.where
+        err.problems = [
+            Problem(f"{op.where}.{p.field}" if p.field else op.where, prefix + p.message)
+            for p in err.problems
+        ]
+        raise
+
+
+def _fields(data: dict[str, Any]) -> dict[str, Any]:
+    """What an operator declares of a stored object (not the server's fields, not its key)."""
+    return {f: v for f, v in data.items() if f not in SERVER_FIELDS and f not in ("name", "tenant")}
+
+
+def diff(old: dict[str, Any] | None, new: dict[str, Any]) -> builtins.list[dict[str, Any]]:
+    """Each top-level field whose value differs, as ``{field, from, to}``; for a creation
+    (``old`` None) every field with a value."""
+    before, after = _fields(old or {}), _fields(new)
+    names = list(after) + [f for f in before if f not in after]
+    return [
+        {"field": f, "from": before.get(f), "to": after.get(f)}
+        for f in names
+        if before.get(f) != after.get(f) and not (old is None and after.get(f) in (None, [], {}))
+    ]
 
 
 def render(record: Record) -> dict[str, Any]:
@@ -152,7 +236,149 @@ class Authority:
                     raise
         return [render(r) for r in records]
 
-    def _create(self, txn: WriteTxn, view: TxnView, kind: Kind, spec: o.Spec, scope: str | None) -> Record:
+    def batch(
+        self,
+        ops: Sequence[BatchOp],
+        *,
+        scope: str | None = None,
+        owner: str | None = None,
+        prune: bool = False,
+        dry_run: bool = False,
+        may_delete: Callable[[Kind, str | None, str], None] | None = None,
+    ) -> BatchResult:
+        """Run ``ops`` in one transaction, all or nothing.
+
+        Deletes run first, then creates and updates in the order given (a later item may refer
+        to an earlier one). A deleted object's users are checked at the end, against what the
+        transaction leaves: a batch may delete an object and, in the same batch, move its users
+        elsewhere. ``owner`` is recorded (``applied_by``) on every object the batch creates;
+        ``prune`` (with ``owner``) also deletes each object ``owner`` created that no item names.
+        ``may_delete(kind, tenant, name)`` is asked before a pruned object is deleted (the
+        caller's authorization). ``dry_run``: every check runs, nothing is committed."""
+        try:
+            with self._writing() as txn:
+                result = self._batch(txn, ops, scope, owner, prune, may_delete)
+                if dry_run:
+                    raise _Rollback(BatchResult(result.items, result.read_at, False, result.read_at))
+        except _Rollback as done:
+            return done.result
+        return result
+
+    def _batch(
+        self,
+        txn: WriteTxn,
+        ops: Sequence[BatchOp],
+        scope: str | None,
+        owner: str | None,
+        prune: bool,
+        may_delete: Callable[[Kind, str | None, str], None] | None,
+    ) -> BatchResult:
+        start = txn.revision()
+        view = TxnView(txn, self.cache)
+        results: builtins.list[dict[str, Any]] = []
+
+        def note(op: BatchOp, action: str, record: Record, changes: builtins.list[dict[str, Any]]) -> None:
+            results.append(
+                {
+                    "op": op.op,
+                    "action": action,
+                    "kind": op.kind.collection,
+                    "tenant": op.tenant,
+                    "name": op.name,
+                    "id": record.id,
+                    "revision": record.revision if action != "deleted" else None,
+                    "changes": changes,
+                    **({"item": op.where} if op.where != "prune" else {"pruned": True}),
+                }
+            )
+
+        deletes = [op for op in ops if op.op == "delete"]
+        if prune and owner is not None:
+            named = {(op.kind.name, op.tenant, op.name) for op in ops}
+            deletes += self._prunable(txn, owner, named, scope)
+        deleted: builtins.list[tuple[BatchOp, Obj]] = []
+        for op in deletes:
+            with _naming(op):
+                record = self._named(txn, op, scope)
+                if op.where == "prune" and may_delete is not None:
+                    may_delete(op.kind, op.tenant, op.name)
+                obj = view.obj(record)
+                txn.delete(record)
+                view.forget()
+                deleted.append((op, obj))
+                note(op, "deleted", record, [])
+        for op in ops:
+            if op.op == "delete":
+                continue
+            with _naming(op):
+                if op.op == "keep":
+                    note(op, "unchanged", self._named(txn, op, scope), [])
+                    continue
+                assert op.spec is not None, "a create or update carries its spec"
+                if op.op == "create":
+                    extra = {OWNER_FIELD: owner} if owner is not None else {}
+                    made = self._create(txn, view, op.kind, op.spec, scope, extra)
+                    note(op, "created", made, diff(None, made.data))
+                else:
+                    current = self._named(txn, op, scope)
+                    record = self._update(txn, view, current, op.spec, scope)
+                    action = "unchanged" if record is current else "updated"
+                    note(op, action, record, diff(current.data, record.data) if record is not current else [])
+        for op, obj in deleted:
+            if view.find(obj.kind, obj.spec.scope, obj.spec.name) is not None:
+                continue  # deleted and created again by this batch: its users refer to the new one
+            users = [d for d in dependents(obj, view) if d.id != obj.id]
+            if users:
+                with _naming(op):
+                    raise InUse(f"{obj.label} is in use by {describe(users)}: delete or change those too")
+        written = bool(txn.logged)
+        return BatchResult(results, txn.logged[-1].revision if written else start, written, start)
+
+    @staticmethod
+    def _named(txn: ReadTxn, op: BatchOp, scope: str | None) -> Record:
+        """The object a batch item names (by kind, tenant and name), at the revision it expects."""
+        record = txn.find(op.kind.name, op.tenant, op.name)
+        if record is None or not visible(scope, op.kind.name, record.tenant, record.name):
+            if op.revision is not None:
+                raise Conflict(
+                    f"it no longer exists: deleted since you read it at revision {op.revision}", "revision"
+                )
+            raise NotFound(
+                f"no {op.kind} named {op.name!r}" + (f" in tenant {op.tenant!r}" if op.tenant else "")
+            )
+        if op.revision is not None and op.revision != record.revision:
+            raise Conflict(
+                f"it is at revision {record.revision}, not {op.revision} as this batch expects: it changed "
+                "since you read it; read it again and retry",
+                "revision",
+            )
+        return record
+
+    @staticmethod
+    def _prunable(
+        txn: ReadTxn, owner: str, named: set[tuple[str, str | None, str]], scope: str | None
+    ) -> builtins.list[BatchOp]:
+        """Deletes of the objects ``owner`` created that the batch does not name (dependents first)."""
+        found = []
+        for kind in reversed(k.ORDER):
+            for r in txn.list(kind.name):
+                if (
+                    r.data.get(OWNER_FIELD) == owner
+                    and (kind.name, r.tenant, r.name) not in named
+                    and visible(scope, kind.name, r.tenant, r.name)
+                ):
+                    found.append(BatchOp("delete", kind, r.tenant, r.name, where="prune"))
+        return found
+
+    def _create(
+        self,
+        txn: WriteTxn,
+        view: TxnView,
+        kind: Kind,
+        spec: o.Spec,
+        scope: str | None,
+        extra: dict[str, Any] | None = None,
+    ) -> Record:
         if view.find(kind, spec.scope, spec.name) is not None:
             where = f" in tenant {spec.scope!r}" if spec.scope else ""
             raise Conflict(f"a {kind} named {spec.name!r} already exists{where}", "name")
@@ -165,36 +391,45 @@ class Authority:
         if kind.name in ALLOCATED:
             counter, base = ALLOCATED[kind.name]
             data[counter] = base + txn.next_sequence(counter)
+        data.update(extra or {})
         return self._put(txn, view, obj, data, claims, "create", scope)
 
     def replace(
         self, kind: Kind, id: str, spec: o.Spec, *, scope: str | None = None, expect: int | None = None
     ) -> dict[str, Any]:
         with self._writing() as txn:
-            view = TxnView(txn, self.cache)
             current = self._existing(txn, kind, id, scope, expect)
-            old = view.obj(current)
-            spec = keep_omitted(spec, old.spec)
-            if spec.scope != old.spec.scope:
-                raise Invalid(
-                    f"an object cannot move between tenants ({old.spec.scope!r} -> {spec.scope!r}): "
-                    "create it in the new tenant instead",
-                    "tenant",
-                )
-            if spec.model_dump() == old.spec.model_dump():
-                return render(current)  # nothing changes: no new revision
-            if spec.name != old.spec.name:
-                self._check_rename(view, old, spec)
-            spec = self._fill_generated(txn, spec)
-            new = Obj(kind, id, spec)
-            claims = validate(new, view)
-            structural = any(getattr(spec, f) != getattr(old.spec, f) for f in spec.STRUCTURAL)
-            affected = dependents_closure(old, view) if structural else []
-            data = {**current.data, **spec.model_dump(mode="json")}
-            record = self._put(txn, view, new, data, claims, "update", scope)
-            if structural:
-                self._recheck(txn, view, new, affected + dependents_closure(new, view), scope)
+            record = self._update(txn, TxnView(txn, self.cache), current, spec, scope)
         return render(record)
+
+    def _update(
+        self, txn: WriteTxn, view: TxnView, current: Record, spec: o.Spec, scope: str | None
+    ) -> Record:
+        """Replace ``current`` by ``spec`` (omitted server-filled fields kept); ``current`` itself
+        when nothing changes (no new revision)."""
+        kind = k.BY_NAME[current.kind]
+        old = view.obj(current)
+        spec = keep_omitted(spec, old.spec)
+        if spec.scope != old.spec.scope:
+            raise Invalid(
+                f"an object cannot move between tenants ({old.spec.scope!r} -> {spec.scope!r}): "
+                "create it in the new tenant instead",
+                "tenant",
+            )
+        if spec.model_dump() == old.spec.model_dump():
+            return current  # nothing changes: no new revision
+        if spec.name != old.spec.name:
+            self._check_rename(view, old, spec)
+        spec = self._fill_generated(txn, spec)
+        new = Obj(kind, current.id, spec)
+        claims = validate(new, view)
+        structural = any(getattr(spec, f) != getattr(old.spec, f) for f in spec.STRUCTURAL)
+        affected = dependents_closure(old, view) if structural else []
+        data = {**current.data, **spec.model_dump(mode="json")}
+        record = self._put(txn, view, new, data, claims, "update", scope)
+        if structural:
+            self._recheck(txn, view, new, affected + dependents_closure(new, view), scope)
+        return record
 
     def delete(
         self, kind: Kind, id: str, *, scope: str | None = None, expect: int | None = None

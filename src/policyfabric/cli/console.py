@@ -3,21 +3,30 @@
 from __future__ import annotations
 
 import logging
+import os
 import sys
 
 import typer
 from rich.console import Console
 
-out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, width=None if sys.stderr.isatty() else 160)
+# Not a terminal: $COLUMNS if set (``-o wide`` into a file), else 160 (rich's 80 cuts tables).
+PIPE_WIDTH = int(os.environ["COLUMNS"]) if os.environ.get("COLUMNS", "").isdigit() else 160
+out = Console(width=None if sys.stdout.isatty() else PIPE_WIDTH)
+err = Console(stderr=True, width=None if sys.stderr.isatty() else PIPE_WIDTH)
 
 
 def fail(message: str, code: int = 1) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {message}", highlight=False)
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)  # one line, never cut
     return typer.Exit(code)
 
 
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
 def setup_logging(level: str) -> None:
+    """Log to stderr at ``level``; an unknown level is a one-line error naming the valid ones."""
+    if level.lower() not in LOG_LEVELS:
+        raise fail(f"--log-level {level!r}: use one of {', '.join(LOG_LEVELS)}")
     logging.basicConfig(
         level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",

@@ -5,6 +5,8 @@ start fast and never load the agent or the authority."""
 from __future__ import annotations
 
 import contextlib
+import errno
+import socket
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -131,20 +133,53 @@ def authority(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
+    _check_free(*settings.listen)
     try:
         serve(settings)
     except StartupError as exc:
         raise fail(str(exc)) from None
 
 
+def _check_free(host: str, port: int) -> None:
+    """Refuse a REST address another process listens on, before anything starts or logs (uvicorn
+    would log its own raw error after the authority had announced itself)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise fail(
+                    f"cannot listen for REST on {host}:{port}: address already in use (another authority? "
+                    "choose another with --listen)"
+                ) from None
+            if exc.errno == errno.EADDRNOTAVAIL:
+                raise fail(
+                    f"cannot listen for REST on {host}:{port}: no interface has that address"
+                ) from None
+            raise fail(f"cannot listen for REST on {host}:{port}: {exc.strerror}") from None
+
+
 def agent(
     host: Annotated[str, typer.Option(help="This host's name: the agent's OpFlex name.")],
-    authority_addr: Annotated[
-        str,
+    opflex: Annotated[
+        str | None,
         typer.Option(
-            "--authority", help="OpFlex HOST:PORT of the authority; several, comma-separated, to fail over."
+            "--opflex",
+            help="OpFlex HOST:PORT of the authority; several, comma-separated, to fail over. "
+            "[default: 127.0.0.1:8009]",
+            show_default=False,
         ),
-    ] = "127.0.0.1:8009",
+    ] = None,
+    authority_addr: Annotated[
+        str | None,
+        typer.Option(
+            "--authority",
+            hidden=True,
+            help="Deprecated spelling of --opflex (--authority is the REST URL everywhere else).",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option(help="No dataplane: resolve, declare and print what the agent would hold.")
     ] = False,
@@ -204,10 +239,19 @@ def agent(
     from policyfabric.opflex.tls import client_context
 
     setup_logging(log_level)
+    if authority_addr is not None:
+        if opflex is not None:
+            raise fail("--authority is the old spelling of --opflex: give only --opflex")
+        err.print(
+            "[yellow]warning: agent --authority is deprecated and will be removed: it is --opflex now "
+            "(--authority is the REST URL for every other command)[/]",
+            highlight=False,
+        )
+    address = opflex or authority_addr or "127.0.0.1:8009"
     try:
-        peers = parse_peers(authority_addr)
+        peers = parse_peers(address)
     except ValueError as exc:
-        raise fail(f"--authority: {exc}") from None
+        raise fail(f"--opflex: {exc}") from None
     eps = []
     for item in endpoint or []:
         tenant, sep, name = item.partition("/")

@@ -129,7 +129,10 @@ def up_cmd(
     state: StateOpt = DEFAULT_STATE,
     authority: Annotated[
         str | None,
-        typer.Option(help="Use a running authority: REST URL and OpFlex address, 'http://H:P,H:P'."),
+        typer.Option(help="Use a running authority: its REST URL (with --opflex: its OpFlex address)."),
+    ] = None,
+    opflex: Annotated[
+        str | None, typer.Option(help="OpFlex HOST:PORT of the --authority, for the lab's agents.")
     ] = None,
     token: Annotated[
         str | None,
@@ -147,10 +150,12 @@ def up_cmd(
         os.environ["POLICYFABRIC_TOKEN"] = token  # the lab's REST clients take it from there
     existing: tuple[str, str] | None = None
     if authority:
-        url, _, opflex = authority.partition(",")
-        if not opflex:
-            raise typer.BadParameter("write URL,OPFLEX e.g. http://127.0.0.1:8080,127.0.0.1:8009")
-        existing = (url, opflex)
+        url, _, old_opflex = authority.partition(",")  # the older form: --authority URL,OPFLEX
+        if not (opflex or old_opflex) or (opflex and old_opflex):
+            raise typer.BadParameter("give the REST URL and the OpFlex address: --authority URL --opflex H:P")
+        existing = (url, opflex or old_opflex)
+    elif opflex:
+        raise typer.BadParameter("--opflex goes with --authority (without them the lab starts its own)")
     try:
         scenario = sc.load(file)
         checked_plan(scenario)

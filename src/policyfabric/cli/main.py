@@ -1,36 +1,49 @@
 """The `policyfabric` command line: the app, and the commands that talk to the authority's REST
 API (check, apply, get, delete). The daemons (authority, agent) are in ``cli.daemons``, the lab
-in ``cli.lab``, the demo in ``cli.demo``; this module registers them all."""
+in ``cli.lab``, the demo in ``cli.demo``; this module registers them all.
+
+Conventions (as kubectl and the OpenStack CLI have them): ``-h``/``--help`` everywhere,
+``--version``, shell completion (``--install-completion``), ``-o json|yaml|wide|name`` on what
+lists (``--json`` kept as ``-o json``), ``-f -`` for standard input, ``--authority`` is always
+the REST URL, and an option that does not apply to what was asked is an error, not ignored.
+"""
 
 from __future__ import annotations
 
-import json
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
 from policyfabric import __version__
 from policyfabric.cli import daemons
 from policyfabric.cli.console import err, fail, out
-from policyfabric.cli.tables import objects_table
+from policyfabric.cli.tables import agents_table, changes_table, dump, faults_table, objects_table
 from policyfabric.client import DEFAULT_URL, ApiError, Client, Unreachable
 from policyfabric.client import apply as applying
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
+CONTEXT = {"help_option_names": ["-h", "--help"]}
 app = typer.Typer(
     name="policyfabric",
     help="policyfabric: declare network intent at a Policy Authority; agents enforce it.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,
+    context_settings=CONTEXT,
     pretty_exceptions_enable=False,
 )
 AuthorityUrl = Annotated[
     str,
-    typer.Option("--authority", envvar="POLICYFABRIC_URL", help="REST URL of the Policy Authority."),
+    typer.Option(
+        "--authority",
+        envvar="POLICYFABRIC_URL",
+        help="REST URL of the Policy Authority (http(s)://HOST:PORT).",
+    ),
 ]
 Token = Annotated[
     str | None,
@@ -42,12 +55,63 @@ Token = Annotated[
         "a command line is visible to other users).",
     ),
 ]
-FileArg = Annotated[Path, typer.Option("-f", "--file", help="Scenario file (YAML, see docs/scenario.md).")]
+FileArg = Annotated[
+    Path, typer.Option("-f", "--file", help="Scenario file (YAML, see docs/scenario.md); - reads stdin.")
+]
+
+
+class Output(StrEnum):
+    table = "table"
+    wide = "wide"
+    json = "json"
+    yaml = "yaml"
+    name = "name"
+
+
+OutputOpt = Annotated[
+    Output | None,
+    typer.Option(
+        "-o", "--output", help="table (default), wide (every field), json, yaml, or name (kind/tenant/name)."
+    ),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Same as -o json.")]
+
+
+def _output(output: Output | None, as_json: bool) -> Output:
+    if as_json and output not in (None, Output.json):
+        raise fail(f"--json and -o {output.value if output else ''} disagree: give one of them")
+    return Output.json if as_json else (output or Output.table)
+
+
+def _show_version(value: bool) -> None:
+    if value:
+        out.print(f"policyfabric {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
+    ] = False,
+) -> None:
+    """policyfabric: declare network intent at a Policy Authority; agents enforce it."""
 
 
 app.command()(daemons.authority)
 app.command()(daemons.agent)
 app.command()(daemons.renderers)
+
+
+@contextmanager
+def connected(url: str, token: str | None) -> Iterator[Client]:
+    """A client of the authority at ``url``; what cannot reach it, or is refused, is one red line."""
+    try:
+        with Client(url, token=token or "") as client:
+            yield client
+    except (Unreachable, ApiError) as exc:
+        raise fail(str(exc)) from None
 
 
 @app.command()
@@ -56,11 +120,15 @@ def version() -> None:
     out.print(f"policyfabric {__version__}")
 
 
-def _load_checked(path: Path) -> sc.Scenario:
+def _load(path: Path) -> sc.Scenario:
     try:
-        scenario = sc.load(path)
+        return sc.load(path)
     except sc.ScenarioError as exc:
         raise fail(str(exc)) from None
+
+
+def _load_checked(path: Path) -> sc.Scenario:
+    scenario = _load(path)
     problems = sc.check(scenario)
     if problems:
         for problem in problems:
@@ -73,118 +141,325 @@ def _load_checked(path: Path) -> sc.Scenario:
 def check(file: FileArg) -> None:
     """Validate a scenario file offline, with the authority's own validator.
 
-    Prints every problem as FILE:LINE: PATH: MESSAGE and exits 1 if there is any.
+    Prints every problem of the file in one pass as FILE:LINE: PATH: MESSAGE (the intent, duplicate
+    keys, and the lab sections: hosts, endpoints' hosts, external_hosts, expect) and exits 1 if
+    there is any.
     """
     scenario = _load_checked(file)
     out.print(f"{file}: OK ({len(scenario.entries)} objects)")
 
 
+def _label(kind: k.Kind, body: dict[str, Any]) -> str:
+    return f"{kind} {body.get('tenant')}/{body['name']}" if kind.scoped else f"{kind} {body['name']}"
+
+
+def _refused(path: Path, exc: applying.Refused, what: str) -> typer.Exit:
+    """The authority's refusal, at the line of the object it names."""
+    step, error = exc.step, exc.error
+    if step is None:
+        return fail(f"the authority refused {what}: {error}; nothing was changed")
+    field = f"{error.field}: " if error.field else ""
+    line = step.entry.line(error.field)
+    err.print(
+        f"{path}:{line}: {step.entry.path}: {_label(step.entry.kind, step.body)}: {field}{error.message} "
+        f"[{error.status} {error.code}]",
+        highlight=False,
+        soft_wrap=True,
+    )
+    if isinstance(exc, applying.Changed):
+        return fail("it changed at the authority after apply read it; nothing was applied: run apply again")
+    return fail(f"the authority refused {what}; nothing was changed")
+
+
+def _owner(file: Path, owner: str | None) -> str | None:
+    """Who the objects apply creates belong to (``applied_by``): --owner, else the file's path."""
+    if owner is not None:
+        return owner
+    return None if str(file) == sc.STDIN else f"file:{file.resolve()}"
+
+
+def _summary(result: applying.Result, prune: bool, verb: tuple[str, str, str, str]) -> str:
+    text = ", ".join(
+        f"{result.total(a)} {w}" for a, w in zip(("create", "update", "unchanged"), verb, strict=False)
+    )
+    return text + (f", {result.total('delete')} {verb[3]}" if prune else "")
+
+
+def _leaves(value: Any, path: str) -> dict[str, Any]:
+    """``{"rules[0].classifier.port": 80, ...}``: a nested value by its leaves' paths."""
+    if isinstance(value, dict) and value:
+        return {p: v for key, item in value.items() for p, v in _leaves(item, f"{path}.{key}").items()}
+    if isinstance(value, list) and value and any(isinstance(x, (dict, list)) for x in value):
+        return {p: v for i, item in enumerate(value) for p, v in _leaves(item, f"{path}[{i}]").items()}
+    return {path: value}
+
+
+def _field_changes(change: dict[str, Any], created: bool) -> list[str]:
+    """One line per leaf that differs: ``rules[0].classifier.port: 80 -> 8080``."""
+    before = {} if created else _leaves(change["from"], change["field"])
+    after = _leaves(change["to"], change["field"])
+    lines = []
+    for path in [*after, *(p for p in before if p not in after)]:
+        old, new = before.get(path), after.get(path)
+        if created:
+            lines.append(f"{path}: {_show(new)}")
+        elif old != new:
+            lines.append(f"{path}: {_show(old)} -> {_show(new)}")
+    return lines
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "(none)"
+    return ", ".join(map(str, value)) if isinstance(value, list) else str(value)
+
+
+def _print_diff(result: applying.Result, steps: list[applying.Step]) -> None:
+    """Each object that would change, with each field: + created, ~ updated, - deleted."""
+    lines = {(s.entry.kind.collection, s.body.get("tenant"), s.body["name"]): s for s in steps}
+    marks = {"created": ("+", "green"), "updated": ("~", "yellow"), "deleted": ("-", "red")}
+    for item in result.items:
+        if item["action"] not in marks:
+            continue
+        mark, colour = marks[item["action"]]
+        kind = k.lookup(item["kind"])
+        name = f"{item['tenant']}/{item['name']}" if item.get("tenant") else item["name"]
+        step = lines.get((item["kind"], item.get("tenant"), item["name"]))
+        where = f"  (line {step.entry.line(None)})" if step else "  (no longer in the file: pruned)"
+        out.print(f"[{colour}]{mark} {kind or item['kind']} {name}[/]{where}", highlight=False)
+        for change in item["changes"]:
+            for line in _field_changes(change, item["action"] == "created"):
+                out.print(f"    {line}", highlight=False)
+
+
 @app.command("apply")
-def apply_(file: FileArg, authority: AuthorityUrl = DEFAULT_URL, token: Token = None) -> None:
-    """Create or update, by name, every object a scenario file declares (idempotent).
+def apply_(
+    file: FileArg,
+    diff: Annotated[
+        bool,
+        typer.Option(
+            "--diff", help="Show what would change, field by field (the authority's dry run); write nothing."
+        ),
+    ] = False,
+    prune: Annotated[
+        bool,
+        typer.Option(
+            "--prune",
+            help="Also delete the objects this file created (applied_by) that it no longer declares; "
+            "objects created by hand or by another file are never pruned.",
+        ),
+    ] = False,
+    owner: Annotated[
+        str | None,
+        typer.Option(
+            help="The identity recorded on the objects this apply creates (applied_by) and that --prune "
+            "deletes by. Default: file:ABSOLUTE-PATH of the file (needed with -f - and --prune).",
+        ),
+    ] = None,
+    output: OutputOpt = None,
+    authority: AuthorityUrl = DEFAULT_URL,
+    token: Token = None,
+) -> None:
+    """Create or update, by name, every object a scenario file declares: ONE transaction, all or nothing.
 
-    The file is checked offline first; nothing is sent if it has problems.
-    Objects are never deleted by apply. An object someone changes while apply
-    runs is not overwritten: apply stops and says so; run it again.
+    The file is checked offline first; nothing is sent if it has problems. Every object carries
+    the revision apply read: one changed meanwhile is refused (409), and nothing is applied.
+    Objects the file no longer declares stay, unless --prune. A file applied twice changes nothing.
     """
+    if output not in (None, Output.table, Output.json, Output.yaml):
+        raise fail(f"-o {output.value if output else ''}: apply prints a table, json or yaml")
+    who = _owner(file, owner)
+    if prune and who is None:
+        raise fail("--prune with -f - needs --owner: the identity the objects were applied with")
     scenario = _load_checked(file)
-    with Client(authority, token=token or "") as client:
+    with connected(authority, token) as client:
+        steps = applying.plan(scenario, client)
         try:
-            steps = applying.plan(scenario, client)
-            with Progress(
-                TextColumn("[bold]applying[/]"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TextColumn("{task.description}"),
-                console=err,
-                transient=True,
-            ) as bar:
-                task = bar.add_task("", total=len(steps))
-
-                def progress(step: applying.Step) -> None:
-                    bar.update(
-                        task, advance=1, description=f"{step.action} {step.entry.kind} {step.body['name']}"
-                    )
-
-                result = applying.execute(steps, client, progress)
-            revision = client.revision()
-        except Unreachable as exc:
-            raise fail(str(exc)) from None
-        except applying.Changed as exc:
-            raise fail(f"{exc}. Objects before it were applied, none after: run apply again") from None
-        except ApiError as exc:
-            raise fail(f"the authority refused a change: {exc}") from None
-    table = Table(title=f"{file} -> {authority} (revision {revision})")
-    for column in ("kind", "created", "updated", "unchanged"):
+            result = applying.execute(steps, client, dry_run=diff, owner=who, prune=prune)
+        except applying.Refused as exc:
+            raise _refused(file, exc, "a change") from None
+    if output in (Output.json, Output.yaml):
+        print(dump({"items": result.items, "revision": result.revision, "dry_run": diff}, output.value))
+        return
+    if diff:
+        _print_diff(result, steps)
+        verbs = ("to create", "to update", "unchanged", "to delete")
+        out.print(
+            _summary(result, prune, verbs)
+            + f" (a dry run at revision {result.revision}: nothing was written)"
+        )
+        return
+    table = Table(title=f"{file} -> {authority} (revision {result.revision})")
+    columns = ("kind", "created", "updated", "unchanged", *(("deleted",) if prune else ()))
+    for column in columns:
         table.add_column(column, justify="left" if column == "kind" else "right")
     for kind in k.ORDER:
         counts = result.counts.get(kind.name)
         if counts:
-            table.add_row(kind.collection, *(str(counts[a]) for a in ("create", "update", "unchanged")))
+            actions = ("create", "update", "unchanged", *(("delete",) if prune else ()))
+            table.add_row(kind.collection, *(str(counts[a]) for a in actions))
     out.print(table)
-    out.print(
-        f"{result.total('create')} created, {result.total('update')} updated, "
-        f"{result.total('unchanged')} unchanged"
-    )
+    out.print(_summary(result, prune, ("created", "updated", "unchanged", "deleted (pruned)")))
+
+
+SPECIAL = ("agents", "faults", "changes")  # what `get` shows besides stored objects
 
 
 def _kind(text: str) -> k.Kind:
     kind = k.lookup(text)
     if kind is None:
-        raise fail(f"unknown kind {text!r}; one of: {', '.join(x.collection for x in k.ORDER)}")
+        known = ", ".join((*(x.collection for x in k.ORDER), *SPECIAL))
+        raise fail(f"unknown kind {text!r}; one of: {known}")
     return kind
+
+
+def _name_of(kind: k.Kind, item: dict[str, Any]) -> str:
+    return (
+        f"{kind.collection}/{item['tenant']}/{item['name']}"
+        if kind.scoped
+        else f"{kind.collection}/{item['name']}"
+    )
 
 
 @app.command()
 def get(
     kind: Annotated[
-        str, typer.Argument(help="e.g. tenants, bridge-domains, endpoints (or bd, epg, sg, fip)")
+        str,
+        typer.Argument(
+            help="e.g. tenants, bridge-domains, endpoints (or bd, epg, sg, fip); agents, faults, changes"
+        ),
     ],
-    name: Annotated[str | None, typer.Argument(help="only this object")] = None,
+    name: Annotated[str | None, typer.Argument(help="only this object (agents, faults: this agent)")] = None,
     tenant: Annotated[str | None, typer.Option(help="only objects of this tenant")] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="print JSON instead of a table")] = False,
+    since: Annotated[
+        int | None, typer.Option(help="changes: only those after this revision (default 0)", min=0)
+    ] = None,
+    output: OutputOpt = None,
+    as_json: JsonOpt = False,
     authority: AuthorityUrl = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Show stored objects of one kind."""
+    """Show stored objects of one kind, or the agents, their faults, the change log."""
+    fmt = _output(output, as_json)
+    special = kind.strip().lower()
+    if special in SPECIAL:
+        if tenant is not None:
+            raise fail(f"--tenant does not apply to {special}: they span every tenant")
+        if since is not None and special != "changes":
+            raise fail(f"--since applies to changes, not {special}")
+        if name is not None and special == "changes":
+            raise fail("changes have no name: use --since REVISION")
+        _get_special(special, name, since or 0, fmt, authority, token)
+        return
     which = _kind(kind)
-    with Client(authority, token=token or "") as client:
-        try:
-            items = client.list(which, tenant, name)
-        except (Unreachable, ApiError) as exc:
-            raise fail(str(exc)) from None
+    if since is not None:
+        raise fail(f"--since applies to changes, not {which.collection}")
+    if tenant is not None and not which.scoped:
+        raise fail(f"--tenant does not apply to {which.collection}: they belong to no tenant")
+    with connected(authority, token) as client:
+        items = client.list(which, tenant, name)
     if name is not None and not items:
         raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
-    if as_json:
-        print(json.dumps(items if name is None else items[0] if len(items) == 1 else items, indent=2))
+    if fmt in (Output.json, Output.yaml):
+        print(dump(items if name is None else items[0] if len(items) == 1 else items, fmt.value))
+    elif fmt is Output.name:
+        for item in items:
+            print(_name_of(which, item))
     else:
-        out.print(objects_table(which, items))
+        out.print(objects_table(which, items, wide=fmt is Output.wide))
+
+
+def _get_special(what: str, name: str | None, since: int, fmt: Output, url: str, token: str | None) -> None:
+    with connected(url, token) as client:
+        if what == "changes":
+            page = client.changes(since)
+            items: list[dict[str, Any]] = page["changes"]
+            faults: list[dict[str, Any]] = []
+        else:
+            faults = client.faults()
+            items = client.agents() if what == "agents" else faults
+    if name is not None:
+        key = "name" if what == "agents" else "agent"
+        items = [i for i in items if i.get(key) == name]
+        if what == "agents" and not items:
+            raise fail(f"no agent named {name!r}")
+    if fmt in (Output.json, Output.yaml):
+        print(dump(items, fmt.value))
+    elif fmt is Output.name:
+        for item in items:
+            print(
+                f"{what}/{item.get('name', item.get('agent'))}"
+                if what != "changes"
+                else f"changes/{item['revision']}"
+            )
+    elif what == "agents":
+        out.print(agents_table(items, faults, wide=fmt is Output.wide))
+    elif what == "faults":
+        out.print(faults_table(items))
+    else:
+        out.print(changes_table(items))
 
 
 @app.command()
 def delete(
-    kind: Annotated[str, typer.Argument(help="e.g. endpoints, subnets")],
-    name: Annotated[str, typer.Argument(help="the object's name")],
+    kind: Annotated[str | None, typer.Argument(help="e.g. endpoints, subnets", show_default=False)] = None,
+    name: Annotated[str | None, typer.Argument(help="the object's name", show_default=False)] = None,
     tenant: Annotated[
         str | None, typer.Option(help="its tenant (not for tenants and external networks)")
+    ] = None,
+    file: Annotated[
+        Path | None,
+        typer.Option(
+            "-f",
+            "--file",
+            help="Delete every object this scenario file declares (one transaction); - reads stdin.",
+        ),
     ] = None,
     authority: AuthorityUrl = DEFAULT_URL,
     token: Token = None,
 ) -> None:
-    """Delete one object; refused while other objects use it, or if it changes while this runs."""
+    """Delete one object (KIND NAME), or every object of a file (-f FILE) in one transaction.
+
+    Refused while other objects use it (unless the same file deletes those too), or if it
+    changes while this runs."""
+    if file is not None:
+        if kind is not None or name is not None or tenant is not None:
+            raise fail("delete -f FILE takes no KIND, NAME or --tenant: the file names the objects")
+        _delete_file(file, authority, token)
+        return
+    if kind is None or name is None:
+        raise fail("say what to delete: KIND NAME [--tenant T], or -f FILE")
     which = _kind(kind)
     if which.scoped and tenant is None:
         raise fail(f"a {which} lives in a tenant: add --tenant")
-    with Client(authority, token=token or "") as client:
-        try:
-            found = client.list(which, tenant if which.scoped else None, name)
-            if not found:
-                raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
-            # the revision just read: an object changed in between is not deleted unseen
-            result = client.delete(which, found[0]["id"], found[0]["revision"])
-        except (Unreachable, ApiError) as exc:
-            raise fail(str(exc)) from None
+    if not which.scoped and tenant is not None:
+        raise fail(f"--tenant does not apply to {which.collection}: they belong to no tenant")
+    with connected(authority, token) as client:
+        found = client.list(which, tenant if which.scoped else None, name)
+        if not found:
+            raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
+        # the revision just read: an object changed in between is not deleted unseen
+        result = client.delete(which, found[0]["id"], found[0]["revision"])
     out.print(f"deleted {which} {name!r} (revision {result['revision']})")
+
+
+def _delete_file(file: Path, url: str, token: str | None) -> None:
+    scenario = _load_checked(file)
+    with connected(url, token) as client:
+        steps = applying.plan_delete(scenario, client)
+        try:
+            result = applying.execute(steps, client)
+        except applying.Refused as exc:
+            raise _refused(file, exc, "a deletion") from None
+    for item in result.items:
+        kind = k.lookup(item["kind"])
+        name = f"{item['tenant']}/{item['name']}" if item.get("tenant") else item["name"]
+        out.print(f"deleted {kind or item['kind']} {name}", highlight=False)
+    absent = result.total("absent")
+    out.print(
+        f"{result.total('delete')} deleted, {absent} not found (revision {result.revision})",
+        highlight=False,
+    )
 
 
 from policyfabric.cli.lab import lab_app  # noqa: E402  (after app: the sub-app registers on it)
@@ -200,8 +475,12 @@ def demo(
         typer.Option(help="keep the database, the lab's state and logs here (default: a temporary dir)"),
     ] = None,
 ) -> None:
-    """Intent to packets in one go (root): an authority on SQLite, apply the scenario, build its lab
-    for real, probe every expectation with packets, show intent vs measured, tear it all down."""
+    """Build a real lab on THIS machine, as root, and probe it: an authority on SQLite, check and
+    apply the scenario, then network namespaces, an Open vSwitch and an agent per host, Geneve
+    between them, real packets for every `expect` line, intent vs measured, and all torn down.
+
+    Needs root, Open vSwitch and iproute2; it changes nothing outside its namespaces and temporary
+    Open vSwitch instances, and removes them at the end (also on failure or Ctrl-C)."""
     from policyfabric.cli.demo import run_demo
 
     raise typer.Exit(run_demo(file, state_dir, out, err))

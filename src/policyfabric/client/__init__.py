@@ -2,10 +2,11 @@
 
 - ``rest``: ``Client`` (one method per REST verb, errors as ``ApiError`` with status, code,
   message and field; ``Unreachable`` when nothing answers);
-- ``apply``: the scenario-to-REST plan behind ``policyfabric apply`` (create or update by
-  name, in dependency order, never delete).
+- ``apply``: the scenario-to-REST plan behind ``policyfabric apply`` and ``delete -f``: create or
+  update by name, in dependency order, sent as one batch (one transaction); with prune, delete
+  what the file created and no longer declares.
 """
 
-from policyfabric.client.rest import DEFAULT_URL, ApiError, Client, Unreachable
+from policyfabric.client.rest import DEFAULT_URL, ApiError, Client, NotAnAuthority, Unreachable
 
-__all__ = ["DEFAULT_URL", "ApiError", "Client", "Unreachable"]
+__all__ = ["DEFAULT_URL", "ApiError", "Client", "NotAnAuthority", "Unreachable"]

@@ -1,16 +1,23 @@
-"""`policyfabric apply`: make the authority hold what a scenario file declares.
+"""`policyfabric apply` and `delete -f`: make the authority hold what a scenario file declares.
 
-Create or update by name, in dependency order, never delete; an object whose
-spec already matches is left alone, so applying a file twice changes
-nothing. The plan is computed from one listing per kind, not a GET per object.
+``plan`` reads one listing per kind (not a GET per object) and gives each declared object a
+step: create, update or unchanged (the same comparison the authority makes), with the revision
+it read. ``execute`` sends the whole plan as ONE batch (``POST /v1/batch``): one transaction,
+all or nothing. Every update, and every unchanged object (a "keep" item: nothing is written to
+it), carries the revision the plan read, so an
+object someone changed after the plan is a 409 (``Changed``) rather than a lost update, and
+nothing of the file is written. With ``dry_run`` the authority checks everything and answers
+what each object would become, field by field (``apply --diff``), writing nothing.
 
-An update sends the revision the plan read (``If-Match``): if someone changed
-the object between plan and execute, the authority refuses it and ``execute``
-raises ``Changed`` rather than overwrite their change with a stale plan.
+Ownership: objects the batch creates record ``owner`` (the file's identity, ``applied_by``).
+With ``prune`` the same batch deletes every object ``owner`` created that the file no longer
+declares; objects created by hand or by another owner are never pruned. An object keeps the
+owner that created it: an update from another file does not take it over.
 """
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -21,7 +28,9 @@ from policyfabric.model import kinds as k
 from policyfabric.model.objects import SecurityGroup, Spec, keep_omitted
 from policyfabric.model.scenario import Entry, Scenario
 
-Action = Literal["create", "update", "unchanged"]
+Action = Literal["create", "update", "unchanged", "delete", "absent"]
+# the authority's words for what it did -> the plan's
+DONE = {"created": "create", "updated": "update", "unchanged": "unchanged", "deleted": "delete"}
 
 
 @dataclass
@@ -33,13 +42,24 @@ class Step:
     revision: int | None = None  # the object's revision when the plan read it (or created it)
 
 
-class Changed(Exception):
-    """An object changed at the authority after the plan read it; nothing after it was applied."""
+class Refused(Exception):
+    """The authority refused the batch because of one step (None: of the batch as a whole, or
+    of an object the file does not declare, e.g. one prune would delete)."""
+
+    def __init__(self, message: str, step: Step | None, error: ApiError) -> None:
+        super().__init__(message)
+        self.step, self.error = step, error
+
+
+class Changed(Refused):
+    """An object changed at the authority after the plan read it; nothing was applied."""
 
 
 @dataclass
 class Result:
     counts: dict[str, Counter[str]] = field(default_factory=dict)
+    items: list[dict[str, Any]] = field(default_factory=list)  # the authority's answer, per object
+    revision: int | None = None  # the revision written (or read, if nothing was written)
 
     def count(self, kind: str, action: str) -> None:
         self.counts.setdefault(kind, Counter())[action] += 1
@@ -81,45 +101,115 @@ def plan(scenario: Scenario, client: Client) -> list[Step]:
     return steps
 
 
+def plan_delete(scenario: Scenario, client: Client) -> list[Step]:
+    """`delete -f`: a delete step for each declared object that exists (dependents first), with
+    the revision read; "absent" for the others."""
+    steps = []
+    listed: dict[str, dict[tuple[str | None, str], dict[str, Any]]] = {}
+    for entry in reversed(scenario.in_order()):
+        spec = entry.spec
+        assert spec is not None, "plan_delete() needs a checked scenario"
+        kind = entry.kind
+        if kind.name not in listed:
+            listed[kind.name] = {_key(kind, o): o for o in client.list(kind)}
+        current = listed[kind.name].get((spec.scope, spec.name))
+        key = {"name": spec.name, **({"tenant": spec.scope} if kind.scoped else {})}
+        if current is None:
+            steps.append(Step(entry, "absent", key))
+        else:
+            steps.append(Step(entry, "delete", key, current["id"], current["revision"]))
+    return steps
+
+
 def _without_forward_refs(body: dict[str, Any], known: set[str], own: str) -> dict[str, Any]:
     """A security group's rules minus those naming groups that do not exist yet."""
     rules = [r for r in body.get("rules", []) if r.get("remote_group") in (None, own, *known)]
     return {**body, "rules": rules}
 
 
-def execute(steps: list[Step], client: Client, progress: Callable[[Step], None]) -> Result:
-    """Run the plan. Security groups that name groups created later in the same
-    run are created without those rules first and completed at the end."""
-    result = Result()
+def batch_items(steps: list[Step]) -> list[tuple[Step, dict[str, Any]]]:
+    """The batch for ``steps``, each item with the step it comes from. Security groups that name
+    groups created later in the same batch are created without those rules first and completed
+    by an update at the end (one transaction all the same)."""
     groups = {
         s.entry.spec.name for s in steps if isinstance(s.entry.spec, SecurityGroup) and s.action != "create"
     }
-    complete_later: list[Step] = []
+    items: list[tuple[Step, dict[str, Any]]] = []
+    complete_later: list[tuple[Step, dict[str, Any]]] = []
     for step in steps:
-        kind = step.entry.kind
+        kind = step.entry.kind.collection
         if step.action == "create":
             body = step.body
-            if kind is k.SECURITY_GROUP:
+            if step.entry.kind is k.SECURITY_GROUP:
                 body = _without_forward_refs(body, groups, step.body["name"])
                 groups.add(step.body["name"])
                 if body != step.body:
-                    complete_later.append(step)
-            made = client.create(kind, body)
-            step.id, step.revision = made["id"], made["revision"]
-        elif step.action == "update":
-            _replace(client, step)
-        result.count(kind.name, step.action)
+                    complete_later.append((step, {"op": "update", "kind": kind, "object": step.body}))
+            items.append((step, {"op": "create", "kind": kind, "object": body}))
+        elif step.action in ("update", "unchanged", "delete"):
+            op = {"update": "update", "unchanged": "keep", "delete": "delete"}[step.action]
+            body = (
+                step.body
+                if op == "update"
+                else {f: step.body[f] for f in ("name", "tenant") if f in step.body}
+            )
+            items.append((step, {"op": op, "kind": kind, "object": body, "revision": step.revision}))
+    return items + complete_later
+
+
+ITEM = re.compile(r"^items\[(\d+)\]\.?")
+LABEL = re.compile(r"^items\[\d+\] \([^)]*\): ")
+
+
+def execute(
+    steps: list[Step],
+    client: Client,
+    progress: Callable[[Step], None] = lambda step: None,
+    *,
+    dry_run: bool = False,
+    owner: str | None = None,
+    prune: bool = False,
+) -> Result:
+    """Send the plan as one batch; the result counts what the authority did (or, ``dry_run``,
+    would do) per kind. A refusal raises ``Refused`` (``Changed`` for a stale revision) naming
+    the step at fault. A plan with nothing to change and nothing to prune sends nothing."""
+    result = Result()
+    pairs = batch_items(steps)
+    if not prune and all(step.action in ("unchanged", "absent") for step in steps):
+        for step in steps:
+            result.count(step.entry.kind.name, step.action)
+            progress(step)
+        result.revision = client.revision()
+        return result
+    try:
+        answer = client.batch([item for _, item in pairs], dry_run=dry_run, owner=owner, prune=prune)
+    except ApiError as exc:
+        raise _refusal(exc, pairs) from None
+    seen: dict[tuple[str, str | None, str], str] = {}
+    for item in answer["items"]:
+        key = (item["kind"], item.get("tenant"), item["name"])
+        if key in seen:  # a security group completed at the end of the batch: still "created"
+            continue
+        seen[key] = DONE.get(item["action"], item["action"])
+        kind = k.lookup(item["kind"])
+        result.count(kind.name if kind else item["kind"], seen[key])
+        result.items.append(item)
+    for step in steps:
+        if step.action == "absent":
+            result.count(step.entry.kind.name, "absent")
         progress(step)
-    for step in complete_later:
-        _replace(client, step)
+    result.revision = int(answer["revision"])
     return result
 
 
-def _replace(client: Client, step: Step) -> None:
-    try:
-        client.replace(step.entry.kind, str(step.id), step.body, step.revision)
-    except ApiError as exc:
-        if exc.status == 409 and exc.field == "revision":
-            what = f"{step.entry.kind} {step.body['name']!r}"
-            raise Changed(f"{what} changed at the authority after apply read it ({exc.message})") from None
-        raise
+def _refusal(exc: ApiError, pairs: list[tuple[Step, dict[str, Any]]]) -> Refused:
+    """The batch's error, tied to the step (file entry) of the item it names."""
+    found = ITEM.match(exc.field or "")
+    step = pairs[int(found[1])][0] if found and int(found[1]) < len(pairs) else None
+    if step is not None:
+        exc.field = ITEM.sub("", exc.field or "") or None
+        exc.message = LABEL.sub("", exc.message)  # the caller names the entry its own way
+    if exc.status == 409 and (exc.field or "").endswith("revision"):
+        what = f"{step.entry.kind} {step.body['name']!r}" if step else "an object"
+        return Changed(f"{what} changed at the authority after apply read it ({exc.message})", step, exc)
+    return Refused(exc.message, step, exc)

@@ -37,8 +37,9 @@ from policyfabric.model.types import (
 
 # Fields the server owns: accepted on input (so a client may PUT back what it
 # got) and ignored. vni: a bridge domain's or l3_context's overlay id;
-# classid: an endpoint group's policy class on the wire.
-SERVER_FIELDS = ("id", "revision", "status", "vni", "classid")
+# classid: an endpoint group's policy class on the wire; applied_by: the file (a batch's
+# ``owner``) that created the object, which ``apply --prune`` may later remove it for.
+SERVER_FIELDS = ("id", "revision", "status", "vni", "classid", "applied_by")
 
 
 class Strict(BaseModel):
