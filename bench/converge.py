@@ -487,7 +487,7 @@ def one_run(
                 log = agent_log.open("wb")
                 agent = subprocess.Popen(
                     [sys.executable, "-m", "policyfabric", "agent", "--host", "bench-host",
-                     "--authority", "{}:{}".format(*opflex), "--ovsdb", ovs.ovsdb,
+                     "--opflex", "{}:{}".format(*opflex), "--ovsdb", ovs.ovsdb,
                      "--state-dir", str(workdir / "agent"), "--log-level", "info"],
                     stdout=log, stderr=subprocess.STDOUT, env=env,
                 )  # fmt: skip

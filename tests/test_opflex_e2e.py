@@ -594,7 +594,7 @@ def test_dry_run_agent_prints_what_it_resolved_and_uses_its_cache_when_alone(
         "h1",
         "--dry-run",
         "--once",
-        "--authority",
+        "--opflex",
         f"{host}:{port}",
         "--endpoint",
         "acme/web1",

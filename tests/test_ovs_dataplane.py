@@ -228,7 +228,7 @@ def test_a_render_failure_is_a_fault_at_the_authority(lab: Lab) -> None:
     with log.open("wb") as out:
         agent = subprocess.Popen(
             [sys.executable, "-m", "policyfabric", "agent", "--host", "h1-broken",
-             "--authority", lab.state.opflex, "--ovsdb", db, "--bridge", "br-missing"],
+             "--opflex", lab.state.opflex, "--ovsdb", db, "--bridge", "br-missing"],
             stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip
     try:

@@ -202,7 +202,7 @@ class Lab:
         cmd = [
             sys.executable, "-m", "policyfabric", "agent",
             "--host", host,
-            "--authority", self.state.opflex,
+            "--opflex", self.state.opflex,
             "--ovsdb", f"unix:{info.rundir}/db.sock",
             "--bridge", "br-int",
             "--state-dir", str(self.dir / host / "agent"),
