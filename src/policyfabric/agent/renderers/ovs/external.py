@@ -31,7 +31,7 @@ import ipaddress
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.tables import (
     CLASSIFY,
     EXT_ARP,
@@ -63,7 +63,9 @@ def nat_zone(router: Router) -> int:
     return 0xC000 | (router.number & 0x3FFF)
 
 
-def arp_answer(table: int, where: Mapping[str, str | int], ip: str, mac: str) -> Flow:
+def arp_answer(
+    table: int, where: Mapping[str, str | int], ip: str, mac: str, cookie: int = AGENT_COOKIE
+) -> Flow:
     """Answer "who has ``ip``" (among packets matching ``where``) with ``mac``, from the host itself."""
     return flow(
         table,
@@ -77,6 +79,7 @@ def arp_answer(table: int, where: Mapping[str, str | int], ip: str, mac: str) ->
         set_field(mac, "arp_sha"),
         set_field(ip, "arp_spa"),
         "IN_PORT",
+        cookie=cookie,
     )
 
 

@@ -27,7 +27,15 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 
 from policyfabric.agent.renderers.ovs.flows import Flow
-from policyfabric.agent.renderers.ovs.sections import FlowKey, SectionKey, Sections, cookie_section, resolve
+from policyfabric.agent.renderers.ovs.sections import (
+    FlowKey,
+    Owners,
+    SectionKey,
+    Sections,
+    cookie_section,
+    resolve,
+)
+from policyfabric.agent.renderers.ovs.sections import index as index_sections
 
 
 @dataclass(frozen=True)
@@ -73,9 +81,6 @@ def plan(installed: Mapping[FlowKey, Flow] | None, desired: Mapping[FlowKey, Flo
     return commands
 
 
-Owners = tuple[SectionKey, Flow] | dict[SectionKey, Flow]  # one section's flow, or several's
-
-
 class Mirror:
     """What the agent installed on a bridge, by section, with the sections that want each flow.
 
@@ -93,7 +98,9 @@ class Mirror:
     def of(cls, desired: Sections) -> Mirror:
         """A mirror of a bridge holding exactly ``desired`` (after a ``ReplaceFlows`` of it)."""
         mirror = cls()
-        mirror.update(desired)
+        mirror._owners, mirror.flows = index_sections(desired.parts)
+        mirror.sections = dict(desired.parts)
+        mirror.applied = desired
         return mirror
 
     def update(self, desired: Sections) -> list[Command]:

@@ -40,9 +40,12 @@ compiler gives for that view (the property tests hold it to that).
 
 from __future__ import annotations
 
+from bisect import bisect_left, insort
 from collections import Counter
 from collections.abc import Callable, Sequence
 from functools import lru_cache
+from itertools import compress
+from operator import is_not
 from typing import Any
 
 from policyfabric.agent.renderers.ovs import external, group_policy, secgroups
@@ -65,6 +68,8 @@ from policyfabric.agent.view import (
 
 Routes = tuple[tuple[int, str], ...]  # (number, MAC) of the active routers on a bridge domain
 Section = tuple[Flow, ...]
+SgContext = tuple[SecurityGroup, secgroups.Families]  # a security group, its remote groups' families
+FEW = 64  # a view that differs from the last in this many positions is compared by position
 
 
 # ---- section builders: memoised, so equal inputs give the identical tuple
@@ -72,19 +77,27 @@ Section = tuple[Flow, ...]
 
 @lru_cache(maxsize=1 << 17)
 def local_section(
-    ep: Endpoint, bd: BridgeDomain | None, routes: Routes, tunnel: int | None, enforce: bool
+    ep: Endpoint,
+    bd: BridgeDomain | None,
+    routes: Routes,
+    tunnel: int | None,
+    enforce: bool,
+    sgs: tuple[SgContext, ...],
 ) -> Section:
-    """A local endpoint: classification, port security, ARP, L2, output; the routes to it; the
-    default deny of the port its security groups govern."""
+    """A local endpoint: classification, port security, ARP, L2, output; the routes to it; its
+    port's default deny and its clauses in the rules of its security groups (``sgs``)."""
+    key = ("ep", ep.key)
+    cookie = cookie_of(key)
     flows: list[Flow] = []
     if bd is not None:
-        flows += local_endpoint_flows(ep, bd)
+        flows += local_endpoint_flows(ep, bd, cookie)
         if not (ep.ofport is None and tunnel is None):
             for number, mac in routes:
-                flows += routed_flows(ep, bd, number, mac, tunnel or 0)
+                flows += routed_flows(ep, bd, number, mac, tunnel or 0, cookie)
     if enforce and ep.sg_governed:
-        flows.append(secgroups.port_flow(ep.ofport or 0))
-    return stamp(("ep", ep.key), flows)
+        flows.append(secgroups.port_flow(ep.ofport or 0, cookie))
+        flows += secgroups.port_flows(ep.ofport or 0, sgs, cookie)
+    return stamp(key, flows)
 
 
 @lru_cache(maxsize=1 << 17)
@@ -93,14 +106,15 @@ def remote_section(
 ) -> Section:
     """A remote endpoint: L2 through the tunnel and ARP answers (in a bridge domain with local
     endpoints), and the routes to it through a router active here."""
+    key = ("remote", ep.key)
+    cookie = cookie_of(key)
     flows: list[Flow] = []
     if bd is not None and tunnel is not None:
         if local and ep.vtep is not None:
-            flows += remote_l2(ep, bd, tunnel)
-        if not (ep.ofport is None and tunnel is None):
-            for number, mac in routes:
-                flows += routed_flows(ep, bd, number, mac, tunnel)
-    return stamp(("remote", ep.key), flows)
+            flows += remote_l2(ep, bd, tunnel, cookie)
+        for number, mac in routes:
+            flows += routed_flows(ep, bd, number, mac, tunnel, cookie)
+    return stamp(key, flows)
 
 
 @lru_cache(maxsize=1 << 12)
@@ -149,19 +163,17 @@ def contract_section(contract: Contract, providers: tuple[int, ...], consumers: 
 
 
 @lru_cache(maxsize=1 << 12)
-def sg_section(sg: SecurityGroup, ports: tuple[int, ...], families: secgroups.Families) -> Section:
-    return stamp(("sg", sg.uri), secgroups.sg_flows(sg, ports, families))
+def sg_section(sg: SecurityGroup, families: secgroups.Families) -> Section:
+    return stamp(("sg", sg.uri), secgroups.sg_flows(sg, families))
 
 
 @lru_cache(maxsize=64)
 def base_section(tunnel: int | None, enforce: bool) -> Section:
     """The fixed flows: table misses, conntrack and the fixed group policy (or, when another
     renderer enforces policy, POLICY passing everything to OUTPUT), the tunnel's output."""
-    rules = (
-        [*group_policy.base_flows(), *secgroups.base_flows()]
-        if enforce
-        else [flow(POLICY, 0, None, goto(OUTPUT))]
-    )
+    rules = [*group_policy.base_flows(), *secgroups.base_flows()]
+    if not enforce:
+        rules = [flow(POLICY, 0, None, goto(OUTPUT))]
     return stamp(
         ("base",), [*base_flows(tunnel), flow(ROUTING, 0, None, "drop"), *external.base_flows(), *rules]
     )
@@ -180,15 +192,85 @@ class _AddressSet:
     def update(self, members: tuple[str, ...]) -> Section:
         if members is self.members or members == self.members:
             return self.section
-        of, old = {}, self._of
+        of, old, signature, cookie = {}, self._of, self.signature, self.cookie
         for address in dict.fromkeys(members):
             flows = old.get(address)
-            of[address] = (
-                flows if flows is not None else secgroups.member_flows(address, self.signature, self.cookie)
-            )
+            of[address] = flows if flows is not None else secgroups.member_flows(address, signature, cookie)
         self._of, self.members = of, members
         self.section = tuple(f for flows in of.values() for f in flows)
         return self.section
+
+
+class _Endpoints:
+    """The endpoints of the last view (local or remote) by identity, and what is indexed from them.
+
+    ``update(view)`` says which records left and which joined: by position when the view is the
+    last one with a few records replaced, added or removed at the end (compared with C-level
+    ``map``), else by a count of identities. A record listed twice counts once."""
+
+    def __init__(self) -> None:
+        self.view: tuple[Endpoint, ...] = ()
+        self._count: Counter[int] = Counter()
+        self._objects: dict[int, Endpoint] = {}
+        self.by_key: dict[str, list[Endpoint]] = {}  # an endpoint key → its records (one, in valid input)
+        self.in_bd: dict[str, dict[int, Endpoint]] = {}  # a bridge domain URI → its records
+
+    def update(self, view: tuple[Endpoint, ...]) -> tuple[list[Endpoint], list[Endpoint]]:
+        old = self.view
+        if view is old:
+            return [], []
+        n = min(len(old), len(view))
+        moved = list(compress(range(n), map(is_not, old[:n], view[:n])))
+        if len(moved) + abs(len(old) - len(view)) <= FEW:
+            gone, came = self._shift(
+                [*(old[i] for i in moved), *old[n:]], [*(view[i] for i in moved), *view[n:]]
+            )
+        else:
+            gone, came = self._rescan(view)
+        self.view = view
+        for ep in gone:
+            records = self.by_key[ep.key]
+            records[:] = [r for r in records if r is not ep]
+            if not records:
+                del self.by_key[ep.key]
+            in_bd = self.in_bd[ep.bd]
+            del in_bd[id(ep)]
+            if not in_bd:
+                del self.in_bd[ep.bd]
+        for ep in came:
+            self.by_key.setdefault(ep.key, []).append(ep)
+            self.in_bd.setdefault(ep.bd, {})[id(ep)] = ep
+        return gone, came
+
+    def _shift(self, out: list[Endpoint], into: list[Endpoint]) -> tuple[list[Endpoint], list[Endpoint]]:
+        count = self._count
+        touched = {id(e): e for e in (*out, *into)}
+        before = {k: count[k] > 0 for k in touched}
+        for e in out:
+            count[id(e)] -= 1
+        for e in into:
+            count[id(e)] += 1
+        gone = [e for k, e in touched.items() if before[k] and count[k] <= 0]
+        came = [e for k, e in touched.items() if not before[k] and count[k] > 0]
+        for k in touched:
+            if count[k] <= 0:
+                del count[k]
+        for e in gone:
+            del self._objects[id(e)]
+        for e in came:
+            self._objects[id(e)] = e
+        return gone, came
+
+    def _rescan(self, view: tuple[Endpoint, ...]) -> tuple[list[Endpoint], list[Endpoint]]:
+        count = Counter(map(id, view))
+        left = self._count.keys() - count.keys()
+        joined = count.keys() - self._count.keys()
+        gone = [self._objects.pop(k) for k in left]
+        came = list({id(e): e for e in compress(view, map(joined.__contains__, map(id, view)))}.values())
+        for e in came:
+            self._objects[id(e)] = e
+        self._count = count
+        return gone, came
 
 
 def _families(members: Sequence[str]) -> tuple[bool, bool]:
@@ -200,6 +282,14 @@ def _pick(records: Sequence[Endpoint]) -> Endpoint:
     """Of several records with one key (not in valid input), the one that counts: the last in a
     fixed order, so that the result does not depend on the order of the view."""
     return records[0] if len(records) == 1 else sorted(records, key=repr)[-1]
+
+
+def _sorted_bump(values: list[Any], value: Any, n: int) -> None:
+    """Add (``n`` > 0) or remove copies of ``value`` in the sorted list ``values``."""
+    for _ in range(n):
+        insort(values, value)
+    for _ in range(-n):
+        del values[bisect_left(values, value)]
 
 
 class SectionCompiler:
@@ -215,131 +305,37 @@ class SectionCompiler:
         self.last: Sections | None = None
         self.announcements: frozenset[external.Announcement] = frozenset()
         self._parts: dict[SectionKey, Section] = {}
-        # the endpoints of the last view, by identity, and what is counted from them
-        self._local: dict[int, Endpoint] = {}
-        self._remote: dict[int, Endpoint] = {}
-        self._local_view: tuple[Endpoint, ...] | None = None
-        self._remote_view: tuple[Endpoint, ...] | None = None
-        self._local_keys: dict[str, list[Endpoint]] = {}  # section key's id → records
-        self._remote_keys: dict[str, list[Endpoint]] = {}
-        self._local_in: dict[str, dict[int, Endpoint]] = {}  # bridge domain URI → its local endpoints
-        self._remote_in: dict[str, dict[int, Endpoint]] = {}
-        self._ports: dict[str, Counter[int]] = {}  # bridge domain URI → local ports (flooding)
-        self._vteps: dict[str, Counter[str]] = {}  # bridge domain URI → remote hosts (flooding)
+        self._local = _Endpoints()
+        self._remote = _Endpoints()
+        # what several sections read, counted up and down as endpoints come and go
+        self._ports: dict[str, list[int]] = {}  # bridge domain URI → its local ports, sorted (flooding)
+        self._vteps: dict[str, Counter[str]] = {}  # bridge domain URI → the hosts of its remote endpoints
         self._classids: Counter[int] = Counter()  # groups with local endpoints
-        self._sg_ports: dict[str, Counter[int]] = {}  # security group → the local ports it governs
-        self._sg_sorted: dict[str, tuple[int, ...]] = {}
-        self._dirty_bds: set[str] = set()
-        self._dirty_sgs: set[str] = set()
-        # per bridge domain: the context its endpoints' sections are built in
+        self._sg_in: dict[str, dict[int, Endpoint]] = {}  # security group → its local endpoints
+        # the context each endpoint's section was built in: its bridge domain's, its groups'
         self._ctx: dict[str, tuple[BridgeDomain | None, bool, Routes]] = {}
-        self._bd_inputs: dict[str, tuple[Any, ...]] = {}
+        self._sg_ctx: dict[str, SgContext | None] = {}
+        self._dirty_bds: set[str] = set()
+        self._bd_inputs: dict[str, tuple[BridgeDomain, tuple[int, ...], tuple[str, ...]]] = {}
         self._small: dict[SectionKey, Section] = {}  # every section but the endpoints'
         self._memo: dict[SectionKey, tuple[Callable[..., Section], tuple[Any, ...], Section]] = {}
         self._addrsets: dict[str, _AddressSet] = {}
         self._families: dict[str, tuple[tuple[str, ...], tuple[bool, bool]]] = {}
-
-    # ---- endpoints come and go: index them, count what others read
-
-    def _delta(
-        self, view: tuple[Endpoint, ...], known: dict[int, Endpoint]
-    ) -> tuple[dict[int, Endpoint], list[Endpoint], list[Endpoint]]:
-        now = dict(zip(map(id, view), view, strict=True))
-        gone = [known[i] for i in known.keys() - now.keys()]
-        came = [now[i] for i in now.keys() - known.keys()]
-        return now, gone, came
-
-    def _local_delta(self, view: tuple[Endpoint, ...], dirty: set[str]) -> None:
-        if view is self._local_view:
-            return
-        self._local, gone, came = self._delta(view, self._local)
-        self._local_view = view
-        for ep, n in ((e, -1) for e in gone):
-            self._count_local(ep, n, dirty)
-        for ep in came:
-            self._count_local(ep, 1, dirty)
-
-    def _count_local(self, ep: Endpoint, n: int, dirty: set[str]) -> None:
-        dirty.add(ep.key)
-        records = self._local_keys.setdefault(ep.key, [])
-        in_bd = self._local_in.setdefault(ep.bd, {})
-        if n > 0:
-            records.append(ep)
-            in_bd[id(ep)] = ep
-        else:
-            records[:] = [r for r in records if r is not ep]
-            in_bd.pop(id(ep), None)
-            if not records:
-                del self._local_keys[ep.key]
-            if not in_bd:
-                del self._local_in[ep.bd]
-        port = ep.ofport or 0
-        _bump(self._ports, ep.bd, port, n)
-        self._dirty_bds.add(ep.bd)
-        if ep.classid:
-            self._classids[ep.classid] += n
-            if not self._classids[ep.classid]:
-                del self._classids[ep.classid]
-        for g in ep.security_groups:
-            _bump(self._sg_ports, g, port, n)
-            self._dirty_sgs.add(g)
-
-    def _remote_delta(self, view: tuple[Endpoint, ...], dirty: set[str]) -> None:
-        if view is self._remote_view:
-            return
-        self._remote, gone, came = self._delta(view, self._remote)
-        self._remote_view = view
-        for ep, n in [*((e, -1) for e in gone), *((e, 1) for e in came)]:
-            dirty.add(ep.key)
-            records = self._remote_keys.setdefault(ep.key, [])
-            in_bd = self._remote_in.setdefault(ep.bd, {})
-            if n > 0:
-                records.append(ep)
-                in_bd[id(ep)] = ep
-            else:
-                records[:] = [r for r in records if r is not ep]
-                in_bd.pop(id(ep), None)
-                if not records:
-                    del self._remote_keys[ep.key]
-                if not in_bd:
-                    del self._remote_in[ep.bd]
-            if ep.vtep is not None:
-                _bump(self._vteps, ep.bd, ep.vtep, n)
-                self._dirty_bds.add(ep.bd)
-
-    # ---- the view
 
     def compile(self, net: Network, tunnel_port: int | None) -> Sections:
         """The sections of ``net`` (with the tunnel on ``tunnel_port``): those of the last compile
         where nothing they read changed, the very same object if nothing did."""
         if tunnel_port != self.tunnel or self.last is None:
             self._reset(tunnel_port)  # the tunnel is in nearly every section: start afresh
-        dirty_local: set[str] = set()
-        dirty_remote: set[str] = set()
-        self._local_delta(net.local, dirty_local)
-        self._remote_delta(net.remote, dirty_remote)
-        local_bds = frozenset(self._local_in)
+        dirty_local, dirty_remote = self._endpoints(net)
+        local_bds = frozenset(self._local.in_bd)
         routers = sorted(net.routers.values(), key=lambda r: r.uri)
-        active = [r for r in routers if r.bds & local_bds or net.is_active_gateway(r)]
-
-        # each bridge domain's context; its endpoints are rebuilt when it changes
-        routes: dict[str, list[tuple[int, str]]] = {}
-        for r in active:
-            for b in r.bds:
-                routes.setdefault(b, []).append((r.number, r.mac))
-        ctx: dict[str, tuple[BridgeDomain | None, bool, Routes]] = {}
-        for b in self._local_in.keys() | self._remote_in.keys():
-            ctx[b] = (net.bds.get(b), b in local_bds, tuple(routes.get(b, ())))
-            if self._ctx.get(b) != ctx[b]:
-                dirty_local.update(e.key for e in self._local_in.get(b, {}).values())
-                dirty_remote.update(e.key for e in self._remote_in.get(b, {}).values())
-                self._dirty_bds.add(b)
-        self._ctx = ctx
+        self._contexts(net, local_bds, routers, dirty_local, dirty_remote)
 
         updates: dict[SectionKey, Section] = {}  # () for a section that goes
         for kind, dirty, index, build in (
-            ("ep", dirty_local, self._local_keys, self._local_section),
-            ("remote", dirty_remote, self._remote_keys, self._remote_section),
+            ("ep", dirty_local, self._local.by_key, self._local_section),
+            ("remote", dirty_remote, self._remote.by_key, self._remote_section),
         ):
             for key in sorted(dirty):
                 skey: SectionKey = (kind, key)
@@ -367,24 +363,106 @@ class SectionCompiler:
         self.last = self.last.derive(parts, updates) if self.last is not None else Sections(parts)
         return self.last
 
+    def _endpoints(self, net: Network) -> tuple[set[str], set[str]]:
+        """Take in the endpoints that left and joined; the keys whose sections they change."""
+        gone, came = self._local.update(net.local)
+        ports: Counter[tuple[str, int]] = Counter()
+        for ep, n in [*((e, -1) for e in gone), *((e, 1) for e in came)]:
+            ports[ep.bd, ep.ofport or 0] += n
+            if ep.classid:
+                self._classids[ep.classid] += n
+            for g in ep.security_groups:
+                members = self._sg_in.setdefault(g, {})
+                if n > 0:
+                    members[id(ep)] = ep
+                else:
+                    members.pop(id(ep), None)
+                    if not members:
+                        del self._sg_in[g]
+        self._classids = +self._classids  # drop the groups that have none left
+        for (bd, port), n in ports.items():
+            if n:
+                _sorted_bump(self._ports.setdefault(bd, []), port, n)
+                if not self._ports[bd]:
+                    del self._ports[bd]
+                self._dirty_bds.add(bd)
+        dirty_local = {e.key for e in (*gone, *came)}
+
+        gone, came = self._remote.update(net.remote)
+        vteps: Counter[tuple[str, str]] = Counter()
+        for ep, n in [*((e, -1) for e in gone), *((e, 1) for e in came)]:
+            if ep.vtep is not None:
+                vteps[ep.bd, ep.vtep] += n
+        for (bd, vtep), n in vteps.items():
+            hosts = self._vteps.setdefault(bd, Counter())
+            before = hosts[vtep] > 0
+            hosts[vtep] += n
+            if (hosts[vtep] > 0) != before:  # a host new to the bridge domain, or gone from it
+                self._dirty_bds.add(bd)
+            if hosts[vtep] <= 0:
+                del hosts[vtep]
+            if not hosts:
+                del self._vteps[bd]
+        return dirty_local, {e.key for e in (*gone, *came)}
+
+    def _contexts(
+        self,
+        net: Network,
+        local_bds: frozenset[str],
+        routers: list[Router],
+        dirty_local: set[str],
+        dirty_remote: set[str],
+    ) -> None:
+        """Each bridge domain's and security group's context; the endpoints of one that changed
+        are rebuilt."""
+        routes: dict[str, list[tuple[int, str]]] = {}
+        for r in routers:
+            if r.bds & local_bds or net.is_active_gateway(r):
+                for b in r.bds:
+                    routes.setdefault(b, []).append((r.number, r.mac))
+        ctx: dict[str, tuple[BridgeDomain | None, bool, Routes]] = {}
+        for b in self._local.in_bd.keys() | self._remote.in_bd.keys():
+            ctx[b] = (net.bds.get(b), b in local_bds, tuple(routes.get(b, ())))
+            if self._ctx.get(b) != ctx[b]:
+                dirty_local.update(e.key for e in self._local.in_bd.get(b, {}).values())
+                dirty_remote.update(e.key for e in self._remote.in_bd.get(b, {}).values())
+                self._dirty_bds.add(b)
+        self._ctx = ctx
+        sg_ctx: dict[str, SgContext | None] = {}
+        for g, members in self._sg_in.items():
+            sg = net.security_groups.get(g)
+            sg_ctx[g] = (sg, self._families_of(sg, net)) if sg is not None and self.enforce else None
+            if self._sg_ctx.get(g) != sg_ctx[g]:
+                dirty_local.update(e.key for e in members.values())
+        self._sg_ctx = sg_ctx
+
+    def _families_of(self, sg: SecurityGroup, net: Network) -> secgroups.Families:
+        """Which of the remote groups ``sg``'s rules name have IPv4 and IPv6 members."""
+        out = []
+        for g in sorted({r.remote_group for r in sg.rules if r.remote_group and r.remote_prefix is None}):
+            members = net.address_sets.get(g, ())
+            last = self._families.get(g)
+            if last is None or (last[0] is not members and last[0] != members):
+                last = self._families[g] = (members, _families(members))
+            out.append((g, *last[1]))
+        return tuple(out)
+
     def _local_section(self, records: Sequence[Endpoint]) -> Section:
         if len(records) == 1:
             ep = records[0]
             bd, _, routes = self._ctx.get(ep.bd, (None, False, ()))
-            return local_section(ep, bd, routes, self.tunnel, self.enforce)
-        return stamp(
-            ("ep", records[0].key), [f for ep in sorted(records, key=repr) for f in self._local_section([ep])]
-        )
+            sgs = tuple(c for c in map(self._sg_ctx.get, ep.security_groups) if c is not None)
+            return local_section(ep, bd, routes, self.tunnel, self.enforce, sgs)
+        ordered = sorted(records, key=repr)
+        return stamp(("ep", records[0].key), [f for ep in ordered for f in self._local_section([ep])])
 
     def _remote_section(self, records: Sequence[Endpoint]) -> Section:
         if len(records) == 1:
             ep = records[0]
             bd, local, routes = self._ctx.get(ep.bd, (None, False, ()))
             return remote_section(ep, bd, local, routes, self.tunnel)
-        return stamp(
-            ("remote", records[0].key),
-            [f for ep in sorted(records, key=repr) for f in self._remote_section([ep])],
-        )
+        ordered = sorted(records, key=repr)
+        return stamp(("remote", records[0].key), [f for ep in ordered for f in self._remote_section([ep])])
 
     def _memoised(
         self, memo: dict[SectionKey, Any], key: SectionKey, build: Callable[..., Section], *args: Any
@@ -416,8 +494,8 @@ class SectionCompiler:
             if bd is None:
                 continue
             if b in self._dirty_bds or b not in self._bd_inputs:
-                ports = tuple(sorted(self._ports[b].elements())) if b in self._ports else ()
-                vteps = tuple(sorted(self._vteps[b])) if tunnel is not None and b in self._vteps else ()
+                ports = tuple(self._ports.get(b, ()))
+                vteps = tuple(sorted(self._vteps.get(b, ()))) if tunnel is not None else ()
                 self._bd_inputs[b] = (bd, ports, vteps)
             _, ports, vteps = self._bd_inputs[b]
             put(("bd", b), self._memoised(memo, ("bd", b), bd_section, bd, ports, vteps, tunnel))
@@ -441,8 +519,8 @@ class SectionCompiler:
                 key = ("extnet", ext.uri)
                 put(key, self._memoised(memo, key, extnet_section, ext))
 
-        fip_endpoints = {f.endpoint for f in net.floating_ips}
-        local = {k: _pick(self._local_keys[k]) for k in fip_endpoints if k in self._local_keys}
+        by_key = self._local.by_key
+        local = {f.endpoint: _pick(by_key[f.endpoint]) for f in net.floating_ips if f.endpoint in by_key}
         fips = list(external.local_fips(net.floating_ips, local, net.external, routers))
         by_ip: dict[str, list[tuple[external.LocalFip, int]]] = {}
         for f in fips:
@@ -472,33 +550,17 @@ class SectionCompiler:
     def _security_groups(
         self, net: Network, put: Callable[[SectionKey, Section], None], memo: dict[SectionKey, Any]
     ) -> None:
-        for g in self._dirty_sgs:
-            counted = self._sg_ports.get(g)
-            if counted:
-                self._sg_sorted[g] = tuple(sorted(counted))
-            else:
-                self._sg_sorted.pop(g, None)
-        self._dirty_sgs.clear()
-        active = [net.security_groups[g] for g in sorted(self._sg_sorted) if g in net.security_groups]
+        """The security groups with local endpoints, and the address sets their rules name."""
+        active: list[SecurityGroup] = []
+        for g in sorted(self._sg_ctx):
+            context = self._sg_ctx[g]
+            if context is not None:
+                sg, families = context
+                active.append(sg)
+                put(("sg", g), self._memoised(memo, ("sg", g), sg_section, sg, families))
         named = sorted(
             {r.remote_group for sg in active for r in sg.rules if r.remote_group and r.remote_prefix is None}
         )
-        families: dict[str, tuple[bool, bool]] = {}
-        for g in named:
-            members = net.address_sets.get(g, ())
-            last = self._families.get(g)
-            if last is None or last[0] is not members:
-                last = (members, _families(members))
-                self._families[g] = last
-            families[g] = last[1]
-        for g in [g for g in self._families if g not in families]:
-            del self._families[g]
-        for sg in active:
-            mine = tuple(
-                (g, *families[g]) for g in sorted({r.remote_group or "" for r in sg.rules} & families.keys())
-            )
-            key = ("sg", sg.uri)
-            put(key, self._memoised(memo, key, sg_section, sg, self._sg_sorted[sg.uri], mine))
         addrsets: dict[str, _AddressSet] = {}
         for g in named:
             signature = secgroups.member_signature(g, active)
@@ -508,15 +570,8 @@ class SectionCompiler:
             addrsets[g] = kept
             put(kept.key, kept.update(net.address_sets.get(g, ())))
         self._addrsets = addrsets
-
-
-def _bump(counters: dict[str, Counter[Any]], key: str, value: Any, n: int) -> None:
-    c = counters.setdefault(key, Counter())
-    c[value] += n
-    if c[value] <= 0:
-        del c[value]
-    if not c:
-        del counters[key]
+        for g in [g for g in self._families if g not in addrsets]:
+            del self._families[g]
 
 
 def compile_sections(net: Network, tunnel_port: int | None, enforce_policy: bool = True) -> Sections:

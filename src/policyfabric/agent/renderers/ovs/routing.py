@@ -5,9 +5,8 @@ endpoint are in that endpoint's section, the gateways' flows in the router's (``
 from __future__ import annotations
 
 from collections.abc import Sequence
-from functools import lru_cache
 
-from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.switching import arp_reply, is_v6
 from policyfabric.agent.renderers.ovs.tables import (
     L2,
@@ -19,9 +18,8 @@ from policyfabric.agent.renderers.ovs.tables import (
 from policyfabric.agent.view import BridgeDomain, Endpoint, Router, RouterInterface
 
 
-@lru_cache(maxsize=1 << 17)
 def routed_flows(
-    ep: Endpoint, bd: BridgeDomain, router: int, router_mac: str, tunnel_port: int
+    ep: Endpoint, bd: BridgeDomain, router: int, router_mac: str, tunnel_port: int, cookie: int = AGENT_COOKIE
 ) -> tuple[Flow, ...]:
     """Table 40: packets for the endpoint's IPv4 addresses that reached router ``router`` leave it
     with the router's MAC as source and the endpoint's as destination, TTL - 1, on the endpoint's
@@ -41,6 +39,7 @@ def routed_flows(
             set_field(ep.classid, "reg1"),
             *where,
             goto(POLICY),
+            cookie=cookie,
         )
         for ip in ep.ips
         if not is_v6(ip)

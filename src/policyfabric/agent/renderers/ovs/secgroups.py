@@ -10,6 +10,7 @@ from __future__ import annotations
 import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 from policyfabric.agent.renderers.ovs.conjunctions import (
     Clauses,
@@ -18,7 +19,7 @@ from policyfabric.agent.renderers.ovs.conjunctions import (
     clause_flows,
     conj_id,
 )
-from policyfabric.agent.renderers.ovs.flows import Flow, flow
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow
 from policyfabric.agent.renderers.ovs.switching import is_v6
 from policyfabric.agent.renderers.ovs.tables import (
     OUTPUT,
@@ -43,9 +44,9 @@ def base_flows() -> list[Flow]:
     ]
 
 
-def port_flow(port: int) -> Flow:
+def port_flow(port: int, cookie: int = AGENT_COOKIE) -> Flow:
     """A port security groups govern: default deny ingress (its endpoint's section has it)."""
-    return flow(SG_INGRESS, 10, {"reg4": port}, "drop")
+    return flow(SG_INGRESS, 10, {"reg4": port}, "drop", cookie=cookie)
 
 
 def _family(rule: SgRule, field: str) -> tuple[str, str]:
@@ -62,41 +63,81 @@ def _cid(rule: SgRule) -> int:
 Families = tuple[tuple[str, bool, bool], ...]  # (remote group, has IPv4 members, has IPv6 members)
 
 
-def sg_flows(sg: SecurityGroup, ports: Sequence[int], families: Families) -> list[Flow]:
-    """A security group of local ``ports`` (sorted): egress on the sender's host (table 62, by
-    in_port), ingress on the receiver's (table 63, by output port); egress default deny too once
-    it has egress rules. Each rule is a conjunction of the ports, the remote side and the
-    classifier; a remote group's member clauses are its address set's section (``member_flows``),
-    and a rule whose remote group has no member of its family matches nothing (``families``)."""
+@dataclass(frozen=True)
+class Shape:
+    """How a rule is matched: a conjunction ``cid`` of ``clauses`` dimensions in ``table``: the
+    local ports (1), the remote side if it has one (a prefix: 2, here; a remote group's members:
+    2, in the address set's section), the classifier (last)."""
+
+    table: int
+    egress: bool
+    eth: str  # the ethertype keyword (ip or ipv6)
+    field: str  # the remote address field (nw_src, ipv6_dst...)
+    cid: int
+    clauses: int
+    prefix: Mapping[str, str | int] | None  # a remote prefix's clause match
+
+
+def shape(rule: SgRule, families: Families) -> Shape | None:
+    """``rule``'s conjunction; None when it can match nothing (a remote group with no member of its
+    family: ``families`` says which groups have members of which)."""
+    egress = rule.direction == "out"
+    eth, field = _family(rule, "dst" if egress else "src")
+    prefix: Mapping[str, str | int] | None = None
+    if rule.remote_prefix is not None:
+        net_ = ipaddress.ip_network(rule.remote_prefix, strict=False)
+        prefix = None if net_.prefixlen == 0 else {eth: "", field: str(net_)}
+        clauses = 3 if prefix else 2
+    elif rule.remote_group is not None:
+        members = next(((v4, v6) for g, v4, v6 in families if g == rule.remote_group), (False, False))
+        if not members[eth == "ipv6"]:
+            return None  # an empty remote group: nothing can match
+        clauses = 3
+    else:
+        clauses = 2
+    return Shape(SG_EGRESS if egress else SG_INGRESS, egress, eth, field, _cid(rule), clauses, prefix)
+
+
+def port_flows(
+    port: int, sgs: Sequence[tuple[SecurityGroup, Families]], cookie: int = AGENT_COOKIE
+) -> list[Flow]:
+    """A local port's part of its security groups (``sgs``, each with its remote groups' families):
+    egress default deny once any of them has egress rules, and the port's clause of every rule
+    (egress by in_port on the sender's host, table 62; ingress by output port on the receiver's,
+    table 63). The endpoint's section has them, so a port joining costs its own flows."""
     flows = []
-    if any(r.direction == "out" for r in sg.rules):
-        flows += [flow(SG_EGRESS, 10, {"in_port": p}, "drop") for p in ports]
-    members = {g: (v4, v6) for g, v4, v6 in families}
+    if any(r.direction == "out" for sg, _ in sgs for r in sg.rules):
+        flows.append(flow(SG_EGRESS, 10, {"in_port": port}, "drop", cookie=cookie))
+    clauses: Clauses = defaultdict(list)
+    for sg, families in sgs:
+        for rule in sg.rules:
+            s = shape(rule, families)
+            if s is not None:
+                local = {"in_port": port} if s.egress else {"reg4": port}
+                add_conjunction(clauses, s.table, 100, s.cid, [[local]], of=s.clauses)
+    return flows + clause_flows(clauses, cookie)
+
+
+def sg_flows(sg: SecurityGroup, families: Families) -> list[Flow]:
+    """A security group with local ports: each rule is a conjunction of the ports (their
+    endpoints' sections: ``port_flows``), the remote side (a prefix here; a remote group's members
+    in its address set's section: ``member_flows``) and the classifier, decided by its own flow;
+    what ingress rules pass is committed to conntrack."""
+    flows = []
     clauses: Clauses = defaultdict(list)
     for rule in sg.rules:
-        egress = rule.direction == "out"
-        eth, key = _family(rule, "dst" if egress else "src")
-        remote: list[Mapping[str, str | int]] = []
-        if rule.remote_prefix is not None:
-            net_ = ipaddress.ip_network(rule.remote_prefix, strict=False)
-            remote = [] if net_.prefixlen == 0 else [{eth: "", key: str(net_)}]
-        elif (
-            rule.remote_group is not None
-            and not members.get(rule.remote_group, (False, False))[eth == "ipv6"]
-        ):
-            continue  # an empty remote group: nothing can match
-        table = SG_EGRESS if egress else SG_INGRESS
-        local: list[Mapping[str, str | int]] = [{"in_port": p} if egress else {"reg4": p} for p in ports]
-        cid = _cid(rule)
-        parts: list[Sequence[Mapping[str, str | int]]] = [local, *([remote] if remote else [])]
-        if rule.remote_group is not None and rule.remote_prefix is None:
-            parts.append([])  # the member clauses (2 of 3): the address set's section has them
+        s = shape(rule, families)
+        if s is None:
+            continue
+        parts: list[Sequence[Mapping[str, str | int]]] = [[]]  # 1: the ports, in their sections
+        if s.clauses == 3:
+            parts.append([s.prefix] if s.prefix is not None else [])  # 2: the remote side
         parts.append(classifier_matches(rule))
-        add_conjunction(clauses, table, 100, cid, parts)
-        if egress:
-            flows.append(flow(SG_EGRESS, 100, {"conj_id": cid}, goto(SG_INGRESS)))
+        add_conjunction(clauses, s.table, 100, s.cid, parts)
+        if s.egress:
+            flows.append(flow(SG_EGRESS, 100, {"conj_id": s.cid}, goto(SG_INGRESS)))
         else:  # ct(commit) needs the ethertype in the match
-            flows.append(flow(SG_INGRESS, 100, {eth: "", "conj_id": cid}, *COMMIT))
+            flows.append(flow(SG_INGRESS, 100, {s.eth: "", "conj_id": s.cid}, *COMMIT))
     return flows + clause_flows(clauses)
 
 

@@ -81,10 +81,8 @@ def stamp(key: SectionKey, flows: Iterable[Flow]) -> tuple[Flow, ...]:
     """A section's flows as the bridge gets them: its cookie on each, one flow per key (of two
     with one key, the last, as a flow mod after another would leave it)."""
     cookie = cookie_of(key)
-    out: dict[FlowKey, Flow] = {}
-    for f in flows:
-        out[f.key] = f if f.cookie == cookie else Flow(f.table, f.priority, f.match, f.actions, cookie)
-    return tuple(out.values())
+    out = {f.key: f for f in flows}
+    return tuple(f if f.cookie == cookie else f.with_cookie(cookie) for f in out.values())
 
 
 def rank(key: SectionKey) -> tuple[int, SectionKey]:
@@ -110,6 +108,34 @@ def resolve(contributions: Mapping[SectionKey, Flow]) -> Flow:
     if all(is_clause(f) for f in flows):
         return _merged(winner, tuple(sorted({a for f in flows for a in f.actions})))
     return winner
+
+
+Owners = tuple[SectionKey, Flow] | dict[SectionKey, Flow]  # one section's flow, or several's
+
+
+def index(parts: Mapping[SectionKey, tuple[Flow, ...]]) -> tuple[dict[FlowKey, Owners], dict[FlowKey, Flow]]:
+    """Who wants each flow key (one section and its flow, or several), and the flow each key
+    resolves to: in one pass, with the shared keys resolved at the end (a full sync's mirror)."""
+    owners: dict[FlowKey, Owners] = {}
+    flows: dict[FlowKey, Flow] = {}
+    shared = []
+    for skey, section in parts.items():
+        for f in section:
+            k = f.key
+            o = owners.get(k)
+            if o is None:
+                owners[k] = (skey, f)
+                flows[k] = f
+            elif isinstance(o, tuple):
+                owners[k] = {o[0]: o[1], skey: f}
+                shared.append(k)
+            else:
+                o[skey] = f
+    for k in shared:
+        o = owners[k]
+        assert isinstance(o, dict)
+        flows[k] = resolve(o)
+    return owners, flows
 
 
 class Sections:
@@ -155,7 +181,9 @@ class Sections:
         compare them all)."""
         if other is self:
             return ()
-        if (self.base or self) is (other.base or other):
+        mine = self.base if self.base is not None else self  # not ``or``: len() resolves every flow
+        theirs = other.base if other.base is not None else other
+        if mine is theirs:
             return self.changed | other.changed
         return None
 
@@ -174,17 +202,17 @@ class Sections:
     @cached_property
     def flows(self) -> tuple[Flow, ...]:
         """Every flow, one per key, shared ones resolved; in section order, then each section's."""
-        owners: dict[FlowKey, dict[SectionKey, Flow]] = {}
-        for key, flows in self.parts.items():
-            for f in flows:
-                owners.setdefault(f.key, {})[key] = f
-        return tuple(next(iter(c.values())) if len(c) == 1 else resolve(c) for c in owners.values())
+        return tuple(index(self.parts)[1].values())
 
     def __iter__(self) -> Iterator[Flow]:
         return iter(self.flows)
 
     def __len__(self) -> int:
+        """How many flows (resolving them all, once: not a test for emptiness)."""
         return len(self.flows)
+
+    def __bool__(self) -> bool:
+        return bool(self.parts)
 
     def __repr__(self) -> str:
         return f"<Sections: {len(self.parts)} sections>"

@@ -1,18 +1,18 @@
 """Switching on ``br-int``: classification, port security, local ARP answers, L2 delivery,
 ARP/ND flooding within a bridge domain, and output to ports or the tunnel.
 
-Per-endpoint flows are pure functions of one frozen record, memoised; the compiler
-(``pipeline.SectionCompiler``) makes each endpoint and each bridge domain a section of its own.
+Per-endpoint flows are pure functions of one frozen record, built with their section's cookie;
+the compiler (``pipeline.SectionCompiler``) makes each endpoint and each bridge domain a section
+of its own and memoises the sections (not these: the flows would be kept twice).
 """
 
 from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from functools import lru_cache
 
 from policyfabric.agent.renderers.ovs import external
-from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.tables import (
     ARP,
     CLASSIFY,
@@ -40,9 +40,9 @@ def is_v6(ip: str) -> bool:
     return ":" in ip
 
 
-@lru_cache(maxsize=1 << 17)
-def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
-    """Classification, port security, its own ARP probes, L2 delivery and output of a local endpoint."""
+def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> tuple[Flow, ...]:
+    """Classification, port security, its own ARP probes, L2 delivery and output of a local endpoint
+    (its section's ``cookie`` on each: ``pipeline.local_section`` memoises the section)."""
     port = ep.ofport or 0
     flows = [
         flow(
@@ -53,6 +53,7 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
             set_field(bd.vni, "reg2"),
             set_field(bd.zone, "reg3"),
             goto(PORT_SECURITY),
+            cookie=cookie,
         ),
         flow(
             L2,
@@ -61,40 +62,61 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
             set_field(ep.classid, "reg1"),
             set_field(port, "reg4"),
             goto(POLICY),
+            cookie=cookie,
         ),
-        flow(OUTPUT, 100, {"reg4": port}, f"output:{port}"),
+        flow(OUTPUT, 100, {"reg4": port}, f"output:{port}", cookie=cookie),
     ]
     # port security: only its own MAC and addresses (ARP sender fields included)
     src: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac}
     for ip in ep.ips:
         if is_v6(ip):
-            flows.append(flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": ip}, goto(ARP)))
-        else:
-            flows.append(flow(PORT_SECURITY, 100, {**src, "ip": "", "nw_src": ip}, goto(ARP)))
             flows.append(
-                flow(PORT_SECURITY, 100, {**src, "arp": "", "arp_spa": ip, "arp_sha": ep.mac}, goto(ARP))
+                flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": ip}, goto(ARP), cookie=cookie)
+            )
+        else:
+            flows.append(flow(PORT_SECURITY, 100, {**src, "ip": "", "nw_src": ip}, goto(ARP), cookie=cookie))
+            flows.append(
+                flow(
+                    PORT_SECURITY,
+                    100,
+                    {**src, "arp": "", "arp_spa": ip, "arp_sha": ep.mac},
+                    goto(ARP),
+                    cookie=cookie,
+                )
             )
             # an endpoint announcing or probing its own address is not answered
-            flows.append(flow(ARP, 200, {"in_port": port, "arp": "", "arp_op": 1, "arp_tpa": ip}, goto(L2)))
+            flows.append(
+                flow(
+                    ARP,
+                    200,
+                    {"in_port": port, "arp": "", "arp_op": 1, "arp_tpa": ip},
+                    goto(L2),
+                    cookie=cookie,
+                )
+            )
     # IPv6 neighbour discovery needs the link-local address, and DAD the unspecified one
-    flows.append(flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP)))
-    flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP)))
-    return (*flows, *arp_answers(ep, bd))
+    flows.append(
+        flow(
+            PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP), cookie=cookie
+        )
+    )
+    flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP), cookie=cookie))
+    return (*flows, *arp_answers(ep, bd, cookie))
 
 
-def arp_reply(vni: int, ip: str, mac: str) -> Flow:
+def arp_reply(vni: int, ip: str, mac: str, cookie: int = AGENT_COOKIE) -> Flow:
     """Answer "who has ``ip``" in the bridge domain with ``mac``, from the host itself."""
-    return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac)
+    return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac, cookie)
 
 
-@lru_cache(maxsize=1 << 17)
-def arp_answers(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
+def arp_answers(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> tuple[Flow, ...]:
     """Answer "who has IP" for an endpoint of the bridge domain on the host, so ARP stays local."""
-    return tuple(arp_reply(bd.vni, ip, ep.mac) for ip in ep.ips if not is_v6(ip))
+    return tuple(arp_reply(bd.vni, ip, ep.mac, cookie) for ip in ep.ips if not is_v6(ip))
 
 
-@lru_cache(maxsize=1 << 17)
-def remote_endpoint_flows(ep: Endpoint, bd: BridgeDomain, tunnel_port: int) -> tuple[Flow, ...]:
+def remote_endpoint_flows(
+    ep: Endpoint, bd: BridgeDomain, tunnel_port: int, cookie: int = AGENT_COOKIE
+) -> tuple[Flow, ...]:
     """L2 delivery to a remote endpoint through the tunnel, and ARP answers for it."""
     l2 = flow(
         L2,
@@ -104,8 +126,9 @@ def remote_endpoint_flows(ep: Endpoint, bd: BridgeDomain, tunnel_port: int) -> t
         set_field(tunnel_port, "reg4"),
         set_field(ip_hex(ep.vtep or "0.0.0.0"), "reg7"),
         goto(POLICY),
+        cookie=cookie,
     )
-    return (l2, *arp_answers(ep, bd))
+    return (l2, *arp_answers(ep, bd, cookie))
 
 
 def base_flows(tunnel_port: int | None) -> list[Flow]:
