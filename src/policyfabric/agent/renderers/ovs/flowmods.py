@@ -114,7 +114,7 @@ class Mirror:
             keys = self.sections.keys() | desired.parts.keys()
         touched: dict[FlowKey, None] = {}
         for key in keys:
-            old, new = self.sections.get(key, ()), desired.parts.get(key, ())
+            old, new = self.sections.get(key, ()), desired.get(key)
             if old is new:
                 continue
             gone, came = _difference(old, new)

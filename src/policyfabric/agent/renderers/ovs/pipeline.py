@@ -180,25 +180,54 @@ def base_section(tunnel: int | None, enforce: bool) -> Section:
 
 
 class _AddressSet:
-    """One remote group's address set as a section: each member's clause flows, kept by address
-    so that a member joining costs its own flows (and a pass over the list, no flow rebuilt)."""
+    """A remote group's address set: one section per member address (its clause flows), so that a
+    member joining or leaving costs its own section, found by a set difference of the addresses
+    (in C), not a pass over the members in Python. Counts its IPv4 and IPv6 members (a rule whose
+    remote group has none of its family matches nothing)."""
 
-    def __init__(self, key: SectionKey, signature: secgroups.Signature) -> None:
-        self.key, self.signature, self.cookie = key, signature, cookie_of(key)
-        self.members: tuple[str, ...] = ()
-        self.section: Section = ()
-        self._of: dict[str, tuple[Flow, ...]] = {}
+    def __init__(self, group: str) -> None:
+        self.group = group
+        self.view: tuple[str, ...] = ()
+        self._members: set[str] = set()
+        self._v6 = 0
+        self._came: set[str] = set()  # since the sections were last brought up to date
+        self._gone: set[str] = set()
+        self.signature: secgroups.Signature | None = None
 
-    def update(self, members: tuple[str, ...]) -> Section:
-        if members is self.members or members == self.members:
-            return self.section
-        of, old, signature, cookie = {}, self._of, self.signature, self.cookie
-        for address in dict.fromkeys(members):
-            flows = old.get(address)
-            of[address] = flows if flows is not None else secgroups.member_flows(address, signature, cookie)
-        self._of, self.members = of, members
-        self.section = tuple(f for flows in of.values() for f in flows)
-        return self.section
+    @property
+    def families(self) -> tuple[bool, bool]:
+        return len(self._members) > self._v6, self._v6 > 0
+
+    def take(self, view: tuple[str, ...]) -> None:
+        """The group's members are now ``view``."""
+        if view is self.view or view == self.view:
+            self.view = view
+            return
+        members = set(view)
+        came, gone = members - self._members, self._members - members
+        self._v6 += sum(":" in a for a in came) - sum(":" in a for a in gone)
+        self._came = (self._came - gone) | came
+        self._gone = (self._gone - came) | gone
+        self.view, self._members = view, members
+
+    def sections(self, signature: secgroups.Signature, out: dict[SectionKey, Section]) -> None:
+        """Put in ``out`` the member sections that changed (``()``: gone), for rules of ``signature``."""
+        if signature != self.signature:
+            came, gone = self._members, self._gone  # every member's flows change
+            self.signature = signature
+        else:
+            came, gone = self._came, self._gone
+        for address in gone:
+            out["addrset", self.group, address] = ()
+        for address in came:
+            key = ("addrset", self.group, address)
+            out[key] = stamp(key, secgroups.member_flows(address, signature, cookie_of(key)))
+        self._came, self._gone = set(), set()
+
+    def removed(self, out: dict[SectionKey, Section]) -> None:
+        """Put in ``out`` the removal of every member section (the group is named no more)."""
+        for address in self._members | self._gone:
+            out["addrset", self.group, address] = ()
 
 
 class _Endpoints:
@@ -273,11 +302,6 @@ class _Endpoints:
         return gone, came
 
 
-def _families(members: Sequence[str]) -> tuple[bool, bool]:
-    """(has an IPv4 member, has an IPv6 member)."""
-    return any(":" not in a for a in members), any(":" in a for a in members)
-
-
 def _pick(records: Sequence[Endpoint]) -> Endpoint:
     """Of several records with one key (not in valid input), the one that counts: the last in a
     fixed order, so that the result does not depend on the order of the view."""
@@ -304,7 +328,6 @@ class SectionCompiler:
         self.tunnel = tunnel
         self.last: Sections | None = None
         self.announcements: frozenset[external.Announcement] = frozenset()
-        self._parts: dict[SectionKey, Section] = {}
         self._local = _Endpoints()
         self._remote = _Endpoints()
         # what several sections read, counted up and down as endpoints come and go
@@ -319,8 +342,7 @@ class SectionCompiler:
         self._bd_inputs: dict[str, tuple[BridgeDomain, tuple[int, ...], tuple[str, ...]]] = {}
         self._small: dict[SectionKey, Section] = {}  # every section but the endpoints'
         self._memo: dict[SectionKey, tuple[Callable[..., Section], tuple[Any, ...], Section]] = {}
-        self._addrsets: dict[str, _AddressSet] = {}
-        self._families: dict[str, tuple[tuple[str, ...], tuple[bool, bool]]] = {}
+        self._addrsets: dict[str, _AddressSet] = {}  # remote groups that active security groups name
 
     def compile(self, net: Network, tunnel_port: int | None) -> Sections:
         """The sections of ``net`` (with the tunnel on ``tunnel_port``): those of the last compile
@@ -341,9 +363,9 @@ class SectionCompiler:
                 skey: SectionKey = (kind, key)
                 records = index.get(key)
                 section = build(records) if records else ()
-                if self._parts.get(skey, ()) is not section:
+                if self._get(skey) is not section:
                     updates[skey] = section
-        small = self._small_sections(net, local_bds, routers)
+        small = self._small_sections(net, local_bds, routers, updates)
         for skey in self._small.keys() - small.keys():
             updates[skey] = ()
         for skey, section in small.items():
@@ -351,17 +373,15 @@ class SectionCompiler:
                 updates[skey] = section
         self._small = small
 
-        if self.last is not None and not updates:
-            return self.last
-        parts = self._parts.copy()  # the last Sections keeps its own
-        for skey, section in updates.items():
-            if section:
-                parts[skey] = section
-            else:
-                parts.pop(skey, None)
-        self._parts = parts
-        self.last = self.last.derive(parts, updates) if self.last is not None else Sections(parts)
+        updates = {k: v for k, v in updates.items() if self._get(k) is not v}
+        if self.last is None:
+            self.last = Sections({k: v for k, v in updates.items() if v})
+        elif updates:
+            self.last = self.last.derive(updates)
         return self.last
+
+    def _get(self, key: SectionKey) -> Section:
+        return self.last.get(key) if self.last is not None else ()
 
     def _endpoints(self, net: Network) -> tuple[set[str], set[str]]:
         """Take in the endpoints that left and joined; the keys whose sections they change."""
@@ -439,12 +459,12 @@ class SectionCompiler:
     def _families_of(self, sg: SecurityGroup, net: Network) -> secgroups.Families:
         """Which of the remote groups ``sg``'s rules name have IPv4 and IPv6 members."""
         out = []
-        for g in sorted({r.remote_group for r in sg.rules if r.remote_group and r.remote_prefix is None}):
-            members = net.address_sets.get(g, ())
-            last = self._families.get(g)
-            if last is None or (last[0] is not members and last[0] != members):
-                last = self._families[g] = (members, _families(members))
-            out.append((g, *last[1]))
+        for g in secgroups.remote_groups(sg):
+            addresses = self._addrsets.get(g)
+            if addresses is None:
+                addresses = self._addrsets[g] = _AddressSet(g)
+            addresses.take(net.address_sets.get(g, ()))
+            out.append((g, *addresses.families))
         return tuple(out)
 
     def _local_section(self, records: Sequence[Endpoint]) -> Section:
@@ -477,10 +497,14 @@ class SectionCompiler:
         return section
 
     def _small_sections(
-        self, net: Network, local_bds: frozenset[str], routers: list[Router]
+        self,
+        net: Network,
+        local_bds: frozenset[str],
+        routers: list[Router],
+        updates: dict[SectionKey, Section],
     ) -> dict[SectionKey, Section]:
-        """Every section but the endpoints': bridge domains, routers, external ports, floating IPs,
-        groups, contracts, security groups, address sets, the fixed flows."""
+        """Every section but the endpoints' and the address sets' members: bridge domains, routers,
+        external ports, floating IPs, groups, contracts, security groups, the fixed flows."""
         out: dict[SectionKey, Section] = {}
         memo: dict[SectionKey, Any] = {}
         tunnel = self.tunnel
@@ -541,16 +565,23 @@ class SectionCompiler:
                 key = ("contract", uri)
                 prov, cons = providers.get(uri, ()), consumers.get(uri, ())
                 put(key, self._memoised(memo, key, contract_section, c, prov, cons))
-            self._security_groups(net, put, memo)
+            self._security_groups(put, memo, updates)
+        else:
+            for name in list(self._addrsets):
+                self._addrsets.pop(name).removed(updates)
 
         put(("base",), base_section(tunnel, self.enforce))
         self._memo = memo
         return out
 
     def _security_groups(
-        self, net: Network, put: Callable[[SectionKey, Section], None], memo: dict[SectionKey, Any]
+        self,
+        put: Callable[[SectionKey, Section], None],
+        memo: dict[SectionKey, Any],
+        updates: dict[SectionKey, Section],
     ) -> None:
-        """The security groups with local endpoints, and the address sets their rules name."""
+        """The security groups with local endpoints, and (into ``updates``: they are many, and
+        change by a few) the member sections of the address sets their rules name."""
         active: list[SecurityGroup] = []
         for g in sorted(self._sg_ctx):
             context = self._sg_ctx[g]
@@ -558,20 +589,11 @@ class SectionCompiler:
                 sg, families = context
                 active.append(sg)
                 put(("sg", g), self._memoised(memo, ("sg", g), sg_section, sg, families))
-        named = sorted(
-            {r.remote_group for sg in active for r in sg.rules if r.remote_group and r.remote_prefix is None}
-        )
-        addrsets: dict[str, _AddressSet] = {}
-        for g in named:
-            signature = secgroups.member_signature(g, active)
-            kept = self._addrsets.get(g)
-            if kept is None or kept.signature != signature:
-                kept = _AddressSet(("addrset", g), signature)
-            addrsets[g] = kept
-            put(kept.key, kept.update(net.address_sets.get(g, ())))
-        self._addrsets = addrsets
-        for g in [g for g in self._families if g not in addrsets]:
-            del self._families[g]
+        named = {g for sg in active for g in secgroups.remote_groups(sg)}
+        for g in sorted(named):
+            self._addrsets[g].sections(secgroups.member_signature(g, active), updates)
+        for g in [g for g in self._addrsets if g not in named]:
+            self._addrsets.pop(g).removed(updates)
 
 
 def compile_sections(net: Network, tunnel_port: int | None, enforce_policy: bool = True) -> Sections:

@@ -60,6 +60,13 @@ def _cid(rule: SgRule) -> int:
     )
 
 
+def remote_groups(sg: SecurityGroup) -> list[str]:
+    """The remote groups ``sg``'s rules name (those with no remote prefix: a prefix wins), sorted."""
+    return sorted(
+        {r.remote_group for r in sg.rules if r.remote_group is not None and r.remote_prefix is None}
+    )
+
+
 Families = tuple[tuple[str, bool, bool], ...]  # (remote group, has IPv4 members, has IPv6 members)
 
 

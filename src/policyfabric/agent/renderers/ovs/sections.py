@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Set as AbstractSet
 from functools import cached_property, lru_cache
 
 from policyfabric.agent.renderers.ovs.flows import Flow, section_cookie
@@ -138,43 +139,88 @@ def index(parts: Mapping[SectionKey, tuple[Flow, ...]]) -> tuple[dict[FlowKey, O
     return owners, flows
 
 
+Section = tuple[Flow, ...]
+
+
+class _Overlay(Mapping[SectionKey, Section]):
+    """A root's sections with changes on top (``()``: a section that went)."""
+
+    def __init__(self, under: Mapping[SectionKey, Section], over: Mapping[SectionKey, Section]) -> None:
+        self._under, self._over = under, over
+
+    def __getitem__(self, key: SectionKey) -> Section:
+        section = self._over.get(key)
+        if section is None:
+            return self._under[key]
+        if not section:
+            raise KeyError(key)
+        return section
+
+    def __iter__(self) -> Iterator[SectionKey]:
+        over = self._over
+        yield from (k for k in self._under if k not in over)
+        yield from (k for k, v in over.items() if v)
+
+    def __len__(self) -> int:
+        return sum(1 for _ in self)
+
+
 class Sections:
     """The desired flows of a bridge by section: ``parts`` maps a section's key to its flows (one
     per flow key). Iterating gives the flows the bridge should hold, shared ones resolved.
 
-    ``base`` and ``changed`` make comparing two of them cheap: a ``Sections`` made from another
-    records which sections it changed, relative to a common root (``base``), so two with one
-    root differ at most in the sections either changed. Nothing else holds the history: a root
-    is made again every ``REROOT`` changes (one full comparison then), so old sections are not
-    kept alive by a chain."""
-
-    __slots__ = ("__dict__", "base", "changed", "parts")
+    Made from another by a few changed sections (``derive``), it holds them on top of a common
+    root (``base``) rather than a copy of every section, and ``changed`` says which they are: two
+    with one root differ at most in the sections either changed, which is what makes comparing
+    them (``==``, the applier's plan) cost the changes, not the bridge. A root is made again
+    every ``REROOT`` changes (one full copy, one full comparison), so no chain of old sections is
+    kept alive."""
 
     def __init__(
         self,
-        parts: Mapping[SectionKey, tuple[Flow, ...]],
+        parts: Mapping[SectionKey, Section],
         base: Sections | None = None,
-        changed: Collection[SectionKey] = frozenset(),
+        changes: Mapping[SectionKey, Section] | None = None,
     ) -> None:
-        self.parts = parts
-        self.base = base
-        self.changed = frozenset(changed) if base is not None else frozenset()
+        if base is None:
+            self.base: Sections | None = None
+            self._changes: Mapping[SectionKey, Section] = {}
+            self.parts: Mapping[SectionKey, Section] = parts
+        else:
+            self.base, self._changes = base, changes or {}
+            self.parts = _Overlay(parts, self._changes)
+
+    @property
+    def changed(self) -> AbstractSet[SectionKey]:
+        """The sections that may differ from the root's (none for a root)."""
+        return self._changes.keys()
 
     @classmethod
     def of(cls, flows: Iterable[Flow]) -> Sections:
         """A flat list of flows as one section (of two flows with one key, the last)."""
         return cls({("flows",): tuple({f.key: f for f in flows}.values())})
 
-    def derive(
-        self, parts: Mapping[SectionKey, tuple[Flow, ...]], changed: Collection[SectionKey]
-    ) -> Sections:
-        """The sections ``parts``, which differ from these at most in ``changed``."""
-        if self.base is None:
-            return Sections(parts, self, changed)
-        since = self.changed | frozenset(changed)
-        if len(since) > REROOT:
-            return Sections(parts)
-        return Sections(parts, self.base, since)
+    def get(self, key: SectionKey) -> Section:
+        """Section ``key``'s flows (``()``: none)."""
+        section = self._changes.get(key)
+        if section is not None:
+            return section
+        root = self.base if self.base is not None else self
+        return root.parts.get(key, ())
+
+    def derive(self, updates: Mapping[SectionKey, Section]) -> Sections:
+        """These sections with ``updates`` (a section's new flows; ``()`` when it goes)."""
+        root = self.base if self.base is not None else self
+        changes = {**self._changes, **updates}
+        if len(changes) <= REROOT:
+            return Sections(root.parts, root, changes)
+        parts = dict(root.parts)
+        for key, section in changes.items():
+            if section:
+                parts[key] = section
+            else:
+                parts.pop(key, None)
+        return Sections(parts)
 
     def changed_since(self, other: Sections) -> Collection[SectionKey] | None:
         """The sections in which these may differ from ``other``; None if unknown (no common root:
@@ -194,8 +240,8 @@ class Sections:
             return NotImplemented
         keys = self.changed_since(other)
         if keys is None:
-            return self.parts == other.parts
-        return all(self.parts.get(k) == other.parts.get(k) for k in keys)
+            return dict(self.parts) == dict(other.parts)
+        return all(self.get(k) == other.get(k) for k in keys)
 
     __hash__ = None  # type: ignore[assignment]
 
@@ -212,7 +258,7 @@ class Sections:
         return len(self.flows)
 
     def __bool__(self) -> bool:
-        return bool(self.parts)
+        return any(True for _ in self.parts)
 
     def __repr__(self) -> str:
-        return f"<Sections: {len(self.parts)} sections>"
+        return f"<Sections: {sum(1 for _ in self.parts)} sections>"
