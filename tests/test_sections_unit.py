@@ -69,8 +69,10 @@ from tests.fabric import (
     endpoint,
     external_network,
     floating_ip,
+    from_tunnel,
     gateway,
     group,
+    ip_packet,
     leg,
     mac,
     members,
@@ -79,6 +81,7 @@ from tests.fabric import (
     rule,
     security_group,
     sg_rule,
+    switch,
 )
 
 # ---- a small fabric whose every part a step may change
@@ -263,8 +266,8 @@ def labelled(flows: Iterable[Flow]) -> set[tuple[Flow, int]]:
     return {(f, f.cookie) for f in flows}
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(STEPS, min_size=1, max_size=14), st.booleans())
+@settings(max_examples=150, deadline=None)
+@given(st.lists(STEPS, min_size=1, max_size=30), st.booleans())
 def test_a_sectioned_plan_per_step_keeps_the_switch_equal_to_a_fresh_compile(
     changes: list[tuple[Any, ...]], enforce: bool
 ) -> None:
@@ -349,6 +352,44 @@ def test_conjunction_clauses_of_several_sections_are_one_flow_with_all_their_act
     assert change.flow.cookie == cookie_of(ssh[0])  # "ssh" > "http"
     [change] = mirror.update(Sections(dict([ssh])))
     assert change == AddFlow(ssh[1][0])  # back to ssh's own
+
+
+def test_a_group_party_to_two_contracts_at_one_priority_gets_both_packets_through() -> None:
+    """app consumes http (tcp/80 to web) and provides ssh (tcp/22 from db), both rules at one
+    priority: app's source clause is one flow that two contracts' sections want, and it must carry
+    both conjunctions (a packet of each contract passes; a packet of neither does not)."""
+    web1 = endpoint("web1", mac(1), "10.1.0.1", bd=BD1, group=GROUPS["web"], ofport=1)
+    app1 = endpoint("app1", mac(2), "10.1.0.2", bd=BD1, group=GROUPS["app"], ofport=2)
+    db1 = endpoint("db1", mac(3), "10.1.0.3", bd=BD1, group=replace(GROUPS["db"], bd="bd1"), ofport=3)
+    net = network(local=[web1, app1, db1], groups=[*GROUPS.values()], contracts=[HTTP, SSH], bds=[BD1])
+    sections = compile_sections(net, None)
+    shared = {f.key for f in sections.get(("contract", "http"))} & {
+        f.key for f in sections.get(("contract", "ssh"))
+    }
+    assert shared  # the premise: the two contracts' sections share clause flows
+    sw = switch(net, None)
+    assert sw.send(ip_packet(app1, web1, dport=80)).ports == [1]
+    assert sw.send(ip_packet(db1, app1, dport=22)).ports == [2]
+    assert sw.send(ip_packet(app1, db1, dport=22)).ports == [3]  # ssh is bidirectional
+    assert sw.send(ip_packet(app1, web1, dport=22)).dropped
+
+
+def test_a_member_of_two_remote_groups_passes_the_rules_of_both() -> None:
+    """A remote endpoint in sg/one and sg/two: its address's clause flow is wanted by both address
+    sets' sections and carries both rules' conjunctions."""
+    one = security_group("sg/one", sg_rule("sg/one#22", protocol=TCP, ports=22, remote_group="sg/one"))
+    two = security_group("sg/two", sg_rule("sg/two#80", protocol=TCP, ports=80, remote_group="sg/two"))
+    here = endpoint("here", mac(1), "10.1.0.1", bd=BD1, ofport=1, security_groups=[one, two])
+    there = endpoint("there", mac(2), "10.1.0.2", bd=BD1, vtep="192.0.2.2", security_groups=[one, two])
+    net = network(local=[here], remote=[there], bds=[BD1], security_groups=[one, two])
+    sections = compile_sections(net, 100)
+    assert {f.key for f in sections.get(("addrset", "sg/one", "10.1.0.2"))} == {
+        f.key for f in sections.get(("addrset", "sg/two", "10.1.0.2"))
+    }
+    sw = switch(net)
+    for port in (22, 80):
+        assert sw.send(from_tunnel(ip_packet(there, here, dport=port), 0x10001, 0)).ports == [1]
+    assert sw.send(from_tunnel(ip_packet(there, here, dport=443), 0x10001, 0)).dropped
 
 
 def test_different_flows_with_one_key_resolve_the_same_whatever_the_order() -> None:
