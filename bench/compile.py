@@ -70,7 +70,7 @@ from policyfabric.agent.view import (
 )
 
 P = "/PolicyUniverse/PolicySpace/bench"
-TUNNEL = 4000
+TUNNEL = 65000  # above every endpoint's port
 BDS = 4
 SG = f"{P}/GbpSecGroup/sg/"
 HTTP = f"{P}/GbpContract/http/"

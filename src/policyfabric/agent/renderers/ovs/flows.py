@@ -130,7 +130,7 @@ def flow(
     cookie: int = AGENT_COOKIE,
 ) -> Flow:
     """Build a flow; ``match`` values of "" are bare keywords such as ``ip`` or ``arp``."""
-    pairs = tuple((k, v if isinstance(v, str) else str(v)) for k, v in (match or {}).items())
+    pairs = tuple([(k, v if isinstance(v, str) else str(v)) for k, v in match.items()]) if match else ()
     return Flow(table, priority, pairs, actions, cookie)
 
 

@@ -343,6 +343,11 @@ class SectionCompiler:
         self._small: dict[SectionKey, Section] = {}  # every section but the endpoints'
         self._memo: dict[SectionKey, tuple[Callable[..., Section], tuple[Any, ...], Section]] = {}
         self._addrsets: dict[str, _AddressSet] = {}  # remote groups that active security groups name
+        self._parties: tuple[Any, bool, tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]] = (
+            None,
+            False,
+            ({}, {}),
+        )  # (the groups, the outside is a party, each contract's providers and consumers)
 
     def compile(self, net: Network, tunnel_port: int | None) -> Sections:
         """The sections of ``net`` (with the tunnel on ``tunnel_port``): those of the last compile
@@ -560,7 +565,13 @@ class SectionCompiler:
             for g in net.groups.values():
                 if g.classid in self._classids:
                     put(("group", g.uri), group_section(g))
-            providers, consumers = group_policy.parties(net.groups.values(), outside=bool(fips))
+            if self._parties[0] is not net.groups or self._parties[1] != bool(fips):
+                self._parties = (
+                    net.groups,
+                    bool(fips),
+                    group_policy.parties(net.groups.values(), bool(fips)),
+                )
+            providers, consumers = self._parties[2]
             for uri, c in sorted(net.contracts.items()):
                 key = ("contract", uri)
                 prov, cons = providers.get(uri, ()), consumers.get(uri, ())

@@ -11,6 +11,7 @@ import ipaddress
 from collections import defaultdict
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import lru_cache
 
 from policyfabric.agent.renderers.ovs.conjunctions import (
     Clauses,
@@ -112,17 +113,28 @@ def port_flows(
     egress default deny once any of them has egress rules, and the port's clause of every rule
     (egress by in_port on the sender's host, table 62; ingress by output port on the receiver's,
     table 63). The endpoint's section has them, so a port joining costs its own flows."""
-    flows = []
-    if any(r.direction == "out" for sg, _ in sgs for r in sg.rules):
-        flows.append(flow(SG_EGRESS, 10, {"in_port": port}, "drop", cookie=cookie))
+    egress_drop, clauses = port_template(tuple(sgs))
+    flows = [flow(SG_EGRESS, 10, {"in_port": port}, "drop", cookie=cookie)] if egress_drop else []
+    value = str(port)
+    return flows + [Flow(table, 100, ((field, value),), actions, cookie) for table, field, actions in clauses]
+
+
+@lru_cache(maxsize=1 << 12)
+def port_template(
+    sgs: tuple[tuple[SecurityGroup, Families], ...],
+) -> tuple[bool, tuple[tuple[int, str, tuple[str, ...]], ...]]:
+    """What any port of security groups ``sgs`` gets: whether egress is default deny, and its clause
+    flows (table, the port's field, conjunction actions); the same for every port of the groups."""
+    egress = any(r.direction == "out" for sg, _ in sgs for r in sg.rules)
     clauses: Clauses = defaultdict(list)
     for sg, families in sgs:
         for rule in sg.rules:
             s = shape(rule, families)
             if s is not None:
-                local = {"in_port": port} if s.egress else {"reg4": port}
-                add_conjunction(clauses, s.table, 100, s.cid, [[local]], of=s.clauses)
-    return flows + clause_flows(clauses, cookie)
+                add_conjunction(
+                    clauses, s.table, 100, s.cid, [[{"in_port" if s.egress else "reg4": ""}]], of=s.clauses
+                )
+    return egress, tuple((f.table, f.match[0][0], f.actions) for f in clause_flows(clauses))
 
 
 def sg_flows(sg: SecurityGroup, families: Families) -> list[Flow]:
