@@ -97,7 +97,7 @@ def local_section(
     if enforce and ep.sg_governed:
         flows.append(secgroups.port_flow(ep.ofport or 0, cookie))
         flows += secgroups.port_flows(ep.ofport or 0, sgs, cookie)
-    return stamp(key, flows)
+    return stamp(key, flows, cookie)
 
 
 @lru_cache(maxsize=1 << 17)
@@ -114,7 +114,7 @@ def remote_section(
             flows += remote_l2(ep, bd, tunnel, cookie)
         for number, mac in routes:
             flows += routed_flows(ep, bd, number, mac, tunnel, cookie)
-    return stamp(key, flows)
+    return stamp(key, flows, cookie)
 
 
 @lru_cache(maxsize=1 << 12)
@@ -221,7 +221,8 @@ class _AddressSet:
             out["addrset", self.group, address] = ()
         for address in came:
             key = ("addrset", self.group, address)
-            out[key] = stamp(key, secgroups.member_flows(address, signature, cookie_of(key)))
+            cookie = cookie_of(key)
+            out[key] = stamp(key, secgroups.member_flows(address, signature, cookie), cookie)
         self._came, self._gone = set(), set()
 
     def removed(self, out: dict[SectionKey, Section]) -> None:
@@ -364,7 +365,7 @@ class SectionCompiler:
             ("ep", dirty_local, self._local.by_key, self._local_section),
             ("remote", dirty_remote, self._remote.by_key, self._remote_section),
         ):
-            for key in sorted(dirty):
+            for key in dirty:  # in the view's order (a fresh compile: the view's)
                 skey: SectionKey = (kind, key)
                 records = index.get(key)
                 section = build(records) if records else ()
@@ -388,7 +389,7 @@ class SectionCompiler:
     def _get(self, key: SectionKey) -> Section:
         return self.last.get(key) if self.last is not None else ()
 
-    def _endpoints(self, net: Network) -> tuple[set[str], set[str]]:
+    def _endpoints(self, net: Network) -> tuple[dict[str, None], dict[str, None]]:
         """Take in the endpoints that left and joined; the keys whose sections they change."""
         gone, came = self._local.update(net.local)
         ports: Counter[tuple[str, int]] = Counter()
@@ -411,7 +412,7 @@ class SectionCompiler:
                 if not self._ports[bd]:
                     del self._ports[bd]
                 self._dirty_bds.add(bd)
-        dirty_local = {e.key for e in (*gone, *came)}
+        dirty_local = dict.fromkeys(e.key for e in (*gone, *came))
 
         gone, came = self._remote.update(net.remote)
         vteps: Counter[tuple[str, str]] = Counter()
@@ -428,15 +429,15 @@ class SectionCompiler:
                 del hosts[vtep]
             if not hosts:
                 del self._vteps[bd]
-        return dirty_local, {e.key for e in (*gone, *came)}
+        return dirty_local, dict.fromkeys(e.key for e in (*gone, *came))
 
     def _contexts(
         self,
         net: Network,
         local_bds: frozenset[str],
         routers: list[Router],
-        dirty_local: set[str],
-        dirty_remote: set[str],
+        dirty_local: dict[str, None],
+        dirty_remote: dict[str, None],
     ) -> None:
         """Each bridge domain's and security group's context; the endpoints of one that changed
         are rebuilt."""
@@ -449,8 +450,8 @@ class SectionCompiler:
         for b in self._local.in_bd.keys() | self._remote.in_bd.keys():
             ctx[b] = (net.bds.get(b), b in local_bds, tuple(routes.get(b, ())))
             if self._ctx.get(b) != ctx[b]:
-                dirty_local.update(e.key for e in self._local.in_bd.get(b, {}).values())
-                dirty_remote.update(e.key for e in self._remote.in_bd.get(b, {}).values())
+                dirty_local.update(dict.fromkeys(e.key for e in self._local.in_bd.get(b, {}).values()))
+                dirty_remote.update(dict.fromkeys(e.key for e in self._remote.in_bd.get(b, {}).values()))
                 self._dirty_bds.add(b)
         self._ctx = ctx
         sg_ctx: dict[str, SgContext | None] = {}
@@ -458,7 +459,7 @@ class SectionCompiler:
             sg = net.security_groups.get(g)
             sg_ctx[g] = (sg, self._families_of(sg, net)) if sg is not None and self.enforce else None
             if self._sg_ctx.get(g) != sg_ctx[g]:
-                dirty_local.update(e.key for e in members.values())
+                dirty_local.update(dict.fromkeys(e.key for e in members.values()))
         self._sg_ctx = sg_ctx
 
     def _families_of(self, sg: SecurityGroup, net: Network) -> secgroups.Families:

@@ -78,12 +78,20 @@ def cookie_section(cookie: int, keys: Iterable[SectionKey]) -> list[SectionKey]:
     return [k for k in keys if cookie in (cookie_of(k), cookie_of(k, learned=True))]
 
 
-def stamp(key: SectionKey, flows: Iterable[Flow]) -> tuple[Flow, ...]:
-    """A section's flows as the bridge gets them: its cookie on each, one flow per key (of two
-    with one key, the last, as a flow mod after another would leave it)."""
-    cookie = cookie_of(key)
-    out = {f.key: f for f in flows}
-    return tuple(f if f.cookie == cookie else f.with_cookie(cookie) for f in out.values())
+def stamp(key: SectionKey, flows: Iterable[Flow], cookie: int | None = None) -> tuple[Flow, ...]:
+    """A section's flows as the bridge gets them: its cookie (``cookie_of(key)``) on each, one flow
+    per key (of two with one key, the last, as a flow mod after another would leave it). Builders
+    make their flows with the cookie already: then this only checks."""
+    if cookie is None:
+        cookie = cookie_of(key)
+    out = tuple(flows)
+    if len(out) > 1:
+        unique = {f.key: f for f in out}
+        if len(unique) < len(out):
+            out = tuple(unique.values())
+    if any(f.cookie != cookie for f in out):
+        out = tuple(f if f.cookie == cookie else f.with_cookie(cookie) for f in out)
+    return out
 
 
 def rank(key: SectionKey) -> tuple[int, SectionKey]:
