@@ -24,7 +24,9 @@ the same objects (what the agent's view keeps across reconciles).
   untimed);
 - ``rule``: a rule (tcp/8000+i) added to ``http`` (then removed, untimed);
 - ``join``: a new remote endpoint joins ``sg`` (its address in the address
-  set; then leaves, untimed).
+  set; then leaves, untimed);
+- ``plug``: a new local endpoint (a port, in ``sg`` too; then unplugged,
+  untimed).
 
 Per scenario: p50 and p99 of the samples (ms) and the flow mods sent.
 Run it against another tree (the "before") with PYTHONPATH pointing there:
@@ -254,6 +256,11 @@ def measure(n: int, samples: int) -> dict[str, Any]:
         rule = Rule(f"{HTTP}#x{k}", 50, True, "in", V4, 6, (9000 + k, 9000 + k))
         return replace(base, contracts={HTTP: replace(contract, rules=(*base.contracts[HTTP].rules, rule))})
 
+    def plugged(k: int) -> Network:
+        new = endpoint(n + k)
+        members = base.address_sets[SG]
+        return replace(base, local=(*base.local, new), address_sets={SG: (*members, new.ips[0])})
+
     def joined(k: int) -> Network:
         new = endpoint(n + k, remote=True)
         members = base.address_sets[SG]
@@ -264,6 +271,7 @@ def measure(n: int, samples: int) -> dict[str, Any]:
     timed(moved, "group")
     timed(rule_added, "rule")
     timed(joined, "join")
+    timed(plugged, "plug")
     out["flows"] = agent.renderer.flows
     return out
 
