@@ -5,7 +5,7 @@ its actions as strings in ``ovs-ofctl`` syntax and its cookie. ``text()`` is
 the canonical line the applier sends; the fake table in ``simulate.py``
 evaluates the same records.
 
-Cookies say whose a flow is (64 bits, ``0x5046_K_S_HHHHHHHHHH`` in hex)::
+Cookies say whose a flow is (64 bits: ``0x5046_O_K_IIIIIIIIII`` in hex, origin, kind, id)::
 
     63..48  0x5046   the policyfabric tag: the agent installed it (or a learn action of its flows)
     47..44  origin   0: a compiled flow; 1: a flow a ``learn`` action added (LEARNED)
@@ -27,7 +27,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 COOKIE_TAG = 0x5046 << 48  # "PF": every flow the agent owns carries it in its top 16 bits
-COOKIE_MASK = 0xFFFF << 48  # the tag's bits (ovs-ofctl dump-flows cookie=0x5046000000000000/-1...)
+COOKIE_MASK = 0xFFFF << 48  # the tag's bits: dump-flows cookie=0x5046000000000000/0xffff000000000000
 LEARNED = 1 << 44  # origin bits 47..44 = 1: added by a learn action, not by the agent
 KIND_SHIFT, ID_BITS = 40, 40
 AGENT_COOKIE = COOKIE_TAG  # a compiled flow outside any section
