@@ -20,6 +20,8 @@ the same objects (what the agent's view keeps across reconciles).
   the whole bridge (a first sync: ``replace-flows``);
 - ``same``: a reconcile with nothing changed (a new ``Network`` of the same
   records): compile + the equality check, no apply;
+- ``copied``: nothing changed, but every endpoint record a new object, merely
+  equal to the last (a view that does not keep identity);
 - ``group``: one endpoint moves between ``web`` and ``app`` (then back,
   untimed);
 - ``rule``: a rule (tcp/8000+i) added to ``http`` (then removed, untimed);
@@ -266,8 +268,13 @@ def measure(n: int, samples: int) -> dict[str, Any]:
         members = base.address_sets[SG]
         return replace(base, remote=(*base.remote, new), address_sets={SG: (*members, new.ips[0])})
 
+    def copied(k: int) -> Network:
+        """The same view, every endpoint a new object (what a view without identity gives)."""
+        return replace(base, local=tuple(map(replace, base.local)), remote=tuple(map(replace, base.remote)))
+
     gc.collect()
     timed(lambda k: replace(base), "same")
+    timed(copied, "copied")
     timed(moved, "group")
     timed(rule_added, "rule")
     timed(joined, "join")
