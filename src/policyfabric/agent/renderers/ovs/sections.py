@@ -1,11 +1,12 @@
 """The bridge's desired flows in sections: one section per object the flows come from.
 
-A section is keyed by what it comes from, ``(kind, id)``: ``("ep", "acme/web1")`` for a local
-endpoint, ``("contract", URI)`` for a contract, ``("base",)`` for the fixed flows (``KINDS`` lists
-them all). ``pipeline.SectionCompiler`` builds the sections with memoised builders, so a section
-whose inputs did not change is the *same* tuple object as before; the applier keeps its mirror
-per section (``flowmods.Mirror``) and diffs only the sections that are not, which is what makes
-a one-endpoint change cost one endpoint's flows rather than the bridge's.
+A section is keyed by what it comes from, ``(kind, id...)``: ``("ep", "acme/web1")`` for a
+local endpoint, ``("contract", URI)`` for a contract, ``("addrset", GROUP, ADDRESS)`` for one
+member of a remote group, ``("base",)`` for the fixed flows (``KINDS`` lists them all).
+``pipeline.SectionCompiler`` builds the sections with memoised builders, so a section whose inputs
+did not change is the *same* tuple object as before; the applier keeps its mirror per section
+(``flowmods.Mirror``) and diffs only the sections that are not, which is what makes a
+one-endpoint change cost one endpoint's flows rather than the bridge's.
 
 **Cookies.** Every flow of a section carries the section's cookie (``section_cookie``: the
 policyfabric tag, the kind, 40 bits of a hash of the key; layout in ``flows.py``), stamped when
@@ -51,8 +52,8 @@ KINDS: Mapping[str, int] = {
     "fip": 6,  # a floating IP of a local endpoint
     "group": 7,  # an EPG with local endpoints: intra-group policy
     "contract": 8,  # a contract's rules between the groups that provide and consume it
-    "sg": 9,  # a security group of local ports: its rules, its ports' clauses
-    "addrset": 10,  # a remote group's address set: one clause flow per member address
+    "sg": 9,  # a security group of local ports: its rules (their ports' clauses: in the "ep"s)
+    "addrset": 10,  # one member address of a remote group: its clause flows
     "base": 11,  # the fixed flows: table misses, conntrack, the tunnel's output
     "flows": 12,  # a flat list of flows given to the applier as they are (tests, tools)
 }
@@ -74,7 +75,7 @@ def cookie_of(key: SectionKey, learned: bool = False) -> int:
 
 def cookie_section(cookie: int, keys: Iterable[SectionKey]) -> list[SectionKey]:
     """The keys among ``keys`` whose flows (or learned flows) carry ``cookie``: one, unless two
-    keys hash alike (40 bits: about one pair in 10^5 at 15,000 sections)."""
+    keys of one kind hash alike (40 bits: a chance of about 3 in 10,000 among 25,000 sections)."""
     return [k for k in keys if cookie in (cookie_of(k), cookie_of(k, learned=True))]
 
 
