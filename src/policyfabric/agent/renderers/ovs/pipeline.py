@@ -29,13 +29,17 @@ address set, the fixed flows). ``SectionCompiler`` keeps what it compiled
 last and, for a new view, rebuilds only the sections whose inputs changed:
 endpoints are told apart by identity (the view keeps an unchanged record the
 same object; a new object that is merely equal is rebuilt through the memo
-caches, which give back the very tuple of before), and the aggregates that
-several sections read (the ports of a bridge domain or of a security group,
-the groups with local endpoints) are counted up and down by the endpoints
-that come and go, so a one-endpoint change costs that endpoint's sections
-plus the few objects around it, not a walk of every endpoint in Python. Its
-result is still a pure function of the view: the same sections a fresh
-compiler gives for that view (the property tests hold it to that).
+caches, which give back the very tuple of before; ``tracked.py``), and the
+aggregates that several sections read (a bridge domain's ports and remote
+hosts, a security group's local endpoints, the groups with local endpoints,
+an address set's members) are counted up and down by what comes and goes,
+so a one-endpoint change costs that endpoint's sections plus the few objects
+around it, not a walk of every endpoint in Python. A local port's part of
+its security groups (its clause in each rule) is in its endpoint's section,
+and each member address of a remote group is a section of its own, so
+neither a port nor a member joining rebuilds a group's flows. The result is
+still a pure function of the view: the same sections a fresh compiler gives
+for that view (tests/test_sections_unit.py holds it to that).
 """
 
 from __future__ import annotations
