@@ -37,7 +37,7 @@ from common import flow_count, private_ovs, report
 from policyfabric.agent.renderers.ovs import ofwire
 from policyfabric.agent.renderers.ovs.applier import TLV_MAP, FlowApplier, bundled
 from policyfabric.agent.renderers.ovs.flowmods import AddFlow, DeleteFlow, ReplaceFlows
-from policyfabric.agent.renderers.ovs.flows import Flow
+from policyfabric.agent.renderers.ovs.flows import COOKIE_MASK, COOKIE_TAG, Flow
 from policyfabric.agent.renderers.ovs.ofchannel import Bundled, OfChannel
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.tables import ARP
@@ -47,7 +47,7 @@ sys.path.insert(0, str(Path(__file__).parents[1]))
 from tests.scenario_flows import every_scenario
 
 N, LOCAL = 3000, 50
-AGENT_COOKIE, AGENT_COOKIE_MASK = 0x50460000, 0xFFFF0000
+AGENT_COOKIE, AGENT_COOKIE_MASK = COOKIE_TAG, COOKIE_MASK  # every flow the agent owns (flows.py)
 
 
 def ms(seconds: float) -> float:

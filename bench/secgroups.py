@@ -12,9 +12,11 @@ own network namespace), through the agent's own compiler and applier:
 - flows on the bridge, and those of the security group tables (62, 63);
 - full sync: compile (pure; memo caches cleared first) + apply (one
   ``replace-flows`` bundle into an empty bridge);
-- one member joining (a new remote address): compile + apply (one delta
-  bundle), and how many flows that changed (all: the new endpoint's L2 and
-  ARP flows too; and those of the security group tables);
+- one member joining (a new remote address): compile (by the same
+  ``SectionCompiler``, as the renderer keeps one: only the sections that
+  changed) + apply (the sections that changed, one delta bundle), and how
+  many flows that changed (all: the new endpoint's L2 and ARP flows too; and
+  those of the security group tables);
 - the nftables renderer on the same view, into the same namespace, through
   its own apply: set elements, rules, compile + apply of the whole table
   (one ``nft -f`` transaction), and of a member joining (one transaction of
@@ -43,7 +45,7 @@ from rich.console import Console
 from common import flow_count, private_ovs, report
 from policyfabric.agent.renderers.api import RendererContext
 from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
-from policyfabric.agent.renderers.ovs import conjunctions, pipeline, switching, tables
+from policyfabric.agent.renderers.ovs import pipeline, sections, tables
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.view import BridgeDomain, Endpoint, IpAddress, Mac, Network, SecurityGroup, SgRule
@@ -96,9 +98,11 @@ def joined(net: Network, n: int) -> Network:
 
 
 def clear_memo() -> None:
-    for fn in (switching.local_endpoint_flows, switching.arp_answers, switching.remote_endpoint_flows,
-               conjunctions._clause_flow):  # fmt: skip
-        fn.cache_clear()
+    """Every memo cache of the compiler (a fresh agent)."""
+    for module in (pipeline, sections):
+        for value in list(vars(module).values()):
+            if callable(getattr(value, "cache_clear", None)):
+                value.cache_clear()
 
 
 def naive_flows(local: int, n: int) -> int:
@@ -139,15 +143,17 @@ def one_run(n: int, local: int, workdir: Path) -> dict[str, Any]:
         applier = FlowApplier(ovs.mgmt("br-int"), ovs.env)
         net = network(n, local)
         clear_memo()
+        compiler = pipeline.SectionCompiler()  # the renderer's: it keeps the last view's sections
         t0 = time.perf_counter()
-        flows = pipeline.compile_pipeline(net, TUNNEL_PORT)
+        before = compiler.compile(net, TUNNEL_PORT)
         compile_s = time.perf_counter() - t0
-        applied = applier.sync(flows)
+        applied = applier.sync(before)
         bigger = joined(net, n)
         t0 = time.perf_counter()
-        after = pipeline.compile_pipeline(bigger, TUNNEL_PORT)
+        sections_after = compiler.compile(bigger, TUNNEL_PORT)
         join_compile = time.perf_counter() - t0
-        delta = applier.sync(after)
+        delta = applier.sync(sections_after)
+        flows, after = list(before), list(sections_after)
         assert flow_count(ovs) == len(after), (flow_count(ovs), len(after))
         naive, sets = naive_flows(local, n), len(sg_flows(flows))
         return {

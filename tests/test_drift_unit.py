@@ -19,10 +19,10 @@ from policyfabric.agent.drift import DriftFaults
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent, Rendering
 from policyfabric.agent.renderers.nftables.monitor import Transactions
 from policyfabric.agent.renderers.ovs import ofwire as w
-from policyfabric.agent.renderers.ovs.external import LEARNED_COOKIE
 from policyfabric.agent.renderers.ovs.flowmods import AddFlow, DeleteFlow, ReplaceFlows
-from policyfabric.agent.renderers.ovs.flows import COOKIE_BASE, flow
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, flow
 from policyfabric.agent.renderers.ovs.monitor import Attribution, FlowMonitor, describe
+from policyfabric.agent.renderers.ovs.sections import cookie_of
 from policyfabric.agent.renderers.ovs.tables import NEIGHBOUR, POLICY_CT
 from tests.fabric import TUNNEL
 from tests.test_agent_unit import Counting
@@ -30,7 +30,8 @@ from tests.test_external_unit import host
 from tests.test_routing_unit import WEB1
 
 ADDED, REMOVED, MODIFIED = w.OFPFME_ADDED, w.OFPFME_REMOVED, w.OFPFME_MODIFIED
-OURS = COOKIE_BASE | POLICY_CT
+OURS = cookie_of(("contract", "/PolicyUniverse/PolicySpace/acme/GbpContract/http/"))
+EXTNET = ("extnet", "/PolicyUniverse/PolicySpace/acme/PfExternalNetwork/ext/")
 
 
 def update(
@@ -86,11 +87,12 @@ def test_a_full_syncs_window_takes_everything_until_it_closes() -> None:
 
 def test_learned_flows_and_timeouts_are_the_switchs_own() -> None:
     a = Attribution()
-    assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=LEARNED_COOKIE))  # learn() added it
+    assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=cookie_of(EXTNET, learned=True)))  # learn() added it
     assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=0))
     assert not a.foreign(update(REMOVED, NEIGHBOUR, cookie=0, reason=w.OFPRR_IDLE_TIMEOUT))
     assert not a.foreign(update(REMOVED, NEIGHBOUR, cookie=0, reason=w.OFPRR_DELETE))
-    assert a.foreign(update(REMOVED, NEIGHBOUR, cookie=COOKIE_BASE | NEIGHBOUR))  # one of ours
+    assert a.foreign(update(REMOVED, NEIGHBOUR, cookie=cookie_of(EXTNET)))  # one of ours
+    assert a.foreign(update(REMOVED, NEIGHBOUR, cookie=AGENT_COOKIE))  # one of ours, in no section
     assert not a.foreign(update(w.OFPFME_ABBREV)) and not a.foreign(update(w.OFPFME_INITIAL))
 
 

@@ -28,7 +28,7 @@ from policyfabric.agent.renderers.ovs.flowmods import (
     index,
     plan,
 )
-from policyfabric.agent.renderers.ovs.flows import Flow, flow
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simactions import split_top
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
@@ -143,9 +143,10 @@ def parse_flow(text: str) -> Flow:
     """A line of ``Flow.text()`` (or ``match_text()``) back into a Flow."""
     head, _, actions = text.partition(" actions=")
     fields = [p.partition("=") for p in head.split(",")]
-    values = {k: v for k, _, v in fields if k in ("table", "priority")}
+    values = {k: v for k, _, v in fields if k in ("cookie", "table", "priority")}
     match = tuple((k, v) for k, _, v in fields if k not in ("cookie", "table", "priority"))
-    return Flow(int(values["table"]), int(values["priority"]), match, tuple(split_top(actions)))
+    cookie = int(values.get("cookie", hex(AGENT_COOKIE)), 16)
+    return Flow(int(values["table"]), int(values["priority"]), match, tuple(split_top(actions)), cookie)
 
 
 class Ofctl:
@@ -236,7 +237,7 @@ def test_an_ovs_ofctl_call_may_take_longer_the_more_flows_it_carries() -> None:
     applier = FlowApplier("unix:/nowhere", run=run, channel=False)
     applier.sync(compile_pipeline(host("h1", (WEB1,)), TUNNEL))
     small = seen[-1]
-    applier.installed = None
+    applier.forget()
     many = [flow(70, 100, {"reg1": i}, "drop") for i in range(90_000)]
     applier.sync(many)
     assert 60 <= small < 61 and seen[-1] > 400

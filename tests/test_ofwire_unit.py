@@ -27,7 +27,7 @@ import pytest
 
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.applier import FlowApplier, bundled
-from policyfabric.agent.renderers.ovs.flowmods import AddFlow, DeleteFlow
+from policyfabric.agent.renderers.ovs.flowmods import AddFlow, DeleteFlow, Mirror
 from policyfabric.agent.renderers.ovs.flows import Flow, flow
 from policyfabric.agent.renderers.ovs.ofchannel import (
     BundleFailed,
@@ -236,7 +236,7 @@ C = flow(10, 7, {"reg1": 3}, "output:4")
 def test_a_delta_is_one_bundle_of_flow_mods(fake_ovs: tuple[FakeOvs, Path]) -> None:
     ovs, path = fake_ovs
     applier = FlowApplier(f"unix:{path}", channel=True)
-    applier.installed = {}  # as after a full sync of nothing
+    applier.mirror = Mirror()  # as after a full sync of nothing
     applier.execute([DeleteFlow(C), AddFlow(A), AddFlow(B)])
     [bundle] = ovs.committed
     assert [m[8 + 17] for m in bundle] == [w.OFPFC_DELETE_STRICT, w.OFPFC_ADD, w.OFPFC_ADD]

@@ -1,7 +1,8 @@
 """Putting compiled flows on the bridge: plan against a mirror, then one bundle.
 
-What to change is decided by the pure planner (``flowmods.plan``); this module only executes
-its commands and keeps the mirror. The first sync after start is ``ovs-ofctl --bundle
+What to change is decided by the planner (``flowmods.Mirror``: the desired flows come in
+sections, ``sections.py``, and only the sections that changed are compared); this module only
+executes its commands and keeps the mirror. The first sync after start is ``ovs-ofctl --bundle
 replace-flows``: OVS compares every flow itself and changes only those that differ, in one
 bundle, so a restarted agent with unchanged policy touches nothing and no connection notices
 (measured: it also beats sending every flow over our own connection, bench/ofchannel.py).
@@ -31,14 +32,14 @@ from policyfabric.agent.renderers.ovs.flowmods import (
     Command,
     DeleteFlow,
     FlowKey,
+    Mirror,
     ReplaceFlows,
-    index,
-    plan,
 )
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.monitor import FlowMonitor
 from policyfabric.agent.renderers.ovs.ofchannel import Bundled, ChannelUnavailable, OfChannel, mgmt_socket
 from policyfabric.agent.renderers.ovs.ofwire import OFPT_FLOW_MOD, add_body, delete_strict_body
+from policyfabric.agent.renderers.ovs.sections import SectionKey, Sections
 from policyfabric.sh import run
 
 log = logging.getLogger(__name__)
@@ -143,7 +144,7 @@ class FlowApplier:
         channel_max: int = CHANNEL_MAX,
     ) -> None:
         self.target, self.env = target, dict(env) if env is not None else None
-        self.installed: dict[FlowKey, Flow] | None = None
+        self.mirror: Mirror | None = None  # None: what the bridge holds is unknown (full sync next)
         self._run = run
         self.channel: OfChannel | None = None
         if isinstance(channel, OfChannel):
@@ -227,25 +228,43 @@ class FlowApplier:
         for args, text in ofctl_calls(self.target, commands):
             self._ofctl(*args, text=text)
 
-    def sync(self, flows: Iterable[Flow]) -> Applied:
-        """Make the bridge hold exactly ``flows``."""
+    @property
+    def installed(self) -> dict[FlowKey, Flow] | None:
+        """The flows the bridge holds, by key, as far as the agent knows (None: unknown)."""
+        return self.mirror.flows if self.mirror is not None else None
+
+    def forget(self) -> None:
+        """Forget what the bridge holds: the next sync is a full one."""
+        self.mirror = None
+
+    def section_of(self, cookie: int) -> list[SectionKey]:
+        """The section(s) of what the agent installed whose flows carry ``cookie`` (a dumped flow's
+        cookie → the object it came from); [] if none (or nothing is known)."""
+        return self.mirror.section_of(cookie) if self.mirror is not None else []
+
+    def sync(self, flows: Sections | Iterable[Flow]) -> Applied:
+        """Make the bridge hold exactly ``flows``: sections as the compiler makes them (only those
+        that changed since the last sync are compared), or a plain list of flows."""
         start = time.monotonic()
         if self._drifted.is_set():  # someone else changed the bridge: restore it in full
             self._drifted.clear()
-            self.installed = None
-        desired = index(flows)
-        commands = plan(self.installed, desired)
-        if self.installed is None:
+            self.mirror = None
+        desired = flows if isinstance(flows, Sections) else Sections.of(flows)
+        mirror = self.mirror
+        self.mirror = None  # until the commands are through, what the bridge holds is unknown
+        commands: list[Command]
+        if mirror is None:
+            mirror = Mirror.of(desired)
+            commands = [ReplaceFlows(tuple(mirror.flows.values()))]
             self.ensure_tlv_map()
+        else:
+            commands = mirror.update(desired)
         token = self.monitor.own(commands) if self.monitor is not None and commands else None
         try:
             self.execute(commands)
-        except Exception:
-            self.installed = None  # unknown state: the next sync is a full one
-            raise
         finally:
             if token is not None:
                 assert self.monitor is not None
                 self.monitor.settle(token)
-        self.installed = desired
+        self.mirror = mirror
         return applied(commands, time.monotonic() - start)

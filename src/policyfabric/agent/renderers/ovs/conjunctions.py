@@ -5,9 +5,8 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 
-from policyfabric.agent.renderers.ovs.flows import Flow, port_masks
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, port_masks
 from policyfabric.agent.view import Rule
 
 
@@ -56,28 +55,23 @@ def add_conjunction(
     cid: int,
     parts: Sequence[Sequence[Mapping[str, str | int]]],
     extra: Mapping[str, str | int] | None = None,
+    of: int | None = None,
 ) -> None:
     """Record the clause flows of conjunction ``cid``: a flow with the same match in several
-    conjunctions is one flow with several ``conjunction`` actions (see ``clause_flows``)."""
+    conjunctions is one flow with several ``conjunction`` actions (see ``clause_flows``). ``parts``
+    are its first dimensions, of ``of`` (default: all of them; the others are recorded elsewhere,
+    in another section)."""
     for i, matches in enumerate(parts, 1):
-        action = f"conjunction({cid},{i}/{len(parts)})"
+        action = f"conjunction({cid},{i}/{of or len(parts)})"
         for m in matches:
             pairs = {**extra, **m} if extra else m
             key = tuple((k, v if isinstance(v, str) else str(v)) for k, v in pairs.items())  # flow()'s match
             clauses[(table, priority, key)].append(action)
 
 
-@lru_cache(maxsize=1 << 18)
-def _clause_flow(
-    table: int, priority: int, match: tuple[tuple[str, str], ...], actions: tuple[str, ...]
-) -> Flow:
-    """Memoised: an address set's unchanged clause flows are the same objects on every compile, which
-    the applier's diff skips by identity."""
-    return Flow(table, priority, match, actions)
-
-
-def clause_flows(clauses: Clauses) -> list[Flow]:
+def clause_flows(clauses: Clauses, cookie: int = AGENT_COOKIE) -> list[Flow]:
+    """The clause flows recorded, one per match: several conjunctions' actions sorted together."""
     return [
-        _clause_flow(table, priority, match, (acts[0],) if len(acts) == 1 else tuple(sorted(set(acts))))
+        Flow(table, priority, match, (acts[0],) if len(acts) == 1 else tuple(sorted(set(acts))), cookie)
         for (table, priority, match), acts in clauses.items()
     ]

@@ -28,10 +28,10 @@ the gateway.
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
-from policyfabric.agent.renderers.ovs.flows import COOKIE_BASE, Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.tables import (
     CLASSIFY,
     EXT_ARP,
@@ -51,11 +51,6 @@ from policyfabric.agent.renderers.ovs.tables import (
 from policyfabric.agent.view import Endpoint, ExternalNet, FloatingIp, Network, Router
 
 NEIGHBOUR_IDLE = 600  # seconds a learned next-hop MAC lives without traffic
-# The cookie of learned next hops: not the agent's own table 73 cookie, because when the last
-# learning flow goes (delete_learned) OVS flushes every flow of the table with the learn's cookie,
-# and a bundle that replaces the learning flow (the port under a new ofport) deletes the old one
-# before the new one counts: the port's new table 73 flows would go with the learned ones.
-LEARNED_COOKIE = COOKIE_BASE | 0x100 | NEIGHBOUR
 
 
 def transit_vni(router: Router) -> int:
@@ -68,7 +63,9 @@ def nat_zone(router: Router) -> int:
     return 0xC000 | (router.number & 0x3FFF)
 
 
-def arp_answer(table: int, where: Mapping[str, str | int], ip: str, mac: str) -> Flow:
+def arp_answer(
+    table: int, where: Mapping[str, str | int], ip: str, mac: str, cookie: int = AGENT_COOKIE
+) -> Flow:
     """Answer "who has ``ip``" (among packets matching ``where``) with ``mac``, from the host itself."""
     return flow(
         table,
@@ -82,6 +79,7 @@ def arp_answer(table: int, where: Mapping[str, str | int], ip: str, mac: str) ->
         set_field(mac, "arp_sha"),
         set_field(ip, "arp_spa"),
         "IN_PORT",
+        cookie=cookie,
     )
 
 
@@ -98,13 +96,17 @@ class LocalFip:
     port: int  # this host's port on the floating IP's network
 
 
-def local_fips(net: Network) -> Iterator[LocalFip]:
-    """Floating IPs of this host's endpoints, on networks this host has a port on, behind a
-    router of the endpoint's subnet with a gateway on that network."""
-    local = {e.key: e for e in net.local}
-    routers = sorted(net.routers.values(), key=lambda r: r.uri)
-    for fip in net.floating_ips:
-        ep, ext = local.get(fip.endpoint), net.external.get(fip.network)
+def local_fips(
+    floating_ips: Iterable[FloatingIp],
+    local: Mapping[str, Endpoint],
+    external: Mapping[str, ExternalNet],
+    routers: Sequence[Router],
+) -> Iterator[LocalFip]:
+    """Floating IPs of this host's endpoints (``local``, by key), on networks this host has a port
+    on, behind a router (of ``routers``, sorted by URI) of the endpoint's subnet with a gateway on
+    that network."""
+    for fip in floating_ips:
+        ep, ext = local.get(fip.endpoint), external.get(fip.network)
         address = _v4(ep) if ep else None
         if ep is None or address is None or ext is None or ext.ofport is None:
             continue
@@ -115,22 +117,28 @@ def local_fips(net: Network) -> Iterator[LocalFip]:
             yield LocalFip(fip, ep, address, router, ext.ofport)
 
 
-def _learn(port: int) -> str:
-    """From an ARP packet on external port ``port``: "to reach SPA, send to SHA out of this port"."""
+def _learn(port: int, cookie: int) -> str:
+    """From an ARP packet on external port ``port``: "to reach SPA, send to SHA out of this port".
+    The learned flows' ``cookie`` is not the one of the port's own table 73 flows: when the last
+    learning flow goes (delete_learned), OVS flushes every flow of the table with the learn's
+    cookie, and a bundle that replaces the learning flow (the port under a new ofport) deletes the
+    old one before the new one counts: the port's new table 73 flows would go with the learned
+    ones."""
     return (
         f"learn(table={NEIGHBOUR},priority=100,idle_timeout={NEIGHBOUR_IDLE},delete_learned,"
-        f"cookie={LEARNED_COOKIE:#x},NXM_NX_REG4[]={port},NXM_NX_REG9[]=NXM_OF_ARP_SPA[],"
+        f"cookie={cookie:#x},NXM_NX_REG4[]={port},NXM_NX_REG9[]=NXM_OF_ARP_SPA[],"
         "load:NXM_NX_ARP_SHA[]->NXM_OF_ETH_DST[],output:NXM_OF_IN_PORT[])"
     )
 
 
-def port_flows(ext: ExternalNet) -> list[Flow]:
-    """A port on an external network: classify, learn neighbours, pick the next hop."""
+def port_flows(ext: ExternalNet, learned_cookie: int) -> list[Flow]:
+    """A port on an external network: classify, learn neighbours (``learned_cookie`` on what is
+    learned), pick the next hop."""
     port = ext.ofport or 0
     gw = ip_hex(ext.gateway_ip)
     return [
         flow(CLASSIFY, 100, {"in_port": port}, goto(EXT_IN)),
-        flow(EXT_IN, 200, {"in_port": port, "arp": ""}, _learn(port), goto(EXT_ARP)),
+        flow(EXT_IN, 200, {"in_port": port, "arp": ""}, _learn(port, learned_cookie), goto(EXT_ARP)),
         flow(OUTPUT, 100, {"reg4": port}, goto(NAT_OUT)),
         flow(
             NEXTHOP,
@@ -248,8 +256,8 @@ def to_gateway_flows(router: Router, tunnel_port: int) -> list[Flow]:
     ]
 
 
-def external_flows(net: Network, tunnel_port: int | None, local_bds: set[str]) -> list[Flow]:
-    """Every external-network flow of this host (none on a host without routers to the outside)."""
+def base_flows() -> list[Flow]:
+    """The fixed external-network flows (every host has them, routers to the outside or not)."""
     misses = (EXT_IN, EXT_ARP, EXT_IN_NAT, NAT_OUT, NEXTHOP, NEIGHBOUR)
     flows = [flow(table, 0, None, "drop") for table in misses]
     flows += [
@@ -260,28 +268,36 @@ def external_flows(net: Network, tunnel_port: int | None, local_bds: set[str]) -
         # replies through SNAT were judged by policy on the endpoint's host, which sees them as established
         flow(POLICY, 300, {"reg5": f"{REPLY_ONLY:#x}/{REPLY_ONLY:#x}"}, goto(OUTPUT)),
     ]
-    for port in net.external.values():
-        if port.ofport is not None:
-            flows += port_flows(port)
-    for f in local_fips(net):
-        bd = net.bds.get(f.endpoint.bd)
-        flows += fip_flows(f, bd.zone if bd else 0)
-    for router in sorted(net.routers.values(), key=lambda r: r.uri):
-        gw = router.gateway
-        if gw is None:
-            continue
-        ext = net.external.get(gw.network)
-        vrf = next((net.bds[i.bd].zone for i in router.interfaces if i.bd in net.bds), 0)
-        if net.is_active_gateway(router) and ext is not None and ext.ofport is not None:
-            flows += snat_gateway_flows(router, ext, tunnel_port, vrf)
-        elif router.bds & local_bds and gw.snat and gw.active_vtep and tunnel_port is not None:
-            flows += to_gateway_flows(router, tunnel_port)
-        if router.bds & local_bds:  # the router's own subnets never leak to the outside
-            flows += [
-                flow(ROUTING, 90, {"reg6": hex(router.number), "ip": "", "nw_dst": leg.prefix}, "drop")
-                for leg in router.interfaces
-                if ":" not in leg.prefix
-            ]
+    return flows
+
+
+def router_external_flows(
+    router: Router,
+    ext: ExternalNet | None,
+    *,
+    gateway_here: bool,
+    has_local: bool,
+    tunnel_port: int | None,
+    vrf_zone: int,
+) -> list[Flow]:
+    """A router's way to the outside from this host: SNAT if this host is its active gateway
+    (``gateway_here``) with a port on the network (``ext``), else, for a host with endpoints on
+    its subnets (``has_local``), to the active gateway through the tunnel; and its own subnets
+    never leak to the outside."""
+    gw = router.gateway
+    flows: list[Flow] = []
+    if gw is None:
+        return flows
+    if gateway_here and ext is not None and ext.ofport is not None:
+        flows += snat_gateway_flows(router, ext, tunnel_port, vrf_zone)
+    elif has_local and gw.snat and gw.active_vtep and tunnel_port is not None:
+        flows += to_gateway_flows(router, tunnel_port)
+    if has_local:
+        flows += [
+            flow(ROUTING, 90, {"reg6": hex(router.number), "ip": "", "nw_dst": leg.prefix}, "drop")
+            for leg in router.interfaces
+            if ":" not in leg.prefix
+        ]
     return flows
 
 
@@ -296,11 +312,10 @@ class Announcement:
     gateway_ip: str
 
 
-def announcements(net: Network) -> list[Announcement]:
-    out = [
-        Announcement(f.port, f.fip.ip, f.fip.mac, net.external[f.fip.network].gateway_ip)
-        for f in local_fips(net)
-    ]
+def announcements(net: Network, fips: Iterable[LocalFip]) -> list[Announcement]:
+    """The addresses this host answers for on external networks: its endpoints' floating IPs
+    (``fips``, from ``local_fips``) and the external addresses of routers it is the active gateway of."""
+    out = [Announcement(f.port, f.fip.ip, f.fip.mac, net.external[f.fip.network].gateway_ip) for f in fips]
     for router in net.routers.values():
         gw = router.gateway
         ext = net.external.get(gw.network) if gw else None

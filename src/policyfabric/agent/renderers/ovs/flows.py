@@ -1,18 +1,64 @@
 """OpenFlow flows as values: what the compiler produces and the applier installs.
 
-A flow is a frozen record with its match as ordered ``(field, value)`` pairs
-and its actions as strings in ``ovs-ofctl`` syntax. ``text()`` is the
-canonical line the applier sends and diffs on; the fake table in
-``simulate.py`` evaluates the same records.
+A flow is a frozen record with its match as ordered ``(field, value)`` pairs,
+its actions as strings in ``ovs-ofctl`` syntax and its cookie. ``text()`` is
+the canonical line the applier sends; the fake table in ``simulate.py``
+evaluates the same records.
+
+Cookies say whose a flow is (64 bits: ``0x5046_O_K_IIIIIIIIII`` in hex, origin, kind, id)::
+
+    63..48  0x5046   the policyfabric tag: the agent installed it (or a learn action of its flows)
+    47..44  origin   0: a compiled flow; 1: a flow a ``learn`` action added (LEARNED)
+    43..40  kind     the kind of section the flow comes from (``sections.KINDS``: 1 endpoint, ...)
+    39..0   id       40 bits of a hash of the section's key (``sections.section_id``)
+
+A section is the object the flow comes from (an endpoint, a contract, a security group...,
+``sections.py``), so a dumped flow's cookie names "which intent object decided this" (the
+applier's ``section_of`` gives the key back). A compiled flow outside any section (a test's,
+a tool's) has kind and id 0: ``AGENT_COOKIE``. The tag alone (``COOKIE_MASK``) selects
+everything the agent owns, learned flows included; the origin tells learned flows apart, which
+the drift monitor does not count as drift and which need a cookie of their own anyway (OVS's
+``delete_learned`` flushes the learned table's flows with the learn's cookie).
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
-from functools import cached_property
+from dataclasses import dataclass, field
 
-COOKIE_BASE = 0x50460000  # "PF" + table: every flow the agent owns carries it
+COOKIE_TAG = 0x5046 << 48  # "PF": every flow the agent owns carries it in its top 16 bits
+COOKIE_MASK = 0xFFFF << 48  # the tag's bits: dump-flows cookie=0x5046000000000000/0xffff000000000000
+LEARNED = 1 << 44  # origin bits 47..44 = 1: added by a learn action, not by the agent
+KIND_SHIFT, ID_BITS = 40, 40
+AGENT_COOKIE = COOKIE_TAG  # a compiled flow outside any section
+
+
+def section_cookie(kind: int, section_id: int, learned: bool = False) -> int:
+    """The cookie of a section's flows (``learned``: of the flows its learn actions add)."""
+    if not 0 < kind < 16 or section_id >> ID_BITS:
+        raise ValueError(f"no cookie for section kind {kind} id {section_id:#x}")
+    return COOKIE_TAG | (LEARNED if learned else 0) | kind << KIND_SHIFT | section_id
+
+
+def is_agents(cookie: int) -> bool:
+    """The agent installed a flow with this cookie (not a learn action, not anyone else)."""
+    return cookie & COOKIE_MASK == COOKIE_TAG and not cookie & LEARNED
+
+
+def is_learned(cookie: int) -> bool:
+    """A learn action of the agent's flows added a flow with this cookie."""
+    return cookie & COOKIE_MASK == COOKIE_TAG and bool(cookie & LEARNED)
+
+
+def cookie_kind(cookie: int) -> int:
+    """The section kind a cookie names (0: none)."""
+    return (cookie >> KIND_SHIFT) & 0xF
+
+
+def cookie_id(cookie: int) -> int:
+    """The section id a cookie names (0: none)."""
+    return cookie & ((1 << ID_BITS) - 1)
+
 
 # The NXM names the compiler's move/learn actions use, and the ovs-ofctl field each one is: what the
 # table-map checker (verify.py) and the fake switch (simactions.py) both read them as.
@@ -35,14 +81,36 @@ NXM_FIELDS = {
 
 @dataclass(frozen=True, order=True)
 class Flow:
+    """One flow. The cookie is part of its value (equality, hash): OVS's ``replace-flows`` rewrites
+    a flow whose cookie alone changed, and the encoder's memo (``ofwire.add_body``) must not hand
+    one flow's bytes to an equal-looking flow of another section."""
+
     table: int
     priority: int
     match: tuple[tuple[str, str], ...]
     actions: tuple[str, ...]
+    cookie: int = AGENT_COOKIE
+    # What OpenFlow identifies a flow by (strict match): two flows with one key cannot coexist.
+    # Set once at creation, a plain attribute: every sync and every section indexes flows by it
+    # (a cached_property took a lock on each first read, ~1 µs a flow at 90,000 flows).
+    key: tuple[int, int, tuple[tuple[str, str], ...]] = field(init=False, repr=False, compare=False)
 
-    @property
-    def cookie(self) -> int:
-        return COOKIE_BASE | self.table
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "key", (self.table, self.priority, self.match))
+
+    def with_cookie(self, cookie: int) -> Flow:
+        """This flow with ``cookie``. A copy of the instance's fields (its cached key too), not a
+        call of the dataclass's ``__init__``: the compiler stamps every flow of a section so, and
+        that halves what stamping costs (the flow has nothing to check or derive but its key)."""
+        f = object.__new__(Flow)
+        fields = f.__dict__
+        fields.update(self.__dict__)
+        fields["cookie"] = cookie
+        return f
+
+    def same_rule(self, other: Flow) -> bool:
+        """The same table, priority, match and actions, whatever the cookies."""
+        return self.key == other.key and self.actions == other.actions
 
     def match_text(self) -> str:
         parts = [f"table={self.table}", f"priority={self.priority}"]
@@ -53,18 +121,17 @@ class Flow:
         """``ovs-ofctl add-flow`` syntax, cookie included."""
         return f"cookie={self.cookie:#x},{self.match_text()} actions={','.join(self.actions) or 'drop'}"
 
-    @cached_property
-    def key(self) -> tuple[int, int, tuple[tuple[str, str], ...]]:
-        """What OpenFlow identifies a flow by (strict match): two flows with one key cannot coexist.
-        Cached on the flow (compiled flows are memoised, and every sync indexes all of them: at
-        45,000 flows this was 1.85 M calls a run)."""
-        return (self.table, self.priority, self.match)
 
-
-def flow(table: int, priority: int, match: Mapping[str, str | int] | None, *actions: str) -> Flow:
+def flow(
+    table: int,
+    priority: int,
+    match: Mapping[str, str | int] | None,
+    *actions: str,
+    cookie: int = AGENT_COOKIE,
+) -> Flow:
     """Build a flow; ``match`` values of "" are bare keywords such as ``ip`` or ``arp``."""
-    pairs = tuple((k, v if isinstance(v, str) else str(v)) for k, v in (match or {}).items())
-    return Flow(table, priority, pairs, tuple(actions))
+    pairs = tuple([(k, v if isinstance(v, str) else str(v)) for k, v in match.items()]) if match else ()
+    return Flow(table, priority, pairs, actions, cookie)
 
 
 def port_masks(lo: int, hi: int) -> list[str]:

@@ -1,12 +1,13 @@
 """Group policy (tables 60 and 61): conntrack, then contracts between endpoint groups for new
-connections, as conjunctions; what passes goes on to the security groups (table 62)."""
+connections, as conjunctions; what passes goes on to the security groups (table 62). Each
+contract is a section of its own (``pipeline.py``): its clause flows are merged with other
+contracts' where they share a match (``sections.resolve``)."""
 
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
-from policyfabric.agent.renderers.ovs import external
 from policyfabric.agent.renderers.ovs.conjunctions import (
     Clauses,
     add_conjunction,
@@ -25,12 +26,12 @@ from policyfabric.agent.renderers.ovs.tables import (
     ZONE,
     goto,
 )
-from policyfabric.agent.view import Network
+from policyfabric.agent.view import Contract, Group
 
 
-def policy(net: Network) -> list[Flow]:
-    """Conntrack, then group policy for new connections; what it allows goes on to the security
-    groups (table 62)."""
+def base_flows() -> list[Flow]:
+    """Conntrack, then group policy for new connections: the fixed part (what it allows goes on to
+    the security groups, table 62)."""
     flows = [
         flow(POLICY, 100, {"ip": ""}, f"ct(table={POLICY_CT},zone={ZONE})"),
         flow(POLICY, 100, {"ipv6": ""}, f"ct(table={POLICY_CT},zone={ZONE})"),
@@ -50,40 +51,60 @@ def policy(net: Network) -> list[Flow]:
     # what ARP is to IPv4; router advertisements from endpoints are not let through
     for icmp_type in (133, 135, 136):
         flows.append(flow(POLICY, 200, {"icmp6": "", "icmp_type": icmp_type}, goto(OUTPUT)))
-    passed = (goto(SG_EGRESS),)
-    local_groups = {e.classid for e in net.local if e.classid}
-    for group in net.groups.values():
-        if group.classid in local_groups:
-            pair = {"ct_state": NEW, "reg0": hex(group.classid), "reg1": hex(group.classid)}
-            flows.append(flow(POLICY_CT, 2500, pair, *(passed if group.intra_allow else ("drop",))))
+    return flows
+
+
+PASSED = (goto(SG_EGRESS),)
+
+
+def group_flow(group: Group) -> Flow:
+    """A group with local endpoints: new connections within it pass or not (``intra_allow``)."""
+    pair = {"ct_state": NEW, "reg0": hex(group.classid), "reg1": hex(group.classid)}
+    return flow(POLICY_CT, 2500, pair, *(PASSED if group.intra_allow else ("drop",)))
+
+
+def parties(
+    groups: Iterable[Group], outside: bool
+) -> tuple[dict[str, tuple[int, ...]], dict[str, tuple[int, ...]]]:
+    """Each contract's providers and consumers (class ids, sorted); with ``outside`` (this host has
+    a floating IP), the outside consumes what EPGs provide."""
     providers: dict[str, list[int]] = defaultdict(list)
     consumers: dict[str, list[int]] = defaultdict(list)
-    for group in net.groups.values():
+    for group in groups:
         for c in group.provides:
             providers[c].append(group.classid)
         for c in group.consumes:
             consumers[c].append(group.classid)
-    if any(external.local_fips(net)):  # the outside, through a floating IP, consumes what EPGs provide
+    if outside:
         for c in providers:
             consumers[c].append(OUTSIDE)
+    return (
+        {c: tuple(sorted(v)) for c, v in providers.items()},
+        {c: tuple(sorted(v)) for c, v in consumers.items()},
+    )
+
+
+def contract_flows(contract: Contract, providers: Sequence[int], consumers: Sequence[int]) -> list[Flow]:
+    """A contract's rules between the groups that provide and consume it: a conjunction per rule
+    and direction (sources, destinations, classifier), decided by its own flow."""
+    if not providers or not consumers:
+        return []
+    uri, prov, cons = contract.uri, list(providers), list(consumers)
+    flows = []
     clauses: Clauses = defaultdict(list)
-    for uri, contract in sorted(net.contracts.items()):
-        prov, cons = sorted(providers[uri]), sorted(consumers[uri])
-        if not prov or not cons:
-            continue
-        for rule in contract.rules:
-            variants = {"in": [(cons, prov)], "out": [(prov, cons)]}.get(
-                rule.direction, [(cons, prov), (prov, cons)]
-            )
-            priority = rule.priority
-            for n, (srcs, dsts) in enumerate(variants):
-                cid = conj_id(uri, rule.key, str(n), str(rule.ethertype), str(rule.protocol), str(rule.ports))
-                parts: list[Sequence[Mapping[str, str | int]]] = [
-                    [{"reg0": hex(s)} for s in srcs],
-                    [{"reg1": hex(d)} for d in dsts],
-                    classifier_matches(rule),
-                ]
-                add_conjunction(clauses, POLICY_CT, priority, cid, parts, {"ct_state": NEW})
-                final = passed if rule.allow else ("drop",)
-                flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, "conj_id": cid}, *final))
+    for rule in contract.rules:
+        variants = {"in": [(cons, prov)], "out": [(prov, cons)]}.get(
+            rule.direction, [(cons, prov), (prov, cons)]
+        )
+        priority = rule.priority
+        for n, (srcs, dsts) in enumerate(variants):
+            cid = conj_id(uri, rule.key, str(n), str(rule.ethertype), str(rule.protocol), str(rule.ports))
+            parts: list[Sequence[Mapping[str, str | int]]] = [
+                [{"reg0": hex(s)} for s in srcs],
+                [{"reg1": hex(d)} for d in dsts],
+                classifier_matches(rule),
+            ]
+            add_conjunction(clauses, POLICY_CT, priority, cid, parts, {"ct_state": NEW})
+            final = PASSED if rule.allow else ("drop",)
+            flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, "conj_id": cid}, *final))
     return flows + clause_flows(clauses)

@@ -18,9 +18,9 @@ flows``: what it changes is unknown beforehand) every update is the agent's. Wha
 drift: ``on_drift`` is called with what drifted (tables, how many flows, how), and the applier's
 next sync is a full one, which restores exactly what is missing and touches nothing else.
 
-Not drift: flows the pipeline's ``learn`` actions add in their own tables (their cookie is not the
-agent's ``COOKIE_BASE | table``), and
-flows the switch itself removes (idle or hard timeout, eviction): only learned flows have those.
+Not drift: flows the pipeline's ``learn`` actions add in their own tables (their cookie is not one
+of the agent's compiled flows': it has the ``LEARNED`` origin, ``flows.py``), and flows the switch
+itself removes (idle or hard timeout, eviction): only learned flows have those.
 A change by hand during one of the agent's own full syncs is taken as the agent's (the window is
 the length of a ``replace-flows``); any other is seen. If the connection is lost (OVS restarted,
 say), what changed meanwhile is unknown: when it is back, that is reported as drift too.
@@ -40,7 +40,7 @@ from pathlib import Path
 
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.flowmods import AddFlow, Command, DeleteFlow, ReplaceFlows
-from policyfabric.agent.renderers.ovs.flows import COOKIE_BASE
+from policyfabric.agent.renderers.ovs.flows import is_agents
 from policyfabric.agent.renderers.ovs.ofchannel import speaks_15
 from policyfabric.agent.renderers.ovs.tables import TABLES
 
@@ -53,8 +53,9 @@ SWITCH_REMOVED = frozenset({w.OFPRR_IDLE_TIMEOUT, w.OFPRR_HARD_TIMEOUT, w.OFPRR_
 
 
 def installed_by_agent(table: int, cookie: int) -> bool:
-    """The agent's flows carry exactly ``COOKIE_BASE | table`` (learned ones another cookie)."""
-    return cookie == COOKIE_BASE | table
+    """The agent's compiled flows carry the policyfabric tag with the compiled origin (learned
+    ones the learned origin; ``flows.py`` has the layout), in every table."""
+    return is_agents(cookie)
 
 
 @dataclass

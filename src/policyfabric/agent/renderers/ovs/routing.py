@@ -1,11 +1,12 @@
 """Distributed routing (table 40): every host with endpoints on a router's subnets answers ARP
-for their gateways with the router's MAC and routes between them itself."""
+for their gateways with the router's MAC and routes between them itself. The routes to an
+endpoint are in that endpoint's section, the gateways' flows in the router's (``pipeline.py``)."""
 
 from __future__ import annotations
 
-from functools import lru_cache
+from collections.abc import Sequence
 
-from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.switching import arp_reply, is_v6
 from policyfabric.agent.renderers.ovs.tables import (
     L2,
@@ -14,12 +15,11 @@ from policyfabric.agent.renderers.ovs.tables import (
     goto,
     set_field,
 )
-from policyfabric.agent.view import BridgeDomain, Endpoint, Network
+from policyfabric.agent.view import BridgeDomain, Endpoint, Router, RouterInterface
 
 
-@lru_cache(maxsize=1 << 17)
 def routed_flows(
-    ep: Endpoint, bd: BridgeDomain, router: int, router_mac: str, tunnel_port: int
+    ep: Endpoint, bd: BridgeDomain, router: int, router_mac: str, tunnel_port: int, cookie: int = AGENT_COOKIE
 ) -> tuple[Flow, ...]:
     """Table 40: packets for the endpoint's IPv4 addresses that reached router ``router`` leave it
     with the router's MAC as source and the endpoint's as destination, TTL - 1, on the endpoint's
@@ -39,31 +39,23 @@ def routed_flows(
             set_field(ep.classid, "reg1"),
             *where,
             goto(POLICY),
+            cookie=cookie,
         )
         for ip in ep.ips
         if not is_v6(ip)
     )
 
 
-def routing(net: Network, tunnel_port: int | None) -> list[Flow]:
-    """Distributed routing: a host with endpoints on a router's subnets answers ARP for their
-    gateways with the router's MAC and routes between them itself, to local ports directly and to
-    remote endpoints straight to their host (no gateway in the path)."""
-    flows = [flow(ROUTING, 0, None, "drop")]
-    local_bds = {e.bd for e in net.local}
-    for router in sorted(net.routers.values(), key=lambda r: r.uri):
-        if not router.bds & local_bds and not net.is_active_gateway(router):
+def router_flows(router: Router, legs: Sequence[tuple[BridgeDomain, RouterInterface]]) -> list[Flow]:
+    """A router's legs on bridge domains with local endpoints (``legs``: each with its bridge
+    domain): the host answers ARP for their gateways with the router's MAC and sends what is
+    addressed to that MAC to routing. (The routes to endpoints are in the endpoints' sections:
+    ``routed_flows``; remote endpoints are routed straight to their host, no gateway in the path.)"""
+    flows = []
+    for bd, leg in legs:
+        if ":" in leg.gateway_ip:
             continue
-        for leg in router.interfaces:
-            bd = net.bds.get(leg.bd)
-            if bd is None or leg.bd not in local_bds or ":" in leg.gateway_ip:
-                continue
-            flows.append(arp_reply(bd.vni, leg.gateway_ip, router.mac))
-            match = {"reg2": hex(bd.vni), "dl_dst": router.mac}
-            flows.append(flow(L2, 100, match, set_field(router.number, "reg6"), goto(ROUTING)))
-        for ep in (*net.local, *net.remote):
-            bd = net.bds.get(ep.bd)
-            if bd is None or ep.bd not in router.bds or (ep.ofport is None and tunnel_port is None):
-                continue
-            flows += routed_flows(ep, bd, router.number, router.mac, tunnel_port or 0)
+        flows.append(arp_reply(bd.vni, leg.gateway_ip, router.mac))
+        match = {"reg2": hex(bd.vni), "dl_dst": router.mac}
+        flows.append(flow(L2, 100, match, set_field(router.number, "reg6"), goto(ROUTING)))
     return flows

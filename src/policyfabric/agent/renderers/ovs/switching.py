@@ -1,18 +1,18 @@
 """Switching on ``br-int``: classification, port security, local ARP answers, L2 delivery,
 ARP/ND flooding within a bridge domain, and output to ports or the tunnel.
 
-Per-endpoint flows are pure functions of one frozen record, memoised, so a recompile after a
-change costs one dictionary lookup per unchanged endpoint (the incremental part of the compiler).
+Per-endpoint flows are pure functions of one frozen record, built with their section's cookie;
+the compiler (``pipeline.SectionCompiler``) makes each endpoint and each bridge domain a section
+of its own and memoises the sections (not these: the flows would be kept twice).
 """
 
 from __future__ import annotations
 
 import ipaddress
-from collections import defaultdict
-from functools import lru_cache
+from collections.abc import Sequence
 
 from policyfabric.agent.renderers.ovs import external
-from policyfabric.agent.renderers.ovs.flows import Flow, flow, ip_hex
+from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow, ip_hex
 from policyfabric.agent.renderers.ovs.tables import (
     ARP,
     CLASSIFY,
@@ -23,7 +23,7 @@ from policyfabric.agent.renderers.ovs.tables import (
     goto,
     set_field,
 )
-from policyfabric.agent.view import BridgeDomain, Endpoint, Network
+from policyfabric.agent.view import BridgeDomain, Endpoint
 
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 ND_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
@@ -40,9 +40,9 @@ def is_v6(ip: str) -> bool:
     return ":" in ip
 
 
-@lru_cache(maxsize=1 << 17)
-def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
-    """Classification, port security, its own ARP probes, L2 delivery and output of a local endpoint."""
+def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> tuple[Flow, ...]:
+    """Classification, port security, its own ARP probes, L2 delivery and output of a local endpoint
+    (its section's ``cookie`` on each: ``pipeline.local_section`` memoises the section)."""
     port = ep.ofport or 0
     flows = [
         flow(
@@ -53,6 +53,7 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
             set_field(bd.vni, "reg2"),
             set_field(bd.zone, "reg3"),
             goto(PORT_SECURITY),
+            cookie=cookie,
         ),
         flow(
             L2,
@@ -61,40 +62,61 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
             set_field(ep.classid, "reg1"),
             set_field(port, "reg4"),
             goto(POLICY),
+            cookie=cookie,
         ),
-        flow(OUTPUT, 100, {"reg4": port}, f"output:{port}"),
+        flow(OUTPUT, 100, {"reg4": port}, f"output:{port}", cookie=cookie),
     ]
     # port security: only its own MAC and addresses (ARP sender fields included)
     src: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac}
     for ip in ep.ips:
         if is_v6(ip):
-            flows.append(flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": ip}, goto(ARP)))
-        else:
-            flows.append(flow(PORT_SECURITY, 100, {**src, "ip": "", "nw_src": ip}, goto(ARP)))
             flows.append(
-                flow(PORT_SECURITY, 100, {**src, "arp": "", "arp_spa": ip, "arp_sha": ep.mac}, goto(ARP))
+                flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": ip}, goto(ARP), cookie=cookie)
+            )
+        else:
+            flows.append(flow(PORT_SECURITY, 100, {**src, "ip": "", "nw_src": ip}, goto(ARP), cookie=cookie))
+            flows.append(
+                flow(
+                    PORT_SECURITY,
+                    100,
+                    {**src, "arp": "", "arp_spa": ip, "arp_sha": ep.mac},
+                    goto(ARP),
+                    cookie=cookie,
+                )
             )
             # an endpoint announcing or probing its own address is not answered
-            flows.append(flow(ARP, 200, {"in_port": port, "arp": "", "arp_op": 1, "arp_tpa": ip}, goto(L2)))
+            flows.append(
+                flow(
+                    ARP,
+                    200,
+                    {"in_port": port, "arp": "", "arp_op": 1, "arp_tpa": ip},
+                    goto(L2),
+                    cookie=cookie,
+                )
+            )
     # IPv6 neighbour discovery needs the link-local address, and DAD the unspecified one
-    flows.append(flow(PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP)))
-    flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP)))
-    return (*flows, *arp_answers(ep, bd))
+    flows.append(
+        flow(
+            PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP), cookie=cookie
+        )
+    )
+    flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP), cookie=cookie))
+    return (*flows, *arp_answers(ep, bd, cookie))
 
 
-def arp_reply(vni: int, ip: str, mac: str) -> Flow:
+def arp_reply(vni: int, ip: str, mac: str, cookie: int = AGENT_COOKIE) -> Flow:
     """Answer "who has ``ip``" in the bridge domain with ``mac``, from the host itself."""
-    return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac)
+    return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac, cookie)
 
 
-@lru_cache(maxsize=1 << 17)
-def arp_answers(ep: Endpoint, bd: BridgeDomain) -> tuple[Flow, ...]:
+def arp_answers(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> tuple[Flow, ...]:
     """Answer "who has IP" for an endpoint of the bridge domain on the host, so ARP stays local."""
-    return tuple(arp_reply(bd.vni, ip, ep.mac) for ip in ep.ips if not is_v6(ip))
+    return tuple(arp_reply(bd.vni, ip, ep.mac, cookie) for ip in ep.ips if not is_v6(ip))
 
 
-@lru_cache(maxsize=1 << 17)
-def remote_endpoint_flows(ep: Endpoint, bd: BridgeDomain, tunnel_port: int) -> tuple[Flow, ...]:
+def remote_endpoint_flows(
+    ep: Endpoint, bd: BridgeDomain, tunnel_port: int, cookie: int = AGENT_COOKIE
+) -> tuple[Flow, ...]:
     """L2 delivery to a remote endpoint through the tunnel, and ARP answers for it."""
     l2 = flow(
         L2,
@@ -104,89 +126,21 @@ def remote_endpoint_flows(ep: Endpoint, bd: BridgeDomain, tunnel_port: int) -> t
         set_field(tunnel_port, "reg4"),
         set_field(ip_hex(ep.vtep or "0.0.0.0"), "reg7"),
         goto(POLICY),
+        cookie=cookie,
     )
-    return (l2, *arp_answers(ep, bd))
+    return (l2, *arp_answers(ep, bd, cookie))
 
 
-def endpoint_flows(net: Network, tunnel_port: int | None) -> list[Flow]:
-    flows: list[Flow] = []
-    local_bds = set()
-    for ep in net.local:
-        bd = net.bds.get(ep.bd)
-        if bd is not None:
-            local_bds.add(bd.uri)
-            flows += local_endpoint_flows(ep, bd)
-    if tunnel_port is not None:
-        for ep in net.remote:
-            bd = net.bds.get(ep.bd)
-            if bd is not None and bd.uri in local_bds and ep.vtep is not None:
-                flows += remote_endpoint_flows(ep, bd, tunnel_port)
-    return flows
-
-
-def classify(net: Network, tunnel_port: int | None) -> list[Flow]:
-    """Tunnel traffic by VNI (local ports are classified by their own flows), and the default drop."""
-    flows = []
-    if tunnel_port is not None:
-        for bd in {net.bds[e.bd] for e in net.local if e.bd in net.bds}:
-            flows.append(
-                flow(
-                    CLASSIFY,
-                    100,
-                    {"in_port": tunnel_port, "tun_id": hex(bd.vni)},
-                    set_field(bd.vni, "reg2"),
-                    set_field(bd.zone, "reg3"),
-                    set_field("0x1/0x1", "reg5"),
-                    "move:NXM_NX_TUN_METADATA0[0..15]->NXM_NX_REG0[0..15]",
-                    goto(L2),
-                )
-            )
-    flows.append(flow(CLASSIFY, 0, None, "drop"))
-    flows.append(flow(PORT_SECURITY, 0, None, "drop"))
-    flows.append(flow(ARP, 0, None, goto(L2)))
-    return flows
-
-
-def _tunnel_out(vni: int, vtep: str, tunnel_port: int) -> list[str]:
-    return [
-        set_field(vni, "tun_id"),
-        set_field(vtep, "tun_dst"),
-        "move:NXM_NX_REG0[0..15]->NXM_NX_TUN_METADATA0[0..15]",
-        f"output:{tunnel_port}",
+def base_flows(tunnel_port: int | None) -> list[Flow]:
+    """The fixed switching flows: the misses of classification, port security, ARP, L2 and output,
+    and the tunnel's output (its port is the view's)."""
+    flows = [
+        flow(CLASSIFY, 0, None, "drop"),
+        flow(PORT_SECURITY, 0, None, "drop"),
+        flow(ARP, 0, None, goto(L2)),
+        flow(L2, 0, None, "drop"),
+        flow(OUTPUT, 0, None, "drop"),
     ]
-
-
-def flooding(net: Network, tunnel_port: int | None) -> list[Flow]:
-    """ARP and IPv6 neighbour discovery reach the bridge domain's own ports and the hosts that have
-    members in it; other broadcast and multicast stays out of a default-deny fabric."""
-    flows = []
-    ports_of: dict[int, list[int]] = defaultdict(list)
-    vteps_of: dict[int, set[str]] = defaultdict(set)
-    for ep in net.local:
-        bd = net.bds.get(ep.bd)
-        if bd is not None:
-            ports_of[bd.vni].append(ep.ofport or 0)
-    if tunnel_port is not None:
-        for ep in net.remote:
-            bd = net.bds.get(ep.bd)
-            if bd is not None and bd.vni in ports_of and ep.vtep is not None:
-                vteps_of[bd.vni].add(ep.vtep)
-    for vni, ports in sorted(ports_of.items()):
-        local_out = [f"output:{p}" for p in sorted(ports)]
-        remote_out: list[str] = []
-        for vtep in sorted(vteps_of[vni]):
-            remote_out += _tunnel_out(vni, vtep, tunnel_port or 0)
-        for kind, dst in (("arp", MULTICAST), ("icmp6", ND_MULTICAST)):
-            match = {"reg2": hex(vni), "reg5": "0", kind: "", "dl_dst": dst}
-            flows.append(flow(L2, 50, match, *local_out, *remote_out))
-            if tunnel_port is not None:
-                flows.append(flow(L2, 50, {**match, "reg5": "1"}, *local_out))
-    flows.append(flow(L2, 0, None, "drop"))
-    return flows
-
-
-def tunnel_output(tunnel_port: int | None) -> list[Flow]:
-    flows = [flow(OUTPUT, 0, None, "drop")]
     if tunnel_port is not None:
         flows.append(
             flow(
@@ -199,4 +153,46 @@ def tunnel_output(tunnel_port: int | None) -> list[Flow]:
                 f"output:{tunnel_port}",
             )
         )
+    return flows
+
+
+def _tunnel_out(vni: int, vtep: str, tunnel_port: int) -> list[str]:
+    return [
+        set_field(vni, "tun_id"),
+        set_field(vtep, "tun_dst"),
+        "move:NXM_NX_REG0[0..15]->NXM_NX_TUN_METADATA0[0..15]",
+        f"output:{tunnel_port}",
+    ]
+
+
+def bd_flows(
+    bd: BridgeDomain, ports: Sequence[int], vteps: Sequence[str], tunnel_port: int | None
+) -> list[Flow]:
+    """A bridge domain with local endpoints (on ``ports``, sorted): tunnel traffic in its VNI is
+    classified to it; ARP and IPv6 neighbour discovery reach its own ports and the hosts that have
+    members in it (``vteps``, sorted); other broadcast and multicast stays out of a default-deny
+    fabric."""
+    flows = []
+    if tunnel_port is not None:
+        flows.append(
+            flow(
+                CLASSIFY,
+                100,
+                {"in_port": tunnel_port, "tun_id": hex(bd.vni)},
+                set_field(bd.vni, "reg2"),
+                set_field(bd.zone, "reg3"),
+                set_field("0x1/0x1", "reg5"),
+                "move:NXM_NX_TUN_METADATA0[0..15]->NXM_NX_REG0[0..15]",
+                goto(L2),
+            )
+        )
+    local_out = [f"output:{p}" for p in ports]
+    remote_out: list[str] = []
+    for vtep in vteps:
+        remote_out += _tunnel_out(bd.vni, vtep, tunnel_port or 0)
+    for kind, dst in (("arp", MULTICAST), ("icmp6", ND_MULTICAST)):
+        match = {"reg2": hex(bd.vni), "reg5": "0", kind: "", "dl_dst": dst}
+        flows.append(flow(L2, 50, match, *local_out, *remote_out))
+        if tunnel_port is not None:
+            flows.append(flow(L2, 50, {**match, "reg5": "1"}, *local_out))
     return flows
