@@ -93,10 +93,18 @@ def declaration(
     props = ep.properties
     bd = props.get(Prop.BRIDGE_DOMAIN)
     mac = props.get(Prop.MAC)
-    if not isinstance(bd, dict) or not isinstance(mac, str):
-        return None
-    bd_uri = bd[REFERENCE_URI]
     epg_ref = props.get(Prop.EPG)
+    raw_ips = props.get(Prop.IP, [])
+    if (
+        not isinstance(bd, dict)
+        or not isinstance(bd.get(REFERENCE_URI), str)
+        or not isinstance(mac, str)
+        or (isinstance(epg_ref, dict) and not isinstance(epg_ref.get(REFERENCE_URI), str))
+        or not isinstance(raw_ips, list)
+        or not all(isinstance(ip, str) for ip in raw_ips)
+    ):
+        return None  # not what an authority writes (the reader refuses it: invalid-policy)
+    bd_uri = bd[REFERENCE_URI]
     common: dict[str, Any] = {Prop.UUID: f"{tenant}/{name}", Prop.MAC: mac}
     if isinstance(epg_ref, dict):  # group and context are URIs (epr/Context), not references
         common[Prop.GROUP] = epg_ref[REFERENCE_URI]
@@ -104,7 +112,7 @@ def declaration(
     if interface:
         l2_props[Prop.INTERFACE_NAME] = interface
     l2_uri = child(EPR_L2, Cls.EPR_L2_EP, bd_uri, mac)
-    ips = [ip for ip in props.get(Prop.IP, []) if ip != "slaac"]
+    ips = [ip for ip in raw_ips if ip != "slaac"]
     kids = [
         MO(
             Cls.EPR_L3_NET,
@@ -145,7 +153,7 @@ def declaration(
     rd_uri = target(policy, child(bd_uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC))
     l3 = []
     if rd_uri is not None:
-        for ip in props.get(Prop.IP, []):
+        for ip in raw_ips:
             if ip != "slaac":
                 l3.append(
                     MO(
@@ -279,11 +287,13 @@ class RemoteEndpoints:
     at again when the local endpoints gained or lost its key (a local one is not also remote).
     ``endpoints`` is sorted by bridge domain, MAC (and entry URI), kept so by bisection."""
 
-    def __init__(self, own_vtep: str) -> None:
-        self.own_vtep = own_vtep
+    def __init__(self, own_vtep: str, donor: RemoteEndpoints | None = None) -> None:
+        """``donor``: the state this one replaces (a full build's), whose endpoints this one's first
+        update reuses where they read the same."""
+        self.own_vtep, self._donor = own_vtep, donor
         self.endpoints: tuple[Endpoint, ...] = ()
         self.problems: tuple[Invalid, ...] = ()
-        self.missed = 0  # audits' changes that the changed URIs did not reach (should stay 0)
+        self.reads = 0  # entries read by the last update (what it cost)
         self._read: dict[str, Endpoint | Refused | None] = {}  # L2 entry URI → what it reads as
         self._reads: DependencyIndex[str] = DependencyIndex()
         self._by_key: dict[str, set[str]] = {}  # endpoint key → the entries that read as it
@@ -298,20 +308,17 @@ class RemoteEndpoints:
         changed: set[str] | None,
         local_keys: Container[str],
         keys_changed: Iterable[str] = (),
-        audit: bool = False,
     ) -> bool:
         """Bring ``endpoints`` up to date (``changed`` None: read every entry again); whether it or
         ``problems`` changed. ``local_keys``: the local endpoints' keys, of which ``keys_changed``
         came or went since the last update."""
-        expected = None
-        if changed is not None and audit:
-            expected = self._targets(registry, changed)
-            changed = None
+        donor, self._donor = self._donor, None
         if changed is None:
             targets = set(self._read) | {u for u, mo in registry.items() if mo.subject == Cls.EPR_L2_EP}
         else:
             targets = self._targets(registry, changed)
         moved = problems = False
+        self.reads = 0
         for entry in targets:
             old = self._read.get(entry)
             mo = registry.get(entry)
@@ -321,14 +328,14 @@ class RemoteEndpoints:
                 self._read.pop(entry, None)
             else:
                 self._reads.set_reads(entry, (entry, *mo.children))
+                self.reads += 1
                 new = _remote(mo, registry)
-                if isinstance(new, Endpoint) and isinstance(old, Endpoint):
-                    new = same(old, new)
+                prior = old if old is not None or donor is None else donor._read.get(entry)
+                if isinstance(new, Endpoint) and isinstance(prior, Endpoint):
+                    new = same(prior, new)
                 self._read[entry] = new
             if new is old or (isinstance(new, Refused) and isinstance(old, Refused) and _same(old, new)):
                 continue  # reads as it did
-            if expected is not None and entry not in expected:
-                self.missed += 1
             if isinstance(old, Endpoint):
                 self._by_key[old.key].discard(entry)
                 if not self._by_key[old.key]:
@@ -341,7 +348,7 @@ class RemoteEndpoints:
             for entry in self._by_key.get(key, ()):
                 moved |= self._include(entry, self._read.get(entry), local_keys)
         if moved:
-            self.endpoints = tuple(self._sorted)
+            self.endpoints = same(donor.endpoints if donor else self.endpoints, tuple(self._sorted))
         if problems:
             self.problems = tuple(sorted(self._refused.values(), key=problem_order))
         return moved or problems

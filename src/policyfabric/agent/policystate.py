@@ -70,11 +70,13 @@ class MemberSet:
         self._sorted: list[IpAddress] = []
         self._refused: dict[str, Invalid] = {}
         self._dirty = False
+        self.reads = 0  # members read by the last update (what it cost)
 
     def update(
         self, policy: Mapping[str, MO], uris: Iterable[str] | None, index: DependencyIndex[str]
     ) -> bool:
         """Read what ``uris`` changed (None: everything); whether the addresses or problems changed."""
+        self.reads = 0
         if uris is None:
             self._relist(policy, index)
             for uri in self._children:
@@ -116,6 +118,7 @@ class MemberSet:
         self._children = now
 
     def _member(self, policy: Mapping[str, MO], uri: str) -> None:
+        self.reads += 1
         mo = policy.get(uri)
         self._set(uri, read_member(mo) if mo is not None and mo.subject == Cls.GBP_SUBNET else None)
 
@@ -147,7 +150,10 @@ class PolicyState:
     record changed (local endpoints read their class id), ``problems_changed`` says whether the
     refusals did."""
 
-    def __init__(self) -> None:
+    def __init__(self, donor: PolicyState | None = None) -> None:
+        """``donor``: the state this one replaces (a full build's), whose records this one's first
+        update reuses where they read the same (identity only: the values are read again)."""
+        self._donor = donor
         self.groups: dict[str, Group] = {}
         self.contracts: dict[str, Contract] = {}
         self.bds: dict[str, BridgeDomain] = {}
@@ -182,21 +188,15 @@ class PolicyState:
         self.touched: set[str] = set()
         self.changed_groups: set[str] = set()
         self.problems_changed = False
-        self.missed = 0  # full updates' changes that the changed URIs did not reach (should stay 0)
-        self._expected: set[tuple[str, str]] | None = None
+        self.reads: list[str] = []  # the objects and routers read by the last update (what it cost)
+        self.member_reads = 0  # and the members
 
     # ---- the update
-    def update(self, policy: Mapping[str, MO], changed: set[str] | None, audit: bool = False) -> None:
+    def update(self, policy: Mapping[str, MO], changed: set[str] | None) -> None:
         """Bring the records up to date with ``policy``, of which ``changed`` URIs changed since the
-        last update (None: unknown, every object is read again). ``audit``: read everything again
-        anyway, and count in ``missed`` what changed that ``changed`` would not have reached."""
+        last update (None: unknown, every object is read again)."""
         self.touched, self.changed_groups, self.problems_changed = set(), set(), False
-        self._expected = None
-        if changed is not None and audit:
-            objects, routers = self._targets(policy, changed)
-            self._expected = {("object", u) for u in objects} | {("router", u) for u in routers}
-            self._expected |= {("members", k) for u in changed for k in self._member_reads.users_of(u)}
-            changed = None
+        self.reads, self.member_reads = [], 0
         if changed is None:
             objects, routers = set(self._objects), set(self._routers)
             for uri, mo in policy.items():
@@ -215,13 +215,12 @@ class PolicyState:
                 self._put("object", self._objects, uri, None, subnets, claimed)
                 continue
             reads = Reads(policy, uri)
+            self.reads.append(uri)
             read = read_object(reads, uri, found)
             self._object_reads.set_reads(uri, reads.seen)
             self._put("object", self._objects, uri, read, subnets, claimed)
         if self._combine_subnets(subnets):
             routers |= set(self._routers)  # few: all read again when a leg's bridge domain may have moved
-            if self._expected is not None:
-                self._expected |= {("router", u) for u in self._routers}
         self._address_sets(policy, changed, claimed)
         for uri in routers:
             found = policy.get(uri)
@@ -230,14 +229,17 @@ class PolicyState:
                 self._put("router", self._routers, uri, None, subnets, claimed)
                 continue
             reads = Reads(policy, uri)
+            self.reads.append(uri)
             read = read_router(reads, uri, found, self.bd_of_subnets)
             self._router_reads.set_reads(uri, reads.seen)
             self._put("router", self._routers, uri, read, subnets, claimed)
         if "floating_ips" in self.touched:
             fips = sorted(self._fips.values(), key=lambda f: (f.ip, f.network, f.endpoint))
-            self.floating_ips = tuple(fips)
+            last = self._donor.floating_ips if self._donor is not None else self.floating_ips
+            self.floating_ips = same(last, tuple(fips))
         if self.problems_changed:
             self._problem_uris = sorted(i.uri for found in self._problems.values() for i in found)
+        self._donor = None  # its records are adopted: it is not needed any more
 
     def _targets(self, policy: Mapping[str, MO], changed: set[str]) -> tuple[set[str], set[str]]:
         """The objects and routers a change reaches: those that read a changed URI (their own
@@ -264,12 +266,11 @@ class PolicyState:
         """``uri``'s node now reads ``new`` (None: gone): its record, problems and claims replace
         the old ones in the view's maps."""
         old = store.get(uri)
-        if new is not None and old is not None and new.record is not None:
-            new = replace(new, record=same(old.record, new.record))
+        prior = old if old is not None or self._donor is None else self._donor._stored(kind, uri)
+        if new is not None and prior is not None and new.record is not None:
+            new = replace(new, record=same(prior.record, new.record))
         if old == new:
             return
-        if self._expected is not None and (kind, uri) not in self._expected:
-            self.missed += 1
         if new is None:
             del store[uri]
         else:
@@ -290,6 +291,9 @@ class PolicyState:
             self._set_claims.setdefault(group, {}).setdefault(container, set()).add(uri)
             claimed.add(group)
         self._set_problems((kind, uri), new.problems if new else ())
+
+    def _stored(self, kind: str, uri: str) -> Read | None:
+        return (self._objects if kind == "object" else self._routers).get(uri)
 
     def _put_record(self, uri: str, old: Record | None, new: Record | None) -> None:
         if old is new:
@@ -359,6 +363,11 @@ class PolicyState:
                 if chosen not in self._member_sets:
                     members = self._member_sets[chosen] = MemberSet(chosen)
                     members.update(policy, None, self._member_reads)
+                    if self._donor is not None and chosen in self._donor._member_sets:
+                        members.addresses = same(
+                            self._donor._member_sets[chosen].addresses, members.addresses
+                        )
+                    self.member_reads += members.reads
                     self._set_problems(("members", chosen), members.problems)
                     fresh.add(chosen)
         if changed is None:
@@ -374,16 +383,16 @@ class PolicyState:
             kept = self._member_sets.get(container)
             if kept is None or container in fresh:
                 continue
-            if kept.update(policy, uris, self._member_reads):
-                if self._expected is not None and ("members", container) not in self._expected:
-                    self.missed += 1
+            updated = kept.update(policy, uris, self._member_reads)
+            self.member_reads += kept.reads
+            if updated:
                 self._set_problems(("members", container), kept.problems)
                 regroup |= self._chosen_by[container]
         for group in regroup:
             chosen = self._set_of.get(group)
             addresses = self._member_sets[chosen].addresses if chosen is not None else None
-            if self.address_sets.get(group) is addresses:
-                continue
+            if self.address_sets.get(group) == addresses:
+                continue  # (two containers with the same members: the set did not change)
             self.touched.add("address_sets")
             if addresses is None:
                 del self.address_sets[group]

@@ -59,11 +59,150 @@ class _Local:
     iface_id: str
     name: str
     ofport: int
-    uri: str | None = None  # its PfEndpoint
-    mo: MO | None = None
+    uri: str | None = None  # its PfEndpoint (indexed)
+    epg: str | None = None  # its group (indexed)
+    mo: MO | None = None  # the PfEndpoint object it last parsed, and what that read as
     intent: LocalIntent | Invalid | None = None
-    epg: str | None = None
     endpoint: Endpoint | None = None
+    prior: Endpoint | None = None  # a replaced state's endpoint for it: reused if the same
+
+
+class LocalEndpoints:
+    """The endpoints plugged here, one node per interface, in the plugged list's order."""
+
+    def __init__(self, donor: LocalEndpoints | None = None) -> None:
+        """``donor``: the state this one replaces (a full build's), whose endpoints (and parses)
+        this one's first update reuses where they read the same."""
+        self._donor = donor
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self.problems: dict[LocalKey, Invalid] = {}
+        self.keys: dict[str, int] = {}  # local endpoint key → how many endpoints have it
+        self.reads = 0  # nodes read by the last update (what it cost)
+        self._nodes: dict[LocalKey, _Local] = {}
+        self._by_uri: dict[str, set[LocalKey]] = {}  # PfEndpoint URI → its nodes
+        self._by_epg: dict[str, set[LocalKey]] = {}  # group URI → nodes of endpoints in it
+        self._epg_refused: dict[str, bool] = {}  # what each group's endpoints were read with
+        self._plugged: object = None
+
+    def update(
+        self,
+        cache: Mapping[str, MO],
+        policy: PolicyState,
+        plugged: Sequence[Plugged],
+        changed: set[str] | None,
+    ) -> tuple[set[str], bool, bool]:
+        """Bring the endpoints up to date with the cache (``changed`` URIs changed; None: read
+        every one again), ``policy`` (just updated) and ``plugged``. Returns the keys that came or
+        went, whether the endpoints changed, whether their problems did."""
+        donor, self._donor = self._donor, None
+        dirty: set[LocalKey] = set()
+        gone: list[LocalKey] = []
+        reordered = False
+        if changed is None or plugged is not self._plugged:
+            now = {(p.iface_id, p.name): p for p in plugged}
+            gone = [k for k in self._nodes if k not in now]
+            for key, p in now.items():
+                node = self._nodes.get(key)
+                if node is None:
+                    node = self._nodes[key] = _Local(p.iface_id, p.name, p.ofport)
+                    was = donor._nodes.get(key) if donor is not None else None
+                    if was is not None:
+                        node.mo, node.intent, node.prior = was.mo, was.intent, was.endpoint
+                    dirty.add(key)
+                elif changed is None or node.ofport != p.ofport:
+                    node.ofport = p.ofport
+                    dirty.add(key)
+            reordered = list(now) != [k for k in self._nodes if k in now]
+            self._plugged = plugged
+        if changed is not None:
+            for uri in changed:
+                dirty |= self._by_uri.get(uri, set())
+        for group in policy.changed_groups:
+            dirty |= self._by_epg.get(group, set())
+        if policy.problems_changed:
+            for epg, keys in self._by_epg.items():
+                if self._epg_refused.get(epg) != policy.refused_under(epg):
+                    dirty |= keys
+        keys_changed: set[str] = set()
+        moved = problems = False
+        for key in gone:
+            node = self._nodes.pop(key)
+            self._index(key, node, None, None)
+            moved |= self._count(node.endpoint, None, keys_changed)
+            problems |= self.problems.pop(key, None) is not None
+        dirty.difference_update(gone)
+        self.reads = len(dirty)
+        for key in dirty:
+            node = self._nodes[key]
+            old = node.endpoint
+            self._read(cache, policy, key, node)
+            moved |= self._count(old, node.endpoint, keys_changed)
+            problem = node.intent if isinstance(node.intent, Invalid) else None
+            if problem != self.problems.get(key):
+                problems = True
+                if problem is None:
+                    del self.problems[key]
+                else:
+                    self.problems[key] = problem
+        if reordered:
+            self._nodes = {(p.iface_id, p.name): self._nodes[(p.iface_id, p.name)] for p in plugged}
+        if moved or reordered or changed is None:
+            made = tuple(n.endpoint for n in self._nodes.values() if n.endpoint is not None)
+            self.endpoints = same(donor.endpoints if donor is not None else self.endpoints, made)
+        return keys_changed, moved or reordered, problems
+
+    def _read(self, cache: Mapping[str, MO], policy: PolicyState, key: LocalKey, node: _Local) -> None:
+        split = split_iface_id(node.iface_id)
+        uri = endpoint_uri(*split) if split is not None else None
+        mo = cache.get(uri) if uri is not None else None
+        if uri is None:
+            intent: LocalIntent | Invalid | None = None
+        elif node.mo is mo and mo is not None and node.intent is not None:
+            intent = node.intent  # the same object on the same interface: parsed already
+        else:
+            intent = read_local(mo, uri, node.name)
+        epg = intent.epg if isinstance(intent, LocalIntent) else None
+        self._index(key, node, uri, epg)
+        node.mo, node.intent = mo, intent
+        endpoint = None
+        if isinstance(intent, LocalIntent):
+            refused = False
+            if epg is not None:
+                refused = self._epg_refused[epg] = policy.refused_under(epg)
+            if not refused:
+                group: Group | None = policy.groups.get(epg or "")
+                made = local_record(intent, node.iface_id, node.ofport, node.name, group)
+                endpoint = same(node.endpoint or node.prior, made)
+        node.endpoint, node.prior = endpoint, None
+
+    def _count(self, old: Endpoint | None, new: Endpoint | None, keys_changed: set[str]) -> bool:
+        """Count the local endpoints' keys (``old`` became ``new``); whether anything changed."""
+        if old is new:
+            return False
+        for ep, step in ((old, -1), (new, 1)):
+            if ep is not None:
+                count = self.keys.get(ep.key, 0) + step
+                if count:
+                    self.keys[ep.key] = count
+                else:
+                    del self.keys[ep.key]
+                if count == (1 if step > 0 else 0):
+                    keys_changed.add(ep.key)
+        return True
+
+    def _index(self, key: LocalKey, node: _Local, uri: str | None, epg: str | None) -> None:
+        """File ``node`` under its PfEndpoint's URI and its group's (None: under none)."""
+        for index, was, now in ((self._by_uri, node.uri, uri), (self._by_epg, node.epg, epg)):
+            if was == now:
+                continue
+            if was is not None:
+                index[was].discard(key)
+                if not index[was]:
+                    del index[was]
+                    self._epg_refused.pop(was, None)
+            if now is not None:
+                index.setdefault(now, set()).add(key)
+        node.uri, node.epg = uri, epg
 
 
 @dataclass
@@ -87,16 +226,9 @@ class ViewState:
         self.host, self.tunnel_ip, self.external_ports = host, tunnel_ip, external
         self.full_every, self.clock = full_every, clock
         self.policy = PolicyState()
+        self.local = LocalEndpoints()
         self.remote = RemoteEndpoints(tunnel_ip or "")
         self.stats = ViewStats()
-        self._local: dict[LocalKey, _Local] = {}  # in the plugged list's order
-        self._by_uri: dict[str, set[LocalKey]] = {}  # PfEndpoint URI → its nodes
-        self._by_epg: dict[str, set[LocalKey]] = {}  # group URI → nodes of endpoints in it
-        self._epg_refused: dict[str, bool] = {}
-        self._keys: dict[str, int] = {}  # local endpoint key → how many
-        self._local_problems: dict[LocalKey, Invalid] = {}
-        self._locals: tuple[Endpoint, ...] = ()
-        self._plugged: object = None
         self._sources: tuple[object, object] | None = None
         self._ofports: object = None
         self._last_full = float("-inf")
@@ -114,171 +246,99 @@ class ViewState:
     ) -> Network:
         """The view, brought up to date with ``changed`` (the cache URIs changed since the last
         call; None: unknown, build it whole). If it fails, the next call builds it whole."""
-        last = self._sources
-        now = self.clock()
-        if last is None or last[0] is not policy or last[1] is not registry:
-            changed = None  # the first build, one after a failed one, or new maps: nothing says what changed
-        audit = changed is not None and now - self._last_full >= self.full_every
-        full = changed is None or audit
-        if full:
+        last, now = self._sources, self.clock()
+        full = changed is None or last is None or last[0] is not policy or last[1] is not registry
+        audit = not full and now - self._last_full >= self.full_every
+        self._sources = None  # until this update completes
+        if full or audit:
+            if audit:  # first as usual, then whole: what differs, no change reached
+                self._update(policy, registry, plugged, changed)
+            old = (self.policy, self.local, self.remote)
+            self.policy, self.local = PolicyState(self.policy), LocalEndpoints(self.local)
+            self.remote = RemoteEndpoints(self.remote.own_vtep, self.remote)
+            self._update(policy, registry, plugged, None)
+            if audit:
+                self._audit(*old)
             self._last_full = now
             self.stats.full += 1
+            flags = (True, True)
         else:
+            flags = self._update(policy, registry, plugged, changed)
             self.stats.incremental += 1
-        self._sources = None  # until this update completes
-        missed = self.policy.missed + self.remote.missed
-        self.policy.update(policy, changed, audit)
-        keys_changed, local_changed, local_problems = self._update_local(policy, plugged, changed, full)
-        remote_changed = self.remote.update(registry, changed, self._keys, keys_changed, audit)
         self._sources = (policy, registry)
-        found = self.policy.missed + self.remote.missed - missed
+        return self._assemble(tunnel_port, ofports, full or audit, *flags)
+
+    def _update(
+        self,
+        policy: Mapping[str, MO],
+        registry: Mapping[str, MO],
+        plugged: Sequence[Plugged],
+        changed: set[str] | None,
+    ) -> tuple[bool, bool]:
+        """(whether the remote endpoints or their problems changed, whether the local ones' problems
+        did)."""
+        self.policy.update(policy, changed)
+        keys_changed, _, local_problems = self.local.update(policy, self.policy, plugged, changed)
+        remote_changed = self.remote.update(registry, changed, self.local.keys, keys_changed)
+        return remote_changed, local_problems
+
+    def _audit(self, policy: PolicyState, local: LocalEndpoints, remote: RemoteEndpoints) -> None:
+        """Count (and log) the records in which the state kept up to date (``policy``, ``local``,
+        ``remote``) differs from the one just built whole: changes it missed."""
+        missed: dict[str, int] = {}
+        for name in ("groups", "contracts", "bds", "security_groups", "address_sets", "routers", "external"):
+            kept, built = getattr(policy, name), getattr(self.policy, name)
+            missed[name] = sum(kept.get(k) != built.get(k) for k in kept.keys() | built.keys())
+        for name, kept_items, built_items in (
+            ("floating_ips", policy.floating_ips, self.policy.floating_ips),
+            ("local", local.endpoints, self.local.endpoints),
+            ("remote", remote.endpoints, self.remote.endpoints),
+            (
+                "invalid",
+                self._problems(policy, local, remote),
+                self._problems(self.policy, self.local, self.remote),
+            ),
+        ):
+            missed[name] = len(set(kept_items) ^ set(built_items))
+        found = {k: n for k, n in missed.items() if n}
         if found:
-            self.stats.missed += found
+            self.stats.missed += sum(found.values())
             log.warning(
-                "agent %s: the view's full build found %d record(s) no change reached", self.host, found
+                "agent %s: the view's full build found what no reported change reached: %s",
+                self.host,
+                ", ".join(f"{n} in {k}" for k, n in sorted(found.items())),
             )
-        return self._assemble(tunnel_port, ofports, local_changed, remote_changed, local_problems)
-
-    # ---- local endpoints
-    def _update_local(
-        self, policy: Mapping[str, MO], plugged: Sequence[Plugged], changed: set[str] | None, full: bool
-    ) -> tuple[set[str], bool, bool]:
-        """(keys that came or went, whether the local endpoints changed, whether their problems did)."""
-        dirty: set[LocalKey] = set()
-        gone: list[LocalKey] = []
-        reordered = False
-        if full or plugged is not self._plugged:
-            now = {(p.iface_id, p.name): p for p in plugged}
-            gone = [k for k in self._local if k not in now]
-            for key, p in now.items():
-                node = self._local.get(key)
-                if node is None:
-                    self._local[key] = _Local(p.iface_id, p.name, p.ofport)
-                    dirty.add(key)
-                elif full or node.ofport != p.ofport:
-                    node.ofport = p.ofport
-                    dirty.add(key)
-            reordered = list(now) != [k for k in self._local if k in now]
-            self._plugged = plugged
-        if changed is not None:
-            for uri in changed:
-                dirty |= self._by_uri.get(uri, set())
-        for group in self.policy.changed_groups:
-            dirty |= self._by_epg.get(group, set())
-        if self.policy.problems_changed or full:
-            for epg, keys in self._by_epg.items():
-                refused = self.policy.refused_under(epg)
-                if self._epg_refused.get(epg) != refused:
-                    self._epg_refused[epg] = refused
-                    dirty |= keys
-        keys_changed: set[str] = set()
-        moved = problems = False
-        for key in gone:
-            node = self._local.pop(key)
-            self._index(self._by_uri, key, node.uri, None)
-            self._index(self._by_epg, key, node.epg, None)
-            if node.epg is not None and node.epg not in self._by_epg:
-                self._epg_refused.pop(node.epg, None)
-            moved |= self._count(node.endpoint, None, keys_changed)
-            problems |= self._local_problems.pop(key, None) is not None
-        for key in dirty - set(gone):
-            node = self._local[key]
-            old = node.endpoint
-            self._read_local(policy, key, node)
-            moved |= self._count(old, node.endpoint, keys_changed)
-            problem = node.intent if isinstance(node.intent, Invalid) else None
-            if problem != self._local_problems.get(key):
-                problems = True
-                if problem is None:
-                    del self._local_problems[key]
-                else:
-                    self._local_problems[key] = problem
-        if reordered:
-            self._local = {(p.iface_id, p.name): self._local[(p.iface_id, p.name)] for p in plugged}
-        if moved or reordered:
-            self._locals = tuple(n.endpoint for n in self._local.values() if n.endpoint is not None)
-        return keys_changed, moved or reordered, problems
-
-    def _count(self, old: Endpoint | None, new: Endpoint | None, keys_changed: set[str]) -> bool:
-        """Count the local endpoints' keys (``old`` became ``new``); whether anything changed."""
-        if old is new:
-            return False
-        for ep, step in ((old, -1), (new, 1)):
-            if ep is not None:
-                count = self._keys.get(ep.key, 0) + step
-                if count:
-                    self._keys[ep.key] = count
-                else:
-                    del self._keys[ep.key]
-                if count == (1 if step > 0 else 0):
-                    keys_changed.add(ep.key)
-        return True
-
-    def _read_local(self, policy: Mapping[str, MO], key: LocalKey, node: _Local) -> None:
-        split = split_iface_id(node.iface_id)
-        uri = endpoint_uri(*split) if split is not None else None
-        mo = policy.get(uri) if uri is not None else None
-        if uri is None:
-            intent: LocalIntent | Invalid | None = None
-        elif node.uri == uri and node.mo is mo and node.intent is not None:
-            intent = node.intent  # the same object on the same interface: parsed already
-        else:
-            intent = read_local(mo, uri, node.name)
-        self._index(self._by_uri, key, node.uri, uri)
-        epg = intent.epg if isinstance(intent, LocalIntent) else None
-        self._index(self._by_epg, key, node.epg, epg)
-        if node.epg is not None and node.epg not in self._by_epg:
-            self._epg_refused.pop(node.epg, None)
-        node.uri, node.mo, node.intent, node.epg = uri, mo, intent, epg
-        endpoint = None
-        if isinstance(intent, LocalIntent):
-            refused = epg is not None and self._refused(epg)
-            if not refused:
-                group: Group | None = self.policy.groups.get(epg or "")
-                made = local_record(intent, node.iface_id, node.ofport, node.name, group)
-                endpoint = same(node.endpoint, made)
-        node.endpoint = endpoint
-
-    def _refused(self, epg: str) -> bool:
-        """Whether something of group ``epg`` was refused (remembered: what its endpoints used)."""
-        refused = self._epg_refused[epg] = self.policy.refused_under(epg)
-        return refused
 
     @staticmethod
-    def _index(index: dict[str, set[LocalKey]], key: LocalKey, was: str | None, now: str | None) -> None:
-        if was == now:
-            return
-        if was is not None:
-            index[was].discard(key)
-            if not index[was]:
-                del index[was]
-        if now is not None:
-            index.setdefault(now, set()).add(key)
+    def _problems(policy: PolicyState, local: LocalEndpoints, remote: RemoteEndpoints) -> tuple[Invalid, ...]:
+        found = {*policy.problems(), *local.problems.values(), *remote.problems}
+        return tuple(sorted(found, key=problem_order))
 
     # ---- the Network
     def _assemble(
         self,
         tunnel_port: int | None,
         ofports: Mapping[str, int],
-        local_changed: bool,
+        full: bool,
         remote_changed: bool,
         local_problems: bool,
     ) -> Network:
+        """The Network from the parts that changed and those kept (``full``: a new state, every part
+        made again, each kept if equal)."""
         parts = self._parts
         touched = self.policy.touched
         for name in ("groups", "contracts", "bds", "security_groups", "address_sets", "routers"):
-            if name in touched or name not in parts:
-                parts[name] = dict(getattr(self.policy, name))  # a copy: the state goes on changing
+            if full or name in touched or name not in parts:
+                copy = dict(getattr(self.policy, name))  # a copy: the state goes on changing
+                parts[name] = same(parts.get(name), copy)
         parts["floating_ips"] = self.policy.floating_ips
-        if "external" in touched or ofports is not self._ofports or "external" not in parts:
-            parts["external"] = self._attach(ofports, parts.get("external", {}))
+        if full or "external" in touched or ofports is not self._ofports or "external" not in parts:
+            parts["external"] = same(parts.get("external"), self._attach(ofports, parts.get("external", {})))
             self._ofports = ofports
-        if local_changed or "local" not in parts:
-            parts["local"] = self._locals
+        parts["local"] = self.local.endpoints
         parts["remote"] = self.remote.endpoints
-        if self.policy.problems_changed or local_problems or remote_changed or "invalid" not in parts:
-            found = {*self.policy.problems(), *self._local_problems.values(), *self.remote.problems}
-            invalid = tuple(sorted(found, key=problem_order))
+        if full or self.policy.problems_changed or local_problems or remote_changed or "invalid" not in parts:
+            invalid = self._problems(self.policy, self.local, self.remote)
             parts["invalid"] = same(parts.get("invalid"), invalid)
         parts["tunnel_port"] = tunnel_port if self.tunnel_ip else None
         last = self._net
