@@ -55,6 +55,10 @@ HOSTILE: list[Any] = [
     {"subject": "GbpEpGroup", "reference_uri": "/a b/,actions=NORMAL/"},
     "fe80::1%eth0",
     "02:00:00:00:00:01\n",
+    {"subject": "GbpEpGroup", "reference_uri": uri_of(T, Cls.GBP_SEC_GROUP, "sg0")},  # the wrong object
+    {"subject": "GbpEpGroup", "reference_uri": uri_of(T, Cls.GBP_EP_GROUP, "g1")},
+    {"subject": "GbpBridgeDomain", "reference_uri": uri_of(T, Cls.GBP_BRIDGE_DOMAIN, "bd1")},
+    {"subject": "GbpContract", "reference_uri": uri_of(T, Cls.GBP_CONTRACT, "c0")},
 ]
 PUBLIC = o.ExternalNetwork(name="public", cidr="203.0.113.0/24", gateway_ip="203.0.113.1")
 
@@ -75,7 +79,7 @@ class World:
         self.registry_corrupt: dict[tuple[str, str], Any] = {}
         self.memo: EndpointMemo = {}
         self.tree: Tree | None = None
-        self.globals: Tree | None = None
+        self.globals = global_tree([T], [PUBLIC])
         self.sent: dict[str, MO] = {}  # the registry as last sent to the client
         self.changed: set[str] | None = None  # what the client reported since the last view
         self.client = PolicyClient(HOST, [("127.0.0.1", 1)], on_change=self._collect)
@@ -165,27 +169,31 @@ class World:
         self.plugged = sorted([*self.plugged, port], key=lambda p: p.iface_id)  # a new list, as OVSDB's
 
     # ---- the authority's side
-    def push_policy(self) -> None:
-        """The tenant's tree (with the hostile values in it) sent as the repository sends it."""
+    def push_policy(self, share: int = 3) -> None:
+        """The tenant's tree (with the hostile values in it) sent as the repository sends it, or
+        ``share`` (0..3) thirds of each list in it: the rest comes later (an agent also gets
+        objects in parts: an answer to a resolve, then a push; an object before the one naming it,
+        or after)."""
         objects = {kind: list(specs.values()) for kind, specs in self.specs.items()}
         tree = tenant_tree(T, objects, self.ids, self.gateways, self.memo)
         for (uri, prop), value in self.corrupt.items():
             if uri in tree.mos:
                 mo = tree.mos[uri]
                 tree.mos[uri] = replace(mo, properties={**mo.properties, prop: value})
-        updates: list[tuple[list[MO], list[MO], list[MO]]] = [diff(self.tree, tree)]
         self.tree = tree
-        if self.globals is None:
-            self.globals = global_tree([T], [PUBLIC])
-            updates.append(diff(None, self.globals))
-        for changed, merged, removed in updates:
-            if changed or merged or removed:
-                params = {
-                    "replace": wire(changed),
-                    "merge_children": wire(merged),
-                    "delete": [{"subject": m.subject, "uri": m.uri} for m in removed],
-                }
-                handle(self.client, "policy_update", params)
+        wanted, have = Tree(), Tree()
+        wanted.mos = {**tree.mos, **self.globals.mos}
+        have.mos = dict(self.client.policy)
+        changed, merged, removed = (part[: len(part) * share // 3] for part in diff(have, wanted))
+        if share % 2:
+            changed.reverse()  # children before their parents
+        if changed or merged or removed:
+            params = {
+                "replace": wire(changed),
+                "merge_children": wire(merged),
+                "delete": [{"subject": m.subject, "uri": m.uri} for m in removed],
+            }
+            handle(self.client, "policy_update", params)
 
     def registry_wanted(self) -> dict[str, MO]:
         """What the hosts declare (h1's own endpoints too: the agent sees its own come back)."""
@@ -524,10 +532,11 @@ def test_the_incremental_view_is_the_view_built_whole_after_every_change(
         change(w, n)
         if registry_first:
             w.push_registry(share)
-        w.push_policy()
+        w.push_policy(3 - share if n % 2 else 3)
         if not registry_first:
             w.push_registry(share)
         last = step_and_check(w, inc, audit, last)
+    w.push_policy()
     w.push_registry(3)
     step_and_check(w, inc, audit, last)
     assert inc.stats.full == 1 and inc.stats.incremental == len(changes) + 1
