@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import copy
 import json
+import random
 from collections.abc import Iterable
 from dataclasses import replace
 from typing import Any
@@ -510,36 +511,52 @@ def step_and_check(w: World, inc: ViewState, audit: ViewState, last: Network | N
     return net
 
 
-@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    st.lists(
-        st.tuples(st.sampled_from(CHANGES), st.integers(0, 1000), st.integers(0, 3), st.booleans()),
-        min_size=1,
-        max_size=30,
-    )
+STEP = st.tuples(
+    st.sampled_from(CHANGES), st.integers(0, 1000), st.integers(0, 3), st.integers(0, 3), st.booleans()
 )
-def test_the_incremental_view_is_the_view_built_whole_after_every_change(
-    changes: list[tuple[Any, int, int, bool]],
-) -> None:
+
+
+def run(changes: Iterable[tuple[Any, int, int, int, bool]]) -> None:
+    """Apply ``changes`` (change, its number, thirds of the policy and of the registry updates
+    sent now, the registry first) to a world, checking the views after each."""
     w = World()
     w.push_policy()
     w.push_registry(3)
     inc = ViewState(HOST, VTEP, EXTERNAL, full_every=float("inf"))  # no safety net: incremental only
     audit = ViewState(HOST, VTEP, EXTERNAL, full_every=0)  # builds whole every time, checking
     last = step_and_check(w, inc, audit, None)
-    assert inc.stats.full == 1
-    for change, n, share, registry_first in changes:
+    steps = 1
+    for change, n, policy_share, registry_share, registry_first in changes:
         change(w, n)
         if registry_first:
-            w.push_registry(share)
-        w.push_policy(3 - share if n % 2 else 3)
+            w.push_registry(registry_share)
+        w.push_policy(policy_share)
         if not registry_first:
-            w.push_registry(share)
+            w.push_registry(registry_share)
         last = step_and_check(w, inc, audit, last)
+        steps += 1
     w.push_policy()
     w.push_registry(3)
     step_and_check(w, inc, audit, last)
-    assert inc.stats.full == 1 and inc.stats.incremental == len(changes) + 1
+    assert inc.stats.full == 1 and inc.stats.incremental == steps
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.lists(STEP, min_size=1, max_size=30))
+def test_the_incremental_view_is_the_view_built_whole_after_every_change(
+    changes: list[tuple[Any, int, int, int, bool]],
+) -> None:
+    run(changes)
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_the_same_over_long_random_sequences(seed: int) -> None:
+    """Uniformly random steps, more of them (hypothesis favours small values and short lists)."""
+    rnd = random.Random(seed)
+    run(
+        (rnd.choice(CHANGES), rnd.randint(0, 1000), rnd.randint(0, 3), rnd.randint(0, 3), rnd.random() < 0.5)
+        for _ in range(40)
+    )
 
 
 # ---- what a change costs ------------------------------------------------------------------------
