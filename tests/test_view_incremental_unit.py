@@ -693,3 +693,28 @@ def test_a_failed_update_is_followed_by_a_whole_build(monkeypatch: pytest.Monkey
     monkeypatch.undo()
     net = inc.network(w.client.policy, w.client.endpoints, w.plugged, TUNNEL_PORT, w.ofports, set())
     assert net == whole(w) and inc.stats.full == 2
+
+
+def test_an_endpoint_follows_what_is_refused_under_the_object_its_group_reference_names() -> None:
+    """A local endpoint is left out while something under its group's URI is refused, even when
+    the reference names an object that is no group (here a security group, whose record stays):
+    its refusals coming and going reach the endpoint."""
+    w, inc, _ = settled()
+    audit = ViewState(HOST, VTEP, EXTERNAL, full_every=0)
+    sg0 = uri_of(T, Cls.GBP_SEC_GROUP, "sg0")
+    w.corrupt[(endpoint_uri(T, "e0"), Prop.EPG)] = {"subject": Cls.GBP_EP_GROUP, "reference_uri": sg0}
+    w.push_policy()
+    last = step_and_check(w, inc, audit, None)
+    assert f"{T}/e0" in {e.key for e in last.local}
+    assert w.tree is not None
+    rule0 = next(
+        u for u, m in w.tree.mos.items() if m.subject == Cls.GBP_SEC_GROUP_RULE and u.startswith(sg0)
+    )
+    w.corrupt[(rule0, Prop.ORDER)] = -1
+    w.push_policy()
+    last = step_and_check(w, inc, audit, last)
+    assert f"{T}/e0" not in {e.key for e in last.local} and sg0 in last.security_groups
+    del w.corrupt[(rule0, Prop.ORDER)]
+    w.push_policy()
+    last = step_and_check(w, inc, audit, last)
+    assert f"{T}/e0" in {e.key for e in last.local}
