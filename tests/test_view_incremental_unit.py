@@ -502,8 +502,8 @@ def assert_kept(before: Network, after: Network) -> None:
 def step_and_check(w: World, inc: ViewState, audit: ViewState, last: Network | None) -> Network:
     changed = w.take()
     net = inc.network(w.client.policy, w.client.endpoints, w.plugged, TUNNEL_PORT, w.ofports, changed)
-    audit.network(w.client.policy, w.client.endpoints, w.plugged, TUNNEL_PORT, w.ofports, changed)
-    assert net == whole(w)
+    audited = audit.network(w.client.policy, w.client.endpoints, w.plugged, TUNNEL_PORT, w.ofports, changed)
+    assert net == whole(w) == audited
     assert net == composed(w)
     assert audit.stats.missed == 0 and inc.stats.missed == 0
     if last is not None:

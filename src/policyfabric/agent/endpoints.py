@@ -295,8 +295,9 @@ class RemoteEndpoints:
         self.problems: tuple[Invalid, ...] = ()
         self.reads = 0  # entries read by the last update (what it cost)
         self._read: dict[str, Endpoint | Refused | None] = {}  # L2 entry URI → what it reads as
+        self._inputs: dict[str, tuple[MO, tuple[MO | None, ...]]] = {}  # what each read: it, its children
         self._reads: DependencyIndex[str] = DependencyIndex()
-        self._by_key: dict[str, set[str]] = {}  # endpoint key → the entries that read as it
+        self._by_key: DependencyIndex[str] = DependencyIndex()  # endpoint key → the entries read as it
         self._included: dict[str, Endpoint] = {}
         self._order: list[tuple[str, str, str]] = []
         self._sorted: list[Endpoint] = []
@@ -319,6 +320,7 @@ class RemoteEndpoints:
             targets = self._targets(registry, changed)
         moved = problems = False
         self.reads = 0
+        bulk = changed is None
         for entry in targets:
             old = self._read.get(entry)
             mo = registry.get(entry)
@@ -326,27 +328,35 @@ class RemoteEndpoints:
                 self._reads.drop(entry)
                 new: Endpoint | Refused | None = None
                 self._read.pop(entry, None)
+                self._inputs.pop(entry, None)
             else:
                 self._reads.set_reads(entry, (entry, *mo.children))
-                self.reads += 1
-                new = _remote(mo, registry)
-                prior = old if old is not None or donor is None else donor._read.get(entry)
-                if isinstance(new, Endpoint) and isinstance(prior, Endpoint):
-                    new = same(prior, new)
+                kids = tuple(registry.get(c) for c in mo.children)
+                kept = donor._inputs.get(entry) if donor is not None and entry not in self._inputs else None
+                self._inputs[entry] = (mo, kids)
+                if donor is not None and kept is not None and kept[0] is mo and _identical(kept[1], kids):
+                    new = donor._read[entry]  # the same objects: it reads the same
+                else:
+                    self.reads += 1
+                    new = _remote(mo, registry)
+                    prior = old if old is not None or donor is None else donor._read.get(entry)
+                    if isinstance(new, Endpoint) and isinstance(prior, Endpoint):
+                        new = same(prior, new)
                 self._read[entry] = new
             if new is old or (isinstance(new, Refused) and isinstance(old, Refused) and _same(old, new)):
                 continue  # reads as it did
             if isinstance(old, Endpoint):
-                self._by_key[old.key].discard(entry)
-                if not self._by_key[old.key]:
-                    del self._by_key[old.key]
+                self._by_key.discard(entry, old.key)
             if isinstance(new, Endpoint):
-                self._by_key.setdefault(new.key, set()).add(entry)
+                self._by_key.add(entry, new.key)
             problems |= self._set_refused(entry, new)
-            moved |= self._include(entry, new, local_keys)
+            moved |= self._include(entry, new, local_keys, bulk)
         for key in keys_changed:
-            for entry in self._by_key.get(key, ()):
-                moved |= self._include(entry, self._read.get(entry), local_keys)
+            for entry in self._by_key.users_of(key):
+                moved |= self._include(entry, self._read.get(entry), local_keys, bulk)
+        if bulk:  # sorted once, not kept sorted one by one
+            self._order = sorted(_order(ep, entry) for entry, ep in self._included.items())
+            self._sorted = [self._included[entry] for _, _, entry in self._order]
         if moved:
             self.endpoints = same(donor.endpoints if donor else self.endpoints, tuple(self._sorted))
         if problems:
@@ -371,8 +381,11 @@ class RemoteEndpoints:
             return True
         return self._refused.pop(entry, None) is not None
 
-    def _include(self, entry: str, read: Endpoint | Refused | None, local_keys: Container[str]) -> bool:
-        """Put ``entry`` in or out of ``endpoints`` as ``read`` says; whether that changed them."""
+    def _include(
+        self, entry: str, read: Endpoint | Refused | None, local_keys: Container[str], bulk: bool
+    ) -> bool:
+        """Put ``entry`` in or out of ``endpoints`` as ``read`` says; whether that changed them
+        (``bulk``: in or out of ``_included`` only, sorted after)."""
         want = (
             read
             if isinstance(read, Endpoint) and read.vtep != self.own_vtep and read.key not in local_keys
@@ -382,16 +395,22 @@ class RemoteEndpoints:
         if have is want:
             return False
         if have is not None:
-            at = bisect.bisect_left(self._order, _order(have, entry))
-            del self._order[at], self._sorted[at]
             del self._included[entry]
+            if not bulk:
+                at = bisect.bisect_left(self._order, _order(have, entry))
+                del self._order[at], self._sorted[at]
         if want is not None:
-            order = _order(want, entry)
-            at = bisect.bisect_left(self._order, order)
-            self._order.insert(at, order)
-            self._sorted.insert(at, want)
             self._included[entry] = want
+            if not bulk:
+                order = _order(want, entry)
+                at = bisect.bisect_left(self._order, order)
+                self._order.insert(at, order)
+                self._sorted.insert(at, want)
         return True
+
+
+def _identical(a: tuple[MO | None, ...], b: tuple[MO | None, ...]) -> bool:
+    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
 
 
 def _same(a: Refused, b: Refused) -> bool:

@@ -13,7 +13,7 @@ read the same".
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Iterable, Iterator, Mapping
+from collections.abc import Collection, Hashable, Iterable, Iterator, Mapping
 from typing import Generic, TypeVar
 
 from policyfabric.agent.view import Invalid
@@ -23,29 +23,36 @@ K = TypeVar("K", bound=Hashable)
 T = TypeVar("T")
 
 
+Inputs = dict[str, MO | None]  # the URIs a record read, and the object each held (None: absent)
+
+
 class Reads(Mapping[str, MO]):
     """The cache as one record's reader sees it: every URI it looks up (``get``, ``[]``, ``in``) is
-    added to ``seen``, found or not. It cannot be iterated: a record that read the whole cache
-    would depend on every object, which is what the incremental view exists to avoid."""
+    added to ``seen`` with the object it found (None: absent). It cannot be iterated: a record that
+    read the whole cache would depend on every object, which is what the incremental view exists
+    to avoid."""
 
     __slots__ = ("_cache", "seen")
 
     def __init__(self, cache: Mapping[str, MO], *uris: str) -> None:
         self._cache = cache
-        self.seen: set[str] = set(uris)
+        self.seen: Inputs = {uri: cache.get(uri) for uri in uris}
 
     def __getitem__(self, uri: str) -> MO:
-        self.seen.add(uri)
-        return self._cache[uri]
+        found = self.seen[uri] = self._cache.get(uri)
+        if found is None:
+            raise KeyError(uri)
+        return found
 
     def get(self, uri: str, default: MO | None = None) -> MO | None:  # type: ignore[override]
-        self.seen.add(uri)
-        return self._cache.get(uri, default)
+        found = self.seen[uri] = self._cache.get(uri)
+        return default if found is None else found
 
     def __contains__(self, uri: object) -> bool:
-        if isinstance(uri, str):
-            self.seen.add(uri)
-        return uri in self._cache
+        if not isinstance(uri, str):
+            return False
+        found = self.seen[uri] = self._cache.get(uri)
+        return found is not None
 
     def __iter__(self) -> Iterator[str]:
         raise TypeError("a record reads the cache by URI, never the whole of it")
@@ -55,58 +62,82 @@ class Reads(Mapping[str, MO]):
 
 
 class DependencyIndex(Generic[K]):
-    """URI → the nodes (keys) that read it, kept with each node's reads."""
+    """URI → the nodes (keys) that read it, kept with each node's reads. Most URIs are read by one
+    node (an endpoint's children, a set's members): that one is stored as it is, a set only for
+    more (a full build at 10,000 endpoints makes tens of thousands of entries)."""
 
     def __init__(self) -> None:
-        self._users: dict[str, set[K]] = {}
-        self._reads: dict[K, frozenset[str]] = {}
+        self._users: dict[str, K | set[K]] = {}
+        self._reads: dict[K, tuple[str, ...]] = {}
 
     def set_reads(self, key: K, uris: Iterable[str]) -> None:
         """``key`` now depends on exactly ``uris``."""
-        new = frozenset(uris)
-        old = self._reads.get(key, frozenset())
-        if new == old:
+        new = tuple(dict.fromkeys(uris))
+        old = self._reads.get(key)
+        if old is None:
+            added: Iterable[str] = new
+        elif old == new:
             return
-        for uri in old - new:
-            self._discard(key, uri)
-        for uri in new - old:
-            self._users.setdefault(uri, set()).add(key)
+        else:
+            for uri in set(old).difference(new):
+                self.discard(key, uri)
+            added = set(new).difference(old)
+        for uri in added:
+            self.add(key, uri)
         self._reads[key] = new
 
     def add(self, key: K, uri: str) -> None:
         """``key`` depends on ``uri`` too (a node that keeps its reads itself, one at a time)."""
-        self._users.setdefault(uri, set()).add(key)
+        users = self._users.get(uri)
+        if users is None:
+            self._users[uri] = key
+        elif isinstance(users, set):
+            users.add(key)
+        elif users != key:
+            self._users[uri] = {users, key}
 
     def discard(self, key: K, uri: str) -> None:
-        self._discard(key, uri)
+        users = self._users.get(uri)
+        if isinstance(users, set):
+            users.discard(key)
+            if not users:
+                del self._users[uri]
+        elif users is not None and users == key:
+            del self._users[uri]
 
     def drop(self, key: K) -> None:
         """``key`` is gone: it depends on nothing."""
-        for uri in self._reads.pop(key, frozenset()):
-            self._discard(key, uri)
+        for uri in self._reads.pop(key, ()):
+            self.discard(key, uri)
 
-    def users_of(self, uri: str) -> frozenset[K] | set[K]:
+    def users_of(self, uri: str) -> Collection[K]:
         """The nodes that read ``uri`` (not to be changed by the caller)."""
-        return self._users.get(uri) or frozenset()
+        users = self._users.get(uri)
+        if users is None:
+            return ()
+        return users if isinstance(users, set) else (users,)
 
     def users(self, uris: Iterable[str]) -> set[K]:
         """The nodes that read any of ``uris``."""
         out: set[K] = set()
         for uri in uris:
-            found = self._users.get(uri)
-            if found:
-                out |= found
+            users = self._users.get(uri)
+            if isinstance(users, set):
+                out |= users
+            elif users is not None:
+                out.add(users)
         return out
 
     def __len__(self) -> int:
         return len(self._users)
 
-    def _discard(self, key: K, uri: str) -> None:
-        users = self._users.get(uri)
-        if users is not None:
-            users.discard(key)
-            if not users:
-                del self._users[uri]
+
+def unchanged(inputs: Inputs, cache: Mapping[str, MO]) -> bool:
+    """Whether ``cache`` holds the very objects a record read (and lacks those it found absent):
+    then it would read the same (objects are replaced, never mutated). What a full build with a
+    state to take over from checks instead of reading again: the check the declarer's own full
+    sync makes, and what catches a change nobody reported."""
+    return all(cache.get(uri) is found for uri, found in inputs.items())
 
 
 def same(old: T | None, new: T) -> T:

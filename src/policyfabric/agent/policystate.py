@@ -27,7 +27,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import replace
 from typing import Any
 
-from policyfabric.agent.incremental import DependencyIndex, Reads, problem_order, same
+from policyfabric.agent.incremental import DependencyIndex, Inputs, Reads, problem_order, same, unchanged
 from policyfabric.agent.reader import OBJECTS, Read, Record, read_member, read_object, read_router
 from policyfabric.agent.view import (
     BridgeDomain,
@@ -60,12 +60,15 @@ class MemberSet:
     the members refused. Kept per member: ``update`` reads again only the members whose URI
     changed, and the container's list of children (compared as sets) when it changed."""
 
-    def __init__(self, uri: str) -> None:
-        self.uri = uri
+    def __init__(self, uri: str, donor: MemberSet | None = None) -> None:
+        """``donor``: the set this one replaces, whose members' reads are taken over where the
+        member is the same object."""
+        self.uri, self._donor = uri, donor
         self.addresses: tuple[IpAddress, ...] = ()
         self.problems: tuple[Invalid, ...] = ()
         self._children: set[str] = set()
         self._read: dict[str, IpAddress | Invalid | None] = {}  # member URI → what it reads as
+        self._mo: dict[str, MO | None] = {}  # member URI → the object read
         self._count: dict[IpAddress, int] = {}  # address → members that have it
         self._sorted: list[IpAddress] = []
         self._refused: dict[str, Invalid] = {}
@@ -88,6 +91,7 @@ class MemberSet:
             for uri in uris:
                 if uri != self.uri and uri in self._children:
                     self._member(policy, uri)
+        self._donor = None
         if not self._dirty:
             return False
         self._dirty = False
@@ -110,7 +114,7 @@ class MemberSet:
         for uri in self._children - now:
             index.discard(self.uri, uri)
             self._set(uri, None)
-            del self._read[uri]
+            del self._read[uri], self._mo[uri]
         for uri in now - self._children:
             index.add(self.uri, uri)
             self._read[uri] = None
@@ -118,8 +122,12 @@ class MemberSet:
         self._children = now
 
     def _member(self, policy: Mapping[str, MO], uri: str) -> None:
+        mo = self._mo[uri] = policy.get(uri)
+        donor = self._donor
+        if donor is not None and uri in donor._mo and donor._mo[uri] is mo:
+            self._set(uri, donor._read[uri])
+            return
         self.reads += 1
-        mo = policy.get(uri)
         self._set(uri, read_member(mo) if mo is not None and mo.subject == Cls.GBP_SUBNET else None)
 
     def _set(self, uri: str, value: IpAddress | Invalid | None) -> None:
@@ -174,6 +182,7 @@ class PolicyState:
             "routers": self.routers,
         }
         self._objects: dict[str, Read] = {}
+        self._inputs: dict[str, Inputs] = {}  # what each object's read looked up (a donor's are checked)
         self._routers: dict[str, Read] = {}
         self._object_reads: DependencyIndex[str] = DependencyIndex()
         self._router_reads: DependencyIndex[str] = DependencyIndex()
@@ -208,16 +217,23 @@ class PolicyState:
             objects, routers = self._targets(policy, changed)
         subnets: set[str] = set()  # containers whose claims changed
         claimed: set[str] = set()  # groups whose claims changed
+        donor = self._donor
         for uri in objects:
             found = policy.get(uri)
             if found is None or found.subject not in OBJECTS:
                 self._object_reads.drop(uri)
+                self._inputs.pop(uri, None)
                 self._put("object", self._objects, uri, None, subnets, claimed)
                 continue
-            reads = Reads(policy, uri)
-            self.reads.append(uri)
-            read = read_object(reads, uri, found)
-            self._object_reads.set_reads(uri, reads.seen)
+            kept = donor._inputs.get(uri) if donor is not None and uri not in self._inputs else None
+            if donor is not None and kept is not None and unchanged(kept, policy):
+                read, inputs = donor._objects[uri], kept  # the same objects: it reads the same
+            else:
+                reads = Reads(policy, uri)
+                self.reads.append(uri)
+                read, inputs = read_object(reads, uri, found), reads.seen
+            self._inputs[uri] = inputs
+            self._object_reads.set_reads(uri, inputs)
             self._put("object", self._objects, uri, read, subnets, claimed)
         if self._combine_subnets(subnets):
             routers |= set(self._routers)  # few: all read again when a leg's bridge domain may have moved
@@ -361,7 +377,8 @@ class PolicyState:
                 self._set_of[group] = chosen
                 self._chosen_by.setdefault(chosen, set()).add(group)
                 if chosen not in self._member_sets:
-                    members = self._member_sets[chosen] = MemberSet(chosen)
+                    donor = self._donor._member_sets.get(chosen) if self._donor is not None else None
+                    members = self._member_sets[chosen] = MemberSet(chosen, donor)
                     members.update(policy, None, self._member_reads)
                     if self._donor is not None and chosen in self._donor._member_sets:
                         members.addresses = same(

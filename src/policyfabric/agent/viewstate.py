@@ -34,7 +34,7 @@ from typing import Any, Protocol
 
 from policyfabric.agent.declarer import PluggedPort, split_iface_id
 from policyfabric.agent.endpoints import LocalIntent, RemoteEndpoints, local_record, read_local
-from policyfabric.agent.incremental import problem_order, same
+from policyfabric.agent.incremental import DependencyIndex, problem_order, same
 from policyfabric.agent.policystate import PolicyState
 from policyfabric.agent.view import Endpoint, ExternalNet, Group, Invalid, Network
 from policyfabric.opflex.gbp import endpoint_uri
@@ -52,7 +52,7 @@ class Plugged(PluggedPort, Protocol):
     def ofport(self) -> int: ...
 
 
-@dataclass
+@dataclass(slots=True)
 class _Local:
     """A plugged interface's node: what it read, and the endpoint it made (None: none)."""
 
@@ -63,8 +63,9 @@ class _Local:
     epg: str | None = None  # its group (indexed)
     mo: MO | None = None  # the PfEndpoint object it last parsed, and what that read as
     intent: LocalIntent | Invalid | None = None
+    group: Group | None = None  # the group record it was made with
     endpoint: Endpoint | None = None
-    prior: Endpoint | None = None  # a replaced state's endpoint for it: reused if the same
+    prior: _Local | None = None  # the same interface's node in a replaced state: reused if the same
 
 
 class LocalEndpoints:
@@ -79,7 +80,7 @@ class LocalEndpoints:
         self.keys: dict[str, int] = {}  # local endpoint key → how many endpoints have it
         self.reads = 0  # nodes read by the last update (what it cost)
         self._nodes: dict[LocalKey, _Local] = {}
-        self._by_uri: dict[str, set[LocalKey]] = {}  # PfEndpoint URI → its nodes
+        self._by_uri: DependencyIndex[LocalKey] = DependencyIndex()  # PfEndpoint URI → its nodes
         self._by_epg: dict[str, set[LocalKey]] = {}  # group URI → nodes of endpoints in it
         self._epg_refused: dict[str, bool] = {}  # what each group's endpoints were read with
         self._plugged: object = None
@@ -107,7 +108,7 @@ class LocalEndpoints:
                     node = self._nodes[key] = _Local(p.iface_id, p.name, p.ofport)
                     was = donor._nodes.get(key) if donor is not None else None
                     if was is not None:
-                        node.mo, node.intent, node.prior = was.mo, was.intent, was.endpoint
+                        node.mo, node.intent, node.prior = was.mo, was.intent, was
                     dirty.add(key)
                 elif changed is None or node.ofport != p.ofport:
                     node.ofport = p.ofport
@@ -116,7 +117,7 @@ class LocalEndpoints:
             self._plugged = plugged
         if changed is not None:
             for uri in changed:
-                dirty |= self._by_uri.get(uri, set())
+                dirty.update(self._by_uri.users_of(uri))
         for group in policy.changed_groups:
             dirty |= self._by_epg.get(group, set())
         if policy.problems_changed:
@@ -152,8 +153,11 @@ class LocalEndpoints:
         return keys_changed, moved or reordered, problems
 
     def _read(self, cache: Mapping[str, MO], policy: PolicyState, key: LocalKey, node: _Local) -> None:
-        split = split_iface_id(node.iface_id)
-        uri = endpoint_uri(*split) if split is not None else None
+        if node.prior is not None:
+            uri = node.prior.uri  # the same iface-id
+        else:
+            split = split_iface_id(node.iface_id)
+            uri = endpoint_uri(*split) if split is not None else None
         mo = cache.get(uri) if uri is not None else None
         if uri is None:
             intent: LocalIntent | Invalid | None = None
@@ -164,15 +168,26 @@ class LocalEndpoints:
         epg = intent.epg if isinstance(intent, LocalIntent) else None
         self._index(key, node, uri, epg)
         node.mo, node.intent = mo, intent
-        endpoint = None
+        endpoint, group = None, None
         if isinstance(intent, LocalIntent):
             refused = False
             if epg is not None:
                 refused = self._epg_refused[epg] = policy.refused_under(epg)
             if not refused:
-                group: Group | None = policy.groups.get(epg or "")
-                made = local_record(intent, node.iface_id, node.ofport, node.name, group)
-                endpoint = same(node.endpoint or node.prior, made)
+                group = policy.groups.get(epg or "")
+                prior = node.prior
+                if (
+                    prior is not None
+                    and prior.endpoint is not None
+                    and prior.mo is mo
+                    and prior.group is group
+                    and prior.ofport == node.ofport
+                ):
+                    endpoint = prior.endpoint  # the same inputs: the same endpoint
+                else:
+                    made = local_record(intent, node.iface_id, node.ofport, node.name, group)
+                    endpoint = same(node.endpoint or (prior.endpoint if prior else None), made)
+        node.group = group
         node.endpoint, node.prior = endpoint, None
 
     def _count(self, old: Endpoint | None, new: Endpoint | None, keys_changed: set[str]) -> bool:
@@ -192,16 +207,19 @@ class LocalEndpoints:
 
     def _index(self, key: LocalKey, node: _Local, uri: str | None, epg: str | None) -> None:
         """File ``node`` under its PfEndpoint's URI and its group's (None: under none)."""
-        for index, was, now in ((self._by_uri, node.uri, uri), (self._by_epg, node.epg, epg)):
-            if was == now:
-                continue
-            if was is not None:
-                index[was].discard(key)
-                if not index[was]:
-                    del index[was]
-                    self._epg_refused.pop(was, None)
-            if now is not None:
-                index.setdefault(now, set()).add(key)
+        if node.uri != uri:
+            if node.uri is not None:
+                self._by_uri.discard(key, node.uri)
+            if uri is not None:
+                self._by_uri.add(key, uri)
+        if node.epg != epg:
+            if node.epg is not None:
+                self._by_epg[node.epg].discard(key)
+                if not self._by_epg[node.epg]:
+                    del self._by_epg[node.epg]
+                    self._epg_refused.pop(node.epg, None)
+            if epg is not None:
+                self._by_epg.setdefault(epg, set()).add(key)
         node.uri, node.epg = uri, epg
 
 
