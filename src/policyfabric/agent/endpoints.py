@@ -363,6 +363,17 @@ class RemoteEndpoints:
             self.problems = tuple(sorted(self._refused.values(), key=problem_order))
         return moved or problems
 
+    def stale(self, registry: Mapping[str, MO]) -> set[str]:
+        """The URIs of entries and children that are no longer the objects read, and L2 entries
+        not read at all (the safety net's check: by identity, no reading)."""
+        out = set()
+        for entry, (mo, kids) in self._inputs.items():
+            if registry.get(entry) is not mo:
+                out.add(entry)
+            out.update(c for c, kid in zip(mo.children, kids, strict=True) if registry.get(c) is not kid)
+        out.update(u for u, mo in registry.items() if mo.subject == Cls.EPR_L2_EP and u not in self._inputs)
+        return out
+
     def _targets(self, registry: Mapping[str, MO], changed: set[str]) -> set[str]:
         targets = self._reads.users(changed)
         for at in changed:

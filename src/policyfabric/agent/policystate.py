@@ -23,12 +23,12 @@ keeps its identity (``incremental.same``).
 from __future__ import annotations
 
 import bisect
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
 from policyfabric.agent.incremental import DependencyIndex, Inputs, Reads, problem_order, same, unchanged
-from policyfabric.agent.reader import OBJECTS, Read, Record, read_member, read_object, read_router
+from policyfabric.agent.reader import OBJECTS, READ, Read, Record, read_member, read_object, read_router
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
@@ -69,6 +69,7 @@ class MemberSet:
         self._children: set[str] = set()
         self._read: dict[str, IpAddress | Invalid | None] = {}  # member URI → what it reads as
         self._mo: dict[str, MO | None] = {}  # member URI → the object read
+        self._container: MO | None = None
         self._count: dict[IpAddress, int] = {}  # address → members that have it
         self._sorted: list[IpAddress] = []
         self._refused: dict[str, Invalid] = {}
@@ -107,8 +108,16 @@ class MemberSet:
         for uri in self._children:
             index.discard(self.uri, uri)
 
+    def stale(self, policy: Mapping[str, MO]) -> Iterator[str]:
+        """The URIs of the container and members that are no longer the objects read."""
+        if policy.get(self.uri) is not self._container:
+            yield self.uri
+        for uri, mo in self._mo.items():
+            if policy.get(uri) is not mo:
+                yield uri
+
     def _relist(self, policy: Mapping[str, MO], index: DependencyIndex[str]) -> None:
-        container = policy.get(self.uri)
+        container = self._container = policy.get(self.uri)
         index.add(self.uri, self.uri)
         now = set(container.children) if container is not None else set()
         for uri in self._children - now:
@@ -183,6 +192,7 @@ class PolicyState:
         }
         self._objects: dict[str, Read] = {}
         self._inputs: dict[str, Inputs] = {}  # what each object's read looked up (a donor's are checked)
+        self._router_inputs: dict[str, Inputs] = {}
         self._routers: dict[str, Read] = {}
         self._object_reads: DependencyIndex[str] = DependencyIndex()
         self._router_reads: DependencyIndex[str] = DependencyIndex()
@@ -242,12 +252,14 @@ class PolicyState:
             found = policy.get(uri)
             if found is None or found.subject != Cls.PF_ROUTER:
                 self._router_reads.drop(uri)
+                self._router_inputs.pop(uri, None)
                 self._put("router", self._routers, uri, None, subnets, claimed)
                 continue
             reads = Reads(policy, uri)
             self.reads.append(uri)
             read = read_router(reads, uri, found, self.bd_of_subnets)
             self._router_reads.set_reads(uri, reads.seen)
+            self._router_inputs[uri] = reads.seen
             self._put("router", self._routers, uri, read, subnets, claimed)
         if "floating_ips" in self.touched:
             fips = sorted(self._fips.values(), key=lambda f: (f.ip, f.network, f.endpoint))
@@ -417,6 +429,22 @@ class PolicyState:
                 self.address_sets[group] = addresses
 
     # ---- what it holds
+    def stale(self, policy: Mapping[str, MO]) -> set[str]:
+        """The URIs whose object in ``policy`` is not the one a node read (present or absent), and
+        objects of the classes read with no node: what changed since the nodes were read. The
+        safety net's check, as the declarer's: by identity, no reading."""
+        out = {
+            uri
+            for inputs in (*self._inputs.values(), *self._router_inputs.values())
+            for uri, found in inputs.items()
+            if policy.get(uri) is not found
+        }
+        for members in self._member_sets.values():
+            out.update(members.stale(policy))
+        known = self._objects.keys() | self._routers.keys()
+        out.update(uri for uri, mo in policy.items() if mo.subject in READ and uri not in known)
+        return out
+
     def problems(self) -> list[Invalid]:
         """What the policy's readers refused, in a stable order."""
         found = {i for problems in self._problems.values() for i in problems}
