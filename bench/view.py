@@ -11,10 +11,13 @@ message handler (``PolicyClient._handle``); the changed URIs reach the agent as 
 (``on_change``). No OVS: ``network()`` is pure apart from reading the bridge's ports.
 
 Per N, each figure over ``--samples`` samples (p50, p99, in ms), all in the same run:
-- full: ``network()`` with the changes unknown (a full build, as after a reconnect);
+- cold: the first build, with nothing to reuse (one sample);
+- full: ``network()`` with the changes unknown (a full build: it reuses what read the identical
+  objects, as the agent's memoised build did before);
 - group: after one endpoint moved to another group (same bridge domain, same address);
 - rule: after one rule added to a contract;
 - join: after one endpoint joined security group ``web`` (a member set gains a member);
+- check: the safety net's check of every node's inputs (by identity), with no change;
 and each change's p50 over the full build's. After each case the view is checked equal to one
 built whole from the same cache. Run the same script on a tree whose agent rebuilds the view on
 every call (``PYTHONPATH=OLD/src``) for the before figures: each change then costs a full build.
@@ -225,6 +228,12 @@ async def measure(n: int, samples: int) -> dict[str, dict[str, float]]:
             tenant.endpoint(i, int(ep.epg[1:]), [*ep.security_groups, "web"])
         await tenant.push()
 
+    if incremental:  # the safety net's check of every node's inputs, with no change
+        checks = []
+        for _ in range(samples):
+            agent.view._last_check = float("-inf")
+            checks.append(network(set())[1])
+        out["check"] = stats(checks)
     for case in ("group", "rule", "join"):
         times = []
         for k in range(samples):

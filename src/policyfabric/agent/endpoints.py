@@ -16,6 +16,7 @@ rest of the reader does (``reader.py``).
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -367,11 +368,15 @@ class RemoteEndpoints:
         """The URIs of entries and children that are no longer the objects read, and L2 entries
         not read at all (the safety net's check: by identity, no reading)."""
         out = set()
+        get = registry.get
         for entry, (mo, kids) in self._inputs.items():
-            if registry.get(entry) is not mo:
+            if get(entry) is not mo:
                 out.add(entry)
-            out.update(c for c, kid in zip(mo.children, kids, strict=True) if registry.get(c) is not kid)
-        out.update(u for u, mo in registry.items() if mo.subject == Cls.EPR_L2_EP and u not in self._inputs)
+            if not all(map(operator.is_, map(get, mo.children), kids)):
+                out.update(c for c, kid in zip(mo.children, kids, strict=True) if get(c) is not kid)
+        if len(self._inputs) < len(registry):  # L2 entries not read?
+            l2 = Cls.EPR_L2_EP
+            out.update(u for u, mo in registry.items() if mo.subject == l2 and u not in self._inputs)
         return out
 
     def _targets(self, registry: Mapping[str, MO], changed: set[str]) -> set[str]:

@@ -23,6 +23,7 @@ keeps its identity (``incremental.same``).
 from __future__ import annotations
 
 import bisect
+import operator
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
@@ -110,11 +111,11 @@ class MemberSet:
 
     def stale(self, policy: Mapping[str, MO]) -> Iterator[str]:
         """The URIs of the container and members that are no longer the objects read."""
-        if policy.get(self.uri) is not self._container:
+        get = policy.get
+        if get(self.uri) is not self._container:
             yield self.uri
-        for uri, mo in self._mo.items():
-            if policy.get(uri) is not mo:
-                yield uri
+        if not all(map(operator.is_, map(get, self._mo), self._mo.values())):
+            yield from (uri for uri, mo in self._mo.items() if get(uri) is not mo)
 
     def _relist(self, policy: Mapping[str, MO], index: DependencyIndex[str]) -> None:
         container = self._container = policy.get(self.uri)
