@@ -22,8 +22,11 @@ import asyncio
 import copy
 import json
 import random
+import subprocess
+import sys
 from collections.abc import Iterable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -738,3 +741,18 @@ def test_an_endpoint_follows_what_is_refused_under_the_object_its_group_referenc
     del w.corrupt[(rule0, Prop.ORDER)]
     w.push_policy()
     assert f"{T}/e0" in {e.key for e in views.step(w).local}
+
+
+@pytest.mark.integration  # a subprocess
+def test_the_view_benchmark_runs_and_prints_its_figures() -> None:
+    bench = Path(__file__).resolve().parent.parent / "bench" / "view.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--n", "40", "--samples", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])["n40"]
+    assert set(figures) == {"cold", "full", "check", "group", "rule", "join"}
+    assert all(figures[case]["p50"] > 0 and figures[case]["ratio"] > 0 for case in ("group", "rule", "join"))
