@@ -5,9 +5,9 @@ interface was plugged or unplugged) and the OpFlex client (policy or
 endpoint registry changed). Each wake-up runs ``reconcile``: read the
 plugged interfaces in bulk, declare them and subscribe to what they need
 (``declarer``, ``subscriptions``), bring the view (``view.Network``) up to
-date with what changed (``viewstate``: what a change reaches, read again by
-the pure readers) and hand it to every renderer in turn, Open vSwitch first and the plug-ins
-after it, each through the same two steps (``renderers.api``: ``compile``
+date with what changed (``viewstate``: only what a change reaches is read
+again) and hand it to every renderer in turn, Open vSwitch first and the
+plug-ins after it, each through the same two steps (``renderers.api``: ``compile``
 pure, ``apply`` only when the result changed). Then the endpoints that now
 have their dataplane are reported ACTIVE (``reports``, in the background). A
 lone change is rendered at once; changes that arrive during a reconcile, or

@@ -15,9 +15,18 @@ is what it depends on, ``agent/incremental.py``):
 What records share is combined from the nodes' outputs, deterministically (a full build of the
 same cache gives the same view whatever order the cache holds its objects in): a container
 claimed by two bridge domains is the smallest URI's; a group whose address set two rules read
-from different containers takes the smallest container's. A full build is the same code with every
-node a target (``update(policy, None)``), and a record that reads equal to the one it replaces
-keeps its identity (``incremental.same``).
+from different containers takes the smallest container's. (The reader used to let the last one
+read win, in the cache's order.) A full build is the same code with every node a target
+(``update(policy, None)``) in a new state; given the state it replaces (``donor``), it takes over
+each object and member whose inputs are the identical objects instead of reading it again. A
+record that reads equal to the one it replaces keeps its identity (``incremental.same``).
+
+Why a recording Mapping rather than lists of what each kind of record depends on: the readers are
+the trust boundary and change for their own reasons; a list kept beside them would be wrong the
+day one of them reads one more object, and the property test (incremental == whole, for random
+sequences of changes) would be all that noticed. Recording what was looked up cannot drift from
+the reader. Routers are the exception (they also read ``bd_of_subnets``, a combination): they
+are few, so all are read again whenever that map changes.
 """
 
 from __future__ import annotations

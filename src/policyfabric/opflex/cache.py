@@ -118,7 +118,13 @@ def _unlink(policy: dict[str, MO], parent_uri: str, uri: str) -> bool:
     parent = policy.get(parent_uri)
     if parent is None or uri not in parent.children:
         return False
-    policy[parent_uri] = dataclasses.replace(parent, children=[c for c in parent.children if c != uri])
+    kids = parent.children
+    if kids.count(uri) == 1:  # (in C: a member leaving a set of 10,000 costs no Python loop)
+        at = kids.index(uri)
+        rest = kids[:at] + kids[at + 1 :]
+    else:
+        rest = [c for c in kids if c != uri]
+    policy[parent_uri] = dataclasses.replace(parent, children=rest)
     return True
 
 
