@@ -21,15 +21,18 @@ Per N, each figure over ``--samples`` samples (p50, p99, in ms), all in the same
 and each change's p50 over the full build's. After each case the view is checked equal to one
 built whole from the same cache. Run the same script on a tree whose agent rebuilds the view on
 every call (``PYTHONPATH=OLD/src``) for the before figures: each change then costs a full build.
-The last line is one JSON object.
+With ``--freeze``, the cache is moved out of the cyclic collector's sight once filled
+(``gc.freeze()``): at 10,000 endpoints a full collection scans millions of objects, tens of ms
+that land in whichever sample it interrupts. The last line is one JSON object.
 
-    .venv/bin/python bench/view.py [--n 1000,10000] [--samples 40]
+    .venv/bin/python bench/view.py [--n 1000,10000] [--samples 40] [--freeze]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import inspect
 import json
 import statistics
@@ -180,7 +183,7 @@ def stats(samples: list[float]) -> dict[str, float]:
     return {"p50": round(statistics.median(ms), 3), "p99": round(statistics.quantiles(ms, n=100)[98], 3)}
 
 
-async def measure(n: int, samples: int) -> dict[str, dict[str, float]]:
+async def measure(n: int, samples: int, freeze: bool) -> dict[str, dict[str, float]]:
     agent = OvsAgent(AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock", tunnel_ip=VTEP))
     agent.ovsdb = SimpleNamespace(ofports={})  # type: ignore[assignment]
     agent.client.on_change = agent._cache_changed
@@ -189,6 +192,9 @@ async def measure(n: int, samples: int) -> dict[str, dict[str, float]]:
     tenant = Tenant(n, agent)
     await tenant.push()
     await tenant.declare()
+    if freeze:  # the cache as it is now: never looked at by the cyclic collector again
+        gc.collect()
+        gc.freeze()
 
     def network(changed: set[str] | None) -> tuple[Network, float]:
         t0 = time.perf_counter()
@@ -253,11 +259,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", default="1000,10000", help="endpoints, comma-separated")
     parser.add_argument("--samples", type=int, default=40)
+    parser.add_argument(
+        "--freeze",
+        action="store_true",
+        help="gc.freeze() once the cache is filled (no full collections of it)",
+    )
     args = parser.parse_args()
     result: dict[str, Any] = {}
     rows = []
     for n in (int(x) for x in args.n.split(",")):
-        figures = asyncio.run(measure(n, args.samples))
+        figures = asyncio.run(measure(n, args.samples, args.freeze))
+        gc.unfreeze()
         result[f"n{n}"] = figures
         for case, f in figures.items():
             rows.append([n, case, f["p50"], f["p99"], f.get("ratio", "")])

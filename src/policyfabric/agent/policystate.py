@@ -84,6 +84,7 @@ class MemberSet:
         self._sorted: list[IpAddress] = []
         self._refused: dict[str, Invalid] = {}
         self._dirty = False
+        self._bulk = False  # (a full update: ``_sorted`` made after, in one sort)
         self.reads = 0  # members read by the last update (what it cost)
 
     def update(
@@ -91,10 +92,13 @@ class MemberSet:
     ) -> bool:
         """Read what ``uris`` changed (None: everything); whether the addresses or problems changed."""
         self.reads = 0
-        if uris is None:
-            self._relist(policy, index)
+        if uris is None:  # every member read again, the addresses sorted once after
+            self._bulk = True
+            self._relist(policy, index, read=False)
             for uri in self._children:
                 self._member(policy, uri)
+            self._bulk = False
+            self._sorted = sorted(self._count)
         else:
             uris = set(uris)
             if self.uri in uris:
@@ -126,7 +130,7 @@ class MemberSet:
         if not all(map(operator.is_, map(get, self._mo), self._mo.values())):
             yield from (uri for uri, mo in self._mo.items() if get(uri) is not mo)
 
-    def _relist(self, policy: Mapping[str, MO], index: DependencyIndex[str]) -> None:
+    def _relist(self, policy: Mapping[str, MO], index: DependencyIndex[str], read: bool = True) -> None:
         container = self._container = policy.get(self.uri)
         index.add(self.uri, self.uri)
         now = set(container.children) if container is not None else set()
@@ -137,7 +141,8 @@ class MemberSet:
         for uri in now - self._children:
             index.add(self.uri, uri)
             self._read[uri] = None
-            self._member(policy, uri)
+            if read:
+                self._member(policy, uri)
         self._children = now
 
     def _member(self, policy: Mapping[str, MO], uri: str) -> None:
@@ -160,13 +165,15 @@ class MemberSet:
             self._count[old] -= 1
             if not self._count[old]:
                 del self._count[old]
-                del self._sorted[bisect.bisect_left(self._sorted, old)]
+                if not self._bulk:
+                    del self._sorted[bisect.bisect_left(self._sorted, old)]
         if isinstance(value, Invalid):
             self._refused[uri] = value
         elif value is not None:
             if value not in self._count:
                 self._count[value] = 0
-                bisect.insort(self._sorted, value)
+                if not self._bulk:
+                    bisect.insort(self._sorted, value)
             self._count[value] += 1
         self._read[uri] = value
 
