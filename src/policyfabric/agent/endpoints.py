@@ -332,7 +332,7 @@ class RemoteEndpoints:
                 self._inputs.pop(entry, None)
             else:
                 self._reads.set_reads(entry, (entry, *mo.children))
-                kids = tuple(registry.get(c) for c in mo.children)
+                kids = tuple(map(registry.get, mo.children))
                 kept = donor._inputs.get(entry) if donor is not None and entry not in self._inputs else None
                 self._inputs[entry] = (mo, kids)
                 if donor is not None and kept is not None and kept[0] is mo and _identical(kept[1], kids):
@@ -426,7 +426,7 @@ class RemoteEndpoints:
 
 
 def _identical(a: tuple[MO | None, ...], b: tuple[MO | None, ...]) -> bool:
-    return len(a) == len(b) and all(x is y for x, y in zip(a, b, strict=True))
+    return len(a) == len(b) and all(map(operator.is_, a, b))
 
 
 def _same(a: Refused, b: Refused) -> bool:
