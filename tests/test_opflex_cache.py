@@ -47,7 +47,7 @@ def test_delete_takes_the_subtree_and_unlinks_it_from_its_parent() -> None:
     policy = cache()
     changed = apply_policy_update(policy, [], [], [ROOT + "A/a/"])
     assert set(policy) == {ROOT} and policy[ROOT].children == []
-    assert changed == {ROOT + "A/a/", ROOT + "A/a/B/b/"}
+    assert changed == {ROOT, ROOT + "A/a/", ROOT + "A/a/B/b/"}  # the parent lost a child: it changed
     assert apply_policy_update(policy, [], [], [ROOT + "A/a/"]) == set()  # already gone: no change
 
 

@@ -15,10 +15,13 @@ rest of the reader does (``reader.py``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import bisect
+import operator
+from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from policyfabric.agent.incremental import DependencyIndex, problem_order, same
 from policyfabric.agent.values import (
     Problems,
     Refused,
@@ -35,7 +38,7 @@ from policyfabric.agent.values import (
     uri,
 )
 from policyfabric.agent.values import ref as read_ref
-from policyfabric.agent.view import Endpoint, Group, IpAddress, Mac
+from policyfabric.agent.view import Endpoint, Group, Invalid, IpAddress, Mac
 from policyfabric.model.types import is_interface
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
 from policyfabric.opflex.mo import MO, REFERENCE_URI
@@ -91,10 +94,18 @@ def declaration(
     props = ep.properties
     bd = props.get(Prop.BRIDGE_DOMAIN)
     mac = props.get(Prop.MAC)
-    if not isinstance(bd, dict) or not isinstance(mac, str):
-        return None
-    bd_uri = bd[REFERENCE_URI]
     epg_ref = props.get(Prop.EPG)
+    raw_ips = props.get(Prop.IP, [])
+    if (
+        not isinstance(bd, dict)
+        or not isinstance(bd.get(REFERENCE_URI), str)
+        or not isinstance(mac, str)
+        or (isinstance(epg_ref, dict) and not isinstance(epg_ref.get(REFERENCE_URI), str))
+        or not isinstance(raw_ips, list)
+        or not all(isinstance(ip, str) for ip in raw_ips)
+    ):
+        return None  # not what an authority writes (the reader refuses it: invalid-policy)
+    bd_uri = bd[REFERENCE_URI]
     common: dict[str, Any] = {Prop.UUID: f"{tenant}/{name}", Prop.MAC: mac}
     if isinstance(epg_ref, dict):  # group and context are URIs (epr/Context), not references
         common[Prop.GROUP] = epg_ref[REFERENCE_URI]
@@ -102,7 +113,7 @@ def declaration(
     if interface:
         l2_props[Prop.INTERFACE_NAME] = interface
     l2_uri = child(EPR_L2, Cls.EPR_L2_EP, bd_uri, mac)
-    ips = [ip for ip in props.get(Prop.IP, []) if ip != "slaac"]
+    ips = [ip for ip in raw_ips if ip != "slaac"]
     kids = [
         MO(
             Cls.EPR_L3_NET,
@@ -143,7 +154,7 @@ def declaration(
     rd_uri = target(policy, child(bd_uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC))
     l3 = []
     if rd_uri is not None:
-        for ip in props.get(Prop.IP, []):
+        for ip in raw_ips:
             if ip != "slaac":
                 l3.append(
                     MO(
@@ -159,13 +170,54 @@ def declaration(
     return Declaration(l2, l3, bd_uri, tuple(kids))
 
 
-# PfEndpoint URI -> (the object, the interface, what was parsed from them): the client replaces an
-# object when it changes and never mutates one, so a reconcile parses only the endpoints whose
-# object changed (at 5,000 endpoints, parsing every one each reconcile was a large share of it)
-_parsed: dict[
-    str, tuple[MO, str | None, tuple[str, Mac, str | None, tuple[IpAddress, ...], tuple[str, ...]]]
-] = {}
-MAX_PARSED = 200_000
+@dataclass(frozen=True)
+class LocalIntent:
+    """What a plugged endpoint's ``PfEndpoint`` says, parsed."""
+
+    bd: str
+    mac: Mac
+    epg: str | None
+    ips: tuple[IpAddress, ...]
+    security_groups: tuple[str, ...]
+
+
+def read_local(mo: MO | None, uri: str, interface: str | None) -> LocalIntent | Invalid | None:
+    """A plugged endpoint's ``PfEndpoint`` (``mo``, at ``uri``) on ``interface``: its intent;
+    None until it and its bridge domain are resolved; an ``Invalid`` if a value does not parse."""
+    if mo is None:
+        return None
+    props = mo.properties
+    try:
+        bd = read_ref(props.get(Prop.BRIDGE_DOMAIN), Prop.BRIDGE_DOMAIN)
+        if bd is None or Prop.MAC not in props:
+            return None
+        mac = get(props, Prop.MAC, parse_mac)
+        epg = read_ref(props.get(Prop.EPG), Prop.EPG)
+        ips = get(props, Prop.IP, addresses)
+        sgs = tuple(sorted(get(props, Prop.SECURITY_GROUP, refs)))
+        if interface is not None and not is_interface(interface):
+            raise Refused("interface", interface, "not an interface name")
+    except Refused as bad:
+        found: list[Invalid] = []
+        refuse(found, uri, bad)
+        return found[0]
+    return LocalIntent(bd, mac, epg, ips, sgs)
+
+
+def local_record(
+    intent: LocalIntent, key: str, ofport: int, interface: str | None, group: Group | None
+) -> Endpoint:
+    """The local endpoint ``key`` on ``ofport``, in ``group`` (its EPG's record; None: none)."""
+    return Endpoint(
+        key,
+        intent.mac,
+        intent.ips,
+        intent.bd,
+        group.classid if group else 0,
+        ofport=ofport,
+        security_groups=intent.security_groups,
+        interface=interface,
+    )
 
 
 def local_endpoint(
@@ -178,37 +230,20 @@ def local_endpoint(
     problems: Problems = None,
 ) -> Endpoint | None:
     """A local endpoint from its ``PfEndpoint``; None until that and its bridge domain are resolved,
-    or if a value does not parse (added to ``problems``), or its group was left out for that."""
-    mo = policy.get(uri)
-    if mo is None:
+    or if a value does not parse (added to ``problems``), or if something of its group was refused
+    (in ``problems``). The agent keeps these up to date with the same two steps, ``read_local``
+    and ``local_record`` (``agent/viewstate.py``)."""
+    intent = read_local(policy.get(uri), uri, interface)
+    if isinstance(intent, Invalid):
+        if problems is not None:
+            problems.append(intent)
         return None
-    hit = _parsed.get(uri)
-    if hit is not None and hit[0] is mo and hit[1] == interface:
-        bd, mac, epg, ips, sgs = hit[2]
-    else:
-        props = mo.properties
-        try:
-            found = read_ref(props.get(Prop.BRIDGE_DOMAIN), Prop.BRIDGE_DOMAIN)
-            if found is None or Prop.MAC not in props:
-                return None
-            bd = found
-            mac = get(props, Prop.MAC, parse_mac)
-            epg = read_ref(props.get(Prop.EPG), Prop.EPG)
-            ips = get(props, Prop.IP, addresses)
-            sgs = tuple(sorted(get(props, Prop.SECURITY_GROUP, refs)))
-            if interface is not None and not is_interface(interface):
-                raise Refused("interface", interface, "not an interface name")
-        except Refused as bad:
-            refuse(problems, uri, bad)  # (not remembered: each view must name it again)
-            return None
-        if len(_parsed) > MAX_PARSED:
-            _parsed.clear()
-        _parsed[uri] = (mo, interface, (bd, mac, epg, ips, sgs))
+    if intent is None:
+        return None
+    epg = intent.epg
     if epg is not None and problems is not None and any(p.uri.startswith(epg) for p in problems):
         return None  # its group was refused: no policy is better than the wrong one
-    group = groups.get(epg or "")
-    classid = group.classid if group else 0
-    return Endpoint(key, mac, ips, bd, classid, ofport=ofport, security_groups=sgs, interface=interface)
+    return local_record(intent, key, ofport, interface, groups.get(epg or ""))
 
 
 CLASSID = ranged(0, 0xFFFF)  # class ids travel in 16 bits (a register half, a Geneve option)
@@ -242,37 +277,170 @@ def _remote(mo: MO, registry: Mapping[str, MO]) -> Endpoint | Refused | None:
         return bad
 
 
-# Registry entries read by the last call, by identity: the client replaces an entry when it changes
-# and never mutates one, so an entry seen before reads the same (the memo holds the entry itself,
-# so its id cannot be reused while remembered). A reconcile reads every entry again: 10,000 remote
-# endpoints took ~40 ms a time to parse without this, ~3 ms with it.
-_remembered: dict[int, tuple[MO, tuple[MO | None, ...], Endpoint | Refused | None]] = {}
+def _order(ep: Endpoint, uri: str) -> tuple[str, str, str]:
+    return (ep.bd, ep.mac, uri)
+
+
+class RemoteEndpoints:
+    """Other hosts' L2 endpoints in the registry, kept up to date from the URIs that changed: an
+    entry is read again when it or one of its children changed (a reverse index from each child's
+    URI, present or not yet: children may arrive in a later message than their entry), and looked
+    at again when the local endpoints gained or lost its key (a local one is not also remote).
+    ``endpoints`` is sorted by bridge domain, MAC (and entry URI), kept so by bisection."""
+
+    def __init__(self, own_vtep: str, donor: RemoteEndpoints | None = None) -> None:
+        """``donor``: the state this one replaces (a full build's), whose endpoints this one's first
+        update reuses where they read the same."""
+        self.own_vtep, self._donor = own_vtep, donor
+        self.endpoints: tuple[Endpoint, ...] = ()
+        self.problems: tuple[Invalid, ...] = ()
+        self.reads = 0  # entries read by the last update (what it cost)
+        self._read: dict[str, Endpoint | Refused | None] = {}  # L2 entry URI → what it reads as
+        self._inputs: dict[str, tuple[MO, tuple[MO | None, ...]]] = {}  # what each read: it, its children
+        self._reads: DependencyIndex[str] = DependencyIndex()
+        self._by_key: DependencyIndex[str] = DependencyIndex()  # endpoint key → the entries read as it
+        self._included: dict[str, Endpoint] = {}
+        self._order: list[tuple[str, str, str]] = []
+        self._sorted: list[Endpoint] = []
+        self._refused: dict[str, Invalid] = {}
+
+    def update(
+        self,
+        registry: Mapping[str, MO],
+        changed: set[str] | None,
+        local_keys: Container[str],
+        keys_changed: Iterable[str] = (),
+    ) -> bool:
+        """Bring ``endpoints`` up to date (``changed`` None: read every entry again); whether it or
+        ``problems`` changed. ``local_keys``: the local endpoints' keys, of which ``keys_changed``
+        came or went since the last update."""
+        donor, self._donor = self._donor, None
+        if changed is None:
+            targets = set(self._read) | {u for u, mo in registry.items() if mo.subject == Cls.EPR_L2_EP}
+        else:
+            targets = self._targets(registry, changed)
+        moved = problems = False
+        self.reads = 0
+        bulk = changed is None
+        for entry in targets:
+            old = self._read.get(entry)
+            mo = registry.get(entry)
+            if mo is None or mo.subject != Cls.EPR_L2_EP:
+                self._reads.drop(entry)
+                new: Endpoint | Refused | None = None
+                self._read.pop(entry, None)
+                self._inputs.pop(entry, None)
+            else:
+                self._reads.set_reads(entry, (entry, *mo.children))
+                kids = tuple(map(registry.get, mo.children))
+                kept = donor._inputs.get(entry) if donor is not None and entry not in self._inputs else None
+                self._inputs[entry] = (mo, kids)
+                if donor is not None and kept is not None and kept[0] is mo and _identical(kept[1], kids):
+                    new = donor._read[entry]  # the same objects: it reads the same
+                else:
+                    self.reads += 1
+                    new = _remote(mo, registry)
+                    prior = old if old is not None or donor is None else donor._read.get(entry)
+                    if isinstance(new, Endpoint) and isinstance(prior, Endpoint):
+                        new = same(prior, new)
+                self._read[entry] = new
+            if new is old or (isinstance(new, Refused) and isinstance(old, Refused) and _same(old, new)):
+                continue  # reads as it did
+            if isinstance(old, Endpoint):
+                self._by_key.discard(entry, old.key)
+            if isinstance(new, Endpoint):
+                self._by_key.add(entry, new.key)
+            problems |= self._set_refused(entry, new)
+            moved |= self._include(entry, new, local_keys, bulk)
+        for key in keys_changed:
+            for entry in self._by_key.users_of(key):
+                moved |= self._include(entry, self._read.get(entry), local_keys, bulk)
+        if bulk:  # sorted once, not kept sorted one by one
+            self._order = sorted(_order(ep, entry) for entry, ep in self._included.items())
+            self._sorted = [self._included[entry] for _, _, entry in self._order]
+        if moved:
+            self.endpoints = same(donor.endpoints if donor else self.endpoints, tuple(self._sorted))
+        if problems:
+            self.problems = tuple(sorted(self._refused.values(), key=problem_order))
+        return moved or problems
+
+    def stale(self, registry: Mapping[str, MO]) -> set[str]:
+        """The URIs of entries and children that are no longer the objects read, and L2 entries
+        not read at all (the safety net's check: by identity, no reading)."""
+        out = set()
+        get = registry.get
+        for entry, (mo, kids) in self._inputs.items():
+            if get(entry) is not mo:
+                out.add(entry)
+            if not all(map(operator.is_, map(get, mo.children), kids)):
+                out.update(c for c, kid in zip(mo.children, kids, strict=True) if get(c) is not kid)
+        if len(self._inputs) < len(registry):  # L2 entries not read?
+            l2 = Cls.EPR_L2_EP
+            out.update(u for u, mo in registry.items() if mo.subject == l2 and u not in self._inputs)
+        return out
+
+    def _targets(self, registry: Mapping[str, MO], changed: set[str]) -> set[str]:
+        targets = self._reads.users(changed)
+        for at in changed:
+            mo = registry.get(at)
+            if mo is not None and mo.subject == Cls.EPR_L2_EP:
+                targets.add(at)
+        return targets
+
+    def _set_refused(self, entry: str, read: Endpoint | Refused | None) -> bool:
+        if isinstance(read, Refused):
+            found: list[Invalid] = []
+            refuse(found, entry, read)
+            if self._refused.get(entry) == found[0]:
+                return False
+            self._refused[entry] = found[0]
+            return True
+        return self._refused.pop(entry, None) is not None
+
+    def _include(
+        self, entry: str, read: Endpoint | Refused | None, local_keys: Container[str], bulk: bool
+    ) -> bool:
+        """Put ``entry`` in or out of ``endpoints`` as ``read`` says; whether that changed them
+        (``bulk``: in or out of ``_included`` only, sorted after)."""
+        want = (
+            read
+            if isinstance(read, Endpoint) and read.vtep != self.own_vtep and read.key not in local_keys
+            else None
+        )
+        have = self._included.get(entry)
+        if have is want:
+            return False
+        if have is not None:
+            del self._included[entry]
+            if not bulk:
+                at = bisect.bisect_left(self._order, _order(have, entry))
+                del self._order[at], self._sorted[at]
+        if want is not None:
+            self._included[entry] = want
+            if not bulk:
+                order = _order(want, entry)
+                at = bisect.bisect_left(self._order, order)
+                self._order.insert(at, order)
+                self._sorted.insert(at, want)
+        return True
+
+
+def _identical(a: tuple[MO | None, ...], b: tuple[MO | None, ...]) -> bool:
+    return len(a) == len(b) and all(map(operator.is_, a, b))
+
+
+def _same(a: Refused, b: Refused) -> bool:
+    return (a.field, a.value, str(a)) == (b.field, b.value, str(b))
 
 
 def remote_endpoints(
     registry: Mapping[str, MO], own_vtep: str, local_keys: set[str], problems: Problems = None
 ) -> tuple[Endpoint, ...]:
     """Other hosts' L2 endpoints, from the bridge-domain membership the agent resolved; one with a
-    value that does not parse is left out (added to ``problems``)."""
-    global _remembered
-    out = []
-    seen: dict[int, tuple[MO, tuple[MO | None, ...], Endpoint | Refused | None]] = {}
-    for mo in registry.values():
-        if mo.subject != Cls.EPR_L2_EP:
-            continue
-        last = _remembered.get(id(mo))
-        # its children may arrive in a later message than the entry itself (a large answer comes
-        # in parts): the entry and its children, by identity, are what the memo is keyed on
-        kids = tuple(registry.get(c) for c in mo.children)
-        same = last is not None and last[0] is mo and len(last[1]) == len(kids)
-        if same and last is not None and all(a is b for a, b in zip(last[1], kids, strict=True)):
-            read = last[2]
-        else:
-            read = _remote(mo, registry)
-        seen[id(mo)] = (mo, kids, read)
-        if isinstance(read, Refused):
-            refuse(problems, mo.uri, read)
-        elif read is not None and read.vtep != own_vtep and read.key not in local_keys:
-            out.append(read)
-    _remembered = seen
-    return tuple(sorted(out, key=lambda e: (e.bd, e.mac)))
+    value that does not parse is left out (added to ``problems``). A full build of what the agent
+    keeps up to date (``RemoteEndpoints``)."""
+    state = RemoteEndpoints(own_vtep)
+    state.update(registry, None, local_keys)
+    if problems is not None:
+        problems.extend(state.problems)
+    return state.endpoints

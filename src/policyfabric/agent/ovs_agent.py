@@ -4,9 +4,10 @@ A single asyncio loop owns all state. Two sources wake it: OVSDB (an
 interface was plugged or unplugged) and the OpFlex client (policy or
 endpoint registry changed). Each wake-up runs ``reconcile``: read the
 plugged interfaces in bulk, declare them and subscribe to what they need
-(``declarer``, ``subscriptions``), build the view (``view.Network``, pure)
-and hand it to every renderer in turn, Open vSwitch first and the plug-ins
-after it, each through the same two steps (``renderers.api``: ``compile``
+(``declarer``, ``subscriptions``), bring the view (``view.Network``) up to
+date with what changed (``viewstate``: only what a change reaches is read
+again) and hand it to every renderer in turn, Open vSwitch first and the
+plug-ins after it, each through the same two steps (``renderers.api``: ``compile``
 pure, ``apply`` only when the result changed). Then the endpoints that now
 have their dataplane are reported ACTIVE (``reports``, in the background). A
 lone change is rendered at once; changes that arrive during a reconcile, or
@@ -35,9 +36,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from policyfabric.agent.declarer import Declarer, split_iface_id
+from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.drift import DriftFaults
-from policyfabric.agent.reader import local_endpoint, policy_view, remote_endpoints
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
@@ -46,9 +46,9 @@ from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
 from policyfabric.agent.reports import Reporter
 from policyfabric.agent.subscriptions import learn_routed, subscribe_external
 from policyfabric.agent.values import InvalidPolicy
-from policyfabric.agent.view import Invalid, Network
+from policyfabric.agent.view import Network
+from policyfabric.agent.viewstate import ViewState
 from policyfabric.opflex.client import Peer, PolicyClient
-from policyfabric.opflex.gbp import endpoint_uri
 
 log = logging.getLogger(__name__)
 MAX_CHANGED = 100_000  # changed URIs remembered between reconciles; beyond, the next looks at everything
@@ -126,6 +126,7 @@ class OvsAgent:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: set[str] | None = None  # cache URIs changed since the last reconcile (None: unknown)
+        self.view = ViewState(config.host, config.tunnel_ip, config.external)  # the renderers' input
 
     # ---- wiring
     def wake(self, *_: Any) -> None:
@@ -222,36 +223,15 @@ class OvsAgent:
             await asyncio.to_thread(self.ovs.refresh_announcements)
 
     # ---- the reconcile step
-    def network(self, plugged: list[Plugged], tunnel_port: int | None = None) -> Network:
-        """The pure input of the renderers, from the cache, what is plugged and the bridge's ports."""
-        invalid: list[Invalid] = []
-        base = policy_view(self.client.policy, invalid)
-        local = []
-        for p in plugged:
-            key = split_iface_id(p.iface_id)
-            if key is None:
-                continue
-            ep = local_endpoint(
-                self.client.policy, base.groups, p.iface_id, endpoint_uri(*key), p.ofport, p.name, invalid
-            )
-            if ep is not None:
-                local.append(ep)
-        keys = {e.key for e in local}
-        remote = remote_endpoints(self.client.endpoints, self.config.tunnel_ip or "", keys, invalid)
+    def network(
+        self, plugged: list[Plugged], tunnel_port: int | None = None, changed: set[str] | None = None
+    ) -> Network:
+        """The pure input of the renderers, from the cache, what is plugged and the bridge's ports:
+        the view kept up to date with ``changed``, the cache URIs changed since the last call (None:
+        unknown, built whole). See ``viewstate``."""
         assert self.ovsdb is not None
-        attached = {}
-        for uri, ext in base.external.items():
-            iface = self.config.external.get(ext.name)
-            ofport = self.ovsdb.ofports.get(iface) if iface else None
-            attached[uri] = dataclasses.replace(ext, ofport=ofport) if ofport else ext
-        return dataclasses.replace(
-            base,
-            local=tuple(local),
-            remote=remote,
-            external=attached,
-            host=self.config.host,
-            tunnel_port=tunnel_port if self.config.tunnel_ip else None,
-            invalid=tuple(invalid),
+        return self.view.network(
+            self.client.policy, self.client.endpoints, plugged, tunnel_port, self.ovsdb.ofports, changed
         )
 
     async def reconcile(self) -> None:
@@ -260,11 +240,15 @@ class OvsAgent:
         plugged, tunnel_port = await asyncio.to_thread(self.ovsdb.interfaces)
         t1 = time.perf_counter()
         changed, self._changed = self._changed, set()
-        for iface_id in self.declarer.sync(plugged, changed):
-            self.reports.forget(iface_id)
-        subscribe_external(self.client, self.config.external, self.config.gateway)
-        t2 = time.perf_counter()
-        net = self.network(plugged, tunnel_port)
+        try:
+            for iface_id in self.declarer.sync(plugged, changed):
+                self.reports.forget(iface_id)
+            subscribe_external(self.client, self.config.external, self.config.gateway)
+            t2 = time.perf_counter()
+            net = self.network(plugged, tunnel_port, changed)
+        except BaseException:
+            self._changed = None  # not everything saw what changed: the next reconcile looks at everything
+            raise
         fault = self.invalid.update(net.invalid, self.client.session)
         if fault is not None:
             await self.reports.fault("invalid-policy", *fault)

@@ -16,11 +16,17 @@ or a group as a whole, since leaving out one of its rules, possibly a deny, coul
 intent closes), and an ``Invalid`` names it, for the agent to log once and report as the fault
 ``invalid-policy`` (``InvalidPolicy``). A property that is absent reads as it always did (not
 resolved yet, or a default).
+
+Each object of a ``READ`` class is read on its own (``read_object``, ``read_router``,
+``read_member``), from the cache looked up by URI only, never iterated: the URIs a record looked
+up are what it depends on, which is how the agent keeps its view up to date from the changes the
+client reports without reading the whole cache again (``agent/policystate.py``).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from policyfabric.agent.endpoints import local_endpoint, remote_endpoints
@@ -45,6 +51,7 @@ from policyfabric.agent.view import (
     ExternalNet,
     FloatingIp,
     Group,
+    Invalid,
     IpAddress,
     Network,
     Prefix,
@@ -72,6 +79,7 @@ READ = frozenset(  # the classes whose objects become records, by their URI
         Cls.GBP_SEC_GROUP,
     }
 )
+OBJECTS = READ - {Cls.PF_ROUTER}  # read on their own (``read_object``); routers read after them
 
 
 def _children(policy: Mapping[str, MO], mo: MO, subject: str) -> list[MO]:
@@ -180,30 +188,24 @@ def _rules(policy: Mapping[str, MO], contract: MO) -> tuple[Rule, ...]:
 
 
 def _sg_rules(
-    policy: Mapping[str, MO], sg: MO, problems: Problems, sets: dict[str, tuple[IpAddress, ...]]
+    policy: Mapping[str, MO], sg: MO, problems: Problems, claims: list[tuple[str, str]]
 ) -> tuple[SgRule, ...]:
     """Its rules; one that does not parse is left out (they only allow: fewer is narrower). The
-    member sets its rules name go into ``sets``."""
+    member sets its rules name go into ``claims`` as (group, member set container)."""
     rules = []
     for rule in _rule_mos(policy, sg, Cls.GBP_SEC_GROUP_SUBJECT, Cls.GBP_SEC_GROUP_RULE):
         try:
-            rules += _sg_rule(policy, sg, rule, sets, problems)
+            rules += _sg_rule(policy, sg, rule, claims)
         except _At as at:
             refuse(problems, at.uri, at.bad)
     return tuple(rules)
 
 
-def _sg_rule(
-    policy: Mapping[str, MO],
-    sg: MO,
-    rule: MO,
-    sets: dict[str, tuple[IpAddress, ...]],
-    problems: Problems,
-) -> list[SgRule]:
+def _sg_rule(policy: Mapping[str, MO], sg: MO, rule: MO, claims: list[tuple[str, str]]) -> list[SgRule]:
     """A rule's remote side is the model's remote-address sets (GbpSubnets): prefixes, or, when
     the rule also names a remote group (``PfSecGroupRuleToRemoteGroupRSrc``, ours), that group's
-    member addresses, which the renderers keep as the group's address set. No remote address:
-    any."""
+    member addresses, which the renderers keep as the group's address set (read from the member
+    set container the rule names: ``claims``). No remote address: any."""
     try:
         containers = _related(policy, rule, Cls.GBP_SEC_GROUP_RULE_TO_REMOTE_ADDRESS_RSRC)
         group = _target(policy, rule.uri, Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC)
@@ -214,8 +216,7 @@ def _sg_rule(
     if group is not None:
         if len(containers) != 1:  # not resolved yet, or not what our authority writes: nothing
             return []
-        if group not in sets:
-            sets[group] = _members(policy, containers[0], problems)
+        claims.append((group, containers[0].uri))
         return [
             SgRule(key=f"{sg.uri}#{fields['order']}", allow=True, remote_group=group, **fields)
             for fields in _rule_fields(policy, rule)
@@ -240,19 +241,17 @@ def _sg_rule(
     ]
 
 
-def _members(policy: Mapping[str, MO], container: MO, problems: Problems) -> tuple[IpAddress, ...]:
-    """The member addresses in a group's member set (one-address GbpSubnets, less the placeholder
-    that keeps an empty set closed for reference peers); a member whose address does not parse is
-    left out (a smaller set allows less)."""
-    out: set[IpAddress] = set()
-    for member in _children(policy, container, Cls.GBP_SUBNET):
-        try:
-            address = get(member.properties, Prop.ADDRESS, parse_ip)
-            if address != NO_MEMBER:
-                out.add(address)
-        except Refused as bad:
-            refuse(problems, member.uri, bad)
-    return tuple(sorted(out))
+def read_member(member: MO) -> IpAddress | Invalid | None:
+    """One member of a group's member set (a one-address GbpSubnet): its address; None for the
+    placeholder that keeps an empty set closed for reference peers; an ``Invalid`` for an address
+    that does not parse (the member is left out: a smaller set allows less)."""
+    try:
+        address = get(member.properties, Prop.ADDRESS, parse_ip)
+    except Refused as bad:
+        found: list[Invalid] = []
+        refuse(found, member.uri, bad)
+        return found[0]
+    return None if address == NO_MEMBER else address
 
 
 def _prefix(subnet: Mapping[str, Any]) -> Prefix:
@@ -294,32 +293,33 @@ def _gateway(mo: MO) -> RouterGateway | None:
     )
 
 
-def _routers(
-    policy: Mapping[str, MO], routers: list[MO], bd_of_subnets: Mapping[str, str], problems: Problems
-) -> dict[str, Router]:
-    out = {}
-    for mo in routers:
-        legs = []
-        for leg in _children(policy, mo, Cls.PF_ROUTER_INTERFACE):
-            try:
-                found = _leg(policy, leg, bd_of_subnets)
-            except Refused as bad:
-                refuse(problems, leg.uri, bad)
-            except _At as at:
-                refuse(problems, at.uri, at.bad)
-            else:
-                if found is not None:
-                    legs.append(found)
-        number, mac = router_identity(mo.uri)
-        gateway = None
-        for gw in _children(policy, mo, Cls.PF_EXTERNAL_GATEWAY):
-            try:
-                gateway = _gateway(gw)
-            except Refused as bad:
-                refuse(problems, gw.uri, bad)  # no way out rather than a wrong one
-        legs.sort(key=lambda i: (i.bd, i.gateway_ip))
-        out[mo.uri] = Router(mo.uri, number, mac, tuple(legs), gateway)
-    return out
+def read_router(policy: Mapping[str, MO], uri: str, mo: MO, bd_of_subnets: Mapping[str, str]) -> Read:
+    """A router: its legs on the bridge domains (``bd_of_subnets``: a GbpSubnets container's
+    bridge domain) and its external gateway; a leg or a gateway that does not parse is left out."""
+    problems: list[Invalid] = []
+    if not URI.fullmatch(uri):
+        refuse(problems, uri, Refused("uri", uri, "not a URI"))
+        return Read(None, tuple(problems))
+    legs = []
+    for leg in _children(policy, mo, Cls.PF_ROUTER_INTERFACE):
+        try:
+            found = _leg(policy, leg, bd_of_subnets)
+        except Refused as bad:
+            refuse(problems, leg.uri, bad)
+        except _At as at:
+            refuse(problems, at.uri, at.bad)
+        else:
+            if found is not None:
+                legs.append(found)
+    number, mac = router_identity(mo.uri)
+    gateway = None
+    for gw in _children(policy, mo, Cls.PF_EXTERNAL_GATEWAY):
+        try:
+            gateway = _gateway(gw)
+        except Refused as bad:
+            refuse(problems, gw.uri, bad)  # no way out rather than a wrong one
+    legs.sort(key=lambda i: (i.bd, i.gateway_ip))
+    return Read(Router(mo.uri, number, mac, tuple(legs), gateway), tuple(problems))
 
 
 def _external(mo: MO) -> ExternalNet:
@@ -362,58 +362,73 @@ def _group(policy: Mapping[str, MO], uri: str, mo: MO) -> Group:
     )
 
 
-def _bridge_domain(policy: Mapping[str, MO], uri: str, mo: MO, bd_of_subnets: dict[str, str]) -> BridgeDomain:
+def _bridge_domain(policy: Mapping[str, MO], uri: str, mo: MO, subnets: list[str]) -> BridgeDomain:
     container = _target(policy, uri, Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC)
     if container:
-        bd_of_subnets[container] = uri
+        subnets.append(container)  # its subnets are routed on it even if the rest does not parse
     vrf_uri = _target(policy, uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC)
     vrf = policy.get(vrf_uri) if vrf_uri else None
     vni = _encap(policy, mo, Prop.ENCAP_ID, 0xFFFFFF)
     return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0)
 
 
+Record = Group | Contract | BridgeDomain | SecurityGroup | ExternalNet | FloatingIp | Router
+
+
+@dataclass(frozen=True)
+class Read:
+    """What one object of a ``READ`` class reads as: its record (None: left out, or nothing to
+    render yet), the values refused on the way, and what it adds to the maps the view shares
+    between records (``agent/policystate.py`` combines them): a bridge domain's GbpSubnets
+    container (routers find a leg's bridge domain by it), a security group's (remote group,
+    member set container) pairs (the address sets)."""
+
+    record: Record | None = None
+    problems: tuple[Invalid, ...] = ()
+    subnets: str | None = None
+    claims: tuple[tuple[str, str], ...] = ()
+
+
+def read_object(policy: Mapping[str, MO], uri: str, mo: MO) -> Read:
+    """The record of ``mo`` (at ``uri``), an object of one of the ``OBJECTS`` classes. Reads
+    ``policy`` by URI only (never iterates it): what it looks up is what the record depends on."""
+    problems: list[Invalid] = []
+    subnets: list[str] = []
+    claims: list[tuple[str, str]] = []
+    record: Record | None = None
+    try:
+        if not URI.fullmatch(uri):
+            raise Refused("uri", uri, "not a URI")
+        if mo.subject == Cls.PF_EXTERNAL_NETWORK:
+            record = _external(mo)
+        elif mo.subject == Cls.PF_FLOATING_IP:
+            record = _floating_ip(mo)
+        elif mo.subject == Cls.GBP_BRIDGE_DOMAIN:
+            record = _bridge_domain(policy, uri, mo, subnets)
+        elif mo.subject == Cls.GBP_EP_GROUP:
+            record = _group(policy, uri, mo)
+        elif mo.subject == Cls.GBP_CONTRACT:
+            record = Contract(uri, _rules(policy, mo))
+        elif mo.subject == Cls.GBP_SEC_GROUP:
+            record = SecurityGroup(uri, _sg_rules(policy, mo, problems, claims))
+    except Refused as bad:
+        refuse(problems, uri, bad)
+    except _At as at:
+        refuse(problems, at.uri, at.bad)
+    return Read(record, tuple(problems), subnets[0] if subnets else None, tuple(claims))
+
+
 def policy_view(policy: Mapping[str, MO], problems: Problems = None) -> Network:
     """Groups, contracts, bridge domains, security groups and routers of every tenant in the cache;
-    what does not parse is left out and added to ``problems``."""
-    groups, contracts, bds, sgs, external = {}, {}, {}, {}, {}
-    sets: dict[str, tuple[IpAddress, ...]] = {}
-    routers: list[MO] = []
-    fips: list[FloatingIp] = []
-    bd_of_subnets: dict[str, str] = {}  # GbpSubnets container → its bridge domain
-    for uri, mo in policy.items():
-        try:
-            if mo.subject in READ and not URI.fullmatch(uri):
-                raise Refused("uri", uri, "not a URI")
-            if mo.subject == Cls.PF_ROUTER:
-                routers.append(mo)
-            elif mo.subject == Cls.PF_EXTERNAL_NETWORK:
-                external[uri] = _external(mo)
-            elif mo.subject == Cls.PF_FLOATING_IP:
-                fip = _floating_ip(mo)
-                if fip is not None:
-                    fips.append(fip)
-            elif mo.subject == Cls.GBP_BRIDGE_DOMAIN:
-                bds[uri] = _bridge_domain(policy, uri, mo, bd_of_subnets)
-            elif mo.subject == Cls.GBP_EP_GROUP:
-                groups[uri] = _group(policy, uri, mo)
-            elif mo.subject == Cls.GBP_CONTRACT:
-                contracts[uri] = Contract(uri, _rules(policy, mo))
-            elif mo.subject == Cls.GBP_SEC_GROUP:
-                sgs[uri] = SecurityGroup(uri, _sg_rules(policy, mo, problems, sets))
-        except Refused as bad:
-            refuse(problems, uri, bad)
-        except _At as at:
-            refuse(problems, at.uri, at.bad)
-    return Network(
-        groups=groups,
-        contracts=contracts,
-        bds=bds,
-        security_groups=sgs,
-        address_sets=sets,
-        routers=_routers(policy, routers, bd_of_subnets, problems),
-        external=external,
-        floating_ips=tuple(sorted(fips, key=lambda f: f.ip)),
-    )
+    what does not parse is left out and added to ``problems``. The agent keeps the same view up
+    to date incrementally (``policystate.PolicyState``); this is that code's full build."""
+    from policyfabric.agent.policystate import PolicyState  # it builds on the readers above
+
+    state = PolicyState()
+    state.update(policy, None)
+    if problems is not None:
+        problems.extend(state.problems())
+    return state.view()
 
 
 __all__ = ["local_endpoint", "policy_view", "remote_endpoints"]  # the endpoints' readers live in endpoints.py
