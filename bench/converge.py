@@ -25,6 +25,9 @@ Figures per N:
   classification flow on the bridge carries the new group (OpenFlow monitor);
 - rule_add_s: a tcp/8080 rule added to the contract until its flow is on the
   bridge;
+- change_from_ack_s (p50, p99): both kinds of change timed from the REST
+  acknowledgement instead (issue 14's measure), and rest_ack_s, the write's
+  own latency;
 - flows, agent RSS.
 Baselines in the same run: the floor for installing the same flows
 (`ovs-ofctl --bundle replace-flows` of the final table into an empty
@@ -395,14 +398,17 @@ def reconcile_phases(log_path: Path) -> dict[str, Any]:
 
 
 def measure_changes(
-    ovs: OvsInstance, url: str, ids: dict[str, str], samples: int
+    ovs: OvsInstance, url: str, ids: dict[str, str], samples: int, acked: list[float] | None = None
 ) -> tuple[list[float], list[float]]:
     """``samples`` membership changes (``ep4`` moves between ``app0`` and ``web0``, back and forth)
     and ``samples`` rule adds (tcp/8080, 8081, ... added to the contract one by one), each timed
     from the REST write until its flow event is seen on the bridge. The changes are sequential,
-    with a pause between them so that each is a lone change."""
+    with a pause between them so that each is a lone change. ``acked`` (if given) gets, per
+    change, the seconds the REST write took to be acknowledged (members first, then rules): the
+    change's time from its acknowledgement is its time less that."""
     members: list[float] = []
     rules: list[float] = []
+    acks = acked if acked is not None else []
     monitor = FlowMonitor(ovs)
     try:
         with httpx.Client(base_url=url, timeout=60) as http:
@@ -419,6 +425,7 @@ def measure_changes(
                 monitor.drain()
                 t0 = time.monotonic()
                 http.put(f"/v1/endpoints/{ids['mover']}", json=body).raise_for_status()
+                acks.append(time.monotonic() - t0)
                 members.append(monitor.wait_for(rf"table=0 .*in_port={port} .*{group}") - t0)
                 time.sleep(0.2)
             rule_list = [{"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}]
@@ -429,6 +436,7 @@ def measure_changes(
                 t0 = time.monotonic()
                 contract = {"name": "http", "tenant": TENANT, "rules": rule_list}
                 http.put(f"/v1/contracts/{ids['contract']}", json=contract).raise_for_status()
+                acks.append(time.monotonic() - t0)
                 rules.append(monitor.wait_for(rf"event=ADDED.*tp_dst={8080 + k}\b") - t0)
                 time.sleep(0.2)
     finally:
@@ -499,7 +507,11 @@ def one_run(
             flows = flow_count(ovs)
             rss = rss_kb(agent.pid)
             phases = reconcile_phases(agent_log)
-            members, rules = measure_changes(ovs, server.url, ids, samples)
+            acks: list[float] = []
+            members, rules = measure_changes(ovs, server.url, ids, samples, acks)
+            after_ack = [t - a for t, a in zip([*members, *rules], acks, strict=True)]
+            console.print(f"N={n}: changes from the acknowledgement, ms, in order: "
+                          + " ".join(f"{t * 1000:.0f}" for t in after_ack))  # fmt: skip
             floor, tiny = floor_install(ovs, workdir)
             agent.terminate()  # (the bridge is changed next: the agent must not see it, or it repairs)
             agent.wait(60 if profile else 10)
@@ -519,6 +531,10 @@ def one_run(
                 "member_change_p99_s": round(member_p99, 4),
                 "rule_add_s": round(rule_p50, 4),
                 "rule_add_p99_s": round(rule_p99, 4),
+                # the same changes from the REST acknowledgement (the write's own latency left out)
+                "change_from_ack_s": round(quantiles(after_ack)[0], 4),
+                "change_from_ack_p99_s": round(quantiles(after_ack)[1], 4),
+                "rest_ack_s": round(quantiles(acks)[0], 4),
                 "samples": len(members),
                 "flows": flows,
                 "rss_kb": rss,
@@ -633,7 +649,8 @@ def main() -> int:
             "floor_install_ported_s",
         ),
         *("render_vs_ported_floor", "member_change_s"),
-        *("member_change_p99_s", "rule_add_s", "rule_add_p99_s", "ofctl_two_flow_bundle_s"),
+        *("member_change_p99_s", "rule_add_s", "rule_add_p99_s", "change_from_ack_s"),
+        *("change_from_ack_p99_s", "rest_ack_s", "ofctl_two_flow_bundle_s"),
         *("ofctl_two_flow_bundle_busy_s", "flows", "rss_kb", "plug_s"),
     ]
     rows = [[n, *(fig.get(c, "-") for c in cols)] for n, fig in results.items()]

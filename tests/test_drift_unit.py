@@ -85,6 +85,36 @@ def test_a_full_syncs_window_takes_everything_until_it_closes() -> None:
     assert a.foreign(update(REMOVED, 0))
 
 
+def test_a_pause_during_a_full_sync_is_the_agents_own_and_any_other_is_unknown(tmp_path: Path) -> None:
+    """OVS pauses a monitor it cannot keep up with, re-sends what was added or modified meanwhile,
+    then resumes; deletions meanwhile are never told. Inside one of the agent's full syncs that
+    is the sync's own doing (what OVS re-sends too, even after the window closed); otherwise what
+    changed is unknown: drift."""
+    monitor = FlowMonitor(tmp_path / "none.mgmt", lambda what: None)
+    paused, resumed = update(w.OFPFME_PAUSED), update(w.OFPFME_RESUMED)
+    token = monitor.attribution.open([ReplaceFlows((flow(0, 0, None, "drop"),))])
+    foreign, unknown = monitor._foreign([update(ADDED), paused])
+    assert (foreign, unknown) == ([], "")
+    monitor.attribution.close(token)  # the barrier's reply came before OVS caught up
+    foreign, unknown = monitor._foreign([update(MODIFIED), update(ADDED, 0), resumed])
+    assert (foreign, unknown) == ([], "")  # re-sent by OVS: the full sync's
+    foreign, unknown = monitor._foreign([update(REMOVED)])
+    assert foreign == [update(REMOVED)]  # after the pause: seen again
+    token = monitor.attribution.open([AddFlow(flow(61, 10, {"ip": ""}, "drop"))])
+    foreign, unknown = monitor._foreign([paused, update(ADDED, 61, 10), update(ADDED, 0, 5), resumed])
+    assert unknown.startswith("OVS paused the flow monitor")  # a delta's pause: unknown
+    assert foreign == [update(ADDED, 0, 5)]
+
+
+def test_a_delta_of_half_the_table_or_more_goes_whole() -> None:
+    from policyfabric.agent.renderers.ovs.applier import whole_is_cheaper
+
+    assert not whole_is_cheaper(200, 300, channel_max=200)  # the channel's: always a delta
+    assert whole_is_cheaper(201, 300, channel_max=200)
+    assert not whole_is_cheaper(4_000, 9_000, channel_max=200)
+    assert whole_is_cheaper(9_027, 9_060, channel_max=200)
+
+
 def test_learned_flows_and_timeouts_are_the_switchs_own() -> None:
     a = Attribution()
     assert not a.foreign(update(ADDED, NEIGHBOUR, cookie=cookie_of(EXTNET, learned=True)))  # learn() added it

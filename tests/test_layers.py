@@ -1,7 +1,7 @@
 """The import contract: layers import only what lies below them.
 
     model < store < authority;  opflex < authority and agent;  agent < lab < cli;
-    client (the REST SDK) < lab and cli;  sh (subprocesses) is the floor anyone may stand on.
+    client (the REST SDK) < lab and cli;  sh (subprocesses) and heap (the collector) are floors daemons stand on.
 
 Following a request through the code should only ever go down. Every import in
 ``src/policyfabric`` (function-level ones too) is read from the source, so a new
@@ -20,14 +20,15 @@ PACKAGE = Path(__file__).resolve().parent.parent / "src" / "policyfabric"
 # what each layer may import, besides itself
 ALLOWED: dict[str, frozenset[str]] = {
     "sh": frozenset(),
+    "heap": frozenset(),
     "model": frozenset(),
     "store": frozenset({"model"}),
     "opflex": frozenset({"model"}),
     "client": frozenset({"model"}),
-    "authority": frozenset({"model", "store", "opflex"}),
-    "agent": frozenset({"model", "opflex", "sh"}),
+    "authority": frozenset({"model", "store", "opflex", "heap"}),
+    "agent": frozenset({"model", "opflex", "sh", "heap"}),
     "lab": frozenset({"model", "client", "sh"}),
-    "cli": frozenset({"model", "store", "opflex", "client", "authority", "agent", "lab", "sh"}),
+    "cli": frozenset({"model", "store", "opflex", "client", "authority", "agent", "lab", "sh", "heap"}),
     "": frozenset({"cli"}),  # policyfabric/__init__.py and __main__.py
 }
 

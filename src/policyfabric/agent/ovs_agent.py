@@ -48,6 +48,7 @@ from policyfabric.agent.subscriptions import learn_routed, subscribe_external
 from policyfabric.agent.values import InvalidPolicy
 from policyfabric.agent.view import Network
 from policyfabric.agent.viewstate import ViewState
+from policyfabric.heap import settle_heap
 from policyfabric.opflex.client import Peer, PolicyClient
 
 log = logging.getLogger(__name__)
@@ -194,6 +195,7 @@ class OvsAgent:
                 last = time.monotonic()
                 try:
                     await self.reconcile()
+                    settle_heap(time.monotonic() - last)
                 except Exception as exc:  # keep serving; report, and retry shortly
                     if str(exc) != self._last_error:  # the traceback once; the fault stays raised
                         log.exception("agent %s: reconcile failed (retrying every second)", self.config.host)

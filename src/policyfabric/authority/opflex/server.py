@@ -45,6 +45,7 @@ from policyfabric.authority.opflex.params import Identity, parse
 from policyfabric.authority.opflex.registry import EndpointRegistry, EndpointStateWriter
 from policyfabric.authority.opflex.repository import PolicyRepository, Trees, affected_tenants
 from policyfabric.authority.service import Authority
+from policyfabric.heap import settle_heap
 from policyfabric.opflex.rpc import DEFAULT_SEND_QUEUE, RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 from policyfabric.store.base import Change
@@ -336,6 +337,7 @@ class OpflexServer:
         if self.loop is not None:
             self._last_flush = self.loop.time()
         async with self._flushing:
+            started = time.monotonic()
             dirty = self.policy.take_dirty()
             epr = self.registry.take_changes()
             try:
@@ -345,6 +347,7 @@ class OpflexServer:
                     await self.registry.push(epr)
             except Exception:  # run by a timer: nobody else would see it
                 log.exception("opflex: flush failed")
+            settle_heap(time.monotonic() - started)  # a whole build: its trees out of the collector's way
 
     async def _leases(self) -> None:
         while True:

@@ -100,6 +100,11 @@ class Attribution:
     def open_windows(self) -> int:
         return len(self._windows)
 
+    @property
+    def full_sync_open(self) -> bool:
+        """One of the agent's full syncs is in flight (its window accounts for anything)."""
+        return any(win.adds is None for win in self._windows.values())
+
     def foreign(self, update: w.FlowUpdate) -> bool:
         """True if ``update`` is drift (it consumes what an open window expected, if it is the agent's)."""
         if update.event not in KINDS:
@@ -153,6 +158,7 @@ class FlowMonitor:
         self._xid = 0
         self._stopped = threading.Event()
         self._thread: threading.Thread | None = None
+        self._own_pause = False  # OVS paused this monitor during one of the agent's full syncs
         self.updates = 0  # flow updates read (own and others')
         self.drifts = 0  # drift reports made
 
@@ -214,6 +220,7 @@ class FlowMonitor:
             msg_type, _, body, version = self._read_one(sock)
             if msg_type != w.OFPT_HELLO or not speaks_15(version, body):
                 raise OSError(f"{self.path} does not speak OpenFlow 1.5")
+            self._own_pause = False  # a new monitor starts unpaused
             sock.sendall(w.flow_monitor_request(2, MONITOR_ID))
             while True:  # the request's (empty) reply, or an error
                 msg_type, xid, body, _ = self._read_one(sock)
@@ -297,9 +304,8 @@ class FlowMonitor:
                 updates = w.decode_flow_updates(body) or ()
                 self.updates += len(updates)
                 with self._lock:  # once for the message, not per update (a full sync is thousands)
-                    foreign = [u for u in updates if self.attribution.foreign(u)]
-                if any(u.event == w.OFPFME_PAUSED for u in updates):
-                    unknown = "OVS paused the flow monitor: changes meanwhile unknown"
+                    foreign, paused = self._foreign(updates)
+                unknown = paused or unknown
                 for u in foreign:
                     drifted[u.table, KINDS[u.event]] += 1
             elif msg_type == w.OFPT_ERROR:
@@ -308,6 +314,29 @@ class FlowMonitor:
                 break  # all of this burst read: report it as one
         if drifted or unknown:
             self._report("; ".join(filter(None, [describe(drifted), unknown])))
+
+    def _foreign(self, updates: Sequence[w.FlowUpdate]) -> tuple[list[w.FlowUpdate], str]:
+        """Under the lock: the updates that are drift, and why what changed is unknown ("": it is
+        known). Follows OVS's pauses: when a burst of updates overflows this connection,
+        OVS sends ``PAUSED``, drops updates until it has caught up, then re-sends the flows added
+        or modified meanwhile and ``RESUMED``; deletions meanwhile are never told. A pause that
+        begins during one of the agent's full syncs is the agent's own (that ``replace-flows``
+        made the bridge whole; what OVS re-sends at the end is it): nothing to say. Any other
+        pause: what changed meanwhile is unknown, the returned reason (drift: the next sync is
+        full). The residue: someone else's change in the same instant as a full sync's pause
+        goes unseen, as it would inside the full sync's own window."""
+        unknown = ""
+        foreign = []
+        for u in updates:
+            if u.event == w.OFPFME_PAUSED:
+                self._own_pause = self.attribution.full_sync_open
+                if not self._own_pause:
+                    unknown = "OVS paused the flow monitor: changes meanwhile unknown"
+            elif u.event == w.OFPFME_RESUMED:
+                self._own_pause = False
+            elif not self._own_pause and self.attribution.foreign(u):
+                foreign.append(u)
+        return foreign, unknown
 
     def _report(self, what: str) -> None:
         self.drifts += 1
