@@ -553,7 +553,8 @@ class EtcdStore:
                 reply = self.client.range(self._key(keys[0]), revision=snap.at, serializable=serializable)
                 return list(reply.get("kvs") or [])
             at, ser = snap.at, serializable
-            ops = [{"request_range": {"key": b64(self._key(k)), "revision": at, "serializable": ser}} for k in keys]
+            ops = [{"request_range": {"key": b64(self._key(k)), "revision": at, "serializable": ser}}
+                   for k in keys]  # fmt: skip
             reply = self.client.txn([], ops, idempotent=True)
             return [
                 kv for r in reply.get("responses") or [] for kv in r["response_range"].get("kvs") or []
