@@ -70,7 +70,7 @@ class StoreError(Exception):
     answers ``status`` with the error shape and ``code`` (never a 500)."""
 
     status: ClassVar[int] = 503
-    code: ClassVar[str] = "store_unavailable"
+    code: ClassVar[str] = "unavailable"  # as the REST edge's other 503s: retry
 
 
 class StoreUnavailable(StoreError):
@@ -81,8 +81,6 @@ class StoreUnavailable(StoreError):
 class WriteConflict(StoreError):
     """Another writer committed between this transaction's reads and its commit: this one changed
     nothing and may run again (:func:`retry_conflicts`); raised past it when every attempt lost."""
-
-    code: ClassVar[str] = "store_busy"
 
 
 class TxnTooLarge(StoreError):
