@@ -556,9 +556,7 @@ class EtcdStore:
             ops = [{"request_range": {"key": b64(self._key(k)), "revision": at, "serializable": ser}}
                    for k in keys]  # fmt: skip
             reply = self.client.txn([], ops, idempotent=True)
-            return [
-                kv for r in reply.get("responses") or [] for kv in r["response_range"].get("kvs") or []
-            ]
+            return [kv for r in reply.get("responses") or [] for kv in r["response_range"].get("kvs") or []]
 
         found: list[dict[str, Any]] = self._at_snapshot(ranges)
         return found
