@@ -73,11 +73,14 @@ def open_store(kind: str, request: pytest.FixtureRequest, path: Path) -> Store:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that starts an authority process is an ``integration`` test; ``dataplane`` tests
+    """A test that starts an authority process or runs on etcd is an ``integration`` test; ``dataplane`` tests
     (real packets: namespaces, Open vSwitch, nftables) are skipped, saying why, when not root."""
     not_root = pytest.mark.skip(reason="dataplane: needs root (network namespaces, Open vSwitch)")
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        callspec = getattr(item, "callspec", None)
+        if "etcd" in (callspec.params.values() if callspec else ()):  # runs an etcd cluster
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("dataplane") is not None:
             item.add_marker(pytest.mark.integration)

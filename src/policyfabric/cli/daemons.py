@@ -21,9 +21,9 @@ def authority(
     store: Annotated[
         str | None,
         typer.Option(
-            help="etcd://HOST:PORT[,HOST:PORT...][/PREFIX]: keep intent in an etcd cluster (its members' "
-            "client addresses) instead of --db's SQLite file; --db and --sync are then not used "
-            "(docs/operations.md, 'Running on etcd')."
+            help="etcd://HOST:PORT,HOST:PORT,...: keep intent in an etcd cluster (its members' client "
+            "addresses; /PREFIX after them: a key prefix other than /policyfabric/) instead of --db's "
+            "SQLite file; --db and --sync are then not used (docs/operations.md, 'Running on etcd')."
         ),
     ] = None,
     etcd_cacert: Annotated[Path | None, typer.Option(help="CA of the etcd members' certificates.")] = None,

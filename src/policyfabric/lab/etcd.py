@@ -18,6 +18,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import ssl
 import subprocess
 import tempfile
 import time
@@ -180,10 +181,16 @@ class EtcdCluster:
 
     def start_member(self, index: int, timeout: float = 30.0) -> None:
         """Start a stopped member again on its data directory; returns once it is healthy."""
-        member = self.members[index]
-        if not member.running:
-            self._launch(member)
-        self.wait_healthy(timeout, [member])
+        self.start_members([index], timeout)
+
+    def start_members(self, indices: list[int] | None = None, timeout: float = 30.0) -> None:
+        """Start stopped members (all by default) together, then wait until each is healthy (a
+        member alone cannot be: a cluster with every member down needs a quorum back first)."""
+        members = [self.members[i] for i in indices] if indices is not None else self.members
+        for member in members:
+            if not member.running:
+                self._launch(member)
+        self.wait_healthy(timeout, members)
 
     def wait_healthy(self, timeout: float = 30.0, members: list[EtcdMember] | None = None) -> None:
         """Until each of ``members`` (all by default) says it is healthy: it has a leader and a
@@ -213,8 +220,10 @@ class EtcdCluster:
         """An HTTP client that the members accept (their CA; a client certificate when they ask)."""
         if self.tls is None:
             return httpx.Client(timeout=timeout)
-        cert = (str(self.tls.cert), str(self.tls.key)) if self.tls.client_cert_auth else None
-        return httpx.Client(timeout=timeout, verify=str(self.tls.ca), cert=cert)
+        context = ssl.create_default_context(cafile=str(self.tls.ca))
+        if self.tls.client_cert_auth:  # the members' own certificate, which trustme makes for both ends
+            context.load_cert_chain(self.tls.cert, self.tls.key)
+        return httpx.Client(timeout=timeout, verify=context)
 
     def stop(self) -> None:
         """Stop every member (SIGTERM, then SIGKILL); remove the directory if this made it."""

@@ -698,11 +698,11 @@ def parse_url(url: str) -> tuple[list[str], str]:
     """``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` -> (["HOST:PORT", ...], "/PREFIX/")."""
     scheme, sep, rest = url.partition("://")
     if not sep or scheme != "etcd":
-        raise ValueError(f"{url!r} is not etcd://HOST:PORT[,HOST:PORT...][/PREFIX]")
+        raise ValueError(f"{url!r} is not etcd://HOST:PORT,HOST:PORT,.../PREFIX (the prefix optional)")
     hosts, _, path = rest.partition("/")
     endpoints = [h.strip() for h in hosts.split(",") if h.strip()]
     if not endpoints:
-        raise ValueError(f"{url!r} names no etcd member (etcd://HOST:PORT[,HOST:PORT...])")
+        raise ValueError(f"{url!r} names no etcd member (etcd://HOST:PORT,HOST:PORT,...)")
     for endpoint in endpoints:
         host, colon, port = endpoint.rpartition(":")
         if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:

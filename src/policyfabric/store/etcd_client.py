@@ -27,6 +27,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import ssl
 import threading
 import time
 from collections.abc import Sequence
@@ -108,19 +109,16 @@ class EtcdClient:
         self.endpoints = list(endpoints)
         self.timeout = timeout
         self.scheme = "https" if tls is not None else "http"
-        verify: bool | str = True
-        cert: tuple[str, str] | None = None
+        verify: bool | ssl.SSLContext = True
         if tls is not None:
-            if tls.cacert is not None:
-                verify = str(tls.cacert)
             if (tls.cert is None) != (tls.key is None):
                 raise ValueError("an etcd client certificate needs its key, and the key its certificate")
+            verify = ssl.create_default_context(cafile=str(tls.cacert) if tls.cacert else None)
             if tls.cert is not None and tls.key is not None:
-                cert = (str(tls.cert), str(tls.key))
+                verify.load_cert_chain(tls.cert, tls.key)
         self.http = httpx.Client(
             timeout=timeout,
             verify=verify,
-            cert=cert,
             limits=httpx.Limits(max_connections=64, max_keepalive_connections=32),
         )
         self._current = 0  # the member calls go to until it fails
