@@ -9,7 +9,7 @@ Keys, under a prefix (``/policyfabric/`` unless the URL names another: ``etcd://
     rev                       {"revision": N, "txn": id}   the global revision (a counter)
     item/KIND/TENANT/NAME     {"id", "kind", "tenant", "name", "revision", "data", "claims"}
     id/ID                     "item/KIND/TENANT/NAME"      (where an object is, by id)
-    claim/KEY                 ID                           (who holds a uniqueness claim)
+    claim/KIND/.../VALUE      ID                           (who holds a uniqueness claim)
     seq/NAME                  N                            (next_sequence's counters)
     log/REVISION              {"txn": id, "changes": [[op, kind, id, tenant, name], ...]}
 
@@ -72,7 +72,7 @@ import uuid
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 from urllib.parse import quote
 
 from policyfabric.model.rules import Claim
@@ -103,6 +103,7 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/policyfabric/"
 PAGE = 2000  # keys per range request
+LOOKUP_RANGE = 20_000  # a lookup reads its whole range if it has at most this many keys (then cached)
 READS_PER_TXN = 64  # point reads sent together (a read-only etcd transaction), under --max-txn-ops
 REV, ITEM, ID, CLAIM, SEQ, LOG = "rev", "item/", "id/", "claim/", "seq/", "log/"
 MiB = 1 << 20
@@ -133,6 +134,12 @@ def seg(text: str | None) -> str:
 
 def item_key(kind: str, tenant: str | None, name: str) -> str:
     return f"{ITEM}{seg(kind)}/{seg(tenant)}/{seg(name)}"
+
+
+def claim_key(key: str) -> str:
+    """``ip/acme/vrf1/10.0.0.5`` -> ``claim/ip/acme/vrf1/10.0.0.5``: a claim's own path, so that the
+    claims of one kind and scope (the addresses of a VRF, every MAC) are one range."""
+    return CLAIM + "/".join(seg(part) for part in key.split("/"))
 
 
 def log_key(revision: int) -> str:
@@ -295,11 +302,16 @@ class EtcdTxn:
                     self.seen[key] = self.ranges[parent].get(key)
                     return self.seen[key]
             hit, value = self.store.cache.get(self.snap.rev_mod, key)
-            if not hit and key.startswith(ITEM):
-                # an object by name: read its kind in its tenant whole, in one round trip as for
-                # the one object; the next lookups there (names being checked free) are then cached
-                tenant_range = key[: key.rfind("/") + 1]
-                hit, value = True, self._range_base(tenant_range).get(key)
+            if not hit and key.startswith((ITEM, CLAIM)):
+                # an object by name, a claim: read its range whole (the kind in the tenant, the
+                # addresses of the VRF, every MAC...) in one round trip as for the one key, unless
+                # it is large; the next lookups there (names and values being checked free) are
+                # then answered from the cache
+                parent = key[: key.rfind("/") + 1]
+                entries = self.ranges.get(parent) or self.store.get_range(self.snap, parent, LOOKUP_RANGE)
+                if entries is not None:
+                    self.ranges[parent] = entries
+                    hit, value = True, entries.get(key)
             self.seen[key] = value if hit else self.store.get(self.snap, key)
         return self.seen[key]
 
@@ -314,8 +326,9 @@ class EtcdTxn:
         return self._base(key)
 
     def _prefetch(self, keys: Iterable[str]) -> None:
-        """Read ``keys`` not read yet in one round trip."""
+        """Read ``keys`` not read yet (nor in a range read) in one round trip."""
         wanted = [k for k in dict.fromkeys(keys) if k not in self.writes and k not in self.seen]
+        wanted = [k for k in wanted if not any(p in self.ranges for p in parents(k))]
         if len(wanted) > 1:
             self.seen.update(self.store.get_many(self.snap, wanted))
 
@@ -364,7 +377,7 @@ class EtcdTxn:
         return self._revision if self._revision is not None else self.snap.revision
 
     def claim_holder(self, key: str) -> str | None:
-        holder = self._value(CLAIM + seg(key))
+        holder = self._value(claim_key(key))
         return str(holder) if holder is not None else None
 
     def changes(self, since: int, limit: int) -> builtins.list[Change]:
@@ -408,15 +421,15 @@ class EtcdTxn:
         item = self._value(where) if where is not None else None
         if item is None:
             raise KeyError(f"no object with id {id!r} to hold claims")
-        self._prefetch([CLAIM + seg(c) for c in item.claims] + [CLAIM + seg(c.key) for c in claims])
+        self._prefetch([claim_key(c) for c in item.claims] + [claim_key(c.key) for c in claims])
         for old in item.claims:
-            self._write(CLAIM + seg(old), None)
+            self._write(claim_key(old), None)
         new: list[str] = []
         for claim in claims:
             holder = self.claim_holder(claim.key)
             if holder is not None:  # held by another object, or listed twice by this one
                 raise ClaimTaken(claim, holder)
-            self._write(CLAIM + seg(claim.key), id)
+            self._write(claim_key(claim.key), id)
             new.append(claim.key)
         self._write(where, Item(item.record, tuple(new)))
 
@@ -425,7 +438,7 @@ class EtcdTxn:
         item = self._value(where) if where is not None else None
         if item is not None:
             for claim in item.claims:
-                self._write(CLAIM + seg(claim), None)
+                self._write(claim_key(claim), None)
         if where is not None:
             self._write(where, None)
         self._write(ID + record.id, None)
@@ -453,6 +466,7 @@ class EtcdStore:
         self._raw_prefix = self.prefix.encode()
         self._write_lock = threading.Lock()
         self.cache = Cache(cache_limit)
+        self._large: set[str] = set()  # ranges over LOOKUP_RANGE keys (not read whole for a lookup)
         log.info("store: etcd %s, prefix %s", ",".join(self.client.endpoints), self.prefix)
 
     @classmethod
@@ -561,10 +575,19 @@ class EtcdStore:
         found: list[dict[str, Any]] = self._at_snapshot(ranges)
         return found
 
-    def get_range(self, snap: Snapshot, prefix: str) -> dict[str, Any]:
+    @overload
+    def get_range(self, snap: Snapshot, prefix: str) -> dict[str, Any]: ...
+
+    @overload
+    def get_range(self, snap: Snapshot, prefix: str, cap: int) -> dict[str, Any] | None: ...
+
+    def get_range(self, snap: Snapshot, prefix: str, cap: int | None = None) -> dict[str, Any] | None:
+        """Every key under ``prefix`` at the snapshot; with ``cap``, None if there are more."""
         cached = self.cache.get_range(snap.rev_mod, prefix)
         if cached is not None:
             return cached
+        if cap is not None and prefix in self._large:
+            return None
         start, end = self._key(prefix), prefix_end(self._key(prefix))
         entries: dict[str, Any] = {}
         while True:
@@ -573,6 +596,9 @@ class EtcdStore:
                 return self.client.range(first, end, revision=snap.at, limit=PAGE, serializable=serializable)
 
             reply = self._at_snapshot(page)
+            if cap is not None and not entries and int(reply.get("count", 0)) > cap:
+                self._large.add(prefix)  # point lookups there from now on
+                return None
             kvs = reply.get("kvs") or []
             for kv in kvs:
                 raw_key = unb64(kv["key"])
