@@ -664,11 +664,15 @@ class EtcdStore:
             reply = self.client.txn(compare, ops)
         except TooLarge as exc:
             size = len(json.dumps({"compare": compare, "success": ops}))
+            limit = (
+                "--max-txn-ops (default 128)"
+                if "operations" in str(exc)
+                else "--max-request-bytes (default 1.5 MiB)"
+            )
             raise TxnTooLarge(
                 f"this write is {len(ops)} etcd operations and {size / MiB:.2f} MiB in one transaction, "
-                f"which the etcd cluster refuses ({exc}): raise --max-txn-ops (default 128) and "
-                "--max-request-bytes (default 1.5 MiB) on every etcd member, or write less at once "
-                "(a smaller /v1/batch); nothing was written"
+                f"over the etcd cluster's {limit} ({exc}): raise it on every etcd member, or write less "
+                "at once (a smaller /v1/batch); nothing was written"
             ) from None
         except Unreachable as exc:
             raise StoreUnavailable(f"etcd cannot be reached; nothing was written: {exc}") from None
