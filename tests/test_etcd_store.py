@@ -36,6 +36,7 @@ from tests.conftest import Api, error, etcd_prefix
 
 pytestmark = [
     pytest.mark.integration,  # etcd clusters are processes
+    pytest.mark.xdist_group("etcd"),  # one worker: the module's own clusters start once
     pytest.mark.skipif(etcd_missing() is not None, reason=str(etcd_missing())),
 ]
 
