@@ -15,6 +15,7 @@ what ``policyfabric`` documents for bulk writes (docs/operations.md "Running on 
 
 from __future__ import annotations
 
+import ctypes
 import os
 import shutil
 import signal
@@ -31,6 +32,7 @@ import httpx
 from policyfabric.lab.authority import free_port
 
 MiB = 1 << 20
+PR_SET_PDEATHSIG = 1
 # what the harness runs with (docs/operations.md recommends the same for bulk batches)
 MAX_TXN_OPS = 2048
 MAX_REQUEST_BYTES = 4 * MiB
@@ -162,6 +164,7 @@ class EtcdCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a ^C of the test run reaches it only through stop()
+                preexec_fn=_die_with_parent,
             )
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
@@ -237,6 +240,15 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+_prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it
+
+
+def _die_with_parent() -> None:
+    """In the child, before etcd runs: SIGKILL it when the process that started it dies, so that
+    a test run or benchmark killed outright leaves no etcd behind (Linux's PR_SET_PDEATHSIG)."""
+    _prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def _stop(member: EtcdMember, kill: bool, timeout: float = 10.0) -> None:
