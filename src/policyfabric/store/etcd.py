@@ -471,12 +471,9 @@ class EtcdStore:
 
     @classmethod
     def from_url(cls, url: str, tls: ClientTls | None = None, **options: Any) -> EtcdStore:
-        """``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]``."""
+        """``etcd://HOST:PORT,HOST:PORT,.../PREFIX`` (the prefix optional)."""
         endpoints, prefix = parse_url(url)
         return cls(endpoints, prefix=prefix, tls=tls, **options)
-
-    def describe(self) -> str:
-        return f"etcd {','.join(self.client.endpoints)} (prefix {self.prefix})"
 
     def close(self) -> None:
         self.client.close()
