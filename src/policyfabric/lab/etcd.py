@@ -4,7 +4,8 @@
 ``scripts/install-etcd.sh`` installs Debian's ``etcd-server`` (the ``etcd`` binary) and keeps the
 system's service stopped; :class:`EtcdCluster` then runs its own members, all under one private
 directory (a temporary one unless given) and on free loopback ports, each member with its own data
-directory and log, stopped by PID, the directory removed after if it made it. Members can be
+directory and log, stopped by PID (and killed by the kernel if the process that started it dies),
+the directory removed after if it made it. Members can be
 stopped and started again one by one (:meth:`EtcdCluster.stop_member`, :meth:`start_member`) for
 the failure tests: a restarted member keeps its data directory and rejoins.
 

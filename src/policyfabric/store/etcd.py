@@ -308,7 +308,7 @@ class EtcdTxn:
                 # it is large; the next lookups there (names and values being checked free) are
                 # then answered from the cache
                 parent = key[: key.rfind("/") + 1]
-                entries = self.ranges.get(parent) or self.store.get_range(self.snap, parent, LOOKUP_RANGE)
+                entries = self.store.get_range(self.snap, parent, LOOKUP_RANGE)
                 if entries is not None:
                     self.ranges[parent] = entries
                     hit, value = True, entries.get(key)
