@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from policyfabric.lab.etcd import EtcdCluster, EtcdTls
 from policyfabric.lab.etcd import missing as etcd_missing
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
-from policyfabric.model.errors import Conflict, NotFound
+from policyfabric.model.errors import Conflict, InUse, Invalid, NotFound
 from policyfabric.model.rules import Claim
 from policyfabric.store.base import Record, StoreUnavailable, TxnTooLarge, WriteConflict
 from policyfabric.store.etcd import EtcdStore
@@ -157,6 +158,55 @@ def test_two_replicas_racing_for_the_same_addresses_exactly_one_wins_each(etcd_c
     assert conflicts[0] > 0, "the two replicas never raced: the test proved nothing"
     store_a.close()
     store_b.close()
+
+
+def test_two_replicas_cannot_skew_a_delete_and_a_dependent_create(etcd_cluster: EtcdCluster) -> None:
+    """Write skew, the anomaly a per-claim check alone lets through: a deletes a subnet (it saw no
+    endpoint in it) while b creates an endpoint in it (it saw the subnet). One must lose."""
+    store_a, store_b = two_replicas(etcd_cluster)
+    a, b = Authority(store_a), Authority(store_b)
+    setup_tenant(a)
+    conflicts = count_conflicts([store_a, store_b])
+    for n in range(1, 11):
+        subnet = o.Subnet.model_validate(
+            {"name": f"r{n}", "tenant": "acme", "bridge_domain": "bd", "cidr": f"10.{n}.0.0/16"}
+        )
+        made = a.create(k.SUBNET, subnet)
+        deleted, created = race(
+            partial(a.delete, k.SUBNET, made["id"]),
+            partial(b.create, k.ENDPOINT, endpoint(f"ep{n}", f"10.{n}.0.5")),
+        )
+        # the delete won (the endpoint has no subnet), or the create did (the subnet is in use)
+        if isinstance(deleted, InUse):
+            assert isinstance(created, dict), created
+        else:
+            assert isinstance(deleted, tuple) and isinstance(created, Invalid), (deleted, created)
+    subnets = {s["name"] for s in b.list(k.SUBNET, "acme")[0]}
+    eps = {e["name"] for e in a.list(k.ENDPOINT, "acme")[0]}
+    assert all((f"r{n}" in subnets) == (f"ep{n}" in eps) for n in range(1, 11))
+    assert conflicts[0] > 0, "the two replicas never raced: the test proved nothing"
+    store_a.close()
+    store_b.close()
+
+
+def race(*calls: Callable[[], object]) -> list[object]:
+    """Run ``calls`` at once (their threads released together): each one's result or exception."""
+    barrier = threading.Barrier(len(calls))
+    results: list[object] = [None] * len(calls)
+
+    def run(i: int) -> None:
+        barrier.wait()
+        try:
+            results[i] = calls[i]()
+        except Exception as exc:  # the outcome under test
+            results[i] = exc
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(60)
+    return results
 
 
 def count_conflicts(stores: list[EtcdStore]) -> list[int]:
