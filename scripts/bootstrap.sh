@@ -2,7 +2,8 @@
 # Install what policyfabric needs on a Debian machine, then the package into
 # .venv. Safe to run again: it installs only what is missing or changed.
 #   scripts/bootstrap.sh          runtime only
-#   scripts/bootstrap.sh test     runtime + test tools (and a Keystone for the tests: install-keystone.sh)
+#   scripts/bootstrap.sh test     runtime + test tools (and Keystone and etcd for the tests: install-keystone.sh,
+#                                 install-etcd.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/lib.sh
@@ -34,7 +35,8 @@ if [ ! -f "$stamp" ]; then
 fi
 
 # The tests run a real Keystone (tests/test_keystone.py): MariaDB and Keystone, in a venv of
-# their own (.cache/keystone-venv), never in .venv.
+# their own (.cache/keystone-venv), never in .venv; and real etcd clusters (the etcd store,
+# tests/test_etcd_store.py): Debian's etcd-server, its system service left off.
 case ",$EXTRAS," in
-  *,test,*) scripts/install-keystone.sh ;;
+  *,test,*) scripts/install-keystone.sh; scripts/install-etcd.sh ;;
 esac

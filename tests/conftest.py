@@ -20,18 +20,67 @@ from policyfabric.authority.auth import parse_tokens
 from policyfabric.authority.service import Authority
 from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
+from policyfabric.lab.etcd import EtcdCluster
+from policyfabric.lab.etcd import missing as etcd_missing
+from policyfabric.store.base import Store
 from policyfabric.store.sqlite import SqliteStore
 
 PROCESS_FIXTURES = frozenset({"authority", "fresh_authority", "opflex_authority"})
 SCENARIOS = Path(__file__).parent / "scenarios"
+# The stores the API tests (``inprocess_app``) and the modules of BOTH_STORES (``fresh_authority``)
+# run on: SQLite (the default) and etcd (``--store etcd://``, on a 3-member cluster per worker).
+STORES = ("sqlite", "etcd")
+BOTH_STORES = frozenset({"test_durability"})
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """The authority processes of the BOTH_STORES modules run once per store."""
+    module = metafunc.module.__name__.rpartition(".")[2]
+    if "fresh_authority" in metafunc.fixturenames and module in BOTH_STORES:
+        metafunc.parametrize("store_kind", STORES, indirect=True)
+
+
+@pytest.fixture
+def store_kind(request: pytest.FixtureRequest) -> str:
+    """Which store ``fresh_authority`` runs on (``sqlite`` unless parametrized)."""
+    return str(getattr(request, "param", "sqlite"))
+
+
+@pytest.fixture(scope="session")
+def etcd_cluster() -> Iterator[EtcdCluster]:
+    """A real 3-member etcd cluster on loopback for this test worker (``policyfabric.lab.etcd``);
+    tests keep apart by each using a key prefix of its own (``etcd_prefix``)."""
+    why = etcd_missing()
+    if why is not None:
+        pytest.skip(why)
+    with EtcdCluster() as cluster:
+        yield cluster
+
+
+def etcd_prefix() -> str:
+    """A key prefix no other test uses: a fresh, empty store on the shared cluster."""
+    return f"/test-{uuid.uuid4().hex[:12]}/"
+
+
+def open_store(kind: str, request: pytest.FixtureRequest, path: Path) -> Store:
+    """A new, empty store of ``kind``: SQLite at ``path``, or a fresh prefix on ``etcd_cluster``."""
+    if kind == "sqlite":
+        return SqliteStore(path)
+    from policyfabric.store.etcd import EtcdStore
+
+    cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+    return EtcdStore(cluster.endpoints, prefix=etcd_prefix())
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """A test that starts an authority process is an ``integration`` test; ``dataplane`` tests
+    """A test that starts an authority process or runs on etcd is an ``integration`` test; ``dataplane`` tests
     (real packets: namespaces, Open vSwitch, nftables) are skipped, saying why, when not root."""
     not_root = pytest.mark.skip(reason="dataplane: needs root (network namespaces, Open vSwitch)")
     for item in items:
         if PROCESS_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        callspec = getattr(item, "callspec", None)
+        if "etcd" in (callspec.params.values() if callspec else ()):  # runs an etcd cluster
             item.add_marker(pytest.mark.integration)
         if item.get_closest_marker("dataplane") is not None:
             item.add_marker(pytest.mark.integration)
@@ -118,20 +167,30 @@ def apply_scenario(server: AuthorityProcess, path: Path = SCENARIOS / "full_mode
 
 
 @pytest.fixture
-def fresh_authority(tmp_path: Path) -> Iterator[AuthorityProcess]:
-    """An authority of the test's own (for restarts and kills)."""
-    server = authority_in(tmp_path / "authority")
+def fresh_authority(
+    tmp_path: Path, store_kind: str, request: pytest.FixtureRequest
+) -> Iterator[AuthorityProcess]:
+    """An authority of the test's own (for restarts and kills), on SQLite, or on a fresh prefix of
+    ``etcd_cluster`` when ``store_kind`` says etcd."""
+    extra = []
+    if store_kind == "etcd":
+        cluster: EtcdCluster = request.getfixturevalue("etcd_cluster")
+        extra = ["--store", cluster.url + etcd_prefix()]
+    server = authority_in(tmp_path / "authority", extra=extra)
     try:
         yield server.start()
     finally:
         server.kill()
 
 
-@pytest.fixture(scope="session")
-def inprocess_app(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TestClient]:
-    """The REST API in this process, on its own SQLite file: what the API tests need, without a
-    server process (the request path is the same FastAPI app the authority serves)."""
-    store = SqliteStore(tmp_path_factory.mktemp("api") / "policyfabric.db")
+@pytest.fixture(scope="session", params=STORES)
+def inprocess_app(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[TestClient]:
+    """The REST API in this process, on a store of its own (each of ``STORES``: every API test runs
+    on SQLite and on etcd): what the API tests need, without a server process (the request path is
+    the same FastAPI app the authority serves)."""
+    store = open_store(request.param, request, tmp_path_factory.mktemp("api") / "policyfabric.db")
     with TestClient(create_app(Authority(store)), raise_server_exceptions=False) as client:
         yield client
     store.close()

@@ -1,7 +1,7 @@
 """The import contract: layers import only what lies below them.
 
     model < store < authority;  opflex < authority and agent;  agent < lab < cli;
-    client (the REST SDK) < lab and cli;  sh (subprocesses) and heap (the collector) are floors daemons stand on.
+    client (the REST SDK) < lab and cli;  sh (subprocesses) and heap (the collector) are floors.
 
 Following a request through the code should only ever go down. Every import in
 ``src/policyfabric`` (function-level ones too) is read from the source, so a new

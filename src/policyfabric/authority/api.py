@@ -43,6 +43,7 @@ from policyfabric.model.errors import BadRequest, Forbidden, Invalid, PolicyErro
 from policyfabric.model.kinds import Kind
 from policyfabric.model.objects import SERVER_FIELDS
 from policyfabric.model.parse import check_local, parse_spec, problems_from_pydantic
+from policyfabric.store.base import StoreError
 
 log = logging.getLogger(__name__)
 
@@ -199,9 +200,13 @@ ERRORS: dict[int | str, dict[str, Any]] = {
         (403, "the token's role or tenant does not allow this"),
         (404, "no such object (or one of another tenant)"),
         (409, "conflicts with other objects, in use, or changed since the revision the request expects"),
-        (413, "the body is over --max-body"),
+        (413, "the body is over --max-body, or (--store etcd) the write is over etcd's limits"),
         (422, "invalid value"),
-        (503, "with --keystone: Keystone could not be asked whether the token is valid"),
+        (
+            503,
+            "with --keystone: Keystone could not be asked whether the token is valid; with --store etcd: "
+            "etcd cannot be reached, or concurrent writers kept winning; retry",
+        ),
     )
 }
 MiB = 1 << 20
@@ -357,6 +362,15 @@ def create_app(
             message = f"no such resource: {request.url.path} (collections are under /v1)"
         body = {"error": {"code": code, "message": message, "field": None}}
         return JSONResponse(body, status_code=exc.status_code, headers=getattr(exc, "headers", None))
+
+    @app.exception_handler(StoreError)
+    async def store_error(request: Request, exc: StoreError) -> JSONResponse:
+        """The store failed through no fault of the request (etcd down, no quorum, a write over
+        etcd's limits): its status (503, 413) and code, not a 500; 503s say when to retry."""
+        log.warning("store error on %s %s: %s", request.method, request.url.path, exc)
+        body = {"error": {"code": exc.code, "message": str(exc), "field": None}}
+        headers = {"Retry-After": "1"} if exc.status == 503 else None
+        return JSONResponse(body, status_code=exc.status, headers=headers)
 
     @app.exception_handler(Exception)
     async def internal_error(request: Request, exc: Exception) -> JSONResponse:

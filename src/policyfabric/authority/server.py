@@ -27,6 +27,7 @@ from policyfabric.authority.auth import TokenError, Tokens, load_tokens
 from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.tls import server_context
+from policyfabric.store.base import Store, StoreError
 from policyfabric.store.sqlite import SqliteStore, Sync
 
 log = logging.getLogger(__name__)
@@ -53,6 +54,10 @@ def parse_listen(text: str, default_port: int) -> tuple[str, int]:
 @dataclass
 class Settings:
     db: Path = Path("policyfabric.db")
+    store: str | None = None  # etcd://HOST:PORT[,...][/PREFIX]: etcd instead of the SQLite file db
+    etcd_cacert: Path | None = None
+    etcd_cert: Path | None = None
+    etcd_key: Path | None = None
     listen: tuple[str, int] = ("127.0.0.1", 8700)
     sync: Sync = "full"
     opflex_listen: tuple[str, int] | None = ("127.0.0.1", 8009)
@@ -84,6 +89,29 @@ def open_store(db: Path, sync: Sync) -> SqliteStore:
         return SqliteStore(db, sync=sync)
     except sqlalchemy.exc.DBAPIError as exc:
         raise StartupError(f"cannot open the database {db}: {exc.orig}") from None
+
+
+def open_etcd_store(settings: Settings) -> Store:
+    """``--store etcd://...``: the cluster must answer now (a read through a quorum)."""
+    from policyfabric.store.etcd import EtcdStore
+    from policyfabric.store.etcd_client import ClientTls
+
+    assert settings.store is not None
+    tls = None
+    if (settings.etcd_cert is None) != (settings.etcd_key is None):
+        raise StartupError("--etcd-cert and --etcd-key go together")
+    if settings.etcd_cacert or settings.etcd_cert:
+        tls = ClientTls(settings.etcd_cacert, settings.etcd_cert, settings.etcd_key)
+    try:
+        store = EtcdStore.from_url(settings.store, tls=tls)
+    except ValueError as exc:
+        raise StartupError(f"--store: {exc}") from None
+    try:
+        store.ping()
+    except StoreError as exc:
+        store.close()
+        raise StartupError(f"cannot use the etcd store {settings.store}: {exc}") from None
+    return store
 
 
 def is_loopback(host: str) -> bool:
@@ -198,7 +226,9 @@ def serve(settings: Settings) -> None:
             settings.max_connections,
             FD_RESERVE,
         )
-    store = open_store(settings.db, settings.sync)
+    if settings.store is None and (settings.etcd_cacert or settings.etcd_cert or settings.etcd_key):
+        raise StartupError("--etcd-cacert, --etcd-cert and --etcd-key go with --store etcd://...")
+    store = open_etcd_store(settings) if settings.store else open_store(settings.db, settings.sync)
     try:
         asyncio.run(_run(settings, store, tls, tokens))
     finally:
@@ -219,7 +249,7 @@ def _opflex_options(settings: Settings) -> dict[str, Any]:
 
 
 async def _run(
-    settings: Settings, store: SqliteStore, tls: ssl.SSLContext | None, tokens: Tokens | None
+    settings: Settings, store: Store, tls: ssl.SSLContext | None, tokens: Tokens | None
 ) -> None:
     restore = edge.quiet_accept_errors(asyncio.get_running_loop())
     authority = Authority(store)
@@ -252,7 +282,7 @@ async def _run(
         port,
         who,
         settings.max_connections,
-        settings.db,
+        f"etcd {settings.store}" if settings.store else settings.db,
         authority.revision(),
     )
     config = uvicorn.Config(

@@ -38,7 +38,7 @@ from policyfabric.model.kinds import Kind
 from policyfabric.model.objects import SERVER_FIELDS, keep_omitted
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
 from policyfabric.model.types import generate_mac
-from policyfabric.store.base import Change, ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn
+from policyfabric.store.base import Change, ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn, retry_conflicts
 
 log = logging.getLogger(__name__)
 
@@ -213,11 +213,13 @@ class Authority:
                     log.exception("change listener failed")
             self._status_only.difference_update(c.revision for c in txn.logged)  # asked or not
 
+    @retry_conflicts  # a store whose writers may lose (etcd) runs the write again
     def create(self, kind: Kind, spec: o.Spec, scope: str | None = None) -> dict[str, Any]:
         with self._writing() as txn:
             record = self._create(txn, TxnView(txn, self.cache), kind, spec, scope)
         return render(record)
 
+    @retry_conflicts
     def create_many(
         self, items: Sequence[tuple[Kind, o.Spec]], scope: str | None = None
     ) -> builtins.list[dict[str, Any]]:
@@ -236,6 +238,7 @@ class Authority:
                     raise
         return [render(r) for r in records]
 
+    @retry_conflicts
     def batch(
         self,
         ops: Sequence[BatchOp],
@@ -394,6 +397,7 @@ class Authority:
         data.update(extra or {})
         return self._put(txn, view, obj, data, claims, "create", scope)
 
+    @retry_conflicts
     def replace(
         self, kind: Kind, id: str, spec: o.Spec, *, scope: str | None = None, expect: int | None = None
     ) -> dict[str, Any]:
@@ -431,6 +435,7 @@ class Authority:
             self._recheck(txn, view, new, affected + dependents_closure(new, view), scope)
         return record
 
+    @retry_conflicts
     def delete(
         self, kind: Kind, id: str, *, scope: str | None = None, expect: int | None = None
     ) -> tuple[dict[str, Any], int]:
@@ -503,6 +508,7 @@ class Authority:
         bumps the revision) only when something changes; the endpoint's claims stay as they are."""
         return self.set_endpoint_states([EndpointState(tenant, name, host, interface, status, unless)])[0]
 
+    @retry_conflicts
     def set_endpoint_states(self, updates: Sequence[EndpointState]) -> builtins.list[bool]:
         """Several agents' reports in one transaction (one commit, one fsync), each change with
         its own revision. Agents report endpoints by the thousand when a host starts."""

@@ -20,6 +20,17 @@ def authority(
     db: Annotated[Path, typer.Option(help="SQLite database file (created if absent).")] = Path(
         "policyfabric.db"
     ),
+    store: Annotated[
+        str | None,
+        typer.Option(
+            help="etcd://HOST:PORT,HOST:PORT,...: keep intent in an etcd cluster (its members' client "
+            "addresses; /PREFIX after them: a key prefix other than /policyfabric/) instead of --db's "
+            "SQLite file; --db and --sync are then not used (docs/operations.md, 'Running on etcd')."
+        ),
+    ] = None,
+    etcd_cacert: Annotated[Path | None, typer.Option(help="CA of the etcd members' certificates.")] = None,
+    etcd_cert: Annotated[Path | None, typer.Option(help="Client certificate for etcd (PEM).")] = None,
+    etcd_key: Annotated[Path | None, typer.Option(help="Key of --etcd-cert.")] = None,
     listen: Annotated[str, typer.Option(help="HOST:PORT for the REST API.")] = "127.0.0.1:8700",
     opflex_listen: Annotated[
         str, typer.Option(help="HOST:PORT for OpFlex ('off' to disable).")
@@ -110,6 +121,10 @@ def authority(
     try:
         settings = Settings(
             db=db,
+            store=store,
+            etcd_cacert=etcd_cacert,
+            etcd_cert=etcd_cert,
+            etcd_key=etcd_key,
             listen=parse_listen(listen, 8700),
             sync=sync,  # type: ignore[arg-type]
             opflex_listen=None if opflex_listen == "off" else parse_listen(opflex_listen, 8009),

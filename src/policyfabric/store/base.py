@@ -3,21 +3,35 @@
 A store holds JSON documents keyed by id and by (kind, tenant, name), the
 uniqueness claims of :mod:`policyfabric.model.rules`, a global revision that
 every write transaction bumps once, and a change log by revision (what a
-later OpFlex server pushes to agents). SQLite implements it now; an etcd
-backend can implement the same with one key per document and per claim.
+later OpFlex server pushes to agents). SQLite (``sqlite``) and etcd
+(``etcd``: one key per document and per claim) implement it.
+
+A backend whose write transactions are optimistic (etcd: validated at commit,
+since several authorities may write at once) raises :class:`WriteConflict`
+when another writer committed first; the transaction then changed nothing,
+and :func:`retry_conflicts` runs the whole write again, a bounded number of
+times. SQLite serialises writers and never raises it.
 """
 
 from __future__ import annotations
 
 import builtins
-from collections.abc import Sequence
+import functools
+import logging
+import random
+import time
+from collections.abc import Callable, Sequence
 from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, ClassVar, Literal, ParamSpec, Protocol, TypeVar
 
 from policyfabric.model.rules import Claim
 
+log = logging.getLogger(__name__)
+
 Op = Literal["create", "update", "delete"]
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -49,6 +63,59 @@ class ClaimTaken(Exception):
         super().__init__(f"{claim.key} is held by {holder}")
         self.claim = claim
         self.holder = holder
+
+
+class StoreError(Exception):
+    """The store could not do what was asked, through no fault of the request: the REST API
+    answers ``status`` with the error shape and ``code`` (never a 500)."""
+
+    status: ClassVar[int] = 503
+    code: ClassVar[str] = "unavailable"  # as the REST edge's other 503s: retry
+
+
+class StoreUnavailable(StoreError):
+    """The store cannot be reached, or did not answer in time (etcd down, no quorum). Nothing
+    was written, unless the message says the outcome is unknown."""
+
+
+class WriteConflict(StoreError):
+    """Another writer committed between this transaction's reads and its commit: this one changed
+    nothing and may run again (:func:`retry_conflicts`); raised past it when every attempt lost."""
+
+
+class TxnTooLarge(StoreError):
+    """One write is over what the store accepts in one transaction (etcd's operations or bytes per
+    request); the message names the limit. Nothing was written."""
+
+    status: ClassVar[int] = 413
+    code: ClassVar[str] = "too_large"
+
+
+WRITE_ATTEMPTS = 8
+
+
+def retry_conflicts(fn: Callable[P, T]) -> Callable[P, T]:
+    """Run ``fn`` (one whole write transaction: its reads, its checks, its commit) again when it
+    loses to another writer, up to ``WRITE_ATTEMPTS`` times with a short random back-off, then
+    give up with a WriteConflict that says so. Only for functions whose effects are all inside
+    the transaction (a retry must not repeat anything the failed attempt did outside it)."""
+
+    @functools.wraps(fn)
+    def retried(*args: P.args, **kwargs: P.kwargs) -> T:
+        for attempt in range(1, WRITE_ATTEMPTS + 1):
+            try:
+                return fn(*args, **kwargs)
+            except WriteConflict as conflict:
+                if attempt == WRITE_ATTEMPTS:
+                    raise WriteConflict(
+                        f"the write lost to concurrent writers {attempt} times in a row; retry it "
+                        f"({conflict})"
+                    ) from conflict
+                log.debug("%s: write conflict (attempt %d): %s", fn.__qualname__, attempt, conflict)
+                time.sleep(random.uniform(0, 0.002 * 2**attempt))
+        raise AssertionError("unreachable")
+
+    return retried
 
 
 class ReadTxn(Protocol):

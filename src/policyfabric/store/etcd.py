@@ -1,0 +1,738 @@
+"""etcd store: the same interface as SQLite (``base``), on an etcd v3 cluster, so that several
+authorities can share one source of truth (``policyfabric authority --store etcd://...``).
+
+Client: our own thin client of etcd's v3 JSON gateway over httpx (``etcd_client``: why not
+etcd3gw nor the gRPC ``etcd3`` is said there).
+
+Keys, under a prefix (``/policyfabric/`` unless the URL names another: ``etcd://h:p/prefix``)::
+
+    rev                       {"revision": N, "txn": id}   the global revision (a counter)
+    item/KIND/TENANT/NAME     {"id", "kind", "tenant", "name", "revision", "data", "claims"}
+    id/ID                     "item/KIND/TENANT/NAME"      (where an object is, by id)
+    claim/KIND/.../VALUE      ID                           (who holds a uniqueness claim)
+    seq/NAME                  N                            (next_sequence's counters)
+    log/REVISION              {"txn": id, "changes": [[op, kind, id, tenant, name], ...]}
+
+(TENANT is empty for global kinds; path segments are percent-encoded.)
+
+Transactions. A transaction begins with a linearizable read of ``rev``: the etcd revision that
+read was served at is the transaction's snapshot, and every other read is made AT that revision,
+so a transaction sees one consistent state (reads are linearizable: a transaction sees every
+write acknowledged before it began, whichever authority made it). Writes are buffered and sent
+at commit as ONE etcd transaction that compares ``rev``'s mod_revision with the one read at the
+start and, if unchanged, writes everything together with ``rev`` itself: all or nothing.
+
+Why one compare and not the whole read set: the interface hands out the revision a write will
+have before it commits (``next_revision``), so the revision is a counter every write transaction
+reads and bumps; every writer therefore writes ``rev``, and "``rev`` unchanged since my
+snapshot" means "no write at all since my snapshot": stronger than comparing each key read
+(which would also miss a key deleted from a range read, a phantom), and one compare instead of
+hundreds (compares count against ``--max-txn-ops`` too). The uniqueness claims are then atomic
+for free: a claim is checked against the snapshot, and the commit fails if anything changed since.
+A transaction that loses raises ``WriteConflict``; ``base.retry_conflicts`` runs the whole write
+again (bounded), which is how the authority's writes are wrapped. Within one process writers are
+serialised by a lock (as with SQLite), so only another authority can make one lose.
+
+A commit whose answer is lost (the member died, a timeout) is resolved, not guessed: a fence
+transaction bumps ``rev`` if it is still at the snapshot's mod_revision, which makes the lost
+commit unable to apply from then on; if the fence loses instead, ``log/REVISION`` says whether the
+commit that won was this one (its txn id). Only when etcd stays unreachable through that is the
+outcome unknown, and the error says so.
+
+Revisions and changes: ``rev`` counts like SQLite's revision (1, 2, 3... one per write
+transaction, no gaps), and the change log is a key per revision written in the same etcd
+transaction: ``changes(since, limit)`` is a range read from ``log/since+1``. Not etcd's own MVCC
+history: etcd must be compacted (``--auto-compaction-*``) or it fills its quota, and compaction
+would take ``/v1/changes?since=`` with it; our log is kept like SQLite's, whatever the compaction
+(a transaction needs etcd's history only for the few milliseconds it runs).
+
+Limits: one REST write, one ``/v1/batch`` included, is one etcd transaction; etcd refuses one over
+``--max-txn-ops`` (default 128) or ``--max-request-bytes`` (default 1.5 MiB). Then nothing is
+written and ``TxnTooLarge`` (413) names the limit and what the write needed. A write is never
+split: it would not be all or nothing. docs/operations.md says what to raise for bulk batches.
+
+Cache: what a transaction read is kept, tagged with ``rev``'s mod_revision, and used by later
+transactions that find ``rev`` unchanged (no write since, by anyone: every write bumps ``rev``);
+a commit of this store updates it in place. So one authority alone pays two round trips per
+write (the snapshot read, the commit) plus what it never read before; any write by another
+authority drops the cache. This is what a replica's watch-driven state will later keep warm.
+
+For replicas (not done here): ``rev`` and ``log/`` are what a replica watches to learn of other
+replicas' writes (the change log by revision, as SQLite's), and leases for the registry and the
+election can live beside these keys under the same prefix.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import threading
+import uuid
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any, overload
+from urllib.parse import quote
+
+from policyfabric.model.rules import Claim
+from policyfabric.store.base import (
+    Change,
+    ClaimTaken,
+    Op,
+    Record,
+    StoreUnavailable,
+    TxnTooLarge,
+    WriteConflict,
+)
+from policyfabric.store.etcd_client import (
+    Ambiguous,
+    ClientTls,
+    Compacted,
+    EtcdClient,
+    EtcdError,
+    FutureRevision,
+    TooLarge,
+    Unreachable,
+    b64,
+    prefix_end,
+    unb64,
+)
+
+log = logging.getLogger(__name__)
+
+DEFAULT_PREFIX = "/policyfabric/"
+PAGE = 2000  # keys per range request
+LOOKUP_RANGE = 20_000  # a lookup reads its whole range if it has at most this many keys (then cached)
+READS_PER_TXN = 64  # point reads sent together (a read-only etcd transaction), under --max-txn-ops
+REV, ITEM, ID, CLAIM, SEQ, LOG = "rev", "item/", "id/", "claim/", "seq/", "log/"
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Item:
+    """What ``item/...`` holds: the record and the claims it holds."""
+
+    record: Record
+    claims: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """Where a transaction reads: etcd revision ``at``; ``rev`` then had ``rev_mod`` and said
+    ``revision`` (``rev_raw`` its bytes, None before the first write)."""
+
+    at: int
+    rev_mod: int
+    revision: int
+    rev_raw: bytes | None
+
+
+def seg(text: str | None) -> str:
+    return quote(text or "", safe="")
+
+
+def item_key(kind: str, tenant: str | None, name: str) -> str:
+    return f"{ITEM}{seg(kind)}/{seg(tenant)}/{seg(name)}"
+
+
+def claim_key(key: str) -> str:
+    """``ip/acme/vrf1/10.0.0.5`` -> ``claim/ip/acme/vrf1/10.0.0.5``: a claim's own path, so that the
+    claims of one kind and scope (the addresses of a VRF, every MAC) are one range."""
+    return CLAIM + "/".join(seg(part) for part in key.split("/"))
+
+
+def log_key(revision: int) -> str:
+    return f"{LOG}{revision:020d}"
+
+
+def parents(key: str) -> Iterator[str]:
+    """The ranges ``key`` is in: ``item/k/t/n`` -> ``item/``, ``item/k/``, ``item/k/t/``."""
+    at = key.find("/")
+    while at != -1:
+        yield key[: at + 1]
+        at = key.find("/", at + 1)
+
+
+def encode(key: str, value: Any) -> bytes:
+    if isinstance(value, Item):
+        r = value.record
+        doc = {
+            "id": r.id,
+            "kind": r.kind,
+            "tenant": r.tenant or "",
+            "name": r.name,
+            "revision": r.revision,
+            "data": r.data,
+            "claims": list(value.claims),
+        }
+        return json.dumps(doc, separators=(",", ":")).encode()
+    if key.startswith(SEQ):
+        return str(int(value)).encode()
+    return str(value).encode()
+
+
+def decode(key: str, raw: bytes) -> Any:
+    if key.startswith(ITEM):
+        doc = json.loads(raw)
+        tenant = doc["tenant"] or None
+        record = Record(doc["kind"], doc["id"], tenant, doc["name"], doc["revision"], doc["data"])
+        return Item(record, tuple(doc["claims"]))
+    if key.startswith(SEQ):
+        return int(raw)
+    return raw.decode()
+
+
+def same(a: Any, b: Any) -> bool:
+    """Whether writing ``b`` over ``a`` changes nothing (Record's equality ignores ``data``)."""
+    if isinstance(a, Item) and isinstance(b, Item):
+        ra, rb = a.record, b.record
+        return ra == rb and ra.data == rb.data and a.claims == b.claims
+    return type(a) is type(b) and a == b
+
+
+class Cache:
+    """Decoded values by key, valid while ``rev``'s mod_revision is ``rev_mod`` (see the module
+    docstring), point values and whole ranges; shared by the store's threads."""
+
+    def __init__(self, limit: int) -> None:
+        self.lock = threading.Lock()
+        self.limit = limit
+        self.rev_mod = -1
+        self.snap: Snapshot | None = None  # the latest snapshot known to be at rev_mod
+        self.values: dict[str, Any] = {}
+        self.ranges: dict[str, dict[str, Any]] = {}
+
+    def _reset(self, snap: Snapshot | None) -> None:
+        self.values, self.ranges = {}, {}
+        self.rev_mod, self.snap = (snap.rev_mod, snap) if snap is not None else (-1, None)
+
+    def begin(self, snap: Snapshot) -> None:
+        with self.lock:
+            if snap.rev_mod > self.rev_mod:  # someone wrote since: start again (an older reader: no)
+                self._reset(snap)
+            elif snap.rev_mod == self.rev_mod and self.snap is not None and snap.at > self.snap.at:
+                self.snap = snap
+
+    def warm(self) -> Snapshot | None:
+        """The snapshot the cache is at, to write optimistically from (None: read one)."""
+        with self.lock:
+            return self.snap
+
+    def get(self, rev_mod: int, key: str) -> tuple[bool, Any]:
+        with self.lock:
+            if rev_mod != self.rev_mod:
+                return False, None
+            if key in self.values:
+                return True, self.values[key]
+            for parent in parents(key):
+                entries = self.ranges.get(parent)
+                if entries is not None:
+                    return True, entries.get(key)
+            return False, None
+
+    def get_range(self, rev_mod: int, prefix: str) -> dict[str, Any] | None:
+        with self.lock:
+            if rev_mod != self.rev_mod:
+                return None
+            entries = self.ranges.get(prefix)
+            if entries is not None:
+                return dict(entries)
+            for parent in parents(prefix):
+                entries = self.ranges.get(parent)
+                if entries is not None and parent != prefix:
+                    return {k: v for k, v in entries.items() if k.startswith(prefix)}
+            return None
+
+    def put(self, rev_mod: int, values: dict[str, Any]) -> None:
+        with self.lock:
+            if rev_mod != self.rev_mod:
+                return
+            if len(self.values) + len(values) > self.limit:
+                self.values = {}
+            self.values.update(values)
+
+    def put_range(self, rev_mod: int, prefix: str, entries: dict[str, Any]) -> None:
+        with self.lock:
+            if rev_mod == self.rev_mod:
+                self.ranges[prefix] = dict(entries)
+
+    def commit(self, old_mod: int, new: Snapshot, writes: dict[str, Any]) -> None:
+        """This store's commit took ``rev`` from ``old_mod`` to ``new`` writing ``writes``."""
+        with self.lock:
+            if self.rev_mod != old_mod:
+                self._reset(new)
+                return
+            self.rev_mod, self.snap = new.rev_mod, new
+            self.values.update(writes)
+            for key, value in writes.items():
+                for parent in parents(key):
+                    entries = self.ranges.get(parent)
+                    if entries is None:
+                        continue
+                    if value is None:
+                        entries.pop(key, None)
+                    else:
+                        entries[key] = value
+
+    def clear(self) -> None:
+        with self.lock:
+            self._reset(None)
+
+
+class EtcdTxn:
+    """A read snapshot and, in :meth:`EtcdStore.write`, a write transaction buffering its writes."""
+
+    def __init__(self, store: EtcdStore, snap: Snapshot, writable: bool) -> None:
+        self.store = store
+        self.snap = snap
+        self.writable = writable
+        self.seen: dict[str, Any] = {}  # values at the snapshot this transaction read (None: absent)
+        self.ranges: dict[str, dict[str, Any]] = {}  # ranges it read at the snapshot
+        self.writes: dict[str, Any] = {}  # what it wrote (None: deleted)
+        self._written_under: dict[str, dict[str, Any]] = {}  # writes by range (for list)
+        self._revision: int | None = None
+        self.logged: list[Change] = []
+
+    # ---- the snapshot, then this transaction's own writes over it
+    def _base(self, key: str) -> Any:
+        if key not in self.seen:
+            for parent in parents(key):
+                if parent in self.ranges:
+                    self.seen[key] = self.ranges[parent].get(key)
+                    return self.seen[key]
+            hit, value = self.store.cache.get(self.snap.rev_mod, key)
+            if not hit and key.startswith((ITEM, CLAIM)):
+                # an object by name, a claim: read its range whole (the kind in the tenant, the
+                # addresses of the VRF, every MAC...) in one round trip as for the one key, unless
+                # it is large; the next lookups there (names and values being checked free) are
+                # then answered from the cache
+                parent = key[: key.rfind("/") + 1]
+                entries = self.store.get_range(self.snap, parent, LOOKUP_RANGE)
+                if entries is not None:
+                    self.ranges[parent] = entries
+                    hit, value = True, entries.get(key)
+            self.seen[key] = value if hit else self.store.get(self.snap, key)
+        return self.seen[key]
+
+    def _range_base(self, prefix: str) -> dict[str, Any]:
+        if prefix not in self.ranges:
+            self.ranges[prefix] = self.store.get_range(self.snap, prefix)
+        return self.ranges[prefix]
+
+    def _value(self, key: str) -> Any:
+        if key in self.writes:
+            return self.writes[key]
+        return self._base(key)
+
+    def _prefetch(self, keys: Iterable[str]) -> None:
+        """Read ``keys`` not read yet (nor in a range read) in one round trip."""
+        wanted = [k for k in dict.fromkeys(keys) if k not in self.writes and k not in self.seen]
+        wanted = [k for k in wanted if not any(p in self.ranges for p in parents(k))]
+        if len(wanted) > 1:
+            self.seen.update(self.store.get_many(self.snap, wanted))
+
+    def _range(self, prefix: str) -> dict[str, Any]:
+        entries = self._range_base(prefix)
+        written = self._written_under.get(prefix)
+        if not written:
+            return entries
+        merged = dict(entries)
+        for key, value in written.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        return merged
+
+    def _write(self, key: str, value: Any) -> None:
+        if not self.writable:
+            raise RuntimeError("a read transaction cannot write")
+        self.writes[key] = value
+        if key.startswith(ITEM):
+            for parent in parents(key):
+                self._written_under.setdefault(parent, {})[key] = value
+
+    # ---- reads
+    def get(self, id: str) -> Record | None:
+        where = self._value(ID + id)
+        item = self._value(where) if where is not None else None
+        return item.record if item is not None else None
+
+    def find(self, kind: str, tenant: str | None, name: str) -> Record | None:
+        item = self._value(item_key(kind, tenant, name))
+        return item.record if item is not None else None
+
+    def list(self, kind: str, tenant: str | None = None, name: str | None = None) -> builtins.list[Record]:
+        if tenant is not None and name is not None:
+            found = self.find(kind, tenant, name)
+            return [found] if found is not None else []
+        prefix = f"{ITEM}{seg(kind)}/" + (f"{seg(tenant)}/" if tenant is not None else "")
+        records = [item.record for item in self._range(prefix).values()]
+        if name is not None:
+            records = [r for r in records if r.name == name]
+        return sorted(records, key=lambda r: (r.tenant or "", r.name))
+
+    def revision(self) -> int:
+        return self._revision if self._revision is not None else self.snap.revision
+
+    def claim_holder(self, key: str) -> str | None:
+        holder = self._value(claim_key(key))
+        return str(holder) if holder is not None else None
+
+    def changes(self, since: int, limit: int) -> builtins.list[Change]:
+        found = self.store.changes(self.snap, since, limit) if since < self.snap.revision else []
+        found += [c for c in self.logged if c.revision > since]
+        return found[:limit]
+
+    # ---- writes
+    def next_sequence(self, name: str) -> int:
+        key = SEQ + seg(name)
+        value = int(self._value(key) or 0) + 1
+        self._write(key, value)
+        return value
+
+    def next_revision(self) -> int:
+        if self._revision is None:
+            self._revision = self.snap.revision + 1
+        return self._revision
+
+    def put(self, record: Record, claims: Sequence[Claim] | None, op: Op) -> None:
+        key = item_key(record.kind, record.tenant, record.name)
+        held: tuple[str, ...] = ()
+        if op == "create":  # a new id (a uuid4): nothing to read, but the name must be free
+            if self._value(key) is not None:
+                raise ValueError(f"{record.kind} {record.name!r} exists already (the caller checks first)")
+        else:
+            where = self._value(ID + record.id)
+            old = self._value(where) if where is not None else None
+            if old is not None:
+                held = old.claims
+                if where != key:  # renamed
+                    self._write(where, None)
+        self._write(ID + record.id, key)
+        self._write(key, Item(record, held))
+        if claims is not None:
+            self.set_claims(record.id, claims)
+        self._log(op, record)
+
+    def set_claims(self, id: str, claims: Sequence[Claim]) -> None:
+        where = self._value(ID + id)
+        item = self._value(where) if where is not None else None
+        if item is None:
+            raise KeyError(f"no object with id {id!r} to hold claims")
+        self._prefetch([claim_key(c) for c in item.claims] + [claim_key(c.key) for c in claims])
+        for old in item.claims:
+            self._write(claim_key(old), None)
+        new: list[str] = []
+        for claim in claims:
+            holder = self.claim_holder(claim.key)
+            if holder is not None:  # held by another object, or listed twice by this one
+                raise ClaimTaken(claim, holder)
+            self._write(claim_key(claim.key), id)
+            new.append(claim.key)
+        self._write(where, Item(item.record, tuple(new)))
+
+    def delete(self, record: Record) -> None:
+        where = self._value(ID + record.id)
+        item = self._value(where) if where is not None else None
+        if item is not None:
+            for claim in item.claims:
+                self._write(claim_key(claim), None)
+        if where is not None:
+            self._write(where, None)
+        self._write(ID + record.id, None)
+        self._log("delete", record)
+
+    def _log(self, op: Op, record: Record) -> None:
+        revision = self.next_revision()
+        self.logged.append(Change(revision, op, record.kind, record.id, record.tenant, record.name))
+
+
+class EtcdStore:
+    """Intent in an etcd cluster (``endpoints``: its members' HOST:PORT)."""
+
+    def __init__(
+        self,
+        endpoints: Sequence[str],
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        tls: ClientTls | None = None,
+        timeout: float = 5.0,
+        cache_limit: int = 1_000_000,
+    ) -> None:
+        self.client = EtcdClient(endpoints, tls, timeout)
+        self.prefix = "/" + prefix.strip("/") + "/" if prefix.strip("/") else "/"
+        self._raw_prefix = self.prefix.encode()
+        self._write_lock = threading.Lock()
+        self.cache = Cache(cache_limit)
+        self._large: set[str] = set()  # ranges over LOOKUP_RANGE keys (not read whole for a lookup)
+        log.info("store: etcd %s, prefix %s", ",".join(self.client.endpoints), self.prefix)
+
+    @classmethod
+    def from_url(cls, url: str, tls: ClientTls | None = None, **options: Any) -> EtcdStore:
+        """``etcd://HOST:PORT,HOST:PORT,.../PREFIX`` (the prefix optional)."""
+        endpoints, prefix = parse_url(url)
+        return cls(endpoints, prefix=prefix, tls=tls, **options)
+
+    def close(self) -> None:
+        self.client.close()
+
+    # ---- transactions
+    @contextmanager
+    def read(self) -> Iterator[EtcdTxn]:
+        yield EtcdTxn(self, self._begin(), writable=False)
+
+    @contextmanager
+    def write(self) -> Iterator[EtcdTxn]:
+        """A write transaction. It starts from the cache's snapshot when there is one (no round
+        trip): the commit's compare on ``rev`` validates it; a transaction that ends without a
+        commit (an error, or nothing to write) checks ``rev`` instead, since its answer came from
+        that snapshot too. A stale snapshot is a WriteConflict: the caller's retry reads anew."""
+        with self._write_lock:
+            cached = self.cache.warm()
+            txn = EtcdTxn(self, cached or self._begin(), writable=True)
+            try:
+                yield txn
+            except Exception:
+                if cached is not None:
+                    self._check_current(txn.snap)
+                raise
+            try:
+                if not self._commit(txn) and cached is not None:
+                    self._check_current(txn.snap)
+            except WriteConflict:
+                self.cache.clear()
+                raise
+
+    def _check_current(self, snap: Snapshot) -> None:
+        """Raise WriteConflict if anyone wrote since ``snap`` (what was answered from it is stale)."""
+        if self._begin().rev_mod != snap.rev_mod:
+            self.cache.clear()
+            raise WriteConflict("another writer committed since the cached snapshot this write read")
+
+    def ping(self) -> int:
+        """The current revision (reaching a quorum of the cluster), for a check at start."""
+        return self._begin().revision
+
+    # ---- reading at a snapshot
+    def _key(self, key: str) -> bytes:
+        return self._raw_prefix + key.encode()
+
+    def _begin(self) -> Snapshot:
+        reply = self._call(lambda: self.client.range(self._key(REV)))  # linearizable
+        at = int(reply["header"]["revision"])
+        kvs = reply.get("kvs") or []
+        if kvs:
+            raw = unb64(kvs[0]["value"])
+            snap = Snapshot(at, int(kvs[0]["mod_revision"]), int(json.loads(raw)["revision"]), raw)
+        else:
+            snap = Snapshot(at, 0, 0, None)
+        self.cache.begin(snap)
+        return snap
+
+    def get(self, snap: Snapshot, key: str) -> Any:
+        hit, value = self.cache.get(snap.rev_mod, key)
+        if hit:
+            return value
+        return self.get_many(snap, [key])[key]
+
+    def get_many(self, snap: Snapshot, keys: Sequence[str]) -> dict[str, Any]:
+        found: dict[str, Any] = {}
+        missing = []
+        for key in keys:
+            hit, value = self.cache.get(snap.rev_mod, key)
+            if hit:
+                found[key] = value
+            else:
+                missing.append(key)
+        fetched: dict[str, Any] = {}
+        for at in range(0, len(missing), READS_PER_TXN):
+            chunk = missing[at : at + READS_PER_TXN]
+            fetched.update(dict.fromkeys(chunk))
+            for kv in self._read_keys(snap, chunk):
+                key = unb64(kv["key"])[len(self._raw_prefix) :].decode()
+                fetched[key] = decode(key, unb64(kv.get("value", "")))
+        self.cache.put(snap.rev_mod, fetched)
+        return found | fetched
+
+    def _read_keys(self, snap: Snapshot, keys: Sequence[str]) -> list[dict[str, Any]]:
+        """The key-values of ``keys`` at the snapshot (absent ones are not in the answer)."""
+
+        def ranges(serializable: bool) -> list[dict[str, Any]]:
+            if len(keys) == 1:
+                reply = self.client.range(self._key(keys[0]), revision=snap.at, serializable=serializable)
+                return list(reply.get("kvs") or [])
+            at, ser = snap.at, serializable
+            ops = [{"request_range": {"key": b64(self._key(k)), "revision": at, "serializable": ser}}
+                   for k in keys]  # fmt: skip
+            reply = self.client.txn([], ops, idempotent=True)
+            return [kv for r in reply.get("responses") or [] for kv in r["response_range"].get("kvs") or []]
+
+        found: list[dict[str, Any]] = self._at_snapshot(ranges)
+        return found
+
+    @overload
+    def get_range(self, snap: Snapshot, prefix: str) -> dict[str, Any]: ...
+
+    @overload
+    def get_range(self, snap: Snapshot, prefix: str, cap: int) -> dict[str, Any] | None: ...
+
+    def get_range(self, snap: Snapshot, prefix: str, cap: int | None = None) -> dict[str, Any] | None:
+        """Every key under ``prefix`` at the snapshot; with ``cap``, None if there are more."""
+        cached = self.cache.get_range(snap.rev_mod, prefix)
+        if cached is not None:
+            return cached
+        if cap is not None and prefix in self._large:
+            return None
+        start, end = self._key(prefix), prefix_end(self._key(prefix))
+        entries: dict[str, Any] = {}
+        while True:
+
+            def page(serializable: bool, first: bytes = start) -> dict[str, Any]:
+                return self.client.range(first, end, revision=snap.at, limit=PAGE, serializable=serializable)
+
+            reply = self._at_snapshot(page)
+            if cap is not None and not entries and int(reply.get("count", 0)) > cap:
+                self._large.add(prefix)  # point lookups there from now on
+                return None
+            kvs = reply.get("kvs") or []
+            for kv in kvs:
+                raw_key = unb64(kv["key"])
+                key = raw_key[len(self._raw_prefix) :].decode()
+                entries[key] = decode(key, unb64(kv.get("value", "")))
+            if not reply.get("more") or not kvs:
+                break
+            start = unb64(kvs[-1]["key"]) + b"\0"
+        self.cache.put_range(snap.rev_mod, prefix, entries)
+        return entries
+
+    def changes(self, snap: Snapshot, since: int, limit: int) -> list[Change]:
+        start, end = self._key(log_key(since + 1)), prefix_end(self._key(LOG))
+        reply = self._at_snapshot(
+            lambda s: self.client.range(start, end, revision=snap.at, limit=limit, serializable=s)
+        )
+        found: list[Change] = []
+        for kv in reply.get("kvs") or []:
+            revision = int(unb64(kv["key"])[len(self._raw_prefix) + len(LOG) :])
+            for op, kind, id, tenant, name in json.loads(unb64(kv["value"]))["changes"]:
+                found.append(Change(revision, op, kind, id, tenant or None, name))
+        return found
+
+    def _at_snapshot(self, read: Any) -> Any:
+        """``read(serializable)``: served by the member at hand (it has the snapshot's revision,
+        having served the read that began it) unless it is another, behind: then linearizable."""
+        try:
+            return self._call(lambda: read(True))
+        except FutureRevision:
+            return self._call(lambda: read(False))
+
+    def _call(self, fn: Any) -> Any:
+        """Run a client call, turning outages into the store's errors."""
+        try:
+            return fn()
+        except Unreachable as exc:
+            raise StoreUnavailable(f"etcd cannot be reached: {exc}") from None
+        except Compacted as exc:
+            raise WriteConflict(f"etcd compacted the revision this transaction reads at: {exc}") from None
+
+    # ---- commit
+    def _commit(self, txn: EtcdTxn) -> bool:
+        """Send the transaction's writes; False if it has none (then nothing is sent)."""
+        changed = {k: v for k, v in txn.writes.items() if not (k in txn.seen and same(txn.seen[k], v))}
+        if not changed and not txn.logged:
+            return False  # wrote nothing (a no-op update, or only reads)
+        snap = txn.snap
+        revision = txn.revision()
+        txn_id = uuid.uuid4().hex
+        rev_doc = json.dumps({"revision": revision, "txn": txn_id}).encode()
+        ops = [_put(self._key(REV), rev_doc)]
+        for key, value in changed.items():
+            if value is None:
+                ops.append({"request_delete_range": {"key": b64(self._key(key))}})
+            else:
+                ops.append(_put(self._key(key), encode(key, value)))
+        if txn.logged:
+            entries = [[c.op, c.kind, c.id, c.tenant or "", c.name] for c in txn.logged]
+            log_doc = json.dumps({"txn": txn_id, "changes": entries}, separators=(",", ":")).encode()
+            ops.append(_put(self._key(log_key(revision)), log_doc))
+        compare = [_unchanged(self._key(REV), snap.rev_mod)]
+        try:
+            reply = self.client.txn(compare, ops)
+        except TooLarge as exc:
+            size = len(json.dumps({"compare": compare, "success": ops}))
+            limit = (
+                "--max-txn-ops (default 128)"
+                if "operations" in str(exc)
+                else "--max-request-bytes (default 1.5 MiB)"
+            )
+            raise TxnTooLarge(
+                f"this write is {len(ops)} etcd operations and {size / MiB:.2f} MiB in one transaction, "
+                f"over the etcd cluster's {limit} ({exc}): raise it on every etcd member, or write less "
+                "at once (a smaller /v1/batch); nothing was written"
+            ) from None
+        except Unreachable as exc:
+            raise StoreUnavailable(f"etcd cannot be reached; nothing was written: {exc}") from None
+        except Ambiguous as exc:
+            self.cache.clear()
+            if not self._resolve(snap, revision, txn_id, exc):
+                raise WriteConflict(f"the commit was not applied ({exc})") from None
+            return True
+        if not reply.get("succeeded"):
+            raise WriteConflict("another writer committed since this transaction's snapshot")
+        at = int(reply["header"]["revision"])
+        self.cache.commit(snap.rev_mod, Snapshot(at, at, revision, rev_doc), changed)
+        return True
+
+    def _resolve(self, snap: Snapshot, revision: int, txn_id: str, cause: EtcdError) -> bool:
+        """Whether the commit ``txn_id`` whose answer was lost applied: fence ``rev`` (if it is
+        still at the snapshot, bump it: the lost commit cannot apply after that) or read the
+        log entry of ``revision``."""
+        fence = snap.rev_raw if snap.rev_raw is not None else json.dumps({"revision": 0}).encode()
+        entry = {"request_range": {"key": b64(self._key(log_key(revision)))}}
+        try:
+            reply = self.client.txn(
+                [_unchanged(self._key(REV), snap.rev_mod)],
+                [_put(self._key(REV), fence)],
+                [entry],
+                idempotent=True,  # a second fence changes nothing the first did not
+            )
+        except EtcdError as exc:
+            raise StoreUnavailable(
+                f"the outcome of this write is unknown: etcd failed during its commit ({cause}) and "
+                f"then could not be asked ({exc}); read the object back before writing it again"
+            ) from None
+        if reply.get("succeeded"):
+            log.warning("etcd: a commit's answer was lost (%s); fenced: it was not applied", cause)
+            return False
+        kvs = reply["responses"][0]["response_range"].get("kvs") or []
+        ours = bool(kvs) and json.loads(unb64(kvs[0]["value"])).get("txn") == txn_id
+        outcome = "applied" if ours else "did not apply"
+        log.warning("etcd: a commit's answer was lost (%s); it %s", cause, outcome)
+        return ours
+
+
+def _put(key: bytes, value: bytes) -> dict[str, Any]:
+    return {"request_put": {"key": b64(key), "value": b64(value)}}
+
+
+def _unchanged(key: bytes, mod_revision: int) -> dict[str, Any]:
+    """Compare: ``key`` was last written at ``mod_revision`` (0: it does not exist)."""
+    return {"key": b64(key), "target": "MOD", "result": "EQUAL", "mod_revision": mod_revision}
+
+
+def parse_url(url: str) -> tuple[list[str], str]:
+    """``etcd://HOST:PORT[,HOST:PORT...][/PREFIX]`` -> (["HOST:PORT", ...], "/PREFIX/")."""
+    scheme, sep, rest = url.partition("://")
+    if not sep or scheme != "etcd":
+        raise ValueError(f"{url!r} is not etcd://HOST:PORT,HOST:PORT,.../PREFIX (the prefix optional)")
+    hosts, _, path = rest.partition("/")
+    endpoints = [h.strip() for h in hosts.split(",") if h.strip()]
+    if not endpoints:
+        raise ValueError(f"{url!r} names no etcd member (etcd://HOST:PORT,HOST:PORT,...)")
+    for endpoint in endpoints:
+        host, colon, port = endpoint.rpartition(":")
+        if not colon or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"{endpoint!r} in {url!r} is not HOST:PORT (etcd's client port, e.g. 2379)")
+    prefix = "/" + path.strip("/") + "/" if path.strip("/") else DEFAULT_PREFIX
+    return endpoints, prefix
