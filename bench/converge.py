@@ -507,6 +507,7 @@ def one_run(
             flows = flow_count(ovs)
             rss = rss_kb(agent.pid)
             phases = reconcile_phases(agent_log)
+            time.sleep(1.0)  # changes are timed on a settled host: the last status reports are through
             acks: list[float] = []
             members, rules = measure_changes(ovs, server.url, ids, samples, acks)
             after_ack = [t - a for t, a in zip([*members, *rules], acks, strict=True)]
