@@ -1,0 +1,141 @@
+"""The lab's side of ``explain``: the packet a probe sends, and OVS's trace of it on a host.
+
+What the probe sends is read from the source's namespace, not from the intent: its address, its
+MAC and, for the destination MAC, the next hop its own routing table picks and the MAC its
+neighbour table holds for it (one ping to resolve it when it has none: the ARP exchange is
+local to the host). The trace runs against the host's own ``ovs-vswitchd`` (``ofproto/trace``
+on ``br-int``, with every conntrack recirculation seen as a new connection, which is what a
+probe opens). Naming the flows is the agent layer's (``agent/explain.py``), which the lab may
+not import: the CLI joins the two.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from policyfabric.lab import dhcp
+from policyfabric.lab.lab import Lab, Verified, address_warnings, checked_plan
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.lab.plan import Expect, LabError
+from policyfabric.lab.probing import V6_PROBES, address_of
+from policyfabric.lab.state import LabState
+from policyfabric.model import scenario as sc
+from policyfabric.sh import CommandFailed, run
+
+SOURCE_PORT = 40000  # any ephemeral port: no flow matches the source port
+
+
+def trace(state: LabState, host: str, flow: str) -> str:
+    """``ofproto/trace`` of ``flow`` on ``host``'s ``br-int``: every ``ct()`` recirculation
+    resumes as a new, tracked connection (a probe's first packet)."""
+    info = state.hosts[host]
+    ovs = OvsInstance(Path(info.rundir))
+    return ovs.appctl("ofproto/trace", "br-int", flow, "--ct-next", "trk,new", "--ct-next", "trk,new")
+
+
+def traceable(state: LabState, x: Expect) -> str | None:
+    """Why ``x`` cannot be traced here (None: it can)."""
+    src = state.endpoints.get(x.source)
+    if src is None:
+        return f"{x.source} is not an endpoint (traffic from outside the fabric is not traced yet)"
+    renderer = state.hosts[src.host].renderer
+    if renderer != "ovs":
+        return f"{x.source}'s host {src.host} renders with {renderer}: only Open vSwitch hosts are traced"
+    return None
+
+
+def _ns(netns: str, *cmd: str) -> str:
+    return run(["ip", "netns", "exec", netns, *cmd])
+
+
+def next_hop_mac(state: LabState, netns: str, dst: str) -> tuple[str, str]:
+    """(the MAC the source sends to, the source address) for ``dst``, read from the source's
+    namespace: its route to ``dst`` and its neighbour entry for the next hop."""
+    family = "-6" if ":" in dst else "-4"
+    route = json.loads(_ns(netns, "ip", "-j", family, "route", "get", dst))[0]
+    hop, dev, src = route.get("gateway", dst), route["dev"], route.get("prefsrc", "")
+    for ep in state.endpoints.values():
+        if hop in ep.ips:
+            return ep.mac, src
+    for attempt in range(2):
+        neigh = json.loads(_ns(netns, "ip", "-j", family, "neigh", "show", "to", hop, "dev", dev))
+        macs = [n["lladdr"] for n in neigh if n.get("lladdr")]
+        if macs:
+            return macs[0], src
+        if attempt == 0:  # resolve it: the host answers ARP/ND for known addresses itself
+            ping = ["ping", "-n", "-q", "-c", "1", "-W", "1", hop]
+            subprocess.run(["ip", "netns", "exec", netns, *ping], capture_output=True, timeout=10)
+    raise LabError(f"no neighbour entry for {hop} in {netns}")
+
+
+def probe_flow(state: LabState, x: Expect) -> tuple[str, str]:
+    """(the source's host, the probe's first packet in ``ofproto/trace`` flow syntax)."""
+    src = state.endpoints[x.source]
+    proto, _, port = x.probe.partition("/")
+    v6 = proto in V6_PROBES
+    dst = address_of(state, x.target, v6=v6)
+    mac, src_ip = next_hop_mac(state, src.netns, dst)
+    if not src_ip:
+        src_ip = address_of(state, x.source, v6=v6)
+    l3 = f"ipv6_src={src_ip},ipv6_dst={dst}" if v6 else f"nw_src={src_ip},nw_dst={dst}"
+    kind = proto.removesuffix("6")
+    if kind == "icmp":
+        l4 = "icmp6,icmpv6_type=128,icmpv6_code=0" if v6 else "icmp,icmp_type=8,icmp_code=0"
+    elif kind in ("tcp", "bulk"):
+        l4 = f"{'tcp6' if v6 else 'tcp'},tp_src={SOURCE_PORT},tp_dst={port},tcp_flags=0x002"
+    elif kind == "udp":
+        l4 = f"{'udp6' if v6 else 'udp'},tp_src={SOURCE_PORT},tp_dst={port}"
+    else:
+        raise LabError(f"probe {x.probe}: not traced")
+    ttl = "nw_ttl=64"
+    flow = f"{l4},in_port={src.br_int_port},dl_src={src.mac},dl_dst={mac},{l3},{ttl}"
+    return src.host, flow
+
+
+def underlay(state: LabState) -> dict[str, str]:
+    return {name: h.underlay_ip for name, h in state.hosts.items()}
+
+
+Explainer = Callable[[Lab, Expect], dict[str, Any]]
+
+
+def verify_explained(
+    scenario_path: Path,
+    directory: Path,
+    explain: Explainer,
+    say: Callable[[str], None] = lambda s: None,
+    dhcp_wait: float = dhcp.DHCP_WAIT,
+) -> tuple[Verified, list[dict[str, Any]]]:
+    """``lab.verify`` with each expectation explained (``explain``) after the probes, before the
+    lab goes down. Keep in step with ``lab.verify``: this is it with one step more."""
+    scenario = sc.load(scenario_path)
+    lab_plan = checked_plan(scenario)
+    lab = Lab.create(scenario_path, directory, say)
+    lab.dhcp_wait = dhcp_wait
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    failed = True
+    try:
+        lab.up(scenario)
+        say(f"probing {len(lab_plan.expect)} expectation(s) with real packets")
+        results = lab.probe(lab_plan.expect)
+        endpoints = lab.endpoints()
+        say("explaining each expectation from the installed flows")
+        explained = [explain(lab, x) for x in lab_plan.expect]
+        warned = {**lab.warnings, **dhcp.configuration_warnings(lab.ports, endpoints)}
+        warnings = [*warned.values(), *address_warnings(lab, endpoints, skip=list(warned))]
+        failed = not all(r.ok for r in results)
+        return Verified(results, endpoints, warnings), explained
+    finally:
+        say("tearing the lab down" + (f" (logs kept in {directory})" if failed else ""))
+        left = lab.down(keep_logs=failed)
+        signal.signal(signal.SIGTERM, previous)
+        if left:
+            raise LabError("could not remove: " + "; ".join(left))
+
+
+__all__ = ["CommandFailed", "probe_flow", "trace", "traceable", "underlay", "verify_explained"]
