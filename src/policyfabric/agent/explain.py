@@ -375,7 +375,9 @@ def arrival_flow(trace: Trace, tun_src: str, in_port: str = TUNNEL_PORT) -> str:
     if "tun_dst" in tun:
         parts.append(f"tun_dst={tun['tun_dst']}")
     parts.append(f"tun_metadata0={tun.get('tun_metadata0', '0')}")
-    parts += [f"{k}={final[k]}" for k in PACKET_FIELDS if k in final]
+    # OVS's flow parser takes a UDP packet's ports only as udp_src/udp_dst
+    rename = {"tp_src": "udp_src", "tp_dst": "udp_dst"} if trace.protocol.startswith("udp") else {}
+    parts += [f"{rename.get(k, k)}={final[k]}" for k in PACKET_FIELDS if k in final]
     return ",".join(parts)
 
 

@@ -68,7 +68,7 @@ def next_hop_mac(state: LabState, netns: str, dst: str) -> tuple[str, str]:
         if macs:
             return macs[0], src
         if attempt == 0:  # resolve it: the host answers ARP/ND for known addresses itself
-            ping = ["ping", "-n", "-q", "-c", "1", "-W", "1", hop]
+            ping = ["ping", "-n", "-q", "-c", "1", "-W", "0.3", hop]  # only for its ARP or ND
             subprocess.run(["ip", "netns", "exec", netns, *ping], capture_output=True, timeout=10)
     raise LabError(f"no neighbour entry for {hop} in {netns}")
 
@@ -85,15 +85,16 @@ def probe_flow(state: LabState, x: Expect) -> tuple[str, str]:
     l3 = f"ipv6_src={src_ip},ipv6_dst={dst}" if v6 else f"nw_src={src_ip},nw_dst={dst}"
     kind = proto.removesuffix("6")
     if kind == "icmp":
-        l4 = "icmp6,icmpv6_type=128,icmpv6_code=0" if v6 else "icmp,icmp_type=8,icmp_code=0"
+        word, l4 = ("icmp6", "icmpv6_type=128,icmpv6_code=0") if v6 else ("icmp", "icmp_type=8,icmp_code=0")
     elif kind in ("tcp", "bulk"):
-        l4 = f"{'tcp6' if v6 else 'tcp'},tp_src={SOURCE_PORT},tp_dst={port},tcp_flags=0x002"
+        word, l4 = ("tcp6" if v6 else "tcp"), f"tp_src={SOURCE_PORT},tp_dst={port},tcp_flags=0x002"
     elif kind == "udp":
-        l4 = f"{'udp6' if v6 else 'udp'},tp_src={SOURCE_PORT},tp_dst={port}"
+        word, l4 = ("udp6" if v6 else "udp"), f"udp_src={SOURCE_PORT},udp_dst={port}"
     else:
         raise LabError(f"probe {x.probe}: not traced")
-    ttl = "nw_ttl=64"
-    flow = f"{l4},in_port={src.br_int_port},dl_src={src.mac},dl_dst={mac},{l3},{ttl}"
+    # the protocol word first and the ports last: OVS's parser checks prerequisites as it goes (and
+    # takes UDP ports only as udp_src/udp_dst: tp_src after `udp` is refused, unlike after `tcp`)
+    flow = f"{word},in_port={src.br_int_port},dl_src={src.mac},dl_dst={mac},{l3},nw_ttl=64,{l4}"
     return src.host, flow
 
 
