@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from policyfabric.agent.explain import (
+    OUTSIDE,
     Catalog,
     arrival_flow,
     catalog,
@@ -23,7 +24,7 @@ from policyfabric.model import scenario as sc
 
 HERE = Path(__file__).parent
 TRACES = HERE / "data" / "traces"
-UNDERLAY = {"h1": "192.0.2.1", "h2": "192.0.2.2"}
+UNDERLAY = {"h1": "192.0.2.1", "h2": "192.0.2.2", "gw1": "192.0.2.3", "gw2": "192.0.2.4"}
 
 
 def scenario_catalog(name: str) -> Catalog:
@@ -34,9 +35,13 @@ def scenario_catalog(name: str) -> Catalog:
 def recorded(prefix: str) -> dict[str, tuple[str, str]]:
     """host → (the flow traced there, the trace's text) for one captured probe."""
     out = {}
-    for path in sorted(TRACES.glob(f"{prefix}-h*.txt")):
+    for host in UNDERLAY:
+        path = TRACES / f"{prefix}-{host}.txt"
+        if not path.exists():
+            continue
         first, _, text = path.read_text().partition("\n")
-        host, _, flow = first.removeprefix("# ").partition(": ")
+        traced, _, flow = first.removeprefix("# ").partition(": ")
+        assert traced == host, path
         out[host] = (flow, text)
     assert out, prefix
     return out
@@ -108,6 +113,9 @@ def test_catalog_names_installed_cookies_and_conjunctions() -> None:
         ("routed-app1-web1-tcp80", "routed", "allow", "contract acme/http rule web-in", ["h2", "h1"]),
         ("routed-spoofed-mac", "routed", "deny", "port-security", ["h1"]),
         ("routed-no-route", "routed", "deny", "no route", ["h1"]),
+        ("ext-internet1-fip-web1-tcp80", "external", "allow", "contract acme/http rule web-in", ["h1"]),
+        ("ext-internet1-r1-tcp8080", "external", "deny", "no inbound connection through SNAT", ["gw1"]),
+        ("ext-app1-internet1-tcp8080", "external", "allow", OUTSIDE, ["h2", "gw1"]),
     ],
 )
 def test_explain_captured(prefix: str, scenario: str, verdict: str, by: str, hosts: list[str]) -> None:

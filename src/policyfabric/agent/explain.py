@@ -244,6 +244,9 @@ def catalog(tenants: Iterable[Mapping[str, Any]], endpoints: Iterable[Mapping[st
 
 # ---- the decision ---------------------------------------------------------------------------
 
+# POLICY_CT's rules for the outside (group_policy.base_flows, priority 2400): an endpoint may open
+# connections out through its router's gateway or its floating IP; fixed flows, no intent object
+OUTSIDE = "to or from the outside (router gateway, floating IP)"
 NO_ROUTE_TABLES = frozenset({L2, ROUTING, NEIGHBOUR})
 POLICY_TABLES = frozenset({POLICY_CT, SG_EGRESS, SG_INGRESS})
 
@@ -331,7 +334,7 @@ def allow_reason(step: Step, cat: Catalog) -> str | None:
     if step.priority == 2900:
         return "an established connection"
     if step.priority == 2400:
-        return "the outside (router gateway or floating IP)"
+        return OUTSIDE
     return None
 
 

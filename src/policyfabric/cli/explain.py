@@ -32,8 +32,12 @@ def explain_expect(lab: Lab, cat: Catalog, x: Expect) -> Explanation:
 
 def explain_json(lab: Lab, cat: Catalog, x: Expect) -> dict[str, Any]:
     """LAB.md's ``"explain"`` object of one result: ``{"verdict", "by", "hops"}``, or, when the
-    path cannot be traced, ``{"verdict": null, "by": null, "reason": ...}``."""
+    path cannot be traced, ``{"verdict": null, "by": null, "hops": [], "reason": ...}``. A packet
+    that no host of the fabric receives (an external host's next hop nobody answers for) is a
+    deny by ``no route``, with no hops."""
     try:
         return explain_expect(lab, cat, x).to_json(cat)
+    except lab_explain.NoPath as exc:  # decided before the fabric: still a verdict, and why
+        return {"verdict": "deny", "by": f"no route ({exc})", "hops": []}
     except (LabError, CommandFailed) as exc:
         return {"verdict": None, "by": None, "hops": [], "reason": str(exc)}

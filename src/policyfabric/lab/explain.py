@@ -30,6 +30,10 @@ from policyfabric.sh import CommandFailed, run
 SOURCE_PORT = 40000  # any ephemeral port: no flow matches the source port
 
 
+class NoPath(LabError):
+    """The probe's packet never reaches a host of the fabric: a deny decided outside it."""
+
+
 def trace(state: LabState, host: str, flow: str) -> str:
     """``ofproto/trace`` of ``flow`` on ``host``'s ``br-int``: every ``ct()`` recirculation
     resumes as a new, tracked connection (a probe's first packet)."""
@@ -42,7 +46,9 @@ def traceable(state: LabState, x: Expect) -> str | None:
     """Why ``x`` cannot be traced here (None: it can)."""
     src = state.endpoints.get(x.source)
     if src is None:
-        return f"{x.source} is not an endpoint (traffic from outside the fabric is not traced yet)"
+        if x.source in state.external_hosts:
+            return None
+        return f"{x.source} is not an endpoint or external host of this lab"
     renderer = state.hosts[src.host].renderer
     if renderer != "ovs":
         return f"{x.source}'s host {src.host} renders with {renderer}: only Open vSwitch hosts are traced"
@@ -73,13 +79,55 @@ def next_hop_mac(state: LabState, netns: str, dst: str) -> tuple[str, str]:
     raise LabError(f"no neighbour entry for {hop} in {netns}")
 
 
+def _mac(netns: str, dev: str) -> str:
+    return str(json.loads(_ns(netns, "ip", "-j", "link", "show", dev))[0]["address"])
+
+
+def _datapath_actions(text: str) -> str:
+    """What the datapath would do with the packet (the trace's last "Datapath actions:")."""
+    lines = [line for line in text.splitlines() if line.startswith("Datapath actions:")]
+    return lines[-1].removeprefix("Datapath actions:").strip() if lines else ""
+
+
+def entry_host(state: LabState, network: str, netns: str, hop: str, src_ip: str) -> tuple[str, str] | None:
+    """(host, its port) of the external network that takes a packet for ``hop``: the host whose
+    installed flows answer the ARP request for it (EXT_ARP sends the answer back out: the
+    datapath does something other than drop it), found by
+    tracing the request on every host with a port on ``network``; None if no host answers."""
+    mac = _mac(netns, "eth0")
+    for name, info in sorted(state.hosts.items()):
+        port = info.external.get(network)
+        if port is None or info.renderer != "ovs":
+            continue
+        arp = (f"arp,in_port={port},dl_src={mac},dl_dst=ff:ff:ff:ff:ff:ff,arp_op=1,"
+               f"arp_spa={src_ip},arp_tpa={hop},arp_sha={mac}")  # fmt: skip
+        if _datapath_actions(trace(state, name, arp)) not in ("", "drop"):
+            return name, port
+    return None
+
+
 def probe_flow(state: LabState, x: Expect) -> tuple[str, str]:
-    """(the source's host, the probe's first packet in ``ofproto/trace`` flow syntax)."""
-    src = state.endpoints[x.source]
+    """(the source's host, the probe's first packet in ``ofproto/trace`` flow syntax); for an
+    external host, the host whose external port takes the packet. Raises LabError when the
+    packet never reaches a host (the source has no route, nothing answers for its next hop)."""
     proto, _, port = x.probe.partition("/")
     v6 = proto in V6_PROBES
     dst = address_of(state, x.target, v6=v6)
-    mac, src_ip = next_hop_mac(state, src.netns, dst)
+    src = state.endpoints.get(x.source)
+    if src is not None:
+        mac, src_ip = next_hop_mac(state, src.netns, dst)
+        host, in_port, src_mac = src.host, src.br_int_port, src.mac
+    else:
+        ext = state.external_hosts[x.source]
+        family = "-6" if v6 else "-4"
+        route = json.loads(_ns(ext.netns, "ip", "-j", family, "route", "get", dst))[0]
+        hop, src_ip = route.get("gateway", dst), route.get("prefsrc", ext.ip)
+        entry = entry_host(state, ext.network, ext.netns, hop, src_ip)
+        if entry is None:
+            raise NoPath(f"no host of the fabric answers for {hop}, {x.source}'s next hop to {dst}")
+        host, in_port = entry
+        src_mac = _mac(ext.netns, "eth0")
+        mac, _ = next_hop_mac(state, ext.netns, dst)
     if not src_ip:
         src_ip = address_of(state, x.source, v6=v6)
     l3 = f"ipv6_src={src_ip},ipv6_dst={dst}" if v6 else f"nw_src={src_ip},nw_dst={dst}"
@@ -94,8 +142,8 @@ def probe_flow(state: LabState, x: Expect) -> tuple[str, str]:
         raise LabError(f"probe {x.probe}: not traced")
     # the protocol word first and the ports last: OVS's parser checks prerequisites as it goes (and
     # takes UDP ports only as udp_src/udp_dst: tp_src after `udp` is refused, unlike after `tcp`)
-    flow = f"{word},in_port={src.br_int_port},dl_src={src.mac},dl_dst={mac},{l3},nw_ttl=64,{l4}"
-    return src.host, flow
+    flow = f"{word},in_port={in_port},dl_src={src_mac},dl_dst={mac},{l3},nw_ttl=64,{l4}"
+    return host, flow
 
 
 def underlay(state: LabState) -> dict[str, str]:
@@ -139,4 +187,4 @@ def verify_explained(
             raise LabError("could not remove: " + "; ".join(left))
 
 
-__all__ = ["CommandFailed", "probe_flow", "trace", "traceable", "underlay", "verify_explained"]
+__all__ = ["CommandFailed", "NoPath", "probe_flow", "trace", "traceable", "underlay", "verify_explained"]
