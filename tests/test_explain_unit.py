@@ -68,7 +68,15 @@ def test_parse_steps_cookies_and_recirculation() -> None:
     _, text = recorded("two-app1-web1-tcp80")["h1"]
     trace = parse_trace(text)
     tables = [s.table for s in trace.steps]
-    assert tables == [0, 30, 60, POLICY_CT, SG_EGRESS, SG_INGRESS, 70]  # 61 onwards: after ct()'s recirculation
+    assert tables == [
+        0,
+        30,
+        60,
+        POLICY_CT,
+        SG_EGRESS,
+        SG_INGRESS,
+        70,
+    ]  # 61 onwards: after ct()'s recirculation
     decide = trace.steps[3]
     assert decide.match_field("conj_id") == "2130483444" and decide.priority == 1000
     assert decide.cookie == 0x50460841671C54A3
@@ -108,8 +116,20 @@ def test_catalog_names_installed_cookies_and_conjunctions() -> None:
         ("two-app1-app2-icmp", "two_hosts", "deny", "endpoint-group acme/app intra_group deny", ["h2"]),
         ("two-app2-web2-udp80", "two_hosts", "deny", "default deny", ["h1"]),
         ("sg-vm2-vm1-tcp22", "secgroups", "allow", "security-group acme/ssh rule 0", ["h2", "h1"]),
-        ("sg-vm3-vm1-tcp22", "secgroups", "deny", "default deny (security groups of acme/vm1, ingress)", ["h1"]),
-        ("sg-vm4-vm1-tcp22", "secgroups", "deny", "default deny (security groups of acme/vm4, egress)", ["h2"]),
+        (
+            "sg-vm3-vm1-tcp22",
+            "secgroups",
+            "deny",
+            "default deny (security groups of acme/vm1, ingress)",
+            ["h1"],
+        ),
+        (
+            "sg-vm4-vm1-tcp22",
+            "secgroups",
+            "deny",
+            "default deny (security groups of acme/vm4, egress)",
+            ["h2"],
+        ),
         ("routed-app1-web1-tcp80", "routed", "allow", "contract acme/http rule web-in", ["h2", "h1"]),
         ("routed-spoofed-mac", "routed", "deny", "port-security", ["h1"]),
         ("routed-no-route", "routed", "deny", "no route", ["h1"]),

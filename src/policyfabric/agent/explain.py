@@ -40,7 +40,10 @@ from policyfabric.opflex.gbp import ETHER_T_NAMES, PROTOCOLS, Cls, uri_of
 
 # ---- the trace's text ------------------------------------------------------------------------
 
-_HEADER = re.compile(r"^(?P<indent> *)(?P<table>\d+)\. (?:(?P<match>.*?), )?priority (?P<prio>\d+)(?:, cookie (?P<cookie>0x[0-9a-f]+))?$")
+_HEADER = re.compile(
+    r"^(?P<indent> *)(?P<table>\d+)\. (?:(?P<match>.*?), )?priority (?P<prio>\d+)"
+    r"(?:, cookie (?P<cookie>0x[0-9a-f]+))?$"
+)
 _MISS = re.compile(r"^(?P<indent> *)(?P<table>\d+)\. No match\.?$")
 _BRIDGE = re.compile(r'^bridge\("(?P<name>[^"]+)"\)$')
 _NOW = re.compile(r"-> (?P<field>NXM_\w+)\[[^\]]*\] is now (?P<value>\S+)")
@@ -211,11 +214,16 @@ def catalog(tenants: Iterable[Mapping[str, Any]], endpoints: Iterable[Mapping[st
     for t in tenants:
         tenant = t["name"]
         for bd in t.get("bridge_domains", ()):
-            cat.add(("bd", uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, bd["name"])), f"bridge-domain {tenant}/{bd['name']}")
+            cat.add(
+                ("bd", uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, bd["name"])),
+                f"bridge-domain {tenant}/{bd['name']}",
+            )
         for r in t.get("routers", ()):
             cat.add(("router", uri_of(tenant, Cls.PF_ROUTER, r["name"])), f"router {tenant}/{r['name']}")
         for g in t.get("endpoint_groups", ()):
-            cat.add(("group", uri_of(tenant, Cls.GBP_EP_GROUP, g["name"])), f"endpoint-group {tenant}/{g['name']}")
+            cat.add(
+                ("group", uri_of(tenant, Cls.GBP_EP_GROUP, g["name"])), f"endpoint-group {tenant}/{g['name']}"
+            )
         for c in t.get("contracts", ()):
             uri = uri_of(tenant, Cls.GBP_CONTRACT, c["name"])
             cat.add(("contract", uri), f"contract {tenant}/{c['name']}")
