@@ -8,6 +8,7 @@ Every host of these scenarios renders with Open vSwitch (nftables hosts are not 
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -39,3 +40,39 @@ def test_explain_agrees_with_the_packets(scenario: str, tmp_path: Path) -> None:
         else:
             assert e["hops"] and all(h["flows"] for h in e["hops"]), (what, e)
     assert not [w for w in report["warnings"] if "the installed flows say" in w]
+
+
+def test_lab_explain_and_probe_explain_on_a_running_lab(tmp_path: Path) -> None:
+    """`lab explain FROM TO PROBE` (human and --json) and `lab probe --explain` on a lab that is up."""
+    state = str(tmp_path / "lab")
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "policyfabric", "lab", *args, "--state", state],
+            capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"},
+        )  # fmt: skip
+
+    up = cli("up", str(SCENARIOS / "two_hosts.yaml"))
+    try:
+        assert up.returncode == 0, up.stderr
+        allowed = cli("explain", "app1", "web1", "tcp/80", "--json")
+        doc = json.loads(allowed.stdout)
+        assert allowed.returncode == 0, allowed.stderr
+        assert (doc["verdict"], doc["by"]) == ("allow", "contract acme/http rule web-in")
+        assert [h["host"] for h in doc["hops"]] == ["h2", "h1"]
+        assert [h["outcome"] for h in doc["hops"]] == ["tunnel", "output:1"]
+        deciding = [f for f in doc["hops"][1]["flows"] if f["table"] == "61 POLICY_CT"]
+        assert deciding and deciding[0]["from"] == "contract acme/http"
+
+        human = cli("explain", "app1", "app2", "icmp")
+        assert human.returncode == 0
+        assert "deny by endpoint-group acme/app intra_group deny" in human.stdout
+        assert "61 POLICY_CT" in human.stdout and "host h2: drop" in human.stdout
+
+        unknown = cli("explain", "nobody", "web1", "icmp")
+        assert unknown.returncode == 1 and "not an endpoint or external host" in unknown.stderr
+
+        probed = json.loads(cli("probe", "--explain", "--json").stdout)
+        assert all(r["explain"]["verdict"] == r["measured"] for r in probed["results"])
+    finally:
+        assert cli("down").returncode == 0

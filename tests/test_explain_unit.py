@@ -81,6 +81,7 @@ def test_parse_steps_cookies_and_recirculation() -> None:
     assert decide.match_field("conj_id") == "2130483444" and decide.priority == 1000
     assert decide.cookie == 0x50460841671C54A3
     assert not any(s.drops for s in trace.steps)  # the "drop" printed after ct() is not a verdict
+    assert trace.steps[2].actions == ("ct(table=61,zone=NXM_NX_REG3[0..15])",)
     assert trace.steps[-1].outputs() == ["1"] and not trace.steps[-1].tunnels
 
 

@@ -78,8 +78,9 @@ class Step:
 
     @property
     def drops(self) -> bool:
-        """The flow's one action is ``drop`` (a ``drop`` after ``ct(...)`` is the trace's way of
-        saying the ct action forked a clone, not a verdict), or a table miss (``fail_mode=secure``)."""
+        """The flow's one action is ``drop`` (the ``drop`` the trace prints after ``ct(...)``, its
+        way of saying the ct action forked a clone, is left out by the parser), or a table miss
+        (``fail_mode=secure``)."""
         return self.miss or self.actions == ("drop",)
 
     def outputs(self) -> list[str]:
@@ -169,6 +170,8 @@ def parse_trace(text: str, bridge: str = "br-int") -> Trace:
                 name = NXM_TO_FIELD.get(m["field"])
                 if name:
                     trace.writes[name] = m["value"]
+        elif stripped == "drop" and step["actions"] and step["actions"][-1].startswith("ct("):
+            continue  # the trace's note that ct() forked a clone to recirculate: not an action
         else:
             step["actions"] += (stripped,)
             if (m := _SET.match(stripped)) and m["field"] in NXM_TO_FIELD.values():
