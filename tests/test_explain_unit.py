@@ -29,7 +29,7 @@ UNDERLAY = {"h1": "192.0.2.1", "h2": "192.0.2.2", "gw1": "192.0.2.3", "gw2": "19
 
 def scenario_catalog(name: str) -> Catalog:
     raw = sc.load(HERE / "scenarios" / f"{name}.yaml").raw
-    return catalog(raw["tenants"], raw["endpoints"])
+    return catalog(raw["tenants"], raw["endpoints"], raw.get("external_networks", ()))
 
 
 def recorded(prefix: str) -> dict[str, tuple[str, str]]:
@@ -155,6 +155,15 @@ def test_deciding_tables_of_denials() -> None:
     assert spoofed.hops[-1].steps[-1].table == PORT_SECURITY
     noroute, _ = replay("routed-no-route", cat)
     assert noroute.hops[-1].steps[-1].table == ROUTING and noroute.hops[-1].outcome == "drop"
+
+
+def test_catalog_names_external_sections() -> None:
+    """The floating IP's DNAT and the external port's flows in a captured trace are named."""
+    cat = scenario_catalog("external")
+    _, text = recorded("ext-internet1-fip-web1-tcp80")["h1"]
+    names = {cat.section(s.cookie) for s in parse_trace(text).steps}
+    assert {"external-network public", "floating-ip acme/fip-web1", "endpoint acme/web1"} <= names
+    assert not [n for n in names if n.startswith("cookie ")], names
 
 
 def test_table_miss_is_default_deny() -> None:

@@ -16,7 +16,7 @@ itself runs nothing (the lab or an operator tool supplies the tracer).
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from policyfabric.agent.renderers.ovs.tables import (
 )
 from policyfabric.model import objects as o
 from policyfabric.model.types import port_bounds
-from policyfabric.opflex.gbp import ETHER_T_NAMES, PROTOCOLS, Cls, uri_of
+from policyfabric.opflex.gbp import ETHER_T_NAMES, PROTOCOLS, Cls, external_network_uri, uri_of
 
 # ---- the trace's text ------------------------------------------------------------------------
 
@@ -209,11 +209,18 @@ def _classifier(ethertype: str | None, protocol: str, port: int | str | None) ->
     return str(eth), str(proto), str(ports)
 
 
-def catalog(tenants: Iterable[Mapping[str, Any]], endpoints: Iterable[Mapping[str, Any]] = ()) -> Catalog:
-    """The catalog of a scenario's intent (its ``tenants`` and ``endpoints`` sections, as written
-    in a scenario file or returned by the REST API): each object's section keys hashed."""
+def catalog(
+    tenants: Iterable[Mapping[str, Any]],
+    endpoints: Iterable[Mapping[str, Any]] = (),
+    external_networks: Iterable[Mapping[str, Any]] = (),
+) -> Catalog:
+    """The catalog of a scenario's intent (its ``tenants``, ``endpoints`` and ``external_networks``
+    sections, as written in a scenario file): each object's section keys hashed. A floating IP
+    whose address the authority allocated (none in the file) stays unnamed (``cookie 0x...``)."""
     cat = Catalog()
     cat.add(("base",), "fixed flows")
+    for net in external_networks:
+        cat.add(("extnet", external_network_uri(net["name"])), f"external-network {net['name']}")
     for t in tenants:
         tenant = t["name"]
         for bd in t.get("bridge_domains", ()):
@@ -223,6 +230,9 @@ def catalog(tenants: Iterable[Mapping[str, Any]], endpoints: Iterable[Mapping[st
             )
         for r in t.get("routers", ()):
             cat.add(("router", uri_of(tenant, Cls.PF_ROUTER, r["name"])), f"router {tenant}/{r['name']}")
+        for fip in t.get("floating_ips", ()):
+            if fip.get("ip"):
+                cat.add(("fip", str(fip["ip"])), f"floating-ip {tenant}/{fip['name']}")
         for g in t.get("endpoint_groups", ()):
             cat.add(
                 ("group", uri_of(tenant, Cls.GBP_EP_GROUP, g["name"])), f"endpoint-group {tenant}/{g['name']}"
@@ -349,14 +359,15 @@ def allow_reason(step: Step, cat: Catalog) -> str | None:
     return None
 
 
-def judge(hops: Iterable[Hop], cat: Catalog) -> tuple[str, str]:
-    """The verdict of the hops and what decided it."""
+def judge(hops: Sequence[Hop], cat: Catalog) -> tuple[str, str]:
+    """The verdict of the hops and what decided it: the first drop; else allow if the last host
+    sends the packet out of a port (a local one, or an external network's), naming every policy
+    flow that let it on; else (the tunnel to an address no host has, no output) no route."""
     steps = [s for h in hops for s in h.steps]
     for s in steps:
         if s.drops:
             return "deny", deny_reason(s, cat)
-    last = list(hops)[-1] if hops else None
-    if last is None or not last.outcome.startswith("output"):
+    if not hops or not hops[-1].outcome.startswith("output"):
         return "deny", "no route"
     reasons = list(dict.fromkeys(r for s in steps if (r := allow_reason(s, cat)) is not None))
     return "allow", " + ".join(reasons) or "no policy applies"

@@ -15,9 +15,9 @@ from policyfabric.sh import CommandFailed
 
 
 def scenario_catalog(path: Path | str) -> Catalog:
-    """The catalog of the scenario's intent (its tenants and endpoints)."""
+    """The catalog of the scenario's intent (its tenants, endpoints and external networks)."""
     raw = sc.load(Path(path)).raw
-    return catalog(raw.get("tenants") or (), raw.get("endpoints") or ())
+    return catalog(raw.get("tenants") or (), raw.get("endpoints") or (), raw.get("external_networks") or ())
 
 
 def explain_expect(lab: Lab, cat: Catalog, x: Expect) -> Explanation:
