@@ -27,7 +27,13 @@ def explain_expect(lab: Lab, cat: Catalog, x: Expect) -> Explanation:
         raise LabError(why_not)
     host, flow = lab_explain.probe_flow(lab.state, x)
     state = lab.state
-    return explain(host, flow, lambda h, f: lab_explain.trace(state, h, f), lab_explain.underlay(state), cat)
+    underlay = lab_explain.underlay(state)
+    result = explain(host, flow, lambda h, f: lab_explain.trace(state, h, f), underlay, cat)
+    for hop in result.hops:  # Open vSwitch only forwards there: its trace is not the verdict
+        renderer = state.hosts[hop.host].renderer
+        if renderer != "ovs":
+            raise LabError(f"the path crosses {hop.host}, which renders with {renderer}: not traced yet")
+    return result
 
 
 def explain_json(lab: Lab, cat: Catalog, x: Expect) -> dict[str, Any]:
