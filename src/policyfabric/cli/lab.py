@@ -11,10 +11,12 @@ import typer
 from rich.table import Table
 
 from policyfabric.cli.console import err, out
+from policyfabric.cli.explain import explain_json, scenario_catalog
 from policyfabric.cli.tables import results_table
 from policyfabric.lab.dhcp import DHCP_WAIT
+from policyfabric.lab.explain import verify_explained
 from policyfabric.lab.lab import DEFAULT_STATE, Lab, address_warnings, checked_plan, verify
-from policyfabric.lab.plan import LabError, plan
+from policyfabric.lab.plan import Expect, LabError, plan
 from policyfabric.lab.probing import ProbeResult
 from policyfabric.lab.state import LabState
 from policyfabric.model import scenario as sc
@@ -31,8 +33,8 @@ ExplainOpt = Annotated[
     bool,
     typer.Option(
         "--explain",
-        help="Say why each result is what it is, from the rendered dataplane. NOT IMPLEMENTED YET: "
-        'accepted (LAB.md), each JSON result gets "explain": null and a warning says so.',
+        help="Say why each result is what it is, read from the installed flows (ofproto/trace on the "
+        'hosts it crosses): each result gets "explain": {"verdict", "by", "hops"} (LAB.md).',
     ),
 ]
 DhcpWaitOpt = Annotated[
@@ -40,11 +42,6 @@ DhcpWaitOpt = Annotated[
     typer.Option("--dhcp-wait", help="Seconds a `dhcp: true` endpoint has to get its addresses.", min=0),
 ]
 
-# --explain needs the verdict read back from the flows (cookies naming intent objects): not here yet
-EXPLAIN_MISSING = (
-    "--explain is not implemented yet: no verdict is read from the rendered dataplane, "
-    'so every result has "explain": null'
-)
 
 
 def endpoints_table(endpoints: list[dict[str, Any]]) -> Table:
@@ -56,20 +53,47 @@ def endpoints_table(endpoints: list[dict[str, Any]]) -> Table:
     return table
 
 
+def explain_table(results: list[ProbeResult], explained: list[dict[str, Any]]) -> Table:
+    table = Table(title="why (read from the installed flows)")
+    for col in ("from", "to", "probe", "measured", "explained", "by", "path"):
+        table.add_column(col)
+    for r, e in zip(results, explained, strict=True):
+        path = " → ".join(f"{h['host']} ({h['outcome']})" for h in e.get("hops", []))
+        by = e["by"] if e["verdict"] is not None else f"not traced: {e.get('reason', '')}"
+        x = r.expect
+        table.add_row(x.source, x.target, x.probe, r.measured, str(e["verdict"]), by, path)
+    return table
+
+
+def disagreements(results: list[ProbeResult], explained: list[dict[str, Any]]) -> list[str]:
+    """A warning per result whose traced verdict is not what the packets measured (the trace is
+    of the flows, the probe of the packets: when they differ, one of them is worth a look)."""
+    return [
+        f"{r.expect.source} → {r.expect.target} {r.expect.probe}: the packets measured {r.measured}, "
+        f"the installed flows say {e['verdict']} ({e['by']})"
+        for r, e in zip(results, explained, strict=True)
+        if e["verdict"] is not None and e["verdict"] != r.measured
+    ]
+
+
 def report(
     results: list[ProbeResult],
     endpoints: list[dict[str, Any]],
     warnings: list[str],
     as_json: bool,
-    explain: bool = False,
+    explained: list[dict[str, Any]] | None = None,
 ) -> int:
-    """The matrix (or LAB.md's JSON object); 0 if every result is as expected, else 1."""
+    """The matrix (or LAB.md's JSON object), with each result's explanation if ``explained``;
+    0 if every result is as expected, else 1."""
     passed = sum(r.ok for r in results)
     failed = len(results) - passed
-    if explain:
-        warnings = [*warnings, EXPLAIN_MISSING]
+    if explained is not None:
+        warnings = [*warnings, *disagreements(results, explained)]
     if as_json:
-        items = [{**r.to_json(), **({"explain": None} if explain else {})} for r in results]
+        items = [
+            {**r.to_json(), **({"explain": explained[i]} if explained is not None else {})}
+            for i, r in enumerate(results)
+        ]
         doc = {
             "results": items,
             "passed": passed,
@@ -80,6 +104,8 @@ def report(
         print(json.dumps(doc))
     else:
         out.print(results_table(results))
+        if explained is not None:
+            out.print(explain_table(results, explained))
         if endpoints:
             out.print(endpoints_table(endpoints))
         for line in warnings:
@@ -112,15 +138,22 @@ def verify_cmd(
 
     Exits 0 only if every measured result matches the expected one."""
     _root()
+    explained: list[dict[str, Any]] | None = None
     try:
-        done = verify(file, state, _say(as_json), dhcp_wait)
+        if explain:
+            cat = scenario_catalog(file)
+            done, explained = verify_explained(
+                file, state, lambda lab, x: explain_json(lab, cat, x), _say(as_json), dhcp_wait
+            )
+        else:
+            done = verify(file, state, _say(as_json), dhcp_wait)
     except (LabError, sc.ScenarioError, CommandFailed) as exc:
         err.print(f"[red]lab: {exc}[/]")
         raise typer.Exit(2) from None
     except KeyboardInterrupt:
         err.print("lab: interrupted; everything was removed")
         raise typer.Exit(130) from None
-    raise typer.Exit(report(done.results, done.endpoints, done.warnings, as_json, explain))
+    raise typer.Exit(report(done.results, done.endpoints, done.warnings, as_json, explained))
 
 
 @lab_app.command("up")
@@ -188,7 +221,47 @@ def probe_cmd(as_json: JsonOpt = False, state: StateOpt = DEFAULT_STATE, explain
         raise typer.Exit(2) from None
     results = lab.probe(expects)
     endpoints = lab.endpoints()
-    raise typer.Exit(report(results, endpoints, address_warnings(lab, endpoints), as_json, explain))
+    explained = None
+    if explain:
+        cat = scenario_catalog(lab.state.scenario)
+        explained = [explain_json(lab, cat, x) for x in expects]
+    raise typer.Exit(report(results, endpoints, address_warnings(lab, endpoints), as_json, explained))
+
+
+@lab_app.command("explain")
+def explain_cmd(
+    source: Annotated[str, typer.Argument(metavar="FROM", help="An endpoint or external host of the lab.")],
+    target: Annotated[
+        str, typer.Argument(metavar="TO", help="An endpoint, floating IP, router or external host.")
+    ],
+    probe: Annotated[str, typer.Argument(metavar="PROBE", help="icmp, tcp/N, udp/N, tcp6/N... (LAB.md).")],
+    as_json: JsonOpt = False,
+    state: StateOpt = DEFAULT_STATE,
+) -> None:
+    """Why PROBE from FROM to TO is allowed or denied, read from the flows installed on the hosts
+    it crosses (OVS's trace of its first packet), each deciding flow named as the intent object
+    that produced it. Sends no packet (but may resolve FROM's next hop: one ping)."""
+    _root()
+    try:
+        lab = Lab(LabState.load(state))
+        cat = scenario_catalog(lab.state.scenario)
+    except (LabError, sc.ScenarioError) as exc:
+        err.print(f"[red]lab: {exc}[/]")
+        raise typer.Exit(2) from None
+    doc = explain_json(lab, cat, Expect(source, target, probe, ""))
+    if as_json:
+        print(json.dumps(doc))
+    elif doc["verdict"] is None:
+        err.print(f"[red]lab: not traced: {doc.get('reason')}[/]")
+    else:
+        out.print(f"{source} → {target} {probe}: [bold]{doc['verdict']}[/] by {doc['by']}")
+        for hop in doc["hops"]:
+            out.print(f"  host {hop['host']}: {hop['outcome']}")
+            for f in hop["flows"]:
+                actions = ",".join(f["actions"])
+                where = f"{f['match'] or '*'} (priority {f['priority']}, {f['from']})"
+                out.print(f"    {f['table']:<16} {where}: {actions}")
+    raise typer.Exit(0 if doc["verdict"] is not None else 1)
 
 
 @lab_app.command("down")
