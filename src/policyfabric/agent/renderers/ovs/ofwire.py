@@ -307,6 +307,7 @@ class FieldRef:
 @dataclass(frozen=True)
 class Output:
     port: int
+    max_len: int = 0  # bytes of the packet sent to the controller (output to CONTROLLER only)
 
 
 @dataclass(frozen=True)
@@ -577,6 +578,11 @@ def parse_action(text: str) -> Action | None:
     name, colon, rest = text.partition(":")
     if colon and name == "output":
         return Output(_port(rest))
+    if colon and name == "CONTROLLER":  # CONTROLLER:MAX_LEN, as ovs-ofctl writes it
+        max_len = _int(rest)
+        if not 0 <= max_len <= 0xFFFF:
+            raise ValueError(f"max_len {rest} is out of range")
+        return Output(PORTS["CONTROLLER"], max_len)
     if colon and name == "set_field":
         value, arrow, target = rest.rpartition("->")
         if not arrow:
@@ -834,7 +840,7 @@ def _learn_bytes(learn: Learn) -> bytes:
 
 def encode_action(action: Action) -> bytes:
     if isinstance(action, Output):
-        return struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, action.port, 0)
+        return struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, action.port, action.max_len)
     if isinstance(action, SetField):
         full = (1 << action.field.bits) - 1
         data = _pad8(b"\0\0\0\0" + _oxm(action.field, action.value, action.mask, action.mask != full))
