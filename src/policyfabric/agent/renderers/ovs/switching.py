@@ -126,10 +126,10 @@ def dhcp_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> li
     (an endpoint is no DHCP server). Without a DHCP-answered subnet for its address, requests fall
     to port security, which drops them (their source 0.0.0.0 is not the endpoint's)."""
     port = ep.ofport or 0
-    dhcp = {"in_port": port, "udp": "", "tp_src": 67}
+    dhcp: dict[str, str | int] = {"in_port": port, "udp": "", "tp_src": 67}
     flows = [flow(PORT_SECURITY, 200, dhcp, "drop", cookie=cookie)]
     if dhcp_subnet(ep, bd) is not None:
-        ask = {"in_port": port, "dl_src": ep.mac, "udp": "", "tp_src": 68, "tp_dst": 67}
+        ask: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac, "udp": "", "tp_src": 68, "tp_dst": 67}
         flows.append(flow(PORT_SECURITY, 200, ask, TO_CONTROLLER, cookie=cookie))
     return flows
 
