@@ -27,16 +27,18 @@ lab = lab_fixture(SCENARIOS / "dhcp.yaml")
 # report what DHCP packets came back to it (message type, yiaddr, IP source and destination)
 EXCHANGE = """
 import sys
-from scapy.all import BOOTP, DHCP, IP, UDP, Ether, conf, srp1, sendp, AsyncSniffer, get_if_hwaddr
+from scapy.all import BOOTP, DHCP, IP, UDP, Ether, sendp, AsyncSniffer, get_if_hwaddr
 import time
 kind, src_ip, dst_ip, dst_mac, sport, dport, ciaddr, requested = sys.argv[1:9]
 mac = get_if_hwaddr("eth0")
 options = [("message-type", kind)] + ([("requested_addr", requested)] if requested != "-" else []) + ["end"]
 op = 1 if int(sport) == 68 else 2
+chaddr = bytes.fromhex(mac.replace(":", ""))
 frame = (Ether(src=mac, dst=dst_mac) / IP(src=src_ip, dst=dst_ip) / UDP(sport=int(sport), dport=int(dport))
-         / BOOTP(op=op, chaddr=bytes.fromhex(mac.replace(":", "")), xid=0x5046, ciaddr=ciaddr) / DHCP(options=options))
-sniffer = AsyncSniffer(iface="eth0", lfilter=lambda p: BOOTP in p and p[BOOTP].xid == 0x5046 and p[BOOTP].op == 2
-                       and p[Ether].src != mac)  # answers to it, not what it sent itself
+         / BOOTP(op=op, chaddr=chaddr, xid=0x5046, ciaddr=ciaddr) / DHCP(options=options))
+def answer(p):  # answers to it, not what it sent itself
+    return BOOTP in p and p[BOOTP].xid == 0x5046 and p[BOOTP].op == 2 and p[Ether].src != mac
+sniffer = AsyncSniffer(iface="eth0", lfilter=answer)
 sniffer.start()
 time.sleep(0.3)
 sendp(frame, iface="eth0", verbose=False)
@@ -51,8 +53,9 @@ WATCH = """
 import sys, time
 from scapy.all import UDP, AsyncSniffer
 ports = {67, 68, 1067, 1068}
-sniffer = AsyncSniffer(iface="eth0", lfilter=lambda p: UDP in p and (p[UDP].sport in ports or p[UDP].dport in ports),
-                       started_callback=lambda: print("ready", flush=True))
+def dhcp_ports(p):
+    return UDP in p and (p[UDP].sport in ports or p[UDP].dport in ports)
+sniffer = AsyncSniffer(iface="eth0", lfilter=dhcp_ports, started_callback=lambda: print("ready", flush=True))
 sniffer.start()
 sys.stdin.readline()
 time.sleep(0.5)
