@@ -9,12 +9,15 @@ br-int's management socket): nothing else in the lab runs a DHCP server.
 
 from __future__ import annotations
 
+import contextlib
+import socket
 import subprocess
 import sys
 import time
 
 import pytest
 
+from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.lab.dhcp import netns_etc
 from policyfabric.lab.lab import Lab
 from tests.lab_harness import SCENARIOS, lab_fixture, measured, ns_run, settled
@@ -185,3 +188,33 @@ def test_dhcp_requests_never_leave_the_host(lab: Lab) -> None:
     assert offered == [("2", "10.1.0.7", "10.1.0.1", "10.1.0.7")]  # OFFER of its intent address
     assert [w.seen() for w in witnesses] == [[], []]
     assert settled(lambda: punted(lab, "h1")) > before
+
+
+def test_a_service_connection_gets_packet_ins_only_once_it_sets_miss_send_len(lab: Lab) -> None:
+    """Why the responder sends OFPT_SET_CONFIG: two more connections to h1's management socket, one
+    that only says hello and one that also sets miss_send_len (as the responder and OVN's pinctrl
+    do). vm1's DISCOVER is punted by the same flow to every connection that takes asynchronous
+    messages: only the second gets it."""
+    path = f"{lab.state.hosts['h1'].rundir}/br-int.mgmt"
+    conns = []
+    for configure in (False, True):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.connect(path)
+        sock.sendall(w.hello(1) + (w.set_config(2) if configure else b""))
+        sock.settimeout(0.2)
+        conns.append(sock)
+    time.sleep(0.3)
+    exchange(
+        lab, "vm1", "discover", "0.0.0.0", "255.255.255.255", "ff:ff:ff:ff:ff:ff", "68", "67", "0.0.0.0", "-"
+    )
+    got = []
+    for sock in conns:
+        buf, types = bytearray(), []
+        with contextlib.suppress(TimeoutError):
+            while data := sock.recv(65536):
+                buf += data
+        while (msg := w.take_message(buf)) is not None:
+            types.append(msg[1])
+        sock.close()
+        got.append(w.OFPT_PACKET_IN in types)
+    assert got == [False, True]
