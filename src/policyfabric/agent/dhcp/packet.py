@@ -2,8 +2,8 @@
 reply built into one. Pure functions over bytes, no socket.
 
 Our own ``struct`` code rather than scapy: scapy is a test dependency only (the agent would gain a
-large import for four headers), and building a reply with it costs far more per packet than these
-few ``pack`` calls (bench/dhcp.py measures both). Only what a DHCP server needs is here.
+0.24 s import for four headers), and answering a DISCOVER with it took ~1,260 µs against ~70 µs
+here, 18x (``bench/dhcp.py --codec``, medians, one run). Only what a DHCP server needs is here.
 
 Nothing from the wire is trusted. ``parse_request`` checks every length against the bytes it has
 and refuses (``Malformed``, saying what) anything that is not one whole, unfragmented IPv4/UDP
