@@ -285,3 +285,13 @@ def test_only_an_endpoint_of_a_dhcp_subnet_is_punted_and_no_endpoint_serves_dhcp
         1442,
         r1.mac,
     )
+
+
+def test_a_bad_mtu_costs_the_option_not_the_bridge_domain() -> None:
+    cache = policy(dhcp_intent(), IDS)
+    mtu_mo = next(m for m in cache.values() if m.subject == Cls.PF_BRIDGE_DOMAIN_MTU)
+    mtu_mo.properties[Prop.MTU] = "1442,actions=NORMAL"
+    invalid: list[Invalid] = []
+    bd = next(iter(policy_view(cache, invalid).bds.values()))
+    assert (bd.mtu, len(bd.dhcp)) == (0, 1)
+    assert [(i.uri, i.field) for i in invalid] == [(mtu_mo.uri, Prop.MTU)]

@@ -374,7 +374,11 @@ def _bridge_domain(
     vrf = policy.get(vrf_uri) if vrf_uri else None
     vni = _encap(policy, mo, Prop.ENCAP_ID, 0xFFFFFF)
     mtu_mo = policy.get(child(uri, Cls.PF_BRIDGE_DOMAIN_MTU))
-    mtu = _of(mtu_mo, lambda p: optional(p, Prop.MTU, ranged(576, 65535), 0)) if mtu_mo else 0
+    mtu = 0  # unknown: DHCP leaves option 26 out
+    try:  # a bad MTU costs the option, not the bridge domain
+        mtu = _of(mtu_mo, lambda p: optional(p, Prop.MTU, ranged(576, 65535), 0)) if mtu_mo else 0
+    except _At as at:
+        refuse(problems, at.uri, at.bad)
     held = policy.get(container) if container else None
     dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
     return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp)

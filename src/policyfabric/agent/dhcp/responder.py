@@ -88,6 +88,7 @@ class Responder:
         self._sock: socket.socket | None = None
         self._thread = threading.Thread(target=self._run, name="dhcp-responder", daemon=True)
         self._xid = 0
+        self._last_error = ""
 
     def start(self) -> None:
         self._thread.start()
@@ -109,8 +110,9 @@ class Responder:
             try:
                 self._serve()
             except OSError as exc:
-                if not self._stop.is_set():
+                if not self._stop.is_set() and str(exc) != self._last_error:  # once per outage
                     log.warning("dhcp responder: connection to %s: %s (retrying)", self.path, exc)
+                self._last_error = str(exc)
             finally:
                 self.connected.clear()
                 if self._sock is not None:
@@ -137,6 +139,7 @@ class Responder:
                 _, msg_type, xid, body = msg
                 if msg_type == w.OFPT_HELLO:
                     self.connected.set()
+                    self._last_error = ""
                 elif msg_type == w.OFPT_ECHO_REQUEST:
                     sock.sendall(w.message(w.OFPT_ECHO_REPLY, xid, body))
                 elif msg_type == w.OFPT_PACKET_IN:
