@@ -288,6 +288,13 @@ class OvsAgent:
         if self._ovs_rendering.last_change is not None:
             self.stats.last_sync_s = self._ovs_rendering.last_change.seconds
         counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
+        if self.dhcp is not None:  # what the responder did so far (sent with the next status report)
+            done = self.dhcp.counters
+            counters |= {
+                "dhcp_answered": done.answered,
+                "dhcp_malformed": done.malformed,
+                "dhcp_unanswered": done.unanswered,
+            }
         self.reports.endpoints_active({e.key for e in net.local}, counters)
         now = time.monotonic()
         for raised in self.drift.untold(self.client.session):  # raised as the session broke, say
