@@ -10,17 +10,20 @@ br-int's management socket): nothing else in the lab runs a DHCP server.
 from __future__ import annotations
 
 import contextlib
+import os
+import signal
 import socket
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
 from policyfabric.agent.renderers.ovs import ofwire as w
-from policyfabric.lab.dhcp import netns_etc
+from policyfabric.lab.dhcp import dhclient, netns_etc
 from policyfabric.lab.lab import Lab
-from tests.lab_harness import SCENARIOS, lab_fixture, measured, ns_run, settled
+from tests.lab_harness import SCENARIOS, lab_fixture, measured, ns_run, settled, until
 
 pytestmark = pytest.mark.dataplane
 
@@ -218,3 +221,32 @@ def test_a_service_connection_gets_packet_ins_only_once_it_sets_miss_send_len(la
         sock.close()
         got.append(w.OFPT_PACKET_IN in types)
     assert got == [False, True]
+
+
+def test_a_real_dhclient_renews_by_unicast_and_is_acked(lab: Lab, tmp_path: Path) -> None:
+    """vm2's own dhclient, told to renew after 2 s (``supersede dhcp-renewal-time``: the server's
+    lease is a day), sends its RENEWING request unicast to the server identifier, the gateway
+    10.1.0.1, on h2: the agent there ACKs it, again and again, and the address stays."""
+    state = lab.state.endpoints["vm2"]
+    pid = lab.state.pids.get("dhclient:vm2")
+    if pid is not None:  # the lab's client for vm2 gives way to this one (the lease stays held)
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    conf = tmp_path / "dhclient.conf"
+    conf.write_text("supersede dhcp-renewal-time 2;\nsupersede dhcp-rebinding-time 600;\n")
+    log = tmp_path / "renew.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            ["ip", "netns", "exec", state.netns, "unshare", "--uts", dhclient(), "-d", "-v", "-4",
+             "-cf", str(conf), "-lf", str(tmp_path / "leases"), "-pf", str(tmp_path / "pid"), "eth0"],
+            stdout=out, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+    try:
+        until(lambda: log.read_text().count("DHCPACK of 10.1.0.8 from 10.1.0.1") >= 3, timeout=30)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)
+    text = log.read_text()
+    assert "DHCPREQUEST for 10.1.0.8 on eth0 to 10.1.0.1 port 67" in text, text  # unicast, RENEWING
+    assert "DHCPNAK" not in text
+    assert "10.1.0.8/24" in next(e for e in lab.endpoints() if e["name"] == "vm2")["addresses"]
