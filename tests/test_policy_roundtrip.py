@@ -23,6 +23,7 @@ from policyfabric.agent.reader import local_endpoint, policy_view, remote_endpoi
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
+    DhcpSubnet,
     Endpoint,
     ExternalNet,
     FloatingIp,
@@ -185,8 +186,12 @@ def full() -> tuple[dict[str, MO], Network]:
 def test_bridge_domains_carry_their_vni_and_their_routing_domains_zone() -> None:
     _, view = full()
     assert dict(view.bds) == {
-        u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"): BridgeDomain(u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), 5001, 7001),
-        u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"): BridgeDomain(u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), 5002, 7001),
+        u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"): BridgeDomain(
+            u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), 5001, 7001, 1400, dhcp_subnets(INTENT["subnet"], "bd-web")
+        ),
+        u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"): BridgeDomain(
+            u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), 5002, 7001, 1442, dhcp_subnets(INTENT["subnet"], "bd-app")
+        ),
     }
 
 
@@ -402,6 +407,25 @@ def intents(draw: st.DrawFn) -> tuple[str, dict[str, list[o.Spec]], dict[str, di
     return tenant, objects, ids
 
 
+def dhcp_subnets(subnets: Sequence[o.Spec], bd: str) -> tuple[DhcpSubnet, ...]:
+    """What the agent answers DHCP with on bridge domain ``bd``: its IPv4 subnets with DHCP on."""
+    return tuple(
+        sorted(
+            (
+                DhcpSubnet(
+                    Prefix(str(s.cidr)),
+                    Ipv4Address(str(s.gateway_ip)),
+                    tuple(Ipv4Address(str(a)) for a in s.dns_nameservers),
+                    tuple((Prefix(str(r.destination)), Ipv4Address(str(r.nexthop))) for r in s.host_routes),
+                )
+                for s in subnets
+                if isinstance(s, o.Subnet) and s.bridge_domain == bd and s.cidr.version == 4 and s.enable_dhcp
+            ),
+            key=lambda d: d.prefix,
+        )
+    )
+
+
 def expected_rule(contract: str, order: int, rule: o.ContractRule) -> Rule:
     c = rule.classifier
     ports = None
@@ -433,11 +457,15 @@ def test_any_intent_comes_back_from_the_agents_view(
     [bd] = objects["bridge_domain"]
     [epg] = objects["endpoint_group"]
     [contract] = objects["contract"]
-    assert isinstance(contract, o.Contract)
+    assert isinstance(contract, o.Contract) and isinstance(bd, o.BridgeDomain)
     bd_uri = uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, bd.name)
     assert dict(view.bds) == {
         bd_uri: BridgeDomain(
-            bd_uri, ids["vni"][f"bridge_domain/{bd.name}"], ids["vni"][f"l3_context/{vrf.name}"]
+            bd_uri,
+            ids["vni"][f"bridge_domain/{bd.name}"],
+            ids["vni"][f"l3_context/{vrf.name}"],
+            bd.mtu,
+            dhcp_subnets(objects["subnet"], bd.name),
         )
     }
     group = view.groups[uri_of(tenant, Cls.GBP_EP_GROUP, epg.name)]
@@ -525,7 +553,7 @@ def test_names_are_escaped_in_uris_and_read_back_unchanged(names: list[str]) -> 
     view = policy_view(cache)
     bd_uri = uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, bd)
     c_uri = uri_of(tenant, Cls.GBP_CONTRACT, contract)
-    assert dict(view.bds) == {bd_uri: BridgeDomain(bd_uri, 42, 43)}
+    assert dict(view.bds) == {bd_uri: BridgeDomain(bd_uri, 42, 43, 1442, dhcp_subnets(objects["subnet"], bd))}
     assert dict(view.groups) == {
         uri_of(tenant, Cls.GBP_EP_GROUP, epg): Group(
             uri_of(tenant, Cls.GBP_EP_GROUP, epg), 7, bd_uri, True, (c_uri,)

@@ -111,12 +111,14 @@ KEYWORDS = frozenset({"ip", "ipv6", "arp", "tcp", "udp", "icmp", "icmp6", "tcp6"
 MAC_FIELDS = frozenset({"dl_src", "dl_dst", "arp_sha", "arp_tha", "eth_src", "eth_dst"})
 IPV4_FIELDS = frozenset({"nw_src", "nw_dst", "arp_spa", "arp_tpa", "tun_dst"})
 IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst"})
-INT_FIELDS = re.compile(r"reg[0-9]|in_port|arp_op|nw_proto|icmp_type|conj_id|tun_id|tun_metadata0|tp_dst")
+INT_FIELDS = re.compile(
+    r"reg[0-9]|in_port|arp_op|nw_proto|icmp_type|conj_id|tun_id|tun_metadata0|tp_dst|tp_src"
+)
 NXM = r"NXM_(?:OF|NX)_[A-Z0-9_]+\[(?:[0-9]+\.\.[0-9]+)?\]"
 ACTIONS = [
     re.compile(p)
     for p in (
-        r"drop|IN_PORT|dec_ttl",
+        r"drop|IN_PORT|dec_ttl|CONTROLLER:[0-9]+",
         r"goto_table:[0-9]+|output:[0-9]+|resubmit\(,[0-9]+\)",
         rf"conjunction\({INT},[0-9]+/[0-9]+\)",
         rf"move:{NXM}->{NXM}",

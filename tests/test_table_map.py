@@ -7,6 +7,7 @@ and each of the checker's rules is shown to refuse a hand-made flow that breaks 
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,7 +35,7 @@ from policyfabric.agent.renderers.ovs.tables import (
     set_field,
 )
 from policyfabric.agent.renderers.ovs.verify import TableMapError, check_flow, check_pipeline
-from policyfabric.agent.view import Network
+from policyfabric.agent.view import DhcpSubnet, Ipv4Address, Network, Prefix
 from tests.fabric import (
     ICMP,
     ICMP6,
@@ -64,7 +65,11 @@ DOC = Path(__file__).parents[1] / "docs" / "openflow.md"
 
 # --- rich fabrics: every feature the compiler has, from each kind of host ---
 
-WEB_BD = bridge_domain("bd-web", vni=0x10001, vrf=0x10000)
+WEB_BD = replace(  # its IPv4 subnet answered by DHCP on each host
+    bridge_domain("bd-web", vni=0x10001, vrf=0x10000),
+    mtu=1442,
+    dhcp=(DhcpSubnet(Prefix("10.1.0.0/24"), Ipv4Address("10.1.0.1")),),
+)
 APP_BD = bridge_domain("bd-app", vni=0x10002, vrf=0x10000)
 HTTP = contract(
     "http",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import ipaddress
 import json
 import random
 import subprocess
@@ -376,6 +377,28 @@ def sg_rule(w: World, n: int) -> None:
     w.specs["security_group"][name] = sg.model_copy(update={"rules": rules})
 
 
+def dhcp_options(w: World, n: int) -> None:
+    """A subnet's DHCP options change (on or off, name servers, host routes), or its bridge
+    domain's MTU: what the bridge domain's record reads from its subnets and itself."""
+    i = n % 3
+    if n // 3 % 4 == 3:
+        bd = w.specs["bridge_domain"][f"bd{i}"]
+        w.specs["bridge_domain"][f"bd{i}"] = bd.model_copy(update={"mtu": 1400 if bd.mtu != 1400 else 1442})
+        return
+    sub = w.specs["subnet"].get(f"s{i}")
+    if sub is None:
+        return
+    what = n // 3 % 4
+    if what == 0:
+        update: dict[str, Any] = {"enable_dhcp": not sub.enable_dhcp}
+    elif what == 1:
+        update = {"dns_nameservers": [] if sub.dns_nameservers else [ipaddress.ip_address(f"10.{i}.0.2")]}
+    else:
+        route = o.HostRoute(destination=f"10.9{i}.0.0/16", nexthop=f"10.{i}.0.254")
+        update = {"host_routes": [] if sub.host_routes else [route]}
+    w.specs["subnet"][f"s{i}"] = sub.model_copy(update=update)
+
+
 def corrupt(w: World, n: int) -> None:
     """A hostile value in some property of some object (or one taken out again)."""
     if n % 4 == 0 and w.corrupt:
@@ -432,6 +455,7 @@ CHANGES = [
     corrupt,
     corrupt_registry,
     plugging,
+    dhcp_options,
 ]
 
 

@@ -37,9 +37,11 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric.agent.declarer import Declarer
+from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
+from policyfabric.agent.renderers.ovs.ofchannel import mgmt_socket
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
 from policyfabric.agent.renderers.ovs.renderer import NAME as OVS
 from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
@@ -71,6 +73,7 @@ class AgentConfig:
     external: dict[str, str] = field(default_factory=dict)  # external network name -> interface on bridge
     gateway: bool = False  # may be elected SNAT gateway: learns every tenant's routers
     announce_every: float = 20.0  # seconds between ARP refreshes on external networks
+    dhcp_lease: int = 86400  # seconds: the lease time the host's DHCP responder hands out
 
 
 @dataclass
@@ -113,7 +116,10 @@ class OvsAgent:
             for name, options in config.renderers
         ]
         self.policy_elsewhere = any(r.TAKES_OVER_POLICY for _, r in self.plugins)
-        self.applier = FlowApplier(config.ofctl_target or mgmt_target(config.ovsdb, config.bridge))
+        target = config.ofctl_target or mgmt_target(config.ovsdb, config.bridge)
+        self.applier = FlowApplier(target)
+        mgmt = mgmt_socket(target)  # DHCP answered on its own connection (None: not a local socket)
+        self.dhcp = Responder(mgmt) if mgmt is not None else None
         self.ovs = OvsRenderer(context, self.applier, enforce_policy=not self.policy_elsewhere)
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
         self._ovs_rendering = self.renderers[0]
@@ -173,6 +179,8 @@ class OvsAgent:
                     "agent %s: renderer %s cannot watch for drift: %s", self.config.host, rendering.name, exc
                 )
         self.client.on_change = self._cache_changed
+        if self.dhcp is not None:
+            self.dhcp.start()
         client_task = asyncio.create_task(self.client.run())
         refresher = asyncio.create_task(self._refresh_announcements())
         log.info(
@@ -212,6 +220,8 @@ class OvsAgent:
         finally:
             client_task.cancel()
             refresher.cancel()
+            if self.dhcp is not None:
+                await asyncio.to_thread(self.dhcp.stop)
             for rendering in self.renderers:
                 with contextlib.suppress(Exception):
                     rendering.renderer.unwatch()
@@ -258,6 +268,8 @@ class OvsAgent:
             ports = frozenset(uri for uri, ext in net.external.items() if ext.ofport is not None)
             self.reports.gateway_ports(self.config.tunnel_ip or "", ports)
         learn_routed(self.client, net)
+        if self.dhcp is not None:  # before the flows that send it requests are installed
+            self.dhcp.update(leases(net, self.config.dhcp_lease))
         t3 = time.perf_counter()
         compile_s = apply_s = 0.0
         for rendering in self.renderers:
@@ -276,6 +288,13 @@ class OvsAgent:
         if self._ovs_rendering.last_change is not None:
             self.stats.last_sync_s = self._ovs_rendering.last_change.seconds
         counters = {"flows": self.stats.flows, "endpoints": self.stats.endpoints, "syncs": self.stats.syncs}
+        if self.dhcp is not None:  # what the responder did so far (sent with the next status report)
+            done = self.dhcp.counters
+            counters |= {
+                "dhcp_answered": done.answered,
+                "dhcp_malformed": done.malformed,
+                "dhcp_unanswered": done.unanswered,
+            }
         self.reports.endpoints_active({e.key for e in net.local}, counters)
         now = time.monotonic()
         for raised in self.drift.untold(self.client.session):  # raised as the session broke, say

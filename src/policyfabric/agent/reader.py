@@ -48,11 +48,13 @@ from policyfabric.agent.values import (
 from policyfabric.agent.view import (
     BridgeDomain,
     Contract,
+    DhcpSubnet,
     ExternalNet,
     FloatingIp,
     Group,
     Invalid,
     IpAddress,
+    Ipv4Address,
     Network,
     Prefix,
     Router,
@@ -362,14 +364,72 @@ def _group(policy: Mapping[str, MO], uri: str, mo: MO) -> Group:
     )
 
 
-def _bridge_domain(policy: Mapping[str, MO], uri: str, mo: MO, subnets: list[str]) -> BridgeDomain:
+def _bridge_domain(
+    policy: Mapping[str, MO], uri: str, mo: MO, subnets: list[str], problems: list[Invalid]
+) -> BridgeDomain:
     container = _target(policy, uri, Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC)
     if container:
         subnets.append(container)  # its subnets are routed on it even if the rest does not parse
     vrf_uri = _target(policy, uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC)
     vrf = policy.get(vrf_uri) if vrf_uri else None
     vni = _encap(policy, mo, Prop.ENCAP_ID, 0xFFFFFF)
-    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0)
+    mtu_mo = policy.get(child(uri, Cls.PF_BRIDGE_DOMAIN_MTU))
+    mtu = 0  # unknown: DHCP leaves option 26 out
+    try:  # a bad MTU costs the option, not the bridge domain
+        mtu = _of(mtu_mo, lambda p: optional(p, Prop.MTU, ranged(576, 65535), 0)) if mtu_mo else 0
+    except _At as at:
+        refuse(problems, at.uri, at.bad)
+    held = policy.get(container) if container else None
+    dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
+    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp)
+
+
+def _host_route(value: object) -> tuple[Prefix, Ipv4Address]:
+    """``"DESTINATION NEXTHOP"``, both IPv4 (option 121 is IPv4's)."""
+    if not isinstance(value, str) or value.count(" ") != 1:
+        raise ValueError("not a route (DESTINATION NEXTHOP)")
+    dest, hop = value.split(" ")
+    return parse_prefix(dest, 4), parse_ipv4(hop)
+
+
+def _listed(parse: Callable[[object], T]) -> Callable[[object], tuple[T, ...]]:
+    def parse_list(value: object) -> tuple[T, ...]:
+        if not isinstance(value, list):
+            raise ValueError("not a list")
+        return tuple(parse(v) for v in value)
+
+    return parse_list
+
+
+NO_DNS: tuple[Ipv4Address, ...] = ()
+NO_ROUTES: tuple[tuple[Prefix, Ipv4Address], ...] = ()
+
+
+def _dhcp_subnets(policy: Mapping[str, MO], container: MO, problems: list[Invalid]) -> tuple[DhcpSubnet, ...]:
+    """The IPv4 subnets of a bridge domain that hand out addresses by DHCP. A subnet whose DHCP
+    values do not parse is left out (its endpoints get no answer) and refused, never guessed at."""
+    out = []
+    for subnet in _children(policy, container, Cls.GBP_SUBNET):
+        if subnet.properties.get(Prop.VIRTUAL_ROUTER_IP) in (None, "None"):
+            continue  # no gateway: no router, no server identifier
+        options = _children(policy, subnet, Cls.PF_SUBNET_DHCP)
+        if not options:
+            continue  # not resolved yet (or an authority that does not say): no answer
+        try:
+            prefix = _of(subnet, _prefix)
+            if ":" in prefix:
+                continue  # DHCPv4 only
+            gateway = _of(subnet, lambda p: get(p, Prop.VIRTUAL_ROUTER_IP, parse_ipv4))
+            p = options[0]
+            if not _of(p, lambda q: optional(q, Prop.ENABLE_DHCP, ranged(0, 1), 1)):
+                continue
+            dns = _of(p, lambda q: optional(q, Prop.DNS_NAMESERVERS, _listed(parse_ipv4), NO_DNS))
+            routes = _of(p, lambda q: optional(q, Prop.HOST_ROUTES, _listed(_host_route), NO_ROUTES))
+        except _At as at:
+            refuse(problems, at.uri, at.bad)
+            continue
+        out.append(DhcpSubnet(prefix, gateway, dns, routes))
+    return tuple(sorted(out, key=lambda d: d.prefix))
 
 
 Record = Group | Contract | BridgeDomain | SecurityGroup | ExternalNet | FloatingIp | Router
@@ -404,7 +464,7 @@ def read_object(policy: Mapping[str, MO], uri: str, mo: MO) -> Read:
         elif mo.subject == Cls.PF_FLOATING_IP:
             record = _floating_ip(mo)
         elif mo.subject == Cls.GBP_BRIDGE_DOMAIN:
-            record = _bridge_domain(policy, uri, mo, subnets)
+            record = _bridge_domain(policy, uri, mo, subnets, problems)
         elif mo.subject == Cls.GBP_EP_GROUP:
             record = _group(policy, uri, mo)
         elif mo.subject == Cls.GBP_CONTRACT:

@@ -82,10 +82,23 @@ class Group:
 
 
 @dataclass(frozen=True)
+class DhcpSubnet:
+    """An IPv4 subnet whose hosts this agent answers DHCP for (``enable_dhcp`` and a gateway): what
+    the answer says besides the endpoint's own address (``agent/dhcp``)."""
+
+    prefix: Prefix  # e.g. 10.1.0.0/24: the mask, and which endpoint address is leased from it
+    gateway: Ipv4Address  # the router option and the server identifier
+    dns: tuple[Ipv4Address, ...] = ()
+    routes: tuple[tuple[Prefix, Ipv4Address], ...] = ()  # classless static routes (option 121)
+
+
+@dataclass(frozen=True)
 class BridgeDomain:
     uri: str
     vni: int
     vrf: int  # the routing domain's number: the conntrack zone, so tenants' addresses never collide
+    mtu: int = 0  # what DHCP tells its endpoints (0: not said, the option is left out)
+    dhcp: tuple[DhcpSubnet, ...] = ()  # its IPv4 subnets answered by DHCP
 
     @property
     def zone(self) -> int:

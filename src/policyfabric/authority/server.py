@@ -248,9 +248,7 @@ def _opflex_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-async def _run(
-    settings: Settings, store: Store, tls: ssl.SSLContext | None, tokens: Tokens | None
-) -> None:
+async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tokens: Tokens | None) -> None:
     restore = edge.quiet_accept_errors(asyncio.get_running_loop())
     authority = Authority(store)
     opflex = None

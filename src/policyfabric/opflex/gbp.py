@@ -70,6 +70,10 @@ class Cls:
     PF_EXTERNAL_GATEWAY: Final = "PfExternalGateway"
     PF_FLOATING_IP: Final = "PfFloatingIp"
     PF_EXTERNAL_NETWORK: Final = "PfExternalNetwork"  # global: under the PolicyUniverse
+    # what a host's DHCP responder answers with (the reference agent reads these from its endpoint
+    # files instead): a subnet's DHCP options, a bridge domain's MTU
+    PF_SUBNET_DHCP: Final = "PfSubnetDhcp"  # under a GbpSubnet
+    PF_BRIDGE_DOMAIN_MTU: Final = "PfBridgeDomainMtu"  # under a GbpBridgeDomain
     # the endpoint registry (libopflex's layout)
     EPR_L2_UNIVERSE: Final = "EprL2Universe"
     EPR_L2_EP: Final = "EprL2Ep"
@@ -104,6 +108,8 @@ EXTENSIONS: frozenset[str] = frozenset(
         Cls.PF_EXTERNAL_GATEWAY,
         Cls.PF_FLOATING_IP,  # without it, no floating IP
         Cls.PF_EXTERNAL_NETWORK,  # without it, no way out
+        Cls.PF_SUBNET_DHCP,  # without them, a peer answers no DHCP from the intent (its own files)
+        Cls.PF_BRIDGE_DOMAIN_MTU,
         Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC,  # a hint: the rule's remote addresses are the model's
         Cls.PF_EP_TUNNEL,  # without it, a remote endpoint cannot be reached
         Cls.PF_ENDPOINT_STATUS,  # observables, from our agents only
@@ -160,6 +166,11 @@ class Prop:
     ACTIVE_HOST: Final = "activeHost"  # the authority's election
     ACTIVE_TUNNEL_IP: Final = "activeTunnelIp"
     ENDPOINT_KEY: Final = "endpointKey"  # TENANT/NAME
+    # PfSubnetDhcp, PfBridgeDomainMtu
+    ENABLE_DHCP: Final = "enableDhcp"  # 1 | 0
+    DNS_NAMESERVERS: Final = "dnsNameservers"  # a list of addresses
+    HOST_ROUTES: Final = "hostRoutes"  # a list of "DESTINATION NEXTHOP"
+    MTU: Final = "mtu"
     # PfExternalNetwork
     CIDR: Final = "cidr"
     GATEWAY_IP: Final = "gatewayIp"

@@ -152,6 +152,7 @@ def add_bridge_domain(tree: Tree, tenant: str, bd: o.BridgeDomain, vni: int) -> 
         uri_of(tenant, Cls.GBP_SUBNETS, bd.name),
     )
     tree.add(uri, Cls.GBPE_INST_CONTEXT, **{Prop.ENCAP_ID: vni})
+    tree.add(uri, Cls.PF_BRIDGE_DOMAIN_MTU, **{Prop.MTU: bd.mtu})  # what DHCP tells its endpoints
 
 
 def add_subnets(tree: Tree, tenant: str, bd: str) -> str:
@@ -168,7 +169,15 @@ def add_subnet(tree: Tree, tenant: str, subnet: o.Subnet) -> None:
     }
     if subnet.ipv6_ra_mode == "slaac":
         props[Prop.IPV6_ADV_AUTONOMOUS_FLAG] = 1
-    tree.add(uri_of(tenant, Cls.GBP_SUBNETS, subnet.bridge_domain), Cls.GBP_SUBNET, subnet.name, **props)
+    uri = tree.add(
+        uri_of(tenant, Cls.GBP_SUBNETS, subnet.bridge_domain), Cls.GBP_SUBNET, subnet.name, **props
+    )
+    dhcp = {  # what the hosts' DHCP responders answer with (agent/dhcp)
+        Prop.ENABLE_DHCP: int(subnet.enable_dhcp),
+        Prop.DNS_NAMESERVERS: [str(a) for a in subnet.dns_nameservers],
+        Prop.HOST_ROUTES: [f"{r.destination} {r.nexthop}" for r in subnet.host_routes],
+    }
+    tree.add(uri, Cls.PF_SUBNET_DHCP, **dhcp)
 
 
 def action_uris(tenant: str) -> dict[str, str]:

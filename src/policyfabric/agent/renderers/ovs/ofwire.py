@@ -307,6 +307,7 @@ class FieldRef:
 @dataclass(frozen=True)
 class Output:
     port: int
+    max_len: int = 0  # bytes of the packet sent to the controller (output to CONTROLLER only)
 
 
 @dataclass(frozen=True)
@@ -577,6 +578,11 @@ def parse_action(text: str) -> Action | None:
     name, colon, rest = text.partition(":")
     if colon and name == "output":
         return Output(_port(rest))
+    if colon and name == "CONTROLLER":  # CONTROLLER:MAX_LEN, as ovs-ofctl writes it
+        max_len = _int(rest)
+        if not 0 <= max_len <= 0xFFFF:
+            raise ValueError(f"max_len {rest} is out of range")
+        return Output(PORTS["CONTROLLER"], max_len)
     if colon and name == "set_field":
         value, arrow, target = rest.rpartition("->")
         if not arrow:
@@ -834,7 +840,7 @@ def _learn_bytes(learn: Learn) -> bytes:
 
 def encode_action(action: Action) -> bytes:
     if isinstance(action, Output):
-        return struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, action.port, 0)
+        return struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, action.port, action.max_len)
     if isinstance(action, SetField):
         full = (1 << action.field.bits) - 1
         data = _pad8(b"\0\0\0\0" + _oxm(action.field, action.value, action.mask, action.mask != full))
@@ -1182,3 +1188,59 @@ def decode_error(xid: int, body: bytes) -> OfError:
         (experimenter,) = struct.unpack_from("!I", body, 4)
         return OfError(err_type, code, experimenter, xid, body[8:])
     return OfError(err_type, code, None, xid, body[4:])
+
+
+# --- packet-in and packet-out: the agent's DHCP responder (agent/dhcp) ---
+
+OFPT_SET_CONFIG, OFPT_PACKET_IN, OFPT_PACKET_OUT = 9, 10, 13
+OFPXMC_OPENFLOW_BASIC, OFPXMT_OFB_IN_PORT = 0x8000, 0
+OXM_IN_PORT = (OFPXMC_OPENFLOW_BASIC << 16) | (OFPXMT_OFB_IN_PORT << 9) | 4
+_PACKET_IN = struct.Struct("!IHBBQ")  # buffer_id, total_len, reason, table_id, cookie: then the match
+
+
+def set_config(xid: int, miss_send_len: int = 0xFFFF) -> bytes:
+    """OFPT_SET_CONFIG: no fragment handling flags, and ``miss_send_len``. On a service connection
+    (a bridge's .mgmt socket) OVS sends asynchronous messages, packet-ins included, only once the
+    connection has set a non-zero miss_send_len (``ofconn_receives_async_msg``), as OVN's pinctrl
+    does; tests/test_dhcp_dataplane.py shows a connection without it gets none."""
+    return message(OFPT_SET_CONFIG, xid, struct.pack("!HH", 0, miss_send_len))
+
+
+@dataclass(frozen=True)
+class PacketIn:
+    in_port: int
+    cookie: int  # the flow's that sent it (its section)
+    data: bytes
+
+
+def decode_packet_in(body: bytes) -> PacketIn | None:
+    """An OpenFlow 1.5 packet-in's input port and packet; None when it does not parse (bounded by
+    its own lengths: what OVS sends is checked like anything else off a socket)."""
+    if len(body) < _PACKET_IN.size + 4:
+        return None
+    buffer_id, _, _, _, cookie = _PACKET_IN.unpack_from(body)
+    mtype, mlen = struct.unpack_from("!HH", body, _PACKET_IN.size)
+    start = _PACKET_IN.size
+    if mtype != 1 or mlen < 4 or start + mlen > len(body):
+        return None
+    in_port, i = None, start + 4
+    while i + 4 <= start + mlen:
+        (header,) = struct.unpack_from("!I", body, i)
+        length = header & 0xFF
+        if i + 4 + length > start + mlen:
+            return None
+        if header == OXM_IN_PORT:
+            (in_port,) = struct.unpack_from("!I", body, i + 4)
+        i += 4 + length
+    data = body[start + (mlen + 7) // 8 * 8 + 2 :]
+    if in_port is None or buffer_id != OFP_NO_BUFFER:
+        return None  # buffered packets are not asked for (max_len is the whole packet)
+    return PacketIn(in_port, cookie, data)
+
+
+def packet_out(xid: int, port: int, data: bytes) -> bytes:
+    """OFPT_PACKET_OUT (1.5: the in_port is in a match, OFPP_CONTROLLER) sending ``data`` out of ``port``."""
+    match = struct.pack("!HHII", 1, 12, OXM_IN_PORT, PORTS["CONTROLLER"]) + b"\0" * 4
+    action = struct.pack("!HHIH6x", OFPAT_OUTPUT, 16, port, 0)
+    body = struct.pack("!IH2x", OFP_NO_BUFFER, len(action)) + match + action + data
+    return message(OFPT_PACKET_OUT, xid, body)

@@ -31,6 +31,7 @@ from policyfabric.agent.renderers.ovs.simconntrack import Conntrack
 from policyfabric.agent.renderers.ovs.simmatch import Packet
 from policyfabric.agent.renderers.ovs.simtables import FlowTables, OverlapError
 
+CONTROLLER_PORT = 0xFFFFFFFD  # OFPP_CONTROLLER: what ``outputs`` records for a packet sent to the agent
 MAX_DEPTH = 64  # OVS's limit on nested resubmits and table hops
 
 __all__ = ["FakeSwitch", "OverlapError", "Packet", "Result"]
@@ -121,6 +122,8 @@ class FakeSwitch:
                 out = int(action[len("output:") :], 0)
                 if out != p.fields.get("in_port"):
                     result.outputs.append((out, dict(p.fields)))
+            elif action.startswith("CONTROLLER:"):  # to the agent: recorded as that port
+                result.outputs.append((CONTROLLER_PORT, dict(p.fields)))
             elif action == "IN_PORT":
                 result.outputs.append((p.fields["in_port"], dict(p.fields)))
             elif action.startswith("set_field:"):

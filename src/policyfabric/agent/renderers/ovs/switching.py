@@ -23,8 +23,9 @@ from policyfabric.agent.renderers.ovs.tables import (
     goto,
     set_field,
 )
-from policyfabric.agent.view import BridgeDomain, Endpoint
+from policyfabric.agent.view import BridgeDomain, DhcpSubnet, Endpoint, Ipv4Address
 
+TO_CONTROLLER = "CONTROLLER:65535"  # the whole packet to the agent (as ovs-ofctl writes it back)
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 ND_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
 
@@ -101,7 +102,36 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COO
         )
     )
     flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP), cookie=cookie))
+    flows += dhcp_flows(ep, bd, cookie)
     return (*flows, *arp_answers(ep, bd, cookie))
+
+
+def dhcp_subnet(ep: Endpoint, bd: BridgeDomain) -> tuple[DhcpSubnet, Ipv4Address] | None:
+    """The DHCP-answered subnet of ``bd`` that holds one of ``ep``'s IPv4 addresses, and that address
+    (the first such: an endpoint leases one address per interface); None: no DHCP for it."""
+    for ip in ep.ips:
+        if is_v6(ip):
+            continue
+        addr = ipaddress.IPv4Address(ip)
+        for subnet in bd.dhcp:
+            if addr in ipaddress.IPv4Network(subnet.prefix):
+                return subnet, Ipv4Address(ip)
+    return None
+
+
+def dhcp_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> list[Flow]:
+    """DHCPv4 on the endpoint's own host: its requests (from its MAC, client port 68 to server port
+    67, broadcast or unicast renewals alike) go to the agent's responder (``agent/dhcp``), never
+    on to the bridge domain or a tunnel; none of its packets from the server port 67 goes anywhere
+    (an endpoint is no DHCP server). Without a DHCP-answered subnet for its address, requests fall
+    to port security, which drops them (their source 0.0.0.0 is not the endpoint's)."""
+    port = ep.ofport or 0
+    dhcp: dict[str, str | int] = {"in_port": port, "udp": "", "tp_src": 67}
+    flows = [flow(PORT_SECURITY, 200, dhcp, "drop", cookie=cookie)]
+    if dhcp_subnet(ep, bd) is not None:
+        ask: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac, "udp": "", "tp_src": 68, "tp_dst": 67}
+        flows.append(flow(PORT_SECURITY, 200, ask, TO_CONTROLLER, cookie=cookie))
+    return flows
 
 
 def arp_reply(vni: int, ip: str, mac: str, cookie: int = AGENT_COOKIE) -> Flow:

@@ -56,6 +56,7 @@ FIELDS: dict[str, frozenset[str]] = {
     **dict.fromkeys(("ipv6_src", "ipv6_dst"), IPV6),
     **dict.fromkeys(("nw_proto", "nw_ttl"), IPV4 | IPV6),
     "tp_dst": frozenset({"tcp", "udp", "tcp6", "udp6"}),
+    "tp_src": frozenset({"tcp", "udp", "tcp6", "udp6"}),
     "icmp_type": frozenset({"icmp", "icmp6"}),
     **dict.fromkeys(("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"), frozenset({"arp"})),
 }
@@ -154,6 +155,8 @@ def _action(action: str) -> _Effect | None:
     """What ``action`` does; None for one the checker does not know."""
     if action in ("drop", "IN_PORT"):
         return _Effect(outputs=action == "IN_PORT")
+    if re.fullmatch(r"CONTROLLER:\d+", action):  # to the agent (its DHCP responder)
+        return _Effect(outputs=True)
     if action.startswith("goto_table:"):
         return _Effect(to=(("goto_table", int(action.split(":")[1], 0)),))
     if action.startswith("set_field:"):
