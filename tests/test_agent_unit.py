@@ -202,6 +202,26 @@ def test_endpoints_are_reported_active_once_with_the_counters() -> None:
     assert observer.told["/PfAgentCounters/"].properties == {"flows": 10, "endpoints": 2, "syncs": 3}
 
 
+def test_a_new_session_reports_every_endpoint_active_again() -> None:
+    """After a reconnect the client declares everything again, and the registry holds those
+    endpoints as BUILD until told: the reporter tells them all again, once."""
+    observer = Observer()
+
+    async def body(r: Reporter) -> None:
+        r.endpoints_active({"acme/web1", "acme/app1"}, {})
+        await r.settled()
+        observer.told.clear()
+        observer.session = "session-2"
+        r.endpoints_active({"acme/web1", "acme/app1"}, {})
+        await r.settled()
+        assert statuses(observer) == {"acme/web1", "acme/app1"}
+        observer.told.clear()
+        r.endpoints_active({"acme/web1", "acme/app1"}, {})
+
+    reporting(observer, body)
+    assert statuses(observer) == set()  # the same session: said once
+
+
 def test_a_report_that_cannot_be_sent_is_retried_by_waking_the_loop() -> None:
     observer = Observer(session=None)
 

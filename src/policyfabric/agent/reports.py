@@ -71,6 +71,7 @@ class Reporter:
         self.active: set[str] = set()  # endpoints reported ACTIVE
         self._reporting: set[str] = set()  # endpoints whose ACTIVE report is in flight
         self._gateway: tuple[object, frozenset[str]] | None = None  # (session, networks) told
+        self._session: object | None = None  # the session ``active`` was reported in
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _retry(self) -> None:
@@ -93,10 +94,14 @@ class Reporter:
     def endpoints_active(self, rendered: set[str], counters: Mapping[str, int]) -> None:
         """Tell the authority which endpoints now have their dataplane (ACTIVE), in the background:
         the reconcile loop never waits for the authority."""
+        session = self.client.session
+        if session is not self._session:  # a new session: the client declared everything again,
+            self._session = session  # which the registry holds as BUILD until told again
+            self.active.clear()
         new = rendered - self.active - self._reporting
         if not new:
             return
-        if self.client.session is None:
+        if session is None:
             self._retry()  # report once connected
             return
         self._reporting |= new
