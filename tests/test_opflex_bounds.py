@@ -146,9 +146,34 @@ def test_a_peer_that_talks_but_never_reads_is_dropped_after_the_write_timeout(tm
             for session in (stalled, reading):  # both keep talking (replies: nothing to answer)
                 session.reader.feed_data(wire.encode(wire.result(["policy_update", 1], {})))
             await asyncio.sleep(0.05)
-        assert stalled.closed.is_set() and "pushes unsent" in stalled.close_reason
+        assert stalled.closed.is_set() and "took none of its pushes" in stalled.close_reason
         assert 1.0 < time.monotonic() - start < 1.5
         assert not reading.closed.is_set()
+        for task in runs:
+            task.cancel()
+
+    asyncio.run(go())
+
+
+def test_a_peer_that_reads_slowly_is_not_dropped(tmp_path: Path) -> None:
+    """A backlog that never empties is not a stalled peer if the peer keeps taking from it (an
+    authority busy checking 10,000 declarations reads its agent's session slowly): only a peer
+    that takes nothing for ``write_timeout`` is dropped."""
+
+    async def go() -> None:
+        server = await started(authority_with_a_router(tmp_path), keepalive=0.1)
+        slow, slow_seen = attach(server, "h1", stalled=True)
+        never, _ = attach(server, "h2", stalled=True)
+        runs = [asyncio.create_task(s.run()) for s in (slow, never)]
+        start = time.monotonic()
+        while time.monotonic() - start < 2.5:
+            for session in (slow, never):  # pushes keep coming: neither backlog ever empties
+                session.post("policy_update", {"replace": [], "merge_children": [], "delete": []})
+                session.reader.feed_data(wire.encode(wire.result(["policy_update", 1], {})))
+            del slow_seen.data[: len(slow_seen.data) // 2]  # it takes half of what waits
+            await asyncio.sleep(0.05)
+        assert never.closed.is_set() and "took none of its pushes" in never.close_reason
+        assert not slow.closed.is_set(), slow.close_reason
         for task in runs:
             task.cancel()
 

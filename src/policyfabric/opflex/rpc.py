@@ -11,8 +11,9 @@ What every session does, whichever role it plays:
 - pushes (``post``: requests that get no success reply) never wait for the
   peer: they go into the transport's buffer at once, so one server can push
   to a thousand sessions without any slow one holding up the others. A
-  session whose unsent backlog would pass ``send_queue`` bytes, or stays
-  unsent for ``write_timeout``, is not reading and is dropped, so a stalled
+  session whose unsent backlog would pass ``send_queue`` bytes, or of whose
+  backlog the peer takes nothing for ``write_timeout``, is not reading and is
+  dropped (one that reads slowly is not), so a stalled
   peer holds neither anyone's time nor more than ``send_queue`` of memory.
 
 Each problem is logged once per session, so a misbehaving peer cannot flood
@@ -76,6 +77,7 @@ class Session:
         self.decoder = wire.FrameDecoder(max_frame)
         self.keepalive = keepalive
         self.write_timeout = write_timeout
+        self._written = 0  # bytes handed to the transport (what the peer took: this less the backlog)
         self.send_queue = send_queue
         self.pending: dict[tuple[str, int], asyncio.Future[Any]] = {}
         self.unacknowledged: dict[tuple[str, int], str] = {}
@@ -102,6 +104,7 @@ class Session:
         async with self._write_lock:
             try:
                 self.writer.write(data)
+                self._written += len(data)
                 await asyncio.wait_for(self.writer.drain(), self.write_timeout)
             except TimeoutError:
                 await self.close(
@@ -153,6 +156,7 @@ class Session:
             self.unacknowledged.pop(next(iter(self.unacknowledged)))
         try:
             self.writer.write(data)
+            self._written += len(data)
         except (ConnectionError, RuntimeError) as exc:
             self._shut(f"write failed: {exc}")
             return False
@@ -260,7 +264,8 @@ class Session:
 
     async def _keepalive(self) -> None:
         tick = max(self.keepalive / 4, 0.05)
-        unsent_since: float | None = None  # when the backlog was last seen empty, if it is not now
+        unsent_since: float | None = None  # since when the peer has taken nothing of a backlog
+        taken = 0  # bytes the peer has taken (written less the backlog), as of the last tick
         while not self.closed.is_set():
             await asyncio.sleep(tick)
             now = time.monotonic()
@@ -268,12 +273,19 @@ class Session:
             if idle >= 4 * self.keepalive:
                 await self.close(f"peer silent for {idle:.1f}s (keepalive {self.keepalive:g}s)", abort=True)
                 return
-            # A peer that talks but does not read would keep its pushes queued for ever: it has
-            # ``write_timeout`` to empty its backlog once, as a reply's write has to drain.
-            unsent_since = (unsent_since or now) if self.backlog() else None
+            # A peer that talks but does not read would keep its pushes queued for ever: it is
+            # dropped once it has taken nothing of a backlog for ``write_timeout``. A peer that
+            # reads, however slowly (an authority checking 10,000 declarations), is not.
+            backlog = self.backlog()
+            now_taken = self._written - backlog
+            if not backlog or now_taken > taken:
+                unsent_since = None if not backlog else now
+            else:
+                unsent_since = unsent_since or now
+            taken = now_taken
             if unsent_since is not None and now - unsent_since > self.write_timeout:
                 await self.close(
-                    f"peer stopped reading (pushes unsent for {self.write_timeout:g}s)", abort=True
+                    f"peer stopped reading (took none of its pushes for {self.write_timeout:g}s)", abort=True
                 )
                 return
             if idle >= self.keepalive:
