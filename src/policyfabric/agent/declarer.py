@@ -133,10 +133,13 @@ class Declarer:
         uri = endpoint_uri(tenant, name)
         self.client.resolve(Cls.PF_ENDPOINT, uri)
         inputs, uris = self._inputs(uri, interface)
-        self._remember_inputs(iface_id, interface, uris)
         last = self._memo.get(iface_id)
         if last is not None and _same(last[0], inputs):
+            known = self._inputs_of.get(iface_id)
+            if known is None or known[0] != interface:  # (the same inputs: the same URIs)
+                self._remember_inputs(iface_id, interface, uris)
             return  # same objects as last time: nothing to declare again
+        self._remember_inputs(iface_id, interface, uris)
         decl = declaration(self.client.policy, tenant, name, interface, self.tunnel_ip)
         if decl is None:
             return  # its policy is not resolved yet
