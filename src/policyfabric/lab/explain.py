@@ -12,19 +12,17 @@ not import: the CLI joins the two.
 from __future__ import annotations
 
 import json
-import signal
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from policyfabric.lab import dhcp
-from policyfabric.lab.lab import Lab, Verified, address_warnings, checked_plan
+from policyfabric.lab.lab import Lab, Verified, verify
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.lab.plan import Expect, LabError
 from policyfabric.lab.probing import V6_PROBES, address_of
 from policyfabric.lab.state import LabState
-from policyfabric.model import scenario as sc
 from policyfabric.sh import CommandFailed, run
 
 SOURCE_PORT = 40000  # any ephemeral port: no flow matches the source port
@@ -161,30 +159,9 @@ def verify_explained(
     dhcp_wait: float = dhcp.DHCP_WAIT,
 ) -> tuple[Verified, list[dict[str, Any]]]:
     """``lab.verify`` with each expectation explained (``explain``) after the probes, before the
-    lab goes down. Keep in step with ``lab.verify``: this is it with one step more."""
-    scenario = sc.load(scenario_path)
-    lab_plan = checked_plan(scenario)
-    lab = Lab.create(scenario_path, directory, say)
-    lab.dhcp_wait = dhcp_wait
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
-    failed = True
-    try:
-        lab.up(scenario)
-        say(f"probing {len(lab_plan.expect)} expectation(s) with real packets")
-        results = lab.probe(lab_plan.expect)
-        endpoints = lab.endpoints()
-        say("explaining each expectation from the installed flows")
-        explained = [explain(lab, x) for x in lab_plan.expect]
-        warned = {**lab.warnings, **dhcp.configuration_warnings(lab.ports, endpoints)}
-        warnings = [*warned.values(), *address_warnings(lab, endpoints, skip=list(warned))]
-        failed = not all(r.ok for r in results)
-        return Verified(results, endpoints, warnings), explained
-    finally:
-        say("tearing the lab down" + (f" (logs kept in {directory})" if failed else ""))
-        left = lab.down(keep_logs=failed)
-        signal.signal(signal.SIGTERM, previous)
-        if left:
-            raise LabError("could not remove: " + "; ".join(left))
+    lab goes down."""
+    verified = verify(scenario_path, directory, say, dhcp_wait, explain)
+    return verified, verified.explained or []
 
 
 __all__ = ["CommandFailed", "NoPath", "probe_flow", "trace", "traceable", "underlay", "verify_explained"]

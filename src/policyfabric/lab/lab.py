@@ -60,6 +60,7 @@ class Verified:
     results: list[ProbeResult]
     endpoints: list[dict[str, Any]] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    explained: list[dict[str, Any]] | None = None  # with ``verify(explain=...)``: one per result
 
 
 class Lab:
@@ -401,9 +402,11 @@ def verify(
     directory: Path,
     say: Callable[[str], None] = lambda s: None,
     dhcp_wait: float = dhcp.DHCP_WAIT,
+    explain: Callable[[Lab, Expect], dict[str, Any]] | None = None,
 ) -> Verified:
-    """Up, probe every expectation, read every endpoint's namespace, down (always, also on
-    failure or Ctrl-C)."""
+    """Up, probe every expectation, read every endpoint's namespace, ``explain`` each expectation
+    from the installed dataplane if given (``lab/explain.py``), down (always, also on failure or
+    Ctrl-C)."""
     scenario = sc.load(scenario_path)
     lab_plan = checked_plan(scenario)
     lab = Lab.create(scenario_path, directory, say)
@@ -415,10 +418,14 @@ def verify(
         say(f"probing {len(lab_plan.expect)} expectation(s) with real packets")
         results = lab.probe(lab_plan.expect)
         endpoints = lab.endpoints()
+        explained = None
+        if explain is not None:
+            say("explaining each expectation from the installed flows")
+            explained = [explain(lab, x) for x in lab_plan.expect]
         warned = {**lab.warnings, **dhcp.configuration_warnings(lab.ports, endpoints)}
         warnings = [*warned.values(), *address_warnings(lab, endpoints, skip=list(warned))]
         failed = not all(r.ok for r in results)
-        return Verified(results, endpoints, warnings)
+        return Verified(results, endpoints, warnings, explained)
     finally:
         say("tearing the lab down" + (f" (logs kept in {directory})" if failed else ""))
         left = lab.down(keep_logs=failed)
