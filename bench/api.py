@@ -36,6 +36,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from common import SETUP, addresses
 from policyfabric.authority.service import Authority
 from policyfabric.lab.authority import authority_in
 from policyfabric.model import kinds as k
@@ -48,33 +49,9 @@ TOKENS = f"""tokens:
   - {{token: {ADMIN}, role: admin, name: bench-admin}}
   - {{token: {MEMBER}, role: member, tenant: bench, name: bench-member}}
 """
-SETUP: list[tuple[str, dict[str, Any]]] = [
-    ("tenants", {"name": "bench"}),
-    ("l3-contexts", {"name": "vrf", "tenant": "bench"}),
-    ("bridge-domains", {"name": "bd", "tenant": "bench", "l3_context": "vrf"}),
-    ("subnets", {"name": "s", "tenant": "bench", "bridge_domain": "bd", "cidr": "10.0.0.0/12"}),
-    ("endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd"}),
-]
 console = Console(stderr=True)
 
 
-def addresses(n: int) -> list[dict[str, Any]]:
-    """n endpoints with distinct addresses (skipping .0 and the gateway)."""
-    out: list[dict[str, Any]] = []
-    i = 2
-    while len(out) < n:
-        if i & 255 not in (0, 255):
-            out.append(
-                {
-                    "name": f"ep{i}",
-                    "tenant": "bench",
-                    "epg": "web",
-                    "ip": f"10.{(i >> 16) & 15}.{(i >> 8) & 255}.{i & 255}",
-                    "host": "h1",
-                }
-            )
-        i += 1
-    return out
 
 
 def call(

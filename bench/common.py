@@ -40,6 +40,28 @@ def private_ovs(rundir: Path, name: str) -> Iterator[OvsInstance]:
             ovs.stop()
 
 
+# the REST benches' tenant (bench/api.py, bench/replicas.py): one BD, one subnet, one group
+SETUP: list[tuple[str, dict[str, Any]]] = [
+    ("tenants", {"name": "bench"}),
+    ("l3-contexts", {"name": "vrf", "tenant": "bench"}),
+    ("bridge-domains", {"name": "bd", "tenant": "bench", "l3_context": "vrf"}),
+    ("subnets", {"name": "s", "tenant": "bench", "bridge_domain": "bd", "cidr": "10.0.0.0/12"}),
+    ("endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd"}),
+]
+
+
+def addresses(n: int) -> list[dict[str, Any]]:
+    """n endpoints of SETUP's group with distinct addresses (skipping .0 and .255)."""
+    out: list[dict[str, Any]] = []
+    i = 2
+    while len(out) < n:
+        if i & 255 not in (0, 255):
+            ip = f"10.{(i >> 16) & 15}.{(i >> 8) & 255}.{i & 255}"
+            out.append({"name": f"ep{i}", "tenant": "bench", "epg": "web", "ip": ip, "host": "h1"})
+        i += 1
+    return out
+
+
 def flow_count(ovs: OvsInstance) -> int:
     """Flows on the instance's br-int."""
     text = ovs.ofctl("dump-aggregate", ovs.mgmt("br-int"))

@@ -34,31 +34,14 @@ from typing import Any
 import httpx
 from rich.console import Console
 
-from common import report
+from common import SETUP, addresses, report
 from policyfabric.lab.authority import authority_in
 from policyfabric.lab.etcd import EtcdCluster, missing
 
 STORES = ("sqlite", "etcd")
-SETUP: list[tuple[str, dict[str, Any]]] = [
-    ("tenants", {"name": "bench"}),
-    ("l3-contexts", {"name": "vrf", "tenant": "bench"}),
-    ("bridge-domains", {"name": "bd", "tenant": "bench", "l3_context": "vrf"}),
-    ("subnets", {"name": "s", "tenant": "bench", "bridge_domain": "bd", "cidr": "10.0.0.0/12"}),
-    ("endpoint-groups", {"name": "web", "tenant": "bench", "bridge_domain": "bd"}),
-]
 console = Console(stderr=True)
 
 
-def endpoints(n: int) -> list[dict[str, Any]]:
-    """n endpoints with distinct addresses (skipping .0 and .255)."""
-    out: list[dict[str, Any]] = []
-    i = 2
-    while len(out) < n:
-        if i & 255 not in (0, 255):
-            ip = f"10.{(i >> 16) & 15}.{(i >> 8) & 255}.{i & 255}"
-            out.append({"name": f"ep{i}", "tenant": "bench", "epg": "web", "ip": ip, "host": "h1"})
-        i += 1
-    return out
 
 
 def writes(port: int, clients: int, bodies: list[dict[str, Any]]) -> tuple[float, list[float]]:
@@ -96,7 +79,7 @@ def one_run(store: str, cluster: EtcdCluster | None, clients: int, n: int) -> di
         with authority_in(Path(tmp), extra=extra) as server, httpx.Client(base_url=server.url) as client:
             for collection, body in SETUP:
                 client.post(f"/v1/{collection}", json=body).raise_for_status()
-            rate, latencies = writes(server.port, clients, endpoints(n))
+            rate, latencies = writes(server.port, clients, addresses(n))
     latencies.sort()
     return {
         "per_s": rate,
