@@ -307,7 +307,7 @@ class Authority:
                     may_delete(op.kind, op.tenant, op.name)
                 obj = view.obj(record)
                 txn.delete(record)
-                view.forget()
+                view.forget(record.kind)
                 deleted.append((op, obj))
                 note(op, "deleted", record, [])
         for op in ops:
@@ -610,7 +610,7 @@ class Authority:
             txn.put(record, claims, op)
         except ClaimTaken as taken:
             raise self._claim_conflict(txn, taken, scope) from None
-        view.forget()
+        view.forget(record.kind)
         return record
 
     def _recheck(

@@ -48,10 +48,18 @@ class TxnView:
         self._found: dict[tuple[str, str | None, str], Obj | None] = {}
         self._listed: dict[tuple[str, str | None], list[Obj]] = {}
 
-    def forget(self) -> None:
-        """Call after writing through the transaction."""
-        self._found.clear()
-        self._listed.clear()
+    def forget(self, kind: str | None = None) -> None:
+        """Call after writing a record of ``kind`` (None: of any) through the transaction: only
+        lookups of that kind can have changed (a batch of 10,000 endpoints then reads its group,
+        subnet and bridge domain once, not once per endpoint)."""
+        if kind is None:
+            self._found.clear()
+            self._listed.clear()
+            return
+        for key in [key for key in self._found if key[0] == kind]:
+            del self._found[key]
+        for listed in [listed for listed in self._listed if listed[0] == kind]:
+            del self._listed[listed]
 
     def obj(self, record: Record) -> Obj:
         return Obj(k.BY_NAME[record.kind], record.id, self.cache.spec(record))
