@@ -43,10 +43,18 @@ bench: install
 	$(PY) bench/opflex_fanout.py --tls
 	$(PY) bench/declarations.py
 	$(PY) bench/converge.py --n 50,500,1000
+	$(PY) bench/converge.py --n 10000 --batch --ports patch
+	$(PY) bench/view.py
+	$(PY) bench/compile.py
+	$(PY) bench/authority_flush.py
+	$(PY) bench/nft_join.py
 	$(PY) bench/secgroups.py
 	$(PY) bench/vs_ovn.py --n 1000,5000
 	$(PY) bench/failover.py
 	$(PY) bench/drift.py
+	$(PY) bench/dhcp.py
+	$(PY) bench/explain.py
+	$(PY) bench/replicas.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache .hypothesis src/*.egg-info
