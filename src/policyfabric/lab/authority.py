@@ -36,6 +36,7 @@ class AuthorityProcess:
     extra: list[str] = field(default_factory=list)
     proc: subprocess.Popen[bytes] | None = None
     token: str = ""  # for an authority run with --tokens (in extra): a token it knows
+    _answered: bool = field(default=False, repr=False)  # it started once: its ports are known
 
     @property
     def opflex(self) -> tuple[str, int]:
@@ -46,7 +47,23 @@ class AuthorityProcess:
         return f"http://127.0.0.1:{self.port}"
 
     def start(self, timeout: float = 30.0) -> AuthorityProcess:
-        """Start it and wait until it answers."""
+        """Start it and wait until it answers. Its first start on ports ``free_port`` chose may lose
+        them to another process in between (tests start etcd clusters, labs and authorities side
+        by side): that start is tried again on fresh ports, twice at most. A later start keeps its
+        ports (agents and the lab's state know them)."""
+        for attempt in range(3):
+            offset = self.log.stat().st_size if self.log.exists() else 0
+            try:
+                return self._start(timeout)
+            except RuntimeError:
+                said = self.log.read_bytes()[offset:] if self.log.exists() else b""
+                if self._answered or attempt == 2 or b"address already in use" not in said.lower():
+                    raise
+                self.port = free_port()
+                self.opflex_port = free_port() if self.opflex_port else 0
+        raise AssertionError("unreachable")
+
+    def _start(self, timeout: float) -> AuthorityProcess:
         cmd = [
             sys.executable,
             "-m",
@@ -69,6 +86,7 @@ class AuthorityProcess:
             while True:
                 try:
                     client.revision()
+                    self._answered = True
                     return self
                 except Unreachable:
                     if self.proc.poll() is not None or time.monotonic() > deadline:
