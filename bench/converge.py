@@ -26,8 +26,7 @@ Figures per N:
 - rule_add_s: a tcp/8080 rule added to the contract until its flow is on the
   bridge;
 - change_from_ack_s (p50, p99): both kinds of change timed from the REST
-  acknowledgement instead (issue 14's measure), and rest_ack_s, the write's
-  own latency;
+  acknowledgement instead, and rest_ack_s, the write's own latency;
 - flows, agent RSS.
 Baselines in the same run: the floor for installing the same flows
 (`ovs-ofctl --bundle replace-flows` of the final table into an empty

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The authority on etcd beside SQLite (issue 16, first part): REST writes/s and write latency.
+"""The authority on etcd beside SQLite: REST writes/s and write latency.
 
 One real authority process on loopback per figure, on each store in the same run, alternated run
 by run so that drift on the machine hits both alike:

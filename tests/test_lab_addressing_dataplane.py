@@ -80,7 +80,7 @@ def test_verify_reports_ipv6_and_bulk_probes_and_every_endpoint(tmp_path: Path) 
     across hosts measured as policy says, each endpoint as its namespace holds it, and vm7
     (dhcp: true) configured by its own dhclient from h1's agent: its intent IPv4 address, the
     default route and bd1's host route, the MTU that fits the overlay. DHCPv6 is not answered yet
-    (issue 15's IPv6 part), so its IPv6 address is missing and a warning says so."""
+    (not built yet), so its IPv6 address is missing and a warning says so."""
     state = tmp_path / "lab"
     done = subprocess.run(
         [sys.executable, "-m", "policyfabric", "lab", "verify", str(SCENARIOS / "addressing.yaml"), "--json",

@@ -1,4 +1,4 @@
-"""No OpFlex message depends on one frame holding a whole tenant (issue 14: at 10,000 endpoints the
+"""No OpFlex message depends on one frame holding a whole tenant (at 10,000 endpoints the
 answer to a PolicySpace resolve exceeded the 4 MiB frame limit and the agent reconnected forever).
 
 ``chunks.split`` cuts payloads into messages of about ``BUDGET`` bytes, in order; a resolve answers

@@ -1,4 +1,4 @@
-"""A tenant of 100,000 endpoints resolves through a real OpFlex session (issue 14, item 4).
+"""A tenant of 100,000 endpoints resolves through a real OpFlex session.
 
 Its PolicySpace lists every endpoint as a child: alone it encodes to some 8 MiB, twice the frame
 limit, and the whole answer to some 40 MB. The authority (a real process, over TCP) sends the

@@ -2,7 +2,7 @@
 
 Why: the repository brings a tenant's tree up to date after every write to it, and a tenant may
 hold 100,000 endpoints. Rebuilding the whole tree (reading every object, building every MO,
-diffing every MO) made a one-endpoint write cost the tenant's size (issue 14). Here each object
+diffing every MO) made a one-endpoint write cost the tenant's size. Here each object
 of the tenant is a *unit* whose MOs (its *fragment*) are built by the same ``add_*`` builders
 ``tenant_tree`` uses; a write re-builds the fragments of the objects it changed and of those that
 read them, and the tree is patched with the difference.
