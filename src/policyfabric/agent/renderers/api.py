@@ -25,6 +25,7 @@ on the same view. ``policyfabric renderers`` lists what is installed.
 
 from __future__ import annotations
 
+import threading
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -94,6 +95,30 @@ class Renderer(ABC, Generic[Desired]):
 
     def unwatch(self) -> None:
         """Stop watching (the agent is stopping)."""
+
+
+class DriftLatch:
+    """What a watching renderer needs between its watcher's thread and its next ``apply``: the
+    watcher's callback, wrapped (``wrap``) so that it first marks the device as changed by someone
+    else; ``take`` (in ``apply``) says whether it was, once: that apply then writes the device
+    whole. The built-in renderers use it; a plug-in may."""
+
+    def __init__(self) -> None:
+        self._set = threading.Event()
+
+    def wrap(self, drifted: Callable[[str], None]) -> Callable[[str], None]:
+        def on_drift(what: str) -> None:
+            self._set.set()
+            drifted(what)
+
+        return on_drift
+
+    def take(self) -> bool:
+        """True once after each drift (the caller then forgets what the device holds)."""
+        if not self._set.is_set():
+            return False
+        self._set.clear()
+        return True
 
 
 class RendererError(Exception):

@@ -19,12 +19,11 @@ network namespace, as in the lab). It watches the table for changes made by anyo
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Mapping
 from typing import ClassVar
 
-from policyfabric.agent.renderers.api import Applied, Renderer, RendererContext
+from policyfabric.agent.renderers.api import Applied, DriftLatch, Renderer, RendererContext
 from policyfabric.agent.renderers.nftables.compiler import RulesetCompiler
 from policyfabric.agent.renderers.nftables.delta import changes
 from policyfabric.agent.renderers.nftables.kernel import Nft
@@ -48,19 +47,15 @@ class NftablesRenderer(Renderer[Ruleset]):
         self.netns = context.options.get("netns") or None
         self.applied: Ruleset | None = None
         self.monitor: NftMonitor | None = None
-        self._drifted = threading.Event()  # someone else changed the table: rewrite it whole
+        self._drifted = DriftLatch()  # someone else changed the table: rewrite it whole
         self._compiler = RulesetCompiler()
         self.nft = Nft(self.netns)  # libnftables in process (kernel.py), else nft -f processes
 
     def watch(self, drifted: Callable[[str], None]) -> bool:
         """``nft monitor`` in the namespace: a change to the table by any other process is drift."""
 
-        def on_drift(what: str) -> None:
-            self._drifted.set()
-            drifted(what)
-
         if self.monitor is None:
-            self.monitor = NftMonitor(self.netns, on_drift)
+            self.monitor = NftMonitor(self.netns, self._drifted.wrap(drifted))
             self.monitor.start()
         return True
 
@@ -76,8 +71,7 @@ class NftablesRenderer(Renderer[Ruleset]):
         """What changed since the last apply (a join: one set element), or the whole table when
         the kernel's table is not known to hold the last one; either way one ``nft -f`` transaction."""
         start = time.monotonic()
-        if self._drifted.is_set():
-            self._drifted.clear()
+        if self._drifted.take():
             self.applied = None
         own = self.monitor.own if self.monitor is not None else None
         if self.applied is None:

@@ -22,11 +22,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
-from policyfabric.agent.renderers.api import Applied
+from policyfabric.agent.renderers.api import Applied, DriftLatch
 from policyfabric.agent.renderers.ovs.flowmods import (
     AddFlow,
     Command,
@@ -166,7 +165,7 @@ class FlowApplier:
         self.channel_max = channel_max  # larger deltas go through ovs-ofctl (see CHANNEL_MAX)
         self.channel_down: str | None = None  # why the last delta went through ovs-ofctl instead
         self.monitor: FlowMonitor | None = None
-        self._drifted = threading.Event()  # someone else changed the bridge: the next sync is full
+        self._drifted = DriftLatch()  # someone else changed the bridge: the next sync is full
 
     def watch(self, on_drift: Callable[[str], None]) -> bool:
         """Watch the bridge for changes made by others (a flow monitor on the management socket):
@@ -176,11 +175,7 @@ class FlowApplier:
         if path is None or self.monitor is not None:
             return self.monitor is not None
 
-        def drifted(what: str) -> None:
-            self._drifted.set()
-            on_drift(what)
-
-        self.monitor = FlowMonitor(path, drifted)
+        self.monitor = FlowMonitor(path, self._drifted.wrap(on_drift))
         self.monitor.start()
         return True
 
@@ -257,8 +252,7 @@ class FlowApplier:
         """Make the bridge hold exactly ``flows``: sections as the compiler makes them (only those
         that changed since the last sync are compared), or a plain list of flows."""
         start = time.monotonic()
-        if self._drifted.is_set():  # someone else changed the bridge: restore it in full
-            self._drifted.clear()
+        if self._drifted.take():  # someone else changed the bridge: restore it in full
             self.mirror = None
         desired = flows if isinstance(flows, Sections) else Sections.of(flows)
         mirror = self.mirror
