@@ -79,17 +79,28 @@ def _body(spec: Spec) -> dict[str, Any]:
     )
 
 
+class _Live:
+    """What the authority holds of each kind a file declares: one listing per kind, on first use."""
+
+    def __init__(self, client: Client) -> None:
+        self.client = client
+        self._listed: dict[str, dict[tuple[str | None, str], dict[str, Any]]] = {}
+
+    def current(self, kind: k.Kind, spec: Spec) -> dict[str, Any] | None:
+        if kind.name not in self._listed:
+            self._listed[kind.name] = {_key(kind, o): o for o in self.client.list(kind)}
+        return self._listed[kind.name].get((spec.scope, spec.name))
+
+
 def plan(scenario: Scenario, client: Client) -> list[Step]:
     """One step per declared object, in dependency order."""
-    existing: dict[str, dict[tuple[str | None, str], dict[str, Any]]] = {}
+    live = _Live(client)
     steps = []
     for entry in scenario.in_order():
         spec = entry.spec
         assert spec is not None, "plan() needs a checked scenario"
         kind = entry.kind
-        if kind.name not in existing:
-            existing[kind.name] = {_key(kind, o): o for o in client.list(kind)}
-        current = existing[kind.name].get((spec.scope, spec.name))
+        current = live.current(kind, spec)
         if current is None:
             steps.append(Step(entry, "create", _body(spec)))
             continue
@@ -104,15 +115,13 @@ def plan(scenario: Scenario, client: Client) -> list[Step]:
 def plan_delete(scenario: Scenario, client: Client) -> list[Step]:
     """`delete -f`: a delete step for each declared object that exists (dependents first), with
     the revision read; "absent" for the others."""
+    live = _Live(client)
     steps = []
-    listed: dict[str, dict[tuple[str | None, str], dict[str, Any]]] = {}
     for entry in reversed(scenario.in_order()):
         spec = entry.spec
         assert spec is not None, "plan_delete() needs a checked scenario"
         kind = entry.kind
-        if kind.name not in listed:
-            listed[kind.name] = {_key(kind, o): o for o in client.list(kind)}
-        current = listed[kind.name].get((spec.scope, spec.name))
+        current = live.current(kind, spec)
         key = {"name": spec.name, **({"tenant": spec.scope} if kind.scoped else {})}
         if current is None:
             steps.append(Step(entry, "absent", key))
