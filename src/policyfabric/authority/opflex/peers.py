@@ -23,7 +23,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -88,6 +88,14 @@ class Peer:
         if self._pump is None:
             self._pump = asyncio.get_running_loop().create_task(self._run())
         return True
+
+    async def send_all(self, method: str, messages: Iterable[dict[str, Any]]) -> None:
+        """``send`` each of ``messages`` in order (stopping if the session goes), then wait until
+        they are through: the first parts of a resolve's answer, before its reply."""
+        for params in messages:
+            if not self.send(method, params):
+                break
+        await self.sent()
 
     async def sent(self) -> None:
         """Wait until everything ``send`` took so far has gone to the session (or been dropped

@@ -280,10 +280,7 @@ class EndpointRegistry:
         if peer.post is None:
             return {"endpoint": found}
         first, reply, _ = resolve_parts({"endpoint": found})
-        for message in first:
-            if not peer.send("endpoint_update", {"replace": message["endpoint"], "delete": []}):
-                break
-        await peer.sent()
+        await peer.send_all("endpoint_update", ({"replace": m["endpoint"], "delete": []} for m in first))
         return reply
 
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:

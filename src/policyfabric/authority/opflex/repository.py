@@ -159,11 +159,10 @@ class PolicyRepository:
         if peer.post is None:
             return {"policy": policy}
         first, reply, oversized = resolve_parts({"policy": policy}, into=MERGE)
-        for message in first:
-            update = {"replace": message["policy"], "merge_children": message.get(MERGE, []), "delete": []}
-            if not peer.send("policy_update", update):
-                break
-        await peer.sent()
+        await peer.send_all(
+            "policy_update",
+            ({"replace": m["policy"], "merge_children": m.get(MERGE, []), "delete": []} for m in first),
+        )
         if oversized:
             self._oversized(peer, oversized)
         return reply
