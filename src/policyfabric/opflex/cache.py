@@ -78,6 +78,27 @@ class CacheFile:
         os.replace(tmp, self.path)
 
 
+def ancestors(uri: str) -> list[str]:
+    """``uri`` and every URI above it (each prefix ending in "/": naming values are escaped, so a
+    "/" always ends a segment), from the root down."""
+    out, at = [], uri.find("/")
+    while at != -1:
+        out.append(uri[: at + 1])
+        at = uri.find("/", at + 1)
+    return out
+
+
+def covered(uri: str, roots: set[str] | dict[str, str]) -> bool:
+    """Whether ``uri`` is one of ``roots`` or under one of them (costs its depth)."""
+    return any(a in roots for a in ancestors(uri))
+
+
+def drop_subtree(policy: dict[str, MO], uri: str) -> set[str]:
+    """Remove ``uri`` and its descendants from ``policy`` (an object no longer resolved: its parent,
+    if cached, is another subscription's and keeps listing it); the URIs removed."""
+    return _drop(policy, uri)
+
+
 def apply_policy_update(
     policy: dict[str, MO], replace: list[MO], merge: list[MO], delete: list[str]
 ) -> set[str]:

@@ -148,7 +148,7 @@ def _reverse(tree: Tree, parent: str, cls: str, subject: str, sources: Sequence[
 
 
 def add_bridge_domain(
-    tree: Tree, tenant: str, bd: o.BridgeDomain, vni: int, routers: Sequence[str] = ()
+    tree: Tree, tenant: str, bd: o.BridgeDomain, vni: int, routers: Collection[str] = ()
 ) -> None:
     """The bridge domain (its subnets' container is ``add_subnets``); ``routers``: the names of the
     routers with a leg on it (reverse relations, sorted)."""
