@@ -24,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
-from policyfabric.agent.subscriptions import follow_needs
-from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
-from policyfabric.opflex.mo import MO, REFERENCE_URI, is_ref
+from policyfabric.agent.subscriptions import follow_needs, placement
+from policyfabric.opflex.gbp import Cls, endpoint_uri
+from policyfabric.opflex.mo import MO
 
 log = logging.getLogger(__name__)
 
@@ -159,10 +159,7 @@ class Declarer:
     def _declare(self, iface_id: str, tenant: str, name: str, interface: str) -> None:
         uri = endpoint_uri(tenant, name)
         self.client.resolve(Cls.PF_ENDPOINT, uri)
-        ep = self.client.policy.get(uri)
-        props = ep.properties if ep is not None else {}
-        group, bd = props.get(Prop.EPG), props.get(Prop.BRIDGE_DOMAIN)
-        self._place(iface_id, _uri(group), _uri(bd))
+        self._place(iface_id, *placement(self.client.policy.get(uri)))
         inputs, uris = self._inputs(uri, interface)
         last = self._memo.get(iface_id)
         if last is not None and _same(last[0], inputs):
@@ -198,11 +195,6 @@ class Declarer:
         children = [policy.get(c) for c in kids]
         uris = {uri, *(r for r in refs if isinstance(r, str)), *kids}
         return (ep, interface, self.tunnel_ip, *related, *children), uris
-
-
-def _uri(value: object) -> str | None:
-    """The target of a reference (None: not one)."""
-    return value[REFERENCE_URI] if isinstance(value, dict) and is_ref(value) else None
 
 
 def _same(last: tuple[object, ...], inputs: tuple[object, ...]) -> bool:

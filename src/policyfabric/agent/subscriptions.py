@@ -106,6 +106,21 @@ def follow_needs(
     return now
 
 
+def placement(mo: MO | None) -> tuple[str | None, str | None]:
+    """The group and bridge domain (URIs) a ``PfEndpoint`` names (None: none, or not resolved)."""
+    return _pointed(mo, Prop.EPG), _pointed(mo, Prop.BRIDGE_DOMAIN)
+
+
+def follow_endpoints(
+    client: NeedingClient, endpoints: Iterable[str], before: Mapping[str, str]
+) -> dict[str, str]:
+    """``follow_needs`` for the endpoints whose ``PfEndpoint`` URIs are ``endpoints`` (an agent
+    that does not count its endpoints' places itself, as the declarer does: the dry run)."""
+    places = [placement(client.policy.get(uri)) for uri in endpoints]
+    groups = {g for g, _ in places if g is not None}
+    return follow_needs(client, groups, {b for _, b in places if b is not None}, before)
+
+
 def subscribe_external(client: SubscribingClient, networks: Iterable[str], gateway: bool) -> None:
     """The external networks this host has a port on; on a gateway, every tenant (their routers
     may name this host)."""
