@@ -116,6 +116,9 @@ class Declarer:
             self._declare(p.iface_id, *key, p.name)
         for iface_id in [i for i in self._inputs_of if i not in seen]:
             self._forget_inputs(iface_id)
+            key = split_iface_id(iface_id)
+            if key is not None:  # unplugged: its intent is not needed any more
+                self.client.unresolve(endpoint_uri(*key))
         for iface_id in [i for i in self._placed if i not in seen]:
             self._place(iface_id, None, None)
         self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)

@@ -31,6 +31,7 @@ class CacheContents:
     endpoints: dict[str, MO] = field(default_factory=dict)
     wanted: dict[str, str] = field(default_factory=dict)  # policy URI -> subject
     ep_wanted: dict[str, str] = field(default_factory=dict)  # registry URI or prefix -> subject
+    followed: list[str] = field(default_factory=list)  # wanted URIs resolved by following a reference
 
 
 class CacheFile:
@@ -49,6 +50,7 @@ class CacheFile:
                 {m["uri"]: MO.from_wire(m) for m in data["endpoints"]},
                 dict(data["wanted"]),
                 dict(data["ep_wanted"]),
+                [str(u) for u in data.get("followed", [])],  # (absent from older files: none)
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("opflex client %s: ignoring unreadable cache %s: %s", self.agent, self.path, exc)
@@ -72,6 +74,7 @@ class CacheFile:
             "endpoints": [m.to_wire() for m in contents.endpoints.values()],
             "wanted": contents.wanted,
             "ep_wanted": contents.ep_wanted,
+            "followed": contents.followed,
         }
         tmp = self.path.with_suffix(f".{threading.get_ident()}.tmp")  # a write in a thread, one on stop
         tmp.write_text(json.dumps(data))

@@ -124,6 +124,8 @@ class PolicyClient:
         self._push_seq = 0  # policy_update messages applied so far
         self._pushed: dict[str, int] = {}  # uri -> the push that last changed it (while resolving)
         self._resolving = 0  # resolve batches awaiting their replies
+        self.followed: set[str] = set()  # wanted URIs resolved by following a reference, not asked for
+        self._collecting: asyncio.Handle | None = None  # a pending ``_collect``
         self._load()
 
     # ---- cache persistence (opflex/cache.py)
@@ -132,10 +134,13 @@ class PolicyClient:
         if found is not None:
             self.version, self.policy, self.endpoints = found.version, found.policy, found.endpoints
             self.wanted, self.ep_wanted = found.wanted, found.ep_wanted
+            self.followed = {u for u in found.followed if u in self.wanted}
 
     def _save(self) -> None:
         if self.cache_file is not None:
-            contents = CacheContents(self.version, self.policy, self.endpoints, self.wanted, self.ep_wanted)
+            contents = CacheContents(
+                self.version, self.policy, self.endpoints, self.wanted, self.ep_wanted, sorted(self.followed)
+            )
             self.cache_file.save(contents)
 
     def _changed(self, uris: set[str]) -> None:
@@ -165,7 +170,12 @@ class PolicyClient:
                 self._save_soon()  # the last write is still going: after it
                 return
             contents = CacheContents(
-                self.version, dict(self.policy), dict(self.endpoints), dict(self.wanted), dict(self.ep_wanted)
+                self.version,
+                dict(self.policy),
+                dict(self.endpoints),
+                dict(self.wanted),
+                dict(self.ep_wanted),
+                sorted(self.followed),
             )
             self._saving = loop.create_task(self._save_in_thread(contents))
 
@@ -189,19 +199,59 @@ class PolicyClient:
 
     # ---- what the agent asks for
     def resolve(self, subject: str, uri: str) -> None:
+        """Follow ``uri`` (asked for: kept until ``unresolve``d, whatever refers to it)."""
+        self.followed.discard(uri)
+        self._want(subject, uri)
+
+    def _want(self, subject: str, uri: str) -> None:
         if uri not in self.wanted:
             self.wanted[uri] = subject
             self._spawn(self._resolve([(subject, uri)]))
 
     def unresolve(self, uri: str) -> None:
         """Stop following ``uri``: unsubscribe, and forget its objects unless another subscription
-        holds them (one above it)."""
+        holds them (one above it); then what was followed only because it referred to it
+        (``_collect``)."""
+        self._unresolve(uri)
+        if self._collecting is None:
+            try:
+                self._collecting = asyncio.get_running_loop().call_soon(self._collect)
+            except RuntimeError:  # no loop (tests poking at the client): now
+                self._collect()
+
+    def _unresolve(self, uri: str) -> None:
+        self.followed.discard(uri)
         subject = self.wanted.pop(uri, None)
         if subject is None:
             return
-        self._spawn(self._call("policy_unresolve", {"subject": subject, "policy_uri": uri}))
+        if self.session is not None:
+            self._spawn(self._call("policy_unresolve", {"subject": subject, "policy_uri": uri}))
         if not covered(uri, self.wanted):
             self._changed(drop_subtree(self.policy, uri))
+
+    def _collect(self) -> None:
+        """Unresolve every URI resolved by following a reference (``followed``) that no object
+        still cached refers to, directly or through others, from what was asked for: the objects
+        of a contract let go of, say (its classifiers, its actions). Costs the cache's size; runs
+        once after a batch of unresolves."""
+        self._collecting = None
+        roots = [u for u in self.wanted if u not in self.followed]
+        reached: set[str] = set()
+        todo = list(roots)
+        while todo:
+            top = self.policy.get(todo.pop())
+            below = [top] if top is not None else []
+            while below:
+                mo = below.pop()
+                below.extend(self.policy[c] for c in mo.children if c in self.policy)
+                if mo.subject in BY_NEED:
+                    continue
+                for _, target in mo.references():
+                    if target in self.followed and target not in reached:
+                        reached.add(target)
+                        todo.append(target)
+        for uri in [u for u in self.followed if u not in reached]:
+            self._unresolve(uri)
 
     def resolve_endpoints(self, subject: str, uri: str) -> None:
         if uri not in self.ep_wanted:
@@ -435,7 +485,8 @@ class PolicyClient:
                 continue
             for subject, target in mo.references():
                 if subject not in EPR_SUBJECTS and target not in self.policy and target not in self.wanted:
-                    self.resolve(subject, target)
+                    self.followed.add(target)
+                    self._want(subject, target)
 
     # ---- requests from the authority
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
