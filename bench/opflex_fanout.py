@@ -3,8 +3,10 @@
 
 Each simulated agent is a real OpFlex client (policyfabric's own client
 library) over TCP. It resolves the policy of E endpoints (their PfEndpoint
-objects and, by following references, their EPG, bridge domain, routing
-domain, contract, rules and classifiers). Then one REST write changes the
+objects and, by following references and their needs as an agent does
+(``subscriptions.follow_endpoints``), their EPG, bridge domain, routing
+domain, contract, rules and classifiers, and the EPG on the contract's other
+side). Then one REST write changes the
 contract's port, and each agent records when the new port is in its cache.
 
 Figures per A: the time until each agent has applied the update (p50, p99,
@@ -40,6 +42,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
+from policyfabric.agent.subscriptions import follow_endpoints
 from policyfabric.lab.authority import authority_in
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import endpoint_uri
@@ -131,7 +134,19 @@ def agents_process(
                 f"agent{n}", [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30, tls=ctx
             )
 
-            def changed(uris: set[str], n: int = n, client: PolicyClient = client) -> None:
+            mine = [endpoint_uri("bench", f"ep{i}") for i in range(endpoints)]
+            needed: dict[str, str] = {}  # this agent's: what its endpoints need, as last followed
+
+            def changed(
+                uris: set[str],
+                n: int = n,
+                client: PolicyClient = client,
+                mine: list[str] = mine,
+                needed: dict[str, str] = needed,
+            ) -> None:
+                now = follow_endpoints(client, mine, needed)
+                needed.clear()
+                needed.update(now)
                 mo = client.policy.get(CLASSIFIER)
                 if mo is not None and mo.properties.get("dFromPort") == 8080 and n not in arrived:
                     arrived[n] = time.time()

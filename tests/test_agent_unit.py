@@ -73,6 +73,9 @@ class FakeClient:
     def resolve(self, subject: str, uri: str) -> None:
         self.resolved.add((subject, uri))
 
+    def unresolve(self, uri: str) -> None:
+        self.resolved = {(s, u) for s, u in self.resolved if u != uri}
+
     def resolve_endpoints(self, subject: str, uri: str) -> None:
         self.following.add((subject, uri))
 

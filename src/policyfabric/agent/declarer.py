@@ -7,7 +7,11 @@ rendering. ``endpoints.declaration`` builds what to declare (pure); the
 ``Declarer`` decides when: it declares an endpoint once its policy is
 resolved, again only when something the declaration is computed from
 changed, undeclares the old L2 endpoint when its MAC or bridge domain moved,
-and undeclares endpoints that were unplugged.
+and undeclares endpoints that were unplugged. It resolves each endpoint's
+``PfEndpoint`` (the client follows its references), and, knowing where its
+endpoints are (their groups and bridge domains), what they need beyond that
+(``subscriptions.follow_needs``): the agent resolves by need, never a whole
+PolicySpace.
 
 It talks to the client through ``DeclaringClient`` (the subset of
 ``opflex.client.PolicyClient`` it uses), so tests drive it with a plain fake.
@@ -20,9 +24,9 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.agent.subscriptions import follow_needs, placement
 from policyfabric.opflex.gbp import Cls, endpoint_uri
 from policyfabric.opflex.mo import MO
-from policyfabric.opflex.uri import space
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,8 @@ class DeclaringClient(Protocol):
     def policy(self) -> Mapping[str, MO]: ...
 
     def resolve(self, subject: str, uri: str) -> None: ...
+
+    def unresolve(self, uri: str) -> None: ...
 
     def resolve_endpoints(self, subject: str, uri: str) -> None: ...
 
@@ -77,6 +83,10 @@ class Declarer:
         self._deps: dict[str, set[str]] = {}  # URI of an input -> iface-ids computed from it
         self._inputs_of: dict[str, tuple[str, frozenset[str]]] = {}  # iface-id -> (interface, URIs)
         self._syncs = 0
+        self._placed: dict[str, tuple[str | None, str | None]] = {}  # iface-id -> (group, bridge domain)
+        self._groups: dict[str, int] = {}  # group URI -> endpoints of this host in it
+        self._bds: dict[str, int] = {}  # bridge domain URI -> endpoints of this host in it
+        self.needed: dict[str, str] = {}  # what the endpoints need (URI -> class), as last resolved
 
     def sync(self, plugged: Iterable[PluggedPort], changed: set[str] | None = None) -> list[str]:
         """Resolve and declare what is plugged; undeclare what is not. ``changed``: the cache URIs
@@ -106,6 +116,12 @@ class Declarer:
             self._declare(p.iface_id, *key, p.name)
         for iface_id in [i for i in self._inputs_of if i not in seen]:
             self._forget_inputs(iface_id)
+            key = split_iface_id(iface_id)
+            if key is not None:  # unplugged: its intent is not needed any more
+                self.client.unresolve(endpoint_uri(*key))
+        for iface_id in [i for i in self._placed if i not in seen]:
+            self._place(iface_id, None, None)
+        self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
         gone = [iface_id for iface_id in self.declared if iface_id not in seen]
         for iface_id in gone:
             self._memo.pop(iface_id, None)
@@ -128,10 +144,25 @@ class Declarer:
                 if not users:
                     del self._deps[uri]
 
+    def _place(self, iface_id: str, group: str | None, bd: str | None) -> None:
+        """Count the endpoint in its group and bridge domain (None, None: nowhere, unplugged)."""
+        old = self._placed.pop(iface_id, (None, None))
+        if (group, bd) != (None, None):
+            self._placed[iface_id] = (group, bd)
+        for table, was, now in ((self._groups, old[0], group), (self._bds, old[1], bd)):
+            if was == now:
+                continue
+            if was is not None:
+                table[was] -= 1
+                if not table[was]:
+                    del table[was]
+            if now is not None:
+                table[now] = table.get(now, 0) + 1
+
     def _declare(self, iface_id: str, tenant: str, name: str, interface: str) -> None:
-        self.client.resolve(Cls.POLICY_SPACE, space(tenant))
         uri = endpoint_uri(tenant, name)
         self.client.resolve(Cls.PF_ENDPOINT, uri)
+        self._place(iface_id, *placement(self.client.policy.get(uri)))
         inputs, uris = self._inputs(uri, interface)
         last = self._memo.get(iface_id)
         if last is not None and _same(last[0], inputs):

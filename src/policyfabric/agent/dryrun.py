@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.agent.subscriptions import follow_endpoints
 from policyfabric.opflex.client import Peer, PolicyClient
 from policyfabric.opflex.gbp import Cls, endpoint_uri
 
@@ -23,9 +24,11 @@ from policyfabric.opflex.gbp import Cls, endpoint_uri
 class DryRunAgent:
     def __init__(self, client: PolicyClient, endpoints: list[tuple[str, str]]) -> None:
         self.client, self.endpoints = client, endpoints
+        self.needed: dict[str, str] = {}  # what its endpoints need beyond what the client follows
 
     def sync(self) -> None:
         """Declare every endpoint whose policy is known; learn its bridge domain's members."""
+        self.needed = follow_endpoints(self.client, [endpoint_uri(*e) for e in self.endpoints], self.needed)
         for tenant, name in self.endpoints:
             decl = declaration(self.client.policy, tenant, name, interface=f"dry-{name}"[:15])
             if decl is None:

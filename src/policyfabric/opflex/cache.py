@@ -31,6 +31,7 @@ class CacheContents:
     endpoints: dict[str, MO] = field(default_factory=dict)
     wanted: dict[str, str] = field(default_factory=dict)  # policy URI -> subject
     ep_wanted: dict[str, str] = field(default_factory=dict)  # registry URI or prefix -> subject
+    followed: list[str] = field(default_factory=list)  # wanted URIs resolved by following a reference
 
 
 class CacheFile:
@@ -49,6 +50,7 @@ class CacheFile:
                 {m["uri"]: MO.from_wire(m) for m in data["endpoints"]},
                 dict(data["wanted"]),
                 dict(data["ep_wanted"]),
+                [str(u) for u in data.get("followed", [])],  # (absent from older files: none)
             )
         except (OSError, ValueError, KeyError, TypeError) as exc:
             log.warning("opflex client %s: ignoring unreadable cache %s: %s", self.agent, self.path, exc)
@@ -72,10 +74,32 @@ class CacheFile:
             "endpoints": [m.to_wire() for m in contents.endpoints.values()],
             "wanted": contents.wanted,
             "ep_wanted": contents.ep_wanted,
+            "followed": contents.followed,
         }
         tmp = self.path.with_suffix(f".{threading.get_ident()}.tmp")  # a write in a thread, one on stop
         tmp.write_text(json.dumps(data))
         os.replace(tmp, self.path)
+
+
+def ancestors(uri: str) -> list[str]:
+    """``uri`` and every URI above it (each prefix ending in "/": naming values are escaped, so a
+    "/" always ends a segment), from the root down."""
+    out, at = [], uri.find("/")
+    while at != -1:
+        out.append(uri[: at + 1])
+        at = uri.find("/", at + 1)
+    return out
+
+
+def covered(uri: str, roots: set[str] | dict[str, str]) -> bool:
+    """Whether ``uri`` is one of ``roots`` or under one of them (costs its depth)."""
+    return any(a in roots for a in ancestors(uri))
+
+
+def drop_subtree(policy: dict[str, MO], uri: str) -> set[str]:
+    """Remove ``uri`` and its descendants from ``policy`` (an object no longer resolved: its parent,
+    if cached, is another subscription's and keeps listing it); the URIs removed."""
+    return _drop(policy, uri)
 
 
 def apply_policy_update(

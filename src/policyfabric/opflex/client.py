@@ -8,7 +8,9 @@
   failover loses nothing.
 - Applies ``policy_update`` (replace / merge_children / delete) and
   ``endpoint_update`` to the cache, follows references to resolve what is
-  missing, and refreshes subscriptions every prr/3..prr/2 seconds.
+  missing (all but the relations in ``BY_NEED``, which the agent follows
+  itself, only from its own endpoints' objects: ``agent/subscriptions.py``),
+  and refreshes subscriptions every prr/3..prr/2 seconds.
 - Persists the cache (versioned) under ``state_dir``, so a restarted agent
   can enforce its last policy while the authority is away.
 """
@@ -26,7 +28,13 @@ from pathlib import Path
 from typing import Any
 
 from policyfabric import __version__
-from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update
+from policyfabric.opflex.cache import (
+    CacheContents,
+    CacheFile,
+    apply_policy_update,
+    covered,
+    drop_subtree,
+)
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
@@ -37,6 +45,22 @@ DECLARE_RETRY_MAX = 30.0  # seconds between attempts of a refused declaration, a
 SAVE_SHARE = 0.05  # of the time, at most, spent writing the cache
 
 EPR_SUBJECTS = frozenset({Cls.EPR_L2_EP, Cls.EPR_L3_EP})
+# Relations whose targets are not resolved just because an object holding them was: each leads
+# from an object to others that only some of its readers need (a group to its contracts, a
+# contract or a bridge domain back to the groups or routers pointing at it, a security group rule
+# to its remote group, whose members come through the rule's remote-address set). Followed from
+# everything, they would reach most of a tenant from any endpoint; the agent follows them from
+# its own endpoints' groups and bridge domains alone (``agent/subscriptions.follow_needs``).
+BY_NEED = frozenset(
+    {
+        Cls.GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC,
+        Cls.GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC,
+        Cls.PF_EP_GROUP_TO_PROV_CONTRACT_RTGT,
+        Cls.PF_EP_GROUP_TO_CONS_CONTRACT_RTGT,
+        Cls.PF_ROUTER_TO_BRIDGE_DOMAIN_RTGT,
+        Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC,
+    }
+)
 Peer = tuple[str, int]
 
 
@@ -100,6 +124,8 @@ class PolicyClient:
         self._push_seq = 0  # policy_update messages applied so far
         self._pushed: dict[str, int] = {}  # uri -> the push that last changed it (while resolving)
         self._resolving = 0  # resolve batches awaiting their replies
+        self.followed: set[str] = set()  # wanted URIs resolved by following a reference, not asked for
+        self._collecting: asyncio.Handle | None = None  # a pending ``_collect``
         self._load()
 
     # ---- cache persistence (opflex/cache.py)
@@ -108,10 +134,13 @@ class PolicyClient:
         if found is not None:
             self.version, self.policy, self.endpoints = found.version, found.policy, found.endpoints
             self.wanted, self.ep_wanted = found.wanted, found.ep_wanted
+            self.followed = {u for u in found.followed if u in self.wanted}
 
     def _save(self) -> None:
         if self.cache_file is not None:
-            contents = CacheContents(self.version, self.policy, self.endpoints, self.wanted, self.ep_wanted)
+            contents = CacheContents(
+                self.version, self.policy, self.endpoints, self.wanted, self.ep_wanted, sorted(self.followed)
+            )
             self.cache_file.save(contents)
 
     def _changed(self, uris: set[str]) -> None:
@@ -141,7 +170,12 @@ class PolicyClient:
                 self._save_soon()  # the last write is still going: after it
                 return
             contents = CacheContents(
-                self.version, dict(self.policy), dict(self.endpoints), dict(self.wanted), dict(self.ep_wanted)
+                self.version,
+                dict(self.policy),
+                dict(self.endpoints),
+                dict(self.wanted),
+                dict(self.ep_wanted),
+                sorted(self.followed),
             )
             self._saving = loop.create_task(self._save_in_thread(contents))
 
@@ -165,9 +199,59 @@ class PolicyClient:
 
     # ---- what the agent asks for
     def resolve(self, subject: str, uri: str) -> None:
+        """Follow ``uri`` (asked for: kept until ``unresolve``d, whatever refers to it)."""
+        self.followed.discard(uri)
+        self._want(subject, uri)
+
+    def _want(self, subject: str, uri: str) -> None:
         if uri not in self.wanted:
             self.wanted[uri] = subject
             self._spawn(self._resolve([(subject, uri)]))
+
+    def unresolve(self, uri: str) -> None:
+        """Stop following ``uri``: unsubscribe, and forget its objects unless another subscription
+        holds them (one above it); then what was followed only because it referred to it
+        (``_collect``)."""
+        self._unresolve(uri)
+        if self._collecting is None:
+            try:
+                self._collecting = asyncio.get_running_loop().call_soon(self._collect)
+            except RuntimeError:  # no loop (tests poking at the client): now
+                self._collect()
+
+    def _unresolve(self, uri: str) -> None:
+        self.followed.discard(uri)
+        subject = self.wanted.pop(uri, None)
+        if subject is None:
+            return
+        if self.session is not None:
+            self._spawn(self._call("policy_unresolve", {"subject": subject, "policy_uri": uri}))
+        if not covered(uri, self.wanted):
+            self._changed(drop_subtree(self.policy, uri))
+
+    def _collect(self) -> None:
+        """Unresolve every URI resolved by following a reference (``followed``) that no object
+        still cached refers to, directly or through others, from what was asked for: the objects
+        of a contract let go of, say (its classifiers, its actions). Costs the cache's size; runs
+        once after a batch of unresolves."""
+        self._collecting = None
+        roots = [u for u in self.wanted if u not in self.followed]
+        reached: set[str] = set()
+        todo = list(roots)
+        while todo:
+            top = self.policy.get(todo.pop())
+            below = [top] if top is not None else []
+            while below:
+                mo = below.pop()
+                below.extend(self.policy[c] for c in mo.children if c in self.policy)
+                if mo.subject in BY_NEED:
+                    continue
+                for _, target in mo.references():
+                    if target in self.followed and target not in reached:
+                        reached.add(target)
+                        todo.append(target)
+        for uri in [u for u in self.followed if u not in reached]:
+            self._unresolve(uri)
 
     def resolve_endpoints(self, subject: str, uri: str) -> None:
         if uri not in self.ep_wanted:
@@ -368,15 +452,20 @@ class PolicyClient:
             return self._pushed.get(u, 0) > asked
 
         changed: set[str] = set()
+        answered: set[str] = set()  # the URIs whose subtree came back
+        replies: list[list[MO]] = []
         for (_, uri), result in zip(items, results, strict=True):
-            if not isinstance(result, dict):
-                continue
-            mos = [MO.from_wire(m) for m in result.get("policy", []) if isinstance(m, dict)]
-            fresh = {m.uri for m in mos}
-            if full:  # the subtree as the authority has it now: remove what vanished while away
-                for gone in [u for u in self.policy if u.startswith(uri) and u not in fresh and not newer(u)]:
-                    del self.policy[gone]
-                    changed.add(gone)
+            if isinstance(result, dict):
+                answered.add(uri)
+                replies.append([MO.from_wire(m) for m in result.get("policy", []) if isinstance(m, dict)])
+        if full:  # the subtrees as the authority has them now: remove what vanished while away (one
+            # pass over the cache, each object looked up by its ancestors: an agent resolving by need
+            # holds thousands of subscriptions)
+            fresh = {mo.uri for mos in replies for mo in mos}
+            for gone in [u for u in self.policy if u not in fresh and covered(u, answered) and not newer(u)]:
+                del self.policy[gone]
+                changed.add(gone)
+        for mos in replies:
             for mo in mos:
                 if newer(mo.uri):
                     continue
@@ -392,11 +481,12 @@ class PolicyClient:
         """Resolve what the new objects refer to and the cache lacks ("programming by side effect")."""
         for uri in uris:
             mo = self.policy.get(uri)
-            if mo is None:
+            if mo is None or mo.subject in BY_NEED:
                 continue
             for subject, target in mo.references():
                 if subject not in EPR_SUBJECTS and target not in self.policy and target not in self.wanted:
-                    self.resolve(subject, target)
+                    self.followed.add(target)
+                    self._want(subject, target)
 
     # ---- requests from the authority
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:

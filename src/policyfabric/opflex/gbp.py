@@ -44,6 +44,12 @@ class Cls:
     GBP_EP_GROUP_TO_PROV_CONTRACT_RSRC: Final = "GbpEpGroupToProvContractRSrc"
     GBP_EP_GROUP_TO_CONS_CONTRACT_RSRC: Final = "GbpEpGroupToConsContractRSrc"
     GBP_CONTRACT: Final = "GbpContract"
+    # under a GbpContract, one per group providing (consuming) it, named by the group's class and URI,
+    # its ``source`` a reference to the group: the reverse of the group's relation, so that an agent
+    # resolving a contract learns the groups on its other side (the reference keeps its ``*RTgt``
+    # objects inside its own MODB; these are ours, on the wire)
+    PF_EP_GROUP_TO_PROV_CONTRACT_RTGT: Final = "PfEpGroupToProvContractRTgt"
+    PF_EP_GROUP_TO_CONS_CONTRACT_RTGT: Final = "PfEpGroupToConsContractRTgt"
     GBP_SUBJECT: Final = "GbpSubject"
     GBP_RULE: Final = "GbpRule"
     GBP_RULE_TO_CLASSIFIER_RSRC: Final = "GbpRuleToClassifierRSrc"
@@ -67,6 +73,9 @@ class Cls:
     PF_ROUTER: Final = "PfRouter"
     PF_ROUTER_TO_ROUTING_DOMAIN_RSRC: Final = "PfRouterToRoutingDomainRSrc"
     PF_ROUTER_INTERFACE: Final = "PfRouterInterface"
+    # under a GbpBridgeDomain, one per router with a leg on it, named by the router's class and URI,
+    # its ``source`` a reference to the router: how an agent finds the routers of its bridge domains
+    PF_ROUTER_TO_BRIDGE_DOMAIN_RTGT: Final = "PfRouterToBridgeDomainRTgt"
     PF_EXTERNAL_GATEWAY: Final = "PfExternalGateway"
     PF_FLOATING_IP: Final = "PfFloatingIp"
     PF_EXTERNAL_NETWORK: Final = "PfExternalNetwork"  # global: under the PolicyUniverse
@@ -105,6 +114,10 @@ EXTENSIONS: frozenset[str] = frozenset(
         Cls.PF_ROUTER,  # routers, their legs and gateways: without them, nothing routed across them
         Cls.PF_ROUTER_TO_ROUTING_DOMAIN_RSRC,
         Cls.PF_ROUTER_INTERFACE,
+        Cls.PF_ROUTER_TO_BRIDGE_DOMAIN_RTGT,  # reverse relations: without them, an agent resolving by
+        Cls.PF_EP_GROUP_TO_PROV_CONTRACT_RTGT,  # need misses the routers of its bridge domains and
+        Cls.PF_EP_GROUP_TO_CONS_CONTRACT_RTGT,  # the other side of its contracts (a reference agent
+        # keeps these in its own MODB)
         Cls.PF_EXTERNAL_GATEWAY,
         Cls.PF_FLOATING_IP,  # without it, no floating IP
         Cls.PF_EXTERNAL_NETWORK,  # without it, no way out
@@ -125,6 +138,7 @@ class Prop:
 
     NAME: Final = "name"  # most classes
     TARGET: Final = "target"  # every *RSrc relation: a reference
+    SOURCE: Final = "source"  # every *RTgt relation: a reference to the object whose relation it reverses
     # GbpBridgeDomain
     ROUTING_MODE: Final = "routingMode"
     # GbpeInstContext
@@ -155,9 +169,10 @@ class Prop:
     BRIDGE_DOMAIN: Final = "bridgeDomain"
     SECURITY_GROUP: Final = "securityGroup"  # a list of references
     HOST: Final = "host"
+    FLOATING_IP: Final = "floatingIp"  # a list of references: the PfFloatingIps bound to the endpoint
     # PfFloatingIp, PfEndpointStatus
     ENDPOINT: Final = "endpoint"  # TENANT/NAME, or a reference on PfFloatingIp
-    # PfRouterInterface
+    # PfRouterInterface (and BRIDGE_DOMAIN: a reference to its subnet's bridge domain)
     SUBNET: Final = "subnet"
     # PfExternalGateway, PfFloatingIp
     NETWORK: Final = "network"  # a reference to a PfExternalNetwork

@@ -10,7 +10,8 @@ keep it when editing.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any
 
@@ -74,8 +75,10 @@ _shared_uri = lru_cache(maxsize=1 << 14)(uri_of)
 _members_uri = lru_cache(maxsize=1 << 14)(members_uri)
 
 
-def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None) -> MO:
-    """An endpoint's ``PfEndpoint`` (its intent), as its agent resolves it."""
+def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None, fips: Sequence[str] = ()) -> MO:
+    """An endpoint's ``PfEndpoint`` (its intent), as its agent resolves it; ``fips``: the names of
+    the floating IPs bound to it (referenced, so that its agent resolves them: the reverse of the
+    floating IP's reference to the endpoint)."""
     props: dict[str, Any] = {Prop.NAME: ep.name, Prop.MAC: ep.mac, Prop.IP: list(ep.ip)}
     if ep.epg is not None:
         props[Prop.EPG] = ref(Cls.GBP_EP_GROUP, _shared_uri(tenant, Cls.GBP_EP_GROUP, ep.epg))
@@ -86,6 +89,10 @@ def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None) -> MO:
     ]
     if ep.host is not None:
         props[Prop.HOST] = ep.host
+    if fips:
+        props[Prop.FLOATING_IP] = [
+            ref(Cls.PF_FLOATING_IP, _shared_uri(tenant, Cls.PF_FLOATING_IP, f)) for f in fips
+        ]
     uri = child(top, Cls.PF_ENDPOINT, ep.name)
     return MO(Cls.PF_ENDPOINT, uri, props, [], Cls.POLICY_SPACE, top, Cls.PF_ENDPOINT)
 
@@ -132,8 +139,19 @@ def add_l3_context(tree: Tree, tenant: str, vrf: o.L3Context, vni: int) -> None:
     tree.add(rd, Cls.GBPE_INST_CONTEXT, **{Prop.ENCAP_ID: vni})
 
 
-def add_bridge_domain(tree: Tree, tenant: str, bd: o.BridgeDomain, vni: int) -> None:
-    """The bridge domain (its subnets' container is ``add_subnets``)."""
+def _reverse(tree: Tree, parent: str, cls: str, subject: str, sources: Sequence[str]) -> None:
+    """A ``cls`` reverse relation under ``parent`` for each of ``sources`` (the URIs of the
+    ``subject`` objects whose relation points at ``parent``), named by the source's class and URI,
+    in the order given."""
+    for source in sources:
+        tree.add(parent, cls, subject, source, **{Prop.SOURCE: ref(subject, source)})
+
+
+def add_bridge_domain(
+    tree: Tree, tenant: str, bd: o.BridgeDomain, vni: int, routers: Collection[str] = ()
+) -> None:
+    """The bridge domain (its subnets' container is ``add_subnets``); ``routers``: the names of the
+    routers with a leg on it (reverse relations, sorted)."""
     uri = tree.add(
         space(tenant), Cls.GBP_BRIDGE_DOMAIN, bd.name, **{Prop.NAME: bd.name, Prop.ROUTING_MODE: "enabled"}
     )
@@ -153,6 +171,8 @@ def add_bridge_domain(tree: Tree, tenant: str, bd: o.BridgeDomain, vni: int) -> 
     )
     tree.add(uri, Cls.GBPE_INST_CONTEXT, **{Prop.ENCAP_ID: vni})
     tree.add(uri, Cls.PF_BRIDGE_DOMAIN_MTU, **{Prop.MTU: bd.mtu})  # what DHCP tells its endpoints
+    sources = [uri_of(tenant, Cls.PF_ROUTER, r) for r in sorted(routers)]
+    _reverse(tree, uri, Cls.PF_ROUTER_TO_BRIDGE_DOMAIN_RTGT, Cls.PF_ROUTER, sources)
 
 
 def add_subnets(tree: Tree, tenant: str, bd: str) -> str:
@@ -197,9 +217,24 @@ def add_actions(tree: Tree, tenant: str) -> None:
     tree.add(top, Cls.GBP_LOG_ACTION, "log", **{Prop.NAME: "log"})
 
 
-def add_contract(tree: Tree, tenant: str, contract: o.Contract) -> None:
+def add_contract(
+    tree: Tree,
+    tenant: str,
+    contract: o.Contract,
+    providers: Collection[str] = (),
+    consumers: Collection[str] = (),
+) -> None:
+    """The contract, its rules and their classifiers; ``providers`` and ``consumers``: the names of
+    the groups providing and consuming it (reverse relations, sorted)."""
     top, actions = space(tenant), action_uris(tenant)
     uri = tree.add(top, Cls.GBP_CONTRACT, contract.name, **{Prop.NAME: contract.name})
+    for cls, names in (
+        (Cls.PF_EP_GROUP_TO_PROV_CONTRACT_RTGT, providers),
+        (Cls.PF_EP_GROUP_TO_CONS_CONTRACT_RTGT, consumers),
+    ):
+        _reverse(
+            tree, uri, cls, Cls.GBP_EP_GROUP, [uri_of(tenant, Cls.GBP_EP_GROUP, g) for g in sorted(names)]
+        )
     subject = tree.add(uri, Cls.GBP_SUBJECT, "default", **{Prop.NAME: "default"})
     for order, rule in enumerate(contract.rules):
         r = tree.add(
@@ -330,12 +365,10 @@ def add_router(
     for name in router.interfaces:
         bd = subnet_bd.get(name, "")
         target = child(uri_of(tenant, Cls.GBP_SUBNETS, bd), Cls.GBP_SUBNET, name)
-        tree.add(
-            uri,
-            Cls.PF_ROUTER_INTERFACE,
-            name,
-            **{Prop.NAME: name, Prop.SUBNET: ref(Cls.GBP_SUBNET, target)},
-        )
+        leg: dict[str, Any] = {Prop.NAME: name, Prop.SUBNET: ref(Cls.GBP_SUBNET, target)}
+        if bd:  # the leg's bridge domain: an agent resolving the router learns where it routes to
+            leg[Prop.BRIDGE_DOMAIN] = ref(Cls.GBP_BRIDGE_DOMAIN, uri_of(tenant, Cls.GBP_BRIDGE_DOMAIN, bd))
+        tree.add(uri, Cls.PF_ROUTER_INTERFACE, name, **leg)
     gw = router.external_gateway
     if gw is not None:
         active, vtep = gateway or ("", "")
@@ -386,7 +419,61 @@ class Fragment(Tree):
 # name -> (its spec, its bridge domain's URI, its PfEndpoint): what the last build made of each
 # endpoint, so the next one reuses the object when neither changed (a tenant's endpoints are most
 # of its objects)
-EndpointMemo = dict[str, tuple[Any, str | None, MO]]
+EndpointMemo = dict[str, tuple[Any, tuple[str | None, tuple[str, ...]], MO]]
+
+
+@dataclass
+class Reverse:
+    """Who points at what, by name: the reverse relations a tenant's tree carries (a contract's
+    providing and consuming groups, a bridge domain's routers) and the floating IPs an endpoint's
+    ``PfEndpoint`` references. ``tenant_tree`` computes it whole (``of``); the incremental model
+    keeps the same maps up to date by the object."""
+
+    providers: dict[str, set[str]] = field(default_factory=dict)  # contract -> groups providing it
+    consumers: dict[str, set[str]] = field(default_factory=dict)  # contract -> groups consuming it
+    routers: dict[str, set[str]] = field(default_factory=dict)  # bridge domain -> routers with a leg on it
+    fips: dict[str, set[str]] = field(default_factory=dict)  # endpoint -> floating IPs bound to it
+
+    @classmethod
+    def of(
+        cls, epgs: Iterable[Any], subnets: Iterable[Any], routers: Iterable[Any], fips: Iterable[Any]
+    ) -> Reverse:
+        out = cls()
+        for epg in epgs:
+            out.add_group(epg.name, epg)
+        subnet_bd = {s.name: s.bridge_domain for s in subnets}
+        for router in routers:
+            for bd in router_bds(router, subnet_bd):
+                out.routers.setdefault(bd, set()).add(router.name)
+        for fip in fips:
+            if fip.endpoint is not None:
+                out.fips.setdefault(fip.endpoint, set()).add(fip.name)
+        return out
+
+    def add_group(self, name: str, epg: Any) -> None:
+        for table, contracts in ((self.providers, epg.provides), (self.consumers, epg.consumes)):
+            for contract in contracts:
+                table.setdefault(contract, set()).add(name)
+
+    def drop_group(self, name: str, epg: Any) -> None:
+        for table, contracts in ((self.providers, epg.provides), (self.consumers, epg.consumes)):
+            for contract in contracts:
+                users = table.get(contract)
+                if users is not None:
+                    users.discard(name)
+                    if not users:
+                        del table[contract]
+
+    def contract_users(self, contract: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
+        return (
+            tuple(sorted(self.providers.get(contract, ()))),
+            tuple(sorted(self.consumers.get(contract, ()))),
+        )
+
+
+def router_bds(router: Any, subnet_bd: Mapping[str, str]) -> set[str]:
+    """The bridge domains ``router`` has a leg on (``subnet_bd``: each subnet's bridge domain)."""
+    return {subnet_bd[s] for s in router.interfaces if s in subnet_bd}
 
 
 def tenant_tree(
@@ -413,17 +500,20 @@ def tenant_tree(
     def of(kind: str) -> list[Any]:
         return list(objects.get(kind, ()))
 
+    reverse = Reverse.of(of("endpoint_group"), of("subnet"), of("router"), of("floating_ip"))
     for vrf in of("l3_context"):
         add_l3_context(tree, tenant, vrf, vni.get(f"l3_context/{vrf.name}", 0))
     for bd in of("bridge_domain"):
-        add_bridge_domain(tree, tenant, bd, vni.get(f"bridge_domain/{bd.name}", 0))
+        routers = reverse.routers.get(bd.name, ())
+        add_bridge_domain(tree, tenant, bd, vni.get(f"bridge_domain/{bd.name}", 0), routers)
         add_subnets(tree, tenant, bd.name)
         for subnet in of("subnet"):
             if subnet.bridge_domain == bd.name:
                 add_subnet(tree, tenant, subnet)
     add_actions(tree, tenant)
     for contract in of("contract"):
-        add_contract(tree, tenant, contract)
+        providers, consumers = reverse.contract_users(contract.name)
+        add_contract(tree, tenant, contract, providers, consumers)
     remote_groups: set[str] = set()  # the groups some rule names as its remote side
     for sg in of("security_group"):
         add_security_group(tree, tenant, sg)
@@ -443,12 +533,13 @@ def tenant_tree(
     fresh: EndpointMemo = {}
     for ep in of("endpoint"):
         bd_name = endpoint_bd(tenant, ep, epgs.get(ep.epg or ""), subnets.get(ep.subnet or ""))
+        fips = tuple(sorted(reverse.fips.get(ep.name, ())))
         hit = memo.get(ep.name) if memo is not None else None
-        if hit is not None and hit[0] is ep and hit[1] == bd_name:
+        if hit is not None and hit[0] is ep and hit[1] == (bd_name, fips):
             mo = hit[2]  # the same spec in the same place: the same object as last time
         else:
-            mo = endpoint_mo(tenant, top, ep, bd_name)
-        fresh[ep.name] = (ep, bd_name, mo)
+            mo = endpoint_mo(tenant, top, ep, bd_name, fips)
+        fresh[ep.name] = (ep, (bd_name, fips), mo)
         tree.mos[mo.uri] = mo
         tree.mos[top].children.append(mo.uri)
         for host in member_hosts(tenant, ep, remote_groups):
@@ -498,6 +589,7 @@ def global_tree(
 __all__ = [
     "EndpointMemo",
     "Fragment",
+    "Reverse",
     "action_uris",
     "add_actions",
     "add_bridge_domain",
@@ -516,5 +608,6 @@ __all__ = [
     "global_tree",
     "member_hosts",
     "remote_groups_of",
+    "router_bds",
     "tenant_tree",
 ]

@@ -1,10 +1,15 @@
 """The policy repository role: the stored model as GBP MO trees, served and pushed.
 
 One tree per tenant (and one global tree: the universe and the external
-networks). ``policy_resolve`` returns a subtree and subscribes the session to
-it for ``prr`` seconds. A commit marks its tenants dirty; the server's next
-flush brings them up to date and sends one ``policy_update`` per session,
-holding only the changed MOs under that session's subscriptions.
+networks). ``policy_resolve`` of any object's URI (a PolicySpace, or one group,
+contract, bridge domain...: our agents resolve by need, object by object, as a
+reference agent does) returns its subtree and subscribes the session to it for
+``prr`` seconds. A commit marks its tenants dirty; the server's next flush
+brings them up to date and sends one ``policy_update`` to each session
+subscribed to a changed MO (or to one of its ancestors), holding only those
+MOs. The sessions are found by the changed MOs' URIs (``Subscribers``, an
+index by subscribed URI), not by looking at every session's subscriptions: a
+change to a contract costs the sessions that follow it.
 
 A tenant's tree is kept by its ``TenantModel`` (``tenant_model.py``): off the
 event loop the flush reads the records changed since the model's revision and
@@ -57,6 +62,7 @@ from policyfabric.authority.opflex.tenant_model import (
 )
 from policyfabric.authority.service import Authority
 from policyfabric.model.objects import ExternalNetwork
+from policyfabric.opflex.cache import ancestors
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.rpc import RpcError
@@ -107,6 +113,54 @@ def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO], list[MO]]:
     return changed, merged, removed
 
 
+class Subscribers:
+    """Who subscribed to what: subscribed URI -> the sessions' ``Peer`` (by identity). The sessions'
+    own tables (``Peer.subs``) stay the truth, with the leases; this index only finds the
+    candidates for a push, and forgets an entry whose session no longer holds the subscription
+    (unresolved, expired) when it meets it."""
+
+    def __init__(self) -> None:
+        self._by_uri: dict[str, dict[int, Peer]] = {}
+
+    def add(self, uri: str, peer: Peer) -> None:
+        self._by_uri.setdefault(uri, {})[id(peer)] = peer
+
+    def remove(self, uri: str, peer: Peer) -> None:
+        peers = self._by_uri.get(uri)
+        if peers is not None:
+            peers.pop(id(peer), None)
+            if not peers:
+                del self._by_uri[uri]
+
+    def __len__(self) -> int:
+        return sum(len(p) for p in self._by_uri.values())
+
+    def of(self, uris: Iterable[str], now: float) -> dict[int, dict[str, float]]:
+        """For each session (by its ``Peer``'s identity) subscribed to one of ``uris`` or to an
+        object above it: those of its live subscriptions (URI -> expiry) that cover one of them.
+        Costs the URIs' depth each, not the number of sessions or subscriptions."""
+        out: dict[int, dict[str, float]] = {}
+        seen: set[str] = set()
+        by_uri = self._by_uri
+        for uri in uris:
+            for prefix in ancestors(uri):
+                if prefix in seen:
+                    continue
+                seen.add(prefix)
+                peers = by_uri.get(prefix)
+                if not peers:
+                    continue
+                for key, peer in list(peers.items()):
+                    expiry = peer.subs.get(prefix)
+                    if expiry is None or expiry <= now:
+                        del peers[key]  # unresolved or expired since
+                        continue
+                    out.setdefault(key, {})[prefix] = expiry
+                if not peers:
+                    del by_uri[prefix]
+        return out
+
+
 class PolicyRepository:
     def __init__(
         self,
@@ -129,6 +183,7 @@ class PolicyRepository:
         self._models: dict[str, TenantModel] = {}  # tenant -> its objects and their MOs (its tree's)
         self._intents: dict[str, TenantIntent] = {}  # tenant -> its endpoints' entries, as last read
         self._rebuilding = asyncio.Lock()
+        self.subscribers = Subscribers()  # who to push a changed MO to
         self._dirty: set[str | None] = set()
         self._mark = 0  # numbers the calls to mark_dirty
         self._marked: dict[str | None, int] = {}  # tenant -> the number of its latest change
@@ -152,6 +207,7 @@ class PolicyRepository:
                     f"Unknown subject: {entry.subject} (the object at that URI is a {mos[0].subject})",
                 )
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
+            self.subscribers.add(entry.policy_uri, peer)
             policy += [mo.to_wire() for mo in mos]
         # a whole tenant may not fit one frame: all but the last part go first, as updates (and an MO
         # too large for a frame in pieces, as merge_children), paced by how fast the peer reads;
@@ -170,6 +226,7 @@ class PolicyRepository:
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(Unresolve, params):
             peer.subs.pop(entry.policy_uri, None)
+            self.subscribers.remove(entry.policy_uri, peer)
         return {}
 
     # ---- changes
@@ -275,11 +332,18 @@ class PolicyRepository:
             if rebuilt:
                 self._rebuilt(rebuilt)  # routers may have gained or lost an external gateway
             if push and (changed or merged or removed):
-                self._fan_out(
-                    "policy_update",
-                    lambda peer: peer.subs,
-                    {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
-                )
+                self.push(changed, merged, removed)
+
+    def push(self, changed: list[MO], merged: list[MO], removed: list[MO]) -> None:
+        """Send what a flush changed to the sessions subscribed to it (each gets the MOs under its
+        subscriptions that cover one of them: ``fan_out`` filters by those alone)."""
+        uris = (mo.uri for part in (changed, merged, removed) for mo in part)
+        covering = self.subscribers.of(uris, time.monotonic())
+        self._fan_out(
+            "policy_update",
+            lambda peer: covering.get(id(peer), {}),
+            {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
+        )
 
     def _build(self, tenants: set[str | None], gateways: Mapping[RouterKey, tuple[str, str]]) -> _Built:
         """Off the event loop: bring the models of ``tenants`` up to date with the store, by the
@@ -345,4 +409,4 @@ class _Built:
     patches: dict[str, Patch] = field(default_factory=dict)
 
 
-__all__ = ["PolicyRepository", "Trees", "affected_tenants", "diff", "tenant_of"]
+__all__ = ["PolicyRepository", "Subscribers", "Trees", "affected_tenants", "diff", "tenant_of"]

@@ -44,6 +44,7 @@ from typing import Any
 
 from policyfabric.authority.opflex.policy_tree import (
     Fragment,
+    Reverse,
     add_actions,
     add_bridge_domain,
     add_contract,
@@ -60,6 +61,7 @@ from policyfabric.authority.opflex.policy_tree import (
     endpoint_mo,
     member_hosts,
     remote_groups_of,
+    router_bds,
 )
 from policyfabric.model import kinds as k
 from policyfabric.opflex.mo import MO, Tree
@@ -129,6 +131,8 @@ class TenantModel:
         self.remote: dict[str, int] = {}  # group -> the rules naming it as their remote side (> 0)
         # router -> the election's result (active host, its tunnel address) it was built with
         self.gateways: dict[str, tuple[str, str] | None] = {}
+        self.reverse = Reverse()  # the reverse relations and an endpoint's floating IPs, by name
+        self.legs: dict[str, set[str]] = {}  # router -> the bridge domains it has a leg on
         self.frags: dict[Unit, Frag] = {}
         self.reads: dict[Unit, tuple[Key, ...]] = {}
         self.uses: dict[Key, set[Unit]] = {}  # the reverse of ``reads``
@@ -155,6 +159,15 @@ class TenantModel:
             for group in remote_groups_of(spec):
                 model.remote[group] = model.remote.get(group, 0) + 1
         model.gateways = {r: gateways.get(r) for r in model.specs["router"]}
+        specs = model.specs
+        model.reverse = Reverse.of(
+            specs["endpoint_group"].values(),
+            specs["subnet"].values(),
+            specs["router"].values(),
+            specs["floating_ip"].values(),
+        )
+        subnet_bd = {n: s.bridge_domain for n, s in specs["subnet"].items()}
+        model.legs = {r: router_bds(spec, subnet_bd) for r, spec in specs["router"].items()}
         for unit in model._order():
             frag, reads = model._build(unit)
             model._set_reads(unit, reads)
@@ -251,25 +264,30 @@ class TenantModel:
             bd = (
                 epg.bridge_domain if epg is not None else subnet.bridge_domain if subnet is not None else None
             )
-            mo = endpoint_mo(tenant, self.top, spec, endpoint_bd(tenant, spec, epg, subnet))
+            fips = tuple(sorted(self.reverse.fips.get(name, ())))
+            mo = endpoint_mo(tenant, self.top, spec, endpoint_bd(tenant, spec, epg, subnet), fips)
             reads = (
                 ("epg-bd", spec.epg),
                 ("subnet-bd", spec.subnet),
                 ("intent-bd", bd),
                 ("intent-epg", spec.epg),
+                ("fips-of", name),
             )
             reads += tuple(("remote", g) for g in spec.security_groups)
             return (mo, *member_hosts(tenant, spec, self.remote)), reads
         if kind == "l3_context":
             add_l3_context(frag, tenant, spec, self.numbers.get(f"l3_context/{name}", 0))
         elif kind == "bridge_domain":
-            add_bridge_domain(frag, tenant, spec, self.numbers.get(f"bridge_domain/{name}", 0))
+            reads = (("bd-routers", name),)
+            routers = tuple(self.reverse.routers.get(name, ()))
+            add_bridge_domain(frag, tenant, spec, self.numbers.get(f"bridge_domain/{name}", 0), routers)
         elif kind == "subnet":
             reads = (("bd", spec.bridge_domain),)
             if spec.bridge_domain in specs["bridge_domain"]:
                 add_subnet(frag, tenant, spec)
         elif kind == "contract":
-            add_contract(frag, tenant, spec)
+            reads = (("contract-users", name),)
+            add_contract(frag, tenant, spec, *self.reverse.contract_users(name))
         elif kind == "security_group":
             add_security_group(frag, tenant, spec)
         elif kind == "endpoint_group":
@@ -369,8 +387,31 @@ class TenantModel:
             touched.add(("bd", name))
         elif kind == "subnet" and field_of(old, "bridge_domain") != field_of(new, "bridge_domain"):
             touched.add(("subnet-bd", name))
-        elif kind == "endpoint_group" and field_of(old, "bridge_domain") != field_of(new, "bridge_domain"):
-            touched.add(("epg-bd", name))
+        elif kind == "endpoint_group":
+            if field_of(old, "bridge_domain") != field_of(new, "bridge_domain"):
+                touched.add(("epg-bd", name))
+            # the contracts whose reverse relations name it
+            was = {*old.provides, *old.consumes} if old is not None else set()
+            now = {*new.provides, *new.consumes} if new is not None else set()
+            if old is not None:
+                self.reverse.drop_group(name, old)
+            if new is not None:
+                self.reverse.add_group(name, new)
+            same = old is not None and new is not None and set(old.provides) == set(new.provides)
+            same = same and set(old.consumes) == set(new.consumes)
+            if not same:
+                touched.update(("contract-users", c) for c in was | now)
+        elif kind == "floating_ip":
+            before, after = field_of(old, "endpoint"), field_of(new, "endpoint")
+            if before is not None:
+                fips = self.reverse.fips.get(before, set())
+                fips.discard(name)
+                if not fips:
+                    self.reverse.fips.pop(before, None)
+            if after is not None:
+                self.reverse.fips.setdefault(after, set()).add(name)
+            if (before is None) != (after is None) or before != after:
+                touched.update(("fips-of", e) for e in (before, after) if e is not None)
         elif kind == "security_group":
             was = remote_groups_of(old) if old is not None else set()
             now = remote_groups_of(new) if new is not None else set()
@@ -396,6 +437,8 @@ class TenantModel:
             elif what == "remote":
                 units.add(("members", name))
             units |= self.uses.get(key, set())
+        for _, router in [u for u in units if u[0] == "router"]:  # its bridge domains' reverse relations
+            units.update(("bridge_domain", bd) for bd in self._relegs(router))
         patch = Patch()
         for unit in units:
             old = self.frags.get(unit, ())
@@ -424,6 +467,27 @@ class TenantModel:
             elif kind == "router":
                 patch.routers = True
         return patch
+
+    def _relegs(self, router: str) -> set[str]:
+        """Bring ``reverse.routers`` up to date with where ``router`` now has legs; the bridge
+        domains it joined or left."""
+        spec, subnets = self.specs["router"].get(router), self.specs["subnet"]
+        now = (
+            router_bds(spec, {s: subnets[s].bridge_domain for s in spec.interfaces if s in subnets})
+            if spec
+            else set()
+        )
+        was = self.legs.pop(router, set())
+        if now:
+            self.legs[router] = now
+        for bd in was - now:
+            routers = self.reverse.routers.get(bd, set())
+            routers.discard(router)
+            if not routers:
+                self.reverse.routers.pop(bd, None)
+        for bd in now - was:
+            self.reverse.routers.setdefault(bd, set()).add(router)
+        return was ^ now
 
     def users(self, what: str, name: str) -> builtins.list[str]:
         """The endpoints whose intent entry reads the bridge domain (``what``: "bd") or group
