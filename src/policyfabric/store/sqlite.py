@@ -126,7 +126,8 @@ class SqliteTxn:
         self.logged: list[Change] = []
 
     def _rows(self, sql: str, *params: Any) -> list[Any]:
-        return self._cur.execute(sql, params).fetchall()
+        rows: list[Any] = self._cur.execute(sql, params).fetchall()
+        return rows
 
     def _run(self, sql: str, params: Sequence[Any]) -> None:
         self._cur.execute(sql, params)
