@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -189,16 +190,23 @@ class SqliteTxn:
         )
         self._run(_INSERT if op == "create" else _UPDATE, values)
         if claim_list is not None:
-            self.set_claims(record.id, claim_list)
+            self._claim(record.id, claim_list, held=op != "create")  # a new id holds nothing yet
         self._log(op, record)
 
     def set_claims(self, id: str, claim_list: Sequence[Claim]) -> None:
-        self._run(_DROP_CLAIMS, (id,))
+        self._claim(id, claim_list, held=True)
+
+    def _claim(self, id: str, claim_list: Sequence[Claim], held: bool) -> None:
+        """Take ``claim_list`` for ``id`` (dropping what it ``held``). Each claim is one INSERT,
+        refused by the key's uniqueness when the key is taken (by another object, or listed
+        twice by this one): the holder is looked up only then (a statement less per claim)."""
+        if held:
+            self._run(_DROP_CLAIMS, (id,))
         for claim in claim_list:
-            holder = self.claim_holder(claim.key)
-            if holder is not None:  # held by another object, or listed twice by this one
-                raise ClaimTaken(claim, holder)
-            self._run(_CLAIM, (claim.key, id))
+            try:
+                self._run(_CLAIM, (claim.key, id))
+            except sqlite3.IntegrityError:
+                raise ClaimTaken(claim, self.claim_holder(claim.key) or id) from None
 
     def delete(self, record: Record) -> None:
         self._run(_DROP_CLAIMS, (record.id,))
