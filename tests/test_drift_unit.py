@@ -21,7 +21,7 @@ from policyfabric.agent.renderers.nftables.monitor import Transactions
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.flowmods import AddFlow, DeleteFlow, ReplaceFlows
 from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, flow
-from policyfabric.agent.renderers.ovs.monitor import Attribution, FlowMonitor, describe
+from policyfabric.agent.renderers.ovs.monitor import BULK, Attribution, FlowMonitor, describe
 from policyfabric.agent.renderers.ovs.sections import cookie_of
 from policyfabric.agent.renderers.ovs.tables import NEIGHBOUR, POLICY_CT
 from tests.fabric import TUNNEL
@@ -104,6 +104,22 @@ def test_a_pause_during_a_full_sync_is_the_agents_own_and_any_other_is_unknown(t
     foreign, unknown = monitor._foreign([paused, update(ADDED, 61, 10), update(ADDED, 0, 5), resumed])
     assert unknown.startswith("OVS paused the flow monitor")  # a delta's pause: unknown
     assert foreign == [update(ADDED, 0, 5)]
+
+
+def test_a_bulk_deltas_window_takes_everything_and_its_pause_is_its_own(tmp_path: Path) -> None:
+    """A delta of more than ``BULK`` flow mods may overflow the monitor as a full sync does: its
+    window takes any update, and a pause during it is not drift; one flow mod fewer is counted."""
+    monitor = FlowMonitor(tmp_path / "none.mgmt", lambda what: None)
+    adds = [AddFlow(flow(61, 10, {"reg0": str(i)}, "drop")) for i in range(BULK + 1)]
+    token = monitor.attribution.open(adds)
+    assert not monitor.attribution.foreign(update(REMOVED, 0, 5))  # not one of its kinds, yet its
+    assert monitor._foreign([update(ADDED, 61, 10), update(w.OFPFME_PAUSED)]) == ([], "")
+    monitor.attribution.close(token)
+    assert monitor._foreign([update(w.OFPFME_RESUMED)]) == ([], "")
+    token = monitor.attribution.open(adds[:BULK])
+    assert monitor.attribution.foreign(update(REMOVED, 0, 5))
+    assert monitor._foreign([update(w.OFPFME_PAUSED)])[1].startswith("OVS paused the flow monitor")
+    monitor.attribution.close(token)
 
 
 def test_a_delta_of_half_the_table_or_more_goes_whole() -> None:

@@ -93,7 +93,11 @@ class Declarer:
         changed since the last call (None: unknown, look at everything). Returns the iface-ids
         that were unplugged since the last call."""
         self._syncs += 1
-        full = changed is None or self._syncs % FULL_EVERY == 0
+        # the periodic full pass waits for a sync with no change (the agent makes one after a quiet
+        # spell), up to twice as long: on a change it was that change's latency (250 ms at 10,000)
+        full = changed is None or self._syncs >= (FULL_EVERY if not changed else 2 * FULL_EVERY)
+        if full:
+            self._syncs = 0
         touched: set[str] = set()
         if not full:
             assert changed is not None

@@ -133,6 +133,7 @@ class OvsAgent:
         self._wake = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: set[str] | None = None  # cache URIs changed since the last reconcile (None: unknown)
+        self._quiet: asyncio.TimerHandle | None = None  # the reconcile after a quiet spell
         self.view = ViewState(config.host, config.tunnel_ip, config.external)  # the renderers' input
 
     # ---- wiring
@@ -204,6 +205,7 @@ class OvsAgent:
                 try:
                     await self.reconcile()
                     settle_heap(time.monotonic() - last)
+                    self._wake_when_quiet()
                 except Exception as exc:  # keep serving; report, and retry shortly
                     if str(exc) != self._last_error:  # the traceback once; the fault stays raised
                         log.exception("agent %s: reconcile failed (retrying every second)", self.config.host)
@@ -220,6 +222,8 @@ class OvsAgent:
         finally:
             client_task.cancel()
             refresher.cancel()
+            if self._quiet is not None:
+                self._quiet.cancel()
             if self.dhcp is not None:
                 await asyncio.to_thread(self.dhcp.stop)
             for rendering in self.renderers:
@@ -228,6 +232,15 @@ class OvsAgent:
             with contextlib.suppress(BaseException):
                 await self.client.stop()
             self.ovsdb.close()
+
+    def _wake_when_quiet(self) -> None:
+        """Reconcile once more after ``check_every`` seconds with nothing changed: the periodic
+        safety nets (the view's check of every input, the declarer's full pass) then run there, at
+        no change's expense, rather than on the first change after a quiet spell (0.3-0.8 s at
+        10,000 endpoints). One timer, moved on by every reconcile."""
+        if self._quiet is not None:
+            self._quiet.cancel()
+        self._quiet = asyncio.get_running_loop().call_later(self.view.check_every, self.wake)
 
     async def _refresh_announcements(self) -> None:
         while True:

@@ -26,8 +26,10 @@ are replaced, never mutated), so its records keep their identity and it costs ab
 agent's memoised full build did before. Built with no old state (``policy_view``, the tests'
 reference) it reads everything.
 
-The safety net, every ``check_every`` seconds: every node's inputs are checked by identity
-(``stale``: no reading, a few ms at 10,000 endpoints, where a full build costs a few hundred),
+The safety net, every ``check_every`` seconds (in a reconcile with nothing changed if one comes
+in time, see ``check_due``): every node's inputs are checked by identity
+(``stale``: no reading; measured 0.3-0.6 s at 10,000 endpoints on a loaded machine, where a
+full build costs 1.5 s),
 and what changed that no reported change named is logged, counted (``stats.missed``) and read
 as if reported: the declarer's ``FULL_EVERY`` check, made on a clock so that a burst of changes
 meets it at most once per period.
@@ -296,13 +298,23 @@ class ViewState:
             self.stats.full += 1
         else:
             assert changed is not None
-            if now - self._last_check >= self.check_every:
+            if self.check_due(now, bool(changed)):
                 changed = changed | self._missed(policy, registry, changed)
                 self._last_check = now
             flags = self._update(policy, registry, plugged, changed)
             self.stats.incremental += 1
         self._sources = (policy, registry)
         return self._assemble(tunnel_port, ofports, full, *flags)
+
+    def check_due(self, now: float, busy: bool) -> bool:
+        """Whether the safety net's check runs in an update at ``now``: ``check_every`` after the
+        last, but not in an update that carries a change (``busy``) until twice that. The check
+        reads every node's inputs (0.3-0.6 s at 10,000 endpoints): made on the change after a
+        quiet spell, it was that change's latency (the "cold first change"); the agent wakes
+        with nothing changed every ``check_every`` seconds of quiet (``OvsAgent``), where it
+        costs no one."""
+        since = now - self._last_check
+        return since >= self.check_every and (not busy or since >= 2 * self.check_every)
 
     def _update(
         self,

@@ -12,6 +12,7 @@ from __future__ import annotations
 import builtins
 import json
 import logging
+import sqlite3
 import threading
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -109,19 +110,28 @@ def _record(row: Any) -> Record:
 class SqliteTxn:
     """Both a read snapshot and, under the store's write lock, a write transaction.
 
-    Statements are plain SQL text through SQLAlchemy's connection (the tables
-    are declared above, for the schema): building Core expressions cost more
-    than SQLite itself on these one-row statements.
+    Statements are plain SQL text on the connection's DB-API cursor (the tables are declared
+    above, for the schema; SQLAlchemy keeps the engine, the pool and the connection set-up).
+    Building Core expressions cost more than SQLite itself on these one-row statements, and so
+    did passing them through SQLAlchemy's ``exec_driver_sql``: a batch of 10,000 endpoints runs
+    about 70,000 statements and the status reports that follow 30,000, where its per-statement
+    events and result wrapping were most of the time (profiled: 175,000 statements, 25 s of
+    the authority's 87).
     """
 
     def __init__(self, conn: Connection) -> None:
         self.conn = conn
+        self._cur = conn.connection.cursor()  # the DB-API cursor, inside the transaction ``conn`` began
         self._revision: int | None = None
         self._seq = 0
         self.logged: list[Change] = []
 
     def _rows(self, sql: str, *params: Any) -> list[Any]:
-        return list(self.conn.exec_driver_sql(sql, params))
+        rows: list[Any] = self._cur.execute(sql, params).fetchall()
+        return rows
+
+    def _run(self, sql: str, params: Sequence[Any]) -> None:
+        self._cur.execute(sql, params)
 
     # ---- reads
     def get(self, id: str) -> Record | None:
@@ -160,13 +170,13 @@ class SqliteTxn:
         key = f"seq:{name}"
         rows = self._rows("SELECT value FROM meta WHERE key = ?", key)
         value = int(rows[0][0]) + 1 if rows else 1
-        self.conn.exec_driver_sql("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
+        self._run("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, value))
         return value
 
     def next_revision(self) -> int:
         if self._revision is None:
             self._revision = self.revision() + 1
-            self.conn.exec_driver_sql(_SET_REVISION, (self._revision,))
+            self._run(_SET_REVISION, (self._revision,))
         return self._revision
 
     def put(self, record: Record, claim_list: Sequence[Claim] | None, op: Op) -> None:
@@ -178,30 +188,35 @@ class SqliteTxn:
             json.dumps(record.data, separators=(",", ":")),
             record.id,
         )
-        self.conn.exec_driver_sql(_INSERT if op == "create" else _UPDATE, values)
+        self._run(_INSERT if op == "create" else _UPDATE, values)
         if claim_list is not None:
-            self.set_claims(record.id, claim_list)
+            self._claim(record.id, claim_list, held=op != "create")  # a new id holds nothing yet
         self._log(op, record)
 
     def set_claims(self, id: str, claim_list: Sequence[Claim]) -> None:
-        self.conn.exec_driver_sql(_DROP_CLAIMS, (id,))
+        self._claim(id, claim_list, held=True)
+
+    def _claim(self, id: str, claim_list: Sequence[Claim], held: bool) -> None:
+        """Take ``claim_list`` for ``id`` (dropping what it ``held``). Each claim is one INSERT,
+        refused by the key's uniqueness when the key is taken (by another object, or listed
+        twice by this one): the holder is looked up only then (a statement less per claim)."""
+        if held:
+            self._run(_DROP_CLAIMS, (id,))
         for claim in claim_list:
-            holder = self.claim_holder(claim.key)
-            if holder is not None:  # held by another object, or listed twice by this one
-                raise ClaimTaken(claim, holder)
-            self.conn.exec_driver_sql(_CLAIM, (claim.key, id))
+            try:
+                self._run(_CLAIM, (claim.key, id))
+            except sqlite3.IntegrityError:
+                raise ClaimTaken(claim, self.claim_holder(claim.key) or id) from None
 
     def delete(self, record: Record) -> None:
-        self.conn.exec_driver_sql(_DROP_CLAIMS, (record.id,))
-        self.conn.exec_driver_sql(_DELETE, (record.id,))
+        self._run(_DROP_CLAIMS, (record.id,))
+        self._run(_DELETE, (record.id,))
         self._log("delete", record)
 
     def _log(self, op: Op, record: Record) -> None:
         self._seq += 1
         revision = self.next_revision()
-        self.conn.exec_driver_sql(
-            _LOG, (revision, self._seq, op, record.kind, record.id, record.tenant or "", record.name)
-        )
+        self._run(_LOG, (revision, self._seq, op, record.kind, record.id, record.tenant or "", record.name))
         self.logged.append(Change(revision, op, record.kind, record.id, record.tenant, record.name))
 
 

@@ -25,12 +25,14 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 COOKIE_TAG = 0x5046 << 48  # "PF": every flow the agent owns carries it in its top 16 bits
 COOKIE_MASK = 0xFFFF << 48  # the tag's bits: dump-flows cookie=0x5046000000000000/0xffff000000000000
 LEARNED = 1 << 44  # origin bits 47..44 = 1: added by a learn action, not by the agent
 KIND_SHIFT, ID_BITS = 40, 40
 AGENT_COOKIE = COOKIE_TAG  # a compiled flow outside any section
+_T = TypeVar("_T")
 
 
 def section_cookie(kind: int, section_id: int, learned: bool = False) -> int:
@@ -79,11 +81,47 @@ NXM_FIELDS = {
 }
 
 
-@dataclass(frozen=True, order=True)
+# Flows share their parts: the same match pair (``("in_port", "7")``), action string and action
+# tuple recur in many flows (every endpoint of a group loads its class id; an endpoint's port and MAC
+# are in a dozen of its flows), and at 10,000 endpoints a copy each was a third of the agent's flow
+# memory. Each part is taken from a table of those seen; the table is emptied when it grows past
+# ``SHARED_MAX`` (after that, parts are shared again as they recur), so it cannot grow without end
+# in a long-lived agent whose endpoints come and go.
+SHARED_MAX = 1 << 18
+_shared: dict[object, object] = {}
+
+
+def _share(part: _T) -> _T:
+    found = _shared.get(part)
+    if found is None:
+        if len(_shared) >= SHARED_MAX:
+            _shared.clear()
+        _shared[part] = found = part
+    return found  # type: ignore[return-value]
+
+
+def shared_match(match: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], ...]:
+    """``match`` with each pair the one already seen (an equal value)."""
+    return tuple([_share(pair) for pair in match])
+
+
+def shared_actions(actions: tuple[str, ...]) -> tuple[str, ...]:
+    """``actions`` as the tuple already seen, its strings too (an equal value)."""
+    found = _shared.get(actions)
+    if found is None:
+        found = _share(tuple([_share(a) for a in actions]))
+    return found  # type: ignore[return-value]
+
+
+_set = object.__setattr__
+
+
+@dataclass(frozen=True, order=True, slots=True)
 class Flow:
     """One flow. The cookie is part of its value (equality, hash): OVS's ``replace-flows`` rewrites
     a flow whose cookie alone changed, and the encoder's memo (``ofwire.add_body``) must not hand
-    one flow's bytes to an equal-looking flow of another section."""
+    one flow's bytes to an equal-looking flow of another section. Slotted, its match pairs and
+    actions shared with equal flows' (``_share``): there are a hundred thousand of them."""
 
     table: int
     priority: int
@@ -96,16 +134,22 @@ class Flow:
     key: tuple[int, int, tuple[tuple[str, str], ...]] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "key", (self.table, self.priority, self.match))
+        match = shared_match(self.match)
+        _set(self, "match", match)
+        _set(self, "actions", shared_actions(self.actions))
+        _set(self, "key", (self.table, self.priority, match))
 
     def with_cookie(self, cookie: int) -> Flow:
-        """This flow with ``cookie``. A copy of the instance's fields (its cached key too), not a
-        call of the dataclass's ``__init__``: the compiler stamps every flow of a section so, and
-        that halves what stamping costs (the flow has nothing to check or derive but its key)."""
+        """This flow with ``cookie``. A copy of the instance's fields (its key and shared parts
+        too), not a call of the dataclass's ``__init__``: the compiler stamps every flow of a
+        section so, and that halves what stamping costs (the flow has nothing to check or derive)."""
         f = object.__new__(Flow)
-        fields = f.__dict__
-        fields.update(self.__dict__)
-        fields["cookie"] = cookie
+        _set(f, "table", self.table)
+        _set(f, "priority", self.priority)
+        _set(f, "match", self.match)
+        _set(f, "actions", self.actions)
+        _set(f, "cookie", cookie)
+        _set(f, "key", self.key)
         return f
 
     def same_rule(self, other: Flow) -> bool:

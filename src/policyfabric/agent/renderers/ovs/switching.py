@@ -123,11 +123,11 @@ def dhcp_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> li
     """DHCPv4 on the endpoint's own host: its requests (from its MAC, client port 68 to server port
     67, broadcast or unicast renewals alike) go to the agent's responder (``agent/dhcp``), never
     on to the bridge domain or a tunnel; none of its packets from the server port 67 goes anywhere
-    (an endpoint is no DHCP server). Without a DHCP-answered subnet for its address, requests fall
-    to port security, which drops them (their source 0.0.0.0 is not the endpoint's)."""
+    (an endpoint is no DHCP server: one flow for every port, ``base_flows``). Without a
+    DHCP-answered subnet for its address, requests fall to port security, which drops them (their
+    source 0.0.0.0 is not the endpoint's)."""
     port = ep.ofport or 0
-    dhcp: dict[str, str | int] = {"in_port": port, "udp": "", "tp_src": 67}
-    flows = [flow(PORT_SECURITY, 200, dhcp, "drop", cookie=cookie)]
+    flows: list[Flow] = []
     if dhcp_subnet(ep, bd) is not None:
         ask: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac, "udp": "", "tp_src": 68, "tp_dst": 67}
         flows.append(flow(PORT_SECURITY, 200, ask, TO_CONTROLLER, cookie=cookie))
@@ -167,6 +167,9 @@ def base_flows(tunnel_port: int | None) -> list[Flow]:
     flows = [
         flow(CLASSIFY, 0, None, "drop"),
         flow(PORT_SECURITY, 0, None, "drop"),
+        # DHCP server packets from any local port (only local ports reach PORT_SECURITY): one flow
+        # for all, not one per endpoint (10,000 flows fewer at 10,000 endpoints)
+        flow(PORT_SECURITY, 200, {"udp": "", "tp_src": 67}, "drop"),
         flow(ARP, 0, None, goto(L2)),
         flow(L2, 0, None, "drop"),
         flow(OUTPUT, 0, None, "drop"),
