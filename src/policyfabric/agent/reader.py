@@ -466,12 +466,13 @@ def _ipv6_subnets(policy: Mapping[str, MO], container: MO, problems: list[Invali
                 continue
             ra = _of(p, lambda q: optional(q, Prop.IPV6_RA_MODE, IPV6_MODES, None))
             address = _of(p, lambda q: optional(q, Prop.IPV6_ADDRESS_MODE, IPV6_MODES, None))
+            if ra is None and address is None:
+                continue  # hosts are told nothing here (Neutron: RAs and DHCPv6 from elsewhere)
             dns = _of(p, lambda q: optional(q, Prop.DNS_NAMESERVERS, _dns6, NO_DNS6))
         except _At as at:
             refuse(problems, at.uri, at.bad)
             continue
-        if ra is not None or address is not None:
-            out.append(Ipv6Subnet(prefix, gateway, ra, address, dns))
+        out.append(Ipv6Subnet(prefix, gateway, ra, address, dns))
     return tuple(sorted(out, key=lambda d: d.prefix))
 
 
