@@ -48,11 +48,15 @@ from policyfabric.agent.reader import policy_view
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import CONTROLLER_PORT, FakeSwitch
 from policyfabric.agent.view import Invalid, IpAddress, Ipv6Subnet, Network, Prefix
+from policyfabric.lab.dhcp import configuration_warnings
+from policyfabric.lab.ports import port_config
 from policyfabric.model import objects as o
 from policyfabric.model.addressing import link_local
 from policyfabric.opflex.gbp import Cls, Prop
 from tests.fabric import bridge_domain, endpoint, group, leg, mac, network, router
 from tests.test_dhcp_unit import packet_in
+from tests.test_lab_unit import BD, GROUPS, NETS
+from tests.test_lab_unit import MAC as LAB_MAC
 from tests.test_policy_roundtrip import IDS, T, policy
 
 MAC = "02:00:00:00:01:07"
@@ -522,3 +526,17 @@ def test_ip6_checksum_and_multicast_mac() -> None:
     frame = rs()
     hdr = struct.unpack_from("!H", frame, 14 + 40 + 2)[0]
     assert hdr == Ether(frame)[ICMPv6ND_RS].cksum
+
+
+def test_an_ipv6_only_dhcp_endpoint_is_checked_for_its_ipv6_mtu() -> None:
+    """An advertisement's MTU option sets the IPv6 MTU, never the link's: the lab reads both and
+    holds an IPv6-only endpoint to the first."""
+    booted = port_config(
+        {"name": "vm6", "epg": "web", "mac": LAB_MAC, "ip": ["fd00:1::7"]}, NETS, BD, GROUPS, dhcp=True
+    )
+    entry: dict[str, object] = {"name": "vm6", "host": "h1", "addresses": ["fd00:1::7/128"], "routes": []}
+    assert configuration_warnings({"vm6": booted}, [{**entry, "mtu": 1500, "mtu6": booted.mtu}]) == {}
+    assert configuration_warnings({"vm6": booted}, [{**entry, "mtu": booted.mtu, "mtu6": 1500}]) == {
+        "vm6": "endpoint vm6 got its addresses by DHCP but has IPv6 MTU 1500, "
+        f"not its bridge domain's {booted.mtu}"
+    }
