@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from policyfabric.agent.dhcp import dhcp6, ip6, ra
-from policyfabric.agent.dhcp.hosts6 import Port6, port6_of
+from policyfabric.agent.dhcp.hosts6 import BdConfig, Port6, bd_config, port6
 from policyfabric.agent.dhcp.packet import Lease, Malformed, build_reply, decide, parse_request
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.switching import dhcp_subnet
@@ -95,6 +95,22 @@ class Ports6(Mapping[int, Port6]):
         self.net, self.lease_time = net, lease_time
         self._ports: dict[int, Endpoint] | None = None
         self._made: dict[int, Port6 | None] = {}
+        self._bds: dict[str, BdConfig] = {}
+
+    def _bd(self, uri: str) -> BdConfig:
+        if uri not in self._bds:
+            self._bds[uri] = bd_config(self.net, self.net.bds[uri], self.lease_time)
+        return self._bds[uri]
+
+    def adverts(self) -> dict[int, tuple[ra.Advert, ...]]:
+        """Every port's advertisements (ports with none left out): what the periodic sender
+        sends, from one ``BdConfig`` per bridge domain."""
+        out = {}
+        for port, ep in self._index().items():
+            found = self._bd(ep.bd).adverts
+            if found:
+                out[port] = found
+        return out
 
     def _index(self) -> dict[int, Endpoint]:
         if self._ports is None:
@@ -105,7 +121,7 @@ class Ports6(Mapping[int, Port6]):
     def _port6(self, port: int) -> Port6 | None:
         if port not in self._made:
             ep = self._index().get(port)
-            self._made[port] = port6_of(self.net, ep, self.lease_time) if ep is not None else None
+            self._made[port] = port6(self._bd(ep.bd), ep) if ep is not None else None
         return self._made[port]
 
     def __getitem__(self, port: int) -> Port6:
@@ -291,7 +307,12 @@ class Responder:
         while not self._stop.is_set():
             if self._rescan:
                 self._rescan = False
-                adverts = {port: c.adverts for port, c in self.ipv6.items() if c.adverts}
+                ipv6 = self.ipv6
+                adverts = (
+                    ipv6.adverts()
+                    if isinstance(ipv6, Ports6)
+                    else {port: c.adverts for port, c in ipv6.items() if c.adverts}
+                )
                 self.schedule.update(time.monotonic(), adverts)
             wait = self.schedule.next_in(time.monotonic()) if self.connected.is_set() else None
             ready, _, _ = select.select([sock, self._wake_r], [], [], wait)
