@@ -7,8 +7,11 @@ from __future__ import annotations
 import contextlib
 import itertools
 import random
+import socket
 import struct
+import time
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -45,6 +48,7 @@ from policyfabric.agent.dhcp.hosts6 import port6_of
 from policyfabric.agent.dhcp.packet import Malformed
 from policyfabric.agent.dhcp.responder import INITIAL_ADVERTS, Responder, Schedule, leases
 from policyfabric.agent.reader import policy_view
+from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
 from policyfabric.agent.renderers.ovs.simulate import CONTROLLER_PORT, FakeSwitch
 from policyfabric.agent.view import Invalid, IpAddress, Ipv6Subnet, Network, Prefix
@@ -540,3 +544,47 @@ def test_an_ipv6_only_dhcp_endpoint_is_checked_for_its_ipv6_mtu() -> None:
         "vm6": "endpoint vm6 got its addresses by DHCP but has IPv6 MTU 1500, "
         f"not its bridge domain's {booted.mtu}"
     }
+
+
+def test_the_thread_advertises_at_once_to_each_port_when_its_advertisements_appear(tmp_path: Path) -> None:
+    """The responder's own thread against a switch socket of the test's: once the switch says
+    hello, every port with advertisements gets an unsolicited one to all nodes, without asking;
+    a port whose bridge domain changes gets one again at once, the others not."""
+    path = tmp_path / "br-int.mgmt"
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(path))
+    server.listen(1)
+    net = v6_net(SLAAC)
+    r = Responder(path)
+    r.update(leases(net))
+    r.start()
+    try:
+        conn, _ = server.accept()
+        conn.settimeout(5)
+        conn.sendall(w.hello(1))
+        got = packet_outs(conn, 2)
+        assert sorted(port for port, _ in got) == [1, 2]
+        for _, frame in got:
+            assert (frame[IPv6].dst, frame[ICMPv6ND_RA].routerlifetime) == ("ff02::1", 1800)
+        bd = next(iter(net.bds.values()))
+        changed = replace(net, bds={bd.uri: replace(bd, mtu=1300)})
+        r.update(leases(changed))
+        again = packet_outs(conn, 2)
+        assert sorted(port for port, _ in again) == [1, 2]
+        assert {frame[ICMPv6NDOptMTU].mtu for _, frame in again} == {1300}
+    finally:
+        r.stop()
+        server.close()
+
+
+def packet_outs(conn: socket.socket, n: int) -> list[tuple[int, Ether]]:
+    """The next ``n`` packet-outs on ``conn`` (port, frame), skipping everything else."""
+    buf, out = bytearray(), []
+    deadline = time.monotonic() + 5
+    while len(out) < n and time.monotonic() < deadline:
+        buf += conn.recv(65536)
+        while (msg := w.take_message(buf)) is not None:
+            if msg[1] == w.OFPT_PACKET_OUT:
+                body = msg[3]
+                out.append((struct.unpack_from("!HHI", body, 8 + 16)[2], Ether(body[8 + 16 + 16 :])))
+    return out
