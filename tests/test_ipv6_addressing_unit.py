@@ -579,7 +579,7 @@ def test_the_thread_advertises_at_once_to_each_port_when_its_advertisements_appe
 
 def packet_outs(conn: socket.socket, n: int) -> list[tuple[int, Ether]]:
     """The next ``n`` packet-outs on ``conn`` (port, frame), skipping everything else."""
-    buf, out = bytearray(), []
+    buf, out = bytearray(), list[tuple[int, Ether]]()
     deadline = time.monotonic() + 5
     while len(out) < n and time.monotonic() < deadline:
         buf += conn.recv(65536)
