@@ -80,6 +80,7 @@ endpoints:
 """
 
 
+DEADLINE6 = 120.0  # s: a hundred links up at once send their solicitations in step (see docs/dhcp.md)
 GATEWAY6_LLA = str(link_local(router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1]))
 
 
@@ -201,8 +202,11 @@ def configure6(method: str, netns: str, ip: str | None, work: Path, reach: bool)
                       "-pf", str(work / f"{netns}.pid"), "eth0")  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(f"{netns}: dhclient -6: {done.stderr[-300:]}")
-    if not configured6(netns, ip, t0 + 30, reach):
-        raise RuntimeError(f"{netns}: not configured within 30 s")
+    if not configured6(netns, ip, t0 + DEADLINE6, reach):
+        held = sh(netns, "ip", "-6", "addr", "show", "dev", "eth0").stdout
+        routes = sh(netns, "ip", "-6", "route", "show").stdout
+        why = f"{netns} ({method}): not configured within {DEADLINE6:g} s (want {ip})"
+        raise RuntimeError(f"{why}:\n{held}\n{routes}")
     return time.monotonic() - t0
 
 
