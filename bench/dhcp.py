@@ -17,11 +17,24 @@ The ports are plugged and rendered before the clock starts, in both cases: what 
 the configuration, not the agent's reconcile (bench/converge.py measures that). Figures: p50 and
 p99 per K and method, and dhcp/static ratios of the same run. The last line is one JSON object.
 
+``--family 6 --mode slaac|dhcpv6-stateful``: the same for IPv6, on a subnet r1 joins with that
+mode (the endpoints' link is set down and up, as a booting VM's comes up; RAs are accepted):
+
+- slaac / dhcpv6-stateful: the kernel's SLAAC from the host's router advertisements, or a real
+  ``dhclient -1 -6`` answered by the agent's responder once the link-local address is usable;
+- static (the baseline): the address added by hand (``nodad``, as the lab does) and the default
+  route via the router's link-local address.
+
+Until the endpoint holds its address (past duplicate address detection) and its default route via
+the gateway's link-local address; with ``--reach`` also until a ping to that address is answered
+(neighbour discovery for the gateway, which the IPv6 routing pipeline answers).
+
 ``--codec``: instead, the cost of answering one DISCOVER (parse the frame, build the OFFER) with
 the agent's own codec (agent/dhcp/packet.py) and with scapy building the same answer, medians of
 7 runs in one process; why the agent does not use scapy.
 
     .venv/bin/python bench/dhcp.py [--n 100] [--repeat 5] [--codec]
+    .venv/bin/python bench/dhcp.py --family 6 --mode slaac|dhcpv6-stateful [--n 100] [--reach]
 """
 
 from __future__ import annotations
@@ -35,9 +48,13 @@ import time
 from pathlib import Path
 
 from common import report
+from policyfabric.agent.view import router_identity
 from policyfabric.lab.dhcp import dhclient, netns_etc
 from policyfabric.lab.lab import Lab
 from policyfabric.model import scenario as sc
+from policyfabric.model.addressing import link_local
+from policyfabric.opflex.gbp import Cls
+from policyfabric.opflex.uri import child, space
 
 GATEWAY = "10.1.0.1"
 
@@ -57,6 +74,34 @@ tenants:
          dns_nameservers: [10.1.0.2]}}
     endpoint_groups: [{{name: web, bridge_domain: bd1, intra_group: allow}}]
     routers: [{{name: r1, l3_context: vrf1, interfaces: [net1]}}]
+hosts: [{{name: h1}}]
+endpoints:
+{eps}
+"""
+
+
+DEADLINE6 = 120.0  # s: a hundred links up at once send their solicitations in step (see docs/dhcp.md)
+GATEWAY6_LLA = str(link_local(router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1]))
+
+
+def scenario6(n: int, mode: str) -> str:
+    """N endpoints on one IPv6 subnet of ``mode``; stateful ones are given addresses, SLAAC ones
+    make theirs (``slaac``). The lab plugs them statically (its configuration is wiped per round)."""
+
+    def ip(i: int) -> str:
+        return "[slaac]" if mode == "slaac" else f'["fd00:1::{i + 10:x}"]'
+
+    eps = "\n".join(f"  - {{name: vm{i}, tenant: acme, epg: web, host: h1, ip: {ip(i)}}}" for i in range(n))
+    return f"""
+tenants:
+  - name: acme
+    l3_contexts: [{{name: vrf1}}]
+    bridge_domains: [{{name: bd1, l3_context: vrf1}}]
+    subnets:
+      - {{name: net6, bridge_domain: bd1, cidr: "fd00:1::/64", gateway_ip: "fd00:1::1",
+         ipv6_ra_mode: {mode}, ipv6_address_mode: {mode}, dns_nameservers: ["fd00:1::53"]}}
+    endpoint_groups: [{{name: web, bridge_domain: bd1, intra_group: allow}}]
+    routers: [{{name: r1, l3_context: vrf1, interfaces: [net6]}}]
 hosts: [{{name: h1}}]
 endpoints:
 {eps}
@@ -105,6 +150,101 @@ def configure(method: str, netns: str, ip: str, work: Path) -> float:
     if f"inet {ip}/16" not in sh(netns, "ip", "-4", "addr", "show", "dev", "eth0").stdout:
         raise RuntimeError(f"{netns}: {ip} is not configured")
     return time.monotonic() - t0
+
+
+def reset6(netns: str, pidfile: Path) -> None:
+    """The endpoint as a VM before boot: no client, link down (which drops every IPv6 address and
+    route the kernel holds for it), RAs accepted, addresses made from them for SLAAC."""
+    if pidfile.exists():
+        pid = pidfile.read_text().strip()
+        if pid.isdigit():
+            subprocess.run(["kill", pid], capture_output=True)
+        pidfile.unlink()
+    sh(netns, "ip", "link", "set", "eth0", "down")
+    sh(netns, "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global")
+    sh(netns, "ip", "-6", "route", "flush", "dev", "eth0", "proto", "ra")
+
+
+def configured6(netns: str, ip: str | None, deadline: float, reach: bool) -> bool:
+    """Until ``netns`` holds ``ip`` (any global address if None) past duplicate detection, a
+    default route via the gateway's link-local address and, with ``reach``, its answer to a ping."""
+    while time.monotonic() < deadline:
+        addrs = sh(netns, "ip", "-6", "addr", "show", "dev", "eth0", "scope", "global").stdout
+        routes = sh(netns, "ip", "-6", "route", "show", "default").stdout
+        held = f"inet6 {ip}/" in addrs if ip else "inet6 " in addrs
+        ready = held and "tentative" not in addrs and f"via {GATEWAY6_LLA}" in routes
+        if ready and (
+            not reach
+            or sh(netns, "ping", "-6", "-c", "1", "-W", "0.3", f"{GATEWAY6_LLA}%eth0").returncode == 0
+        ):
+            return True
+        time.sleep(0.02)
+    return False
+
+
+def configure6(method: str, netns: str, ip: str | None, work: Path, reach: bool) -> float:
+    """Seconds from the link coming up until ``netns`` is configured (``configured6``)."""
+    t0 = time.monotonic()
+    if method == "static":
+        sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=0")
+        sh(netns, "ip", "link", "set", "eth0", "up")
+        sh(netns, "ip", "addr", "add", f"{ip}/64", "dev", "eth0", "nodad")
+        sh(netns, "ip", "-6", "route", "add", "default", "via", GATEWAY6_LLA, "dev", "eth0")
+    else:
+        sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=1",
+           f"net.ipv6.conf.eth0.autoconf={int(method == 'slaac')}")  # fmt: skip
+        sh(netns, "ip", "link", "set", "eth0", "up")
+        if method == "dhcpv6-stateful":
+            while "tentative" in sh(netns, "ip", "-6", "addr", "show", "dev", "eth0", "scope", "link").stdout:
+                time.sleep(0.02)  # dhclient -6 needs a usable link-local address
+            lease = str(work / f"{netns}.leases6")
+            done = sh(netns, "unshare", "--uts", dhclient(), "-1", "-6", "-lf", lease,
+                      "-pf", str(work / f"{netns}.pid"), "eth0")  # fmt: skip
+            if done.returncode != 0:
+                raise RuntimeError(f"{netns}: dhclient -6: {done.stderr[-300:]}")
+    if not configured6(netns, ip, t0 + DEADLINE6, reach):
+        held = sh(netns, "ip", "-6", "addr", "show", "dev", "eth0").stdout
+        routes = sh(netns, "ip", "-6", "route", "show").stdout
+        why = f"{netns} ({method}): not configured within {DEADLINE6:g} s (want {ip})"
+        raise RuntimeError(f"{why}:\n{held}\n{routes}")
+    return time.monotonic() - t0
+
+
+def main6(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory(prefix="pf-bench-dhcp6-") as tmp:
+        work = Path(tmp)
+        path = work / "dhcp6.yaml"
+        path.write_text(scenario6(args.n, args.mode))
+        lab = Lab.create(path, work / "lab")
+        try:
+            lab.up(sc.load(path))
+            eps = [(e.netns, e.ips[0]) for e in lab.state.endpoints.values()]
+            for netns, _ in eps:
+                netns_etc(netns).mkdir(parents=True, exist_ok=True)
+                (netns_etc(netns) / "resolv.conf").touch()
+            times: dict[tuple[int, str], list[float]] = {}
+            cases = [(1, r) for r in range(args.repeat)] + [(len(eps), 0)]
+            for k, r in cases:
+                for method in ("static", args.mode):  # interleaved: the machine's load hits both alike
+                    chosen = [eps[r % len(eps)]] if k == 1 else eps
+                    for netns, _ in chosen:
+                        reset6(netns, work / f"{netns}.pid")
+                    with concurrent.futures.ThreadPoolExecutor(max_workers=len(chosen)) as pool:
+                        got = list(
+                            pool.map(lambda e, m=method: configure6(m, e[0], e[1], work, args.reach), chosen)
+                        )
+                    times.setdefault((k, "static" if method == "static" else "dhcp"), []).extend(got)
+            for netns, _ in eps:
+                reset6(netns, work / f"{netns}.pid")
+        finally:
+            lab.down()
+            for e in lab.state.endpoints.values():
+                subprocess.run(["rm", "-rf", str(netns_etc(e.netns))])
+    summarize(
+        times,
+        {"n": args.n, "repeat": args.repeat, "family": 6, "mode": args.mode, "reach": args.reach},
+        f"IPv6 {args.mode} vs static configuration{', to the gateway' if args.reach else ''} (one host)",
+    )
 
 
 def p(values: list[float], q: float) -> float:
@@ -168,9 +308,17 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--repeat", type=int, default=5, help="rounds of the one-endpoint case")
     parser.add_argument("--codec", action="store_true", help="measure the DHCP codec against scapy instead")
+    parser.add_argument("--family", type=int, choices=(4, 6), default=4)
+    parser.add_argument(
+        "--mode", choices=("slaac", "dhcpv6-stateful"), default="slaac", help="with --family 6"
+    )
+    parser.add_argument("--reach", action="store_true", help="IPv6: until the gateway answers a ping too")
     args = parser.parse_args()
     if args.codec:
         codec()
+        return
+    if args.family == 6:
+        main6(args)
         return
     with tempfile.TemporaryDirectory(prefix="pf-bench-dhcp-") as tmp:
         work = Path(tmp)
@@ -199,7 +347,13 @@ def main() -> None:
             lab.down()
             for netns, _ in [(e.netns, None) for e in lab.state.endpoints.values()]:
                 subprocess.run(["rm", "-rf", str(netns_etc(netns))])
-    rows, summary = [], {"n": args.n, "repeat": args.repeat}
+    summarize(
+        times, {"n": args.n, "repeat": args.repeat}, "DHCP vs static configuration, to the gateway (one host)"
+    )
+
+
+def summarize(times: dict[tuple[int, str], list[float]], summary: dict[str, object], title: str) -> None:
+    rows = []
     for k in sorted({k for k, _ in times}):
         s, d = times[(k, "static")], times[(k, "dhcp")]
         ratio = round(p(d, 0.5) / p(s, 0.5), 1)
@@ -211,7 +365,7 @@ def main() -> None:
         summary[f"k{k}"] = dict(zip(names, row[1:], strict=True))
     columns = ["endpoints at once", "samples", "static p50 s", "static p99 s", "dhcp p50 s", "dhcp p99 s",
                "dhcp/static p50", "dhcp mean s"]  # fmt: skip
-    report("DHCP vs static configuration, to the gateway (one host)", columns, rows, summary)
+    report(title, columns, rows, summary)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from policyfabric.agent.view import (
     Group,
     IpAddress,
     Ipv4Address,
+    Ipv6Subnet,
     Mac,
     Network,
     Prefix,
@@ -187,7 +188,8 @@ def test_bridge_domains_carry_their_vni_and_their_routing_domains_zone() -> None
     _, view = full()
     assert dict(view.bds) == {
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"): BridgeDomain(
-            u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), 5001, 7001, 1400, dhcp_subnets(INTENT["subnet"], "bd-web")
+            u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), 5001, 7001, 1400, dhcp_subnets(INTENT["subnet"], "bd-web"),
+            (Ipv6Subnet(Prefix("2001:db8:1::/64"), IpAddress("2001:db8:1::1"), "slaac"),),  # advertised
         ),
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"): BridgeDomain(
             u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), 5002, 7001, 1442, dhcp_subnets(INTENT["subnet"], "bd-app")

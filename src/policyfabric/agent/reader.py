@@ -55,6 +55,7 @@ from policyfabric.agent.view import (
     Invalid,
     IpAddress,
     Ipv4Address,
+    Ipv6Subnet,
     Network,
     Prefix,
     Router,
@@ -381,7 +382,8 @@ def _bridge_domain(
         refuse(problems, at.uri, at.bad)
     held = policy.get(container) if container else None
     dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
-    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp)
+    ipv6 = _ipv6_subnets(policy, held, problems) if held is not None else ()
+    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, ipv6)
 
 
 def _host_route(value: object) -> tuple[Prefix, Ipv4Address]:
@@ -429,6 +431,48 @@ def _dhcp_subnets(policy: Mapping[str, MO], container: MO, problems: list[Invali
             refuse(problems, at.uri, at.bad)
             continue
         out.append(DhcpSubnet(prefix, gateway, dns, routes))
+    return tuple(sorted(out, key=lambda d: d.prefix))
+
+
+IPV6_MODES: Callable[[object], str | None] = choice("slaac", "dhcpv6-stateless", "dhcpv6-stateful")
+NO_DNS6: tuple[IpAddress, ...] = ()
+
+
+def _dns6(value: object) -> tuple[IpAddress, ...]:
+    found = _listed(parse_ip)(value)
+    if any(":" not in a for a in found):
+        raise ValueError("not a list of IPv6 addresses")
+    return found
+
+
+def _ipv6_subnets(policy: Mapping[str, MO], container: MO, problems: list[Invalid]) -> tuple[Ipv6Subnet, ...]:
+    """The IPv6 subnets of a bridge domain whose hosts this agent configures: a gateway and an RA
+    or address mode (``PfSubnetDhcp``). One whose values do not parse is left out (its endpoints
+    get no RA and no DHCPv6 answer) and refused, never guessed at."""
+    out = []
+    for subnet in _children(policy, container, Cls.GBP_SUBNET):
+        if subnet.properties.get(Prop.VIRTUAL_ROUTER_IP) in (None, "None"):
+            continue  # no gateway: nothing to advertise
+        options = _children(policy, subnet, Cls.PF_SUBNET_DHCP)
+        if not options:
+            continue
+        try:
+            prefix = _of(subnet, _prefix)
+            if ":" not in prefix:
+                continue
+            gateway = _of(subnet, lambda p: get(p, Prop.VIRTUAL_ROUTER_IP, parse_ip))
+            p = options[0]
+            if not _of(p, lambda q: optional(q, Prop.ENABLE_DHCP, ranged(0, 1), 1)):
+                continue
+            ra = _of(p, lambda q: optional(q, Prop.IPV6_RA_MODE, IPV6_MODES, None))
+            address = _of(p, lambda q: optional(q, Prop.IPV6_ADDRESS_MODE, IPV6_MODES, None))
+            if ra is None and address is None:
+                continue  # hosts are told nothing here (Neutron: RAs and DHCPv6 from elsewhere)
+            dns = _of(p, lambda q: optional(q, Prop.DNS_NAMESERVERS, _dns6, NO_DNS6))
+        except _At as at:
+            refuse(problems, at.uri, at.bad)
+            continue
+        out.append(Ipv6Subnet(prefix, gateway, ra, address, dns))
     return tuple(sorted(out, key=lambda d: d.prefix))
 
 

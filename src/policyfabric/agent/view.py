@@ -93,12 +93,27 @@ class DhcpSubnet:
 
 
 @dataclass(frozen=True)
+class Ipv6Subnet:
+    """An IPv6 subnet whose hosts this agent configures (``agent/dhcp``): router advertisements
+    when ``ra_mode`` is set (Neutron's ``ipv6_ra_mode``), DHCPv6 when ``address_mode`` is
+    dhcpv6-stateless (name servers only) or dhcpv6-stateful (the endpoint's intent address too).
+    Either mode may be unset (Neutron allows RAs from elsewhere, or addresses from elsewhere)."""
+
+    prefix: Prefix  # e.g. fd00:1::/64: the prefix advertised, and which endpoint address is leased
+    gateway: IpAddress  # the subnet's gateway: advertised only when a router on it serves it
+    ra_mode: str | None = None  # slaac | dhcpv6-stateless | dhcpv6-stateful
+    address_mode: str | None = None
+    dns: tuple[IpAddress, ...] = ()  # DHCPv6 option 23 (and RDNSS is not sent: Neutron's radvd omits it)
+
+
+@dataclass(frozen=True)
 class BridgeDomain:
     uri: str
     vni: int
     vrf: int  # the routing domain's number: the conntrack zone, so tenants' addresses never collide
     mtu: int = 0  # what DHCP tells its endpoints (0: not said, the option is left out)
     dhcp: tuple[DhcpSubnet, ...] = ()  # its IPv4 subnets answered by DHCP
+    ipv6: tuple[Ipv6Subnet, ...] = ()  # its IPv6 subnets answered by RAs and/or DHCPv6
 
     @property
     def zone(self) -> int:

@@ -132,8 +132,12 @@ def configuration_warnings(
         if cfg is None or not cfg.dhcp or not set(cfg.addresses) <= held:
             continue
         wrong = []
-        if cfg.mtu is not None and entry["mtu"] != cfg.mtu:
-            wrong.append(f"MTU {entry['mtu']}, not its bridge domain's {cfg.mtu}")
+        # an IPv6-only endpoint's MTU comes from router advertisements, which set the IPv6 MTU only
+        v6_only = all(":" in a for a in cfg.addresses)
+        key = "mtu6" if v6_only else "mtu"
+        if cfg.mtu is not None and entry.get(key) != cfg.mtu:
+            what = "IPv6 MTU" if v6_only else "MTU"
+            wrong.append(f"{what} {entry.get(key)}, not its bridge domain's {cfg.mtu}")
         if cfg.gateway is not None and f"default via {cfg.gateway}" not in entry["routes"]:
             wrong.append(f"no default route via {cfg.gateway}")
         if wrong:

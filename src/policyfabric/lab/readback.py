@@ -1,7 +1,8 @@
 """What an endpoint's namespace holds, read from the namespace itself (``ip -j``).
 
 The lab reports this beside the probe results (LAB.md: ``endpoints`` in ``--json``): the global
-addresses with their prefix lengths, the routes, the MTU of ``eth0``. It is read, never taken
+addresses with their prefix lengths, the routes, the MTU of ``eth0`` and (``mtu6``, beside what
+LAB.md asks) its IPv6 MTU, which is what a router advertisement's MTU option sets. It is read, never taken
 from what the lab meant to configure, so a DHCP client that got nothing shows as an endpoint
 without addresses, and a static endpoint whose SLAAC address never came shows without it.
 The parsers are pure; ``read`` runs the commands.
@@ -27,6 +28,7 @@ class Namespace:
     routes: list[str] = field(default_factory=list)  # "default via 10.2.0.1", "10.9.0.0/16 via 10.2.0.254"
     mtu: int | None = None
     tentative: list[str] = field(default_factory=list)  # IPv6 addresses still in duplicate detection
+    mtu6: int | None = None  # eth0's IPv6 MTU: a router advertisement's MTU option sets this, not ``mtu``
 
     def holds(self, address: str) -> bool:
         """Whether ``address`` (no prefix) is one of its usable global addresses."""
@@ -78,7 +80,9 @@ def read(netns: str) -> Namespace:
         *parse_routes(_json(["ip", "-j", "-4", "route", "show"], netns)),
         *parse_routes(_json(["ip", "-j", "-6", "route", "show"], netns)),
     ]
-    return Namespace(found.addresses, routes, found.mtu, found.tentative)
+    mtu6 = run(["cat", f"/proc/sys/net/ipv6/conf/{DEVICE}/mtu"], netns=netns).strip()
+    ipv6_mtu = int(mtu6) if mtu6.isdigit() else None
+    return Namespace(found.addresses, routes, found.mtu, found.tentative, ipv6_mtu)
 
 
 def endpoints(state: LabState) -> list[dict[str, Any]]:
@@ -91,7 +95,7 @@ def endpoints(state: LabState) -> list[dict[str, Any]]:
             ns = read(ep.netns)
         except (CommandFailed, json.JSONDecodeError) as exc:
             ns, entry["error"] = Namespace(), str(exc)
-        entry.update(addresses=ns.addresses, routes=ns.routes, mtu=ns.mtu)
+        entry.update(addresses=ns.addresses, routes=ns.routes, mtu=ns.mtu, mtu6=ns.mtu6)
         out.append(entry)
     return out
 

@@ -185,6 +185,8 @@ class Prop:
     ENABLE_DHCP: Final = "enableDhcp"  # 1 | 0
     DNS_NAMESERVERS: Final = "dnsNameservers"  # a list of addresses
     HOST_ROUTES: Final = "hostRoutes"  # a list of "DESTINATION NEXTHOP"
+    IPV6_RA_MODE: Final = "ipv6RaMode"  # slaac | dhcpv6-stateless | dhcpv6-stateful (absent: none)
+    IPV6_ADDRESS_MODE: Final = "ipv6AddressMode"  # the same values
     MTU: Final = "mtu"
     # PfExternalNetwork
     CIDR: Final = "cidr"

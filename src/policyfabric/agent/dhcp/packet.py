@@ -23,6 +23,7 @@ CLIENT_PORT, SERVER_PORT = 68, 67
 MAGIC = b"\x63\x82\x53\x63"
 BROADCAST_FLAG = 0x8000
 BROADCAST_MAC = "ff:ff:ff:ff:ff:ff"
+DEFAULT_SERVER_MAC = "02:50:46:dc:00:01"  # where answers come from on a subnet no router serves
 
 # options
 PAD, END = 0, 255
@@ -67,7 +68,7 @@ class Lease:
     routes: tuple[tuple[str, str], ...] = ()  # (destination prefix, next hop): option 121
     mtu: int = 0  # 0: not sent
     lease_time: int = 86400  # seconds: Neutron's default ``dhcp_lease_duration``
-    server_mac: str = "02:50:46:dc:00:01"
+    server_mac: str = DEFAULT_SERVER_MAC
 
 
 def _mac(raw: bytes) -> str:

@@ -187,7 +187,7 @@ def add_subnet(tree: Tree, tenant: str, subnet: o.Subnet) -> None:
         Prop.PREFIX_LEN: subnet.cidr.prefixlen,
         Prop.VIRTUAL_ROUTER_IP: str(subnet.gateway_ip),
     }
-    if subnet.ipv6_ra_mode == "slaac":
+    if subnet.auto_address:  # hosts make their own addresses from the prefix (the RA's A flag)
         props[Prop.IPV6_ADV_AUTONOMOUS_FLAG] = 1
     uri = tree.add(
         uri_of(tenant, Cls.GBP_SUBNETS, subnet.bridge_domain), Cls.GBP_SUBNET, subnet.name, **props
@@ -197,6 +197,10 @@ def add_subnet(tree: Tree, tenant: str, subnet: o.Subnet) -> None:
         Prop.DNS_NAMESERVERS: [str(a) for a in subnet.dns_nameservers],
         Prop.HOST_ROUTES: [f"{r.destination} {r.nexthop}" for r in subnet.host_routes],
     }
+    modes = ((Prop.IPV6_RA_MODE, subnet.ipv6_ra_mode), (Prop.IPV6_ADDRESS_MODE, subnet.ipv6_address_mode))
+    for prop, mode in modes:
+        if mode is not None:  # what the hosts' router advertisements and DHCPv6 answers say
+            dhcp[prop] = mode
     tree.add(uri, Cls.PF_SUBNET_DHCP, **dhcp)
 
 

@@ -131,6 +131,27 @@ def dhcp_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> li
     if dhcp_subnet(ep, bd) is not None:
         ask: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac, "udp": "", "tp_src": 68, "tp_dst": 67}
         flows.append(flow(PORT_SECURITY, 200, ask, TO_CONTROLLER, cookie=cookie))
+    return flows + ipv6_config_flows(ep, bd, cookie)
+
+
+def ipv6_config_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> list[Flow]:
+    """Router advertisements and DHCPv6 on the endpoint's own host, as for DHCPv4: its router
+    solicitations (ICMPv6 133) go to the agent when its bridge domain has a subnet advertised
+    (``ipv6_ra_mode``), its DHCPv6 client messages (UDP 546 → 547) when one is answered by DHCPv6
+    (``ipv6_address_mode`` dhcpv6-*); never its router advertisements (134) nor its DHCPv6 server
+    messages (UDP source 547): an endpoint is no router and no DHCPv6 server."""
+    port = ep.ofport or 0
+    flows = [
+        flow(PORT_SECURITY, 200, {"in_port": port, "icmp6": "", "icmp_type": 134}, "drop", cookie=cookie),
+        flow(PORT_SECURITY, 200, {"in_port": port, "udp6": "", "tp_src": 547}, "drop", cookie=cookie),
+    ]
+    own: dict[str, str | int] = {"in_port": port, "dl_src": ep.mac}
+    if any(s.ra_mode for s in bd.ipv6):
+        rs: dict[str, str | int] = {**own, "icmp6": "", "icmp_type": 133}
+        flows.append(flow(PORT_SECURITY, 200, rs, TO_CONTROLLER, cookie=cookie))
+    if any(s.address_mode in ("dhcpv6-stateless", "dhcpv6-stateful") for s in bd.ipv6):
+        ask: dict[str, str | int] = {**own, "udp6": "", "tp_src": 546, "tp_dst": 547}
+        flows.append(flow(PORT_SECURITY, 200, ask, TO_CONTROLLER, cookie=cookie))
     return flows
 
 
