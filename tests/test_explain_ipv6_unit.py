@@ -7,7 +7,13 @@ from policyfabric.agent.explain import Trace, arrival_flow
 
 
 def test_an_icmpv6_packet_arrives_with_its_type_and_code_named_as_ovs_parses_them() -> None:
-    final = {"ipv6_src": "fd00:3::10", "ipv6_dst": "fd00:4::10", "nw_ttl": "63", "icmp_type": "128", "icmp_code": "0"}
+    final = {
+        "ipv6_src": "fd00:3::10",
+        "ipv6_dst": "fd00:4::10",
+        "nw_ttl": "63",
+        "icmp_type": "128",
+        "icmp_code": "0",
+    }
     trace = Trace(final=final, protocol="icmp6", writes={"tun_id": "0x10005", "tun_dst": "192.0.2.2"})
     flow = arrival_flow(trace, "192.0.2.1").split(",")
     assert flow[0] == "icmp6"

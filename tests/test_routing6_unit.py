@@ -68,7 +68,9 @@ def network(local: tuple[Endpoint, ...], remote: tuple[Endpoint, ...] = (), **ex
     )
 
 
-def v6(src: Endpoint, dst_ip: str, *, dl_dst: str, dport: int = 80, sport: int = 40000, hops: int = 64) -> dict[str, Any]:
+def v6(
+    src: Endpoint, dst_ip: str, *, dl_dst: str, dport: int = 80, sport: int = 40000, hops: int = 64
+) -> dict[str, Any]:
     """A TCP/IPv6 packet from ``src``'s port and global address."""
     return {
         "in_port": src.ofport,
@@ -169,7 +171,11 @@ def test_cross_host_ipv6_routing_goes_straight_to_the_destination_host() -> None
     h2 = switch(network((app1,), (as_remote(WEB1, "192.0.2.1"),)))
     port, header = h2.send(routed6(app1, R1, "fd00:1::10")).only
     assert port == TUNNEL
-    assert (header["tun_dst"], header["tun_id"], header["tun_metadata0"]) == ("192.0.2.1", WEB_BD.vni, APP.classid)
+    assert (header["tun_dst"], header["tun_id"], header["tun_metadata0"]) == (
+        "192.0.2.1",
+        WEB_BD.vni,
+        APP.classid,
+    )
     assert (header["dl_dst"], header["nw_ttl"]) == (WEB1.mac, 63)
     h1 = switch(network((WEB1,), (APP1_REMOTE,)))
     arrived = h1.send({**header, "in_port": TUNNEL})
@@ -183,7 +189,12 @@ def test_cross_host_ipv6_routing_goes_straight_to_the_destination_host() -> None
     reply |= {"ipv6_src": "fd00:1::10", "ipv6_dst": "fd00:2::20", "tp_src": 80, "tp_dst": 40000}
     reply = {k: v for k, v in reply.items() if not k.startswith("tun_")}
     port, back = h1.send(reply).only
-    assert (port, back["tun_dst"], back["tun_id"], back["dl_dst"]) == (TUNNEL, "192.0.2.2", APP_BD.vni, app1.mac)
+    assert (port, back["tun_dst"], back["tun_id"], back["dl_dst"]) == (
+        TUNNEL,
+        "192.0.2.2",
+        APP_BD.vni,
+        app1.mac,
+    )
 
 
 def test_ipv6_port_security_admits_its_own_addresses_and_link_local_only() -> None:

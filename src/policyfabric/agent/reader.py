@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from policyfabric.agent.endpoints import local_endpoint, remote_endpoints
+from policyfabric.agent.endpoints import local_endpoint, remote_endpoints, slaac_prefixes
 from policyfabric.agent.values import (
     URI,
     Problems,
@@ -381,7 +381,10 @@ def _bridge_domain(
         refuse(problems, at.uri, at.bad)
     held = policy.get(container) if container else None
     dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
-    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp)
+    slaac = slaac_prefixes(_children(policy, held, Cls.GBP_SUBNET)) if held is not None else ()
+    return BridgeDomain(
+        uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, slaac
+    )
 
 
 def _host_route(value: object) -> tuple[Prefix, Ipv4Address]:

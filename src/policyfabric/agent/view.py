@@ -99,6 +99,7 @@ class BridgeDomain:
     vrf: int  # the routing domain's number: the conntrack zone, so tenants' addresses never collide
     mtu: int = 0  # what DHCP tells its endpoints (0: not said, the option is left out)
     dhcp: tuple[DhcpSubnet, ...] = ()  # its IPv4 subnets answered by DHCP
+    slaac: tuple[Prefix, ...] = ()  # its SLAAC /64s: a ``slaac`` endpoint holds its EUI-64 address in each
 
     @property
     def zone(self) -> int:

@@ -130,6 +130,10 @@ class LocalEndpoints:
                 dirty.update(self._by_uri.users_of(uri))
         for group in policy.changed_groups:
             dirty |= self._by_epg.get(group, set())
+        if "bds" in policy.touched:  # a bridge domain's SLAAC prefixes may have changed
+            dirty |= {
+                k for k, n in self._nodes.items() if isinstance(n.intent, LocalIntent) and n.intent.slaac
+            }
         if policy.problems_changed:
             for epg, keys in self._by_epg.items():
                 if self._epg_refused.get(epg) != policy.refused_under(epg):
@@ -202,10 +206,14 @@ class LocalEndpoints:
                     and prior.mo is mo
                     and prior.group is group
                     and prior.ofport == node.ofport
+                    and not intent.slaac
                 ):
                     endpoint = prior.endpoint  # the same inputs: the same endpoint
                 else:
-                    made = local_record(intent, node.iface_id, node.ofport, node.name, group)
+                    bd = policy.bds.get(intent.bd) if intent.slaac else None
+                    made = local_record(
+                        intent, node.iface_id, node.ofport, node.name, group, bd.slaac if bd else ()
+                    )
                     endpoint = same(node.endpoint or (prior.endpoint if prior else None), made)
         node.group = group
         node.endpoint, node.prior = endpoint, None

@@ -48,7 +48,9 @@ def routed_flows(
         flow(
             ROUTING,
             100,
-            {"reg6": hex(router), "ipv6": "", "ipv6_dst": ip} if is_v6(ip) else {"reg6": hex(router), "ip": "", "nw_dst": ip},
+            {"reg6": hex(router), "ipv6": "", "ipv6_dst": ip}
+            if is_v6(ip)
+            else {"reg6": hex(router), "ip": "", "nw_dst": ip},
             set_field(router_mac, "eth_src"),
             set_field(ep.mac, "eth_dst"),
             "dec_ttl",

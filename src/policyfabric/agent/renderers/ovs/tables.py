@@ -189,7 +189,8 @@ TABLES = (
         "ROUTING",
         purpose=(
             "a router (reg6) and destination address (IPv4 or IPv6) → the endpoint's MAC, bridge domain, "
-            "group and port or host, TTL (hop limit) - 1; to the outside: a floating IP's external port, or the router's SNAT gateway"
+            "group and port or host, TTL (hop limit) - 1; to the outside: a floating IP's external port, "
+            "or the router's SNAT gateway"
         ),
         flows=(
             "1 per IPv4 and IPv6 address on a router's bridge domains; per router with an external "
