@@ -16,7 +16,7 @@ from policyfabric.agent.renderers.ovs.tables import PORT_SECURITY, ROUTING
 from policyfabric.agent.view import Network
 from policyfabric.model import objects as o
 from policyfabric.model.addressing import eui64_address
-from tests.test_view_incremental_unit import T, TUNNEL_PORT, World, settled, update, whole
+from tests.test_view_incremental_unit import TUNNEL_PORT, T, World, settled, update, whole
 
 PREFIX = "fd00:10::/64"
 
