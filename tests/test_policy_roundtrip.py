@@ -238,9 +238,9 @@ def test_security_groups_keep_prefixes_remote_groups_and_their_address_set() -> 
         SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=ssh),
         SgRule(f"{ssh}#3", 3, True, "in", IPV6, ICMPV6, None, remote_prefix=Prefix("2001:db8::/32")),
     )
-    # its members' addresses from the intent; web1's slaac address is not known to the authority
-    # (the placeholder that keeps an empty set closed for reference peers is not a member)
-    assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30")}
+    # its members' addresses from the intent, web1's slaac entry as its SLAAC address (the
+    # placeholder that keeps an empty set closed for reference peers is not a member)
+    assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30", SLAAC_WEB1)}
 
 
 def test_routers_have_a_leg_per_subnet_and_the_elected_external_gateway() -> None:
