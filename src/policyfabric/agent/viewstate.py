@@ -9,7 +9,9 @@ tunnel port and the bridge's ports (external networks' ports). Nodes:
 - one local endpoint per plugged interface, reading its ``PfEndpoint`` (re-read when that URI
   changed, the parse kept while the object is the same), its group's record (class id) and whether
   something of its group was refused (then it is left out): reached by a changed URI, a changed
-  group record, a change in what the policy refused, or a change of the interface;
+  group record, a change in what the policy refused, or a change of the interface; one whose
+  intent lists ``slaac`` also reads its bridge domain's SLAAC prefixes (its EUI-64 addresses), and
+  is reached by any changed bridge domain record (rare: no index for it);
 - the remote endpoints (``endpoints.RemoteEndpoints``), one per registry entry, also reached when
   a local endpoint with the same key comes or goes.
 
