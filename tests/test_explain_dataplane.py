@@ -23,7 +23,9 @@ REASONS = ("contract ", "security-group ", "endpoint-group ", "port-security", "
            "to or from the outside", "no inbound connection through SNAT")  # fmt: skip
 
 
-@pytest.mark.parametrize("scenario", ["two_hosts", "secgroups", "routed", "external", "full_model"])
+@pytest.mark.parametrize(
+    "scenario", ["two_hosts", "secgroups", "routed", "external", "full_model", "ipv6_routed"]
+)
 def test_explain_agrees_with_the_packets(scenario: str, tmp_path: Path) -> None:
     done = subprocess.run(
         [sys.executable, "-m", "policyfabric", "lab", "verify", str(SCENARIOS / f"{scenario}.yaml"),

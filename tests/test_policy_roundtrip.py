@@ -177,6 +177,7 @@ IDS = {
     "classid": {"endpoint_group/web": 16385, "endpoint_group/app": 16386},
 }
 GATEWAYS = {"r1": ("gw2", "192.0.2.4")}
+SLAAC_WEB1 = IpAddress("2001:db8:1::ff:fe00:1")  # web1's SLAAC address: 02:00:00:00:00:01 in s-v6
 
 
 def full() -> tuple[dict[str, MO], Network]:
@@ -190,6 +191,7 @@ def test_bridge_domains_carry_their_vni_and_their_routing_domains_zone() -> None
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"): BridgeDomain(
             u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), 5001, 7001, 1400, dhcp_subnets(INTENT["subnet"], "bd-web"),
             (Ipv6Subnet(Prefix("2001:db8:1::/64"), IpAddress("2001:db8:1::1"), "slaac"),),  # advertised
+            (Prefix("2001:db8:1::/64"),),  # s-v6, a SLAAC subnet
         ),
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"): BridgeDomain(
             u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), 5002, 7001, 1442, dhcp_subnets(INTENT["subnet"], "bd-app")
@@ -234,9 +236,9 @@ def test_security_groups_keep_prefixes_remote_groups_and_their_address_set() -> 
         SgRule(f"{ssh}#2", 2, True, "in", IPV4, TCP, (8000, 8080), remote_group=ssh),
         SgRule(f"{ssh}#3", 3, True, "in", IPV6, ICMPV6, None, remote_prefix=Prefix("2001:db8::/32")),
     )
-    # its members' addresses from the intent; web1's slaac address is not known to the authority
-    # (the placeholder that keeps an empty set closed for reference peers is not a member)
-    assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30")}
+    # its members' addresses from the intent, web1's slaac entry as its SLAAC address (the
+    # placeholder that keeps an empty set closed for reference peers is not a member)
+    assert dict(view.address_sets) == {ssh: ("10.1.0.10", "10.2.0.30", SLAAC_WEB1)}
 
 
 def test_routers_have_a_leg_per_subnet_and_the_elected_external_gateway() -> None:
@@ -278,7 +280,7 @@ def test_local_endpoints_from_their_intent() -> None:
     assert web1 == Endpoint(
         "acme/web1",
         Mac("02:00:00:00:00:01"),
-        (IpAddress("10.1.0.10"),),
+        (IpAddress("10.1.0.10"), SLAAC_WEB1),  # its slaac entry: EUI-64 of its MAC in s-v6
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"),
         16385,
         ofport=7,
@@ -306,9 +308,10 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
     bd, rd = u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), u(Cls.GBP_ROUTING_DOMAIN, "vrf1")
     assert decl.bridge_domain == bd
     l2_uri = child(EPR_L2, "EprL2Ep", bd, "02:00:00:00:00:01")
-    # its addresses as the model lists them (slaac is learnt, not declared); its tunnel is ours
+    # its addresses as the model lists them, slaac resolved (EUI-64 of its MAC); its tunnel is ours
     assert [(m.subject, m.properties) for m in decl.l2_children] == [
         ("EprL3Net", {"ip": "10.1.0.10"}),
+        ("EprL3Net", {"ip": SLAAC_WEB1}),
         ("PfEpTunnel", {"tunnelIp": "192.0.2.1", "classid": 16385}),
     ]
     assert decl.l2.to_wire() == {
@@ -321,21 +324,26 @@ def test_declarations_and_what_another_host_makes_of_them() -> None:
             {"name": "context", "data": bd},
             {"name": "interfaceName", "data": "tap-web1"},
         ],
-        "children": [l2_uri + "EprL3Net/10.1.0.10/", l2_uri + "PfEpTunnel/"],
+        "children": [
+            l2_uri + "EprL3Net/10.1.0.10/",
+            l2_uri + "EprL3Net/2001%3adb8%3a1%3a%3aff%3afe00%3a1/",
+            l2_uri + "PfEpTunnel/",
+        ],
         "parent_subject": "EprL2Universe",
         "parent_uri": "/EprL2Universe/",
         "parent_relation": "EprL2Ep",
     }
-    [l3] = decl.l3  # one per known address: slaac is learnt, not declared
+    l3, l3_slaac = decl.l3  # one per address, its SLAAC address too
     assert (l3.subject, l3.uri) == ("EprL3Ep", child(EPR_L3, "EprL3Ep", rd, "10.1.0.10"))
     assert (l3.properties["ip"], l3.properties["context"]) == ("10.1.0.10", rd)
+    assert (l3_slaac.uri, l3_slaac.properties["ip"]) == (child(EPR_L3, "EprL3Ep", rd, SLAAC_WEB1), SLAAC_WEB1)
     # a remote host reads the declaration back from the registry
     wired = {m.uri: MO.from_wire(json.loads(json.dumps(m.to_wire()))) for m in decl.all}
     assert remote_endpoints(wired, "192.0.2.99", set()) == (
         Endpoint(
             "acme/web1",
             Mac("02:00:00:00:00:01"),
-            (IpAddress("10.1.0.10"),),
+            (IpAddress("10.1.0.10"), SLAAC_WEB1),
             bd,
             16385,
             vtep=Ipv4Address("192.0.2.1"),

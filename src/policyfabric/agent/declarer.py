@@ -23,8 +23,9 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Protocol
 
-from policyfabric.agent.endpoints import bd_members_prefix, declaration
+from policyfabric.agent.endpoints import bd_members_prefix, declaration, subnet_uris
 from policyfabric.agent.subscriptions import follow_needs, placement
+from policyfabric.model.types import SLAAC
 from policyfabric.opflex.gbp import Cls, endpoint_uri
 from policyfabric.opflex.mo import MO
 
@@ -199,6 +200,13 @@ class Declarer:
         ]
         related = [policy.get(r) for r in refs if isinstance(r, str)]
         kids = [c for mo in related if mo is not None for c in mo.children]
+        bd = props.get("bridgeDomain")
+        if (
+            SLAAC in (props.get("ip") or ())
+            and isinstance(bd, dict)
+            and isinstance(bd.get("reference_uri"), str)
+        ):
+            kids += subnet_uris(policy, bd["reference_uri"])  # its SLAAC addresses are read from them
         children = [policy.get(c) for c in kids]
         uris = {uri, *(r for r in refs if isinstance(r, str)), *kids}
         return (ep, interface, self.tunnel_ip, *related, *children), uris

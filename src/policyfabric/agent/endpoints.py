@@ -6,6 +6,14 @@ domain) and then declares it to the endpoint registry as one ``EprL2Ep``
 (named by bridge domain and MAC) and one ``EprL3Ep`` per address (named by
 routing domain and IP), the libopflex layout.
 
+An endpoint whose intent lists ``slaac`` holds, and declares, the address it
+makes itself from router advertisements: the EUI-64 address of its MAC in each
+SLAAC subnet of its bridge domain (``slaac_addresses``; the subnets the policy
+tree marks ``ipv6AdvAutonomousFlag``, the ones the registry's intent index
+accepts that address in). It is a pure function of the MAC and the prefix, so
+the agent computes it as the authority does (``model.addressing``) and every
+renderer sees it like a declared address: port security, routing, member sets.
+
 The same objects come back as records of the view: ``local_endpoint`` reads a
 plugged endpoint's ``PfEndpoint``, ``remote_endpoints`` the registry entries
 other hosts declared. Both parse every value (``values.py``) and leave out,
@@ -16,6 +24,7 @@ rest of the reader does (``reader.py``).
 from __future__ import annotations
 
 import bisect
+import ipaddress
 import operator
 from collections.abc import Container, Iterable, Mapping
 from dataclasses import dataclass
@@ -38,8 +47,9 @@ from policyfabric.agent.values import (
     uri,
 )
 from policyfabric.agent.values import ref as read_ref
-from policyfabric.agent.view import Endpoint, Group, Invalid, IpAddress, Mac
-from policyfabric.model.types import is_interface
+from policyfabric.agent.view import Endpoint, Group, Invalid, IpAddress, Mac, Prefix
+from policyfabric.model.addressing import EUI64_PREFIXLEN, eui64_address
+from policyfabric.model.types import SLAAC, is_interface
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
 from policyfabric.opflex.mo import MO, REFERENCE_URI
 from policyfabric.opflex.uri import EPR_L2, EPR_L3, child
@@ -66,12 +76,64 @@ def target(policy: Mapping[str, MO], uri: str) -> str | None:
     """The target URI of a single-valued relation object."""
     mo = policy.get(uri)
     value = mo.properties.get(Prop.TARGET) if mo else None
-    return value[REFERENCE_URI] if isinstance(value, dict) else None
+    found = value.get(REFERENCE_URI) if isinstance(value, dict) else None
+    return found if isinstance(found, str) else None
 
 
 def bd_members_prefix(bd_uri: str) -> str:
     """The registry URI prefix of every L2 endpoint on a bridge domain."""
     return child(EPR_L2, Cls.EPR_L2_EP, bd_uri)
+
+
+def slaac_prefixes(subnets: Iterable[MO]) -> tuple[Prefix, ...]:
+    """The SLAAC prefixes among a bridge domain's subnets (``GbpSubnet`` objects): the IPv6 /64s
+    the policy tree marks autonomous (``ipv6AdvAutonomousFlag``), sorted. A subnet whose address
+    does not read is no SLAAC subnet (the reader refuses it elsewhere)."""
+    out = set()
+    for subnet in subnets:
+        p = subnet.properties
+        if not p.get(Prop.IPV6_ADV_AUTONOMOUS_FLAG):
+            continue
+        try:
+            net = ipaddress.ip_network(f"{p.get(Prop.ADDRESS)}/{p.get(Prop.PREFIX_LEN)}")
+        except ValueError:
+            continue
+        if net.version == 6 and net.prefixlen == EUI64_PREFIXLEN:
+            out.add(Prefix(str(net)))
+    return tuple(sorted(out))
+
+
+def slaac_addresses(mac: str, prefixes: Iterable[str]) -> tuple[IpAddress, ...]:
+    """The addresses an endpoint with ``mac`` makes itself in ``prefixes`` (EUI-64)."""
+    return tuple(IpAddress(str(eui64_address(mac, ipaddress.IPv6Network(p)))) for p in prefixes)
+
+
+def subnet_uris(policy: Mapping[str, MO], bd_uri: str) -> list[str]:
+    """The URIs of bridge domain ``bd_uri``'s subnets' container (the target of its
+    ``GbpForwardingBehavioralGroupToSubnetsRSrc``) and of the subnets in it the cache holds: what
+    its SLAAC prefixes are read from (the declarer watches them)."""
+    relation = child(bd_uri, Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC)
+    container = target(policy, relation)
+    if container is None:
+        return []
+    held = policy.get(container)
+    return [container, *(held.children if held is not None else ())]
+
+
+def bd_subnets(policy: Mapping[str, MO], bd_uri: str) -> list[MO]:
+    """The ``GbpSubnet`` objects of bridge domain ``bd_uri`` the cache holds."""
+    found = (policy.get(u) for u in subnet_uris(policy, bd_uri)[1:])
+    return [mo for mo in found if mo is not None and mo.subject == Cls.GBP_SUBNET]
+
+
+def _with_slaac(ips: Iterable[str], mac: str, prefixes: Iterable[str]) -> list[str]:
+    """``ips`` (an intent's list) with each ``slaac`` entry replaced by its addresses, no repeats."""
+    out: list[str] = []
+    for ip in ips:
+        for found in slaac_addresses(mac, prefixes) if ip == SLAAC else (ip,):
+            if found not in out:
+                out.append(found)
+    return out
 
 
 def declaration(
@@ -113,7 +175,8 @@ def declaration(
     if interface:
         l2_props[Prop.INTERFACE_NAME] = interface
     l2_uri = child(EPR_L2, Cls.EPR_L2_EP, bd_uri, mac)
-    ips = [ip for ip in raw_ips if ip != "slaac"]
+    prefixes = slaac_prefixes(bd_subnets(policy, bd_uri)) if SLAAC in raw_ips else ()
+    ips = _with_slaac(raw_ips, mac, prefixes)
     kids = [
         MO(
             Cls.EPR_L3_NET,
@@ -154,19 +217,18 @@ def declaration(
     rd_uri = target(policy, child(bd_uri, Cls.GBP_BRIDGE_DOMAIN_TO_NETWORK_RSRC))
     l3 = []
     if rd_uri is not None:
-        for ip in raw_ips:
-            if ip != "slaac":
-                l3.append(
-                    MO(
-                        Cls.EPR_L3_EP,
-                        child(EPR_L3, Cls.EPR_L3_EP, rd_uri, ip),
-                        {**common, Prop.IP: ip, Prop.CONTEXT: rd_uri},
-                        [],
-                        Cls.EPR_L3_UNIVERSE,
-                        EPR_L3,
-                        Cls.EPR_L3_EP,
-                    )
+        for ip in ips:
+            l3.append(
+                MO(
+                    Cls.EPR_L3_EP,
+                    child(EPR_L3, Cls.EPR_L3_EP, rd_uri, ip),
+                    {**common, Prop.IP: ip, Prop.CONTEXT: rd_uri},
+                    [],
+                    Cls.EPR_L3_UNIVERSE,
+                    EPR_L3,
+                    Cls.EPR_L3_EP,
                 )
+            )
     return Declaration(l2, l3, bd_uri, tuple(kids))
 
 
@@ -177,8 +239,9 @@ class LocalIntent:
     bd: str
     mac: Mac
     epg: str | None
-    ips: tuple[IpAddress, ...]
+    ips: tuple[IpAddress, ...]  # the declared ones
     security_groups: tuple[str, ...]
+    slaac: bool = False  # it lists ``slaac``: it also holds its EUI-64 address in each SLAAC subnet
 
 
 def read_local(mo: MO | None, uri: str, interface: str | None) -> LocalIntent | Invalid | None:
@@ -194,6 +257,7 @@ def read_local(mo: MO | None, uri: str, interface: str | None) -> LocalIntent | 
         mac = get(props, Prop.MAC, parse_mac)
         epg = read_ref(props.get(Prop.EPG), Prop.EPG)
         ips = get(props, Prop.IP, addresses)
+        slaac = SLAAC in (props.get(Prop.IP) or ())  # (a list, if any: ``addresses`` took it)
         sgs = tuple(sorted(get(props, Prop.SECURITY_GROUP, refs)))
         if interface is not None and not is_interface(interface):
             raise Refused("interface", interface, "not an interface name")
@@ -201,17 +265,27 @@ def read_local(mo: MO | None, uri: str, interface: str | None) -> LocalIntent | 
         found: list[Invalid] = []
         refuse(found, uri, bad)
         return found[0]
-    return LocalIntent(bd, mac, epg, ips, sgs)
+    return LocalIntent(bd, mac, epg, ips, sgs, slaac)
 
 
 def local_record(
-    intent: LocalIntent, key: str, ofport: int, interface: str | None, group: Group | None
+    intent: LocalIntent,
+    key: str,
+    ofport: int,
+    interface: str | None,
+    group: Group | None,
+    slaac: Iterable[str] = (),
 ) -> Endpoint:
-    """The local endpoint ``key`` on ``ofport``, in ``group`` (its EPG's record; None: none)."""
+    """The local endpoint ``key`` on ``ofport``, in ``group`` (its EPG's record; None: none);
+    ``slaac``: the SLAAC prefixes of its bridge domain (its record's ``slaac``), where it holds
+    its EUI-64 address too if its intent lists ``slaac``."""
+    ips = intent.ips
+    if intent.slaac:
+        ips = tuple(dict.fromkeys((*ips, *slaac_addresses(intent.mac, slaac))))
     return Endpoint(
         key,
         intent.mac,
-        intent.ips,
+        ips,
         intent.bd,
         group.classid if group else 0,
         ofport=ofport,
@@ -243,7 +317,8 @@ def local_endpoint(
     epg = intent.epg
     if epg is not None and problems is not None and any(p.uri.startswith(epg) for p in problems):
         return None  # its group was refused: no policy is better than the wrong one
-    return local_record(intent, key, ofport, interface, groups.get(epg or ""))
+    prefixes = slaac_prefixes(bd_subnets(policy, intent.bd)) if intent.slaac else ()
+    return local_record(intent, key, ofport, interface, groups.get(epg or ""), prefixes)
 
 
 CLASSID = ranged(0, 0xFFFF)  # class ids travel in 16 bits (a register half, a Geneve option)

@@ -400,8 +400,11 @@ def arrival_flow(trace: Trace, tun_src: str, in_port: str = TUNNEL_PORT) -> str:
     if "tun_dst" in tun:
         parts.append(f"tun_dst={tun['tun_dst']}")
     parts.append(f"tun_metadata0={tun.get('tun_metadata0', '0')}")
-    # OVS's flow parser takes a UDP packet's ports only as udp_src/udp_dst
+    # OVS's flow parser takes a UDP packet's ports only as udp_src/udp_dst, and an ICMPv6 packet's
+    # type and code only as icmpv6_type/icmpv6_code (its "Final flow" writes them icmp_type/code)
     rename = {"tp_src": "udp_src", "tp_dst": "udp_dst"} if trace.protocol.startswith("udp") else {}
+    if trace.protocol == "icmp6":
+        rename = {"icmp_type": "icmpv6_type", "icmp_code": "icmpv6_code"}
     parts += [f"{rename.get(k, k)}={final[k]}" for k in PACKET_FIELDS if k in final]
     return ",".join(parts)
 

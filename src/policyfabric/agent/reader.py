@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
-from policyfabric.agent.endpoints import local_endpoint, remote_endpoints
+from policyfabric.agent.endpoints import local_endpoint, remote_endpoints, slaac_prefixes
 from policyfabric.agent.values import (
     URI,
     Problems,
@@ -383,7 +383,10 @@ def _bridge_domain(
     held = policy.get(container) if container else None
     dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
     ipv6 = _ipv6_subnets(policy, held, problems) if held is not None else ()
-    return BridgeDomain(uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, ipv6)
+    slaac = slaac_prefixes(_children(policy, held, Cls.GBP_SUBNET)) if held is not None else ()
+    return BridgeDomain(
+        uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, ipv6, slaac
+    )
 
 
 def _host_route(value: object) -> tuple[Prefix, Ipv4Address]:

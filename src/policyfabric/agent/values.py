@@ -182,7 +182,8 @@ def optional(props: Mapping[str, Any], name: str, parse: Callable[[object], T], 
 
 
 def addresses(value: object) -> tuple[IpAddress, ...]:
-    """A list of addresses (``slaac`` entries, learnt by the endpoint, are no address of it here)."""
+    """A list of addresses (``slaac`` entries are left out: ``endpoints`` resolves them, as they
+    need the endpoint's MAC and its bridge domain's SLAAC prefixes)."""
     if value is None:
         return ()
     if not isinstance(value, list):

@@ -114,6 +114,7 @@ class BridgeDomain:
     mtu: int = 0  # what DHCP tells its endpoints (0: not said, the option is left out)
     dhcp: tuple[DhcpSubnet, ...] = ()  # its IPv4 subnets answered by DHCP
     ipv6: tuple[Ipv6Subnet, ...] = ()  # its IPv6 subnets answered by RAs and/or DHCPv6
+    slaac: tuple[Prefix, ...] = ()  # its SLAAC /64s: a ``slaac`` endpoint holds its EUI-64 address in each
 
     @property
     def zone(self) -> int:

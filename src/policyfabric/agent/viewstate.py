@@ -9,7 +9,9 @@ tunnel port and the bridge's ports (external networks' ports). Nodes:
 - one local endpoint per plugged interface, reading its ``PfEndpoint`` (re-read when that URI
   changed, the parse kept while the object is the same), its group's record (class id) and whether
   something of its group was refused (then it is left out): reached by a changed URI, a changed
-  group record, a change in what the policy refused, or a change of the interface;
+  group record, a change in what the policy refused, or a change of the interface; one whose
+  intent lists ``slaac`` also reads its bridge domain's SLAAC prefixes (its EUI-64 addresses), and
+  is reached by any changed bridge domain record (rare: no index for it);
 - the remote endpoints (``endpoints.RemoteEndpoints``), one per registry entry, also reached when
   a local endpoint with the same key comes or goes.
 
@@ -132,6 +134,10 @@ class LocalEndpoints:
                 dirty.update(self._by_uri.users_of(uri))
         for group in policy.changed_groups:
             dirty |= self._by_epg.get(group, set())
+        if "bds" in policy.touched:  # a bridge domain's SLAAC prefixes may have changed
+            dirty |= {
+                k for k, n in self._nodes.items() if isinstance(n.intent, LocalIntent) and n.intent.slaac
+            }
         if policy.problems_changed:
             for epg, keys in self._by_epg.items():
                 if self._epg_refused.get(epg) != policy.refused_under(epg):
@@ -204,10 +210,14 @@ class LocalEndpoints:
                     and prior.mo is mo
                     and prior.group is group
                     and prior.ofport == node.ofport
+                    and not intent.slaac
                 ):
                     endpoint = prior.endpoint  # the same inputs: the same endpoint
                 else:
-                    made = local_record(intent, node.iface_id, node.ofport, node.name, group)
+                    bd = policy.bds.get(intent.bd) if intent.slaac else None
+                    made = local_record(
+                        intent, node.iface_id, node.ofport, node.name, group, bd.slaac if bd else ()
+                    )
                     endpoint = same(node.endpoint or (prior.endpoint if prior else None), made)
         node.group = group
         node.endpoint, node.prior = endpoint, None

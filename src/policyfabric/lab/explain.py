@@ -129,7 +129,7 @@ def probe_flow(state: LabState, x: Expect) -> tuple[str, str]:
     if not src_ip:
         src_ip = address_of(state, x.source, v6=v6)
     l3 = f"ipv6_src={src_ip},ipv6_dst={dst}" if v6 else f"nw_src={src_ip},nw_dst={dst}"
-    kind = proto.removesuffix("6")
+    kind = "icmp" if proto == "icmpv6" else proto.removesuffix("6")
     if kind == "icmp":
         word, l4 = ("icmp6", "icmpv6_type=128,icmpv6_code=0") if v6 else ("icmp", "icmp_type=8,icmp_code=0")
     elif kind in ("tcp", "bulk"):

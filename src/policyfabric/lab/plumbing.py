@@ -171,6 +171,8 @@ def plug(state: LabState, ep: LabEndpoint, cfg: PortConfig) -> None:
         cfg.gateway and not cfg.dhcp
     ):  # off-subnet traffic goes to the subnet's gateway: the distributed router
         run(["ip", "route", "add", "default", "via", cfg.gateway], netns=netns)
+    if cfg.gateway6 and not cfg.dhcp:  # metric 2048: one learnt from router advertisements (1024) wins
+        run(["ip", "-6", "route", "add", "default", "via", cfg.gateway6, "metric", "2048"], netns=netns)
     run(["ip", "link", "set", ep.port, "up"], netns=hostns)
     port = _hybrid(state, ep) if state.hosts[ep.host].renderer == "nftables" else ep.port
     OvsInstance(Path(state.hosts[ep.host].rundir)).vsctl(

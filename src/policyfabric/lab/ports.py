@@ -45,6 +45,9 @@ class PortConfig:
     autoconf: bool  # makes its own IPv6 addresses from router advertisements (SLAAC)
     dhcp: bool
     dhcpv6: str | None = None  # "stateful" (addresses) or "stateless" (options only), for a DHCP endpoint
+    # a static endpoint's IPv6 fallback default route: its first declared IPv6 address's subnet gateway
+    # (a route from router advertisements, of a lower metric, wins where they are sent)
+    gateway6: str | None = None
 
 
 def bridge_domain_name(
@@ -81,9 +84,14 @@ def port_config(
             endpoint["mac"], addresses, learnt, configured=(), gateway=gateway, mtu=mtu, autoconf=True,
             dhcp=True, dhcpv6=_dhcpv6_mode(resolved),
         )  # fmt: skip
+    gateway6 = next(
+        (str(r.subnet.gateway_ip) for r in resolved if r.address.version == 6 and not r.learnt
+         and r.subnet is not None and r.subnet.gateway_ip is not None),
+        None,
+    )  # fmt: skip
     return PortConfig(
         endpoint["mac"], addresses, learnt, configured=tuple(configured), gateway=gateway, mtu=mtu,
-        autoconf=SLAAC in ips, dhcp=False,
+        autoconf=SLAAC in ips, dhcp=False, gateway6=gateway6,
     )  # fmt: skip
 
 

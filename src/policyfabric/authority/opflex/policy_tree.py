@@ -16,7 +16,8 @@ from functools import lru_cache
 from typing import Any
 
 from policyfabric.model import objects as o
-from policyfabric.model.types import port_bounds
+from policyfabric.model.addressing import endpoint_addresses
+from policyfabric.model.types import SLAAC, port_bounds
 from policyfabric.opflex.gbp import (
     ETHER_T_NAMES,
     NO_MEMBER,
@@ -97,16 +98,21 @@ def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None, fips: Seque
     return MO(Cls.PF_ENDPOINT, uri, props, [], Cls.POLICY_SPACE, top, Cls.PF_ENDPOINT)
 
 
-def member_hosts(tenant: str, ep: Any, remote_groups: Collection[str]) -> list[MO]:
+def member_hosts(
+    tenant: str, ep: Any, remote_groups: Collection[str], subnets: Sequence[o.Subnet] = ()
+) -> list[MO]:
     """The endpoint's addresses in the member set of each of its groups that a rule names as its
     remote side: one GbpSubnet per address, so a member joining or leaving is a few objects in a
-    policy_update, never the whole membership."""
+    policy_update, never the whole membership. A ``slaac`` entry is its EUI-64 address in each
+    SLAAC subnet among ``subnets`` (its bridge domain's: ``model.addressing``)."""
+    ips = [str(ip) for ip in ep.ip if ip != SLAAC]
+    if SLAAC in ep.ip and ep.mac:
+        ips += [str(r.address) for r in endpoint_addresses([SLAAC], ep.mac, subnets)]
     return [
-        _host_mo(_members_uri(tenant, g), f"{ep.name}.{ip}", str(ip))
+        _host_mo(_members_uri(tenant, g), f"{ep.name}.{ip}", ip)
         for g in ep.security_groups
         if g in remote_groups
-        for ip in ep.ip
-        if ip != "slaac"
+        for ip in ips
     ]
 
 
@@ -546,7 +552,13 @@ def tenant_tree(
         fresh[ep.name] = (ep, (bd_name, fips), mo)
         tree.mos[mo.uri] = mo
         tree.mos[top].children.append(mo.uri)
-        for host in member_hosts(tenant, ep, remote_groups):
+        bd = (
+            epgs[ep.epg].bridge_domain
+            if ep.epg in epgs
+            else getattr(subnets.get(ep.subnet or ""), "bridge_domain", None)
+        )
+        mine = [s for s in subnets.values() if s.bridge_domain == bd] if SLAAC in ep.ip else []
+        for host in member_hosts(tenant, ep, remote_groups, mine):
             tree.mos[host.uri] = host
             tree.mos[host.parent_uri or ""].children.append(host.uri)
     if memo is not None:  # what is gone is forgotten

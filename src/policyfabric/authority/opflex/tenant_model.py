@@ -64,6 +64,7 @@ from policyfabric.authority.opflex.policy_tree import (
     router_bds,
 )
 from policyfabric.model import kinds as k
+from policyfabric.model.types import SLAAC
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.uri import space, unescape
 from policyfabric.store.base import Change, Record
@@ -274,7 +275,11 @@ class TenantModel:
                 ("fips-of", name),
             )
             reads += tuple(("remote", g) for g in spec.security_groups)
-            return (mo, *member_hosts(tenant, spec, self.remote)), reads
+            mine: list[Any] = []
+            if SLAAC in spec.ip:  # its SLAAC addresses (member sets) follow its bridge domain's subnets
+                mine = [s for s in specs["subnet"].values() if s.bridge_domain == bd]
+                reads += (("bd-subnets", bd),)
+            return (mo, *member_hosts(tenant, spec, self.remote, mine)), reads
         if kind == "l3_context":
             add_l3_context(frag, tenant, spec, self.numbers.get(f"l3_context/{name}", 0))
         elif kind == "bridge_domain":
@@ -385,8 +390,11 @@ class TenantModel:
 
         if kind == "bridge_domain" and ((old is None) != (new is None) or renumbered):
             touched.add(("bd", name))
-        elif kind == "subnet" and field_of(old, "bridge_domain") != field_of(new, "bridge_domain"):
-            touched.add(("subnet-bd", name))
+        elif kind == "subnet":
+            for bd in {field_of(old, "bridge_domain"), field_of(new, "bridge_domain")} - {None}:
+                touched.add(("bd-subnets", bd))  # the SLAAC addresses of its endpoints
+            if field_of(old, "bridge_domain") != field_of(new, "bridge_domain"):
+                touched.add(("subnet-bd", name))
         elif kind == "endpoint_group":
             if field_of(old, "bridge_domain") != field_of(new, "bridge_domain"):
                 touched.add(("epg-bd", name))

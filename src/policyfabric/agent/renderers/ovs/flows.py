@@ -75,6 +75,8 @@ NXM_FIELDS = {
     "NXM_OF_ARP_TPA": "arp_tpa",
     "NXM_NX_ARP_SHA": "arp_sha",
     "NXM_NX_ARP_THA": "arp_tha",
+    "NXM_NX_IPV6_SRC": "ipv6_src",
+    "NXM_NX_IPV6_DST": "ipv6_dst",
     "NXM_NX_TUN_ID": "tun_id",
     "NXM_NX_TUN_IPV4_DST": "tun_dst",
     "NXM_NX_TUN_METADATA0": "tun_metadata0",

@@ -109,6 +109,7 @@ class Field:
 
 
 BASIC, NXM0, NXM1 = 0x8000, 0x0000, 0x0001
+ERICOXM = 0x1000  # OVS's class for the ND fields beyond OXM's (ERICOXM_OF_*)
 TUN_METADATA_MAX = 124  # bytes: what OVS declares for tun_metadata0..63
 
 _FIELDS = [
@@ -134,6 +135,11 @@ _FIELDS = [
     Field("ipv6_dst", BASIC, 27, 16, "ipv6"),
     Field("icmpv6_type", BASIC, 29, 1),
     Field("icmpv6_code", BASIC, 30, 1),
+    Field("nd_target", BASIC, 31, 16, "ipv6"),
+    Field("nd_sll", BASIC, 32, 6, "mac"),
+    Field("nd_tll", BASIC, 33, 6, "mac"),
+    Field("nd_reserved", ERICOXM, 1, 4),  # the NA flags (router, solicited, override)
+    Field("nd_options_type", ERICOXM, 2, 1),  # an answer's option: source (1) → target (2) address
     Field("tun_id", BASIC, 38, 8),
     Field("nw_ttl", NXM1, 29, 1),
     Field("tun_src", NXM1, 31, 4, "ipv4"),

@@ -25,9 +25,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-MAC_FIELDS = frozenset({"dl_src", "dl_dst", "arp_sha", "arp_tha"})
+MAC_FIELDS = frozenset({"dl_src", "dl_dst", "arp_sha", "arp_tha", "nd_sll", "nd_tll"})
 IPV4_FIELDS = frozenset({"nw_src", "nw_dst", "arp_spa", "arp_tpa", "tun_dst"})
-IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst"})
+IPV6_FIELDS = frozenset({"ipv6_src", "ipv6_dst", "nd_target"})
 ETH_TYPES = {"ip": 0x0800, "ipv6": 0x86DD, "arp": 0x0806}
 PROTOCOLS: dict[str, tuple[int, int | None]] = {
     "ip": (0x0800, None),
@@ -52,6 +52,7 @@ ALIASES = {
 }
 WIDTHS = {"eth_type": 16, "nw_proto": 8, "nw_ttl": 8, "tp_src": 16, "tp_dst": 16, "arp_op": 16}
 WIDTHS |= {"in_port": 32, "tun_id": 64, "tun_metadata0": 32, "icmp_type": 8, "conj_id": 32}
+WIDTHS |= {"nd_reserved": 32, "nd_options_type": 8}
 
 # ct_state bits, as OVS numbers them
 NEW, EST, REL, RPL, INV, TRK, SNAT, DNAT = 0x01, 0x02, 0x04, 0x08, 0x10, 0x20, 0x40, 0x80

@@ -67,6 +67,8 @@ REGISTERS = (
 
 CLASSIFIER = "ip ipv6 tcp tcp6 udp udp6 icmp icmp6 nw_proto tp_dst"  # a rule's L3/L4 part
 ARP_ANSWER = "dl_src dl_dst arp_op arp_sha arp_spa arp_tha arp_tpa"  # what answering ARP rewrites
+# what answering a neighbour solicitation rewrites (the solicitation becomes the advertisement)
+ND_ANSWER = "dl_src dl_dst ipv6_src ipv6_dst icmp_type nd_reserved nd_options_type nd_tll"
 
 
 def _fields(*names: str) -> frozenset[str]:
@@ -123,12 +125,15 @@ TABLES = (
         "ARP",
         purpose=(
             "ARP requests for known addresses (endpoints of the bridge domain, local or remote, and "
-            "routers' gateways) are answered on the host; an endpoint's probe of its own address is not"
+            "routers' gateways) are answered on the host; an endpoint's probe of its own address is not. "
+            "IPv6 neighbour solicitations for a router's gateway and link-local addresses are answered "
+            "too: the solicitation is rewritten into the advertisement (router, solicited, override; "
+            "the target's MAC), which looks itself up again to set the target MAC option"
         ),
-        flows="1 per known IPv4 address and router leg",
-        matches=_fields("in_port reg2 arp arp_op arp_tpa"),
-        sets=_fields(ARP_ANSWER),
-        goes_to=(L2,),
+        flows="1 per known IPv4 address and router leg, 3 per IPv6 router address",
+        matches=_fields("in_port reg2 arp arp_op arp_tpa icmp6 icmp_type dl_src ipv6_src nd_target"),
+        sets=_fields(ARP_ANSWER, ND_ANSWER),
+        goes_to=(ARP, L2),
         miss=L2,
         output=True,
     ),
@@ -185,14 +190,15 @@ TABLES = (
         ROUTING,
         "ROUTING",
         purpose=(
-            "a router (reg6) and destination address → the endpoint's MAC, bridge domain, group and port "
-            "or host, TTL - 1; to the outside: a floating IP's external port, or the router's SNAT gateway"
+            "a router (reg6) and destination address (IPv4 or IPv6) → the endpoint's MAC, bridge domain, "
+            "group and port or host, TTL (hop limit) - 1; to the outside: a floating IP's external port, "
+            "or the router's SNAT gateway"
         ),
         flows=(
-            "1 per IPv4 address on a router's bridge domains; per router with an external gateway, "
-            "1 per prefix + 1 + 1 per local floating IP"
+            "1 per IPv4 and IPv6 address on a router's bridge domains; per router with an external "
+            "gateway, 1 per prefix + 1 + 1 per local floating IP"
         ),
-        matches=_fields("reg6 ip nw_src nw_dst"),
+        matches=_fields("reg6 ip nw_src nw_dst ipv6 ipv6_dst"),
         sets=_fields("dl_src dl_dst nw_ttl reg1 reg2 reg4 reg7"),
         goes_to=(POLICY,),
     ),

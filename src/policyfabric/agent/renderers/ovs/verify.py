@@ -58,9 +58,11 @@ FIELDS: dict[str, frozenset[str]] = {
     "tp_dst": frozenset({"tcp", "udp", "tcp6", "udp6"}),
     "tp_src": frozenset({"tcp", "udp", "tcp6", "udp6"}),
     "icmp_type": frozenset({"icmp", "icmp6"}),
+    **dict.fromkeys(("nd_target", "nd_tll", "nd_reserved", "nd_options_type"), frozenset({"icmp6"})),
     **dict.fromkeys(("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"), frozenset({"arp"})),
 }
-ALIASES = {"eth_src": "dl_src", "eth_dst": "dl_dst", **NXM_FIELDS}  # ovs-ofctl's other names
+# ovs-ofctl's other names
+ALIASES = {"eth_src": "dl_src", "eth_dst": "dl_dst", "icmpv6_type": "icmp_type", **NXM_FIELDS}
 L4 = {("ip", "6"): "tcp", ("ip", "17"): "udp", ("ip", "1"): "icmp"}
 L4 |= {("ipv6", "6"): "tcp6", ("ipv6", "17"): "udp6", ("ipv6", "58"): "icmp6"}
 
