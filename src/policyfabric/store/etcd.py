@@ -69,6 +69,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +108,7 @@ LOOKUP_RANGE = 20_000  # a lookup reads its whole range if it has at most this m
 READS_PER_TXN = 64  # point reads sent together (a read-only etcd transaction), under --max-txn-ops
 REV, ITEM, ID, CLAIM, SEQ, LOG = "rev", "item/", "id/", "claim/", "seq/", "log/"
 MiB = 1 << 20
+OWN_TXNS = 4096  # own commits remembered (the follower skips them); it trails them by milliseconds
 
 
 @dataclass(frozen=True)
@@ -467,6 +469,8 @@ class EtcdStore:
         self._write_lock = threading.Lock()
         self.cache = Cache(cache_limit)
         self._large: set[str] = set()  # ranges over LOOKUP_RANGE keys (not read whole for a lookup)
+        self._own: deque[str] = deque(maxlen=OWN_TXNS)  # txn ids this store committed, newest last
+        self._own_set: set[str] = set()
         log.info("store: etcd %s, prefix %s", ",".join(self.client.endpoints), self.prefix)
 
     @classmethod
@@ -510,6 +514,17 @@ class EtcdStore:
         if self._begin().rev_mod != snap.rev_mod:
             self.cache.clear()
             raise WriteConflict("another writer committed since the cached snapshot this write read")
+
+    def committed_here(self, txn_id: str) -> bool:
+        """Whether the commit ``txn_id`` (a log entry's) was made by this store, among its last
+        ``OWN_TXNS``: a replica's follower skips its own writes (their listeners ran at commit)."""
+        return txn_id in self._own_set
+
+    def _committed(self, txn_id: str) -> None:
+        if len(self._own) == self._own.maxlen:
+            self._own_set.discard(self._own[0])
+        self._own.append(txn_id)
+        self._own_set.add(txn_id)
 
     def ping(self) -> int:
         """The current revision (reaching a quorum of the cluster), for a check at start."""
@@ -677,9 +692,11 @@ class EtcdStore:
             self.cache.clear()
             if not self._resolve(snap, revision, txn_id, exc):
                 raise WriteConflict(f"the commit was not applied ({exc})") from None
+            self._committed(txn_id)
             return True
         if not reply.get("succeeded"):
             raise WriteConflict("another writer committed since this transaction's snapshot")
+        self._committed(txn_id)
         at = int(reply["header"]["revision"])
         self.cache.commit(snap.rev_mod, Snapshot(at, at, revision, rev_doc), changed)
         return True
