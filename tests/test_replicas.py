@@ -5,6 +5,7 @@ follower that feeds other replicas' commits to a replica catches up after a brok
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Iterator
@@ -12,7 +13,8 @@ from pathlib import Path
 
 import pytest
 
-from policyfabric.authority.service import Authority
+from policyfabric.authority.opflex.registry import EndpointStateWriter
+from policyfabric.authority.service import Authority, EndpointState
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.lab.etcd import EtcdCluster
 from policyfabric.lab.etcd import missing as etcd_missing
@@ -22,6 +24,7 @@ from policyfabric.store.base import Change
 from policyfabric.store.etcd import EtcdStore
 from policyfabric.store.etcd_follow import LogFollower
 from tests.conftest import Api, apply_scenario, etcd_prefix
+from tests.test_etcd_store import endpoint, setup_tenant
 from tests.test_opflex_e2e import CONTRACT, Agent, run, set_http_port, until
 
 pytestmark = [
@@ -117,3 +120,27 @@ def test_the_follower_delivers_other_writers_commits_once_and_not_its_own(etcd_c
         follower.stop()
         mine.close()
         other.close()
+
+
+def test_a_burst_of_endpoint_statuses_is_split_under_etcds_default_operations_limit() -> None:
+    """Agents report statuses by the thousand while hosts start; on a cluster with etcd's default
+    of 128 operations per transaction the registry's batch writer must split them, not fail."""
+    with EtcdCluster(size=1, max_txn_ops=128) as cluster:
+        store = EtcdStore(cluster.endpoints, prefix=etcd_prefix())
+        authority = Authority(store)
+        setup_tenant(authority)
+        for i in range(200):
+            authority.create(k.ENDPOINT, endpoint(f"e{i}", f"10.0.1.{i + 1}"))
+        states = EndpointStateWriter(authority)
+
+        async def report() -> list[bool]:
+            done = [
+                states.queue(EndpointState("acme", f"e{i}", host="h1", status="ACTIVE")) for i in range(200)
+            ]
+            await states.idle()
+            return [f.result() for f in done]
+
+        assert asyncio.run(report()) == [True] * 200
+        found, _ = authority.list(k.ENDPOINT, "acme")
+        assert {(e["host"], e["status"]) for e in found} == {("h1", "ACTIVE")}
+        store.close()

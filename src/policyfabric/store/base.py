@@ -162,6 +162,11 @@ class WriteTxn(ReadTxn, Protocol):
 
 
 class Store(Protocol):
+    # how many records one write transaction should change at most, for writers that may split a
+    # large batch of independent writes (agents' endpoint statuses): None, no limit (SQLite); etcd
+    # refuses a transaction over --max-txn-ops (128 by default) operations
+    records_per_write: int | None
+
     def read(self) -> AbstractContextManager[ReadTxn]: ...
 
     def write(self) -> AbstractContextManager[WriteTxn]: ...

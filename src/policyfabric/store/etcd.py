@@ -454,6 +454,10 @@ class EtcdTxn:
 class EtcdStore:
     """Intent in an etcd cluster (``endpoints``: its members' HOST:PORT)."""
 
+    # a record written costs one or two operations (its item, its id key), a transaction two more
+    # (rev, its log entry): 50 stays under etcd's default --max-txn-ops of 128
+    records_per_write: int | None = 50
+
     def __init__(
         self,
         endpoints: Sequence[str],

@@ -95,7 +95,9 @@ class EndpointStateWriter:
 
     async def _write(self) -> None:
         while self._states:
-            batch, self._states = self._states, []
+            # a store whose transactions are bounded (etcd: --max-txn-ops) takes the queue in parts
+            most = self.authority.store.records_per_write or len(self._states)
+            batch, self._states = self._states[:most], self._states[most:]
             try:
                 found = await asyncio.to_thread(self.authority.set_endpoint_states, [s for s, _ in batch])
             except Exception as exc:
