@@ -27,7 +27,7 @@ from policyfabric.authority.auth import TokenError, Tokens, load_tokens
 from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.tls import server_context
-from policyfabric.store.base import Change, Store, StoreError
+from policyfabric.store.base import Change, Shared, Store, StoreError
 from policyfabric.store.sqlite import SqliteStore, Sync
 
 if TYPE_CHECKING:
@@ -251,6 +251,14 @@ def _opflex_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def shared_state(store: Store) -> Shared | None:
+    """What this authority shares with the other replicas of its store (etcd); None: alone."""
+    from policyfabric.store.etcd import EtcdStore
+    from policyfabric.store.etcd_shared import EtcdShared
+
+    return EtcdShared(store) if isinstance(store, EtcdStore) else None
+
+
 def follow_replicas(store: Store, authority: Authority, since: int) -> LogFollower | None:
     """On etcd, where other authorities (replicas) may write: hand their commits after revision
     ``since`` to this authority's commit listeners, as if committed here (the OpFlex server marks
@@ -282,6 +290,7 @@ async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tok
             advertise=settings.opflex_advertise,
             keepalive=settings.keepalive,
             tls=tls,
+            shared=shared_state(store),
             **_opflex_options(settings),
         )
         try:

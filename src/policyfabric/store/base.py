@@ -172,3 +172,76 @@ class Store(Protocol):
     def write(self) -> AbstractContextManager[WriteTxn]: ...
 
     def close(self) -> None: ...
+
+
+# ---- what authority replicas share beside the intent -------------------------------------------
+# Short-lived state the replicas of one store keep in common: which replicas are alive, which
+# agents each holds a session for, the endpoint registry's declarations and the gateway election.
+# Unlike intent it has no revision of ours, no change log and no claims: keys with a lifetime (a
+# lease: the replica's own, which ends when the replica dies, or a number of seconds, an OpFlex
+# ``prr``), and a stream of what the OTHER replicas put and delete. The embedded store (SQLite,
+# one authority process) has no other replica: ``LocalShared`` keeps nothing and tells nothing, so
+# every replica-aware path reduces to what one authority does alone.
+
+REPLICA_LEASE = "replica"  # a key that lives as long as this replica does
+
+
+@dataclass(frozen=True)
+class SharedEvent:
+    """Another replica (or a lease's end) put or deleted ``key``: ``value`` is the new document
+    (None: deleted), ``prev`` the one before (None: unknown or absent)."""
+
+    key: str
+    value: Any
+    prev: Any
+
+
+class Shared(Protocol):
+    """Keys (``KIND/NAME``) with JSON documents, shared by the replicas of one store."""
+
+    replica: str  # this replica's id (unique per process start)
+    alone: bool  # no other replica can exist (the embedded store): it leads without a campaign
+
+    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> dict[str, Any]:
+        """Begin: the keys that exist now (what the others hold), then ``deliver`` (from a thread
+        of its own) what changes later, in order, except this replica's own writes."""
+        ...
+
+    def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
+        """Write ``key`` (queued, in order, never blocking): for as long as this replica lives
+        (``REPLICA_LEASE``), or at least the given seconds."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def campaign(self, key: str) -> bool:
+        """Whether this replica holds ``key`` (taking it if nobody does) as long as it lives: a
+        leader election decided once for all replicas. Blocks for one round trip; raises
+        StoreError when the store cannot be reached."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class LocalShared:
+    """One authority alone (SQLite): there are no other replicas; it leads every election."""
+
+    alone = True
+
+    def __init__(self) -> None:
+        self.replica = "local"
+
+    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> dict[str, Any]:
+        return {}
+
+    def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
+        pass
+
+    def delete(self, key: str) -> None:
+        pass
+
+    def campaign(self, key: str) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass

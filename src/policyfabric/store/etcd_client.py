@@ -222,7 +222,7 @@ class EtcdClient:
             self._current = (self._current + 1) % len(self.endpoints)
 
     def watch(
-        self, key: bytes, range_end: bytes, start_revision: int, *, idle: float = 15.0
+        self, key: bytes, range_end: bytes, start_revision: int, *, idle: float = 15.0, prev_kv: bool = False
     ) -> Iterator[dict[str, Any]]:
         """The watch responses (``{"header", "events", ...}``) of keys in [key, range_end) from etcd
         revision ``start_revision``, as the gateway streams them (``POST /v3/watch``: one JSON
@@ -231,9 +231,11 @@ class EtcdClient:
         and watches again, through the next member), :class:`Compacted` when etcd no longer has
         ``start_revision``. A stream silent for ``idle`` seconds ends (returns): a member cut off
         from the others may keep a stream open and send nothing, so the caller re-checks."""
-        body = {
+        body: dict[str, Any] = {
             "create_request": {"key": b64(key), "range_end": b64(range_end), "start_revision": start_revision}
         }
+        if prev_kv:  # each event carries the value before it (a DELETE's: what was deleted)
+            body["create_request"]["prev_kv"] = True
         endpoint = self.endpoints[self._current % len(self.endpoints)]
         timeout = httpx.Timeout(self.timeout, read=idle)
         try:
