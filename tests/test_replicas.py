@@ -20,12 +20,13 @@ from policyfabric.lab.etcd import EtcdCluster
 from policyfabric.lab.etcd import missing as etcd_missing
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
+from policyfabric.opflex.gbp import endpoint_uri
 from policyfabric.store.base import Change
 from policyfabric.store.etcd import EtcdStore
 from policyfabric.store.etcd_follow import LogFollower
 from tests.conftest import Api, apply_scenario, etcd_prefix
 from tests.test_etcd_store import endpoint, setup_tenant
-from tests.test_opflex_e2e import CONTRACT, Agent, run, set_http_port, until
+from tests.test_opflex_e2e import CONTRACT, Agent, Raw, run, set_http_port, until
 
 pytestmark = [
     pytest.mark.integration,  # etcd members and authorities are processes
@@ -79,6 +80,119 @@ def test_a_write_on_one_replica_is_read_at_once_and_pushed_by_the_other(
             await web.stop()
 
     run(go)
+
+
+def knows(agent: Agent, endpoint: str) -> bool:
+    """Whether ``agent`` holds a registry entry of ``endpoint`` (TENANT/NAME)."""
+    return any(m.properties.get("uuid") == endpoint for m in agent.client.endpoints.values())
+
+
+def test_declarations_made_through_one_replica_reach_agents_of_the_other_and_outlive_it(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    a, b = two_replicas
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()  # through A
+        h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()  # through B, same bridge domain
+        h3: Agent | None = None
+        try:
+            await until(lambda: knows(h2, "acme/web1"))  # B's registry has A's declaration
+            await until(lambda: knows(h1, "acme/web2"))  # and A's has B's, pushed to h1
+            # an undeclare through A reaches B's agents
+            h1.dry.endpoints.clear()
+            for uri in list(h1.client.declared):
+                h1.client.undeclare(uri)
+            await until(lambda: not knows(h2, "acme/web1"))
+            h1.dry.endpoints.append(("acme", "web1"))
+            h1.dry.sync()
+            await until(lambda: knows(h2, "acme/web1"))
+            # A dies: its declarations stay (their lease is their prr, not A's life); a newcomer
+            # on B is answered with them before h1 has declared anything again
+            h1.client._stop = True  # h1 does not fail over here: what B has is what A shared
+            a.kill()
+            h3 = await Agent("h3", [b.opflex], ["acme/web2"]).start()  # (its claim of web2 is refused)
+            assert knows(h3, "acme/web1") and knows(h3, "acme/web2")
+        finally:
+            for agent in (h1, h2, h3):
+                if agent is not None:
+                    await agent.stop()
+
+    run(go)
+
+
+def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_through_another(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    """h1 holds web1 through A; h2 declares web1 through B, where h1 has no session. Only the
+    liveness the replicas share tells B that h1 is alive: the claim is refused."""
+    a, b = two_replicas
+    api = Api(b.url)
+
+    def host() -> str | None:
+        return (api.find("endpoints", "acme", "web1") or {}).get("host")
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()
+        h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()
+        try:
+            await until(lambda: knows(h2, "acme/web1"))
+            assert not h2.client._refused and host() == "h1"
+            h2.client.resolve("PfEndpoint", endpoint_uri("acme", "web1"))  # what its declaration needs
+            assert await h2.client.settled(10)
+            h2.dry.endpoints.append(("acme", "web1"))
+            h2.dry.sync()
+            await until(lambda: bool(h2.client._refused) or host() != "h1", timeout=5)
+            assert host() == "h1" and h2.client._refused
+        finally:
+            await h1.stop()
+            await h2.stop()
+
+    run(go)
+
+
+def test_the_handshake_lists_every_live_replica_and_an_agent_fails_over_to_one_it_learnt(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    url = etcd_cluster.url + etcd_prefix()
+    a, b, c = (replica(tmp_path / n, url) for n in "abc")
+
+    def peers_of(server: AuthorityProcess) -> set[str]:
+        raw = Raw(server.opflex)
+        try:
+            hello = raw.hello(f"probe{time.monotonic_ns()}")
+        finally:
+            raw.sock.close()
+        return {p["connectivity_info"] for p in hello["peers"]}
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()  # given A only
+        try:
+            assert {f"127.0.0.1:{s.opflex_port}" for s in (b, c)} <= {
+                f"{h}:{p}" for h, p in h1.client.learned
+            }
+            c.kill()  # C dies: its lease ends, A stops listing it
+            deadline = time.monotonic() + 10
+            while f"127.0.0.1:{c.opflex_port}" in peers_of(a) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            assert peers_of(a) == {f"127.0.0.1:{s.opflex_port}" for s in (a, b)}
+            a.kill()
+            took = await until(lambda: h1.client.connected_to == b.opflex, timeout=5)
+            print(f"agent failed over from A to B in {took:.2f} s")
+            assert set_http_port(Api(b.url), 7070) == 200  # resynced and following B
+            await until(lambda: h1.prop(CONTRACT, "dFromPort") == 7070)
+        finally:
+            await h1.stop()
+
+    try:
+        for server in (a, b, c):
+            server.start()
+        apply_scenario(a)
+        assert peers_of(a) == peers_of(b) == {f"127.0.0.1:{s.opflex_port}" for s in (a, b, c)}
+        run(go)
+    finally:
+        for server in (a, b, c):
+            server.kill()
 
 
 def test_the_follower_delivers_other_writers_commits_once_and_not_its_own(etcd_cluster: EtcdCluster) -> None:
