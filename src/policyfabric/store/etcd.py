@@ -304,11 +304,13 @@ class EtcdTxn:
                     self.seen[key] = self.ranges[parent].get(key)
                     return self.seen[key]
             hit, value = self.store.cache.get(self.snap.rev_mod, key)
-            if not hit and key.startswith((ITEM, CLAIM)):
+            if not hit and self.writable and key.startswith((ITEM, CLAIM)):
                 # an object by name, a claim: read its range whole (the kind in the tenant, the
                 # addresses of the VRF, every MAC...) in one round trip as for the one key, unless
                 # it is large; the next lookups there (names and values being checked free) are
-                # then answered from the cache
+                # then answered from the cache. Only in a write: its checks look up many names
+                # and values of one range; a read (a replica's flush reading the few records
+                # another replica changed, after that write emptied its cache) reads the key
                 parent = key[: key.rfind("/") + 1]
                 entries = self.store.get_range(self.snap, parent, LOOKUP_RANGE)
                 if entries is not None:
