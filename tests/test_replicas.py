@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.opflex.registry import EndpointStateWriter
 from policyfabric.authority.service import Authority, EndpointState
 from policyfabric.lab.authority import AuthorityProcess, authority_in
@@ -24,6 +25,7 @@ from policyfabric.opflex.gbp import endpoint_uri
 from policyfabric.store.base import Change
 from policyfabric.store.etcd import EtcdStore
 from policyfabric.store.etcd_follow import LogFollower
+from policyfabric.store.etcd_shared import EtcdShared
 from tests.conftest import Api, apply_scenario, etcd_prefix
 from tests.test_etcd_store import endpoint, setup_tenant
 from tests.test_opflex_e2e import CONTRACT, Agent, Raw, run, set_http_port, until
@@ -258,3 +260,49 @@ def test_a_burst_of_endpoint_statuses_is_split_under_etcds_default_operations_li
         found, _ = authority.list(k.ENDPOINT, "acme")
         assert {(e["host"], e["status"]) for e in found} == {("h1", "ACTIVE")}
         store.close()
+
+
+def test_the_gateway_election_is_decided_once_for_all_replicas(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """Router r1's gateway hosts are gw1 then gw2. gw1's agent is connected to replica B, gw2's to
+    A, which leads the election: A must learn of gw1 through B and choose it, and B must take A's
+    result (alone, each would choose the gateway it sees: split brain). When A goes, B takes the
+    lead and keeps gw1 (no preemption, no change)."""
+    prefix = etcd_prefix()
+    writer = replica(tmp_path / "w", etcd_cluster.url + prefix, "--opflex-listen", "off")  # REST only
+    with writer:
+        apply_scenario(writer, Path(__file__).parent.parent / "bench" / "failover.yaml")
+
+    async def go() -> None:
+        stores = [EtcdStore(etcd_cluster.endpoints, prefix=prefix) for _ in range(2)]
+        a, b = (OpflexServer(Authority(s), shared=EtcdShared(s, ttl=2)) for s in stores)
+        await a.start("127.0.0.1", 0)
+        await b.start("127.0.0.1", 0)
+        try:
+            assert a.replicas.leading and not b.replicas.leading
+            (candidate,) = a.election._candidates["acme"]
+
+            def gateway(server: OpflexServer, name: str, ip: str) -> None:
+                server.observer.connected(name, "policyfabric", "test")
+                info = server.observer.agents[name]
+                info.tunnel_ip, info.external = ip, frozenset({candidate.network})
+                server._elect()
+
+            gateway(b, "gw1", "192.0.2.1")  # reported to B: A, which decides, must learn of it
+            chosen = {("acme", "r1"): ("gw1", "192.0.2.1")}
+            await until(lambda: a.election.active == chosen and b.election.active == chosen, timeout=5)
+            gateway(a, "gw2", "192.0.2.2")  # alone, A would see only gw2 and B only gw1
+            await until(lambda: "gw2" in b.replicas.hosts, timeout=5)
+            b._elect()  # a follower's election changes nothing: it takes the leader's result
+            assert a.election.active == chosen and b.election.active == chosen
+            await a.stop()  # A leaves: its lease is revoked, B campaigns and leads
+            await until(lambda: b.replicas.leading, timeout=5)
+            assert b.election.active == chosen
+        finally:
+            await a.stop()
+            await b.stop()
+            for store in stores:
+                store.close()
+
+    asyncio.run(go())
