@@ -55,11 +55,12 @@ Cache: what a transaction read is kept, tagged with ``rev``'s mod_revision, and 
 transactions that find ``rev`` unchanged (no write since, by anyone: every write bumps ``rev``);
 a commit of this store updates it in place. So one authority alone pays two round trips per
 write (the snapshot read, the commit) plus what it never read before; any write by another
-authority drops the cache. This is what a replica's watch-driven state will later keep warm.
+authority drops the cache.
 
-For replicas (not done here): ``rev`` and ``log/`` are what a replica watches to learn of other
-replicas' writes (the change log by revision, as SQLite's), and leases for the registry and the
-election can live beside these keys under the same prefix.
+Replicas: ``log/`` is what a replica follows to learn of other replicas' writes
+(``etcd_follow.py``: a watch, caught up from the log after any break), and the state replicas
+share beside intent (liveness, declarations, the gateway election) lives under ``shared/`` of the
+same prefix with leases (``etcd_shared.py``).
 """
 
 from __future__ import annotations
