@@ -207,9 +207,9 @@ class Shared(Protocol):
     replica: str  # this replica's id (unique per process start)
     alone: bool  # no other replica can exist (the embedded store): it leads without a campaign
 
-    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> dict[str, Any]:
-        """Begin: the keys that exist now (what the others hold), then ``deliver`` (from a thread
-        of its own) what changes later, in order, except this replica's own writes."""
+    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> None:
+        """Begin: ``deliver`` (from a thread of its own, or this one) the keys that exist now (what
+        the others hold), then what changes later, in order, except this replica's own writes."""
         ...
 
     def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
@@ -236,8 +236,8 @@ class LocalShared:
     def __init__(self) -> None:
         self.replica = "local"
 
-    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> dict[str, Any]:
-        return {}
+    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> None:
+        pass
 
     def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
         pass

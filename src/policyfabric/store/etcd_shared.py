@@ -66,14 +66,14 @@ class EtcdShared:
         self.streams = 0
 
     # ---- the interface
-    def start(self, deliver: Deliver) -> dict[str, Any]:
+    def start(self, deliver: Deliver) -> None:
         self._deliver = deliver
         self.lease = self._grant(self.ttl)
         found, at = self._read_all()
         self._seen, self._next_at = found, at + 1
+        self._hand([(key, doc, None) for key, doc in sorted(found.items())])  # before any later event
         for target in (self._keep_alive, self._write, self._watch):
             threading.Thread(target=target, name=f"etcd-shared-{target.__name__}", daemon=True).start()
-        return {k: doc.get("v") for k, doc in found.items()}
 
     def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
         doc = {"by": self.replica, "v": value}

@@ -66,8 +66,7 @@ class Replicas:
     async def start(self, advertise: list[str]) -> None:
         self.loop = asyncio.get_running_loop()
         self.advertise = list(advertise)
-        found = await asyncio.to_thread(self.shared.start, self._from_thread)
-        self._apply([SharedEvent(key, value, None) for key, value in sorted(found.items())])
+        await asyncio.to_thread(self.shared.start, self._from_thread)
         self.shared.put(f"replica/{self.me}", {"opflex": self.advertise})
         await self.campaign()
 
