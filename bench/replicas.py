@@ -1,32 +1,40 @@
 #!/usr/bin/env python3
-"""The authority on etcd beside SQLite: REST writes/s and write latency.
+"""The authority on etcd beside SQLite, and its replicas: REST writes/s, fan-out, failover.
 
-One real authority process on loopback per figure, on each store in the same run, alternated run
-by run so that drift on the machine hits both alike:
+Real authority processes on loopback; etcd is a 3-member cluster on loopback
+(policyfabric.lab.etcd; each member fsyncs its WAL, a write is acknowledged once a majority has
+it), a fresh key prefix per run. The machine is shared: compare within one run.
 
-  * sqlite: ``--db FILE`` (synchronous=FULL: one fsync per write);
-  * etcd:   ``--store etcd://...`` on a 3-member etcd cluster on loopback (policyfabric.lab.etcd;
-    each member fsyncs its WAL, a write is acknowledged once a majority has it), a fresh key prefix
-    per run.
+1. Writes: endpoint creation (references, an address and a MAC claim) by each of --clients
+   concurrent clients, on ``sqlite`` (``--db``, synchronous=FULL), ``etcd x1`` (one authority on
+   the cluster) and ``etcd x3`` (three replicas on one prefix, client i writing to replica i mod
+   3; every replica follows the others' commits). Runs alternate between the setups so drift
+   hits all alike; writes/s, p50 and p99 per run, the median of --repeat runs, ratios to SQLite.
+2. Fan-out: --fanout-agents OpFlex agents (real clients of policyfabric's library, --endpoints
+   each resolved) spread over 3 replicas, against the same number on 1 authority; one contract
+   change written through replica 0: the time until each agent has the new port, p50/p99.
+3. Failover: one agent given replica A's address only (it learns the others from the
+   handshake); the replica it is on is killed (-9), the time until it is connected to another
+   and has resynced (declared and resolved everything again); --rounds times, the median.
 
-The workload is endpoint creation (the hot write: references, an address and a MAC claim) by 1
-and 4 concurrent clients; every request's latency is kept: writes/s, p50 and p99 per run, the
-median of --repeat runs reported, and the ratios etcd/sqlite. Replicas (several authorities on
-one cluster) and the OpFlex fan-out are not measured yet: they do not exist yet.
-
-    .venv/bin/python bench/replicas.py [--writes 300] [--clients 1,4] [--repeat 3]
+    .venv/bin/python bench/replicas.py [--writes 300] [--clients 1,3] [--repeat 3]
+        [--fanout-agents 300] [--endpoints 20] [--rounds 5]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import http.client
 import json
+import multiprocessing as mp
 import statistics
 import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
@@ -35,29 +43,55 @@ import httpx
 from rich.console import Console
 
 from common import SETUP, addresses, report
-from policyfabric.lab.authority import authority_in
+from opflex_fanout import agents_process, percentile
+from opflex_fanout import setup as fanout_setup
+from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.lab.etcd import EtcdCluster, missing
+from policyfabric.opflex.client import PolicyClient
+from policyfabric.opflex.gbp import endpoint_uri
 
-STORES = ("sqlite", "etcd")
+SETUPS = ("sqlite", "etcd x1", "etcd x3")
 console = Console(stderr=True)
 
 
+@contextlib.contextmanager
+def authorities(
+    setup: str, cluster: EtcdCluster, tmp: Path, extra: list[str]
+) -> Iterator[list[AuthorityProcess]]:
+    """The authorities of ``setup``: one on SQLite, or 1 or 3 replicas on one fresh etcd prefix."""
+    count = 3 if setup.endswith("x3") else 1
+    store = [] if setup == "sqlite" else ["--store", f"{cluster.url}/bench-{uuid.uuid4().hex[:8]}"]
+    servers = [authority_in(tmp / f"r{i}", extra=[*store, *extra]) for i in range(count)]
+    try:
+        for server in servers:
+            server.start()
+        yield servers
+    finally:
+        for server in servers:
+            server.kill()
 
 
-def writes(port: int, clients: int, bodies: list[dict[str, Any]]) -> tuple[float, list[float]]:
-    """POST every body, split over ``clients`` threads with a kept-alive connection each:
-    (writes/s, each write's latency in seconds)."""
+def writes(ports: list[int], clients: int, bodies: list[dict[str, Any]]) -> tuple[float, list[float], int]:
+    """POST every body, split over ``clients`` threads with a kept-alive connection each, client i
+    to ``ports[i % len(ports)]``: (writes/s, each write's latency in seconds, 503s retried)."""
     shares = [bodies[i::clients] for i in range(clients)]
+    retried = [0] * clients
 
-    def worker(share: list[dict[str, Any]]) -> list[float]:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    def worker(i: int) -> list[float]:
+        conn = http.client.HTTPConnection("127.0.0.1", ports[i % len(ports)], timeout=60)
         took = []
         try:
-            for body in share:
+            for body in shares[i]:
                 start = time.perf_counter()
-                conn.request("POST", "/v1/endpoints", json.dumps(body), {"content-type": "application/json"})
-                response = conn.getresponse()
-                text = response.read()
+                while True:  # a 503 (lost to other replicas' writes too often) is retried, as a client should
+                    conn.request(
+                        "POST", "/v1/endpoints", json.dumps(body), {"content-type": "application/json"}
+                    )
+                    response = conn.getresponse()
+                    text = response.read()
+                    if response.status != 503:
+                        break
+                    retried[i] += 1
                 took.append(time.perf_counter() - start)
                 assert response.status == 201, text
         finally:
@@ -66,26 +100,108 @@ def writes(port: int, clients: int, bodies: list[dict[str, Any]]) -> tuple[float
 
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
-        latencies = [t for share in pool.map(worker, shares) for t in share]
-    return len(bodies) / (time.perf_counter() - start), latencies
+        latencies = [t for share in pool.map(worker, range(clients)) for t in share]
+    return len(bodies) / (time.perf_counter() - start), latencies, sum(retried)
 
 
-def one_run(store: str, cluster: EtcdCluster | None, clients: int, n: int) -> dict[str, float]:
-    with tempfile.TemporaryDirectory() as tmp:
-        extra = []
-        if store == "etcd":
-            assert cluster is not None
-            extra = ["--store", f"{cluster.url}/bench-{uuid.uuid4().hex[:8]}"]
-        with authority_in(Path(tmp), extra=extra) as server, httpx.Client(base_url=server.url) as client:
+def one_run(setup: str, cluster: EtcdCluster, clients: int, n: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, authorities(setup, cluster, Path(tmp), []) as servers:
+        with httpx.Client(base_url=servers[0].url) as client:
             for collection, body in SETUP:
                 client.post(f"/v1/{collection}", json=body).raise_for_status()
-            rate, latencies = writes(server.port, clients, addresses(n))
+        rate, latencies, retried = writes([s.port for s in servers], clients, addresses(n))
     latencies.sort()
     return {
+        "retried_503": retried,
         "per_s": rate,
         "p50_ms": statistics.median(latencies) * 1000,
         "p99_ms": latencies[min(len(latencies) - 1, int(len(latencies) * 0.99))] * 1000,
     }
+
+
+def fanout(setup: str, cluster: EtcdCluster, agents: int, endpoints: int) -> dict[str, Any]:
+    """``agents`` over the authorities of ``setup`` (one client process per authority); one
+    contract change through the first: each agent's time until it has it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ["--keepalive", "60", "--log-level", "warning"]
+        with authorities(setup, cluster, Path(tmp), extra) as servers:
+            contract_id = fanout_setup(servers[0].url, endpoints)
+            share = [
+                agents // len(servers) + (1 if i < agents % len(servers) else 0) for i in range(len(servers))
+            ]
+            pipes, workers, first = [], [], 0
+            for server, count in zip(servers, share, strict=True):
+                parent, child = mp.Pipe()
+                worker = mp.Process(
+                    target=agents_process, args=(first, count, endpoints, server.opflex, None, child)
+                )
+                worker.start()
+                pipes.append(parent)
+                workers.append(worker)
+                first += count
+            ready = [p.recv() for p in pipes]
+            assert all(r[1] for r in ready) and sum(r[2] for r in ready) == 0, (
+                f"agents did not resolve: {ready}"
+            )
+            with httpx.Client(base_url=servers[0].url, timeout=60) as http:
+                body = http.get(f"/v1/contracts/{contract_id}").json()
+                body["rules"][0]["classifier"]["port"] = 8080
+                t0 = time.time()
+                for p in pipes:
+                    p.send("go")
+                http.put(f"/v1/contracts/{contract_id}", json=body).raise_for_status()
+            arrived: dict[int, float] = {}
+            by_server = []
+            for p in pipes:
+                got = p.recv()[1]
+                arrived.update(got)
+                by_server.append(len(got))
+            for w in workers:
+                w.join(30)
+    latencies = [t - t0 for t in arrived.values()]
+    assert len(latencies) == agents, f"only {len(latencies)} of {agents} agents got the update ({by_server})"
+    return {
+        "setup": setup,
+        "agents": agents,
+        "p50_s": round(statistics.median(latencies), 4),
+        "p99_s": round(percentile(latencies, 99), 4),
+        "max_s": round(max(latencies), 4),
+    }
+
+
+def failover(cluster: EtcdCluster, rounds: int) -> list[float]:
+    """Seconds from kill -9 of the agent's replica to the agent connected elsewhere and resynced."""
+    with tempfile.TemporaryDirectory() as tmp:
+        extra = ["--keepalive", "0.5", "--log-level", "warning"]
+        with authorities("etcd x3", cluster, Path(tmp), extra) as servers:
+            fanout_setup(servers[0].url, 10)
+            by_address = {s.opflex: s for s in servers}
+
+            async def go() -> list[float]:
+                client = PolicyClient("agent0", [servers[0].opflex], keepalive=0.5, backoff=(0.2, 2.0))
+                task = asyncio.create_task(client.run())
+                for i in range(10):
+                    client.resolve("PfEndpoint", endpoint_uri("bench", f"ep{i}"))
+                assert await client.settled(30)
+                took = []
+                try:
+                    for _ in range(rounds):
+                        victim = by_address[client.connected_to] if client.connected_to else servers[0]
+                        victim.kill()
+                        killed = time.monotonic()
+                        while client.connected_to in (None, victim.opflex) or not client.ready.is_set():
+                            await asyncio.sleep(0.005)
+                            assert time.monotonic() - killed < 30, "the agent did not fail over"
+                        took.append(time.monotonic() - killed)
+                        console.print(f"[dim]failover {len(took)}: {took[-1]:.3f} s[/]")
+                        await asyncio.to_thread(victim.start)  # back, for the next round
+                        await asyncio.sleep(1.0)
+                finally:
+                    await client.stop()
+                    task.cancel()
+                return took
+
+            return asyncio.run(go())
 
 
 def main() -> int:
@@ -93,62 +209,91 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--writes", type=int, default=300, help="endpoints created per run (default 300)")
-    parser.add_argument("--clients", default="1,4", help="concurrent clients, comma-separated (default 1,4)")
+    parser.add_argument("--clients", default="1,3", help="concurrent clients, comma-separated (default 1,3)")
     parser.add_argument("--repeat", type=int, default=3, help="runs per figure; medians reported (default 3)")
+    parser.add_argument("--fanout-agents", type=int, default=300, help="agents in the fan-out (default 300)")
+    parser.add_argument(
+        "--endpoints", type=int, default=20, help="endpoints each agent resolves (default 20)"
+    )
+    parser.add_argument("--rounds", type=int, default=5, help="failovers measured (default 5)")
+    parser.add_argument("--skip", default="", help="parts to skip, comma-separated: writes,fanout,failover")
     args = parser.parse_args()
     why = missing()
     if why is not None:
         console.print(f"[red]replicas: {why}[/]")
         return 1
+    skip = set(args.skip.split(",")) - {""}
     client_counts = [int(c) for c in args.clients.split(",")]
-    runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+    summary: dict[str, Any] = {"bench": "replicas", "etcd_members": 3, "machine": "shared, loaded"}
     with EtcdCluster() as cluster:
-        for clients in client_counts:
-            for r in range(args.repeat):
-                for store in STORES:  # alternated, so that drift on the machine hits both alike
-                    console.print(f"[dim]{store}, {clients} client(s), run {r + 1}/{args.repeat}[/]")
-                    runs.setdefault((store, clients), []).append(
-                        one_run(store, cluster, clients, args.writes)
-                    )
-    med = {
-        key: {f: statistics.median(run[f] for run in values) for f in ("per_s", "p50_ms", "p99_ms")}
-        for key, values in runs.items()
-    }
-    rows = []
-    for clients in client_counts:
-        s, e = med["sqlite", clients], med["etcd", clients]
-        rows.append(
-            [
-                clients,
-                f"{s['per_s']:.0f}",
-                f"{e['per_s']:.0f}",
-                f"{e['per_s'] / s['per_s']:.2f}",
-                f"{s['p50_ms']:.1f} / {s['p99_ms']:.1f}",
-                f"{e['p50_ms']:.1f} / {e['p99_ms']:.1f}",
-            ]
-        )
-    summary: dict[str, Any] = {
-        "bench": "replicas",
-        "writes_per_run": args.writes,
-        "repeat": args.repeat,
-        "etcd_members": 3,
-        "replicas": 1,
-    }
-    for store in STORES:
-        summary[store] = {str(c): {f: round(v, 2) for f, v in med[store, c].items()} for c in client_counts}
-    summary["ratio_etcd_vs_sqlite_writes_per_s"] = {
-        str(c): round(med["etcd", c]["per_s"] / med["sqlite", c]["per_s"], 3) for c in client_counts
-    }
-    summary["ratio_etcd_vs_sqlite_p50"] = {
-        str(c): round(med["etcd", c]["p50_ms"] / med["sqlite", c]["p50_ms"], 3) for c in client_counts
-    }
-    report(
-        f"REST endpoint creates, 1 authority: SQLite vs etcd (3 members), median of {args.repeat} runs "
-        f"of {args.writes}",
-        ["clients", "sqlite/s", "etcd/s", "etcd/sqlite", "sqlite p50/p99 ms", "etcd p50/p99 ms"],
-        rows,
-        summary,
-    )
+        if "writes" not in skip:
+            runs: dict[tuple[str, int], list[dict[str, float]]] = {}
+            for clients in client_counts:
+                for r in range(args.repeat):
+                    for setup in SETUPS:  # alternated, so that drift on the machine hits all alike
+                        console.print(f"[dim]{setup}, {clients} client(s), run {r + 1}/{args.repeat}[/]")
+                        runs.setdefault((setup, clients), []).append(
+                            one_run(setup, cluster, clients, args.writes)
+                        )
+            med = {
+                key: {
+                    f: statistics.median(run[f] for run in values)
+                    for f in ("per_s", "p50_ms", "p99_ms", "retried_503")
+                }
+                for key, values in runs.items()
+            }
+            rows = []
+            for clients in client_counts:
+                base = med["sqlite", clients]["per_s"]
+                for setup in SETUPS:
+                    m = med[setup, clients]
+                    rows.append(
+                        [clients, setup, f"{m['per_s']:.0f}", f"{m['per_s'] / base:.2f}",
+                         f"{m['p50_ms']:.1f} / {m['p99_ms']:.1f}", f"{m['retried_503']:.0f}"]
+                    )  # fmt: skip
+            summary["writes"] = {
+                f"{setup} c{c}": {f: round(v, 2) for f, v in med[setup, c].items()}
+                for setup in SETUPS
+                for c in client_counts
+            }
+            summary["writes_ratio_vs_sqlite"] = {
+                f"{setup} c{c}": round(med[setup, c]["per_s"] / med["sqlite", c]["per_s"], 3)
+                for setup in SETUPS
+                for c in client_counts
+            }
+            report(
+                f"REST endpoint creates, median of {args.repeat} runs of {args.writes}",
+                ["clients", "setup", "writes/s", "vs sqlite", "p50 / p99 ms", "503s retried"],
+                rows,
+                {},
+            )
+        if "fanout" not in skip:
+            found = []
+            for setup in ("etcd x1", "etcd x3"):
+                console.print(f"[dim]fan-out: {setup}, {args.fanout_agents} agents[/]")
+                found.append(fanout(setup, cluster, args.fanout_agents, args.endpoints))
+            summary["fanout"] = found
+            summary["fanout_endpoints_per_agent"] = args.endpoints
+            report(
+                f"A contract change written on one replica, reaching {args.fanout_agents} agents "
+                f"({args.endpoints} endpoints each)",
+                ["setup", "agents", "p50 s", "p99 s", "max s"],
+                [[f["setup"], f["agents"], f["p50_s"], f["p99_s"], f["max_s"]] for f in found],
+                {},
+            )
+        if "failover" not in skip:
+            took = failover(cluster, args.rounds)
+            summary["failover_s"] = {
+                "median": round(statistics.median(took), 3),
+                "each": [round(t, 3) for t in took],
+            }
+            report(
+                "Agent failover: kill -9 of its replica to connected and resynced elsewhere",
+                ["rounds", "median s", "max s"],
+                [[len(took), f"{statistics.median(took):.3f}", f"{max(took):.3f}"]],
+                {},
+            )
+    print(json.dumps(summary))
     return 0
 
 

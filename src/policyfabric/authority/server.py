@@ -15,7 +15,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy.exc
 import uvicorn
@@ -27,8 +27,11 @@ from policyfabric.authority.auth import TokenError, Tokens, load_tokens
 from policyfabric.authority.opflex import OpflexServer
 from policyfabric.authority.service import Authority
 from policyfabric.opflex.tls import server_context
-from policyfabric.store.base import Store, StoreError
+from policyfabric.store.base import Change, Shared, Store, StoreError
 from policyfabric.store.sqlite import SqliteStore, Sync
+
+if TYPE_CHECKING:
+    from policyfabric.store.etcd_follow import LogFollower
 
 log = logging.getLogger(__name__)
 
@@ -248,9 +251,37 @@ def _opflex_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
+def shared_state(store: Store) -> Shared | None:
+    """What this authority shares with the other replicas of its store (etcd); None: alone."""
+    from policyfabric.store.etcd import EtcdStore
+    from policyfabric.store.etcd_shared import EtcdShared
+
+    return EtcdShared(store) if isinstance(store, EtcdStore) else None
+
+
+def follow_replicas(store: Store, authority: Authority, since: int) -> LogFollower | None:
+    """On etcd, where other authorities (replicas) may write: hand their commits after revision
+    ``since`` to this authority's commit listeners, as if committed here (the OpFlex server marks
+    the tenants dirty and pushes them to its agents). None on SQLite: one writer process."""
+    from policyfabric.store.etcd import EtcdStore
+    from policyfabric.store.etcd_follow import LogFollower
+
+    if not isinstance(store, EtcdStore):
+        return None
+
+    def deliver(changes: list[Change]) -> None:
+        for listener in list(authority.listeners):
+            listener(list(changes))
+
+    follower = LogFollower(store, deliver)
+    follower.start(since)
+    return follower
+
+
 async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tokens: Tokens | None) -> None:
     restore = edge.quiet_accept_errors(asyncio.get_running_loop())
     authority = Authority(store)
+    since = authority.revision()  # before the OpFlex trees are read: the follower delivers from here
     opflex = None
     if settings.opflex_listen is not None:
         opflex = OpflexServer(
@@ -259,6 +290,7 @@ async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tok
             advertise=settings.opflex_advertise,
             keepalive=settings.keepalive,
             tls=tls,
+            shared=shared_state(store),
             **_opflex_options(settings),
         )
         try:
@@ -295,9 +327,12 @@ async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tok
         ssl_keyfile=settings.rest_tls_key,
     )
     server = uvicorn.Server(config)
+    follower = follow_replicas(store, authority, since)
     try:
         await server.serve()
     finally:
+        if follower is not None:
+            follower.stop()
         if opflex is not None:
             await opflex.stop()
         restore()

@@ -91,7 +91,12 @@ class TxnTooLarge(StoreError):
     code: ClassVar[str] = "too_large"
 
 
-WRITE_ATTEMPTS = 8
+# Replicas writing at once all bump one revision key (etcd.py), so each commit makes the others'
+# transactions in flight lose: with 3 replicas writing continuously a write loses about 2 times in
+# 3, and 8 attempts left ~4% of them failing (503) in bench/replicas.py. 32 attempts, back-off
+# capped at BACKOFF_MAX, make that ~2e-6 at the cost of latency under contention.
+WRITE_ATTEMPTS = 32
+BACKOFF_MAX = 0.05  # seconds
 
 
 def retry_conflicts(fn: Callable[P, T]) -> Callable[P, T]:
@@ -112,7 +117,7 @@ def retry_conflicts(fn: Callable[P, T]) -> Callable[P, T]:
                         f"({conflict})"
                     ) from conflict
                 log.debug("%s: write conflict (attempt %d): %s", fn.__qualname__, attempt, conflict)
-                time.sleep(random.uniform(0, 0.002 * 2**attempt))
+                time.sleep(random.uniform(0, min(BACKOFF_MAX, 0.002 * 2**attempt)))
         raise AssertionError("unreachable")
 
     return retried
@@ -162,8 +167,86 @@ class WriteTxn(ReadTxn, Protocol):
 
 
 class Store(Protocol):
+    # how many records one write transaction should change at most, for writers that may split a
+    # large batch of independent writes (agents' endpoint statuses): None, no limit (SQLite); etcd
+    # refuses a transaction over --max-txn-ops (128 by default) operations
+    records_per_write: int | None
+
     def read(self) -> AbstractContextManager[ReadTxn]: ...
 
     def write(self) -> AbstractContextManager[WriteTxn]: ...
 
     def close(self) -> None: ...
+
+
+# ---- what authority replicas share beside the intent -------------------------------------------
+# Short-lived state the replicas of one store keep in common: which replicas are alive, which
+# agents each holds a session for, the endpoint registry's declarations and the gateway election.
+# Unlike intent it has no revision of ours, no change log and no claims: keys with a lifetime (a
+# lease: the replica's own, which ends when the replica dies, or a number of seconds, an OpFlex
+# ``prr``), and a stream of what the OTHER replicas put and delete. The embedded store (SQLite,
+# one authority process) has no other replica: ``LocalShared`` keeps nothing and tells nothing, so
+# every replica-aware path reduces to what one authority does alone.
+
+REPLICA_LEASE = "replica"  # a key that lives as long as this replica does
+
+
+@dataclass(frozen=True)
+class SharedEvent:
+    """Another replica (or a lease's end) put or deleted ``key``: ``value`` is the new document
+    (None: deleted), ``prev`` the one before (None: unknown or absent)."""
+
+    key: str
+    value: Any
+    prev: Any
+
+
+class Shared(Protocol):
+    """Keys (``KIND/NAME``) with JSON documents, shared by the replicas of one store."""
+
+    replica: str  # this replica's id (unique per process start)
+    alone: bool  # no other replica can exist (the embedded store): it leads without a campaign
+
+    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> None:
+        """Begin: ``deliver`` (from a thread of its own, or this one) the keys that exist now (what
+        the others hold), then what changes later, in order, except this replica's own writes."""
+        ...
+
+    def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
+        """Write ``key`` (queued, in order, never blocking): for as long as this replica lives
+        (``REPLICA_LEASE``), or at least the given seconds."""
+        ...
+
+    def delete(self, key: str) -> None: ...
+
+    def campaign(self, key: str) -> bool:
+        """Whether this replica holds ``key`` (taking it if nobody does) as long as it lives: a
+        leader election decided once for all replicas. Blocks for one round trip; raises
+        StoreError when the store cannot be reached."""
+        ...
+
+    def stop(self) -> None: ...
+
+
+class LocalShared:
+    """One authority alone (SQLite): there are no other replicas; it leads every election."""
+
+    alone = True
+
+    def __init__(self) -> None:
+        self.replica = "local"
+
+    def start(self, deliver: Callable[[builtins.list[SharedEvent]], None]) -> None:
+        pass
+
+    def put(self, key: str, value: Any, lease: str | float = REPLICA_LEASE) -> None:
+        pass
+
+    def delete(self, key: str) -> None:
+        pass
+
+    def campaign(self, key: str) -> bool:
+        return True
+
+    def stop(self) -> None:
+        pass

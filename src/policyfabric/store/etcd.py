@@ -55,11 +55,12 @@ Cache: what a transaction read is kept, tagged with ``rev``'s mod_revision, and 
 transactions that find ``rev`` unchanged (no write since, by anyone: every write bumps ``rev``);
 a commit of this store updates it in place. So one authority alone pays two round trips per
 write (the snapshot read, the commit) plus what it never read before; any write by another
-authority drops the cache. This is what a replica's watch-driven state will later keep warm.
+authority drops the cache.
 
-For replicas (not done here): ``rev`` and ``log/`` are what a replica watches to learn of other
-replicas' writes (the change log by revision, as SQLite's), and leases for the registry and the
-election can live beside these keys under the same prefix.
+Replicas: ``log/`` is what a replica follows to learn of other replicas' writes
+(``etcd_follow.py``: a watch, caught up from the log after any break), and the state replicas
+share beside intent (liveness, declarations, the gateway election) lives under ``shared/`` of the
+same prefix with leases (``etcd_shared.py``).
 """
 
 from __future__ import annotations
@@ -69,6 +70,7 @@ import json
 import logging
 import threading
 import uuid
+from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -107,6 +109,7 @@ LOOKUP_RANGE = 20_000  # a lookup reads its whole range if it has at most this m
 READS_PER_TXN = 64  # point reads sent together (a read-only etcd transaction), under --max-txn-ops
 REV, ITEM, ID, CLAIM, SEQ, LOG = "rev", "item/", "id/", "claim/", "seq/", "log/"
 MiB = 1 << 20
+OWN_TXNS = 4096  # own commits remembered (the follower skips them); it trails them by milliseconds
 
 
 @dataclass(frozen=True)
@@ -302,11 +305,13 @@ class EtcdTxn:
                     self.seen[key] = self.ranges[parent].get(key)
                     return self.seen[key]
             hit, value = self.store.cache.get(self.snap.rev_mod, key)
-            if not hit and key.startswith((ITEM, CLAIM)):
+            if not hit and self.writable and key.startswith((ITEM, CLAIM)):
                 # an object by name, a claim: read its range whole (the kind in the tenant, the
                 # addresses of the VRF, every MAC...) in one round trip as for the one key, unless
                 # it is large; the next lookups there (names and values being checked free) are
-                # then answered from the cache
+                # then answered from the cache. Only in a write: its checks look up many names
+                # and values of one range; a read (a replica's flush reading the few records
+                # another replica changed, after that write emptied its cache) reads the key
                 parent = key[: key.rfind("/") + 1]
                 entries = self.store.get_range(self.snap, parent, LOOKUP_RANGE)
                 if entries is not None:
@@ -452,6 +457,10 @@ class EtcdTxn:
 class EtcdStore:
     """Intent in an etcd cluster (``endpoints``: its members' HOST:PORT)."""
 
+    # a record written costs one or two operations (its item, its id key), a transaction two more
+    # (rev, its log entry): 50 stays under etcd's default --max-txn-ops of 128
+    records_per_write: int | None = 50
+
     def __init__(
         self,
         endpoints: Sequence[str],
@@ -467,6 +476,8 @@ class EtcdStore:
         self._write_lock = threading.Lock()
         self.cache = Cache(cache_limit)
         self._large: set[str] = set()  # ranges over LOOKUP_RANGE keys (not read whole for a lookup)
+        self._own: deque[str] = deque(maxlen=OWN_TXNS)  # txn ids this store committed, newest last
+        self._own_set: set[str] = set()
         log.info("store: etcd %s, prefix %s", ",".join(self.client.endpoints), self.prefix)
 
     @classmethod
@@ -510,6 +521,17 @@ class EtcdStore:
         if self._begin().rev_mod != snap.rev_mod:
             self.cache.clear()
             raise WriteConflict("another writer committed since the cached snapshot this write read")
+
+    def committed_here(self, txn_id: str) -> bool:
+        """Whether the commit ``txn_id`` (a log entry's) was made by this store, among its last
+        ``OWN_TXNS``: a replica's follower skips its own writes (their listeners ran at commit)."""
+        return txn_id in self._own_set
+
+    def _committed(self, txn_id: str) -> None:
+        if len(self._own) == self._own.maxlen:
+            self._own_set.discard(self._own[0])
+        self._own.append(txn_id)
+        self._own_set.add(txn_id)
 
     def ping(self) -> int:
         """The current revision (reaching a quorum of the cluster), for a check at start."""
@@ -677,9 +699,11 @@ class EtcdStore:
             self.cache.clear()
             if not self._resolve(snap, revision, txn_id, exc):
                 raise WriteConflict(f"the commit was not applied ({exc})") from None
+            self._committed(txn_id)
             return True
         if not reply.get("succeeded"):
             raise WriteConflict("another writer committed since this transaction's snapshot")
+        self._committed(txn_id)
         at = int(reply["header"]["revision"])
         self.cache.commit(snap.rev_mod, Snapshot(at, at, revision, rev_doc), changed)
         return True

@@ -30,7 +30,7 @@ import logging
 import ssl
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -215,6 +215,52 @@ class EtcdClient:
 
     def status(self) -> dict[str, Any]:
         return self.call("maintenance/status", {}, idempotent=True)
+
+    def rotate(self) -> None:
+        """Send the next calls to the next member (a watch stream that broke: its member may be down)."""
+        with self._lock:
+            self._current = (self._current + 1) % len(self.endpoints)
+
+    def watch(
+        self, key: bytes, range_end: bytes, start_revision: int, *, idle: float = 15.0, prev_kv: bool = False
+    ) -> Iterator[dict[str, Any]]:
+        """The watch responses (``{"header", "events", ...}``) of keys in [key, range_end) from etcd
+        revision ``start_revision``, as the gateway streams them (``POST /v3/watch``: one JSON
+        object a line, for as long as the stream lasts). One member, the current one; raises
+        :class:`Unreachable` when it cannot be reached or the stream breaks (the caller catches up
+        and watches again, through the next member), :class:`Compacted` when etcd no longer has
+        ``start_revision``. A stream silent for ``idle`` seconds ends (returns): a member cut off
+        from the others may keep a stream open and send nothing, so the caller re-checks."""
+        body: dict[str, Any] = {
+            "create_request": {"key": b64(key), "range_end": b64(range_end), "start_revision": start_revision}
+        }
+        if prev_kv:  # each event carries the value before it (a DELETE's: what was deleted)
+            body["create_request"]["prev_kv"] = True
+        endpoint = self.endpoints[self._current % len(self.endpoints)]
+        timeout = httpx.Timeout(self.timeout, read=idle)
+        try:
+            with self.http.stream(
+                "POST", f"{self.scheme}://{endpoint}/v3/watch", json=body, timeout=timeout
+            ) as reply:
+                if reply.status_code != 200:
+                    reply.read()
+                    raise _error(reply)
+                for line in reply.iter_lines():
+                    if not line.strip():
+                        continue
+                    message = json.loads(line)
+                    if "error" in message:
+                        raise Unreachable(
+                            f"etcd {endpoint}: watch: {message['error'].get('message')}", UNAVAILABLE
+                        )
+                    result: dict[str, Any] = message.get("result") or {}
+                    if result.get("compact_revision") and result.get("canceled"):
+                        raise Compacted(f"revision {start_revision} compacted ({result['compact_revision']})")
+                    yield result
+        except httpx.ReadTimeout:
+            return
+        except httpx.TransportError as exc:
+            raise Unreachable(f"etcd {endpoint}: watch: {_reason(exc)}", UNAVAILABLE) from exc
 
 
 def _reason(exc: Exception) -> str:

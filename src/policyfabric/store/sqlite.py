@@ -223,6 +223,8 @@ class SqliteTxn:
 class SqliteStore:
     """The embedded store: one SQLite file in WAL mode."""
 
+    records_per_write: int | None = None  # a transaction may be any size
+
     def __init__(self, path: str | Path, sync: Sync = "full") -> None:
         self.path = Path(path)
         self.engine: Engine = create_engine(

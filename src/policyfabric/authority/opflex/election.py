@@ -65,6 +65,13 @@ class GatewayElection:
         self.active = fresh
         return changed
 
+    def adopt(self, active: Mapping[gw.RouterKey, tuple[str, str]]) -> set[str]:
+        """Take the result another replica's election came to (it leads); the tenants whose routers
+        changed hands."""
+        changed = {key[0] for key, _ in set(active.items()) ^ set(self.active.items())}
+        self.active = dict(active)
+        return changed
+
     def routers_of(self, host: str) -> list[str]:
         """``TENANT/ROUTER`` of every router ``host`` is the active gateway of, sorted."""
         return sorted(f"{t}/{r}" for (t, r), (h, _) in self.active.items() if h == host)

@@ -55,6 +55,7 @@ from policyfabric.opflex.wire import Code
 log = logging.getLogger(__name__)
 
 Changes = dict[str, tuple[list[MO], bool]]  # registry URI -> (its top MO and children, deleted)
+Publish = Callable[[str, "Declaration | None"], None]
 MAX_LOGGED = 10_000  # refusals logged (once per agent and endpoint), so a flood cannot fill the log
 
 
@@ -95,7 +96,9 @@ class EndpointStateWriter:
 
     async def _write(self) -> None:
         while self._states:
-            batch, self._states = self._states, []
+            # a store whose transactions are bounded (etcd: --max-txn-ops) takes the queue in parts
+            most = self.authority.store.records_per_write or len(self._states)
+            batch, self._states = self._states[:most], self._states[most:]
             try:
                 found = await asyncio.to_thread(self.authority.set_endpoint_states, [s for s, _ in batch])
             except Exception as exc:
@@ -115,6 +118,7 @@ class Declaration:
     expires: float
     endpoint: tuple[str, str]  # (tenant, name) of the endpoint of the intent it declares
     tunnel: str | None = None  # the tunnelIp of its PfEpTunnel (an EprL2Ep's), if any
+    replica: str = ""  # the replica it was declared through ("": this one; its lease is etcd's)
 
     @property
     def is_l2(self) -> bool:
@@ -210,7 +214,12 @@ class EndpointRegistry:
         schedule: Callable[[], None],
         intent: IntentIndex,
         live: Callable[[str], bool],
+        publish: Publish = lambda uri, decl: None,
     ) -> None:
+        """``publish`` is told of every change this replica makes to a declaration (None: gone),
+        for the other replicas (``replicas.py``); changes learnt from them (``apply_shared``) are
+        not told back."""
+        self._publish, self._shared = publish, False
         self._states = states
         self._fan_out, self._schedule = fan_out, schedule
         self._intent, self._live = intent, live
@@ -335,9 +344,11 @@ class EndpointRegistry:
     def _store(self, agent: str, checked: Checked, expires: float, status: str) -> None:
         key, uri = checked.intent.key, checked.mo.uri
         tenant, name = key.split("/", 1)
-        self.declarations[uri] = Declaration(
+        decl = Declaration(
             [m.to_wire() for m in checked.all], agent, expires, (tenant, name), _tunnel(checked)
         )
+        self.declarations[uri] = decl
+        self._publish(uri, decl)
         self._changed[uri] = (checked.all, False)
         if checked.is_l2:
             self._released.pop(key, None)
@@ -407,6 +418,8 @@ class EndpointRegistry:
         decl = self.declarations.pop(uri, None)
         if decl is None:
             return
+        if not self._shared:
+            self._publish(uri, None)
         self._changed[uri] = ([MO.from_wire(decl.mos[0])], True)  # (its children go with it)
         uris = set(self.declarations.by_endpoint.get(decl.key, ()))
         # The endpoint's status follows its L2 declaration (its interface); L3 ones are address bindings.
@@ -419,6 +432,42 @@ class EndpointRegistry:
                 tenant, name = decl.endpoint
                 log.info("opflex: endpoint %s/%s %s by %s", tenant, name, why, decl.agent)
                 self._states.queue(EndpointState(tenant, name, status="DOWN"))
+
+    # ---- what other replicas declared (``replicas.py``)
+    def apply_shared(
+        self, uri: str, doc: dict[str, Any] | None, prev: dict[str, Any] | None, me: str
+    ) -> None:
+        """Another replica declared ``uri`` (``doc``), or it was deleted (None: undeclared through
+        another replica, taken over there, or its lease ended; ``prev`` held it, ``me`` is this
+        replica's id). Stored and pushed like a declaration made here, but neither checked again
+        (the replica that took it checked it) nor bound nor expired here (its lease is etcd's)."""
+        self._shared = True
+        try:
+            held = self.declarations.get(uri)
+            if doc is None:
+                if held is None:
+                    return
+                if held.replica or (prev is not None and prev.get("replica") == me):
+                    # theirs, gone; or ours, deleted elsewhere (taken over, withdrawn, expired)
+                    self._undeclare(uri, "undeclared through another replica", release=False, status=False)
+                return  # ours, over another replica's older version: ours stands
+            decl = Declaration(
+                doc["mos"],
+                doc["agent"],
+                float("inf"),
+                tuple(doc["endpoint"]),
+                doc.get("tunnel"),
+                doc["replica"],
+            )
+            if decl.is_l2:  # taken over there: the other agents' declarations of it go here too
+                for other in [u for u in self.declarations.by_endpoint.get(decl.key, ()) if u != uri]:
+                    if self.declarations[other].agent != decl.agent:
+                        self._undeclare(other, f"taken over by {decl.agent}", release=False, status=False)
+            self.declarations[uri] = decl
+            self._changed[uri] = ([MO.from_wire(m) for m in decl.mos], False)
+        finally:
+            self._shared = False
+        self._schedule()
 
     # ---- leases and pushes
     async def expire(self, now: float) -> None:

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import Any
 
 from policyfabric.authority.edge import Throttled
+from policyfabric.authority.gateways import RouterKey
 from policyfabric.authority.opflex import peers as pe
 from policyfabric.authority.opflex.chunks import Oversized
 from policyfabric.authority.opflex.election import GatewayElection
@@ -43,12 +44,13 @@ from policyfabric.authority.opflex.identity import check_name, credentials, may_
 from policyfabric.authority.opflex.observer import Observer
 from policyfabric.authority.opflex.params import Identity, parse
 from policyfabric.authority.opflex.registry import EndpointRegistry, EndpointStateWriter
+from policyfabric.authority.opflex.replicas import Replicas
 from policyfabric.authority.opflex.repository import PolicyRepository, Trees, affected_tenants
 from policyfabric.authority.service import Authority
 from policyfabric.heap import settle_heap
 from policyfabric.opflex.rpc import DEFAULT_SEND_QUEUE, RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
-from policyfabric.store.base import Change
+from policyfabric.store.base import Change, LocalShared, Shared
 
 log = logging.getLogger(__name__)
 
@@ -71,12 +73,14 @@ class OpflexServer:
         forget_agents_after: float = 3600.0,
         send_queue: int = DEFAULT_SEND_QUEUE,
         max_sessions: int = 1000,
+        shared: Shared | None = None,
     ) -> None:
         """``forget_agents_after``: seconds a disconnected agent stays in ``GET /v1/agents`` (as
         ``connected: false``). ``send_queue``: unsent bytes a session may hold before it is
         dropped as not reading (pushes never wait for a peer). ``max_sessions``: connections
         beyond it are closed at once (logged at most once a second), so a flood of idle
-        connections cannot use up the descriptors REST and the store need."""
+        connections cannot use up the descriptors REST and the store need. ``shared``: what the
+        replicas of the store share (``replicas.py``); None: alone (SQLite)."""
         self.authority = authority
         self.name, self.domain = name, domain
         self.advertise = advertise or []
@@ -98,7 +102,15 @@ class OpflexServer:
         )
         states = EndpointStateWriter(authority)
         self.registry = EndpointRegistry(
-            states, fan_out=self._fan_out, schedule=self._schedule, intent=self.policy.intent, live=self._live
+            states,
+            fan_out=self._fan_out,
+            schedule=self._schedule,
+            intent=self.policy.intent,
+            live=self._live,
+            publish=lambda uri, decl: self.replicas.declared(uri, decl),
+        )
+        self.replicas = Replicas(
+            shared or LocalShared(), self.registry, on_gateways=self._adopt, elect=self._elect
         )
         self.observer = Observer(states.queue, gateway_ports=self._elect, owns=self.registry.declares)
         self._probing: set[Session] = set()  # live sessions being asked whether they still are
@@ -119,6 +131,7 @@ class OpflexServer:
         )
         if not self.advertise:
             self.advertise = [f"{host}:{port}"]
+        await self.replicas.start(self.advertise)
         self._spawn(self._leases())
         log.info(
             "opflex: listening on %s:%d%s (domain %s)",
@@ -133,6 +146,7 @@ class OpflexServer:
             self.authority.listeners.remove(self._on_commit)
         if self._server is not None:
             self._server.close()
+        self.replicas.stop()
         for session in list(self.peers):
             await session.close("authority stopping")
         for task in list(self._tasks):
@@ -180,12 +194,13 @@ class OpflexServer:
         peer = self.peers.pop(session)
         if peer.current and self.observer.disconnected(peer.agent or ""):
             log.info("opflex: agent %s disconnected", peer.agent)
+            self.replicas.agent_disconnected(peer.agent or "")
             self._elect()
 
     def _live(self, agent: str) -> bool:
         """The agent's session is up (the registry lets another agent take over its endpoints otherwise)."""
         info = self.observer.agents.get(agent)
-        return info is not None and info.connected
+        return (info is not None and info.connected) or self.replicas.live_elsewhere(agent)
 
     @staticmethod
     async def _drained(session: Session) -> bool:
@@ -280,11 +295,12 @@ class OpflexServer:
             other_peer.current = False  # the same certificate: the agent reconnected
             self._spawn(other.close("replaced by a new session with the same certificate"))
         self.observer.connected(name, ident.domain, session.label)
+        self.replicas.agent_connected(name)
         session.ready = True
         peer.agent, peer.reports_status = name, ident.reports_status
         session.label = f"{name}@{session.label}"  # once: a session is identified once
         dialed = peer.dialed
-        peers = [dialed] + [a for a in self.advertise if a != dialed]
+        peers = [dialed] + [a for a in self.replicas.addresses() if a != dialed]  # every live replica
         log.info("opflex: agent %s connected from %s (%s)", name, session.label, peer.credentials.label)
         return {
             "name": self.name,
@@ -373,8 +389,19 @@ class OpflexServer:
         self._elect()
 
     def _elect(self) -> None:
-        """Re-run the gateway election; a change rebuilds the router's tenant (pushed at once)."""
-        changed = self.election.run(self.observer.gateway_hosts())
+        """Re-run the gateway election (over every replica's gateway hosts, on the replica that
+        leads it); a change rebuilds the router's tenant (pushed at once)."""
+        hosts = self.replicas.gateway_hosts(self.observer.gateway_hosts())
+        if not self.replicas.leading:
+            return  # another replica decides; its result comes through _adopt
+        changed = self.election.run(hosts)
+        if changed:
+            self.replicas.publish_result(self.election.active)
+            self.policy.mark_dirty(changed)
+
+    def _adopt(self, active: dict[RouterKey, tuple[str, str]]) -> None:
+        """The election's result, decided by the replica that leads it."""
+        changed = self.election.adopt(active)
         if changed:
             self.policy.mark_dirty(changed)
 
