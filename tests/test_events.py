@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import queue
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -272,3 +275,42 @@ def test_heartbeat_and_events_media_type(server: AuthorityProcess) -> None:
         assert first.startswith(":")
     bad = Client(server.url).response("GET", "/v1/events", headers={"Last-Event-ID": "x"})
     assert bad.status_code == 400 and json.loads(bad.text)["error"]["field"] == "Last-Event-ID"
+
+
+def test_get_watch_prints_a_change_made_by_another_client(server: AuthorityProcess) -> None:
+    client = Client(server.url)
+    client.batch(tenant_with_endpoints("acme", 1))
+    env = {**os.environ, "POLICYFABRIC_URL": server.url, "COLUMNS": "200"}
+    env.pop("POLICYFABRIC_TOKEN", None)
+    watcher = subprocess.Popen(
+        [sys.executable, "-m", "policyfabric", "get", "endpoints", "--tenant", "acme", "-w", "-o", "json"],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert watcher.stdout is not None
+        listed = ""
+        while not listed.rstrip().endswith("]"):  # the list first, as -o json prints it
+            line = watcher.stdout.readline()
+            assert line, watcher.stderr.read() if watcher.stderr else ""
+            listed += line
+        assert [e["name"] for e in json.loads(listed)] == ["ep0"]
+        time.sleep(0.5)  # the stream is open (it starts from the list's revision: nothing is missed)
+        client.batch(tenant_with_endpoints("acme", 1, first=7))
+        other = client.list(_kind("endpoints"), "acme", "ep0")[0]
+        client.delete(_kind("endpoints"), other["id"])
+        created = json.loads(watcher.stdout.readline())
+        deleted = json.loads(watcher.stdout.readline())
+        assert (created["event"], created["op"], created["name"], created["object"]["ip"]) == (
+            "change",
+            "create",
+            "ep7",
+            ["10.0.1.8"],
+        )
+        assert (deleted["op"], deleted["name"], deleted["object"]) == ("delete", "ep0", None)
+    finally:
+        watcher.kill()
+        watcher.wait()
+        client.close()
