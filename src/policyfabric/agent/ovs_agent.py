@@ -45,7 +45,7 @@ from policyfabric.agent.renderers.ovs.ofchannel import mgmt_socket
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
 from policyfabric.agent.renderers.ovs.renderer import NAME as OVS
 from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
-from policyfabric.agent.reports import Reporter
+from policyfabric.agent.reports import Reporter, cached_revision
 from policyfabric.agent.subscriptions import learn_routed, subscribe_external
 from policyfabric.agent.values import InvalidPolicy
 from policyfabric.agent.view import Network
@@ -270,6 +270,7 @@ class OvsAgent:
                 self.reports.forget(iface_id)
             subscribe_external(self.client, self.config.external, self.config.gateway)
             t2 = time.perf_counter()
+            revision = cached_revision(self.client.policy, self.client.wanted)  # what the view reads
             net = self.network(plugged, tunnel_port, changed)
         except BaseException:
             self._changed = None  # not everything saw what changed: the next reconcile looks at everything
@@ -309,6 +310,7 @@ class OvsAgent:
                 "dhcp_unanswered": done.unanswered,
             }
         self.reports.endpoints_active({e.key for e in net.local}, counters)
+        self.reports.rendered(revision)
         now = time.monotonic()
         for raised in self.drift.untold(self.client.session):  # raised as the session broke, say
             await self.reports.fault(*raised)

@@ -11,7 +11,10 @@ the reconcile:
   rendered, with the agent's ``PfAgentCounters``;
 - ``PfGatewayPorts``: the external networks a gateway has a working port on,
   once per session and on change (what the gateway election needs);
-- ``PfFault``: raised and cleared by the loop (awaited, best effort).
+- ``PfFault``: raised and cleared by the loop (awaited, best effort);
+- ``PfRenderedRevision``: after each reconcile that installed what the cache held, the highest
+  authority revision (the tenants' ``PfRevision``) the flows now reflect, once per session and
+  on change: what ``GET /v1/agents`` shows and ``apply --wait`` waits for.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from typing import Any, Protocol
 
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO
+from policyfabric.opflex.uri import child
 
 log = logging.getLogger(__name__)
 
@@ -53,6 +57,24 @@ def endpoint_status(keys: set[str], counters: Mapping[str, int]) -> list[MO]:
     return reports
 
 
+def cached_revision(policy: Mapping[str, MO], wanted: Mapping[str, str]) -> int | None:
+    """The highest ``PfRevision`` of the tenants the agent resolved (``wanted``: URI -> class),
+    in the cache ``policy``; None if it holds none. Costs the number of tenants, not of objects."""
+    found = None
+    for uri, subject in list(wanted.items()):
+        if subject != Cls.POLICY_SPACE:
+            continue
+        mo = policy.get(child(uri, Cls.PF_REVISION))
+        value = mo.properties.get(Prop.REVISION) if mo is not None else None
+        if isinstance(value, int) and not isinstance(value, bool) and (found is None or value > found):
+            found = value
+    return found
+
+
+def rendered_revision(revision: int) -> MO:
+    return MO(Cls.PF_RENDERED_REVISION, f"/{Cls.PF_RENDERED_REVISION}/", {Prop.REVISION: revision})
+
+
 def gateway_ports(tunnel_ip: str, networks: frozenset[str]) -> MO:
     props = {Prop.TUNNEL_IP: tunnel_ip, Prop.EXTERNAL_NETWORKS: sorted(networks)}
     return MO(Cls.PF_GATEWAY_PORTS, f"/{Cls.PF_GATEWAY_PORTS}/", props)
@@ -72,6 +94,7 @@ class Reporter:
         self._reporting: set[str] = set()  # endpoints whose ACTIVE report is in flight
         self._gateway: tuple[object, frozenset[str]] | None = None  # (session, networks) told
         self._session: object | None = None  # the session ``active`` was reported in
+        self._revision: tuple[object, int] | None = None  # (session, rendered revision) told
         self._tasks: set[asyncio.Task[None]] = set()
 
     def _retry(self) -> None:
@@ -116,6 +139,23 @@ class Reporter:
             self._retry()
         finally:
             self._reporting -= new
+
+    def rendered(self, revision: int | None) -> None:
+        """Tell the authority (once per session, and on change) the revision the flows just
+        installed reflect, in the background."""
+        session = self.client.session
+        if revision is None or session is None or self._revision == (session, revision):
+            return
+        self._revision = (session, revision)
+        self._spawn(self._send_revision(revision))
+
+    async def _send_revision(self, revision: int) -> None:
+        try:
+            await self.client.report([rendered_revision(revision)])
+        except Exception as exc:  # not connected: told again after the next reconcile
+            self._revision = None
+            log.info("agent %s: rendered-revision report deferred: %s", self.host, exc)
+            self._retry()
 
     def gateway_ports(self, tunnel_ip: str, networks: frozenset[str]) -> None:
         """Tell the authority (once per session, and on change) which external networks this

@@ -13,12 +13,13 @@ caps request bodies before they are parsed.
 """
 
 import logging
+from collections.abc import Callable
 from enum import Enum
 from typing import Annotated, Any, Literal, Protocol
 
-from fastapi import Depends, FastAPI, Query, Request
+from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -37,6 +38,7 @@ from policyfabric.authority.access import (
 )
 from policyfabric.authority.auth import Principal, Tokens
 from policyfabric.authority.edge import BodyLimit
+from policyfabric.authority.events import WINDOW, Hub
 from policyfabric.authority.service import OWNER_FIELD, Authority, BatchOp
 from policyfabric.model import kinds as k
 from policyfabric.model.errors import BadRequest, Forbidden, Invalid, PolicyError, Problem
@@ -326,6 +328,8 @@ class Observer(Protocol):
 
     def faults_json(self) -> list[dict[str, Any]]: ...
 
+    def watch_agents(self, callback: Callable[[dict[str, Any]], None]) -> None: ...
+
 
 def create_app(
     authority: Authority,
@@ -333,6 +337,7 @@ def create_app(
     tokens: Tokens | None = None,
     max_body: int = MiB,
     keystone: Validator | None = None,
+    events_window: int = WINDOW,
 ) -> FastAPI:
     """The REST API; ``tokens`` and ``keystone`` None: no authentication (every request is the
     anonymous admin). ``keystone``: Keystone tokens (``--keystone``) instead of ``tokens``."""
@@ -397,6 +402,42 @@ def create_app(
     ) -> dict[str, Any]:
         page = authority.changes(since, limit, who.tenant)
         return {"changes": [c.__dict__ for c in page.changes], "revision": page.revision, "until": page.until}
+
+    hub = Hub(authority, observer, window=events_window)
+    app.state.events = hub
+
+    @app.get(
+        "/v1/events",
+        tags=["meta"],
+        summary="What changes, as server-sent events (text/event-stream), resumable from a revision",
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}, **ERRORS},
+    )
+    async def events(
+        who: Caller,
+        since: int | None = Query(
+            None,
+            ge=0,
+            le=MAX_REVISION,
+            description="first replay every change after this revision (default: from now on)",
+        ),
+        last_event_id: Annotated[
+            str | None,
+            Header(
+                alias="Last-Event-ID",
+                description="the id of the last event received (a revision): resume after it; wins over "
+                "since (a browser's EventSource sends it when it reconnects)",
+            ),
+        ] = None,
+    ) -> StreamingResponse:
+        start = since
+        if last_event_id is not None and last_event_id.strip():
+            text = last_event_id.strip()
+            if not text.isdigit() or not text.isascii() or int(text) > MAX_REVISION:
+                raise BadRequest("Last-Event-ID must be a revision (an integer)", "Last-Event-ID")
+            start = int(text)
+        headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        return StreamingResponse(hub.stream(who, start), media_type="text/event-stream", headers=headers)
 
     @app.post(
         "/v1/batch",

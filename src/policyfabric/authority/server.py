@@ -83,6 +83,7 @@ class Settings:
     idle_timeout: float = 5.0
     forget_agents_after: float | None = None  # None: the OpFlex server's default
     validator: Validator | None = None  # set by serve() from keystone
+    events_window: int = 10_000  # GET /v1/events: events kept for streams that fall behind
 
 
 def open_store(db: Path, sync: Sync) -> SqliteStore:
@@ -299,7 +300,9 @@ async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tok
             where = "{}:{}".format(*settings.opflex_listen)
             raise StartupError(f"cannot listen for OpFlex on {where}: {exc.strerror}") from None
     host, port = settings.listen
-    app = create_app(authority, opflex, tokens, settings.max_body, settings.validator)
+    app = create_app(
+        authority, opflex, tokens, settings.max_body, settings.validator, events_window=settings.events_window
+    )
     assert settings.max_connections is not None
     scheme = "https" if settings.rest_tls_cert else "http"
     who = f"{len(tokens)} token(s) from {settings.tokens}" if tokens else "no --tokens: no authentication"
@@ -328,6 +331,7 @@ async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tok
     )
     server = uvicorn.Server(config)
     follower = follow_replicas(store, authority, since)
+    app.state.events.stopping = lambda: server.should_exit  # event streams end when it stops
     try:
         await server.serve()
     finally:

@@ -110,6 +110,14 @@ def authority(
             help="Forget an OpFlex agent disconnected for this many seconds (default: the server's)."
         ),
     ] = None,
+    events_window: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            help="GET /v1/events: the events kept in memory; a stream that falls further behind is cut "
+            "(it resumes from its revision).",
+        ),
+    ] = 10_000,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the Policy Authority: the policy store, its REST API (under /v1) and its OpFlex server."""
@@ -145,6 +153,7 @@ def authority(
             header_timeout=header_timeout,
             idle_timeout=idle_timeout,
             forget_agents_after=forget_agents_after,
+            events_window=events_window,
         )
     except ValueError as exc:
         raise fail(str(exc)) from None

@@ -10,6 +10,8 @@ the REST URL, and an option that does not apply to what was asked is an error, n
 
 from __future__ import annotations
 
+import json
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
@@ -22,9 +24,18 @@ from rich.table import Table
 from policyfabric import __version__
 from policyfabric.cli import daemons
 from policyfabric.cli.console import err, fail, out
-from policyfabric.cli.tables import agents_table, changes_table, dump, faults_table, objects_table
+from policyfabric.cli.tables import (
+    agents_table,
+    changes_table,
+    dump,
+    faults_table,
+    objects_table,
+    watch_line,
+)
 from policyfabric.client import DEFAULT_URL, ApiError, Client, Unreachable
 from policyfabric.client import apply as applying
+from policyfabric.client.events import ServerEvent, follow
+from policyfabric.client.wait import Waited, wait_rendered, written_tenants
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
@@ -256,6 +267,17 @@ def apply_(
             "deletes by. Default: file:ABSOLUTE-PATH of the file (needed with -f - and --prune).",
         ),
     ] = None,
+    wait: Annotated[
+        bool,
+        typer.Option(
+            "--wait",
+            help="Then wait until every agent with endpoints in the tenants it changed has rendered it "
+            "(its flows reflect the write's revision); exit 1 naming those that did not in time.",
+        ),
+    ] = False,
+    wait_timeout: Annotated[
+        float, typer.Option(help="--wait: seconds to wait at most.", min=0.1, show_default=True)
+    ] = 30.0,
     output: OutputOpt = None,
     authority: AuthorityUrl = DEFAULT_URL,
     token: Token = None,
@@ -271,15 +293,25 @@ def apply_(
     who = _owner(file, owner)
     if prune and who is None:
         raise fail("--prune with -f - needs --owner: the identity the objects were applied with")
+    if wait and diff:
+        raise fail("--wait waits for a write; --diff writes nothing")
     scenario = _load_checked(file)
+    waited = None
     with connected(authority, token) as client:
         steps = applying.plan(scenario, client)
         try:
             result = applying.execute(steps, client, dry_run=diff, owner=who, prune=prune)
         except applying.Refused as exc:
             raise _refused(file, exc, "a change") from None
+        tenants = written_tenants(result.items)
+        if wait and tenants and result.revision is not None:
+            waited = wait_rendered(client, result.revision, tenants, wait_timeout)
     if output in (Output.json, Output.yaml):
-        print(dump({"items": result.items, "revision": result.revision, "dry_run": diff}, output.value))
+        answer: dict[str, Any] = {"items": result.items, "revision": result.revision, "dry_run": diff}
+        if waited is not None:
+            answer["wait"] = {"agents": waited.agents, "missing": waited.missing, "seconds": waited.seconds}
+        print(dump(answer, output.value))
+        _waited(waited, quiet=True)
         return
     if diff:
         _print_diff(result, steps)
@@ -300,6 +332,26 @@ def apply_(
             table.add_row(kind.collection, *(str(counts[a]) for a in actions))
     out.print(table)
     out.print(_summary(result, prune, ("created", "updated", "unchanged", "deleted (pruned)")))
+    if wait and waited is None:
+        out.print("nothing to wait for: the write changed no tenant's policy")
+    _waited(waited)
+
+
+def _waited(waited: Waited | None, quiet: bool = False) -> None:
+    """``apply --wait``'s verdict: a line when every agent concerned rendered the write, else an
+    error naming those that did not."""
+    if waited is None:
+        return
+    if waited.missing:
+        late = "; ".join(f"{name} ({state})" for name, state in sorted(waited.missing.items()))
+        raise fail(
+            f"not rendered within {waited.seconds:.1f}s: revision {waited.revision} is not yet on {late}"
+        )
+    if not quiet:
+        agents = ", ".join(waited.agents) or "no agent has endpoints in the tenants changed"
+        out.print(
+            f"rendered: revision {waited.revision} in {waited.seconds:.2f}s on {agents}", highlight=False
+        )
 
 
 SPECIAL = ("agents", "faults", "changes")  # what `get` shows besides stored objects
@@ -334,6 +386,15 @@ def get(
     since: Annotated[
         int | None, typer.Option(help="changes: only those after this revision (default 0)", min=0)
     ] = None,
+    watch: Annotated[
+        bool,
+        typer.Option(
+            "-w",
+            "--watch",
+            help="After the list, print each change as it arrives (objects: created, updated, deleted, "
+            "endpoint status; agents: connected, rendered revision) until interrupted.",
+        ),
+    ] = False,
     output: OutputOpt = None,
     as_json: JsonOpt = False,
     authority: AuthorityUrl = DEFAULT_URL,
@@ -342,6 +403,8 @@ def get(
     """Show stored objects of one kind, or the agents, their faults, the change log."""
     fmt = _output(output, as_json)
     special = kind.strip().lower()
+    if watch and special in ("faults", "changes"):
+        raise fail(f"-w applies to objects and agents, not {special}")
     if special in SPECIAL:
         if tenant is not None:
             raise fail(f"--tenant does not apply to {special}: they span every tenant")
@@ -350,6 +413,8 @@ def get(
         if name is not None and special == "changes":
             raise fail("changes have no name: use --since REVISION")
         _get_special(special, name, since or 0, fmt, authority, token)
+        if watch:
+            _watch(None, name, None, fmt, authority, token, None)
         return
     which = _kind(kind)
     if since is not None:
@@ -357,8 +422,10 @@ def get(
     if tenant is not None and not which.scoped:
         raise fail(f"--tenant does not apply to {which.collection}: they belong to no tenant")
     with connected(authority, token) as client:
-        items = client.list(which, tenant, name)
-    if name is not None and not items:
+        params = {key: v for key, v in (("tenant", tenant), ("name", name)) if v is not None}
+        listed = client.request("GET", f"/v1/{which.collection}", params=params)
+        items, revision = list(listed["items"]), int(listed["revision"])
+    if name is not None and not items and not watch:
         raise fail(f"no {which} named {name!r}" + (f" in tenant {tenant!r}" if tenant else ""))
     if fmt in (Output.json, Output.yaml):
         print(dump(items if name is None else items[0] if len(items) == 1 else items, fmt.value))
@@ -367,6 +434,59 @@ def get(
             print(_name_of(which, item))
     else:
         out.print(objects_table(which, items, wide=fmt is Output.wide))
+    if watch:
+        _watch(which, name, tenant, fmt, authority, token, revision)
+
+
+def _watch(
+    kind: k.Kind | None,
+    name: str | None,
+    tenant: str | None,
+    fmt: Output,
+    url: str,
+    token: str | None,
+    since: int | None,
+) -> None:
+    """``get -w``: each event about ``kind`` (None: agents) after ``since``, in ``fmt``, until
+    Ctrl-C. A stream cut for falling behind is resumed from the revision it names."""
+    try:
+        with connected(url, token) as client:
+            while True:
+                with follow(client, since, read_timeout=None) as events:
+                    for event in events:
+                        if event.name == "cut":
+                            since = int(event.data["revision"])
+                            break
+                        if event.id is not None:
+                            since = event.id
+                        if watched(event, kind, name, tenant):
+                            print_event(event, kind, fmt)
+                    else:
+                        return
+    except KeyboardInterrupt:
+        return
+
+
+def watched(event: ServerEvent, kind: k.Kind | None, name: str | None, tenant: str | None) -> bool:
+    """Whether ``get -w`` shows ``event``."""
+    data = event.data
+    if kind is None:
+        return event.name == "agent" and name in (None, data.get("name"))
+    if event.name not in ("change", "status") or data.get("kind") != kind.name:
+        return False
+    return name in (None, data.get("name")) and tenant in (None, data.get("tenant"))
+
+
+def print_event(event: ServerEvent, kind: k.Kind | None, fmt: Output) -> None:
+    data = event.data
+    if fmt in (Output.json, Output.yaml):
+        body = {"event": event.name, **data}
+        print(json.dumps(body, separators=(",", ":")) if fmt is Output.json else "---\n" + dump(body, "yaml"))
+    elif fmt is Output.name:
+        print(f"agents/{data['name']}" if kind is None else _name_of(kind, data))
+    else:
+        print(watch_line(event, kind), flush=True)
+    sys.stdout.flush()
 
 
 def _get_special(what: str, name: str | None, since: int, fmt: Output, url: str, token: str | None) -> None:

@@ -94,7 +94,7 @@ def health(agent: dict[str, Any], faults: list[dict[str, Any]]) -> str:
 
 def agents_table(agents: list[dict[str, Any]], faults: list[dict[str, Any]], wide: bool = False) -> Table:
     table = Table(title="agents")
-    columns = ["name", "health", "address", "tunnel ip", "connected", "last seen", "endpoints"]
+    columns = ["name", "health", "address", "tunnel ip", "connected", "last seen", "endpoints", "rendered"]
     if wide:
         columns += ["subscriptions", "reports", "gateway for", "domain"]
     for column in columns:
@@ -109,12 +109,33 @@ def agents_table(agents: list[dict[str, Any]], faults: list[dict[str, Any]], wid
             ago(a.get("connected_since"), now) if a.get("connected") else "no",
             ago(a.get("last_seen"), now),
             str(len(a.get("endpoints", []))),
+            str(a["rendered_revision"]) if a.get("rendered_revision") is not None else "-",
         ]
         if wide:
             row += [str(a.get("subscriptions", "")), str(a.get("reports", "")), _cell(a.get("gateway_for"))]
             row.append(str(a.get("domain", "")))
         table.add_row(*row)
     return table
+
+
+def watch_line(event: Any, kind: k.Kind | None) -> str:
+    """One line per event of ``get -w`` (table and wide output): revision, what happened, which
+    object, and its usual columns."""
+    data = event.data
+    if event.name == "agent":
+        rendered = data.get("rendered_revision")
+        state = "connected" if data.get("connected") else "disconnected"
+        shown = rendered if rendered is not None else "-"
+        return f"{'-':>8}  {'agent':<8}  {data['name']}  {state}, rendered revision {shown}"
+    who = f"{data['tenant']}/{data['name']}" if data.get("tenant") else data["name"]
+    if event.name == "status":
+        return (
+            f"{data['revision']:>8}  {'status':<8}  {who}  {data.get('status')} on {data.get('host') or '-'}"
+        )
+    obj = data.get("object") or {}
+    columns = COLUMNS[kind.name] if kind is not None else ()
+    detail = "  ".join(f"{c}={_cell(obj.get(c))}" for c in columns if obj.get(c) not in (None, [], ""))
+    return f"{data['revision']:>8}  {data['op']:<8}  {who}  {detail}".rstrip()
 
 
 def faults_table(faults: list[dict[str, Any]]) -> Table:

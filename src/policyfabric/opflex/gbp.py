@@ -83,6 +83,7 @@ class Cls:
     # files instead): a subnet's DHCP options, a bridge domain's MTU
     PF_SUBNET_DHCP: Final = "PfSubnetDhcp"  # under a GbpSubnet
     PF_BRIDGE_DOMAIN_MTU: Final = "PfBridgeDomainMtu"  # under a GbpBridgeDomain
+    PF_REVISION: Final = "PfRevision"  # under a PolicySpace: the store revision its tree reflects
     # the endpoint registry (libopflex's layout)
     EPR_L2_UNIVERSE: Final = "EprL2Universe"
     EPR_L2_EP: Final = "EprL2Ep"
@@ -99,6 +100,7 @@ class Cls:
     PF_FAULT: Final = "PfFault"
     PF_AGENT_COUNTERS: Final = "PfAgentCounters"
     PF_GATEWAY_PORTS: Final = "PfGatewayPorts"
+    PF_RENDERED_REVISION: Final = "PfRenderedRevision"  # the revision an agent's flows reflect
     # the reference agent's observables
     FAULT_INSTANCE: Final = "FaultInstance"
     GBPE_EP_COUNTER: Final = "GbpeEpCounter"
@@ -129,6 +131,8 @@ EXTENSIONS: frozenset[str] = frozenset(
         Cls.PF_FAULT,
         Cls.PF_AGENT_COUNTERS,
         Cls.PF_GATEWAY_PORTS,
+        Cls.PF_REVISION,  # a peer that drops it only cannot say which revision it rendered
+        Cls.PF_RENDERED_REVISION,
     }
 )
 
@@ -211,6 +215,8 @@ class Prop:
     AFFECTED_OBJECT: Final = "affectedObject"
     # PfGatewayPorts
     EXTERNAL_NETWORKS: Final = "externalNetworks"
+    # PfRevision, PfRenderedRevision
+    REVISION: Final = "revision"
 
 
 # etherT is an enum of the reference model (l2/EtherType): sent by constant name, as libopflex

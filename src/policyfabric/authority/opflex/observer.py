@@ -10,6 +10,9 @@ its gateway ports). ``state_report`` observables:
   its own endpoints. Others are ignored and counted (``reports_refused``);
 - ``PfFault`` raises or clears a fault, listed at ``GET /v1/faults``;
 - ``PfAgentCounters`` shows up at ``GET /v1/agents``;
+- ``PfRenderedRevision``: the highest authority revision the agent's installed flows reflect
+  (``rendered_revision`` in ``GET /v1/agents``; ``apply --wait`` waits for it); each change is
+  told to ``watchers`` (``GET /v1/events``), as are connections and disconnections;
 - ``PfGatewayPorts`` (from a gateway agent) says which external networks it
   can serve; ``gateway_ports`` is called so the server re-runs the election.
 
@@ -74,6 +77,8 @@ class AgentInfo:
     counters_dropped: int = 0  # counter values not kept (past MAX_COUNTERS, or not a bounded value)
     reports_refused: int = 0  # endpoint statuses for endpoints it has not declared
     endpoint_counters: dict[str, dict[str, int]] = field(default_factory=dict)  # uuid -> GbpeEpCounter
+    # the highest authority revision its installed flows reflect (PfRenderedRevision; None: not told)
+    rendered_revision: int | None = None
 
     def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
         return {
@@ -91,7 +96,12 @@ class AgentInfo:
             "faults_dropped": self.faults_dropped,
             "counters_dropped": self.counters_dropped,
             "reports_refused": self.reports_refused,
+            "rendered_revision": self.rendered_revision,
         }
+
+    def state(self) -> dict[str, Any]:
+        """What ``Observer.watchers`` are told: whether it is connected, what it has rendered."""
+        return {"name": self.name, "connected": self.connected, "rendered_revision": self.rendered_revision}
 
 
 @dataclass
@@ -130,11 +140,18 @@ class Observer:
         # agent -> (code, uri) -> its fault, oldest first
         self.faults: dict[str, dict[tuple[str, str], Fault]] = {}
         self._warned: set[str] = set()  # agents already logged for reporting others' endpoints
+        # told (on the loop) each agent's state when it connects, disconnects or renders a revision
+        self.watchers: list[Callable[[dict[str, Any]], None]] = []
+
+    def _tell(self, agent: AgentInfo) -> None:
+        for watcher in self.watchers:
+            watcher(agent.state())
 
     # ---- sessions
     def connected(self, name: str, domain: str, address: str) -> None:
         """An agent completed its handshake (a fresh record: a reconnecting agent starts over)."""
         self.agents[name] = AgentInfo(name, domain, address)
+        self._tell(self.agents[name])
 
     def disconnected(self, name: str) -> bool:
         """The current session of ``name`` closed; whether it was connected until now."""
@@ -142,6 +159,7 @@ class Observer:
         if agent is None or not agent.connected:
             return False
         agent.connected, agent.last_seen = False, time.time()
+        self._tell(agent)
         return True
 
     def forget(self, before: float) -> list[str]:
@@ -179,6 +197,16 @@ class Observer:
                     self._refuse(agent, key)
                     return
                 await self._record(EndpointState(tenant, name, status=status))
+        elif mo.subject == Cls.PF_RENDERED_REVISION:
+            revision = props.get(Prop.REVISION)
+            if (
+                isinstance(revision, int)
+                and not isinstance(revision, bool)
+                and 0 <= revision < INT64
+                and revision != agent.rendered_revision
+            ):
+                agent.rendered_revision = revision
+                self._tell(agent)
         elif mo.subject == Cls.PF_FAULT:
             self._fault(agent, props)
         elif mo.subject == Cls.PF_AGENT_COUNTERS:

@@ -63,10 +63,10 @@ from policyfabric.authority.opflex.tenant_model import (
 from policyfabric.authority.service import Authority
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex.cache import ancestors
-from policyfabric.opflex.gbp import Cls
+from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.rpc import RpcError
-from policyfabric.opflex.uri import UNIVERSE, child, unescape
+from policyfabric.opflex.uri import UNIVERSE, child, space, unescape
 from policyfabric.opflex.wire import Code
 from policyfabric.store.base import Change
 
@@ -95,6 +95,14 @@ def affected_tenants(changes: Iterable[Change]) -> set[str | None]:
         else:
             tenants.add(change.tenant)
     return tenants
+
+
+def revision_mo(tenant: str, revision: int) -> MO:
+    """The tenant's ``PfRevision``: the store revision its tree reflects (sent with its subtree,
+    not listed by the PolicySpace: the tree itself stays the model's)."""
+    top = space(tenant)
+    uri = child(top, Cls.PF_REVISION)
+    return MO(Cls.PF_REVISION, uri, {Prop.REVISION: revision}, [], Cls.POLICY_SPACE, top, Cls.PF_REVISION)
 
 
 def diff(old: Tree | None, new: Tree) -> tuple[list[MO], list[MO], list[MO]]:
@@ -190,6 +198,7 @@ class PolicyRepository:
         self._built: dict[str | None, int] = {}  # tenant -> the latest change its tree holds
         self._taken = 0  # the number the dirty set was last taken at (what a running rebuild covers)
         self._progress = asyncio.Event()  # set (then replaced) whenever a rebuild completes
+        self.stamps: dict[str, MO] = {}  # tenant -> its PfRevision, renewed by each rebuild of it
 
     # ---- requests
     async def resolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
@@ -206,6 +215,9 @@ class PolicyRepository:
                     Code.ERROR,
                     f"Unknown subject: {entry.subject} (the object at that URI is a {mos[0].subject})",
                 )
+            stamp = self.stamps.get(tenant_of(entry.policy_uri) or "")
+            if mos and stamp is not None and stamp.uri.startswith(entry.policy_uri):
+                mos = [*mos, stamp]
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
             self.subscribers.add(entry.policy_uri, peer)
             policy += [mo.to_wire() for mo in mos]
@@ -329,6 +341,14 @@ class PolicyRepository:
                     self.trees[tenant] = whole.tree
                 else:
                     self.trees.pop(tenant, None)
+            for tenant in tenants - {None}:  # every rebuild says which revision the tree now reflects
+                assert tenant is not None
+                held = self._models.get(tenant)
+                if held is not None and tenant in self.trees:
+                    self.stamps[tenant] = revision_mo(tenant, held.revision)
+                    changed.append(self.stamps[tenant])
+                elif tenant in self.stamps:
+                    removed.append(self.stamps.pop(tenant))
             if rebuilt:
                 self._rebuilt(rebuilt)  # routers may have gained or lost an external gateway
             if push and (changed or merged or removed):

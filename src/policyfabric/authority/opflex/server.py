@@ -423,5 +423,10 @@ class OpflexServer:
     def faults_json(self) -> list[dict[str, Any]]:
         return self.observer.faults_json()
 
+    def watch_agents(self, callback: Callable[[dict[str, Any]], None]) -> None:
+        """``callback(agent)`` on the loop whenever an agent connects, disconnects or reports a new
+        rendered revision (``GET /v1/events``)."""
+        self.observer.watchers.append(callback)
+
 
 __all__ = ["OpflexServer"]
