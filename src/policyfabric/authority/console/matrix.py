@@ -219,7 +219,7 @@ def epg_cell(intent: Intent, source: str, destination: str) -> Cell:
         )
         for contract, rule, how in _contract_rules(intent, src, dst)
     )
-    note = "" if entries else "default deny: no contract between them"
+    note = "" if entries else f"default deny: no contract rule from {source} to {destination}"
     return Cell(source, destination, entries, note)
 
 
@@ -232,38 +232,45 @@ def _sg_admits(rule: o.SecurityGroupRule, peer_groups: Iterable[str]) -> str | N
     return "any"
 
 
+def _overlap(a: o.SecurityGroupRule, b: o.SecurityGroupRule) -> bool:
+    """Whether some packet matches both rules' protocol, port range and family."""
+    if a.ethertype != b.ethertype or ("any" not in (a.protocol, b.protocol) and a.protocol != b.protocol):
+        return False
+    if a.port is None or b.port is None:
+        return True
+    (lo_a, hi_a), (lo_b, hi_b) = port_bounds(a.port), port_bounds(b.port)
+    return lo_a <= hi_b and lo_b <= hi_a
+
+
 def sg_cell(intent: Intent, source: str, destination: str) -> Cell:
     """What security groups let members of ``source`` open towards members of ``destination``:
     the ingress rules of ``destination`` that admit them and, once ``source`` has egress rules,
     its egress rules towards ``destination``. A rule by address prefix is listed with that
     condition: whether it holds depends on the endpoint (the per-endpoint explanation decides)."""
     src, dst = intent.security_groups[source], intent.security_groups[destination]
+    egress = [(i, r) for i, r in enumerate(src.rules) if r.direction == "egress"]
+    towards = [(i, r) for i, r in egress if _sg_admits(r, (destination,)) is not None]
     entries: list[Entry] = []
     for i, rule in enumerate(dst.rules):
         how = _sg_admits(rule, (source,)) if rule.direction == "ingress" else None
-        if how is not None:
-            cond = "" if how in ("any", "member") else f" [{how}]"
-            entries.append(
-                Entry(
-                    "allow", rule.protocol, _port_text(rule.port), rule.ethertype or "any",
-                    _sg_rule_label(destination, i, rule) + cond,
-                )
-            )  # fmt: skip
-    egress = [(i, r) for i, r in enumerate(src.rules) if r.direction == "egress"]
+        if how is None or (egress and not any(_overlap(rule, out) for _, out in towards)):
+            continue  # not for members of source, or it cannot leave source
+        cond = "" if how in ("any", "member") else f" [{how}]"
+        entries.append(
+            Entry(
+                "allow", rule.protocol, _port_text(rule.port), rule.ethertype or "any",
+                _sg_rule_label(destination, i, rule) + cond,
+            )
+        )  # fmt: skip
     note = ""
-    if egress and entries:
-        towards = [(i, r) for i, r in egress if _sg_admits(r, (destination,)) is not None]
-        if not towards:
-            entries, note = (
-                [],
-                f"security group {source} has egress rules and none lets it out towards {destination}",
-            )
-        else:
-            note = f"egress limited by security group {source}: " + "; ".join(
-                _sg_rule_label(source, i, r) for i, r in towards
-            )
-    if not entries and not note:
-        note = f"default deny: no ingress rule of security group {destination} admits {source}"
+    if egress:
+        note = f"egress limited by security group {source}: " + (
+            "; ".join(_sg_rule_label(source, i, r) for i, r in towards) or f"nothing towards {destination}"
+        )
+    if not entries:
+        note = f"default deny: no ingress rule of security group {destination} admits {source}" + (
+            f" through its egress rules ({note})" if note else ""
+        )
     return Cell(source, destination, tuple(entries), note)
 
 

@@ -5,8 +5,6 @@
 static files carry no data and are public, the data comes through token-checked ``/v1`` routes.
 """
 
-from __future__ import annotations
-
 import importlib.util
 from pathlib import Path
 from typing import Annotated, Any
