@@ -236,7 +236,7 @@ function dispatch(block) {
   if (event === "change") applyChange(payload);
   else if (event === "status") applyStatus(payload);
   else if (event === "agent") applyAgent(payload);
-  else if (event === "reset" || event === "resync") resync();
+  else if (event === "cut") resync(); // the stream fell too far behind: read everything again
 }
 
 async function resync() {

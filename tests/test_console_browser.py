@@ -1,0 +1,233 @@
+"""The web console in a real browser: Debian's headless Chromium driven by selenium (through
+Debian's chromedriver: nothing is downloaded) against a real authority process run with
+``--tokens``, the demo intent applied with the CLI and a second tenant beside it.
+
+Each view's screenshot is saved under the test run's temporary directory (its path is printed);
+with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too (docs/img is made that way).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from policyfabric.lab.authority import AuthorityProcess, authority_in
+
+webdriver = pytest.importorskip("selenium.webdriver")
+from selenium.common.exceptions import TimeoutException  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.common.by import By  # noqa: E402
+from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-browser")]
+
+ROOT = Path(__file__).parent.parent
+CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
+ADMIN, MEMBER = "admin-token-0123456789", "member-acme-0123456789"
+WAIT = 10.0
+
+
+@pytest.fixture(scope="module")
+def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityProcess]:
+    """An authority with two tokens (admin; member of acme), the demo and a tenant beta."""
+    where = tmp_path_factory.mktemp("console-authority")
+    tokens = where / "tokens.yaml"
+    tokens.write_text(
+        "tokens:\n"
+        f"  - {{token: {ADMIN}, role: admin, name: admin}}\n"
+        f"  - {{token: {MEMBER}, role: member, tenant: acme, name: acme-member}}\n"
+    )
+    tokens.chmod(0o600)
+    server = authority_in(where, extra=["--tokens", str(tokens)], token=ADMIN)
+    with server:
+        env = {**os.environ, "POLICYFABRIC_URL": server.url, "POLICYFABRIC_TOKEN": ADMIN}
+        subprocess.run(
+            [sys.executable, "-m", "policyfabric", "apply", "-f", str(ROOT / "examples" / "demo.yaml")],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
+        beta = [
+            ("tenants", {"name": "beta"}),
+            ("l3-contexts", {"tenant": "beta", "name": "vb"}),
+            ("bridge-domains", {"tenant": "beta", "name": "bdb", "l3_context": "vb"}),
+            ("subnets", {"tenant": "beta", "name": "sb", "bridge_domain": "bdb", "cidr": "10.9.0.0/24"}),
+            ("endpoint-groups", {"tenant": "beta", "name": "db", "bridge_domain": "bdb"}),
+            ("endpoints", {"tenant": "beta", "name": "secret-db", "epg": "db", "ip": "10.9.0.5"}),
+        ]
+        with httpx.Client(base_url=server.url, headers=auth(ADMIN)) as http:
+            for collection, body in beta:
+                assert http.post(f"/v1/{collection}", json=body).status_code == 201
+        yield server
+
+
+def auth(token: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"}
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    where = tmp_path_factory.mktemp("console-screenshots")
+    print(f"console screenshots: {where}")
+    return where
+
+
+def shoot(driver: WebDriver, where: Path, name: str) -> None:
+    path = where / f"{name}.png"
+    assert driver.save_screenshot(str(path)), path
+    copy_to = os.environ.get("POLICYFABRIC_SCREENSHOTS")
+    if copy_to:
+        Path(copy_to).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, Path(copy_to) / path.name)
+
+
+@pytest.fixture(scope="module")
+def driver() -> Iterator[WebDriver]:
+    if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
+        pytest.skip("needs Debian's chromium and chromium-driver (scripts/install-browser.sh)")
+    options = webdriver.ChromeOptions()
+    options.binary_location = str(CHROMIUM)
+    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                "--window-size=1400,900", "--no-first-run", "--disable-extensions"):  # fmt: skip
+        options.add_argument(arg)
+    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    try:
+        yield browser
+    finally:
+        browser.quit()
+
+
+def wait(driver: WebDriver, condition: str, *args: object, timeout: float = WAIT) -> object:
+    """Wait until the JavaScript expression ``condition`` (given ``arguments``) is truthy."""
+    try:
+        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
+            lambda d: d.execute_script(f"return {condition}", *args)
+        )
+    except TimeoutException:
+        raise AssertionError(f"not within {timeout}s: {condition} {args}") from None
+
+
+def open_console(driver: WebDriver, url: str, token: str, view: str = "topology") -> None:
+    """Open the page in a fresh tab state and give the token through its form, as a person would."""
+    driver.get(f"{url}/ui#{view}")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    wait(driver, "!document.getElementById('login').hidden")
+    driver.find_element(By.ID, "token").send_keys(token)
+    driver.find_element(By.CSS_SELECTOR, "#login-form button").click()
+    wait(
+        driver,
+        "document.getElementById('login').hidden && document.getElementById('tenant').options.length > 0",
+    )
+
+
+def tenants(driver: WebDriver) -> list[str]:
+    return list(
+        driver.execute_script("return [...document.getElementById('tenant').options].map(o => o.value)")
+    )
+
+
+def test_the_topology_shows_every_endpoint(
+    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+) -> None:
+    open_console(driver, authority.url, ADMIN)
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        names = [e["name"] for e in http.get("/v1/endpoints", params={"tenant": "acme"}).json()["items"]]
+    assert sorted(names) == ["app1", "app2", "web1", "web2"]
+    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === arguments[0]", len(names))
+    shown = driver.execute_script(
+        "return [...document.querySelectorAll('#topology [data-ep]')].map(e => e.dataset.ep)"
+    )
+    assert sorted(shown) == [f"acme/{n}" for n in sorted(names)]
+    text = driver.find_element(By.ID, "topology").text
+    for part in ("vrf1", "bd1", "net4 10.1.0.0/24", "r1", "public", "fip-web1 203.0.113.10", "web", "app"):
+        assert part in text, part
+    assert tenants(driver) == ["acme", "beta"]
+    assert driver.find_element(By.ID, "live").text.startswith("live")
+    shoot(driver, screenshots, "topology")
+    # search: finds an endpoint by address, highlights it and shows its details
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("10.1.0.21\n")
+    wait(driver, "document.querySelector('#topology .ep.found') !== null")
+    assert (
+        driver.execute_script("return document.querySelector('#topology .ep.found').dataset.ep")
+        == "acme/app2"
+    )
+    assert "endpoint app2" in driver.find_element(By.ID, "details").text
+    search.clear()
+
+
+def test_a_matrix_cell_explains_with_the_rule(
+    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+) -> None:
+    open_console(driver, authority.url, ADMIN, "matrix")
+    wait(driver, "document.getElementById('cell-epg-app-web') !== null")
+    cells = driver.execute_script(
+        "return Object.fromEntries([...document.querySelectorAll('td.cell')].map(c => [c.id, c.className]))"
+    )
+    assert "allow" in cells["cell-epg-web-web"] and "deny" in cells["cell-epg-web-app"]
+    assert "partial" in cells["cell-epg-app-web"] and "cell-sg-ssh-from-app-ssh-from-app" in cells
+    driver.find_element(By.ID, "cell-epg-app-web").click()
+    wait(driver, "document.querySelector('#explain-answer .reasons') !== null")
+    answer = driver.find_element(By.ID, "explain").text
+    assert "app1 → web1 tcp/80: allow" in answer
+    assert "contract http, rule web-in (consumer -> provider)" in answer
+    assert "From the intent" in answer
+    shoot(driver, screenshots, "matrix")
+    # another probe for the same pair: the default deny
+    probe = driver.find_element(By.ID, "explain-probe")
+    probe.clear()
+    probe.send_keys("tcp/22\n")
+    wait(driver, "document.getElementById('explain-answer').textContent.includes('tcp/22')")
+    assert "default deny" in driver.find_element(By.ID, "explain-answer").text
+    driver.find_element(By.ID, "cell-epg-app-app").click()
+    wait(driver, "document.getElementById('explain-answer')?.textContent.includes('intra_group deny')")
+
+
+def test_a_change_through_the_api_shows_without_reload(
+    authority: AuthorityProcess, driver: WebDriver
+) -> None:
+    open_console(driver, authority.url, ADMIN)
+    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === 4")
+    driver.execute_script("window.notReloaded = true")
+    body = {"tenant": "acme", "name": "web3", "epg": "web", "ip": "10.1.0.12", "host": "h1"}
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        made = http.post("/v1/endpoints", json=body)
+        assert made.status_code == 201, made.text
+        wait(driver, "document.querySelector('[data-ep=\"acme/web3\"]') !== null", timeout=5)
+        assert http.delete(f"/v1/endpoints/{made.json()['id']}").status_code == 200
+    wait(driver, "document.querySelector('[data-ep=\"acme/web3\"]') === null", timeout=5)
+    assert driver.execute_script("return window.notReloaded === true")
+
+
+def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: WebDriver) -> None:
+    open_console(driver, authority.url, MEMBER)
+    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === 4")
+    assert tenants(driver) == ["acme"]
+    assert "secret-db" not in driver.page_source
+    driver.get(f"{authority.url}/ui#agents")  # a new page load: the token stays for the tab
+    wait(driver, "document.getElementById('agents-note').textContent.length > 0")
+    assert "span every tenant" in driver.find_element(By.ID, "agents-note").text
+    assert driver.find_element(By.ID, "login").get_attribute("hidden") is not None
+
+
+def test_agents_view_and_swagger_served_locally(
+    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+) -> None:
+    open_console(driver, authority.url, ADMIN, "agents")
+    wait(driver, "document.getElementById('gateways').textContent.includes('acme/r1')")
+    assert "gw1, gw2" in driver.find_element(By.ID, "gateways").text
+    assert "no agent has connected" in driver.find_element(By.ID, "agents").text
+    shoot(driver, screenshots, "agents")
+    driver.get(f"{authority.url}/docs")  # Swagger UI from the package's files: renders offline
+    wait(driver, "document.querySelector('.swagger-ui .info .title')?.textContent.includes('policyfabric')")
+    wait(driver, "document.querySelectorAll('.opblock').length > 20")
+    shoot(driver, screenshots, "docs")
