@@ -8,17 +8,24 @@ with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too (docs/img is mad
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
+import threading
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
+from typing import Any, TypeVar
 
 import httpx
 import pytest
 
+from policyfabric.agent.dryrun import DryRunAgent
 from policyfabric.lab.authority import AuthorityProcess, authority_in
+from policyfabric.opflex.client import PolicyClient
+from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_uri
+from policyfabric.opflex.mo import MO
 
 webdriver = pytest.importorskip("selenium.webdriver")
 from selenium.common.exceptions import TimeoutException  # noqa: E402
@@ -67,6 +74,80 @@ def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityPro
             for collection, body in beta:
                 assert http.post(f"/v1/{collection}", json=body).status_code == 201
         yield server
+
+
+T = TypeVar("T")
+
+
+class Fabric:
+    """Agents without a dataplane (OpFlex clients that declare endpoints and report on them, as
+    the real agent does), on an event loop in a thread of their own beside the browser."""
+
+    def __init__(self, authority: AuthorityProcess) -> None:
+        self.peers = [authority.opflex]
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        self.clients: dict[str, PolicyClient] = {}
+        self.tasks: list[asyncio.Task[None]] = []
+
+    def run(self, coro: Coroutine[Any, Any, T]) -> T:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout=30)
+
+    async def agent(self, host: str, endpoints: list[str]) -> None:
+        client = PolicyClient(host, self.peers, backoff=(0.05, 0.5), keepalive=0.5)
+        dry = DryRunAgent(client, [(e.split("/")[0], e.split("/")[1]) for e in endpoints])
+        client.on_change = lambda _: dry.sync()
+        self.tasks.append(asyncio.create_task(client.run()))
+        for e in endpoints:
+            client.resolve("PfEndpoint", endpoint_uri(*e.split("/", 1)))
+        assert await client.settled(10)
+        dry.sync()
+        assert await client.settled(10)
+        self.clients[host] = client
+
+    async def report(self, host: str, *observables: MO) -> None:
+        await self.clients[host].report(list(observables))
+
+    async def stop(self) -> None:
+        for client in self.clients.values():
+            await client.stop()
+        for task in self.tasks:
+            task.cancel()
+
+    def close(self) -> None:
+        self.run(self.stop())
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+def status(endpoint: str, value: str) -> MO:
+    return MO(
+        "PfEndpointStatus",
+        f"/PfEndpointStatus/{endpoint.replace('/', '%2f')}/",
+        {"endpoint": endpoint, "status": value},
+    )
+
+
+@pytest.fixture(scope="module")
+def fabric(authority: AuthorityProcess) -> Iterator[Fabric]:
+    """The demo's hosts h1 and h2 with their endpoints, and gateway gw1: web1, app1 and app2
+    ACTIVE, web2 still BUILD with a fault on it; h1 counts 42 flows."""
+    fabric = Fabric(authority)
+    try:
+        fabric.run(fabric.agent("h1", ["acme/web1", "acme/app2"]))
+        fabric.run(fabric.agent("h2", ["acme/web2", "acme/app1"]))
+        fabric.run(fabric.agent("gw1", []))
+        fault = {"code": "port-missing", "severity": "major", "description": "tap of web2 not on br-int",
+                 "uri": endpoint_uri("acme", "web2")}  # fmt: skip
+        fabric.run(fabric.report("h1", status("acme/web1", "ACTIVE"), status("acme/app2", "ACTIVE"),
+                                 MO("PfAgentCounters", "/PfAgentCounters/", {"flows": 42})))  # fmt: skip
+        fabric.run(fabric.report("h2", status("acme/app1", "ACTIVE"), MO("PfFault", "/PfFault/port/", fault)))
+        ports = {Prop.TUNNEL_IP: "192.0.2.31", Prop.EXTERNAL_NETWORKS: [external_network_uri("public")]}
+        fabric.run(fabric.report("gw1", MO(Cls.PF_GATEWAY_PORTS, "/PfGatewayPorts/", ports)))
+        yield fabric
+    finally:
+        fabric.close()
 
 
 def auth(token: str) -> dict[str, str]:
@@ -135,9 +216,20 @@ def tenants(driver: WebDriver) -> list[str]:
     )
 
 
+def chip(driver: WebDriver, endpoint: str) -> str:
+    """The class of an endpoint's chip in the topology: its status, and "fault"."""
+    js = "return document.querySelector(`[data-ep='${arguments[0]}'] rect`).getAttribute('class')"
+    return str(driver.execute_script(js, endpoint))
+
+
 def test_the_topology_shows_every_endpoint(
-    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
 ) -> None:
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        for _ in range(100):  # statuses are written just after the report is answered
+            items = http.get("/v1/endpoints", params={"tenant": "acme"}).json()["items"]
+            if {e["name"]: e["status"] for e in items}["app1"] == "ACTIVE":
+                break
     open_console(driver, authority.url, ADMIN)
     with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
         names = [e["name"] for e in http.get("/v1/endpoints", params={"tenant": "acme"}).json()["items"]]
@@ -152,7 +244,19 @@ def test_the_topology_shows_every_endpoint(
         assert part in text, part
     assert tenants(driver) == ["acme", "beta"]
     assert driver.find_element(By.ID, "live").text.startswith("live")
+    assert (
+        chip(driver, "acme/web1") == "chip st ACTIVE" and chip(driver, "acme/web2") == "chip st BUILD fault"
+    )
+    assert "gateway public SNAT" in text and "active: gw1" in text  # the election's choice
     shoot(driver, screenshots, "topology")
+    # a status reported by an agent shows without reload
+    fabric.run(fabric.report("h2", status("acme/web2", "ACTIVE")))
+    wait(
+        driver,
+        "document.querySelector(`[data-ep='${arguments[0]}'] rect`).classList.contains('ACTIVE')",
+        "acme/web2",
+        timeout=8,
+    )
     # search: finds an endpoint by address, highlights it and shows its details
     search = driver.find_element(By.ID, "search")
     search.send_keys("10.1.0.21\n")
@@ -220,12 +324,21 @@ def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver
 
 
 def test_agents_view_and_swagger_served_locally(
-    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
 ) -> None:
     open_console(driver, authority.url, ADMIN, "agents")
     wait(driver, "document.getElementById('gateways').textContent.includes('acme/r1')")
-    assert "gw1, gw2" in driver.find_element(By.ID, "gateways").text
-    assert "no agent has connected" in driver.find_element(By.ID, "agents").text
+    rows = driver.execute_script(
+        "return [...document.querySelectorAll('#agents tr')].slice(1)"
+        ".map(r => [...r.cells].map(c => c.textContent))"
+    )
+    by_host = {row[0]: row for row in rows}
+    assert sorted(by_host) == ["gw1", "h1", "h2"]
+    assert by_host["h1"][2].startswith("connected") and by_host["h1"][4] == "42" and by_host["h1"][5] == "2"
+    assert by_host["gw1"][7] == "acme/r1"
+    assert "acme/r1 public gw1, gw2 gw1" in driver.find_element(By.ID, "gateways").text
+    faults = driver.find_element(By.ID, "faults").text
+    assert "major h2 port-missing tap of web2 not on br-int" in faults
     shoot(driver, screenshots, "agents")
     driver.get(f"{authority.url}/docs")  # Swagger UI from the package's files: renders offline
     wait(driver, "document.querySelector('.swagger-ui .info .title')?.textContent.includes('policyfabric')")

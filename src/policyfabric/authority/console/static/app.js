@@ -288,15 +288,16 @@ $("tenant").addEventListener("change", (e) => {
 
 // ---- topology ------------------------------------------------------------------------------
 
+// faults whose object is an endpoint (its OpFlex URI), by endpoint key ("tenant/name")
+const EP_URI = /\/PolicySpace\/([^/]+)\/PfEndpoint\/([^/]+)\//;
 function faultsByEndpoint() {
   const found = new Map();
   for (const f of state.faults || []) {
-    for (const ep of state.objects.endpoint.values()) {
-      if (f.uri && (f.uri.includes(ep.id) || f.uri.endsWith(`/${ep.name}`))) {
-        if (!found.has(ep.id)) found.set(ep.id, []);
-        found.get(ep.id).push(f);
-      }
-    }
+    const m = EP_URI.exec(f.uri || "");
+    if (!m) continue;
+    const id = `${decodeURIComponent(m[1])}/${decodeURIComponent(m[2])}`;
+    if (!found.has(id)) found.set(id, []);
+    found.get(id).push(f);
   }
   return found;
 }
@@ -340,7 +341,7 @@ function groupBox(id, title, subtitle, endpoints, maxWidth, ctx) {
       let faulty = 0;
       for (const ep of endpoints) {
         counts[ep.status in counts ? ep.status : "DOWN"] += 1;
-        if (ctx.faults.has(ep.id)) faulty += 1;
+        if (ctx.faults.has(key(ep))) faulty += 1;
       }
       const barW = w - 2 * PAD;
       let bx = x + PAD;
@@ -356,7 +357,7 @@ function groupBox(id, title, subtitle, endpoints, maxWidth, ctx) {
       const cx = x + PAD + (i % cols) * (CHIP_W + GAP);
       const cy = y + HEAD + Math.floor(i / cols) * (CHIP_H + GAP);
       const st = ["ACTIVE", "BUILD", "DOWN"].includes(ep.status) ? ep.status : "DOWN";
-      const fault = ctx.faults.has(ep.id) ? " fault" : "";
+      const fault = ctx.faults.has(key(ep)) ? " fault" : "";
       const hit = ep.name === state.found ? " found" : "";
       const line2 = ctx.second(ep);
       out.push(`<g class="ep${hit}" data-ep="${esc(key(ep))}" id="ep-${esc(key(ep))}"><rect class="chip st ${st}${fault}" x="${cx}" y="${cy}" width="${CHIP_W}" height="${CHIP_H}" rx="4"/>`
@@ -562,7 +563,7 @@ function table(obj) {
 function showEndpoint(id) {
   const ep = state.objects.endpoint.get(id);
   if (!ep) return;
-  const faults = faultsByEndpoint().get(ep.id) || [];
+  const faults = faultsByEndpoint().get(id) || [];
   $("details").innerHTML = `<h3>endpoint ${esc(ep.name)} <span class="badge st ${esc(ep.status)}">${esc(ep.status)}</span></h3>${table(ep)}`
     + (faults.length ? `<h4>faults</h4>${faults.map((f) => `<p class="error">${esc(f.severity)} ${esc(f.code)}: ${esc(f.message)}</p>`).join("")}` : "");
 }
