@@ -222,6 +222,30 @@ def chip(driver: WebDriver, endpoint: str) -> str:
     return str(driver.execute_script(js, endpoint))
 
 
+def choose(driver: WebDriver, select: str, value: str) -> None:
+    """Pick ``value`` in the <select> ``select``, as a person would (its change event fires)."""
+    js = "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
+    js += "s.dispatchEvent(new Event('change'))"
+    driver.execute_script(js, select, value)
+
+
+PLACEMENT = """
+const boxes = [...document.querySelectorAll('#topology [data-group]')]
+  .map(g => [g.dataset.group, g.querySelector('rect').getBBox()]);
+return Object.fromEntries([...document.querySelectorAll('#topology [data-ep]')].map(e => {
+  const b = e.querySelector('rect').getBBox();
+  const inside = boxes.find(([, r]) => b.x >= r.x && b.y >= r.y && b.x + b.width <= r.x + r.width
+    && b.y + b.height <= r.y + r.height);
+  return [e.dataset.ep, inside ? inside[0] : null];
+}));
+"""
+
+
+def placement(driver: WebDriver) -> dict[str, str | None]:
+    """Which group's box (``epg:web``, ``host:h1``) each endpoint's chip is drawn inside."""
+    return dict(driver.execute_script(PLACEMENT))
+
+
 def test_the_topology_shows_every_endpoint(
     authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
 ) -> None:
@@ -249,6 +273,21 @@ def test_the_topology_shows_every_endpoint(
     )
     assert "gateway public SNAT" in text and "active: gw1" in text  # the election's choice
     shoot(driver, screenshots, "topology")
+    # endpoints placed on their hosts: each chip drawn inside its host's box
+    choose(driver, "group-by", "host")
+    wait(driver, "document.querySelector('[data-group=\"host:h1\"]') !== null")
+    assert placement(driver) == {
+        "acme/web1": "host:h1", "acme/app2": "host:h1", "acme/web2": "host:h2", "acme/app1": "host:h2"
+    }  # fmt: skip
+    hosts = driver.execute_script(
+        "return [...document.querySelectorAll('#topology [data-group]')].map(g => g.textContent)"
+    )
+    assert any(h.startswith("gw1") and "active gateway of acme/r1" in h for h in hosts), hosts
+    shoot(driver, screenshots, "hosts")
+    choose(driver, "group-by", "epg")
+    assert placement(driver) == {
+        "acme/web1": "epg:web", "acme/web2": "epg:web", "acme/app1": "epg:app", "acme/app2": "epg:app"
+    }  # fmt: skip
     # a status reported by an agent shows without reload
     fabric.run(fabric.report("h2", status("acme/web2", "ACTIVE")))
     wait(

@@ -339,8 +339,10 @@ function groupBox(id, title, subtitle, endpoints, maxWidth, ctx) {
     w = Math.max(2 * CHIP_W + GAP, cols * CHIP_W + (cols - 1) * GAP) + 2 * PAD;
     h = HEAD + rows * (CHIP_H + GAP) + PAD;
   }
-  w = Math.min(w, maxWidth);
+  const titleW = 2 * PAD + 8.5 * title.length + 6.2 * (subtitle.length + 18); // about what the text takes
+  w = Math.min(Math.max(w, titleW), maxWidth);
   const draw = (x, y, out) => {
+    if (ctx.placed) ctx.placed.set(id, { x: x + w / 2, y });
     out.push(`<g class="group" data-group="${esc(id)}"><rect class="groupbox" x="${x}" y="${y}" width="${w}" height="${h}" rx="6"/>`);
     out.push(`<text class="title" x="${x + PAD}" y="${y + 16}">${esc(title)}<tspan class="sub"> ${esc(subtitle)} · ${n} endpoint${n === 1 ? "" : "s"} ${n ? (collapsed ? "▸" : "▾") : ""}</tspan></text></g>`);
     if (n === 0) {
@@ -445,7 +447,12 @@ function renderTopology() {
   }
 
   if (state.groupBy === "host") {
+    ctx.placed = new Map();
     y = drawHosts(endpoints, width, y, out, ctx, active);
+    for (const r of routers) { // the router's SNAT traffic goes to its active gateway host
+      const host = ctx.placed.get(`host:${active.get(`${tenant}/${r.name}`)}`);
+      if (host) lines.push(`<line class="link gw" x1="${routerAt.get(r.name).x}" y1="${routerAt.get(r.name).y}" x2="${host.x}" y2="${host.y}"/>`);
+    }
   } else {
     y = drawTenant(tenant, endpoints, width, y, out, ctx, subnetAt);
   }
@@ -622,13 +629,21 @@ function search(text) {
 $("search").addEventListener("keydown", (e) => { if (e.key === "Enter") search(e.target.value); });
 $("search").addEventListener("search", (e) => search(e.target.value));
 $("group-by").addEventListener("change", (e) => { state.groupBy = e.target.value; renderTopology(); });
+// Expand every group, up to EXPAND_MAX endpoints drawn as chips: past that the drawing takes
+// seconds (bench/console.py); search, or a click on a group, shows the rest.
+const EXPAND_MAX = 2000;
 $("expand-all").addEventListener("click", () => {
   state.collapsed.clear();
-  for (const g of list("endpoint_group", state.tenant)) state.expanded.add(`epg:${g.name}`);
+  const groups = new Map();
   for (const ep of list("endpoint", state.tenant)) {
-    state.expanded.add(`host:${ep.host || "(unbound)"}`);
-    if (!ep.epg) state.expanded.add(`subnet:${ep.subnet}`);
+    const id = state.groupBy === "host" ? `host:${ep.host || "(unbound)"}` : ep.epg ? `epg:${ep.epg}` : `subnet:${ep.subnet}`;
+    groups.set(id, (groups.get(id) || 0) + 1);
   }
+  let drawn = 0, left = 0;
+  for (const [id, n] of [...groups].sort((a, b) => a[1] - b[1])) {
+    if (drawn + n <= EXPAND_MAX) { state.expanded.add(id); drawn += n; } else left += 1;
+  }
+  $("search-result").textContent = left ? `${left} groups left collapsed (over ${EXPAND_MAX} endpoints): search or click one` : "";
   renderTopology();
 });
 $("collapse-all").addEventListener("click", () => {
