@@ -74,6 +74,9 @@ def main() -> int:
         "--n", default="10,1000,10000", help="endpoint counts, comma-separated (first: baseline)"
     )
     parser.add_argument("--samples", type=int, default=5, help="page loads per size")
+    parser.add_argument(
+        "--screenshots", type=Path, help="save the topology at each size here (topology-N.png)"
+    )
     args = parser.parse_args()
 
     import httpx
@@ -116,6 +119,9 @@ def main() -> int:
                     mark = driver.execute_script("return window.pfFirstTopology")
                     assert mark["endpoints"] == n, mark
                     first.append(mark["at"])
+                    if args.screenshots and not render:
+                        args.screenshots.mkdir(parents=True, exist_ok=True)
+                        driver.save_screenshot(str(args.screenshots / f"topology-{n}.png"))
                     render.append(
                         float(
                             driver.execute_script(

@@ -3,7 +3,8 @@ Debian's chromedriver: nothing is downloaded) against a real authority process r
 ``--tokens``, the demo intent applied with the CLI and a second tenant beside it.
 
 Each view's screenshot is saved under the test run's temporary directory (its path is printed);
-with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too (docs/img is made that way).
+with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too, as ``console-VIEW.png`` (the
+README's docs/img/console-topology.png and console-matrix.png are made that way).
 """
 
 from __future__ import annotations
@@ -167,7 +168,7 @@ def shoot(driver: WebDriver, where: Path, name: str) -> None:
     copy_to = os.environ.get("POLICYFABRIC_SCREENSHOTS")
     if copy_to:
         Path(copy_to).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(copy_to) / path.name)
+        shutil.copy(path, Path(copy_to) / f"console-{path.name}")
 
 
 @pytest.fixture(scope="module")
