@@ -10,20 +10,25 @@ README's docs/img/console-topology.png and console-matrix.png are made that way)
 from __future__ import annotations
 
 import asyncio
+import json
 import os
+import queue
 import shutil
 import subprocess
 import sys
 import threading
-from collections.abc import Coroutine, Iterator
+from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
 import pytest
+import uvicorn
+from fastapi import FastAPI, Request
+from fastapi.responses import StreamingResponse
 
 from policyfabric.agent.dryrun import DryRunAgent
-from policyfabric.lab.authority import AuthorityProcess, authority_in
+from policyfabric.lab.authority import AuthorityProcess, authority_in, free_port
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_uri
 from policyfabric.opflex.mo import MO
@@ -384,3 +389,162 @@ def test_agents_view_and_swagger_served_locally(
     wait(driver, "document.querySelector('.swagger-ui .info .title')?.textContent.includes('policyfabric')")
     wait(driver, "document.querySelectorAll('.opblock').length > 20")
     shoot(driver, screenshots, "docs")
+
+
+class EventFeed:
+    """A ``GET /v1/events`` of the test's own in front of the real REST app (same process): it
+    streams what the test puts, in the events contract's format, and records the Authorization
+    header each stream came with. It tests the page's streaming reader, not the authority's feed."""
+
+    def __init__(self) -> None:
+        self.pending: queue.SimpleQueue[str] = queue.SimpleQueue()
+        self.authorization: list[str | None] = []
+
+    def put(self, event: str, data: dict[str, Any]) -> None:
+        self.pending.put(f"event: {event}\ndata: {json.dumps(data)}\n\n")
+
+    def app(self, inner: FastAPI) -> FastAPI:
+        outer = FastAPI()
+
+        @outer.get("/v1/events")
+        async def events(request: Request) -> StreamingResponse:
+            self.authorization.append(request.headers.get("authorization"))
+
+            async def stream() -> AsyncIterator[bytes]:
+                yield b": the test's feed\n\n"
+                while not await request.is_disconnected():
+                    try:
+                        yield self.pending.get_nowait().encode()
+                    except queue.Empty:
+                        await asyncio.sleep(0.02)
+
+            return StreamingResponse(stream(), media_type="text/event-stream")
+
+        outer.mount("/", inner)
+        return outer
+
+
+@pytest.fixture(scope="module")
+def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventFeed]]:
+    """The REST app with the demo and the admin token, behind an ``EventFeed``, served by uvicorn
+    on loopback from a thread: (its URL, the feed)."""
+    from policyfabric.authority.api import create_app
+    from policyfabric.authority.auth import parse_tokens
+    from policyfabric.authority.service import Authority
+    from policyfabric.model import scenario as sc
+    from policyfabric.store.sqlite import SqliteStore
+
+    store = SqliteStore(tmp_path_factory.mktemp("console-feed") / "pf.db")
+    authority = Authority(store)
+    tokens = parse_tokens({"tokens": [{"token": ADMIN, "role": "admin"}]}, "test")
+    events = EventFeed()
+    port = free_port()
+    server = uvicorn.Server(
+        uvicorn.Config(
+            events.app(create_app(authority, tokens=tokens)),
+            port=port,
+            log_level="warning",
+            timeout_graceful_shutdown=2,
+        )
+    )
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        items = [
+            {"op": "create", "kind": e.kind.name, "object": e.data}
+            for e in sc.load(ROOT / "examples" / "demo.yaml").in_order()
+        ]
+        for _ in range(200):
+            if server.started:
+                break
+            threading.Event().wait(0.05)
+        with httpx.Client(base_url=url, headers=auth(ADMIN)) as http:
+            assert http.post("/v1/batch", json={"items": items}).status_code == 200
+        yield url, events
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        store.close()
+
+
+def test_the_page_follows_the_events_stream(driver: WebDriver, feed: tuple[str, EventFeed]) -> None:
+    url, events = feed
+    open_console(driver, url, ADMIN)
+    wait(driver, "document.getElementById('live').textContent === 'live (events)'")
+    assert events.authorization[-1] == f"Bearer {ADMIN}"  # fetch() sends it; EventSource could not
+    ghost = {"id": "x-ghost", "revision": 99, "tenant": "acme", "name": "ghost", "epg": "web",
+             "ip": ["10.1.0.99"], "host": "h1", "status": "ACTIVE", "security_groups": []}  # fmt: skip
+    # only the stream knows this endpoint: the store never had it
+    events.put(
+        "change",
+        {
+            "revision": 99,
+            "kind": "endpoint",
+            "tenant": "acme",
+            "name": "ghost",
+            "op": "create",
+            "object": ghost,
+        },
+    )
+    wait(
+        driver,
+        "document.querySelector(`[data-ep='acme/ghost'] rect`)?.classList.contains('ACTIVE')",
+        timeout=5,
+    )
+    assert driver.find_element(By.ID, "revision").text == "revision 99"
+    # a status event, cut in two chunks mid-JSON: the reader puts it back together
+    text = json.dumps(
+        {
+            "revision": 100,
+            "kind": "endpoint",
+            "tenant": "acme",
+            "name": "web1",
+            "status": "BUILD",
+            "host": "h1",
+        }
+    )
+    events.pending.put(f"event: status\ndata: {text[:20]}")
+    threading.Event().wait(0.2)
+    events.pending.put(f"{text[20:]}\n\n")
+    wait(
+        driver, "document.querySelector(`[data-ep='acme/web1'] rect`).classList.contains('BUILD')", timeout=5
+    )
+    events.put(
+        "change",
+        {
+            "revision": 101,
+            "kind": "endpoint",
+            "tenant": "acme",
+            "name": "ghost",
+            "op": "delete",
+            "object": None,
+        },
+    )
+    wait(driver, "document.querySelector(`[data-ep='acme/ghost']`) === null", timeout=5)
+    # another tenant's change is not drawn in this one
+    events.put(
+        "change",
+        {
+            "revision": 102,
+            "kind": "endpoint",
+            "tenant": "beta",
+            "name": "other",
+            "op": "create",
+            "object": {**ghost, "tenant": "beta", "name": "other"},
+        },
+    )
+    events.put(
+        "change",
+        {
+            "revision": 103,
+            "kind": "endpoint",
+            "tenant": "acme",
+            "name": "late",
+            "op": "create",
+            "object": {**ghost, "name": "late"},
+        },
+    )
+    wait(driver, "document.querySelector(`[data-ep='acme/late']`) !== null", timeout=5)
+    assert driver.execute_script("return document.querySelector(`[data-ep='beta/other']`)") is None
+    driver.get("about:blank")  # closes the stream, so the server stops at once
