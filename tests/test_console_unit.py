@@ -238,3 +238,18 @@ def test_the_payload_stays_small(console: TestClient) -> None:
     """The whole page (HTML, script, stylesheet) as sent: under 64 KiB uncompressed."""
     sizes = {p: len(console.get(p).content) for p in ("/", "/ui/static/app.js", "/ui/static/app.css")}
     assert sum(sizes.values()) < 64 * 1024, sizes
+
+
+def test_the_wheel_ships_every_asset_of_the_page() -> None:
+    """Each file the page is made of matches the package-data patterns pyproject gives setuptools
+    (an installed authority has no source tree to serve them from)."""
+    import fnmatch
+    import tomllib
+
+    from policyfabric.authority.console.web import STATIC
+
+    data = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    patterns = data["policyfabric.authority.console"]
+    assets = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.iterdir()]
+    assert sorted(assets) == ["static/app.css", "static/app.js", "static/index.html"]
+    assert all(any(fnmatch.fnmatch(a, p) for p in patterns) for a in assets)

@@ -759,7 +759,10 @@ function renderAgents() {
   const rows = state.agents.map((a) => {
     const c = a.counters || {};
     const rendered = a.rendered_revision ?? c.rendered_revision;
-    const behind = rendered === undefined ? "not reported" : `${rendered}${rendered < state.revision ? ` (behind ${state.revision})` : " (current)"}`;
+    // the highest revision of its tenants its flows reflect: below the authority's global revision
+    // when other tenants changed since, so both are shown and the reader judges
+    const behind = rendered === undefined || rendered === null ? "not reported"
+      : `${rendered}${rendered >= state.revision ? " (current)" : ` (authority: ${state.revision})`}`;
     const reconcile = a.last_reconcile ?? c.last_reconcile;
     return `<tr class="${a.connected ? "up" : "down"}"><td>${esc(a.name)}</td><td>${esc(a.tunnel_ip || a.address)}</td>`
       + `<td>${a.connected ? "connected" : "disconnected"} since ${esc(when(a.connected_since))}</td>`
