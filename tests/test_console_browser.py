@@ -202,9 +202,9 @@ def wait(driver: WebDriver, condition: str, *args: object, timeout: float = WAIT
         raise AssertionError(f"not within {timeout}s: {condition} {args}") from None
 
 
-def open_console(driver: WebDriver, url: str, token: str, view: str = "topology") -> None:
+def open_console(driver: WebDriver, url: str, token: str, view: str = "topology", query: str = "") -> None:
     """Open the page in a fresh tab state and give the token through its form, as a person would."""
-    driver.get(f"{url}/ui#{view}")
+    driver.get(f"{url}/ui{query}#{view}")
     driver.execute_script("sessionStorage.clear()")
     driver.refresh()
     wait(driver, "!document.getElementById('login').hidden")
@@ -389,6 +389,51 @@ def test_agents_view_and_swagger_served_locally(
     wait(driver, "document.querySelector('.swagger-ui .info .title')?.textContent.includes('policyfabric')")
     wait(driver, "document.querySelectorAll('.opblock').length > 20")
     shoot(driver, screenshots, "docs")
+
+
+def test_a_thousand_endpoints_stay_readable(
+    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+) -> None:
+    """1,000 endpoints in 10 groups: the groups start collapsed (a summary each, no chips), and a
+    search opens the one group that holds the endpoint and marks it."""
+    objs: list[tuple[str, dict[str, Any]]] = [
+        ("tenant", {"name": "big"}),
+        ("l3_context", {"tenant": "big", "name": "v"}),
+        ("bridge_domain", {"tenant": "big", "name": "bd", "l3_context": "v"}),
+        ("subnet", {"tenant": "big", "name": "s", "bridge_domain": "bd", "cidr": "10.50.0.0/16"}),
+        *[("endpoint_group", {"tenant": "big", "name": f"g{g}", "bridge_domain": "bd"}) for g in range(10)],
+        *[
+            (
+                "endpoint",
+                {
+                    "tenant": "big",
+                    "name": f"ep{i}",
+                    "epg": f"g{i // 100}",
+                    "ip": f"10.50.{i // 200}.{i % 200 + 10}",
+                },
+            )
+            for i in range(1000)
+        ],
+    ]
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN), timeout=60) as http:
+        done = http.post(
+            "/v1/batch", json={"items": [{"op": "create", "kind": k, "object": o} for k, o in objs]}
+        )
+        assert done.status_code == 200, done.text
+    open_console(driver, authority.url, ADMIN, query="?tenant=big")  # ?tenant= opens that tenant
+    wait(driver, "document.getElementById('topology').dataset.endpoints === '1000'")
+    assert driver.execute_script("return document.querySelectorAll('#topology [data-ep]').length") == 0
+    summaries = driver.execute_script(
+        "return [...document.querySelectorAll('#topology [data-group]')].map(g => g.textContent)"
+    )
+    assert len(summaries) == 10 and all("100 endpoints ▸" in t for t in summaries), summaries
+    search = driver.find_element(By.ID, "search")
+    search.send_keys("ep777\n")
+    wait(driver, "document.querySelector('#topology .ep.found') !== null")
+    assert driver.execute_script("return document.querySelectorAll('#topology [data-ep]').length") == 100
+    assert placement(driver)["big/ep777"] == "epg:g7"
+    shoot(driver, screenshots, "big")
+    search.clear()
 
 
 class EventFeed:
