@@ -24,6 +24,7 @@ from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policyfabric import __version__
+from policyfabric.authority import console
 from policyfabric.authority.access import (
     MAX_REVISION,
     Access,
@@ -345,6 +346,8 @@ def create_app(
         title="policyfabric Policy Authority",
         version=__version__,
         description="Declare tenants, networks and group-based policy; agents enforce it.",
+        docs_url=None,  # console.mount serves /docs from local files (FastAPI's page loads a CDN)
+        redoc_url=None,
     )
     app.add_middleware(BodyLimit, limit=max_body)
     access = Access(tokens, keystone)
@@ -509,4 +512,5 @@ def create_app(
 
     for kind in k.ORDER:
         _collection_routes(app, authority, kind, access)
+    console.mount(app, authority, access)  # the web console at / and /ui, and /docs
     return app
