@@ -21,7 +21,9 @@ from networking_policyfabric import journal
 class JournalRow(model_base.BASEV2):
     __tablename__ = "policyfabric_journal"
 
-    seq = sa.Column(sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True)
+    seq = sa.Column(
+        sa.BigInteger().with_variant(sa.Integer(), "sqlite"), primary_key=True, autoincrement=True
+    )
     resource = sa.Column(sa.String(32), nullable=False)
     object_id = sa.Column(sa.String(64), nullable=False)
     project_id = sa.Column(sa.String(255), nullable=False, default="")
@@ -46,6 +48,12 @@ def record(context: Any, resource: str, object_id: str, project_id: str | None) 
 
 def to_pure(row: JournalRow) -> journal.Row:
     return journal.Row(
-        int(row.seq), row.resource, row.object_id, row.project_id, row.state, int(row.attempts),
-        float(row.next_try), row.error,
+        int(row.seq),
+        row.resource,
+        row.object_id,
+        row.project_id,
+        row.state,
+        int(row.attempts),
+        float(row.next_try),
+        row.error,
     )

@@ -66,7 +66,11 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
         except mapping.Refused as e:
             raise refuse(e) from None
         if mapping.is_external(net):
-            others = [s for s in plugin.get_subnets(ctx, filters={"network_id": [net["id"]]}) if s["id"] != sub["id"]]
+            others = [
+                s
+                for s in plugin.get_subnets(ctx, filters={"network_id": [net["id"]]})
+                if s["id"] != sub["id"]
+            ]
             if others:
                 raise n_exc.InvalidInput(
                     error_message="policyfabric takes one subnet per external network; "
@@ -74,14 +78,19 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
                 )
             db.record(ctx, "network", net["id"], net["project_id"])
             return
-        nets = plugin.get_networks(ctx, filters={"project_id": [net["project_id"]]}, fields=["id", "router:external"])
+        nets = plugin.get_networks(
+            ctx, filters={"project_id": [net["project_id"]]}, fields=["id", "router:external"]
+        )
         ids = [n["id"] for n in nets if not n.get("router:external")]
-        cidrs = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": ids}) if s["id"] != sub["id"]]
+        cidrs = [
+            s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": ids}) if s["id"] != sub["id"]
+        ]
         clash = mapping.overlaps(sub["cidr"], cidrs)
         if clash is not None:
             raise n_exc.InvalidInput(
                 error_message=f"Requested subnet with cidr: {sub['cidr']} for network: {net['id']} overlaps "
-                f"with another subnet ({clash}) of the project: policyfabric gives a project one routing domain"
+                f"with another subnet ({clash}) of the project: policyfabric gives a project one "
+                "routing domain"
             )
         db.record(ctx, "subnet", sub["id"], net["project_id"])
 
@@ -120,9 +129,10 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
         self._port(context)
         original = context.original or {}
         bound_now = context.vif_type == portbindings.VIF_TYPE_OVS and context.host
-        newly = original.get(portbindings.VIF_TYPE) != portbindings.VIF_TYPE_OVS or original.get(
-            portbindings.HOST_ID
-        ) != context.host
+        newly = (
+            original.get(portbindings.VIF_TYPE) != portbindings.VIF_TYPE_OVS
+            or original.get(portbindings.HOST_ID) != context.host
+        )
         if bound_now and newly and mapping.is_endpoint(context.current, context.network.current):
             from neutron.db import provisioning_blocks
 
@@ -159,7 +169,11 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
             return
         host = (context.host or "").lower()
         if host not in self.live_hosts():
-            LOG.info("policyfabric: no live agent on host %r; port %s not bound", context.host, context.current["id"])
+            LOG.info(
+                "policyfabric: no live agent on host %r; port %s not bound",
+                context.host,
+                context.current["id"],
+            )
             return
         for segment in context.segments_to_bind:
             if segment[api.NETWORK_TYPE] in BINDABLE_TYPES:

@@ -200,7 +200,9 @@ def hostname(host: str | None) -> str | None:
     return value
 
 
-def port(p: Mapping[str, Any], net: Mapping[str, Any], subnets: Mapping[str, Mapping[str, Any]]) -> Obj | None:
+def port(
+    p: Mapping[str, Any], net: Mapping[str, Any], subnets: Mapping[str, Mapping[str, Any]]
+) -> Obj | None:
     """A port -> endpoint (None: not an endpoint, or no address yet: an endpoint needs a subnet).
 
     ``subnets``: the port's subnets by id (their IPv6 modes). An address in a subnet where hosts
@@ -221,7 +223,10 @@ def port(p: Mapping[str, Any], net: Mapping[str, Any], subnets: Mapping[str, Map
     for fixed in p.get("fixed_ips") or []:
         sub = subnets.get(fixed["subnet_id"], {})
         first_subnet = first_subnet or fixed["subnet_id"]
-        auto = sub.get("ipv6_ra_mode") in AUTO_ADDRESS_MODES or sub.get("ipv6_address_mode") in AUTO_ADDRESS_MODES
+        auto = (
+            sub.get("ipv6_ra_mode") in AUTO_ADDRESS_MODES
+            or sub.get("ipv6_address_mode") in AUTO_ADDRESS_MODES
+        )
         value = "slaac" if auto else fixed["ip_address"]
         if value not in ips:
             ips.append(value)
@@ -301,11 +306,20 @@ def security_group(sg: Mapping[str, Any]) -> Obj:
         unique.append(dict(NOWHERE_EGRESS))
     return Obj(
         "security-groups",
-        {"name": name(sg["id"], "security group"), "tenant": name(sg["project_id"], "project"), "rules": unique},
+        {
+            "name": name(sg["id"], "security group"),
+            "tenant": name(sg["project_id"], "project"),
+            "rules": unique,
+        },
     )
 
 
-def router(r: Mapping[str, Any], interface_subnets: Sequence[str], gateway_ip: str | None, gateway_hosts: Sequence[str]) -> Obj:
+def router(
+    r: Mapping[str, Any],
+    interface_subnets: Sequence[str],
+    gateway_ip: str | None,
+    gateway_hosts: Sequence[str],
+) -> Obj:
     """A router with its interfaces (subnet ids, from its interface ports) and its external
     gateway (network, SNAT, the address Neutron gave its gateway port, the hosts that may be
     elected its SNAT gateway: the driver's ``gateway_hosts`` option)."""

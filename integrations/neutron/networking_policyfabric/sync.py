@@ -66,10 +66,10 @@ def full_sync(ctx: Any, sender: Sender) -> int:
 
 
 def main() -> None:
+    from neutron import manager
     from neutron.common import config as common_config
     from neutron_lib import context as n_context
 
-    from neutron import manager
     from networking_policyfabric import config
     from networking_policyfabric.worker import authority
 

@@ -113,9 +113,13 @@ class JournalWorker(BaseWorker):
         outcome = journal.classify(answer.status)
         new = journal.after(row, outcome, time.time(), answer.error[:1000])
         if outcome == journal.REFUSED:
-            LOG.warning("policyfabric refused %s %s (%s): %s", row.resource, row.object_id, new.state, answer.error)
+            LOG.warning(
+                "policyfabric refused %s %s (%s): %s", row.resource, row.object_id, new.state, answer.error
+            )
         elif outcome == journal.AWAY and row.attempts == 0:
-            LOG.warning("policyfabric authority away (%s); %s %s waits", answer.error, row.resource, row.object_id)
+            LOG.warning(
+                "policyfabric authority away (%s); %s %s waits", answer.error, row.resource, row.object_id
+            )
         with db_api.CONTEXT_WRITER.using(ctx):
             ctx.session.query(db.JournalRow).filter_by(seq=row.seq).update(
                 {"state": new.state, "attempts": new.attempts, "next_try": new.next_try, "error": new.error},
