@@ -36,6 +36,7 @@ from policyfabric.lab.keystone import ADMIN_PASSWORD, KeystoneServer, _which
 from policyfabric.lab.lab import Lab
 from policyfabric.lab.plan import LabEndpoint
 from policyfabric.lab.state import LabState
+from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -398,7 +399,7 @@ def plug(port_id: str, host: str) -> None:
     ep = LabEndpoint(name=port_id, tenant=tenant, host=host, index=index)
     with Client(st["authority_url"], token=st["token"]) as client:
         deadline = time.monotonic() + 30
-        while not client.list("endpoint", tenant=tenant, name=port_id):
+        while not client.list(k.ENDPOINT, tenant=tenant, name=port_id):
             if time.monotonic() > deadline:
                 raise SystemExit(f"stack: port {port_id} did not reach the authority in 30 s")
             time.sleep(0.2)
