@@ -16,6 +16,7 @@ own (scripts/install-neutron.sh).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import secrets
@@ -183,7 +184,9 @@ def keystone_token(st: dict[str, Any]) -> str:
     auth = {
         "identity": {
             "methods": ["password"],
-            "password": {"user": {"name": "admin", "domain": {"name": "Default"}, "password": ADMIN_PASSWORD}},
+            "password": {
+                "user": {"name": "admin", "domain": {"name": "Default"}, "password": ADMIN_PASSWORD}
+            },
         },
         "scope": {"project": {"name": "admin", "domain": {"name": "Default"}}},
     }
@@ -292,7 +295,10 @@ def up() -> None:
         "PYTHONWARNINGS": "ignore",
     }
     st["pids"]["neutron-api"] = start(
-        [str(NEUTRON_VENV / "bin" / "gunicorn")], DIR / "neutron" / "gunicorn.log", cwd=DIR / "neutron", env=env
+        [str(NEUTRON_VENV / "bin" / "gunicorn")],  # no arguments: Neutron parses sys.argv itself
+        DIR / "neutron" / "gunicorn.log",
+        cwd=DIR / "neutron",
+        env=env,
     )
     st["pids"]["neutron-workers"] = start(
         [str(NEUTRON_VENV / "bin" / "neutron-periodic-workers"), *args],
@@ -422,6 +428,54 @@ def exec_in(port_id: str, cmd: list[str]) -> int:
     return subprocess.run(["ip", "netns", "exec", netns, *cmd]).returncode
 
 
+def tempest(regex: str, concurrency: int) -> int:
+    """tempest's network API tests against the stack (a workspace under the stack's directory)."""
+    st = load()
+    ws = DIR / "tempest"
+    tempest_bin = str(TEMPEST_VENV / "bin" / "tempest")
+    if not (ws / "etc").exists():
+        subprocess.run([tempest_bin, "init", str(ws)], check=True, capture_output=True)
+    aliases = sorted(e["alias"] for e in neutron(st, "GET", "extensions")["extensions"])
+    (ws / "etc" / "tempest.conf").write_text(
+        f"""[DEFAULT]
+log_file = {ws / "tempest.log"}
+[auth]
+use_dynamic_credentials = true
+admin_username = admin
+admin_password = {ADMIN_PASSWORD}
+admin_project_name = admin
+admin_domain_name = Default
+[identity]
+uri_v3 = http://127.0.0.1:{st["keystone_port"]}/v3
+auth_version = v3
+region = RegionOne
+[identity-feature-enabled]
+api_v2 = false
+[service_available]
+neutron = true
+nova = false
+glance = false
+cinder = false
+swift = false
+[network]
+public_network_id = {st["public_network_id"]}
+floating_network_name = public
+project_network_cidr = 10.100.0.0/16
+project_network_mask_bits = 28
+project_networks_reachable = false
+[network-feature-enabled]
+api_extensions = {",".join(aliases)}
+ipv6 = true
+ipv6_subnet_attributes = true
+[enforce_scope]
+neutron = true
+"""
+    )
+    return subprocess.run(
+        [tempest_bin, "run", "--regex", regex, "--concurrency", str(concurrency)], cwd=ws
+    ).returncode
+
+
 def down() -> None:
     if not (DIR / "stack.json").exists():
         say(f"nothing under {DIR}")
@@ -430,10 +484,8 @@ def down() -> None:
     for role in ("neutron-workers", "neutron-api"):
         pid = st["pids"].get(role)
         if pid:
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(pid, signal.SIGTERM)
-            except ProcessLookupError:
-                pass
             processes.stop(pid)
     if st.get("lab") and (Path(st["lab"]) / "state.json").exists():
         os.environ["POLICYFABRIC_TOKEN"] = st["token"]
@@ -459,6 +511,9 @@ def main() -> None:
     p.add_argument("host")
     p = sub.add_parser("unplug")
     p.add_argument("port")
+    p = sub.add_parser("tempest")
+    p.add_argument("--regex", default="^tempest.api.network")
+    p.add_argument("--concurrency", type=int, default=2)
     p = sub.add_parser("exec")
     p.add_argument("port")
     p.add_argument("command", nargs=argparse.REMAINDER)
@@ -477,6 +532,8 @@ def main() -> None:
         plug(a.port, a.host)
     elif a.cmd == "unplug":
         unplug(a.port)
+    elif a.cmd == "tempest":
+        raise SystemExit(tempest(a.regex, a.concurrency))
     elif a.cmd == "exec":
         raise SystemExit(exec_in(a.port, a.command))
 

@@ -65,10 +65,8 @@ class PolicyfabricL3RouterPlugin(L3RouterPlugin):
             fip = {**fip, "status": status}
         return fip
 
-    def create_floatingip(
-        self, context: Any, floatingip: Any, initial_status: str = n_const.FLOATINGIP_STATUS_DOWN
-    ) -> Any:
-        return self._fip_status(context, super().create_floatingip(context, floatingip, initial_status))
+    def create_floatingip(self, context: Any, floatingip: Any) -> Any:
+        return self._fip_status(context, super().create_floatingip(context, floatingip))
 
     def update_floatingip(self, context: Any, id: str, floatingip: Any) -> Any:
         return self._fip_status(context, super().update_floatingip(context, id, floatingip))
