@@ -100,10 +100,22 @@ def test_subnet_keeps_dhcp_dns_routes_gateway_and_ipv6_modes() -> None:
 
 
 def test_subnets_policyfabric_cannot_express_are_refused() -> None:
-    with pytest.raises(mapping.Refused, match="without a gateway"):
-        mapping.subnet({**SUBNET4, "gateway_ip": None}, NETWORK)
     with pytest.raises(mapping.Refused, match="too small"):
         mapping.subnet({**SUBNET4, "cidr": "10.1.0.0/31", "gateway_ip": "10.1.0.0"}, NETWORK)
+
+
+def test_subnet_without_gateway_gets_a_stand_in_no_port_may_take() -> None:
+    no_gw = {**SUBNET4, "gateway_ip": None}
+    spec = model(mapping.subnet(no_gw, NETWORK))
+    assert isinstance(spec, o.Subnet) and str(spec.gateway_ip) == "10.1.0.254"
+    with pytest.raises(mapping.Refused, match=r"10\.1\.0\.254 is the gateway policyfabric gives"):
+        mapping.port(
+            a_port(fixed_ips=[{"subnet_id": SUB4, "ip_address": "10.1.0.254"}]), NETWORK, {SUB4: no_gw}
+        )
+    ok = mapping.port(
+        a_port(fixed_ips=[{"subnet_id": SUB4, "ip_address": "10.1.0.1"}]), NETWORK, {SUB4: no_gw}
+    )
+    assert ok is not None and model(ok)
 
 
 def test_overlap_within_a_project_is_found_across_families_apart() -> None:

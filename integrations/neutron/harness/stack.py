@@ -344,7 +344,7 @@ def up() -> None:
     st["public_network_id"] = net["id"]
     save(st)
     write_env(st)
-    say(f"up in {time.monotonic() - t0:.1f} s; eval \"$({ROOT}/integrations/neutron/stack.sh env)\"")
+    say(f'up in {time.monotonic() - t0:.1f} s; eval "$({ROOT}/integrations/neutron/stack.sh env)"')
 
 
 def write_env(st: dict[str, Any]) -> None:

@@ -141,12 +141,7 @@ def network(net: Mapping[str, Any]) -> Obj | None:
 def subnet(sub: Mapping[str, Any], net: Mapping[str, Any]) -> Obj:
     """A subnet of a tenant network -> subnet; of an external network -> the external network."""
     cidr = ipaddress.ip_network(sub["cidr"], strict=False)
-    gateway = sub.get("gateway_ip")
-    if gateway is None:
-        raise Refused(
-            "a subnet without a gateway is not supported by policyfabric: its gateway address is "
-            "the distributed router's, and Neutron would hand it to a port"
-        )
+    gateway = sub.get("gateway_ip") or stand_in_gateway(str(cidr))
     if cidr.version == 4 and cidr.prefixlen > 30:
         raise Refused(f"{cidr} is too small: policyfabric needs an IPv4 subnet of /30 or larger")
     if cidr.version == 6 and cidr.prefixlen > 126:
@@ -172,6 +167,13 @@ def subnet(sub: Mapping[str, Any], net: Mapping[str, Any]) -> Obj:
         if sub.get(key):
             body[key] = sub[key]
     return Obj("subnets", body)
+
+
+def stand_in_gateway(cidr: str) -> str:
+    """The gateway policyfabric is given for a Neutron subnet without one (policyfabric's subnets
+    always have one: the distributed router's address): the subnet's last host address (IPv6: the
+    last but one), one a random allocation rarely picks. A port given it is refused (``port``)."""
+    return str(ipaddress.ip_network(cidr, strict=False)[-2])
 
 
 def overlaps(cidr: str, others: Iterable[str]) -> str | None:
@@ -222,6 +224,11 @@ def port(
     first_subnet: str | None = None
     for fixed in p.get("fixed_ips") or []:
         sub = subnets.get(fixed["subnet_id"], {})
+        if sub and not sub.get("gateway_ip") and fixed["ip_address"] == stand_in_gateway(sub["cidr"]):
+            raise Refused(
+                f"{fixed['ip_address']} is the gateway policyfabric gives subnet {sub['id']} "
+                "(a subnet without a gateway in Neutron): choose another address"
+            )
         first_subnet = first_subnet or fixed["subnet_id"]
         auto = (
             sub.get("ipv6_ra_mode") in AUTO_ADDRESS_MODES
