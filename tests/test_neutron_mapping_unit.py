@@ -306,6 +306,20 @@ def test_outcomes_of_http_statuses() -> None:
     assert [journal.backoff(n) for n in (1, 2, 3, 4, 5, 6)] == [0.5, 1.0, 2.0, 4.0, 8.0, 10.0]
 
 
+def test_refusals_name_the_resources_to_send_again() -> None:
+    in_use = (
+        f"409 in_use: subnet '{SUB4}' is in use by endpoint '{PORT}', endpoint '{PORT}': delete or change"
+    )
+    assert journal.mentioned(in_use, SUB4) == [("port", PORT)]
+    missing = f"422 invalid: no subnet named '{SUB6}' in tenant '{PROJECT}'"
+    assert journal.mentioned(missing, PORT) == [("subnet", SUB6)]
+    overlap = f"409 conflict: 10.1.0.0/24 overlaps subnet '{SUB6}' (10.1.0.0/24) in l3_context 'default'"
+    assert journal.mentioned(overlap, SUB4) == [("subnet", SUB6)]
+    used = f"409 in_use: bridge domain '{NET}' is in use by subnet '{SUB4}' and floating IP '{SG}'"
+    assert journal.mentioned(used, NET) == [("subnet", SUB4), ("floatingip", SG)]
+    assert journal.mentioned("422 invalid: a port needs protocol tcp or udp", PORT) == []
+
+
 # ---- the full sync's plan
 
 

@@ -13,10 +13,17 @@ stays at the head and is retried with a capped backoff, forever: nothing is lost
 authority is down; refused (4xx) -> retried a few times (a refusal may be transient: a reference
 the authority does not hold yet), then ``failed`` and logged, so one bad row cannot block the
 rest. A full sync repairs what failed rows left behind.
+
+Refusals that name other objects (``mentioned``) are mostly the order of a fast series of changes
+seen through current state: a subnet deleted in the authority while an endpoint there still holds
+an address in it, because Neutron dropped that address without a port update; a row skipped as
+superseded by a later row that another row depends on. Before a refused row is retried, the
+objects its refusal names are sent again from Neutron's current state (one level deep).
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
@@ -83,3 +90,30 @@ def classify(status: int | None) -> str:
     if 200 <= status < 300 or status == 404:
         return SENT  # 404 only comes back from deleting what is already gone
     return REFUSED
+
+
+# How the authority names objects in its messages (a kind's title, then the name), and the Neutron
+# resource each one is made from.
+_TITLES = {
+    "external network": "network",
+    "bridge domain": "network",
+    "subnet": "subnet",
+    "security group": "security_group",
+    "endpoint": "port",
+    "router": "router",
+    "floating IP": "floatingip",
+}
+_MENTION = re.compile(
+    r"(external network|bridge domain|subnet|security group|endpoint|router|floating IP)(?: named)? "
+    r"'([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12})'"
+)
+
+
+def mentioned(error: str, own_id: str) -> list[tuple[str, str]]:
+    """The Neutron resources a refusal names, other than the row's own, in order, once each."""
+    found: list[tuple[str, str]] = []
+    for title, name in _MENTION.findall(error):
+        item = (_TITLES[title], name)
+        if name != own_id and item not in found:
+            found.append(item)
+    return found

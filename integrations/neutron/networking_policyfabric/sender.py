@@ -122,7 +122,25 @@ class Sender:
         return Answer(200)
 
     def send(self, resource: str, object_id: str) -> Answer:
-        """Make the authority hold what Neutron holds for this resource."""
+        """Make the authority hold what Neutron holds for this resource; if that is refused for the
+        sake of other objects, send those again from Neutron's current state and try once more
+        (``journal.mentioned``)."""
+        answer = self._send(resource, object_id)
+        if journal.classify(answer.status) != journal.REFUSED:
+            return answer
+        others = journal.mentioned(answer.error, object_id)
+        for other, other_id in others:
+            LOG.info(
+                "policyfabric: %s %s refused over %s %s: sending that again",
+                resource,
+                object_id,
+                other,
+                other_id,
+            )
+            self._send(other, other_id)
+        return self._send(resource, object_id) if others else answer
+
+    def _send(self, resource: str, object_id: str) -> Answer:
         try:
             objs = self.reader.desired(resource, object_id)
         except mapping.Refused as e:  # accepted before a driver refused it (a full sync of old data)
