@@ -260,6 +260,7 @@ def up() -> None:
     auth.start()
     assert auth.proc is not None
     st["pids"]["authority"] = auth.proc.pid
+    st["authority_cmd"] = [str(a) for a in auth.proc.args]  # type: ignore[union-attr]
     st["authority_url"], st["opflex"] = auth.url, "{}:{}".format(*auth.opflex)
     save(st)
     say(f"authority {auth.url}, OpFlex {st['opflex']}")
@@ -476,6 +477,35 @@ neutron = true
     ).returncode
 
 
+def authority(action: str) -> None:
+    """Stop the authority (Neutron keeps taking writes; the journal waits), or start it again on
+    the same database and ports."""
+    st = load()
+    if action == "stop":
+        processes.stop(st["pids"]["authority"], timeout=10)
+        say("authority stopped")
+        return
+    pid = start(st["authority_cmd"], DIR / "authority" / "authority.log")
+    st["pids"]["authority"] = pid
+    save(st)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            r = httpx.get(
+                f"{st['authority_url']}/v1/revision",
+                headers={"Authorization": f"Bearer {st['token']}"},
+                timeout=2,
+            )
+            if r.status_code == 200:
+                break
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline or not processes.alive(pid):
+            raise SystemExit("stack: the authority did not start again")
+        time.sleep(0.2)
+    say(f"authority started again (pid {pid})")
+
+
 def down() -> None:
     if not (DIR / "stack.json").exists():
         say(f"nothing under {DIR}")
@@ -511,6 +541,8 @@ def main() -> None:
     p.add_argument("host")
     p = sub.add_parser("unplug")
     p.add_argument("port")
+    p = sub.add_parser("authority")
+    p.add_argument("action", choices=["stop", "start"])
     p = sub.add_parser("tempest")
     p.add_argument("--regex", default="^tempest.api.network")
     p.add_argument("--concurrency", type=int, default=2)
@@ -532,6 +564,8 @@ def main() -> None:
         plug(a.port, a.host)
     elif a.cmd == "unplug":
         unplug(a.port)
+    elif a.cmd == "authority":
+        authority(a.action)
     elif a.cmd == "tempest":
         raise SystemExit(tempest(a.regex, a.concurrency))
     elif a.cmd == "exec":
