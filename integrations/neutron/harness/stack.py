@@ -434,8 +434,15 @@ def tempest(regex: str, concurrency: int) -> int:
     st = load()
     ws = DIR / "tempest"
     tempest_bin = str(TEMPEST_VENV / "bin" / "tempest")
-    if not (ws / "etc").exists():
-        subprocess.run([tempest_bin, "init", str(ws)], check=True, capture_output=True)
+    if not (ws / ".stestr.conf").exists():
+        shutil.rmtree(ws, ignore_errors=True)
+        st["tempest_workspace"] = f"pf-neutron-{os.getpid()}"
+        save(st)
+        done = subprocess.run(
+            [tempest_bin, "init", "--name", st["tempest_workspace"], str(ws)], capture_output=True, text=True
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"stack: tempest init failed:\n{done.stderr[-2000:]}")
     aliases = sorted(e["alias"] for e in neutron(st, "GET", "extensions")["extensions"])
     (ws / "etc" / "tempest.conf").write_text(
         f"""[DEFAULT]
@@ -526,6 +533,11 @@ def down() -> None:
         pid = st["pids"].get(role)
         if pid:
             processes.stop(pid, timeout=10)
+    if st.get("tempest_workspace"):  # tempest's registry of workspaces (~/.tempest) forgets it
+        subprocess.run(
+            [str(TEMPEST_VENV / "bin" / "tempest"), "workspace", "remove", "--name", st["tempest_workspace"]],
+            capture_output=True,
+        )
     shutil.rmtree(DIR, ignore_errors=True)
     say("down")
 
