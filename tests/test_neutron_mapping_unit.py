@@ -166,7 +166,7 @@ def test_ports_policyfabric_cannot_express_are_refused() -> None:
     pairs = [{"ip_address": "10.1.0.200", "mac_address": "fa:16:3e:00:00:01"}]
     with pytest.raises(mapping.Refused, match="allowed_address_pairs"):
         mapping.port(a_port(allowed_address_pairs=pairs), NETWORK, subs)
-    with pytest.raises(mapping.Refused, match="shared network"):
+    with pytest.raises(mapping.Refused, match="not its network's"):
         mapping.port(a_port(project_id="f" * 32), NETWORK, subs)
 
 

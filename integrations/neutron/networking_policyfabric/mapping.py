@@ -217,8 +217,8 @@ def port(
         raise Refused("allowed_address_pairs are not supported by policyfabric")
     if p.get("project_id") and net.get("project_id") and p["project_id"] != net["project_id"]:
         raise Refused(
-            "a port of another project on a shared network is not supported by policyfabric "
-            "(its security groups would be another tenant's)"
+            "a port whose project is not its network's (a shared network, or an admin's port) is not "
+            "supported by policyfabric: its security groups would be another tenant's"
         )
     ips: list[str] = []
     first_subnet: str | None = None
