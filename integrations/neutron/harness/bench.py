@@ -158,12 +158,51 @@ def sync(n: int) -> None:
     print(f"endpoints at the authority after the sync: {count}")
 
 
+def active(n: int) -> None:
+    """``port create --host h1`` to ACTIVE, n times: the create (bound at once: h1's agent is
+    live), the plug (stack.sh plug: a namespace on h1's br-int, as os-vif would), and from the
+    plug's end to ACTIVE (the agent renders, reports ACTIVE; the worker completes the provisioning
+    block; Neutron sets ACTIVE): what Nova waits for before it boots the VM."""
+    st = stack.load()
+    token = stack.keystone_token(st)
+    h = {"X-Auth-Token": token}
+    base = st["neutron_url"] + "/v2.0"
+    with httpx.Client(timeout=60, headers=h) as c:
+        net = c.post(f"{base}/networks", json={"network": {"name": "bench-active"}}).json()["network"]["id"]
+        c.post(
+            f"{base}/subnets", json={"subnet": {"network_id": net, "cidr": "10.253.0.0/24", "ip_version": 4}}
+        ).raise_for_status()
+        create, plug, up, total = [], [], [], []
+        for _ in range(n):
+            t0 = time.perf_counter()
+            r = c.post(
+                f"{base}/ports",
+                json={"port": {"network_id": net, "binding:host_id": "h1", "device_owner": "compute:nova"}},
+            )
+            r.raise_for_status()
+            port = r.json()["port"]
+            assert port["binding:vif_type"] == "ovs", port["binding:vif_type"]
+            t1 = time.perf_counter()
+            stack.plug(port["id"], "h1")
+            t2 = time.perf_counter()
+            while c.get(f"{base}/ports/{port['id']}").json()["port"]["status"] != "ACTIVE":
+                assert time.perf_counter() - t2 < 60, "not ACTIVE within 60 s"
+                time.sleep(0.1)
+            t3 = time.perf_counter()
+            create.append(t1 - t0)
+            plug.append(t2 - t1)
+            up.append(t3 - t2)
+            total.append(t3 - t0)
+    for what, v in (("create (bound)", create), ("plug", plug), ("plugged -> ACTIVE", up), ("total", total)):
+        print(f"  {what:18s} p50 {statistics.median(v):5.2f} s  p90 {pct(v, 0.9):5.2f} s  (n={n})")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("what", choices=["latency", "sync"])
+    ap.add_argument("what", choices=["latency", "sync", "active"])
     ap.add_argument("--n", type=int, default=20)
     a = ap.parse_args()
-    latency(a.n) if a.what == "latency" else sync(a.n)
+    {"latency": latency, "sync": sync, "active": active}[a.what](a.n)
 
 
 if __name__ == "__main__":
