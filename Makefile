@@ -1,6 +1,6 @@
 # The two commands of the README (demo, test). Each installs what it needs first.
 # For development: lint, typecheck, unit (the pure tests, seconds), bench.
-.PHONY: demo test install lint typecheck unit bench clean interop-test
+.PHONY: demo test install lint typecheck unit bench clean interop-test neutron-test
 
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -36,6 +36,12 @@ interop-test: install
 	if [ $$rc -eq 3 ]; then echo "interop-test: skipped (no reference OpFlex snapshot)"; exit 0; fi; \
 	if [ $$rc -ne 0 ]; then exit $$rc; fi; \
 	$(PY) -m pytest tests_interop
+
+# OpenStack Neutron drives policyfabric (docs/neutron.md): installs MariaDB, Keystone, Neutron with
+# integrations/neutron and tempest in venvs of their own (scripts/install-neutron.sh), brings the
+# stack up, runs the end-to-end test and tempest's network API tests, and takes it all down. Root.
+neutron-test: install
+	POLICYFABRIC_PYTHON=$(abspath $(PY)) integrations/neutron/neutron-test.sh
 
 bench: install
 	$(PY) bench/api.py --tokens
