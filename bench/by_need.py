@@ -11,7 +11,7 @@ fleets one after the other, against the same authority:
   ``cI`` and ``shared``, the EPGs on their other side: ``clients``, ``server``);
 - **whole tenant**: what agents did before: each also resolves the tenant's PolicySpace.
 
-Then K changes to one agent's contract (``c7``'s port) and K to the contract all use (``shared``),
+Then K changes to one agent's contract (``c7``'s port, "one") and K to the contract all use (``shared``),
 each through REST, waited for until every agent that holds the contract has the new port (and a
 short quiet time, so late messages are counted). Figures per fleet and change: ``policy_update``
 messages the authority sent and their bytes (counted by the clients as they read them: each
@@ -55,6 +55,7 @@ from policyfabric.authority.opflex.repository import PolicyRepository
 from policyfabric.authority.service import Authority
 from policyfabric.lab.authority import authority_in
 from policyfabric.model.kinds import BY_NAME as K
+from policyfabric.opflex import wire
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.rpc import Session
@@ -198,7 +199,7 @@ async def fleet(
         "subscriptions_per_agent": round(sum(len(a.client.wanted) for a in fleet) / agents, 1),
     }
     port = 1000 + (5000 if whole else 0)
-    for contract in ("c7", "shared"):
+    for contract in (f"c{7 % agents}", "shared"):
         holders = [a for a in fleet if a.port_of(contract) is not None]
         times: list[float] = []
         messages = sent = 0
@@ -213,7 +214,7 @@ async def fleet(
             await asyncio.sleep(0.2)  # anything else on its way is counted too
             messages += sum(a.client.messages - m for a, (m, _) in zip(fleet, before, strict=True))
             sent += sum(a.client.bytes - b for a, (_, b) in zip(fleet, before, strict=True))
-        out[contract] = {
+        out["one" if contract != "shared" else contract] = {
             "agents_reached": len(holders),
             "updates_per_change": messages / changes,
             "bytes_per_change": round(sent / changes),
@@ -229,15 +230,16 @@ async def fleet(
 
 
 class Recorded:
-    """A session as ``peers.fan_out`` sees one (ready), whose messages are kept, not sent."""
+    """A session as ``peers.fan_out`` sees one (ready), whose messages are encoded as a session
+    encodes them (``Session.post``) and kept, not sent."""
 
     ready = True
 
     def __init__(self) -> None:
-        self.messages: list[dict[str, Any]] = []
+        self.messages: list[bytes] = []
 
     def post(self, method: str, params: dict[str, Any]) -> bool:
-        self.messages.append(params)
+        self.messages.append(wire.encode(wire.request(method, len(self.messages), [params])))
         return True
 
 
@@ -274,7 +276,7 @@ async def in_process(db: Path, need: list[list[str]], changes: int) -> dict[str,
     times: dict[str, list[float]] = {name: [] for name in repos}
     queued = {name: 0 for name in repos}
     for i in range(changes):
-        current = authority.list(K["contract"], T, "c7")[0][0]
+        current = authority.list(K["contract"], T, f"c{7 % len(need)}")[0][0]
         body = {k: v for k, v in current.items() if k not in ("id", "revision")}
         body["rules"][0]["classifier"]["port"] = 20000 + i
         authority.replace(K["contract"], current["id"], K["contract"].spec.model_validate(body))
@@ -285,12 +287,16 @@ async def in_process(db: Path, need: list[list[str]], changes: int) -> dict[str,
             await repo.rebuild({T}, push=True)
             times[name].append(time.perf_counter() - began)
             queued[name] += sum(len(s.messages) for s in sessions) - before
+    written = {
+        name: sum(len(m) for s in sessions for m in s.messages) for name, (_, sessions) in repos.items()
+    }
     authority.store.close()
     return {
         name: {
             "flush_fanout_p50_ms": round(percentile(times[name], 50) * 1000, 3),
             "flush_fanout_p99_ms": round(percentile(times[name], 99) * 1000, 3),
             "messages_per_change": queued[name] / changes,
+            "bytes_per_change": round(written[name] / changes),
         }
         for name in repos
     }
@@ -325,7 +331,7 @@ def main() -> int:
     for column in ("fleet", "change", "agents reached", "updates", "bytes", "p50", "p99", "authority CPU"):
         table.add_column(column, justify="right")
     for name, r in results.items():
-        for contract, label in (("c7", "one agent's contract"), ("shared", "a contract all use")):
+        for contract, label in (("one", "one agent's contract"), ("shared", "a contract all use")):
             c = r[contract]
             table.add_row(
                 name,
@@ -343,7 +349,7 @@ def main() -> int:
             f"{name}: {r['cache_objects_per_agent']} objects per agent, {r['subscriptions_per_agent']} "
             f"subscriptions, {r['resolve_bytes_per_agent']:,} bytes resolved"
         )
-    whole, need = results["whole_tenant"]["c7"], results["by_need"]["c7"]
+    whole, need = results["whole_tenant"]["one"], results["by_need"]["one"]
     ratios = {
         "updates": round(whole["updates_per_change"] / max(need["updates_per_change"], 1e-9), 1),
         "bytes": round(whole["bytes_per_change"] / max(need["bytes_per_change"], 1), 1),
@@ -353,7 +359,8 @@ def main() -> int:
     for name, f in flushes.items():
         console.print(
             f"flush + fan-out in process, {name}: p50 {f['flush_fanout_p50_ms']} ms, "
-            f"p99 {f['flush_fanout_p99_ms']} ms, {f['messages_per_change']:.0f} messages per change"
+            f"p99 {f['flush_fanout_p99_ms']} ms, {f['messages_per_change']:.0f} messages "
+            f"({f['bytes_per_change']:,} bytes) per change"
         )
     ratios["flush_fanout_p50"] = round(
         flushes["whole_tenant"]["flush_fanout_p50_ms"] / max(flushes["by_need"]["flush_fanout_p50_ms"], 1e-6),
