@@ -11,14 +11,22 @@ fleets one after the other, against the same authority:
   ``cI`` and ``shared``, the EPGs on their other side: ``clients``, ``server``);
 - **whole tenant**: what agents did before: each also resolves the tenant's PolicySpace.
 
-Then K changes to one agent's contract (``c7``'s port) and K to the contract all use (``shared``),
+Then K changes to one agent's contract (``c7``'s port, "one") and K to the contract all use (``shared``),
 each through REST, waited for until every agent that holds the contract has the new port (and a
 short quiet time, so late messages are counted). Figures per fleet and change: ``policy_update``
 messages the authority sent and their bytes (counted by the clients as they read them: each
 message's JSON payload), agents reached, and the time from the REST acknowledgement until the
 last agent reached applied it (p50, p99 over K); the authority's CPU seconds over the K changes
 (from /proc, which the loaded machine disturbs less than wall time); objects in an agent's cache
-and what its resolution received. The last line is one JSON object.
+and what its resolution received.
+
+Then, in process and on the same store, the flush and fan-out alone (``bench/authority_flush.py``'s
+way): two ``PolicyRepository``s over the authority's database, each with 100 sessions (``Peer``s
+whose messages are recorded, not sent): one whose sessions hold the subscriptions the by-need
+agents held, one whose sessions subscribe to the PolicySpace. K changes of ``c7``'s port, each
+flushed by both (in alternating order): the time of ``rebuild(push=True)`` (read the change,
+patch the tree, find the sessions, queue their messages), p50 and p99, and the messages queued.
+The last line is one JSON object.
 
     .venv/bin/python bench/by_need.py [--agents 100] [--changes 20]
 """
@@ -42,11 +50,17 @@ from rich.console import Console
 from rich.table import Table
 
 from policyfabric.agent.declarer import Declarer
+from policyfabric.authority.opflex import peers as pe
+from policyfabric.authority.opflex.repository import PolicyRepository
+from policyfabric.authority.service import Authority
 from policyfabric.lab.authority import authority_in
+from policyfabric.model.kinds import BY_NAME as K
+from policyfabric.opflex import wire
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.rpc import Session
 from policyfabric.opflex.uri import space
+from policyfabric.store.sqlite import SqliteStore
 
 T = "bench"
 console = Console(stderr=True, width=150)
@@ -185,7 +199,7 @@ async def fleet(
         "subscriptions_per_agent": round(sum(len(a.client.wanted) for a in fleet) / agents, 1),
     }
     port = 1000 + (5000 if whole else 0)
-    for contract in ("c7", "shared"):
+    for contract in (f"c{7 % agents}", "shared"):
         holders = [a for a in fleet if a.port_of(contract) is not None]
         times: list[float] = []
         messages = sent = 0
@@ -200,7 +214,7 @@ async def fleet(
             await asyncio.sleep(0.2)  # anything else on its way is counted too
             messages += sum(a.client.messages - m for a, (m, _) in zip(fleet, before, strict=True))
             sent += sum(a.client.bytes - b for a, (_, b) in zip(fleet, before, strict=True))
-        out[contract] = {
+        out["one" if contract != "shared" else contract] = {
             "agents_reached": len(holders),
             "updates_per_change": messages / changes,
             "bytes_per_change": round(sent / changes),
@@ -209,9 +223,83 @@ async def fleet(
             # (includes the 0.2 s quiet times' idle, the same in both fleets)
             "authority_cpu_s": round(cpu_seconds(pid) - cpu0, 2),
         }
+    out["subscriptions"] = [sorted(a.client.wanted) for a in fleet]
     for a in fleet:
         await a.stop()
     return out
+
+
+class Recorded:
+    """A session as ``peers.fan_out`` sees one (ready), whose messages are encoded as a session
+    encodes them (``Session.post``) and kept, not sent."""
+
+    ready = True
+
+    def __init__(self) -> None:
+        self.messages: list[bytes] = []
+
+    def post(self, method: str, params: dict[str, Any]) -> bool:
+        self.messages.append(wire.encode(wire.request(method, len(self.messages), [params])))
+        return True
+
+
+def repository(
+    authority: Authority, subscriptions: list[list[str]]
+) -> tuple[PolicyRepository, list[Recorded]]:
+    """A repository whose sessions hold ``subscriptions`` (one list per session)."""
+    sessions: dict[Recorded, pe.Peer] = {}
+    repo = PolicyRepository(
+        authority,
+        fan_out=lambda method, table, parts: pe.fan_out(sessions, method, table, parts),  # type: ignore[arg-type]
+        schedule=lambda: None,
+        gateways=dict,
+        rebuilt=lambda trees: None,
+    )
+    for uris in subscriptions:
+        session = Recorded()
+        peer = pe.Peer("bench", post=session.post)
+        for uri in uris:
+            peer.subs[uri] = time.monotonic() + 86400
+            repo.subscribers.add(uri, peer)
+        sessions[session] = peer
+    return repo, list(sessions)
+
+
+async def in_process(db: Path, need: list[list[str]], changes: int) -> dict[str, Any]:
+    authority = Authority(SqliteStore(db, sync="normal"))
+    repos = {
+        "by_need": repository(authority, need),
+        "whole_tenant": repository(authority, [[space(T)]] * len(need)),
+    }
+    for repo, _ in repos.values():
+        await repo.rebuild({None, T}, push=False)
+    times: dict[str, list[float]] = {name: [] for name in repos}
+    queued = {name: 0 for name in repos}
+    for i in range(changes):
+        current = authority.list(K["contract"], T, f"c{7 % len(need)}")[0][0]
+        body = {k: v for k, v in current.items() if k not in ("id", "revision")}
+        body["rules"][0]["classifier"]["port"] = 20000 + i
+        authority.replace(K["contract"], current["id"], K["contract"].spec.model_validate(body))
+        for name in sorted(repos, reverse=i % 2 == 1):
+            repo, sessions = repos[name]
+            before = sum(len(s.messages) for s in sessions)
+            began = time.perf_counter()
+            await repo.rebuild({T}, push=True)
+            times[name].append(time.perf_counter() - began)
+            queued[name] += sum(len(s.messages) for s in sessions) - before
+    written = {
+        name: sum(len(m) for s in sessions for m in s.messages) for name, (_, sessions) in repos.items()
+    }
+    authority.store.close()
+    return {
+        name: {
+            "flush_fanout_p50_ms": round(percentile(times[name], 50) * 1000, 3),
+            "flush_fanout_p99_ms": round(percentile(times[name], 99) * 1000, 3),
+            "messages_per_change": queued[name] / changes,
+            "bytes_per_change": round(written[name] / changes),
+        }
+        for name in repos
+    }
 
 
 def main() -> int:
@@ -235,11 +323,15 @@ def main() -> int:
                 )
         finally:
             server.kill()
+        need = results["by_need"].pop("subscriptions")
+        results["whole_tenant"].pop("subscriptions")
+        console.print("in process: flush and fan-out")
+        flushes = asyncio.run(in_process(server.db, need, args.changes))
     table = Table(title=f"a contract change, {args.agents} agents, {args.changes} changes each (same run)")
     for column in ("fleet", "change", "agents reached", "updates", "bytes", "p50", "p99", "authority CPU"):
         table.add_column(column, justify="right")
     for name, r in results.items():
-        for contract, label in (("c7", "one agent's contract"), ("shared", "a contract all use")):
+        for contract, label in (("one", "one agent's contract"), ("shared", "a contract all use")):
             c = r[contract]
             table.add_row(
                 name,
@@ -257,13 +349,24 @@ def main() -> int:
             f"{name}: {r['cache_objects_per_agent']} objects per agent, {r['subscriptions_per_agent']} "
             f"subscriptions, {r['resolve_bytes_per_agent']:,} bytes resolved"
         )
-    whole, need = results["whole_tenant"]["c7"], results["by_need"]["c7"]
+    whole, need = results["whole_tenant"]["one"], results["by_need"]["one"]
     ratios = {
         "updates": round(whole["updates_per_change"] / max(need["updates_per_change"], 1e-9), 1),
         "bytes": round(whole["bytes_per_change"] / max(need["bytes_per_change"], 1), 1),
         "p50": round(whole["p50_ms"] / max(need["p50_ms"], 1e-9), 2),
         "p99": round(whole["p99_ms"] / max(need["p99_ms"], 1e-9), 2),
     }
+    for name, f in flushes.items():
+        console.print(
+            f"flush + fan-out in process, {name}: p50 {f['flush_fanout_p50_ms']} ms, "
+            f"p99 {f['flush_fanout_p99_ms']} ms, {f['messages_per_change']:.0f} messages "
+            f"({f['bytes_per_change']:,} bytes) per change"
+        )
+    ratios["flush_fanout_p50"] = round(
+        flushes["whole_tenant"]["flush_fanout_p50_ms"] / max(flushes["by_need"]["flush_fanout_p50_ms"], 1e-6),
+        2,
+    )
+    results["flush_fanout"] = flushes
     console.print(f"one agent's contract, whole tenant / by need: {ratios}")
     print(
         json.dumps(
