@@ -9,6 +9,7 @@ import itertools
 import random
 import socket
 import struct
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -588,3 +589,21 @@ def packet_outs(conn: socket.socket, n: int) -> list[tuple[int, Ether]]:
                 body = msg[3]
                 out.append((struct.unpack_from("!HHI", body, 8 + 16)[2], Ether(body[8 + 16 + 16 :])))
     return out
+
+
+def test_updates_never_block_while_the_thread_is_away() -> None:
+    """The agent hands over answers after every reconcile, whether or not the responder's thread
+    is connected and reading: with nobody reading, thousands of updates still return (a blocking
+    wake-up would fill its socket buffer and hang the agent's loop)."""
+    r = Responder("/nonexistent")
+    answers = leases(v6_net(SLAAC))
+
+    def many() -> None:
+        for _ in range(5000):
+            r.update(answers)
+
+    worker = threading.Thread(target=many, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive()
+    r.stop()

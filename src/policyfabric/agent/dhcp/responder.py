@@ -246,6 +246,7 @@ class Responder:
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)  # a full pipe (the thread away, reconnecting) never blocks update
         self._rescan = True  # the thread works out the ports' advertisements again
         self._thread = threading.Thread(target=self._run, name="dhcp-responder", daemon=True)
         self._xid = 0
@@ -261,7 +262,8 @@ class Responder:
         if sock is not None:
             with contextlib.suppress(OSError):  # already closed: the thread is leaving anyway
                 sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._wake_r.close()
         self._wake_w.close()
 
