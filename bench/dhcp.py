@@ -21,7 +21,7 @@ p99 per K and method, and dhcp/static ratios of the same run. The last line is o
 mode (the endpoints' link is set down and up, as a booting VM's comes up; RAs are accepted):
 
 - slaac / dhcpv6-stateful: the kernel's SLAAC from the host's router advertisements, or a real
-  ``dhclient -1 -6`` answered by the agent's responder once the link-local address is usable;
+  ``dhclient -6`` answered by the agent's responder once the link-local address is usable;
 - static (the baseline): the address added by hand (``nodad``, as the lab does) and the default
   route via the router's link-local address.
 
@@ -198,7 +198,8 @@ def configure6(method: str, netns: str, ip: str | None, work: Path, reach: bool)
             while "tentative" in sh(netns, "ip", "-6", "addr", "show", "dev", "eth0", "scope", "link").stdout:
                 time.sleep(0.02)  # dhclient -6 needs a usable link-local address
             lease = str(work / f"{netns}.leases6")
-            done = sh(netns, "unshare", "--uts", dhclient(), "-1", "-6", "-lf", lease,
+            # in the background at once (-nw), retrying as long as it takes: configured6 waits
+            done = sh(netns, "unshare", "--uts", dhclient(), "-nw", "-6", "-lf", lease,
                       "-pf", str(work / f"{netns}.pid"), "eth0")  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(f"{netns}: dhclient -6: {done.stderr[-300:]}")
