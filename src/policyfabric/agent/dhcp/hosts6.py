@@ -115,9 +115,3 @@ def port6_of(net: Network, ep: Endpoint, lease_time: int = 86400) -> Port6 | Non
     if ep.ofport is None or bd is None or not bd.ipv6:
         return None
     return port6(bd_config(net, bd, lease_time), ep)
-
-
-def advertised(net: Network) -> frozenset[str]:
-    """The bridge domains (URIs) with a subnet whose router advertisements this host sends: the
-    periodic sender scans only their endpoints."""
-    return frozenset(uri for uri, bd in net.bds.items() if any(s.ra_mode for s in bd.ipv6))
