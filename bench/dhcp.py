@@ -52,7 +52,7 @@ from policyfabric.agent.view import router_identity
 from policyfabric.lab.dhcp import dhclient, netns_etc
 from policyfabric.lab.lab import Lab
 from policyfabric.model import scenario as sc
-from policyfabric.model.addressing import link_local
+from policyfabric.model.addressing import router_link_local
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.uri import child, space
 
@@ -81,7 +81,7 @@ endpoints:
 
 
 DEADLINE6 = 120.0  # s: a hundred links up at once send their solicitations in step (see docs/dhcp.md)
-GATEWAY6_LLA = str(link_local(router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1]))
+GATEWAY6_LLA = router_link_local(router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1])
 
 
 def scenario6(n: int, mode: str) -> str:

@@ -47,6 +47,14 @@ def link_local(mac: str) -> ipaddress.IPv6Address:
     return eui64_address(mac, ipaddress.IPv6Network("fe80::/64"))
 
 
+def router_link_local(mac: str) -> str:
+    """A router's IPv6 link-local address (EUI-64 of its gateway MAC, fe80::/64), as text: what
+    every host answers neighbour solicitations for on the router's IPv6 legs, and the source of
+    its router advertisements, so an endpoint that learnt its default route from an RA (via this
+    address) reaches the same distributed router as one configured with the gateway address."""
+    return str(link_local(mac))
+
+
 @dataclass(frozen=True)
 class Resolved:
     """One address an endpoint holds: the ``ip`` entry it comes from and the subnet it is in
