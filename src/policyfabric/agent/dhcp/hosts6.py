@@ -4,9 +4,10 @@ the DHCPv6 answers it is given. Pure functions of the view (``Network``), no I/O
 The source of both is the router that serves the subnet on the endpoint's bridge domain: its MAC
 (the same on every host) and that MAC's EUI-64 link-local address
 (``model.addressing.router_link_local``, the one function the routing pipeline also uses for the
-gateway's link-local address), so the default route an endpoint learns from an advertisement is a neighbour the host answers for. A
-subnet that no router serves is still advertised (its prefix and the M/O flags: hosts still make
-their addresses and ask DHCPv6) but with router lifetime 0: no default route to nowhere.
+gateway's link-local address), so the default route an endpoint learns from an advertisement is
+a neighbour the host answers for. A subnet that no router serves is still advertised (its prefix
+and the M/O flags: hosts still make their addresses and ask DHCPv6) but with router lifetime 0:
+no default route to nowhere.
 """
 
 from __future__ import annotations
