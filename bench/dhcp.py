@@ -18,7 +18,10 @@ the configuration, not the agent's reconcile (bench/converge.py measures that). 
 p99 per K and method, and dhcp/static ratios of the same run. The last line is one JSON object.
 
 ``--family 6 --mode slaac|dhcpv6-stateful``: the same for IPv6, on a subnet r1 joins with that
-mode (the endpoints' link is set down and up, as a booting VM's comes up; RAs are accepted):
+mode. Each round turns the endpoints' IPv6 off and on (``disable_ipv6``: every IPv6 address and
+route goes, and coming back the kernel does duplicate address detection of its link-local address
+and solicits a router, as a booting VM does; the link's carrier is left alone, so Open vSwitch has
+no port change to handle); RAs are accepted:
 
 - slaac / dhcpv6-stateful: the kernel's SLAAC from the host's router advertisements, or a real
   ``dhclient -6`` answered by the agent's responder once the link-local address is usable;
@@ -160,9 +163,7 @@ def reset6(netns: str, pidfile: Path) -> None:
         if pid.isdigit():
             subprocess.run(["kill", pid], capture_output=True)
         pidfile.unlink()
-    sh(netns, "ip", "link", "set", "eth0", "down")
-    sh(netns, "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global")
-    sh(netns, "ip", "-6", "route", "flush", "dev", "eth0", "proto", "ra")
+    sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1")  # drops every IPv6 address and route
 
 
 def configured6(netns: str, ip: str | None, deadline: float, reach: bool) -> bool:
@@ -187,13 +188,13 @@ def configure6(method: str, netns: str, ip: str | None, work: Path, reach: bool)
     t0 = time.monotonic()
     if method == "static":
         sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=0")
-        sh(netns, "ip", "link", "set", "eth0", "up")
+        sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=0")
         sh(netns, "ip", "addr", "add", f"{ip}/64", "dev", "eth0", "nodad")
         sh(netns, "ip", "-6", "route", "add", "default", "via", GATEWAY6_LLA, "dev", "eth0")
     else:
         sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=1",
            f"net.ipv6.conf.eth0.autoconf={int(method == 'slaac')}")  # fmt: skip
-        sh(netns, "ip", "link", "set", "eth0", "up")
+        sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=0")
         if method == "dhcpv6-stateful":
             while "tentative" in sh(netns, "ip", "-6", "addr", "show", "dev", "eth0", "scope", "link").stdout:
                 time.sleep(0.02)  # dhclient -6 needs a usable link-local address
