@@ -18,10 +18,13 @@ the configuration, not the agent's reconcile (bench/converge.py measures that). 
 p99 per K and method, and dhcp/static ratios of the same run. The last line is one JSON object.
 
 ``--family 6 --mode slaac|dhcpv6-stateful``: the same for IPv6, on a subnet r1 joins with that
-mode (the endpoints' link is set down and up, as a booting VM's comes up; RAs are accepted):
+mode. Each round turns the endpoints' IPv6 off and on (``disable_ipv6``: every IPv6 address and
+route goes, and coming back the kernel does duplicate address detection of its link-local address
+and solicits a router, as a booting VM does; the link's carrier is left alone, so Open vSwitch has
+no port change to handle); RAs are accepted:
 
 - slaac / dhcpv6-stateful: the kernel's SLAAC from the host's router advertisements, or a real
-  ``dhclient -1 -6`` answered by the agent's responder once the link-local address is usable;
+  ``dhclient -6`` answered by the agent's responder once the link-local address is usable;
 - static (the baseline): the address added by hand (``nodad``, as the lab does) and the default
   route via the router's link-local address.
 
@@ -52,7 +55,7 @@ from policyfabric.agent.view import router_identity
 from policyfabric.lab.dhcp import dhclient, netns_etc
 from policyfabric.lab.lab import Lab
 from policyfabric.model import scenario as sc
-from policyfabric.model.addressing import link_local
+from policyfabric.model.addressing import router_link_local
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.uri import child, space
 
@@ -81,7 +84,7 @@ endpoints:
 
 
 DEADLINE6 = 120.0  # s: a hundred links up at once send their solicitations in step (see docs/dhcp.md)
-GATEWAY6_LLA = str(link_local(router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1]))
+GATEWAY6_LLA = router_link_local(router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1])
 
 
 def scenario6(n: int, mode: str) -> str:
@@ -160,9 +163,7 @@ def reset6(netns: str, pidfile: Path) -> None:
         if pid.isdigit():
             subprocess.run(["kill", pid], capture_output=True)
         pidfile.unlink()
-    sh(netns, "ip", "link", "set", "eth0", "down")
-    sh(netns, "ip", "-6", "addr", "flush", "dev", "eth0", "scope", "global")
-    sh(netns, "ip", "-6", "route", "flush", "dev", "eth0", "proto", "ra")
+    sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1")  # drops every IPv6 address and route
 
 
 def configured6(netns: str, ip: str | None, deadline: float, reach: bool) -> bool:
@@ -187,18 +188,19 @@ def configure6(method: str, netns: str, ip: str | None, work: Path, reach: bool)
     t0 = time.monotonic()
     if method == "static":
         sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=0")
-        sh(netns, "ip", "link", "set", "eth0", "up")
+        sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=0")
         sh(netns, "ip", "addr", "add", f"{ip}/64", "dev", "eth0", "nodad")
         sh(netns, "ip", "-6", "route", "add", "default", "via", GATEWAY6_LLA, "dev", "eth0")
     else:
         sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.accept_ra=1",
            f"net.ipv6.conf.eth0.autoconf={int(method == 'slaac')}")  # fmt: skip
-        sh(netns, "ip", "link", "set", "eth0", "up")
+        sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=0")
         if method == "dhcpv6-stateful":
             while "tentative" in sh(netns, "ip", "-6", "addr", "show", "dev", "eth0", "scope", "link").stdout:
                 time.sleep(0.02)  # dhclient -6 needs a usable link-local address
             lease = str(work / f"{netns}.leases6")
-            done = sh(netns, "unshare", "--uts", dhclient(), "-1", "-6", "-lf", lease,
+            # in the background at once (-nw), retrying as long as it takes: configured6 waits
+            done = sh(netns, "unshare", "--uts", dhclient(), "-nw", "-6", "-lf", lease,
                       "-pf", str(work / f"{netns}.pid"), "eth0")  # fmt: skip
             if done.returncode != 0:
                 raise RuntimeError(f"{netns}: dhclient -6: {done.stderr[-300:]}")

@@ -21,7 +21,7 @@ import pytest
 from policyfabric.agent.view import router_identity
 from policyfabric.lab.dhcp import netns_etc
 from policyfabric.lab.lab import Lab
-from policyfabric.model.addressing import eui64_address, link_local
+from policyfabric.model.addressing import eui64_address, link_local, router_link_local
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.uri import child, space
 from tests.lab_harness import SCENARIOS, lab_fixture, ns_run, until
@@ -31,7 +31,7 @@ pytestmark = pytest.mark.dataplane
 lab = lab_fixture(SCENARIOS / "ipv6_addressing.yaml")
 
 ROUTER_MAC = router_identity(child(space("acme"), Cls.PF_ROUTER, "r1"))[1]
-GATEWAY_LLA = str(link_local(ROUTER_MAC))
+GATEWAY_LLA = router_link_local(ROUTER_MAC)
 
 # scapy in rogue1's namespace: one frame of the kind asked for, to ``dst`` (an address and a MAC)
 ROGUE = """

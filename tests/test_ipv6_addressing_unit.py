@@ -9,6 +9,7 @@ import itertools
 import random
 import socket
 import struct
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -588,3 +589,44 @@ def packet_outs(conn: socket.socket, n: int) -> list[tuple[int, Ether]]:
                 body = msg[3]
                 out.append((struct.unpack_from("!HHI", body, 8 + 16)[2], Ether(body[8 + 16 + 16 :])))
     return out
+
+
+def test_updates_never_block_while_the_thread_is_away() -> None:
+    """The agent hands over answers after every reconcile, whether or not the responder's thread
+    is connected and reading: with nobody reading, thousands of updates still return (a blocking
+    wake-up would fill its socket buffer and hang the agent's loop)."""
+    r = Responder("/nonexistent")
+    answers = leases(v6_net(SLAAC))
+
+    def many() -> None:
+        for _ in range(5000):
+            r.update(answers)
+
+    worker = threading.Thread(target=many, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive()
+    r.stop()
+
+
+def test_a_solicitation_brings_every_port_of_its_link_forward_at_most_every_3_s() -> None:
+    """Endpoints that boot together solicit together and the switch drops part of the burst: one
+    solicitation that gets through makes every port told the same due at once (a router's
+    multicast answer), not the ports of another link, and not again within 3 s."""
+    other = replace(ADVERT, mtu=1300)
+    s = Schedule(random.Random(1))
+    s.update(0.0, {1: (ADVERT,), 2: (ADVERT,), 3: (ADVERT,), 4: (other,)})
+    now = 0.0
+    while now < 10:  # past the initial advertisements
+        s.due(now)
+        now += 0.5
+    assert s.due(now) == []
+    s.solicited(2, now)
+    assert sorted(p for p, _ in s.due(now)) == [1, 2, 3]
+    s.solicited(1, now + 2.9)
+    assert s.due(now + 2.9) == []
+    s.solicited(1, now + 3.0)
+    assert sorted(p for p, _ in s.due(now + 3.0)) == [1, 2, 3]
+    s.update(now + 4, {1: (ADVERT,), 4: (other,)})  # 2 and 3 unplugged: no longer on the link
+    s.solicited(1, now + 7)
+    assert [p for p, _ in s.due(now + 7)] == [1]

@@ -26,7 +26,7 @@ client reports without reading the whole cache again (``agent/policystate.py``).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 from policyfabric.agent.endpoints import local_endpoint, remote_endpoints, slaac_prefixes
@@ -382,10 +382,9 @@ def _bridge_domain(
         refuse(problems, at.uri, at.bad)
     held = policy.get(container) if container else None
     dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
-    ipv6 = _ipv6_subnets(policy, held, problems) if held is not None else ()
     slaac = slaac_prefixes(_children(policy, held, Cls.GBP_SUBNET)) if held is not None else ()
     return BridgeDomain(
-        uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, ipv6, slaac
+        uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, slaac
     )
 
 
@@ -446,6 +445,14 @@ def _dns6(value: object) -> tuple[IpAddress, ...]:
     if any(":" not in a for a in found):
         raise ValueError("not a list of IPv6 addresses")
     return found
+
+
+def _with_ipv6(policy: Mapping[str, MO], bd: BridgeDomain, problems: list[Invalid]) -> BridgeDomain:
+    """``bd`` with its IPv6 subnets that hosts are told about (``_ipv6_subnets``)."""
+    container = _target(policy, bd.uri, Cls.GBP_FORWARDING_BEHAVIORAL_GROUP_TO_SUBNETS_RSRC)
+    held = policy.get(container) if container else None
+    ipv6 = _ipv6_subnets(policy, held, problems) if held is not None else ()
+    return replace(bd, ipv6=ipv6) if ipv6 else bd
 
 
 def _ipv6_subnets(policy: Mapping[str, MO], container: MO, problems: list[Invalid]) -> tuple[Ipv6Subnet, ...]:
@@ -511,7 +518,7 @@ def read_object(policy: Mapping[str, MO], uri: str, mo: MO) -> Read:
         elif mo.subject == Cls.PF_FLOATING_IP:
             record = _floating_ip(mo)
         elif mo.subject == Cls.GBP_BRIDGE_DOMAIN:
-            record = _bridge_domain(policy, uri, mo, subnets, problems)
+            record = _with_ipv6(policy, _bridge_domain(policy, uri, mo, subnets, problems), problems)
         elif mo.subject == Cls.GBP_EP_GROUP:
             record = _group(policy, uri, mo)
         elif mo.subject == Cls.GBP_CONTRACT:

@@ -113,13 +113,15 @@ class BridgeDomain:
     vrf: int  # the routing domain's number: the conntrack zone, so tenants' addresses never collide
     mtu: int = 0  # what DHCP tells its endpoints (0: not said, the option is left out)
     dhcp: tuple[DhcpSubnet, ...] = ()  # its IPv4 subnets answered by DHCP
-    ipv6: tuple[Ipv6Subnet, ...] = ()  # its IPv6 subnets answered by RAs and/or DHCPv6
     slaac: tuple[Prefix, ...] = ()  # its SLAAC /64s: a ``slaac`` endpoint holds its EUI-64 address in each
 
     @property
     def zone(self) -> int:
         """The routing domain's conntrack zone (16 bits)."""
         return self.vrf & 0xFFFF
+
+    # its IPv6 subnets answered by RAs and/or DHCPv6 (a field: after the others, set by keyword)
+    ipv6: tuple[Ipv6Subnet, ...] = ()
 
 
 @dataclass(frozen=True)

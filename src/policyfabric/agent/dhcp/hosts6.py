@@ -2,11 +2,12 @@
 the DHCPv6 answers it is given. Pure functions of the view (``Network``), no I/O.
 
 The source of both is the router that serves the subnet on the endpoint's bridge domain: its MAC
-(the same on every host) and that MAC's EUI-64 link-local address, ``model.addressing.link_local``,
-the one function the routing pipeline also uses for the gateway's link-local address, so the
-default route an endpoint learns from an advertisement is a neighbour the host answers for. A
-subnet that no router serves is still advertised (its prefix and the M/O flags: hosts still make
-their addresses and ask DHCPv6) but with router lifetime 0: no default route to nowhere.
+(the same on every host) and that MAC's EUI-64 link-local address
+(``model.addressing.router_link_local``, the one function the routing pipeline also uses for the
+gateway's link-local address), so the default route an endpoint learns from an advertisement is
+a neighbour the host answers for. A subnet that no router serves is still advertised (its prefix
+and the M/O flags: hosts still make their addresses and ask DHCPv6) but with router lifetime 0:
+no default route to nowhere.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from policyfabric.agent.dhcp.dhcp6 import Config6
 from policyfabric.agent.dhcp.packet import DEFAULT_SERVER_MAC
 from policyfabric.agent.dhcp.ra import ROUTER_LIFETIME, Advert, PrefixInfo
 from policyfabric.agent.view import BridgeDomain, Endpoint, Ipv6Subnet, Network
-from policyfabric.model.addressing import link_local
+from policyfabric.model.addressing import router_link_local
 
 AUTO = ("slaac", "dhcpv6-stateless")
 DHCP6_MODES = ("dhcpv6-stateless", "dhcpv6-stateful")
@@ -76,7 +77,7 @@ def bd_config(net: Network, bd: BridgeDomain, lease_time: int = 86400) -> BdConf
     adverts = tuple(
         Advert(
             router_mac=mac,
-            router_lla=str(link_local(mac)),
+            router_lla=router_link_local(mac),
             managed=any(s.ra_mode == "dhcpv6-stateful" for s in subnets),
             other=any(s.ra_mode == "dhcpv6-stateless" for s in subnets),
             lifetime=ROUTER_LIFETIME if mac in routed else 0,
@@ -91,7 +92,7 @@ def bd_config(net: Network, bd: BridgeDomain, lease_time: int = 86400) -> BdConf
     server = dhcp6[0][1]
     dns = tuple(dict.fromkeys(a for s, _ in dhcp6 for a in s.dns))
     prefixes = tuple(s.prefix for s in stateful)
-    config = Config6(server, str(link_local(server)), (), prefixes, dns, lease_time)
+    config = Config6(server, router_link_local(server), (), prefixes, dns, lease_time)
     return BdConfig(adverts, config, tuple(ipaddress.IPv6Network(s.prefix) for s in stateful))
 
 
@@ -115,9 +116,3 @@ def port6_of(net: Network, ep: Endpoint, lease_time: int = 86400) -> Port6 | Non
     if ep.ofport is None or bd is None or not bd.ipv6:
         return None
     return port6(bd_config(net, bd, lease_time), ep)
-
-
-def advertised(net: Network) -> frozenset[str]:
-    """The bridge domains (URIs) with a subnet whose router advertisements this host sends: the
-    periodic sender scans only their endpoints."""
-    return frozenset(uri for uri, bd in net.bds.items() if any(s.ra_mode for s in bd.ipv6))

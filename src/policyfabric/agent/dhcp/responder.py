@@ -48,6 +48,7 @@ log = logging.getLogger(__name__)
 RETRY = 1.0  # seconds between attempts to (re)connect to the bridge
 INITIAL_ADVERTS, INITIAL_INTERVAL = 3, 2.0  # at once when a port's advertisements appear or change
 ADVERT_INTERVAL = (30.0, 60.0)  # s: then one in this range, jittered per port
+LINK_WIDE_DELAY = 3.0  # s: RFC 4861's MIN_DELAY_BETWEEN_RAS, between answers to a whole link
 
 
 class Leases(Mapping[int, Lease]):
@@ -197,6 +198,8 @@ class Schedule:
         self._at: dict[int, float] = {}
         self._initial: dict[int, int] = {}
         self._heap: list[tuple[float, int]] = []
+        self._links: dict[tuple[ra.Advert, ...], set[int]] = {}  # ports told alike: one link
+        self._link_wide: dict[tuple[ra.Advert, ...], float] = {}
 
     def _put(self, port: int, at: float) -> None:
         self._at[port] = at
@@ -204,13 +207,38 @@ class Schedule:
 
     def update(self, now: float, adverts: Mapping[int, tuple[ra.Advert, ...]]) -> None:
         for port in [p for p in self.current if p not in adverts]:
+            self._leave(port)
             del self.current[port], self._at[port]
             self._initial.pop(port, None)
         for port, ads in adverts.items():
             if self.current.get(port) != ads:
+                self._leave(port)
                 self.current[port] = ads
+                self._links.setdefault(ads, set()).add(port)
                 self._initial[port] = INITIAL_ADVERTS - 1
                 self._put(port, now)
+
+    def _leave(self, port: int) -> None:
+        old = self.current.get(port)
+        if old is not None:
+            link = self._links.get(old, set())
+            link.discard(port)
+            if not link:
+                self._links.pop(old, None)
+                self._link_wide.pop(old, None)
+
+    def solicited(self, port: int, now: float) -> None:
+        """A solicitation came from ``port``: every port told the same (its link, as a router's
+        multicast answer reaches it) is due now, at most once per ``LINK_WIDE_DELAY``. Endpoints
+        that boot together solicit together, and the switch's upcall queue drops part of such a
+        burst: any one solicitation that gets through then answers them all."""
+        ads = self.current.get(port)
+        if ads is None or now - self._link_wide.get(ads, -LINK_WIDE_DELAY) < LINK_WIDE_DELAY:
+            return
+        self._link_wide[ads] = now
+        for peer in self._links.get(ads, ()):
+            if self._at.get(peer, now) > now:
+                self._put(peer, now)
 
     def next_in(self, now: float) -> float | None:
         """Seconds until the next advertisement is due (0: now), None: none scheduled."""
@@ -246,6 +274,7 @@ class Responder:
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_w.setblocking(False)  # a full pipe (the thread away, reconnecting) never blocks update
         self._rescan = True  # the thread works out the ports' advertisements again
         self._thread = threading.Thread(target=self._run, name="dhcp-responder", daemon=True)
         self._xid = 0
@@ -261,7 +290,8 @@ class Responder:
         if sock is not None:
             with contextlib.suppress(OSError):  # already closed: the thread is leaving anyway
                 sock.shutdown(socket.SHUT_RDWR)
-        self._thread.join(timeout=5)
+        if self._thread.ident is not None:  # started
+            self._thread.join(timeout=5)
         self._wake_r.close()
         self._wake_w.close()
 
@@ -387,6 +417,7 @@ class Responder:
                     self.counters.unanswered += 1
                     return None
                 self.counters.answered += 1
+                self.schedule.solicited(port, time.monotonic())  # sent by ``_advertise`` right after
                 return b"".join(
                     w.packet_out(self._next_xid(), port, ra.build_advert(adv, rs)) for adv in config.adverts
                 )
