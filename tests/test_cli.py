@@ -202,7 +202,7 @@ def test_authority_refuses_a_port_in_use(fresh_authority: AuthorityProcess, tmp_
 @pytest.mark.dataplane
 def test_demo_runs_end_to_end(tmp_path: Path) -> None:
     done = run("demo", str(DEMO), "--state-dir", str(tmp_path / "demo"))
-    assert "21 created" in done.stdout and "0 created, 0 updated, 21 unchanged" in done.stdout
+    assert "22 created" in done.stdout and "0 created, 0 updated, 22 unchanged" in done.stdout
     assert "13 passed, 0 failed" in done.stdout
     web1 = next(line for line in done.stdout.splitlines() if line.startswith("│ web1") and "acme" in line)
     assert "h1" in web1 and "ACTIVE" in web1  # bound and rendered by h1's agent
