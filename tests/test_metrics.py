@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
-from policyfabric.logformat import JsonFormatter
+from policyfabric.cli.logformat import JsonFormatter
 
 pytestmark = pytest.mark.integration  # starts an authority process
 

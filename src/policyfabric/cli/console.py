@@ -33,7 +33,7 @@ def setup_logging(level: str, log_format: str = "text") -> None:
         raise fail(f"--log-format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
     handler = logging.StreamHandler(sys.stderr)
     if log_format == "json":
-        from policyfabric.logformat import JsonFormatter
+        from policyfabric.cli.logformat import JsonFormatter
 
         handler.setFormatter(JsonFormatter())
     else:
