@@ -29,7 +29,7 @@ import pytest
 from policyfabric.authority.gateways import RouterKey
 from policyfabric.authority.opflex.intent_index import IntentIndex, tenant_endpoints
 from policyfabric.authority.opflex.policy_tree import tenant_tree
-from policyfabric.authority.opflex.repository import PolicyRepository
+from policyfabric.authority.opflex.repository import PolicyRepository, revision_mo
 from policyfabric.authority.opflex.tenant_model import TenantModel
 from policyfabric.authority.service import Authority
 from policyfabric.model import objects as o
@@ -211,7 +211,10 @@ def check(
     active = {r: v for (t, r), v in gateways.items() if t == T}
     reference = tenant_tree(T, objects, numbers, active)
     assert canonical(repo.trees[T].mos) == canonical(reference.mos)
-    assert canonical(cache) == canonical(reference.mos)
+    # the agent also holds the tenant's PfRevision (sent beside the tree): the revision it reflects
+    stamp = revision_mo(T, 0).uri  # (absent from a cache that was copied from the tree, not pushed)
+    assert stamp not in cache or cache[stamp].properties["revision"] == authority.revision()
+    assert canonical({u: m for u, m in cache.items() if u != stamp}) == canonical(reference.mos)
     fresh = IntentIndex()
     fresh.update({T: tenant_endpoints(T, reference)})
     assert repo.intent._tenants.get(T, {}) == fresh._tenants.get(T, {})

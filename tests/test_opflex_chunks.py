@@ -83,6 +83,7 @@ def test_a_tenant_larger_than_a_message_resolves_in_parts(
         await server.policy.rebuild({None, "big"}, push=False)
         session, seen = attach(server, "h1")
         whole = {mo.uri for mo in server.policy.trees["big"].subtree(space("big"))}
+        whole.add(server.policy.stamps["big"].uri)  # the tenant's PfRevision goes with its subtree
         reply = await server._handle(
             session, "policy_resolve", [{"subject": Cls.POLICY_SPACE, "policy_uri": space("big"), "prr": 60}]
         )
@@ -209,7 +210,8 @@ def test_a_policy_space_larger_than_a_frame_resolves_whole_in_pieces(
         for m in reply["policy"]:
             cache[m["uri"]] = MO.from_wire(m)
         whole = {mo.uri: mo for mo in tree.subtree(space("big"))}
-        assert set(cache) == set(whole)
+        stamp = server.policy.stamps["big"].uri  # the tenant's PfRevision goes with its subtree
+        assert set(cache) == set(whole) | {stamp}
         assert sorted(cache[space("big")].children) == sorted(whole[space("big")].children)
         assert server.observer.faults_json() == []
 
@@ -227,7 +229,7 @@ def test_a_policy_space_larger_than_a_frame_resolves_whole_in_pieces(
         await server.policy.rebuild({"big"}, push=True)
         apply(cache, seen.messages("policy_update")[before:])
         tree = server.policy.trees["big"]
-        assert set(cache) == set(tree.mos)
+        assert set(cache) == set(tree.mos) | {stamp}
         assert sorted(cache[space("big")].children) == sorted(tree.mos[space("big")].children)
 
     asyncio.run(go())

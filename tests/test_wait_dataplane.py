@@ -4,18 +4,21 @@ stopped. Also ``GET /v1/agents``' rendered revision and the endpoint status even
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
 from policyfabric.client import Client
 from policyfabric.lab.lab import Lab
-from tests.lab_harness import SCENARIOS, measured, paused, running_lab, serving, until
+from tests.lab_harness import SCENARIOS, AgentLog, measured, paused, running_lab, serving, until
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.integration]
 SCENARIO = SCENARIOS / "two_hosts.yaml"
@@ -76,3 +79,46 @@ def test_apply_wait_names_the_agent_that_did_not_render(lab: Lab, tmp_path: Path
             return bool(found["connected"]) and (found["rendered_revision"] or 0) >= written
 
         until(h1_rendered, timeout=30)
+
+
+def test_agent_metrics_and_json_logs(lab: Lab, tmp_path: Path) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from policyfabric.lab.authority import free_port
+
+    port = free_port()
+    lab.stop_agent("h2")
+    log = AgentLog(lab, "h2")  # from the restart on: every line is one JSON object
+    lab.start_agent("h2", ["--metrics-listen", f"127.0.0.1:{port}", "--log-format", "json"])
+
+    def scrape() -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+        text = httpx.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
+        return {
+            (s.name, tuple(sorted(s.labels.items()))): s.value
+            for family in text_string_to_metric_families(text)
+            for s in family.samples
+        }
+
+    with Client(lab.state.url) as client:
+        revision = client.revision()
+
+        def h2() -> dict[str, Any]:
+            return {a["name"]: a for a in client.agents()}["h2"]
+
+        until(lambda: h2()["connected"] and (h2()["rendered_revision"] or 0) >= revision, timeout=30)
+        before = scrape()
+        flows = sum(v for (name, _), v in before.items() if name == "policyfabric_agent_flows")
+        assert flows > 0 and flows == h2()["counters"]["flows"]
+        assert before[("policyfabric_agent_opflex_connected", ())] == 1
+        assert before[("policyfabric_agent_rendered_revision", ())] >= revision
+        done = apply_wait(lab, with_port(tmp_path, 8082))
+        assert done.returncode == 0, done.stderr
+        after = scrape()
+    count = ("policyfabric_agent_reconcile_seconds_count", ())
+    assert after[count] > before[count]
+    applied = ("policyfabric_agent_apply_seconds_count", (("renderer", "openvswitch"),))
+    assert after[applied] > before.get(applied, 0)
+    lines = [line for line in log.since().splitlines() if line.strip()]
+    parsed = [json.loads(line) for line in lines]
+    assert any("renderer openvswitch" in p["message"] for p in parsed), lines[-5:]
+    assert all({"time", "level", "logger", "message"} <= set(p) for p in parsed)

@@ -39,6 +39,7 @@ from typing import Any
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
+from policyfabric.agent.metrics import AgentMetrics, FlowCount
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ofchannel import mgmt_socket
@@ -135,6 +136,9 @@ class OvsAgent:
         self._changed: set[str] | None = None  # cache URIs changed since the last reconcile (None: unknown)
         self._quiet: asyncio.TimerHandle | None = None  # the reconcile after a quiet spell
         self.view = ViewState(config.host, config.tunnel_ip, config.external)  # the renderers' input
+        self.metrics: AgentMetrics | None = None  # --metrics-listen
+        self.rendered_revision: int | None = None
+        self._flow_count = FlowCount()
 
     # ---- wiring
     def wake(self, *_: Any) -> None:
@@ -204,9 +208,13 @@ class OvsAgent:
                 last = time.monotonic()
                 try:
                     await self.reconcile()
+                    if self.metrics is not None:
+                        self.metrics.reconcile.observe(time.monotonic() - last)
                     settle_heap(time.monotonic() - last)
                     self._wake_when_quiet()
                 except Exception as exc:  # keep serving; report, and retry shortly
+                    if self.metrics is not None:
+                        self.metrics.failures.inc()
                     if str(exc) != self._last_error:  # the traceback once; the fault stays raised
                         log.exception("agent %s: reconcile failed (retrying every second)", self.config.host)
                     self._last_error = str(exc)
@@ -246,6 +254,17 @@ class OvsAgent:
         while True:
             await asyncio.sleep(self.config.announce_every)
             await asyncio.to_thread(self.ovs.refresh_announcements)
+
+    def metrics_state(self) -> dict[str, Any]:
+        """What a metrics scrape reads (from its own thread: plain reads of the loop's values)."""
+        ovs = self._ovs_rendering
+        return {
+            "flows_by_table": self._flow_count(ovs.last if ovs.rendered else None),
+            "endpoints": self.stats.endpoints,
+            "opflex_connected": int(self.client.session is not None),
+            "rendered_revision": self.rendered_revision,
+            "reconciles": self.stats.syncs,
+        }
 
     # ---- the reconcile step
     def network(
@@ -311,6 +330,7 @@ class OvsAgent:
             }
         self.reports.endpoints_active({e.key for e in net.local}, counters)
         self.reports.rendered(revision)
+        self.rendered_revision = revision
         now = time.monotonic()
         for raised in self.drift.untold(self.client.session):  # raised as the session broke, say
             await self.reports.fault(*raised)
@@ -340,9 +360,13 @@ class OvsAgent:
                 self.drift.give_back(rendering.name, drift)
             raise
         rendering.rendered, rendering.last = True, desired
+        if self.metrics is not None and (applied.added or applied.removed or applied.full):
+            self.metrics.apply.labels(rendering.name).observe(applied.seconds)
         if drift is not None:
             now = time.monotonic()
             self.drift.repaired(rendering.name, now)
+            if self.metrics is not None:
+                self.metrics.repairs.labels(rendering.name).inc()
             log.info(
                 "agent %s: renderer %s: drift repaired %.0f ms after it was seen (%s)",
                 self.config.host,

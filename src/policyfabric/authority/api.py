@@ -12,6 +12,7 @@ service as its ``scope``; every write logs an audit line. ``edge.BodyLimit``
 caps request bodies before they are parsed.
 """
 
+import asyncio
 import logging
 from collections.abc import Callable
 from enum import Enum
@@ -19,7 +20,7 @@ from typing import Annotated, Any, Literal, Protocol
 
 from fastapi import Depends, FastAPI, Header, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
@@ -40,6 +41,7 @@ from policyfabric.authority.access import (
 from policyfabric.authority.auth import Principal, Tokens
 from policyfabric.authority.edge import BodyLimit
 from policyfabric.authority.events import WINDOW, Hub
+from policyfabric.authority.metrics import CONTENT_TYPE, AuthorityMetrics, MetricsMiddleware
 from policyfabric.authority.service import OWNER_FIELD, Authority, BatchOp
 from policyfabric.model import kinds as k
 from policyfabric.model.errors import BadRequest, Forbidden, Invalid, PolicyError, Problem
@@ -408,6 +410,17 @@ def create_app(
 
     hub = Hub(authority, observer, window=events_window)
     app.state.events = hub
+    metrics = AuthorityMetrics(authority, hub, observer)
+    if observer is not None and hasattr(observer, "flush"):
+        metrics.timed_flush(observer)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+
+    @app.get("/metrics", include_in_schema=False)
+    async def prometheus() -> Response:
+        """Prometheus metrics (text format). Not under /v1 and not authenticated, as exporters are:
+        it carries counts, never names (listen on a private address, or filter it in a proxy)."""
+        await hub.start()  # endpoints by status come from the events follower
+        return Response(await asyncio.to_thread(metrics.exposition), media_type=CONTENT_TYPE)
 
     @app.get(
         "/v1/events",

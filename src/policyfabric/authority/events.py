@@ -31,7 +31,7 @@ import contextlib
 import json
 import logging
 import time
-from collections import deque
+from collections import Counter, deque
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -232,6 +232,10 @@ class Hub:
                 self.on_event(event)
         self._grew.set()
         self._grew = asyncio.Event()
+
+    def status_counts(self) -> Counter[Any]:
+        """Endpoints by status, as the follower last saw them (for /metrics)."""
+        return Counter(status for status, _ in list(self.statuses.values()))
 
     def first_seq(self) -> int:
         return self.entries[0].seq if self.entries else self.seq

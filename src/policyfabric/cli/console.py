@@ -21,14 +21,21 @@ def fail(message: str, code: int = 1) -> typer.Exit:
 
 
 LOG_LEVELS = ("debug", "info", "warning", "error")
+LOG_FORMATS = ("text", "json")
 
 
-def setup_logging(level: str) -> None:
-    """Log to stderr at ``level``; an unknown level is a one-line error naming the valid ones."""
+def setup_logging(level: str, log_format: str = "text") -> None:
+    """Log to stderr at ``level``, as text or one JSON object a line (``logformat``); an unknown
+    level or format is a one-line error naming the valid ones."""
     if level.lower() not in LOG_LEVELS:
         raise fail(f"--log-level {level!r}: use one of {', '.join(LOG_LEVELS)}")
-    logging.basicConfig(
-        level=level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+    if log_format not in LOG_FORMATS:
+        raise fail(f"--log-format {log_format!r}: use one of {', '.join(LOG_FORMATS)}")
+    handler = logging.StreamHandler(sys.stderr)
+    if log_format == "json":
+        from policyfabric.cli.logformat import JsonFormatter
+
+        handler.setFormatter(JsonFormatter())
+    else:
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.basicConfig(level=level.upper(), handlers=[handler])

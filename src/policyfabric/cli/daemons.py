@@ -118,12 +118,15 @@ def authority(
             "(it resumes from its revision).",
         ),
     ] = 10_000,
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object a line (time, level, logger, message, ...).")
+    ] = "text",
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run the Policy Authority: the policy store, its REST API (under /v1) and its OpFlex server."""
     from policyfabric.authority.server import Settings, StartupError, parse_listen, serve
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     if sync not in ("full", "normal"):
         raise fail(f"--sync must be 'full' or 'normal', not {sync!r}")
     try:
@@ -249,6 +252,16 @@ def agent(
             "(it then learns every tenant's routers). Needs --external and --tunnel-ip."
         ),
     ] = False,
+    log_format: Annotated[
+        str, typer.Option(help="text, or json: one JSON object a line (time, level, logger, message, ...).")
+    ] = "text",
+    metrics_listen: Annotated[
+        str | None,
+        typer.Option(
+            help="ADDR:PORT: serve Prometheus metrics at http://ADDR:PORT/metrics (reconcile and apply "
+            "durations, flows by table, OpFlex state, drift repairs)."
+        ),
+    ] = None,
     log_level: Annotated[str, typer.Option(help="debug, info, warning or error.")] = "info",
 ) -> None:
     """Run a Policy Agent: discover endpoints on the bridge, resolve their policy, program Open vSwitch.
@@ -262,7 +275,7 @@ def agent(
     from policyfabric.opflex.client import parse_peers
     from policyfabric.opflex.tls import client_context
 
-    setup_logging(log_level)
+    setup_logging(log_level, log_format)
     if authority_addr is not None:
         if opflex is not None:
             raise fail("--authority is the old spelling of --opflex: give only --opflex")
@@ -294,7 +307,17 @@ def agent(
         if gateway and not (ports and tunnel_ip):
             raise fail("--gateway needs --external (the port SNAT goes out of) and --tunnel-ip")
         config = dict(renderers=plugins, external=ports, gateway=gateway, tls=tls, domain=domain)
-        raise typer.Exit(_run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, config))
+        listen = None
+        if metrics_listen is not None:
+            from policyfabric.authority.server import parse_listen
+
+            try:
+                listen = parse_listen(metrics_listen, 9700)
+            except ValueError as exc:
+                raise fail(f"--metrics-listen: {exc}") from None
+        raise typer.Exit(_run_ovs_agent(host, peers, ovsdb, bridge, state_dir, tunnel_ip, config, listen))
+    if metrics_listen is not None:
+        raise fail("--metrics-listen needs a running agent, not --dry-run")
     try:
         code = asyncio.run(run_dry(host, peers, eps, state_dir, once, tls, domain, out))
     except KeyboardInterrupt:
@@ -310,6 +333,7 @@ def _run_ovs_agent(
     state_dir: Path | None,
     tunnel_ip: str | None,
     options: dict[str, Any],
+    metrics_listen: tuple[str, int] | None = None,
 ) -> int:
     import asyncio
     import ipaddress
@@ -328,6 +352,14 @@ def _run_ovs_agent(
         agent = OvsAgent(config)
     except RendererError as exc:
         raise fail(f"--renderer: {exc}") from None
+    if metrics_listen is not None:
+        from policyfabric.agent.metrics import AgentMetrics
+
+        agent.metrics = AgentMetrics(agent.metrics_state)
+        try:
+            agent.metrics.serve(*metrics_listen)
+        except OSError as exc:
+            raise fail(f"--metrics-listen {metrics_listen[0]}:{metrics_listen[1]}: {exc.strerror}") from None
 
     async def main() -> None:
         task = asyncio.create_task(agent.run())
