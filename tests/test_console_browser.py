@@ -342,6 +342,19 @@ def test_a_matrix_cell_explains_with_the_rule(
     assert "default deny" in driver.find_element(By.ID, "explain-answer").text
     driver.find_element(By.ID, "cell-epg-app-app").click()
     wait(driver, "document.getElementById('explain-answer')?.textContent.includes('intra_group deny')")
+    # the matrix follows a change of the contract, without reload
+    driver.execute_script("window.notReloaded = true")
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        [http_contract] = http.get("/v1/contracts", params={"tenant": "acme", "name": "http"}).json()["items"]
+        body = {f: http_contract[f] for f in ("tenant", "name", "rules")}
+        body["rules"][0]["classifier"]["port"] = 8080
+        assert http.put(f"/v1/contracts/{http_contract['id']}", json=body).status_code == 200
+        try:
+            wait(driver, "document.getElementById('cell-epg-app-web').textContent === 'tcp/8080'", timeout=5)
+            assert driver.execute_script("return window.notReloaded === true")
+        finally:
+            body["rules"][0]["classifier"]["port"] = 80
+            assert http.put(f"/v1/contracts/{http_contract['id']}", json=body).status_code == 200
 
 
 def test_a_change_through_the_api_shows_without_reload(
