@@ -391,7 +391,8 @@ function groupBox(id, title, subtitle, endpoints, maxWidth, ctx) {
       const line2 = ctx.second(ep);
       out.push(`<g class="ep${hit}" data-ep="${esc(key(ep))}" id="ep-${esc(key(ep))}"><rect class="chip st ${st}${fault}" x="${cx}" y="${cy}" width="${CHIP_W}" height="${CHIP_H}" rx="4"/>`
         + `<text class="epname" x="${cx + 6}" y="${cy + 14}">${esc(ep.name)}</text>`
-        + `<text class="eptext" x="${cx + 6}" y="${cy + 28}">${esc(line2)}</text><title>${esc(ep.name)} ${st}</title></g>`);
+        + `<text class="eptext" x="${cx + 6}" y="${cy + 28}">${esc(line2)}</text>`
+        + `<title>${esc(ep.name)} ${st}${(ep.security_groups || []).length ? ` · security groups ${esc(ep.security_groups.join(", "))}` : ""}</title></g>`);
     });
   };
   return { w, h, draw };
