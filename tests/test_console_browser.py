@@ -374,6 +374,16 @@ def test_a_change_through_the_api_shows_without_reload(
 
 
 def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: WebDriver) -> None:
+    # an unknown token: the form stays, with the authority's reason
+    driver.get(f"{authority.url}/ui")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    wait(driver, "!document.getElementById('login').hidden")
+    driver.find_element(By.ID, "token").send_keys("not-a-token-0123456789\n")
+    wait(
+        driver, "document.getElementById('login-error').textContent.includes('not one this authority knows')"
+    )
+    assert not driver.find_element(By.ID, "login").get_attribute("hidden")
     open_console(driver, authority.url, MEMBER)
     wait(driver, "document.querySelectorAll('#topology [data-ep]').length === 4")
     assert tenants(driver) == ["acme"]
