@@ -120,6 +120,7 @@ class Fabric:
             await client.stop()
         for task in self.tasks:
             task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)  # let them finish cancelling
 
     def close(self) -> None:
         self.run(self.stop())
@@ -273,7 +274,9 @@ def test_the_topology_shows_every_endpoint(
     for part in ("vrf1", "bd1", "net4 10.1.0.0/24", "r1", "public", "fip-web1 203.0.113.10", "web", "app"):
         assert part in text, part
     assert tenants(driver) == ["acme", "beta"]
-    assert driver.find_element(By.ID, "live").text.startswith("live")
+    with httpx.stream("GET", f"{authority.url}/v1/events", headers=auth(ADMIN), timeout=10) as events:
+        follows = "live (events)" if events.status_code == 200 else "live (polling)"  # 404: no stream
+    wait(driver, "document.getElementById('live').textContent === arguments[0]", follows)
     assert (
         chip(driver, "acme/web1") == "chip st ACTIVE" and chip(driver, "acme/web2") == "chip st BUILD fault"
     )
@@ -339,6 +342,19 @@ def test_a_matrix_cell_explains_with_the_rule(
     assert "default deny" in driver.find_element(By.ID, "explain-answer").text
     driver.find_element(By.ID, "cell-epg-app-app").click()
     wait(driver, "document.getElementById('explain-answer')?.textContent.includes('intra_group deny')")
+    # the matrix follows a change of the contract, without reload
+    driver.execute_script("window.notReloaded = true")
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        [http_contract] = http.get("/v1/contracts", params={"tenant": "acme", "name": "http"}).json()["items"]
+        body = {f: http_contract[f] for f in ("tenant", "name", "rules")}
+        body["rules"][0]["classifier"]["port"] = 8080
+        assert http.put(f"/v1/contracts/{http_contract['id']}", json=body).status_code == 200
+        try:
+            wait(driver, "document.getElementById('cell-epg-app-web').textContent === 'tcp/8080'", timeout=5)
+            assert driver.execute_script("return window.notReloaded === true")
+        finally:
+            body["rules"][0]["classifier"]["port"] = 80
+            assert http.put(f"/v1/contracts/{http_contract['id']}", json=body).status_code == 200
 
 
 def test_a_change_through_the_api_shows_without_reload(
@@ -358,6 +374,16 @@ def test_a_change_through_the_api_shows_without_reload(
 
 
 def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: WebDriver) -> None:
+    # an unknown token: the form stays, with the authority's reason
+    driver.get(f"{authority.url}/ui")
+    driver.execute_script("sessionStorage.clear()")
+    driver.refresh()
+    wait(driver, "!document.getElementById('login').hidden")
+    driver.find_element(By.ID, "token").send_keys("not-a-token-0123456789\n")
+    wait(
+        driver, "document.getElementById('login-error').textContent.includes('not one this authority knows')"
+    )
+    assert not driver.find_element(By.ID, "login").get_attribute("hidden")
     open_console(driver, authority.url, MEMBER)
     wait(driver, "document.querySelectorAll('#topology [data-ep]').length === 4")
     assert tenants(driver) == ["acme"]

@@ -114,6 +114,10 @@ async function loadAll() {
   await loadGlobal();
 }
 
+// a change to what the matrix is computed from: read it again when it is next shown
+const POLICY = ["endpoint_group", "contract", "security_group", "endpoint", "tenant"];
+function touched(kind) { if (POLICY.includes(kind)) state.matrix = null; }
+
 let refreshTimer = null;
 let pendingKinds = new Set();
 function scheduleRefresh(kinds) {
@@ -137,6 +141,7 @@ function applyChange(change) {
   if (change.revision) state.revision = Math.max(state.revision, change.revision);
   if (!state.objects[kind] || !shown(kind, change.tenant)) return;
   const id = `${change.tenant || ""}/${change.name}`;
+  touched(kind);
   if (change.op === "delete") state.objects[kind].delete(id);
   else if (change.object) state.objects[kind].set(id, change.object);
   else { scheduleRefresh([kind]); return; }
@@ -253,16 +258,28 @@ async function resync() {
   try { await loadAll(); await refreshView(KINDS); } catch (e) { status(e.message); }
 }
 
-let polls = 0;
+// Polling: each change (an endpoint's status too is one) is read back by name, so a poll costs
+// what changed, not the tenant's size; past FETCH_ONE changes the kinds are read whole instead.
+const FETCH_ONE = 50;
 async function poll() {
   setLive("polling");
   try {
     const page = await api(`/v1/changes?since=${state.revision}`);
-    const kinds = new Set(page.changes.filter((c) => shown(c.kind, c.tenant)).map((c) => c.kind));
+    const mine = page.changes.filter((c) => shown(c.kind, c.tenant) && state.objects[c.kind]);
+    if (mine.length > FETCH_ONE || mine.some((c) => c.kind === "tenant")) {
+      scheduleRefresh([...new Set(mine.map((c) => c.kind))]);
+    } else if (mine.length) {
+      await Promise.all(mine.map(async (c) => {
+        const q = new URLSearchParams({ name: c.name, ...(c.tenant ? { tenant: c.tenant } : {}) });
+        const found = c.op === "delete" ? { items: [] } : await api(`/v1/${collection(c.kind)}?${q}`);
+        const id = `${c.tenant || ""}/${c.name}`;
+        touched(c.kind);
+        if (found.items.length) state.objects[c.kind].set(id, found.items[0]);
+        else state.objects[c.kind].delete(id);
+      }));
+      scheduleRefresh([]);
+    }
     state.revision = page.until;
-    polls += 1;
-    if (polls % 5 === 0) { kinds.add("endpoint"); scheduleGlobal(); } // statuses are not changes
-    if (kinds.size) scheduleRefresh([...kinds]);
   } catch (e) {
     if (e.status === 401) return;
     setLive("off");
@@ -278,8 +295,7 @@ async function refreshView(kinds) {
   $("revision").textContent = state.revision ? `revision ${state.revision}` : "";
   if (state.view === "topology") renderTopology();
   else if (state.view === "matrix") {
-    const policy = ["endpoint_group", "contract", "security_group", "endpoint", "tenant"];
-    if (!state.matrix || !kinds || kinds.some((k) => policy.includes(k))) await loadMatrix();
+    if (!state.matrix || !kinds || kinds.some((k) => POLICY.includes(k))) await loadMatrix();
     renderMatrix();
   } else renderAgents();
 }
@@ -375,7 +391,8 @@ function groupBox(id, title, subtitle, endpoints, maxWidth, ctx) {
       const line2 = ctx.second(ep);
       out.push(`<g class="ep${hit}" data-ep="${esc(key(ep))}" id="ep-${esc(key(ep))}"><rect class="chip st ${st}${fault}" x="${cx}" y="${cy}" width="${CHIP_W}" height="${CHIP_H}" rx="4"/>`
         + `<text class="epname" x="${cx + 6}" y="${cy + 14}">${esc(ep.name)}</text>`
-        + `<text class="eptext" x="${cx + 6}" y="${cy + 28}">${esc(line2)}</text><title>${esc(ep.name)} ${st}</title></g>`);
+        + `<text class="eptext" x="${cx + 6}" y="${cy + 28}">${esc(line2)}</text>`
+        + `<title>${esc(ep.name)} ${st}${(ep.security_groups || []).length ? ` · security groups ${esc(ep.security_groups.join(", "))}` : ""}</title></g>`);
     });
   };
   return { w, h, draw };
