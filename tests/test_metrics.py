@@ -12,9 +12,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from policyfabric.cli.logformat import JsonFormatter
 from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
-from policyfabric.cli.logformat import JsonFormatter
 
 pytestmark = pytest.mark.integration  # starts an authority process
 
