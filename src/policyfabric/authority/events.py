@@ -87,7 +87,7 @@ def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), default=str)
 
 
-Statuses = dict[tuple[str, str], tuple[Any, Any]]  # endpoint (tenant, name) -> (status, host)
+Statuses = dict[str, tuple[Any, Any]]  # endpoint id -> (status, host) (by id: a rename keeps it)
 
 
 def change_events(txn: ReadTxn, changes: list[Change], statuses: Statuses | None) -> list[Event]:
@@ -103,7 +103,7 @@ def change_events(txn: ReadTxn, changes: list[Change], statuses: Statuses | None
         out.append(Event("change", _dumps({**body, "object": obj}), c.revision, c.kind, c.tenant, c.name))
         if statuses is None or c.kind != k.ENDPOINT.name or c.tenant is None:
             continue
-        key = (c.tenant, c.name)
+        key = c.id
         if obj is None:
             statuses.pop(key, None)
             continue
@@ -169,7 +169,7 @@ class Hub:
     def _read_statuses(self) -> tuple[int, Statuses]:
         with self.authority.store.read() as txn:
             found = {
-                (str(r.tenant), r.name): (r.data.get("status"), r.data.get("host"))
+                r.id: (r.data.get("status"), r.data.get("host"))
                 for r in txn.list(k.ENDPOINT.name)
             }
             return txn.revision(), found
