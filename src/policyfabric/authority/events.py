@@ -137,6 +137,7 @@ class Hub:
     held: int = 0  # events in the window
     statuses: Statuses = field(default_factory=dict)
     started: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once start() has read
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -149,16 +150,18 @@ class Hub:
         """Follow the change log from now (idempotent): read every endpoint's status first, so
         that the first transition after it is told."""
         if self.started:
+            await self._ready.wait()  # a stream that came while the first was starting it
             return
         self.started = True
         self._loop = asyncio.get_running_loop()
         self._wake, self._grew = asyncio.Event(), asyncio.Event()
+        self.authority.listeners.append(self._committed)  # first: no commit after the read is missed
         self.head, self.statuses = await asyncio.to_thread(self._read_statuses)
         self.floor = self.head
-        self.authority.listeners.append(self._committed)
         if self.agents is not None:
             self.agents.watch_agents(self._agent)
         self._task = asyncio.create_task(self._follow())
+        self._ready.set()
 
     async def stop(self) -> None:
         if self._task is not None:
