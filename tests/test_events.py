@@ -314,3 +314,40 @@ def test_get_watch_prints_a_change_made_by_another_client(server: AuthorityProce
         watcher.kill()
         watcher.wait()
         client.close()
+
+
+def test_an_endpoint_status_transition_is_a_status_event(tmp_path: Path) -> None:
+    """What an agent's report does to an endpoint (``set_endpoint_state``, as the OpFlex registry
+    calls it): a ``status`` event after the change event; a write that leaves the status as it
+    was makes none."""
+    store = SqliteStore(tmp_path / "policyfabric.db")
+    authority = Authority(store)
+    hub = Hub(authority)
+    who = Principal("test", "admin")
+
+    async def run() -> list[ServerEvent]:
+        await asyncio.to_thread(_write, authority, tenant_with_endpoints("acme", 2))
+        start = authority.revision()
+        stream = hub.stream(who, None).__aiter__()
+        await stream.__anext__()  # open: from now on
+        await asyncio.to_thread(authority.set_endpoint_state, "acme", "ep0", host="h1", status="BUILD")
+        await asyncio.to_thread(authority.set_endpoint_state, "acme", "ep0", status="ACTIVE")
+        await asyncio.to_thread(authority.set_endpoint_state, "acme", "ep1", interface="tap1")
+        last = authority.revision()
+        assert last == start + 3
+        got: list[ServerEvent] = []
+        while not got or got[-1].id != last:
+            got += list(parse((await stream.__anext__()).decode().split("\n")))
+        await hub.stop()
+        return got
+
+    events = asyncio.run(run())
+    store.close()
+    statuses = [
+        (e.data["name"], e.data["status"], e.data["host"], e.data["revision"])
+        for e in events
+        if e.name == "status"
+    ]
+    first = events[0].data["revision"]
+    assert statuses == [("ep0", "BUILD", "h1", first), ("ep0", "ACTIVE", "h1", first + 1)]
+    assert [e.data["name"] for e in events if e.name == "change"] == ["ep0", "ep0", "ep1"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import logging
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,9 +13,9 @@ import httpx
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from policyfabric.cli.logformat import JsonFormatter
 from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
-from policyfabric.cli.logformat import JsonFormatter
 
 pytestmark = pytest.mark.integration  # starts an authority process
 
@@ -84,6 +85,9 @@ def test_json_logs_parse(server: AuthorityProcess) -> None:
     with Client(server.url) as client:
         client.create(_kind("tenants"), {"name": "logged"})
         client.response("POST", "/v1/tenants", json={"name": "logged"})
+    with socket.create_connection(("127.0.0.1", server.port)) as raw:  # uvicorn's own warning
+        raw.sendall(b"NOT HTTP AT ALL\r\n\r\n")
+        raw.recv(1000)
     server.stop()
     lines = [line for line in server.log.read_text().splitlines() if line.strip()]
     assert lines
@@ -92,6 +96,7 @@ def test_json_logs_parse(server: AuthorityProcess) -> None:
     audit = [p for p in parsed if p["logger"] == "policyfabric.audit"]
     assert any("POST tenant logged" in p["message"] for p in audit), audit
     assert any(p["logger"] == "policyfabric.authority.server" and "REST on" in p["message"] for p in parsed)
+    assert any(p["logger"].startswith("uvicorn") for p in parsed), parsed  # its lines are JSON too
 
 
 def test_json_formatter_keeps_structured_fields() -> None:

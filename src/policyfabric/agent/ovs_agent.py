@@ -46,7 +46,7 @@ from policyfabric.agent.renderers.ovs.ofchannel import mgmt_socket
 from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
 from policyfabric.agent.renderers.ovs.renderer import NAME as OVS
 from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
-from policyfabric.agent.reports import Reporter, cached_revision
+from policyfabric.agent.reports import Reporter, RevisionSeen
 from policyfabric.agent.subscriptions import learn_routed, subscribe_external
 from policyfabric.agent.values import InvalidPolicy
 from policyfabric.agent.view import Network
@@ -138,6 +138,7 @@ class OvsAgent:
         self.view = ViewState(config.host, config.tunnel_ip, config.external)  # the renderers' input
         self.metrics: AgentMetrics | None = None  # --metrics-listen
         self.rendered_revision: int | None = None
+        self.revision_seen = RevisionSeen()  # the PfRevision the view reads (what it then renders)
         self._flow_count = FlowCount()
 
     # ---- wiring
@@ -289,7 +290,7 @@ class OvsAgent:
                 self.reports.forget(iface_id)
             subscribe_external(self.client, self.config.external, self.config.gateway)
             t2 = time.perf_counter()
-            revision = cached_revision(self.client.policy, self.client.wanted)  # what the view reads
+            revision = self.revision_seen.update(self.client.policy, self.client.wanted, changed)
             net = self.network(plugged, tunnel_port, changed)
         except BaseException:
             self._changed = None  # not everything saw what changed: the next reconcile looks at everything

@@ -87,7 +87,7 @@ def _dumps(data: dict[str, Any]) -> str:
     return json.dumps(data, separators=(",", ":"), default=str)
 
 
-Statuses = dict[tuple[str, str], tuple[Any, Any]]  # endpoint (tenant, name) -> (status, host)
+Statuses = dict[str, tuple[Any, Any]]  # endpoint id -> (status, host) (by id: a rename keeps it)
 
 
 def change_events(txn: ReadTxn, changes: list[Change], statuses: Statuses | None) -> list[Event]:
@@ -103,7 +103,7 @@ def change_events(txn: ReadTxn, changes: list[Change], statuses: Statuses | None
         out.append(Event("change", _dumps({**body, "object": obj}), c.revision, c.kind, c.tenant, c.name))
         if statuses is None or c.kind != k.ENDPOINT.name or c.tenant is None:
             continue
-        key = (c.tenant, c.name)
+        key = c.id
         if obj is None:
             statuses.pop(key, None)
             continue
@@ -137,6 +137,7 @@ class Hub:
     held: int = 0  # events in the window
     statuses: Statuses = field(default_factory=dict)
     started: bool = False
+    _ready: asyncio.Event = field(default_factory=asyncio.Event)  # set once start() has read
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _grew: asyncio.Event = field(default_factory=asyncio.Event)
     _loop: asyncio.AbstractEventLoop | None = None
@@ -149,16 +150,18 @@ class Hub:
         """Follow the change log from now (idempotent): read every endpoint's status first, so
         that the first transition after it is told."""
         if self.started:
+            await self._ready.wait()  # a stream that came while the first was starting it
             return
         self.started = True
         self._loop = asyncio.get_running_loop()
         self._wake, self._grew = asyncio.Event(), asyncio.Event()
+        self.authority.listeners.append(self._committed)  # first: no commit after the read is missed
         self.head, self.statuses = await asyncio.to_thread(self._read_statuses)
         self.floor = self.head
-        self.authority.listeners.append(self._committed)
         if self.agents is not None:
             self.agents.watch_agents(self._agent)
         self._task = asyncio.create_task(self._follow())
+        self._ready.set()
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -169,7 +172,7 @@ class Hub:
     def _read_statuses(self) -> tuple[int, Statuses]:
         with self.authority.store.read() as txn:
             found = {
-                (str(r.tenant), r.name): (r.data.get("status"), r.data.get("host"))
+                r.id: (r.data.get("status"), r.data.get("host"))
                 for r in txn.list(k.ENDPOINT.name)
             }
             return txn.revision(), found

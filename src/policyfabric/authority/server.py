@@ -323,6 +323,7 @@ async def _run(settings: Settings, store: Store, tls: ssl.SSLContext | None, tok
         host=host,
         port=port,
         log_level="warning",
+        log_config=None,  # uvicorn's own lines through our handler: --log-format json holds for them too
         access_log=False,
         http=edge.guarded_protocol(settings.max_connections, settings.header_timeout),
         timeout_keep_alive=int(max(1, settings.idle_timeout)),
