@@ -87,7 +87,7 @@ NXM_FIELDS = {
 # memory. Each part is taken from a table of those seen; the table is emptied when it grows past
 # ``SHARED_MAX`` (after that, parts are shared again as they recur), so it cannot grow without end
 # in a long-lived agent whose endpoints come and go.
-SHARED_MAX = 1 << 18
+SHARED_MAX = 1 << 19  # 220,000 parts at 10,000 endpoints (bench/compile.py's world): room for twice that
 _shared: dict[object, object] = {}
 
 
