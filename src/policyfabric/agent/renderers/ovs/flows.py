@@ -89,7 +89,7 @@ NXM_FIELDS = {
 # memory. Each part is taken from a table of those seen; the table is emptied when it grows past
 # ``SHARED_MAX`` (after that, parts are shared again as they recur), so it cannot grow without end
 # in a long-lived agent whose endpoints come and go.
-SHARED_MAX = 1 << 18
+SHARED_MAX = 1 << 19  # 220,000 parts at 10,000 endpoints (bench/compile.py's world): room for twice that
 _shared: dict[object, object] = {}
 
 
@@ -107,8 +107,15 @@ def shared_match(match: tuple[tuple[str, str], ...]) -> tuple[tuple[str, str], .
     return tuple([_share(pair) for pair in match])
 
 
+SHARED_ACTIONS = 16  # longer action lists (a bridge domain's flooding, one output per port) are one
+# of a kind and rebuilt whenever a port comes or goes: looking up each of their strings cost more
+# than it saved (bench/compile.py, a port plugged at 10,000 endpoints: 10 -> 30 ms)
+
+
 def shared_actions(actions: tuple[str, ...]) -> tuple[str, ...]:
-    """``actions`` as the tuple already seen, its strings too (an equal value)."""
+    """``actions`` as the tuple already seen, its strings too (an equal value); a long list as it is."""
+    if len(actions) > SHARED_ACTIONS:
+        return actions
     found = _shared.get(actions)
     if found is None:
         found = _share(tuple([_share(a) for a in actions]))
