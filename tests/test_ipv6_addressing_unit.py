@@ -630,3 +630,18 @@ def test_a_solicitation_brings_every_port_of_its_link_forward_at_most_every_3_s(
     s.update(now + 4, {1: (ADVERT,), 4: (other,)})  # 2 and 3 unplugged: no longer on the link
     s.solicited(1, now + 7)
     assert [p for p, _ in s.due(now + 7)] == [1]
+
+
+def test_multicast_listener_reports_go_nowhere_and_neighbour_discovery_still_floods() -> None:
+    """An MLDv2 report (ICMPv6 143 to ff02::16) from vm1 reaches no port: the ND flood would copy
+    it to every port of the bridge domain. A neighbour solicitation to a solicited-node group, the
+    control, is still flooded to the other endpoint."""
+    net = v6_net(SLAAC)
+    vm1 = net.local[0]
+    switch = FakeSwitch(compile_pipeline(net, None, True))
+    mld = {"eth_type": "ipv6", "nw_proto": 58, "nw_ttl": 1, "in_port": 1, "dl_src": vm1.mac,
+           "dl_dst": "33:33:00:00:00:16", "ipv6_src": str(link_local(vm1.mac)), "ipv6_dst": "ff02::16",
+           "icmp_type": 143, "icmp_code": 0}  # fmt: skip
+    assert switch.send(mld).outputs == []
+    ns = {**mld, "nw_ttl": 255, "dl_dst": "33:33:ff:00:00:08", "ipv6_dst": "ff02::1:ff00:8", "icmp_type": 135}
+    assert 2 in switch.send(ns).ports

@@ -155,6 +155,20 @@ def ipv6_config_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE
     return flows
 
 
+MLD_TYPES = (130, 131, 132, 143)  # listener query, report, done; MLDv2 report
+
+
+def mld_drops() -> list[Flow]:
+    """Multicast listener discovery from local ports goes nowhere. Nothing here forwards IPv6
+    multicast by listener (ND's groups are flooded whoever listens), so the reports only cost: a
+    hundred endpoints whose IPv6 comes up at once send two or three each, the ND flood copies each
+    to every port of the bridge domain, and on a loaded host the switch's upcall queue overflows
+    and loses the router solicitations sent in the same seconds (bench/dhcp.py --family 6: with
+    the reports flooded, the first solicitation reached the agent 18-26 s after the hundred came
+    up; with them dropped, 2 s). Four flows in all, not per endpoint."""
+    return [flow(PORT_SECURITY, 200, {"icmp6": "", "icmp_type": t}, "drop") for t in MLD_TYPES]
+
+
 def arp_reply(vni: int, ip: str, mac: str, cookie: int = AGENT_COOKIE) -> Flow:
     """Answer "who has ``ip``" in the bridge domain with ``mac``, from the host itself."""
     return external.arp_answer(ARP, {"reg2": hex(vni)}, ip, mac, cookie)
@@ -194,6 +208,7 @@ def base_flows(tunnel_port: int | None) -> list[Flow]:
         flow(ARP, 0, None, goto(L2)),
         flow(L2, 0, None, "drop"),
         flow(OUTPUT, 0, None, "drop"),
+        *mld_drops(),
     ]
     if tunnel_port is not None:
         flows.append(

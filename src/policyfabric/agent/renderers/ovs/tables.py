@@ -112,7 +112,8 @@ TABLES = (
             "a local port sends only from its endpoint's MAC and addresses (ARP sender fields too), "
             "its IPv6 link-local address (EUI-64) and `::` (DAD); its DHCP requests go to the agent "
             "(CONTROLLER), its DHCP server packets (UDP source port 67) nowhere; the same for router "
-            "solicitations and DHCPv6 (to the agent), router advertisements and UDP source port 547"
+            "solicitations and DHCPv6 (to the agent), router advertisements and UDP source port 547; "
+            "multicast listener discovery from any port nowhere"
         ),
         flows="~3 per endpoint address, 1-2 per endpoint for DHCP",
         matches=_fields("in_port dl_src ip nw_src ipv6 ipv6_src icmp6 arp arp_spa arp_sha udp tp_src tp_dst")
