@@ -193,7 +193,7 @@ def test_bridge_domains_carry_their_vni_and_their_routing_domains_zone() -> None
             7001,
             1400,
             dhcp_subnets(INTENT["subnet"], "bd-web"),
-            (Prefix("2001:db8:1::/64"),),  # s-v6, a SLAAC subnet
+            slaac=(Prefix("2001:db8:1::/64"),),  # s-v6, a SLAAC subnet
         ),
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"): BridgeDomain(
             u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), 5002, 7001, 1442, dhcp_subnets(INTENT["subnet"], "bd-app")
