@@ -190,8 +190,12 @@ def test_bridge_domains_carry_their_vni_and_their_routing_domains_zone() -> None
     _, view = full()
     assert {uri: replace(bd, ipv6=()) for uri, bd in view.bds.items()} == {  # IPv6 subnets: below
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"): BridgeDomain(
-            u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"), 5001, 7001, 1400, dhcp_subnets(INTENT["subnet"], "bd-web"),
-            (Prefix("2001:db8:1::/64"),),  # s-v6, a SLAAC subnet
+            u(Cls.GBP_BRIDGE_DOMAIN, "bd-web"),
+            5001,
+            7001,
+            1400,
+            dhcp_subnets(INTENT["subnet"], "bd-web"),
+            slaac=(Prefix("2001:db8:1::/64"),),  # s-v6, a SLAAC subnet
         ),
         u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"): BridgeDomain(
             u(Cls.GBP_BRIDGE_DOMAIN, "bd-app"), 5002, 7001, 1442, dhcp_subnets(INTENT["subnet"], "bd-app")

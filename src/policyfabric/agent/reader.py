@@ -384,7 +384,7 @@ def _bridge_domain(
     dhcp = _dhcp_subnets(policy, held, problems) if held is not None else ()
     slaac = slaac_prefixes(_children(policy, held, Cls.GBP_SUBNET)) if held is not None else ()
     return BridgeDomain(
-        uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, slaac
+        uri, vni, _encap(policy, vrf, Prop.ENCAP_ID, 0xFFFFFF) if vrf else 0, mtu, dhcp, slaac=slaac
     )
 
 
