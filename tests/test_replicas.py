@@ -123,6 +123,36 @@ def test_declarations_made_through_one_replica_reach_agents_of_the_other_and_out
     run(go)
 
 
+def test_an_agent_lost_with_its_replica_has_its_endpoints_set_down_when_its_lease_ends(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    """h1 (prr 2 s) declared web1 through A; A and h1 die together. Nobody renews the declaration:
+    when its lease ends, B (which holds it too) undeclares it and sets web1 DOWN, as A would have."""
+    a, b = two_replicas
+    api = Api(b.url)
+
+    def status() -> str | None:
+        return (api.find("endpoints", "acme", "web1") or {}).get("status")
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"], prr=2).start()
+        try:
+            assert status() == "BUILD"
+            h1.client._stop = True  # it dies with A: no failover, no renewal
+            h1.client._refresh = _never  # type: ignore[method-assign]
+            a.kill()
+            took = await until(lambda: status() == "DOWN", timeout=30)
+            print(f"web1 DOWN {took:.1f} s after A and h1 died")
+        finally:
+            await h1.stop()
+
+    run(go)
+
+
+async def _never() -> None:
+    await asyncio.sleep(3600)
+
+
 def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_through_another(
     two_replicas: tuple[AuthorityProcess, AuthorityProcess],
 ) -> None:
