@@ -99,16 +99,16 @@ def test_declarations_made_through_one_replica_reach_agents_of_the_other_and_out
         h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()  # through B, same bridge domain
         h3: Agent | None = None
         try:
-            await until(lambda: knows(h2, "acme/web1"))  # B's registry has A's declaration
-            await until(lambda: knows(h1, "acme/web2"))  # and A's has B's, pushed to h1
+            await until(lambda: knows(h2, "acme/web1"), timeout=15)  # B's registry has A's declaration
+            await until(lambda: knows(h1, "acme/web2"), timeout=15)  # and A's has B's, pushed to h1
             # an undeclare through A reaches B's agents
             h1.dry.endpoints.clear()
             for uri in list(h1.client.declared):
                 h1.client.undeclare(uri)
-            await until(lambda: not knows(h2, "acme/web1"))
+            await until(lambda: not knows(h2, "acme/web1"), timeout=15)
             h1.dry.endpoints.append(("acme", "web1"))
             h1.dry.sync()
-            await until(lambda: knows(h2, "acme/web1"))
+            await until(lambda: knows(h2, "acme/web1"), timeout=15)
             # A dies: its declarations stay (their lease is their prr, not A's life); a newcomer
             # on B is answered with them before h1 has declared anything again
             h1.client._stop = True  # h1 does not fail over here: what B has is what A shared
@@ -168,7 +168,7 @@ def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_throug
         h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()
         h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()
         try:
-            await until(lambda: knows(h2, "acme/web1"))
+            await until(lambda: knows(h2, "acme/web1"), timeout=15)
             assert not h2.client._refused and host() == "h1"
             h2.client.resolve("PfEndpoint", endpoint_uri("acme", "web1"))  # what its declaration needs
             assert await h2.client.settled(10)
