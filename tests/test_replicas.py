@@ -99,16 +99,16 @@ def test_declarations_made_through_one_replica_reach_agents_of_the_other_and_out
         h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()  # through B, same bridge domain
         h3: Agent | None = None
         try:
-            await until(lambda: knows(h2, "acme/web1"))  # B's registry has A's declaration
-            await until(lambda: knows(h1, "acme/web2"))  # and A's has B's, pushed to h1
+            await until(lambda: knows(h2, "acme/web1"), timeout=15)  # B's registry has A's declaration
+            await until(lambda: knows(h1, "acme/web2"), timeout=15)  # and A's has B's, pushed to h1
             # an undeclare through A reaches B's agents
             h1.dry.endpoints.clear()
             for uri in list(h1.client.declared):
                 h1.client.undeclare(uri)
-            await until(lambda: not knows(h2, "acme/web1"))
+            await until(lambda: not knows(h2, "acme/web1"), timeout=15)
             h1.dry.endpoints.append(("acme", "web1"))
             h1.dry.sync()
-            await until(lambda: knows(h2, "acme/web1"))
+            await until(lambda: knows(h2, "acme/web1"), timeout=15)
             # A dies: its declarations stay (their lease is their prr, not A's life); a newcomer
             # on B is answered with them before h1 has declared anything again
             h1.client._stop = True  # h1 does not fail over here: what B has is what A shared
@@ -121,6 +121,36 @@ def test_declarations_made_through_one_replica_reach_agents_of_the_other_and_out
                     await agent.stop()
 
     run(go)
+
+
+def test_an_agent_lost_with_its_replica_has_its_endpoints_set_down_when_its_lease_ends(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    """h1 (prr 2 s) declared web1 through A; A and h1 die together. Nobody renews the declaration:
+    when its lease ends, B (which holds it too) undeclares it and sets web1 DOWN, as A would have."""
+    a, b = two_replicas
+    api = Api(b.url)
+
+    def status() -> str | None:
+        return (api.find("endpoints", "acme", "web1") or {}).get("status")
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"], prr=2).start()
+        try:
+            assert status() == "BUILD"
+            h1.client._stop = True  # it dies with A: no failover, no renewal
+            h1.client._refresh = _never  # type: ignore[method-assign]
+            a.kill()
+            took = await until(lambda: status() == "DOWN", timeout=30)
+            print(f"web1 DOWN {took:.1f} s after A and h1 died")
+        finally:
+            await h1.stop()
+
+    run(go)
+
+
+async def _never() -> None:
+    await asyncio.sleep(3600)
 
 
 def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_through_another(
@@ -138,7 +168,7 @@ def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_throug
         h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()
         h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()
         try:
-            await until(lambda: knows(h2, "acme/web1"))
+            await until(lambda: knows(h2, "acme/web1"), timeout=15)
             assert not h2.client._refused and host() == "h1"
             h2.client.resolve("PfEndpoint", endpoint_uri("acme", "web1"))  # what its declaration needs
             assert await h2.client.settled(10)

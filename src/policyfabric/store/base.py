@@ -92,9 +92,10 @@ class TxnTooLarge(StoreError):
 
 
 # Replicas writing at once all bump one revision key (etcd.py), so each commit makes the others'
-# transactions in flight lose: with 3 replicas writing continuously a write loses about 2 times in
-# 3, and 8 attempts left ~4% of them failing (503) in bench/replicas.py. 32 attempts, back-off
-# capped at BACKOFF_MAX, make that ~2e-6 at the cost of latency under contention.
+# transactions in flight lose and run again; with 3 replicas each taking writes continuously, a
+# write sometimes loses 10-30 times in a row (measured: bench/replicas.py), and 8 attempts left
+# some failing with 503. 32 attempts, back-off capped at BACKOFF_MAX, keep them from failing; they
+# do not make them fast (docs/operations.md: send writes through one replica).
 WRITE_ATTEMPTS = 32
 BACKOFF_MAX = 0.05  # seconds
 

@@ -524,7 +524,8 @@ class EtcdStore:
 
     def committed_here(self, txn_id: str) -> bool:
         """Whether the commit ``txn_id`` (a log entry's) was made by this store, among its last
-        ``OWN_TXNS``: a replica's follower skips its own writes (their listeners ran at commit)."""
+        ``OWN_TXNS`` (recorded as it is sent, applied or not: an id that never applied is never
+        asked about): a replica's follower skips its own writes (their listeners ran at commit)."""
         return txn_id in self._own_set
 
     def _committed(self, txn_id: str) -> None:
@@ -679,6 +680,7 @@ class EtcdStore:
             log_doc = json.dumps({"txn": txn_id, "changes": entries}, separators=(",", ":")).encode()
             ops.append(_put(self._key(log_key(revision)), log_doc))
         compare = [_unchanged(self._key(REV), snap.rev_mod)]
+        self._committed(txn_id)  # before it is sent: the watch may see the commit before its answer
         try:
             reply = self.client.txn(compare, ops)
         except TooLarge as exc:
@@ -699,11 +701,9 @@ class EtcdStore:
             self.cache.clear()
             if not self._resolve(snap, revision, txn_id, exc):
                 raise WriteConflict(f"the commit was not applied ({exc})") from None
-            self._committed(txn_id)
             return True
         if not reply.get("succeeded"):
             raise WriteConflict("another writer committed since this transaction's snapshot")
-        self._committed(txn_id)
         at = int(reply["header"]["revision"])
         self.cache.commit(snap.rev_mod, Snapshot(at, at, revision, rev_doc), changed)
         return True

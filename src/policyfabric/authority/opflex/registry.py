@@ -435,12 +435,19 @@ class EndpointRegistry:
 
     # ---- what other replicas declared (``replicas.py``)
     def apply_shared(
-        self, uri: str, doc: dict[str, Any] | None, prev: dict[str, Any] | None, me: str
+        self,
+        uri: str,
+        doc: dict[str, Any] | None,
+        prev: dict[str, Any] | None,
+        me: str,
+        orphaned: bool = False,
     ) -> None:
         """Another replica declared ``uri`` (``doc``), or it was deleted (None: undeclared through
         another replica, taken over there, or its lease ended; ``prev`` held it, ``me`` is this
-        replica's id). Stored and pushed like a declaration made here, but neither checked again
-        (the replica that took it checked it) nor bound nor expired here (its lease is etcd's)."""
+        replica's id; ``orphaned``: the replica it came through is dead, so its lease ending is
+        the agent's too, and the endpoint goes DOWN here, as it would have there). Stored and
+        pushed like a declaration made here, but neither checked again (the replica that took it
+        checked it) nor bound nor expired here (its lease is etcd's)."""
         self._shared = True
         try:
             held = self.declarations.get(uri)
@@ -449,7 +456,8 @@ class EndpointRegistry:
                     return
                 if held.replica or (prev is not None and prev.get("replica") == me):
                     # theirs, gone; or ours, deleted elsewhere (taken over, withdrawn, expired)
-                    self._undeclare(uri, "undeclared through another replica", release=False, status=False)
+                    why = "lease expired" if orphaned else "undeclared through another replica"
+                    self._undeclare(uri, why, release=orphaned, status=orphaned)
                 return  # ours, over another replica's older version: ours stands
             decl = Declaration(
                 doc["mos"],

@@ -100,7 +100,9 @@ class Replicas:
                     holders.add(replica)
             elif kind == "decl":
                 prev = event.prev if isinstance(event.prev, dict) else None
-                self.registry.apply_shared(rest, value, prev, self.me)
+                origin = prev.get("replica") if prev is not None else None
+                orphaned = value is None and origin not in (None, self.me) and origin not in self.others
+                self.registry.apply_shared(rest, value, prev, self.me, orphaned)
             elif kind == "gwhost":
                 if value is None:
                     self.hosts.pop(rest, None)
