@@ -100,6 +100,8 @@ def test_subnet_keeps_dhcp_dns_routes_gateway_and_ipv6_modes() -> None:
 
 
 def test_subnets_policyfabric_cannot_express_are_refused() -> None:
+    with pytest.raises(mapping.Refused, match="outside"):
+        mapping.subnet({**SUBNET4, "gateway_ip": "10.2.0.1"}, NETWORK)
     with pytest.raises(mapping.Refused, match="too small"):
         mapping.subnet({**SUBNET4, "cidr": "10.1.0.0/31", "gateway_ip": "10.1.0.0"}, NETWORK)
 

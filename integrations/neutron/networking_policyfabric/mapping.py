@@ -142,6 +142,8 @@ def subnet(sub: Mapping[str, Any], net: Mapping[str, Any]) -> Obj:
     """A subnet of a tenant network -> subnet; of an external network -> the external network."""
     cidr = ipaddress.ip_network(sub["cidr"], strict=False)
     gateway = sub.get("gateway_ip") or stand_in_gateway(str(cidr))
+    if ipaddress.ip_address(gateway) not in cidr:
+        raise Refused(f"gateway {gateway} is outside {cidr}: policyfabric's gateway is a host of the subnet")
     if cidr.version == 4 and cidr.prefixlen > 30:
         raise Refused(f"{cidr} is too small: policyfabric needs an IPv4 subnet of /30 or larger")
     if cidr.version == 6 and cidr.prefixlen > 126:

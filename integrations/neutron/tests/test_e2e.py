@@ -210,3 +210,13 @@ def test_writes_while_the_authority_is_away_are_not_lost(topology: dict[str, str
         )
         time.sleep(1)
     assert ports[0] not in names  # created and deleted meanwhile: never shown to the authority
+
+
+def test_unplugged_port_goes_down(topology: dict[str, str]) -> None:
+    """The agent stops reporting an unplugged endpoint ACTIVE: the worker sets the port DOWN."""
+    pid = os_cli("port", "create", "e2e-unplug", "--network", topology["net2"], "--host", "h2",
+                 "--device-owner", "compute:nova")["id"]  # fmt: skip
+    plug(pid, "h2")
+    wait_status(pid, "ACTIVE")
+    subprocess.run([str(STACK), "unplug", pid], check=True)
+    wait_status(pid, "DOWN")
