@@ -30,3 +30,16 @@ def test_kept_from_the_changed_uris() -> None:
     assert seen.update(policy, wanted, {revision_mo("acme", 5).uri}) == 5
     policy[revision_mo("beta", 4).uri] = revision_mo("beta", 4)
     assert seen.update(policy, wanted, {revision_mo("beta", 4).uri}) == 5  # the highest stays
+
+
+def test_by_need_the_tenants_of_the_objects_resolved_count() -> None:
+    """Agents resolve objects of a tenant, not the tenant: its revision still counts."""
+    policy = {m.uri: m for m in (revision_mo("acme", 7), revision_mo("beta", 9), revision_mo("gone", 99))}
+    wanted = {
+        f"{space('acme')}{Cls.GBP_EP_GROUP}/web/": Cls.GBP_EP_GROUP,
+        f"{space('beta')}PfEndpoint/e1/": "PfEndpoint",
+        "/PolicyUniverse/PlatformConfig/x/": "PlatformConfig",  # in no tenant
+    }
+    assert cached_revision(policy, wanted) == 9
+    del wanted[f"{space('beta')}PfEndpoint/e1/"]
+    assert cached_revision(policy, wanted) == 7

@@ -64,6 +64,23 @@ def test_apply_wait_returns_once_every_agent_rendered_it(lab: Lab, tmp_path: Pat
     print(f"apply --wait on 2 hosts: {took:.2f}s with the CLI's start; {done.stdout.splitlines()[-1]}")
 
 
+def test_apply_wait_returns_for_a_write_no_agent_needs(lab: Lab, tmp_path: Path) -> None:
+    """Agents get only what their endpoints need: a group no endpoint is in reaches neither host,
+    so neither renders it, and the wait still ends (the authority counts them as done)."""
+    idle = tmp_path / "idle.yaml"
+    idle.write_text(
+        SCENARIO.read_text().replace(
+            "      - {name: app, bridge_domain: bd1,",
+            "      - {name: idle, bridge_domain: bd1, intra_group: deny}\n"
+            "      - {name: app, bridge_domain: bd1,",
+        )
+    )
+    assert "name: idle" in idle.read_text()
+    done = apply_wait(lab, idle, "--wait-timeout", "10")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "on h1, h2" in done.stdout, done.stdout
+
+
 def test_apply_wait_names_the_agent_that_did_not_render(lab: Lab, tmp_path: Path) -> None:
     with paused(lab, "h1"):  # its agent frozen: it renders nothing
         done = apply_wait(lab, with_port(tmp_path, 8081), "--wait-timeout", "3")

@@ -27,7 +27,7 @@ from typing import Any, Protocol
 
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO
-from policyfabric.opflex.uri import child
+from policyfabric.opflex.uri import UNIVERSE, child
 
 log = logging.getLogger(__name__)
 
@@ -57,14 +57,26 @@ def endpoint_status(keys: set[str], counters: Mapping[str, int]) -> list[MO]:
     return reports
 
 
+SPACES = f"{UNIVERSE}{Cls.POLICY_SPACE}/"
+
+
+def tenant_space(uri: str) -> str | None:
+    """The ``PolicySpace`` URI a policy URI lies in (None: not in a tenant's)."""
+    if not uri.startswith(SPACES):
+        return None
+    name, slash, _ = uri[len(SPACES) :].partition("/")
+    return f"{SPACES}{name}/" if name and slash else None
+
+
 def cached_revision(policy: Mapping[str, MO], wanted: Mapping[str, str]) -> int | None:
-    """The highest ``PfRevision`` of the tenants the agent resolved (``wanted``: URI -> class),
-    in the cache ``policy``; None if it holds none. Costs the number of tenants, not of objects."""
+    """The highest ``PfRevision`` of the tenants the agent resolved anything in (``wanted``: URI
+    -> class; by need, objects of the tenant rather than the tenant: each answer and update
+    carries the tenant's revision), in the cache ``policy``; None if it holds none. Costs the
+    number of resolved URIs, and runs only when the changes are unknown."""
     found = None
-    for uri, subject in list(wanted.items()):
-        if subject != Cls.POLICY_SPACE:
-            continue
-        mo = policy.get(child(uri, Cls.PF_REVISION))
+    for space_uri in {tenant_space(uri) for uri in list(wanted)} - {None}:
+        assert space_uri is not None
+        mo = policy.get(child(space_uri, Cls.PF_REVISION))
         value = mo.properties.get(Prop.REVISION) if mo is not None else None
         if isinstance(value, int) and not isinstance(value, bool) and (found is None or value > found):
             found = value

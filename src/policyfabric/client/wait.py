@@ -5,7 +5,10 @@ An agent is concerned by a write when it has endpoints in a tenant the write cha
 when the revision it reports (``rendered_revision``: the highest authority revision its
 installed flows reflect) is at least the write's. The events stream is opened first, then the
 agents are read, then their ``agent`` events are followed until each is there or time is up: no
-report can fall between the read and the stream.
+report can fall between the read and the stream. Agents are only sent what they need, so most
+writes reach few of them: the others never render (nor report) the write, and the authority's
+listing counts them as having rendered it once the write has gone out without them; that listing
+is re-read a few times a second while no event arrives.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ def concerned(agents: Iterable[dict[str, Any]], tenants: set[str]) -> list[str]:
     return sorted(
         a["name"] for a in agents if any(e.split("/", 1)[0] in tenants for e in a.get("endpoints", []))
     )
+
+
+POLL = 0.25  # seconds between re-reads of the agents while no agent event arrives
 
 
 @dataclass
@@ -92,8 +98,10 @@ def wait_rendered(client: Client, revision: int, tenants: set[str], timeout: flo
             waited.missing, waited.seconds = missing, time.monotonic() - started
             return waited
         try:
-            item = events.get(timeout=left)
-        except queue.Empty:
+            item = events.get(timeout=min(left, POLL))
+        except queue.Empty:  # an agent that needed nothing of the write has nothing to report:
+            agents = client.agents()  # the authority says so in its listing (``Peer.rendered``)
+            state.update({a["name"]: (bool(a.get("connected")), a.get("rendered_revision")) for a in agents})
             continue
         if isinstance(item, BaseException):
             raise item

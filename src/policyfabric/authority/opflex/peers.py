@@ -61,6 +61,19 @@ class Peer:
     close: Callable[[str], None] | None = None  # closes its session, saying why
     subs: dict[str, float] = field(default_factory=dict)  # policy URI -> lease expiry (monotonic)
     ep_subs: dict[str, float] = field(default_factory=dict)  # registry URI or prefix -> expiry
+    # What it has rendered, as far as the authority can tell without asking it: ``owed`` is the
+    # highest tenant revision (``PfRevision``) sent to it, in a resolve's answer or with an update;
+    # ``settled`` the highest revision flushed since, none of which it needed (by-need: most writes
+    # reach few agents). Once it reports ``owed`` rendered, it has rendered ``settled`` too.
+    owed: int = 0
+    settled: int = 0
+
+    def rendered(self, reported: int | None) -> int | None:
+        """The revision it has rendered, given the one it last reported (None: never reported,
+        as a reference agent: then nothing is claimed for it)."""
+        if reported is None or reported < self.owed:
+            return reported
+        return max(reported, self.settled)
 
     def subscribe(self, table: dict[str, float], uri: str, prr: int) -> None:
         """Subscribe to ``uri`` in ``table`` (``subs`` or ``ep_subs``) for ``prr`` seconds; each

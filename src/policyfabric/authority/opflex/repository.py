@@ -215,9 +215,13 @@ class PolicyRepository:
                     Code.ERROR,
                     f"Unknown subject: {entry.subject} (the object at that URI is a {mos[0].subject})",
                 )
+            # the tenant's revision goes with any part of it (resolution by need: agents resolve
+            # objects, not the tenant), so the agent can say which revision it rendered
             stamp = self.stamps.get(tenant_of(entry.policy_uri) or "")
-            if mos and stamp is not None and stamp.uri.startswith(entry.policy_uri):
-                mos = [*mos, stamp]
+            if mos and stamp is not None:
+                if not stamp.uri.startswith(entry.policy_uri):
+                    mos = [*mos, stamp]
+                peer.owed = max(peer.owed, stamp.properties.get(Prop.REVISION, 0))
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
             self.subscribers.add(entry.policy_uri, peer)
             policy += [mo.to_wire() for mo in mos]
@@ -352,16 +356,38 @@ class PolicyRepository:
             if rebuilt:
                 self._rebuilt(rebuilt)  # routers may have gained or lost an external gateway
             if push and (changed or merged or removed):
-                self.push(changed, merged, removed)
+                stamps = {t: self.stamps[t] for t in tenants if t is not None and t in self.stamps}
+                self.push(changed, merged, removed, stamps)
 
-    def push(self, changed: list[MO], merged: list[MO], removed: list[MO]) -> None:
+    def push(
+        self, changed: list[MO], merged: list[MO], removed: list[MO], stamps: Mapping[str, MO] | None = None
+    ) -> None:
         """Send what a flush changed to the sessions subscribed to it (each gets the MOs under its
-        subscriptions that cover one of them: ``fan_out`` filters by those alone)."""
+        subscriptions that cover one of them: ``fan_out`` filters by those alone).
+
+        ``stamps`` (tenant -> its new ``PfRevision``, also in ``changed``): a session that gets any
+        object of a tenant gets the tenant's stamp with it (and owes it: ``Peer.owed``); every
+        session has then *settled* the flush's revision, since it needed nothing else from it."""
+        stamps = stamps or {}
         uris = (mo.uri for part in (changed, merged, removed) for mo in part)
         covering = self.subscribers.of(uris, time.monotonic())
+        newest = max((s.properties.get(Prop.REVISION, 0) for s in stamps.values()), default=0)
+
+        def table(peer: Peer) -> dict[str, float]:
+            covers = covering.get(id(peer), {})
+            if stamps and covers:
+                until = max(covers.values())
+                for tenant in {tenant_of(uri) for uri in covers}:
+                    stamp = stamps.get(tenant) if tenant is not None else None
+                    if stamp is not None:
+                        covers[stamp.uri] = until
+                        peer.owed = max(peer.owed, stamp.properties.get(Prop.REVISION, 0))
+            peer.settled = max(peer.settled, newest)
+            return covers
+
         self._fan_out(
             "policy_update",
-            lambda peer: covering.get(id(peer), {}),
+            table,
             {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
         )
 

@@ -409,12 +409,18 @@ class OpflexServer:
     def agents_json(self) -> list[dict[str, Any]]:
         """Read from the REST thread: it works on copies of the loop's tables."""
         subs: dict[str, int] = {}
+        current: dict[str, pe.Peer] = {}
         for p in list(self.peers.values()):
             if p.agent is not None:
                 subs[p.agent] = subs.get(p.agent, 0) + len(p.subs) + len(p.ep_subs)
+                if p.current:
+                    current[p.agent] = p
         out = []
         for agent in list(self.observer.agents.values()):
             item = agent.to_json(subs.get(agent.name, 0), self.registry.endpoints_of(agent.name))
+            session = current.get(agent.name)
+            if session is not None and agent.connected:  # what it reported, and what it did not need
+                item["rendered_revision"] = session.rendered(agent.rendered_revision)
             item["gateway_for"] = self.election.routers_of(agent.name)
             item["refused_declarations"] = self.registry.refused[agent.name]
             out.append(item)
