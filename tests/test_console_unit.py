@@ -85,14 +85,16 @@ def test_the_demo_explanations_name_the_rule_that_decides() -> None:
 def test_the_demo_matrix_cells() -> None:
     m = matrix(intents(DEMO)["acme"])
     cells = {(c["source"], c["destination"]): c for c in m["epg_cells"]}
-    assert m["epgs"] == ["app", "web"] and len(cells) == 4
+    assert m["epgs"] == ["api", "app", "web"] and len(cells) == 9
     assert cells["app", "web"]["verdict"] == "partial"
     assert [(e["protocol"], e["port"], e["by"]) for e in cells["app", "web"]["entries"]] == [
         ("tcp", "80", "contract http, rule web-in (consumer -> provider)")
     ]
     assert cells["web", "app"]["verdict"] == "deny"  # providers do not open to consumers
     assert cells["web", "web"]["verdict"] == "allow" and cells["app", "app"]["verdict"] == "deny"
-    assert m["members"]["web"] == ["web1", "web2"] and m["members"]["sg:ssh-from-app"] == ["app1"]
+    assert cells["api", "web"]["verdict"] == "partial"  # the IPv6 tier consumes http too
+    assert cells["web", "api"]["verdict"] == cells["api", "app"]["verdict"] == "deny"
+    assert m["members"]["web"] == ["web1", "web2", "web3"] and m["members"]["sg:ssh-from-app"] == ["app1"]
 
 
 def test_security_group_cells_in_plain_mode() -> None:
@@ -210,7 +212,7 @@ def test_nothing_is_loaded_from_elsewhere(console: TestClient) -> None:
 
 def test_the_matrix_is_scoped_like_the_rest_api(console: TestClient) -> None:
     r = console.get("/v1/matrix", params={"tenant": "acme"}, headers=bearer(MEMBER))
-    assert r.status_code == 200 and r.json()["epgs"] == ["app", "web"]
+    assert r.status_code == 200 and r.json()["epgs"] == ["api", "app", "web"]
     other = console.get("/v1/matrix", params={"tenant": "beta"}, headers=bearer(MEMBER))
     missing = console.get("/v1/matrix", params={"tenant": "nosuch"}, headers=bearer(MEMBER))
     assert other.status_code == missing.status_code == 404  # another tenant does not exist for it

@@ -207,6 +207,7 @@ class PolicyRepository:
         policy: list[dict[str, Any]] = []
         entries = parse(Resolve, params)
         await self.fresh({tenant_of(e.policy_uri) for e in entries})
+        stamped: set[str] = set()  # the tenants' revisions already in this answer
         for entry in entries:
             tree = self.trees.get(tenant_of(entry.policy_uri))
             mos = tree.subtree(entry.policy_uri) if tree else []
@@ -218,8 +219,9 @@ class PolicyRepository:
             # the tenant's revision goes with any part of it (resolution by need: agents resolve
             # objects, not the tenant), so the agent can say which revision it rendered
             stamp = self.stamps.get(tenant_of(entry.policy_uri) or "")
-            if mos and stamp is not None:
-                if not stamp.uri.startswith(entry.policy_uri):
+            if mos and stamp is not None:  # (no subtree holds it: it is no child of the space)
+                if stamp.uri not in stamped:
+                    stamped.add(stamp.uri)
                     mos = [*mos, stamp]
                 peer.owed = max(peer.owed, stamp.properties.get(Prop.REVISION, 0))
             peer.subscribe(peer.subs, entry.policy_uri, entry.prr)
