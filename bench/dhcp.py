@@ -239,6 +239,8 @@ def main6(args: argparse.Namespace) -> None:
             for netns, _ in eps:
                 reset6(netns, work / f"{netns}.pid")
         finally:
+            for pidfile in work.glob("*.pid"):  # every client this run started, also after a failure
+                reset6("-", pidfile)
             lab.down()
             for e in lab.state.endpoints.values():
                 subprocess.run(["rm", "-rf", str(netns_etc(e.netns))])
