@@ -155,14 +155,19 @@ def configure(method: str, netns: str, ip: str, work: Path) -> float:
     return time.monotonic() - t0
 
 
-def reset6(netns: str, pidfile: Path) -> None:
-    """The endpoint as a VM before boot: no client, link down (which drops every IPv6 address and
-    route the kernel holds for it), RAs accepted, addresses made from them for SLAAC."""
+def stop_client(pidfile: Path) -> None:
+    """Stop the DHCP client whose pid ``pidfile`` holds (dhclient writes it), if any."""
     if pidfile.exists():
         pid = pidfile.read_text().strip()
         if pid.isdigit():
             subprocess.run(["kill", pid], capture_output=True)
         pidfile.unlink()
+
+
+def reset6(netns: str, pidfile: Path) -> None:
+    """The endpoint as a VM before boot: no client, link down (which drops every IPv6 address and
+    route the kernel holds for it), RAs accepted, addresses made from them for SLAAC."""
+    stop_client(pidfile)
     sh(netns, "sysctl", "-q", "-w", "net.ipv6.conf.eth0.disable_ipv6=1")  # drops every IPv6 address and route
 
 
@@ -239,6 +244,8 @@ def main6(args: argparse.Namespace) -> None:
             for netns, _ in eps:
                 reset6(netns, work / f"{netns}.pid")
         finally:
+            for pidfile in work.glob("*.pid"):  # every client this run started, also after a failure
+                stop_client(pidfile)
             lab.down()
             for e in lab.state.endpoints.values():
                 subprocess.run(["rm", "-rf", str(netns_etc(e.netns))])

@@ -202,7 +202,8 @@ def test_bridge_domains_carry_their_vni_and_their_routing_domains_zone() -> None
         ),
     }
     advertised = Ipv6Subnet(Prefix("2001:db8:1::/64"), IpAddress("2001:db8:1::1"), "slaac")  # s-v6
-    assert [bd.ipv6 for bd in view.bds.values()] == [(advertised,), ()]
+    assert view.bds[u(Cls.GBP_BRIDGE_DOMAIN, "bd-web")].ipv6 == (advertised,)
+    assert view.bds[u(Cls.GBP_BRIDGE_DOMAIN, "bd-app")].ipv6 == ()
 
 
 def test_groups_carry_their_class_id_bridge_domain_and_contracts() -> None:
