@@ -29,6 +29,7 @@ from fastapi.responses import StreamingResponse
 
 from policyfabric.agent.dryrun import DryRunAgent
 from policyfabric.lab.authority import AuthorityProcess, authority_in, free_port
+from policyfabric.model import scenario as sc
 from policyfabric.opflex.client import PolicyClient
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_uri
 from policyfabric.opflex.mo import MO
@@ -46,6 +47,11 @@ ROOT = Path(__file__).parent.parent
 CHROMIUM, CHROMEDRIVER = Path("/usr/bin/chromium"), Path("/usr/bin/chromedriver")
 ADMIN, MEMBER = "admin-token-0123456789", "member-acme-0123456789"
 WAIT = 10.0
+DEMO_ACME = sorted(  # the demo's endpoints in tenant acme, all drawn
+    e.data["name"]
+    for e in sc.load(ROOT / "examples" / "demo.yaml").in_order()
+    if e.kind.name == "endpoint" and e.data["tenant"] == "acme"
+)
 
 
 @pytest.fixture(scope="module")
@@ -264,7 +270,7 @@ def test_the_topology_shows_every_endpoint(
     open_console(driver, authority.url, ADMIN)
     with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
         names = [e["name"] for e in http.get("/v1/endpoints", params={"tenant": "acme"}).json()["items"]]
-    assert sorted(names) == ["app1", "app2", "web1", "web2"]
+    assert sorted(names) == DEMO_ACME and len(DEMO_ACME) >= 4
     wait(driver, "document.querySelectorAll('#topology [data-ep]').length === arguments[0]", len(names))
     shown = driver.execute_script(
         "return [...document.querySelectorAll('#topology [data-ep]')].map(e => e.dataset.ep)"
@@ -361,15 +367,15 @@ def test_a_change_through_the_api_shows_without_reload(
     authority: AuthorityProcess, driver: WebDriver
 ) -> None:
     open_console(driver, authority.url, ADMIN)
-    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === 4")
+    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === arguments[0]", len(DEMO_ACME))
     driver.execute_script("window.notReloaded = true")
-    body = {"tenant": "acme", "name": "web3", "epg": "web", "ip": "10.1.0.12", "host": "h1"}
+    body = {"tenant": "acme", "name": "web9", "epg": "web", "ip": "10.1.0.19", "host": "h1"}
     with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
         made = http.post("/v1/endpoints", json=body)
         assert made.status_code == 201, made.text
-        wait(driver, "document.querySelector('[data-ep=\"acme/web3\"]') !== null", timeout=5)
+        wait(driver, "document.querySelector('[data-ep=\"acme/web9\"]') !== null", timeout=5)
         assert http.delete(f"/v1/endpoints/{made.json()['id']}").status_code == 200
-    wait(driver, "document.querySelector('[data-ep=\"acme/web3\"]') === null", timeout=5)
+    wait(driver, "document.querySelector('[data-ep=\"acme/web9\"]') === null", timeout=5)
     assert driver.execute_script("return window.notReloaded === true")
 
 
@@ -385,7 +391,7 @@ def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver
     )
     assert not driver.find_element(By.ID, "login").get_attribute("hidden")
     open_console(driver, authority.url, MEMBER)
-    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === 4")
+    wait(driver, "document.querySelectorAll('#topology [data-ep]').length === arguments[0]", len(DEMO_ACME))
     assert tenants(driver) == ["acme"]
     assert "secret-db" not in driver.page_source
     driver.get(f"{authority.url}/ui#agents")  # a new page load: the token stays for the tab
@@ -502,7 +508,6 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventF
     from policyfabric.authority.api import create_app
     from policyfabric.authority.auth import parse_tokens
     from policyfabric.authority.service import Authority
-    from policyfabric.model import scenario as sc
     from policyfabric.store.sqlite import SqliteStore
 
     store = SqliteStore(tmp_path_factory.mktemp("console-feed") / "pf.db")
