@@ -208,11 +208,13 @@ def test_a_mirror_of_the_demo_reads_into_the_view_our_authority_gives(tmp_path: 
         client = asyncio.run(_resolve_all(peer, ["acme"]))
     theirs = policy_view(client.policy)
     own = policy_view(ours)
-    assert theirs.groups == own.groups and len(own.groups) == 2
+    assert theirs.groups == own.groups and len(own.groups) == 3
     assert theirs.contracts == own.contracts and own.contracts
-    # the mirror has none of our extensions (Pf*): the bridge domains' MTU and DHCP subnets are ours
-    assert theirs.bds == {u: dataclasses.replace(bd, mtu=0, dhcp=()) for u, bd in own.bds.items()}
-    assert own.bds and all(bd.mtu and bd.dhcp for bd in own.bds.values())
+    # the mirror has none of our extensions (Pf*): the bridge domains' MTU and what hosts answer by
+    # DHCP and router advertisements are ours (SLAAC prefixes are the model's own flag: the same)
+    assert theirs.bds == {u: dataclasses.replace(bd, mtu=0, dhcp=(), ipv6=()) for u, bd in own.bds.items()}
+    assert own.bds and all(bd.mtu for bd in own.bds.values())
+    assert any(bd.dhcp for bd in own.bds.values()) and any(bd.ipv6 for bd in own.bds.values())
     assert set(theirs.security_groups) == set(own.security_groups)
     for uri, sg in own.security_groups.items():
         mine = sorted((r.order, r.protocol, r.ports) for r in sg.rules)
