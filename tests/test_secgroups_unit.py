@@ -13,9 +13,9 @@ from dataclasses import replace
 
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
-from policyfabric.agent.renderers.ovs.switching import link_local
 from policyfabric.agent.values import parse_ip
 from policyfabric.agent.view import Endpoint, IpAddress, Network
+from policyfabric.model.addressing import link_local
 from tests import fabric
 from tests.fabric import (
     ICMP,
@@ -150,7 +150,7 @@ def test_ipv6_neighbour_discovery_passes_policy() -> None:
         "eth_type": "ipv6",
         "dl_src": VM1.mac,
         "dl_dst": VM3.mac,
-        "ipv6_src": link_local(VM1.mac),
+        "ipv6_src": str(link_local(VM1.mac)),
         "nw_proto": ICMP6,
         "icmp_type": 135,
     }

@@ -356,6 +356,19 @@ def _group_layer(intent: Intent, src: o.Endpoint, dst: o.Endpoint, probe: Probe)
     ]
 
 
+def _sg_rules(
+    intent: Intent, groups: Iterable[str], direction: str
+) -> list[tuple[str, int, o.SecurityGroupRule]]:
+    """The rules of ``groups`` in ``direction`` (group, index, rule): what one end's security
+    groups say about traffic leaving it (egress) or reaching it (ingress)."""
+    return [
+        (g, i, r)
+        for g in groups
+        for i, r in enumerate(intent.security_groups[g].rules if g in intent.security_groups else ())
+        if r.direction == direction
+    ]
+
+
 def _sg_layer(intent: Intent, src: o.Endpoint, dst: o.Endpoint, probe: Probe) -> tuple[bool, list[str], bool]:
     """Security groups: (passes, reasons, whether the layer applied to either end)."""
     reasons: list[str] = []
@@ -364,12 +377,7 @@ def _sg_layer(intent: Intent, src: o.Endpoint, dst: o.Endpoint, probe: Probe) ->
     dst_governed = bool(dst.security_groups) or dst.epg is None
     if src_governed:
         applied = True
-        egress = [
-            (g, i, r)
-            for g in src.security_groups
-            for i, r in enumerate(intent.security_groups[g].rules if g in intent.security_groups else ())
-            if r.direction == "egress"
-        ]
+        egress = _sg_rules(intent, src.security_groups, "egress")
         if egress:
             fits = [x for x in egress if _admits(x[2], dst, probe)]
             if not fits:
@@ -384,12 +392,7 @@ def _sg_layer(intent: Intent, src: o.Endpoint, dst: o.Endpoint, probe: Probe) ->
             reasons.append(f"allow: egress of {src.name} is open (its security groups have no egress rule)")
     if dst_governed:
         applied = True
-        ingress = [
-            (g, i, r)
-            for g in dst.security_groups
-            for i, r in enumerate(intent.security_groups[g].rules if g in intent.security_groups else ())
-            if r.direction == "ingress"
-        ]
+        ingress = _sg_rules(intent, dst.security_groups, "ingress")
         fits = [x for x in ingress if _admits(x[2], src, probe)]
         if not fits:
             groups = ", ".join(dst.security_groups) or "none"

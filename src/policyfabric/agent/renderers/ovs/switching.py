@@ -24,17 +24,11 @@ from policyfabric.agent.renderers.ovs.tables import (
     set_field,
 )
 from policyfabric.agent.view import BridgeDomain, DhcpSubnet, Endpoint, Ipv4Address
+from policyfabric.model.addressing import link_local
 
 TO_CONTROLLER = "CONTROLLER:65535"  # the whole packet to the agent (as ovs-ofctl writes it back)
 MULTICAST = "01:00:00:00:00:00/01:00:00:00:00:00"
 ND_MULTICAST = "33:33:00:00:00:00/ff:ff:00:00:00:00"
-
-
-def link_local(mac: str) -> str:
-    """The EUI-64 IPv6 link-local address of ``mac``."""
-    b = bytes.fromhex(mac.replace(":", ""))
-    eui = bytes([b[0] ^ 0x02, b[1], b[2], 0xFF, 0xFE, b[3], b[4], b[5]])
-    return str(ipaddress.IPv6Address(b"\xfe\x80" + b"\x00" * 6 + eui))
 
 
 def is_v6(ip: str) -> bool:
@@ -98,7 +92,11 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COO
     # IPv6 neighbour discovery needs the link-local address, and DAD the unspecified one
     flows.append(
         flow(
-            PORT_SECURITY, 100, {**src, "ipv6": "", "ipv6_src": link_local(ep.mac)}, goto(ARP), cookie=cookie
+            PORT_SECURITY,
+            100,
+            {**src, "ipv6": "", "ipv6_src": str(link_local(ep.mac))},
+            goto(ARP),
+            cookie=cookie,
         )
     )
     flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP), cookie=cookie))
