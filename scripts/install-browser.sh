@@ -10,4 +10,7 @@ cd "$(dirname "$0")/.."
 
 need_debian_packages install-browser --no-recommends chromium chromium-driver fonts-dejavu-core
 
-chromium --version | head -1  # fails loudly if the binary is broken
+# Captured, not piped to head: under pipefail, head closing the pipe early makes chromium die of
+# SIGPIPE (exit 141) now and then, which failed CI once.
+version="$(chromium --version)"  # fails loudly if the binary is broken
+echo "${version%%$'\n'*}"

@@ -33,4 +33,7 @@ elif command -v update-rc.d >/dev/null 2>&1 && [ -e /etc/init.d/etcd ]; then
   /etc/init.d/etcd stop >/dev/null 2>&1 || true
 fi
 
-etcd --version | head -1  # fails loudly if the binary is broken
+# Captured, not piped to head: under pipefail, head closing the pipe early makes etcd die of
+# SIGPIPE (exit 141) now and then, which failed CI once.
+version="$(etcd --version)"  # fails loudly if the binary is broken
+echo "${version%%$'\n'*}"

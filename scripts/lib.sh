@@ -9,7 +9,8 @@ need_debian_packages() {
   if [ "${1:-}" = "--no-recommends" ]; then opts=(--no-install-recommends); shift; fi
   local missing=() pkg
   for pkg in "$@"; do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+    # no pipe into grep -q: under pipefail an early exit of grep is a SIGPIPE for dpkg-query
+    [[ "$(dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null || true)" == *"install ok installed"* ]] || missing+=("$pkg")
   done
   [ ${#missing[@]} -eq 0 ] && return 0
   if [ "$(id -u)" -ne 0 ]; then
