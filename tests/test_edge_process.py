@@ -205,3 +205,11 @@ def test_running_out_of_file_descriptors_logs_a_line_a_second_not_a_traceback_pe
     with Client(f"http://127.0.0.1:{rest}", timeout=5) as client:
         assert client.revision() == 0  # it recovers once the descriptors are back
     stop(proc)
+
+
+def test_sigterm_stops_it_cleanly_with_status_0_and_a_stopped_line(tmp_path: Path) -> None:
+    proc, log, _ = spawn(tmp_path, resource.getrlimit(resource.RLIMIT_NOFILE))
+    proc.terminate()
+    assert proc.wait(15) == 0, log.read_text()
+    text = log.read_text()
+    assert "policyfabric authority stopped" in text and "Traceback" not in text

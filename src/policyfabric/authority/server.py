@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import signal
 import socket
 import ssl
 from dataclasses import dataclass, field
@@ -233,11 +234,20 @@ def serve(settings: Settings) -> None:
     if settings.store is None and (settings.etcd_cacert or settings.etcd_cert or settings.etcd_key):
         raise StartupError("--etcd-cacert, --etcd-cert and --etcd-key go with --store etcd://...")
     store = open_etcd_store(settings) if settings.store else open_store(settings.db, settings.sync)
+    signal.signal(signal.SIGTERM, _exit_cleanly)
     try:
         asyncio.run(_run(settings, store, tls, tokens))
     finally:
         store.close()
         log.info("policyfabric authority stopped")
+
+
+def _exit_cleanly(signum: int, frame: object) -> None:
+    """SIGTERM ends the authority like Ctrl-C does: through every ``finally`` (OpFlex sessions
+    closed, the store closed, the "stopped" line) with exit status 0. uvicorn handles the signal
+    while it serves, then raises it again once it has stopped; with the default handler that
+    second delivery killed the process (status 143) before any of that ran."""
+    raise SystemExit(0)
 
 
 def _opflex_options(settings: Settings) -> dict[str, Any]:
