@@ -41,7 +41,18 @@ from policyfabric.agent.view import Contract, Endpoint, Group, IpAddress, Networ
 
 TABLE = "policyfabric"
 FAMILIES = {0x0800: ("ip", "4", "ipv4"), 0x86DD: ("ip6", "6", "ipv6")}
-ND = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit } accept"
+ND = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept"
+# What the agent itself answers on Open vSwitch (DHCPv4, DHCPv6, router advertisements): an
+# endpoint booting has no address yet (0.0.0.0, or only its link-local one), and the answers come
+# from no group member, so neither direction may meet the address jumps below. Open vSwitch drops,
+# before this ruleset, what an endpoint sends from the server side of these (a rogue DHCP server or
+# router advertisement), and carries its client's requests to the agent, not the network.
+ADDRESSING = (
+    "udp sport 68 udp dport 67 accept",
+    "udp sport 67 udp dport 68 accept",
+    "udp sport 546 udp dport 547 accept",
+    "udp sport 547 udp dport 546 accept",
+)
 EVERY = "gall"  # the set of every EPG member (what an endpoint without an EPG is kept apart from)
 
 
@@ -186,7 +197,7 @@ def _families(ethertype: int | None) -> list[tuple[str, str, str]]:
 def endpoint_chains(ep: Endpoint, n: int, bridge: str) -> list[tuple[str, Chain]]:
     """The endpoint's own chain (its addresses pick the direction) and the two that chain each
     direction's layers; the layers' chains (``_g``, ``_sg``) are written apart."""
-    body = ["ct state invalid drop", "ct state established,related accept", ND]
+    body = ["ct state invalid drop", "ct state established,related accept", ND, *ADDRESSING]
     for p, f, _ in FAMILIES.values():
         addrs = [ip for ip in ep.ips if (":" in ip) == (f == "6")]
         if addrs:
