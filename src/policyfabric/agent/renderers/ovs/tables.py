@@ -66,6 +66,7 @@ REGISTERS = (
 )
 
 CLASSIFIER = "ip ipv6 tcp tcp6 udp udp6 icmp icmp6 nw_proto tp_dst"  # a rule's L3/L4 part
+SG_ICMP = "icmp_type icmp_code"  # a security group rule's ICMP type and code
 ARP_ANSWER = "dl_src dl_dst arp_op arp_sha arp_spa arp_tha arp_tpa"  # what answering ARP rewrites
 # what answering a neighbour solicitation rewrites (the solicitation becomes the advertisement)
 ND_ANSWER = "dl_src dl_dst ipv6_src ipv6_dst icmp_type nd_reserved nd_options_type nd_tll"
@@ -231,7 +232,7 @@ TABLES = (
         "SG_EGRESS",
         purpose="security groups' egress rules of the sending local port (in_port), once it has any",
         flows="local ports + member addresses + rules",
-        matches=_fields("in_port conj_id nw_dst ipv6_dst", CLASSIFIER),
+        matches=_fields("in_port conj_id nw_dst ipv6_dst", CLASSIFIER, SG_ICMP),
         goes_to=(SG_INGRESS,),
         miss=SG_INGRESS,
     ),
@@ -243,7 +244,7 @@ TABLES = (
             "to conntrack"
         ),
         flows="local ports + member addresses + rules",
-        matches=_fields("reg4 conj_id nw_src ipv6_src", CLASSIFIER),
+        matches=_fields("reg4 conj_id nw_src ipv6_src", CLASSIFIER, SG_ICMP),
         goes_to=(OUTPUT,),
     ),
     Table(
