@@ -96,6 +96,18 @@ def icmp_types_received(lab: Lab, src: str, dst: str, kinds: list[int]) -> set[i
     return {int(t) for t in out.split()}
 
 
+# A gratuitous ARP for an address from the namespace's eth0 (what keepalived sends on failover).
+GARP = """
+import socket, sys
+ip, mac = sys.argv[1], bytes.fromhex(sys.argv[2].replace(":", ""))
+spa = socket.inet_aton(ip)
+frame = b"\\xff" * 6 + mac + b"\\x08\\x06" + bytes.fromhex("0001080006040001") + mac + spa + bytes(6) + spa
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+s.bind(("eth0", 0))
+s.send(frame)
+"""
+
+
 def test_the_scenario_holds(lab: Lab) -> None:
     results = lab.probe(checked_plan(sc.load(Path(lab.state.scenario))).expect)
     assert [(r.expect.source, r.expect.target, r.expect.probe, r.measured) for r in results if not r.ok] == []
@@ -158,3 +170,27 @@ def test_a_virtual_address_from_an_allowed_pair_is_reached_and_others_are_not(la
     finally:
         for address in (VIP, UNLISTED):
             ns_run(vip1, "ip", "addr", "del", f"{address}/24", "dev", "eth0")
+
+
+def garp(lab: Lab, name: str, address: str) -> None:
+    sent = ns_run(netns(lab, name), sys.executable, "-c", GARP, address, lab.state.endpoints[name].mac)
+    assert sent.returncode == 0, sent.stderr
+
+
+def test_a_virtual_address_shared_by_two_endpoints_follows_its_holder(lab: Lab) -> None:
+    """vip1 (h1) and vip2 (h2) both list 10.4.0.100: it goes to whichever holds it and says so
+    (keepalived's failover: the address moves, a gratuitous ARP tells the bridge domain)."""
+    holders = {"vip1": 8080, "vip2": 8081}  # each serves its own port: which one answers tells who
+    with serving(lab, ("vip1", "tcp", 8080), ("vip2", "tcp", 8081)):
+        for holder, other in (("vip1", "vip2"), ("vip2", "vip1")):
+            ns_run(netns(lab, other), "ip", "addr", "del", f"{VIP}/24", "dev", "eth0")
+            assert ns_run(netns(lab, holder), "ip", "addr", "add", f"{VIP}/24", "dev", "eth0").returncode == 0
+
+            def reaches_holder(holder: str = holder) -> bool:
+                garp(lab, holder, VIP)
+                return tcp_from(lab, "client", VIP, holders[holder])
+
+            until(reaches_holder, timeout=10, step=0.5)
+            assert ping_from(lab, "client", VIP)
+    for name in holders:
+        ns_run(netns(lab, name), "ip", "addr", "del", f"{VIP}/24", "dev", "eth0")

@@ -318,3 +318,21 @@ def test_nftables_sources_never_overlap() -> None:
     assert sources(e, False) == ["10.0.0.0/24"]  # 10.0.0.10 and .77 are inside: one interval
     assert sources(e, True) == ["fd00::7"]
     assert destinations(e, False) == ["10.0.0.10", "10.0.0.77"]
+
+
+def test_an_ipv6_pair_passes_port_security_and_its_neighbour_discovery_too() -> None:
+    vip6 = with_pairs(replace(VIP, allowed_pairs=()), ("fd00::100/128", None))
+    sw = switch(vip6, PEER)
+    packet = {
+        "in_port": 11,
+        "eth_type": "ipv6",
+        "dl_src": vip6.mac,
+        "dl_dst": PEER.mac,
+        "ipv6_src": "fd00::100",
+        "ipv6_dst": "fd00::2",
+        "nw_proto": 58,
+        "icmp_type": 136,  # a neighbour advertisement for the virtual address
+    }
+    assert 12 in sw.send(packet).ports
+    assert sw.send({**packet, "ipv6_src": "fd00::101"}).dropped
+    assert switch(replace(vip6, allowed_pairs=()), PEER).send(packet).dropped
