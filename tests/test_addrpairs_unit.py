@@ -250,6 +250,16 @@ def test_traffic_to_a_pair_is_delivered_to_its_endpoint() -> None:
     assert 11 in sw.send(arp_request(PEER, "10.0.0.100")).ports
 
 
+def test_a_pair_naming_another_endpoints_mac_does_not_take_its_frames() -> None:
+    """Neutron lets a pair name another port's MAC (tempest's pairs are another port's address and
+    MAC): the sender is admitted from it, but frames to that MAC still go to its owner."""
+    thief = with_pairs(vm("thief", 4, "sg/open", ofport=14), (f"{PEER.ips[0]}/32", PEER.mac))
+    for order in ((thief, PEER), (PEER, thief)):
+        sw = switch(VIP, *order)
+        assert sw.send(ip_packet(VIP, PEER)).ports == [12]
+        assert sw.send(ip_packet(thief, VIP, dl_src=PEER.mac, nw_src=PEER.ips[0])).ports == [11]
+
+
 def ips(*addresses: str) -> tuple[IpAddress, ...]:
     return tuple(parse_ip(a) for a in addresses)
 

@@ -105,6 +105,9 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COO
     return (*flows, *arp_answers(ep, bd, cookie))
 
 
+PAIR_MAC_PRIORITY = 90  # L2: under the endpoints' and routers' own MACs (100), over flooding (50)
+
+
 def _in(prefix: str, field: str) -> dict[str, str | int]:
     """A match on ``field`` within ``prefix``: a host prefix as its address (as OVS writes it back),
     a /0 as no match at all."""
@@ -117,7 +120,9 @@ def pair_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> li
     """Port security for the endpoint's allowed address pairs (Neutron's): IP from each pair's
     prefix at the pair's MAC, ARP whose sender is that MAC and an address in the prefix (a VRRP
     master's replies and gratuitous ARP for its virtual address); for a pair MAC other than its
-    own, IPv6 from that MAC's link-local address and DAD, and L2 delivery of frames to that MAC.
+    own, IPv6 from that MAC's link-local address and DAD, and L2 delivery of frames to that MAC
+    below an endpoint's own MAC (``PAIR_MAC_PRIORITY``): a pair may name another endpoint's MAC
+    (Neutron allows it; tempest does it), and that endpoint keeps its frames.
 
     Delivery to a pair's address is by ARP and ND, as in Neutron: the fabric answers no ARP for
     it (``arp_answers`` does not list it), so a request floods the bridge domain and whichever
@@ -161,7 +166,7 @@ def pair_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> li
         flows.append(
             flow(
                 L2,
-                100,
+                PAIR_MAC_PRIORITY,
                 {"reg2": hex(bd.vni), "dl_dst": mac},
                 set_field(ep.classid, "reg1"),
                 set_field(port, "reg4"),

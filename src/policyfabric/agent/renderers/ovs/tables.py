@@ -110,8 +110,9 @@ TABLES = (
         PORT_SECURITY,
         "PORT_SECURITY",
         purpose=(
-            "a local port sends only from its endpoint's MAC and addresses (ARP sender fields too), "
-            "its IPv6 link-local address (EUI-64) and `::` (DAD); its DHCP requests go to the agent "
+            "a local port sends only from its endpoint's MAC and addresses (ARP sender fields too) and "
+            "its allowed address pairs' (MAC, prefix), its IPv6 link-local address (EUI-64) and `::` "
+            "(DAD); its DHCP requests go to the agent "
             "(CONTROLLER), its DHCP server packets (UDP source port 67) nowhere; the same for router "
             "solicitations and DHCPv6 (to the agent), router advertisements and UDP source port 547; "
             "multicast listener discovery from any port nowhere"
@@ -143,7 +144,8 @@ TABLES = (
         L2,
         "L2",
         purpose=(
-            "destination MAC → its group, output port and host, or a router (→ ROUTING); ARP and IPv6 ND "
+            "destination MAC → its group, output port and host, or a router (→ ROUTING); a local "
+            "endpoint's allowed-pair MAC, below those (priority 90); ARP and IPv6 ND "
             "multicast to the bridge domain's ports and hosts; anything else (unknown unicast) dropped"
         ),
         flows="1 per endpoint in the host's bridge domains and router leg, 4 per bridge domain",
