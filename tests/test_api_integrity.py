@@ -171,6 +171,7 @@ def test_objects_use_the_scenario_keys(api: Api, tenant: dict[str, str]) -> None
         "security_groups",
         "host",
         "interface",
+        "allowed_address_pairs",
         "status",
         "revision",
     }

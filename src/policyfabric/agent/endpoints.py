@@ -41,6 +41,7 @@ from policyfabric.agent.values import (
     parse_ipv4,
     parse_key,
     parse_mac,
+    parse_prefix,
     ranged,
     refs,
     refuse,
@@ -242,6 +243,23 @@ class LocalIntent:
     ips: tuple[IpAddress, ...]  # the declared ones
     security_groups: tuple[str, ...]
     slaac: bool = False  # it lists ``slaac``: it also holds its EUI-64 address in each SLAAC subnet
+    pairs: tuple[tuple[Prefix, Mac], ...] = ()  # its allowed address pairs
+
+
+def parse_pairs(value: object, own: Mac) -> tuple[tuple[Prefix, Mac], ...]:
+    """``PfEndpoint``'s ``allowedAddressPairs``: a list of "PREFIX MAC" (or "PREFIX": the endpoint's
+    own MAC ``own``)."""
+    if value is None:
+        return ()
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ValueError("not a list of 'PREFIX MAC' strings")
+    out = []
+    for text in value:
+        parts = text.split(" ")
+        if len(parts) not in (1, 2):
+            raise ValueError(f"{text[:80]!r} is not 'PREFIX MAC'")
+        out.append((parse_prefix(parts[0]), parse_mac(parts[1]) if len(parts) == 2 else own))
+    return tuple(dict.fromkeys(out))
 
 
 def read_local(mo: MO | None, uri: str, interface: str | None) -> LocalIntent | Invalid | None:
@@ -259,13 +277,14 @@ def read_local(mo: MO | None, uri: str, interface: str | None) -> LocalIntent | 
         ips = get(props, Prop.IP, addresses)
         slaac = SLAAC in (props.get(Prop.IP) or ())  # (a list, if any: ``addresses`` took it)
         sgs = tuple(sorted(get(props, Prop.SECURITY_GROUP, refs)))
+        pairs = get(props, Prop.ALLOWED_ADDRESS_PAIRS, lambda v: parse_pairs(v, mac))
         if interface is not None and not is_interface(interface):
             raise Refused("interface", interface, "not an interface name")
     except Refused as bad:
         found: list[Invalid] = []
         refuse(found, uri, bad)
         return found[0]
-    return LocalIntent(bd, mac, epg, ips, sgs, slaac)
+    return LocalIntent(bd, mac, epg, ips, sgs, slaac, pairs)
 
 
 def local_record(
@@ -291,6 +310,7 @@ def local_record(
         ofport=ofport,
         security_groups=intent.security_groups,
         interface=interface,
+        allowed_pairs=intent.pairs,
     )
 
 

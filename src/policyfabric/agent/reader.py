@@ -145,11 +145,19 @@ def _classifier(c: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
+def _icmp(c: Mapping[str, Any]) -> dict[str, Any]:
+    """A security group rule's ICMP type and code (the classifier's ``icmpType``, ``icmpCode``)."""
+    return {
+        "icmp_type": optional(c, Prop.ICMP_TYPE, ranged(0, 0xFF), None),
+        "icmp_code": optional(c, Prop.ICMP_CODE, ranged(0, 0xFF), None),
+    }
+
+
 def _rule_mos(policy: Mapping[str, MO], container: MO, subject: str, rule_subject: str) -> list[MO]:
     return [r for s in _children(policy, container, subject) for r in _children(policy, s, rule_subject)]
 
 
-def _rule_fields(policy: Mapping[str, MO], rule: MO) -> list[dict[str, Any]]:
+def _rule_fields(policy: Mapping[str, MO], rule: MO, icmp: bool = False) -> list[dict[str, Any]]:
     """The fields of a Rule, once per classifier of ``rule``; raises ``_At`` (the rule's or the
     classifier's URI) on a value that does not parse."""
     try:
@@ -164,7 +172,7 @@ def _rule_fields(policy: Mapping[str, MO], rule: MO) -> list[dict[str, Any]]:
     out = []
     for clf in classifiers:
         try:
-            out.append({**common, **_classifier(clf.properties)})
+            out.append({**common, **_classifier(clf.properties), **(_icmp(clf.properties) if icmp else {})})
         except Refused as bad:
             raise _At(clf.uri, bad) from None
     return out
@@ -222,7 +230,7 @@ def _sg_rule(policy: Mapping[str, MO], sg: MO, rule: MO, claims: list[tuple[str,
         claims.append((group, containers[0].uri))
         return [
             SgRule(key=f"{sg.uri}#{fields['order']}", allow=True, remote_group=group, **fields)
-            for fields in _rule_fields(policy, rule)
+            for fields in _rule_fields(policy, rule, icmp=True)
         ]
     try:
         prefixes: list[Prefix | None] = [
@@ -232,14 +240,14 @@ def _sg_rule(policy: Mapping[str, MO], sg: MO, rule: MO, claims: list[tuple[str,
         raise _At(rule.uri, bad) from None
     if containers and not prefixes:
         return []  # a remote side with no address matches nothing (never "any")
-    for fields in _rule_fields(policy, rule):
+    for fields in _rule_fields(policy, rule, icmp=True):
         family = {0x0800: 4, 0x86DD: 6}.get(fields["ethertype"])
         for prefix in prefixes:  # the model makes a prefix's ethertype its family; flows match by it
             if prefix is not None and family != (6 if ":" in prefix else 4):
                 raise _At(rule.uri, Refused(Prop.ETHER_T, fields["ethertype"], f"not the family of {prefix}"))
     return [
         SgRule(key=f"{sg.uri}#{fields['order']}", allow=True, remote_prefix=prefix, **fields)
-        for fields in _rule_fields(policy, rule)
+        for fields in _rule_fields(policy, rule, icmp=True)
         for prefix in prefixes or [None]
     ]
 

@@ -55,6 +55,8 @@ class SgRule(Rule):
 
     remote_prefix: Prefix | None = None
     remote_group: str | None = None
+    icmp_type: int | None = None  # ICMP (ICMPv6) type and code, 0-255 (None: any)
+    icmp_code: int | None = None
 
 
 @dataclass(frozen=True)
@@ -137,11 +139,37 @@ class Endpoint:
     vtep: Ipv4Address | None = None
     security_groups: tuple[str, ...] = ()  # GbpSecGroup URIs (local endpoints)
     interface: str | None = None  # its port on the integration bridge (local endpoints)
+    # its allowed address pairs (local endpoints): (prefix, MAC) it may also send from; a host
+    # prefix (/32, /128) is also delivered to it (``pair_hosts``)
+    allowed_pairs: tuple[tuple[Prefix, Mac], ...] = ()
+
+    @property
+    def pair_macs(self) -> tuple[Mac, ...]:
+        """The MACs of its pairs other than its own, each once: it is reached at them too."""
+        return tuple(dict.fromkeys(m for _, m in self.allowed_pairs if m != self.mac))
+
+    @property
+    def source_prefixes(self) -> tuple[str, ...]:
+        """Every source address or prefix it may send from (at any of its MACs): its addresses and
+        its pairs' prefixes, host prefixes written as addresses (what nftables sets take)."""
+        pairs = (bare(p) for p, _ in self.allowed_pairs)
+        return tuple(dict.fromkeys((*self.ips, *pairs)))
+
+    @property
+    def pair_hosts(self) -> tuple[IpAddress, ...]:
+        """Its pairs' single addresses (not its own): traffic to them is delivered to it."""
+        hosts = (bare(p) for p, _ in self.allowed_pairs if p.endswith(("/32", "/128")))
+        return tuple(IpAddress(h) for h in dict.fromkeys(hosts) if h not in self.ips)
 
     @property
     def sg_governed(self) -> bool:
         """Security groups judge its traffic: it has some, or it has no EPG (plain Neutron mode)."""
         return bool(self.security_groups) or self.classid == 0
+
+
+def bare(prefix: str) -> str:
+    """A host prefix as its address (``10.1.0.5/32`` → ``10.1.0.5``), any other prefix unchanged."""
+    return prefix.rsplit("/", 1)[0] if prefix.endswith(("/32", "/128")) else prefix
 
 
 def opens(src: Group, dst: Group, contract: str, rule: Rule) -> bool:

@@ -23,15 +23,18 @@ from policyfabric.model.types import (
     Ethertype,
     Hostname,
     HostnameList,
+    IcmpField,
     InterfaceName,
     IPAddress,
     Ipv6Mode,
     Mac,
     Name,
     NameList,
+    PairAddress,
     PortRange,
     Protocol,
     first_host,
+    pair_text,
     usable_host,
 )
 
@@ -328,6 +331,8 @@ class SecurityGroupRule(Strict):
     port: PortRange | None = None
     remote_ip_prefix: Cidr | None = None
     remote_group: Name | None = None
+    icmp_type: IcmpField | None = Field(None, description="ICMP (ICMPv6) type 0-255; protocol icmp or icmpv6")
+    icmp_code: IcmpField | None = Field(None, description="ICMP (ICMPv6) code 0-255; needs icmp_type")
 
     @model_validator(mode="after")
     def _default_ethertype(self) -> SecurityGroupRule:
@@ -340,6 +345,7 @@ class SecurityGroupRule(Strict):
 
     def problems(self, at: str) -> list[Problem]:
         found = protocol_problems(at, self.protocol, self.port, self.ethertype)
+        found += self.icmp_problems(at)
         if self.remote_ip_prefix is not None and self.remote_group is not None:
             found.append(Problem(f"{at}remote_group", "give remote_ip_prefix or remote_group, not both"))
         prefix = self.remote_ip_prefix
@@ -350,6 +356,19 @@ class SecurityGroupRule(Strict):
                     f"{prefix} is IPv{prefix.version} but the rule's ethertype is {self.ethertype}",
                 )
             )
+        return found
+
+    def icmp_problems(self, at: str) -> list[Problem]:
+        """ICMP type and code match only ICMP (Neutron's rule: ``port_range_min``/``max`` of an
+        icmp rule), and a code means nothing without its type."""
+        found = []
+        for key in ("icmp_type", "icmp_code"):
+            if getattr(self, key) is not None and self.protocol not in ("icmp", "icmpv6"):
+                found.append(
+                    Problem(f"{at}{key}", f"{key} needs protocol icmp or icmpv6, not {self.protocol!r}")
+                )
+        if self.icmp_code is not None and self.icmp_type is None:
+            found.append(Problem(f"{at}icmp_code", "icmp_code needs icmp_type: a code is a code of a type"))
         return found
 
 
@@ -365,6 +384,21 @@ class SecurityGroup(TenantScoped):
         for i, rule in enumerate(self.rules):
             found += rule.problems(f"rules[{i}].")
         return found
+
+
+# Neutron's default ``max_allowed_address_pair`` (neutron/conf/extensions/allowedaddresspairs.py)
+MAX_ALLOWED_ADDRESS_PAIRS = 10
+
+
+class AllowedAddressPair(Strict):
+    """An extra (address, MAC) an endpoint may send from and is reached at: Neutron's allowed
+    address pair (``ip_address``, ``mac_address``), e.g. a VRRP virtual address."""
+
+    ip: PairAddress = Field(description="an address, or a prefix (every source address in it)")
+    mac: Mac | None = Field(None, description="unicast MAC; default: the endpoint's own")
+
+    def key(self, own_mac: str | None) -> tuple[str, str | None]:
+        return pair_text(self.ip), self.mac or own_mac
 
 
 class Endpoint(TenantScoped):
@@ -384,11 +418,34 @@ class Endpoint(TenantScoped):
     security_groups: NameList = Field(default_factory=list)
     host: Hostname | None = Field(None, description="the host it is bound to (an RFC 1123 name)")
     interface: InterfaceName | None = None
+    allowed_address_pairs: list[AllowedAddressPair] = Field(
+        default_factory=list,
+        max_length=MAX_ALLOWED_ADDRESS_PAIRS,
+        description="extra (ip, mac) pairs port security admits (Neutron's allowed address pairs)",
+    )
 
     def problems(self) -> list[Problem]:
         if self.epg is None and self.subnet is None:
             return [Problem("epg", "an endpoint needs an epg, or (security groups only) a subnet")]
-        return []
+        return self.pair_problems()
+
+    def pair_problems(self) -> list[Problem]:
+        """A pair listed twice (Neutron's ``DuplicateAddressPairInRequest``). Any family and any
+        prefix is taken, as Neutron takes them (``0.0.0.0/0`` is how its users turn source checks
+        off for one MAC); the pair's address makes no claim (rules: a shared VIP is the point)."""
+        found = []
+        seen: set[tuple[str, str | None]] = set()
+        for i, pair in enumerate(self.allowed_address_pairs):
+            key = pair.key(self.mac)
+            if key in seen:
+                mac = key[1] or "the endpoint's own"
+                found.append(
+                    Problem(
+                        f"allowed_address_pairs[{i}].ip", f"the pair {key[0]} with MAC {mac} is listed twice"
+                    )
+                )
+            seen.add(key)
+        return found
 
 
 class ExternalGateway(Strict):

@@ -12,7 +12,7 @@ import re
 import secrets
 from typing import Annotated, Literal
 
-from pydantic import AfterValidator, BeforeValidator, PlainSerializer, WithJsonSchema
+from pydantic import AfterValidator, BeforeValidator, Field, PlainSerializer, WithJsonSchema
 
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
@@ -216,6 +216,31 @@ def parse_network(value: object) -> IPNetwork:
             raise ValueError(f"{value!r} is not a valid CIDR ({exc})") from None
         raise ValueError(f"{value!r} has host bits set: did you mean {loose}?") from None
 
+
+def parse_pair_address(value: object) -> IPNetwork:
+    """An allowed address pair's ``ip``: an address (``10.1.0.100``, stored as its /32 or /128) or a
+    prefix (``10.1.0.0/24``), as Neutron's ``ip_address`` takes both; host bits set are refused,
+    as for any CIDR here."""
+    if isinstance(value, str) and "/" not in value:
+        addr = parse_address(value)
+        return ipaddress.ip_network(addr)
+    return parse_network(value)
+
+
+def pair_text(net: IPNetwork) -> str:
+    """A pair's ``ip`` as written back: the bare address for a host prefix, else the CIDR."""
+    return str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)
+
+
+PairAddress = Annotated[
+    IPNetwork,
+    BeforeValidator(parse_pair_address),
+    PlainSerializer(pair_text, return_type=str),
+    WithJsonSchema({"type": "string", "description": "IPv4 or IPv6 address or CIDR, e.g. 10.1.0.100"}),
+]
+
+# ICMP type and code in a security group rule (Neutron's port_range_min/max of an icmp rule)
+IcmpField = Annotated[int, Field(ge=0, le=255)]
 
 Cidr = Annotated[
     IPNetwork,

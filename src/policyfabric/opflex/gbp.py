@@ -166,6 +166,8 @@ class Prop:
     PROT: Final = "prot"
     D_FROM_PORT: Final = "dFromPort"
     D_TO_PORT: Final = "dToPort"
+    ICMP_TYPE: Final = "icmpType"  # the model's (U64; 0-255 here), absent: any type
+    ICMP_CODE: Final = "icmpCode"  # absent: any code
     # PfEndpoint (and mac/ip on the registry's endpoints)
     MAC: Final = "mac"
     IP: Final = "ip"  # a list on PfEndpoint and EprL2Ep; one address elsewhere
@@ -174,6 +176,9 @@ class Prop:
     SECURITY_GROUP: Final = "securityGroup"  # a list of references
     HOST: Final = "host"
     FLOATING_IP: Final = "floatingIp"  # a list of references: the PfFloatingIps bound to the endpoint
+    # PfEndpoint: its allowed address pairs, a list of "PREFIX MAC" (an address as its /32 or /128;
+    # MAC: the endpoint's own when the pair names none); absent: none
+    ALLOWED_ADDRESS_PAIRS: Final = "allowedAddressPairs"
     # PfFloatingIp, PfEndpointStatus
     ENDPOINT: Final = "endpoint"  # TENANT/NAME, or a reference on PfFloatingIp
     # PfRouterInterface (and BRIDGE_DOMAIN: a reference to its subnet's bridge domain)

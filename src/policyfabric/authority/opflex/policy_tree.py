@@ -33,6 +33,22 @@ from policyfabric.opflex.mo import MO, Tree, ref
 from policyfabric.opflex.uri import UNIVERSE, child, space
 
 
+def _icmp_props(props: dict[str, Any], rule: o.SecurityGroupRule) -> dict[str, Any]:
+    """A security group rule's ICMP type and code on its classifier: the model's ``icmpType`` and
+    ``icmpCode``, sent only when set (a reference peer reads an absent one as "any")."""
+    if rule.icmp_type is not None:
+        props[Prop.ICMP_TYPE] = rule.icmp_type
+    if rule.icmp_code is not None:
+        props[Prop.ICMP_CODE] = rule.icmp_code
+    return props
+
+
+def pair_values(ep: Any) -> list[str]:
+    """An endpoint's allowed address pairs as ``PfEndpoint`` carries them: "PREFIX MAC", the MAC
+    its own when the pair names none (so an agent need not know the default)."""
+    return [f"{p.ip} {p.mac or ep.mac or ''}".strip() for p in getattr(ep, "allowed_address_pairs", ())]
+
+
 def _classifier_props(
     name: str, protocol: str, port: int | str | None, ethertype: str | None
 ) -> dict[str, Any]:
@@ -90,6 +106,8 @@ def endpoint_mo(tenant: str, top: str, ep: Any, bd_name: str | None, fips: Seque
     ]
     if ep.host is not None:
         props[Prop.HOST] = ep.host
+    if pairs := pair_values(ep):
+        props[Prop.ALLOWED_ADDRESS_PAIRS] = pairs
     if fips:
         props[Prop.FLOATING_IP] = [
             ref(Cls.PF_FLOATING_IP, _shared_uri(tenant, Cls.PF_FLOATING_IP, f)) for f in fips
@@ -108,6 +126,12 @@ def member_hosts(
     ips = [str(ip) for ip in ep.ip if ip != SLAAC]
     if SLAAC in ep.ip and ep.mac:
         ips += [str(r.address) for r in endpoint_addresses([SLAAC], ep.mac, subnets)]
+    # its allowed pairs' addresses are members too, as Neutron puts them in the group's address set
+    # (a prefix pair is not: a member is one address, and agents read it as one)
+    for pair in getattr(ep, "allowed_address_pairs", ()):
+        host = str(pair.ip.network_address)
+        if pair.ip.prefixlen == pair.ip.max_prefixlen and host not in ips:
+            ips.append(host)
     return [
         _host_mo(_members_uri(tenant, g), f"{ep.name}.{ip}", ip)
         for g in ep.security_groups
@@ -291,7 +315,7 @@ def add_security_group(tree: Tree, tenant: str, sg: o.SecurityGroup) -> None:
             top,
             Cls.GBPE_L24_CLASSIFIER,
             clf_name,
-            **_classifier_props(clf_name, rule.protocol, rule.port, rule.ethertype),
+            **_icmp_props(_classifier_props(clf_name, rule.protocol, rule.port, rule.ethertype), rule),
         )
         _relation(tree, r, Cls.GBP_RULE_TO_CLASSIFIER_RSRC, Cls.GBPE_L24_CLASSIFIER, clf, many=True)
         _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_ALLOW_DENY_ACTION, allow, many=True)

@@ -36,6 +36,8 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from policyfabric.agent.renderers.nftables.addresses import destinations, sources
+from policyfabric.agent.renderers.nftables.icmp import icmp_match
 from policyfabric.agent.values import printable
 from policyfabric.agent.view import Contract, Endpoint, Group, IpAddress, Network, Rule, SgRule, opens
 
@@ -183,10 +185,8 @@ def _l4(rule: Rule) -> str:
             return f"meta l4proto {name}"
         lo, hi = rule.ports
         return f"{name} dport {lo}" if lo == hi else f"{name} dport {lo}-{hi}"
-    if rule.protocol == 1:
-        return "meta l4proto icmp"
-    if rule.protocol == 58:
-        return "meta l4proto ipv6-icmp"
+    if rule.protocol in (1, 58):  # a type (and code) narrows it: icmp.py
+        return icmp_match(rule) or ("meta l4proto icmp" if rule.protocol == 1 else "meta l4proto ipv6-icmp")
     return "" if rule.protocol is None else f"meta l4proto {rule.protocol}"
 
 
@@ -199,9 +199,10 @@ def endpoint_chains(ep: Endpoint, n: int, bridge: str) -> list[tuple[str, Chain]
     direction's layers; the layers' chains (``_g``, ``_sg``) are written apart."""
     body = ["ct state invalid drop", "ct state established,related accept", ND, *ADDRESSING]
     for p, f, _ in FAMILIES.values():
-        addrs = [ip for ip in ep.ips if (":" in ip) == (f == "6")]
+        addrs = destinations(ep, f == "6")  # its allowed address pairs' too: addresses.py
+        if srcs := sources(ep, f == "6"):
+            body.append(f"{p} saddr {{ {', '.join(srcs)} }} jump ep{n}_out")
         if addrs:
-            body.append(f"{p} saddr {{ {', '.join(addrs)} }} jump ep{n}_out")
             body.append(f"{p} daddr {{ {', '.join(addrs)} }} jump ep{n}_in")
     body.append("drop")
     chains = [(f"ep{n}", Chain(tuple(body), f"endpoint {printable(ep.key)} ({bridge})"))]

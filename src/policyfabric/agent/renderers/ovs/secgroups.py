@@ -57,8 +57,32 @@ def _family(rule: SgRule, field: str) -> tuple[str, str]:
 
 def _cid(rule: SgRule) -> int:
     return conj_id(
-        "sg", rule.key, str(rule.ethertype), str(rule.protocol), str(rule.ports), str(rule.remote_prefix)
+        "sg",
+        rule.key,
+        str(rule.ethertype),
+        str(rule.protocol),
+        str(rule.ports),
+        str(rule.remote_prefix),
+        *icmp_key(rule),
     )
+
+
+def icmp_key(rule: SgRule) -> tuple[str, ...]:
+    """What a rule's ICMP type and code add to its conjunction id (nothing when unset, so the ids
+    of every other rule stay what they were)."""
+    return () if rule.icmp_type is None else (f"icmp{rule.icmp_type}/{rule.icmp_code}",)
+
+
+def sg_classifier_matches(rule: SgRule) -> list[dict[str, str | int]]:
+    """The classifier's matches, narrowed to the rule's ICMP type and code when it has them (OVS
+    spells both ICMP and ICMPv6's ``icmp_type``/``icmp_code``)."""
+    matches = classifier_matches(rule)
+    if rule.icmp_type is None or rule.protocol not in (1, 58):
+        return matches
+    extra: dict[str, str | int] = {"icmp_type": rule.icmp_type}
+    if rule.icmp_code is not None:
+        extra["icmp_code"] = rule.icmp_code
+    return [{**m, **extra} for m in matches]
 
 
 def remote_groups(sg: SecurityGroup) -> list[str]:
@@ -151,7 +175,7 @@ def sg_flows(sg: SecurityGroup, families: Families) -> list[Flow]:
         parts: list[Sequence[Mapping[str, str | int]]] = [[]]  # 1: the ports, in their sections
         if s.clauses == 3:
             parts.append([s.prefix] if s.prefix is not None else [])  # 2: the remote side
-        parts.append(classifier_matches(rule))
+        parts.append(sg_classifier_matches(rule))
         add_conjunction(clauses, s.table, 100, s.cid, parts)
         if s.egress:
             flows.append(flow(SG_EGRESS, 100, {"conj_id": s.cid}, goto(SG_INGRESS)))

@@ -23,7 +23,7 @@ from policyfabric.agent.renderers.ovs.tables import (
     goto,
     set_field,
 )
-from policyfabric.agent.view import BridgeDomain, DhcpSubnet, Endpoint, Ipv4Address
+from policyfabric.agent.view import BridgeDomain, DhcpSubnet, Endpoint, Ipv4Address, bare
 from policyfabric.model.addressing import link_local
 
 TO_CONTROLLER = "CONTROLLER:65535"  # the whole packet to the agent (as ovs-ofctl writes it back)
@@ -100,8 +100,81 @@ def local_endpoint_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COO
         )
     )
     flows.append(flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP), cookie=cookie))
+    flows += pair_flows(ep, bd, cookie)
     flows += dhcp_flows(ep, bd, cookie)
     return (*flows, *arp_answers(ep, bd, cookie))
+
+
+PAIR_MAC_PRIORITY = 90  # L2: under the endpoints' and routers' own MACs (100), over flooding (50)
+
+
+def _in(prefix: str, field: str) -> dict[str, str | int]:
+    """A match on ``field`` within ``prefix``: a host prefix as its address (as OVS writes it back),
+    a /0 as no match at all."""
+    if prefix.endswith("/0"):
+        return {}
+    return {field: bare(prefix)}
+
+
+def pair_flows(ep: Endpoint, bd: BridgeDomain, cookie: int = AGENT_COOKIE) -> list[Flow]:
+    """Port security for the endpoint's allowed address pairs (Neutron's): IP from each pair's
+    prefix at the pair's MAC, ARP whose sender is that MAC and an address in the prefix (a VRRP
+    master's replies and gratuitous ARP for its virtual address); for a pair MAC other than its
+    own, IPv6 from that MAC's link-local address and DAD, and L2 delivery of frames to that MAC
+    below an endpoint's own MAC (``PAIR_MAC_PRIORITY``): a pair may name another endpoint's MAC
+    (Neutron allows it; tempest does it), and that endpoint keeps its frames.
+
+    Delivery to a pair's address is by ARP and ND, as in Neutron: the fabric answers no ARP for
+    it (``arp_answers`` does not list it), so a request floods the bridge domain and whichever
+    port holds the address now answers it, which is what lets two ports share a virtual address
+    and move it between them. A pair MAC that two endpoints of one host both list is delivered to
+    one of them (their L2 flows have one key: ``sections.resolve`` picks the last by key)."""
+    port = ep.ofport or 0
+    flows: list[Flow] = []
+    for prefix, mac in ep.allowed_pairs:
+        src: dict[str, str | int] = {"in_port": port, "dl_src": mac}
+        if is_v6(prefix):
+            flows.append(
+                flow(
+                    PORT_SECURITY,
+                    100,
+                    {**src, "ipv6": "", **_in(prefix, "ipv6_src")},
+                    goto(ARP),
+                    cookie=cookie,
+                )
+            )
+            continue
+        flows.append(
+            flow(PORT_SECURITY, 100, {**src, "ip": "", **_in(prefix, "nw_src")}, goto(ARP), cookie=cookie)
+        )
+        arp = {**src, "arp": "", **_in(prefix, "arp_spa"), "arp_sha": mac}
+        flows.append(flow(PORT_SECURITY, 100, arp, goto(ARP), cookie=cookie))
+    for mac in ep.pair_macs:
+        src = {"in_port": port, "dl_src": mac}
+        flows.append(
+            flow(
+                PORT_SECURITY,
+                100,
+                {**src, "ipv6": "", "ipv6_src": str(link_local(mac))},
+                goto(ARP),
+                cookie=cookie,
+            )
+        )
+        flows.append(
+            flow(PORT_SECURITY, 100, {**src, "icmp6": "", "ipv6_src": "::"}, goto(ARP), cookie=cookie)
+        )
+        flows.append(
+            flow(
+                L2,
+                PAIR_MAC_PRIORITY,
+                {"reg2": hex(bd.vni), "dl_dst": mac},
+                set_field(ep.classid, "reg1"),
+                set_field(port, "reg4"),
+                goto(POLICY),
+                cookie=cookie,
+            )
+        )
+    return flows
 
 
 def dhcp_subnet(ep: Endpoint, bd: BridgeDomain) -> tuple[DhcpSubnet, Ipv4Address] | None:

@@ -66,6 +66,7 @@ REGISTERS = (
 )
 
 CLASSIFIER = "ip ipv6 tcp tcp6 udp udp6 icmp icmp6 nw_proto tp_dst"  # a rule's L3/L4 part
+SG_ICMP = "icmp_type icmp_code"  # a security group rule's ICMP type and code
 ARP_ANSWER = "dl_src dl_dst arp_op arp_sha arp_spa arp_tha arp_tpa"  # what answering ARP rewrites
 # what answering a neighbour solicitation rewrites (the solicitation becomes the advertisement)
 ND_ANSWER = "dl_src dl_dst ipv6_src ipv6_dst icmp_type nd_reserved nd_options_type nd_tll"
@@ -109,8 +110,9 @@ TABLES = (
         PORT_SECURITY,
         "PORT_SECURITY",
         purpose=(
-            "a local port sends only from its endpoint's MAC and addresses (ARP sender fields too), "
-            "its IPv6 link-local address (EUI-64) and `::` (DAD); its DHCP requests go to the agent "
+            "a local port sends only from its endpoint's MAC and addresses (ARP sender fields too) and "
+            "its allowed address pairs' (MAC, prefix), its IPv6 link-local address (EUI-64) and `::` "
+            "(DAD); its DHCP requests go to the agent "
             "(CONTROLLER), its DHCP server packets (UDP source port 67) nowhere; the same for router "
             "solicitations and DHCPv6 (to the agent), router advertisements and UDP source port 547; "
             "multicast listener discovery from any port nowhere"
@@ -142,7 +144,8 @@ TABLES = (
         L2,
         "L2",
         purpose=(
-            "destination MAC → its group, output port and host, or a router (→ ROUTING); ARP and IPv6 ND "
+            "destination MAC → its group, output port and host, or a router (→ ROUTING); a local "
+            "endpoint's allowed-pair MAC, below those (priority 90); ARP and IPv6 ND "
             "multicast to the bridge domain's ports and hosts; anything else (unknown unicast) dropped"
         ),
         flows="1 per endpoint in the host's bridge domains and router leg, 4 per bridge domain",
@@ -231,7 +234,7 @@ TABLES = (
         "SG_EGRESS",
         purpose="security groups' egress rules of the sending local port (in_port), once it has any",
         flows="local ports + member addresses + rules",
-        matches=_fields("in_port conj_id nw_dst ipv6_dst", CLASSIFIER),
+        matches=_fields("in_port conj_id nw_dst ipv6_dst", CLASSIFIER, SG_ICMP),
         goes_to=(SG_INGRESS,),
         miss=SG_INGRESS,
     ),
@@ -243,7 +246,7 @@ TABLES = (
             "to conntrack"
         ),
         flows="local ports + member addresses + rules",
-        matches=_fields("reg4 conj_id nw_src ipv6_src", CLASSIFIER),
+        matches=_fields("reg4 conj_id nw_src ipv6_src", CLASSIFIER, SG_ICMP),
         goes_to=(OUTPUT,),
     ),
     Table(

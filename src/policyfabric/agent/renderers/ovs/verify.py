@@ -57,7 +57,7 @@ FIELDS: dict[str, frozenset[str]] = {
     **dict.fromkeys(("nw_proto", "nw_ttl"), IPV4 | IPV6),
     "tp_dst": frozenset({"tcp", "udp", "tcp6", "udp6"}),
     "tp_src": frozenset({"tcp", "udp", "tcp6", "udp6"}),
-    "icmp_type": frozenset({"icmp", "icmp6"}),
+    **dict.fromkeys(("icmp_type", "icmp_code"), frozenset({"icmp", "icmp6"})),
     **dict.fromkeys(("nd_target", "nd_tll", "nd_reserved", "nd_options_type"), frozenset({"icmp6"})),
     **dict.fromkeys(("arp_op", "arp_spa", "arp_tpa", "arp_sha", "arp_tha"), frozenset({"arp"})),
 }
