@@ -116,6 +116,9 @@ class Verdict:
             return f"{shown}:{port}" if port is not None else shown
 
         names = f" ({self.src_endpoint or '?'} -> {self.dst_endpoint or '?'})"
+        if self.protocol in ("icmp", "icmpv6"):  # the ports are its type and code
+            kind = f" type {self.sport} code {self.dport}" if self.sport is not None else ""
+            return f"{self.verdict} {self.protocol} {self.src} -> {self.dst}{kind}{names} by {self.by}"
         return (
             f"{self.verdict} {self.protocol} {end(self.src, self.sport)} -> {end(self.dst, self.dport)}"
             f"{names} by {self.by}"
