@@ -117,7 +117,8 @@ def test_policyfabric_logs_shows_the_lines(lab: Lab) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert (
-        "allowed tcp 10.7.0.20:41001 -> 10.7.0.10:80 (acme/app1 -> acme/web1) by contract acme/http rule web-in"
+        "allowed tcp 10.7.0.20:41001 -> 10.7.0.10:80 (acme/app1 -> acme/web1) "
+        "by contract acme/http rule web-in"
         in done.stdout
     )
 
