@@ -172,3 +172,55 @@ def test_the_sink_writes_lines_policyfabric_logs_reads(tmp_path: Path) -> None:
     assert len(lines) == 3  # two rotated, one current
     assert lines[0]["by"] == "default deny (security groups of port 9, ingress)"
     assert json.loads((tmp_path / "rulelog.jsonl").read_text())["verdict"] == "dropped"
+
+
+def test_nftables_logs_before_the_verdict_rate_limited_with_the_rule_in_the_prefix() -> None:
+    from policyfabric.agent.renderers.nftables.ruleset import NFLOG_GROUP, group_rules, sg_rules
+
+    web, app = replace(WEB, provides=(HTTP_URI,)), replace(APP, consumes=(HTTP_URI,))
+    contract = contract_net(allow=False).contracts[HTTP_URI]
+    lines = group_rules(web, [(HTTP_URI, contract)], [app], inbound=True).rules
+    at = next(i for i, line in enumerate(lines) if " log prefix " in line)
+    assert lines[at].endswith(f'log prefix "pf:1:0:{rule_id(HTTP_URI, "http.web-in")}" group {NFLOG_GROUP}')
+    assert "limit rate 100/second burst 200 packets" in lines[at]
+    assert lines[at + 1].endswith("tcp dport 80 drop")  # the verdict right after, same match
+    outbound = group_rules(app, [(HTTP_URI, contract)], [web], inbound=False).rules
+    assert not any(" log " in line for line in outbound)  # logged once, on the way in
+    net, _, _ = sg_net()
+    sg = net.security_groups[SG_URI]
+    ingress = sg_rules(True, sg.rules, inbound=True).rules
+    assert [line.split("log prefix ")[1] for line in ingress if " log " in line] == [
+        f'"pf:1:1:{rule_id(f"{SG_URI}#0")}" group {NFLOG_GROUP}',
+        f'"pf:2:0:0" group {NFLOG_GROUP}',  # the default deny, before the final drop
+    ]
+    assert ingress[-1] == "drop"
+
+
+def test_nflog_messages_parse_to_verdicts() -> None:
+    from policyfabric.agent.renderers.nftables import nflog
+
+    def attr(kind: int, value: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(value), kind) + value
+        return raw + bytes(-len(raw) % 4)
+
+    ip = frame()[14:]
+    body = (
+        struct.pack("!BBH", 2, 0, 20556)
+        + attr(nflog.NFULA_PREFIX, b"pf:2:0:0\0")
+        + attr(nflog.NFULA_PAYLOAD, ip)
+    )
+    msg = struct.pack("=IHHII", 16 + len(body), nflog.NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
+    packets, errors = nflog.parse_messages(msg + msg)
+    assert errors == [] and [p.decided for p in packets] == [Decided(DEFAULT_DENY_IN, False, 0)] * 2
+    assert packets[0].packet == ip
+    assert nflog.parse_prefix(b"other:1:1:1") is None and nflog.parse_prefix(b"pf:1:2:1") is None
+    namer = Namer("h1")
+    net, _, _ = sg_net()
+    namer.update(net)
+    from policyfabric.agent.rulelog import parse_ip
+
+    packet = parse_ip(packets[0].packet)
+    assert packet is not None
+    assert namer.verdict(packets[0].decided, replace(packet, dst="10.0.0.1")).by == (
+        "default deny (security groups of acme/vm1, ingress)"
+    )

@@ -53,6 +53,14 @@ class Packet:
 _PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
 
 
+def parse_ip(data: bytes) -> Packet | None:
+    """``parse_packet`` of an IP packet without its Ethernet header (the netfilter log's)."""
+    if not data:
+        return None
+    ethertype = b"\x86\xdd" if data[0] >> 4 == 6 else b"\x08\x00"
+    return parse_packet(bytes(12) + ethertype + data)
+
+
 def parse_packet(data: bytes) -> Packet | None:
     """An Ethernet frame's IP header and ports; None for what is not IP or is cut short. The frame
     comes from the switch, but it is read bounded like anything off a socket."""
@@ -157,9 +165,13 @@ class Namer:
         if decided.kind == RULE:
             by = self._rules.get(decided.ident, f"a rule no longer in the policy (log id {decided.ident})")
         else:
-            side = "ingress" if decided.kind == DEFAULT_DENY_IN else "egress"
-            port = self._ports.get(decided.ident, f"port {decided.ident}")
-            by = f"default deny (security groups of {port}, {side})"
+            inbound = decided.kind == DEFAULT_DENY_IN
+            if decided.ident:  # a port (Open vSwitch)
+                port = self._ports.get(decided.ident, f"port {decided.ident}")
+            else:  # 0: the endpoint the packet goes to (ingress) or comes from (egress): nftables
+                address = packet.dst if inbound else packet.src
+                port = self._addresses.get(address, address)
+            by = f"default deny (security groups of {port}, {'ingress' if inbound else 'egress'})"
         stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, tz=datetime.UTC)
         return Verdict(
             time=stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
@@ -286,3 +298,28 @@ class RuleLog:
 
     def stop(self) -> None:
         self.channel.stop()
+
+
+class NftRuleLog:
+    """The rule log of an nftables host: the netfilter log's group in the renderer's namespace
+    (``renderers/nftables/nflog.py``), the namer, the sink (rate-limited in the kernel by the
+    logging rules' ``limit``, and by the sink's bucket)."""
+
+    def __init__(self, netns: str | None, host: str, state_dir: Path | None) -> None:
+        from policyfabric.agent.renderers.nftables.nflog import NflogReader
+        from policyfabric.agent.renderers.nftables.ruleset import NFLOG_GROUP
+
+        self.namer = Namer(host)
+        self.sink = Sink(state_dir)
+        self.reader = NflogReader(netns, NFLOG_GROUP, self._handle)
+
+    def _handle(self, logged: Any) -> None:
+        packet = parse_ip(logged.packet)
+        if packet is not None:
+            self.sink(self.namer.verdict(logged.decided, packet))
+
+    def start(self) -> None:
+        self.reader.start()
+
+    def stop(self) -> None:
+        self.reader.stop()
