@@ -185,7 +185,10 @@ def test_nftables_logs_before_the_verdict_rate_limited_with_the_rule_in_the_pref
     assert "limit rate 100/second burst 200 packets" in lines[at]
     assert lines[at + 1].endswith("tcp dport 80 drop")  # the verdict right after, same match
     outbound = group_rules(app, [(HTTP_URI, contract)], [web], inbound=False).rules
-    assert not any(" log " in line for line in outbound)  # logged once, on the way in
+    assert sum(" log " in line for line in outbound) == 2  # a drop: where it drops (IPv4, IPv6)
+    allowing = contract_net(allow=True).contracts[HTTP_URI]
+    outbound = group_rules(app, [(HTTP_URI, allowing)], [web], inbound=False).rules
+    assert not any(" log " in line for line in outbound)  # an allow: once, on the way in
     net, _, _ = sg_net()
     sg = net.security_groups[SG_URI]
     ingress = sg_rules(True, sg.rules, inbound=True).rules

@@ -226,7 +226,9 @@ def group_rules(
                 named.add(peer.classid)
                 for p, f, _ in _families(rule.ethertype):
                     match = _join(f"{p} {peer_field} @{group_set(peer.classid)}_{f}", _l4(rule))
-                    if rule.log and inbound:  # judged in both directions, logged on the way in only
+                    # judged in both directions: an allow is logged on the way in (once), a drop
+                    # wherever it drops (the way out, on the sender's host, never reaches the way in)
+                    if rule.log and (inbound or not rule.allow):
                         ranked.append(
                             (rule.priority, log_line(match, RULE, rule.allow, rule_id(uri, rule.key)))
                         )
