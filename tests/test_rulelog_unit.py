@@ -227,3 +227,41 @@ def test_nflog_messages_parse_to_verdicts() -> None:
     assert namer.verdict(packets[0].decided, replace(packet, dst="10.0.0.1")).by == (
         "default deny (security groups of acme/vm1, ingress)"
     )
+
+
+def test_policyfabric_logs_reads_a_labs_hosts_and_filters(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    namer = Namer("h1")
+    namer.update(contract_net())
+    for host, verdict in (("h1", True), ("h2", False)):
+        sink = Sink(tmp_path / host / "agent")
+        (tmp_path / host / "agent").mkdir(parents=True)
+        namer.host = host
+        sink(namer.verdict(Decided(RULE, verdict, rule_id(HTTP_URI, "http.web-in")), frame_packet()))
+
+    def logs(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "policyfabric", "logs", str(tmp_path), *args],
+            capture_output=True, text=True, timeout=60,
+        )  # fmt: skip
+
+    both = logs().stdout.splitlines()
+    assert [line.split()[1:3] for line in both] == [["h1", "allowed"], ["h2", "dropped"]]
+    assert both[0].endswith(
+        "allowed tcp 10.0.0.1:40000 -> 10.0.0.2:80 (? -> ?) by contract acme/http rule web-in"
+    )
+    dropped = logs("--verdict", "dropped", "--json").stdout.splitlines()
+    assert [json.loads(line)["host"] for line in dropped] == ["h2"]
+    assert logs("--verdict", "maybe").returncode != 0
+    empty = subprocess.run(
+        [sys.executable, "-m", "policyfabric", "logs", str(tmp_path / "h1")], capture_output=True, text=True
+    )
+    assert empty.returncode != 0 and "no rule log" in empty.stderr + empty.stdout
+
+
+def frame_packet() -> Packet:
+    packet = parse_packet(frame())
+    assert packet is not None
+    return packet
