@@ -250,7 +250,7 @@ def test_policyfabric_logs_reads_a_labs_hosts_and_filters(tmp_path: Path) -> Non
     both = logs().stdout.splitlines()
     assert [line.split()[1:3] for line in both] == [["h1", "allowed"], ["h2", "dropped"]]
     assert both[0].endswith(
-        "allowed tcp 10.0.0.1:40000 -> 10.0.0.2:80 (? -> ?) by contract acme/http rule web-in"
+        "allowed tcp 10.0.0.1:40000 -> 10.0.0.2:80 (acme/web1 -> acme/app1) by contract acme/http rule web-in"
     )
     dropped = logs("--verdict", "dropped", "--json").stdout.splitlines()
     assert [json.loads(line)["host"] for line in dropped] == ["h2"]
