@@ -209,8 +209,11 @@ def plug_ports(
     raise TimeoutError(f"ovs-vswitchd did not number {n} ports in time")
 
 
-def intent_objects(n: int) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
-    """(the shared objects, the N endpoints) as (collection, body) and endpoint bodies."""
+def intent_objects(
+    n: int, log: bool = False
+) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[str, Any]]]:
+    """(the shared objects, the N endpoints) as (collection, body) and endpoint bodies; with ``log``
+    the contract's rule logs what it allows (``action: log``: rule logging's cost)."""
     shared: list[tuple[str, dict[str, Any]]] = [
         ("tenants", {"name": TENANT}),
         ("l3-contexts", {"name": "vrf", "tenant": TENANT}),
@@ -219,7 +222,11 @@ def intent_objects(n: int) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[
         shared.append(("bridge-domains", {"name": f"bd{b}", "tenant": TENANT, "l3_context": "vrf"}))
         subnet = {"name": f"s{b}", "tenant": TENANT, "bridge_domain": f"bd{b}", "cidr": f"10.{b}.0.0/16"}
         shared.append(("subnets", subnet))
-    rule = {"name": "web-in", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}
+    rule = {
+        "name": "web-in",
+        "classifier": {"protocol": "tcp", "port": 80},
+        "action": "log" if log else "allow",
+    }
     shared.append(("contracts", {"name": "http", "tenant": TENANT, "rules": [rule]}))
     for b in range(BDS):
         for role, key in (("web", "provides"), ("app", "consumes")):
@@ -239,11 +246,13 @@ def intent_objects(n: int) -> tuple[list[tuple[str, dict[str, Any]]], list[dict[
     return shared, endpoints
 
 
-def apply_intent(url: str, n: int, batch: bool = False) -> tuple[float, float, dict[str, str]]:
+def apply_intent(
+    url: str, n: int, batch: bool = False, log: bool = False
+) -> tuple[float, float, dict[str, str]]:
     """The intent over REST: one request per object (4 clients for the endpoints), or with
     ``batch`` all of it in one POST /v1/batch (one transaction, as ovn-nbctl does). Returns
     (start, end, ids of what later steps change); ep4, an app endpoint on bd0, moves to web0 later."""
-    shared, endpoints = intent_objects(n)
+    shared, endpoints = intent_objects(n, log)
     ids: dict[str, str] = {}
     with httpx.Client(base_url=url, timeout=600) as http:
         start = time.monotonic()
@@ -474,6 +483,7 @@ def one_run(
     profile: Path | None = None,
     trace_frames: bool = False,
     ports: str = "internal",
+    log: bool = False,
 ) -> dict[str, Any]:
     with private_ovs(workdir / "ovs", f"pfbench-{os.getpid()}-{n}") as ovs:
         # a batch of 10,000 endpoints is about 1 MiB of JSON, the default --max-body
@@ -500,7 +510,7 @@ def one_run(
                 )  # fmt: skip
             time.sleep(1.0)
             console.print(f"N={n}: applying the intent")
-            start, applied, ids = apply_intent(server.url, n, batch)
+            start, applied, ids = apply_intent(server.url, n, batch, log)
             console.print(f"N={n}: applied in {applied - start:.1f} s; waiting for the flows")
             done = wait_converged(ovs, server.url, n, timeout=120 + n * 0.2, agent_log=agent_log)
             flows = flow_count(ovs)
@@ -588,6 +598,10 @@ def main() -> int:
         "--trace-frames", action="store_true",
         help="relay the agent's OpFlex session and log every frame's size (frames.log, with --keep)",
     )  # fmt: skip
+    parser.add_argument(
+        "--log-rules", choices=("off", "on", "both"), default="off",
+        help="the contract's rule logs (action: log); both: each N without, then with, in the same run",
+    )  # fmt: skip
     args = parser.parse_args()
     if os.geteuid() != 0:
         console.print("bench/converge.py needs root (a network namespace and Open vSwitch)")
@@ -599,8 +613,10 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, terminate)  # clean up (finally blocks) when killed
     sizes = [int(x) for x in args.n.split(",")]
+    variants = {"off": (False,), "on": (True,), "both": (False, True)}[args.log_rules]
     results: dict[str, dict[str, Any]] = {}
-    for n in sizes:
+    for n, log_rules in ((n, v) for n in sizes for v in variants):
+        label = f"{n}+log" if log_rules and args.log_rules == "both" else str(n)
         runs: list[dict[str, Any]] = []
         errors: list[str] = []
         for r in range(args.repeat):
@@ -617,6 +633,7 @@ def main() -> int:
                             profile,
                             args.trace_frames,
                             args.ports,
+                            log_rules,
                         )
                     )
                     console.print(f"N={n} run {r + 1}: {runs[-1]}")
@@ -630,7 +647,7 @@ def main() -> int:
                             if (Path(tmp) / name).exists():
                                 shutil.copy(Path(tmp) / name, args.keep / f"{n}-{r}-{Path(name).name}")
         if not runs:
-            results[str(n)] = {"error": errors[-1]}
+            results[label] = {"error": errors[-1]}
             continue
         fig = {k: statistics.median(run[k] for run in runs) for k in runs[0] if k != "agent_phases_ms"}
         fig["agent_phases_ms"] = runs[len(runs) // 2]["agent_phases_ms"]
@@ -638,7 +655,7 @@ def main() -> int:
         fig["render_vs_ported_floor"] = round(fig["render_s"] / max(fig["floor_install_ported_s"], 1e-3), 2)
         if errors:
             fig["errors"] = errors
-        results[str(n)] = fig
+        results[label] = fig
     cols = [
         *(
             "apply_s",

@@ -228,7 +228,7 @@ def test_contract_rules_come_back_in_order_with_their_classifier_and_action() ->
             (
                 Rule("http.web-in", 0, True, "in", IPV4, TCP, (80, 80)),
                 Rule("http.rtp", 1, False, "bidirectional", None, UDP, (5000, 5010)),
-                Rule("http.ping", 2, True, "out", None, ICMP, None),  # log: allowed, and logged
+                Rule("http.ping", 2, True, "out", None, ICMP, None, log=True),  # action log: allow, and log
             ),
         )
     }
@@ -459,6 +459,7 @@ def expected_rule(contract: str, order: int, rule: o.ContractRule) -> Rule:
         ETHERTYPES[c.ethertype],
         PROTOCOLS[c.protocol],
         ports,
+        log=rule.action == "log" or rule.log,
     )
 
 

@@ -120,6 +120,7 @@ ACTIONS = [
     for p in (
         r"drop|IN_PORT|dec_ttl|CONTROLLER:[0-9]+",
         r"goto_table:[0-9]+|output:[0-9]+|resubmit\(,[0-9]+\)",
+        r"controller\(max_len=[0-9]+,id=[0-9]+,userdata=[0-9a-f]{2}(?:\.[0-9a-f]{2})*,meter_id=[0-9]+\)",
         rf"conjunction\({INT},[0-9]+/[0-9]+\)",
         rf"move:{NXM}->{NXM}",
         rf"learn\(table=[0-9]+,priority=[0-9]+,idle_timeout=[0-9]+,delete_learned,cookie={INT},"

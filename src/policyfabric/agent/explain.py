@@ -81,7 +81,12 @@ class Step:
         """The flow's one action is ``drop`` (the ``drop`` the trace prints after ``ct(...)``, its
         way of saying the ct action forked a clone, is left out by the parser), or a table miss
         (``fail_mode=secure``)."""
-        return self.miss or self.actions == ("drop",)
+        return self.miss or self.actions == ("drop",) or self._logs_and_drops
+
+    @property
+    def _logs_and_drops(self) -> bool:
+        """A logged deny: its one action is the copy to the rule log (``logflows.log_action``)."""
+        return len(self.actions) == 1 and self.actions[0].startswith("controller(")
 
     def outputs(self) -> list[str]:
         return [m["port"] for a in self.actions if (m := _OUTPUT.match(a))]

@@ -47,6 +47,7 @@ from policyfabric.agent.renderers.ovs.ovsdb import Ovsdb, Plugged
 from policyfabric.agent.renderers.ovs.renderer import NAME as OVS
 from policyfabric.agent.renderers.ovs.renderer import OvsRenderer
 from policyfabric.agent.reports import Reporter, RevisionSeen
+from policyfabric.agent.rulelog import RuleLog
 from policyfabric.agent.subscriptions import learn_routed, subscribe_external
 from policyfabric.agent.values import InvalidPolicy
 from policyfabric.agent.view import Network
@@ -121,6 +122,7 @@ class OvsAgent:
         self.applier = FlowApplier(target)
         mgmt = mgmt_socket(target)  # DHCP answered on its own connection (None: not a local socket)
         self.dhcp = Responder(mgmt) if mgmt is not None else None
+        self.rulelog = RuleLog(mgmt, config.host, config.state_dir) if mgmt is not None else None
         self.ovs = OvsRenderer(context, self.applier, enforce_policy=not self.policy_elsewhere)
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
         self._ovs_rendering = self.renderers[0]
@@ -187,6 +189,8 @@ class OvsAgent:
         self.client.on_change = self._cache_changed
         if self.dhcp is not None:
             self.dhcp.start()
+        if self.rulelog is not None:
+            self.rulelog.start()
         client_task = asyncio.create_task(self.client.run())
         refresher = asyncio.create_task(self._refresh_announcements())
         log.info(
@@ -235,6 +239,8 @@ class OvsAgent:
                 self._quiet.cancel()
             if self.dhcp is not None:
                 await asyncio.to_thread(self.dhcp.stop)
+            if self.rulelog is not None:
+                await asyncio.to_thread(self.rulelog.stop)
             for rendering in self.renderers:
                 with contextlib.suppress(Exception):
                     rendering.renderer.unwatch()
@@ -304,6 +310,8 @@ class OvsAgent:
         learn_routed(self.client, net)
         if self.dhcp is not None:  # before the flows that send it requests are installed
             self.dhcp.update(leases(net, self.config.dhcp_lease))
+        if self.rulelog is not None:  # the names its lines give what decided
+            self.rulelog.namer.update(net)
         t3 = time.perf_counter()
         compile_s = apply_s = 0.0
         for rendering in self.renderers:

@@ -165,6 +165,9 @@ def _rule_fields(policy: Mapping[str, MO], rule: MO, icmp: bool = False) -> list
         common = {
             "order": optional(props, Prop.ORDER, ranged(0, 0xFFFF), 0),
             "direction": optional(props, Prop.DIRECTION, choice("in", "out", "bidirectional"), "in"),
+            "log": any(  # a log action beside its allow/deny: its verdicts are logged
+                a.subject == Cls.GBP_LOG_ACTION for a in _related(policy, rule, Cls.GBP_RULE_TO_ACTION_RSRC)
+            ),
         }
         classifiers = _related(policy, rule, Cls.GBP_RULE_TO_CLASSIFIER_RSRC)
     except Refused as bad:

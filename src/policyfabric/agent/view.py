@@ -41,6 +41,7 @@ class Rule:
     ethertype: int | None = None  # 0x0800, 0x86DD or None for both
     protocol: int | None = None
     ports: tuple[int, int] | None = None
+    log: bool = field(default=False, kw_only=True)  # its verdicts are logged (``rulelog.py``)
 
     @property
     def priority(self) -> int:

@@ -24,6 +24,7 @@ from rich.table import Table
 from policyfabric import __version__
 from policyfabric.cli import daemons
 from policyfabric.cli.console import err, fail, out
+from policyfabric.cli.logs import logs as logs_command
 from policyfabric.cli.tables import (
     agents_table,
     changes_table,
@@ -113,6 +114,7 @@ def main(
 app.command()(daemons.authority)
 app.command()(daemons.agent)
 app.command()(daemons.renderers)
+app.command()(logs_command)
 
 
 @contextmanager

@@ -290,6 +290,7 @@ class ContractRule(Strict):
     name: Name
     classifier: Classifier = Field(default_factory=Classifier)
     action: Literal["allow", "drop", "log"] = "allow"
+    log: bool = Field(False, description="log each new connection it decides (action log: allow, and log)")
 
 
 class Contract(TenantScoped):
@@ -378,6 +379,7 @@ class SecurityGroup(TenantScoped):
     KIND = "security_group"
 
     rules: list[SecurityGroupRule] = Field(default_factory=list)
+    log: bool = Field(False, description="log each new connection its rules allow or its default deny drops")
 
     def problems(self) -> list[Problem]:
         found = []

@@ -288,7 +288,7 @@ def add_contract(
         _relation(tree, r, Cls.GBP_RULE_TO_CLASSIFIER_RSRC, Cls.GBPE_L24_CLASSIFIER, clf, many=True)
         action = actions["drop" if rule.action == "drop" else "allow"]
         _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_ALLOW_DENY_ACTION, action, many=True)
-        if rule.action == "log":
+        if rule.action == "log" or rule.log:
             _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_LOG_ACTION, actions["log"], many=True)
 
 
@@ -319,6 +319,9 @@ def add_security_group(tree: Tree, tenant: str, sg: o.SecurityGroup) -> None:
         )
         _relation(tree, r, Cls.GBP_RULE_TO_CLASSIFIER_RSRC, Cls.GBPE_L24_CLASSIFIER, clf, many=True)
         _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_ALLOW_DENY_ACTION, allow, many=True)
+        if sg.log:  # Neutron's logging resource, as a flag: every rule's verdicts, and the default deny
+            logs = action_uris(tenant)["log"]
+            _relation(tree, r, Cls.GBP_RULE_TO_ACTION_RSRC, Cls.GBP_LOG_ACTION, logs, many=True)
         if rule.remote_ip_prefix is not None:
             remote = tree.add(top, Cls.GBP_SUBNETS, clf_name, **{Prop.NAME: clf_name})
             net = rule.remote_ip_prefix

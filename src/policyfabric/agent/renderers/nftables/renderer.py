@@ -29,6 +29,7 @@ from policyfabric.agent.renderers.nftables.delta import changes
 from policyfabric.agent.renderers.nftables.kernel import Nft
 from policyfabric.agent.renderers.nftables.monitor import NftMonitor
 from policyfabric.agent.renderers.nftables.ruleset import Ruleset
+from policyfabric.agent.rulelog import NftRuleLog
 from policyfabric.agent.view import Network
 from policyfabric.sh import run
 
@@ -50,6 +51,7 @@ class NftablesRenderer(Renderer[Ruleset]):
         self._drifted = DriftLatch()  # someone else changed the table: rewrite it whole
         self._compiler = RulesetCompiler()
         self.nft = Nft(self.netns)  # libnftables in process (kernel.py), else nft -f processes
+        self.rulelog = NftRuleLog(self.netns, context.host, context.state_dir)  # started by ``watch``
 
     def watch(self, drifted: Callable[[str], None]) -> bool:
         """``nft monitor`` in the namespace: a change to the table by any other process is drift."""
@@ -57,14 +59,17 @@ class NftablesRenderer(Renderer[Ruleset]):
         if self.monitor is None:
             self.monitor = NftMonitor(self.netns, self._drifted.wrap(drifted))
             self.monitor.start()
+            self.rulelog.start()
         return True
 
     def unwatch(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None
+            self.rulelog.stop()
 
     def compile(self, net: Network) -> Ruleset:
+        self.rulelog.namer.update(net)  # the names the rule log gives what decided
         return self._compiler(net)
 
     def apply(self, desired: Ruleset) -> Applied:

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from policyfabric.agent.renderers.nftables.addresses import destinations, sources
 from policyfabric.agent.renderers.nftables.icmp import icmp_match
+from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, DEFAULT_DENY_OUT, RULE, rule_id
 from policyfabric.agent.values import printable
 from policyfabric.agent.view import Contract, Endpoint, Group, IpAddress, Network, Rule, SgRule, opens
 
@@ -236,12 +237,14 @@ def group_rules(
                     continue
                 named.add(peer.classid)
                 for p, f, _ in _families(rule.ethertype):
-                    line = _join(
-                        f"{p} {peer_field} @{group_set(peer.classid)}_{f}",
-                        _l4(rule),
-                        "return" if rule.allow else "drop",
-                    )
-                    ranked.append((rule.priority, line))
+                    match = _join(f"{p} {peer_field} @{group_set(peer.classid)}_{f}", _l4(rule))
+                    # judged in both directions: an allow is logged on the way in (once), a drop
+                    # wherever it drops (the way out, on the sender's host, never reaches the way in)
+                    if rule.log and (inbound or not rule.allow):
+                        ranked.append(
+                            (rule.priority, log_line(match, RULE, rule.allow, rule_id(uri, rule.key)))
+                        )
+                    ranked.append((rule.priority, _join(match, "return" if rule.allow else "drop")))
     lines += [line for _, line in sorted(ranked, key=lambda x: -x[0])]
     return Body((*lines, "drop"), groups=frozenset(named))
 
@@ -265,8 +268,30 @@ def sg_rules(governed: bool, rules: Sequence[SgRule], inbound: bool) -> Body:
                 remote = "" if rule.remote_prefix.endswith("/0") else f"{p} {peer_field} {rule.remote_prefix}"
             else:
                 remote = ""
-            lines.append(_join(f"meta nfproto {nfproto}", remote, _l4(rule), "return"))
+            match = _join(f"meta nfproto {nfproto}", remote, _l4(rule))
+            if rule.log:
+                lines.append(log_line(match, RULE, True, rule_id(rule.key)))
+            lines.append(_join(match, "return"))
+    if any(r.log for r in rules):  # the default deny of a logging group's ports
+        lines.append(log_line("", DEFAULT_DENY_IN if inbound else DEFAULT_DENY_OUT, False, 0))
     return Body((*lines, "drop"), address_sets=frozenset(remote_sets))
+
+
+NFLOG_GROUP = 20556  # the netlink log group the agent's rule log reads (``nflog.py``)
+LOG_RATE, LOG_BURST = 100, 200  # a second, at once: as the Open vSwitch meter
+
+
+def log_line(match: str, kind: int, allowed: bool, ident: int) -> str:
+    """A rule that logs what the next one (same ``match``) decides, for the first packet of a
+    connection (only new ones get past the endpoint chain's conntrack rules), rate-limited in the
+    kernel: over the limit the rule does not match, and the verdict rule after it still decides.
+    The prefix says what decided as the Open vSwitch userdata does (``logflows.py``): kind,
+    verdict, the rule's id (0: the endpoint, named by its address)."""
+    return _join(
+        match,
+        f"limit rate {LOG_RATE}/second burst {LOG_BURST} packets",
+        f'log prefix "pf:{kind}:{int(allowed)}:{ident}" group {NFLOG_GROUP}',
+    )
 
 
 def compile_ruleset(net: Network) -> Ruleset:

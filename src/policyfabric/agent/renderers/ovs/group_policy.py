@@ -16,6 +16,7 @@ from policyfabric.agent.renderers.ovs.conjunctions import (
     conj_id,
 )
 from policyfabric.agent.renderers.ovs.flows import Flow, flow
+from policyfabric.agent.renderers.ovs.logflows import RULE, log_action, rule_id
 from policyfabric.agent.renderers.ovs.tables import (
     NEW,
     OUTPUT,
@@ -26,7 +27,7 @@ from policyfabric.agent.renderers.ovs.tables import (
     ZONE,
     goto,
 )
-from policyfabric.agent.view import Contract, Group
+from policyfabric.agent.view import Contract, Group, Rule
 
 
 def base_flows() -> list[Flow]:
@@ -105,6 +106,14 @@ def contract_flows(contract: Contract, providers: Sequence[int], consumers: Sequ
                 classifier_matches(rule),
             ]
             add_conjunction(clauses, POLICY_CT, priority, cid, parts, {"ct_state": NEW})
-            final = PASSED if rule.allow else ("drop",)
-            flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, "conj_id": cid}, *final))
+            flows.append(flow(POLICY_CT, priority, {"ct_state": NEW, "conj_id": cid}, *verdict(uri, rule)))
     return flows + clause_flows(clauses)
+
+
+def verdict(uri: str, rule: Rule) -> tuple[str, ...]:
+    """A contract rule's decision: on to the security groups, or drop; a rule that logs first
+    sends the agent a copy naming it (``logflows.py``; only new connections get here)."""
+    final = PASSED if rule.allow else ()
+    if rule.log:
+        return (log_action(RULE, rule.allow, rule_id(uri, rule.key)), *final)
+    return final or ("drop",)

@@ -71,6 +71,7 @@ OFPAT_OUTPUT, OFPAT_DEC_NW_TTL, OFPAT_SET_FIELD, OFPAT_COPY_FIELD = 0, 24, 25, 2
 OFPAT_EXPERIMENTER = 0xFFFF
 NXAST_RESUBMIT, NXAST_RESUBMIT_TABLE, NXAST_LEARN = 1, 14, 16
 NXAST_CONJUNCTION, NXAST_CT, NXAST_NAT = 34, 35, 36
+NXAST_CONTROLLER2 = 37
 OFPIT_GOTO_TABLE, OFPIT_APPLY_ACTIONS = 1, 4
 
 HEADER = struct.Struct("!BBHI")  # version, type, length, xid
@@ -388,7 +389,19 @@ class Learn:
     specs: tuple[LearnSpec, ...]
 
 
-Action = Output | SetField | CopyField | DecTtl | Resubmit | Conjunction | Ct | Learn
+@dataclass(frozen=True)
+class Controller:
+    """``controller(max_len=N,id=N,userdata=XX.XX,meter_id=N)``: a copy of the packet to the
+    connections with controller id ``id``, with ``userdata``, metered by ``meter_id`` (only the copy:
+    the packet goes on). Rule logging's action (``rulelog.py``)."""
+
+    max_len: int
+    controller_id: int
+    userdata: bytes
+    meter_id: int | None
+
+
+Action = Output | SetField | CopyField | DecTtl | Resubmit | Conjunction | Ct | Learn | Controller
 
 
 @dataclass(frozen=True)
@@ -517,6 +530,23 @@ def _ct(args: str) -> Ct:
 NX_LEARN_F_SEND_FLOW_REM, NX_LEARN_F_DELETE_LEARNED = 1, 2
 
 
+def _controller(args: str) -> Controller:
+    """The arguments of ``controller(...)`` as ovs-ofctl writes them back (reason=action is the default
+    and not written): max_len, id, userdata (dotted hex bytes), meter_id."""
+    values = {"max_len": "65535", "id": "0", "userdata": "", "meter_id": ""}
+    for arg in _split_args(args):
+        key, eq, value = arg.partition("=")
+        if not eq or key not in values:
+            raise ValueError(f"controller argument {arg!r} is not supported")
+        values[key] = value
+    max_len, cid = _int(values["max_len"]), _int(values["id"])
+    if not 0 <= max_len <= 0xFFFF or not 0 <= cid <= 0xFFFF:
+        raise ValueError("controller max_len or id out of range")
+    userdata = bytes.fromhex(values["userdata"].replace(".", "")) if values["userdata"] else b""
+    meter = _int(values["meter_id"]) if values["meter_id"] else None
+    return Controller(max_len, cid, userdata, meter)
+
+
 def _learn_src(text: str, bits: int) -> FieldRef | int:
     if "[" in text:
         ref = field_ref(text)
@@ -616,6 +646,8 @@ def parse_action(text: str) -> Action | None:
         if s.bits != d.bits:
             raise ValueError(f"move of {s.bits} bits into {d.bits}")
         return CopyField(s, d)
+    if text.startswith("controller(") and text.endswith(")"):
+        return _controller(text[len("controller(") : -1])
     call = re.fullmatch(r"(resubmit|conjunction|ct|learn)\((.*)\)", text)
     if call is None:
         raise ValueError(f"unknown action {text!r}")
@@ -876,7 +908,26 @@ def encode_action(action: Action) -> bytes:
         table = 0xFF if action.table is None else action.table
         nested = _nat_bytes(action.nat) if action.nat is not None else b""
         return _experimenter(NXAST_CT, struct.pack("!HIHB3xH", flags, zone_src, zone, table, 0) + nested)
+    if isinstance(action, Controller):
+        return _controller_bytes(action)
     return _learn_bytes(action)
+
+
+def _property(kind: int, value: bytes) -> bytes:
+    """An ``ofpprop``: type, length (without padding), value, padded to 8."""
+    return _pad8(struct.pack("!HH", kind, 4 + len(value)) + value)
+
+
+def _controller_bytes(action: Controller) -> bytes:
+    """NXAST_CONTROLLER2 with its properties (NXAC2PT_MAX_LEN 0, CONTROLLER_ID 1, USERDATA 3,
+    METER_ID 5); reason is OFPR_ACTION, the default, so not sent."""
+    props = _property(0, struct.pack("!H", action.max_len))
+    props += _property(1, struct.pack("!H", action.controller_id))
+    if action.userdata:
+        props += _property(3, action.userdata)
+    if action.meter_id is not None:
+        props += _property(5, struct.pack("!I", action.meter_id))
+    return _experimenter(NXAST_CONTROLLER2, b"\0" * 6 + props)
 
 
 FLOW_MOD = struct.Struct("!QQBBHHHIIIHH")  # cookie .. importance: the 40 bytes after the header

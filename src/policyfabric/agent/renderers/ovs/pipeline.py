@@ -96,7 +96,7 @@ def local_section(
             for number, mac in routes:
                 flows += routed_flows(ep, bd, number, mac, tunnel or 0, cookie)
     if enforce and ep.sg_governed:
-        flows.append(secgroups.port_flow(ep.ofport or 0, cookie))
+        flows.append(secgroups.port_flow(ep.ofport or 0, cookie, secgroups.logs(sgs)))
         flows += secgroups.port_flows(ep.ofport or 0, sgs, cookie)
     return stamp(key, flows, cookie)
 

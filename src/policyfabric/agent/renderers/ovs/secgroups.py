@@ -21,6 +21,13 @@ from policyfabric.agent.renderers.ovs.conjunctions import (
     conj_id,
 )
 from policyfabric.agent.renderers.ovs.flows import AGENT_COOKIE, Flow, flow
+from policyfabric.agent.renderers.ovs.logflows import (
+    DEFAULT_DENY_IN,
+    DEFAULT_DENY_OUT,
+    RULE,
+    log_action,
+    rule_id,
+)
 from policyfabric.agent.renderers.ovs.switching import is_v6
 from policyfabric.agent.renderers.ovs.tables import (
     OUTPUT,
@@ -45,9 +52,24 @@ def base_flows() -> list[Flow]:
     ]
 
 
-def port_flow(port: int, cookie: int = AGENT_COOKIE) -> Flow:
-    """A port security groups govern: default deny ingress (its endpoint's section has it)."""
-    return flow(SG_INGRESS, 10, {"reg4": port}, "drop", cookie=cookie)
+def port_flow(port: int, cookie: int = AGENT_COOKIE, log: bool = False) -> Flow:
+    """A port security groups govern: default deny ingress (its endpoint's section has it); with
+    ``log`` (one of its groups logs: ``logs``) the drop sends the agent a copy first."""
+    return flow(SG_INGRESS, 10, {"reg4": port}, *_deny(DEFAULT_DENY_IN, port, log), cookie=cookie)
+
+
+def logs(sgs: Sequence[tuple[SecurityGroup, Families]]) -> bool:
+    """Whether a port of these security groups logs its default deny: one of them logs its rules."""
+    return any(r.log for sg, _ in sgs for r in sg.rules)
+
+
+def _deny(kind: int, port: int, log: bool) -> tuple[str, ...]:
+    return (log_action(kind, False, port),) if log else ("drop",)
+
+
+def _logged(rule: SgRule, actions: tuple[str, ...]) -> tuple[str, ...]:
+    """A rule's pass, with the copy to the agent first when it logs."""
+    return (log_action(RULE, True, rule_id(rule.key)), *actions) if rule.log else actions
 
 
 def _family(rule: SgRule, field: str) -> tuple[str, str]:
@@ -138,7 +160,8 @@ def port_flows(
     (egress by in_port on the sender's host, table 62; ingress by output port on the receiver's,
     table 63). The endpoint's section has them, so a port joining costs its own flows."""
     egress_drop, clauses = port_template(tuple(sgs))
-    flows = [flow(SG_EGRESS, 10, {"in_port": port}, "drop", cookie=cookie)] if egress_drop else []
+    deny = _deny(DEFAULT_DENY_OUT, port, logs(sgs))
+    flows = [flow(SG_EGRESS, 10, {"in_port": port}, *deny, cookie=cookie)] if egress_drop else []
     value = str(port)
     return flows + [Flow(table, 100, ((field, value),), actions, cookie) for table, field, actions in clauses]
 
@@ -178,9 +201,9 @@ def sg_flows(sg: SecurityGroup, families: Families) -> list[Flow]:
         parts.append(sg_classifier_matches(rule))
         add_conjunction(clauses, s.table, 100, s.cid, parts)
         if s.egress:
-            flows.append(flow(SG_EGRESS, 100, {"conj_id": s.cid}, goto(SG_INGRESS)))
+            flows.append(flow(SG_EGRESS, 100, {"conj_id": s.cid}, *_logged(rule, (goto(SG_INGRESS),))))
         else:  # ct(commit) needs the ethertype in the match
-            flows.append(flow(SG_INGRESS, 100, {s.eth: "", "conj_id": s.cid}, *COMMIT))
+            flows.append(flow(SG_INGRESS, 100, {s.eth: "", "conj_id": s.cid}, *_logged(rule, COMMIT)))
     return flows + clause_flows(clauses)
 
 

@@ -20,7 +20,7 @@ action it does not know raises ``NotImplementedError``: a test never passes by i
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -41,6 +41,7 @@ __all__ = ["FakeSwitch", "OverlapError", "Packet", "Result"]
 class Result:
     outputs: list[tuple[int, dict[str, Any]]]  # (port, header fields as the packet left)
     trace: list[Flow]  # the flows the packet (and its ct forks) went through, in order
+    logged: list[str] = field(default_factory=list)  # the rule log's controller actions it met
 
     @property
     def ports(self) -> list[int]:
@@ -124,6 +125,8 @@ class FakeSwitch:
                     result.outputs.append((out, dict(p.fields)))
             elif action.startswith("CONTROLLER:"):  # to the agent: recorded as that port
                 result.outputs.append((CONTROLLER_PORT, dict(p.fields)))
+            elif action.startswith("controller("):  # a copy to the rule log: not an output
+                result.logged.append(action)
             elif action == "IN_PORT":
                 result.outputs.append((p.fields["in_port"], dict(p.fields)))
             elif action.startswith("set_field:"):

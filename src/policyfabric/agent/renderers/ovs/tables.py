@@ -223,7 +223,8 @@ TABLES = (
         "POLICY_CT",
         purpose=(
             "group policy: invalid → drop, established and related pass; new connections by intra-group "
-            "policy, contract rules (conjunctions) and the outside's rules; no EPG at either end → SG_EGRESS"
+            "policy, contract rules (conjunctions) and the outside's rules; no EPG at either end → "
+            "SG_EGRESS; a logging rule's flow also sends the agent a metered copy (rule log)"
         ),
         flows="rules + groups, not members",
         matches=_fields("ct_state reg0 reg1 conj_id", CLASSIFIER),
@@ -232,7 +233,10 @@ TABLES = (
     Table(
         SG_EGRESS,
         "SG_EGRESS",
-        purpose="security groups' egress rules of the sending local port (in_port), once it has any",
+        purpose=(
+            "security groups' egress rules of the sending local port (in_port), once it has any; a logging "
+            "group's rules and default deny also send the agent a metered copy (rule log)"
+        ),
         flows="local ports + member addresses + rules",
         matches=_fields("in_port conj_id nw_dst ipv6_dst", CLASSIFIER, SG_ICMP),
         goes_to=(SG_INGRESS,),
@@ -243,7 +247,7 @@ TABLES = (
         "SG_INGRESS",
         purpose=(
             "security groups' ingress rules of the receiving local port (reg4); what passes is committed "
-            "to conntrack"
+            "to conntrack; a logging group's rules and default deny also send the agent a metered copy"
         ),
         flows="local ports + member addresses + rules",
         matches=_fields("reg4 conj_id nw_src ipv6_src", CLASSIFIER, SG_ICMP),

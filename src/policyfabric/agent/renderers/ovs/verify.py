@@ -159,6 +159,8 @@ def _action(action: str) -> _Effect | None:
         return _Effect(outputs=action == "IN_PORT")
     if re.fullmatch(r"CONTROLLER:\d+", action):  # to the agent (its DHCP responder)
         return _Effect(outputs=True)
+    if action.startswith("controller(") and action.endswith(")"):  # a copy to the rule log
+        return _Effect()
     if action.startswith("goto_table:"):
         return _Effect(to=(("goto_table", int(action.split(":")[1], 0)),))
     if action.startswith("set_field:"):

@@ -1,0 +1,193 @@
+"""The rule log's OpenFlow connection: the copies logging flows send (``logflows.py``) arrive here.
+
+A service connection of its own to the bridge's management socket (``unix:<rundir>/<bridge>.mgmt``),
+in a thread, as the DHCP responder has. On connecting it:
+
+- sets its controller id to ``LOG_CONTROLLER_ID`` (NXT_SET_CONTROLLER_ID), so it receives the
+  logging flows' packet-ins and no other (the responder's DHCP requests go to controller id 0);
+- asks for NXT_PACKET_IN2 (NXT_SET_PACKET_IN_FORMAT): the one packet-in format that carries the
+  controller action's ``userdata``, which says what decided;
+- sets a non-zero miss_send_len (OFPT_SET_CONFIG): OVS sends a service connection asynchronous
+  messages only once it has (``ofconn_receives_async_msg``);
+- (re)creates the meter ``LOG_METER`` (OFPT_METER_MOD: delete, then add: a restarted switch has
+  lost it, a running one may have it with another rate): packets a second, a drop band.
+
+Each packet-in's userdata and packet go to ``handle`` (the agent names and logs them:
+``agent/rulelog.py``). A lost connection is retried every second.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import struct
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from policyfabric.agent.renderers.ovs import ofwire as w
+from policyfabric.agent.renderers.ovs.logflows import LOG_CONTROLLER_ID, LOG_METER, Decided, decode_userdata
+
+log = logging.getLogger(__name__)
+
+RETRY = 1.0  # seconds between attempts to (re)connect
+OFPT_EXPERIMENTER, OFPT_METER_MOD = 4, 29
+NXT_SET_PACKET_IN_FORMAT, NXT_SET_CONTROLLER_ID, NXT_PACKET_IN2 = 16, 20, 30
+NXPIF_NXT_PACKET_IN2 = 2
+NXPINT_PACKET, NXPINT_USERDATA = 0, 7
+OFPMC_ADD, OFPMC_DELETE = 0, 2
+OFPMF_PKTPS, OFPMF_BURST, OFPMF_STATS = 2, 4, 8
+OFPMBT_DROP = 1
+
+
+def nicira(xid: int, subtype: int, body: bytes) -> bytes:
+    """A Nicira extension message (OFPT_EXPERIMENTER, NX vendor id, subtype)."""
+    return w.message(OFPT_EXPERIMENTER, xid, struct.pack("!II", w.NX_VENDOR_ID, subtype) + body)
+
+
+def meter_mod(xid: int, command: int, meter_id: int, rate: int = 0, burst: int = 0) -> bytes:
+    """OFPT_METER_MOD: with ``rate`` (packets a second) and ``burst`` (packets), one drop band."""
+    if command == OFPMC_DELETE:
+        return w.message(OFPT_METER_MOD, xid, struct.pack("!HHI", command, 0, meter_id))
+    band = struct.pack("!HHII4x", OFPMBT_DROP, 16, rate, burst)
+    flags = OFPMF_PKTPS | OFPMF_BURST | OFPMF_STATS
+    return w.message(OFPT_METER_MOD, xid, struct.pack("!HHI", command, flags, meter_id) + band)
+
+
+@dataclass(frozen=True)
+class LoggedPacket:
+    decided: Decided
+    data: bytes
+
+
+def decode_packet_in2(body: bytes) -> LoggedPacket | None:
+    """An NXT_PACKET_IN2's packet and userdata (its body after the Nicira header: properties, each
+    type, length, value, padded to 8); None unless it is one of the rule log's, or it is cut."""
+    if len(body) < 8 or struct.unpack_from("!II", body) != (w.NX_VENDOR_ID, NXT_PACKET_IN2):
+        return None
+    packet: bytes | None = None
+    userdata: bytes | None = None
+    i = 8
+    while i + 4 <= len(body):
+        kind, length = struct.unpack_from("!HH", body, i)
+        if length < 4 or i + length > len(body):
+            return None
+        value = body[i + 4 : i + length]
+        if kind == NXPINT_PACKET:
+            packet = value
+        elif kind == NXPINT_USERDATA:
+            userdata = value
+        i += (length + 7) // 8 * 8
+    decided = decode_userdata(userdata) if userdata is not None else None
+    if packet is None or decided is None:
+        return None
+    return LoggedPacket(decided, packet)
+
+
+@dataclass
+class Counters:
+    received: int = 0  # rule log packet-ins
+    ignored: int = 0  # packet-ins that were not (or did not parse)
+
+
+class RuleLogChannel:
+    """The connection's thread; ``handle`` runs in it, once per logged packet."""
+
+    def __init__(
+        self,
+        path: Path,
+        handle: Callable[[LoggedPacket], None],
+        rate: int,
+        burst: int,
+    ) -> None:
+        self.path = path
+        self.handle = handle
+        self.rate, self.burst = rate, burst
+        self.counters = Counters()
+        self.connected = threading.Event()
+        self._stop = threading.Event()
+        self._sock: socket.socket | None = None
+        self._xid = 0
+        self._last_error = ""
+        self._thread = threading.Thread(target=self._run, name="rule-log", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        sock = self._sock
+        if sock is not None:
+            with contextlib.suppress(OSError):  # already closed: the thread is leaving anyway
+                sock.shutdown(socket.SHUT_RDWR)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=5)
+
+    def _next_xid(self) -> int:
+        self._xid = w.next_xid(self._xid)
+        return self._xid
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self._serve()
+            except OSError as exc:
+                if not self._stop.is_set() and str(exc) != self._last_error:  # once per outage
+                    log.warning("rule log: connection to %s: %s (retrying)", self.path, exc)
+                self._last_error = str(exc)
+            finally:
+                self.connected.clear()
+                if self._sock is not None:
+                    self._sock.close()
+                    self._sock = None
+            self._stop.wait(RETRY)
+
+    def _setup(self) -> bytes:
+        x = self._next_xid
+        return b"".join(
+            (
+                w.hello(x()),
+                nicira(x(), NXT_SET_CONTROLLER_ID, struct.pack("!6xH", LOG_CONTROLLER_ID)),
+                nicira(x(), NXT_SET_PACKET_IN_FORMAT, struct.pack("!I", NXPIF_NXT_PACKET_IN2)),
+                w.set_config(x()),
+                meter_mod(x(), OFPMC_DELETE, LOG_METER),
+                meter_mod(x(), OFPMC_ADD, LOG_METER, self.rate, self.burst),
+            )
+        )
+
+    def _serve(self) -> None:
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self._sock = sock
+        sock.connect(str(self.path))
+        sock.sendall(self._setup())
+        buf = bytearray()
+        while not self._stop.is_set():
+            ready, _, _ = select.select([sock], [], [], 1.0)
+            if not ready:
+                continue
+            data = sock.recv(65536)
+            if not data:
+                raise OSError("closed by the switch")
+            buf += data
+            while (msg := w.take_message(buf)) is not None:
+                _, msg_type, xid, body = msg
+                if msg_type == w.OFPT_HELLO:
+                    self.connected.set()
+                    self._last_error = ""
+                elif msg_type == w.OFPT_ECHO_REQUEST:
+                    sock.sendall(w.message(w.OFPT_ECHO_REPLY, xid, body))
+                elif msg_type == OFPT_EXPERIMENTER:
+                    self._packet_in(body)
+                elif msg_type == w.OFPT_ERROR:
+                    log.warning("rule log: the switch refused a message: %s", w.decode_error(xid, body).name)
+
+    def _packet_in(self, body: bytes) -> None:
+        logged = decode_packet_in2(body)
+        if logged is None:
+            self.counters.ignored += 1
+            return
+        self.counters.received += 1
+        self.handle(logged)

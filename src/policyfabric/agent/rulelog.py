@@ -1,0 +1,325 @@
+"""Rule logging: one line per new connection a logging rule decided, named as the intent names it.
+
+The flows send the first packet of each judged connection to the agent with 6 bytes saying what
+decided (``renderers/ovs/logflows.py``); the rule log's OpenFlow connection hands them here
+(``renderers/ovs/rulelog.py``). This module is the pure part: the ``Namer`` turns those bytes and
+the packet into a ``Verdict`` with the rule's intent name (``contract acme/http rule web-in``,
+``security-group acme/ssh rule 0``, ``default deny (security groups of acme/web1, ingress)``),
+the 5-tuple and the endpoints' names, from the agent's current view; the ``Sink`` rate-limits
+(a token bucket behind the datapath's meter: the meter bounds what reaches the agent, the bucket
+what reaches its log), writes each line through the agent's logger (``--log-format json`` gives
+the fields as JSON) and appends it to ``rulelog.jsonl`` in the agent's state directory (bounded:
+one rotation), which ``policyfabric logs`` reads.
+"""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+import json
+import logging
+import struct
+import threading
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, RULE, Decided, rule_id
+from policyfabric.agent.view import Network
+
+log = logging.getLogger("policyfabric.rulelog")
+
+FILE = "rulelog.jsonl"  # in the agent's state directory
+MAX_FILE_LINES = 100_000  # then rotated once to rulelog.jsonl.1
+RATE = 100.0  # lines per second the agent writes, at most (the meter lets a little more arrive)
+BURST = 200  # lines it may write at once after a quiet spell
+RING = 1000  # recent lines kept in memory
+
+
+@dataclass(frozen=True)
+class Packet:
+    """What the log line says of the packet: protocol and 5-tuple (ICMP: type and code as ports)."""
+
+    protocol: str
+    src: str
+    dst: str
+    sport: int | None = None
+    dport: int | None = None
+
+
+_PROTOCOLS = {6: "tcp", 17: "udp", 1: "icmp", 58: "icmpv6"}
+
+
+def parse_ip(data: bytes) -> Packet | None:
+    """``parse_packet`` of an IP packet without its Ethernet header (the netfilter log's)."""
+    if not data:
+        return None
+    ethertype = b"\x86\xdd" if data[0] >> 4 == 6 else b"\x08\x00"
+    return parse_packet(bytes(12) + ethertype + data)
+
+
+def parse_packet(data: bytes) -> Packet | None:
+    """An Ethernet frame's IP header and ports; None for what is not IP or is cut short. The frame
+    comes from the switch, but it is read bounded like anything off a socket."""
+    if len(data) < 14:
+        return None
+    (ethertype,) = struct.unpack_from("!H", data, 12)
+    offset = 14
+    if ethertype == 0x8100 and len(data) >= 18:
+        (ethertype,) = struct.unpack_from("!H", data, 16)
+        offset = 18
+    if ethertype == 0x0800 and len(data) >= offset + 20:
+        ihl = (data[offset] & 0x0F) * 4
+        proto = data[offset + 9]
+        src = str(ipaddress.IPv4Address(data[offset + 12 : offset + 16]))
+        dst = str(ipaddress.IPv4Address(data[offset + 16 : offset + 20]))
+        l4 = offset + ihl
+    elif ethertype == 0x86DD and len(data) >= offset + 40:
+        proto = data[offset + 6]  # extension headers are not followed: the protocol is then theirs
+        src = str(ipaddress.IPv6Address(data[offset + 8 : offset + 24]))
+        dst = str(ipaddress.IPv6Address(data[offset + 24 : offset + 40]))
+        l4 = offset + 40
+    else:
+        return None
+    name = _PROTOCOLS.get(proto, str(proto))
+    if proto in (6, 17) and len(data) >= l4 + 4:
+        sport, dport = struct.unpack_from("!HH", data, l4)
+        return Packet(name, src, dst, sport, dport)
+    if proto in (1, 58) and len(data) >= l4 + 2:
+        return Packet(name, src, dst, data[l4], data[l4 + 1])
+    return Packet(name, src, dst)
+
+
+def _tenant_name(uri: str) -> str:
+    """``/PolicyUniverse/PolicySpace/acme/GbpContract/http/`` → ``acme/http``."""
+    parts = uri.strip("/").split("/")
+    return f"{parts[2]}/{parts[4]}" if len(parts) >= 5 else uri
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """One log line's fields."""
+
+    time: str
+    host: str
+    verdict: str  # allowed | dropped
+    by: str  # the rule, as the intent names it
+    protocol: str
+    src: str
+    dst: str
+    sport: int | None
+    dport: int | None
+    src_endpoint: str | None
+    dst_endpoint: str | None
+
+    def text(self) -> str:
+        """The plain one-line form: ``allowed tcp 10.0.0.1:40000 -> 10.0.0.2:80 (acme/web1 ->
+        acme/db1) by contract acme/http rule web-in``."""
+
+        def end(addr: str, port: int | None) -> str:
+            shown = f"[{addr}]" if ":" in addr and port is not None else addr
+            return f"{shown}:{port}" if port is not None else shown
+
+        names = f" ({self.src_endpoint or '?'} -> {self.dst_endpoint or '?'})"
+        if self.protocol in ("icmp", "icmpv6"):  # the ports are its type and code
+            kind = f" type {self.sport} code {self.dport}" if self.sport is not None else ""
+            return f"{self.verdict} {self.protocol} {self.src} -> {self.dst}{kind}{names} by {self.by}"
+        return (
+            f"{self.verdict} {self.protocol} {end(self.src, self.sport)} -> {end(self.dst, self.dport)}"
+            f"{names} by {self.by}"
+        )
+
+
+class Namer:
+    """Names what decided from the agent's view: rebuilt (``update``) after each reconcile, read
+    by the rule log's thread (one reference swap: it sees the old names or the new)."""
+
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._rules: Mapping[int, str] = {}
+        self._ports: Mapping[int, str] = {}
+        self._addresses: Mapping[str, str] = {}
+
+    def update(self, net: Network) -> None:
+        rules: dict[int, str] = {}
+        for contract in net.contracts.values():
+            for rule in contract.rules:
+                if rule.log:
+                    rname = rule.key.rpartition(".")[2] if "." in rule.key else rule.key
+                    rules[rule_id(contract.uri, rule.key)] = (
+                        f"contract {_tenant_name(contract.uri)} rule {rname}"
+                    )
+        for sg in net.security_groups.values():
+            for sg_rule in sg.rules:
+                if sg_rule.log:
+                    number = sg_rule.key.rpartition("#")[2]
+                    rules[rule_id(sg_rule.key)] = f"security-group {_tenant_name(sg.uri)} rule {number}"
+        self._rules = rules
+        self._ports = {e.ofport: e.key for e in net.local if e.ofport is not None}
+        self._addresses = {ip: e.key for e in (*net.local, *net.remote) for ip in e.ips}
+
+    def verdict(self, decided: Decided, packet: Packet, when: float | None = None) -> Verdict:
+        if decided.kind == RULE:
+            by = self._rules.get(decided.ident, f"a rule no longer in the policy (log id {decided.ident})")
+        else:
+            inbound = decided.kind == DEFAULT_DENY_IN
+            if decided.ident:  # a port (Open vSwitch)
+                port = self._ports.get(decided.ident, f"port {decided.ident}")
+            else:  # 0: the endpoint the packet goes to (ingress) or comes from (egress): nftables
+                address = packet.dst if inbound else packet.src
+                port = self._addresses.get(address, address)
+            by = f"default deny (security groups of {port}, {'ingress' if inbound else 'egress'})"
+        stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, tz=datetime.UTC)
+        return Verdict(
+            time=stamp.isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            host=self.host,
+            verdict="allowed" if decided.allowed else "dropped",
+            by=by,
+            protocol=packet.protocol,
+            src=packet.src,
+            dst=packet.dst,
+            sport=packet.sport,
+            dport=packet.dport,
+            src_endpoint=self._addresses.get(packet.src),
+            dst_endpoint=self._addresses.get(packet.dst),
+        )
+
+
+class TokenBucket:
+    """At most ``rate`` a second on average, ``burst`` at once."""
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate, self.burst = rate, float(burst)
+        self._tokens = float(burst)
+        self._at = time.monotonic()
+
+    def take(self, now: float | None = None) -> bool:
+        now = time.monotonic() if now is None else now
+        self._tokens = min(self.burst, self._tokens + (now - self._at) * self.rate)
+        self._at = now
+        if self._tokens >= 1:
+            self._tokens -= 1
+            return True
+        return False
+
+
+class Sink:
+    """Where verdicts go: the logger, a ring of recent ones, the state directory's file. Lines
+    over the rate are counted (``suppressed``) and said once a second at most."""
+
+    def __init__(
+        self, state_dir: Path | None, rate: float = RATE, burst: int = BURST, max_lines: int = MAX_FILE_LINES
+    ) -> None:
+        self.path = state_dir / FILE if state_dir is not None else None
+        self.bucket = TokenBucket(rate, burst)
+        self.recent: deque[Verdict] = deque(maxlen=RING)
+        self.written = 0
+        self.suppressed = 0
+        self._max_lines = max_lines
+        self._lines = 0
+        self._told = 0.0
+        self._lock = threading.Lock()
+        if self.path is not None and self.path.exists():  # a restart goes on counting toward rotation
+            with self.path.open("rb") as f:
+                self._lines = sum(1 for _ in f)
+
+    def __call__(self, verdict: Verdict) -> bool:
+        """Log ``verdict`` unless over the rate; whether it was."""
+        with self._lock:
+            if not self.bucket.take():
+                self.suppressed += 1
+                now = time.monotonic()
+                if now - self._told >= 1.0:
+                    self._told = now
+                    log.warning(
+                        "rule log: over %.0f lines/s, %d suppressed so far", self.bucket.rate, self.suppressed
+                    )
+                return False
+            self.written += 1
+            self.recent.append(verdict)
+            fields = asdict(verdict)
+            log.info("rule log: %s", verdict.text(), extra={"rulelog": fields})
+            if self.path is not None:
+                self._append(json.dumps(fields))
+            return True
+
+    def _append(self, line: str) -> None:
+        assert self.path is not None
+        if self._lines >= self._max_lines:
+            self.path.replace(self.path.with_name(FILE + ".1"))
+            self._lines = 0
+        with self.path.open("a") as f:
+            f.write(line + "\n")
+        self._lines += 1
+
+
+def read_lines(paths: Iterable[Path]) -> list[dict[str, Any]]:
+    """The verdicts in rule log files (older rotation first), in time order; lines that do not
+    parse (a write cut by a crash) are skipped."""
+    found: list[dict[str, Any]] = []
+    for path in paths:
+        for name in (path.with_name(path.name + ".1"), path):
+            if not name.exists():
+                continue
+            for line in name.read_text().splitlines():
+                try:
+                    item = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if isinstance(item, dict):
+                    found.append(item)
+    return sorted(found, key=lambda v: str(v.get("time", "")))
+
+
+class RuleLog:
+    """The agent's rule log: the OpenFlow connection the copies arrive on, the namer, the sink.
+    The datapath meter and the sink's bucket have the same rate: the meter keeps a flood off the
+    agent, the bucket keeps the log within it whatever the datapath does."""
+
+    def __init__(
+        self, mgmt: Path, host: str, state_dir: Path | None, rate: float = RATE, burst: int = BURST
+    ) -> None:
+        from policyfabric.agent.renderers.ovs.rulelog import RuleLogChannel
+
+        self.namer = Namer(host)
+        self.sink = Sink(state_dir, rate, burst)
+        self.channel = RuleLogChannel(mgmt, self._handle, int(rate), burst)
+
+    def _handle(self, logged: Any) -> None:
+        packet = parse_packet(logged.data)
+        if packet is not None:
+            self.sink(self.namer.verdict(logged.decided, packet))
+
+    def start(self) -> None:
+        self.channel.start()
+
+    def stop(self) -> None:
+        self.channel.stop()
+
+
+class NftRuleLog:
+    """The rule log of an nftables host: the netfilter log's group in the renderer's namespace
+    (``renderers/nftables/nflog.py``), the namer, the sink (rate-limited in the kernel by the
+    logging rules' ``limit``, and by the sink's bucket)."""
+
+    def __init__(self, netns: str | None, host: str, state_dir: Path | None) -> None:
+        from policyfabric.agent.renderers.nftables.nflog import NflogReader
+        from policyfabric.agent.renderers.nftables.ruleset import NFLOG_GROUP
+
+        self.namer = Namer(host)
+        self.sink = Sink(state_dir)
+        self.reader = NflogReader(netns, NFLOG_GROUP, self._handle)
+
+    def _handle(self, logged: Any) -> None:
+        packet = parse_ip(logged.packet)
+        if packet is not None:
+            self.sink(self.namer.verdict(logged.decided, packet))
+
+    def start(self) -> None:
+        self.reader.start()
+
+    def stop(self) -> None:
+        self.reader.stop()
