@@ -24,7 +24,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 from collections.abc import Mapping
-from typing import Annotated, Any, Protocol
+from typing import Any, Protocol
 
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse
@@ -188,15 +188,13 @@ def _from_intent(
 
 def mount(app: FastAPI, authority: Authority, access: Access, fabric: Any) -> None:
     """``GET /v1/explain`` (``fabric``: the OpFlex server; None: no OpFlex, the intent answers)."""
-    Caller = Annotated[Principal, Depends(access.principal)]
-
     @app.get(
         "/v1/explain",
         tags=["opflex"],
         summary="Why a probe from an endpoint is allowed or denied, read from the hosts' installed dataplane",
     )
     async def explain_route(
-        who: Caller,
+        who: Principal = Depends(access.principal),  # noqa: B008  (FastAPI's way)
         source: str = Query(alias="from", description="the endpoint that opens the connection: TENANT/NAME"),
         target: str = Query(alias="to", description="an endpoint (TENANT/NAME) or an IP address"),
         probe: str = Query(description="icmp, icmpv6, tcp/N, udp/N, tcp6/N, udp6/N (LAB.md)"),

@@ -27,20 +27,27 @@ def scenario_catalog(path: Path | str) -> Catalog:
     return catalog(raw.get("tenants") or (), raw.get("endpoints") or (), raw.get("external_networks") or ())
 
 
-def explain_expect(lab: Lab, cat: Catalog, x: Expect) -> Explanation:
-    """Trace the probe's first packet through the hosts it crosses; raises LabError if it cannot."""
+def explain_expect(lab: Lab, cat: Catalog, x: Expect) -> dict[str, Any]:
+    """Trace the probe's first packet through the hosts it crosses; raises LabError if it cannot.
+    A path that starts on, or crosses, an nftables host is asked of the lab's authority instead
+    (its agents evaluate their installed rulesets: ``lab_explain.fabric_explain``)."""
     why_not = lab_explain.traceable(lab.state, x)
     if why_not is not None:
         raise LabError(why_not)
-    host, flow = lab_explain.probe_flow(lab.state, x)
     state = lab.state
+    src = state.endpoints.get(x.source)
+    if src is not None and lab_explain.on_nftables(state, [src.host]):
+        return lab_explain.fabric_explain(state, x)
+    host, flow = lab_explain.probe_flow(state, x)
     underlay = lab_explain.underlay(state)
-    result = explain(host, flow, lambda h, f: lab_explain.trace(state, h, f), underlay, cat)
-    for hop in result.hops:  # Open vSwitch only forwards there: its trace is not the verdict
-        renderer = state.hosts[hop.host].renderer
-        if renderer != "ovs":
-            raise LabError(f"the path crosses {hop.host}, which renders with {renderer}: not traced yet")
-    return result
+    result: Explanation = explain(host, flow, lambda h, f: lab_explain.trace(state, h, f), underlay, cat)
+    if lab_explain.on_nftables(state, [hop.host for hop in result.hops]):
+        if src is None:
+            raise LabError(
+                f"the path from {x.source} crosses an nftables host: explained from endpoints only"
+            )
+        return lab_explain.fabric_explain(state, x)
+    return result.to_json(cat)
 
 
 def explain_json(lab: Lab, cat: Catalog, x: Expect) -> dict[str, Any]:
@@ -49,10 +56,10 @@ def explain_json(lab: Lab, cat: Catalog, x: Expect) -> dict[str, Any]:
     that no host of the fabric receives (an external host's next hop nobody answers for) is a
     deny by ``no route``, with no hops."""
     try:
-        return explain_expect(lab, cat, x).to_json(cat)
+        return explain_expect(lab, cat, x)
     except lab_explain.NoPath as exc:  # decided before the fabric: still a verdict, and why
         return {"verdict": "deny", "by": f"no route ({exc})", "hops": []}
-    except (LabError, CommandFailed) as exc:
+    except (LabError, CommandFailed, ApiError, Unreachable) as exc:
         return {"verdict": None, "by": None, "hops": [], "reason": str(exc)}
 
 

@@ -250,7 +250,9 @@ def _group_labels(
 ) -> list[str | None]:
     """What each rule of ``ruleset.group_rules(me, contracts, peers, inbound)`` is, in its order."""
     if me is None:
-        return ["no endpoint group: kept apart from every group's members"] * len(FAMILIES) + [None]
+        apart = "no endpoint group: kept apart from every group's members"
+        alone: list[str | None] = [apart] * len(FAMILIES)
+        return [*alone, "no endpoint group: no group policy"]
     intra = f"endpoint-group {_name(me.uri)} intra_group {'allow' if me.intra_allow else 'deny'}"
     labels: list[str | None] = [intra] * len(FAMILIES)
     ranked: list[tuple[int, str]] = []
@@ -273,7 +275,7 @@ def _sg_labels(ep: Endpoint, net: Network, inbound: bool) -> list[str | None]:
     groups = [net.security_groups[g] for g in ep.security_groups if g in net.security_groups]
     rules = [r for g in groups for r in g.rules if r.direction == want]
     if not ep.sg_governed or (not inbound and not rules):
-        return [None]
+        return ["no security group rules this way (open)"]
     labels: list[str | None] = []
     for rule in rules:
         uri, _, order = rule.key.rpartition("#")
@@ -288,13 +290,15 @@ def _sg_labels(ep: Endpoint, net: Network, inbound: bool) -> list[str | None]:
 
 
 OWN_CHAIN = ["conntrack: invalid", "an established connection", "neighbour discovery"]
+LAYERS = ["group policy", "security groups", "every layer passed"]
 
 
 def label(chain: str, index: int, net: Network, applied: Ruleset | None) -> str:
     """The intent object behind rule ``index`` of ``chain`` (the renderer's naming: ``epN``,
-    ``epN_in``, ``epN_in_g``, ``epN_in_sg``...)."""
+    ``epN_in``, ``epN_in_g``, ``epN_in_sg``...), or what the rule does when it is plumbing (the
+    jumps between an endpoint's chains)."""
     if chain == BASE_CHAIN:
-        return "not an endpoint's bridge (no policy here)"
+        return "the endpoint's bridge: its chain (map ports)"
     head, _, rest = chain.partition("_")
     n = int(head[2:]) if head.startswith("ep") and head[2:].isdigit() else None
     ep = next((e for e in net.local if n is not None and e.ofport == n and bridge_of(e.interface)), None)
@@ -303,18 +307,22 @@ def label(chain: str, index: int, net: Network, applied: Ruleset | None) -> str:
         return f"rule {index} of chain {chain}"
     labels: list[str | None]
     if rest == "":
-        labels = [
-            *OWN_CHAIN,
-            *([None] * (len(expected.rules) - 4)),
-            "port-security (not the endpoint's address)",
+        pairs = (len(expected.rules) - len(OWN_CHAIN) - 1) // 2
+        jumps = [
+            f"endpoint {ep.key}: {way}"
+            for _ in range(pairs)
+            for way in ("from its address", "to its address")
         ]
+        labels = [*OWN_CHAIN, *jumps, "port-security (not the endpoint's address)"]
+    elif rest in ("in", "out"):
+        labels = list(LAYERS)
     elif rest in ("in_g", "out_g"):
         policy = _Policy(net.groups, net.contracts)
         labels = _group_labels(*policy.inputs(ep.classid), inbound=rest == "in_g")
     elif rest in ("in_sg", "out_sg"):
         labels = _sg_labels(ep, net, inbound=rest == "in_sg")
     else:
-        labels = [None] * len(expected.rules)
+        labels = []
     if len(labels) != len(expected.rules) or not 0 <= index < len(labels) or labels[index] is None:
         return f"rule {index} of chain {chain} ({expected.comment or 'endpoint ' + ep.key})"
     return str(labels[index])
