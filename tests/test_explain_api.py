@@ -6,9 +6,20 @@ formats into its trace command)."""
 
 from __future__ import annotations
 
+import asyncio
+import socket
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
 import pytest
 
+from policyfabric.authority.explain import CannotTrace
+from policyfabric.authority.explain import trace as fabric_trace
+from policyfabric.opflex.client import PolicyClient, parse_peers
+from policyfabric.opflex.rpc import RpcError, Session
 from policyfabric.opflex.trace import BadTrace, Probe, Request, judge
+from policyfabric.opflex.wire import Code
 from tests.conftest import AsToken, error, unique
 
 
@@ -133,3 +144,40 @@ def test_hops_are_judged_as_the_lab_judges_them() -> None:
         "default deny",
     )
     assert judge([through]) == ("deny", "no route")  # tunnelled to an address no agent has
+
+
+def test_an_agent_that_does_not_know_pf_trace_is_a_host_that_cannot_trace(tmp_path: Path) -> None:
+    """Over a real OpFlex session, a client without a trace service (as a reference agent: it
+    answers an unknown method EUNSUPPORTED) makes the authority say the host cannot trace, which
+    the route turns into the intent's answer marked as such."""
+
+    async def go() -> str:
+        a, b = socket.socketpair()
+        client = PolicyClient("h9", parse_peers("127.0.0.1:1"), state_dir=tmp_path)  # no on_trace
+        ra, wa = await asyncio.open_connection(sock=a)
+        rb, wb = await asyncio.open_connection(sock=b)
+        asking = Session(ra, wa, _refuse_all, label="authority")
+        agent = Session(rb, wb, client._handle, label="agent")
+        asking.ready = agent.ready = True
+        tasks = [asyncio.create_task(asking.run()), asyncio.create_task(agent.run())]
+        fabric = SimpleNamespace(
+            peers={asking: SimpleNamespace(agent="h9", current=True)},
+            registry=SimpleNamespace(declarations=SimpleNamespace(by_agent={"h9": {("acme", "a1"): None}})),
+            observer=SimpleNamespace(agents={}),
+        )
+        try:
+            await fabric_trace(fabric, "acme/a1", "10.0.0.2", Probe.parse("tcp/80"))
+        except CannotTrace as exc:
+            return str(exc)
+        finally:
+            await asking.close("done")
+            await agent.close("done")
+            for t in tasks:
+                t.cancel()
+        return "traced"
+
+    assert asyncio.run(go()) == "host h9 cannot trace (its agent does not implement pf_trace)"
+
+
+async def _refuse_all(session: Session, method: str, params: list[Any]) -> Any:
+    raise RpcError(Code.EUNSUPPORTED, method)
