@@ -234,10 +234,25 @@ class TraceService:
         out = await asyncio.to_thread(run, argv, netns=netns, timeout=left)
         return out[:MAX_OUTPUT]
 
-    async def _table(self, deadline: float) -> nft.Table:
+    def _table(self, deadline: float) -> nft.Table:
+        """The installed table, listed object by object as the walk needs it (in the renderer's
+        namespace, each ``nft`` within what is left of the deadline)."""
         assert self.nftables is not None
-        argv = ["nft", "-j", "list", "table", "inet", TABLE]
-        return nft.Table.from_json(json.loads(await self._run(argv, deadline, self.nftables.netns)))
+        netns = self.nftables.netns
+
+        def load(kind: str, name: str) -> dict[str, Any]:
+            left = max(0.1, deadline - time.monotonic())
+            try:
+                out = run(["nft", "-j", "list", kind, "inet", TABLE, name], netns=netns, timeout=left)
+            except CommandFailed:
+                return {}  # not in the table: the walk says so
+            doc: dict[str, Any] = json.loads(out[:MAX_OUTPUT])
+            return doc
+
+        return nft.Table(load)
+
+    async def _evaluate(self, table: nft.Table, packet: nft.Packet) -> nft.Verdict:
+        return await asyncio.to_thread(nft.evaluate, table, packet)  # it lists what it walks
 
     async def _hop(self, net: Network, req: Request, deadline: float) -> dict[str, Any]:
         cat = catalog_of(net)
@@ -253,8 +268,8 @@ class TraceService:
                 return self._answer(Hop(self.host, (), "none"), cat, f"no route ({exc})", [], None)
             bridge = bridge_of(src.interface)
             if self.nftables is not None and bridge is not None:  # it crosses its own bridge first
-                table = await self._table(deadline)
-                verdict = nft.evaluate(table, _on(packet, bridge))
+                table = self._table(deadline)
+                verdict = await self._evaluate(table, _on(packet, bridge))
                 nft_steps = _nft_steps(verdict, net, applied)
                 if verdict.verdict == "drop":
                     why = nft.label(verdict.chain, verdict.index, net, applied)
@@ -280,8 +295,8 @@ class TraceService:
         if drop is None and self.nftables is not None and bridge is not None:  # and its bridge last
             leaving = leaving_packet(parsed.final, parsed.protocol)
             if leaving is not None:
-                table = table or await self._table(deadline)
-                verdict = nft.evaluate(table, _on(leaving, bridge))
+                table = table or self._table(deadline)
+                verdict = await self._evaluate(table, _on(leaving, bridge))
                 steps = _nft_steps(verdict, net, applied)
                 nft_steps += steps
                 if verdict.verdict == "drop":
