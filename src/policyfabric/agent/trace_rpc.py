@@ -274,16 +274,9 @@ class TraceService:
                 if verdict.verdict == "drop":
                     why = nft.label(verdict.chain, verdict.index, net, applied)
                     return self._answer(Hop(self.host, (), "drop"), cat, why, [], None, nft_steps)
-        argv = [
-            *self.appctl,
-            "ofproto/trace",
-            self.bridge,
-            flow,
-            "--ct-next",
-            "trk,new",
-            "--ct-next",
-            "trk,new",
-        ]
+        new = ("--ct-next", "trk,new")  # every ct() recirculation: a new connection (a probe's first packet)
+        argv = [*self.appctl, "ofproto/trace", self.bridge, flow, *new, *new]
+        before = len(nft_steps)  # the source's bridge is crossed before br-int
         parsed = parse_trace(await self._run(argv, deadline), self.bridge)
         hop = hop_of(self.host, parsed)
         drop = next((deny_reason(s, cat) for s in hop.steps if s.drops), None)
@@ -307,7 +300,7 @@ class TraceService:
         if hop.outcome == "tunnel" and drop is None:
             proto, fields = arrival_fields(parsed, self.tunnel_ip or "0.0.0.0")
             nxt = {"tun_dst": parsed.writes.get("tun_dst", ""), "arrival": {"protocol": proto, **fields}}
-        return self._answer(hop, cat, drop, allows, nxt, nft_steps)
+        return self._answer(hop, cat, drop, allows, nxt, nft_steps, before)
 
     def _answer(
         self,
@@ -317,13 +310,17 @@ class TraceService:
         allows: list[str],
         nxt: dict[str, Any] | None,
         nft_steps: list[NftStep] = (),  # type: ignore[assignment]
+        before: int | None = None,
     ) -> dict[str, Any]:
-        flows = hop.to_json(cat)["flows"]
-        flows += [
+        """One hop's answer; its flows in the order the packet met them: the nftables rules of the
+        source's bridge (``nft_steps[:before]``), br-int's flows, those of the destination's bridge."""
+        rules = [
             {"table": f"nftables {s.chain}", "match": f"rule {s.index}", "priority": None, "from": s.label,
              "actions": [s.verdict]}
             for s in nft_steps
         ]  # fmt: skip
+        split = len(rules) if before is None else before
+        flows = [*rules[:split], *hop.to_json(cat)["flows"], *rules[split:]]
         renderer = "nftables" if self.nftables is not None else "ovs"
         return {
             "host": self.host,
