@@ -392,26 +392,37 @@ def hop_of(host: str, trace: Trace) -> Hop:
     return Hop(host, steps, outcome)
 
 
-def arrival_flow(trace: Trace, tun_src: str, in_port: str = TUNNEL_PORT) -> str:
-    """The packet as the next host receives it from the tunnel: its header fields as they left
-    (the trace's last "Final flow"), with the VNI, source group and underlay addresses the
-    tunnel output set."""
+def arrival_fields(trace: Trace, tun_src: str) -> tuple[str, dict[str, str]]:
+    """(protocol word, fields) of the packet as the next host receives it from the tunnel: its
+    header fields as they left (the trace's last "Final flow"), with the VNI, source group and
+    underlay addresses the tunnel output set."""
     final = trace.final
-    parts = [trace.protocol or "ip", f"in_port={in_port}"]
+    fields: dict[str, str] = {}
     tun = trace.writes
     if "tun_id" in tun:
-        parts.append(f"tun_id={tun['tun_id']}")
-    parts.append(f"tun_src={tun_src}")
+        fields["tun_id"] = tun["tun_id"]
+    fields["tun_src"] = tun_src
     if "tun_dst" in tun:
-        parts.append(f"tun_dst={tun['tun_dst']}")
-    parts.append(f"tun_metadata0={tun.get('tun_metadata0', '0')}")
+        fields["tun_dst"] = tun["tun_dst"]
+    fields["tun_metadata0"] = tun.get("tun_metadata0", "0")
     # OVS's flow parser takes a UDP packet's ports only as udp_src/udp_dst, and an ICMPv6 packet's
     # type and code only as icmpv6_type/icmpv6_code (its "Final flow" writes them icmp_type/code)
     rename = {"tp_src": "udp_src", "tp_dst": "udp_dst"} if trace.protocol.startswith("udp") else {}
     if trace.protocol == "icmp6":
         rename = {"icmp_type": "icmpv6_type", "icmp_code": "icmpv6_code"}
-    parts += [f"{rename.get(k, k)}={final[k]}" for k in PACKET_FIELDS if k in final]
-    return ",".join(parts)
+    fields |= {rename.get(k, k): final[k] for k in PACKET_FIELDS if k in final}
+    return trace.protocol or "ip", fields
+
+
+def flow_text(protocol: str, fields: Mapping[str, str], in_port: str = TUNNEL_PORT) -> str:
+    """``ofproto/trace``'s flow syntax: the protocol word first (OVS's parser checks
+    prerequisites as it goes), then the port, then the fields in the order given."""
+    return ",".join([protocol, f"in_port={in_port}", *(f"{k}={v}" for k, v in fields.items())])
+
+
+def arrival_flow(trace: Trace, tun_src: str, in_port: str = TUNNEL_PORT) -> str:
+    """The packet as the next host receives it from the tunnel, in ``ofproto/trace`` syntax."""
+    return flow_text(*arrival_fields(trace, tun_src), in_port=in_port)
 
 
 Tracer = Callable[[str, str], str]  # (host, flow in ofproto/trace syntax) → the trace's text

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from policyfabric.agent import trace_rpc
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
@@ -142,6 +143,9 @@ class OvsAgent:
         self.rendered_revision: int | None = None
         self.revision_seen = RevisionSeen()  # the PfRevision the view reads (what it then renders)
         self._flow_count = FlowCount()
+        self.network_seen: Network | None = None  # the view last rendered: pf_trace names flows by it
+        seen = lambda: self.network_seen  # noqa: E731
+        self.client.on_trace = trace_rpc.for_agent(config, seen, self.plugins)
 
     # ---- wiring
     def wake(self, *_: Any) -> None:
@@ -298,6 +302,7 @@ class OvsAgent:
             t2 = time.perf_counter()
             revision = self.revision_seen.update(self.client.policy, self.client.wanted, changed)
             net = self.network(plugged, tunnel_port, changed)
+            self.network_seen = net
         except BaseException:
             self._changed = None  # not everything saw what changed: the next reconcile looks at everything
             raise

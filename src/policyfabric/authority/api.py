@@ -25,7 +25,7 @@ from pydantic import BaseModel, Field, create_model
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from policyfabric import __version__
-from policyfabric.authority import console
+from policyfabric.authority import console, explain
 from policyfabric.authority.access import (
     MAX_REVISION,
     Access,
@@ -526,4 +526,5 @@ def create_app(
     for kind in k.ORDER:
         _collection_routes(app, authority, kind, access)
     console.mount(app, authority, access)  # the web console at / and /ui, and /docs
+    explain.mount(app, authority, access, observer)  # GET /v1/explain: asks the agents (pf_trace)
     return app

@@ -584,9 +584,11 @@ def _delete_file(file: Path, url: str, token: str | None) -> None:
     )
 
 
+from policyfabric.cli.explain import explain_command  # noqa: E402
 from policyfabric.cli.lab import lab_app  # noqa: E402  (after app: the sub-app registers on it)
 
 app.add_typer(lab_app, name="lab")
+app.command("explain")(explain_command)
 
 
 @app.command()

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from policyfabric.client import Client
 from policyfabric.lab import dhcp
 from policyfabric.lab.lab import Lab, Verified, verify
 from policyfabric.lab.ovs import OvsInstance
@@ -47,10 +48,28 @@ def traceable(state: LabState, x: Expect) -> str | None:
         if x.source in state.external_hosts:
             return None
         return f"{x.source} is not an endpoint or external host of this lab"
-    renderer = state.hosts[src.host].renderer
-    if renderer != "ovs":
-        return f"{x.source}'s host {src.host} renders with {renderer}: only Open vSwitch hosts are traced"
     return None
+
+
+def on_nftables(state: LabState, hosts: list[str]) -> bool:
+    """Whether any of ``hosts`` renders policy with nftables (its Open vSwitch trace is no verdict)."""
+    return any(state.hosts[h].renderer != "ovs" for h in hosts)
+
+
+def fabric_explain(state: LabState, x: Expect) -> dict[str, Any]:
+    """``x`` explained by the lab's authority (``GET /v1/explain``), which asks the agents: what a
+    path through an nftables host needs (the agent there evaluates its installed ruleset). The
+    source must be an endpoint; the target is named (an endpoint) or addressed."""
+    src = state.endpoints.get(x.source)
+    if src is None:
+        raise LabError(f"{x.source} is not an endpoint: the fabric explains from endpoints only")
+    proto = x.probe.partition("/")[0]
+    dst = state.endpoints.get(x.target)
+    to = dst.key if dst is not None else address_of(state, x.target, v6=proto in V6_PROBES)
+    params = {"from": src.key, "to": to, "probe": x.probe}
+    with Client(state.url, timeout=30) as client:
+        doc: dict[str, Any] = client.request("GET", "/v1/explain", params=params)
+    return doc
 
 
 def _ns(netns: str, *cmd: str) -> str:
@@ -164,4 +183,14 @@ def verify_explained(
     return verified, verified.explained or []
 
 
-__all__ = ["CommandFailed", "NoPath", "probe_flow", "trace", "traceable", "underlay", "verify_explained"]
+__all__ = [
+    "CommandFailed",
+    "NoPath",
+    "fabric_explain",
+    "on_nftables",
+    "probe_flow",
+    "trace",
+    "traceable",
+    "underlay",
+    "verify_explained",
+]

@@ -23,7 +23,7 @@ import logging
 import random
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +38,7 @@ from policyfabric.opflex.cache import (
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
+from policyfabric.opflex.trace import METHOD as TRACE
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 
 log = logging.getLogger(__name__)
@@ -126,6 +127,7 @@ class PolicyClient:
         self._resolving = 0  # resolve batches awaiting their replies
         self.followed: set[str] = set()  # wanted URIs resolved by following a reference, not asked for
         self._collecting: asyncio.Handle | None = None  # a pending ``_collect``
+        self.on_trace: Callable[[list[Any]], Awaitable[Any]] | None = None  # answers pf_trace (trace.py)
         self._load()
 
     # ---- cache persistence (opflex/cache.py)
@@ -490,6 +492,8 @@ class PolicyClient:
 
     # ---- requests from the authority
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
+        if method == TRACE and self.on_trace is not None:
+            return await self.on_trace(params)
         if method not in ("policy_update", "endpoint_update"):
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
         for entry in params:
