@@ -1,10 +1,13 @@
-"""The web console in a real browser: Debian's headless Chromium driven by selenium (through
-Debian's chromedriver: nothing is downloaded) against a real authority process run with
-``--tokens``, the demo intent applied with the CLI and a second tenant beside it.
+"""The web console in real browsers: Debian's headless Chromium driven by selenium (through
+Debian's chromedriver) and Debian's Firefox ESR driven over WebDriver BiDi (``console_bidi``, no
+geckodriver), both installed by scripts/install-browser.sh, nothing downloaded at test time. Every
+test runs in each browser, against a real authority process of its own run with ``--tokens``,
+the demo intent applied with the CLI and a second tenant beside it.
 
 Each view's screenshot is saved under the test run's temporary directory (its path is printed);
-with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too, as ``console-VIEW.png`` (the
-README's docs/img/console-topology.png and console-matrix.png are made that way).
+with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too, as ``console-VIEW.png`` from
+Chromium and ``console-firefox-VIEW.png`` from Firefox (the README's
+docs/img/console-topology.png and console-matrix.png are made that way).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -35,11 +39,10 @@ from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_ur
 from policyfabric.opflex.mo import MO
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tests.console_bidi import FIREFOX, Browser, Firefox  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-browser")]
 
@@ -54,10 +57,17 @@ DEMO_ACME = sorted(  # the demo's endpoints in tenant acme, all drawn
 )
 
 
+@pytest.fixture(scope="module", params=["chromium", "firefox"])
+def browser(request: pytest.FixtureRequest) -> str:
+    """Which browser the module's tests run in: each runs all of them, against its own authority."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityProcess]:
-    """An authority with two tokens (admin; member of acme), the demo and a tenant beta."""
-    where = tmp_path_factory.mktemp("console-authority")
+def authority(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Iterator[AuthorityProcess]:
+    """An authority with two tokens (admin; member of acme), the demo and a tenant beta: one per
+    browser, so that each starts from the same state (the tests add tenants and endpoints)."""
+    where = tmp_path_factory.mktemp(f"console-authority-{browser}")
     tokens = where / "tokens.yaml"
     tokens.write_text(
         "tokens:\n"
@@ -168,23 +178,34 @@ def auth(token: str) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("console-screenshots")
-    print(f"console screenshots: {where}")
+def screenshots(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Path:
+    where = tmp_path_factory.mktemp(f"console-screenshots-{browser}")
+    print(f"console screenshots ({browser}): {where}")
     return where
 
 
-def shoot(driver: WebDriver, where: Path, name: str) -> None:
+def shoot(driver: Browser, where: Path, name: str) -> None:
     path = where / f"{name}.png"
     assert driver.save_screenshot(str(path)), path
+    assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     copy_to = os.environ.get("POLICYFABRIC_SCREENSHOTS")
     if copy_to:
         Path(copy_to).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(copy_to) / f"console-{path.name}")
+        prefix = "console-" if isinstance(driver, webdriver.Chrome) else "console-firefox-"
+        shutil.copy(path, Path(copy_to) / f"{prefix}{path.name}")
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[WebDriver]:
+def driver(browser: str) -> Iterator[Browser]:
+    if browser == "firefox":
+        if not FIREFOX.exists():
+            pytest.skip("needs Debian's firefox-esr (scripts/install-browser.sh)")
+        firefox = Firefox()
+        try:
+            yield firefox
+        finally:
+            firefox.quit()
+        return
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip("needs Debian's chromium and chromium-driver (scripts/install-browser.sh)")
     options = webdriver.ChromeOptions()
@@ -192,24 +213,26 @@ def driver() -> Iterator[WebDriver]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1400,900", "--no-first-run", "--disable-extensions"):  # fmt: skip
         options.add_argument(arg)
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    chrome = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
-        yield browser
+        yield chrome
     finally:
-        browser.quit()
+        chrome.quit()
 
 
-def wait(driver: WebDriver, condition: str, *args: object, timeout: float = WAIT) -> object:
+def wait(driver: Browser, condition: str, *args: object, timeout: float = WAIT) -> object:
     """Wait until the JavaScript expression ``condition`` (given ``arguments``) is truthy."""
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-            lambda d: d.execute_script(f"return {condition}", *args)
-        )
-    except TimeoutException:
-        raise AssertionError(f"not within {timeout}s: {condition} {args}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(f"return {condition}", *args)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {condition} {args}")
+        time.sleep(0.05)
 
 
-def open_console(driver: WebDriver, url: str, token: str, view: str = "topology", query: str = "") -> None:
+def open_console(driver: Browser, url: str, token: str, view: str = "topology", query: str = "") -> None:
     """Open the page in a fresh tab state and give the token through its form, as a person would."""
     driver.get(f"{url}/ui{query}#{view}")
     driver.execute_script("sessionStorage.clear()")
@@ -223,19 +246,19 @@ def open_console(driver: WebDriver, url: str, token: str, view: str = "topology"
     )
 
 
-def tenants(driver: WebDriver) -> list[str]:
+def tenants(driver: Browser) -> list[str]:
     return list(
         driver.execute_script("return [...document.getElementById('tenant').options].map(o => o.value)")
     )
 
 
-def chip(driver: WebDriver, endpoint: str) -> str:
+def chip(driver: Browser, endpoint: str) -> str:
     """The class of an endpoint's chip in the topology: its status, and "fault"."""
     js = "return document.querySelector(`[data-ep='${arguments[0]}'] rect`).getAttribute('class')"
     return str(driver.execute_script(js, endpoint))
 
 
-def choose(driver: WebDriver, select: str, value: str) -> None:
+def choose(driver: Browser, select: str, value: str) -> None:
     """Pick ``value`` in the <select> ``select``, as a person would (its change event fires)."""
     js = "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
     js += "s.dispatchEvent(new Event('change'))"
@@ -254,13 +277,13 @@ return Object.fromEntries([...document.querySelectorAll('#topology [data-ep]')].
 """
 
 
-def placement(driver: WebDriver) -> dict[str, str | None]:
+def placement(driver: Browser) -> dict[str, str | None]:
     """Which group's box (``epg:web``, ``host:h1``) each endpoint's chip is drawn inside."""
     return dict(driver.execute_script(PLACEMENT))
 
 
 def test_the_topology_shows_every_endpoint(
-    authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, fabric: Fabric, driver: Browser, screenshots: Path
 ) -> None:
     with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
         for _ in range(100):  # statuses are written just after the report is answered
@@ -324,7 +347,7 @@ def test_the_topology_shows_every_endpoint(
 
 
 def test_a_matrix_cell_explains_with_the_rule(
-    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, driver: Browser, screenshots: Path
 ) -> None:
     open_console(driver, authority.url, ADMIN, "matrix")
     wait(driver, "document.getElementById('cell-epg-app-web') !== null")
@@ -364,7 +387,7 @@ def test_a_matrix_cell_explains_with_the_rule(
 
 
 def test_a_change_through_the_api_shows_without_reload(
-    authority: AuthorityProcess, driver: WebDriver
+    authority: AuthorityProcess, driver: Browser
 ) -> None:
     open_console(driver, authority.url, ADMIN)
     wait(driver, "document.querySelectorAll('#topology [data-ep]').length === arguments[0]", len(DEMO_ACME))
@@ -379,7 +402,7 @@ def test_a_change_through_the_api_shows_without_reload(
     assert driver.execute_script("return window.notReloaded === true")
 
 
-def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: WebDriver) -> None:
+def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: Browser) -> None:
     # an unknown token: the form stays, with the authority's reason
     driver.get(f"{authority.url}/ui")
     driver.execute_script("sessionStorage.clear()")
@@ -401,7 +424,7 @@ def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver
 
 
 def test_agents_view_and_swagger_served_locally(
-    authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, fabric: Fabric, driver: Browser, screenshots: Path
 ) -> None:
     open_console(driver, authority.url, ADMIN, "agents")
     wait(driver, "document.getElementById('gateways').textContent.includes('acme/r1')")
@@ -424,7 +447,7 @@ def test_agents_view_and_swagger_served_locally(
 
 
 def test_a_thousand_endpoints_stay_readable(
-    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, driver: Browser, screenshots: Path
 ) -> None:
     """1,000 endpoints in 10 groups: the groups start collapsed (a summary each, no chips), and a
     search opens the one group that holds the endpoint and marks it."""
@@ -502,7 +525,7 @@ class EventFeed:
 
 
 @pytest.fixture(scope="module")
-def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventFeed]]:
+def feed(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Iterator[tuple[str, EventFeed]]:
     """The REST app with the demo and the admin token, behind an ``EventFeed``, served by uvicorn
     on loopback from a thread: (its URL, the feed)."""
     from policyfabric.authority.api import create_app
@@ -510,7 +533,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventF
     from policyfabric.authority.service import Authority
     from policyfabric.store.sqlite import SqliteStore
 
-    store = SqliteStore(tmp_path_factory.mktemp("console-feed") / "pf.db")
+    store = SqliteStore(tmp_path_factory.mktemp(f"console-feed-{browser}") / "pf.db")
     authority = Authority(store)
     tokens = parse_tokens({"tokens": [{"token": ADMIN, "role": "admin"}]}, "test")
     events = EventFeed()
@@ -544,7 +567,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventF
         store.close()
 
 
-def test_the_page_follows_the_events_stream(driver: WebDriver, feed: tuple[str, EventFeed]) -> None:
+def test_the_page_follows_the_events_stream(driver: Browser, feed: tuple[str, EventFeed]) -> None:
     url, events = feed
     open_console(driver, url, ADMIN)
     wait(driver, "document.getElementById('live').textContent === 'live (events)'")
