@@ -16,6 +16,7 @@ import asyncio
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
@@ -155,7 +156,7 @@ def status(endpoint: str, value: str) -> MO:
 @pytest.fixture(scope="module")
 def fabric(authority: AuthorityProcess) -> Iterator[Fabric]:
     """The demo's hosts h1 and h2 with their endpoints, and gateway gw1: web1, app1 and app2
-    ACTIVE, web2 still BUILD with a fault on it; h1 counts 42 flows."""
+    ACTIVE, web2 still BUILD with a fault on it; h1 counts 42 flows and has rendered revision 5."""
     fabric = Fabric(authority)
     try:
         fabric.run(fabric.agent("h1", ["acme/web1", "acme/app2"]))
@@ -163,14 +164,20 @@ def fabric(authority: AuthorityProcess) -> Iterator[Fabric]:
         fabric.run(fabric.agent("gw1", []))
         fault = {"code": "port-missing", "severity": "major", "description": "tap of web2 not on br-int",
                  "uri": endpoint_uri("acme", "web2")}  # fmt: skip
+        counters = MO("PfAgentCounters", "/PfAgentCounters/", {"flows": 42})
         fabric.run(fabric.report("h1", status("acme/web1", "ACTIVE"), status("acme/app2", "ACTIVE"),
-                                 MO("PfAgentCounters", "/PfAgentCounters/", {"flows": 42})))  # fmt: skip
+                                 counters, rendered(5)))  # fmt: skip
         fabric.run(fabric.report("h2", status("acme/app1", "ACTIVE"), MO("PfFault", "/PfFault/port/", fault)))
         ports = {Prop.TUNNEL_IP: "192.0.2.31", Prop.EXTERNAL_NETWORKS: [external_network_uri("public")]}
         fabric.run(fabric.report("gw1", MO(Cls.PF_GATEWAY_PORTS, "/PfGatewayPorts/", ports)))
         yield fabric
     finally:
         fabric.close()
+
+
+def rendered(revision: int) -> MO:
+    """What an agent reports after a reconcile that installed a new revision's flows."""
+    return MO(Cls.PF_RENDERED_REVISION, f"/{Cls.PF_RENDERED_REVISION}/", {Prop.REVISION: revision})
 
 
 def auth(token: str) -> dict[str, str]:
@@ -439,6 +446,17 @@ def test_agents_view_and_swagger_served_locally(
     assert "acme/r1 public gw1, gw2 gw1" in driver.find_element(By.ID, "gateways").text
     faults = driver.find_element(By.ID, "faults").text
     assert "major h2 port-missing tap of web2 not on br-int" in faults
+    # last reconcile: when the agent last reported a new rendered revision (h1 did, h2 not yet)
+    assert re.fullmatch(r".+ \(\d+ s ago\)", by_host["h1"][6]), by_host["h1"]
+    assert by_host["h2"][6].startswith("not reported; last report "), by_host["h2"]
+    driver.execute_script("window.notReloaded = true")
+    before = time.time()
+    fabric.run(fabric.report("h2", rendered(7)))
+    wait(driver, "document.querySelectorAll('#agents tr')[2]?.cells[6].textContent.endsWith('s ago)')")
+    assert driver.execute_script("return window.notReloaded === true")
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        h2 = next(a for a in http.get("/v1/agents").json()["items"] if a["name"] == "h2")
+    assert h2["rendered_revision"] >= 7 and before <= h2["rendered_at"] <= time.time()
     shoot(driver, screenshots, "agents")
     driver.get(f"{authority.url}/docs")  # Swagger UI from the package's files: renders offline
     wait(driver, "document.querySelector('.swagger-ui .info .title')?.textContent.includes('policyfabric')")

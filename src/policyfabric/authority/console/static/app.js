@@ -19,6 +19,7 @@ const state = {
   tenant: "", view: "topology", groupBy: "epg",
   expanded: new Set(), collapsed: new Set(), found: "",
   matrix: null, live: "off", firstRender: null,
+  clockSkew: 0, // the authority's clock minus the browser's, in seconds (from responses' Date)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -44,6 +45,11 @@ function headers() {
 
 async function api(path) {
   const response = await fetch(path, { headers: headers() });
+  const date = Date.parse(response.headers.get("date") || "");
+  if (!Number.isNaN(date)) {  // Date has whole seconds: a skew under 2 s is noise
+    const skew = (date - Date.now()) / 1000;
+    state.clockSkew = Math.abs(skew) < 2 ? 0 : skew;
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (response.status === 401) { askToken(body && body.error && body.error.message); }
@@ -162,8 +168,9 @@ function applyStatus(event) {
 function applyAgent(event) {
   if (state.agents) {
     const agent = state.agents.find((a) => a.name === event.name);
+    // the event does not carry when it rendered: a new revision reads the agents again for it
+    if (!agent || event.rendered_revision !== agent.rendered_revision) scheduleGlobal();
     if (agent) Object.assign(agent, event);
-    else scheduleGlobal();
   }
   scheduleRefresh([]);
 }
@@ -765,6 +772,11 @@ async function explainPair() {
 // ---- agents and faults ---------------------------------------------------------------------
 
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "-");
+// how long ago, from the authority's clock as far as the page knows it (its responses' Date)
+function ago(t) {
+  const s = Math.max(0, Math.round(Date.now() / 1000 + state.clockSkew - t));
+  return s < 90 ? `${s} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
 
 function renderAgents() {
   if (state.agents === null) {
@@ -780,13 +792,16 @@ function renderAgents() {
     // when other tenants changed since, so both are shown and the reader judges
     const behind = rendered === undefined || rendered === null ? "not reported"
       : `${rendered}${rendered >= state.revision ? " (current)" : ` (authority: ${state.revision})`}`;
-    const reconcile = a.last_reconcile ?? c.last_reconcile;
+    // rendered_at: when the agent last told a new rendered revision, i.e. its last reconcile that
+    // changed what its flows reflect (an agent reports on change only; one that never reports,
+    // like the reference agent, shows its last report of anything instead)
     return `<tr class="${a.connected ? "up" : "down"}"><td>${esc(a.name)}</td><td>${esc(a.tunnel_ip || a.address)}</td>`
       + `<td>${a.connected ? "connected" : "disconnected"} since ${esc(when(a.connected_since))}</td>`
       + `<td>${esc(behind)}</td><td>${esc(c.flows ?? "-")}</td><td>${esc((a.endpoints || []).length)}</td>`
-      + `<td>${esc(reconcile ? when(reconcile) : `last report ${when(a.last_seen)}`)}</td><td>${esc((a.gateway_for || []).join(", "))}</td></tr>`;
+      + `<td class="reconcile">${esc(a.rendered_at ? `${when(a.rendered_at)} (${ago(a.rendered_at)})` : `not reported; last report ${when(a.last_seen)}`)}</td>`
+      + `<td>${esc((a.gateway_for || []).join(", "))}</td></tr>`;
   });
-  $("agents").innerHTML = `<tr><th>host</th><th>address</th><th>connection</th><th>rendered revision</th><th>flows</th><th>endpoints</th><th>last reconcile</th><th>active gateway of</th></tr>`
+  $("agents").innerHTML = `<tr><th>host</th><th>address</th><th>connection</th><th>rendered revision</th><th>flows</th><th>endpoints</th><th title="when the agent last reported that its flows reflect a new revision">last reconcile</th><th>active gateway of</th></tr>`
     + (rows.join("") || `<tr><td colspan="8" class="hint">no agent has connected</td></tr>`);
   const active = activeGateways();
   const gws = list("router").filter((r) => r.external_gateway);
