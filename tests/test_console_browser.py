@@ -30,7 +30,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from policyfabric.agent.dryrun import DryRunAgent
 from policyfabric.lab.authority import AuthorityProcess, authority_in, free_port
@@ -509,14 +509,24 @@ def test_a_thousand_endpoints_stay_readable(
     search.clear()
 
 
+NO_ROUTE = {"error": {"code": "not_found", "message": "no such resource: /v1/explain", "field": None}}
+
+
 class EventFeed:
     """A ``GET /v1/events`` of the test's own in front of the real REST app (same process): it
     streams what the test puts, in the events contract's format, and records the Authorization
-    header each stream came with. It tests the page's streaming reader, not the authority's feed."""
+    header each stream came with. It tests the page's streaming reader, not the authority's feed.
+
+    Likewise ``GET /v1/explain``: it answers ``explain`` (status, body) as the dataplane explain's
+    contract says, or, while that is None, the 404 of a route the authority does not have (an
+    authority without dataplane explain), and records each query. It tests what the page does with
+    each answer, not the authority's explain."""
 
     def __init__(self) -> None:
         self.pending: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.authorization: list[str | None] = []
+        self.explain: tuple[int, dict[str, Any]] | None = None
+        self.explained: list[dict[str, str]] = []
 
     def put(self, event: str, data: dict[str, Any]) -> None:
         self.pending.put(f"event: {event}\ndata: {json.dumps(data)}\n\n")
@@ -537,6 +547,12 @@ class EventFeed:
                         await asyncio.sleep(0.02)
 
             return StreamingResponse(stream(), media_type="text/event-stream")
+
+        @outer.get("/v1/explain")
+        async def explain(request: Request) -> JSONResponse:
+            self.explained.append(dict(request.query_params))
+            status, body = self.explain or (404, NO_ROUTE)
+            return JSONResponse(body, status_code=status)
 
         outer.mount("/", inner)
         return outer
@@ -665,3 +681,73 @@ def test_the_page_follows_the_events_stream(driver: Browser, feed: tuple[str, Ev
     wait(driver, "document.querySelector(`[data-ep='acme/late']`) !== null", timeout=5)
     assert driver.execute_script("return document.querySelector(`[data-ep='beta/other']`)") is None
     driver.get("about:blank")  # closes the stream, so the server stops at once
+
+
+DATAPLANE = {
+    "verdict": "allow",
+    "by": "contract http, rule web-in (consumer -> provider)",
+    "source": "dataplane",
+    "hops": [
+        {"host": "h2", "renderer": "ovs", "outcome": "to the tunnel, towards 192.0.2.11", "flows": [
+            {"table": "policy", "match": "reg0=0x2,reg1=0x1,tcp,tp_dst=80", "priority": 300,
+             "from": "contract http, rule web-in", "actions": ["resubmit(,route)"]}]},
+        {"host": "h1", "renderer": "ovs", "outcome": "output to web1's port", "flows": [
+            {"table": "deliver", "match": "reg7=0x5", "priority": 100, "from": "endpoint acme/web1",
+             "actions": ["output:5"]}]},
+    ],
+}  # fmt: skip
+
+
+def test_a_matrix_cell_explains_from_the_dataplane_or_says_it_is_the_intent(
+    driver: Browser, feed: tuple[str, EventFeed]
+) -> None:
+    url, stub = feed
+    stub.explain, stub.explained[:] = None, []
+    open_console(driver, url, ADMIN, "matrix")
+    wait(driver, "document.getElementById('cell-epg-app-web') !== null")
+    # no dataplane explain on this authority (404, no field): the matrix's, from the intent, says so
+    driver.find_element(By.ID, "cell-epg-app-web").click()
+    wait(driver, "document.getElementById('explain-answer')?.dataset.source === 'intent'")
+    answer = driver.find_element(By.ID, "explain-answer").text
+    assert "app1 → web1 tcp/80: allow" in answer and "contract http, rule web-in" in answer
+    assert "From the intent" in answer and "does not explain from the dataplane" in answer
+    assert stub.explained == [{"from": "acme/app1", "to": "acme/web1", "probe": "tcp/80"}]
+    explain_again = "document.getElementById('explain-answer').innerHTML = ''; "
+    explain_again += "document.querySelector('#explain-form button').click()"
+    # the dataplane's answer: the hops, each host's flows, and the rule that decided
+    stub.explain = (200, DATAPLANE)
+    driver.execute_script(explain_again)
+    wait(driver, "document.getElementById('explain-answer').dataset.source === 'dataplane'")
+    answer = driver.find_element(By.ID, "explain-answer").text
+    assert "app1 → web1 tcp/80: allow" in answer
+    assert "decided by contract http, rule web-in (consumer -> provider)" in answer
+    hops = driver.execute_script(
+        "return [...document.querySelectorAll('#explain-answer .hops > li')].map(li => li.textContent)"
+    )
+    assert len(hops) == 2 and hops[0].startswith("host h2 (ovs): to the tunnel, towards 192.0.2.11")
+    assert "reg0=0x2,reg1=0x1,tcp,tp_dst=80" in hops[0] and "output:5" in hops[1]
+    assert "From the dataplane" in answer and "From the intent" not in answer
+    # the route answered, but from the intent (the host could not trace): said, with its reason
+    stub.explain = (200, {"verdict": "deny", "by": "deny: default deny", "hops": [], "source": "intent",
+                          "reason": "host h2 cannot trace"})  # fmt: skip
+    driver.execute_script(explain_again)
+    wait(driver, "document.getElementById('explain-answer').dataset.source === 'intent'")
+    answer = driver.find_element(By.ID, "explain-answer").text
+    assert "From the intent" in answer and "host h2 cannot trace" in answer and "deny" in answer
+    # the route's own 404 (an endpoint it does not know) is an answer, not a missing route
+    unknown = {"code": "not_found", "message": "no endpoint 'acme/web1'", "field": "to"}
+    stub.explain = (404, {"error": unknown})
+    driver.execute_script(explain_again)
+    wait(driver, "document.querySelector('#explain-answer .error') !== null")
+    assert driver.find_element(By.ID, "explain-answer").text == "no endpoint 'acme/web1'"
+    # a pair with no IPv4 address between them is asked in IPv6
+    stub.explain = (200, DATAPLANE)
+    driver.find_element(By.ID, "cell-epg-api-web").click()
+    choose(driver, "explain-to", "web3")
+    driver.execute_script(explain_again)
+    wait(driver, "document.getElementById('explain-answer').dataset.source === 'dataplane'")
+    for _ in range(100):
+        if stub.explained[-1]["to"] == "acme/web3":
+            break
+        time.sleep(0.05)
+    assert stub.explained[-1] == {"from": "acme/api1", "to": "acme/web3", "probe": "tcp6/80"}

@@ -36,6 +36,7 @@ class HttpError extends Error {
   constructor(status, body) {
     super((body && body.error && body.error.message) || `HTTP ${status}`);
     this.status = status;
+    this.field = (body && body.error && body.error.field) || null;
   }
 }
 
@@ -754,17 +755,68 @@ $("view-matrix").addEventListener("click", (event) => {
   }
 });
 
+// The probe as GET /v1/explain takes it: it names the family (tcp6/N, udp6/N, icmpv6) where the
+// matrix's explain picks it from the endpoints, so a pair with no IPv4 address between them is
+// asked in IPv6.
+function dataplaneProbe(probe, from, to) {
+  const v4 = (name) => ((state.objects.endpoint.get(`${state.tenant}/${name}`) || {}).ip || [])
+    .some((a) => /^\d+\.\d+\.\d+\.\d+/.test(a));
+  if (v4(from) && v4(to)) return probe;
+  const m = /^(tcp|udp)\/(\d+)$/.exec(probe);
+  return m ? `${m[1]}6/${m[2]}` : probe === "icmp" ? "icmpv6" : probe;
+}
+
+// The route is absent (an authority without dataplane explain): 404 with no field, or 405. A 404
+// naming "from" or "to" is the route's own answer (no such endpoint) and is shown as such.
+const noRoute = (e) => (e.status === 404 && !e.field) || e.status === 405;
+
+function flowsTable(flows) {
+  if (!flows || !flows.length) return "";
+  return `<table class="flows"><tr><th>table</th><th>match</th><th>priority</th><th>from</th><th>actions</th></tr>`
+    + flows.map((f) => `<tr><td>${esc(f.table)}</td><td>${esc(f.match || "*")}</td><td>${esc(f.priority ?? "")}</td>`
+      + `<td>${esc(f.from)}</td><td>${esc((f.actions || []).join(","))}</td></tr>`).join("") + "</table>";
+}
+
+// A pair explained: from the dataplane (GET /v1/explain: the agents trace the probe through the
+// flows they installed, hop by hop) when the authority has it, else from the intent.
 async function explainPair() {
-  const q = new URLSearchParams({ tenant: state.tenant, source: $("explain-from").value,
-    destination: $("explain-to").value, probe: $("explain-probe").value });
+  const source = $("explain-from").value, destination = $("explain-to").value;
+  const probe = $("explain-probe").value.trim();
   const answer = $("explain-answer");
+  const head = (verdict) => `<p class="verdict ${esc(verdict)}">${esc(source)} → ${esc(destination)} ${esc(probe)}: <b>${esc(verdict)}</b></p>`;
   try {
-    const x = await api(`/v1/matrix/explain?${q}`);
-    answer.innerHTML = `<p class="verdict ${x.verdict}">${esc(x.source)} → ${esc(x.destination)} ${esc(x.probe)}: <b>${esc(x.verdict)}</b></p>`
-      + `<ol class="reasons">${x.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ol>`
-      + `<p class="note">From the intent (declared policy): layers that applied: ${esc(x.layers.join(", ") || "none")}. `
-      + `Not a trace of the installed flows.</p>`;
+    let x;
+    try {
+      const q = new URLSearchParams({ from: `${state.tenant}/${source}`, to: `${state.tenant}/${destination}`,
+        probe: dataplaneProbe(probe, source, destination) });
+      x = await api(`/v1/explain?${q}`);
+    } catch (e) {
+      if (!(e instanceof HttpError) || !noRoute(e)) throw e;
+      x = null;
+    }
+    if (x && x.source === "dataplane") {
+      answer.dataset.source = "dataplane";
+      answer.innerHTML = head(x.verdict) + `<p class="by">decided by <b>${esc(x.by)}</b></p>`
+        + `<ol class="hops">${(x.hops || []).map((h) => `<li>host <b>${esc(h.host)}</b>${h.renderer ? ` (${esc(h.renderer)})` : ""}: ${esc(h.outcome)}${flowsTable(h.flows)}</li>`).join("")}</ol>`
+        + `<p class="note">From the dataplane: the probe's first packet traced through what the hosts installed (no packet sent).</p>`;
+      return;
+    }
+    if (x) {  // the route answered from the intent: the dataplane could not be asked
+      answer.dataset.source = "intent";
+      answer.innerHTML = head(x.verdict)
+        + `<ol class="reasons">${String(x.by || "").split("; ").map((r) => `<li>${esc(r)}</li>`).join("")}</ol>`
+        + `<p class="note">From the intent (declared policy), not the dataplane: ${esc(x.reason || "the hosts could not be asked")}.</p>`;
+      return;
+    }
+    const q = new URLSearchParams({ tenant: state.tenant, source, destination, probe });
+    const m = await api(`/v1/matrix/explain?${q}`);
+    answer.dataset.source = "intent";
+    answer.innerHTML = head(m.verdict)
+      + `<ol class="reasons">${m.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ol>`
+      + `<p class="note">From the intent (declared policy): layers that applied: ${esc(m.layers.join(", ") || "none")}. `
+      + `Not a trace of the installed flows: this authority does not explain from the dataplane.</p>`;
   } catch (e) {
+    answer.dataset.source = "";
     answer.innerHTML = `<p class="error">${esc(e.message)}</p>`;
   }
 }
