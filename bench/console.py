@@ -5,6 +5,7 @@ endpoint group per 100 endpoints, 20 hosts) with N endpoints, then opens the con
 times per N and per pass: a fresh page load each time. The passes, all in the same run:
 
 - ``chromium``: Debian's headless Chromium (selenium), gzip accepted (as every browser does);
+  every pass bypasses the browser's cache: each load is a first visit;
 - ``chromium-identity``: the same with ``Accept-Encoding: identity`` (set through DevTools):
   the page as it was before the authority compressed anything;
 - ``chromium-10mbit`` and ``chromium-identity-10mbit``: both over a link DevTools limits to
@@ -105,10 +106,14 @@ def chromium() -> Any:
 
 
 def configure(driver: Any, name: str) -> None:
-    """Set Chromium's DevTools network state for the pass ``name`` (Firefox: nothing to set)."""
+    """Set the browser's network state for the pass ``name``. Every pass bypasses the cache (a
+    first visit): otherwise a pass without gzip would revalidate the page's assets (same ETag) and
+    be handed the compressed copies the pass before it cached."""
     if not name.startswith("chromium"):
+        driver.command("network.setCacheBehavior", cacheBehavior="bypass")  # Firefox, over BiDi
         return
     driver.execute_cdp_cmd("Network.enable", {})
+    driver.execute_cdp_cmd("Network.setCacheDisabled", {"cacheDisabled": True})
     extra = {"Accept-Encoding": "identity"} if "identity" in name else {}
     driver.execute_cdp_cmd("Network.setExtraHTTPHeaders", {"headers": extra})
     rate = MBIT * 1_000_000 / 8 if "mbit" in name else -1  # bytes/s; -1: no limit
