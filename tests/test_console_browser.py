@@ -1,10 +1,13 @@
-"""The web console in a real browser: Debian's headless Chromium driven by selenium (through
-Debian's chromedriver: nothing is downloaded) against a real authority process run with
-``--tokens``, the demo intent applied with the CLI and a second tenant beside it.
+"""The web console in real browsers: Debian's headless Chromium driven by selenium (through
+Debian's chromedriver) and Debian's Firefox ESR driven over WebDriver BiDi (``console_bidi``, no
+geckodriver), both installed by scripts/install-browser.sh, nothing downloaded at test time. Every
+test runs in each browser, against a real authority process of its own run with ``--tokens``,
+the demo intent applied with the CLI and a second tenant beside it.
 
 Each view's screenshot is saved under the test run's temporary directory (its path is printed);
-with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too, as ``console-VIEW.png`` (the
-README's docs/img/console-topology.png and console-matrix.png are made that way).
+with ``POLICYFABRIC_SCREENSHOTS=DIR`` they are copied there too, as ``console-VIEW.png`` from
+Chromium and ``console-firefox-VIEW.png`` from Firefox (the README's
+docs/img/console-topology.png and console-matrix.png are made that way).
 """
 
 from __future__ import annotations
@@ -13,10 +16,12 @@ import asyncio
 import json
 import os
 import queue
+import re
 import shutil
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Coroutine, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
@@ -25,7 +30,7 @@ import httpx
 import pytest
 import uvicorn
 from fastapi import FastAPI, Request
-from fastapi.responses import StreamingResponse
+from fastapi.responses import JSONResponse, StreamingResponse
 
 from policyfabric.agent.dryrun import DryRunAgent
 from policyfabric.lab.authority import AuthorityProcess, authority_in, free_port
@@ -35,11 +40,10 @@ from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri, external_network_ur
 from policyfabric.opflex.mo import MO
 
 webdriver = pytest.importorskip("selenium.webdriver")
-from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
 from selenium.webdriver.common.by import By  # noqa: E402
-from selenium.webdriver.remote.webdriver import WebDriver  # noqa: E402
-from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from tests.console_bidi import FIREFOX, Browser, Firefox  # noqa: E402
 
 pytestmark = [pytest.mark.integration, pytest.mark.xdist_group("console-browser")]
 
@@ -54,10 +58,17 @@ DEMO_ACME = sorted(  # the demo's endpoints in tenant acme, all drawn
 )
 
 
+@pytest.fixture(scope="module", params=["chromium", "firefox"])
+def browser(request: pytest.FixtureRequest) -> str:
+    """Which browser the module's tests run in: each runs all of them, against its own authority."""
+    return str(request.param)
+
+
 @pytest.fixture(scope="module")
-def authority(tmp_path_factory: pytest.TempPathFactory) -> Iterator[AuthorityProcess]:
-    """An authority with two tokens (admin; member of acme), the demo and a tenant beta."""
-    where = tmp_path_factory.mktemp("console-authority")
+def authority(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Iterator[AuthorityProcess]:
+    """An authority with two tokens (admin; member of acme), the demo and a tenant beta: one per
+    browser, so that each starts from the same state (the tests add tenants and endpoints)."""
+    where = tmp_path_factory.mktemp(f"console-authority-{browser}")
     tokens = where / "tokens.yaml"
     tokens.write_text(
         "tokens:\n"
@@ -145,7 +156,7 @@ def status(endpoint: str, value: str) -> MO:
 @pytest.fixture(scope="module")
 def fabric(authority: AuthorityProcess) -> Iterator[Fabric]:
     """The demo's hosts h1 and h2 with their endpoints, and gateway gw1: web1, app1 and app2
-    ACTIVE, web2 still BUILD with a fault on it; h1 counts 42 flows."""
+    ACTIVE, web2 still BUILD with a fault on it; h1 counts 42 flows and has rendered revision 5."""
     fabric = Fabric(authority)
     try:
         fabric.run(fabric.agent("h1", ["acme/web1", "acme/app2"]))
@@ -153,8 +164,9 @@ def fabric(authority: AuthorityProcess) -> Iterator[Fabric]:
         fabric.run(fabric.agent("gw1", []))
         fault = {"code": "port-missing", "severity": "major", "description": "tap of web2 not on br-int",
                  "uri": endpoint_uri("acme", "web2")}  # fmt: skip
+        counters = MO("PfAgentCounters", "/PfAgentCounters/", {"flows": 42})
         fabric.run(fabric.report("h1", status("acme/web1", "ACTIVE"), status("acme/app2", "ACTIVE"),
-                                 MO("PfAgentCounters", "/PfAgentCounters/", {"flows": 42})))  # fmt: skip
+                                 counters, rendered(5)))  # fmt: skip
         fabric.run(fabric.report("h2", status("acme/app1", "ACTIVE"), MO("PfFault", "/PfFault/port/", fault)))
         ports = {Prop.TUNNEL_IP: "192.0.2.31", Prop.EXTERNAL_NETWORKS: [external_network_uri("public")]}
         fabric.run(fabric.report("gw1", MO(Cls.PF_GATEWAY_PORTS, "/PfGatewayPorts/", ports)))
@@ -163,28 +175,44 @@ def fabric(authority: AuthorityProcess) -> Iterator[Fabric]:
         fabric.close()
 
 
+def rendered(revision: int) -> MO:
+    """What an agent reports after a reconcile that installed a new revision's flows."""
+    return MO(Cls.PF_RENDERED_REVISION, f"/{Cls.PF_RENDERED_REVISION}/", {Prop.REVISION: revision})
+
+
 def auth(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}
 
 
 @pytest.fixture(scope="module")
-def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    where = tmp_path_factory.mktemp("console-screenshots")
-    print(f"console screenshots: {where}")
+def screenshots(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Path:
+    where = tmp_path_factory.mktemp(f"console-screenshots-{browser}")
+    print(f"console screenshots ({browser}): {where}")
     return where
 
 
-def shoot(driver: WebDriver, where: Path, name: str) -> None:
+def shoot(driver: Browser, where: Path, name: str) -> None:
     path = where / f"{name}.png"
     assert driver.save_screenshot(str(path)), path
+    assert path.stat().st_size > 5000 and path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", path
     copy_to = os.environ.get("POLICYFABRIC_SCREENSHOTS")
     if copy_to:
         Path(copy_to).mkdir(parents=True, exist_ok=True)
-        shutil.copy(path, Path(copy_to) / f"console-{path.name}")
+        prefix = "console-" if isinstance(driver, webdriver.Chrome) else "console-firefox-"
+        shutil.copy(path, Path(copy_to) / f"{prefix}{path.name}")
 
 
 @pytest.fixture(scope="module")
-def driver() -> Iterator[WebDriver]:
+def driver(browser: str) -> Iterator[Browser]:
+    if browser == "firefox":
+        if not FIREFOX.exists():
+            pytest.skip("needs Debian's firefox-esr (scripts/install-browser.sh)")
+        firefox = Firefox()
+        try:
+            yield firefox
+        finally:
+            firefox.quit()
+        return
     if not CHROMIUM.exists() or not CHROMEDRIVER.exists():
         pytest.skip("needs Debian's chromium and chromium-driver (scripts/install-browser.sh)")
     options = webdriver.ChromeOptions()
@@ -192,24 +220,26 @@ def driver() -> Iterator[WebDriver]:
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                 "--window-size=1400,900", "--no-first-run", "--disable-extensions"):  # fmt: skip
         options.add_argument(arg)
-    browser = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
+    chrome = webdriver.Chrome(options=options, service=Service(str(CHROMEDRIVER)))
     try:
-        yield browser
+        yield chrome
     finally:
-        browser.quit()
+        chrome.quit()
 
 
-def wait(driver: WebDriver, condition: str, *args: object, timeout: float = WAIT) -> object:
+def wait(driver: Browser, condition: str, *args: object, timeout: float = WAIT) -> object:
     """Wait until the JavaScript expression ``condition`` (given ``arguments``) is truthy."""
-    try:
-        return WebDriverWait(driver, timeout, poll_frequency=0.05).until(
-            lambda d: d.execute_script(f"return {condition}", *args)
-        )
-    except TimeoutException:
-        raise AssertionError(f"not within {timeout}s: {condition} {args}") from None
+    deadline = time.monotonic() + timeout
+    while True:
+        value = driver.execute_script(f"return {condition}", *args)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout}s: {condition} {args}")
+        time.sleep(0.05)
 
 
-def open_console(driver: WebDriver, url: str, token: str, view: str = "topology", query: str = "") -> None:
+def open_console(driver: Browser, url: str, token: str, view: str = "topology", query: str = "") -> None:
     """Open the page in a fresh tab state and give the token through its form, as a person would."""
     driver.get(f"{url}/ui{query}#{view}")
     driver.execute_script("sessionStorage.clear()")
@@ -223,19 +253,19 @@ def open_console(driver: WebDriver, url: str, token: str, view: str = "topology"
     )
 
 
-def tenants(driver: WebDriver) -> list[str]:
+def tenants(driver: Browser) -> list[str]:
     return list(
         driver.execute_script("return [...document.getElementById('tenant').options].map(o => o.value)")
     )
 
 
-def chip(driver: WebDriver, endpoint: str) -> str:
+def chip(driver: Browser, endpoint: str) -> str:
     """The class of an endpoint's chip in the topology: its status, and "fault"."""
     js = "return document.querySelector(`[data-ep='${arguments[0]}'] rect`).getAttribute('class')"
     return str(driver.execute_script(js, endpoint))
 
 
-def choose(driver: WebDriver, select: str, value: str) -> None:
+def choose(driver: Browser, select: str, value: str) -> None:
     """Pick ``value`` in the <select> ``select``, as a person would (its change event fires)."""
     js = "const s = document.getElementById(arguments[0]); s.value = arguments[1];"
     js += "s.dispatchEvent(new Event('change'))"
@@ -254,13 +284,13 @@ return Object.fromEntries([...document.querySelectorAll('#topology [data-ep]')].
 """
 
 
-def placement(driver: WebDriver) -> dict[str, str | None]:
+def placement(driver: Browser) -> dict[str, str | None]:
     """Which group's box (``epg:web``, ``host:h1``) each endpoint's chip is drawn inside."""
     return dict(driver.execute_script(PLACEMENT))
 
 
 def test_the_topology_shows_every_endpoint(
-    authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, fabric: Fabric, driver: Browser, screenshots: Path
 ) -> None:
     with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
         for _ in range(100):  # statuses are written just after the report is answered
@@ -324,7 +354,7 @@ def test_the_topology_shows_every_endpoint(
 
 
 def test_a_matrix_cell_explains_with_the_rule(
-    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, driver: Browser, screenshots: Path
 ) -> None:
     open_console(driver, authority.url, ADMIN, "matrix")
     wait(driver, "document.getElementById('cell-epg-app-web') !== null")
@@ -364,7 +394,7 @@ def test_a_matrix_cell_explains_with_the_rule(
 
 
 def test_a_change_through_the_api_shows_without_reload(
-    authority: AuthorityProcess, driver: WebDriver
+    authority: AuthorityProcess, driver: Browser
 ) -> None:
     open_console(driver, authority.url, ADMIN)
     wait(driver, "document.querySelectorAll('#topology [data-ep]').length === arguments[0]", len(DEMO_ACME))
@@ -379,7 +409,7 @@ def test_a_change_through_the_api_shows_without_reload(
     assert driver.execute_script("return window.notReloaded === true")
 
 
-def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: WebDriver) -> None:
+def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver: Browser) -> None:
     # an unknown token: the form stays, with the authority's reason
     driver.get(f"{authority.url}/ui")
     driver.execute_script("sessionStorage.clear()")
@@ -401,7 +431,7 @@ def test_a_member_token_sees_only_its_tenant(authority: AuthorityProcess, driver
 
 
 def test_agents_view_and_swagger_served_locally(
-    authority: AuthorityProcess, fabric: Fabric, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, fabric: Fabric, driver: Browser, screenshots: Path
 ) -> None:
     open_console(driver, authority.url, ADMIN, "agents")
     wait(driver, "document.getElementById('gateways').textContent.includes('acme/r1')")
@@ -416,6 +446,17 @@ def test_agents_view_and_swagger_served_locally(
     assert "acme/r1 public gw1, gw2 gw1" in driver.find_element(By.ID, "gateways").text
     faults = driver.find_element(By.ID, "faults").text
     assert "major h2 port-missing tap of web2 not on br-int" in faults
+    # last reconcile: when the agent last reported a new rendered revision (h1 did, h2 not yet)
+    assert re.fullmatch(r".+ \(\d+ s ago\)", by_host["h1"][6]), by_host["h1"]
+    assert by_host["h2"][6].startswith("not reported; last report "), by_host["h2"]
+    driver.execute_script("window.notReloaded = true")
+    before = time.time()
+    fabric.run(fabric.report("h2", rendered(7)))
+    wait(driver, "document.querySelectorAll('#agents tr')[2]?.cells[6].textContent.endsWith('s ago)')")
+    assert driver.execute_script("return window.notReloaded === true")
+    with httpx.Client(base_url=authority.url, headers=auth(ADMIN)) as http:
+        h2 = next(a for a in http.get("/v1/agents").json()["items"] if a["name"] == "h2")
+    assert h2["rendered_revision"] >= 7 and before <= h2["rendered_at"] <= time.time()
     shoot(driver, screenshots, "agents")
     driver.get(f"{authority.url}/docs")  # Swagger UI from the package's files: renders offline
     wait(driver, "document.querySelector('.swagger-ui .info .title')?.textContent.includes('policyfabric')")
@@ -424,7 +465,7 @@ def test_agents_view_and_swagger_served_locally(
 
 
 def test_a_thousand_endpoints_stay_readable(
-    authority: AuthorityProcess, driver: WebDriver, screenshots: Path
+    authority: AuthorityProcess, driver: Browser, screenshots: Path
 ) -> None:
     """1,000 endpoints in 10 groups: the groups start collapsed (a summary each, no chips), and a
     search opens the one group that holds the endpoint and marks it."""
@@ -468,14 +509,24 @@ def test_a_thousand_endpoints_stay_readable(
     search.clear()
 
 
+NO_ROUTE = {"error": {"code": "not_found", "message": "no such resource: /v1/explain", "field": None}}
+
+
 class EventFeed:
     """A ``GET /v1/events`` of the test's own in front of the real REST app (same process): it
     streams what the test puts, in the events contract's format, and records the Authorization
-    header each stream came with. It tests the page's streaming reader, not the authority's feed."""
+    header each stream came with. It tests the page's streaming reader, not the authority's feed.
+
+    Likewise ``GET /v1/explain``: it answers ``explain`` (status, body) as the dataplane explain's
+    contract says, or, while that is None, the 404 of a route the authority does not have (an
+    authority without dataplane explain), and records each query. It tests what the page does with
+    each answer, not the authority's explain."""
 
     def __init__(self) -> None:
         self.pending: queue.SimpleQueue[str] = queue.SimpleQueue()
         self.authorization: list[str | None] = []
+        self.explain: tuple[int, dict[str, Any]] | None = None
+        self.explained: list[dict[str, str]] = []
 
     def put(self, event: str, data: dict[str, Any]) -> None:
         self.pending.put(f"event: {event}\ndata: {json.dumps(data)}\n\n")
@@ -497,12 +548,18 @@ class EventFeed:
 
             return StreamingResponse(stream(), media_type="text/event-stream")
 
+        @outer.get("/v1/explain")
+        async def explain(request: Request) -> JSONResponse:
+            self.explained.append(dict(request.query_params))
+            status, body = self.explain or (404, NO_ROUTE)
+            return JSONResponse(body, status_code=status)
+
         outer.mount("/", inner)
         return outer
 
 
 @pytest.fixture(scope="module")
-def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventFeed]]:
+def feed(tmp_path_factory: pytest.TempPathFactory, browser: str) -> Iterator[tuple[str, EventFeed]]:
     """The REST app with the demo and the admin token, behind an ``EventFeed``, served by uvicorn
     on loopback from a thread: (its URL, the feed)."""
     from policyfabric.authority.api import create_app
@@ -510,7 +567,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventF
     from policyfabric.authority.service import Authority
     from policyfabric.store.sqlite import SqliteStore
 
-    store = SqliteStore(tmp_path_factory.mktemp("console-feed") / "pf.db")
+    store = SqliteStore(tmp_path_factory.mktemp(f"console-feed-{browser}") / "pf.db")
     authority = Authority(store)
     tokens = parse_tokens({"tokens": [{"token": ADMIN, "role": "admin"}]}, "test")
     events = EventFeed()
@@ -544,7 +601,7 @@ def feed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, EventF
         store.close()
 
 
-def test_the_page_follows_the_events_stream(driver: WebDriver, feed: tuple[str, EventFeed]) -> None:
+def test_the_page_follows_the_events_stream(driver: Browser, feed: tuple[str, EventFeed]) -> None:
     url, events = feed
     open_console(driver, url, ADMIN)
     wait(driver, "document.getElementById('live').textContent === 'live (events)'")
@@ -624,3 +681,73 @@ def test_the_page_follows_the_events_stream(driver: WebDriver, feed: tuple[str, 
     wait(driver, "document.querySelector(`[data-ep='acme/late']`) !== null", timeout=5)
     assert driver.execute_script("return document.querySelector(`[data-ep='beta/other']`)") is None
     driver.get("about:blank")  # closes the stream, so the server stops at once
+
+
+DATAPLANE = {
+    "verdict": "allow",
+    "by": "contract http, rule web-in (consumer -> provider)",
+    "source": "dataplane",
+    "hops": [
+        {"host": "h2", "renderer": "ovs", "outcome": "to the tunnel, towards 192.0.2.11", "flows": [
+            {"table": "policy", "match": "reg0=0x2,reg1=0x1,tcp,tp_dst=80", "priority": 300,
+             "from": "contract http, rule web-in", "actions": ["resubmit(,route)"]}]},
+        {"host": "h1", "renderer": "ovs", "outcome": "output to web1's port", "flows": [
+            {"table": "deliver", "match": "reg7=0x5", "priority": 100, "from": "endpoint acme/web1",
+             "actions": ["output:5"]}]},
+    ],
+}  # fmt: skip
+
+
+def test_a_matrix_cell_explains_from_the_dataplane_or_says_it_is_the_intent(
+    driver: Browser, feed: tuple[str, EventFeed]
+) -> None:
+    url, stub = feed
+    stub.explain, stub.explained[:] = None, []
+    open_console(driver, url, ADMIN, "matrix")
+    wait(driver, "document.getElementById('cell-epg-app-web') !== null")
+    # no dataplane explain on this authority (404, no field): the matrix's, from the intent, says so
+    driver.find_element(By.ID, "cell-epg-app-web").click()
+    wait(driver, "document.getElementById('explain-answer')?.dataset.source === 'intent'")
+    answer = driver.find_element(By.ID, "explain-answer").text
+    assert "app1 → web1 tcp/80: allow" in answer and "contract http, rule web-in" in answer
+    assert "From the intent" in answer and "does not explain from the dataplane" in answer
+    assert stub.explained == [{"from": "acme/app1", "to": "acme/web1", "probe": "tcp/80"}]
+    explain_again = "document.getElementById('explain-answer').innerHTML = ''; "
+    explain_again += "document.querySelector('#explain-form button').click()"
+    # the dataplane's answer: the hops, each host's flows, and the rule that decided
+    stub.explain = (200, DATAPLANE)
+    driver.execute_script(explain_again)
+    wait(driver, "document.getElementById('explain-answer').dataset.source === 'dataplane'")
+    answer = driver.find_element(By.ID, "explain-answer").text
+    assert "app1 → web1 tcp/80: allow" in answer
+    assert "decided by contract http, rule web-in (consumer -> provider)" in answer
+    hops = driver.execute_script(
+        "return [...document.querySelectorAll('#explain-answer .hops > li')].map(li => li.textContent)"
+    )
+    assert len(hops) == 2 and hops[0].startswith("host h2 (ovs): to the tunnel, towards 192.0.2.11")
+    assert "reg0=0x2,reg1=0x1,tcp,tp_dst=80" in hops[0] and "output:5" in hops[1]
+    assert "From the dataplane" in answer and "From the intent" not in answer
+    # the route answered, but from the intent (the host could not trace): said, with its reason
+    stub.explain = (200, {"verdict": "deny", "by": "deny: default deny", "hops": [], "source": "intent",
+                          "reason": "host h2 cannot trace"})  # fmt: skip
+    driver.execute_script(explain_again)
+    wait(driver, "document.getElementById('explain-answer').dataset.source === 'intent'")
+    answer = driver.find_element(By.ID, "explain-answer").text
+    assert "From the intent" in answer and "host h2 cannot trace" in answer and "deny" in answer
+    # the route's own 404 (an endpoint it does not know) is an answer, not a missing route
+    unknown = {"code": "not_found", "message": "no endpoint 'acme/web1'", "field": "to"}
+    stub.explain = (404, {"error": unknown})
+    driver.execute_script(explain_again)
+    wait(driver, "document.querySelector('#explain-answer .error') !== null")
+    assert driver.find_element(By.ID, "explain-answer").text == "no endpoint 'acme/web1'"
+    # a pair with no IPv4 address between them is asked in IPv6
+    stub.explain = (200, DATAPLANE)
+    driver.find_element(By.ID, "cell-epg-api-web").click()
+    choose(driver, "explain-to", "web3")
+    driver.execute_script(explain_again)
+    wait(driver, "document.getElementById('explain-answer').dataset.source === 'dataplane'")
+    for _ in range(100):
+        if stub.explained[-1]["to"] == "acme/web3":
+            break
+        time.sleep(0.05)
+    assert stub.explained[-1] == {"from": "acme/api1", "to": "acme/web3", "probe": "tcp6/80"}

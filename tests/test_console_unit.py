@@ -255,3 +255,26 @@ def test_the_wheel_ships_every_asset_of_the_page() -> None:
     assets = [p.relative_to(STATIC.parent).as_posix() for p in STATIC.iterdir()]
     assert sorted(assets) == ["static/app.css", "static/app.js", "static/index.html"]
     assert all(any(fnmatch.fnmatch(a, p) for p in patterns) for a in assets)
+
+
+def test_the_page_and_the_api_json_are_sent_gzipped(console: TestClient) -> None:
+    """Compressed for a client that accepts gzip (every browser does), as is for one that does not;
+    each compressed body decodes to the very bytes sent uncompressed."""
+    import gzip
+
+    for path, headers in (
+        ("/ui/static/app.js", {}),
+        ("/ui/static/app.css", {}),
+        ("/v1/endpoints?tenant=acme", bearer(ADMIN)),
+        ("/v1/matrix?tenant=acme", bearer(ADMIN)),
+    ):
+        plain = console.get(path, headers={**headers, "Accept-Encoding": "identity"})
+        assert plain.status_code == 200 and "content-encoding" not in plain.headers, path
+        with console.stream("GET", path, headers={**headers, "Accept-Encoding": "gzip"}) as packed:
+            sent = b"".join(packed.iter_raw())  # as on the wire, before httpx decodes it
+            assert packed.headers["content-encoding"] == "gzip", path
+            assert "accept-encoding" in packed.headers["vary"].lower()
+        assert gzip.decompress(sent) == plain.content
+        assert len(sent) < len(plain.content) / 2, (path, len(sent), len(plain.content))
+    small = console.get("/v1/tenants?name=beta", headers={**bearer(ADMIN), "Accept-Encoding": "gzip"})
+    assert "content-encoding" not in small.headers  # a few hundred bytes: not worth a gzip header

