@@ -22,7 +22,7 @@ import typer
 from rich.table import Table
 
 from policyfabric import __version__
-from policyfabric.cli import daemons
+from policyfabric.cli import daemons, migrate
 from policyfabric.cli.console import err, fail, out
 from policyfabric.cli.tables import (
     agents_table,
@@ -113,6 +113,7 @@ def main(
 app.command()(daemons.authority)
 app.command()(daemons.agent)
 app.command()(daemons.renderers)
+app.command()(migrate.migrate)
 
 
 @contextmanager
