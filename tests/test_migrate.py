@@ -13,7 +13,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner, Result
 
+from policyfabric.cli.main import app
 from policyfabric.client import Client
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.lab.etcd import EtcdCluster
@@ -43,12 +45,18 @@ def everything(server: AuthorityProcess) -> dict[str, Any]:
 
 
 def cli_migrate(source: str, target: str, *extra: str) -> subprocess.CompletedProcess[str]:
+    """``policyfabric migrate`` as an operator runs it (a process of its own)."""
     return subprocess.run(
         [sys.executable, "-m", "policyfabric", "migrate", "--from", source, "--to", target, *extra],
         capture_output=True,
         text=True,
         timeout=120,
     )
+
+
+def migrate_here(source: str, target: str, *extra: str) -> Result:
+    """The same command run in this process (a second's start-up less each)."""
+    return CliRunner().invoke(app, ["migrate", "--from", source, "--to", target, *extra])
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +108,8 @@ def test_sqlite_to_etcd_and_back_reads_identical_through_rest(
     copied = cli_migrate(f"sqlite:{sqlite_copy}", url, "--batch-ops", "16")
     assert copied.returncode == 0, copied.stderr
     assert "read back: identical" in copied.stdout
-    again = cli_migrate(f"sqlite:{sqlite_copy}", url, "--batch-ops", "16")
-    assert again.returncode == 0, again.stderr
+    again = migrate_here(f"sqlite:{sqlite_copy}", url, "--batch-ops", "16")
+    assert again.exit_code == 0, again.stderr
     assert "nothing written" in again.stdout
 
     on_etcd = authority_in(tmp_path / "etcd", extra=["--store", url])
@@ -118,8 +126,8 @@ def test_sqlite_to_etcd_and_back_reads_identical_through_rest(
     on_etcd.stop()
 
     back = tmp_path / "back.db"
-    returned = cli_migrate(url, f"sqlite:{back}")
-    assert returned.returncode == 0, returned.stderr
+    returned = migrate_here(url, f"sqlite:{back}")
+    assert returned.exit_code == 0, returned.stderr
     on_sqlite_again = authority_in(tmp_path / "after")
     on_sqlite_again.db = back
     started.append(on_sqlite_again.start())
@@ -185,15 +193,15 @@ def test_a_target_holding_something_else_is_refused_and_left_alone(
     etcd_cluster: EtcdCluster, sqlite_copy: Path, tmp_path: Path
 ) -> None:
     url = etcd_cluster.url + etcd_prefix()
-    assert cli_migrate(f"sqlite:{sqlite_copy}", url).returncode == 0
+    assert migrate_here(f"sqlite:{sqlite_copy}", url).exit_code == 0
     other = tmp_path / "other.db"
     SqliteSide(other, source=False).close()  # an empty store: not what the target holds
-    refused = cli_migrate(f"sqlite:{other}", url)
-    assert refused.returncode == 1
+    refused = migrate_here(f"sqlite:{other}", url)
+    assert refused.exit_code == 1
     assert "never merges" in refused.stderr
     # the target is as it was: copied out again, it is the demo
     back = tmp_path / "back.db"
-    assert cli_migrate(url, f"sqlite:{back}").returncode == 0
+    assert migrate_here(url, f"sqlite:{back}").exit_code == 0
     source, copy = SqliteSide(sqlite_copy, source=True), SqliteSide(back, source=True)
     try:
         assert source.read().same(copy.read())
@@ -201,6 +209,6 @@ def test_a_target_holding_something_else_is_refused_and_left_alone(
         source.close()
         copy.close()
     # an SQLite target holding something else is refused as well
-    refused_sqlite = cli_migrate(f"sqlite:{other}", f"sqlite:{back}")
-    assert refused_sqlite.returncode == 1
+    refused_sqlite = migrate_here(f"sqlite:{other}", f"sqlite:{back}")
+    assert refused_sqlite.exit_code == 1
     assert "never merges" in refused_sqlite.stderr
