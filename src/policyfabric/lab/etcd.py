@@ -92,6 +92,9 @@ class EtcdCluster:
     max_txn_ops: int = MAX_TXN_OPS
     max_request_bytes: int = MAX_REQUEST_BYTES
     tls: EtcdTls | None = None
+    # killed by the kernel when the process that started it dies (tests, benchmarks, `lab verify`);
+    # False for a cluster that outlives its starter (`lab up`: `lab down` stops it by PID)
+    die_with_parent: bool = True
     members: list[EtcdMember] = field(default_factory=list)
     _owned: bool = False
 
@@ -165,8 +168,15 @@ class EtcdCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a ^C of the test run reaches it only through stop()
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
+
+    def launch(self) -> list[int]:
+        """Start every member without waiting (``wait_healthy`` then); their PIDs, for a caller
+        that records them before it waits (the lab's state, so that a failed start is cleaned)."""
+        for member in self.members:
+            self._launch(member)
+        return [m.proc.pid for m in self.members if m.proc is not None]
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
         """Start every member and wait until each answers as part of a cluster with a leader."""
