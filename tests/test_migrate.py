@@ -158,7 +158,8 @@ def test_a_copy_cut_off_half_way_is_refused_by_the_authority_and_redone(
     url = etcd_cluster.url + prefix
     store = EtcdStore(etcd_cluster.endpoints, prefix=prefix)
     target = EtcdSide(store, batch_ops=16)
-    store.client = FailingTxns(store.client, allowed=3)  # type: ignore[assignment]
+    etcd = store.client
+    store.client = FailingTxns(etcd, allowed=3)  # type: ignore[assignment]
     source = SqliteSide(sqlite_copy, source=True)
     try:
         with pytest.raises(MigrationError, match="partial copy"):
@@ -172,7 +173,7 @@ def test_a_copy_cut_off_half_way_is_refused_by_the_authority_and_redone(
             refused.start(timeout=20)
         assert "unfinished copy" in refused.log.read_text()
 
-        store.client = store.client.client  # etcd answers again
+        store.client = etcd  # etcd answers again
         outcome = migrate(source, target)
         assert outcome.copied and outcome.cleared_partial
         assert target.marker() is None

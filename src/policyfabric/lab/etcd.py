@@ -16,6 +16,7 @@ what ``policyfabric`` documents for bulk writes (docs/operations.md "Running on 
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import shutil
@@ -251,6 +252,24 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def delete_prefix(endpoints: list[str], prefix: str, timeout: float = 10.0) -> None:
+    """Delete every key under ``prefix`` (``/NAME/``) through the first member that answers (etcd's
+    JSON gateway, as ``wait_healthy`` uses it: the lab does not use the authority's store code)."""
+    start = prefix.encode()
+    end = bytearray(start)
+    end[-1] += 1  # the prefix ends with "/": the first key after all of it
+    body = {"key": base64.b64encode(start).decode(), "range_end": base64.b64encode(bytes(end)).decode()}
+    failures = []
+    with httpx.Client(timeout=timeout) as http:
+        for endpoint in endpoints:
+            try:
+                http.post(f"http://{endpoint}/v3/kv/deleterange", json=body).raise_for_status()
+                return
+            except httpx.HTTPError as exc:
+                failures.append(f"{endpoint}: {exc}")
+    raise RuntimeError("no etcd member deleted the prefix: " + "; ".join(failures))
 
 
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it

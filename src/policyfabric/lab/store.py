@@ -16,12 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from policyfabric.lab.etcd import EtcdCluster
+import httpx
+
+from policyfabric.lab.etcd import EtcdCluster, delete_prefix
 from policyfabric.lab.etcd import missing as etcd_missing
 from policyfabric.lab.plan import LabError
 from policyfabric.lab.state import LabState
-from policyfabric.store.etcd import parse_url
-from policyfabric.store.etcd_client import EtcdClient, EtcdError, b64, prefix_end
 
 ETCD_ROLE = "etcd:"  # state.pids keys of the lab's own etcd members
 
@@ -32,10 +32,12 @@ def check(store: str | None) -> None:
         if store == "etcd" and (why := etcd_missing()) is not None:
             raise LabError(f"--store etcd starts an etcd cluster: {why}")
         return
-    try:
-        parse_url(store)
-    except ValueError as exc:
-        raise LabError(f"--store: {exc} (or 'etcd': the lab starts a cluster of its own)") from None
+    endpoints, _ = split_url(store)
+    if not store.startswith("etcd://") or not endpoints or not all(_host_port(e) for e in endpoints):
+        raise LabError(
+            f"--store {store!r}: etcd://HOST:PORT,HOST:PORT,...[/PREFIX], or 'etcd' (the lab starts a "
+            "cluster of its own)"
+        )
 
 
 def start(
@@ -56,7 +58,7 @@ def start(
         except RuntimeError as exc:
             raise LabError(str(exc)) from None
         url = cluster.url
-    elif not _prefix_of(store):
+    elif not split_url(store)[1]:
         url, state.store_prefix_owned = f"{store.rstrip('/')}/policyfabric-lab-{state.id}", True
     else:
         url = store
@@ -70,17 +72,21 @@ def remove(state: LabState) -> list[str]:
     is deleted; what could not be done, as problems."""
     if not (state.store and state.store_prefix_owned):
         return []
-    endpoints, prefix = parse_url(state.store)
-    client = EtcdClient(endpoints)
-    start = prefix.encode()
+    endpoints, prefix = split_url(state.store)
     try:
-        client.txn([], [{"request_delete_range": {"key": b64(start), "range_end": b64(prefix_end(start))}}])
-    except EtcdError as exc:
-        return [f"etcd prefix {prefix} on {','.join(endpoints)}: {exc}"]
-    finally:
-        client.close()
+        delete_prefix(endpoints, "/" + prefix + "/")
+    except (httpx.HTTPError, RuntimeError) as exc:
+        return [f"etcd prefix /{prefix}/ on {','.join(endpoints)}: {exc}"]
     return []
 
 
-def _prefix_of(url: str) -> str:
-    return url.partition("://")[2].partition("/")[2].strip("/")
+def split_url(url: str) -> tuple[list[str], str]:
+    """``etcd://H:P,H:P/PREFIX`` -> (["H:P", "H:P"], "PREFIX"): the authority parses the URL itself
+    (``store.etcd.parse_url``); the lab only needs the members and whether a prefix was given."""
+    hosts, _, path = url.partition("://")[2].partition("/")
+    return [h.strip() for h in hosts.split(",") if h.strip()], path.strip("/")
+
+
+def _host_port(endpoint: str) -> bool:
+    host, colon, port = endpoint.rpartition(":")
+    return bool(colon and host and port.isdigit() and 0 < int(port) < 65536)
