@@ -123,6 +123,8 @@ def test_sqlite_to_etcd_and_back_reads_identical_through_rest(
         assert new["vni"] not in used
         assert new["revision"] == before["revision"] + 1
     after = everything(on_etcd)
+    busy = migrate_here(url, f"sqlite:{tmp_path / 'busy.db'}")
+    assert busy.exit_code == 1 and "stop them first" in busy.stderr  # the authority runs on it
     on_etcd.stop()
 
     back = tmp_path / "back.db"

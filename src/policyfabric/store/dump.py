@@ -57,6 +57,7 @@ from policyfabric.store.etcd import (
 from policyfabric.store.etcd_client import EtcdError, b64, prefix_end, unb64
 from policyfabric.store.sqlite import SqliteStore
 
+LIVE_REPLICAS = "shared/replica/"  # where each running authority on an etcd prefix says it lives
 MARKER = "migration"  # under the etcd prefix while a copy is being written
 BATCH_OPS = 100  # etcd operations per batch: under etcd's default --max-txn-ops of 128
 BATCH_BYTES = 1 << 20  # and under its default --max-request-bytes of 1.5 MiB (base64 included)
@@ -234,8 +235,13 @@ class EtcdSide:
         kvs = reply.get("kvs") or []
         return unb64(kvs[0]["value"]).decode() if kvs else None
 
-    def count(self) -> int:
-        start = self.key("")
+    def live_replicas(self) -> int:
+        """Authorities running on this prefix now: each keeps ``shared/replica/ID`` under a lease
+        of a few seconds (``authority/opflex/replicas.py``)."""
+        return self.count(LIVE_REPLICAS)
+
+    def count(self, under: str = "") -> int:
+        start = self.key(under)
         reply = self._call(lambda: self.store.client.range(start, prefix_end(start), keys_only=True, limit=1))
         return int(reply.get("count", 0))
 
@@ -380,6 +386,14 @@ class Outcome:
 def migrate(source: Side, target: Side, progress: Progress | None = None) -> Outcome:
     """Copy ``source`` into ``target`` (empty, or holding the same: then nothing is written), then
     read the target back and check it holds what the source does."""
+    if isinstance(source, EtcdSide):
+        if source.marker() is not None:
+            raise MigrationError(f"{source.describe()} holds an unfinished copy: redo it first")
+        if (running := source.live_replicas()) > 0:
+            raise MigrationError(
+                f"{running} authorities run on {source.describe()}: stop them first (writes made during "
+                "the copy would not be in it)"
+            )
     dump = source.read()
     cleared = False
     if isinstance(target, EtcdSide):
