@@ -116,6 +116,11 @@ def open_etcd_store(settings: Settings) -> Store:
     except StoreError as exc:
         store.close()
         raise StartupError(f"cannot use the etcd store {settings.store}: {exc}") from None
+    from policyfabric.store.dump import unfinished_migration  # a copy cut off half way is no store
+
+    if (why := unfinished_migration(store)) is not None:
+        store.close()
+        raise StartupError(why)
     return store
 
 

@@ -13,6 +13,7 @@ from rich.table import Table
 from policyfabric.cli.console import err, out
 from policyfabric.cli.explain import explain_json, scenario_catalog
 from policyfabric.cli.tables import results_table
+from policyfabric.lab import store as lab_store
 from policyfabric.lab.dhcp import DHCP_WAIT
 from policyfabric.lab.explain import verify_explained
 from policyfabric.lab.lab import DEFAULT_STATE, Lab, address_warnings, checked_plan, verify
@@ -35,6 +36,15 @@ ExplainOpt = Annotated[
         "--explain",
         help="Say why each result is what it is, read from the installed flows (ofproto/trace on the "
         'hosts it crosses): each result gets "explain": {"verdict", "by", "hops"} (LAB.md).',
+    ),
+]
+StoreOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--store",
+        help="Where the lab's authority keeps intent: etcd://HOST:PORT,...[/PREFIX] (an etcd cluster; "
+        "without /PREFIX the lab uses one of its own and deletes it at `lab down`), or 'etcd' (the lab "
+        "starts a 3-member etcd cluster of its own). Default: an SQLite file in the lab's state.",
     ),
 ]
 DhcpWaitOpt = Annotated[
@@ -132,6 +142,7 @@ def verify_cmd(
     state: StateOpt = DEFAULT_STATE,
     explain: ExplainOpt = False,
     dhcp_wait: DhcpWaitOpt = DHCP_WAIT,
+    store: StoreOpt = None,
 ) -> None:
     """Bring the lab up, probe every `expect` line with real packets, read every endpoint's
     namespace, tear it down.
@@ -140,7 +151,14 @@ def verify_cmd(
     _root()
     explained: list[dict[str, Any]] | None = None
     try:
-        if explain:
+        if store is not None:  # the same run, with the authority on another store
+            explainer = None
+            if explain:
+                catalog = scenario_catalog(file)
+                explainer = lambda lab, x: explain_json(lab, catalog, x)  # noqa: E731
+            done = verify(file, state, _say(as_json), dhcp_wait, explainer, store=store)
+            explained = done.explained
+        elif explain:
             cat = scenario_catalog(file)
             done, explained = verify_explained(
                 file, state, lambda lab, x: explain_json(lab, cat, x), _say(as_json), dhcp_wait
@@ -176,6 +194,7 @@ def up_cmd(
         ),
     ] = None,
     dhcp_wait: DhcpWaitOpt = DHCP_WAIT,
+    store: StoreOpt = None,
 ) -> None:
     """Bring the lab up and leave it running (explore it, then `lab probe` and `lab down`)."""
     _root()
@@ -189,11 +208,15 @@ def up_cmd(
         existing = (url, opflex or old_opflex)
     elif opflex:
         raise typer.BadParameter("--opflex goes with --authority (without them the lab starts its own)")
+    if authority and store:
+        raise typer.BadParameter("--store is for the lab's own authority, not for --authority")
     try:
         scenario = sc.load(file)
         checked_plan(scenario)
+        lab_store.check(store)
         lab = Lab.create(file, state, _say(False))
         lab.dhcp_wait = dhcp_wait
+        lab.store, lab.detached = store, True
     except (LabError, sc.ScenarioError) as exc:
         err.print(f"[red]lab: {exc}[/]")
         raise typer.Exit(2) from None
@@ -203,7 +226,8 @@ def up_cmd(
         err.print(f"[red]lab: {exc}; removing what was created[/]")
         lab.down()
         raise typer.Exit(2) from None
-    out.print(f"lab {lab.state.id} is up; state and logs in {state}; authority at {lab.state.url}")
+    on = f" on {lab.state.store}" if lab.state.store else ""
+    out.print(f"lab {lab.state.id} is up; state and logs in {state}; authority at {lab.state.url}{on}")
     out.print(f"  endpoints: {', '.join(lab.state.endpoints)} (namespaces {lab.state.id}-ep-NAME)")
     out.print(f"  next: policyfabric lab probe --state {state}; policyfabric lab down --state {state}")
 

@@ -22,7 +22,7 @@ import typer
 from rich.table import Table
 
 from policyfabric import __version__
-from policyfabric.cli import daemons
+from policyfabric.cli import daemons, migrate
 from policyfabric.cli.console import err, fail, out
 from policyfabric.cli.logs import logs as logs_command
 from policyfabric.cli.tables import (
@@ -115,6 +115,7 @@ app.command()(daemons.authority)
 app.command()(daemons.agent)
 app.command()(daemons.renderers)
 app.command()(logs_command)
+app.command()(migrate.migrate)
 
 
 @contextmanager

@@ -16,6 +16,7 @@ what ``policyfabric`` documents for bulk writes (docs/operations.md "Running on 
 
 from __future__ import annotations
 
+import base64
 import ctypes
 import os
 import shutil
@@ -92,6 +93,9 @@ class EtcdCluster:
     max_txn_ops: int = MAX_TXN_OPS
     max_request_bytes: int = MAX_REQUEST_BYTES
     tls: EtcdTls | None = None
+    # killed by the kernel when the process that started it dies (tests, benchmarks, `lab verify`);
+    # False for a cluster that outlives its starter (`lab up`: `lab down` stops it by PID)
+    die_with_parent: bool = True
     members: list[EtcdMember] = field(default_factory=list)
     _owned: bool = False
 
@@ -165,8 +169,15 @@ class EtcdCluster:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,  # a ^C of the test run reaches it only through stop()
-                preexec_fn=_die_with_parent,
+                preexec_fn=_die_with_parent if self.die_with_parent else None,
             )
+
+    def launch(self) -> list[int]:
+        """Start every member without waiting (``wait_healthy`` then); their PIDs, for a caller
+        that records them before it waits (the lab's state, so that a failed start is cleaned)."""
+        for member in self.members:
+            self._launch(member)
+        return [m.proc.pid for m in self.members if m.proc is not None]
 
     def start(self, timeout: float = 30.0) -> EtcdCluster:
         """Start every member and wait until each answers as part of a cluster with a leader."""
@@ -241,6 +252,24 @@ class EtcdCluster:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def delete_prefix(endpoints: list[str], prefix: str, timeout: float = 10.0) -> None:
+    """Delete every key under ``prefix`` (``/NAME/``) through the first member that answers (etcd's
+    JSON gateway, as ``wait_healthy`` uses it: the lab does not use the authority's store code)."""
+    start = prefix.encode()
+    end = bytearray(start)
+    end[-1] += 1  # the prefix ends with "/": the first key after all of it
+    body = {"key": base64.b64encode(start).decode(), "range_end": base64.b64encode(bytes(end)).decode()}
+    failures = []
+    with httpx.Client(timeout=timeout) as http:
+        for endpoint in endpoints:
+            try:
+                http.post(f"http://{endpoint}/v3/kv/deleterange", json=body).raise_for_status()
+                return
+            except httpx.HTTPError as exc:
+                failures.append(f"{endpoint}: {exc}")
+    raise RuntimeError("no etcd member deleted the prefix: " + "; ".join(failures))
 
 
 _prctl = ctypes.CDLL(None, use_errno=True).prctl  # resolved here: the child only calls it

@@ -31,6 +31,7 @@ from typing import Any
 from policyfabric.client import Client
 from policyfabric.client import apply as applying
 from policyfabric.lab import dhcp, plumbing, ports, probing, processes, readback
+from policyfabric.lab import store as stores
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.lab.ovs import OvsInstance
 from policyfabric.lab.plan import Expect, ExternalSegment, Host, LabEndpoint, LabError, LabPlan, plan
@@ -74,6 +75,8 @@ class Lab:
         self.ports: dict[str, PortConfig] = {}  # what each endpoint plugged by this process was given
         self.warnings: dict[str, str] = {}  # endpoint -> what ``up`` found wrong with it (no DHCP lease)
         self.dhcp_wait = dhcp.DHCP_WAIT
+        self.store: str | None = None  # the embedded authority's: None (SQLite), "etcd" or etcd://...
+        self.detached = False  # what it starts outlives this process (`lab up`; `lab down` stops it)
         self._intent: dict[str, TenantIntent] = {}
 
     # ---- bring up
@@ -94,9 +97,11 @@ class Lab:
         build hosts, external networks and endpoints, wait until the agents rendered them."""
         lab = checked_plan(scenario)
         if authority is None:
-            self.say("starting an embedded authority (SQLite)")
+            url = stores.start(self.state, self.store, self.dir / "etcd", self.detached, self.say)
+            self.say(f"starting an embedded authority ({f'etcd {url}' if url else 'SQLite'})")
             # a silent agent (a host cut off) is dropped after 4 x 0.5 s: gateways fail over quickly
-            self.authority = authority_in(self.dir / "authority", extra=["--keepalive", "0.5"])
+            extra = ["--keepalive", "0.5", *(["--store", url] if url else [])]
+            self.authority = authority_in(self.dir / "authority", extra=extra)
             self.authority.start()
             assert self.authority.proc is not None
             self.state.pids["authority"] = self.authority.proc.pid
@@ -351,7 +356,7 @@ class Lab:
         With ``keep_logs`` the directory (logs of agents, OVS and authority) stays."""
         problems = []
         for role, pid in list(self.state.pids.items()):
-            if role != "authority":
+            if role != "authority" and not role.startswith(stores.ETCD_ROLE):
                 processes.stop(pid)
         for host, info in self.state.hosts.items():
             try:
@@ -362,6 +367,10 @@ class Lab:
             processes.stop(self.state.pids["authority"])
         if self.authority is not None:
             self.authority.stop()
+        problems += stores.remove(self.state)  # the authority is gone: nothing writes there any more
+        for role, pid in self.state.pids.items():
+            if role.startswith(stores.ETCD_ROLE):
+                processes.stop(pid)
         for netns in reversed(self.state.namespaces):
             try:
                 run(["ip", "netns", "del", netns])
@@ -403,14 +412,17 @@ def verify(
     say: Callable[[str], None] = lambda s: None,
     dhcp_wait: float = dhcp.DHCP_WAIT,
     explain: Callable[[Lab, Expect], dict[str, Any]] | None = None,
+    store: str | None = None,
 ) -> Verified:
     """Up, probe every expectation, read every endpoint's namespace, ``explain`` each expectation
     from the installed dataplane if given (``lab/explain.py``), down (always, also on failure or
-    Ctrl-C)."""
+    Ctrl-C). ``store``: where the embedded authority keeps intent (``lab/store.py``)."""
     scenario = sc.load(scenario_path)
     lab_plan = checked_plan(scenario)
+    stores.check(store)
     lab = Lab.create(scenario_path, directory, say)
     lab.dhcp_wait = dhcp_wait
+    lab.store = store
     previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
     failed = True
     try:

@@ -119,11 +119,13 @@ class LabState:
     url: str = ""
     opflex: str = ""
     namespaces: list[str] = field(default_factory=list)
-    pids: dict[str, int] = field(default_factory=dict)  # role -> pid (authority, agent:HOST)
+    pids: dict[str, int] = field(default_factory=dict)  # role -> pid (authority, agent:HOST, etcd:MEMBER)
     endpoints: dict[str, EndpointState] = field(default_factory=dict)
     hosts: dict[str, HostState] = field(default_factory=dict)
     external_hosts: dict[str, ExternalHostState] = field(default_factory=dict)
     external_addresses: dict[str, ExternalAddress] = field(default_factory=dict)
+    store: str = ""  # the embedded authority's --store (etcd://...), "" for its SQLite file
+    store_prefix_owned: bool = False  # the lab chose that etcd prefix: `lab down` deletes it
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -138,6 +140,7 @@ class LabState:
             "hosts": {name: h.to_json() for name, h in self.hosts.items()},
             "external_hosts": {name: x.to_json() for name, x in self.external_hosts.items()},
             "external_addresses": {name: a.to_json() for name, a in self.external_addresses.items()},
+            **({"store": self.store, "store_prefix_owned": self.store_prefix_owned} if self.store else {}),
         }
 
     @classmethod
@@ -161,6 +164,8 @@ class LabState:
                 external_addresses=records(
                     "external_addresses" if "external_addresses" in data else "floating_ips", ExternalAddress
                 ),
+                store=data.get("store", ""),
+                store_prefix_owned=bool(data.get("store_prefix_owned", False)),
             )
         except KeyError as exc:
             raise LabError(f"state.json: {exc} is missing") from None
