@@ -204,8 +204,9 @@ def test_the_ruleset_with_pairs_and_icmp_types_is_valid_nft(tmp_path: Path) -> N
 
     from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
     from tests import fabric
-    from tests.test_addrpairs_unit import ECHO, OPEN, SSH, hybrid, vm, with_pairs
+    from tests.test_addrpairs_unit import ECHO, OPEN, SSH, hybrid, with_pairs
     from tests.test_pipeline_unit import BD
+    from tests.test_secgroups_unit import vm
 
     v6 = fabric.security_group(
         "sg/v6", replace(fabric.sg_rule("sg/v6#0", protocol=58, ethertype=0x86DD), icmp_type=128, icmp_code=0)
