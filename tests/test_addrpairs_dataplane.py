@@ -194,3 +194,34 @@ def test_a_virtual_address_shared_by_two_endpoints_follows_its_holder(lab: Lab) 
             assert ping_from(lab, "client", VIP)
     for name in holders:
         ns_run(netns(lab, name), "ip", "addr", "del", f"{VIP}/24", "dev", "eth0")
+
+
+def test_the_ruleset_with_pairs_and_icmp_types_is_valid_nft(tmp_path: Path) -> None:
+    """``nft -c`` takes what the pairs and ICMP types compile to: prefixes beside addresses in an
+    endpoint's source set (an interval set: collapsed, no overlap), IPv6 pairs, ICMPv6 types."""
+    import os
+    from dataclasses import replace
+
+    from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
+    from tests import fabric
+    from tests.test_addrpairs_unit import ECHO, OPEN, SSH, hybrid, with_pairs
+    from tests.test_pipeline_unit import BD
+    from tests.test_secgroups_unit import vm
+
+    v6 = fabric.security_group(
+        "sg/v6", replace(fabric.sg_rule("sg/v6#0", protocol=58, ethertype=0x86DD), icmp_type=128, icmp_code=0)
+    )
+    a = with_pairs(vm("a", 1, "sg/open", "sg/v6", ofport=11), ("10.0.0.0/24", None), ("fd00::100/128", None))
+    b = with_pairs(vm("b", 2, "sg/echo", ofport=12), ("10.0.0.2/32", fabric.mac(9, 1)), ("0.0.0.0/0", None))
+    net = fabric.network(local=hybrid(a, b), bds=[BD], security_groups=(OPEN, ECHO, SSH, v6), address_sets={})
+    path = tmp_path / "rules.nft"
+    path.write_text(compile_ruleset(net).text())
+    text = path.read_text()
+    assert "icmpv6 type 128 icmpv6 code 0" in text and "ip saddr { 10.0.0.0/24 } jump ep11_out" in text
+    netns = f"pfap-{os.getpid()}"
+    subprocess.run(["ip", "netns", "add", netns], check=True)
+    try:
+        checked = ns_run(netns, "nft", "-c", "-f", str(path))
+        assert checked.returncode == 0, checked.stderr
+    finally:
+        subprocess.run(["ip", "netns", "del", netns], check=False)

@@ -346,3 +346,16 @@ def test_an_ipv6_pair_passes_port_security_and_its_neighbour_discovery_too() -> 
     assert 12 in sw.send(packet).ports
     assert sw.send({**packet, "ipv6_src": "fd00::101"}).dropped
     assert switch(replace(vip6, allowed_pairs=()), PEER).send(packet).dropped
+
+
+def test_explain_names_an_icmp_typed_rule_by_its_conjunction() -> None:
+    """``explain`` names a rule by the conjunction id the agent gives it: the ICMP part included."""
+    from policyfabric.agent.explain import catalog
+    from policyfabric.agent.renderers.ovs.secgroups import _cid
+    from policyfabric.authority.opflex.policy_tree import tenant_tree
+
+    [sg] = INTENT["security_group"]
+    cat = catalog([{"name": T, "security_groups": [sg.model_dump(mode="json", exclude={"tenant"})]}])
+    view = policy_view(over_the_wire(tenant_tree(T, INTENT, {})))
+    rules = view.security_groups[uri_of(T, Cls.GBP_SEC_GROUP, "ssh")].rules
+    assert [cat.rules.get(_cid(r)) for r in rules] == [f"security-group {T}/ssh rule {i}" for i in range(3)]

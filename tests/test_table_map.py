@@ -98,6 +98,7 @@ SSH = security_group(
     sg_rule("sg/ssh#5", protocol=ICMP6, ethertype=IPV6),
     sg_rule("sg/ssh#6", protocol=UDP, ports=53, ethertype=IPV6),
     sg_rule("sg/ssh#7", protocol=47),
+    replace(sg_rule("sg/ssh#8", protocol=ICMP6, ethertype=IPV6), icmp_type=128, icmp_code=0),
 )
 EGRESS = security_group(
     "sg/egress",
@@ -110,6 +111,7 @@ EGRESS = security_group(
     sg_rule("sg/egress#6", "out", protocol=TCP, ports=80, ethertype=IPV6),
     sg_rule("sg/egress#7", "out", protocol=UDP, ports=123, ethertype=IPV6),
     sg_rule("sg/egress#8", "out", protocol=47),
+    replace(sg_rule("sg/egress#9", "out", protocol=ICMP), icmp_type=8, icmp_code=0),  # type and code
 )
 EMPTY = security_group("sg/empty")
 PUBLIC = external_network("/ext/public/", "203.0.113.0/24", ofport=9)
@@ -125,7 +127,10 @@ R1 = router(
 WEB1 = endpoint(
     "web1", mac(1, 1), "10.1.0.10", "2001:db8:1::10", bd=WEB_BD, group=WEB, ofport=1, security_groups=[SSH]
 )
-WEB3 = endpoint("web3", mac(3, 1), "10.1.0.12", bd=WEB_BD, ofport=3, security_groups=[SSH, EGRESS])
+WEB3 = replace(  # allowed address pairs: an address at its own MAC, an IPv6 prefix at another
+    endpoint("web3", mac(3, 1), "10.1.0.12", bd=WEB_BD, ofport=3, security_groups=[SSH, EGRESS]),
+    allowed_pairs=((Prefix("10.1.0.200/32"), mac(3, 1)), (Prefix("2001:db8:1::/64"), mac(9, 9))),
+)
 APP1 = endpoint("app1", mac(1, 2), "10.2.0.20", bd=APP_BD, group=APP, ofport=2)
 # on h2 (192.0.2.2): web2, app2
 WEB2 = endpoint("web2", mac(2, 1), "10.1.0.11", bd=WEB_BD, group=WEB, ofport=4, security_groups=[SSH])

@@ -85,14 +85,14 @@ def _cid(rule: SgRule) -> int:
         str(rule.protocol),
         str(rule.ports),
         str(rule.remote_prefix),
-        *icmp_key(rule),
+        *icmp_key(rule.icmp_type, rule.icmp_code),
     )
 
 
-def icmp_key(rule: SgRule) -> tuple[str, ...]:
+def icmp_key(icmp_type: int | None, icmp_code: int | None) -> tuple[str, ...]:
     """What a rule's ICMP type and code add to its conjunction id (nothing when unset, so the ids
-    of every other rule stay what they were)."""
-    return () if rule.icmp_type is None else (f"icmp{rule.icmp_type}/{rule.icmp_code}",)
+    of every other rule stay what they were; ``agent/explain.py`` names rules by the same id)."""
+    return () if icmp_type is None else (f"icmp{icmp_type}/{icmp_code}",)
 
 
 def sg_classifier_matches(rule: SgRule) -> list[dict[str, str | int]]:
