@@ -37,7 +37,7 @@ fi
 # The tests run a real Keystone (tests/test_keystone.py): MariaDB and Keystone, in a venv of
 # their own (.cache/keystone-venv), never in .venv; and real etcd clusters (the etcd store,
 # tests/test_etcd_store.py): Debian's etcd-server, its system service left off; and Debian's
-# chromium and chromedriver for the web console's browser tests (tests/test_console_browser.py).
+# chromium, chromedriver and firefox-esr for the web console's browser tests (tests/test_console_browser.py).
 case ",$EXTRAS," in
   *,test,*) scripts/install-keystone.sh; scripts/install-etcd.sh; scripts/install-browser.sh ;;
 esac
