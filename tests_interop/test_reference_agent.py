@@ -14,6 +14,7 @@ import contextlib
 import time
 from collections.abc import Iterable
 
+from policyfabric.client.wait import wait_rendered
 from policyfabric.model import kinds as k
 from policyfabric.opflex.mo import MO
 
@@ -232,6 +233,23 @@ def test_a_contract_change_reaches_the_agent_within_2s(stack: Stack) -> None:
 
     wait_for("the new port in gbp_inspect", ported, 2.0, interval=0.05)
     assert time.monotonic() - start < 2.0
+
+
+def test_apply_wait_does_not_wait_for_a_reference_agent_and_names_it(stack: Stack) -> None:
+    """A reference agent never reports the revision it has rendered: the authority lists it as
+    not reporting (from its handshake), and ``apply --wait`` names it as unconfirmed at once
+    rather than timing out on it."""
+    [agent] = [a for a in stack.client.request("GET", "/v1/agents")["items"] if a.get("name") == AGENT]
+    assert agent["reports_rendered"] is False and agent["rendered_revision"] is None
+    [contract] = stack.client.list(k.CONTRACT, TENANT, "http")
+    body = {key: v for key, v in contract.items() if key not in ("id", "revision")}
+    rule = contract["rules"][0]
+    body["rules"] = [{**rule, "classifier": {**rule["classifier"], "port": 8081}}]
+    written = stack.client.replace(k.CONTRACT, contract["id"], body)
+    start = time.monotonic()
+    waited = wait_rendered(stack.client, int(written["revision"]), {TENANT}, timeout=10)
+    assert time.monotonic() - start < 5
+    assert waited.unconfirmed == [AGENT] and AGENT in waited.agents and waited.missing == {}
 
 
 # ---- the session itself (evidence; these hold today)

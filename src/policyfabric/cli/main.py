@@ -313,6 +313,7 @@ def apply_(
         answer: dict[str, Any] = {"items": result.items, "revision": result.revision, "dry_run": diff}
         if waited is not None:
             answer["wait"] = {"agents": waited.agents, "missing": waited.missing, "seconds": waited.seconds}
+            answer["wait"]["unconfirmed"] = waited.unconfirmed
         print(dump(answer, output.value))
         _waited(waited, quiet=True)
         return
@@ -345,13 +346,20 @@ def _waited(waited: Waited | None, quiet: bool = False) -> None:
     error naming those that did not."""
     if waited is None:
         return
+    if waited.unconfirmed:
+        err.print(
+            f"not confirmed: {', '.join(waited.unconfirmed)} never report what they have rendered "
+            "(reference OpFlex agents): not waited for",
+            highlight=False,
+        )
     if waited.missing:
         late = "; ".join(f"{name} ({state})" for name, state in sorted(waited.missing.items()))
         raise fail(
             f"not rendered within {waited.seconds:.1f}s: revision {waited.revision} is not yet on {late}"
         )
     if not quiet:
-        agents = ", ".join(waited.agents) or "no agent has endpoints in the tenants changed"
+        confirmed = [a for a in waited.agents if a not in waited.unconfirmed]
+        agents = ", ".join(confirmed) or "no agent that reports has endpoints in the tenants changed"
         out.print(
             f"rendered: revision {waited.revision} in {waited.seconds:.2f}s on {agents}", highlight=False
         )

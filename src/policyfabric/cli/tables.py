@@ -92,6 +92,12 @@ def health(agent: dict[str, Any], faults: list[dict[str, Any]]) -> str:
     return "healthy"
 
 
+def _rendered(agent: dict[str, Any]) -> str:
+    if agent.get("rendered_revision") is not None:
+        return str(agent["rendered_revision"])
+    return "does not report" if agent.get("reports_rendered") is False else "-"
+
+
 def agents_table(agents: list[dict[str, Any]], faults: list[dict[str, Any]], wide: bool = False) -> Table:
     table = Table(title="agents")
     columns = ["name", "health", "address", "tunnel ip", "connected", "last seen", "endpoints", "rendered"]
@@ -109,7 +115,7 @@ def agents_table(agents: list[dict[str, Any]], faults: list[dict[str, Any]], wid
             ago(a.get("connected_since"), now) if a.get("connected") else "no",
             ago(a.get("last_seen"), now),
             str(len(a.get("endpoints", []))),
-            str(a["rendered_revision"]) if a.get("rendered_revision") is not None else "-",
+            _rendered(a),
         ]
         if wide:
             row += [str(a.get("subscriptions", "")), str(a.get("reports", "")), _cell(a.get("gateway_for"))]

@@ -9,6 +9,11 @@ report can fall between the read and the stream. Agents are only sent what they 
 writes reach few of them: the others never render (nor report) the write, and the authority's
 listing counts them as having rendered it once the write has gone out without them; that listing
 is re-read a few times a second while no event arrives.
+
+An agent that never reports what it has rendered (a reference OpFlex agent: ``reports_rendered``
+false in the listing) cannot confirm anything. As OVN's ``--wait=hv`` counts only the chassis that
+report, it is not waited for; it is named in ``unconfirmed`` so the operator knows what the
+answer does not cover.
 """
 
 from __future__ import annotations
@@ -52,6 +57,7 @@ class Waited:
     revision: int
     agents: list[str]  # those concerned
     missing: dict[str, str] = field(default_factory=dict)  # agent -> what it has instead
+    unconfirmed: list[str] = field(default_factory=list)  # concerned, but never report (not waited for)
     seconds: float = 0.0
 
 
@@ -89,8 +95,10 @@ def wait_rendered(client: Client, revision: int, tenants: set[str], timeout: flo
     opened.wait(timeout)
     agents = client.agents()
     state = {a["name"]: (bool(a.get("connected")), a.get("rendered_revision")) for a in agents}
-    names = concerned(agents, tenants)
-    waited = Waited(revision, names)
+    silent = {a["name"] for a in agents if a.get("reports_rendered") is False}
+    everyone = concerned(agents, tenants)
+    names = [n for n in everyone if n not in silent]
+    waited = Waited(revision, everyone, unconfirmed=[n for n in everyone if n in silent])
     while True:
         missing = {n: s for n in names if (s := _state(*state.get(n, (False, None)), revision)) is not None}
         left = timeout - (time.monotonic() - started)

@@ -81,6 +81,8 @@ class AgentInfo:
     rendered_revision: int | None = None
     # when it last reported a new rendered revision: its last reconcile that changed its flows
     rendered_at: float | None = None
+    # whether it reports what it has rendered at all: ours do; a reference OpFlex agent never does
+    reports_rendered: bool = True
 
     def to_json(self, subscriptions: int, endpoints: list[str]) -> dict[str, Any]:
         return {
@@ -100,6 +102,7 @@ class AgentInfo:
             "reports_refused": self.reports_refused,
             "rendered_revision": self.rendered_revision,
             "rendered_at": self.rendered_at,
+            "reports_rendered": self.reports_rendered,
         }
 
     def state(self) -> dict[str, Any]:
@@ -151,9 +154,11 @@ class Observer:
             watcher(agent.state())
 
     # ---- sessions
-    def connected(self, name: str, domain: str, address: str) -> None:
-        """An agent completed its handshake (a fresh record: a reconnecting agent starts over)."""
-        self.agents[name] = AgentInfo(name, domain, address)
+    def connected(self, name: str, domain: str, address: str, reports_rendered: bool = True) -> None:
+        """An agent completed its handshake (a fresh record: a reconnecting agent starts over).
+        ``reports_rendered``: whether its identity says it is one of ours, which report the
+        revision they have rendered (``PfRenderedRevision``); a reference agent never will."""
+        self.agents[name] = AgentInfo(name, domain, address, reports_rendered=reports_rendered)
         self._tell(self.agents[name])
 
     def disconnected(self, name: str) -> bool:

@@ -294,7 +294,7 @@ class OpflexServer:
                 raise RpcError(Code.ERROR, f"agent {name} already has a live session (retry once it is gone)")
             other_peer.current = False  # the same certificate: the agent reconnected
             self._spawn(other.close("replaced by a new session with the same certificate"))
-        self.observer.connected(name, ident.domain, session.label)
+        self.observer.connected(name, ident.domain, session.label, ident.reports_status)
         self.replicas.agent_connected(name)
         session.ready = True
         peer.agent, peer.reports_status = name, ident.reports_status
