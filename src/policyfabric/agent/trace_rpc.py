@@ -28,8 +28,8 @@ import ipaddress
 import json
 import subprocess
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -309,7 +309,7 @@ class TraceService:
         drop: str | None,
         allows: list[str],
         nxt: dict[str, Any] | None,
-        nft_steps: list[NftStep] = (),  # type: ignore[assignment]
+        nft_steps: Sequence[NftStep] = (),
         before: int | None = None,
     ) -> dict[str, Any]:
         """One hop's answer; its flows in the order the packet met them: the nftables rules of the
@@ -334,8 +334,6 @@ class TraceService:
 
 
 def _on(packet: nft.Packet, bridge: str) -> nft.Packet:
-    from dataclasses import replace
-
     return replace(packet, iifname=bridge)
 
 
