@@ -40,7 +40,7 @@ def test_ports_outside_the_range_are_refused(n: int) -> None:
 
 @given(st.text(max_size=70))
 def test_label_check_matches_the_documented_pattern(text: str) -> None:
-    if LABEL.match(text):
+    if LABEL.fullmatch(text):  # fullmatch: `$` alone lets a trailing newline through
         assert check_label(text) == text
     else:
         with pytest.raises(ValueError, match="not a valid name"):
