@@ -223,3 +223,46 @@ def test_many_bare_names_are_asked_in_bounded_requests(fast: None, monkeypatch: 
         assert {p.iface_id for p in locator.located(ports)} == {f"acme/{n}" for n in names}
 
     asyncio.run(go())
+
+
+def test_a_located_endpoint_that_goes_is_located_again(fast: None) -> None:
+    """Deleted in one tenant and made in another (the port stays plugged): once the cache has held
+    the endpoint and lost it, the name is asked about again and the port follows it."""
+
+    async def go() -> None:
+        client = LocatingClient(uuid_policy(UUID))
+        client.holds("acme", UUID)
+        woken = Woken()
+        declarer = Declarer(client, "h1", None, Locator(client, "h1", woken))
+        port = Plugged(UUID, "tap-uuid", 9)
+        declarer.located([port])
+        await woken.wait()
+        assert declarer.located([port]) == [Plugged(f"acme/{UUID}", "tap-uuid", 9)]
+        assert declarer.located([port]) == [Plugged(f"acme/{UUID}", "tap-uuid", 9)]  # still there
+        client.intent.update({"acme": {}})
+        client.holds("beta", UUID)
+        del client.policy[endpoint_uri("acme", UUID)]  # the authority deleted it: the cache lost it
+        assert declarer.located([port]) == []
+        await woken.wait()
+        assert declarer.located([port]) == [Plugged(f"beta/{UUID}", "tap-uuid", 9)]
+
+    asyncio.run(go())
+
+
+def test_a_located_endpoint_not_yet_in_the_cache_is_not_located_again(fast: None) -> None:
+    """Found, but its policy not resolved yet: the normal moment after locating, not a loss."""
+
+    async def go() -> None:
+        client = LocatingClient()  # the cache holds nothing
+        client.holds("acme", UUID)
+        woken = Woken()
+        declarer = Declarer(client, "h1", None, Locator(client, "h1", woken))
+        port = Plugged(UUID, "tap-uuid", 9)
+        declarer.located([port])
+        await woken.wait()
+        for _ in range(3):
+            assert declarer.located([port]) == [Plugged(f"acme/{UUID}", "tap-uuid", 9)]
+        await asyncio.sleep(0.05)
+        assert client.asked == [[UUID]]
+
+    asyncio.run(go())

@@ -102,7 +102,10 @@ class Declarer:
     def located(self, plugged: list[Plugged]) -> list[Plugged]:
         """The plugged interfaces with every bare iface-id the authority located as ``TENANT/NAME``;
         bare ones not located (yet) are left out (``Locator.located``)."""
-        return self.locator.located(plugged) if self.locator is not None else plugged
+        if self.locator is None:
+            return plugged
+        policy = self.client.policy
+        return self.locator.located(plugged, lambda tenant, name: endpoint_uri(tenant, name) in policy)
 
     def sync(self, plugged: Iterable[PluggedPort], changed: set[str] | None = None) -> list[str]:
         """Resolve and declare what is plugged; undeclare what is not. ``changed``: the cache URIs

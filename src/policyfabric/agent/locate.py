@@ -15,7 +15,8 @@ knows it in several tenants, again after a back-off that doubles from ``RETRY_FI
 ``RETRY_MOST`` seconds. That polling is the whole of "re-resolve when the endpoint appears": an
 endpoint created in the meantime is found within ``RETRY_MOST`` seconds, at the cost of one small
 request per host every few seconds while something plugged stays unknown. A found name keeps its
-tenant until its interface is unplugged.
+tenant until its interface is unplugged, or until its endpoint, once seen in the agent's cache
+(``present``), leaves it (deleted, or moved to another tenant): then it is asked about again.
 """
 
 from __future__ import annotations
@@ -61,15 +62,20 @@ class Locator:
         self.found: dict[str, str] = {}  # name -> the tenant holding it
         self.ambiguous: dict[str, tuple[str, ...]] = {}  # name -> the tenants holding it (logged)
         self.waiting: dict[str, _Waiting] = {}  # plugged names not found yet
+        self.seen: set[str] = set()  # found names whose endpoint the cache has held
         self._bad: set[str] = set()  # iface-ids that are no name (logged once)
         self._refused = False  # the authority refused the request (logged once)
         self._asking: asyncio.Task[None] | None = None
         self._timer: asyncio.TimerHandle | None = None
         self._timer_at = float("inf")
 
-    def located(self, plugged: Iterable[Plugged]) -> list[Plugged]:
+    def located(
+        self, plugged: Iterable[Plugged], present: Callable[[str, str], bool] = lambda t, n: True
+    ) -> list[Plugged]:
         """The interfaces, a bare name replaced by ``TENANT/NAME`` where found; those not found
-        (yet) are left out, and asked about. Names no longer plugged are forgotten."""
+        (yet) are left out, and asked about. Names no longer plugged are forgotten. ``present(tenant,
+        name)``: whether the agent's cache holds that endpoint now (one it held and lost is asked
+        about again)."""
         now = self.clock()
         out: list[Plugged] = []
         bare: set[str] = set()
@@ -90,6 +96,13 @@ class Locator:
                 continue
             bare.add(name)
             tenant = self.found.get(name)
+            if tenant is not None and present(tenant, name):
+                self.seen.add(name)
+            elif tenant is not None and name in self.seen:  # it was there and went
+                log.info("agent %s: endpoint %s/%s went: locating %s again", self.host, tenant, name, name)
+                del self.found[name]
+                self.seen.discard(name)
+                tenant = None
             if tenant is not None:
                 out.append(replace(p, iface_id=f"{tenant}/{name}"))
             elif name not in self.waiting:
@@ -97,6 +110,7 @@ class Locator:
         for table in (self.found, self.ambiguous, self.waiting):
             for name in [n for n in table if n not in bare]:
                 del table[name]
+        self.seen &= bare
         self._bad = bad  # an unplugged one is logged again if it comes back
         self._schedule()
         return out
