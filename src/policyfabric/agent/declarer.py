@@ -15,6 +15,11 @@ PolicySpace.
 
 It talks to the client through ``DeclaringClient`` (the subset of
 ``opflex.client.PolicyClient`` it uses), so tests drive it with a plain fake.
+
+An interface's ``iface-id`` is ``TENANT/NAME``, or a bare endpoint name (what os-vif writes under
+Nova: the Neutron port UUID). ``located`` (with a ``Locator``, agent/locate.py) turns the bare ones
+into ``TENANT/NAME`` once the authority has said which tenant holds the name, and leaves out those
+it has not; the agent hands what it returns to ``sync`` and to the view alike.
 """
 
 from __future__ import annotations
@@ -24,6 +29,8 @@ from collections.abc import Iterable, Mapping
 from typing import Protocol
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration, subnet_uris
+from policyfabric.agent.locate import Locator
+from policyfabric.agent.renderers.ovs.ovsdb import Plugged
 from policyfabric.agent.subscriptions import follow_needs, placement
 from policyfabric.model.types import SLAAC
 from policyfabric.opflex.gbp import Cls, endpoint_uri
@@ -77,8 +84,11 @@ class Declarer:
     costs what the change touches, not the number of endpoints; every ``FULL_EVERY`` syncs, and
     whenever the changes are not known, every endpoint is looked at (a safety net)."""
 
-    def __init__(self, client: DeclaringClient, host: str, tunnel_ip: str | None) -> None:
+    def __init__(
+        self, client: DeclaringClient, host: str, tunnel_ip: str | None, locator: Locator | None = None
+    ) -> None:
         self.client, self.host, self.tunnel_ip = client, host, tunnel_ip
+        self.locator = locator  # None: bare iface-ids are not resolved (logged and ignored)
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
         self._memo: dict[str, tuple[tuple[object, ...], str]] = {}
         self._deps: dict[str, set[str]] = {}  # URI of an input -> iface-ids computed from it
@@ -88,6 +98,14 @@ class Declarer:
         self._groups: dict[str, int] = {}  # group URI -> endpoints of this host in it
         self._bds: dict[str, int] = {}  # bridge domain URI -> endpoints of this host in it
         self.needed: dict[str, str] = {}  # what the endpoints need (URI -> class), as last resolved
+
+    def located(self, plugged: list[Plugged]) -> list[Plugged]:
+        """The plugged interfaces with every bare iface-id the authority located as ``TENANT/NAME``;
+        bare ones not located (yet) are left out (``Locator.located``)."""
+        if self.locator is None:
+            return plugged
+        policy = self.client.policy
+        return self.locator.located(plugged, lambda tenant, name: endpoint_uri(tenant, name) in policy)
 
     def sync(self, plugged: Iterable[PluggedPort], changed: set[str] | None = None) -> list[str]:
         """Resolve and declare what is plugged; undeclare what is not. ``changed``: the cache URIs

@@ -40,6 +40,7 @@ from policyfabric.agent import trace_rpc
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
+from policyfabric.agent.locate import Locator
 from policyfabric.agent.metrics import AgentMetrics, FlowCount
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
@@ -127,7 +128,9 @@ class OvsAgent:
         self.ovs = OvsRenderer(context, self.applier, enforce_policy=not self.policy_elsewhere)
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
         self._ovs_rendering = self.renderers[0]
-        self.declarer = Declarer(self.client, config.host, config.tunnel_ip)
+        self.declarer = Declarer(
+            self.client, config.host, config.tunnel_ip, Locator(self.client, config.host, self.wake)
+        )
         self.reports = Reporter(self.client, config.host, self.wake)
         self.invalid = InvalidPolicy(config.host)  # what the reader refused: logged once, a fault
         self.drift = DriftFaults()  # devices changed by someone else: repaired at once, a fault
@@ -293,6 +296,7 @@ class OvsAgent:
         assert self.ovsdb is not None
         t0 = time.perf_counter()
         plugged, tunnel_port = await asyncio.to_thread(self.ovsdb.interfaces)
+        plugged = self.declarer.located(plugged)  # bare iface-ids (Neutron port UUIDs) as TENANT/NAME
         t1 = time.perf_counter()
         changed, self._changed = self._changed, set()
         try:

@@ -36,6 +36,8 @@ from policyfabric.opflex.cache import (
     drop_subtree,
 )
 from policyfabric.opflex.gbp import Cls
+from policyfabric.opflex.locate import METHOD as LOCATE
+from policyfabric.opflex.locate import request
 from policyfabric.opflex.mo import MO
 from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
 from policyfabric.opflex.trace import METHOD as TRACE
@@ -298,6 +300,10 @@ class PolicyClient:
         mos = self.declared.pop(uri, None)
         if mos:
             self._spawn(self._call("endpoint_undeclare", {"subject": mos[0]["subject"], "endpoint_uri": uri}))
+
+    async def locate(self, names: list[str]) -> Any:
+        """``pf_locate`` (opflex/locate.py): None if no session; an error reply is raised."""
+        return await self._call(LOCATE, request(names), refused=True)
 
     async def report(self, observables: list[MO]) -> None:
         await self._call("state_report", {"observable": [m.to_wire() for m in observables]})

@@ -41,6 +41,7 @@ from policyfabric.authority.opflex import peers as pe
 from policyfabric.authority.opflex.chunks import Oversized
 from policyfabric.authority.opflex.election import GatewayElection
 from policyfabric.authority.opflex.identity import check_name, credentials, may_take_over
+from policyfabric.authority.opflex.locate import NameIndex
 from policyfabric.authority.opflex.observer import Observer
 from policyfabric.authority.opflex.params import Identity, parse
 from policyfabric.authority.opflex.registry import EndpointRegistry, EndpointStateWriter
@@ -48,6 +49,7 @@ from policyfabric.authority.opflex.replicas import Replicas
 from policyfabric.authority.opflex.repository import PolicyRepository, Trees, affected_tenants
 from policyfabric.authority.service import Authority
 from policyfabric.heap import settle_heap
+from policyfabric.opflex.locate import METHOD as LOCATE
 from policyfabric.opflex.rpc import DEFAULT_SEND_QUEUE, RpcError, Session, SessionClosed
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 from policyfabric.store.base import Change, LocalShared, Shared
@@ -100,6 +102,7 @@ class OpflexServer:
             domain=domain,
             oversized=self._oversized,
         )
+        self.names = NameIndex(self.policy.intent)  # pf_locate: which tenant holds a bare name
         states = EndpointStateWriter(authority)
         self.registry = EndpointRegistry(
             states,
@@ -261,6 +264,7 @@ class OpflexServer:
             "endpoint_resolve": self.registry.resolve,
             "endpoint_unresolve": self.registry.unresolve,
             "state_report": self.observer.state_report,
+            LOCATE: self.names.locate,
         }.get(method)
         if handler is None:
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
