@@ -251,7 +251,9 @@ def _exit_cleanly(signum: int, frame: object) -> None:
     """SIGTERM ends the authority like Ctrl-C does: through every ``finally`` (OpFlex sessions
     closed, the store closed, the "stopped" line) with exit status 0. uvicorn handles the signal
     while it serves, then raises it again once it has stopped; with the default handler that
-    second delivery killed the process (status 143) before any of that ran."""
+    second delivery killed the process (status 143) before any of that ran. A further SIGTERM
+    while it stops is ignored, so it cannot cut the closing short."""
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
     raise SystemExit(0)
 
 
