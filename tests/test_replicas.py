@@ -29,6 +29,7 @@ from policyfabric.store.etcd_shared import EtcdShared
 from tests.conftest import Api, apply_scenario, etcd_prefix
 from tests.test_etcd_store import endpoint, setup_tenant
 from tests.test_opflex_e2e import CONTRACT, Agent, Raw, run, set_http_port, until
+from tests.test_opflex_trust_e2e import alive, identify
 
 pytestmark = [
     pytest.mark.integration,  # etcd members and authorities are processes
@@ -133,7 +134,7 @@ async def _servers(stores: list[EtcdStore]) -> list[OpflexServer]:
 
 
 def _address(server: OpflexServer) -> tuple[str, int]:
-    assert server._server is not None
+    assert isinstance(server._server, asyncio.Server)
     host, port = server._server.sockets[0].getsockname()[:2]
     return str(host), int(port)
 
@@ -233,6 +234,42 @@ def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_throug
         finally:
             await h1.stop()
             await h2.stop()
+
+    run(go)
+
+
+def test_one_session_per_agent_name_across_replicas(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    """gw1 holds a session on A; another peer calling itself gw1 on B is refused as it would be on
+    A (the claim is in etcd, not in A's memory), and keeps its session to say who it is; once gw1's
+    session on A ends, the name is free on B, and then taken there: A refuses it in turn."""
+    a, b = two_replicas
+
+    async def go() -> None:
+        gw1 = await Agent("gw1", [a.opflex], ["acme/web1"]).start()
+        intruder = await asyncio.to_thread(Raw, b.opflex)
+        try:
+            refused = await asyncio.to_thread(identify, intruder, "gw1")
+            assert "already has a live session" in refused["error"]["message"], refused
+            assert await asyncio.to_thread(alive, intruder, 2)  # refused, not dropped
+            assert gw1.client.connects == 1
+        finally:
+            await gw1.stop()
+        xid, reply = 3, refused
+        deadline = time.monotonic() + 10  # the release travels through etcd to B
+        while "result" not in reply and time.monotonic() < deadline:
+            await asyncio.sleep(0.1)
+            reply = await asyncio.to_thread(identify, intruder, "gw1", xid)
+            xid += 1
+        assert "result" in reply, reply
+        late = await asyncio.to_thread(Raw, a.opflex)
+        try:
+            refused = await asyncio.to_thread(identify, late, "gw1")
+            assert "already has a live session" in refused["error"]["message"], refused
+        finally:
+            late.sock.close()
+            intruder.sock.close()
 
     run(go)
 
