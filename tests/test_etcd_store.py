@@ -334,11 +334,16 @@ def test_quorum_lost_is_a_503_not_a_hang(own_cluster: EtcdCluster, rest: Api) ->
     own_cluster.stop_member(2)
     try:
         r = rest.post("contracts", {"name": "c", "tenant": "acme"})  # one member left: no leader
-        assert r.status_code == 503 and error(r)["code"] == "unavailable"
+        # the commit reached that member, which timed out: it may still apply (not "unavailable",
+        # which says nothing was sent), so the error says to read before retrying
+        assert r.status_code == 503 and error(r)["code"] == "outcome_unknown", r.text
+        assert "outcome of this write is unknown" in error(r)["message"]
+        assert "read the object back before writing it again" in error(r)["message"]
+        assert r.headers["retry-after"] == "1"
     finally:
         own_cluster.start_members([1, 2], timeout=60)
-    # the refused write's outcome is unknown, as etcd's own timeout says: its proposal may still be
-    # committed once the quorum is back. So the write is retried, and it is there either way.
+    # as the error said: its proposal may have been committed once the quorum came back. So the
+    # write is retried, and it is there either way.
     again = rest.post("contracts", {"name": "c", "tenant": "acme"})
     assert again.status_code == 201 or (again.status_code == 409 and error(again)["code"] == "conflict"), (
         again.text

@@ -74,7 +74,7 @@ from collections import deque
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, overload
+from typing import Any, ClassVar, overload
 from urllib.parse import quote
 
 from policyfabric.model.rules import Claim
@@ -110,6 +110,14 @@ READS_PER_TXN = 64  # point reads sent together (a read-only etcd transaction), 
 REV, ITEM, ID, CLAIM, SEQ, LOG = "rev", "item/", "id/", "claim/", "seq/", "log/"
 MiB = 1 << 20
 OWN_TXNS = 4096  # own commits remembered (the follower skips them); it trails them by milliseconds
+
+
+class OutcomeUnknown(StoreUnavailable):
+    """A write reached etcd but its answer did not come back, and etcd could not be asked
+    afterwards: it may be committed later (a proposal in a lone leader's log is committed once
+    the quorum returns), or never. Retrying blindly could apply it twice; read first."""
+
+    code: ClassVar[str] = "outcome_unknown"
 
 
 @dataclass(frozen=True)
@@ -722,9 +730,10 @@ class EtcdStore:
                 idempotent=True,  # a second fence changes nothing the first did not
             )
         except EtcdError as exc:
-            raise StoreUnavailable(
+            raise OutcomeUnknown(
                 f"the outcome of this write is unknown: etcd failed during its commit ({cause}) and "
-                f"then could not be asked ({exc}); read the object back before writing it again"
+                f"then could not be asked ({exc}); it may still be applied when etcd recovers: read "
+                "the object back before writing it again"
             ) from None
         if reply.get("succeeded"):
             log.warning("etcd: a commit's answer was lost (%s); fenced: it was not applied", cause)

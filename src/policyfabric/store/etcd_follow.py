@@ -70,7 +70,13 @@ class LogFollower:
                 self._catch_up()
                 self._follow()
                 delay = RETRY[0]
+            except RuntimeError:
+                if self._stop.is_set():
+                    return  # the store was closed after stop()
+                raise
             except (StoreError, EtcdError, ValueError) as exc:
+                if self._stop.is_set():
+                    return  # stopped: the stream broke because the store was closed
                 log.warning("etcd follow: %s; catching up from revision %d again", exc, self.delivered)
                 self.store.client.rotate()
                 self._stop.wait(delay)

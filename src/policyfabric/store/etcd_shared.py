@@ -171,6 +171,10 @@ class EtcdShared:
                     sent = self._send(pending)
                     del pending[:sent]
                 delay = RETRY[0]
+            except RuntimeError:
+                if self._stop.is_set():
+                    return  # the store was closed after stop(): what is left goes with the lease
+                raise
             except (EtcdError, ValueError) as exc:
                 log.warning("etcd shared: %d writes wait for etcd: %s", len(pending), exc)
                 self._stop.wait(delay)
@@ -227,10 +231,17 @@ class EtcdShared:
             try:
                 self._follow()
                 delay = RETRY[0]
+            except RuntimeError:
+                if self._stop.is_set():
+                    return  # the store was closed after stop()
+                raise
             except (EtcdError, ValueError) as exc:
+                if self._stop.is_set():
+                    return  # stopped: the stream broke because the store was closed
                 log.warning("etcd shared: watch: %s; reading everything again", exc)
                 self.client.rotate()
-                self._stop.wait(delay)
+                if self._stop.wait(delay):
+                    return
                 delay = min(delay * 2, RETRY[1])
                 try:
                     self._resync()

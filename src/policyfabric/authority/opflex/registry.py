@@ -447,35 +447,49 @@ class EndpointRegistry:
         replica's id; ``orphaned``: the replica it came through is dead, so its lease ending is
         the agent's too, and the endpoint goes DOWN here, as it would have there). Stored and
         pushed like a declaration made here, but neither checked again (the replica that took it
-        checked it) nor bound nor expired here (its lease is etcd's)."""
+        checked it) nor bound nor expired here (its lease is etcd's).
+
+        Whatever this changes is pushed by a flush scheduled here. (A withdrawal once returned
+        before scheduling one: it reached this replica's agents only if another flush happened to
+        follow, usually the rebuild after the undeclaring replica's status write, which the
+        change-log follower delivers before or after this, as the two watch streams race.)"""
         self._shared = True
         try:
-            held = self.declarations.get(uri)
-            if doc is None:
-                if held is None:
-                    return
-                if held.replica or (prev is not None and prev.get("replica") == me):
-                    # theirs, gone; or ours, deleted elsewhere (taken over, withdrawn, expired)
-                    why = "lease expired" if orphaned else "undeclared through another replica"
-                    self._undeclare(uri, why, release=orphaned, status=orphaned)
-                return  # ours, over another replica's older version: ours stands
-            decl = Declaration(
-                doc["mos"],
-                doc["agent"],
-                float("inf"),
-                tuple(doc["endpoint"]),
-                doc.get("tunnel"),
-                doc["replica"],
-            )
-            if decl.is_l2:  # taken over there: the other agents' declarations of it go here too
-                for other in [u for u in self.declarations.by_endpoint.get(decl.key, ()) if u != uri]:
-                    if self.declarations[other].agent != decl.agent:
-                        self._undeclare(other, f"taken over by {decl.agent}", release=False, status=False)
-            self.declarations[uri] = decl
-            self._changed[uri] = ([MO.from_wire(m) for m in decl.mos], False)
+            changed = self._apply_shared(uri, doc, prev, me, orphaned)
         finally:
             self._shared = False
-        self._schedule()
+        if changed:
+            self._schedule()
+
+    def _apply_shared(
+        self, uri: str, doc: dict[str, Any] | None, prev: dict[str, Any] | None, me: str, orphaned: bool
+    ) -> bool:
+        """``apply_shared``'s change to the declarations; whether it made one (to push)."""
+        held = self.declarations.get(uri)
+        if doc is None:
+            if held is None:
+                return False
+            if held.replica or (prev is not None and prev.get("replica") == me):
+                # theirs, gone; or ours, deleted elsewhere (taken over, withdrawn, expired)
+                why = "lease expired" if orphaned else "undeclared through another replica"
+                self._undeclare(uri, why, release=orphaned, status=orphaned)
+                return True
+            return False  # ours, over another replica's older version: ours stands
+        decl = Declaration(
+            doc["mos"],
+            doc["agent"],
+            float("inf"),
+            tuple(doc["endpoint"]),
+            doc.get("tunnel"),
+            doc["replica"],
+        )
+        if decl.is_l2:  # taken over there: the other agents' declarations of it go here too
+            for other in [u for u in self.declarations.by_endpoint.get(decl.key, ()) if u != uri]:
+                if self.declarations[other].agent != decl.agent:
+                    self._undeclare(other, f"taken over by {decl.agent}", release=False, status=False)
+        self.declarations[uri] = decl
+        self._changed[uri] = ([MO.from_wire(m) for m in decl.mos], False)
+        return True
 
     # ---- leases and pushes
     async def expire(self, now: float) -> None:

@@ -13,6 +13,9 @@ an authority is alone and every method below reduces to what it does by itself):
   under a lease of its ``prr``: the registry of every replica holds every declaration, answers
   ``endpoint_resolve`` with it and pushes it to its subscribers; a replica's death loses none
   (the lease is the declaration's, not the replica's);
+- ``session/NAME`` -> the replica holding agent NAME's one session (created if absent, under that
+  replica's lease: ``claim_session``), so a second agent of the same name is refused on any
+  replica, as on one;
 - ``gwhost/NAME`` -> a gateway host's tunnel address and external networks (what its agent
   reported to its replica), under that replica's lease; ``leader`` -> the replica that runs the
   gateway election for all (an etcd create-if-absent under its lease: the next one takes over
@@ -34,7 +37,7 @@ from policyfabric.store.base import Shared, SharedEvent, StoreError
 
 log = logging.getLogger(__name__)
 
-LEADER, RESULT = "leader", "gateways"
+LEADER, RESULT, SESSION = "leader", "gateways", "session"
 Active = dict[gw.RouterKey, tuple[str, str]]
 
 
@@ -137,11 +140,34 @@ class Replicas:
             out += [a for a in self.others[replica] if a not in out]
         return out
 
+    async def claim_session(self, name: str) -> bool:
+        """Whether this replica may hold a session of agent ``name``: no other replica holds one.
+        The claim is ``session/NAME``, created under this replica's lease in one etcd transaction
+        (create if absent, else read who has it), so two replicas never both win it, and a dead
+        replica's claims end with its lease. Put again once won: a release of an earlier session
+        here still queued behind it (a quick reconnection) must not delete the new claim. If etcd
+        cannot be reached, this replica's own check stands (agents keep reconnecting while etcd is
+        away; what is refused then is a second session on this replica only)."""
+        key = f"{SESSION}/{name}"
+        try:
+            won = await asyncio.to_thread(self.shared.campaign, key)
+        except StoreError as exc:
+            log.warning("replicas: could not claim agent %s's session in etcd (%s): accepted here", name, exc)
+            won = True
+        if won:
+            self.shared.put(key, self.me)
+        return won
+
     def agent_connected(self, name: str) -> None:
         self.shared.put(f"agent/{name}/{self.me}", {})
 
     def agent_disconnected(self, name: str) -> None:
         self.shared.delete(f"agent/{name}/{self.me}")
+        self.release_session(name)
+
+    def release_session(self, name: str) -> None:
+        """This replica holds no session of agent ``name`` any more: another replica may."""
+        self.shared.delete(f"{SESSION}/{name}")
 
     def live_elsewhere(self, name: str) -> bool:
         return bool(self.agents.get(name))

@@ -252,7 +252,7 @@ class OpflexServer:
     # ---- dispatch
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
         if method == "send_identity":
-            return self._identity(session, params)
+            return await self._identify(session, params)
         if not session.ready:
             raise RpcError(Code.ESTATE, f"Unexpected request of type {method}")
 
@@ -270,9 +270,24 @@ class OpflexServer:
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
         return await handler(self.peers[session], params)
 
-    def _identity(self, session: Session, params: list[Any]) -> dict[str, Any]:
-        """The handshake: once per session, a host name its certificate carries (with a CA), held
-        by no other live session unless that one has the same certificate (``identity.py``)."""
+    async def _identify(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        """The handshake over the cluster: this replica's checks, then the name's claim in etcd
+        (``Replicas.claim_session``: refused while another replica holds a session of it), then
+        ``_identity`` (its checks again: another session may have come during the claim)."""
+        name = self._check_identity(session, params)[0].name
+        if not await self.replicas.claim_session(name):
+            log.warning("opflex %s: identity %s refused: another replica holds it", session.label, name)
+            raise RpcError(Code.ERROR, f"agent {name} already has a live session (retry once it is gone)")
+        try:
+            return self._identity(session, params)
+        except RpcError:
+            if not any(p.agent == name and p.current for p in self.peers.values()):
+                self.replicas.release_session(name)  # claimed for nothing: free it
+            raise
+
+    def _check_identity(self, session: Session, params: list[Any]) -> tuple[Identity, list[Session]]:
+        """``send_identity``'s checks on this replica (raising the refusal): the identity, and the
+        live sessions of its name it replaces (the same certificate)."""
         peer = self.peers[session]
         if peer.agent is not None:  # nothing is re-labelled, nothing grows
             raise RpcError(Code.ESTATE, f"already identified as {peer.agent}: send_identity is accepted once")
@@ -287,6 +302,7 @@ class OpflexServer:
         except RpcError as err:
             log.warning("opflex %s: identity %s refused: %s", session.label, name, err.message)
             raise
+        replaced = []
         for other, other_peer in list(self.peers.items()):
             if other is session or other_peer.agent != name or not other_peer.current:
                 continue
@@ -296,7 +312,17 @@ class OpflexServer:
                 self._probe(other)
                 log.warning("opflex %s: identity %s refused: a live session holds it", session.label, name)
                 raise RpcError(Code.ERROR, f"agent {name} already has a live session (retry once it is gone)")
-            other_peer.current = False  # the same certificate: the agent reconnected
+            replaced.append(other)
+        return ident, replaced
+
+    def _identity(self, session: Session, params: list[Any]) -> dict[str, Any]:
+        """The handshake: once per session, a host name its certificate carries (with a CA), held
+        by no other live session unless that one has the same certificate (``identity.py``)."""
+        peer = self.peers[session]
+        ident, replaced = self._check_identity(session, params)
+        name = ident.name
+        for other in replaced:
+            self.peers[other].current = False  # the same certificate: the agent reconnected
             self._spawn(other.close("replaced by a new session with the same certificate"))
         self.observer.connected(name, ident.domain, session.label, ident.reports_status)
         self.replicas.agent_connected(name)
