@@ -34,6 +34,7 @@ from policyfabric.opflex.cache import (
     apply_policy_update,
     covered,
     drop_subtree,
+    held,
 )
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.mo import MO
@@ -305,9 +306,9 @@ class PolicyClient:
         session = self.session
         if session is None or not session.ready:
             raise SessionClosed("not connected")
-        if await self._call("state_report", {"observable": [m.to_wire() for m in observables]}) is None:
-            if self.session is not session or session.closed.is_set():
-                raise SessionClosed(session.close_reason or "the session closed")
+        answer = await self._call("state_report", {"observable": [m.to_wire() for m in observables]})
+        if answer is None and (self.session is not session or session.closed.is_set()):
+            raise SessionClosed(session.close_reason or "the session closed")
 
     # ---- the connection loop
     async def run(self) -> None:
@@ -437,7 +438,7 @@ class PolicyClient:
         self.requests += 1
         if method == "endpoint_resolve" and isinstance(result, dict):
             self._apply_endpoints(
-                [MO.from_wire(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []
+                [held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []
             )
         return result
 
@@ -466,7 +467,7 @@ class PolicyClient:
         for (_, uri), result in zip(items, results, strict=True):
             if isinstance(result, dict):
                 answered.add(uri)
-                replies.append([MO.from_wire(m) for m in result.get("policy", []) if isinstance(m, dict)])
+                replies.append([held(m) for m in result.get("policy", []) if isinstance(m, dict)])
         if full:  # the subtrees as the authority has them now: remove what vanished while away (one
             # pass over the cache, each object looked up by its ancestors: an agent resolving by need
             # holds thousands of subscriptions)
@@ -505,8 +506,8 @@ class PolicyClient:
             if not isinstance(entry, dict):
                 raise RpcError(Code.ERROR, "Malformed message: payload entry must be an object")
             try:
-                replace = [MO.from_wire(m) for m in entry.get("replace", [])]
-                merge = [MO.from_wire(m) for m in entry.get("merge_children", [])]
+                replace = [held(m) for m in entry.get("replace", [])]
+                merge = [held(m) for m in entry.get("merge_children", [])]
                 delete = [str(d["uri"]) for d in entry.get("delete", [])]
             except (ValueError, KeyError, TypeError) as exc:
                 raise RpcError(Code.ERROR, f"Malformed message: {exc}") from None
