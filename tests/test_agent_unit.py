@@ -225,6 +225,36 @@ def test_a_new_session_reports_every_endpoint_active_again() -> None:
     assert statuses(observer) == set()  # the same session: said once
 
 
+def test_a_report_in_flight_when_the_session_changes_is_told_again_in_the_new_one() -> None:
+    """A reconnect while a status report is in flight, and the new session's reconcile before it
+    returns: the new session re-declared everything, which the registry holds as BUILD, so what
+    the old one was told counts for nothing there. (Taken as told, a thousand endpoints stayed
+    BUILD for good after a reconnect at 10,000.)"""
+
+    release = asyncio.Event()
+
+    class Slow(Observer):
+        async def report(self, observables: list[MO]) -> None:
+            await release.wait()
+            await Observer.report(self, observables)
+
+    observer = Slow()
+
+    async def body(r: Reporter) -> None:
+        r.endpoints_active({"acme/web1"}, {})  # in flight in session-1
+        await asyncio.sleep(0)
+        observer.session = "session-2"
+        r.endpoints_active({"acme/web1"}, {})  # the new session's reconcile: web1 is still in flight
+        release.set()
+        await r.settled()
+        assert r.active == set()  # told session-1 only
+        observer.told.clear()
+        r.endpoints_active({"acme/web1"}, {})  # the reconcile the retry wakes
+
+    assert reporting(observer, body) == 1
+    assert statuses(observer) == {"acme/web1"}  # told in session-2
+
+
 def test_a_report_that_cannot_be_sent_is_retried_by_waking_the_loop() -> None:
     observer = Observer(session=None)
 

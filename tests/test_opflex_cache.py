@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import time
 from pathlib import Path
 
-from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update
+from policyfabric.opflex.cache import CacheContents, CacheFile, apply_policy_update, held
 from policyfabric.opflex.client import PolicyClient
-from policyfabric.opflex.mo import MO
+from policyfabric.opflex.mo import MO, ref
 
 ROOT = "/PolicyUniverse/PolicySpace/acme/"
 
@@ -92,3 +93,19 @@ def test_the_cache_is_written_less_often_the_more_a_write_costs(tmp_path: Path) 
     assert gaps and all(g >= 0.9 for g in gaps), writes
     loaded = CacheFile(tmp_path / "opflex-cache.json", "h1").load()
     assert loaded is not None and len(loaded.policy) == 60  # the last write has everything
+
+
+def test_held_objects_share_one_string_per_uri_and_read_as_parsed() -> None:
+    """What the cache keeps: every copy of a URI (an object's own, its parent's children, the
+    references to it) is one string, and the object equals what the plain parse gives."""
+    group = "/PolicyUniverse/PolicySpace/t/GbpEpGroup/" + "web" * 3 + "/"
+    space = "/PolicyUniverse/PolicySpace/t/"
+    wire = [
+        MO("GbpEpGroup", group, {"name": "web"}, [group + "Ctx/"], "PolicySpace", space).to_wire(),
+        MO("PfEndpoint", "/ep/1/", {"epg": ref("GbpEpGroup", group), "ip": ["10.0.0.1"]}).to_wire(),
+        MO("PfEndpoint", "/ep/2/", {"groups": [ref("GbpEpGroup", group)]}).to_wire(),
+    ]
+    a, b, c = (held(json.loads(json.dumps(m))) for m in wire)
+    assert [a, b, c] == [MO.from_wire(m) for m in wire]
+    assert b.properties["epg"]["reference_uri"] is a.uri is c.properties["groups"][0]["reference_uri"]
+    assert held(json.loads(json.dumps(wire[0]))).children[0] is a.children[0]

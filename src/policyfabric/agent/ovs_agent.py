@@ -34,14 +34,13 @@ import ssl
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from policyfabric.agent import trace_rpc
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
 from policyfabric.agent.locate import Locator
-from policyfabric.agent.metrics import AgentMetrics, FlowCount
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ofchannel import mgmt_socket
@@ -56,6 +55,9 @@ from policyfabric.agent.view import Network
 from policyfabric.agent.viewstate import ViewState
 from policyfabric.heap import settle_heap
 from policyfabric.opflex.client import Peer, PolicyClient
+
+if TYPE_CHECKING:  # prometheus_client (3 MB resident) is loaded only with --metrics-listen
+    from policyfabric.agent.metrics import AgentMetrics, FlowCount
 
 log = logging.getLogger(__name__)
 MAX_CHANGED = 100_000  # changed URIs remembered between reconciles; beyond, the next looks at everything
@@ -145,7 +147,7 @@ class OvsAgent:
         self.metrics: AgentMetrics | None = None  # --metrics-listen
         self.rendered_revision: int | None = None
         self.revision_seen = RevisionSeen()  # the PfRevision the view reads (what it then renders)
-        self._flow_count = FlowCount()
+        self._flow_count: FlowCount | None = None  # made by the first scrape
         self.network_seen: Network | None = None  # the view last rendered: pf_trace names flows by it
         seen = lambda: self.network_seen  # noqa: E731
         self.client.on_trace = trace_rpc.for_agent(config, seen, self.plugins)
@@ -269,11 +271,18 @@ class OvsAgent:
             await asyncio.sleep(self.config.announce_every)
             await asyncio.to_thread(self.ovs.refresh_announcements)
 
+    def _flows_by_table(self, desired: Any) -> dict[int, int]:
+        if self._flow_count is None:
+            from policyfabric.agent.metrics import FlowCount
+
+            self._flow_count = FlowCount()
+        return self._flow_count(desired)
+
     def metrics_state(self) -> dict[str, Any]:
         """What a metrics scrape reads (from its own thread: plain reads of the loop's values)."""
         ovs = self._ovs_rendering
         return {
-            "flows_by_table": self._flow_count(ovs.last if ovs.rendered else None),
+            "flows_by_table": self._flows_by_table(ovs.last if ovs.rendered else None),
             "endpoints": self.stats.endpoints,
             "opflex_connected": int(self.client.session is not None),
             "rendered_revision": self.rendered_revision,

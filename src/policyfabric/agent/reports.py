@@ -166,15 +166,19 @@ class Reporter:
             self._retry()  # report once connected
             return
         self._reporting |= new
-        self._spawn(self._send_status(new, endpoint_status(new, counters)))
+        self._spawn(self._send_status(new, endpoint_status(new, counters), session))
 
-    async def _send_status(self, new: set[str], reports: list[MO]) -> None:
+    async def _send_status(self, new: set[str], reports: list[MO], session: object) -> None:
         try:
             await self.client.report(reports)
-            self.active |= new
         except Exception as exc:  # not connected: try again shortly
             log.info("agent %s: status report deferred: %s", self.host, exc)
             self._retry()
+        else:
+            if self._session is session:
+                self.active |= new
+            else:  # a new session began while this was sent: it holds them as BUILD, tell it
+                self._retry()
         finally:
             self._reporting -= new
 

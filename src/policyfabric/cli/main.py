@@ -22,7 +22,8 @@ import typer
 from rich.table import Table
 
 from policyfabric import __version__
-from policyfabric.cli import daemons, migrate
+from policyfabric.cli import migrate
+from policyfabric.cli.app import new_app
 from policyfabric.cli.console import err, fail, out
 from policyfabric.cli.logs import logs as logs_command
 from policyfabric.cli.tables import (
@@ -40,15 +41,7 @@ from policyfabric.client.wait import Waited, wait_rendered, written_tenants
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
 
-CONTEXT = {"help_option_names": ["-h", "--help"]}
-app = typer.Typer(
-    name="policyfabric",
-    help="policyfabric: declare network intent at a Policy Authority; agents enforce it.",
-    no_args_is_help=True,
-    add_completion=True,
-    context_settings=CONTEXT,
-    pretty_exceptions_enable=False,
-)
+app = new_app()
 AuthorityUrl = Annotated[
     str,
     typer.Option(
@@ -95,25 +88,6 @@ def _output(output: Output | None, as_json: bool) -> Output:
     return Output.json if as_json else (output or Output.table)
 
 
-def _show_version(value: bool) -> None:
-    if value:
-        out.print(f"policyfabric {__version__}")
-        raise typer.Exit()
-
-
-@app.callback()
-def main(
-    version: Annotated[
-        bool,
-        typer.Option("--version", callback=_show_version, is_eager=True, help="Print the version and exit."),
-    ] = False,
-) -> None:
-    """policyfabric: declare network intent at a Policy Authority; agents enforce it."""
-
-
-app.command()(daemons.authority)
-app.command()(daemons.agent)
-app.command()(daemons.renderers)
 app.command()(logs_command)
 app.command()(migrate.migrate)
 

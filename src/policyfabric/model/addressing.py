@@ -18,9 +18,12 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from policyfabric.model.objects import Subnet
 from policyfabric.model.types import SLAAC, IPAddress
+
+if TYPE_CHECKING:  # annotations only: the agent imports this module, not the pydantic models
+    from policyfabric.model.objects import Subnet
 
 EUI64_PREFIXLEN = 64  # RFC 4862 5.5.3: the prefix and a 64-bit interface identifier make 128 bits
 

@@ -15,9 +15,11 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
+from sys import intern
+from typing import Any
 
 from policyfabric import __version__
-from policyfabric.opflex.mo import MO
+from policyfabric.opflex.mo import MO, REFERENCE_URI
 
 log = logging.getLogger(__name__)
 
@@ -46,8 +48,8 @@ class CacheFile:
             data = json.loads(self.path.read_text())
             contents = CacheContents(
                 int(data["version"]),
-                {m["uri"]: MO.from_wire(m) for m in data["policy"]},
-                {m["uri"]: MO.from_wire(m) for m in data["endpoints"]},
+                {m["uri"]: held(m) for m in data["policy"]},
+                {m["uri"]: held(m) for m in data["endpoints"]},
                 dict(data["wanted"]),
                 dict(data["ep_wanted"]),
                 [str(u) for u in data.get("followed", [])],  # (absent from older files: none)
@@ -161,3 +163,33 @@ def _drop(policy: dict[str, MO], uri: str) -> set[str]:
     for child in mo.children:
         gone |= _drop(policy, child)
     return gone
+
+
+def _text(value: Any) -> Any:
+    return intern(value) if type(value) is str else value
+
+
+def _ref(value: Any) -> Any:
+    """A reference's class and URI interned; any other value as it is."""
+    if type(value) is dict and REFERENCE_URI in value:
+        return {k: _text(v) for k, v in value.items()}
+    return value
+
+
+def held(data: Any) -> MO:
+    """``MO.from_wire``, for an MO the cache keeps: its URIs and class names interned.
+
+    Why: every URI is decoded from JSON once per place it appears (the object's own, its parent's
+    children list, each reference to it, the cache's key), a new string each time; the cache holds
+    them for the agent's life. Interned, each URI is one string however many hold it."""
+    mo = MO.from_wire(data)
+    mo.subject, mo.uri = intern(mo.subject), intern(mo.uri)
+    mo.parent_subject, mo.parent_uri = _text(mo.parent_subject), _text(mo.parent_uri)
+    mo.parent_relation = _text(mo.parent_relation)
+    mo.children = [intern(c) for c in mo.children]
+    for name, value in mo.properties.items():
+        if type(value) is dict:
+            mo.properties[name] = _ref(value)
+        elif type(value) is list:
+            mo.properties[name] = [_ref(item) for item in value]
+    return mo

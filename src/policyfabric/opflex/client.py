@@ -34,6 +34,7 @@ from policyfabric.opflex.cache import (
     apply_policy_update,
     covered,
     drop_subtree,
+    held,
 )
 from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.locate import METHOD as LOCATE
@@ -110,7 +111,9 @@ class PolicyClient:
         self.endpoints: dict[str, MO] = {}
         self.wanted: dict[str, str] = {}  # policy uri -> subject
         self.ep_wanted: dict[str, str] = {}  # endpoint uri or prefix -> subject
-        self.declared: dict[str, list[dict[str, Any]]] = {}  # local endpoint uri -> MOs
+        # local endpoint uri -> its declaration's MOs: kept as MOs and put in wire form only to be
+        # sent (at 10,000 endpoints the wire dicts were ~40 MB held for the lease refreshes)
+        self.declared: dict[str, tuple[MO, ...]] = {}
         self._refused: set[str] = set()  # declarations refused and being retried (logged once)
         self.version = 0
         self.session: Session | None = None
@@ -265,13 +268,12 @@ class PolicyClient:
             )
 
     def declare(self, mos: list[MO]) -> None:
-        top = mos[0]
-        wire = [m.to_wire() for m in mos]
-        if self.declared.get(top.uri) != wire:
-            self.declared[top.uri] = wire
-            self._spawn(self._declare(top.uri, wire))
+        top, held = mos[0], tuple(mos)
+        if self.declared.get(top.uri) != held:
+            self.declared[top.uri] = held
+            self._spawn(self._declare(top.uri, held))
 
-    async def _declare(self, uri: str, wire: list[dict[str, Any]]) -> None:
+    async def _declare(self, uri: str, mos: tuple[MO, ...]) -> None:
         """Declare; a refused declaration (another live agent holds the endpoint, say, until it
         lets go) is tried again after 1, 2, 4 ... up to ``DECLARE_RETRY_MAX`` seconds, not only at
         the next lease refresh, for as long as it is still what this client declares. The refusal
@@ -279,7 +281,7 @@ class PolicyClient:
         delay = 1.0
         while True:
             try:
-                await self._call("endpoint_declare", {"endpoint": wire, "prr": self.prr}, refused=True)
+                await self._call("endpoint_declare", {"endpoint": _wire(mos), "prr": self.prr}, refused=True)
             except RpcError as err:
                 if uri not in self._refused:
                     self._refused.add(uri)
@@ -288,7 +290,7 @@ class PolicyClient:
                     )
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, DECLARE_RETRY_MAX)
-                if self.declared.get(uri) is not wire:
+                if self.declared.get(uri) is not mos:
                     return  # changed or undeclared since: that has its own attempt
                 continue
             if uri in self._refused:
@@ -299,14 +301,22 @@ class PolicyClient:
     def undeclare(self, uri: str) -> None:
         mos = self.declared.pop(uri, None)
         if mos:
-            self._spawn(self._call("endpoint_undeclare", {"subject": mos[0]["subject"], "endpoint_uri": uri}))
+            self._spawn(self._call("endpoint_undeclare", {"subject": mos[0].subject, "endpoint_uri": uri}))
 
     async def locate(self, names: list[str]) -> Any:
         """``pf_locate`` (opflex/locate.py): None if no session; an error reply is raised."""
         return await self._call(LOCATE, request(names), refused=True)
 
     async def report(self, observables: list[MO]) -> None:
-        await self._call("state_report", {"observable": [m.to_wire() for m in observables]})
+        """Send a state report; raises SessionClosed if it did not reach a live session (the
+        reporter then tells it again, in the next session: the registry holds what a new session
+        re-declares as BUILD until told)."""
+        session = self.session
+        if session is None or not session.ready:
+            raise SessionClosed("not connected")
+        answer = await self._call("state_report", {"observable": [m.to_wire() for m in observables]})
+        if answer is None and (self.session is not session or session.closed.is_set()):
+            raise SessionClosed(session.close_reason or "the session closed")
 
     # ---- the connection loop
     async def run(self) -> None:
@@ -394,7 +404,7 @@ class PolicyClient:
     async def _resync(self) -> None:
         """After each handshake: declare everything, resolve everything (in parallel)."""
         jobs = [
-            self._call("endpoint_declare", {"endpoint": mos, "prr": self.prr})
+            self._call("endpoint_declare", {"endpoint": _wire(mos), "prr": self.prr})
             for mos in self.declared.values()
         ]
         jobs += [
@@ -408,7 +418,7 @@ class PolicyClient:
             await asyncio.sleep(random.uniform(self.prr / 3, self.prr / 2))
             await self._resolve([(s, u) for u, s in self.wanted.items()])
             for mos in list(self.declared.values()):
-                await self._call("endpoint_declare", {"endpoint": mos, "prr": self.prr})
+                await self._call("endpoint_declare", {"endpoint": _wire(mos), "prr": self.prr})
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -436,7 +446,7 @@ class PolicyClient:
         self.requests += 1
         if method == "endpoint_resolve" and isinstance(result, dict):
             self._apply_endpoints(
-                [MO.from_wire(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []
+                [held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []
             )
         return result
 
@@ -465,7 +475,7 @@ class PolicyClient:
         for (_, uri), result in zip(items, results, strict=True):
             if isinstance(result, dict):
                 answered.add(uri)
-                replies.append([MO.from_wire(m) for m in result.get("policy", []) if isinstance(m, dict)])
+                replies.append([held(m) for m in result.get("policy", []) if isinstance(m, dict)])
         if full:  # the subtrees as the authority has them now: remove what vanished while away (one
             # pass over the cache, each object looked up by its ancestors: an agent resolving by need
             # holds thousands of subscriptions)
@@ -506,8 +516,8 @@ class PolicyClient:
             if not isinstance(entry, dict):
                 raise RpcError(Code.ERROR, "Malformed message: payload entry must be an object")
             try:
-                replace = [MO.from_wire(m) for m in entry.get("replace", [])]
-                merge = [MO.from_wire(m) for m in entry.get("merge_children", [])]
+                replace = [held(m) for m in entry.get("replace", [])]
+                merge = [held(m) for m in entry.get("merge_children", [])]
                 delete = [str(d["uri"]) for d in entry.get("delete", [])]
             except (ValueError, KeyError, TypeError) as exc:
                 raise RpcError(Code.ERROR, f"Malformed message: {exc}") from None
@@ -568,3 +578,8 @@ class PolicyClient:
                 calm_since = None
             await asyncio.sleep(0.02)
         return False
+
+
+def _wire(mos: tuple[MO, ...]) -> list[dict[str, Any]]:
+    """A declaration's MOs in wire form, made when sent (never held)."""
+    return [m.to_wire() for m in mos]
