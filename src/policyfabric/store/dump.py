@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -58,6 +59,7 @@ from policyfabric.store.etcd_client import EtcdError, b64, prefix_end, unb64
 from policyfabric.store.sqlite import SqliteStore
 
 LIVE_REPLICAS = "shared/replica/"  # where each running authority on an etcd prefix says it lives
+REPLICA_LEASE_WAIT = 5.0  # seconds: over the replicas' lease of 3 s
 MARKER = "migration"  # under the etcd prefix while a copy is being written
 BATCH_OPS = 100  # etcd operations per batch: under etcd's default --max-txn-ops of 128
 BATCH_BYTES = 1 << 20  # and under its default --max-request-bytes of 1.5 MiB (base64 included)
@@ -389,7 +391,7 @@ def migrate(source: Side, target: Side, progress: Progress | None = None) -> Out
     if isinstance(source, EtcdSide):
         if source.marker() is not None:
             raise MigrationError(f"{source.describe()} holds an unfinished copy: redo it first")
-        if (running := source.live_replicas()) > 0:
+        if (running := _replicas_after_leases(source)) > 0:
             raise MigrationError(
                 f"{running} authorities run on {source.describe()}: stop them first (writes made during "
                 "the copy would not be in it)"
@@ -414,6 +416,15 @@ def migrate(source: Side, target: Side, progress: Progress | None = None) -> Out
             f"copied {dump.summary()})"
         )
     return Outcome(True, dump.summary(), cleared)
+
+
+def _replicas_after_leases(source: EtcdSide, wait: float = REPLICA_LEASE_WAIT) -> int:
+    """Authorities running on ``source``, once a just-stopped one's key has had time to go (a
+    stop that could not revoke its lease, or a kill, leaves the key until the lease ends)."""
+    deadline = time.monotonic() + wait
+    while (running := source.live_replicas()) > 0 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return running
 
 
 def _already(dump: Dump, target: Side) -> Outcome:
