@@ -214,16 +214,17 @@ def test_refused_in_precommit_with_neutrons_error(topology: dict[str, str]) -> N
 
 
 def test_port_create_to_active_time(topology: dict[str, str]) -> None:
-    """Port create with --host to ACTIVE, plug included (what Nova would wait for), 5 ports."""
+    """Port create with --host to ACTIVE, plug included (what Nova would wait for), 3 ports
+    (a smoke figure in the CI run; harness/bench.py active measures p50 of 20)."""
     times = []
-    for i in range(5):
+    for i in range(3):
         start = time.monotonic()
         pid = os_cli("port", "create", f"e2e-t{i}", "--network", topology["net1"], "--host", "h1",
                      "--device-owner", "compute:nova")["id"]  # fmt: skip
         plug(pid, "h1")
         wait_status(pid, "ACTIVE")
         times.append(time.monotonic() - start)
-    print(f"port create -> ACTIVE: p50 {statistics.median(times):.2f} s, max {max(times):.2f} s (n=5)")
+    print(f"port create -> ACTIVE: p50 {statistics.median(times):.2f} s, max {max(times):.2f} s (n=3)")
 
 
 def endpoint_names() -> set[str]:
