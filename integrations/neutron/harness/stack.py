@@ -233,23 +233,9 @@ def up() -> None:
     )
     st["neutron_port"] = free_port()
     st["neutron_url"] = f"http://127.0.0.1:{st['neutron_port']}"
-    out = subprocess.run(
-        [str(KEYSTONE_VENV / "bin" / "python"), "-c", _SETUP],
-        input=json.dumps(
-            {
-                "url": ks.url,
-                "password": ADMIN_PASSWORD,
-                "neutron_password": NEUTRON_PASSWORD,
-                "neutron_url": st["neutron_url"],
-            }
-        ),
-        capture_output=True,
-        text=True,
-        env={**os.environ, "PYTHONWARNINGS": "ignore"},
-    )
-    if out.returncode != 0:
-        raise SystemExit(f"stack: keystone setup failed:\n{out.stderr[-2000:]}")
-    # the authority, with a token file (the driver's and the harness's admin token)
+    # the authority, with a token file (the driver's and the harness's admin token); first, so that
+    # Neutron's configuration (which names it) can be written and Neutron's slow parts (its
+    # migrations, then its start) overlap Keystone's setup and the lab's start
     st["token"] = secrets.token_hex(24)
     adir = DIR / "authority"
     adir.mkdir(parents=True, exist_ok=True)
@@ -264,27 +250,35 @@ def up() -> None:
     st["authority_url"], st["opflex"] = auth.url, "{}:{}".format(*auth.opflex)
     save(st)
     say(f"authority {auth.url}, OpFlex {st['opflex']}")
-    # the lab: two hosts whose agents are Neutron's hosts
-    os.environ["POLICYFABRIC_TOKEN"] = st["token"]
-    scenario_path = DIR / "lab.yaml"
-    scenario_path.write_text(LAB_SCENARIO)
-    lab = Lab.create(scenario_path, DIR / "lab", say)
-    st["lab"] = str(DIR / "lab")
-    save(st)
-    lab.up(sc.load(scenario_path), authority=(st["authority_url"], st["opflex"]))
-    say(f"lab hosts {', '.join(HOSTS)} up ({time.monotonic() - t0:.1f} s)")
-    # Neutron
     conf, ml2 = neutron_conf(st)
     args = ["--config-file", str(conf), "--config-file", str(ml2)]
     nlog = DIR / "neutron" / "setup.log"
-    done = subprocess.run(
-        [str(NEUTRON_VENV / "bin" / "neutron-db-manage"), *args, "upgrade", "heads"],
+    with nlog.open("wb") as out:
+        migrate = subprocess.Popen(
+            [str(NEUTRON_VENV / "bin" / "neutron-db-manage"), *args, "upgrade", "heads"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    setup = subprocess.run(
+        [str(KEYSTONE_VENV / "bin" / "python"), "-c", _SETUP],
+        input=json.dumps(
+            {
+                "url": ks.url,
+                "password": ADMIN_PASSWORD,
+                "neutron_password": NEUTRON_PASSWORD,
+                "neutron_url": st["neutron_url"],
+            }
+        ),
         capture_output=True,
         text=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
-    nlog.write_text(done.stdout + done.stderr)
-    if done.returncode != 0:
-        raise SystemExit(f"stack: neutron-db-manage failed:\n{done.stderr[-3000:]}")
+    if setup.returncode != 0:
+        migrate.kill()
+        raise SystemExit(f"stack: keystone setup failed:\n{setup.stderr[-2000:]}")
+    if migrate.wait() != 0:
+        raise SystemExit(f"stack: neutron-db-manage failed:\n{nlog.read_text()[-3000:]}")
+    say(f"keystone set up, neutron migrated ({time.monotonic() - t0:.1f} s)")
     (DIR / "neutron" / "gunicorn.conf.py").write_text(
         f'wsgi_app = "neutron.wsgi.api:application"\nbind = "127.0.0.1:{st["neutron_port"]}"\n'
         'workers = 1\nworker_class = "gthread"\nthreads = 8\ntimeout = 120\n'
@@ -307,6 +301,15 @@ def up() -> None:
         env={**os.environ, "PYTHONWARNINGS": "ignore"},
     )
     save(st)
+    # the lab: two hosts whose agents are Neutron's hosts (while Neutron starts)
+    os.environ["POLICYFABRIC_TOKEN"] = st["token"]
+    scenario_path = DIR / "lab.yaml"
+    scenario_path.write_text(LAB_SCENARIO)
+    lab = Lab.create(scenario_path, DIR / "lab", say)
+    st["lab"] = str(DIR / "lab")
+    save(st)
+    lab.up(sc.load(scenario_path), authority=(st["authority_url"], st["opflex"]))
+    say(f"lab hosts {', '.join(HOSTS)} up ({time.monotonic() - t0:.1f} s)")
     wait_http(st["neutron_url"] + "/", st["pids"]["neutron-api"], DIR / "neutron" / "gunicorn.log")
     say(f"neutron {st['neutron_url']} ({time.monotonic() - t0:.1f} s since start)")
     # the external network every project's routers may use

@@ -81,3 +81,15 @@ class Authority:
 
     def agents(self) -> Answer:
         return self._call("GET", "agents")
+
+    def schema_fields(self) -> dict[str, list[str]] | None:
+        """The properties of each of the authority's OpenAPI schemas (what its model has), or None
+        when it cannot be read."""
+        try:
+            r = self.http.get(f"{self.url}/openapi.json", timeout=self.timeout)
+            schemas = r.json()["components"]["schemas"] if r.status_code == 200 else None
+        except (requests.RequestException, ValueError, KeyError, TypeError):
+            return None
+        if not isinstance(schemas, dict):
+            return None
+        return {name: list((s or {}).get("properties") or {}) for name, s in schemas.items()}

@@ -1,9 +1,10 @@
 """The journal table, in Neutron's database, and writing a row in Neutron's transaction.
 
 The table is the driver's own (``policyfabric_journal``); the driver creates it when it starts
-(``ensure_table``: ``CREATE TABLE IF NOT EXISTS`` through SQLAlchemy), so no alembic branch is
-needed for one table. A row is added to the session of the transaction that is committing the
-change (``record``): Neutron commits both or neither.
+(``ensure_table``: ``CREATE TABLE IF NOT EXISTS`` through SQLAlchemy, and the one repair an older
+table needs, ``columns.widen_statements``), so no alembic branch is needed for one table. A row
+is added to the session of the transaction that is committing the change (``record``): Neutron
+commits both or neither.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import sqlalchemy as sa
 from neutron_lib.db import api as db_api
 from neutron_lib.db import model_base
 
-from networking_policyfabric import journal
+from networking_policyfabric import columns, journal
 
 
 class JournalRow(model_base.BASEV2):
@@ -29,14 +30,20 @@ class JournalRow(model_base.BASEV2):
     project_id = sa.Column(sa.String(255), nullable=False, default="")
     state = sa.Column(sa.String(16), nullable=False, default=journal.PENDING, index=True)
     attempts = sa.Column(sa.Integer, nullable=False, default=0)
-    next_try = sa.Column(sa.Float, nullable=False, default=0.0)
+    next_try = sa.Column(columns.time_type(), nullable=False, default=0.0)
     error = sa.Column(sa.String(1024), nullable=False, default="")
-    created_at = sa.Column(sa.Float, nullable=False, default=time.time)
+    created_at = sa.Column(columns.time_type(), nullable=False, default=time.time)
 
 
 def ensure_table() -> None:
     engine = db_api.CONTEXT_WRITER.get_engine()
     JournalRow.__table__.create(engine, checkfirst=True)
+    table = JournalRow.__tablename__
+    statements = columns.widen_statements(table, sa.inspect(engine).get_columns(table), engine.dialect.name)
+    if statements:
+        with engine.begin() as conn:
+            for statement in statements:
+                conn.execute(sa.text(statement))
 
 
 def record(context: Any, resource: str, object_id: str, project_id: str | None) -> None:

@@ -25,6 +25,7 @@ from networking_policyfabric import config, db, mapping
 from networking_policyfabric.worker import JournalWorker, authority
 
 LOG = logging.getLogger(__name__)
+SCHEMA_TTL = 30.0  # seconds a read of the authority's model (its OpenAPI schemas) is reused
 BINDABLE_TYPES = ("geneve", "vxlan", "local")
 VIF_DETAILS = {portbindings.CAP_PORT_FILTER: True, "bridge_name": "br-int"}
 
@@ -37,6 +38,7 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
     def initialize(self) -> None:
         db.ensure_table()
         self._agents: tuple[float, set[str]] = (0.0, set())
+        self._schemas: tuple[float, dict[str, list[str]]] = (-SCHEMA_TTL, {})
         for event in (events.PRECOMMIT_CREATE, events.PRECOMMIT_UPDATE, events.PRECOMMIT_DELETE):
             registry.subscribe(self._security_group, resources.SECURITY_GROUP, event)
         for event in (events.PRECOMMIT_CREATE, events.PRECOMMIT_DELETE):
@@ -44,6 +46,29 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
 
     def get_workers(self) -> list[Any]:
         return [JournalWorker()]
+
+    def known_fields(self) -> dict[str, list[str]]:
+        """The authority's model (its OpenAPI schemas' properties), read at most every
+        ``SCHEMA_TTL``; the last one read while it is away (nothing read yet: nothing judged)."""
+        at, known = self._schemas
+        if time.monotonic() - at < SCHEMA_TTL:
+            return known
+        found = authority().schema_fields()
+        if found is not None:
+            known = found
+        self._schemas = (time.monotonic(), known)
+        return known
+
+    def check_supported(self, obj: mapping.Obj | None) -> None:
+        """Refuse, in precommit, what this authority's model cannot take yet (a newer field)."""
+        if obj is None:
+            return
+        missing = mapping.unsupported(obj, self.known_fields())
+        if missing:
+            raise n_exc.InvalidInput(
+                error_message=f"{', '.join(missing)}: not supported by this policyfabric authority "
+                "(its model has no such field; upgrade it)"
+            )
 
     # ---- networks and subnets
     def _network(self, context: Any) -> None:
@@ -78,20 +103,17 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
                 )
             db.record(ctx, "network", net["id"], net["project_id"])
             return
-        nets = plugin.get_networks(
-            ctx, filters={"project_id": [net["project_id"]]}, fields=["id", "router:external"]
-        )
-        ids = [n["id"] for n in nets if not n.get("router:external")]
-        cidrs = [
-            s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": ids}) if s["id"] != sub["id"]
-        ]
-        clash = mapping.overlaps(sub["cidr"], cidrs)
-        if clash is not None:
-            raise n_exc.InvalidInput(
-                error_message=f"Requested subnet with cidr: {sub['cidr']} for network: {net['id']} overlaps "
-                f"with another subnet ({clash}) of the project: policyfabric gives a project one "
-                "routing domain"
-            )
+        router_id = mapping.network_router(net["id"], _interface_ports(plugin, ctx, network_id=[net["id"]]))
+        if router_id is not None:  # Neutron checks the subnets on the router; policyfabric routes all
+            others = _router_networks(plugin, ctx, router_id) - {net["id"]}
+            cidrs = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": sorted(others)})]
+            clash = mapping.overlaps(sub["cidr"], cidrs)
+            if clash is not None:
+                raise n_exc.InvalidInput(
+                    error_message=f"Requested subnet with cidr: {sub['cidr']} for network: {net['id']} "
+                    f"overlaps with another subnet ({clash}) of a network on router {router_id}: "
+                    "policyfabric routes every subnet of a network on a router"
+                )
         db.record(ctx, "subnet", sub["id"], net["project_id"])
 
     create_subnet_precommit = update_subnet_precommit = _subnet
@@ -104,11 +126,44 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
             db.record(context._plugin_context, "subnet", context.current["id"], net["project_id"])
 
     # ---- ports
+    def _router_interface(self, context: Any) -> None:
+        """A router interface port: its network joins the router's l3_context (the network's row,
+        before the router's), if policyfabric can express it: the network on no other router, and
+        none of its subnets overlapping those of the router's other networks."""
+        p, net = context.current, context.network.current
+        plugin, ctx = context._plugin, context._plugin_context
+        router_id = p.get("device_id")
+        if not router_id:
+            return
+        try:
+            mapping.network_router(net["id"], [*_interface_ports(plugin, ctx, network_id=[net["id"]]), p])
+        except mapping.Refused as e:
+            raise refuse(e) from None
+        others = _router_networks(plugin, ctx, router_id) - {net["id"]}
+        if others:
+            theirs = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": sorted(others)})]
+            for mine in plugin.get_subnets(ctx, filters={"network_id": [net["id"]]}):
+                clash = mapping.overlaps(mine["cidr"], theirs)
+                if clash is not None:
+                    raise n_exc.InvalidInput(
+                        error_message=f"Cidr {mine['cidr']} of subnet {mine['id']} overlaps with cidr "
+                        f"{clash} of a subnet of another network on router {router_id}: policyfabric "
+                        "routes every subnet of a network on a router"
+                    )
+        db.record(ctx, "network", net["id"], net["project_id"])
+        db.record(ctx, "router", router_id, p["project_id"])
+
     def _port(self, context: Any) -> None:
         p, net = context.current, context.network.current
         ctx = context._plugin_context
         owner = p.get("device_owner", "")
-        if owner in mapping.ROUTER_INTERFACE_OWNERS or owner == n_const.DEVICE_OWNER_ROUTER_GW:
+        if owner in mapping.ROUTER_INTERFACE_OWNERS:
+            original = getattr(context, "original", None) or {}
+            if original.get("device_owner") not in (None, *mapping.ROUTER_INTERFACE_OWNERS):
+                db.record(ctx, "port", p["id"], net["project_id"])  # it was an endpoint: removed
+            self._router_interface(context)
+            return
+        if owner == n_const.DEVICE_OWNER_ROUTER_GW:
             if p.get("device_id"):
                 db.record(ctx, "router", p["device_id"], p["project_id"])
             return
@@ -117,9 +172,10 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
         ids = [f["subnet_id"] for f in p.get("fixed_ips") or []]
         subs = {s["id"]: s for s in context._plugin.get_subnets(ctx, filters={"id": ids})} if ids else {}
         try:
-            mapping.port(p, net, subs)
+            ep = mapping.port(p, net, subs)
         except mapping.Refused as e:
             raise refuse(e) from None
+        self.check_supported(ep)
         db.record(ctx, "port", p["id"], net["project_id"])
 
     def create_port_precommit(self, context: Any) -> None:
@@ -145,8 +201,11 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
         p = context.current
         owner = p.get("device_owner", "")
         if owner in mapping.ROUTER_INTERFACE_OWNERS or owner == n_const.DEVICE_OWNER_ROUTER_GW:
-            if p.get("device_id"):
+            if p.get("device_id"):  # the router first: it drops the interface before the network leaves
                 db.record(context._plugin_context, "router", p["device_id"], p["project_id"])
+            if owner in mapping.ROUTER_INTERFACE_OWNERS:
+                net = context.network.current
+                db.record(context._plugin_context, "network", net["id"], net["project_id"])
         elif mapping.is_endpoint(p, context.network.current):
             db.record(context._plugin_context, "port", p["id"], context.network.current["project_id"])
 
@@ -185,19 +244,33 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
         sg = payload.latest_state if event != events.PRECOMMIT_DELETE else payload.states[0]
         if event != events.PRECOMMIT_DELETE:
             try:
-                mapping.security_group(sg)
+                obj = mapping.security_group(sg)
             except mapping.Refused as e:
                 raise refuse(e) from None
+            self.check_supported(obj)
         db.record(payload.context, "security_group", payload.resource_id or sg["id"], sg.get("project_id"))
 
     def _security_group_rule(self, resource: str, event: str, trigger: Any, payload: Any) -> None:
         if event == events.PRECOMMIT_CREATE:
             rule = payload.latest_state
             try:
-                mapping.security_group_rule(rule)
+                mapped = mapping.security_group_rule(rule)
             except mapping.Refused as e:
                 raise refuse(e) from None
+            self.check_supported(mapping.Obj("security-groups", {"name": "rule", "rules": [mapped]}))
             sg_id = rule["security_group_id"]
         else:
             sg_id = payload.metadata["security_group_id"]
         db.record(payload.context, "security_group", sg_id, None)
+
+
+def _interface_ports(plugin: Any, ctx: Any, **filters: list[str]) -> list[dict[str, Any]]:
+    """Router interface ports matching ``filters`` (network_id or device_id)."""
+    return list(
+        plugin.get_ports(ctx, filters={**filters, "device_owner": list(mapping.ROUTER_INTERFACE_OWNERS)})
+    )
+
+
+def _router_networks(plugin: Any, ctx: Any, router_id: str) -> set[str]:
+    """The networks a router has interfaces on."""
+    return {p["network_id"] for p in _interface_ports(plugin, ctx, device_id=[router_id])}

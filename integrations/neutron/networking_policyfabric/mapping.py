@@ -10,9 +10,18 @@ Inputs are the dicts Neutron's API returns (``network``, ``subnet``, ``port``,
 
 Naming: a Neutron project is the tenant named by its project id (32 hex digits: a valid
 policyfabric name); every other object is named by its Neutron UUID, so names never collide and
-never change when a Neutron name does. Every project has one l3_context, ``L3_CONTEXT``: Neutron's
-subnets of one project therefore share one routing domain, and overlapping ones are refused
-(``overlaps``) rather than silently given to two VRFs.
+never change when a Neutron name does.
+
+Routing domains: Neutron lets subnets of different networks overlap unless a router joins them
+(it refuses two overlapping subnets on one router). policyfabric keeps addresses unique per
+l3_context, so the l3_context follows the routers: a router is an l3_context named by the
+router's id, a network on a router is in that router's l3_context, and a network on no router is
+an l3_context of its own, named by the network's id (``network_objects``). Overlapping subnets of
+networks on no router, or on different routers, are then as independent as Neutron has them. What
+Neutron allows and this cannot express is refused in precommit: a network on two routers (a
+bridge domain is in one l3_context), and a subnet that overlaps a subnet of another network on
+the same router (Neutron checks only the subnets the router has interfaces on; policyfabric
+routes every subnet of a routed network: ``overlaps``).
 
 ``Refused`` is raised for what Neutron allows and policyfabric cannot express; the driver turns
 it into Neutron's ``InvalidInput`` (HTTP 400) in precommit. docs/neutron.md lists each case.
@@ -26,7 +35,6 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-L3_CONTEXT = "default"
 # Groups the driver keeps in every tenant, for the port-security cases Neutron expresses without a
 # group: a port with port security off is filtered by nothing (one group allowing every ingress);
 # a port with port security on and no groups lets nothing in or out (one group whose only rule
@@ -96,11 +104,10 @@ def name(value: str, what: str) -> str:
 
 
 def tenant(project_id: str) -> list[Obj]:
-    """A project's tenant, its one l3_context and the driver's two port-security groups."""
+    """A project's tenant and the driver's two port-security groups."""
     t = name(project_id, "project")
     return [
         Obj("tenants", {"name": t}),
-        Obj("l3-contexts", {"name": L3_CONTEXT, "tenant": t}),
         Obj(
             "security-groups",
             {
@@ -120,22 +127,52 @@ def is_external(network: Mapping[str, Any]) -> bool:
     return bool(network.get("router:external"))
 
 
-def network(net: Mapping[str, Any]) -> Obj | None:
-    """A tenant network -> its bridge domain (MTU as Neutron computed it); an external network
-    becomes an external network only with its subnet (``subnet``), so None here."""
+def l3_context(project_id: str, owner_id: str, what: str) -> Obj:
+    """The l3_context named by a router's id, or by the id of a network on no router."""
+    return Obj("l3-contexts", {"name": name(owner_id, what), "tenant": name(project_id, "project")})
+
+
+def network_router(net_id: str, interface_ports: Iterable[Mapping[str, Any]]) -> str | None:
+    """The router a network is on (``interface_ports``: the network's router interface ports), or
+    None. A network on two routers is refused: its bridge domain is in one l3_context."""
+    routers = sorted({p["device_id"] for p in interface_ports if p.get("device_id")})
+    if len(routers) > 1:
+        raise Refused(
+            f"network {net_id} is on routers {', '.join(routers)}: policyfabric puts a network on one "
+            "router (its bridge domain is in that router's routing domain)"
+        )
+    return routers[0] if routers else None
+
+
+def network(net: Mapping[str, Any], router_id: str | None = None) -> Obj | None:
+    """A tenant network -> its bridge domain (MTU as Neutron computed it), in the l3_context of
+    its router, or its own when it is on none; an external network becomes an external network
+    only with its subnet (``subnet``), so None here."""
     if is_external(net):
         return None
     mtu = net.get("mtu")
     body: dict[str, Any] = {
         "name": name(net["id"], "network"),
         "tenant": name(net["project_id"], "project"),
-        "l3_context": L3_CONTEXT,
+        "l3_context": name(router_id, "router") if router_id else name(net["id"], "network"),
     }
     if mtu:
         if not MIN_MTU <= int(mtu) <= MAX_MTU:
             raise Refused(f"MTU {mtu} is outside what policyfabric carries ({MIN_MTU}-{MAX_MTU})")
         body["mtu"] = int(mtu)
     return Obj("bridge-domains", body)
+
+
+def network_objects(net: Mapping[str, Any], router_id: str | None) -> list[Obj]:
+    """A tenant network's objects in the order they are written: its own l3_context (kept while
+    it is on a router, so leaving the router needs no create), its router's, its bridge domain."""
+    bd = network(net, router_id)
+    if bd is None:
+        return []
+    found = [l3_context(net["project_id"], net["id"], "network")]
+    if router_id:
+        found.append(l3_context(net["project_id"], router_id, "router"))
+    return [*found, bd]
 
 
 def subnet(sub: Mapping[str, Any], net: Mapping[str, Any]) -> Obj:
@@ -179,7 +216,8 @@ def stand_in_gateway(cidr: str) -> str:
 
 
 def overlaps(cidr: str, others: Iterable[str]) -> str | None:
-    """The first of ``others`` that overlaps ``cidr`` (one project is one l3_context), or None."""
+    """The first of ``others`` that overlaps ``cidr`` (the subnets of the other networks on the
+    same router: one l3_context), or None."""
     mine = ipaddress.ip_network(cidr, strict=False)
     for other in others:
         theirs = ipaddress.ip_network(other, strict=False)
@@ -212,16 +250,11 @@ def port(
     ``subnets``: the port's subnets by id (their IPv6 modes). An address in a subnet where hosts
     make their own (SLAAC, dhcpv6-stateless) is Neutron's EUI-64 of the MAC, which the authority
     computes from the same MAC: it is sent as ``slaac``. The endpoint lives in the network's tenant
-    (references are per tenant)."""
+    whatever the port's project (an admin's port on a project's network): its bridge domain and
+    subnets are there. Its security groups are named as they are; when they are another project's,
+    the sender writes copies of them into the network's tenant (``foreign_groups``)."""
     if not is_endpoint(p, net):
         return None
-    if p.get("allowed_address_pairs"):
-        raise Refused("allowed_address_pairs are not supported by policyfabric")
-    if p.get("project_id") and net.get("project_id") and p["project_id"] != net["project_id"]:
-        raise Refused(
-            "a port whose project is not its network's (a shared network, or an admin's port) is not "
-            "supported by policyfabric: its security groups would be another tenant's"
-        )
     ips: list[str] = []
     first_subnet: str | None = None
     for fixed in p.get("fixed_ips") or []:
@@ -256,7 +289,51 @@ def port(
     host = hostname(p.get("binding:host_id"))
     if host is not None:
         body["host"] = host
+    pairs = [address_pair(pair, body["mac"]) for pair in p.get("allowed_address_pairs") or []]
+    if pairs:
+        body["allowed_address_pairs"] = pairs
     return Obj("endpoints", body)
+
+
+def address_pair(pair: Mapping[str, Any], own_mac: str) -> dict[str, str]:
+    """Neutron's allowed address pair (``ip_address``: an address or a prefix; ``mac_address``,
+    which Neutron fills with the port's own when none is given) -> ``{ip, mac}``; ``mac`` only
+    when it is not the port's own, which is what policyfabric assumes when it is left out."""
+    text = str(pair["ip_address"])
+    net = ipaddress.ip_network(text, strict=False)
+    out = {"ip": str(net.network_address) if net.prefixlen == net.max_prefixlen else str(net)}
+    mac = str(pair.get("mac_address") or "").lower()
+    if mac and mac != own_mac:
+        out["mac"] = mac
+    return out
+
+
+def foreign_groups(p: Mapping[str, Any], net: Mapping[str, Any]) -> list[str]:
+    """The groups of a port whose project is not its network's: they must also exist in the
+    network's tenant, where the endpoint is (references are per tenant). Empty otherwise."""
+    if not p.get("project_id") or p["project_id"] == net.get("project_id"):
+        return []
+    if p.get("port_security_enabled", True) is False:
+        return []
+    return list(p.get("security_groups") or [])
+
+
+def group_closure(first: Iterable[str], groups: Mapping[str, Mapping[str, Any]]) -> list[str]:
+    """``first`` and every group their rules name as remote group, transitively, in a stable
+    order (``groups``: Neutron's groups by id; one not there is left out)."""
+    found: list[str] = []
+    todo = list(first)
+    while todo:
+        gid = todo.pop(0)
+        if gid in found or gid not in groups:
+            continue
+        found.append(gid)
+        todo += [
+            r["remote_group_id"]
+            for r in groups[gid].get("security_group_rules") or []
+            if r.get("remote_group_id")
+        ]
+    return found
 
 
 def _protocol(rule: Mapping[str, Any]) -> str:
@@ -290,8 +367,16 @@ def security_group_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
             high = int(high if high is not None else 65535)
             if (low, high) != (1, 65535):
                 out["port"] = low if low == high else f"{low}-{high}"
+    elif proto in ("icmp", "icmpv6"):
+        # Neutron's ICMP rule: port_range_min is the type, port_range_max the code
+        if high is not None and low is None:
+            raise Refused(f"ICMP code {high} without a type")
+        if low is not None:
+            out["icmp_type"] = int(low)
+        if high is not None:
+            out["icmp_code"] = int(high)
     elif low is not None or high is not None:
-        raise Refused(f"ICMP type and code ({low}, {high}) are not supported by policyfabric")
+        raise Refused(f"a port range ({low}, {high}) needs protocol tcp or udp")
     if rule.get("remote_ip_prefix"):
         prefix = ipaddress.ip_network(rule["remote_ip_prefix"], strict=False)
         if prefix.prefixlen != 0:  # 0.0.0.0/0 and ::/0 match what no prefix matches
@@ -301,9 +386,10 @@ def security_group_rule(rule: Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def security_group(sg: Mapping[str, Any]) -> Obj:
-    """A group and its rules. Neutron's group with no egress rule lets nothing out, where
-    policyfabric's lets everything out: such a group gets the never-matching egress rule."""
+def security_group(sg: Mapping[str, Any], project_id: str | None = None) -> Obj:
+    """A group and its rules, in its project's tenant or (``project_id``: a copy for a port of
+    another project's network) that one. Neutron's group with no egress rule lets nothing out,
+    where policyfabric's lets everything out: such a group gets the never-matching egress rule."""
     rules = [security_group_rule(r) for r in sg.get("security_group_rules") or []]
     if sg.get("stateful", True) is False:
         raise Refused("stateless security groups are not supported by policyfabric")
@@ -317,10 +403,39 @@ def security_group(sg: Mapping[str, Any]) -> Obj:
         "security-groups",
         {
             "name": name(sg["id"], "security group"),
-            "tenant": name(sg["project_id"], "project"),
+            "tenant": name(project_id or sg["project_id"], "project"),
             "rules": unique,
         },
     )
+
+
+# The optional fields this mapping writes that an older authority's model may lack, by the name of
+# the authority's OpenAPI schema that would list them.
+NEWER_FIELDS = {
+    "Endpoint": ("allowed_address_pairs",),
+    "SecurityGroupRule": ("icmp_type", "icmp_code"),
+}
+
+
+def unsupported(obj: Obj, known: Mapping[str, Iterable[str]]) -> list[str]:
+    """The fields ``obj`` uses that the authority's model does not have (``known``: the
+    properties of its OpenAPI schemas by name; a schema it does not list is not judged). The
+    driver refuses those in precommit, with Neutron's error, rather than have the authority refuse
+    the journal's row after Neutron committed."""
+
+    def lacks(schema: str, field: str) -> bool:
+        return schema in known and field not in set(known[schema])
+
+    missing: list[str] = []
+    if obj.collection == "endpoints":
+        missing += [f for f in NEWER_FIELDS["Endpoint"] if f in obj.body and lacks("Endpoint", f)]
+    if obj.collection == "security-groups":
+        for rule in obj.body.get("rules", []):
+            missing += [
+                f for f in NEWER_FIELDS["SecurityGroupRule"]
+                if f in rule and lacks("SecurityGroupRule", f) and f not in missing
+            ]  # fmt: skip
+    return missing
 
 
 def router(
@@ -335,7 +450,7 @@ def router(
     body: dict[str, Any] = {
         "name": name(r["id"], "router"),
         "tenant": name(r["project_id"], "project"),
-        "l3_context": L3_CONTEXT,
+        "l3_context": name(r["id"], "router"),
         "interfaces": sorted({name(s, "subnet") for s in interface_subnets}),
     }
     info = r.get("external_gateway_info")
@@ -349,6 +464,19 @@ def router(
             gw["ip"] = gateway_ip
         body["external_gateway"] = gw
     return Obj("routers", body)
+
+
+def router_objects(
+    r: Mapping[str, Any],
+    interface_subnets: Sequence[str],
+    gateway_ip: str | None,
+    gateway_hosts: Sequence[str],
+) -> list[Obj]:
+    """A router's l3_context, then the router."""
+    return [
+        l3_context(r["project_id"], r["id"], "router"),
+        router(r, interface_subnets, gateway_ip, gateway_hosts),
+    ]
 
 
 def floating_ip(fip: Mapping[str, Any]) -> Obj:

@@ -24,11 +24,11 @@ LOG = logging.getLogger(__name__)
 # where each Neutron resource may live in policyfabric, for deletes (names are Neutron UUIDs,
 # unique across tenants, so a delete needs no tenant)
 DELETE_FROM = {
-    "network": ("bridge-domains", "external-networks"),
+    "network": ("bridge-domains", "external-networks", "l3-contexts"),
     "subnet": ("subnets",),
     "port": ("endpoints",),
     "security_group": ("security-groups",),
-    "router": ("routers",),
+    "router": ("routers", "l3-contexts"),
     "floatingip": ("floating-ips",),
 }
 
@@ -55,13 +55,48 @@ class Reader:
     def l3(self) -> Any:
         return directory.get_plugin(plugin_constants.L3)
 
+    def interface_ports(self, filters: dict[str, list[str]]) -> list[dict[str, Any]]:
+        """Router interface ports matching ``filters`` (network_id or device_id)."""
+        return list(
+            self.core.get_ports(
+                self.ctx, filters={**filters, "device_owner": list(mapping.ROUTER_INTERFACE_OWNERS)}
+            )
+        )
+
     def network_objects(self, net: dict[str, Any]) -> list[mapping.Obj]:
         if mapping.is_external(net):
             subs = self.core.get_subnets(self.ctx, filters={"network_id": [net["id"]]})
             subs = sorted(subs, key=lambda s: (s["ip_version"], s.get("created_at") or ""))
             return [mapping.subnet(subs[0], net)] if subs else []
-        bd = mapping.network(net)
-        return [bd] if bd else []
+        router_id = mapping.network_router(net["id"], self.interface_ports({"network_id": [net["id"]]}))
+        return mapping.network_objects(net, router_id)
+
+    def group_copies(self, group_ids: list[str], project_id: str) -> list[mapping.Obj]:
+        """Copies, in ``project_id``'s tenant, of groups of another project that a port there uses,
+        with the groups their rules name (``mapping.group_closure``)."""
+        groups: dict[str, Any] = {}
+        todo = list(group_ids)
+        while todo:  # read the closure's groups, one level of remote groups at a time
+            found = self.core.get_security_groups(self.ctx, filters={"id": todo})
+            groups.update({g["id"]: g for g in found})
+            todo = [
+                r["remote_group_id"]
+                for g in found
+                for r in g.get("security_group_rules") or []
+                if r.get("remote_group_id") and r["remote_group_id"] not in groups
+            ]
+        return [
+            mapping.security_group(groups[g], project_id) for g in mapping.group_closure(group_ids, groups)
+        ]
+
+    def copy_tenants(self, sg_id: str, home_project: str) -> list[str]:
+        """The tenants (projects of networks) other than the group's own where a port uses it."""
+        ports = self.core.get_ports(self.ctx, filters={"security_groups": [sg_id]})
+        net_ids = sorted({p["network_id"] for p in ports if p.get("project_id") != home_project})
+        if not net_ids:
+            return []
+        nets = self.core.get_networks(self.ctx, filters={"id": net_ids}, fields=["project_id"])
+        return sorted({n["project_id"] for n in nets if n["project_id"] != home_project})
 
     def desired(self, resource: str, object_id: str) -> list[mapping.Obj] | None:
         """What the authority should hold for this resource (None: Neutron no longer has it)."""
@@ -83,20 +118,24 @@ class Reader:
             ids = [f["subnet_id"] for f in p.get("fixed_ips") or []]
             subs = {s["id"]: s for s in core.get_subnets(ctx, filters={"id": ids})} if ids else {}
             ep = mapping.port(p, net, subs)
-            return [ep] if ep else None
+            if ep is None:
+                return None
+            foreign = mapping.foreign_groups(p, net)
+            return [*self.group_copies(foreign, net["project_id"]), ep] if foreign else [ep]
         if resource == "security_group":
             sg = _get(lambda: core.get_security_group(ctx, object_id))
-            return None if sg is None else [mapping.security_group(sg)]
+            if sg is None:
+                return None
+            copies = [mapping.security_group(sg, t) for t in self.copy_tenants(sg["id"], sg["project_id"])]
+            return [mapping.security_group(sg), *copies]
         if resource == "router":
             r = _get(lambda: self.l3.get_router(ctx, object_id))
             if r is None:
                 return None
-            ports = core.get_ports(
-                ctx, filters={"device_id": [object_id], "device_owner": list(mapping.ROUTER_INTERFACE_OWNERS)}
-            )
+            ports = self.interface_ports({"device_id": [object_id]})
             subnets = [f["subnet_id"] for p in ports for f in p.get("fixed_ips") or []]
             gw = r.get("gw_port_id") and _get(lambda: core.get_port(ctx, r["gw_port_id"]))
-            return [mapping.router(r, subnets, mapping.gateway_address(gw or None), self.gateway_hosts)]
+            return mapping.router_objects(r, subnets, mapping.gateway_address(gw or None), self.gateway_hosts)
         if resource == "floatingip":
             fip = _get(lambda: self.l3.get_floatingip(ctx, object_id))
             return None if fip is None else [mapping.floating_ip(fip)]
@@ -148,9 +187,13 @@ class Sender:
         if objs is None:
             last = Answer(404)
             for collection in DELETE_FROM[resource]:
-                a = self.authority.delete(collection, None, mapping.name(object_id, resource))
-                if journal.classify(a.status) != journal.SENT:
-                    return a
+                while True:  # a group may have copies in other tenants (one name, several tenants)
+                    a = self.authority.delete(collection, None, mapping.name(object_id, resource))
+                    if journal.classify(a.status) != journal.SENT:
+                        return a
+                    if a.status == 404 or collection != "security-groups":
+                        break
+                    last = a
                 last = a if a.status != 404 else last
             return last
         if not objs and resource == "network":  # an external network without a subnet
