@@ -299,6 +299,19 @@ class RuleLog:
     def stop(self) -> None:
         self.channel.stop()
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the switch has the meter (within ``timeout`` s): logging flows added before it
+        would stay unmetered (``renderers/ovs/rulelog.py``)."""
+        return self.channel.meter_ready.wait(timeout)
+
+    def repoint_if_created(self, installed: Mapping[Any, Any] | None) -> None:
+        """The meter was just created (a restarted switch): the logging flows among ``installed``
+        (what the agent put on the bridge, after a sync) are sent again so that they use it; the
+        flows a full sync left as they were (equal text) are among them. Unknown (None): later."""
+        if self.channel.created.is_set() and installed is not None:
+            self.channel.created.clear()
+            self.channel.repoint(list(installed.values()))
+
 
 class NftRuleLog:
     """The rule log of an nftables host: the netfilter log's group in the renderer's namespace
