@@ -22,7 +22,7 @@ import pytest
 from policyfabric.agent.renderers.ovs.logflows import LOG_METER
 from policyfabric.agent.rulelog import BURST, FILE, RATE
 from policyfabric.lab.lab import Lab
-from tests.lab_harness import SCENARIOS, lab_fixture, ns_run, serving, until
+from tests.lab_harness import SCENARIOS, AgentLog, lab_fixture, ns_run, serving, until
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.xdist_group("rulelog")]
 
@@ -190,7 +190,11 @@ def restart_vswitchd(lab: Lab) -> None:
 
 
 def test_after_a_vswitchd_restart_logging_flows_use_the_new_meter(lab: Lab) -> None:
+    agent_log = AgentLog(lab, "h1")
     restart_vswitchd(lab)
+    # the agent puts the flows back; the rule log, reconnected, creates the meter and, as the flows
+    # were there first (OVS bound them to no meter), sends them again
+    until(lambda: "logging flows sent again to use the new meter" in agent_log.since(), timeout=30)
     with serving(lab, ("web1", "tcp", 80)):
         until(lambda: connect(lab, "app1", "web1", 80, 0) == "connected", timeout=30)
         seen = meter_seen(lab)
