@@ -9,6 +9,8 @@ meter drops the excess copies (its band counts them), the agent writes at most b
 from __future__ import annotations
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import time
@@ -20,7 +22,7 @@ import pytest
 from policyfabric.agent.renderers.ovs.logflows import LOG_METER
 from policyfabric.agent.rulelog import BURST, FILE, RATE
 from policyfabric.lab.lab import Lab
-from tests.lab_harness import SCENARIOS, lab_fixture, ns_run, serving, until
+from tests.lab_harness import SCENARIOS, AgentLog, lab_fixture, ns_run, serving, until
 
 pytestmark = [pytest.mark.dataplane, pytest.mark.xdist_group("rulelog")]
 
@@ -118,8 +120,7 @@ def test_policyfabric_logs_shows_the_lines(lab: Lab) -> None:
     assert done.returncode == 0, done.stderr
     assert (
         "allowed tcp 10.7.0.20:41001 -> 10.7.0.10:80 (acme/app1 -> acme/web1) "
-        "by contract acme/http rule web-in"
-        in done.stdout
+        "by contract acme/http rule web-in" in done.stdout
     )
 
 
@@ -161,3 +162,42 @@ def test_a_flood_of_new_connections_stays_within_the_rate(lab: Lab) -> None:
     assert written <= BURST + RATE * elapsed  # the limit holds
     assert written >= min(BURST, n) // 2  # and logging went on under the flood
     assert dropped > 0  # the datapath's meter did the limiting, before the agent
+
+
+def meter_seen(lab: Lab) -> int:
+    """Copies the meter has seen (passed or dropped): what the logging flows sent through it."""
+    rundir = Path(lab.state.hosts["h1"].rundir)
+    done = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow15", "meter-stats", f"unix:{rundir}/br-int.mgmt", f"meter={LOG_METER}"],
+        capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    return int(done.stdout.split("packet_in_count:")[1].split()[0])
+
+
+def restart_vswitchd(lab: Lab) -> None:
+    """ovs-vswitchd killed and started again (its flows and meters die with it; ovsdb-server and
+    the agent stay): the agent puts the flows back, the rule log creates the meter again."""
+    rundir = Path(lab.state.hosts["h1"].rundir)
+    pid = int((rundir / "ovs-vswitchd.pid").read_text().strip())
+    os.kill(pid, signal.SIGKILL)
+    until(lambda: not Path(f"/proc/{pid}").exists(), timeout=10)
+    subprocess.run(
+        ["ip", "netns", "exec", lab.state.hosts["h1"].netns, "ovs-vswitchd", f"unix:{rundir}/db.sock",
+         f"--pidfile={rundir / 'ovs-vswitchd.pid'}", f"--unixctl={rundir / 'ovs-vswitchd.ctl'}",
+         f"--log-file={rundir / 'ovs-vswitchd.log'}", "--detach"],
+        check=True, env={**os.environ, "OVS_RUNDIR": str(rundir)},
+    )  # fmt: skip
+
+
+def test_after_a_vswitchd_restart_logging_flows_use_the_new_meter(lab: Lab) -> None:
+    agent_log = AgentLog(lab, "h1")
+    restart_vswitchd(lab)
+    # the agent puts the flows back; the rule log, reconnected, creates the meter and, as the flows
+    # were there first (OVS bound them to no meter), sends them again
+    until(lambda: "logging flows sent again to use the new meter" in agent_log.since(), timeout=30)
+    with serving(lab, ("web1", "tcp", 80)):
+        until(lambda: connect(lab, "app1", "web1", 80, 0) == "connected", timeout=30)
+        seen = meter_seen(lab)
+        assert connect(lab, "app1", "web1", 80, 41010) == "connected"
+        assert [v["by"] for v in settle_lines(lab, 41010)] == ["contract acme/http rule web-in"]
+    assert meter_seen(lab) > seen  # the copy went through the meter: the flow was pointed at it

@@ -265,3 +265,26 @@ def frame_packet() -> Packet:
     packet = parse_packet(frame())
     assert packet is not None
     return packet
+
+
+def test_the_flags_travel_from_the_intent_to_the_flows() -> None:
+    """tests/scenarios/rulelog.yaml through the authority's OpFlex tree and the agent's reader: the
+    logging rules' flows (and only theirs) carry the copy, with the id the namer will name."""
+    from tests.scenario_flows import ROOT, scenario_flows
+
+    [flows] = scenario_flows(ROOT / "tests" / "scenarios" / "rulelog.yaml").values()
+    userdata = sorted(
+        (d.kind, d.allowed)
+        for f in flows
+        for a in f.actions
+        if a.startswith("controller(") and (d := userdata_of(a)) is not None
+    )
+    # web-in (allowed), telnet (dropped) x IPv4 and IPv6 classifiers share one flow each; the ssh
+    # group's rule; its default deny on vm1's and vm2's ports; the quiet rule: nothing
+    assert userdata == [
+        (RULE, False),
+        (RULE, True),
+        (RULE, True),
+        (DEFAULT_DENY_IN, False),
+        (DEFAULT_DENY_IN, False),
+    ]

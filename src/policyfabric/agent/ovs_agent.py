@@ -199,7 +199,11 @@ class OvsAgent:
         if self.dhcp is not None:
             self.dhcp.start()
         if self.rulelog is not None:
+            self.rulelog.channel.on_created = self._wake_threadsafe
             self.rulelog.start()
+            # the meter before the first flows: OVS resolves a logging flow's meter when it is added
+            if not await asyncio.to_thread(self.rulelog.wait_ready, 3.0):
+                log.warning("agent %s: rule log: no meter on the bridge yet", self.config.host)
         client_task = asyncio.create_task(self.client.run())
         refresher = asyncio.create_task(self._refresh_announcements())
         log.info(
@@ -335,6 +339,8 @@ class OvsAgent:
         for rendering in self.renderers:
             c, a = await self._render(rendering, net)
             compile_s, apply_s = compile_s + c, apply_s + a
+        if self.rulelog is not None:  # a meter created under flows already there: they use it now
+            self.rulelog.repoint_if_created(self.applier.installed)
         t4 = time.perf_counter()
         if t4 - t0 > 0.1:
             log.info(

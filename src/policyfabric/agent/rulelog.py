@@ -27,7 +27,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from policyfabric.agent.renderers.nftables.nflog import Logged, NflogReader
+from policyfabric.agent.renderers.nftables.ruleset import NFLOG_GROUP
 from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, RULE, Decided, rule_id
+from policyfabric.agent.renderers.ovs.rulelog import LoggedPacket, RuleLogChannel
 from policyfabric.agent.view import Network
 
 log = logging.getLogger("policyfabric.rulelog")
@@ -282,13 +285,11 @@ class RuleLog:
     def __init__(
         self, mgmt: Path, host: str, state_dir: Path | None, rate: float = RATE, burst: int = BURST
     ) -> None:
-        from policyfabric.agent.renderers.ovs.rulelog import RuleLogChannel
-
         self.namer = Namer(host)
         self.sink = Sink(state_dir, rate, burst)
         self.channel = RuleLogChannel(mgmt, self._handle, int(rate), burst)
 
-    def _handle(self, logged: Any) -> None:
+    def _handle(self, logged: LoggedPacket) -> None:
         packet = parse_packet(logged.data)
         if packet is not None:
             self.sink(self.namer.verdict(logged.decided, packet))
@@ -299,6 +300,19 @@ class RuleLog:
     def stop(self) -> None:
         self.channel.stop()
 
+    def wait_ready(self, timeout: float) -> bool:
+        """Whether the switch has the meter (within ``timeout`` s): logging flows added before it
+        would stay unmetered (``renderers/ovs/rulelog.py``)."""
+        return self.channel.meter_ready.wait(timeout)
+
+    def repoint_if_created(self, installed: Mapping[Any, Any] | None) -> None:
+        """The meter was just created (a restarted switch): the logging flows among ``installed``
+        (what the agent put on the bridge, after a sync) are sent again so that they use it; the
+        flows a full sync left as they were (equal text) are among them. Unknown (None): later."""
+        if self.channel.created.is_set() and installed is not None:
+            self.channel.created.clear()
+            self.channel.repoint(list(installed.values()))
+
 
 class NftRuleLog:
     """The rule log of an nftables host: the netfilter log's group in the renderer's namespace
@@ -306,14 +320,11 @@ class NftRuleLog:
     logging rules' ``limit``, and by the sink's bucket)."""
 
     def __init__(self, netns: str | None, host: str, state_dir: Path | None) -> None:
-        from policyfabric.agent.renderers.nftables.nflog import NflogReader
-        from policyfabric.agent.renderers.nftables.ruleset import NFLOG_GROUP
-
         self.namer = Namer(host)
         self.sink = Sink(state_dir)
         self.reader = NflogReader(netns, NFLOG_GROUP, self._handle)
 
-    def _handle(self, logged: Any) -> None:
+    def _handle(self, logged: Logged) -> None:
         packet = parse_ip(logged.packet)
         if packet is not None:
             self.sink(self.namer.verdict(logged.decided, packet))

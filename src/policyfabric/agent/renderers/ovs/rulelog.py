@@ -9,8 +9,16 @@ in a thread, as the DHCP responder has. On connecting it:
   controller action's ``userdata``, which says what decided;
 - sets a non-zero miss_send_len (OFPT_SET_CONFIG): OVS sends a service connection asynchronous
   messages only once it has (``ofconn_receives_async_msg``);
-- (re)creates the meter ``LOG_METER`` (OFPT_METER_MOD: delete, then add: a restarted switch has
-  lost it, a running one may have it with another rate): packets a second, a drop band.
+- makes sure of the meter ``LOG_METER`` (OFPT_METER_MOD add; if it exists, modify: its rate
+  may have changed), then a barrier: ``meter_ready`` is set when the switch has it.
+
+OVS resolves a controller action's meter when the flow is added (``ofproto_fix_controller_action``):
+a logging flow added before its meter exists stays unmetered, and deleting the meter would leave
+flows pointing at nothing. So the meter is never deleted, the agent waits for ``meter_ready``
+before its first flows, and when the meter had to be created while logging flows may already be
+on the bridge (a restarted ovs-vswitchd, whose flows the agent put back first), ``created`` is
+set and the agent hands back the logging flows it installed (``repoint``): each is sent again as
+OFPFC_MODIFY_STRICT (same match and actions), which makes OVS resolve the meter.
 
 Each packet-in's userdata and packet go to ``handle`` (the agent names and logs them:
 ``agent/rulelog.py``). A lost connection is retried every second.
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from policyfabric.agent.renderers.ovs import ofwire as w
+from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.logflows import LOG_CONTROLLER_ID, LOG_METER, Decided, decode_userdata
 
 log = logging.getLogger(__name__)
@@ -38,7 +47,9 @@ OFPT_EXPERIMENTER, OFPT_METER_MOD = 4, 29
 NXT_SET_PACKET_IN_FORMAT, NXT_SET_CONTROLLER_ID, NXT_PACKET_IN2 = 16, 20, 30
 NXPIF_NXT_PACKET_IN2 = 2
 NXPINT_PACKET, NXPINT_USERDATA = 0, 7
-OFPMC_ADD, OFPMC_DELETE = 0, 2
+OFPMC_ADD, OFPMC_MODIFY, OFPMC_DELETE = 0, 1, 2
+OFPFC_MODIFY_STRICT = 2
+_COMMAND = 17  # the command's offset in a flow mod's body (after cookie, cookie mask, table)
 OFPMF_PKTPS, OFPMF_BURST, OFPMF_STATS = 2, 4, 8
 OFPMBT_DROP = 1
 
@@ -55,6 +66,19 @@ def meter_mod(xid: int, command: int, meter_id: int, rate: int = 0, burst: int =
     band = struct.pack("!HHII4x", OFPMBT_DROP, 16, rate, burst)
     flags = OFPMF_PKTPS | OFPMF_BURST | OFPMF_STATS
     return w.message(OFPT_METER_MOD, xid, struct.pack("!HHI", command, flags, meter_id) + band)
+
+
+def modify_strict(xid: int, flow: Flow) -> bytes:
+    """OFPFC_MODIFY_STRICT of ``flow`` (its table, priority and match) to its own actions: the add's
+    body with the command changed (a modify never adds a flow that is not there)."""
+    body = bytearray(w.add_body(flow))
+    body[_COMMAND] = OFPFC_MODIFY_STRICT
+    return w.message(w.OFPT_FLOW_MOD, xid, bytes(body))
+
+
+def logs(flow: Flow) -> bool:
+    """The flow sends the rule log copies (its meter must be resolved)."""
+    return any(a.startswith("controller(") and f"id={LOG_CONTROLLER_ID}," in a for a in flow.actions)
 
 
 @dataclass(frozen=True)
@@ -108,6 +132,12 @@ class RuleLogChannel:
         self.rate, self.burst = rate, burst
         self.counters = Counters()
         self.connected = threading.Event()
+        self.meter_ready = threading.Event()  # the switch has the meter (this connection made sure)
+        self.created = threading.Event()  # it had to be created: logging flows may need repointing
+        self.on_created: Callable[[], None] = lambda: None
+        self._repoint: list[Flow] = []
+        self._add_xid = self._barrier_xid = 0
+        self._fresh = False
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._xid = 0
@@ -140,23 +170,29 @@ class RuleLogChannel:
                 self._last_error = str(exc)
             finally:
                 self.connected.clear()
+                self.meter_ready.clear()
                 if self._sock is not None:
                     self._sock.close()
                     self._sock = None
             self._stop.wait(RETRY)
 
+    def repoint(self, flows: list[Flow]) -> None:
+        """Send ``flows`` (logging flows on the bridge) again so that OVS resolves their meter."""
+        self._repoint = [f for f in flows if logs(f)]
+
     def _setup(self) -> bytes:
         x = self._next_xid
-        return b"".join(
-            (
-                w.hello(x()),
-                nicira(x(), NXT_SET_CONTROLLER_ID, struct.pack("!6xH", LOG_CONTROLLER_ID)),
-                nicira(x(), NXT_SET_PACKET_IN_FORMAT, struct.pack("!I", NXPIF_NXT_PACKET_IN2)),
-                w.set_config(x()),
-                meter_mod(x(), OFPMC_DELETE, LOG_METER),
-                meter_mod(x(), OFPMC_ADD, LOG_METER, self.rate, self.burst),
-            )
+        head = (
+            w.hello(x()),
+            nicira(x(), NXT_SET_CONTROLLER_ID, struct.pack("!6xH", LOG_CONTROLLER_ID)),
+            nicira(x(), NXT_SET_PACKET_IN_FORMAT, struct.pack("!I", NXPIF_NXT_PACKET_IN2)),
+            w.set_config(x()),
         )
+        self._add_xid = x()
+        add = meter_mod(self._add_xid, OFPMC_ADD, LOG_METER, self.rate, self.burst)
+        self._barrier_xid = x()
+        self._fresh = True  # until the add is refused because the meter exists
+        return b"".join((*head, add, w.message(w.OFPT_BARRIER_REQUEST, self._barrier_xid)))
 
     def _serve(self) -> None:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -165,7 +201,11 @@ class RuleLogChannel:
         sock.sendall(self._setup())
         buf = bytearray()
         while not self._stop.is_set():
-            ready, _, _ = select.select([sock], [], [], 1.0)
+            ready, _, _ = select.select([sock], [], [], 0.2)
+            if self._repoint:
+                flows, self._repoint = self._repoint, []
+                sock.sendall(b"".join(modify_strict(self._next_xid(), f) for f in flows))
+                log.info("rule log: %d logging flows sent again to use the new meter", len(flows))
             if not ready:
                 continue
             data = sock.recv(65536)
@@ -181,6 +221,14 @@ class RuleLogChannel:
                     sock.sendall(w.message(w.OFPT_ECHO_REPLY, xid, body))
                 elif msg_type == OFPT_EXPERIMENTER:
                     self._packet_in(body)
+                elif msg_type == w.OFPT_ERROR and xid == self._add_xid:  # it exists: set its rate
+                    self._fresh = False
+                    sock.sendall(meter_mod(self._next_xid(), OFPMC_MODIFY, LOG_METER, self.rate, self.burst))
+                elif msg_type == w.OFPT_BARRIER_REPLY and xid == self._barrier_xid:
+                    self.meter_ready.set()
+                    if self._fresh:
+                        self.created.set()
+                        self.on_created()
                 elif msg_type == w.OFPT_ERROR:
                     log.warning("rule log: the switch refused a message: %s", w.decode_error(xid, body).name)
 
