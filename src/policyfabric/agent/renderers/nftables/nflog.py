@@ -152,16 +152,17 @@ class NflogReader:
         return sock
 
     def _run(self) -> None:
+        told = False  # a socket that cannot be made is said once, then retried quietly
         while not self._stop.is_set():
             try:
                 sock = self._socket()
-            except CommandFailed as exc:  # no such namespace: nothing to retry
-                log.warning("rule log: cannot read the netfilter log in %s: %s", self.netns, exc)
-                return
-            except OSError as exc:
-                log.warning("rule log: netfilter log group %d: %s; retrying", self.group, exc)
+            except (OSError, CommandFailed) as exc:  # e.g. the namespace is not there (yet)
+                if not told:
+                    log.warning("rule log: netfilter log group %d: %s; retrying", self.group, exc)
+                    told = True
                 self._stop.wait(RETRY)
                 continue
+            told = False
             self._sock = sock
             try:
                 self._read(sock)
