@@ -95,6 +95,68 @@ def test_imports_point_down() -> None:
     assert found == []
 
 
+RENDERERS = "policyfabric.agent.renderers"
+# the agent modules a renderer may use besides the renderers package: what it renders and its values
+RENDERERS_MAY_USE = frozenset({"policyfabric.agent.view", "policyfabric.agent.values"})
+
+
+def renderer_violations(path: Path, module: str) -> list[str]:
+    """Imports of a renderer module that reach a sibling renderer package (``renderers/ovs`` and
+    ``renderers/nftables`` share only what lies beside them, such as ``renderers/logcodes.py``)
+    or an agent module above the renderers (``agent/rulelog.py``, the agent loop): the agent
+    drives the renderers and hands them what they need, never the other way."""
+    if not module.startswith(RENDERERS + "."):
+        return []
+    packages = {p.name for p in (PACKAGE / "agent" / "renderers").iterdir() if (p / "__init__.py").exists()}
+    own = module[len(RENDERERS) + 1 :].split(".")[0]  # the renderer package (ovs, nftables), if in one
+    found = []
+    for line, target in imports(path, module):
+        if target.startswith(RENDERERS + "."):
+            sibling = target[len(RENDERERS) + 1 :].split(".")[0]
+            if own in packages and sibling in packages and sibling != own:
+                found.append(f"{path.name}:{line}: {module} imports the sibling renderer {target}")
+        elif (
+            target.startswith("policyfabric.agent")
+            and target != RENDERERS
+            and target not in RENDERERS_MAY_USE
+        ):
+            found.append(f"{path.name}:{line}: {module} imports {target}, above the renderers")
+    return found
+
+
+def test_renderers_import_neither_each_other_nor_the_agent_above_them() -> None:
+    found = [v for path in source_files() for v in renderer_violations(path, module_name(path))]
+    assert found == []
+
+
+@pytest.mark.parametrize(
+    ("module", "line", "ok"),
+    [
+        ("policyfabric.agent.renderers.nftables.probe", "from ..ovs.logflows import RULE", False),
+        (
+            "policyfabric.agent.renderers.ovs.probe",
+            "from policyfabric.agent.renderers.nftables import x",
+            False,
+        ),
+        (
+            "policyfabric.agent.renderers.nftables.probe",
+            "def f():\n    from policyfabric.agent.rulelog import A",
+            False,
+        ),
+        ("policyfabric.agent.renderers.api", "from policyfabric.agent.ovs_agent import OvsAgent", False),
+        ("policyfabric.agent.renderers.nftables.probe", "from ..logcodes import RULE", True),
+        ("policyfabric.agent.renderers.nftables.probe", "from .ruleset import Ruleset", True),
+        ("policyfabric.agent.renderers.ovs.probe", "from policyfabric.agent.view import Network", True),
+    ],
+)
+def test_the_renderer_checker_sees_siblings_and_the_agent(
+    tmp_path: Path, module: str, line: str, ok: bool
+) -> None:
+    probe = tmp_path / "probe.py"
+    probe.write_text(f"import os\n{line}\n")
+    assert (renderer_violations(probe, module) == []) is ok
+
+
 @pytest.mark.parametrize(
     ("layer", "forbidden"),
     [("agent", "lab"), ("agent", "cli"), ("agent", "authority"), ("authority", "lab"), ("authority", "cli")],

@@ -10,9 +10,11 @@ import struct
 from dataclasses import replace
 from pathlib import Path
 
+from policyfabric.agent.renderers.logcodes import parse_prefix, prefix
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.logflows import (
     DEFAULT_DENY_IN,
+    DEFAULT_DENY_OUT,
     LOG_CONTROLLER_ID,
     LOG_METER,
     RULE,
@@ -216,7 +218,7 @@ def test_nflog_messages_parse_to_verdicts() -> None:
     packets, errors = nflog.parse_messages(msg + msg)
     assert errors == [] and [p.decided for p in packets] == [Decided(DEFAULT_DENY_IN, False, 0)] * 2
     assert packets[0].packet == ip
-    assert nflog.parse_prefix(b"other:1:1:1") is None and nflog.parse_prefix(b"pf:1:2:1") is None
+    assert parse_prefix(b"other:1:1:1") is None and parse_prefix(b"pf:1:2:1") is None
     namer = Namer("h1")
     net, _, _ = sg_net()
     namer.update(net)
@@ -288,3 +290,116 @@ def test_the_flags_travel_from_the_intent_to_the_flows() -> None:
         (DEFAULT_DENY_IN, False),
         (DEFAULT_DENY_IN, False),
     ]
+
+
+def test_a_prefix_of_an_unknown_kind_is_not_ours() -> None:
+    """Only the kinds the renderers write are read back: kind 9 is neither a rule nor a default
+    deny, and must not be named as one."""
+    assert parse_prefix(prefix(DEFAULT_DENY_IN, False, 0).encode()) == Decided(DEFAULT_DENY_IN, False, 0)
+    assert parse_prefix(b"pf:9:0:0") is None and parse_prefix(b"pf:0:1:5") is None
+
+
+class _Scripted:
+    """A socket whose reads are given: each item is data, or an OSError raised."""
+
+    def __init__(self, reader: object, *reads: bytes | OSError) -> None:
+        self.reader, self.reads = reader, list(reads)
+
+    def recv(self, size: int) -> bytes:
+        if not self.reads:
+            self.reader._stop.set()  # type: ignore[attr-defined]
+            raise TimeoutError
+        item = self.reads.pop(0)
+        if isinstance(item, OSError):
+            raise item
+        return item
+
+
+def nflog_message(prefix_text: bytes, payload: bytes) -> bytes:
+    from policyfabric.agent.renderers.nftables import nflog
+
+    def attr(kind: int, value: bytes) -> bytes:
+        raw = struct.pack("=HH", 4 + len(value), kind) + value
+        return raw + bytes(-len(raw) % 4)
+
+    body = (
+        struct.pack("!BBH", 2, 0, 20556)
+        + attr(nflog.NFULA_PREFIX, prefix_text)
+        + attr(nflog.NFULA_PAYLOAD, payload)
+    )
+    return struct.pack("=IHHII", 16 + len(body), nflog.NFNL_SUBSYS_ULOG << 8, 0, 0, 0) + body
+
+
+def test_the_nflog_reader_goes_on_after_a_buffer_overrun() -> None:
+    """ENOBUFS (the socket's buffer overran: messages lost) is counted, and the next message is
+    still read; another error ends this socket (the reader then makes a new one)."""
+    import errno
+
+    import pytest
+
+    from policyfabric.agent.renderers.nftables.nflog import NflogReader
+
+    got: list[tuple[Decided, bytes]] = []
+    reader = NflogReader(None, lambda d, p: got.append((d, p)))
+    ip = frame()[14:]
+    reader._read(_Scripted(reader, OSError(errno.ENOBUFS, "full"), nflog_message(b"pf:2:0:0\0", ip)))  # type: ignore[arg-type]
+    assert reader.lost == 1 and got == [(Decided(DEFAULT_DENY_IN, False, 0), ip)]
+    reader._stop.clear()
+    with pytest.raises(OSError):
+        reader._read(_Scripted(reader, OSError(errno.EBADF, "gone")))  # type: ignore[arg-type]
+
+
+def test_an_nftables_renderer_writes_through_the_agents_one_rule_log(tmp_path: Path) -> None:
+    """The agent's rule log is the only writer of its file: the nftables renderer is handed its
+    ``write_ip`` and keeps no sink of its own, so the Open vSwitch copies and the netfilter log's
+    count toward one rotation."""
+    from policyfabric.agent.renderers.api import RendererContext
+    from policyfabric.agent.renderers.nftables.renderer import NftablesRenderer
+    from policyfabric.agent.rulelog import RuleLog
+
+    rulelog = RuleLog(None, "h1", tmp_path)
+    rulelog.sink = Sink(tmp_path, max_lines=2)
+    net, _, _ = sg_net()
+    rulelog.namer.update(net)
+    renderer = NftablesRenderer(RendererContext("h1", tmp_path, rule_log=rulelog.write_ip))
+    assert not any(isinstance(v, Sink) for v in vars(renderer).values())
+    assert renderer.nflog is not None
+    for _ in range(3):
+        renderer.nflog.sink(Decided(DEFAULT_DENY_IN, False, 0), frame()[14:])
+    assert rulelog.sink.written == 3
+    assert len(read_lines([tmp_path / "rulelog.jsonl"])) == 3  # two rotated, one new
+    assert len((tmp_path / "rulelog.jsonl").read_text().splitlines()) == 1
+
+
+def test_both_renderers_log_a_default_deny_in_the_directions_the_groups_log() -> None:
+    """A group logging only an egress rule logs its ports' egress default deny, not the ingress
+    one, on Open vSwitch as in the nftables ruleset."""
+    from policyfabric.agent.renderers.nftables.ruleset import sg_rules
+    from policyfabric.agent.renderers.ovs import secgroups
+
+    out = security_group(SG_URI, replace(sg_rule(f"{SG_URI}#0", "out", protocol=TCP, ports=22), log=True))
+    sgs = [(out, ())]
+    assert secgroups.logs(sgs, "out") and not secgroups.logs(sgs, "in")
+    ingress_deny = secgroups.port_flow(11, log=secgroups.logs(sgs))
+    assert ingress_deny.actions == ("drop",)
+    [egress_deny] = [f for f in secgroups.port_flows(11, sgs) if f.priority == 10]
+    assert userdata_of(egress_deny.actions[0]) == Decided(DEFAULT_DENY_OUT, False, 11)
+    assert not any("pf:2:" in line for line in sg_rules(True, [], inbound=True).rules)
+    assert any("pf:3:0:0" in line for line in sg_rules(True, out.rules, inbound=False).rules)
+
+
+def test_policyfabric_logs_prints_ipv6_addresses_as_written(tmp_path: Path) -> None:
+    """``[fe80::1]:40000`` is text, not console markup: the brackets and addresses stay."""
+    import subprocess
+    import sys
+
+    sink = Sink(tmp_path)
+    packet = Packet("tcp", "fe80::1", "fd00::2", 40000, 80)
+    sink(Namer("h1").verdict(Decided(RULE, True, 7), packet))
+    shown = subprocess.run(
+        [sys.executable, "-m", "policyfabric", "logs", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert "allowed tcp [fe80::1]:40000 -> [fd00::2]:80 (? -> ?)" in shown.stdout, shown.stdout + shown.stderr

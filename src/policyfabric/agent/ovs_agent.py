@@ -116,17 +116,17 @@ class OvsAgent:
             config.host, config.peers, state_dir=config.state_dir, tls=config.tls, domain=config.domain
         )
         self.ovsdb: Ovsdb | None = None
-        context = api.RendererContext(config.host, config.state_dir)
+        target = config.ofctl_target or mgmt_target(config.ovsdb, config.bridge)
+        mgmt = mgmt_socket(target)  # DHCP answered on its own connection (None: not a local socket)
+        self.rulelog = RuleLog(mgmt, config.host, config.state_dir)  # one per agent: one file writer
+        context = api.RendererContext(config.host, config.state_dir, rule_log=self.rulelog.write_ip)
         self.plugins = [
             (name, api.load(name, dataclasses.replace(context, options=options)))
             for name, options in config.renderers
         ]
         self.policy_elsewhere = any(r.TAKES_OVER_POLICY for _, r in self.plugins)
-        target = config.ofctl_target or mgmt_target(config.ovsdb, config.bridge)
         self.applier = FlowApplier(target)
-        mgmt = mgmt_socket(target)  # DHCP answered on its own connection (None: not a local socket)
         self.dhcp = Responder(mgmt) if mgmt is not None else None
-        self.rulelog = RuleLog(mgmt, config.host, config.state_dir) if mgmt is not None else None
         self.ovs = OvsRenderer(context, self.applier, enforce_policy=not self.policy_elsewhere)
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
         self._ovs_rendering = self.renderers[0]
@@ -199,7 +199,7 @@ class OvsAgent:
         if self.dhcp is not None:
             self.dhcp.start()
         if self.rulelog is not None:
-            self.rulelog.channel.on_created = self._wake_threadsafe
+            self.rulelog.on_meter_created(self._wake_threadsafe)
             self.rulelog.start()
             # the meter before the first flows: OVS resolves a logging flow's meter when it is added
             if not await asyncio.to_thread(self.rulelog.wait_ready, 3.0):

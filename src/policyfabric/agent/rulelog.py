@@ -22,14 +22,12 @@ import struct
 import threading
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from policyfabric.agent.renderers.nftables.nflog import Logged, NflogReader
-from policyfabric.agent.renderers.nftables.ruleset import NFLOG_GROUP
-from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, RULE, Decided, rule_id
+from policyfabric.agent.renderers.logcodes import DEFAULT_DENY_IN, RULE, Decided, rule_id
 from policyfabric.agent.renderers.ovs.rulelog import LoggedPacket, RuleLogChannel
 from policyfabric.agent.view import Network
 
@@ -278,59 +276,55 @@ def read_lines(paths: Iterable[Path]) -> list[dict[str, Any]]:
 
 
 class RuleLog:
-    """The agent's rule log: the OpenFlow connection the copies arrive on, the namer, the sink.
-    The datapath meter and the sink's bucket have the same rate: the meter keeps a flood off the
-    agent, the bucket keeps the log within it whatever the datapath does."""
+    """The agent's rule log, one per agent: the namer and the one sink (so one writer of
+    ``rulelog.jsonl``: one lock, one rotation count) fed by whichever renderers log. The Open
+    vSwitch copies arrive on the rule log's OpenFlow connection (``channel``, when the bridge's
+    management socket is local); an nftables renderer is handed ``write_ip`` (its
+    ``RendererContext.rule_log``) and reads its netfilter log itself. The datapath meter and the
+    sink's bucket have the same rate: the meter keeps a flood off the agent, the bucket keeps the
+    log within it whatever the datapath does."""
 
     def __init__(
-        self, mgmt: Path, host: str, state_dir: Path | None, rate: float = RATE, burst: int = BURST
+        self, mgmt: Path | None, host: str, state_dir: Path | None, rate: float = RATE, burst: int = BURST
     ) -> None:
         self.namer = Namer(host)
         self.sink = Sink(state_dir, rate, burst)
-        self.channel = RuleLogChannel(mgmt, self._handle, int(rate), burst)
+        self.channel = RuleLogChannel(mgmt, self._handle, int(rate), burst) if mgmt is not None else None
 
     def _handle(self, logged: LoggedPacket) -> None:
         packet = parse_packet(logged.data)
         if packet is not None:
             self.sink(self.namer.verdict(logged.decided, packet))
 
+    def write_ip(self, decided: Decided, data: bytes) -> None:
+        """Log a verdict on an IP packet (no Ethernet header): the netfilter log's."""
+        packet = parse_ip(data)
+        if packet is not None:
+            self.sink(self.namer.verdict(decided, packet))
+
+    def on_meter_created(self, wake: Callable[[], None]) -> None:
+        """Call ``wake`` when the switch's meter is created (the logging flows must be repointed)."""
+        if self.channel is not None:
+            self.channel.on_created = wake
+
     def start(self) -> None:
-        self.channel.start()
+        if self.channel is not None:
+            self.channel.start()
 
     def stop(self) -> None:
-        self.channel.stop()
+        if self.channel is not None:
+            self.channel.stop()
 
     def wait_ready(self, timeout: float) -> bool:
         """Whether the switch has the meter (within ``timeout`` s): logging flows added before it
-        would stay unmetered (``renderers/ovs/rulelog.py``)."""
-        return self.channel.meter_ready.wait(timeout)
+        would stay unmetered (``renderers/ovs/rulelog.py``). No channel: nothing to wait for."""
+        return self.channel is None or self.channel.meter_ready.wait(timeout)
 
     def repoint_if_created(self, installed: Mapping[Any, Any] | None) -> None:
         """The meter was just created (a restarted switch): the logging flows among ``installed``
         (what the agent put on the bridge, after a sync) are sent again so that they use it; the
         flows a full sync left as they were (equal text) are among them. Unknown (None): later."""
-        if self.channel.created.is_set() and installed is not None:
-            self.channel.created.clear()
-            self.channel.repoint(list(installed.values()))
-
-
-class NftRuleLog:
-    """The rule log of an nftables host: the netfilter log's group in the renderer's namespace
-    (``renderers/nftables/nflog.py``), the namer, the sink (rate-limited in the kernel by the
-    logging rules' ``limit``, and by the sink's bucket)."""
-
-    def __init__(self, netns: str | None, host: str, state_dir: Path | None) -> None:
-        self.namer = Namer(host)
-        self.sink = Sink(state_dir)
-        self.reader = NflogReader(netns, NFLOG_GROUP, self._handle)
-
-    def _handle(self, logged: Logged) -> None:
-        packet = parse_ip(logged.packet)
-        if packet is not None:
-            self.sink(self.namer.verdict(logged.decided, packet))
-
-    def start(self) -> None:
-        self.reader.start()
-
-    def stop(self) -> None:
-        self.reader.stop()
+        channel = self.channel
+        if channel is not None and channel.created.is_set() and installed is not None:
+            channel.created.clear()
+            channel.repoint(list(installed.values()))

@@ -37,6 +37,11 @@ def _text(item: dict[str, Any]) -> str:
         return json.dumps(item)
 
 
+def _show(item: dict[str, Any], as_json: bool) -> None:
+    """Print one line as it is: markup off, since ``[fe80::1]:40000`` would read as a rich tag."""
+    out.print(json.dumps(item) if as_json else _text(item), markup=False, highlight=False, soft_wrap=True)
+
+
 def _selected(items: list[dict[str, Any]], verdict: str | None, endpoint: str | None) -> list[dict[str, Any]]:
     return [
         v
@@ -71,11 +76,11 @@ def logs(
     shown = 0
     items = _selected(read_lines(files), verdict, endpoint)
     for item in items[-tail:] if tail else items:
-        out.print(json.dumps(item) if as_json else _text(item), highlight=False, soft_wrap=True)
+        _show(item, as_json)
     shown = len(items)
     while follow:
         time.sleep(0.5)
         items = _selected(read_lines(files), verdict, endpoint)
         for item in items[shown:]:
-            out.print(json.dumps(item) if as_json else _text(item), highlight=False, soft_wrap=True)
+            _show(item, as_json)
         shown = len(items)

@@ -33,6 +33,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import ClassVar, Generic, TypeVar
 
+from policyfabric.agent.renderers.logcodes import LogSink
 from policyfabric.agent.view import Network
 
 GROUP = "policyfabric.renderers"
@@ -46,6 +47,7 @@ class RendererContext:
     host: str
     state_dir: Path | None = None
     options: Mapping[str, str] = field(default_factory=dict)  # --renderer NAME:KEY=VALUE,...
+    rule_log: LogSink | None = None  # where logged verdicts go (the agent's rule log), if anywhere
 
 
 @dataclass(frozen=True)

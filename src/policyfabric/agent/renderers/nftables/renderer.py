@@ -28,8 +28,8 @@ from policyfabric.agent.renderers.nftables.compiler import RulesetCompiler
 from policyfabric.agent.renderers.nftables.delta import changes
 from policyfabric.agent.renderers.nftables.kernel import Nft
 from policyfabric.agent.renderers.nftables.monitor import NftMonitor
+from policyfabric.agent.renderers.nftables.nflog import NflogReader
 from policyfabric.agent.renderers.nftables.ruleset import Ruleset
-from policyfabric.agent.rulelog import NftRuleLog
 from policyfabric.agent.view import Network
 from policyfabric.sh import run
 
@@ -51,7 +51,8 @@ class NftablesRenderer(Renderer[Ruleset]):
         self._drifted = DriftLatch()  # someone else changed the table: rewrite it whole
         self._compiler = RulesetCompiler()
         self.nft = Nft(self.netns)  # libnftables in process (kernel.py), else nft -f processes
-        self.rulelog = NftRuleLog(self.netns, context.host, context.state_dir)  # started by ``watch``
+        # the logging rules' packets, to the agent's rule log (started by ``watch``)
+        self.nflog = NflogReader(self.netns, context.rule_log) if context.rule_log is not None else None
 
     def watch(self, drifted: Callable[[str], None]) -> bool:
         """``nft monitor`` in the namespace: a change to the table by any other process is drift."""
@@ -59,17 +60,18 @@ class NftablesRenderer(Renderer[Ruleset]):
         if self.monitor is None:
             self.monitor = NftMonitor(self.netns, self._drifted.wrap(drifted))
             self.monitor.start()
-            self.rulelog.start()
+            if self.nflog is not None:
+                self.nflog.start()
         return True
 
     def unwatch(self) -> None:
         if self.monitor is not None:
             self.monitor.stop()
             self.monitor = None
-            self.rulelog.stop()
+            if self.nflog is not None:
+                self.nflog.stop()
 
     def compile(self, net: Network) -> Ruleset:
-        self.rulelog.namer.update(net)  # the names the rule log gives what decided
         return self._compiler(net)
 
     def apply(self, desired: Ruleset) -> Applied:

@@ -36,9 +36,9 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from policyfabric.agent.renderers.logcodes import DEFAULT_DENY_IN, DEFAULT_DENY_OUT, RULE, rule_id
 from policyfabric.agent.renderers.nftables.addresses import destinations, sources
 from policyfabric.agent.renderers.nftables.icmp import icmp_match
-from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, DEFAULT_DENY_OUT, RULE, rule_id
 from policyfabric.agent.values import printable
 from policyfabric.agent.view import Contract, Endpoint, Group, IpAddress, Network, Rule, SgRule, opens
 

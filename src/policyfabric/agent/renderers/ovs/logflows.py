@@ -12,8 +12,9 @@ that judges it. Three choices make it cheap and safe:
 - ``meter_id``: an OpenFlow meter rate-limits the copies in the datapath (the packet itself goes on
   unmetered: the meter is the controller action's, not the flow's), so a flood of new connections
   cannot flood the agent; the agent creates the meter (``rulelog.py``);
-- ``userdata``: what decided, in 6 bytes (kind, verdict, a 32-bit id): the rule's stable hash
-  (``rule_id``) or, for a default deny, the port; the agent names it from its view of the intent.
+- ``userdata``: what decided, in 6 bytes (kind, verdict, a 32-bit id; ``renderers/logcodes.py``):
+  the rule's stable hash (``rule_id``) or, for a default deny, the port; the agent names it from
+  its view of the intent.
 
 The text is what ``ovs-ofctl dump-flows`` writes back (reason=action is the default and omitted),
 so a full sync compares it as installed.
@@ -21,49 +22,36 @@ so a full sync compares it as installed.
 
 from __future__ import annotations
 
-import struct
-from dataclasses import dataclass
+from policyfabric.agent.renderers.logcodes import (
+    DEFAULT_DENY_IN,
+    DEFAULT_DENY_OUT,
+    RULE,
+    Decided,
+    decode_userdata,
+    encode_userdata,
+    rule_id,
+)
 
-from policyfabric.agent.renderers.ovs.conjunctions import conj_id
+__all__ = [
+    "DEFAULT_DENY_IN",
+    "DEFAULT_DENY_OUT",
+    "LOG_CONTROLLER_ID",
+    "LOG_METER",
+    "MAX_LEN",
+    "RULE",
+    "Decided",
+    "decode_userdata",
+    "log_action",
+    "rule_id",
+]
 
 LOG_CONTROLLER_ID = 0x504C  # "PL": the rule log's OpenFlow connection sets this controller id
 LOG_METER = 0x504C  # the meter every logging flow's copies pass
 MAX_LEN = 128  # bytes of the packet copied: Ethernet, a VLAN tag, IPv6 and TCP headers fit
 
-RULE = 1  # a contract or security group rule decided (the id is ``rule_id``)
-DEFAULT_DENY_IN = 2  # a port's security groups' default deny, ingress (the id is the port)
-DEFAULT_DENY_OUT = 3  # the same, egress
-
-_USERDATA = struct.Struct("!BBI")  # kind, allowed, id
-
-
-@dataclass(frozen=True)
-class Decided:
-    """What a logged packet-in's userdata says."""
-
-    kind: int
-    allowed: bool
-    ident: int
-
-
-def rule_id(*parts: str) -> int:
-    """A rule's 32-bit log id: a stable hash of what names it (a contract's URI and rule key, a
-    security group rule's key), computed the same way by the compiler and the agent's namer."""
-    return conj_id("log", *parts)
-
 
 def log_action(kind: int, allowed: bool, ident: int) -> str:
     """The action that logs a verdict (put before the verdict's own actions; alone for a drop)."""
-    data = _USERDATA.pack(kind, int(allowed), ident)
+    data = encode_userdata(kind, allowed, ident)
     userdata = ".".join(f"{b:02x}" for b in data)
     return f"controller(max_len={MAX_LEN},id={LOG_CONTROLLER_ID},userdata={userdata},meter_id={LOG_METER})"
-
-
-def decode_userdata(data: bytes) -> Decided | None:
-    """The verdict a packet-in's userdata names; None for userdata that is not ours."""
-    if len(data) != _USERDATA.size:
-        return None
-    kind, allowed, ident = _USERDATA.unpack(data)
-    if kind not in (RULE, DEFAULT_DENY_IN, DEFAULT_DENY_OUT) or allowed > 1:
-        return None
-    return Decided(kind, bool(allowed), ident)

@@ -58,9 +58,11 @@ def port_flow(port: int, cookie: int = AGENT_COOKIE, log: bool = False) -> Flow:
     return flow(SG_INGRESS, 10, {"reg4": port}, *_deny(DEFAULT_DENY_IN, port, log), cookie=cookie)
 
 
-def logs(sgs: Sequence[tuple[SecurityGroup, Families]]) -> bool:
-    """Whether a port of these security groups logs its default deny: one of them logs its rules."""
-    return any(r.log for sg, _ in sgs for r in sg.rules)
+def logs(sgs: Sequence[tuple[SecurityGroup, Families]], direction: str = "in") -> bool:
+    """Whether a port of these security groups logs its default deny in ``direction`` (in:
+    ingress, out: egress): one of them logs a rule of that direction, as the nftables ruleset
+    decides it (``nftables/ruleset.sg_rules``), so both renderers log the same drops."""
+    return any(r.log and r.direction == direction for sg, _ in sgs for r in sg.rules)
 
 
 def _deny(kind: int, port: int, log: bool) -> tuple[str, ...]:
@@ -160,7 +162,7 @@ def port_flows(
     (egress by in_port on the sender's host, table 62; ingress by output port on the receiver's,
     table 63). The endpoint's section has them, so a port joining costs its own flows."""
     egress_drop, clauses = port_template(tuple(sgs))
-    deny = _deny(DEFAULT_DENY_OUT, port, logs(sgs))
+    deny = _deny(DEFAULT_DENY_OUT, port, logs(sgs, "out"))
     flows = [flow(SG_EGRESS, 10, {"in_port": port}, *deny, cookie=cookie)] if egress_drop else []
     value = str(port)
     return flows + [Flow(table, 100, ((field, value),), actions, cookie) for table, field, actions in clauses]
