@@ -32,11 +32,11 @@ import functools
 import logging
 import ssl
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from policyfabric.agent import trace_rpc
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
@@ -109,6 +109,25 @@ def mgmt_target(ovsdb: str, bridge: str) -> str:
     return bridge
 
 
+
+def _lazy_trace(
+    config: AgentConfig, seen: Callable[[], Network | None], plugins: list[tuple[str, Any]]
+) -> Callable[[list[Any]], Awaitable[Any]]:
+    """``pf_trace``'s handler, its module imported at the first trace: the explainer's catalog
+    needs the intent model (pydantic), about 6 MB of resident memory an agent that is never asked
+    to explain would carry for months."""
+    service: Any = None
+
+    async def trace(params: list[Any]) -> Any:
+        nonlocal service
+        if service is None:
+            from policyfabric.agent import trace_rpc
+
+            service = trace_rpc.for_agent(config, seen, plugins)
+        return await service(params)
+
+    return trace
+
 class OvsAgent:
     def __init__(self, config: AgentConfig) -> None:
         self.config = config
@@ -150,7 +169,7 @@ class OvsAgent:
         self._flow_count: FlowCount | None = None  # made by the first scrape
         self.network_seen: Network | None = None  # the view last rendered: pf_trace names flows by it
         seen = lambda: self.network_seen  # noqa: E731
-        self.client.on_trace = trace_rpc.for_agent(config, seen, self.plugins)
+        self.client.on_trace = _lazy_trace(config, seen, self.plugins)
 
     # ---- wiring
     def wake(self, *_: Any) -> None:
