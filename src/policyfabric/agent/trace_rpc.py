@@ -297,7 +297,8 @@ class TraceService:
             leaving = leaving_packet(parsed.final, parsed.protocol)
             if leaving is not None:
                 table = table or self._table(deadline)
-                verdict = await self._evaluate(table, _on(replace(leaving, ether_src=parsed.final.get("dl_src")), bridge))
+                leaving = replace(leaving, ether_src=parsed.final.get("dl_src"))  # from br-int: which port
+                verdict = await self._evaluate(table, _on(leaving, bridge))
                 steps = _nft_steps(verdict, net, applied)
                 nft_steps += steps
                 if verdict.verdict == "drop":

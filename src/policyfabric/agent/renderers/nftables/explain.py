@@ -310,7 +310,8 @@ def _group_labels(
                 fams = [FAMILIES[rule.ethertype]] if rule.ethertype in FAMILIES else list(FAMILIES.values())
                 name = f"contract {_name(uri)} rule {rule_name}"
                 logged = rule.log and (inbound or not rule.allow)  # group_rules' log line before it
-                ranked += [(rule.priority, f"{name} (logged)"), (rule.priority, name)][not logged :] * len(fams)
+                one = [f"{name} (logged)", name] if logged else [name]
+                ranked += [(rule.priority, x) for x in one * len(fams)]
     labels += [label for _, label in sorted(ranked, key=lambda x: -x[0])]
     return [*labels, "default deny"]
 

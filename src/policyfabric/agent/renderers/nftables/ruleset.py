@@ -40,7 +40,17 @@ from policyfabric.agent.renderers.nftables.addresses import destinations, source
 from policyfabric.agent.renderers.nftables.icmp import icmp_match
 from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, DEFAULT_DENY_OUT, RULE, rule_id
 from policyfabric.agent.values import printable
-from policyfabric.agent.view import BridgeDomain, Contract, Endpoint, Group, IpAddress, Network, Rule, SgRule, opens
+from policyfabric.agent.view import (
+    BridgeDomain,
+    Contract,
+    Endpoint,
+    Group,
+    IpAddress,
+    Network,
+    Rule,
+    SgRule,
+    opens,
+)
 
 TABLE = "policyfabric"
 FAMILIES = {0x0800: ("ip", "4", "ipv4"), 0x86DD: ("ip6", "6", "ipv6")}
@@ -233,7 +243,8 @@ def endpoint_chains(
         out.append((f"udp sport 546 udp dport 547 ip6 daddr {DHCP6_SERVERS} accept", "DHCPv6: a request"))
     for p, f, nfproto in FAMILIES.values():
         if addrs := destinations(ep, f == "6"):  # its allowed address pairs' too: addresses.py
-            own.append((f"{p} daddr {{ {', '.join(addrs)} }} jump ep{n}_in", f"endpoint {key}: to its address"))
+            to = f"{p} daddr {{ {', '.join(addrs)} }} jump ep{n}_in"
+            own.append((to, f"endpoint {key}: to its address"))
         spoofed = "port-security (not the endpoint's address)"
         if srcs := sources(ep, f == "6"):
             out.append((f"{p} saddr != {{ {', '.join(srcs)} }} drop", spoofed))
