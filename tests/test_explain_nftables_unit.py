@@ -73,3 +73,96 @@ def test_an_expression_it_does_not_know_stops_the_walk() -> None:
             item["rule"]["expr"][0]["match"]["left"] = {"meta": {"key": "mark"}}
     with pytest.raises(Unevaluable, match="mark"):
         evaluate(Table.from_json(doc), Packet("qbr1", False, "10.0.0.1", "10.9.9.9", 6, dport=80))
+
+
+# ---- on what the renderer writes ----------------------------------------------------------------
+# The cases above walk a hand-written table; these walk ``compile_ruleset``'s, installed by the
+# real ``nft`` (in a network namespace of its own) and listed back: every statement the renderer
+# writes (the port's Ethernet source, DHCP's source ports, a logging rule's ``limit``) must be
+# evaluable, and every rule on a path named by the compiler's labels, never by position.
+
+
+def _generated() -> tuple[Table, object, object]:
+    from dataclasses import replace
+
+    from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
+    from policyfabric.agent.view import DhcpSubnet, Ipv6Subnet
+    from tests import fabric
+    from tests.test_addrpairs_unit import hybrid, installed
+    from tests.test_secgroups_unit import BD, vm
+
+    served = replace(
+        BD,
+        dhcp=(DhcpSubnet("10.0.0.0/24", "10.0.0.254"),),
+        ipv6=(Ipv6Subnet("fd00::/64", "fd00::fe", "dhcpv6-stateful", "dhcpv6-stateful"),),
+    )
+    logged = replace(fabric.sg_rule("sg/web#0", protocol=fabric.TCP, ports=80), log=True)
+    v6 = fabric.sg_rule("sg/web#1", protocol=fabric.TCP, ports=80, ethertype=0x86DD)
+    web = fabric.security_group("sg/web", logged, v6)
+    a = replace(vm("a", 1, "sg/web", ofport=11), ips=("10.0.0.1", "fd00::1"))
+    b = replace(vm("b", 2, "sg/web", ofport=12), ips=("10.0.0.2", "fd00::2"))
+    net = fabric.network(local=hybrid(a, b), bds=[served], security_groups=(web,))
+    return installed(net), net, compile_ruleset(net)
+
+
+A_MAC, B_MAC = "02:00:00:00:01:01", "02:00:00:00:01:02"
+
+
+@pytest.mark.parametrize(
+    ("packet", "verdict", "chain"),
+    [
+        # from a's port, IPv6: its own address passes port security (``ip saddr`` never meets it)
+        (
+            Packet("qbr11", True, "fd00::1", "fd00::2", 6, dport=80, sport=40000, ether_src=A_MAC),
+            "accept",
+            "ep11_out",
+        ),
+        # to a, tcp/80: the logging rule's ``limit`` and ``log`` decide nothing, the rule after does
+        (
+            Packet("qbr11", False, "10.0.0.2", "10.0.0.1", 6, dport=80, sport=40000, ether_src=B_MAC),
+            "accept",
+            "ep11_in",
+        ),
+        (
+            Packet("qbr11", False, "10.0.0.2", "10.0.0.1", 6, dport=81, sport=40000, ether_src=B_MAC),
+            "drop",
+            "ep11_in_sg",
+        ),
+        # DHCP: a's request from its port (no address yet) to the broadcast; the answer toward it
+        (
+            Packet("qbr11", False, "0.0.0.0", "255.255.255.255", 17, dport=67, sport=68, ether_src=A_MAC),
+            "accept",
+            "ep11_out",
+        ),
+        (
+            Packet("qbr11", False, "10.0.0.254", "10.0.0.1", 17, dport=68, sport=67, ether_src=B_MAC),
+            "accept",
+            "ep11",
+        ),
+        (
+            Packet("qbr11", True, "fe80::1", "ff02::1:2", 17, dport=547, sport=546, ether_src=A_MAC),
+            "accept",
+            "ep11_out",
+        ),
+        # the client's port toward a (not from the responder): policy, which admits tcp/80 only
+        (
+            Packet("qbr11", False, "10.0.0.2", "10.0.0.1", 17, dport=67, sport=68, ether_src=B_MAC),
+            "drop",
+            "ep11_in_sg",
+        ),
+        # from a's port to b's UDP/67 (not a server address): port security passes, then policy
+        (
+            Packet("qbr11", False, "0.0.0.0", "10.0.0.2", 17, dport=67, sport=68, ether_src=A_MAC),
+            "drop",
+            "ep11_out",
+        ),
+    ],
+)
+def test_the_walk_evaluates_the_ruleset_the_renderer_writes(packet: Packet, verdict: str, chain: str) -> None:
+    from policyfabric.agent.renderers.nftables.explain import label
+
+    table, net, applied = _generated()
+    found = evaluate(table, packet)
+    assert (found.verdict, found.chain) == (verdict, chain)
+    names = [label(c, i, net, applied) for c, i in found.path]  # type: ignore[arg-type]
+    assert all(not n.startswith("rule ") for n in names), names

@@ -212,8 +212,8 @@ def _left(left: Mapping[str, Any], packet: Packet) -> Any:
 def _matches(table: Table, match: Mapping[str, Any], packet: Packet) -> bool:
     value = _left(match["left"], packet)
     op = match.get("op", "==")
-    if value is None:
-        return bool(op == "!=")
+    if value is None:  # nft's implicit dependency (``meta nfproto ipv4`` before ``ip saddr``...)
+        return False  # fails first: the rule does not match, whichever the operator
     found = any(_contains(e, value) for e in _right(table, match["right"]))
     if op in ("==", "in"):
         return found
