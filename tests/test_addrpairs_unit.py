@@ -401,3 +401,14 @@ def test_a_pair_covering_peers_does_not_turn_their_packets_into_the_endpoints_ow
         spoofed = Packet("qbr13", False, "192.0.2.9", PEER.ips[0], 6, dport=8080, ether_src=GUARD.mac)
         drop = evaluate(table, spoofed)
         assert (drop.verdict, drop.chain) == ("drop", "ep13_out")
+
+
+def test_pairs_from_the_wire_are_bounded_as_the_model_bounds_them() -> None:
+    from policyfabric.agent.endpoints import parse_pairs
+    from policyfabric.model.objects import MAX_ALLOWED_ADDRESS_PAIRS
+
+    own = parse_mac("02:00:00:00:00:01")
+    listed = [f"10.9.0.{i}/32" for i in range(MAX_ALLOWED_ADDRESS_PAIRS + 1)]
+    assert len(parse_pairs(listed[:-1], own)) == MAX_ALLOWED_ADDRESS_PAIRS
+    with pytest.raises(ValueError, match="more than"):
+        parse_pairs(listed, own)
