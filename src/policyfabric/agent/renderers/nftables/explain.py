@@ -12,9 +12,12 @@ addresses and sets, ports and ranges, ``meta l4proto``/``nfproto``, ICMPv6 types
 makes the walk stop with ``Unevaluable`` rather than guess.
 
 The deciding rule is named by its place: rule ``i`` of chain ``C`` in the kernel is rule ``i``
-of the chain the renderer last applied (``Ruleset.chain_map``), whose provenance ``labels``
-recomputes from the same view, in the same order as ``ruleset.group_rules``/``sg_rules`` write
-them: ``contract acme/http rule web-in``, ``security-group acme/ssh rule 0``, ``default deny``.
+of the chain the renderer last applied (``Ruleset.chain_map``). An endpoint's own chains carry
+their labels from the compiler (``Chain.labels``); the layers' chains, shared between endpoints,
+are named by recomputing from the same view, in the same order as ``ruleset.group_rules``/
+``sg_rules`` write them (log lines included): ``contract acme/http rule web-in``,
+``security-group acme/ssh rule 0``, ``default deny``. The packet's Ethernet source says which
+port it entered the bridge from (the endpoint's chain keys its direction on it).
 A chain whose length differs from the applied one (drift not yet repaired) is named by position.
 """
 

@@ -13,9 +13,11 @@ policy to this table.
 - ``forward``: traffic on ``qbrX`` jumps to the endpoint's chain through the
   verdict map ``ports`` (bridge → ``jump epN``): invalid → drop,
   established/related → accept, IPv6 neighbour discovery → accept; from the
-  endpoint's own addresses → its ``out`` chains, to them → its ``in`` chains;
-  anything else → drop. An endpoint coming or going is one element of each
-  map, not a rewrite of the base chains.
+  endpoint's own port (its MAC: ``endpoint_chains`` says why not its
+  addresses) → its ``out`` chain, which drops a source that is not its own
+  (port security); the agent's DHCP answers toward it → accept; to its
+  addresses → its ``in`` chain; anything else → drop. An endpoint coming or
+  going is one element of each map, not a rewrite of the base chains.
 - Each direction has a group-policy chain (``_g``: intra-group, contracts by
   priority, default drop) and a security-group chain (``_sg``); a packet is
   accepted only when both return (every layer that applies must allow it,
