@@ -100,26 +100,29 @@ def _generated() -> tuple[Table, object, object]:
     from dataclasses import replace
 
     from policyfabric.agent.renderers.nftables.ruleset import compile_ruleset
+    from policyfabric.agent.values import parse_ip, parse_ipv4, parse_prefix
     from policyfabric.agent.view import DhcpSubnet, Ipv6Subnet
     from tests import fabric
     from tests.test_addrpairs_unit import hybrid, installed
-    from tests.test_secgroups_unit import BD, vm
+    from tests.test_pipeline_unit import BD
+    from tests.test_secgroups_unit import vm
 
     served = replace(
         BD,
-        dhcp=(DhcpSubnet("10.0.0.0/24", "10.0.0.254"),),
-        ipv6=(Ipv6Subnet("fd00::/64", "fd00::fe", "dhcpv6-stateful", "dhcpv6-stateful"),),
+        dhcp=(DhcpSubnet(parse_prefix("10.0.0.0/24"), parse_ipv4("10.0.0.254")),),
+        ipv6=(Ipv6Subnet(parse_prefix("fd00::/64"), parse_ip("fd00::fe"), STATEFUL, STATEFUL),),
     )
     logged = replace(fabric.sg_rule("sg/web#0", protocol=fabric.TCP, ports=80), log=True)
     v6 = fabric.sg_rule("sg/web#1", protocol=fabric.TCP, ports=80, ethertype=0x86DD)
     web = fabric.security_group("sg/web", logged, v6)
-    a = replace(vm("a", 1, "sg/web", ofport=11), ips=("10.0.0.1", "fd00::1"))
-    b = replace(vm("b", 2, "sg/web", ofport=12), ips=("10.0.0.2", "fd00::2"))
+    a = replace(vm("a", 1, "sg/web", ofport=11), ips=(parse_ip("10.0.0.1"), parse_ip("fd00::1")))
+    b = replace(vm("b", 2, "sg/web", ofport=12), ips=(parse_ip("10.0.0.2"), parse_ip("fd00::2")))
     net = fabric.network(local=hybrid(a, b), bds=[served], security_groups=(web,))
     return installed(net), net, compile_ruleset(net)
 
 
 A_MAC, B_MAC = "02:00:00:00:01:01", "02:00:00:00:01:02"
+STATEFUL = "dhcpv6-stateful"
 
 
 @pytest.mark.parametrize(

@@ -38,6 +38,7 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
+from policyfabric.agent.dhcp.hosts6 import DHCP6_MODES
 from policyfabric.agent.renderers.nftables.addresses import destinations, sources
 from policyfabric.agent.renderers.nftables.icmp import icmp_match
 from policyfabric.agent.renderers.ovs.logflows import DEFAULT_DENY_IN, DEFAULT_DENY_OUT, RULE, rule_id
@@ -225,7 +226,7 @@ def endpoint_chains(
     in the destination (its addresses and pairs' hosts)."""
     key = printable(ep.key)
     served4 = tuple(s.gateway for s in bd.dhcp) if bd is not None else ()
-    served6 = bd is not None and any(s.address_mode for s in bd.ipv6)
+    served6 = bd is not None and any(s.address_mode in DHCP6_MODES for s in bd.ipv6)
     macs = ", ".join(sorted({ep.mac.lower(), *(m.lower() for m in ep.pair_macs)}))
     own: list[tuple[str, str]] = [
         ("ct state invalid drop", "conntrack: invalid"),
