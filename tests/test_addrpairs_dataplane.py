@@ -217,7 +217,7 @@ def test_the_ruleset_with_pairs_and_icmp_types_is_valid_nft(tmp_path: Path) -> N
     path = tmp_path / "rules.nft"
     path.write_text(compile_ruleset(net).text())
     text = path.read_text()
-    assert "icmpv6 type 128 icmpv6 code 0" in text and "ip saddr { 10.0.0.0/24 } jump ep11_out" in text
+    assert "icmpv6 type 128 icmpv6 code 0" in text and "ip saddr != { 10.0.0.0/24 } drop" in text
     netns = f"pfap-{os.getpid()}"
     subprocess.run(["ip", "netns", "add", netns], check=True)
     try:

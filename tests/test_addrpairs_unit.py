@@ -312,7 +312,10 @@ def test_nftables_writes_icmp_types_and_the_pairs_in_the_endpoint_chain() -> Non
     )
     text = compile_ruleset(net).text()
     assert "meta nfproto ipv4 icmp type 8 icmp code 0 return" in text
-    assert "ip saddr { 10.0.0.1, 10.0.0.100, 10.0.5.0/24 } jump ep11_out" in text
+    # the way is the port (the Ethernet source: its tap and its pair's MAC), the pairs' prefixes
+    # its port security
+    assert "ether saddr { 02:00:00:00:01:01, 02:00:00:00:01:63 } jump ep11_out" in text
+    assert "ip saddr != { 10.0.0.1, 10.0.0.100, 10.0.5.0/24 } drop" in text
     assert "ip daddr { 10.0.0.1, 10.0.0.100 } jump ep11_in" in text  # a prefix pair is no destination
     v6 = replace(sg_rule("sg/v6#0", protocol=58, ethertype=0x86DD), icmp_type=128)
     from policyfabric.agent.renderers.nftables.icmp import icmp_match
@@ -359,3 +362,53 @@ def test_explain_names_an_icmp_typed_rule_by_its_conjunction() -> None:
     view = policy_view(over_the_wire(tenant_tree(T, INTENT, {})))
     rules = view.security_groups[uri_of(T, Cls.GBP_SEC_GROUP, "ssh")].rules
     assert [cat.rules.get(_cid(r)) for r in rules] == [f"security-group {T}/ssh rule {i}" for i in range(3)]
+
+
+def installed(net: Any) -> Any:
+    """The compiled ruleset as the kernel gives it back (``nft -f`` then ``nft -j list``), in a
+    network namespace of its own that goes with the process."""
+    import json
+    import subprocess
+
+    from policyfabric.agent.renderers.nftables.explain import Table
+
+    text = compile_ruleset(net).text()
+    script = "nft -f - && nft -j list table inet policyfabric"
+    done = subprocess.run(["unshare", "-n", "sh", "-c", script], input=text, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    return Table.from_json(json.loads(done.stdout))
+
+
+@pytest.mark.parametrize("prefix", ["0.0.0.0/0", "10.0.0.0/24"])
+def test_a_pair_covering_peers_does_not_turn_their_packets_into_the_endpoints_own(prefix: str) -> None:
+    """A pair whose prefix covers a peer (Neutron's 0.0.0.0/0, the endpoint's own subnet): the
+    peer's packet to the endpoint is still judged by the endpoint's ingress security groups
+    (guard admits ICMP echo and tcp/22 from ssh members only), its own by its egress ones."""
+    from policyfabric.agent.renderers.nftables.explain import Packet, evaluate
+
+    guard = with_pairs(GUARD, (prefix, None))
+    sgs = (OPEN, ECHO, SSH)
+    net = fabric.network(local=hybrid(guard, PEER), bds=[BD], security_groups=sgs, address_sets={})
+    table = installed(net)
+    inbound = Packet("qbr13", False, PEER.ips[0], GUARD.ips[0], 6, dport=8080, ether_src=PEER.mac)
+    verdict = evaluate(table, inbound)
+    assert (verdict.verdict, verdict.chain) == ("drop", "ep13_in_sg")
+    # from guard's port: its egress (open)
+    outbound = Packet("qbr13", False, GUARD.ips[0], PEER.ips[0], 6, dport=8080, ether_src=GUARD.mac)
+    assert evaluate(table, outbound).verdict == "accept"
+    # from guard's port, from an address no pair covers: port security
+    if prefix != "0.0.0.0/0":
+        spoofed = Packet("qbr13", False, "192.0.2.9", PEER.ips[0], 6, dport=8080, ether_src=GUARD.mac)
+        drop = evaluate(table, spoofed)
+        assert (drop.verdict, drop.chain) == ("drop", "ep13_out")
+
+
+def test_pairs_from_the_wire_are_bounded_as_the_model_bounds_them() -> None:
+    from policyfabric.agent.endpoints import parse_pairs
+    from policyfabric.model.objects import MAX_ALLOWED_ADDRESS_PAIRS
+
+    own = parse_mac("02:00:00:00:00:01")
+    listed = [f"10.9.0.{i}/32" for i in range(MAX_ALLOWED_ADDRESS_PAIRS + 1)]
+    assert len(parse_pairs(listed[:-1], own)) == MAX_ALLOWED_ADDRESS_PAIRS
+    with pytest.raises(ValueError, match="more than"):
+        parse_pairs(listed, own)

@@ -32,12 +32,17 @@ tenants:
       - {name: bd4, l3_context: vrf1}
       - {name: bd-a, l3_context: vrf1}
       - {name: bd-b, l3_context: vrf1}
+      - {name: bd-n, l3_context: vrf1}
     subnets:
       - {name: net4, bridge_domain: bd4, cidr: 10.1.0.0/24, gateway_ip: 10.1.0.1}
       - {name: slaac6, bridge_domain: bd-a, cidr: "fd00:1::/64", gateway_ip: "fd00:1::1",
          ipv6_ra_mode: slaac, ipv6_address_mode: slaac}
       - {name: full6, bridge_domain: bd-b, cidr: "fd00:2::/64", gateway_ip: "fd00:2::1",
          ipv6_ra_mode: dhcpv6-stateful, ipv6_address_mode: dhcpv6-stateful}
+      - {name: nodhcp, bridge_domain: bd-n, cidr: 10.3.0.0/24, gateway_ip: 10.3.0.1, enable_dhcp: false}
+    security_groups:
+      - name: udp5000
+        rules: [{direction: ingress, protocol: udp, port: 5000}]
     endpoint_groups:
       - {name: g4, bridge_domain: bd4, intra_group: allow}
       - {name: a, bridge_domain: bd-a, intra_group: allow}
@@ -50,6 +55,9 @@ endpoints:
   - {name: peer6a, tenant: acme, epg: a, host: h2, ip: ["fd00:1::12"]}
   - {name: full1, tenant: acme, epg: b, host: h1, ip: ["fd00:2::7"], dhcp: true}
   - {name: peer6b, tenant: acme, epg: b, host: h2, ip: ["fd00:2::12"]}
+  # a subnet the fabric does not answer DHCP on: its 68 → 67 is a datagram like any other
+  - {name: quiet1, tenant: acme, subnet: nodhcp, host: h1, ip: 10.3.0.7, security_groups: [udp5000]}
+  - {name: quiet2, tenant: acme, subnet: nodhcp, host: h2, ip: 10.3.0.8, security_groups: [udp5000]}
 expect: []
 """
 
@@ -122,3 +130,52 @@ def test_the_server_side_of_dhcp_from_an_endpoint_is_still_dropped(lab: Lab, tmp
         ns_run(vm4, sys.executable, "-c", send)
     watcher.wait(10)
     assert received.read_text().split() == ["1067"]
+
+
+def received_ports(
+    lab: Lab, tmp_path: Path, receiver: str, sender: str, src: str, dst: str, sends: list[tuple[int, int]]
+) -> set[int]:
+    """The destination ports of the datagrams (sport, dport) from ``sender`` (bound to ``src``)
+    that ``receiver`` (listening on each dport at ``dst``) got."""
+    received = tmp_path / "received"
+    ports = sorted({d for _, d in sends})
+    script = (
+        "import select, socket\n"
+        "socks = []\n"
+        f"for port in {ports!r}:\n"
+        "    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+        "    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)\n"
+        f"    s.bind(({dst!r}, port)); socks.append(s)\n"
+        "got = set()\n"
+        "while True:\n"
+        "    ready, _, _ = select.select(socks, [], [], 3)\n"
+        "    if not ready:\n"
+        "        break\n"
+        "    for s in ready:\n"
+        "        s.recvfrom(100); got.add(s.getsockname()[1])\n"
+        f"open({str(received)!r}, 'w').write(' '.join(map(str, sorted(got))))\n"
+    )
+    watcher = subprocess.Popen(
+        ["ip", "netns", "exec", lab.state.endpoints[receiver].netns, sys.executable, "-c", script]
+    )
+    time.sleep(0.5)
+    for sport, dport in sends:
+        send = (
+            "import socket\n"
+            "s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)\n"
+            f"s.bind(({src!r}, {sport}))\n"
+            f"for _ in range(3): s.sendto(b'x', ({dst!r}, {dport}))\n"
+        )
+        ns_run(lab.state.endpoints[sender].netns, sys.executable, "-c", send)
+    watcher.wait(15)
+    return {int(p) for p in received.read_text().split()}
+
+
+def test_a_dhcp_client_port_opens_nothing_where_the_fabric_serves_no_dhcp(lab: Lab, tmp_path: Path) -> None:
+    """quiet1 (on the nftables host) admits udp/5000 only; quiet2, on a subnet the fabric does not
+    answer DHCP on, sends unicast from the DHCP client's port 68 to quiet1's UDP/67 (and /547's
+    IPv4 twin is no different): dropped, while the same source port to udp/5000 arrives."""
+    got = received_ports(
+        lab, tmp_path, "quiet1", "quiet2", "10.3.0.8", "10.3.0.7", [(68, 67), (68, 5000), (546, 547)]
+    )
+    assert got == {5000}

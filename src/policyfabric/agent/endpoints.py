@@ -50,6 +50,7 @@ from policyfabric.agent.values import (
 from policyfabric.agent.values import ref as read_ref
 from policyfabric.agent.view import Endpoint, Group, Invalid, IpAddress, Mac, Prefix
 from policyfabric.model.addressing import EUI64_PREFIXLEN, eui64_address
+from policyfabric.model.objects import MAX_ALLOWED_ADDRESS_PAIRS
 from policyfabric.model.types import SLAAC, is_interface
 from policyfabric.opflex.gbp import Cls, Prop, endpoint_uri
 from policyfabric.opflex.mo import MO, REFERENCE_URI
@@ -253,6 +254,8 @@ def parse_pairs(value: object, own: Mac) -> tuple[tuple[Prefix, Mac], ...]:
         return ()
     if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
         raise ValueError("not a list of 'PREFIX MAC' strings")
+    if len(value) > MAX_ALLOWED_ADDRESS_PAIRS:  # a value from the wire: the model's bound holds here too
+        raise ValueError(f"{len(value)} pairs, more than {MAX_ALLOWED_ADDRESS_PAIRS}")
     out = []
     for text in value:
         parts = text.split(" ")

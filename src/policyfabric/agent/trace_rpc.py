@@ -277,7 +277,7 @@ class TraceService:
             bridge = bridge_of(src.interface)
             if self.nftables is not None and bridge is not None:  # it crosses its own bridge first
                 table = self._table(deadline)
-                verdict = await self._evaluate(table, _on(packet, bridge))
+                verdict = await self._evaluate(table, _on(replace(packet, ether_src=src.mac), bridge))
                 nft_steps = _nft_steps(verdict, net, applied)
                 if verdict.verdict == "drop":
                     why = nft.label(verdict.chain, verdict.index, net, applied)
@@ -297,6 +297,7 @@ class TraceService:
             leaving = leaving_packet(parsed.final, parsed.protocol)
             if leaving is not None:
                 table = table or self._table(deadline)
+                leaving = replace(leaving, ether_src=parsed.final.get("dl_src"))  # from br-int: which port
                 verdict = await self._evaluate(table, _on(leaving, bridge))
                 steps = _nft_steps(verdict, net, applied)
                 nft_steps += steps

@@ -95,6 +95,9 @@ class DhcpSubnet:
     routes: tuple[tuple[Prefix, Ipv4Address], ...] = ()  # classless static routes (option 121)
 
 
+DHCP6_MODES = ("dhcpv6-stateless", "dhcpv6-stateful")  # the address modes DHCPv6 answers in
+
+
 @dataclass(frozen=True)
 class Ipv6Subnet:
     """An IPv6 subnet whose hosts this agent configures (``agent/dhcp``): router advertisements

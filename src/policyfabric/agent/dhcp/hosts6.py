@@ -18,11 +18,10 @@ from dataclasses import dataclass, replace
 from policyfabric.agent.dhcp.dhcp6 import Config6
 from policyfabric.agent.dhcp.packet import DEFAULT_SERVER_MAC
 from policyfabric.agent.dhcp.ra import ROUTER_LIFETIME, Advert, PrefixInfo
-from policyfabric.agent.view import BridgeDomain, Endpoint, Ipv6Subnet, Network
+from policyfabric.agent.view import DHCP6_MODES, BridgeDomain, Endpoint, Ipv6Subnet, Network
 from policyfabric.model.addressing import router_link_local
 
 AUTO = ("slaac", "dhcpv6-stateless")
-DHCP6_MODES = ("dhcpv6-stateless", "dhcpv6-stateful")
 
 
 @dataclass(frozen=True)

@@ -46,7 +46,7 @@ from policyfabric.agent.renderers.nftables.ruleset import (
     group_set,
     sg_rules,
 )
-from policyfabric.agent.view import Contract, Endpoint, Group, IpAddress, Network, SecurityGroup
+from policyfabric.agent.view import BridgeDomain, Contract, Endpoint, Group, IpAddress, Network, SecurityGroup
 
 V = TypeVar("V")
 T = TypeVar("T")
@@ -249,7 +249,7 @@ class RulesetCompiler:
         policy = self._policy
         if policy is None or not _same((policy.groups, policy.contracts), (net.groups, net.contracts)):
             policy = self._policy = _Policy(net.groups, net.contracts)
-        inputs = (net.local, net.security_groups, policy)
+        inputs = (net.local, net.security_groups, policy, net.bds)
         if self._local is not None and _same(self._local[0], inputs):
             local = self._local[1]  # a change elsewhere (a remote member, say): not a pass over the local
         else:
@@ -281,6 +281,7 @@ class RulesetCompiler:
             if bridge in local.bridges or n in numbers:
                 continue  # a second endpoint on one bridge or port: the first (by key) has them
             local.bridges[bridge] = n
+            bd = net.bds.get(ep.bd)  # what the agent answers there (DHCP): endpoint_chains
             numbers.add(n)
             layers = [self._group_body(policy, ep.classid, inbound) for inbound in (True, False)]
             layers += [self._sg_body(net.security_groups, ep, inbound) for inbound in (True, False)]
@@ -289,7 +290,7 @@ class RulesetCompiler:
                 local.address_sets |= body.address_sets
                 local.every |= body.every
             local.parts.append(
-                self._endpoints.get(ep.key, (ep, n, *layers), self._endpoint, ep, n, bridge, layers)
+                self._endpoints.get(ep.key, (ep, n, bd, *layers), self._endpoint, ep, n, bridge, layers, bd)
             )
         for slots in (self._group_bodies, self._sg_bodies, self._endpoints, self._chains):
             slots.rotate()
@@ -304,10 +305,12 @@ class RulesetCompiler:
         slot = (ep.security_groups, ep.sg_governed, inbound)
         return self._sg_bodies.get(slot, inputs, _sg_rules, ep.sg_governed, inputs, inbound)
 
-    def _endpoint(self, ep: Endpoint, n: int, bridge: str, layers: list[Body]) -> EndpointChains:
+    def _endpoint(
+        self, ep: Endpoint, n: int, bridge: str, layers: list[Body], bd: BridgeDomain | None
+    ) -> EndpointChains:
         """The endpoint's seven chains: its own, each direction's, each direction's two layers."""
         g_in, g_out, sg_in, sg_out = (self._chain(body.rules) for body in layers)
-        own, chain_in, chain_out = endpoint_chains(ep, n, bridge)
+        own, chain_in, chain_out = endpoint_chains(ep, n, bridge, bd)
         return (
             *(own, chain_in, (f"ep{n}_in_g", g_in), (f"ep{n}_in_sg", sg_in)),
             *(chain_out, (f"ep{n}_out_g", g_out), (f"ep{n}_out_sg", sg_out)),

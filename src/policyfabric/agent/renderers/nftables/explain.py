@@ -12,9 +12,12 @@ addresses and sets, ports and ranges, ``meta l4proto``/``nfproto``, ICMPv6 types
 makes the walk stop with ``Unevaluable`` rather than guess.
 
 The deciding rule is named by its place: rule ``i`` of chain ``C`` in the kernel is rule ``i``
-of the chain the renderer last applied (``Ruleset.chain_map``), whose provenance ``labels``
-recomputes from the same view, in the same order as ``ruleset.group_rules``/``sg_rules`` write
-them: ``contract acme/http rule web-in``, ``security-group acme/ssh rule 0``, ``default deny``.
+of the chain the renderer last applied (``Ruleset.chain_map``). An endpoint's own chains carry
+their labels from the compiler (``Chain.labels``); the layers' chains, shared between endpoints,
+are named by recomputing from the same view, in the same order as ``ruleset.group_rules``/
+``sg_rules`` write them (log lines included): ``contract acme/http rule web-in``,
+``security-group acme/ssh rule 0``, ``default deny``. The packet's Ethernet source says which
+port it entered the bridge from (the endpoint's chain keys its direction on it).
 A chain whose length differs from the applied one (drift not yet repaired) is named by position.
 """
 
@@ -56,10 +59,16 @@ class Packet:
     l4: int  # 6, 17, 1, 58
     dport: int | None = None
     icmp_type: int | None = None
+    sport: int | None = None
+    # its Ethernet source: which port it entered the bridge from (the endpoint's MAC: from its
+    # tap, the way out; another: from br-int, the way in). None: not known, and a rule asking stops
+    # the walk
+    ether_src: str | None = None
 
 
 Loader = Callable[[str, str], Mapping[str, Any]]  # (chain | set | map, name) → ``nft -j list`` output
 _NAME = re.compile(r"^[A-Za-z0-9_]{1,64}$")
+_MAC = re.compile(r"^[0-9A-Fa-f]{2}(:[0-9A-Fa-f]{2}){5}$")
 
 
 class Table:
@@ -149,6 +158,8 @@ def _contains(element: Any, value: Any) -> bool:
         if isinstance(element, str) and element in ICMPV6_TYPES:
             return ICMPV6_TYPES[element] == value
         return isinstance(element, int) and element == value
+    if isinstance(value, str) and _MAC.match(value):
+        return isinstance(element, str) and element.lower() == value.lower()
     if isinstance(value, str) and (":" in value or "." in value):
         try:
             return ipaddress.ip_address(value) in _address(element)
@@ -176,8 +187,14 @@ def _left(left: Mapping[str, Any], packet: Packet) -> Any:
             if packet.v6 != (proto == "ip6"):
                 return None
             return packet.saddr if fld == "saddr" else packet.daddr
-        if proto in ("tcp", "udp") and fld == "dport":
-            return packet.dport if packet.l4 == L4_NAMES[proto] else None
+        if proto in ("tcp", "udp") and fld in ("dport", "sport"):
+            if packet.l4 != L4_NAMES[proto]:
+                return None
+            return packet.dport if fld == "dport" else packet.sport
+        if proto == "ether" and fld == "saddr":
+            if packet.ether_src is None:
+                raise Unevaluable("the packet's Ethernet source (which port it came from) is not known")
+            return packet.ether_src
         if proto in ("icmp", "icmpv6") and fld == "type":
             return packet.icmp_type if packet.l4 == L4_NAMES[proto] else None
     elif "meta" in left:
@@ -188,6 +205,8 @@ def _left(left: Mapping[str, Any], packet: Packet) -> Any:
             return "ipv6" if packet.v6 else "ipv4"
         if key == "iifname":
             return packet.iifname
+        if key == "iiftype":  # the dependency of an ``ether`` match: the bridge is Ethernet
+            return "ether"
     elif "ct" in left and left["ct"].get("key") == "state":
         return "new"
     raise Unevaluable(f"expression {dict(left)!r}")
@@ -196,8 +215,8 @@ def _left(left: Mapping[str, Any], packet: Packet) -> Any:
 def _matches(table: Table, match: Mapping[str, Any], packet: Packet) -> bool:
     value = _left(match["left"], packet)
     op = match.get("op", "==")
-    if value is None:
-        return bool(op == "!=")
+    if value is None:  # nft's implicit dependency (``meta nfproto ipv4`` before ``ip saddr``...)
+        return False  # fails first: the rule does not match, whichever the operator
     found = any(_contains(e, value) for e in _right(table, match["right"]))
     if op in ("==", "in"):
         return found
@@ -239,7 +258,9 @@ def evaluate(table: Table, packet: Packet) -> Verdict:
                     target = hits[0]
                 elif any(v in expr for v in ("accept", "drop", "return", "jump", "goto")):
                     target = expr
-                elif "counter" in expr or "log" in expr:
+                elif "counter" in expr or "log" in expr or "limit" in expr:
+                    # no verdict; over its rate a ``limit`` would not match, and the rule after
+                    # (the verdict the log line announces) decides all the same
                     continue
                 else:
                     raise Unevaluable(f"statement {expr!r}")
@@ -290,7 +311,10 @@ def _group_labels(
                     continue
                 rule_name = rule.key.partition(".")[2]
                 fams = [FAMILIES[rule.ethertype]] if rule.ethertype in FAMILIES else list(FAMILIES.values())
-                ranked += [(rule.priority, f"contract {_name(uri)} rule {rule_name}")] * len(fams)
+                name = f"contract {_name(uri)} rule {rule_name}"
+                logged = rule.log and (inbound or not rule.allow)  # group_rules' log line before it
+                one = [f"{name} (logged)", name] if logged else [name]
+                ranked += [(rule.priority, x) for x in one * len(fams)]
     labels += [label for _, label in sorted(ranked, key=lambda x: -x[0])]
     return [*labels, "default deny"]
 
@@ -310,13 +334,13 @@ def _sg_labels(ep: Endpoint, net: Network, inbound: bool) -> list[str | None]:
             prefix = rule.remote_prefix if rule.remote_group is None else None
             if prefix is not None and (":" in prefix) != (f == "6"):
                 continue
-            labels.append(f"security-group {_name(uri)} rule {order}")
+            name = f"security-group {_name(uri)} rule {order}"
+            labels += [f"{name} (logged)", name] if rule.log else [name]
     side = "ingress" if inbound else "egress"
-    return [*labels, f"default deny (security groups of {ep.key}, {side})"]
-
-
-OWN_CHAIN = ["conntrack: invalid", "an established connection", "neighbour discovery"]
-LAYERS = ["group policy", "security groups", "every layer passed"]
+    deny = f"default deny (security groups of {ep.key}, {side})"
+    if any(r.log for r in rules):  # sg_rules' log line of the default deny
+        labels.append(f"{deny} (logged)")
+    return [*labels, deny]
 
 
 def label(chain: str, index: int, net: Network, applied: Ruleset | None) -> str:
@@ -332,16 +356,8 @@ def label(chain: str, index: int, net: Network, applied: Ruleset | None) -> str:
     if ep is None or expected is None:
         return f"rule {index} of chain {chain}"
     labels: list[str | None]
-    if rest == "":
-        pairs = (len(expected.rules) - len(OWN_CHAIN) - 1) // 2
-        jumps = [
-            f"endpoint {ep.key}: {way}"
-            for _ in range(pairs)
-            for way in ("from its address", "to its address")
-        ]
-        labels = [*OWN_CHAIN, *jumps, "port-security (not the endpoint's address)"]
-    elif rest in ("in", "out"):
-        labels = list(LAYERS)
+    if expected.labels:  # the compiler's own names for its rules (the endpoint's chains)
+        labels = list(expected.labels)
     elif rest in ("in_g", "out_g"):
         policy = _Policy(net.groups, net.contracts)
         labels = _group_labels(*policy.inputs(ep.classid), inbound=rest == "in_g")

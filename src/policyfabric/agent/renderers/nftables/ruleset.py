@@ -13,9 +13,11 @@ policy to this table.
 - ``forward``: traffic on ``qbrX`` jumps to the endpoint's chain through the
   verdict map ``ports`` (bridge → ``jump epN``): invalid → drop,
   established/related → accept, IPv6 neighbour discovery → accept; from the
-  endpoint's own addresses → its ``out`` chains, to them → its ``in`` chains;
-  anything else → drop. An endpoint coming or going is one element of each
-  map, not a rewrite of the base chains.
+  endpoint's own port (its MAC: ``endpoint_chains`` says why not its
+  addresses) → its ``out`` chain, which drops a source that is not its own
+  (port security); the agent's DHCP answers toward it → accept; to its
+  addresses → its ``in`` chain; anything else → drop. An endpoint coming or
+  going is one element of each map, not a rewrite of the base chains.
 - Each direction has a group-policy chain (``_g``: intra-group, contracts by
   priority, default drop) and a security-group chain (``_sg``); a packet is
   accepted only when both return (every layer that applies must allow it,
@@ -34,28 +36,37 @@ from __future__ import annotations
 
 import zlib
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from policyfabric.agent.renderers.logcodes import DEFAULT_DENY_IN, DEFAULT_DENY_OUT, RULE, rule_id
 from policyfabric.agent.renderers.nftables.addresses import destinations, sources
 from policyfabric.agent.renderers.nftables.icmp import icmp_match
 from policyfabric.agent.values import printable
-from policyfabric.agent.view import Contract, Endpoint, Group, IpAddress, Network, Rule, SgRule, opens
+from policyfabric.agent.view import (
+    DHCP6_MODES,
+    BridgeDomain,
+    Contract,
+    Endpoint,
+    Group,
+    IpAddress,
+    Network,
+    Rule,
+    SgRule,
+    opens,
+)
 
 TABLE = "policyfabric"
 FAMILIES = {0x0800: ("ip", "4", "ipv4"), 0x86DD: ("ip6", "6", "ipv6")}
 ND = "icmpv6 type { nd-neighbor-solicit, nd-neighbor-advert, nd-router-solicit, nd-router-advert } accept"
-# What the agent itself answers on Open vSwitch (DHCPv4, DHCPv6, router advertisements): an
-# endpoint booting has no address yet (0.0.0.0, or only its link-local one), and the answers come
-# from no group member, so neither direction may meet the address jumps below. Open vSwitch drops,
-# before this ruleset, what an endpoint sends from the server side of these (a rogue DHCP server or
-# router advertisement), and carries its client's requests to the agent, not the network.
-ADDRESSING = (
-    "udp sport 68 udp dport 67 accept",
-    "udp sport 67 udp dport 68 accept",
-    "udp sport 546 udp dport 547 accept",
-    "udp sport 547 udp dport 546 accept",
-)
+# What the agent itself answers on Open vSwitch (DHCPv4, DHCPv6): an endpoint booting has no
+# address yet (0.0.0.0, or only its link-local one), and the answers come from no group member, so
+# neither direction may meet the policy. Each is accepted one way only, and only on a bridge domain
+# the agent serves: the client's request from the endpoint's own port to the server (broadcast,
+# the gateway, All_DHCP_Relay_Agents_and_Servers), the answer toward the port from the agent's
+# responder (the subnet's gateway, sport 67; the router's link-local address, sport 547). Open
+# vSwitch drops what an endpoint sends from the server side (a rogue server), so only the
+# responder's answers arrive from br-int with these ports.
+DHCP6_SERVERS = "ff02::1:2"
 EVERY = "gall"  # the set of every EPG member (what an endpoint without an EPG is kept apart from)
 
 
@@ -81,6 +92,9 @@ class Chain:
     rules: tuple[str, ...]
     comment: str = ""
     hook: str = ""
+    # what each rule is, for explain (empty: named by the explain's own reading); not compared:
+    # two chains of the same rules are the same chain to the kernel
+    labels: tuple[str, ...] = field(default=(), compare=False)
 
     def block(self, name: str) -> list[str]:
         """The chain as it appears inside ``table inet policyfabric { ... }``."""
@@ -195,22 +209,62 @@ def _families(ethertype: int | None) -> list[tuple[str, str, str]]:
     return [FAMILIES[ethertype]] if ethertype in FAMILIES else list(FAMILIES.values())
 
 
-def endpoint_chains(ep: Endpoint, n: int, bridge: str) -> list[tuple[str, Chain]]:
-    """The endpoint's own chain (its addresses pick the direction) and the two that chain each
-    direction's layers; the layers' chains (``_g``, ``_sg``) are written apart."""
-    body = ["ct state invalid drop", "ct state established,related accept", ND, *ADDRESSING]
-    for p, f, _ in FAMILIES.values():
-        addrs = destinations(ep, f == "6")  # its allowed address pairs' too: addresses.py
+def endpoint_chains(
+    ep: Endpoint, n: int, bridge: str, bd: BridgeDomain | None = None
+) -> list[tuple[str, Chain]]:
+    """The endpoint's own chain and the two that chain each direction's layers (the layers'
+    chains, ``_g`` and ``_sg``, are written apart), each rule with what it is (``Chain.labels``).
+
+    The direction is the port a packet enters the endpoint's bridge from, never its addresses: an
+    allowed address pair may cover peers' addresses (``0.0.0.0/0``, the endpoint's own subnet),
+    so a peer's packet to the endpoint would match "from its addresses". With ``br_netfilter`` the
+    forward hook sees the bridge (``qbrX``) as both interfaces and nftables has no physdev match;
+    the Ethernet source tells the port apart: the endpoint's MAC (and its pairs') is what its tap
+    sends from, while what comes from br-int carries a peer's or the router's MAC (Open vSwitch's
+    port security drops a peer's frame from another MAC before it reaches this bridge). The way
+    out then checks the source address (port security: its addresses and pairs' prefixes), the way
+    in the destination (its addresses and pairs' hosts)."""
+    key = printable(ep.key)
+    served4 = tuple(s.gateway for s in bd.dhcp) if bd is not None else ()
+    served6 = bd is not None and any(s.address_mode in DHCP6_MODES for s in bd.ipv6)
+    macs = ", ".join(sorted({ep.mac.lower(), *(m.lower() for m in ep.pair_macs)}))
+    own: list[tuple[str, str]] = [
+        ("ct state invalid drop", "conntrack: invalid"),
+        ("ct state established,related accept", "an established connection"),
+        (ND, "neighbour discovery"),
+        (f"ether saddr {{ {macs} }} jump ep{n}_out", f"endpoint {key}: from its port"),
+    ]
+    for gateway in sorted(set(served4)):
+        own.append((f"ip saddr {gateway} udp sport 67 udp dport 68 accept", "DHCP: the agent's answer"))
+    if served6:
+        own.append(("ip6 saddr fe80::/10 udp sport 547 udp dport 546 accept", "DHCPv6: the agent's answer"))
+    out: list[tuple[str, str]] = []
+    if served4:
+        servers = ", ".join(["255.255.255.255", *sorted(set(served4))])
+        out.append((f"udp sport 68 udp dport 67 ip daddr {{ {servers} }} accept", "DHCP: a request"))
+    if served6:
+        out.append((f"udp sport 546 udp dport 547 ip6 daddr {DHCP6_SERVERS} accept", "DHCPv6: a request"))
+    for p, f, nfproto in FAMILIES.values():
+        if addrs := destinations(ep, f == "6"):  # its allowed address pairs' too: addresses.py
+            to = f"{p} daddr {{ {', '.join(addrs)} }} jump ep{n}_in"
+            own.append((to, f"endpoint {key}: to its address"))
+        spoofed = "port-security (not the endpoint's address)"
         if srcs := sources(ep, f == "6"):
-            body.append(f"{p} saddr {{ {', '.join(srcs)} }} jump ep{n}_out")
-        if addrs:
-            body.append(f"{p} daddr {{ {', '.join(addrs)} }} jump ep{n}_in")
-    body.append("drop")
-    chains = [(f"ep{n}", Chain(tuple(body), f"endpoint {printable(ep.key)} ({bridge})"))]
-    for direction in ("in", "out"):
-        layers = (f"jump ep{n}_{direction}_g", f"jump ep{n}_{direction}_sg", "accept")
-        chains.append((f"ep{n}_{direction}", Chain(layers)))
+            out.append((f"{p} saddr != {{ {', '.join(srcs)} }} drop", spoofed))
+        else:
+            out.append((f"meta nfproto {nfproto} drop", spoofed))
+    own.append(("drop", "not to the endpoint's address"))
+    layers = [(f"jump ep{n}_{{}}_g", "group policy"), (f"jump ep{n}_{{}}_sg", "security groups")]
+    layers.append(("accept", "every layer passed"))
+    chains = [(f"ep{n}", _labelled(own, f"endpoint {key} ({bridge})"))]
+    for direction, head in (("in", []), ("out", out)):
+        lines = [*head, *((line.format(direction), what) for line, what in layers)]
+        chains.append((f"ep{n}_{direction}", _labelled(lines)))
     return chains
+
+
+def _labelled(lines: Sequence[tuple[str, str]], comment: str = "") -> Chain:
+    return Chain(tuple(line for line, _ in lines), comment, labels=tuple(what for _, what in lines))
 
 
 def group_rules(
