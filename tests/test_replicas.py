@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -22,6 +23,7 @@ from policyfabric.lab.etcd import missing as etcd_missing
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
 from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.mo import MO
 from policyfabric.store.base import Change
 from policyfabric.store.etcd import EtcdStore
 from policyfabric.store.etcd_follow import LogFollower
@@ -270,6 +272,50 @@ def test_one_session_per_agent_name_across_replicas(
         finally:
             late.sock.close()
             intruder.sock.close()
+
+    run(go)
+
+
+def test_agents_and_faults_are_listed_cluster_wide_by_every_replica(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    """h1 on A reports a fault, h2 is on B: each replica's GET /v1/agents lists both, connected,
+    with the replica that holds each, and GET /v1/faults on B has h1's fault. When h1 goes, B
+    stops listing it (its liveness key is deleted)."""
+    a, b = two_replicas
+    api_a, api_b = Api(a.url), Api(b.url)
+
+    def agents(api: Api) -> dict[str, dict[str, Any]]:
+        return {x["name"]: x for x in api.get("/v1/agents").json()["items"]}
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()
+        h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()
+        try:
+            fault = {"code": "render-failed", "severity": "major", "description": "bridge br-int missing"}
+            await h1.client.report([MO("PfFault", "/PfFault/render/", fault)])
+
+            def listed() -> bool:
+                found = [agents(api_a), agents(api_b)]
+                return all({"h1", "h2"} <= set(x) for x in found) and any(
+                    f["agent"] == "h1" for f in api_b.get("/v1/faults").json()["items"]
+                )
+
+            await until(listed, timeout=10)  # published on the lease clock (1 s)
+            seen_a, seen_b = agents(api_a), agents(api_b)
+            assert seen_a["h1"]["connected"] and seen_b["h1"]["connected"]
+            assert seen_a["h2"]["connected"] and seen_b["h2"]["connected"]
+            assert seen_a["h1"]["replica"] == seen_b["h1"]["replica"] != seen_b["h2"]["replica"]
+            assert seen_b["h1"]["endpoints"] == ["acme/web1"]
+            faults = api_b.get("/v1/faults").json()["items"]
+            assert [(f["agent"], f["code"], f["message"]) for f in faults] == [
+                ("h1", "render-failed", "bridge br-int missing")
+            ]
+        finally:
+            await h1.stop()
+        await until(lambda: "h1" not in agents(api_b), timeout=10)
+        assert api_b.get("/v1/faults").json()["items"] == []
+        await h2.stop()
 
     run(go)
 
