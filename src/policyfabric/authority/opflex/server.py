@@ -271,7 +271,7 @@ class OpflexServer:
         (``Replicas.claim_session``: refused while another replica holds a session of it), then
         ``_identity`` (its checks again: another session may have come during the claim)."""
         name = self._check_identity(session, params)[0].name
-        if not await self.replicas.claim_session(name):
+        if not await self.replicas.claim_session(name, within=2 * self.keepalive):
             log.warning("opflex %s: identity %s refused: another replica holds it", session.label, name)
             raise RpcError(Code.ERROR, f"agent {name} already has a live session (retry once it is gone)")
         try:
