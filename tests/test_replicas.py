@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -21,7 +22,9 @@ from policyfabric.lab.etcd import EtcdCluster
 from policyfabric.lab.etcd import missing as etcd_missing
 from policyfabric.model import kinds as k
 from policyfabric.model import objects as o
+from policyfabric.opflex import wire
 from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.mo import MO
 from policyfabric.store.base import Change
 from policyfabric.store.etcd import EtcdStore
 from policyfabric.store.etcd_follow import LogFollower
@@ -29,7 +32,7 @@ from policyfabric.store.etcd_shared import EtcdShared
 from tests.conftest import Api, apply_scenario, etcd_prefix
 from tests.test_etcd_store import endpoint, setup_tenant
 from tests.test_opflex_e2e import CONTRACT, Agent, Raw, run, set_http_port, until
-from tests.test_opflex_trust_e2e import alive, identify
+from tests.test_opflex_trust_e2e import alive
 
 pytestmark = [
     pytest.mark.integration,  # etcd members and authorities are processes
@@ -238,19 +241,35 @@ def test_an_agent_live_on_one_replica_keeps_its_endpoints_against_a_claim_throug
     run(go)
 
 
+def identify_live(raw: Raw, name: str, xid: int = 1) -> dict[str, Any]:
+    """``send_identity`` as ``name``, answering the server's echoes meanwhile, as a live peer
+    does (the answer may take a replica's lease: a silent peer would be dropped first)."""
+    ident = {"proto_version": "1.0", "name": name, "domain": "policyfabric", "my_role": ["policy_element"]}
+    raw.send(wire.request("send_identity", xid, [ident]))
+    while True:
+        msg = raw.recv()
+        assert msg is not None, "the server closed the session"
+        if msg.get("method") == "echo":
+            raw.send(wire.result(msg["id"], msg.get("params", [])))
+            continue
+        return msg
+
+
 def test_one_session_per_agent_name_across_replicas(
     two_replicas: tuple[AuthorityProcess, AuthorityProcess],
 ) -> None:
     """gw1 holds a session on A; another peer calling itself gw1 on B is refused as it would be on
-    A (the claim is in etcd, not in A's memory), and keeps its session to say who it is; once gw1's
+    A (the claim is in etcd, not in A's memory; refused once the claim outlived A's lease, since
+    A is alive), and keeps its session to say who it is; once gw1's
     session on A ends, the name is free on B, and then taken there: A refuses it in turn."""
     a, b = two_replicas
 
     async def go() -> None:
         gw1 = await Agent("gw1", [a.opflex], ["acme/web1"]).start()
         intruder = await asyncio.to_thread(Raw, b.opflex)
+        intruder.sock.settimeout(15)  # a claim held elsewhere is refused after its holder's lease
         try:
-            refused = await asyncio.to_thread(identify, intruder, "gw1")
+            refused = await asyncio.to_thread(identify_live, intruder, "gw1")
             assert "already has a live session" in refused["error"]["message"], refused
             assert await asyncio.to_thread(alive, intruder, 2)  # refused, not dropped
             assert gw1.client.connects == 1
@@ -260,16 +279,61 @@ def test_one_session_per_agent_name_across_replicas(
         deadline = time.monotonic() + 10  # the release travels through etcd to B
         while "result" not in reply and time.monotonic() < deadline:
             await asyncio.sleep(0.1)
-            reply = await asyncio.to_thread(identify, intruder, "gw1", xid)
+            reply = await asyncio.to_thread(identify_live, intruder, "gw1", xid)
             xid += 1
         assert "result" in reply, reply
         late = await asyncio.to_thread(Raw, a.opflex)
+        late.sock.settimeout(15)
         try:
-            refused = await asyncio.to_thread(identify, late, "gw1")
+            refused = await asyncio.to_thread(identify_live, late, "gw1")
             assert "already has a live session" in refused["error"]["message"], refused
         finally:
             late.sock.close()
             intruder.sock.close()
+
+    run(go)
+
+
+def test_agents_and_faults_are_listed_cluster_wide_by_every_replica(
+    two_replicas: tuple[AuthorityProcess, AuthorityProcess],
+) -> None:
+    """h1 on A reports a fault, h2 is on B: each replica's GET /v1/agents lists both, connected,
+    with the replica that holds each, and GET /v1/faults on B has h1's fault. When h1 goes, B
+    stops listing it (its liveness key is deleted)."""
+    a, b = two_replicas
+    api_a, api_b = Api(a.url), Api(b.url)
+
+    def agents(api: Api) -> dict[str, dict[str, Any]]:
+        return {x["name"]: x for x in api.get("/v1/agents").json()["items"]}
+
+    async def go() -> None:
+        h1 = await Agent("h1", [a.opflex], ["acme/web1"]).start()
+        h2 = await Agent("h2", [b.opflex], ["acme/web2"]).start()
+        try:
+            fault = {"code": "render-failed", "severity": "major", "description": "bridge br-int missing"}
+            await h1.client.report([MO("PfFault", "/PfFault/render/", fault)])
+
+            def listed() -> bool:
+                found = [agents(api_a), agents(api_b)]
+                return all({"h1", "h2"} <= set(x) for x in found) and any(
+                    f["agent"] == "h1" for f in api_b.get("/v1/faults").json()["items"]
+                )
+
+            await until(listed, timeout=10)  # published on the lease clock (1 s)
+            seen_a, seen_b = agents(api_a), agents(api_b)
+            assert seen_a["h1"]["connected"] and seen_b["h1"]["connected"]
+            assert seen_a["h2"]["connected"] and seen_b["h2"]["connected"]
+            assert seen_a["h1"]["replica"] == seen_b["h1"]["replica"] != seen_b["h2"]["replica"]
+            assert seen_b["h1"]["endpoints"] == ["acme/web1"]
+            faults = api_b.get("/v1/faults").json()["items"]
+            assert [(f["agent"], f["code"], f["message"]) for f in faults] == [
+                ("h1", "render-failed", "bridge br-int missing")
+            ]
+        finally:
+            await h1.stop()
+        await until(lambda: "h1" not in agents(api_b), timeout=10)
+        assert api_b.get("/v1/faults").json()["items"] == []
+        await h2.stop()
 
     run(go)
 

@@ -275,7 +275,7 @@ class OpflexServer:
         (``Replicas.claim_session``: refused while another replica holds a session of it), then
         ``_identity`` (its checks again: another session may have come during the claim)."""
         name = self._check_identity(session, params)[0].name
-        if not await self.replicas.claim_session(name):
+        if not await self.replicas.claim_session(name, within=2 * self.keepalive):
             log.warning("opflex %s: identity %s refused: another replica holds it", session.label, name)
             raise RpcError(Code.ERROR, f"agent {name} already has a live session (retry once it is gone)")
         try:
@@ -400,6 +400,8 @@ class OpflexServer:
             await asyncio.sleep(self.lease_tick)
             self.tick(time.monotonic())
             await self.registry.expire(time.monotonic())
+            if not self.replicas.shared.alone:  # what the other replicas show of this one's agents
+                self.replicas.publish_agents(self._views())
 
     def tick(self, now: float) -> None:
         """Expire subscriptions; close sessions still unidentified ``4 x keepalive`` after they
@@ -454,10 +456,35 @@ class OpflexServer:
             item["gateway_for"] = self.election.routers_of(agent.name)
             item["refused_declarations"] = self.registry.refused[agent.name]
             out.append(item)
+        if not self.replicas.shared.alone:  # and the agents of the other replicas (etcd)
+            for item in out:
+                item["replica"] = self.replicas.me
+            elsewhere = self.replicas.agents_elsewhere({a["name"] for a in out if a["connected"]})
+            moved = {a["name"] for a in elsewhere}  # gone from here, connected to another replica
+            out = [a for a in out if a["name"] not in moved] + elsewhere
         return sorted(out, key=lambda a: a["name"])
 
     def faults_json(self) -> list[dict[str, Any]]:
-        return self.observer.faults_json()
+        here = self.observer.faults_json()
+        if self.replicas.shared.alone:
+            return here
+        connected = {a.name for a in list(self.observer.agents.values()) if a.connected}
+        return sorted(here + self.replicas.faults_elsewhere(connected), key=lambda f: f["time"])
+
+    def _views(self) -> dict[str, dict[str, Any]]:
+        """This replica's connected agents as the other replicas list them: their items without
+        what changes with every report (counters, last_seen: shown by this replica alone), with
+        their faults."""
+        faults: dict[str, list[dict[str, Any]]] = {}
+        for fault in self.observer.faults_json():
+            faults.setdefault(fault["agent"], []).append(fault)
+        volatile = ("counters", "last_seen", "reports", "subscriptions", "replica")
+        return {
+            a["name"]: {k: v for k, v in a.items() if k not in volatile}
+            | {"faults": faults.get(a["name"], [])}
+            for a in self.agents_json()
+            if a["connected"] and "replica" in a and a["replica"] == self.replicas.me
+        }
 
     def watch_agents(self, callback: Callable[[dict[str, Any]], None]) -> None:
         """``callback(agent)`` on the loop whenever an agent connects, disconnects or reports a new
