@@ -46,6 +46,7 @@ from policyfabric.agent.explain import (
 from policyfabric.agent.renderers.nftables import explain as nft
 from policyfabric.agent.renderers.nftables.ruleset import TABLE, bridge_of
 from policyfabric.agent.renderers.ovs.conjunctions import conj_id
+from policyfabric.agent.renderers.ovs.secgroups import sg_conj_id
 from policyfabric.agent.renderers.ovs.sections import SectionKey
 from policyfabric.agent.view import Endpoint, Network
 from policyfabric.opflex.rpc import RpcError
@@ -95,8 +96,7 @@ def catalog_of(net: Network) -> Catalog:
                 cat.rules[cid] = f"contract {_name(uri)} rule {rule.key.partition('.')[2]}"
     for sg in net.security_groups.values():
         for r in sg.rules:
-            cid = conj_id("sg", r.key, str(r.ethertype), str(r.protocol), str(r.ports), str(r.remote_prefix))
-            cat.rules[cid] = f"security-group {_name(sg.uri)} rule {r.key.rpartition('#')[2]}"
+            cat.rules[sg_conj_id(r)] = f"security-group {_name(sg.uri)} rule {r.key.rpartition('#')[2]}"
     return cat
 
 
