@@ -29,7 +29,8 @@ def test_the_trace_catalog_names_an_icmp_typed_rule_by_its_flows_conjunction() -
 def test_the_cli_prints_addresses_and_flow_text_verbatim(monkeypatch: pytest.MonkeyPatch) -> None:
     buf = io.StringIO()
     monkeypatch.setattr(cli_explain, "out", Console(file=buf, width=300, color_system=None))
-    flow = {"table": "[/]", "match": "ipv6,ipv6_dst=[fd00::2]", "priority": 10, "from": "[bold]x", "actions": ["[/]"]}
+    flow = {"table": "[/]", "match": "ipv6,ipv6_dst=[fd00::2]", "priority": 10, "from": "[bold]x",
+            "actions": ["[/]"]}  # fmt: skip
     doc = {"verdict": "allow", "by": "contract [acme]/web", "hops": [
         {"host": "h1", "renderer": "ovs", "outcome": "output:[2]", "flows": [flow]}]}  # fmt: skip
     cli_explain.print_explanation(doc, "acme/a1", "[fd00::2]", "tcp6/80")
@@ -37,7 +38,8 @@ def test_the_cli_prints_addresses_and_flow_text_verbatim(monkeypatch: pytest.Mon
     for shown in ("[fd00::2]", "contract [acme]/web", "output:[2]", "ipv6_dst=[fd00::2]", "[bold]x", "[/]"):
         assert shown in text, text
     buf.truncate(0)
-    cli_explain.print_explanation({"verdict": "deny", "by": "another tenant's rule"}, "a/b", "10.0.0.1", "icmp")
+    member = {"verdict": "deny", "by": "another tenant's rule"}
+    cli_explain.print_explanation(member, "a/b", "10.0.0.1", "icmp")
     assert "deny" in buf.getvalue()  # a member's answer has no hops
 
 

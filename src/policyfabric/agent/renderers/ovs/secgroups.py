@@ -88,7 +88,13 @@ def sg_conj_id(rule: SgRule) -> int:
 
 
 def sg_conj_id_of(
-    key: str, ethertype: str, protocol: str, ports: str, prefix: str, icmp_type: int | None, icmp_code: int | None
+    key: str,
+    ethertype: str,
+    protocol: str,
+    ports: str,
+    prefix: str,
+    icmp_type: int | None,
+    icmp_code: int | None,
 ) -> int:
     """``sg_conj_id`` from the rule's parts as ``str()`` prints them (for a catalog read from the
     intent, which has no ``SgRule``)."""
