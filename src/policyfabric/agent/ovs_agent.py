@@ -302,7 +302,6 @@ class OvsAgent:
             t2 = time.perf_counter()
             revision = self.revision_seen.update(self.client.policy, self.client.wanted, changed)
             net = self.network(plugged, tunnel_port, changed)
-            self.network_seen = net
         except BaseException:
             self._changed = None  # not everything saw what changed: the next reconcile looks at everything
             raise
@@ -322,6 +321,7 @@ class OvsAgent:
         for rendering in self.renderers:
             c, a = await self._render(rendering, net)
             compile_s, apply_s = compile_s + c, apply_s + a
+        self.network_seen = net  # installed now (an apply that failed raised): pf_trace names flows by it
         t4 = time.perf_counter()
         if t4 - t0 > 0.1:
             log.info(
