@@ -24,6 +24,7 @@ from policyfabric.authority.api import create_app, error_response
 from policyfabric.authority.auth import parse_tokens
 from policyfabric.authority.explain import CannotTrace, label_for
 from policyfabric.authority.explain import trace as fabric_trace
+from policyfabric.agent.view import Network
 from policyfabric.authority.service import Authority
 from policyfabric.model.errors import PolicyError
 from policyfabric.opflex.client import PolicyClient, parse_peers
@@ -297,3 +298,44 @@ def test_a_tenants_token_gets_the_verdict_and_its_own_rules_no_hops(
 )
 def test_labels_naming_another_tenant_are_not_shown_to_a_tenant(label: str, shown: str) -> None:
     assert label_for(label, "acme") == shown
+
+
+def test_an_agent_refuses_a_second_trace_at_once_and_keeps_its_loop() -> None:
+    """The agent's side: while one trace runs (its command in a thread, here a 0.5 s one), a second
+    is refused at once ("busy tracing") and the event loop keeps ticking."""
+    from policyfabric.agent.trace_rpc import TraceService
+    from tests.test_secgroups_unit import VM2, VM3
+
+    net = Network(local=(VM2, VM3), host="h1")
+    slow = TraceService("h1", "br-int", ["sh", "-c", "sleep 0.5", "x"], lambda: net, None)
+    ask = [{"source": VM2.key, "destination": "10.0.0.3", "probe": "tcp/80"}]
+
+    async def go() -> tuple[str, int]:
+        first = asyncio.create_task(slow(ask))
+        await asyncio.sleep(0.05)
+        try:
+            await asyncio.wait_for(slow(ask), 1)
+            second = "traced"
+        except RpcError as exc:
+            second = exc.message
+        ticks = 0
+        while not first.done():
+            ticks += 1
+            await asyncio.sleep(0.01)
+        await first
+        return second, ticks
+
+    second, ticks = asyncio.run(go())
+    assert second == "host h1 is busy tracing" and ticks > 10
+
+
+def test_an_endpoint_deleted_before_the_intent_answers_is_a_404(
+    world: tuple[Authority, Any, dict[str, str]],
+) -> None:
+    from policyfabric.authority.auth import ANONYMOUS
+    from policyfabric.model.errors import NotFound
+
+    authority, _, _ = world
+    with pytest.raises(NotFound) as exc:
+        explain._from_intent(authority, ANONYMOUS, "acme/a1", "acme/gone", Probe.parse("tcp/80"), "no agent")
+    assert exc.value.field == "to"
