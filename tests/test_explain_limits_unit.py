@@ -18,13 +18,13 @@ import pytest
 from fastapi import FastAPI
 from fastapi.testclient import TestClient
 
+from policyfabric.agent.view import Network
 from policyfabric.authority import explain
 from policyfabric.authority.access import Access
 from policyfabric.authority.api import create_app, error_response
 from policyfabric.authority.auth import parse_tokens
 from policyfabric.authority.explain import CannotTrace, label_for
 from policyfabric.authority.explain import trace as fabric_trace
-from policyfabric.agent.view import Network
 from policyfabric.authority.service import Authority
 from policyfabric.model.errors import PolicyError
 from policyfabric.opflex.client import PolicyClient, parse_peers
