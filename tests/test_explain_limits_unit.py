@@ -139,6 +139,26 @@ def test_the_next_hop_is_the_registrys_owner_of_the_tunnel_address_not_a_self_re
     assert asyncio.run(go()) == ["h1", "h2"]
 
 
+def test_a_gateway_host_is_found_by_the_election_not_by_its_report() -> None:
+    """A router's gateway host declares no endpoint there: the hop is the host the authority
+    elected at that tunnel address (among the hosts the operator listed)."""
+
+    async def go() -> list[str]:
+        h1, gw, rogue = (
+            FakeSession("h1", TUNNEL_HOP),
+            FakeSession("gw", out_hop("gw")),
+            FakeSession("h3", out_hop("h3")),
+        )
+        claims = {"h3": SimpleNamespace(tunnel_ip="192.0.2.2", connected=True)}
+        fabric = fabric_of([h1, gw, rogue], {"acme/a1": "h1"}, {}, claims)
+        fabric.election = SimpleNamespace(active={("acme", "r1"): ("gw", "192.0.2.2")})
+        answer = await fabric_trace(fabric, "acme/a1", "10.7.0.11", Probe.parse("tcp/80"))
+        assert rogue.asked == 0
+        return [h["host"] for h in answer["hops"]]
+
+    assert asyncio.run(go()) == ["h1", "gw"]
+
+
 def test_a_tunnel_address_two_live_agents_claim_is_not_traced() -> None:
     async def go() -> str:
         h1, h2, h3 = (

@@ -16,8 +16,9 @@ judged as the lab's explain judges them: the answer is
 Bounds: one trace in flight per agent and ``MAX_EXPLAINS`` explains at once across every caller;
 an explain past either is refused at once, 503 with ``Retry-After`` (a trace is refused, never
 queued: the agent refuses a second one too). The next hop's agent is the one the registry says
-owns the tunnel address (its live declarations, one live owner enforced when they are made),
-never what an agent reports of itself; an address more than one live agent claims is not traced.
+owns the tunnel address (its live declarations, one live owner enforced when they are made), or
+the gateway the authority elected there, never what an agent reports of itself; an address more
+than one live agent claims is not traced.
 
 A token scoped to one tenant (no global read) gets ``verdict`` and ``by`` alone: no hops (host
 names, renderers, flows whose register loads carry underlay addresses), and a rule or object of
@@ -168,13 +169,20 @@ def _holder(fabric: Fabric, key: str) -> str | None:
 
 
 def _by_tunnel(fabric: Fabric, address: str) -> str | None:
-    """The agent the registry says owns tunnel address ``address``: the one live agent whose
-    declarations give it (or the one that ever did, if none is live: then it is not connected).
-    Never what an agent reports of itself (a rogue agent claiming another host's address would be
-    handed that host's packets and could forge the verdict). Raises CannotTrace when more than one
-    live agent claims it: which host receives the packet cannot be told."""
+    """The agent the authority itself says owns tunnel address ``address``: the one live agent
+    whose declarations give it (the registry enforces one live owner), else, for a host that
+    declares nothing there, the router gateway the authority elected at that address (among the
+    hosts the operator listed); an agent that ever declared it, if none is live (it is then not
+    connected). Never an address an agent merely reports of itself (a rogue agent claiming
+    another host's address would be handed that host's packets and could forge the verdict).
+    Raises CannotTrace when more than one live agent claims it: which host receives the packet
+    cannot be told."""
     claims = sorted(str(a) for a in fabric.registry.declarations.by_tunnel.get(address, ()))
     live = [a for a in claims if _session(fabric, a) is not None]
+    if not live:
+        election = getattr(fabric, "election", None)
+        active = list(election.active.values()) if election is not None else []
+        live = sorted({str(host) for host, tunnel in active if tunnel == address})
     if len(live) > 1:
         raise CannotTrace(f"tunnel address {address} is claimed by {len(live)} live agents: not traced")
     return live[0] if live else (claims[0] if len(claims) == 1 else None)
