@@ -292,7 +292,7 @@ def test_an_icmp_type_rule_admits_that_type_and_code_only() -> None:
 
 
 def test_two_rules_differing_only_in_icmp_type_are_two_conjunctions() -> None:
-    from policyfabric.agent.renderers.ovs.secgroups import _cid
+    from policyfabric.agent.renderers.ovs.secgroups import sg_conj_id as _cid
 
     base = replace(sg_rule("sg/x#0", protocol=ICMP), icmp_type=8)
     assert _cid(base) != _cid(replace(base, icmp_type=0))
@@ -354,7 +354,7 @@ def test_an_ipv6_pair_passes_port_security_and_its_neighbour_discovery_too() -> 
 def test_explain_names_an_icmp_typed_rule_by_its_conjunction() -> None:
     """``explain`` names a rule by the conjunction id the agent gives it: the ICMP part included."""
     from policyfabric.agent.explain import catalog
-    from policyfabric.agent.renderers.ovs.secgroups import _cid
+    from policyfabric.agent.renderers.ovs.secgroups import sg_conj_id as _cid
     from policyfabric.authority.opflex.policy_tree import tenant_tree
 
     [sg] = INTENT["security_group"]

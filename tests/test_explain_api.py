@@ -62,11 +62,16 @@ def test_a_member_cannot_explain_another_tenants_endpoints(as_: AsToken, endpoin
 def test_within_its_tenant_and_no_opflex_the_intent_answers_marked_as_such(
     as_: AsToken, endpoints: dict[str, str]
 ) -> None:
-    r = as_("acme").get("/v1/explain", **{"from": endpoints["a1"], "to": endpoints["a2"], "probe": "tcp/80"})
+    query = {"from": endpoints["a1"], "to": endpoints["a2"], "probe": "tcp/80"}
+    r = as_("ops").get("/v1/explain", **query)
     assert r.status_code == 200, r.text
     doc = r.json()
     assert (doc["verdict"], doc["source"], doc["hops"]) == ("allow", "intent", [])
     assert "intra_group" in doc["by"] and "no OpFlex" in doc["reason"]
+    # a member: the verdict and its own tenant's rule, no hops, no reason naming the fabric
+    doc = as_("acme").get("/v1/explain", **query).json()
+    assert (doc["verdict"], doc["source"], "hops" in doc) == ("allow", "intent", False)
+    assert "intra_group" in doc["by"] and doc["reason"] == "the dataplane could not be asked"
     # an address has no intent answer: the dataplane alone could say
     r = as_("ops").get("/v1/explain", **{"from": endpoints["a1"], "to": "10.7.0.99", "probe": "icmp"})
     assert r.status_code == 503 and "between two endpoints" in error(r)["message"]

@@ -22,7 +22,7 @@ from typing import Any
 
 from policyfabric.agent.renderers.ovs.conjunctions import conj_id
 from policyfabric.agent.renderers.ovs.ovsdb import TUNNEL_PORT
-from policyfabric.agent.renderers.ovs.secgroups import icmp_key
+from policyfabric.agent.renderers.ovs.secgroups import sg_conj_id_of
 from policyfabric.agent.renderers.ovs.sections import SectionKey, cookie_of
 from policyfabric.agent.renderers.ovs.tables import (
     BY_NUMBER,
@@ -260,8 +260,7 @@ def catalog(
                 r = o.SecurityGroupRule.model_validate(raw)
                 eth, proto, ports = _classifier(r.ethertype, r.protocol, r.port)
                 prefix = str(r.remote_ip_prefix) if r.remote_ip_prefix is not None else None
-                icmp = icmp_key(r.icmp_type, r.icmp_code)  # secgroups._cid's ICMP part
-                cid = conj_id("sg", f"{uri}#{i}", eth, proto, ports, str(prefix), *icmp)
+                cid = sg_conj_id_of(f"{uri}#{i}", eth, proto, ports, str(prefix), r.icmp_type, r.icmp_code)
                 cat.rules[cid] = f"security-group {tenant}/{sg['name']} rule {i}"
     for e in endpoints:
         key = f"{e['tenant']}/{e['name']}"

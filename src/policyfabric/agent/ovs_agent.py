@@ -338,7 +338,6 @@ class OvsAgent:
             t2 = time.perf_counter()
             revision = self.revision_seen.update(self.client.policy, self.client.wanted, changed)
             net = self.network(plugged, tunnel_port, changed)
-            self.network_seen = net
         except BaseException:
             self._changed = None  # not everything saw what changed: the next reconcile looks at everything
             raise
@@ -360,6 +359,7 @@ class OvsAgent:
             compile_s, apply_s = compile_s + c, apply_s + a
         if self.rulelog is not None:  # a meter created under flows already there: they use it now
             self.rulelog.repoint_if_created(self.applier.installed)
+        self.network_seen = net  # installed now (an apply that failed raised): pf_trace names flows by it
         t4 = time.perf_counter()
         if t4 - t0 > 0.1:
             log.info(

@@ -15,10 +15,12 @@ tunnels to. The agent answers from what *it has installed*, never from the inten
 
 Bounds: every value was parsed by ``opflex/trace`` before it is formatted into the trace command
 (addresses, MACs and numbers re-printed from their parsed form; the port and bridge are the
-agent's own), one trace at a time (a second waits, up to the timeout), the command killed after
-``timeout`` seconds, its output cut at ``MAX_OUTPUT``. The session that asked waits for the
-answer (its reader is busy meanwhile: a trace takes tens of milliseconds, and the authority's
-pushes queue in the socket, well inside its write timeout).
+agent's own); one trace at a time (a second, asked while one runs, is refused at once: "busy
+tracing"); every command killed after what is left of ``timeout`` seconds; an output over
+``MAX_OUTPUT`` refused whole ("cannot trace"), never cut (a cut trace or cut JSON would mislead).
+The trace runs in a task of its own (``opflex.rpc.Later``) and every command in a thread, so the
+session's reader and the agent's event loop go on meanwhile: policy pushes are applied while a
+trace runs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from policyfabric.agent.explain import (
 from policyfabric.agent.renderers.nftables import explain as nft
 from policyfabric.agent.renderers.nftables.ruleset import TABLE, bridge_of
 from policyfabric.agent.renderers.ovs.conjunctions import conj_id
+from policyfabric.agent.renderers.ovs.secgroups import sg_conj_id
 from policyfabric.agent.renderers.ovs.sections import SectionKey
 from policyfabric.agent.view import Endpoint, Network
 from policyfabric.opflex.rpc import RpcError
@@ -54,10 +57,20 @@ from policyfabric.opflex.uri import unescape
 from policyfabric.opflex.wire import Code
 from policyfabric.sh import CommandFailed, run
 
-TIMEOUT = 5.0  # seconds a trace (and the wait for the one before it) may take
-MAX_OUTPUT = 1 << 20  # characters of trace output kept
+TIMEOUT = 5.0  # seconds a trace may take, every command of it together
+MAX_OUTPUT = 4 << 20  # characters of a command's output past which the host does not trace (a frame's limit)
 SOURCE_PORT = 40000  # the probe's source port (no flow matches on it)
 WHOLE_TABLE_MAX = 2000  # rules + set elements of the applied table up to which it is listed whole
+
+
+class TooLarge(Exception):
+    """A command's output is over ``MAX_OUTPUT``: the host says it cannot trace rather than cut it."""
+
+
+def _bounded(out: str) -> str:
+    if len(out) > MAX_OUTPUT:
+        raise TooLarge(f"{len(out)} characters of output, over {MAX_OUTPUT}")
+    return out
 
 
 class NoRoute(Exception):
@@ -95,8 +108,7 @@ def catalog_of(net: Network) -> Catalog:
                 cat.rules[cid] = f"contract {_name(uri)} rule {rule.key.partition('.')[2]}"
     for sg in net.security_groups.values():
         for r in sg.rules:
-            cid = conj_id("sg", r.key, str(r.ethertype), str(r.protocol), str(r.ports), str(r.remote_prefix))
-            cat.rules[cid] = f"security-group {_name(sg.uri)} rule {r.key.rpartition('#')[2]}"
+            cat.rules[sg_conj_id(r)] = f"security-group {_name(sg.uri)} rule {r.key.rpartition('#')[2]}"
     return cat
 
 
@@ -216,31 +228,30 @@ class TraceService:
         net = self.network()
         if net is None:
             raise RpcError(Code.ERROR, f"host {self.host} has not rendered anything yet")
+        if self._one.locked():  # refused, not queued: the authority's timer runs meanwhile
+            raise RpcError(Code.ERROR, f"host {self.host} is busy tracing")
         deadline = time.monotonic() + self.timeout
-        try:
-            await asyncio.wait_for(self._one.acquire(), self.timeout)
-        except TimeoutError:
-            raise RpcError(Code.ERROR, f"host {self.host} is busy tracing") from None
-        try:
-            return await self._hop(net, req, deadline)
-        except BadTrace as exc:
-            raise RpcError(Code.ERROR, str(exc)) from None
-        except (CommandFailed, subprocess.TimeoutExpired, nft.Unevaluable, json.JSONDecodeError) as exc:
-            raise RpcError(Code.ERROR, f"host {self.host} cannot trace: {exc}") from None
-        finally:
-            self._one.release()
+        async with self._one:
+            try:
+                return await self._hop(net, req, deadline)
+            except BadTrace as exc:
+                raise RpcError(Code.ERROR, str(exc)) from None
+            except (
+                CommandFailed, subprocess.TimeoutExpired, nft.Unevaluable, json.JSONDecodeError, TooLarge
+            ) as exc:  # fmt: skip
+                raise RpcError(Code.ERROR, f"host {self.host} cannot trace: {exc}") from None
 
     async def _run(self, argv: list[str], deadline: float, netns: str | None = None) -> str:
         left = max(0.1, deadline - time.monotonic())
-        out = await asyncio.to_thread(run, argv, netns=netns, timeout=left)
-        return out[:MAX_OUTPUT]
+        return _bounded(await asyncio.to_thread(run, argv, netns=netns, timeout=left))
 
     def _table(self, deadline: float) -> nft.Table:
-        """The installed table: listed whole in one ``nft`` when the applied one is small (a
-        process each is most of the cost there: 2 endpoints, 32 ms an explain whole against 75 ms
-        object by object, measured), else object by object as the walk needs it (at 1,000
-        endpoints the whole table is 4 MB of JSON and 1.4-2.0 s to list, one chain 10-50 ms). In
-        the renderer's namespace, each ``nft`` within what is left of the deadline."""
+        """(Blocking: run it in a thread.) The installed table: listed whole in one ``nft`` when the
+        applied one is small (a process each is most of the cost there: 2 endpoints, 32 ms an
+        explain whole against 75 ms object by object, measured), else object by object as the walk
+        needs it (at 1,000 endpoints the whole table is 4 MB of JSON and 1.4-2.0 s to list, one
+        chain 10-50 ms). In the renderer's namespace, each ``nft`` within what is left of the
+        deadline."""
         assert self.nftables is not None
         netns = self.nftables.netns
 
@@ -250,7 +261,7 @@ class TraceService:
                 out = run(["nft", "-j", "list", *what], netns=netns, timeout=left)
             except CommandFailed:
                 return {}  # not in the table: the walk says so
-            doc: dict[str, Any] = json.loads(out[:MAX_OUTPUT])
+            doc: dict[str, Any] = json.loads(_bounded(out))
             return doc
 
         table = nft.Table(lambda kind, name: listing(kind, "inet", TABLE, name))
@@ -276,7 +287,7 @@ class TraceService:
                 return self._answer(Hop(self.host, (), "none"), cat, f"no route ({exc})", [], None)
             bridge = bridge_of(src.interface)
             if self.nftables is not None and bridge is not None:  # it crosses its own bridge first
-                table = self._table(deadline)
+                table = await asyncio.to_thread(self._table, deadline)
                 verdict = await self._evaluate(table, _on(replace(packet, ether_src=src.mac), bridge))
                 nft_steps = _nft_steps(verdict, net, applied)
                 if verdict.verdict == "drop":
@@ -296,7 +307,8 @@ class TraceService:
         if drop is None and self.nftables is not None and bridge is not None:  # and its bridge last
             leaving = leaving_packet(parsed.final, parsed.protocol)
             if leaving is not None:
-                table = table or self._table(deadline)
+                if table is None:
+                    table = await asyncio.to_thread(self._table, deadline)
                 leaving = replace(leaving, ether_src=parsed.final.get("dl_src"))  # from br-int: which port
                 verdict = await self._evaluate(table, _on(leaving, bridge))
                 steps = _nft_steps(verdict, net, applied)

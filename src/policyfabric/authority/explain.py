@@ -13,6 +13,17 @@ with the packet as it arrives (VNI, source group, addresses), up to ``MAX_HOPS``
 judged as the lab's explain judges them: the answer is
 ``{"verdict", "by", "hops", "source": "dataplane"}``.
 
+Bounds: one trace in flight per agent and ``MAX_EXPLAINS`` explains at once across every caller;
+an explain past either is refused at once, 503 with ``Retry-After`` (a trace is refused, never
+queued: the agent refuses a second one too). The next hop's agent is the one the registry says
+owns the tunnel address (its live declarations, one live owner enforced when they are made), or
+the gateway the authority elected there, never what an agent reports of itself; an address more
+than one live agent claims is not traced.
+
+A token scoped to one tenant (no global read) gets ``verdict`` and ``by`` alone: no hops (host
+names, renderers, flows whose register loads carry underlay addresses), and a rule or object of
+another tenant named only as "another tenant's rule".
+
 When the source's host cannot trace (a reference OpFlex agent answers ``EUNSUPPORTED``; no
 agent holds the endpoint; a hop's agent is not connected) the answer is the intent's
 (console/matrix.py: two endpoints of one tenant), ``"source": "intent"``, with ``reason``
@@ -22,9 +33,11 @@ saying why the dataplane was not asked; for an address target there is no intent
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ipaddress
-from collections.abc import Mapping
-from typing import Any, Protocol
+import re
+from collections.abc import Iterator, Mapping
+from typing import Any, ClassVar, Protocol
 
 from fastapi import Depends, FastAPI, Query
 from fastapi.responses import JSONResponse
@@ -43,6 +56,8 @@ from policyfabric.opflex.wire import Code
 
 MAX_HOPS = 4
 TIMEOUT = 8.0  # seconds one agent may take to answer (its own trace timeout is 5 s)
+MAX_EXPLAINS = 4  # explains in flight at once, every caller together
+OTHER_TENANT = "another tenant's rule"
 
 
 class Unavailable(PolicyError):
@@ -50,6 +65,43 @@ class Unavailable(PolicyError):
 
     status = 503
     code = "unavailable"
+
+
+class Busy(Unavailable):
+    """Too many explains in flight, or the agent to ask is tracing already: retry shortly."""
+
+    code = "busy"
+    headers: ClassVar[dict[str, str]] = {"Retry-After": "1"}
+
+
+class Limits:
+    """One trace in flight per agent, ``explains`` explains at once: past either, ``Busy`` at once
+    (never a queue: a waiting explain would hold a request and an agent's time for nothing). Plain
+    counters: everything here runs on the event loop."""
+
+    def __init__(self, explains: int = MAX_EXPLAINS) -> None:
+        self.explains, self.running = explains, 0
+        self.tracing: set[str] = set()  # agents with a trace in flight
+
+    @contextlib.contextmanager
+    def explain(self) -> Iterator[None]:
+        if self.running >= self.explains:
+            raise Busy(f"{self.running} explains are running, the most at once: retry shortly")
+        self.running += 1
+        try:
+            yield
+        finally:
+            self.running -= 1
+
+    @contextlib.contextmanager
+    def agent(self, agent: str) -> Iterator[None]:
+        if agent in self.tracing:
+            raise Busy(f"agent {agent} is tracing another explain: retry shortly")
+        self.tracing.add(agent)
+        try:
+            yield
+        finally:
+            self.tracing.discard(agent)
 
 
 class Fabric(Protocol):
@@ -117,20 +169,32 @@ def _holder(fabric: Fabric, key: str) -> str | None:
 
 
 def _by_tunnel(fabric: Fabric, address: str) -> str | None:
-    """The agent whose tunnel address ``address`` is: as it reported it, or as its declarations give it."""
-    for name, info in list(fabric.observer.agents.items()):
-        if info.tunnel_ip == address and info.connected:
-            return str(name)
-    agents = fabric.registry.declarations.by_tunnel.get(address)
-    return str(next(iter(agents))) if agents else None
+    """The agent the authority itself says owns tunnel address ``address``: the one live agent
+    whose declarations give it (the registry enforces one live owner), else, for a host that
+    declares nothing there, the router gateway the authority elected at that address (among the
+    hosts the operator listed); an agent that ever declared it, if none is live (it is then not
+    connected). Never an address an agent merely reports of itself (a rogue agent claiming
+    another host's address would be handed that host's packets and could forge the verdict).
+    Raises CannotTrace when more than one live agent claims it: which host receives the packet
+    cannot be told."""
+    claims = sorted(str(a) for a in fabric.registry.declarations.by_tunnel.get(address, ()))
+    live = [a for a in claims if _session(fabric, a) is not None]
+    if not live:
+        election = getattr(fabric, "election", None)
+        active = list(election.active.values()) if election is not None else []
+        live = sorted({str(host) for host, tunnel in active if tunnel == address})
+    if len(live) > 1:
+        raise CannotTrace(f"tunnel address {address} is claimed by {len(live)} live agents: not traced")
+    return live[0] if live else (claims[0] if len(claims) == 1 else None)
 
 
-async def _ask(fabric: Fabric, agent: str, request: Request) -> dict[str, Any]:
+async def _ask(fabric: Fabric, agent: str, request: Request, limits: Limits) -> dict[str, Any]:
     session = _session(fabric, agent)
     if session is None:
         raise CannotTrace(f"agent {agent} is not connected")
     try:
-        answer = await session.call(METHOD, [request.to_params()], timeout=TIMEOUT)
+        with limits.agent(agent):
+            answer = await session.call(METHOD, [request.to_params()], timeout=TIMEOUT)
     except RpcError as exc:
         if exc.code == Code.EUNSUPPORTED:
             raise CannotTrace(f"host {agent} cannot trace (its agent does not implement {METHOD})") from None
@@ -142,15 +206,19 @@ async def _ask(fabric: Fabric, agent: str, request: Request) -> dict[str, Any]:
     return answer
 
 
-async def trace(fabric: Fabric, source: str, destination: str, probe: Probe) -> dict[str, Any]:
-    """Ask the agents hop by hop; the dataplane's answer. Raises CannotTrace."""
+async def trace(
+    fabric: Fabric, source: str, destination: str, probe: Probe, limits: Limits | None = None
+) -> dict[str, Any]:
+    """Ask the agents hop by hop; the dataplane's answer, hops and all (``for_member`` cuts it for
+    a tenant's token). Raises CannotTrace, or Busy when the agent to ask is tracing already."""
+    limits = limits or Limits()
     agent = _holder(fabric, source)
     if agent is None:
         raise CannotTrace(f"no agent holds {source}'s interface (not plugged, or its host is down)")
     request = Request(source=source, destination=ipaddress.ip_address(destination), probe=probe)
     hops: list[dict[str, Any]] = []
     for _ in range(MAX_HOPS):
-        answer = await _ask(fabric, agent, request)
+        answer = await _ask(fabric, agent, request, limits)
         hops.append(answer)
         nxt = answer.get("next")
         if not isinstance(nxt, dict):
@@ -165,7 +233,44 @@ async def trace(fabric: Fabric, source: str, destination: str, probe: Probe) -> 
         agent = following
     verdict, by = judge(hops)
     shown = [{key: h.get(key) for key in ("host", "renderer", "outcome", "flows")} for h in hops]
-    return {"verdict": verdict, "by": by, "hops": shown, "source": "dataplane"}
+    return {"verdict": verdict, "by": by, "hops": shown, "source": "dataplane", "answers": hops}
+
+
+# a tenant named in a label: "contract acme/http ...", "floating-ip 1.2.3.4 of beta/db", or a URI's
+# PolicySpace (a name no catalog had); an address's prefix ("10.0.0.0/24") is not one
+_TENANT_IN_LABEL = re.compile(
+    r"(?<![\w.:/-])([a-z0-9](?:[a-z0-9-]*[a-z0-9])?)/[a-z0-9]|PolicySpace/([^/\s]+)/"
+)
+
+
+def label_for(label: str, tenant: str) -> str:
+    """``label`` as a token of ``tenant`` may see it: whole when every tenant it names is
+    ``tenant``, else ``OTHER_TENANT``."""
+    named = {a or b for a, b in _TENANT_IN_LABEL.findall(label)}
+    return label if named <= {tenant} else OTHER_TENANT
+
+
+def for_member(answer: Mapping[str, Any], tenant: str) -> dict[str, Any]:
+    """The answer for a token scoped to ``tenant``: ``verdict`` and ``by`` alone, judged again
+    from the hops' labels each cut by ``label_for`` (so a rule of another tenant that let the
+    packet on is "another tenant's rule", the tenant's own named). No hops: their host names,
+    renderers and flows (register loads carry underlay addresses) are the operator's."""
+    hops = [
+        {
+            "outcome": h.get("outcome"),
+            "drop": label_for(str(h["drop"]), tenant) if h.get("drop") else None,
+            "allows": [label_for(str(a), tenant) for a in h.get("allows") or ()],
+        }
+        for h in answer.get("answers") or ()
+    ]
+    if hops:
+        verdict, by = judge(hops)
+    else:  # the intent's (the tenant's own objects) or no hop at all
+        verdict, by = answer["verdict"], label_for(str(answer["by"]), tenant)
+    out = {"verdict": verdict, "by": by, "source": answer.get("source", "dataplane")}
+    if "reason" in answer:
+        out["reason"] = "the dataplane could not be asked"  # its reason names hosts
+    return out
 
 
 def _from_intent(
@@ -178,7 +283,10 @@ def _from_intent(
         raise Unavailable(f"{why}; the intent answers only between two endpoints of one tenant")
     kinds = (k.ENDPOINT_GROUP, k.CONTRACT, k.SECURITY_GROUP, k.ENDPOINT)
     intent = Intent.of(tenant, {kind.name: authority.list(kind, tenant)[0] for kind in kinds})
-    src, dst = intent.endpoints[src_name], intent.endpoints[dst_name]
+    src, dst = intent.endpoints.get(src_name), intent.endpoints.get(dst_name)
+    if src is None or dst is None:  # deleted since the route checked it
+        missing = ("from", source) if src is None else ("to", target)
+        raise NotFound(f"no endpoint {missing[1]!r}", missing[0])
     word = "icmpv6" if probe.kind == "icmp" and probe.v6 else probe.kind
     parsed = IntentProbe(word, probe.port, 6 if probe.v6 else family_of(src, dst))
     answer = intent_explain(intent, src_name, dst_name, parsed)
@@ -186,8 +294,13 @@ def _from_intent(
     return {"verdict": answer.verdict, "by": by, "hops": [], "source": "intent", "reason": why}
 
 
-def mount(app: FastAPI, authority: Authority, access: Access, fabric: Any) -> None:
-    """``GET /v1/explain`` (``fabric``: the OpFlex server; None: no OpFlex, the intent answers)."""
+def mount(
+    app: FastAPI, authority: Authority, access: Access, fabric: Any, explains: int = MAX_EXPLAINS
+) -> None:
+    """``GET /v1/explain`` (``fabric``: the OpFlex server; None: no OpFlex, the intent answers;
+    ``explains``: how many may run at once)."""
+    limits = Limits(explains)
+
     @app.get(
         "/v1/explain",
         tags=["opflex"],
@@ -200,6 +313,19 @@ def mount(app: FastAPI, authority: Authority, access: Access, fabric: Any) -> No
         probe: str = Query(description="icmp, icmpv6, tcp/N, udp/N, tcp6/N, udp6/N (LAB.md)"),
     ) -> JSONResponse:
         src, dst, parsed = _parse(source, target, probe)
+        with limits.explain():
+            answer = await _explain(who, src, dst, parsed, target)
+        shown = answer if who.tenant is None else for_member(answer, who.tenant)
+        shown.pop("answers", None)  # the agents' whole answers: for for_member's labels only
+        return JSONResponse(shown)
+
+    async def _explain(
+        who: Principal,
+        src: str,
+        dst: str | ipaddress.IPv4Address | ipaddress.IPv6Address,
+        parsed: Probe,
+        target: str,
+    ) -> dict[str, Any]:
         await asyncio.to_thread(_endpoint, authority, who, src, "from")
         if isinstance(dst, str):
             ep = await asyncio.to_thread(_endpoint, authority, who, dst, "to")
@@ -211,7 +337,7 @@ def mount(app: FastAPI, authority: Authority, access: Access, fabric: Any) -> No
         try:
             if fabric is None:
                 raise CannotTrace("this authority runs no OpFlex server")
-            answer = await trace(fabric, src, str(address), parsed)
+            answer = await trace(fabric, src, str(address), parsed, limits)
         except CannotTrace as exc:
             answer = await asyncio.to_thread(_from_intent, authority, who, src, target, parsed, str(exc))
-        return JSONResponse(answer)
+        return answer

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from policyfabric.agent.explain import Catalog, Explanation, catalog, explain
 from policyfabric.cli.console import fail, out
@@ -67,22 +68,23 @@ def explain_json(lab: Lab, cat: Catalog, x: Expect) -> dict[str, Any]:
 
 
 def print_explanation(doc: dict[str, Any], source: str, target: str, probe: str) -> None:
-    """The verdict, what decided it, and each host's flows (or nftables rules), for humans."""
+    """The verdict, what decided it, and each host's flows (or nftables rules), for humans. What
+    the authority and the agents answer is printed as it is (``markup=False``: an IPv6 ``[fd00::2]``
+    or a flow's ``[/]`` is text, not rich markup); a member's answer has no hops."""
     where = (
         "" if doc.get("source", "dataplane") == "dataplane" else f" (from the intent: {doc.get('reason')})"
     )
-    out.print(
-        f"{source} → {target} {probe}: [bold]{doc['verdict']}[/] by {doc['by']}{where}", highlight=False
-    )
-    for hop in doc["hops"]:
+    head = f"{escape(source)} → {escape(target)} {escape(probe)}: "
+    by = escape(f"{doc['by']}{where}")
+    out.print(f"{head}[bold]{escape(str(doc['verdict']))}[/] by {by}", highlight=False)
+    for hop in doc.get("hops") or ():
         renderer = f" ({hop['renderer']})" if hop.get("renderer") else ""
-        out.print(f"  host {hop['host']}{renderer}: {hop['outcome']}", highlight=False)
+        out.print(f"  host {hop['host']}{renderer}: {hop['outcome']}", highlight=False, markup=False)
         for f in hop["flows"]:
             actions = ",".join(f["actions"])
             prio = f"priority {f['priority']}, " if f.get("priority") is not None else ""
-            out.print(
-                f"    {f['table']:<16} {f['match'] or '*'} ({prio}{f['from']}): {actions}", highlight=False
-            )
+            line = f"    {f['table']:<16} {f['match'] or '*'} ({prio}{f['from']}): {actions}"
+            out.print(line, highlight=False, markup=False)
 
 
 def explain_command(

@@ -40,7 +40,7 @@ from policyfabric.opflex.gbp import Cls
 from policyfabric.opflex.locate import METHOD as LOCATE
 from policyfabric.opflex.locate import request
 from policyfabric.opflex.mo import MO
-from policyfabric.opflex.rpc import RpcError, Session, SessionClosed
+from policyfabric.opflex.rpc import Later, RpcError, Session, SessionClosed
 from policyfabric.opflex.trace import METHOD as TRACE
 from policyfabric.opflex.wire import DEFAULT_MAX_FRAME, Code
 
@@ -509,7 +509,7 @@ class PolicyClient:
     # ---- requests from the authority
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:
         if method == TRACE and self.on_trace is not None:
-            return await self.on_trace(params)
+            return Later(self.on_trace(params))  # traced in its own task: pushes are read meanwhile
         if method not in ("policy_update", "endpoint_update"):
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
         for entry in params:

@@ -54,6 +54,15 @@ class SessionClosed(Exception):
 Handler = Callable[["Session", str, list[Any]], Awaitable[Any]]
 
 
+class Later:
+    """A handler's answer that takes its time (a ``pf_trace`` runs a command): the session awaits
+    ``work`` in a task of its own and replies when it is done, so the reader goes on reading
+    (pushes are applied meanwhile). The work is cancelled if the session closes first."""
+
+    def __init__(self, work: Awaitable[Any]) -> None:
+        self.work = work
+
+
 class Session:
     """A framed JSON-RPC session. ``handler(session, method, params)`` answers
     requests: it returns the result, raises RpcError, or returns ``NO_REPLY``."""
@@ -88,6 +97,7 @@ class Session:
         self.close_reason = ""
         self._logged: set[str] = set()
         self.ready = False  # set by the role logic once the handshake is done
+        self._later: set[asyncio.Task[None]] = set()  # replies under way (``Later``)
         with contextlib.suppress(Exception):
             writer.transport.set_write_buffer_limits(high=1 << 20)
 
@@ -232,8 +242,16 @@ class Session:
             with contextlib.suppress(SessionClosed):
                 await self.send(wire.result(msg.id, msg.params))
             return
+        await self._reply(msg, self.handler(self, msg.method, msg.params))
+
+    async def _reply(self, msg: wire.Request, work: Awaitable[Any]) -> None:
         try:
-            value = await self.handler(self, msg.method, msg.params)
+            value = await work
+            if isinstance(value, Later):  # answered by its own task: the reader goes on
+                task = asyncio.create_task(self._reply(msg, value.work))
+                self._later.add(task)
+                task.add_done_callback(self._later.discard)
+                return
         except RpcError as err:
             self.log_once(
                 f"refused:{msg.method}:{err.code}",
@@ -304,6 +322,8 @@ class Session:
         for future in self.pending.values():
             if not future.done():
                 future.set_exception(SessionClosed(reason))
+        for task in list(self._later):
+            task.cancel()
         with contextlib.suppress(Exception):
             if abort:
                 self.writer.transport.abort()

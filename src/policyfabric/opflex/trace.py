@@ -28,7 +28,7 @@ from policyfabric.model.types import check_label
 
 METHOD = "pf_trace"
 PROBES = "icmp, icmpv6, tcp/N, udp/N, tcp6/N, udp6/N, bulk/N or bulk6/N"
-_MAC = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+_MAC = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")  # whole (fullmatch: no trailing newline)
 
 
 class BadTrace(ValueError):
@@ -101,9 +101,11 @@ def _ipv6(value: str, field: str) -> str:
 
 
 def _mac(value: str, field: str) -> str:
-    if not _MAC.match(value.lower()):
+    """The MAC, lower case, checked whole: the normalised value is what is formatted, never ``value``."""
+    found = _MAC.fullmatch(value.lower())
+    if found is None:
         raise BadTrace(field, f"{value!r} is not a MAC address")
-    return value.lower()
+    return found.group(0)
 
 
 def _number(bits: int) -> Callable[[str, str], str]:

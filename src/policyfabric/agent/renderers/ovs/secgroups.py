@@ -79,16 +79,28 @@ def _family(rule: SgRule, field: str) -> tuple[str, str]:
     return ("ipv6", f"ipv6_{field}") if rule.ethertype == 0x86DD else ("ip", f"nw_{field}")
 
 
-def _cid(rule: SgRule) -> int:
-    return conj_id(
-        "sg",
-        rule.key,
-        str(rule.ethertype),
-        str(rule.protocol),
-        str(rule.ports),
-        str(rule.remote_prefix),
-        *icmp_key(rule.icmp_type, rule.icmp_code),
-    )
+def sg_conj_id(rule: SgRule) -> int:
+    """The conjunction id of a security-group rule's flows: the one place it is made, so the
+    explain catalogs (``agent/trace_rpc.catalog_of`` from the view, ``agent/explain.catalog``
+    from the intent) name a rule by exactly the id its flows carry, ICMP type and code included."""
+    return sg_conj_id_of(
+        rule.key, str(rule.ethertype), str(rule.protocol), str(rule.ports), str(rule.remote_prefix),
+        rule.icmp_type, rule.icmp_code,
+    )  # fmt: skip
+
+
+def sg_conj_id_of(
+    key: str,
+    ethertype: str,
+    protocol: str,
+    ports: str,
+    prefix: str,
+    icmp_type: int | None,
+    icmp_code: int | None,
+) -> int:
+    """``sg_conj_id`` from the rule's parts as ``str()`` prints them (for a catalog read from the
+    intent, which has no ``SgRule``)."""
+    return conj_id("sg", key, ethertype, protocol, ports, prefix, *icmp_key(icmp_type, icmp_code))
 
 
 def icmp_key(icmp_type: int | None, icmp_code: int | None) -> tuple[str, ...]:
@@ -151,7 +163,7 @@ def shape(rule: SgRule, families: Families) -> Shape | None:
         clauses = 3
     else:
         clauses = 2
-    return Shape(SG_EGRESS if egress else SG_INGRESS, egress, eth, field, _cid(rule), clauses, prefix)
+    return Shape(SG_EGRESS if egress else SG_INGRESS, egress, eth, field, sg_conj_id(rule), clauses, prefix)
 
 
 def port_flows(
@@ -224,7 +236,7 @@ def member_signature(group: str, sgs: Iterable[SecurityGroup]) -> Signature:
             egress = rule.direction == "out"
             eth, key = _family(rule, "dst" if egress else "src")
             table = SG_EGRESS if egress else SG_INGRESS
-            acts[eth == "ipv6", table, eth, key].add(f"conjunction({_cid(rule)},2/3)")
+            acts[eth == "ipv6", table, eth, key].add(f"conjunction({sg_conj_id(rule)},2/3)")
     entries: tuple[list[Entry], list[Entry]] = ([], [])
     for (v6, table, eth, key), actions in sorted(acts.items()):
         entries[v6].append((table, eth, key, tuple(sorted(actions))))
