@@ -13,7 +13,7 @@ it), a fresh key prefix per run. The machine is shared: compare within one run.
 2. Fan-out: --fanout-agents OpFlex agents (real clients of policyfabric's library, --endpoints
    each resolved) spread over 3 replicas, against the same number on 1 authority; one contract
    change written through replica 0: the time until each agent has the new port, p50/p99.
-   The issue's figure is 900 agents (3 replicas x 300 against 1 x 900) with 100 endpoints each:
+   The figure asked for is 900 agents (3 replicas x 300 against 1 x 900) with 100 endpoints each:
    ``--fanout-agents 900 --endpoints 100 --skip writes,failover``. On the shared 2-core machine
    (load average 12-17) its 90,000 resolutions did not settle within the 300 s the agents'
    process allows (opflex_fanout.agents_process), so the figures in docs/operations.md are for
