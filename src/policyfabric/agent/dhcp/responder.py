@@ -41,6 +41,7 @@ from policyfabric.agent.dhcp.hosts6 import BdConfig, Port6, bd_config, port6
 from policyfabric.agent.dhcp.packet import Lease, Malformed, build_reply, decide, parse_request
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.switching import dhcp_subnet
+from policyfabric.agent.renderers.service_thread import ServiceThread
 from policyfabric.agent.view import Endpoint, Network
 
 log = logging.getLogger(__name__)
@@ -261,39 +262,29 @@ class Schedule:
         return out
 
 
-class Responder:
+class Responder(ServiceThread):
     """The responder thread on ``path`` (a bridge's ``.mgmt`` socket)."""
 
     def __init__(self, path: Path | str) -> None:
+        super().__init__("dhcp-responder", f"dhcp responder: connection to {path}", RETRY)
         self.path = Path(path)
         self.leases: Mapping[int, Lease] = {}
         self.ipv6: Mapping[int, Port6] = {}
         self.counters = Counters()
         self.connected = threading.Event()
         self.schedule = Schedule()
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)  # a full pipe (the thread away, reconnecting) never blocks update
         self._rescan = True  # the thread works out the ports' advertisements again
-        self._thread = threading.Thread(target=self._run, name="dhcp-responder", daemon=True)
         self._xid = 0
-        self._last_error = ""
-
-    def start(self) -> None:
-        self._thread.start()
 
     def stop(self) -> None:
-        self._stop.set()
-        self._wake()
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: the thread is leaving anyway
-                sock.shutdown(socket.SHUT_RDWR)
-        if self._thread.ident is not None:  # started
-            self._thread.join(timeout=5)
+        super().stop()
         self._wake_r.close()
         self._wake_w.close()
+
+    def _stopping(self) -> None:
+        self._wake()
 
     def update(self, leases: Mapping[int, Lease], ipv6: Mapping[int, Port6] | None = None) -> None:
         """New answers: ``leases`` (and ``ipv6``, else the IPv6 side of a ``Leases``). One reference
@@ -309,20 +300,8 @@ class Responder:
             self._wake_w.send(b"\0")
 
     # ---- the thread
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._serve()
-            except OSError as exc:
-                if not self._stop.is_set() and str(exc) != self._last_error:  # once per outage
-                    log.warning("dhcp responder: connection to %s: %s (retrying)", self.path, exc)
-                self._last_error = str(exc)
-            finally:
-                self.connected.clear()
-                if self._sock is not None:
-                    self._sock.close()
-                    self._sock = None
-            self._stop.wait(RETRY)
+    def _lost(self) -> None:
+        self.connected.clear()
 
     def _next_xid(self) -> int:
         self._xid = w.next_xid(self._xid)

@@ -26,7 +26,6 @@ Each packet-in's userdata and packet go to ``handle`` (the agent names and logs 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import select
 import socket
@@ -39,6 +38,7 @@ from pathlib import Path
 from policyfabric.agent.renderers.ovs import ofwire as w
 from policyfabric.agent.renderers.ovs.flows import Flow
 from policyfabric.agent.renderers.ovs.logflows import LOG_CONTROLLER_ID, LOG_METER, Decided, decode_userdata
+from policyfabric.agent.renderers.service_thread import ServiceThread
 
 log = logging.getLogger(__name__)
 
@@ -117,7 +117,7 @@ class Counters:
     ignored: int = 0  # packet-ins that were not (or did not parse)
 
 
-class RuleLogChannel:
+class RuleLogChannel(ServiceThread):
     """The connection's thread; ``handle`` runs in it, once per logged packet."""
 
     def __init__(
@@ -127,6 +127,7 @@ class RuleLogChannel:
         rate: int,
         burst: int,
     ) -> None:
+        super().__init__("rule-log", f"rule log: connection to {path}", RETRY)
         self.path = path
         self.handle = handle
         self.rate, self.burst = rate, burst
@@ -138,43 +139,15 @@ class RuleLogChannel:
         self._repoint: list[Flow] = []
         self._add_xid = self._barrier_xid = 0
         self._fresh = False
-        self._stop = threading.Event()
-        self._sock: socket.socket | None = None
         self._xid = 0
-        self._last_error = ""
-        self._thread = threading.Thread(target=self._run, name="rule-log", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        sock = self._sock
-        if sock is not None:
-            with contextlib.suppress(OSError):  # already closed: the thread is leaving anyway
-                sock.shutdown(socket.SHUT_RDWR)
-        if self._thread.ident is not None:
-            self._thread.join(timeout=5)
 
     def _next_xid(self) -> int:
         self._xid = w.next_xid(self._xid)
         return self._xid
 
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self._serve()
-            except OSError as exc:
-                if not self._stop.is_set() and str(exc) != self._last_error:  # once per outage
-                    log.warning("rule log: connection to %s: %s (retrying)", self.path, exc)
-                self._last_error = str(exc)
-            finally:
-                self.connected.clear()
-                self.meter_ready.clear()
-                if self._sock is not None:
-                    self._sock.close()
-                    self._sock = None
-            self._stop.wait(RETRY)
+    def _lost(self) -> None:
+        self.connected.clear()
+        self.meter_ready.clear()
 
     def repoint(self, flows: list[Flow]) -> None:
         """Send ``flows`` (logging flows on the bridge) again so that OVS resolves their meter."""
