@@ -117,8 +117,14 @@ def open_etcd_store(settings: Settings) -> Store:
         store.close()
         raise StartupError(f"cannot use the etcd store {settings.store}: {exc}") from None
     from policyfabric.store.dump import unfinished_migration  # a copy cut off half way is no store
+    from policyfabric.store.etcd_client import EtcdError
 
-    if (why := unfinished_migration(store)) is not None:
+    try:
+        why = unfinished_migration(store)
+    except EtcdError as exc:  # etcd went away between the ping and this read
+        store.close()
+        raise StartupError(f"cannot use the etcd store {settings.store}: {exc}") from None
+    if why is not None:
         store.close()
         raise StartupError(why)
     return store
