@@ -15,6 +15,8 @@ import pytest
 
 from policyfabric.model.rules import Claim
 from policyfabric.store.base import Change, ClaimTaken, Record, Store, Transition
+from policyfabric.store.dump import EtcdSide, SqliteSide, migrate
+from policyfabric.store.etcd import EtcdStore
 from policyfabric.store.sqlite import SqliteStore
 from tests.conftest import STORES, open_store
 
@@ -249,3 +251,28 @@ def test_an_sqlite_file_made_before_transitions_were_logged_opens_and_logs_them(
     with store.read() as txn:
         assert txn.revision() == 2 and [c.transition for c in txn.changes(0, 10)] == [None, moved]
     store.close()
+
+
+def test_migrate_carries_the_logged_transitions(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``policyfabric migrate`` copies the change log with its transitions: SQLite -> etcd -> SQLite."""
+    moved = Transition("ACTIVE", "h1", "BUILD", "h1")
+    source = SqliteSide(tmp_path / "from.db", source=False)
+    with source.store.write() as txn:
+        txn.put(rec("id-a", "a", txn.next_revision(), status="BUILD", host="h1"), [], "create")
+        txn.put(rec("id-b", "b", txn.next_revision()), [], "create")
+    with source.store.write() as txn:
+        txn.put(rec("id-b", "b", txn.next_revision(), interface="tap0"), None, "update")
+        txn.put(rec("id-a", "a", txn.next_revision(), status="ACTIVE", host="h1"), None, "update", moved)
+    on_etcd = open_store("etcd", request, tmp_path / "unused")
+    assert isinstance(on_etcd, EtcdStore)
+    etcd = EtcdSide(on_etcd)
+    back = SqliteSide(tmp_path / "back.db", source=False)
+    try:
+        migrate(source, etcd)
+        migrate(etcd, back)
+        for side in (etcd, back):
+            with side.store.read() as txn:
+                assert [(c.name, c.transition) for c in txn.changes(1, 10)] == [("b", None), ("a", moved)]
+    finally:
+        for side in (source, etcd, back):
+            side.close()
