@@ -25,6 +25,7 @@ from policyfabric.client import Client
 from policyfabric.client.events import ServerEvent, follow, parse
 from policyfabric.lab.authority import AuthorityProcess, authority_in
 from policyfabric.store.sqlite import SqliteStore
+from tests.conftest import STORES, open_store
 
 pytestmark = pytest.mark.integration  # starts authority processes
 
@@ -316,42 +317,77 @@ def test_get_watch_prints_a_change_made_by_another_client(server: AuthorityProce
         client.close()
 
 
-def test_an_endpoint_status_transition_is_a_status_event(tmp_path: Path) -> None:
-    """What an agent's report does to an endpoint (``set_endpoint_state``, as the OpFlex registry
-    calls it): a ``status`` event after the change event; a write that leaves the status as it
-    was makes none."""
-    store = SqliteStore(tmp_path / "policyfabric.db")
+async def _until(stream: Any, revision: int) -> list[ServerEvent]:
+    """Read ``stream`` until the event that ends ``revision`` (its ``id:``)."""
+    got: list[ServerEvent] = []
+    while not got or got[-1].id != revision:
+        chunk = await asyncio.wait_for(stream.__anext__(), 15)
+        got += list(parse(chunk.decode().split("\n")))
+    return got
+
+
+def _statuses(events: list[ServerEvent]) -> list[tuple[str, str, str | None, str, str | None, int]]:
+    return [
+        (
+            e.data["name"],
+            e.data["was_status"],
+            e.data["was_host"],
+            e.data["status"],
+            e.data["host"],
+            e.data["revision"],
+        )
+        for e in events
+        if e.name == "status"
+    ]
+
+
+@pytest.mark.parametrize("backend", STORES)
+def test_quick_status_transitions_arrive_each_in_order_live_and_resumed(
+    backend: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    """What agents' reports do to an endpoint (``set_endpoint_state``, as the OpFlex registry calls
+    it): one ``status`` event per transition, in order, even for transitions committed back to back
+    (the follower reads them in one page, each object then as it is after the last), the same
+    again when a stream resumes from before them (served from the change log), and none for a
+    write that leaves status and host as they were."""
+    store = open_store(backend, request, tmp_path / "policyfabric.db")
     authority = Authority(store)
     hub = Hub(authority)
     who = Principal("test", "admin")
 
-    async def run() -> list[ServerEvent]:
+    async def run() -> tuple[list[ServerEvent], list[ServerEvent], int, int]:
         await asyncio.to_thread(_write, authority, tenant_with_endpoints("acme", 2))
         start = authority.revision()
         stream = hub.stream(who, None).__aiter__()
         await stream.__anext__()  # open: from now on
-        got: list[ServerEvent] = []
-        await asyncio.to_thread(authority.set_endpoint_state, "acme", "ep0", host="h1", status="BUILD")
-        # the follower reads each object as it is when it turns a commit into events, so two
-        # transitions it takes together show as one (the later): let it see this one first
-        while not got or got[-1].id != start + 1:
-            got += list(parse((await stream.__anext__()).decode().split("\n")))
-        await asyncio.to_thread(authority.set_endpoint_state, "acme", "ep0", status="ACTIVE")
-        await asyncio.to_thread(authority.set_endpoint_state, "acme", "ep1", interface="tap1")
+        # on the loop, not in a thread: the follower cannot read before all four are committed
+        authority.set_endpoint_state("acme", "ep0", host="h1", status="BUILD")
+        authority.set_endpoint_state("acme", "ep0", status="ACTIVE")
+        authority.set_endpoint_state("acme", "ep0", status="DOWN")
+        authority.set_endpoint_state("acme", "ep1", interface="tap1")  # no transition
+        authority.set_endpoint_state("acme", "ep0", status="ACTIVE")
         last = authority.revision()
-        assert last == start + 3
-        while not got or got[-1].id != last:
-            got += list(parse((await stream.__anext__()).decode().split("\n")))
+        live = await _until(stream, last)
         await hub.stop()
-        return got
+        # a client that saw up to ``start`` reconnects to another hub (a restarted authority): the
+        # revisions it missed are older than that hub's window, so they come from the change log
+        again = Hub(authority)
+        resumed = await _until(again.stream(who, start).__aiter__(), last)
+        await again.stop()
+        return live, resumed, start, last
 
-    events = asyncio.run(run())
+    live, resumed, start, last = asyncio.run(run())
     store.close()
-    statuses = [
-        (e.data["name"], e.data["status"], e.data["host"], e.data["revision"])
-        for e in events
-        if e.name == "status"
+    assert last == start + 5
+    expected = [
+        ("ep0", "DOWN", None, "BUILD", "h1", start + 1),
+        ("ep0", "BUILD", "h1", "ACTIVE", "h1", start + 2),
+        ("ep0", "ACTIVE", "h1", "DOWN", "h1", start + 3),
+        ("ep0", "DOWN", "h1", "ACTIVE", "h1", start + 5),
     ]
-    first = events[0].data["revision"]
-    assert statuses == [("ep0", "BUILD", "h1", first), ("ep0", "ACTIVE", "h1", first + 1)]
-    assert [e.data["name"] for e in events if e.name == "change"] == ["ep0", "ep0", "ep1"]
+    assert _statuses(live) == expected
+    assert _statuses(resumed) == expected
+    for events in (live, resumed):
+        names = [(e.name, e.data["revision"]) for e in events]
+        assert names.index(("status", start + 1)) == names.index(("change", start + 1)) + 1  # after it
+        assert [e.data["name"] for e in events if e.name == "change"] == ["ep0", "ep0", "ep0", "ep1", "ep0"]

@@ -7,13 +7,17 @@ transaction, the change log by revision, counters, and all-or-nothing commits.
 
 from __future__ import annotations
 
+import sqlite3
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from policyfabric.model.rules import Claim
-from policyfabric.store.base import Change, ClaimTaken, Record, Store
+from policyfabric.store.base import Change, ClaimTaken, Record, Store, Transition
+from policyfabric.store.dump import EtcdSide, SqliteSide, migrate
+from policyfabric.store.etcd import EtcdStore
+from policyfabric.store.sqlite import SqliteStore
 from tests.conftest import STORES, open_store
 
 
@@ -183,3 +187,92 @@ def test_a_read_snapshot_does_not_see_later_commits(store: Store) -> None:
         assert [r.name for r in before.list("endpoint", "acme")] == ["a"]
     with store.read() as after:
         assert after.revision() == 2 and after.get("id-b") is not None
+
+
+def test_a_transition_is_logged_with_its_change_and_read_back(store: Store) -> None:
+    """An endpoint's status/host before and after, written with the change: what ``GET
+    /v1/events`` replays; a change without one reads back without one."""
+    moved = Transition("ACTIVE", "h1", "BUILD", "h1")
+    with store.write() as txn:
+        txn.put(rec("id-a", "a", txn.next_revision(), status="BUILD", host="h1"), [], "create")
+        txn.put(rec("id-b", "b", txn.next_revision()), [], "create")
+    with store.write() as txn:
+        txn.put(rec("id-a", "a", txn.next_revision(), status="ACTIVE", host="h1"), None, "update", moved)
+        txn.put(rec("id-b", "b", txn.next_revision(), interface="tap0"), None, "update")
+        assert [c.transition for c in txn.logged] == [moved, None]  # as listeners get it
+    with store.read() as txn:
+        assert [(c.revision, c.name, c.transition) for c in txn.changes(0, 10)] == [
+            (1, "a", None),
+            (1, "b", None),
+            (2, "a", moved),
+            (2, "b", None),
+        ]
+
+
+def test_transition_between_endpoint_data() -> None:
+    assert Transition.between({"status": "BUILD", "host": "h1"}, {"status": "DOWN", "host": "h1"}) == (
+        Transition("DOWN", "h1", "BUILD", "h1")
+    )
+    assert Transition.between({"status": "UP", "host": None}, {"status": "UP", "host": "h2"}) == (
+        Transition("UP", "h2", "UP", None)
+    )
+    assert Transition.between({"status": "UP", "interface": "a"}, {"status": "UP", "interface": "b"}) is None
+
+
+def test_an_sqlite_file_made_before_transitions_were_logged_opens_and_logs_them(tmp_path: Path) -> None:
+    """A file whose ``changes`` table has no ``transition`` column (as every file made before
+    it): opening adds it; the old rows read with none, new ones keep theirs."""
+    path = tmp_path / "old.db"
+    with sqlite3.connect(path) as db:
+        db.executescript(
+            """
+            CREATE TABLE objects (id VARCHAR PRIMARY KEY, kind VARCHAR NOT NULL,
+                tenant VARCHAR NOT NULL, name VARCHAR NOT NULL, revision INTEGER NOT NULL,
+                data TEXT NOT NULL, UNIQUE (kind, tenant, name));
+            CREATE TABLE claims (key VARCHAR PRIMARY KEY, holder VARCHAR NOT NULL);
+            CREATE TABLE changes (revision INTEGER, seq INTEGER, op VARCHAR NOT NULL,
+                kind VARCHAR NOT NULL, id VARCHAR NOT NULL, tenant VARCHAR NOT NULL,
+                name VARCHAR NOT NULL, PRIMARY KEY (revision, seq));
+            CREATE TABLE meta (key VARCHAR PRIMARY KEY, value INTEGER NOT NULL);
+            INSERT INTO objects VALUES ('id-a', 'endpoint', 'acme', 'a', 1, '{"name":"a","status":"BUILD"}');
+            INSERT INTO changes VALUES (1, 1, 'create', 'endpoint', 'id-a', 'acme', 'a');
+            INSERT INTO meta VALUES ('revision', 1), ('schema', 1);
+            """
+        )
+    db.close()
+    moved = Transition("ACTIVE", None, "BUILD", None)
+    store = SqliteStore(path)
+    with store.read() as txn:
+        assert txn.changes(0, 10) == [Change(1, "create", "endpoint", "id-a", "acme", "a")]
+    with store.write() as wtxn:
+        wtxn.put(rec("id-a", "a", wtxn.next_revision(), status="ACTIVE"), None, "update", moved)
+    store.close()
+    store = SqliteStore(path)  # and it opens again, the column there
+    with store.read() as txn:
+        assert txn.revision() == 2 and [c.transition for c in txn.changes(0, 10)] == [None, moved]
+    store.close()
+
+
+def test_migrate_carries_the_logged_transitions(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    """``policyfabric migrate`` copies the change log with its transitions: SQLite -> etcd -> SQLite."""
+    moved = Transition("ACTIVE", "h1", "BUILD", "h1")
+    source = SqliteSide(tmp_path / "from.db", source=False)
+    with source.store.write() as txn:
+        txn.put(rec("id-a", "a", txn.next_revision(), status="BUILD", host="h1"), [], "create")
+        txn.put(rec("id-b", "b", txn.next_revision()), [], "create")
+    with source.store.write() as txn:
+        txn.put(rec("id-b", "b", txn.next_revision(), interface="tap0"), None, "update")
+        txn.put(rec("id-a", "a", txn.next_revision(), status="ACTIVE", host="h1"), None, "update", moved)
+    on_etcd = open_store("etcd", request, tmp_path / "unused")
+    assert isinstance(on_etcd, EtcdStore)
+    etcd = EtcdSide(on_etcd)
+    back = SqliteSide(tmp_path / "back.db", source=False)
+    try:
+        migrate(source, etcd)
+        migrate(etcd, back)
+        for side in (etcd, back):
+            with side.store.read() as txn:
+                assert [(c.name, c.transition) for c in txn.changes(1, 10)] == [("b", None), ("a", moved)]
+    finally:
+        for side in (source, etcd, back):
+            side.close()

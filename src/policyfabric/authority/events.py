@@ -1,19 +1,24 @@
 """``GET /v1/events``: what changed, as server-sent events, resumable from a revision.
 
-Why a hub and not one store reader per stream: every stream wants the same events, and an
-endpoint's status *transition* needs the status it had before, which the change log does not
-keep. So one follower per authority reads each new revision once (woken by the commit itself,
-through ``Authority.listeners``, not by polling), turns it into events, notes each endpoint's
-status, and keeps the last ``window`` events in memory. Each stream reads that window at its
-own pace:
+Why a hub and not one store reader per stream: every stream wants the same events. So one
+follower per authority reads each new revision once (woken by the commit itself, through
+``Authority.listeners``, not by polling), turns it into events, and keeps the last ``window``
+events in memory. Each stream reads that window at its own pace:
 
 - a stream that asks for revisions older than the window (``?since=REV`` or ``Last-Event-ID``)
   is served from the change log first (``changelog.read_page``: whole revisions, the token's
-  scope), then joins the window: resuming loses no change (status events are not replayed
-  from the log: the change event of an endpoint carries its status);
+  scope), then joins the window: resuming loses no change and no status transition;
 - a stream that falls more than the window behind (its client reads slower than the fabric
   changes) is cut with a last ``cut`` event naming the revision to resume from, so one slow
   client never holds memory or slows the others.
+
+Status events come from the change log itself: a change of an endpoint whose status or host
+changed is logged with both before and after (``store.base.Transition``, in the write's own
+transaction), so the window and a replay from the log give the same ``status`` events, one per
+transition, in order. Not by comparing each object as it is when read with what was seen before:
+two transitions committed a few milliseconds apart (BUILD -> ACTIVE, ACTIVE -> DOWN) and read in
+one page would show as one (BUILD -> DOWN), and a resumed stream would have none. The change
+event still carries the object as it is when read (so, in a replay, possibly a later state).
 
 The SSE ``id:`` is the revision, and it is sent on the last event of each revision only: a
 client that reconnects with ``Last-Event-ID`` never skips the rest of a revision it saw half of
@@ -90,29 +95,31 @@ def _dumps(data: dict[str, Any]) -> str:
 Statuses = dict[str, tuple[Any, Any]]  # endpoint id -> (status, host) (by id: a rename keeps it)
 
 
-def change_events(txn: ReadTxn, changes: list[Change], statuses: Statuses | None) -> list[Event]:
-    """The events of ``changes`` (whole revisions, oldest first), each object as the store has it
-    now (None once deleted). With ``statuses`` (endpoint -> (status, host) as last seen, updated
-    here), an endpoint whose status or host changed also gets a ``status`` event (a new one's is
-    in its change event)."""
+def change_events(txn: ReadTxn, changes: list[Change], statuses: Statuses | None = None) -> list[Event]:
+    """The events of ``changes`` (whole revisions, oldest first): a ``change`` event each, the
+    object as the store has it now (None once deleted), and after the change of an endpoint
+    whose status or host changed a ``status`` event, from the transition logged with it (so
+    exact, and one per change however quickly they followed: a new endpoint's status is in its
+    change event). ``statuses`` (endpoint -> (status, host), for /metrics) is kept up to date."""
     out = []
     for c in changes:
         record = txn.get(c.id) if c.op != "delete" else None
         obj = render(record) if record is not None else None
         body = {"revision": c.revision, "kind": c.kind, "tenant": c.tenant, "name": c.name, "op": c.op}
         out.append(Event("change", _dumps({**body, "object": obj}), c.revision, c.kind, c.tenant, c.name))
-        if statuses is None or c.kind != k.ENDPOINT.name or c.tenant is None:
-            continue
-        key = c.id
-        if obj is None:
-            statuses.pop(key, None)
-            continue
-        now, before = (obj.get("status"), obj.get("host")), statuses.get(key)
-        statuses[key] = now
-        if before is not None and before != now:  # a new endpoint's status is in its change event
+        moved = c.transition
+        if moved is not None and c.kind == k.ENDPOINT.name:
             status = {"revision": c.revision, "kind": "endpoint", "tenant": c.tenant, "name": c.name}
-            status |= {"status": now[0], "host": now[1]}
+            status |= {"status": moved.status, "host": moved.host}
+            status |= {"was_status": moved.was_status, "was_host": moved.was_host}
             out.append(Event("status", _dumps(status), c.revision, c.kind, c.tenant, c.name))
+        if statuses is not None and c.kind == k.ENDPOINT.name:
+            if c.op == "delete":
+                statuses.pop(c.id, None)
+            elif moved is not None:
+                statuses[c.id] = (moved.status, moved.host)
+            elif obj is not None:  # new, or its status and host unchanged: known already if seen
+                statuses.setdefault(c.id, (obj.get("status"), obj.get("host")))
     return out
 
 
@@ -147,8 +154,8 @@ class Hub:
     stopping: Callable[[], bool] = lambda: False
 
     async def start(self) -> None:
-        """Follow the change log from now (idempotent): read every endpoint's status first, so
-        that the first transition after it is told."""
+        """Follow the change log from now (idempotent); every endpoint's status is read first, for
+        /metrics' endpoints by status (events do not need it: transitions are logged)."""
         if self.started:
             await self._ready.wait()  # a stream that came while the first was starting it
             return
@@ -302,7 +309,7 @@ class Hub:
 
     def _objects(self, changes: list[Change]) -> list[Event]:
         with self.authority.store.read() as txn:
-            return change_events(txn, changes, None)
+            return change_events(txn, changes)
 
     @staticmethod
     def _by_revision(events: list[Event], who: Principal) -> list[bytes]:

@@ -38,7 +38,17 @@ from policyfabric.model.kinds import Kind
 from policyfabric.model.objects import SERVER_FIELDS, keep_omitted
 from policyfabric.model.rules import Claim, Obj, dependents, dependents_closure, describe, validate
 from policyfabric.model.types import generate_mac
-from policyfabric.store.base import Change, ClaimTaken, Op, ReadTxn, Record, Store, WriteTxn, retry_conflicts
+from policyfabric.store.base import (
+    Change,
+    ClaimTaken,
+    Op,
+    ReadTxn,
+    Record,
+    Store,
+    Transition,
+    WriteTxn,
+    retry_conflicts,
+)
 
 log = logging.getLogger(__name__)
 
@@ -430,7 +440,7 @@ class Authority:
         structural = any(getattr(spec, f) != getattr(old.spec, f) for f in spec.STRUCTURAL)
         affected = dependents_closure(old, view) if structural else []
         data = {**current.data, **spec.model_dump(mode="json")}
-        record = self._put(txn, view, new, data, claims, "update", scope)
+        record = self._put(txn, view, new, data, claims, "update", scope, current)
         if structural:
             self._recheck(txn, view, new, affected + dependents_closure(new, view), scope)
         return record
@@ -544,7 +554,7 @@ class Authority:
                     continue
                 revision = txn.next_revision()
                 updated = Record(record.kind, record.id, record.tenant, record.name, revision, data)
-                txn.put(updated, None, "update")
+                txn.put(updated, None, "update", Transition.between(record.data, data))
                 logged.append((u, data))
                 if {f for f in data if data.get(f) != record.data.get(f)} <= STATUS_ONLY:
                     self._status_only.add(revision)
@@ -604,10 +614,16 @@ class Authority:
         claims: builtins.list[Claim],
         op: Op,
         scope: str | None,
+        was: Record | None = None,
     ) -> Record:
+        """Write ``obj``; ``was``: what it replaces (an endpoint's status or host change is logged
+        with the change, for ``GET /v1/events``)."""
         record = Record(obj.kind.name, obj.id, obj.spec.scope, obj.spec.name, txn.next_revision(), data)
+        moved = (
+            Transition.between(was.data, data) if was is not None and was.kind == k.ENDPOINT.name else None
+        )
         try:
-            txn.put(record, claims, op)
+            txn.put(record, claims, op, moved)
         except ClaimTaken as taken:
             raise self._claim_conflict(txn, taken, scope) from None
         view.forget(record.kind)

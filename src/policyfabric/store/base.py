@@ -47,6 +47,33 @@ class Record:
 
 
 @dataclass(frozen=True)
+class Transition:
+    """An endpoint's status and host after one logged change, and before it, written with the
+    change (in its transaction): a watcher replaying the log learns every transition exactly, in
+    order, where reading the object as it is now would merge two quick ones into one."""
+
+    status: str | None
+    host: str | None
+    was_status: str | None
+    was_host: str | None
+
+    @staticmethod
+    def between(old: dict[str, Any], new: dict[str, Any]) -> Transition | None:
+        """The transition from ``old`` to ``new`` (an endpoint's data), None if neither its
+        status nor its host changed."""
+        now, was = (new.get("status"), new.get("host")), (old.get("status"), old.get("host"))
+        return None if now == was else Transition(*now, *was)
+
+    def encode(self) -> list[str | None]:
+        """As the change log stores it (a JSON array: small, as status writes are many)."""
+        return [self.status, self.host, self.was_status, self.was_host]
+
+    @staticmethod
+    def decode(value: Sequence[str | None] | None) -> Transition | None:
+        return Transition(*value) if value else None
+
+
+@dataclass(frozen=True)
 class Change:
     revision: int
     op: Op
@@ -54,6 +81,7 @@ class Change:
     id: str
     tenant: str | None
     name: str
+    transition: Transition | None = None  # an endpoint's status or host changed (update only)
 
 
 class ClaimTaken(Exception):
@@ -155,8 +183,11 @@ class WriteTxn(ReadTxn, Protocol):
         """The revision this transaction writes (bumped on first call, then stable)."""
         ...
 
-    def put(self, record: Record, claims: Sequence[Claim] | None, op: Op) -> None:
-        """Insert or replace ``record`` and set its claims (None: keep those it holds);
+    def put(
+        self, record: Record, claims: Sequence[Claim] | None, op: Op, transition: Transition | None = None
+    ) -> None:
+        """Insert or replace ``record`` and set its claims (None: keep those it holds), logging
+        the change with ``transition`` (an endpoint's status or host, before and after);
         raises ClaimTaken."""
         ...
 

@@ -40,7 +40,7 @@ from urllib.parse import unquote
 
 import sqlalchemy.exc
 
-from policyfabric.store.base import Change, Record
+from policyfabric.store.base import Change, Record, Transition
 from policyfabric.store.etcd import (
     CLAIM,
     ID,
@@ -52,6 +52,7 @@ from policyfabric.store.etcd import (
     claim_key,
     encode,
     item_key,
+    log_entry,
     log_key,
     seg,
 )
@@ -163,9 +164,13 @@ class SqliteSide:
                     elif key.startswith("seq:"):
                         dump.sequences[key[4:]] = int(value)
                 changes = cur.execute(
-                    "SELECT revision, op, kind, id, tenant, name FROM changes ORDER BY revision, seq"
+                    "SELECT revision, op, kind, id, tenant, name, transition FROM changes "
+                    "ORDER BY revision, seq"
                 )
-                dump.changes = [Change(r, op, kd, i, t or None, n) for r, op, kd, i, t, n in changes]
+                dump.changes = [
+                    Change(r, op, kd, i, t or None, n, Transition.decode(json.loads(m)) if m else None)
+                    for r, op, kd, i, t, n, m in changes
+                ]
             finally:
                 cur.execute("ROLLBACK")
         return dump
@@ -184,7 +189,8 @@ class SqliteSide:
             n = n + 1 if c.revision == at else 1
             at = c.revision
             seq[(c.revision, n)] = c
-            numbered.append((c.revision, n, c.op, c.kind, c.id, c.tenant or "", c.name))
+            moved = json.dumps(c.transition.encode()) if c.transition is not None else None
+            numbered.append((c.revision, n, c.op, c.kind, c.id, c.tenant or "", c.name, moved))
         meta = [("revision", dump.revision)] + [(f"seq:{k}", v) for k, v in dump.sequences.items()]
         with self.store.engine.connect() as conn:
             cur = conn.connection.cursor()
@@ -196,8 +202,8 @@ class SqliteSide:
                 )
                 cur.executemany("INSERT INTO claims (key, holder) VALUES (?, ?)", claims)
                 cur.executemany(
-                    "INSERT INTO changes (revision, seq, op, kind, id, tenant, name) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "INSERT INTO changes (revision, seq, op, kind, id, tenant, name, transition) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     numbered,
                 )
                 cur.executemany("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", meta)
@@ -280,11 +286,11 @@ class EtcdSide:
                 yield self.key(claim_key(claim)), id.encode()
         for name, value in dump.sequences.items():
             yield self.key(SEQ + seg(name)), str(value).encode()
-        by_revision: dict[int, list[list[str]]] = {}
+        by_revision: dict[int, list[Change]] = {}
         for c in dump.changes:
-            by_revision.setdefault(c.revision, []).append([c.op, c.kind, c.id, c.tenant or "", c.name])
-        for revision, entries in by_revision.items():
-            doc = {"txn": MIGRATED_TXN, "changes": entries}
+            by_revision.setdefault(c.revision, []).append(c)
+        for revision, logged in by_revision.items():
+            doc = log_entry(MIGRATED_TXN, logged)
             yield self.key(log_key(revision)), json.dumps(doc, separators=(",", ":")).encode()
 
     def write(self, dump: Dump, progress: Progress) -> None:

@@ -11,7 +11,12 @@ Keys, under a prefix (``/policyfabric/`` unless the URL names another: ``etcd://
     id/ID                     "item/KIND/TENANT/NAME"      (where an object is, by id)
     claim/KIND/.../VALUE      ID                           (who holds a uniqueness claim)
     seq/NAME                  N                            (next_sequence's counters)
-    log/REVISION              {"txn": id, "changes": [[op, kind, id, tenant, name], ...]}
+    log/REVISION              {"txn": id, "changes": [[op, kind, id, tenant, name], ...],
+                               "transitions": {"I": [status, host, was_status, was_host]}}
+
+(``transitions``, by the index I of a change in ``changes``, only when an endpoint's status or
+host changed, and absent when none did: entries without it read as before, and a reader that
+does not know it still reads ``changes`` as it did.)
 
 (TENANT is empty for global kinds; path segments are percent-encoded.)
 
@@ -84,6 +89,7 @@ from policyfabric.store.base import (
     Op,
     Record,
     StoreUnavailable,
+    Transition,
     TxnTooLarge,
     WriteConflict,
 )
@@ -151,6 +157,27 @@ def claim_key(key: str) -> str:
     """``ip/acme/vrf1/10.0.0.5`` -> ``claim/ip/acme/vrf1/10.0.0.5``: a claim's own path, so that the
     claims of one kind and scope (the addresses of a VRF, every MAC) are one range."""
     return CLAIM + "/".join(seg(part) for part in key.split("/"))
+
+
+def log_entry(txn_id: str, changes: Sequence[Change]) -> dict[str, Any]:
+    """The value of ``log/REVISION`` for ``changes`` (one revision's, in order)."""
+    entry: dict[str, Any] = {
+        "txn": txn_id,
+        "changes": [[c.op, c.kind, c.id, c.tenant or "", c.name] for c in changes],
+    }
+    moved = {str(i): c.transition.encode() for i, c in enumerate(changes) if c.transition is not None}
+    if moved:
+        entry["transitions"] = moved
+    return entry
+
+
+def log_changes(revision: int, entry: dict[str, Any]) -> list[Change]:
+    """The changes a ``log/REVISION`` value holds (``log_entry``'s inverse)."""
+    moved = entry.get("transitions") or {}
+    return [
+        Change(revision, op, kind, id, tenant or None, name, Transition.decode(moved.get(str(i))))
+        for i, (op, kind, id, tenant, name) in enumerate(entry["changes"])
+    ]
 
 
 def log_key(revision: int) -> str:
@@ -410,7 +437,9 @@ class EtcdTxn:
             self._revision = self.snap.revision + 1
         return self._revision
 
-    def put(self, record: Record, claims: Sequence[Claim] | None, op: Op) -> None:
+    def put(
+        self, record: Record, claims: Sequence[Claim] | None, op: Op, transition: Transition | None = None
+    ) -> None:
         key = item_key(record.kind, record.tenant, record.name)
         held: tuple[str, ...] = ()
         if op == "create":  # a new id (a uuid4): nothing to read, but the name must be free
@@ -427,7 +456,7 @@ class EtcdTxn:
         self._write(key, Item(record, held))
         if claims is not None:
             self.set_claims(record.id, claims)
-        self._log(op, record)
+        self._log(op, record, transition)
 
     def set_claims(self, id: str, claims: Sequence[Claim]) -> None:
         where = self._value(ID + id)
@@ -457,9 +486,11 @@ class EtcdTxn:
         self._write(ID + record.id, None)
         self._log("delete", record)
 
-    def _log(self, op: Op, record: Record) -> None:
+    def _log(self, op: Op, record: Record, transition: Transition | None = None) -> None:
         revision = self.next_revision()
-        self.logged.append(Change(revision, op, record.kind, record.id, record.tenant, record.name))
+        self.logged.append(
+            Change(revision, op, record.kind, record.id, record.tenant, record.name, transition)
+        )
 
 
 class EtcdStore:
@@ -646,8 +677,7 @@ class EtcdStore:
         found: list[Change] = []
         for kv in reply.get("kvs") or []:
             revision = int(unb64(kv["key"])[len(self._raw_prefix) + len(LOG) :])
-            for op, kind, id, tenant, name in json.loads(unb64(kv["value"]))["changes"]:
-                found.append(Change(revision, op, kind, id, tenant or None, name))
+            found += log_changes(revision, json.loads(unb64(kv["value"])))
         return found
 
     def _at_snapshot(self, read: Any) -> Any:
@@ -684,8 +714,7 @@ class EtcdStore:
             else:
                 ops.append(_put(self._key(key), encode(key, value)))
         if txn.logged:
-            entries = [[c.op, c.kind, c.id, c.tenant or "", c.name] for c in txn.logged]
-            log_doc = json.dumps({"txn": txn_id, "changes": entries}, separators=(",", ":")).encode()
+            log_doc = json.dumps(log_entry(txn_id, txn.logged), separators=(",", ":")).encode()
             ops.append(_put(self._key(log_key(revision)), log_doc))
         compare = [_unchanged(self._key(REV), snap.rev_mod)]
         self._committed(txn_id)  # before it is sent: the watch may see the commit before its answer

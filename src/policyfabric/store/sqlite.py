@@ -19,6 +19,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
+import sqlalchemy.exc
 from sqlalchemy import (
     Column,
     Connection,
@@ -37,7 +38,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Engine
 
 from policyfabric.model.rules import Claim
-from policyfabric.store.base import Change, ClaimTaken, Op, Record
+from policyfabric.store.base import Change, ClaimTaken, Op, Record, Transition
 
 log = logging.getLogger(__name__)
 
@@ -73,6 +74,7 @@ changes = Table(
     Column("id", String, nullable=False),
     Column("tenant", String, nullable=False),
     Column("name", String, nullable=False),
+    Column("transition", Text, nullable=True),  # an endpoint's Transition, JSON (added later)
 )
 meta = Table(
     "meta",
@@ -95,11 +97,18 @@ _UPDATE = "UPDATE objects SET kind = ?, tenant = ?, name = ?, revision = ?, data
 _DROP_CLAIMS = "DELETE FROM claims WHERE holder = ?"
 _CLAIM = "INSERT INTO claims (key, holder) VALUES (?, ?)"
 _DELETE = "DELETE FROM objects WHERE id = ?"
-_LOG = "INSERT INTO changes (revision, seq, op, kind, id, tenant, name) VALUES (?, ?, ?, ?, ?, ?, ?)"
+_LOG = (
+    "INSERT INTO changes (revision, seq, op, kind, id, tenant, name, transition) "
+    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)"
+)
 _CHANGES = (
-    "SELECT revision, op, kind, id, tenant, name FROM changes WHERE revision > ? "
+    "SELECT revision, op, kind, id, tenant, name, transition FROM changes WHERE revision > ? "
     "ORDER BY revision, seq LIMIT ?"
 )
+
+
+def _transition(text: str | None) -> Transition | None:
+    return Transition.decode(json.loads(text)) if text else None
 
 
 def _record(row: Any) -> Record:
@@ -160,8 +169,8 @@ class SqliteTxn:
 
     def changes(self, since: int, limit: int) -> builtins.list[Change]:
         return [
-            Change(revision, op, kind, id, tenant or None, name)
-            for revision, op, kind, id, tenant, name in self._rows(_CHANGES, since, limit)
+            Change(revision, op, kind, id, tenant or None, name, _transition(moved))
+            for revision, op, kind, id, tenant, name, moved in self._rows(_CHANGES, since, limit)
         ]
 
     # ---- writes
@@ -179,7 +188,13 @@ class SqliteTxn:
             self._run(_SET_REVISION, (self._revision,))
         return self._revision
 
-    def put(self, record: Record, claim_list: Sequence[Claim] | None, op: Op) -> None:
+    def put(
+        self,
+        record: Record,
+        claim_list: Sequence[Claim] | None,
+        op: Op,
+        transition: Transition | None = None,
+    ) -> None:
         values = (
             record.kind,
             record.tenant or "",
@@ -191,7 +206,7 @@ class SqliteTxn:
         self._run(_INSERT if op == "create" else _UPDATE, values)
         if claim_list is not None:
             self._claim(record.id, claim_list, held=op != "create")  # a new id holds nothing yet
-        self._log(op, record)
+        self._log(op, record, transition)
 
     def set_claims(self, id: str, claim_list: Sequence[Claim]) -> None:
         self._claim(id, claim_list, held=True)
@@ -213,11 +228,15 @@ class SqliteTxn:
         self._run(_DELETE, (record.id,))
         self._log("delete", record)
 
-    def _log(self, op: Op, record: Record) -> None:
+    def _log(self, op: Op, record: Record, transition: Transition | None = None) -> None:
         self._seq += 1
         revision = self.next_revision()
-        self._run(_LOG, (revision, self._seq, op, record.kind, record.id, record.tenant or "", record.name))
-        self.logged.append(Change(revision, op, record.kind, record.id, record.tenant, record.name))
+        moved = json.dumps(transition.encode(), separators=(",", ":")) if transition is not None else None
+        row = (revision, self._seq, op, record.kind, record.id, record.tenant or "", record.name, moved)
+        self._run(_LOG, row)
+        self.logged.append(
+            Change(revision, op, record.kind, record.id, record.tenant, record.name, transition)
+        )
 
 
 class SqliteStore:
@@ -237,6 +256,13 @@ class SqliteStore:
         self._write_lock = threading.Lock()
         metadata.create_all(self.engine)
         with self.engine.begin() as conn:
+            logged = {row[1] for row in conn.exec_driver_sql("PRAGMA table_info(changes)")}
+            if "transition" not in logged:  # a file made before the log kept transitions
+                try:
+                    conn.exec_driver_sql("ALTER TABLE changes ADD COLUMN transition TEXT")
+                except sqlalchemy.exc.OperationalError as exc:
+                    if "duplicate column" not in str(exc):  # another process added it just now
+                        raise
             if conn.execute(select(meta.c.value).where(meta.c.key == "revision")).first() is None:
                 conn.execute(insert(meta).values(key="revision", value=0))
                 conn.execute(insert(meta).values(key="schema", value=SCHEMA_VERSION))
