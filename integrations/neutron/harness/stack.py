@@ -4,10 +4,12 @@
 a policyfabric authority with a token file, a two-host lab (hosts ``h1``, ``h2``: Open vSwitch and
 a policyfabric agent each, ``policyfabric.lab``), and Neutron (API under gunicorn, its periodic
 worker running the driver's journal) with ML2 ``mechanism_drivers = policyfabric`` and the
-``policyfabric_router`` L3 plugin; it creates the external network ``public``. ``env`` prints the
+``policyfabric_router`` L3 plugin; it creates the external network ``public`` and makes it real in
+the lab (a segment every host has a port on, and the external host ``outside``). ``env`` prints the
 ``OS_*`` variables for the openstack CLI. ``plug PORT HOST`` plays Nova and os-vif: a namespace with
-the port's MAC, addresses and MTU, plugged into that host's br-int. ``down`` stops every process by
-the PID recorded in ``stack.json`` and removes the directory.
+the port's MAC, addresses and MTU, plugged into that host's br-int with ``iface-id`` the bare port
+UUID. ``down`` stops every process by the PID recorded in ``stack.json`` and removes the
+directory.
 
 Run by policyfabric's Python (it drives the lab); Neutron, Keystone and tempest have venvs of their
 own (scripts/install-neutron.sh).
