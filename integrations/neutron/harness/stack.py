@@ -4,10 +4,12 @@
 a policyfabric authority with a token file, a two-host lab (hosts ``h1``, ``h2``: Open vSwitch and
 a policyfabric agent each, ``policyfabric.lab``), and Neutron (API under gunicorn, its periodic
 worker running the driver's journal) with ML2 ``mechanism_drivers = policyfabric`` and the
-``policyfabric_router`` L3 plugin; it creates the external network ``public``. ``env`` prints the
+``policyfabric_router`` L3 plugin; it creates the external network ``public`` and makes it real in
+the lab (a segment every host has a port on, and the external host ``outside``). ``env`` prints the
 ``OS_*`` variables for the openstack CLI. ``plug PORT HOST`` plays Nova and os-vif: a namespace with
-the port's MAC, addresses and MTU, plugged into that host's br-int. ``down`` stops every process by
-the PID recorded in ``stack.json`` and removes the directory.
+the port's MAC, addresses and MTU, plugged into that host's br-int with ``iface-id`` the bare port
+UUID. ``down`` stops every process by the PID recorded in ``stack.json`` and removes the
+directory.
 
 Run by policyfabric's Python (it drives the lab); Neutron, Keystone and tempest have venvs of their
 own (scripts/install-neutron.sh).
@@ -31,11 +33,12 @@ from typing import Any
 import httpx
 
 from policyfabric.client import Client
-from policyfabric.lab import processes
+from policyfabric.lab import plumbing, processes
 from policyfabric.lab.authority import authority_in, free_port
 from policyfabric.lab.keystone import ADMIN_PASSWORD, KeystoneServer, _which
 from policyfabric.lab.lab import Lab
-from policyfabric.lab.plan import LabEndpoint
+from policyfabric.lab.ovs import OvsInstance
+from policyfabric.lab.plan import ExternalHost, ExternalSegment, LabEndpoint
 from policyfabric.lab.state import LabState
 from policyfabric.model import kinds as k
 from policyfabric.model import scenario as sc
@@ -49,6 +52,7 @@ DIR = Path(os.environ.get("POLICYFABRIC_NEUTRON_STACK", "/tmp/pf-neutron-stack")
 NEUTRON_PASSWORD = "neutron-secret-0123"
 HOSTS = ("h1", "h2")
 PUBLIC_CIDR, PUBLIC_GATEWAY = "203.0.113.0/24", "203.0.113.1"
+EXTERNAL_HOST, EXTERNAL_HOST_IP = "outside", "203.0.113.200"  # a host on ``public``, off the fabric
 LAB_SCENARIO = "hosts:\n  - {name: h1}\n  - {name: h2}\n"
 
 
@@ -347,8 +351,33 @@ def up() -> None:
     )
     st["public_network_id"] = net["id"]
     save(st)
+    external_plumbing(st, net["id"])
+    say(f"external network public ({PUBLIC_CIDR}) on every host, external host {EXTERNAL_HOST} "
+        f"{EXTERNAL_HOST_IP} ({time.monotonic() - t0:.1f} s)")  # fmt: skip
     write_env(st)
     say(f'up in {time.monotonic() - t0:.1f} s; eval "$({ROOT}/integrations/neutron/stack.sh env)"')
+
+
+def external_plumbing(st: dict[str, Any], network_id: str) -> None:
+    """``public`` made real in the lab, once Neutron has named it (policyfabric's external network
+    is named by the Neutron UUID, which is known only now, after the lab is up): the lab's
+    external segment (a bridge that holds the upstream gateway 203.0.113.1), a port ``ext0`` on
+    every host's br-int into it, each agent restarted with ``--external UUID=ext0`` (floating IPs
+    are NATed on their endpoint's host), and the external host ``outside`` on it."""
+    lab = the_lab(st)
+    seg = ExternalSegment(network_id, 0, PUBLIC_CIDR, PUBLIC_GATEWAY)
+    plumbing.add_segment(lab.state, seg)
+    for name, info in lab.state.hosts.items():
+        index = sorted(lab.state.hosts).index(name)
+        plumbing._segment_link(lab.state, seg, info.netns, seg.port, f"h{index}")
+        OvsInstance(Path(info.rundir)).vsctl("--may-exist", "add-port", "br-int", seg.port)
+        info.external[network_id] = seg.port
+        lab.state.save()
+        lab.stop_agent(name)
+        lab.start_agent(name)
+    plumbing.add_external_host(lab.state, ExternalHost(EXTERNAL_HOST, network_id, EXTERNAL_HOST_IP, 0), seg)
+    st["external_host"] = EXTERNAL_HOST
+    save(st)
 
 
 def write_env(st: dict[str, Any]) -> None:
@@ -396,8 +425,20 @@ def the_lab(st: dict[str, Any]) -> Lab:
     return Lab(LabState.load(Path(st["lab"])))
 
 
-def plug(port_id: str, host: str) -> None:
-    """Nova and os-vif's part: the port's namespace, plugged into ``host``'s br-int."""
+class OsVifEndpoint(LabEndpoint):
+    """A lab endpoint plugged as os-vif plugs a Neutron port: ``external_ids:iface-id`` is the bare
+    port UUID (the lab's own endpoints carry ``TENANT/NAME``). The agent asks the authority which
+    tenant holds an endpoint of that name (docs/opflex.md) and declares the port there."""
+
+    @property
+    def key(self) -> str:
+        return self.name
+
+
+def plug(port_id: str, host: str, bare: bool = True) -> None:
+    """Nova and os-vif's part: the port's namespace, plugged into ``host``'s br-int with
+    ``iface-id`` the bare port UUID (``bare=False``: ``TENANT/PORT_ID``, for the benchmark's
+    comparison)."""
     st = load()
     port = neutron(st, "GET", f"ports/{port_id}")["port"]
     net = neutron(st, "GET", f"networks/{port['network_id']}")["network"]
@@ -406,7 +447,8 @@ def plug(port_id: str, host: str) -> None:
     if host not in lab.state.hosts:
         raise SystemExit(f"stack: no lab host {host!r} (hosts: {', '.join(lab.state.hosts)})")
     index = 100 + len(lab.state.endpoints)
-    ep = LabEndpoint(name=port_id, tenant=tenant, host=host, index=index)
+    kind = OsVifEndpoint if bare else LabEndpoint
+    ep = kind(name=port_id, tenant=tenant, host=host, index=index)
     with Client(st["authority_url"], token=st["token"]) as client:
         deadline = time.monotonic() + 30
         while not client.list(k.ENDPOINT, tenant=tenant, name=port_id):

@@ -22,7 +22,7 @@ import pytest
 
 from policyfabric.lab.lab import Lab
 from policyfabric.lab.plan import Expect
-from policyfabric.lab.state import LabState
+from policyfabric.lab.state import ExternalAddress, LabState
 
 HERE = Path(__file__).resolve().parents[1]
 STACK = HERE / "stack.sh"
@@ -213,6 +213,48 @@ def test_refused_in_precommit_with_neutrons_error(topology: dict[str, str]) -> N
     assert not any(r["IP Protocol"] == "sctp" for r in rules)
 
 
+def authority_list(kind: str) -> list[dict[str, Any]]:
+    st = json.loads((DIR / "stack.json").read_text())
+    r = httpx.get(f"{st['authority_url']}/v1/{kind}", headers={"Authorization": f"Bearer {st['token']}"},
+                  timeout=30)  # fmt: skip
+    r.raise_for_status()
+    return list(r.json()["items"])
+
+
+def test_floating_ip_reaches_a_port_from_an_external_host(topology: dict[str, str]) -> None:
+    """The router's gateway on ``public`` (Neutron's external network, policyfabric's external
+    network of the same UUID, a lab segment every host has a port on), a floating IP on a port, and
+    real packets from the external host ``outside`` (a namespace on that segment, off the fabric)
+    to the floating IP: what the port's groups allow gets through, the rest does not."""
+    public = ENV.get("PF_PUBLIC_NETWORK_ID") or stack_env()["PF_PUBLIC_NETWORK_ID"]
+    os_do("router", "set", topology["router"], "--external-gateway", public)
+    group = os_cli("security", "group", "create", "e2e-fip")["id"]
+    os_cli("security", "group", "rule", "create", group, "--ingress", "--protocol", "tcp", "--dst-port", "80",
+           "--remote-ip", "0.0.0.0/0")  # fmt: skip
+    os_cli("security", "group", "rule", "create", group, "--ingress", "--protocol", "icmp",
+           "--remote-ip", "203.0.113.0/24")  # fmt: skip
+    port = os_cli("port", "create", "e2e-fip", "--network", topology["net2"], "--security-group", group,
+                  "--host", "h2", "--device-owner", "compute:nova")["id"]  # fmt: skip
+    plug(port, "h2")
+    wait_status(port, "ACTIVE")
+    fip = os_cli("floating", "ip", "create", public, "--port", port)
+    address = fip["floating_ip_address"]
+    deadline = time.monotonic() + 60
+    while not any(f["name"] == fip["id"] and f.get("endpoint") for f in authority_list("floating-ips")):
+        assert time.monotonic() < deadline, "the floating IP did not reach the authority"
+        time.sleep(0.5)
+    the_lab = lab()
+    the_lab.state.external_addresses[fip["id"]] = ExternalAddress(address, port)
+    the_lab.state.save()
+    expects = [("outside", fip["id"], "icmp", "allow"), ("outside", fip["id"], "tcp/80", "allow"),
+               ("outside", fip["id"], "tcp/22", "deny")]  # fmt: skip
+    deadline = time.monotonic() + 30  # the agents render the floating IP's NAT once it arrives
+    while (failures := check(expects)) and time.monotonic() < deadline:
+        time.sleep(1)
+    assert failures == [], f"floating IP {address} of port {port}"
+    assert neutron_get(f"floatingips/{fip['id']}")["floatingip"]["status"] == "ACTIVE"
+
+
 def test_port_create_to_active_time(topology: dict[str, str]) -> None:
     """Port create with --host to ACTIVE, plug included (what Nova would wait for), 3 ports
     (a smoke figure in the CI run; harness/bench.py active measures p50 of 20)."""
@@ -256,6 +298,13 @@ def test_writes_while_the_authority_is_away_are_not_lost(topology: dict[str, str
         )
         time.sleep(1)
     assert ports[0] not in names  # created and deleted meanwhile: never shown to the authority
+    # the agents reconnect on a backoff of their own: until they have, the driver rightly binds
+    # nothing on their hosts, so the tests after this one wait for them (and the driver's 2 s
+    # cache of the live agents)
+    while {a["name"] for a in authority_list("agents") if a.get("connected")} < {"h1", "h2"}:
+        assert time.monotonic() < deadline + 30, "the agents did not reconnect to the authority"
+        time.sleep(0.5)
+    time.sleep(2.5)
 
 
 def test_unplugged_port_goes_down(topology: dict[str, str]) -> None:
