@@ -64,7 +64,7 @@ def migrate(
             def progress(done: int, total: int) -> None:
                 if total and (done == total or done / total - last[0] >= 0.1):
                     last[0] = done / total
-                    err.print(f"  {done}/{total} written", highlight=False)
+                    err.print(f"  {done}/{total} written", highlight=False, soft_wrap=True)
 
             outcome = copy(src, dst, progress)
         finally:
@@ -73,9 +73,14 @@ def migrate(
     except MigrationError as exc:
         raise fail(str(exc)) from None
     if outcome.cleared_partial:
-        out.print(f"cleared an unfinished copy in {target}", highlight=False)
+        out.print(f"cleared an unfinished copy in {target}", highlight=False, markup=False, soft_wrap=True)
     if outcome.copied:
         said = f"copied {outcome.summary} from {source} to {target}; read back: identical"
-        out.print(said, highlight=False)
+        out.print(said, highlight=False, markup=False, soft_wrap=True)  # one line: scripts grep it
     else:
-        out.print(f"{target} already holds the same ({outcome.summary}): nothing written", highlight=False)
+        out.print(
+            f"{target} already holds the same ({outcome.summary}): nothing written",
+            highlight=False,
+            markup=False,
+            soft_wrap=True,
+        )
