@@ -63,7 +63,10 @@ def test_lab_explain_and_probe_explain_on_a_running_lab(tmp_path: Path) -> None:
         assert allowed.returncode == 0, allowed.stderr
         assert (doc["verdict"], doc["by"]) == ("allow", "contract acme/http rule web-in")
         assert [h["host"] for h in doc["hops"]] == ["h2", "h1"]
-        assert [h["outcome"] for h in doc["hops"]] == ["tunnel", "output:1"]
+        assert doc["hops"][0]["outcome"] == "tunnel"  # then out of web1's own port (its number: plug order)
+        last = doc["hops"][1]["flows"][-1]
+        assert last["table"] == "70 OUTPUT" and last["from"] == "endpoint acme/web1"
+        assert doc["hops"][1]["outcome"] in last["actions"]
         deciding = [f for f in doc["hops"][1]["flows"] if f["table"] == "61 POLICY_CT"]
         assert deciding and deciding[0]["from"] == "contract acme/http"
 
