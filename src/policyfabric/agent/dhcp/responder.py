@@ -30,7 +30,6 @@ import logging
 import random
 import select
 import socket
-import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -271,7 +270,6 @@ class Responder(ServiceThread):
         self.leases: Mapping[int, Lease] = {}
         self.ipv6: Mapping[int, Port6] = {}
         self.counters = Counters()
-        self.connected = threading.Event()
         self.schedule = Schedule()
         self._wake_r, self._wake_w = socket.socketpair()
         self._wake_w.setblocking(False)  # a full pipe (the thread away, reconnecting) never blocks update
@@ -300,9 +298,6 @@ class Responder(ServiceThread):
             self._wake_w.send(b"\0")
 
     # ---- the thread
-    def _lost(self) -> None:
-        self.connected.clear()
-
     def _next_xid(self) -> int:
         self._xid = w.next_xid(self._xid)
         return self._xid
@@ -340,8 +335,7 @@ class Responder(ServiceThread):
         while (msg := w.take_message(buf)) is not None:
             _, msg_type, xid, body = msg
             if msg_type == w.OFPT_HELLO:
-                self.connected.set()
-                self._last_error = ""
+                self._greeted()
             elif msg_type == w.OFPT_ECHO_REQUEST:
                 sock.sendall(w.message(w.OFPT_ECHO_REPLY, xid, body))
             elif msg_type == w.OFPT_PACKET_IN:

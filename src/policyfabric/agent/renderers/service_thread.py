@@ -16,12 +16,14 @@ log = logging.getLogger(__name__)
 
 
 class ServiceThread:
-    """Subclasses give ``_serve`` (make ``self._sock``, serve it until an ``OSError``), and may give
-    ``_lost`` (after each connection: clear what it set up) and ``_stopping`` (on ``stop``, before
-    the socket is shut: wake whatever the thread waits on). ``what`` names it in the warning."""
+    """Subclasses give ``_serve`` (make ``self._sock``, serve it until an ``OSError``; call
+    ``_greeted`` once the peer's hello is in), and may give ``_lost`` (after each connection: clear
+    what it set up) and ``_stopping`` (on ``stop``, before the socket is shut: wake whatever the
+    thread waits on). ``what`` names it in the warning. ``connected``: greeted, and not lost since."""
 
     def __init__(self, name: str, what: str, retry: float = 1.0) -> None:
         self._what, self._retry = what, retry
+        self.connected = threading.Event()
         self._stop = threading.Event()
         self._sock: socket.socket | None = None
         self._last_error = ""
@@ -43,6 +45,11 @@ class ServiceThread:
     def _serve(self) -> None:
         raise NotImplementedError
 
+    def _greeted(self) -> None:
+        """The peer answered the hello: connected, and the outage (if any) is over."""
+        self.connected.set()
+        self._last_error = ""
+
     def _lost(self) -> None:
         """After each connection, whichever way it ended."""
 
@@ -58,6 +65,7 @@ class ServiceThread:
                     log.warning("%s: %s (retrying)", self._what, exc)
                 self._last_error = str(exc)
             finally:
+                self.connected.clear()
                 self._lost()
                 if self._sock is not None:
                     self._sock.close()

@@ -132,7 +132,6 @@ class RuleLogChannel(ServiceThread):
         self.handle = handle
         self.rate, self.burst = rate, burst
         self.counters = Counters()
-        self.connected = threading.Event()
         self.meter_ready = threading.Event()  # the switch has the meter (this connection made sure)
         self.created = threading.Event()  # it had to be created: logging flows may need repointing
         self.on_created: Callable[[], None] = lambda: None
@@ -146,7 +145,6 @@ class RuleLogChannel(ServiceThread):
         return self._xid
 
     def _lost(self) -> None:
-        self.connected.clear()
         self.meter_ready.clear()
 
     def repoint(self, flows: list[Flow]) -> None:
@@ -188,8 +186,7 @@ class RuleLogChannel(ServiceThread):
             while (msg := w.take_message(buf)) is not None:
                 _, msg_type, xid, body = msg
                 if msg_type == w.OFPT_HELLO:
-                    self.connected.set()
-                    self._last_error = ""
+                    self._greeted()
                 elif msg_type == w.OFPT_ECHO_REQUEST:
                     sock.sendall(w.message(w.OFPT_ECHO_REPLY, xid, body))
                 elif msg_type == OFPT_EXPERIMENTER:
