@@ -105,13 +105,11 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
             return
         router_id = mapping.network_router(net["id"], _interface_ports(plugin, ctx, network_id=[net["id"]]))
         if router_id is not None:  # Neutron checks the subnets on the router; policyfabric routes all
-            others = _router_networks(plugin, ctx, router_id) - {net["id"]}
-            cidrs = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": sorted(others)})]
-            clash = mapping.overlaps(sub["cidr"], cidrs)
+            clash = _router_clash(plugin, ctx, router_id, net["id"], [sub["cidr"]])
             if clash is not None:
                 raise n_exc.InvalidInput(
                     error_message=f"Requested subnet with cidr: {sub['cidr']} for network: {net['id']} "
-                    f"overlaps with another subnet ({clash}) of a network on router {router_id}: "
+                    f"overlaps with another subnet ({clash[1]}) of a network on router {router_id}: "
                     "policyfabric routes every subnet of a network on a router"
                 )
         db.record(ctx, "subnet", sub["id"], net["project_id"])
@@ -139,17 +137,14 @@ class PolicyfabricMechanismDriver(api.MechanismDriver):
             mapping.network_router(net["id"], [*_interface_ports(plugin, ctx, network_id=[net["id"]]), p])
         except mapping.Refused as e:
             raise refuse(e) from None
-        others = _router_networks(plugin, ctx, router_id) - {net["id"]}
-        if others:
-            theirs = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": sorted(others)})]
-            for mine in plugin.get_subnets(ctx, filters={"network_id": [net["id"]]}):
-                clash = mapping.overlaps(mine["cidr"], theirs)
-                if clash is not None:
-                    raise n_exc.InvalidInput(
-                        error_message=f"Cidr {mine['cidr']} of subnet {mine['id']} overlaps with cidr "
-                        f"{clash} of a subnet of another network on router {router_id}: policyfabric "
-                        "routes every subnet of a network on a router"
-                    )
+        mine = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": [net["id"]]})]
+        clash = _router_clash(plugin, ctx, router_id, net["id"], mine)
+        if clash is not None:
+            raise n_exc.InvalidInput(
+                error_message=f"Cidr {clash[0]} of network {net['id']} overlaps with cidr "
+                f"{clash[1]} of a subnet of another network on router {router_id}: policyfabric "
+                "routes every subnet of a network on a router"
+            )
         db.record(ctx, "network", net["id"], net["project_id"])
         db.record(ctx, "router", router_id, p["project_id"])
 
@@ -274,3 +269,20 @@ def _interface_ports(plugin: Any, ctx: Any, **filters: list[str]) -> list[dict[s
 def _router_networks(plugin: Any, ctx: Any, router_id: str) -> set[str]:
     """The networks a router has interfaces on."""
     return {p["network_id"] for p in _interface_ports(plugin, ctx, device_id=[router_id])}
+
+
+def _router_clash(
+    plugin: Any, ctx: Any, router_id: str, network_id: str, cidrs: list[str]
+) -> tuple[str, str] | None:
+    """The first of ``cidrs`` (a network's subnets, or one about to be) that overlaps a subnet of
+    another network on the router, with that subnet's cidr: policyfabric routes every subnet of a
+    network on a router in one l3_context, so such a pair cannot be expressed. None: no clash."""
+    others = _router_networks(plugin, ctx, router_id) - {network_id}
+    if not others or not cidrs:
+        return None
+    theirs = [s["cidr"] for s in plugin.get_subnets(ctx, filters={"network_id": sorted(others)})]
+    for mine in cidrs:
+        clash = mapping.overlaps(mine, theirs)
+        if clash is not None:
+            return mine, clash
+    return None
