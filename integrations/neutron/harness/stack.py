@@ -369,7 +369,7 @@ def external_plumbing(st: dict[str, Any], network_id: str) -> None:
     plumbing.add_segment(lab.state, seg)
     for name, info in lab.state.hosts.items():
         index = sorted(lab.state.hosts).index(name)
-        plumbing._segment_link(lab.state, seg, info.netns, seg.port, f"h{index}")
+        plumbing.segment_link(lab.state, seg, info.netns, seg.port, f"h{index}")
         OvsInstance(Path(info.rundir)).vsctl("--may-exist", "add-port", "br-int", seg.port)
         info.external[network_id] = seg.port
         lab.state.save()

@@ -60,8 +60,9 @@ def add_segment(state: LabState, seg: ExternalSegment) -> None:
     run(["sysctl", "-q", "-w", "net.ipv4.ip_forward=1"], netns=netns)
 
 
-def _segment_link(state: LabState, seg: ExternalSegment, netns: str, inside: str, outside: str) -> None:
-    """A veth from ``netns`` (named ``inside``) to the segment's bridge (named ``outside``)."""
+def segment_link(state: LabState, seg: ExternalSegment, netns: str, inside: str, outside: str) -> None:
+    """A veth from ``netns`` (named ``inside``) to the segment's bridge (named ``outside``): public, as
+    what joins a namespace of a harness outside the lab (Neutron's external hosts) to a segment."""
     segns = f"{state.id}-x{seg.index}"
     run(["ip", "link", "add", inside, "netns", netns, "type", "veth", "peer", "name", outside,
          "netns", segns])  # fmt: skip
@@ -75,7 +76,7 @@ def add_external_host(state: LabState, x: ExternalHost, seg: ExternalSegment) ->
     netns = namespace(state, f"xh-{x.name}")
     state.external_hosts[x.name] = ExternalHostState(netns, x.ip, x.network)
     state.save()
-    _segment_link(state, seg, netns, "eth0", f"e{x.index}")
+    segment_link(state, seg, netns, "eth0", f"e{x.index}")
     run(["ip", "addr", "add", f"{x.ip}/{seg.cidr.split('/')[1]}", "dev", "eth0"], netns=netns)
     run(["ip", "route", "add", "default", "via", seg.gateway_ip], netns=netns)
 
@@ -102,7 +103,7 @@ def add_host(state: LabState, host: Host, rundir: Path, segments: Sequence[Exter
     ovs.vsctl("--may-exist", "add-port", "br-phy", "ul0")
     _underlay_address(info, "add")
     for seg in segments:
-        _segment_link(state, seg, netns, seg.port, f"h{host.index}")
+        segment_link(state, seg, netns, seg.port, f"h{host.index}")
         ovs.vsctl("--may-exist", "add-port", "br-int", seg.port)
     return info
 
