@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 from policyfabric.agent.pacing import Pacer
 
 
@@ -24,7 +26,7 @@ def test_a_burst_is_paced_by_the_debounce_after_the_follow_up() -> None:
         starts.append(round(now, 6))
         now += 0.001
     assert starts[:2] == [0.0, 0.001]  # the change and its follow-up
-    gaps = [round(b - a, 6) for a, b in zip(starts[1:], starts[2:], strict=False)]
+    gaps = [round(b - a, 6) for a, b in itertools.pairwise(starts[1:])]
     assert gaps == [0.01] * 4  # then one per debounce
 
 

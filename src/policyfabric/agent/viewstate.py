@@ -93,6 +93,7 @@ class LocalEndpoints:
         self.problems: dict[LocalKey, Invalid] = {}
         self.keys: dict[str, int] = {}  # local endpoint key → how many endpoints have it
         self.reads = 0  # nodes read by the last update (what it cost)
+        self.replugs = 0  # updates that took the plugged list as changed (each walks every interface)
         self._nodes: dict[LocalKey, _Local] = {}
         self._by_uri: DependencyIndex[LocalKey] = DependencyIndex()  # PfEndpoint URI → its nodes
         self._by_epg: dict[str, set[LocalKey]] = {}  # group URI → nodes of endpoints in it
@@ -115,6 +116,7 @@ class LocalEndpoints:
         gone: list[LocalKey] = []
         replugged = changed is None or not self._same_plugged(plugged)
         if replugged:
+            self.replugs += 1
             now = {(p.iface_id, p.name): p for p in plugged}
             gone = [k for k in self._nodes if k not in now]
             for key, p in now.items():
