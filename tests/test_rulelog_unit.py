@@ -115,6 +115,35 @@ def test_the_namer_names_rules_ports_and_endpoints_as_the_intent_does() -> None:
     assert unknown.text().startswith("dropped icmp 10.9.9.9 -> 10.0.0.1 type 8 code 0 (? -> acme/vm1) by")
 
 
+def test_the_namer_names_a_rule_added_since_and_remakes_only_what_changed() -> None:
+    """``update`` (every reconcile) keeps the view and makes nothing; a line names what decided
+    from the view current then: a rule added after the last line is named, and of the namer's maps
+    only those whose part of the view changed are made again (a member change: the endpoints',
+    never the rules')."""
+    namer = Namer("h1")
+    first = contract_net()
+    namer.update(first)
+    assert namer.builds == 0  # nothing made until a line is written
+    packet = Packet("tcp", "10.0.0.2", "10.0.0.1", 40000, 8080)
+    namer.verdict(Decided(RULE, True, rule_id(HTTP_URI, "http.web-in")), packet)
+    assert namer.builds == 3  # rules, ports, addresses
+    [http] = first.contracts.values()
+    alt = replace(fabric.rule("http.alt", protocol=TCP, ports=8080), log=True)
+    added = replace(first, contracts={HTTP_URI: replace(http, rules=(*http.rules, alt))})
+    namer.update(added)
+    assert namer.builds == 3
+    v = namer.verdict(Decided(RULE, True, rule_id(HTTP_URI, "http.alt")), packet)
+    assert v.by == "contract acme/http rule alt" and v.dst_endpoint == WEB1.key
+    assert namer.builds == 4  # the rules' map alone
+    moved = replace(added, local=(WEB1, replace(APP1, classid=APP1.classid + 1)))
+    namer.update(moved)
+    v = namer.verdict(Decided(RULE, True, rule_id(HTTP_URI, "http.alt")), packet)
+    assert v.by == "contract acme/http rule alt" and v.src_endpoint == APP1.key
+    assert namer.builds == 6  # the endpoints' two maps, not the rules'
+    namer.verdict(Decided(RULE, True, rule_id(HTTP_URI, "http.alt")), packet)
+    assert namer.builds == 6  # the same view: nothing made again
+
+
 def frame(proto: int = 6, v6: bool = False) -> bytes:
     eth = bytes(12) + (b"\x86\xdd" if v6 else b"\x08\x00")
     l4 = struct.pack("!HH", 40000, 80) + bytes(16)

@@ -639,6 +639,25 @@ def test_an_endpoint_moving_group_reads_that_endpoint_again_and_nothing_else() -
     )
 
 
+def test_a_new_list_of_the_same_interfaces_reads_no_endpoint_again() -> None:
+    """The agent hands the view a new plugged list on every reconcile (its iface-ids located
+    afresh): the same interfaces, in a new list or as new equal objects, are not walked again
+    (no replug) and keep the endpoints; one interface whose port changed is a replug that reads
+    that one endpoint alone."""
+    w, inc, before = settled()
+    assert len(w.plugged) > 1
+    replugs = inc.local.replugs
+    for plugged in ([*w.plugged], [replace(p) for p in w.plugged]):
+        after = inc.network(w.client.policy, w.client.endpoints, plugged, TUNNEL_PORT, w.ofports, set())
+        assert inc.local.replugs == replugs and inc.local.reads == 0 and after.local is before.local
+    first = w.plugged[0]
+    w.plugged = [replace(first, ofport=first.ofport + 1000), *w.plugged[1:]]
+    after = update(w, inc)
+    assert inc.local.replugs == replugs + 1 and inc.local.reads == 1
+    [moved] = [e for e in after.local if e.ofport == first.ofport + 1000]
+    assert all(a is b for a, b in zip(before.local, after.local, strict=True) if b is not moved)
+
+
 def test_a_rule_added_to_a_contract_reads_that_contract_again() -> None:
     w, inc, before = settled()
     c0 = w.specs["contract"]["c0"]

@@ -10,8 +10,9 @@ again) and hand it to every renderer in turn, Open vSwitch first and the
 plug-ins after it, each through the same two steps (``renderers.api``: ``compile``
 pure, ``apply`` only when the result changed). Then the endpoints that now
 have their dataplane are reported ACTIVE (``reports``, in the background). A
-lone change is rendered at once; changes that arrive during a reconcile, or
-within ``debounce`` of its start, share the next one. A failed render raises
+lone change is rendered at once, and so is the reconcile right after it (its
+follow-up, ``pacing``); then changes that arrive during a reconcile, or within
+``debounce`` of its start, share the next one. A failed render raises
 the ``render-failed`` fault and is retried every second until one works. A
 renderer that watches its device (``Renderer.watch``) wakes the loop when
 someone else changes it: that renderer is applied again in full at once, and
@@ -41,6 +42,7 @@ from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.dhcp.responder import Responder, leases
 from policyfabric.agent.drift import DriftFaults
 from policyfabric.agent.locate import Locator
+from policyfabric.agent.pacing import Pacer
 from policyfabric.agent.renderers import api
 from policyfabric.agent.renderers.ovs.applier import FlowApplier
 from policyfabric.agent.renderers.ovs.ofchannel import mgmt_socket
@@ -236,13 +238,13 @@ class OvsAgent:
         )
         try:
             self._wake.set()
-            last = float("-inf")
+            pacer = Pacer(self.config.debounce)  # a lone change and its follow-up at once, a burst paced
             while True:
                 await self._wake.wait()
-                # a lone change is rendered at once; in a burst, at most one reconcile per debounce
-                await asyncio.sleep(max(0.0, last + self.config.debounce - time.monotonic()))
+                await asyncio.sleep(pacer.delay(time.monotonic()))
                 self._wake.clear()
                 last = time.monotonic()
+                pacer.started(last)
                 try:
                     await self.reconcile()
                     if self.metrics is not None:

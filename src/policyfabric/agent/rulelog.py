@@ -100,6 +100,22 @@ def _tenant_name(uri: str) -> str:
     return f"{parts[2]}/{parts[4]}" if len(parts) >= 5 else uri
 
 
+def _rule_names(net: Network) -> dict[int, str]:
+    """The logging rules' log ids → their names as the intent gives them."""
+    rules: dict[int, str] = {}
+    for contract in net.contracts.values():
+        for rule in contract.rules:
+            if rule.log:
+                rname = rule.key.rpartition(".")[2] if "." in rule.key else rule.key
+                rules[rule_id(contract.uri, rule.key)] = f"contract {_tenant_name(contract.uri)} rule {rname}"
+    for sg in net.security_groups.values():
+        for sg_rule in sg.rules:
+            if sg_rule.log:
+                number = sg_rule.key.rpartition("#")[2]
+                rules[rule_id(sg_rule.key)] = f"security-group {_tenant_name(sg.uri)} rule {number}"
+    return rules
+
+
 @dataclass(frozen=True)
 class Verdict:
     """One log line's fields."""
@@ -135,43 +151,57 @@ class Verdict:
 
 
 class Namer:
-    """Names what decided from the agent's view: rebuilt (``update``) after each reconcile, read
-    by the rule log's thread (one reference swap: it sees the old names or the new)."""
+    """Names what decided from the agent's view. ``update`` (after each reconcile, on the agent's
+    loop) only keeps the view: the names are looked up by the rule log's thread when a line is
+    written, each map made again only when the part of the view it reads is no longer the object it
+    was made from (the view keeps the identity of the parts that did not change). Rebuilding the
+    maps on every reconcile cost ~12 ms at 10,000 endpoints, in every change's latency, whether or
+    not anything was ever logged; now a change costs one reference, and the first line after it
+    pays for what that change touched (the endpoints' maps when they changed, the rules' when a
+    contract or security group did)."""
 
     def __init__(self, host: str) -> None:
         self.host = host
-        self._rules: Mapping[int, str] = {}
-        self._ports: Mapping[int, str] = {}
-        self._addresses: Mapping[str, str] = {}
+        self._net: Network | None = None
+        self._lock = threading.Lock()  # the rule log's threads (OpenFlow, netfilter) share the maps
+        self._rules: tuple[object, object, Mapping[int, str]] = (None, None, {})
+        self._ports: tuple[object, Mapping[int, str]] = (None, {})
+        self._addresses: tuple[object, object, Mapping[str, str]] = (None, None, {})
+        self.builds = 0  # maps made (what the names cost: one per part changed and then logged)
 
     def update(self, net: Network) -> None:
-        rules: dict[int, str] = {}
-        for contract in net.contracts.values():
-            for rule in contract.rules:
-                if rule.log:
-                    rname = rule.key.rpartition(".")[2] if "." in rule.key else rule.key
-                    rules[rule_id(contract.uri, rule.key)] = (
-                        f"contract {_tenant_name(contract.uri)} rule {rname}"
-                    )
-        for sg in net.security_groups.values():
-            for sg_rule in sg.rules:
-                if sg_rule.log:
-                    number = sg_rule.key.rpartition("#")[2]
-                    rules[rule_id(sg_rule.key)] = f"security-group {_tenant_name(sg.uri)} rule {number}"
-        self._rules = rules
-        self._ports = {e.ofport: e.key for e in net.local if e.ofport is not None}
-        self._addresses = {ip: e.key for e in (*net.local, *net.remote) for ip in e.ips}
+        self._net = net  # one reference swap: a reader sees the old view or the new
+
+    def _maps(self) -> tuple[Mapping[int, str], Mapping[int, str], Mapping[str, str]]:
+        """(rule id → name, OpenFlow port → endpoint, address → endpoint) of the current view."""
+        net = self._net
+        if net is None:
+            return {}, {}, {}
+        with self._lock:
+            if self._rules[0] is not net.contracts or self._rules[1] is not net.security_groups:
+                self._rules = (net.contracts, net.security_groups, _rule_names(net))
+                self.builds += 1
+            if self._ports[0] is not net.local:
+                ports = {e.ofport: e.key for e in net.local if e.ofport is not None}
+                self._ports = (net.local, ports)
+                self.builds += 1
+            if self._addresses[0] is not net.local or self._addresses[1] is not net.remote:
+                addresses = {ip: e.key for e in (*net.local, *net.remote) for ip in e.ips}
+                self._addresses = (net.local, net.remote, addresses)
+                self.builds += 1
+            return self._rules[2], self._ports[1], self._addresses[2]
 
     def verdict(self, decided: Decided, packet: Packet, when: float | None = None) -> Verdict:
+        rules, ports, addresses = self._maps()
         if decided.kind == RULE:
-            by = self._rules.get(decided.ident, f"a rule no longer in the policy (log id {decided.ident})")
+            by = rules.get(decided.ident, f"a rule no longer in the policy (log id {decided.ident})")
         else:
             inbound = decided.kind == DEFAULT_DENY_IN
             if decided.ident:  # a port (Open vSwitch)
-                port = self._ports.get(decided.ident, f"port {decided.ident}")
+                port = ports.get(decided.ident, f"port {decided.ident}")
             else:  # 0: the endpoint the packet goes to (ingress) or comes from (egress): nftables
                 address = packet.dst if inbound else packet.src
-                port = self._addresses.get(address, address)
+                port = addresses.get(address, address)
             by = f"default deny (security groups of {port}, {'ingress' if inbound else 'egress'})"
         stamp = datetime.datetime.fromtimestamp(time.time() if when is None else when, tz=datetime.UTC)
         return Verdict(
@@ -184,8 +214,8 @@ class Namer:
             dst=packet.dst,
             sport=packet.sport,
             dport=packet.dport,
-            src_endpoint=self._addresses.get(packet.src),
-            dst_endpoint=self._addresses.get(packet.dst),
+            src_endpoint=addresses.get(packet.src),
+            dst_endpoint=addresses.get(packet.dst),
         )
 
 

@@ -93,11 +93,12 @@ class LocalEndpoints:
         self.problems: dict[LocalKey, Invalid] = {}
         self.keys: dict[str, int] = {}  # local endpoint key → how many endpoints have it
         self.reads = 0  # nodes read by the last update (what it cost)
+        self.replugs = 0  # updates that took the plugged list as changed (each walks every interface)
         self._nodes: dict[LocalKey, _Local] = {}
         self._by_uri: DependencyIndex[LocalKey] = DependencyIndex()  # PfEndpoint URI → its nodes
         self._by_epg: dict[str, set[LocalKey]] = {}  # group URI → nodes of endpoints in it
         self._epg_refused: dict[str, bool] = {}  # what each group's endpoints were read with
-        self._plugged: object = None
+        self._plugged: list[Plugged] | None = None  # a copy of what the last update saw
         self._slots: list[Endpoint | None] = []  # each node's endpoint, at its position
 
     def update(
@@ -113,8 +114,9 @@ class LocalEndpoints:
         donor, self._donor = self._donor, None
         dirty: set[LocalKey] = set()
         gone: list[LocalKey] = []
-        replugged = changed is None or plugged is not self._plugged
+        replugged = changed is None or not self._same_plugged(plugged)
         if replugged:
+            self.replugs += 1
             now = {(p.iface_id, p.name): p for p in plugged}
             gone = [k for k in self._nodes if k not in now]
             for key, p in now.items():
@@ -128,7 +130,7 @@ class LocalEndpoints:
                 elif changed is None or node.ofport != p.ofport:
                     node.ofport = p.ofport
                     dirty.add(key)
-            self._plugged = plugged
+            self._plugged = list(plugged)
         if changed is not None:
             for uri in changed:
                 dirty.update(self._by_uri.users_of(uri))
@@ -175,6 +177,16 @@ class LocalEndpoints:
             made = tuple(filter(None, self._slots))  # (an Endpoint is true)
             self.endpoints = same(donor.endpoints if donor is not None else self.endpoints, made)
         return keys_changed, moved or replugged, problems
+
+    def _same_plugged(self, plugged: Sequence[Plugged]) -> bool:
+        """Whether ``plugged`` lists what the last update saw. The agent hands a new list on every
+        reconcile (its iface-ids located afresh), mostly of the same objects: compared as lists
+        (identity first, element by element, in C: ~0.1 ms at 10,000) rather than by the list's own
+        identity, which read every interface again on every change (tens of ms at 10,000)."""
+        last = self._plugged
+        if last is None or len(last) != len(plugged):
+            return False
+        return last == (plugged if isinstance(plugged, list) else list(plugged))
 
     def stale(self, cache: Mapping[str, MO]) -> set[str]:
         """The ``PfEndpoint`` URIs whose object is no longer the one read (by identity)."""
