@@ -385,10 +385,13 @@ class OpflexServer:
         async with self._flushing:
             started = time.monotonic()
             dirty = self.policy.take_dirty()
-            epr = self.registry.take_changes()
             try:
                 if dirty:
                     await self.policy.rebuild(dirty, push=True)
+                # taken after the rebuild: the declarations it made the registry rewrite or
+                # withdraw (an endpoint that moved) go out in this flush, right behind the
+                # policy that moved them, not one coalescing period later in the next
+                epr = self.registry.take_changes()
                 if epr:
                     await self.registry.push(epr)
             except Exception:  # run by a timer: nobody else would see it
