@@ -216,7 +216,9 @@ def conform(mos: Sequence[MO], intent: EndpointIntent) -> list[MO] | None:
         p = mo.properties
         if Prop.GROUP in p and p[Prop.GROUP] != intent.group:
             mo = replace(mo, properties={**p, Prop.GROUP: intent.group})
-        elif mo.subject == Cls.PF_EP_TUNNEL and Prop.CLASSID in p and p[Prop.CLASSID] != (intent.classid or 0):
+        elif (
+            mo.subject == Cls.PF_EP_TUNNEL and Prop.CLASSID in p and p[Prop.CLASSID] != (intent.classid or 0)
+        ):
             mo = replace(mo, properties={**p, Prop.CLASSID: intent.classid or 0})
         out.append(mo)
     return out

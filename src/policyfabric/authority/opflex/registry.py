@@ -427,7 +427,12 @@ class EndpointRegistry:
         except Refused:
             return False
         restated = Declaration(
-            [m.to_wire() for m in checked.all], decl.agent, decl.expires, decl.endpoint, decl.tunnel, decl.replica
+            [m.to_wire() for m in checked.all],
+            decl.agent,
+            decl.expires,
+            decl.endpoint,
+            decl.tunnel,
+            decl.replica,
         )
         self.declarations[uri] = restated
         if not decl.replica and not self._shared:
