@@ -247,6 +247,14 @@ class PolicyRepository:
             self.subscribers.remove(entry.policy_uri, peer)
         return {}
 
+    def forget(self, peer: Peer, uris: Iterable[str]) -> None:
+        """Take ``uris`` (subscriptions ``peer`` no longer holds: expired, or all of them when its
+        session closed) out of the index. The index drops such entries lazily, when a push meets
+        their URI; a URI no push meets again (an agent restarted and its old session held ten
+        thousand) would otherwise keep the entry, and the old session's ``Peer`` with it."""
+        for uri in uris:
+            self.subscribers.remove(uri, peer)
+
     # ---- changes
     def mark_dirty(self, tenants: Iterable[str | None]) -> None:
         """Rebuild these trees at the next flush (None: the global tree)."""
