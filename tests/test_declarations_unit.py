@@ -501,6 +501,54 @@ def test_declarations_the_intent_no_longer_allows_are_withdrawn(tmp_path: Path) 
     fabric(tmp_path, test)
 
 
+def test_an_endpoint_moved_to_another_group_keeps_its_declaration_rewritten_to_the_new_group(
+    tmp_path: Path,
+) -> None:
+    """A group move is no reason to take the endpoint out of the other hosts' flows: its
+    declarations (the EprL2Ep with its tunnel's class id, the EprL3Ep) are rewritten to the new
+    group and class id and pushed as a replace, never a delete; what is stored is what a
+    well-behaved agent declares after the move, so its declaration pushes nothing more."""
+
+    async def test(f: Fabric) -> None:
+        l2, l3 = f.of("web1", "h1")
+        assert await f.declare("h1", *f.request("web1"), *l3) == {}
+        await f.settled("web1", host="h1", status="BUILD")
+        old_classid = _classid(f, l2.uri)
+        pushes = len(f.pushed("h2"))
+
+        await f.change("web1", epg="app")
+        assert f.registry() == {l2.uri: "h1", l3[0].uri: "h1"}  # still declared, by h1
+        moved = f.pushed("h2")[pushes:]
+        assert moved and all(deleted == [] for _, deleted in moved)
+        assert l2.uri in {uri for replaced, _ in moved for uri in replaced}
+        app = uri_of("acme", Cls.GBP_EP_GROUP, "app")
+        for uri in (l2.uri, l3[0].uri):
+            stored = MO.from_wire(f.server.registry.declarations[uri].mos[0])
+            assert stored.properties[Prop.GROUP] == app
+        assert _classid(f, l2.uri) not in (None, old_classid)
+
+        after, after_l3 = f.of("web1", "h1")  # what h1 declares once it has seen the move
+        assert after.properties[Prop.GROUP] == app
+        assert _classid(f, l2.uri) == next(
+            m.properties[Prop.CLASSID] for m in f.request("web1") if m.subject == Cls.PF_EP_TUNNEL
+        )
+        pushes = len(f.pushed("h2"))
+        assert await f.declare("h1", *f.request("web1"), *after_l3) == {}
+        assert f.pushed("h2")[pushes:] == []  # the same declaration again: nothing to push
+        await f.server.registry.written()
+        assert f.endpoint("web1")["status"] == "BUILD"  # never DOWN on the way
+
+    fabric(tmp_path, test)
+
+
+def _classid(f: Fabric, uri: str) -> Any:
+    """The class id in the stored declaration's PfEpTunnel (None: it has none)."""
+    for m in f.server.registry.declarations[uri].mos:
+        if m["subject"] == Cls.PF_EP_TUNNEL:
+            return MO.from_wire(m).properties.get(Prop.CLASSID)
+    return None
+
+
 def test_the_refusal_counter_is_per_agent_in_the_agents_view(tmp_path: Path) -> None:
     async def test(f: Fabric) -> None:
         await refused(f, "evil", _props(f.of("web1", "h1")[0], uuid="acme/nobody"))

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -197,4 +197,31 @@ def check(mo: MO, children: Sequence[MO], index: IntentIndex) -> Checked:
     return Checked(MO(mo.subject, mo.uri, stored, [], Cls.EPR_L3_UNIVERSE, EPR_L3, Cls.EPR_L3_EP), intent)
 
 
-__all__ = ["Checked", "Refused", "check", "show", "tunnel_ip"]
+def conform(mos: Sequence[MO], intent: EndpointIntent) -> list[MO] | None:
+    """A stored declaration (its top object first, then its children) with the values only the
+    intent decides, its group and that group's class id, set to what ``intent`` now says; None if
+    the intent gives the endpoint no group (then the declaration cannot follow it).
+
+    Why: when an endpoint moves to another group, its declaration no longer says what the intent
+    says. Withdrawing it would take the endpoint out of every other host's flows until its agent
+    has seen the move and declared it again (a round trip through that agent); rewriting the two
+    values the agent took from the intent in the first place keeps it, with the new group, in one
+    push. The result is checked again like any declaration (``check``), so what is stored still
+    says exactly what the intent says; the agent's own values (``tunnelIp``, ``interfaceName``)
+    are kept as it declared them."""
+    if intent.group is None:
+        return None
+    out = []
+    for mo in mos:
+        p = mo.properties
+        if Prop.GROUP in p and p[Prop.GROUP] != intent.group:
+            mo = replace(mo, properties={**p, Prop.GROUP: intent.group})
+        elif (
+            mo.subject == Cls.PF_EP_TUNNEL and Prop.CLASSID in p and p[Prop.CLASSID] != (intent.classid or 0)
+        ):
+            mo = replace(mo, properties={**p, Prop.CLASSID: intent.classid or 0})
+        out.append(mo)
+    return out
+
+
+__all__ = ["Checked", "Refused", "check", "conform", "show", "tunnel_ip"]

@@ -40,9 +40,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from policyfabric.authority.opflex.chunks import resolve_parts
-from policyfabric.authority.opflex.declaration_check import Checked, Refused, check, show
+from policyfabric.authority.opflex.declaration_check import Checked, Refused, check, conform, show
 from policyfabric.authority.opflex.intent_index import Changed as IntentChanges
-from policyfabric.authority.opflex.intent_index import IntentIndex
+from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex
 from policyfabric.authority.opflex.params import Declare, EndpointRef, EndpointResolve, parse
 from policyfabric.authority.opflex.peers import FanOut, Peer, refs, wire
 from policyfabric.authority.service import Authority, EndpointState
@@ -347,9 +347,13 @@ class EndpointRegistry:
         decl = Declaration(
             [m.to_wire() for m in checked.all], agent, expires, (tenant, name), _tunnel(checked)
         )
+        before = self.declarations.get(uri)
         self.declarations[uri] = decl
-        self._publish(uri, decl)
-        self._changed[uri] = (checked.all, False)
+        self._publish(uri, decl)  # (with its new lease)
+        if before is None or before.agent != agent or before.mos != decl.mos:
+            # the same declaration again (a lease renewal, or one the registry already rewrote to
+            # follow the intent) changes nothing any subscriber holds: nothing to push
+            self._changed[uri] = (checked.all, False)
         if checked.is_l2:
             self._released.pop(key, None)
             held = self.declarations.by_endpoint[key]
@@ -362,11 +366,18 @@ class EndpointRegistry:
     def _recheck(self, changed: IntentChanges) -> None:
         """Withdraw the declarations the intent no longer allows: of endpoints it dropped, that
         no longer say what it says (the agent declares again, so their status stays), or of an
-        endpoint it moved to another host (DOWN until that host declares it)."""
-        withdrawn = False
+        endpoint it moved to another host (DOWN until that host declares it). A declaration that
+        differs only in what the intent alone decides (the endpoint moved to another group: its
+        group and class id) is rewritten to say what the intent now says instead (``conform``),
+        and pushed as such: the endpoint stays in the other hosts' flows, with its new group, and
+        its agent's next declaration, which says the same, pushes nothing more. Logged once per
+        endpoint, however many of its objects (an ``EprL2Ep``, an ``EprL3Ep`` per address) go."""
+        pushed = False
         for key, old, new in changed:
             if new is None:
                 self._released.pop(key, None)
+            withdrawn: list[tuple[str, Declaration, str]] = []
+            followed: list[str] = []
             for uri in sorted(self.declarations.by_endpoint.get(key, ())):
                 decl = self.declarations[uri]
                 why, status = None, False
@@ -375,17 +386,59 @@ class EndpointRegistry:
                 elif new.host not in (None, decl.agent, old.host if old else None):
                     why, status = f"the intent moved it to host {new.host}", True
                 else:
+                    mos = [MO.from_wire(m) for m in decl.mos]
                     try:
-                        mos = [MO.from_wire(m) for m in decl.mos]
                         check(mos[0], mos[1:], self._intent)
                     except Refused as exc:
-                        why = f"no longer what the intent says: {exc}"
+                        if self._follow(uri, decl, mos, new):
+                            followed.append(uri)
+                        else:
+                            why = f"no longer what the intent says: {exc}"
                 if why is not None:
-                    log.info("opflex: withdrew %s's declaration of %s: %s", decl.agent, key, why)
+                    withdrawn.append((uri, decl, why))
                     self._undeclare(uri, why, release=False, status=status)
-                    withdrawn = True
-        if withdrawn:
+            if followed:
+                log.info(
+                    "opflex: %s's declaration of %s now says the intent's group %s (%d objects)",
+                    self.declarations[followed[0]].agent,
+                    key,
+                    new.group if new is not None else None,
+                    len(followed),
+                )
+            if withdrawn:
+                _, decl, why = withdrawn[0]
+                more = f" (and {len(withdrawn) - 1} more of its objects)" if len(withdrawn) > 1 else ""
+                log.info("opflex: withdrew %s's declaration of %s%s: %s", decl.agent, key, more, why)
+            pushed |= bool(followed or withdrawn)
+        if pushed:
             self._schedule()
+
+    def _follow(self, uri: str, decl: Declaration, mos: list[MO], intent: EndpointIntent | None) -> bool:
+        """Rewrite a stored declaration to the intent's group and class id (``conform``) if that
+        makes it say what the intent says; whether it did. Published to the other replicas only
+        by the replica it was declared through (each replica rewrites its own copy alike)."""
+        if intent is None:
+            return False
+        conformed = conform(mos, intent)
+        if conformed is None:
+            return False
+        try:
+            checked = check(conformed[0], conformed[1:], self._intent)
+        except Refused:
+            return False
+        restated = Declaration(
+            [m.to_wire() for m in checked.all],
+            decl.agent,
+            decl.expires,
+            decl.endpoint,
+            decl.tunnel,
+            decl.replica,
+        )
+        self.declarations[uri] = restated
+        if not decl.replica and not self._shared:
+            self._publish(uri, restated)
+        self._changed[uri] = (checked.all, False)
+        return True
 
     # ---- bindings in the REST API
     def _bind(

@@ -195,6 +195,11 @@ class OpflexServer:
     def _closed(self, session: Session) -> None:
         """Forget a session; its agent is disconnected unless a newer session replaced it."""
         peer = self.peers.pop(session)
+        # its subscriptions end with it (a reconnecting agent subscribes again in its new session):
+        # nothing may keep the old session's tables, nor their entries in the repository's index
+        self.policy.forget(peer, list(peer.subs))
+        peer.subs.clear()
+        peer.ep_subs.clear()
         if peer.current and self.observer.disconnected(peer.agent or ""):
             log.info("opflex: agent %s disconnected", peer.agent)
             self.replicas.agent_disconnected(peer.agent or "")
@@ -385,10 +390,13 @@ class OpflexServer:
         async with self._flushing:
             started = time.monotonic()
             dirty = self.policy.take_dirty()
-            epr = self.registry.take_changes()
             try:
                 if dirty:
                     await self.policy.rebuild(dirty, push=True)
+                # taken after the rebuild: the declarations it made the registry rewrite or
+                # withdraw (an endpoint that moved) go out in this flush, right behind the
+                # policy that moved them, not one coalescing period later in the next
+                epr = self.registry.take_changes()
                 if epr:
                     await self.registry.push(epr)
             except Exception:  # run by a timer: nobody else would see it
@@ -407,7 +415,9 @@ class OpflexServer:
         """Expire subscriptions; close sessions still unidentified ``4 x keepalive`` after they
         connected; forget agents gone for ``forget_agents_after`` (``now``: monotonic)."""
         for session, peer in list(self.peers.items()):
+            expired = [uri for uri, until in peer.subs.items() if until <= now]
             peer.expire(now)
+            self.policy.forget(peer, expired)
             if peer.agent is None and now - peer.accepted > 4 * self.keepalive:
                 self._spawn(session.close("no identity within 4 x keepalive", abort=True))
         for name in self.observer.forget(time.time() - self.forget_agents_after):
