@@ -254,7 +254,7 @@ class EtcdSide:
         return int(reply.get("count", 0))
 
     def read(self) -> Dump:
-        snap = self.store._begin()  # a linearizable read: the revision everything is read at
+        snap = self.store.snapshot()  # a linearizable read: the revision everything is read at
         dump = Dump(revision=snap.revision)
         items = self.store.get_range(snap, ITEM)
         for value in items.values():
