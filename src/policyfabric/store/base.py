@@ -256,6 +256,12 @@ class Shared(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def resign(self, key: str) -> None:
+        """Delete ``key`` (queued, in order, as ``delete``) only if this replica holds it (it was
+        put under this replica's lease, by ``campaign`` or ``put``): a claim this replica lost
+        while cut off from the others, and another then took, is left to its new holder."""
+        ...
+
     def campaign(self, key: str) -> bool:
         """Whether this replica holds ``key`` (taking it if nobody does) as long as it lives: a
         leader election decided once for all replicas. Blocks for one round trip; raises
@@ -280,6 +286,9 @@ class LocalShared:
         pass
 
     def delete(self, key: str) -> None:
+        pass
+
+    def resign(self, key: str) -> None:
         pass
 
     def campaign(self, key: str) -> bool:

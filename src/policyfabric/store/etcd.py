@@ -686,6 +686,23 @@ class EtcdStore:
         self._own.append(txn_id)
         self._own_set.add(txn_id)
 
+    def transact(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], *, idempotent: bool
+    ) -> dict[str, Any]:
+        """One etcd transaction of raw operations (keys under the prefix, ``key``), outside this
+        store's own transactions: no revision, no log entry. For a whole copy into a prefix no
+        authority runs on (``dump``), batched under etcd's limits by the caller. The cache is
+        dropped: what it held of these keys may be stale now. Raises the client's errors."""
+        self.cache.clear()
+        try:
+            return self.client.txn(compare, success, idempotent=idempotent)
+        finally:
+            self.cache.clear()
+
+    def key(self, key: str) -> bytes:
+        """The etcd key of ``key`` (relative to the prefix)."""
+        return self._key(key)
+
     def learn(self, at: int, written: dict[str, bytes | None]) -> bool:
         """Another writer's commit at etcd revision ``at``, as a watch of the intent keys
         (``intent_range``) delivers it: every key it put (the value) or deleted (None), relative to
@@ -769,7 +786,8 @@ class EtcdStore:
             return new
         path, written = walked
         watcher = self.watcher
-        if watcher is not None and watcher != threading.get_ident() and self.cache.wait(new.rev_mod, WATCH_WAIT):
+        waits = watcher is not None and watcher != threading.get_ident()  # never for itself
+        if waits and self.cache.wait(new.rev_mod, WATCH_WAIT):
             return new  # the watch brought those commits (their values with them): no read
         # what the cache held of it, or all of it when that is one read anyway: the next reads (a
         # flush reading what another replica wrote, a write's retry) then ask etcd nothing
@@ -778,7 +796,9 @@ class EtcdStore:
         self.cache.advance(path, new, written, fresh)
         return new
 
-    def _walk(self, old: Snapshot, new: Snapshot, log_reply: dict[str, Any]) -> tuple[set[int], set[str]] | None:
+    def _walk(
+        self, old: Snapshot, new: Snapshot, log_reply: dict[str, Any]
+    ) -> tuple[set[int], set[str]] | None:
         """The mod_revisions ``rev`` went through from ``old`` to ``new`` and the keys written on
         the way, from the log entries between them; None unless they chain without a gap: each
         entry's ``base`` is the previous one's commit (the first's, ``old``), the last is ``new``."""
