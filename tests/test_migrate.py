@@ -23,7 +23,8 @@ from policyfabric.lab.etcd import missing as etcd_missing
 from policyfabric.model import kinds as k
 from policyfabric.store.dump import EtcdSide, MigrationError, SqliteSide, migrate
 from policyfabric.store.etcd import EtcdStore
-from policyfabric.store.etcd_client import Unreachable
+from policyfabric.store.etcd_client import Unreachable, b64
+from policyfabric.store.sqlite import SqliteStore
 from tests.conftest import apply_scenario, etcd_prefix
 
 pytestmark = [
@@ -198,7 +199,7 @@ def test_a_target_holding_something_else_is_refused_and_left_alone(
     url = etcd_cluster.url + etcd_prefix()
     assert migrate_here(f"sqlite:{sqlite_copy}", url).exit_code == 0
     other = tmp_path / "other.db"
-    SqliteSide(other, source=False).close()  # an empty store: not what the target holds
+    SqliteStore(other).close()  # an empty store: not what the target holds
     refused = migrate_here(f"sqlite:{other}", url)
     assert refused.exit_code == 1
     assert "never merges" in refused.stderr
@@ -215,3 +216,33 @@ def test_a_target_holding_something_else_is_refused_and_left_alone(
     refused_sqlite = migrate_here(f"sqlite:{other}", f"sqlite:{back}")
     assert refused_sqlite.exit_code == 1
     assert "never merges" in refused_sqlite.stderr
+
+
+def test_a_refused_copy_into_a_new_sqlite_file_leaves_no_file(
+    etcd_cluster: EtcdCluster, tmp_path: Path
+) -> None:
+    """An empty database left behind would be taken for a store (an authority would start on it
+    with nothing): a copy refused before writing creates no file, one that fails removes it."""
+    url = etcd_cluster.url + etcd_prefix()
+    store = EtcdStore.from_url(url)
+    try:  # a copy into this prefix was cut off: as a source it is refused
+        store.transact([], [{"request_put": {"key": b64(store.key("migration")), "value": b64(b"x")}}],
+                       idempotent=True)  # fmt: skip
+    finally:
+        store.close()
+    target = tmp_path / "new.db"
+    refused = migrate_here(url, f"sqlite:{target}")
+    assert refused.exit_code == 1
+    assert "unfinished copy" in refused.stderr
+    assert not target.exists()
+
+    class Failing(SqliteSide):
+        def _write(self, *args: Any) -> None:
+            assert self.path.exists()  # made for the copy...
+            raise MigrationError("cut off")
+
+    side = Failing(target, source=False)
+    with pytest.raises(MigrationError):
+        side.write(SqliteSide(target, source=False).read(), lambda done, total: None)
+    side.close()
+    assert not target.exists()  # ...and removed with it

@@ -120,17 +120,21 @@ class TxnTooLarge(StoreError):
 
 
 # Replicas writing at once all bump one revision key (etcd.py), so each commit makes the others'
-# transactions in flight lose and run again; with 3 replicas each taking writes continuously, a
-# write sometimes loses 10-30 times in a row (measured: bench/replicas.py), and 8 attempts left
-# some failing with 503. 32 attempts, back-off capped at BACKOFF_MAX, keep them from failing; they
-# do not make them fast (docs/operations.md: send writes through one replica).
+# transactions in flight lose and run again. A lost commit brings back, in its own round trip,
+# what won (etcd.py: the cache moves to it), so the retry starts at once from the newest state: a
+# sleep would only let more commits land and make the retry lose again (measured: with a back-off
+# growing to 50 ms, some writes lost 20-30 times in a row behind replicas that never slept). Only
+# after a few losses in a row a short random pause breaks a lockstep. Every loss means another
+# write committed, so the replicas together always progress; the bound is for a pathological run.
 WRITE_ATTEMPTS = 32
-BACKOFF_MAX = 0.05  # seconds
+PAUSE_AFTER = 3  # losses in a row before the first pause
+BACKOFF_MAX = 0.005  # seconds
 
 
 def retry_conflicts(fn: Callable[P, T]) -> Callable[P, T]:
     """Run ``fn`` (one whole write transaction: its reads, its checks, its commit) again when it
-    loses to another writer, up to ``WRITE_ATTEMPTS`` times with a short random back-off, then
+    loses to another writer, up to ``WRITE_ATTEMPTS`` times (at once, then with a short random
+    pause), then
     give up with a WriteConflict that says so. Only for functions whose effects are all inside
     the transaction (a retry must not repeat anything the failed attempt did outside it)."""
 
@@ -146,7 +150,8 @@ def retry_conflicts(fn: Callable[P, T]) -> Callable[P, T]:
                         f"({conflict})"
                     ) from conflict
                 log.debug("%s: write conflict (attempt %d): %s", fn.__qualname__, attempt, conflict)
-                time.sleep(random.uniform(0, min(BACKOFF_MAX, 0.002 * 2**attempt)))
+                if attempt >= PAUSE_AFTER:
+                    time.sleep(random.uniform(0, min(BACKOFF_MAX, 0.0005 * 2 ** (attempt - PAUSE_AFTER))))
         raise AssertionError("unreachable")
 
     return retried
@@ -251,6 +256,12 @@ class Shared(Protocol):
 
     def delete(self, key: str) -> None: ...
 
+    def resign(self, key: str) -> None:
+        """Delete ``key`` (queued, in order, as ``delete``) only if this replica holds it (it was
+        put under this replica's lease, by ``campaign`` or ``put``): a claim this replica lost
+        while cut off from the others, and another then took, is left to its new holder."""
+        ...
+
     def campaign(self, key: str) -> bool:
         """Whether this replica holds ``key`` (taking it if nobody does) as long as it lives: a
         leader election decided once for all replicas. Blocks for one round trip; raises
@@ -275,6 +286,9 @@ class LocalShared:
         pass
 
     def delete(self, key: str) -> None:
+        pass
+
+    def resign(self, key: str) -> None:
         pass
 
     def campaign(self, key: str) -> bool:

@@ -124,7 +124,10 @@ class Side(Protocol):
 
 
 class SqliteSide:
-    """An SQLite file; as a source it must exist (a missing file is a mistyped path, not empty)."""
+    """An SQLite file; as a source it must exist (a missing file is a mistyped path, not empty).
+    A target that does not exist yet is created only when the copy is written, and removed if
+    writing fails: a copy refused (the source holds an unfinished copy, authorities run on it) or
+    cut off leaves no empty database behind to be taken for a store."""
 
     def __init__(self, path: Path, *, source: bool) -> None:
         if source and not path.is_file():
@@ -132,20 +135,35 @@ class SqliteSide:
         if not path.parent.is_dir():
             raise MigrationError(f"directory {path.parent} does not exist")
         self.path = path
-        try:
-            self.store = SqliteStore(path)
-        except sqlalchemy.exc.DBAPIError as exc:  # not a database, locked, unreadable: say which file
-            raise MigrationError(f"cannot open the SQLite database {path}: {exc.orig}") from None
+        self._store: SqliteStore | None = None
+        if path.exists():
+            self._open()
+
+    @property
+    def store(self) -> SqliteStore:
+        """The database (created if it was not there)."""
+        return self._open()
+
+    def _open(self) -> SqliteStore:
+        if self._store is None:
+            try:
+                self._store = SqliteStore(self.path)
+            except sqlalchemy.exc.DBAPIError as exc:  # not a database, locked, unreadable: say which
+                raise MigrationError(f"cannot open the SQLite database {self.path}: {exc.orig}") from None
+        return self._store
 
     def describe(self) -> str:
         return f"sqlite:{self.path}"
 
     def close(self) -> None:
-        self.store.close()
+        if self._store is not None:
+            self._store.close()
 
     def read(self) -> Dump:
+        if self._store is None and not self.path.exists():
+            return Dump()  # a target not created yet: empty
         dump = Dump()
-        with self.store.engine.connect() as conn:
+        with self._open().engine.connect() as conn:
             cur = conn.connection.cursor()
             cur.execute("BEGIN")  # one snapshot for every table
             try:
@@ -176,7 +194,19 @@ class SqliteSide:
         return dump
 
     def write(self, dump: Dump, progress: Progress) -> None:
-        """One transaction: all of it, or (on any error) nothing."""
+        """One transaction: all of it, or (on any error) nothing (and no file, if it made it)."""
+        created = not self.path.exists()
+        try:
+            self._write(self._open(), dump, progress)
+        except BaseException:
+            if created:
+                self.close()
+                self._store = None
+                for suffix in ("", "-wal", "-shm", "-journal"):
+                    Path(f"{self.path}{suffix}").unlink(missing_ok=True)
+            raise
+
+    def _write(self, store: SqliteStore, dump: Dump, progress: Progress) -> None:
         objects = [
             (r.id, r.kind, r.tenant or "", r.name, r.revision, json.dumps(r.data, separators=(",", ":")))
             for r, _ in dump.records.values()
@@ -192,7 +222,7 @@ class SqliteSide:
             moved = json.dumps(c.transition.encode()) if c.transition is not None else None
             numbered.append((c.revision, n, c.op, c.kind, c.id, c.tenant or "", c.name, moved))
         meta = [("revision", dump.revision)] + [(f"seq:{k}", v) for k, v in dump.sequences.items()]
-        with self.store.engine.connect() as conn:
+        with store.engine.connect() as conn:
             cur = conn.connection.cursor()
             cur.execute("BEGIN IMMEDIATE")
             try:
@@ -235,7 +265,7 @@ class EtcdSide:
         self.store.close()
 
     def key(self, key: str) -> bytes:
-        return self.store.prefix.encode() + key.encode()
+        return self.store.key(key)
 
     def marker(self) -> str | None:
         """The id of an unfinished copy into this prefix, or None."""
@@ -254,7 +284,7 @@ class EtcdSide:
         return int(reply.get("count", 0))
 
     def read(self) -> Dump:
-        snap = self.store._begin()  # a linearizable read: the revision everything is read at
+        snap = self.store.snapshot()  # a linearizable read: the revision everything is read at
         dump = Dump(revision=snap.revision)
         items = self.store.get_range(snap, ITEM)
         for value in items.values():
@@ -317,7 +347,7 @@ class EtcdSide:
                     ops.append({"request_delete_range": {"key": b64(marker_key)}})
             compare = [empty] if index == 0 else [ours]
             try:
-                reply = self.store.client.txn(compare, ops, idempotent=index > 0)
+                reply = self.store.transact(compare, ops, idempotent=index > 0)
             except EtcdError as exc:
                 raise MigrationError(
                     f"etcd failed after {index} of {len(batches)} batches ({exc}); the prefix holds "
@@ -350,7 +380,7 @@ class EtcdSide:
         start = self.key("")
         ours = _holds(self.key(MARKER), txn)
         wipe = {"request_delete_range": {"key": b64(start), "range_end": b64(prefix_end(start))}}
-        reply = self._call(lambda: self.store.client.txn([ours], [wipe], idempotent=True))
+        reply = self._call(lambda: self.store.transact([ours], [wipe], idempotent=True))
         if not reply.get("succeeded"):
             raise MigrationError("the unfinished copy's marker changed while clearing it (another copy?)")
 

@@ -111,10 +111,14 @@ log = logging.getLogger(__name__)
 
 DEFAULT_PREFIX = "/policyfabric/"
 PAGE = 2000  # keys per range request
+CATCH_UP = 256  # log entries a snapshot reads to bring the cache up to date; more: read anew
 LOOKUP_RANGE = 20_000  # a lookup reads its whole range if it has at most this many keys (then cached)
 READS_PER_TXN = 64  # point reads sent together (a read-only etcd transaction), under --max-txn-ops
 REV, ITEM, ID, CLAIM, SEQ, LOG = "rev", "item/", "id/", "claim/", "seq/", "log/"
+SHARED = "shared/"  # etcd_shared's keys: the first key after every key of intent (and its log)
 MiB = 1 << 20
+WATCH_WAIT = 0.05  # seconds a snapshot behind waits for the watch to bring the cache there
+RECENT = 1024  # log entries kept decoded (what a replica's next flush asks ``changes`` for)
 OWN_TXNS = 4096  # own commits remembered (the follower skips them); it trails them by milliseconds
 
 
@@ -159,12 +163,18 @@ def claim_key(key: str) -> str:
     return CLAIM + "/".join(seg(part) for part in key.split("/"))
 
 
-def log_entry(txn_id: str, changes: Sequence[Change]) -> dict[str, Any]:
-    """The value of ``log/REVISION`` for ``changes`` (one revision's, in order)."""
+def log_entry(
+    txn_id: str, changes: Sequence[Change], keys: Iterable[str] | None = None, base: int | None = None
+) -> dict[str, Any]:
+    """The value of ``log/REVISION`` for ``changes`` (one revision's, in order); ``keys``: every
+    key the commit wrote or deleted, ``base``: the mod_revision of ``rev`` it replaced (what
+    another store's cache needs to follow it, see the module docstring)."""
     entry: dict[str, Any] = {
         "txn": txn_id,
         "changes": [[c.op, c.kind, c.id, c.tenant or "", c.name] for c in changes],
     }
+    if keys is not None and base is not None:
+        entry["keys"], entry["base"] = sorted(keys), base
     moved = {str(i): c.transition.encode() for i, c in enumerate(changes) if c.transition is not None}
     if moved:
         entry["transitions"] = moved
@@ -235,6 +245,7 @@ class Cache:
 
     def __init__(self, limit: int) -> None:
         self.lock = threading.Lock()
+        self.moved = threading.Condition(self.lock)  # notified whenever rev_mod moves
         self.limit = limit
         self.rev_mod = -1
         self.snap: Snapshot | None = None  # the latest snapshot known to be at rev_mod
@@ -244,6 +255,12 @@ class Cache:
     def _reset(self, snap: Snapshot | None) -> None:
         self.values, self.ranges = {}, {}
         self.rev_mod, self.snap = (snap.rev_mod, snap) if snap is not None else (-1, None)
+        self.moved.notify_all()
+
+    def wait(self, rev_mod: int, timeout: float) -> bool:
+        """Wait until the cache is at ``rev_mod`` or later (the watch bringing it); whether it is."""
+        with self.lock:
+            return self.moved.wait_for(lambda: self.rev_mod >= rev_mod, timeout)
 
     def begin(self, snap: Snapshot) -> None:
         with self.lock:
@@ -251,6 +268,11 @@ class Cache:
                 self._reset(snap)
             elif snap.rev_mod == self.rev_mod and self.snap is not None and snap.at > self.snap.at:
                 self.snap = snap
+
+    def past(self, rev_mod: int) -> bool:
+        """Whether the cache is at a later commit than ``rev_mod`` (someone wrote since)."""
+        with self.lock:
+            return self.rev_mod > rev_mod
 
     def warm(self) -> Snapshot | None:
         """The snapshot the cache is at, to write optimistically from (None: read one)."""
@@ -298,10 +320,13 @@ class Cache:
     def commit(self, old_mod: int, new: Snapshot, writes: dict[str, Any]) -> None:
         """This store's commit took ``rev`` from ``old_mod`` to ``new`` writing ``writes``."""
         with self.lock:
+            if self.rev_mod >= new.rev_mod:
+                return  # the watch brought the commit first (``follow``), or a later one
             if self.rev_mod != old_mod:
                 self._reset(new)
                 return
             self.rev_mod, self.snap = new.rev_mod, new
+            self.moved.notify_all()
             self.values.update(writes)
             for key, value in writes.items():
                 for parent in parents(key):
@@ -312,6 +337,70 @@ class Cache:
                         entries.pop(key, None)
                     else:
                         entries[key] = value
+
+    def cached(self, keys: Iterable[str]) -> list[str]:
+        """Those of ``keys`` the cache holds a value for (by themselves or in a range)."""
+        with self.lock:
+            return [
+                key
+                for key in keys
+                if key in self.values or any(parent in self.ranges for parent in parents(key))
+            ]
+
+    def advance(self, path: set[int], new: Snapshot, written: set[str], fresh: dict[str, Any]) -> None:
+        """Other writers took ``rev`` along ``path`` (mod_revisions) to ``new``, writing only
+        ``written``; ``fresh``: the values at ``new`` of those the cache held. Everything else the
+        cache holds is still true at ``new``: it moves there instead of starting again. A written
+        key not in ``fresh`` (a range read since ``cached`` was asked) is forgotten, with its ranges."""
+        with self.lock:
+            if new.rev_mod <= self.rev_mod:
+                if new.rev_mod == self.rev_mod and self.snap is not None and new.at > self.snap.at:
+                    self.snap = new
+                return
+            if self.rev_mod not in path:  # not where the path starts (a commit moved it since)
+                self._reset(new)
+                return
+            for key in written:
+                known = key in fresh
+                if known:
+                    self.values[key] = fresh[key]
+                else:
+                    self.values.pop(key, None)
+                for parent in parents(key):
+                    entries = self.ranges.get(parent)
+                    if entries is None:
+                        continue
+                    if not known:
+                        del self.ranges[parent]
+                    elif fresh[key] is None:
+                        entries.pop(key, None)
+                    else:
+                        entries[key] = fresh[key]
+            self.rev_mod, self.snap = new.rev_mod, new
+            self.moved.notify_all()
+
+    def follow(self, base: int, new: Snapshot, written: dict[str, Any]) -> bool:
+        """One commit by another writer, seen whole (a watch: every key it wrote, with its value),
+        that took ``rev`` from mod_revision ``base`` to ``new``: if the cache is at ``base``, it
+        moves to ``new`` with these values; whether it did."""
+        with self.lock:
+            if self.rev_mod != base:
+                return False
+            if len(self.values) + len(written) > self.limit:
+                self.values = {}
+            for key, value in written.items():
+                self.values[key] = value
+                for parent in parents(key):
+                    entries = self.ranges.get(parent)
+                    if entries is None:
+                        continue
+                    if value is None:
+                        entries.pop(key, None)
+                    else:
+                        entries[key] = value
+            self.rev_mod, self.snap = new.rev_mod, new
+            self.moved.notify_all()
+            return True
 
     def clear(self) -> None:
         with self.lock:
@@ -340,6 +429,8 @@ class EtcdTxn:
                     self.seen[key] = self.ranges[parent].get(key)
                     return self.seen[key]
             hit, value = self.store.cache.get(self.snap.rev_mod, key)
+            if not hit:
+                self._lost()
             if not hit and self.writable and key.startswith((ITEM, CLAIM)):
                 # an object by name, a claim: read its range whole (the kind in the tenant, the
                 # addresses of the VRF, every MAC...) in one round trip as for the one key, unless
@@ -357,8 +448,17 @@ class EtcdTxn:
 
     def _range_base(self, prefix: str) -> dict[str, Any]:
         if prefix not in self.ranges:
+            self._lost()
             self.ranges[prefix] = self.store.get_range(self.snap, prefix)
         return self.ranges[prefix]
+
+    def _lost(self) -> None:
+        """A write about to read etcd at its snapshot stops if the cache has moved past it: another
+        writer committed since, so its commit would lose anyway; the cache is where the retry
+        starts (without this, every read of the doomed attempt is a round trip: the cache no
+        longer answers for its snapshot)."""
+        if self.writable and self.store.cache.past(self.snap.rev_mod):
+            raise WriteConflict("another writer committed since this transaction's snapshot")
 
     def _value(self, key: str) -> Any:
         if key in self.writes:
@@ -517,6 +617,9 @@ class EtcdStore:
         self._large: set[str] = set()  # ranges over LOOKUP_RANGE keys (not read whole for a lookup)
         self._own: deque[str] = deque(maxlen=OWN_TXNS)  # txn ids this store committed, newest last
         self._own_set: set[str] = set()
+        self._recent: dict[int, list[Change]] = {}  # log entries by revision, the newest RECENT
+        self._recent_lock = threading.Lock()
+        self.watcher: int | None = None  # the thread whose watch stream feeds ``learn``, while it runs
         log.info("store: etcd %s, prefix %s", ",".join(self.client.endpoints), self.prefix)
 
     @classmethod
@@ -531,7 +634,13 @@ class EtcdStore:
     # ---- transactions
     @contextmanager
     def read(self) -> Iterator[EtcdTxn]:
-        yield EtcdTxn(self, self._begin(), writable=False)
+        snap = self.snapshot()
+        warm = self.cache.warm()
+        if warm is not None and warm.rev_mod > snap.rev_mod:
+            # the watch brought a later commit meanwhile (``learn``): reading there is as
+            # linearizable (it was applied after this read began) and answered from the cache
+            snap = warm
+        yield EtcdTxn(self, snap, writable=False)
 
     @contextmanager
     def write(self) -> Iterator[EtcdTxn]:
@@ -541,9 +650,11 @@ class EtcdStore:
         that snapshot too. A stale snapshot is a WriteConflict: the caller's retry reads anew."""
         with self._write_lock:
             cached = self.cache.warm()
-            txn = EtcdTxn(self, cached or self._begin(), writable=True)
+            txn = EtcdTxn(self, cached or self.snapshot(), writable=True)
             try:
                 yield txn
+            except WriteConflict:
+                raise  # lost already (``_lost``): the cache is past the snapshot, the retry starts there
             except Exception:
                 if cached is not None:
                     self._check_current(txn.snap)
@@ -552,13 +663,15 @@ class EtcdStore:
                 if not self._commit(txn) and cached is not None:
                     self._check_current(txn.snap)
             except WriteConflict:
-                self.cache.clear()
+                moved = self.cache.warm()
+                if moved is None or moved.rev_mod <= txn.snap.rev_mod:
+                    self.cache.clear()  # not brought up to date by the lost commit (compacted...)
                 raise
 
     def _check_current(self, snap: Snapshot) -> None:
-        """Raise WriteConflict if anyone wrote since ``snap`` (what was answered from it is stale)."""
-        if self._begin().rev_mod != snap.rev_mod:
-            self.cache.clear()
+        """Raise WriteConflict if anyone wrote since ``snap`` (what was answered from it is stale);
+        the cache is then up to date for the retry."""
+        if self.snapshot().rev_mod != snap.rev_mod:
             raise WriteConflict("another writer committed since the cached snapshot this write read")
 
     def committed_here(self, txn_id: str) -> bool:
@@ -573,25 +686,148 @@ class EtcdStore:
         self._own.append(txn_id)
         self._own_set.add(txn_id)
 
+    def transact(
+        self, compare: list[dict[str, Any]], success: list[dict[str, Any]], *, idempotent: bool
+    ) -> dict[str, Any]:
+        """One etcd transaction of raw operations (keys under the prefix, ``key``), outside this
+        store's own transactions: no revision, no log entry. For a whole copy into a prefix no
+        authority runs on (``dump``), batched under etcd's limits by the caller. The cache is
+        dropped: what it held of these keys may be stale now. Raises the client's errors."""
+        self.cache.clear()
+        try:
+            return self.client.txn(compare, success, idempotent=idempotent)
+        finally:
+            self.cache.clear()
+
+    def key(self, key: str) -> bytes:
+        """The etcd key of ``key`` (relative to the prefix)."""
+        return self._key(key)
+
+    def learn(self, at: int, written: dict[str, bytes | None]) -> bool:
+        """Another writer's commit at etcd revision ``at``, as a watch of the intent keys
+        (``intent_range``) delivers it: every key it put (the value) or deleted (None), relative to
+        the prefix, ``rev`` and its log entry included. The cache moves to it if it was at the
+        commit's base (no round trip: a write that follows starts from the newest state and does
+        not lose to a commit it could have known of); whether it did. Anything else (a fence, a
+        commit without a log entry, a cache elsewhere) is left to the next snapshot."""
+        raw_rev = written.get(REV)
+        logged = [(k, v) for k, v in written.items() if k.startswith(LOG) and v is not None]
+        if raw_rev is None or len(logged) != 1:
+            return False
+        revision, entry = int(logged[0][0][len(LOG) :]), json.loads(logged[0][1])
+        self._remember({revision: log_changes(revision, entry)})
+        base = entry.get("base")
+        if not isinstance(base, int):
+            return False
+        snap = Snapshot(at, at, int(json.loads(raw_rev)["revision"]), raw_rev)
+        values = {
+            key: None if raw is None else decode(key, raw)
+            for key, raw in written.items()
+            if key != REV and not key.startswith(LOG)
+        }
+        return self.cache.follow(base, snap, values)
+
+    def intent_range(self) -> tuple[bytes, bytes]:
+        """The etcd keys of intent and its log (everything under the prefix but ``shared/``)."""
+        return self._raw_prefix, self._key(SHARED)
+
+    def relative(self, raw_key: bytes) -> str:
+        """An etcd key under the prefix, as the store names it."""
+        return raw_key[len(self._raw_prefix) :].decode()
+
     def ping(self) -> int:
         """The current revision (reaching a quorum of the cluster), for a check at start."""
-        return self._begin().revision
+        return self.snapshot().revision
 
     # ---- reading at a snapshot
     def _key(self, key: str) -> bytes:
         return self._raw_prefix + key.encode()
 
-    def _begin(self) -> Snapshot:
-        reply = self._call(lambda: self.client.range(self._key(REV)))  # linearizable
-        at = int(reply["header"]["revision"])
-        kvs = reply.get("kvs") or []
-        if kvs:
-            raw = unb64(kvs[0]["value"])
-            snap = Snapshot(at, int(kvs[0]["mod_revision"]), int(json.loads(raw)["revision"]), raw)
-        else:
-            snap = Snapshot(at, 0, 0, None)
-        self.cache.begin(snap)
+    def snapshot(self) -> Snapshot:
+        """A linearizable read of ``rev``: where a transaction (or a whole copy, ``dump``) reads.
+        With a warm cache, the log entries since the cache's revision come in the same read (one
+        etcd transaction), and the cache moves to the new snapshot forgetting only what they wrote."""
+        warm = self.cache.warm()
+        if warm is None:
+            reply = self._call(lambda: self.client.range(self._key(REV)))  # linearizable
+            snap = self._snap_of(reply, int(reply["header"]["revision"]))
+            self.cache.begin(snap)
+            return snap
+        ops = self._catch_up_ops(warm.revision)
+        reply = self._call(lambda: self.client.txn([], ops, idempotent=True))  # read-only: linearizable
+        snap = self._caught_up(warm, reply)
         return snap
+
+    def _catch_up_ops(self, revision: int) -> list[dict[str, Any]]:
+        """Read ``rev`` and the log after ``revision`` (at most CATCH_UP entries)."""
+        start, end = self._key(log_key(revision + 1)), prefix_end(self._key(LOG))
+        return [
+            {"request_range": {"key": b64(self._key(REV))}},
+            {"request_range": {"key": b64(start), "range_end": b64(end), "limit": CATCH_UP}},
+        ]
+
+    def _snap_of(self, rev_reply: dict[str, Any], at: int) -> Snapshot:
+        kvs = rev_reply.get("kvs") or []
+        if not kvs:
+            return Snapshot(at, 0, 0, None)
+        raw = unb64(kvs[0]["value"])
+        return Snapshot(at, int(kvs[0]["mod_revision"]), int(json.loads(raw)["revision"]), raw)
+
+    def _caught_up(self, old: Snapshot, reply: dict[str, Any]) -> Snapshot:
+        """The snapshot a ``_catch_up_ops`` transaction read (from ``old``), the cache moved to it."""
+        rev_reply, log_reply = (r["response_range"] for r in reply["responses"])
+        new = self._snap_of(rev_reply, int(reply["header"]["revision"]))
+        if new.rev_mod <= old.rev_mod:
+            self.cache.begin(new)
+            return new
+        walked = self._walk(old, new, log_reply)
+        if walked is None:  # a gap, an entry without its keys (migrated, fenced): read anew
+            self.cache.begin(new)
+            return new
+        path, written = walked
+        watcher = self.watcher
+        waits = watcher is not None and watcher != threading.get_ident()  # never for itself
+        if waits and self.cache.wait(new.rev_mod, WATCH_WAIT):
+            return new  # the watch brought those commits (their values with them): no read
+        # what the cache held of it, or all of it when that is one read anyway: the next reads (a
+        # flush reading what another replica wrote, a write's retry) then ask etcd nothing
+        wanted = sorted(written) if len(written) <= READS_PER_TXN else self.cache.cached(written)
+        fresh = self._read_fresh(new, wanted) if wanted else {}
+        self.cache.advance(path, new, written, fresh)
+        return new
+
+    def _walk(
+        self, old: Snapshot, new: Snapshot, log_reply: dict[str, Any]
+    ) -> tuple[set[int], set[str]] | None:
+        """The mod_revisions ``rev`` went through from ``old`` to ``new`` and the keys written on
+        the way, from the log entries between them; None unless they chain without a gap: each
+        entry's ``base`` is the previous one's commit (the first's, ``old``), the last is ``new``."""
+        kvs = log_reply.get("kvs") or []
+        if log_reply.get("more") or len(kvs) != new.revision - old.revision:
+            return None
+        base, path, written = old.rev_mod, {old.rev_mod}, set()
+        for kv in kvs:
+            doc = json.loads(unb64(kv["value"]))
+            revision = int(unb64(kv["key"])[len(self._raw_prefix) + len(LOG) :])
+            self._remember({revision: log_changes(revision, doc)})
+            keys = doc.get("keys")
+            if doc.get("base") != base or not isinstance(keys, list):
+                return None
+            base = int(kv["mod_revision"])
+            path.add(base)
+            written.update(keys)
+        return (path, written) if base == new.rev_mod else None
+
+    def _read_fresh(self, snap: Snapshot, keys: Sequence[str]) -> dict[str, Any]:
+        """The values of ``keys`` at ``snap`` (None: absent), bypassing the cache."""
+        fetched: dict[str, Any] = {}
+        for at in range(0, len(keys), READS_PER_TXN):
+            chunk = keys[at : at + READS_PER_TXN]
+            fetched.update(dict.fromkeys(chunk))
+            for kv in self._read_keys(snap, chunk):
+                key = unb64(kv["key"])[len(self._raw_prefix) :].decode()
+                fetched[key] = decode(key, unb64(kv.get("value", "")))
+        return fetched
 
     def get(self, snap: Snapshot, key: str) -> Any:
         hit, value = self.cache.get(snap.rev_mod, key)
@@ -608,13 +844,7 @@ class EtcdStore:
                 found[key] = value
             else:
                 missing.append(key)
-        fetched: dict[str, Any] = {}
-        for at in range(0, len(missing), READS_PER_TXN):
-            chunk = missing[at : at + READS_PER_TXN]
-            fetched.update(dict.fromkeys(chunk))
-            for kv in self._read_keys(snap, chunk):
-                key = unb64(kv["key"])[len(self._raw_prefix) :].decode()
-                fetched[key] = decode(key, unb64(kv.get("value", "")))
+        fetched = self._read_fresh(snap, missing)
         self.cache.put(snap.rev_mod, fetched)
         return found | fetched
 
@@ -669,7 +899,19 @@ class EtcdStore:
         self.cache.put_range(snap.rev_mod, prefix, entries)
         return entries
 
+    def _remember(self, entries: dict[int, list[Change]]) -> None:
+        """Log entries seen (committed here, caught up with, watched): a log entry never changes
+        once written, so ``changes`` answers from them without a round trip."""
+        with self._recent_lock:
+            self._recent.update(entries)
+            while len(self._recent) > RECENT:
+                del self._recent[min(self._recent)]
+
     def changes(self, snap: Snapshot, since: int, limit: int) -> list[Change]:
+        last = min(snap.revision, since + limit)
+        with self._recent_lock:
+            if all(r in self._recent for r in range(since + 1, last + 1)):
+                return [c for r in range(since + 1, last + 1) for c in self._recent[r]]
         start, end = self._key(log_key(since + 1)), prefix_end(self._key(LOG))
         reply = self._at_snapshot(
             lambda s: self.client.range(start, end, revision=snap.at, limit=limit, serializable=s)
@@ -704,6 +946,7 @@ class EtcdStore:
         if not changed and not txn.logged:
             return False  # wrote nothing (a no-op update, or only reads)
         snap = txn.snap
+        txn._lost()  # a commit the watch already showed this one cannot follow: no round trip
         revision = txn.revision()
         txn_id = uuid.uuid4().hex
         rev_doc = json.dumps({"revision": revision, "txn": txn_id}).encode()
@@ -714,12 +957,13 @@ class EtcdStore:
             else:
                 ops.append(_put(self._key(key), encode(key, value)))
         if txn.logged:
-            log_doc = json.dumps(log_entry(txn_id, txn.logged), separators=(",", ":")).encode()
-            ops.append(_put(self._key(log_key(revision)), log_doc))
+            entry = log_entry(txn_id, txn.logged, changed, snap.rev_mod)
+            ops.append(_put(self._key(log_key(revision)), json.dumps(entry, separators=(",", ":")).encode()))
         compare = [_unchanged(self._key(REV), snap.rev_mod)]
         self._committed(txn_id)  # before it is sent: the watch may see the commit before its answer
         try:
-            reply = self.client.txn(compare, ops)
+            # lost: the same round trip brings what won (rev, the log since), for the retry
+            reply = self.client.txn(compare, ops, self._catch_up_ops(snap.revision))
         except TooLarge as exc:
             size = len(json.dumps({"compare": compare, "success": ops}))
             limit = (
@@ -740,9 +984,12 @@ class EtcdStore:
                 raise WriteConflict(f"the commit was not applied ({exc})") from None
             return True
         if not reply.get("succeeded"):
+            self._caught_up(snap, reply)
             raise WriteConflict("another writer committed since this transaction's snapshot")
         at = int(reply["header"]["revision"])
         self.cache.commit(snap.rev_mod, Snapshot(at, at, revision, rev_doc), changed)
+        if txn.logged:
+            self._remember({revision: list(txn.logged)})
         return True
 
     def _resolve(self, snap: Snapshot, revision: int, txn_id: str, cause: EtcdError) -> bool:

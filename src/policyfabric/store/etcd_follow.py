@@ -1,11 +1,13 @@
 """Follow the etcd store's change log: what other authorities (replicas) commit, as it commits.
 
 Each replica pushes to its own agents. It learns of its own writes from its commits (the
-authority's listeners); of the other replicas' writes from here: a thread that watches the
-``log/`` keys (one per revision, written in the same etcd transaction as the objects, see
-``etcd.py``) through the v3 gateway's streaming ``/v3/watch``, and hands each entry's changes to
-``deliver``, the same callback a local commit calls. An entry this store committed itself is
-skipped (its listeners ran at commit).
+authority's listeners); of the other replicas' writes from here: a thread that watches the keys of
+intent and their log (every key under the prefix but ``shared/``) through the v3 gateway's
+streaming ``/v3/watch``. Each commit arrives whole (etcd never splits one revision's events across
+responses): its ``log/REVISION`` entry's changes go to ``deliver``, the same callback a local
+commit calls (an entry this store committed itself is skipped: its listeners ran at commit), and
+its keys' new values go to the store's cache (``EtcdStore.learn``), so the replica's next read
+and next write start from the newest state without reading what another replica just wrote.
 
 Why the watch stream and not polling the log: a poll costs a linearizable read (a quorum round
 trip) every period per replica even when nothing changes, and adds half a period of latency to
@@ -18,7 +20,12 @@ after a member died, after a silent stream timed out, after etcd compacted the r
 for) it first reads the log from there at a fresh linearizable snapshot and delivers what it
 missed, then watches from that snapshot's etcd revision + 1. So no change is lost, whatever fails;
 a change may be delivered twice (around a reconnection), which the listeners tolerate (a dirty
-tenant marked twice is rebuilt once, from the store).
+tenant marked twice is rebuilt once, from the store). Within a stream, where it would resume is
+the last event's revision + 1, never a response header's (a catch-up sent in several responses
+carries the newest revision in every header); since every stream starts with that read of the
+log, a break could not skip a change anyway, but the cache must not be told of a later commit
+while missing an earlier one, and ``learn`` checks that too (each entry names the commit it
+follows).
 """
 
 from __future__ import annotations
@@ -30,8 +37,8 @@ import time
 from collections.abc import Callable
 
 from policyfabric.store.base import Change, StoreError
-from policyfabric.store.etcd import LOG, EtcdStore
-from policyfabric.store.etcd_client import EtcdError, prefix_end, unb64
+from policyfabric.store.etcd import LOG, EtcdStore, log_changes
+from policyfabric.store.etcd_client import EtcdError, unb64
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +92,7 @@ class LogFollower:
     def _catch_up(self) -> None:
         """Deliver what the log holds after ``delivered``, at one linearizable snapshot; the next
         stream starts after that snapshot."""
-        snap = self.store._begin()
+        snap = self.store.snapshot()
         while self.delivered < snap.revision and not self._stop.is_set():
             found = self.store.changes(snap, self.delivered, PAGE)
             if not found:
@@ -94,30 +101,50 @@ class LogFollower:
         self._next_at = snap.at + 1
 
     def _follow(self) -> None:
-        start = self.store._key(LOG)
+        start, end = self.store.intent_range()
         self.streams += 1
-        for result in self.store.client.watch(start, prefix_end(start), self._next_at, idle=self.idle):
+        try:
+            self._stream(start, end)
+        finally:
+            self.store.watcher = None
+
+    def _stream(self, start: bytes, end: bytes) -> None:
+        for result in self.store.client.watch(start, end, self._next_at, idle=self.idle):
+            self.store.watcher = threading.get_ident()  # streaming: a snapshot may wait for it
             if self._stop.is_set():
                 return
-            changes: list[Change] = []
+            commits: dict[int, dict[str, bytes | None]] = {}  # by etcd revision, in order
             for event in result.get("events") or []:
-                if event.get("type") == "DELETE":
-                    continue
                 kv = event["kv"]
-                revision = int(unb64(kv["key"])[len(start) :])
-                if revision <= self.delivered:
-                    continue
-                entry = json.loads(unb64(kv["value"]))
-                if self.store.committed_here(str(entry.get("txn", ""))):
-                    self.delivered = revision  # its listeners ran at commit
-                    continue
-                for op, kind, id, tenant, name in entry["changes"]:
-                    changes.append(Change(revision, op, kind, id, tenant or None, name))
+                value = None if event.get("type") == "DELETE" else unb64(kv.get("value", ""))
+                commits.setdefault(int(kv["mod_revision"]), {})[self.store.relative(unb64(kv["key"]))] = value
+            changes: list[Change] = []
+            for at, written in commits.items():
+                self.store.learn(at, written)  # the cache moves with it: no read to write next
+                changes += self._logged(written)
+                # where a stream started again would resume: after the last event it delivered
+                # (never the header's revision: a catch-up sent in several responses has the
+                # newest revision in every header, and a break between them would skip the rest)
+                self._next_at = max(self._next_at, at + 1)
             if changes:
                 self._hand(changes)
-            header = result.get("header") or {}
-            if header.get("revision"):
-                self._next_at = max(self._next_at, int(header["revision"]) + 1)
+
+    def _logged(self, written: dict[str, bytes | None]) -> list[Change]:
+        """The changes of the log entries among ``written`` (one commit's keys), unless delivered
+        already or committed by this store (its listeners ran at commit)."""
+        changes: list[Change] = []
+        for key, value in written.items():
+            if not key.startswith(LOG) or value is None:
+                continue
+            revision = int(key[len(LOG) :])
+            if revision <= self.delivered:
+                continue
+            entry = json.loads(value)
+            if self.store.committed_here(str(entry.get("txn", ""))):
+                self.delivered = revision
+                continue
+            changes += log_changes(revision, entry)
+        return changes
 
     def _hand(self, changes: list[Change]) -> None:
         started = time.monotonic()

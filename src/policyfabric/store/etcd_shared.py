@@ -90,6 +90,12 @@ class EtcdShared:
             self._deleting[key] = self._deleting.get(key, 0) + 1
         self._queue.put(("delete", key, None, REPLICA_LEASE))
 
+    def resign(self, key: str) -> None:
+        with self._lock:
+            self._held.pop(key, None)
+            self._deleting[key] = self._deleting.get(key, 0) + 1
+        self._queue.put(("resign", key, None, REPLICA_LEASE))
+
     def campaign(self, key: str) -> bool:
         try:
             return self._campaign(key)
@@ -182,10 +188,12 @@ class EtcdShared:
 
     def _send(self, pending: list[tuple[str, str, Any, str | float]]) -> int:
         """One transaction of the first writes of ``pending`` (no key twice); how many it took."""
+        if pending[0][0] == "resign":
+            return self._resign(pending[0][1])
         ops: list[dict[str, Any]] = []
         keys: set[str] = set()
         for op, key, doc, lease in pending:
-            if len(ops) == OPS_PER_TXN or key in keys:
+            if len(ops) == OPS_PER_TXN or key in keys or op == "resign":
                 break
             keys.add(key)
             raw = b64(self.root + key.encode())
@@ -199,6 +207,24 @@ class EtcdShared:
             if op == "delete" and not int(answer.get("response_delete_range", {}).get("deleted", 0)):
                 self._seen_back(key)  # nothing was there: no event will come back for it
         return len(ops)
+
+    def _resign(self, key: str) -> int:
+        """Delete ``key`` if it is under this replica's lease, in a transaction of its own (its
+        compare is its own); one write taken."""
+        raw = b64(self.root + key.encode())
+        reply = self.client.txn(
+            [{"key": raw, "target": "LEASE", "result": "EQUAL", "lease": self.lease}],
+            [{"request_delete_range": {"key": raw}}],
+            idempotent=True,  # deleting what is gone, or refusing what is not ours, twice: the same
+        )
+        deleted = reply.get("succeeded") and int(
+            (reply.get("responses") or [{}])[0].get("response_delete_range", {}).get("deleted", 0)
+        )
+        if not deleted:
+            if reply.get("succeeded") is False:
+                log.info("etcd shared: %s is not under this replica's lease (taken, or gone): left", key)
+            self._seen_back(key)  # nothing deleted: no event will come back for it
+        return 1
 
     def _seen_back(self, key: str) -> bool:
         """Count one of this replica's own deletes of ``key`` as come back; whether there was one."""
@@ -278,10 +304,11 @@ class EtcdShared:
                 else:
                     self._seen.pop(key, None)
                 events.append((key, new, old))
+                # resume after the last event handed, never at the header's revision: a catch-up
+                # sent in several responses has the newest one in every header, and a stream that
+                # ends between them (silent for ``idle``: no error, so no resync) would skip the rest
+                self._next_at = max(self._next_at, int(event["kv"]["mod_revision"]) + 1)
             self._hand(events)
-            header = result.get("header") or {}
-            if header.get("revision"):
-                self._next_at = max(self._next_at, int(header["revision"]) + 1)
 
     def _hand(self, events: list[tuple[str, Any, Any]]) -> None:
         out = []

@@ -217,7 +217,7 @@ class Replicas:
 
     def release_session(self, name: str) -> None:
         """This replica holds no session of agent ``name`` any more: another replica may."""
-        self.shared.delete(f"{SESSION}/{name}")
+        self.shared.resign(f"{SESSION}/{name}")  # only if still ours (a partition may have moved it)
 
     def live_elsewhere(self, name: str) -> bool:
         return bool(self.agents.get(name))
