@@ -170,8 +170,15 @@ def agents_process(
             for i in range(endpoints):
                 client.resolve("PfEndpoint", endpoint_uri("bench", f"ep{i}"))
         ok = await asyncio.gather(*[c.settled(timeout=settle, quiet=0.5) for c in clients])
-        missing = sum(CLASSIFIER not in c.policy for c in clients)
-        conn.send(("ready", all(ok), missing, sum(c.requests + 1 for c in clients)))  # +1: send_identity
+        lacking = [c for c in clients if CLASSIFIER not in c.policy]
+        if lacking:  # what one of them holds and asks for: where its resolution stopped
+            c = lacking[0]
+            print(
+                f"{c.name} lacks the classifier; holds {sorted(u for u in c.policy if '/PfEndpoint/' not in u)}; "
+                f"wants {sorted(u for u in c.wanted if '/PfEndpoint/' not in u)}; session {c.connected_to}",
+                file=sys.stderr,
+            )
+        conn.send(("ready", all(ok), len(lacking), sum(c.requests + 1 for c in clients)))  # +1: send_identity
         conn.recv()  # "go"
         deadline = time.time() + 60
         while len(arrived) < count and time.time() < deadline:
