@@ -44,11 +44,16 @@ from rich.table import Table
 
 from policyfabric.agent.subscriptions import follow_endpoints
 from policyfabric.lab.authority import authority_in
+from policyfabric.opflex import wire
 from policyfabric.opflex.client import PolicyClient
-from policyfabric.opflex.gbp import endpoint_uri
+from policyfabric.opflex.gbp import Cls, endpoint_uri
+from policyfabric.opflex.mo import MO
+from policyfabric.opflex.rpc import Session
 from policyfabric.opflex.tls import client_context
+from policyfabric.opflex.uri import space
 
 CLASSIFIER = "/PolicyUniverse/PolicySpace/bench/GbpeL24Classifier/http.web-in/"
+SETTLE_TIMEOUT = 600.0  # seconds the agents of one process may take to resolve everything
 console = Console(stderr=True)
 
 
@@ -117,10 +122,17 @@ def certificates(directory: Path, agents: int) -> list[str]:
 
 
 def agents_process(
-    first: int, count: int, endpoints: int, addr: tuple[str, int], tls: str | None, conn: Any
+    first: int,
+    count: int,
+    endpoints: int,
+    addr: tuple[str, int],
+    tls: str | None,
+    conn: Any,
+    settle: float = SETTLE_TIMEOUT,
 ) -> None:
     """Run `count` agents in one event loop; report readiness, then each agent's update time.
-    ``tls``: the directory of the certificates (mutual TLS), or None (TCP)."""
+    ``tls``: the directory of the certificates (mutual TLS), or None (TCP). ``settle``: seconds
+    the agents may take to resolve everything (their handshakes and resolves all at once)."""
 
     async def main() -> None:
         arrived: dict[int, float] = {}
@@ -157,9 +169,16 @@ def agents_process(
         for client in clients:
             for i in range(endpoints):
                 client.resolve("PfEndpoint", endpoint_uri("bench", f"ep{i}"))
-        ok = await asyncio.gather(*[c.settled(timeout=300, quiet=0.5) for c in clients])
-        missing = sum(CLASSIFIER not in c.policy for c in clients)
-        conn.send(("ready", all(ok), missing, sum(c.requests + 1 for c in clients)))  # +1: send_identity
+        ok = await asyncio.gather(*[c.settled(timeout=settle, quiet=0.5) for c in clients])
+        lacking = [c for c in clients if CLASSIFIER not in c.policy]
+        if lacking:  # what one of them holds and asks for: where its resolution stopped
+            c = lacking[0]
+            print(
+                f"{c.name} lacks the classifier; holds {sorted(u for u in c.policy if '/PfEndpoint/' not in u)}; "
+                f"wants {sorted(u for u in c.wanted if '/PfEndpoint/' not in u)}; session {c.connected_to}",
+                file=sys.stderr,
+            )
+        conn.send(("ready", all(ok), len(lacking), sum(c.requests + 1 for c in clients)))  # +1: send_identity
         conn.recv()  # "go"
         deadline = time.time() + 60
         while len(arrived) < count and time.time() < deadline:
@@ -171,6 +190,123 @@ def agents_process(
             t.cancel()
 
     asyncio.run(main())
+
+
+async def snapshot(addr: tuple[str, int]) -> dict[str, dict[str, Any]]:
+    """Every MO of the bench's tenant (and what it refers to) as the authority serves it (wire
+    form, by URI): what the minimal pusher answers resolves from."""
+    client = PolicyClient("bench-snapshot", [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30)
+    task = asyncio.create_task(client.run())
+    client.resolve(Cls.POLICY_SPACE, space("bench"))
+    try:
+        if not await client.settled(timeout=60, quiet=0.5):
+            raise RuntimeError("the snapshot client did not settle")
+        return {uri: mo.to_wire() for uri, mo in client.policy.items()}
+    finally:
+        await client.stop()
+        task.cancel()
+
+
+def pusher_process(mos: dict[str, dict[str, Any]], conn: Any) -> None:
+    """The authority replaced by a minimal pusher, to measure the agents' processes alone (the
+    bench's floor): it answers the handshake and each resolve from ``mos`` (no store, no trees, no
+    subscriptions), sends its address, and on "go" writes one ``policy_update`` (the contract's
+    classifier on port 8080, encoded once) to every session, then sends the time it began."""
+    changed = MO.from_wire(mos[CLASSIFIER])
+    changed.properties["dFromPort"] = changed.properties["dToPort"] = 8080
+    update = {"replace": [changed.to_wire()], "merge_children": [], "delete": []}
+
+    def subtree(uri: str) -> list[dict[str, Any]]:
+        out, todo = [], [uri]
+        while todo:
+            mo = mos.get(todo.pop())
+            if mo is not None:
+                out.append(mo)
+                todo.extend(mo["children"])
+        return out
+
+    async def handle(session: Session, method: str, params: list[Any]) -> Any:
+        if method == "send_identity":
+            session.ready = True
+            return {"name": "pusher", "domain": "policyfabric", "my_role": ["policy_repository"], "peers": []}
+        if method == "policy_resolve":
+            return {"policy": [mo for p in params for mo in subtree(str(p["policy_uri"]))]}
+        return {}
+
+    async def main() -> None:
+        sessions: list[Session] = []
+
+        async def accept(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            session = Session(reader, writer, handle, label="pusher", keepalive=60)
+            sessions.append(session)
+            await session.run()
+
+        server = await asyncio.start_server(accept, "127.0.0.1", 0, backlog=4096, limit=1 << 20)
+        conn.send(server.sockets[0].getsockname()[:2])
+        await asyncio.to_thread(conn.recv)  # "go"
+        began = time.time()
+        frame = wire.encode(wire.request("policy_update", 1, [update]))  # once, for every session
+        for session in sessions:
+            if session.ready and not session.closed.is_set():
+                session.writer.write(frame)
+        conn.send(began)
+        await asyncio.to_thread(conn.recv)  # "stop"
+        server.close()
+        for session in sessions:
+            await session.close("done")
+
+    asyncio.run(main())
+
+
+def floor(agents: int, endpoints: int, procs: int, mos: dict[str, dict[str, Any]]) -> list[float]:
+    """The bench's own floor: ``agents`` (over ``procs`` processes, as in the measured runs) on the
+    minimal pusher (``pusher_process``); each agent's time from the push's first write to the new
+    port in its cache (seconds)."""
+    parent, child = mp.Pipe()
+    pusher = mp.Process(target=pusher_process, args=(mos, child))
+    pusher.start()
+    try:
+        addr = tuple(parent.recv())
+        pipes, workers = start_agents(agents, endpoints, procs, [addr])
+        ready = [p.recv() for p in pipes]
+        assert all(r[1] for r in ready) and sum(r[2] for r in ready) == 0, f"agents did not resolve: {ready}"
+        for p in pipes:
+            p.send("go")
+        parent.send("go")
+        began = parent.recv()
+        arrived: dict[int, float] = {}
+        for p in pipes:
+            arrived.update(p.recv()[1])
+        for w in workers:
+            w.join(30)
+        parent.send("stop")
+    finally:
+        pusher.join(30)
+        if pusher.is_alive():
+            pusher.kill()
+    assert len(arrived) == agents, f"only {len(arrived)} of {agents} agents got the push"
+    return [t - began for t in arrived.values()]
+
+
+def start_agents(
+    agents: int, endpoints: int, procs: int, addrs: list[tuple[str, int]]
+) -> tuple[list[Any], list[mp.Process]]:
+    """``agents`` agents in ``procs`` processes (as even as can be), process i's connected to
+    ``addrs[i % len(addrs)]``: the pipes to them and the processes. The same layout for every
+    setup compared, so that each has the same client floor."""
+    procs = max(1, min(procs, agents))
+    share = [agents // procs + (1 if i < agents % procs else 0) for i in range(procs)]
+    pipes, workers, first = [], [], 0
+    for i, count in enumerate(share):
+        parent, child = mp.Pipe()
+        worker = mp.Process(
+            target=agents_process, args=(first, count, endpoints, addrs[i % len(addrs)], None, child)
+        )
+        worker.start()
+        pipes.append(parent)
+        workers.append(worker)
+        first += count
+    return pipes, workers
 
 
 def proc_stats(pid: int) -> tuple[float, int]:
