@@ -98,14 +98,23 @@ class Declarer:
         self._groups: dict[str, int] = {}  # group URI -> endpoints of this host in it
         self._bds: dict[str, int] = {}  # bridge domain URI -> endpoints of this host in it
         self.needed: dict[str, str] = {}  # what the endpoints need (URI -> class), as last resolved
+        # the last list ``located`` was given and what it answered (reused while no name is bare)
+        self._located: tuple[list[Plugged], list[Plugged], bool] | None = None
+        self._synced: list[PluggedPort] | None = None  # the list the last sync went through whole
+        self._by_iface: dict[str, PluggedPort] = {}  # ... by iface-id
 
     def located(self, plugged: list[Plugged]) -> list[Plugged]:
         """The plugged interfaces with every bare iface-id the authority located as ``TENANT/NAME``;
         bare ones not located (yet) are left out (``Locator.located``)."""
         if self.locator is None:
             return plugged
+        last = self._located
+        if last is not None and last[0] is plugged and not last[2]:
+            return last[1]  # the same interfaces (OVSDB unchanged), none bare: the same answer
         policy = self.client.policy
-        return self.locator.located(plugged, lambda tenant, name: endpoint_uri(tenant, name) in policy)
+        out = self.locator.located(plugged, lambda tenant, name: endpoint_uri(tenant, name) in policy)
+        self._located = (plugged, out, any("/" not in p.iface_id for p in plugged))
+        return out
 
     def sync(self, plugged: Iterable[PluggedPort], changed: set[str] | None = None) -> list[str]:
         """Resolve and declare what is plugged; undeclare what is not. ``changed``: the cache URIs
@@ -122,6 +131,8 @@ class Declarer:
             assert changed is not None
             for uri in changed:
                 touched |= self._deps.get(uri, set())
+            if isinstance(plugged, list) and plugged is self._synced:
+                return self._sync_touched(touched)
         seen = set()
         for p in plugged:
             if not full and p.iface_id not in touched:
@@ -150,7 +161,22 @@ class Declarer:
             self._memo.pop(iface_id, None)
             log.info("agent %s: %s unplugged", self.host, iface_id)
             self.client.undeclare(self.declared.pop(iface_id))
+        if isinstance(plugged, list):
+            self._synced, self._by_iface = plugged, {p.iface_id: p for p in plugged}
         return gone
+
+    def _sync_touched(self, touched: set[str]) -> list[str]:
+        """``sync`` when the plugged interfaces are the very list the last sync went through (OVSDB
+        unchanged): nothing was plugged or unplugged, so only the endpoints whose inputs changed
+        are looked at, without a walk of every interface (10-20 ms at 10,000 on each of the
+        hundreds of reconciles a host's start makes)."""
+        for iface_id in touched:
+            p = self._by_iface.get(iface_id)
+            key = split_iface_id(iface_id)
+            if p is not None and key is not None:
+                self._declare(iface_id, *key, p.name)
+        self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
+        return []
 
     def _remember_inputs(self, iface_id: str, interface: str, uris: set[str]) -> None:
         self._forget_inputs(iface_id)
