@@ -1,0 +1,169 @@
+"""The agent when a flood of answers is coming: a reconcile held while the authority answers the
+agent's own resolutions (rendered once, not after every few answers), a reconcile that stops
+before the view when declaring just asked for more, ACTIVE reported only once the registry holds
+the declarations, and the declarer's pass over only what changed when OVSDB did not."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+from policyfabric.agent.declarer import Declarer
+from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
+from policyfabric.agent.renderers.ovs.ovsdb import Plugged
+from policyfabric.opflex.mo import MO
+from tests.test_agent_unit import EPG, WEB1_PORT, FakeClient, policy
+
+
+@dataclass
+class Asking:
+    """What the agent reads of its OpFlex client to know what is in flight."""
+
+    in_flight: collections.Counter[str] = field(default_factory=collections.Counter)
+    requests: int = 0  # answers received
+    session: object | None = None
+    reported: list[set[str]] = field(default_factory=list)
+
+    def answer(self, method: str) -> None:
+        self.in_flight[method] -= 1
+        self.requests += 1
+
+
+def agent_with(client: Asking, settle_max: float = 1.0, settle_cap: float = 8.0) -> OvsAgent:
+    config = AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock")
+    config.settle_max, config.settle_cap = settle_max, settle_cap
+    agent = OvsAgent(config)
+    agent.client = client  # type: ignore[assignment]
+    return agent
+
+
+def test_a_reconcile_is_held_while_resolutions_are_answered_then_runs_once() -> None:
+    """Twenty resolutions answered one every 10 ms: the hold ends with the last answer, not the first."""
+    client = Asking()
+    client.in_flight["policy_resolve"] = 20
+    agent = agent_with(client)
+
+    async def main() -> tuple[float, int]:
+        async def authority() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+                client.answer("policy_resolve")
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took, left = time.monotonic() - start, client.in_flight["policy_resolve"]
+        await answering
+        return took, left
+
+    took, left = asyncio.run(main())
+    assert left == 0 and took >= 0.19
+
+
+def test_nothing_asked_is_no_wait_and_status_reports_do_not_hold() -> None:
+    client = Asking()
+    client.in_flight["state_report"] = 3  # reports follow rendering: never waited for
+    agent = agent_with(client)
+    start = time.monotonic()
+    asyncio.run(agent._settle())
+    assert time.monotonic() - start < 0.05
+
+
+def test_an_authority_that_stops_answering_holds_no_longer_than_settle_max() -> None:
+    client = Asking()
+    client.in_flight["endpoint_resolve"] = 1
+    agent = agent_with(client, settle_max=0.1)
+    start = time.monotonic()
+    asyncio.run(agent._settle())
+    took = time.monotonic() - start
+    assert 0.1 <= took < 0.5 and client.in_flight["endpoint_resolve"] == 1
+
+
+def test_answers_that_never_end_hold_no_longer_than_settle_cap() -> None:
+    client = Asking()
+    client.in_flight["policy_resolve"] = 10**6
+    agent = agent_with(client, settle_max=0.1, settle_cap=0.3)
+
+    async def main() -> float:
+        async def authority() -> None:
+            while True:
+                await asyncio.sleep(0.01)
+                client.answer("policy_resolve")
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took = time.monotonic() - start
+        answering.cancel()
+        return took
+
+    took = asyncio.run(main())
+    assert 0.3 <= took < 0.6
+
+
+def test_a_reconcile_that_just_asked_for_more_stops_before_the_view_and_keeps_its_changes() -> None:
+    client = Asking()
+    agent = agent_with(client, settle_cap=0.2)
+
+    async def main() -> list[bool]:
+        agent._changed = {"/later/"}  # arrived meanwhile
+        client.in_flight["policy_resolve"] = 2  # what declaring just asked for
+        first = await agent._asked_more({"/seen/"})
+        kept = agent._changed == {"/later/", "/seen/"} and agent._wake.is_set()
+        await asyncio.sleep(0.25)  # still not answered past settle_cap: rendered anyway
+        late = await agent._asked_more(set())
+        client.in_flight["policy_resolve"] = 0
+        none = await agent._asked_more(set())
+        return [first, kept, late, none]
+
+    assert asyncio.run(main()) == [True, True, False, False]
+
+
+@dataclass
+class Reports:
+    sent: list[set[str]] = field(default_factory=list)
+
+    def endpoints_active(self, keys: set[str], counters: dict[str, int]) -> None:
+        self.sent.append(set(keys))
+
+
+def test_active_is_reported_only_once_no_declaration_is_in_flight() -> None:
+    client = Asking()
+    agent = agent_with(client)
+    reports = Reports()
+    agent.reports = reports  # type: ignore[assignment]
+
+    async def main() -> bool:
+        client.in_flight["endpoint_declare"] = 1
+        agent._report_active({"acme/web1"}, {})
+        held = reports.sent == []
+        await asyncio.sleep(0.1)
+        woken = agent._wake.is_set()  # looked at again shortly
+        client.answer("endpoint_declare")
+        agent._report_active({"acme/web1"}, {})
+        return held and woken
+
+    assert asyncio.run(main()) and reports.sent == [{"acme/web1"}]
+
+
+def test_the_declarer_with_the_same_interfaces_looks_only_at_what_changed() -> None:
+    """The very list of the last sync (OVSDB unchanged): an endpoint whose inputs changed is
+    declared again, the others are not looked at; a new list (OVSDB changed) is walked whole."""
+    client = FakeClient(policy())
+    declarer = Declarer(client, "h1", "192.0.2.1")
+    other = Plugged("acme/web2", "tap-web2", 6)
+    plugged = [WEB1_PORT, other]
+    declarer.sync(plugged, None)
+    assert client.declarations == 1  # web2's policy is not resolved
+    client.resolved.clear()
+    declarer.sync(plugged, {"/PolicyUniverse/PolicySpace/acme/GbpContract/c/"})
+    assert client.resolved == set() and client.declarations == 1  # nobody looked at
+    ctx = EPG + "GbpeInstContext/"
+    client.policy[ctx] = MO("GbpeInstContext", ctx, {"classid": 0x4002})
+    declarer.sync(plugged, {ctx})
+    [(_, *rest)] = client.registry.values()
+    tunnel = next(m for m in rest if m.subject == "PfEpTunnel")
+    assert client.declarations == 2 and tunnel.properties["classid"] == 0x4002
+    assert declarer.sync([other], set()) == ["acme/web1"] and client.registry == {}
