@@ -706,7 +706,7 @@ def main() -> int:
                 finally:
                     if args.keep:
                         args.keep.mkdir(parents=True, exist_ok=True)
-                        for name in ("agent.log", "authority/authority.log", "frames.log"):
+                        for name in ("agent.log", "authority/authority.log", "frames.log", "floor.flows"):
                             if (Path(tmp) / name).exists():
                                 shutil.copy(Path(tmp) / name, args.keep / f"{n}-{r}-{Path(name).name}")
         if not runs:

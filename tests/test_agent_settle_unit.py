@@ -10,11 +10,20 @@ import collections
 import time
 from dataclasses import dataclass, field
 
+import pytest
+
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
+from policyfabric.agent.renderers.ovs import applier as applier_module
 from policyfabric.agent.renderers.ovs.ovsdb import Plugged
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
+from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
 from policyfabric.opflex.mo import MO
+from tests.fabric import TUNNEL
 from tests.test_agent_unit import EPG, WEB1_PORT, FakeClient, policy
+from tests.test_external_unit import APP1, host
+from tests.test_flowmods_unit import Ofctl
+from tests.test_routing_unit import WEB1
 
 
 @dataclass
@@ -167,3 +176,14 @@ def test_the_declarer_with_the_same_interfaces_looks_only_at_what_changed() -> N
     tunnel = next(m for m in rest if m.subject == "PfEpTunnel")
     assert client.declarations == 2 and tunnel.properties["classid"] == 0x4002
     assert declarer.sync([other], set()) == ["acme/web1"] and client.registry == {}
+
+
+def test_a_full_sync_written_in_chunks_installs_every_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replace-flows file is written a few flows at a time: every flow lands, once."""
+    monkeypatch.setattr(applier_module, "REPLACE_CHUNK", 7)
+    ofctl = Ofctl(FakeSwitch())
+    applier = applier_module.FlowApplier("unix:/nowhere", run=ofctl)
+    wanted = compile_pipeline(host("h1", (WEB1, APP1)), TUNNEL)
+    assert len(wanted) > 7 * 3
+    assert applier.sync(wanted).full and ofctl.calls[-1] == "replace-flows"
+    assert ofctl.switch.flows() == set(wanted)
