@@ -74,6 +74,8 @@ def test_a_reconcile_is_held_while_resolutions_are_answered_then_runs_once() -> 
 def test_nothing_asked_is_no_wait_and_status_reports_do_not_hold() -> None:
     client = Asking()
     client.in_flight["state_report"] = 3  # reports follow rendering: never waited for
+    client.in_flight["endpoint_declare"] = 3  # nor declarations and the members they bring
+    client.in_flight["endpoint_resolve"] = 3
     agent = agent_with(client)
     start = time.monotonic()
     asyncio.run(agent._settle())
@@ -82,12 +84,12 @@ def test_nothing_asked_is_no_wait_and_status_reports_do_not_hold() -> None:
 
 def test_an_authority_that_stops_answering_holds_no_longer_than_settle_max() -> None:
     client = Asking()
-    client.in_flight["endpoint_resolve"] = 1
+    client.in_flight["policy_resolve"] = 1
     agent = agent_with(client, settle_max=0.1)
     start = time.monotonic()
     asyncio.run(agent._settle())
     took = time.monotonic() - start
-    assert 0.1 <= took < 0.5 and client.in_flight["endpoint_resolve"] == 1
+    assert 0.1 <= took < 0.5 and client.in_flight["policy_resolve"] == 1
 
 
 def test_answers_that_never_end_hold_no_longer_than_settle_cap() -> None:
@@ -187,3 +189,32 @@ def test_a_full_sync_written_in_chunks_installs_every_flow(monkeypatch: pytest.M
     assert len(wanted) > 7 * 3
     assert applier.sync(wanted).full and ofctl.calls[-1] == "replace-flows"
     assert ofctl.switch.flows() == set(wanted)
+
+
+@dataclass
+class Ordered(FakeClient):
+    """A fake client that also keeps the order of what was asked and told."""
+
+    said: list[str] = field(default_factory=list)
+
+    def resolve(self, subject: str, uri: str) -> None:
+        self.said.append(f"resolve {subject}")
+        super().resolve(subject, uri)
+
+    def declare(self, mos: list[MO]) -> None:
+        self.said.append("declare")
+        super().declare(mos)
+
+    def resolve_endpoints(self, subject: str, uri: str) -> None:
+        self.said.append("members")
+        super().resolve_endpoints(subject, uri)
+
+
+def test_what_the_endpoints_need_is_asked_for_before_they_are_declared() -> None:
+    """The authority answers a session's requests in order: the group (and its contracts) asked
+    for first are not answered behind the host's declarations."""
+    client = Ordered(policy())
+    Declarer(client, "h1", "192.0.2.1").sync([WEB1_PORT], None)
+    assert "resolve GbpEpGroup" in client.said and "declare" in client.said
+    assert client.said.index("resolve GbpEpGroup") < client.said.index("declare")
+    assert client.said.index("declare") < client.said.index("members")

@@ -62,7 +62,10 @@ if TYPE_CHECKING:  # prometheus_client (3 MB resident) is loaded only with --met
 
 log = logging.getLogger(__name__)
 MAX_CHANGED = 100_000  # changed URIs remembered between reconciles; beyond, the next looks at everything
-ASKING = ("policy_resolve", "endpoint_resolve", LOCATE)  # requests whose answers the view reads
+# requests whose answers the view reads and a held reconcile waits for: the policy, where the
+# endpoints are (bare iface-ids); not the registry's bridge-domain members, answered after the
+# host's own declarations (1.5 s of them at 1,000 endpoints), which the local flows do not need
+ASKING = ("policy_resolve", LOCATE)
 DECLARE = "endpoint_declare"
 REPORT_AFTER = 0.05  # seconds: ACTIVE is looked at again this soon while declarations are in flight
 SETTLE_TICK = 0.005  # seconds between looks at the requests in flight while a reconcile is held
