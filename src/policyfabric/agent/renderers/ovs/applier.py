@@ -168,6 +168,7 @@ class FlowApplier:
         self.channel_down: str | None = None  # why the last delta went through ovs-ofctl instead
         self.monitor: FlowMonitor | None = None
         self._drifted = DriftLatch()  # someone else changed the bridge: the next sync is full
+        self.last_split = (0.0, 0.0)  # the last sync's seconds: planning, then sending (the log says)
 
     def watch(self, on_drift: Callable[[str], None]) -> bool:
         """Watch the bridge for changes made by others (a flow monitor on the management socket):
@@ -285,6 +286,7 @@ class FlowApplier:
             commands = mirror.update(desired)
             if whole_is_cheaper(len(commands), len(mirror.flows), self.channel_max):
                 commands = [ReplaceFlows(tuple(mirror.flows.values()))]
+        planned = time.monotonic()
         token = self.monitor.own(commands) if self.monitor is not None and commands else None
         try:
             self.execute(commands)
@@ -293,4 +295,6 @@ class FlowApplier:
                 assert self.monitor is not None
                 self.monitor.settle(token)
         self.mirror = mirror
-        return applied(commands, time.monotonic() - start)
+        done = time.monotonic()
+        self.last_split = (planned - start, done - planned)
+        return applied(commands, done - start)
