@@ -218,3 +218,12 @@ def test_what_the_endpoints_need_is_asked_for_before_they_are_declared() -> None
     assert "resolve GbpEpGroup" in client.said and "declare" in client.said
     assert client.said.index("resolve GbpEpGroup") < client.said.index("declare")
     assert client.said.index("declare") < client.said.index("members")
+
+
+def test_the_agents_declarer_sends_its_declarations_when_told() -> None:
+    client = Ordered(policy())
+    declarer = Declarer(client, "h1", "192.0.2.1", send_later=True)
+    declarer.sync([WEB1_PORT], None)
+    assert client.registry == {} and declarer.unsent and "resolve GbpEpGroup" in client.said
+    declarer.send()
+    assert len(client.registry) == 1 and not declarer.unsent and client.said[-2:] == ["declare", "members"]

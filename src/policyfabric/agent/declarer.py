@@ -85,9 +85,15 @@ class Declarer:
     whenever the changes are not known, every endpoint is looked at (a safety net)."""
 
     def __init__(
-        self, client: DeclaringClient, host: str, tunnel_ip: str | None, locator: Locator | None = None
+        self,
+        client: DeclaringClient,
+        host: str,
+        tunnel_ip: str | None,
+        locator: Locator | None = None,
+        send_later: bool = False,
     ) -> None:
         self.client, self.host, self.tunnel_ip = client, host, tunnel_ip
+        self.send_later = send_later  # declarations wait for ``send`` rather than leave with ``sync``
         self.locator = locator  # None: bare iface-ids are not resolved (logged and ignored)
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
         self._memo: dict[str, tuple[tuple[object, ...], str]] = {}
@@ -159,7 +165,8 @@ class Declarer:
         for iface_id in [i for i in self._placed if i not in seen]:
             self._place(iface_id, None, None)
         self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
-        self._send()
+        if not self.send_later:
+            self.send()
         gone = [iface_id for iface_id in self.declared if iface_id not in seen]
         for iface_id in gone:
             self._memo.pop(iface_id, None)
@@ -169,13 +176,20 @@ class Declarer:
             self._synced, self._by_iface = plugged, {p.iface_id: p for p in plugged}
         return gone
 
-    def _send(self) -> None:
-        """Send the declarations this sync made, after the resolutions it asked for: the authority
-        answers one session's requests in order, and at 1,000 endpoints its 1,000 declarations took
-        1.5 s, which the policy the endpoints' flows need (their contracts) waited behind."""
+    def send(self) -> None:
+        """Send the declarations made so far (after the resolutions their sync asked for). Why not
+        at once: the authority answers a session's requests in order, and at 1,000 endpoints its
+        1,000 declarations took 1.5 s, which the policy the endpoints' flows need (their contracts,
+        their bridge domains' routing domain and subnets, followed as they arrive) waited behind;
+        the agent (``send_later``) sends them once what it asked for is answered."""
         outbox, self._outbox = self._outbox, []
         for call, *args in outbox:
             call(*args)
+
+    @property
+    def unsent(self) -> int:
+        """Calls waiting for ``send``."""
+        return len(self._outbox)
 
     def _sync_touched(self, touched: set[str]) -> list[str]:
         """``sync`` when the plugged interfaces are the very list the last sync went through (OVSDB
@@ -188,7 +202,8 @@ class Declarer:
             if p is not None and key is not None:
                 self._declare(iface_id, *key, p.name)
         self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
-        self._send()
+        if not self.send_later:
+            self.send()
         return []
 
     def _remember_inputs(self, iface_id: str, interface: str, uris: set[str]) -> None:

@@ -160,7 +160,11 @@ class OvsAgent:
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
         self._ovs_rendering = self.renderers[0]
         self.declarer = Declarer(
-            self.client, config.host, config.tunnel_ip, Locator(self.client, config.host, self.wake)
+            self.client,
+            config.host,
+            config.tunnel_ip,
+            Locator(self.client, config.host, self.wake),
+            send_later=True,
         )
         self.reports = Reporter(self.client, config.host, self.wake)
         self.invalid = InvalidPolicy(config.host)  # what the reader refused: logged once, a fault
@@ -388,6 +392,7 @@ class OvsAgent:
             raise
         if await self._asked_more(changed):
             return  # rendered once what was just asked for is answered (the next reconcile)
+        self.declarer.send()  # (behind what was asked for: see Declarer.send)
         try:
             revision = self.revision_seen.update(self.client.policy, self.client.wanted, changed)
             net = self.network(plugged, tunnel_port, changed)
