@@ -25,8 +25,8 @@ it has not; the agent hands what it returns to ``sync`` and to the view alike.
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
-from typing import Protocol
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, Protocol
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration, subnet_uris
 from policyfabric.agent.locate import Locator
@@ -85,9 +85,15 @@ class Declarer:
     whenever the changes are not known, every endpoint is looked at (a safety net)."""
 
     def __init__(
-        self, client: DeclaringClient, host: str, tunnel_ip: str | None, locator: Locator | None = None
+        self,
+        client: DeclaringClient,
+        host: str,
+        tunnel_ip: str | None,
+        locator: Locator | None = None,
+        send_later: bool = False,
     ) -> None:
         self.client, self.host, self.tunnel_ip = client, host, tunnel_ip
+        self.send_later = send_later  # declarations wait for ``send`` rather than leave with ``sync``
         self.locator = locator  # None: bare iface-ids are not resolved (logged and ignored)
         self.declared: dict[str, str] = {}  # iface-id -> L2 declaration URI
         self._memo: dict[str, tuple[tuple[object, ...], str]] = {}
@@ -98,14 +104,26 @@ class Declarer:
         self._groups: dict[str, int] = {}  # group URI -> endpoints of this host in it
         self._bds: dict[str, int] = {}  # bridge domain URI -> endpoints of this host in it
         self.needed: dict[str, str] = {}  # what the endpoints need (URI -> class), as last resolved
+        # the last list ``located`` was given and what it answered (reused while no name is bare)
+        self._located: tuple[list[Plugged], list[Plugged], bool] | None = None
+        self._synced: list[PluggedPort] | None = None  # the list the last sync went through whole
+        self._by_iface: dict[str, PluggedPort] = {}  # ... by iface-id
+        # declarations (and their undeclarations, their bridge domains' members) to send once this
+        # sync has asked for what the endpoints need: see ``_send``
+        self._outbox: list[tuple[Callable[..., None], Any] | tuple[Callable[..., None], Any, Any]] = []
 
     def located(self, plugged: list[Plugged]) -> list[Plugged]:
         """The plugged interfaces with every bare iface-id the authority located as ``TENANT/NAME``;
         bare ones not located (yet) are left out (``Locator.located``)."""
         if self.locator is None:
             return plugged
+        last = self._located
+        if last is not None and last[0] is plugged and not last[2]:
+            return last[1]  # the same interfaces (OVSDB unchanged), none bare: the same answer
         policy = self.client.policy
-        return self.locator.located(plugged, lambda tenant, name: endpoint_uri(tenant, name) in policy)
+        out = self.locator.located(plugged, lambda tenant, name: endpoint_uri(tenant, name) in policy)
+        self._located = (plugged, out, any("/" not in p.iface_id for p in plugged))
+        return out
 
     def sync(self, plugged: Iterable[PluggedPort], changed: set[str] | None = None) -> list[str]:
         """Resolve and declare what is plugged; undeclare what is not. ``changed``: the cache URIs
@@ -122,6 +140,8 @@ class Declarer:
             assert changed is not None
             for uri in changed:
                 touched |= self._deps.get(uri, set())
+            if isinstance(plugged, list) and plugged is self._synced:
+                return self._sync_touched(touched)
         seen = set()
         for p in plugged:
             if not full and p.iface_id not in touched:
@@ -145,12 +165,46 @@ class Declarer:
         for iface_id in [i for i in self._placed if i not in seen]:
             self._place(iface_id, None, None)
         self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
+        if not self.send_later:
+            self.send()
         gone = [iface_id for iface_id in self.declared if iface_id not in seen]
         for iface_id in gone:
             self._memo.pop(iface_id, None)
             log.info("agent %s: %s unplugged", self.host, iface_id)
             self.client.undeclare(self.declared.pop(iface_id))
+        if isinstance(plugged, list):
+            self._synced, self._by_iface = plugged, {p.iface_id: p for p in plugged}
         return gone
+
+    def send(self) -> None:
+        """Send the declarations made so far (after the resolutions their sync asked for). Why not
+        at once: the authority answers a session's requests in order, and at 1,000 endpoints its
+        1,000 declarations took 1.5 s, which the policy the endpoints' flows need (their contracts,
+        their bridge domains' routing domain and subnets, followed as they arrive) waited behind;
+        the agent (``send_later``) sends them once what it asked for is answered."""
+        outbox, self._outbox = self._outbox, []
+        for call, *args in outbox:
+            call(*args)
+
+    @property
+    def unsent(self) -> int:
+        """Calls waiting for ``send``."""
+        return len(self._outbox)
+
+    def _sync_touched(self, touched: set[str]) -> list[str]:
+        """``sync`` when the plugged interfaces are the very list the last sync went through (OVSDB
+        unchanged): nothing was plugged or unplugged, so only the endpoints whose inputs changed
+        are looked at, without a walk of every interface (10-20 ms at 10,000 on each of the
+        hundreds of reconciles a host's start makes)."""
+        for iface_id in touched:
+            p = self._by_iface.get(iface_id)
+            key = split_iface_id(iface_id)
+            if p is not None and key is not None:
+                self._declare(iface_id, *key, p.name)
+        self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
+        if not self.send_later:
+            self.send()
+        return []
 
     def _remember_inputs(self, iface_id: str, interface: str, uris: set[str]) -> None:
         self._forget_inputs(iface_id)
@@ -200,10 +254,11 @@ class Declarer:
         self._memo[iface_id] = (inputs, decl.l2.uri)
         old = self.declared.get(iface_id)
         if old is not None and old != decl.l2.uri:
-            self.client.undeclare(old)  # the endpoint's MAC or bridge domain changed
-        self.client.declare(decl.all)
+            self._outbox.append((self.client.undeclare, old))  # the endpoint's MAC or bridge domain changed
+        self._outbox.append((self.client.declare, decl.all))
         self.declared[iface_id] = decl.l2.uri
-        self.client.resolve_endpoints(Cls.EPR_L2_EP, bd_members_prefix(decl.bridge_domain))
+        members = bd_members_prefix(decl.bridge_domain)
+        self._outbox.append((self.client.resolve_endpoints, Cls.EPR_L2_EP, members))
 
     def _inputs(self, uri: str, interface: str) -> tuple[tuple[object, ...], set[str]]:
         """Everything a declaration is computed from (MOs are replaced, never mutated, so identity

@@ -57,12 +57,20 @@ from policyfabric.agent.view import Network
 from policyfabric.agent.viewstate import ViewState
 from policyfabric.heap import settle_heap
 from policyfabric.opflex.client import Peer, PolicyClient
+from policyfabric.opflex.locate import METHOD as LOCATE
 
 if TYPE_CHECKING:  # prometheus_client (3 MB resident) is loaded only with --metrics-listen
     from policyfabric.agent.metrics import AgentMetrics, FlowCount
 
 log = logging.getLogger(__name__)
 MAX_CHANGED = 100_000  # changed URIs remembered between reconciles; beyond, the next looks at everything
+# requests whose answers the view reads and a held reconcile waits for: the policy, where the
+# endpoints are (bare iface-ids); not the registry's bridge-domain members, answered after the
+# host's own declarations (1.5 s of them at 1,000 endpoints), which the local flows do not need
+ASKING = ("policy_resolve", LOCATE)
+DECLARE = "endpoint_declare"
+REPORT_AFTER = 0.05  # seconds: ACTIVE is looked at again this soon while declarations are in flight
+SETTLE_TICK = 0.005  # seconds between looks at the requests in flight while a reconcile is held
 
 
 @dataclass
@@ -82,6 +90,8 @@ class AgentConfig:
     gateway: bool = False  # may be elected SNAT gateway: learns every tenant's routers
     announce_every: float = 20.0  # seconds between ARP refreshes on external networks
     dhcp_lease: int = 86400  # seconds: the lease time the host's DHCP responder hands out
+    settle_max: float = 1.0  # seconds a held reconcile waits for the next answer (see OvsAgent._settle)
+    settle_cap: float = 8.0  # seconds a reconcile may be held in all
 
 
 @dataclass
@@ -152,7 +162,11 @@ class OvsAgent:
         self.renderers = [Rendering(OVS, self.ovs), *(Rendering(name, r) for name, r in self.plugins)]
         self._ovs_rendering = self.renderers[0]
         self.declarer = Declarer(
-            self.client, config.host, config.tunnel_ip, Locator(self.client, config.host, self.wake)
+            self.client,
+            config.host,
+            config.tunnel_ip,
+            Locator(self.client, config.host, self.wake),
+            send_later=True,
         )
         self.reports = Reporter(self.client, config.host, self.wake)
         self.invalid = InvalidPolicy(config.host)  # what the reader refused: logged once, a fault
@@ -164,12 +178,14 @@ class OvsAgent:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._changed: set[str] | None = None  # cache URIs changed since the last reconcile (None: unknown)
         self._quiet: asyncio.TimerHandle | None = None  # the reconcile after a quiet spell
+        self._deferred_since: float | None = None  # when reconciles began waiting for answers (_asked_more)
         self.view = ViewState(config.host, config.tunnel_ip, config.external)  # the renderers' input
         self.metrics: AgentMetrics | None = None  # --metrics-listen
         self.rendered_revision: int | None = None
         self.revision_seen = RevisionSeen()  # the PfRevision the view reads (what it then renders)
         self._flow_count: FlowCount | None = None  # made by the first scrape
         self.network_seen: Network | None = None  # the view last rendered: pf_trace names flows by it
+        self._local_keys: tuple[object, set[str]] = ((), set())  # (net.local, its endpoints' keys)
         seen = lambda: self.network_seen  # noqa: E731
         self.client.on_trace = _lazy_trace(config, seen, self.plugins)
 
@@ -242,6 +258,7 @@ class OvsAgent:
             while True:
                 await self._wake.wait()
                 await asyncio.sleep(pacer.delay(time.monotonic()))
+                await self._settle()
                 self._wake.clear()
                 last = time.monotonic()
                 pacer.started(last)
@@ -281,6 +298,40 @@ class OvsAgent:
             with contextlib.suppress(BaseException):
                 await self.client.stop()
             self.ovsdb.close()
+
+    def awaiting(self) -> int:
+        """How many of the agent's requests for what it renders (resolutions, locations) are waiting
+        for the authority's answer."""
+        in_flight = getattr(self.client, "in_flight", None)
+        return sum(in_flight[m] for m in ASKING) if in_flight is not None else 0
+
+    def declaring(self) -> bool:
+        """Whether declarations are waiting for the registry's answer."""
+        in_flight = getattr(self.client, "in_flight", None)
+        return bool(in_flight and in_flight[DECLARE])
+
+    async def _settle(self) -> None:
+        """Hold the next reconcile while the authority is still answering the agent's own requests
+        for what it renders. Why: a host's start resolves every plugged endpoint,
+        then what their groups and bridge domains need, and declares them all: thousands of
+        requests whose answers arrive a few at a time. Rendering after each few (measured at 10,000
+        endpoints: ~90 reconciles of 100-190 ms, most of it walks of everything) competes with the
+        authority for the CPU while it answers, and renders partial states (an endpoint's bridge
+        domain before its routing domain and subnets: its classification flows were written twice
+        and its DHCP flows came in a second wave). A change pushed by the authority, with nothing
+        asked, is rendered at once as before. Held while answers keep coming: until none came for
+        ``settle_max`` seconds (an authority that stopped answering), ``settle_cap`` in all."""
+        if not self.awaiting():
+            return
+        start = progress = time.monotonic()
+        answered = self.client.requests
+        while self.awaiting():
+            now = time.monotonic()
+            if self.client.requests != answered:
+                answered, progress = self.client.requests, now
+            if now - progress >= self.config.settle_max or now - start >= self.config.settle_cap:
+                return
+            await asyncio.sleep(SETTLE_TICK)
 
     def _wake_when_quiet(self) -> None:
         """Reconcile once more after ``check_every`` seconds with nothing changed: the periodic
@@ -338,6 +389,13 @@ class OvsAgent:
                 self.reports.forget(iface_id)
             subscribe_external(self.client, self.config.external, self.config.gateway)
             t2 = time.perf_counter()
+        except BaseException:
+            self._changed = None  # not everything saw what changed: the next reconcile looks at everything
+            raise
+        if await self._asked_more(changed):
+            return  # rendered once what was just asked for is answered (the next reconcile)
+        self.declarer.send()  # (behind what was asked for: see Declarer.send)
+        try:
             revision = self.revision_seen.update(self.client.policy, self.client.wanted, changed)
             net = self.network(plugged, tunnel_port, changed)
         except BaseException:
@@ -349,11 +407,12 @@ class OvsAgent:
         if self.config.gateway:
             ports = frozenset(uri for uri, ext in net.external.items() if ext.ofport is not None)
             self.reports.gateway_ports(self.config.tunnel_ip or "", ports)
-        learn_routed(self.client, net)
-        if self.dhcp is not None:  # before the flows that send it requests are installed
-            self.dhcp.update(leases(net, self.config.dhcp_lease))
-        if self.rulelog is not None:  # the names its lines give what decided
-            self.rulelog.namer.update(net)
+        if net is not self.network_seen:  # (the same view as last rendered: all of this is done)
+            learn_routed(self.client, net)
+            if self.dhcp is not None:  # before the flows that send it requests are installed
+                self.dhcp.update(leases(net, self.config.dhcp_lease))
+            if self.rulelog is not None:  # the names its lines give what decided
+                self.rulelog.namer.update(net)
         t3 = time.perf_counter()
         compile_s = apply_s = 0.0
         for rendering in self.renderers:
@@ -382,7 +441,9 @@ class OvsAgent:
                 "dhcp_malformed": done.malformed,
                 "dhcp_unanswered": done.unanswered,
             }
-        self.reports.endpoints_active({e.key for e in net.local}, counters)
+        if self._local_keys[0] is not net.local:  # a set of 10,000 keys: made when they changed
+            self._local_keys = (net.local, {e.key for e in net.local})
+        self._report_active(self._local_keys[1], counters)
         self.reports.rendered(revision)
         self.rendered_revision = revision
         now = time.monotonic()
@@ -394,6 +455,40 @@ class OvsAgent:
         later = self.drift.next_clear(now)
         if later is not None:
             asyncio.get_running_loop().call_later(later + 0.01, self.wake)
+
+    def _report_active(self, keys: set[str], counters: dict[str, int]) -> None:
+        """Report the rendered endpoints ACTIVE, once no declaration waits for the registry's answer:
+        the registry ignores the status of an endpoint it does not hold yet (seen at 5,000: ten
+        endpoints reported before their declarations were through stayed BUILD for good). Looked
+        at again ``REPORT_AFTER`` seconds later while declarations are in flight."""
+        if self.declaring():
+            asyncio.get_running_loop().call_later(REPORT_AFTER, self.wake)
+        else:
+            self.reports.endpoints_active(keys, counters)
+
+    async def _asked_more(self, changed: set[str] | None) -> bool:
+        """Whether this reconcile stops before the view because declaring just asked the authority
+        for more (an endpoint's group and bridge domain, then what they refer to): it is then
+        rendered by the next reconcile, once ``_settle`` saw the answers, with the changes of this
+        one kept for it. At most ``settle_cap`` seconds of such deferrals in a row: a view that
+        waits for ever for an answer would never be rendered."""
+        for _ in range(2):  # the requests just made start (a resolution's own requests one step later)
+            await asyncio.sleep(0)
+        now = time.monotonic()
+        if not self.awaiting():
+            self._deferred_since = None
+            return False
+        if self._deferred_since is None:
+            self._deferred_since = now
+        elif now - self._deferred_since >= self.config.settle_cap:
+            self._deferred_since = None
+            return False
+        if changed is None or self._changed is None:
+            self._changed = None
+        else:
+            self._changed |= changed
+        self._wake.set()
+        return True
 
     async def _render(self, rendering: Rendering, net: Network) -> tuple[float, float]:
         """Compile; apply only when the desired state changed. Returns (compile, apply) seconds."""

@@ -18,6 +18,7 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import logging
 import random
@@ -121,6 +122,7 @@ class PolicyClient:
         self.connected_to: Peer | None = None
         self.ready = asyncio.Event()
         self.outstanding = 0
+        self.in_flight: collections.Counter[str] = collections.Counter()  # outstanding, by method
         self.requests = 0  # requests answered by an authority (for benches and status)
         self.connects = 0
         self._stop = False
@@ -444,6 +446,7 @@ class PolicyClient:
         if session is None or not session.ready:
             return None  # sent again by _resync after the next handshake
         self.outstanding += 1
+        self.in_flight[method] += 1
         try:
             result = await session.call(method, params)
         except (SessionClosed, TimeoutError):
@@ -455,6 +458,7 @@ class PolicyClient:
             return None
         finally:
             self.outstanding -= 1
+            self.in_flight[method] -= 1
         self.requests += 1
         if method == "endpoint_resolve" and isinstance(result, dict):
             self._apply_endpoints([held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], [])

@@ -101,6 +101,9 @@ class OvsRenderer(api.Renderer[Bridge]):
             detail = f"full sync of {n} flows (OVS changes only those that differ)"
         else:
             detail = f"delta sync ({n} flows in all)"
+        if isinstance(self.applier, FlowApplier) and synced.seconds >= 0.1:  # where a slow one went
+            plan, send = self.applier.last_split
+            detail += f"; planned in {plan * 1000:.0f} ms, sent in {send * 1000:.0f} ms"
         return api.Applied(synced.added, synced.removed, synced.seconds, detail, full=synced.full)
 
     def watch(self, drifted: Callable[[str], None]) -> bool:

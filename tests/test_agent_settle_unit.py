@@ -1,0 +1,229 @@
+"""The agent when a flood of answers is coming: a reconcile held while the authority answers the
+agent's own resolutions (rendered once, not after every few answers), a reconcile that stops
+before the view when declaring just asked for more, ACTIVE reported only once the registry holds
+the declarations, and the declarer's pass over only what changed when OVSDB did not."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import time
+from dataclasses import dataclass, field
+
+import pytest
+
+from policyfabric.agent.declarer import Declarer
+from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
+from policyfabric.agent.renderers.ovs import applier as applier_module
+from policyfabric.agent.renderers.ovs.ovsdb import Plugged
+from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
+from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
+from policyfabric.opflex.mo import MO
+from tests.fabric import TUNNEL
+from tests.test_agent_unit import EPG, WEB1_PORT, FakeClient, policy
+from tests.test_external_unit import APP1, host
+from tests.test_flowmods_unit import Ofctl
+from tests.test_routing_unit import WEB1
+
+
+@dataclass
+class Asking:
+    """What the agent reads of its OpFlex client to know what is in flight."""
+
+    in_flight: collections.Counter[str] = field(default_factory=collections.Counter)
+    requests: int = 0  # answers received
+    session: object | None = None
+    reported: list[set[str]] = field(default_factory=list)
+
+    def answer(self, method: str) -> None:
+        self.in_flight[method] -= 1
+        self.requests += 1
+
+
+def agent_with(client: Asking, settle_max: float = 1.0, settle_cap: float = 8.0) -> OvsAgent:
+    config = AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock")
+    config.settle_max, config.settle_cap = settle_max, settle_cap
+    agent = OvsAgent(config)
+    agent.client = client  # type: ignore[assignment]
+    return agent
+
+
+def test_a_reconcile_is_held_while_resolutions_are_answered_then_runs_once() -> None:
+    """Twenty resolutions answered one every 10 ms: the hold ends with the last answer, not the first."""
+    client = Asking()
+    client.in_flight["policy_resolve"] = 20
+    agent = agent_with(client)
+
+    async def main() -> tuple[float, int]:
+        async def authority() -> None:
+            for _ in range(20):
+                await asyncio.sleep(0.01)
+                client.answer("policy_resolve")
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took, left = time.monotonic() - start, client.in_flight["policy_resolve"]
+        await answering
+        return took, left
+
+    took, left = asyncio.run(main())
+    assert left == 0 and took >= 0.19
+
+
+def test_nothing_asked_is_no_wait_and_status_reports_do_not_hold() -> None:
+    client = Asking()
+    client.in_flight["state_report"] = 3  # reports follow rendering: never waited for
+    client.in_flight["endpoint_declare"] = 3  # nor declarations and the members they bring
+    client.in_flight["endpoint_resolve"] = 3
+    agent = agent_with(client)
+    start = time.monotonic()
+    asyncio.run(agent._settle())
+    assert time.monotonic() - start < 0.05
+
+
+def test_an_authority_that_stops_answering_holds_no_longer_than_settle_max() -> None:
+    client = Asking()
+    client.in_flight["policy_resolve"] = 1
+    agent = agent_with(client, settle_max=0.1)
+    start = time.monotonic()
+    asyncio.run(agent._settle())
+    took = time.monotonic() - start
+    assert 0.1 <= took < 0.5 and client.in_flight["policy_resolve"] == 1
+
+
+def test_answers_that_never_end_hold_no_longer_than_settle_cap() -> None:
+    client = Asking()
+    client.in_flight["policy_resolve"] = 10**6
+    agent = agent_with(client, settle_max=0.1, settle_cap=0.3)
+
+    async def main() -> float:
+        async def authority() -> None:
+            while True:
+                await asyncio.sleep(0.01)
+                client.answer("policy_resolve")
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took = time.monotonic() - start
+        answering.cancel()
+        return took
+
+    took = asyncio.run(main())
+    assert 0.3 <= took < 0.6
+
+
+def test_a_reconcile_that_just_asked_for_more_stops_before_the_view_and_keeps_its_changes() -> None:
+    client = Asking()
+    agent = agent_with(client, settle_cap=0.2)
+
+    async def main() -> list[bool]:
+        agent._changed = {"/later/"}  # arrived meanwhile
+        client.in_flight["policy_resolve"] = 2  # what declaring just asked for
+        first = await agent._asked_more({"/seen/"})
+        kept = agent._changed == {"/later/", "/seen/"} and agent._wake.is_set()
+        await asyncio.sleep(0.25)  # still not answered past settle_cap: rendered anyway
+        late = await agent._asked_more(set())
+        client.in_flight["policy_resolve"] = 0
+        none = await agent._asked_more(set())
+        return [first, kept, late, none]
+
+    assert asyncio.run(main()) == [True, True, False, False]
+
+
+@dataclass
+class Reports:
+    sent: list[set[str]] = field(default_factory=list)
+
+    def endpoints_active(self, keys: set[str], counters: dict[str, int]) -> None:
+        self.sent.append(set(keys))
+
+
+def test_active_is_reported_only_once_no_declaration_is_in_flight() -> None:
+    client = Asking()
+    agent = agent_with(client)
+    reports = Reports()
+    agent.reports = reports  # type: ignore[assignment]
+
+    async def main() -> bool:
+        client.in_flight["endpoint_declare"] = 1
+        agent._report_active({"acme/web1"}, {})
+        held = reports.sent == []
+        await asyncio.sleep(0.1)
+        woken = agent._wake.is_set()  # looked at again shortly
+        client.answer("endpoint_declare")
+        agent._report_active({"acme/web1"}, {})
+        return held and woken
+
+    assert asyncio.run(main()) and reports.sent == [{"acme/web1"}]
+
+
+def test_the_declarer_with_the_same_interfaces_looks_only_at_what_changed() -> None:
+    """The very list of the last sync (OVSDB unchanged): an endpoint whose inputs changed is
+    declared again, the others are not looked at; a new list (OVSDB changed) is walked whole."""
+    client = FakeClient(policy())
+    declarer = Declarer(client, "h1", "192.0.2.1")
+    other = Plugged("acme/web2", "tap-web2", 6)
+    plugged = [WEB1_PORT, other]
+    declarer.sync(plugged, None)
+    assert client.declarations == 1  # web2's policy is not resolved
+    client.resolved.clear()
+    declarer.sync(plugged, {"/PolicyUniverse/PolicySpace/acme/GbpContract/c/"})
+    assert client.resolved == set() and client.declarations == 1  # nobody looked at
+    ctx = EPG + "GbpeInstContext/"
+    client.policy[ctx] = MO("GbpeInstContext", ctx, {"classid": 0x4002})
+    declarer.sync(plugged, {ctx})
+    [(_, *rest)] = client.registry.values()
+    tunnel = next(m for m in rest if m.subject == "PfEpTunnel")
+    assert client.declarations == 2 and tunnel.properties["classid"] == 0x4002
+    assert declarer.sync([other], set()) == ["acme/web1"] and client.registry == {}
+
+
+def test_a_full_sync_written_in_chunks_installs_every_flow(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The replace-flows file is written a few flows at a time: every flow lands, once."""
+    monkeypatch.setattr(applier_module, "REPLACE_CHUNK", 7)
+    ofctl = Ofctl(FakeSwitch())
+    applier = applier_module.FlowApplier("unix:/nowhere", run=ofctl)
+    wanted = compile_pipeline(host("h1", (WEB1, APP1)), TUNNEL)
+    assert len(wanted) > 7 * 3
+    assert applier.sync(wanted).full and ofctl.calls[-1] == "replace-flows"
+    assert ofctl.switch.flows() == set(wanted)
+
+
+@dataclass
+class Ordered(FakeClient):
+    """A fake client that also keeps the order of what was asked and told."""
+
+    said: list[str] = field(default_factory=list)
+
+    def resolve(self, subject: str, uri: str) -> None:
+        self.said.append(f"resolve {subject}")
+        super().resolve(subject, uri)
+
+    def declare(self, mos: list[MO]) -> None:
+        self.said.append("declare")
+        super().declare(mos)
+
+    def resolve_endpoints(self, subject: str, uri: str) -> None:
+        self.said.append("members")
+        super().resolve_endpoints(subject, uri)
+
+
+def test_what_the_endpoints_need_is_asked_for_before_they_are_declared() -> None:
+    """The authority answers a session's requests in order: the group (and its contracts) asked
+    for first are not answered behind the host's declarations."""
+    client = Ordered(policy())
+    Declarer(client, "h1", "192.0.2.1").sync([WEB1_PORT], None)
+    assert "resolve GbpEpGroup" in client.said and "declare" in client.said
+    assert client.said.index("resolve GbpEpGroup") < client.said.index("declare")
+    assert client.said.index("declare") < client.said.index("members")
+
+
+def test_the_agents_declarer_sends_its_declarations_when_told() -> None:
+    client = Ordered(policy())
+    declarer = Declarer(client, "h1", "192.0.2.1", send_later=True)
+    declarer.sync([WEB1_PORT], None)
+    assert client.registry == {} and declarer.unsent and "resolve GbpEpGroup" in client.said
+    declarer.send()
+    assert len(client.registry) == 1 and not declarer.unsent and client.said[-2:] == ["declare", "members"]
