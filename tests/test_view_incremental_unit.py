@@ -799,3 +799,18 @@ def test_the_view_benchmark_runs_and_prints_its_figures() -> None:
     figures = json.loads(done.stdout.strip().splitlines()[-1])["n40"]
     assert set(figures) == {"cold", "full", "check", "group", "rule", "join"}
     assert all(figures[case]["p50"] > 0 and figures[case]["ratio"] > 0 for case in ("group", "rule", "join"))
+
+
+@pytest.mark.integration  # a subprocess
+def test_the_reconcile_benchmark_runs_and_prints_its_figures() -> None:
+    bench = Path(__file__).resolve().parent.parent / "bench" / "reconcile.py"
+    done = subprocess.run(
+        [sys.executable, str(bench), "--n", "40", "--samples", "3"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    figures = json.loads(done.stdout.strip().splitlines()[-1])["n40"]
+    assert set(figures) == {"group", "rule"}
+    assert all(figures[case]["p99"] >= figures[case]["p50"] > 0 for case in ("group", "rule"))

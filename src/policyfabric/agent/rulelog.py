@@ -186,7 +186,7 @@ class Namer:
                 self._ports = (net.local, ports)
                 self.builds += 1
             if self._addresses[0] is not net.local or self._addresses[1] is not net.remote:
-                addresses = {ip: e.key for e in (*net.local, *net.remote) for ip in e.ips}
+                addresses: dict[str, str] = {ip: e.key for e in (*net.local, *net.remote) for ip in e.ips}
                 self._addresses = (net.local, net.remote, addresses)
                 self.builds += 1
             return self._rules[2], self._ports[1], self._addresses[2]
