@@ -14,6 +14,7 @@ import asyncio
 import copy
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -547,6 +548,38 @@ def _classid(f: Fabric, uri: str) -> Any:
         if m["subject"] == Cls.PF_EP_TUNNEL:
             return MO.from_wire(m).properties.get(Prop.CLASSID)
     return None
+
+
+def test_each_lease_ends_at_its_own_time(tmp_path: Path) -> None:
+    """Declarations whose leases run out are undeclared at the first tick after, the others stay
+    until theirs does (the registry looks at them only once the soonest lease may have ended)."""
+
+    async def test(f: Fabric) -> None:
+        async def declare(agent: str, prr: int, *mos: MO) -> None:
+            request = [{"endpoint": [m.to_wire() for m in mos], "prr": prr}]
+            assert await f.server._handle(f.sessions[agent], "endpoint_declare", request) == {}
+
+        start = time.monotonic()
+        web1, web1_l3 = f.of("web1", "h1")
+        await declare("h1", 60, *f.request("web1"), *web1_l3)
+        app1, _ = f.of("app1", "h2", tunnel="192.0.2.2")
+        await declare("h2", 5, *f.request("app1", tunnel="192.0.2.2"))
+        await f.server.registry.expire(start + 4)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri, app1.uri}
+        await f.server.registry.expire(start + 10)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri}
+        await f.server.registry.expire(start + 30)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri}
+        await f.server.registry.expire(start + 70)
+        assert f.registry() == {}
+        await f.settled("web1", status="DOWN")
+        await declare("h1", 60, *f.request("web1"), *web1_l3)  # declared again: a lease of its own
+        await f.server.registry.expire(time.monotonic() + 30)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri}
+        await f.server.registry.expire(time.monotonic() + 61)
+        assert f.registry() == {}
+
+    fabric(tmp_path, test)
 
 
 def test_the_refusal_counter_is_per_agent_in_the_agents_view(tmp_path: Path) -> None:

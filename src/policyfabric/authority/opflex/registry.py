@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 Changes = dict[str, tuple[list[MO], bool]]  # registry URI -> (its top MO and children, deleted)
 Publish = Callable[[str, "Declaration | None"], None]
+INF = float("inf")
 MAX_LOGGED = 10_000  # refusals logged (once per agent and endpoint), so a flood cannot fill the log
 
 
@@ -228,6 +229,7 @@ class EndpointRegistry:
         self.refused: Counter[str] = Counter()  # refused declarations per agent
         self._logged: set[tuple[str, str]] = set()  # (agent, what) refusals already logged
         self._changed: Changes = {}
+        self._soonest = INF  # no lease of a declaration held here ends before this (monotonic)
         intent.listeners.append(self._recheck)
 
     # ---- requests
@@ -349,6 +351,7 @@ class EndpointRegistry:
         )
         before = self.declarations.get(uri)
         self.declarations[uri] = decl
+        self._soonest = min(self._soonest, expires)
         self._publish(uri, decl)  # (with its new lease)
         if before is None or before.agent != agent or before.mos != decl.mos:
             # the same declaration again (a lease renewal, or one the registry already rewrote to
@@ -546,8 +549,13 @@ class EndpointRegistry:
 
     # ---- leases and pushes
     async def expire(self, now: float) -> None:
-        """Undeclare what its agent stopped renewing (``now``: monotonic)."""
+        """Undeclare what its agent stopped renewing (``now``: monotonic). Called every lease tick
+        (a second): the declarations are looked at only once the soonest lease may have run out
+        (leases are ``prr``, hours), not 20,000 of them every second on a host of 10,000."""
+        if now < self._soonest:
+            return
         expired = [u for u, d in self.declarations.items() if d.expires <= now]
+        self._soonest = min((d.expires for d in self.declarations.values() if d.expires > now), default=INF)
         for uri in expired:
             self._undeclare(uri, "lease expired", release=True, status=True)
         if expired:
