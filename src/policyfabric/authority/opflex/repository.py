@@ -384,7 +384,7 @@ class PolicyRepository:
         uris = (mo.uri for part in (changed, merged, removed) for mo in part)
         covering = self.subscribers.of(uris, time.monotonic())
         newest = max((s.properties.get(Prop.REVISION, 0) for s in stamps.values()), default=0)
-        links = self._carried([*changed, *merged]) if covering else []
+        links, carried = self._carried([*changed, *merged]) if covering else ([], [])
 
         def table(peer: Peer) -> dict[str, float]:
             covers = covering.get(id(peer), {})
@@ -403,28 +403,34 @@ class PolicyRepository:
         self._fan_out(
             "policy_update",
             table,
-            {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
+            {"replace": wire([*changed, *carried]), "merge_children": wire(merged), "delete": refs(removed)},
         )
 
-    def _carried(self, pushed: list[MO]) -> list[tuple[str, str]]:
-        """What a change refers to that is new with it: (referring URI, target) of each reference
-        an agent follows (``opflex.client``: not the by-need relations, not the registry) whose
-        target is in the same push. A rule added to a contract refers to a new classifier: pushed
-        with the rule to the sessions that receive the rule (``_carry``), the agent has it without
-        resolving it (a round trip between the rule reaching it and its flows). Only for a change
-        of at most ``CARRY_AT_MOST`` objects (what an operator's write is); a larger one goes as
-        before, resolved by need, as does a reference to an object the agent may not have yet."""
+    def _carried(self, pushed: list[MO]) -> tuple[list[tuple[str, str]], list[MO]]:
+        """What a change refers to that its receivers may not hold yet: (referring URI, target)
+        of each reference an agent follows (``opflex.client``: not the by-need relations, not the
+        registry), and the objects under each target. A rule added to a contract refers to a new
+        classifier: pushed with the rule to the sessions that receive the rule and do not follow
+        the classifier yet (``_carry``), the agent has it without resolving it (a round trip
+        between the rule reaching it and its flows). Only for a change of at most ``CARRY_AT_MOST``
+        objects (what an operator's write is); a larger one goes as before, resolved by need."""
         if len(pushed) > CARRY_AT_MOST:
-            return []
-        pushed_uris = {mo.uri for mo in pushed}
+            return [], []
         links: list[tuple[str, str]] = []
+        carried: dict[str, MO] = {}
+        pushed_uris = {mo.uri for mo in pushed}
         for mo in pushed:
             if mo.subject in BY_NEED:
                 continue
             for subject, target in mo.references():
-                if subject not in EPR_SUBJECTS and target in pushed_uris:
+                if subject in EPR_SUBJECTS:
+                    continue
+                tree = self.trees.get(tenant_of(target))
+                below = tree.subtree(target) if tree is not None else []
+                if below:  # (new objects are in the push already: only the peers' covers lack them)
                     links.append((mo.uri, target))
-        return links
+                    carried.update((m.uri, m) for m in below if m.uri not in pushed_uris)
+        return links, list(carried.values())
 
     def _carry(self, peer: Peer, covers: dict[str, float], links: list[tuple[str, str]]) -> None:
         """Add to ``covers`` (what ``peer`` receives of this push) each target of ``links`` that a
