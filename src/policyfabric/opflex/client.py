@@ -445,7 +445,9 @@ class PolicyClient:
             self.outstanding -= 1
         self.requests += 1
         if method == "endpoint_resolve" and isinstance(result, dict):
-            self._apply_endpoints([held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], [])
+            self._apply_endpoints(
+                [held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], []
+            )
         return result
 
     async def _resolve(self, items: list[tuple[str, str]], full: bool = False) -> None:
@@ -494,23 +496,15 @@ class PolicyClient:
         self._changed(changed)
 
     def _follow(self, uris: set[str]) -> None:
-        """Resolve what the new objects refer to and the cache lacks ("programming by side effect").
-        A target the cache holds though no subscription of ours covers it came with the objects
-        that refer to it (our authority pushes a new classifier with the rule that uses it, and
-        subscribes the session to it): it is followed as if resolved, without asking again."""
+        """Resolve what the new objects refer to and the cache lacks ("programming by side effect")."""
         for uri in uris:
             mo = self.policy.get(uri)
             if mo is None or mo.subject in BY_NEED:
                 continue
             for subject, target in mo.references():
-                if subject in EPR_SUBJECTS or target in self.wanted:
-                    continue
-                if target not in self.policy:
+                if subject not in EPR_SUBJECTS and target not in self.policy and target not in self.wanted:
                     self.followed.add(target)
                     self._want(subject, target)
-                elif not covered(target, self.wanted):
-                    self.followed.add(target)
-                    self.wanted[target] = subject  # renewed by the next refresh, like any other
 
     # ---- requests from the authority
     async def _handle(self, session: Session, method: str, params: list[Any]) -> Any:

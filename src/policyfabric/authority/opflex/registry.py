@@ -349,11 +349,11 @@ class EndpointRegistry:
         decl = Declaration(
             [m.to_wire() for m in checked.all], agent, expires, (tenant, name), _tunnel(checked)
         )
-        before = self.declarations.get(uri)
+        held = self.declarations.get(uri)
         self.declarations[uri] = decl
         self._soonest = min(self._soonest, expires)
         self._publish(uri, decl)  # (with its new lease)
-        if before is None or before.agent != agent or before.mos != decl.mos:
+        if held is None or held.agent != agent or held.mos != decl.mos:
             # the same declaration again (a lease renewal, or one the registry already rewrote to
             # follow the intent) changes nothing any subscriber holds: nothing to push
             self._changed[uri] = (checked.all, False)
