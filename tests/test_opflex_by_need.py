@@ -190,3 +190,61 @@ def test_a_change_reaches_the_agents_whose_endpoints_need_it(opflex_authority: A
             await two.stop()
 
     asyncio.run(go())
+
+
+class AskingClient(CountingClient):
+    """A counting client that also records the URIs it resolves."""
+
+    def __init__(self, *args: Any, **kw: Any) -> None:
+        super().__init__(*args, **kw)
+        self.asked: list[str] = []
+
+    async def _call(self, method: str, params: dict[str, Any], refused: bool = False) -> Any:
+        if method == "policy_resolve":
+            self.asked.append(str(params.get("policy_uri")))
+        return await super()._call(method, params, refused)
+
+
+def test_a_rule_added_to_a_contract_comes_with_its_classifier(opflex_authority: AuthorityProcess) -> None:
+    """The new rule refers to a new classifier: the authority pushes it with the rule and
+    subscribes the session to it, so the agent has it without resolving it (a round trip between
+    the rule and its flows); the classifier's later changes reach the agent like any other."""
+    api = Api(opflex_authority.url)
+    api.ok("tenants", {"name": T})
+    api.ok("l3-contexts", {"name": "v", "tenant": T})
+    api.ok("bridge-domains", {"name": "bd", "tenant": T, "l3_context": "v"})
+    api.ok("subnets", {"name": "s", "tenant": T, "bridge_domain": "bd", "cidr": "10.7.0.0/24"})
+    http = {"name": "r", "classifier": {"protocol": "tcp", "port": 80}, "action": "allow"}
+    api.ok("contracts", {"name": "ca", "tenant": T, "rules": [http]})
+    api.ok("endpoint-groups", {"name": "a", "tenant": T, "bridge_domain": "bd", "provides": ["ca"]})
+    api.ok("endpoints", {"name": "e1", "tenant": T, "epg": "a", "ip": "10.7.0.11"})
+    new = "/PolicyUniverse/PolicySpace/need/GbpeL24Classifier/ca.alt/"
+
+    def rules(port: int | None) -> None:
+        found = api.find("contracts", T, "ca")
+        assert found is not None
+        extra = [{"name": "alt", "classifier": {"protocol": "tcp", "port": port}, "action": "allow"}]
+        found["rules"] = [http, *(extra if port else [])]
+        assert api.put("contracts", found["id"], found).status_code == 200
+
+    async def go() -> None:
+        agent = Agent("h1", opflex_authority.opflex, "e1", "192.0.2.1")
+        agent.client = AskingClient("h1", [opflex_authority.opflex], backoff=(0.05, 0.5), keepalive=0.5)
+        agent.declarer = Declarer(agent.client, "h1", "192.0.2.1")
+        agent.client.on_change = agent._changed
+        await agent.start()
+        try:
+            contract = uri_of(T, Cls.GBP_CONTRACT, "ca")
+            await until(lambda: contract in agent.client.policy)
+            rules(8443)
+            await until(lambda: agent.prop(new, "dFromPort") == 8443)
+            assert new not in agent.client.asked  # it came with the rule
+            assert new in agent.client.wanted and new in agent.client.followed  # renewed, let go with it
+            rules(8444)  # the classifier itself changes: the session is subscribed to it
+            await until(lambda: agent.prop(new, "dFromPort") == 8444)
+            rules(None)  # the rule goes, and its classifier with it
+            await until(lambda: new not in agent.client.policy)
+        finally:
+            await agent.stop()
+
+    asyncio.run(go())

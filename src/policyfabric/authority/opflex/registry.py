@@ -291,8 +291,25 @@ class EndpointRegistry:
         if peer.post is None:
             return {"endpoint": found}
         first, reply, _ = resolve_parts({"endpoint": found})
+        if not first:
+            return reply
         await peer.send_all("endpoint_update", ({"replace": m["endpoint"], "delete": []} for m in first))
-        return reply
+        return {"endpoint": self._current(reply["endpoint"])}
+
+    def _current(self, mos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The declarations among ``mos`` (a resolve answer's last part, built before its first
+        parts were drained) as they are now: a push sent meanwhile (a newer version of one, or its
+        withdrawal) went ahead of the answer, which the agent applies after it and must not undo."""
+        tops = {  # (a child whose top went in an earlier part brings its top again: whole)
+            m["uri"] if m.get("subject") in (Cls.EPR_L2_EP, Cls.EPR_L3_EP) else m.get("parent_uri")
+            for m in mos
+        }
+        out: list[dict[str, Any]] = []
+        for uri in sorted(u for u in tops if isinstance(u, str)):
+            decl = self.declarations.get(uri)
+            if decl is not None:
+                out += decl.mos
+        return out
 
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(EndpointRef, params):
@@ -349,14 +366,13 @@ class EndpointRegistry:
         decl = Declaration(
             [m.to_wire() for m in checked.all], agent, expires, (tenant, name), _tunnel(checked)
         )
-        held = self.declarations.get(uri)
         self.declarations[uri] = decl
         self._soonest = min(self._soonest, expires)
-        self._publish(uri, decl)  # (with its new lease)
-        if held is None or held.agent != agent or held.mos != decl.mos:
-            # the same declaration again (a lease renewal, or one the registry already rewrote to
-            # follow the intent) changes nothing any subscriber holds: nothing to push
-            self._changed[uri] = (checked.all, False)
+        self._publish(uri, decl)
+        # pushed even when it says what is stored already: a session's endpoint_resolve answer is
+        # built before the parts that go ahead of it are drained, so it may carry an older
+        # version than a push that overtook it; the next push puts the newest back
+        self._changed[uri] = (checked.all, False)
         if checked.is_l2:
             self._released.pop(key, None)
             held = self.declarations.by_endpoint[key]

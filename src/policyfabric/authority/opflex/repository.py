@@ -63,10 +63,11 @@ from policyfabric.authority.opflex.tenant_model import (
 from policyfabric.authority.service import Authority
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex.cache import ancestors
+from policyfabric.opflex.client import BY_NEED, CARRIED
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.rpc import RpcError
-from policyfabric.opflex.uri import UNIVERSE, child, space, unescape
+from policyfabric.opflex.uri import UNIVERSE, child, space, under, unescape
 from policyfabric.opflex.wire import Code
 from policyfabric.store.base import Change
 
@@ -75,6 +76,7 @@ log = logging.getLogger(__name__)
 Trees = Mapping[str | None, Tree]  # tenant (None: the global tree) -> its tree
 FRESH_WAIT = 10.0  # seconds a resolve waits for a rebuild before answering from the tree it has
 CHANGES_AT_ONCE = 20_000  # changes since the last flush beyond which the tenants are read whole
+CARRY_AT_MOST = 200  # objects a push may hold for what they refer to to be pushed with them
 
 
 def tenant_of(uri: str) -> str | None:
@@ -382,9 +384,12 @@ class PolicyRepository:
         uris = (mo.uri for part in (changed, merged, removed) for mo in part)
         covering = self.subscribers.of(uris, time.monotonic())
         newest = max((s.properties.get(Prop.REVISION, 0) for s in stamps.values()), default=0)
+        links = self._carried([*changed, *merged]) if covering else []
 
         def table(peer: Peer) -> dict[str, float]:
             covers = covering.get(id(peer), {})
+            if links and covers:
+                self._carry(peer, covers, links)
             if stamps and covers:
                 until = max(covers.values())
                 for tenant in {tenant_of(uri) for uri in covers}:
@@ -400,6 +405,43 @@ class PolicyRepository:
             table,
             {"replace": wire(changed), "merge_children": wire(merged), "delete": refs(removed)},
         )
+
+    def _carried(self, pushed: list[MO]) -> list[tuple[str, str]]:
+        """What a change refers to that is new with it: (referring URI, target) of each reference
+        to a rule's classifier or action (``opflex.client.CARRIED``: leaves only rules reach, never
+        followed by need) whose target is in the same push. A rule added to a contract refers to
+        a new classifier: pushed with the rule to the sessions that receive the rule (``_carry``),
+        the agent has it without resolving it (a round trip between the rule reaching it and its
+        flows). Only for a change of at most ``CARRY_AT_MOST`` objects (what an operator's write
+        is); a larger one goes as before, resolved by need."""
+        if len(pushed) > CARRY_AT_MOST:
+            return []
+        pushed_uris = {mo.uri for mo in pushed}
+        links: list[tuple[str, str]] = []
+        for mo in pushed:
+            if mo.subject in BY_NEED:
+                continue
+            for subject, target in mo.references():
+                if subject in CARRIED and target in pushed_uris:
+                    links.append((mo.uri, target))
+        return links
+
+    def _carry(self, peer: Peer, covers: dict[str, float], links: list[tuple[str, str]]) -> None:
+        """Add to ``covers`` (what ``peer`` receives of this push) each target of ``links`` that a
+        received object refers to and that none of the peer's subscriptions covers, and subscribe
+        the peer to it (for as long as the subscription that brought the referring object): the
+        agent is told of the target's changes as if it had resolved it, which it then need not."""
+        now = time.monotonic()
+        subs = peer.subs
+        for referrer, target in links:
+            if target in covers or any(subs.get(a, 0.0) > now for a in ancestors(target)):
+                continue
+            until = max((exp for uri, exp in covers.items() if under(referrer, uri)), default=0.0)
+            if until <= now:
+                continue
+            subs[target] = until
+            self.subscribers.add(target, peer)
+            covers[target] = until
 
     def _build(self, tenants: set[str | None], gateways: Mapping[RouterKey, tuple[str, str]]) -> _Built:
         """Off the event loop: bring the models of ``tenants`` up to date with the store, by the
