@@ -14,6 +14,7 @@ import asyncio
 import copy
 import ipaddress
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,7 +23,7 @@ from typing import Any
 import pytest
 
 from policyfabric.agent.endpoints import bd_members_prefix, declaration
-from policyfabric.authority.opflex import OpflexServer
+from policyfabric.authority.opflex import OpflexServer, chunks
 from policyfabric.authority.service import Authority
 from policyfabric.model import scenario as sc
 from policyfabric.model.kinds import BY_NAME as K
@@ -507,7 +508,7 @@ def test_an_endpoint_moved_to_another_group_keeps_its_declaration_rewritten_to_t
     """A group move is no reason to take the endpoint out of the other hosts' flows: its
     declarations (the EprL2Ep with its tunnel's class id, the EprL3Ep) are rewritten to the new
     group and class id and pushed as a replace, never a delete; what is stored is what a
-    well-behaved agent declares after the move, so its declaration pushes nothing more."""
+    well-behaved agent declares after the move, which it then declares."""
 
     async def test(f: Fabric) -> None:
         l2, l3 = f.of("web1", "h1")
@@ -532,9 +533,8 @@ def test_an_endpoint_moved_to_another_group_keeps_its_declaration_rewritten_to_t
         assert _classid(f, l2.uri) == next(
             m.properties[Prop.CLASSID] for m in f.request("web1") if m.subject == Cls.PF_EP_TUNNEL
         )
-        pushes = len(f.pushed("h2"))
-        assert await f.declare("h1", *f.request("web1"), *after_l3) == {}
-        assert f.pushed("h2")[pushes:] == []  # the same declaration again: nothing to push
+        assert await f.declare("h1", *f.request("web1"), *after_l3) == {}  # accepted as it stands
+        assert f.registry() == {l2.uri: "h1", l3[0].uri: "h1"}
         await f.server.registry.written()
         assert f.endpoint("web1")["status"] == "BUILD"  # never DOWN on the way
 
@@ -547,6 +547,71 @@ def _classid(f: Fabric, uri: str) -> Any:
         if m["subject"] == Cls.PF_EP_TUNNEL:
             return MO.from_wire(m).properties.get(Prop.CLASSID)
     return None
+
+
+def test_each_lease_ends_at_its_own_time(tmp_path: Path) -> None:
+    """Declarations whose leases run out are undeclared at the first tick after, the others stay
+    until theirs does (the registry looks at them only once the soonest lease may have ended)."""
+
+    async def test(f: Fabric) -> None:
+        async def declare(agent: str, prr: int, *mos: MO) -> None:
+            request = [{"endpoint": [m.to_wire() for m in mos], "prr": prr}]
+            assert await f.server._handle(f.sessions[agent], "endpoint_declare", request) == {}
+
+        start = time.monotonic()
+        web1, web1_l3 = f.of("web1", "h1")
+        await declare("h1", 60, *f.request("web1"), *web1_l3)
+        app1, _ = f.of("app1", "h2", tunnel="192.0.2.2")
+        await declare("h2", 5, *f.request("app1", tunnel="192.0.2.2"))
+        await f.server.registry.expire(start + 4)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri, app1.uri}
+        await f.server.registry.expire(start + 10)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri}
+        await f.server.registry.expire(start + 30)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri}
+        await f.server.registry.expire(start + 70)
+        assert f.registry() == {}
+        await f.settled("web1", status="DOWN")
+        await declare("h1", 60, *f.request("web1"), *web1_l3)  # declared again: a lease of its own
+        await f.server.registry.expire(time.monotonic() + 30)
+        assert set(f.registry()) == {web1.uri, web1_l3[0].uri}
+        await f.server.registry.expire(time.monotonic() + 61)
+        assert f.registry() == {}
+
+    fabric(tmp_path, test)
+
+
+def test_a_resolve_answered_in_parts_does_not_undo_what_was_pushed_meanwhile(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A bridge domain too large for one frame is answered in parts: updates first, then the reply.
+    A declaration withdrawn while the first parts drain is pushed as a delete ahead of the reply,
+    which the agent applies after it: the reply must say what holds by then, not what held when
+    the resolve began (it would put the withdrawn endpoint back into the agent's flows)."""
+    monkeypatch.setattr(chunks, "BUDGET", 64)  # every object its own part
+
+    async def test(f: Fabric) -> None:
+        _, web1_l3 = f.of("web1", "h1")
+        app2, app2_l3 = f.of("app2", "h1")
+        assert await f.declare("h1", *f.request("web1"), *web1_l3) == {}
+        assert await f.declare("h1", *f.request("app2"), *app2_l3) == {}
+        peer = f.server.peers[f.sessions["h2"]]
+        drained = peer.send_all
+
+        async def overtaken(method: str, messages: Any) -> None:
+            await drained(method, messages)
+            await f.undeclare("h1", app2.uri)  # withdrawn (and pushed) before the reply goes
+
+        peer.send_all = overtaken  # type: ignore[method-assign]
+        members = [{"subject": Cls.EPR_L2_EP, "endpoint_uri": bd_members_prefix(BD), "prr": 60}]
+        reply = await f.server._handle(f.sessions["h2"], "endpoint_resolve", members)
+        assert f.pushed("h2")[-1][1] == [app2.uri]  # the delete went first
+        answered = {m["uri"] for m in reply["endpoint"]}
+        assert not any(u.startswith(app2.uri) for u in answered)  # and the reply does not undo it
+        assert all(u in f.server.registry.declarations or "/EprL3Net/" in u or "/PfEpTunnel/" in u
+                   for u in answered)  # fmt: skip
+
+    fabric(tmp_path, test)
 
 
 def test_the_refusal_counter_is_per_agent_in_the_agents_view(tmp_path: Path) -> None:

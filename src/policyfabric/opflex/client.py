@@ -67,6 +67,11 @@ BY_NEED = frozenset(
         Cls.PF_SEC_GROUP_RULE_TO_REMOTE_GROUP_RSRC,
     }
 )
+# What a rule refers to, leaves of the policy that only rules reach (never managed by need): an
+# authority may push a new one with the rule that uses it, subscribing the session to it. Nothing
+# else is taken unasked: an object the agent follows by need (a group, a contract) must come
+# through its own resolve, or the bookkeeping of what it follows would let go of it.
+CARRIED = frozenset({Cls.GBPE_L24_CLASSIFIER, Cls.GBP_ALLOW_DENY_ACTION})
 Peer = tuple[str, int]
 
 
@@ -524,9 +529,10 @@ class PolicyClient:
 
     def _follow(self, uris: set[str]) -> None:
         """Resolve what the new objects refer to and the cache lacks ("programming by side effect").
-        A target the cache holds though no subscription of ours covers it came with the objects
-        that refer to it (our authority pushes a new classifier with the rule that uses it, and
-        subscribes the session to it): it is followed as if resolved, without asking again."""
+        A rule's classifier or action (``CARRIED``) that the cache holds though no subscription of
+        ours covers it came with the rule that refers to it (our authority pushes a new one with
+        the rule, and subscribes the session to it): it is followed as if resolved, without
+        asking again."""
         for uri in uris:
             mo = self.policy.get(uri)
             if mo is None or mo.subject in BY_NEED:
@@ -537,7 +543,7 @@ class PolicyClient:
                 if target not in self.policy:
                     self.followed.add(target)
                     self._want(subject, target)
-                elif not covered(target, self.wanted):
+                elif subject in CARRIED and not covered(target, self.wanted):
                     self.followed.add(target)
                     self.wanted[target] = subject  # renewed by the next refresh, like any other
 

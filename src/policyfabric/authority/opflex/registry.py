@@ -56,6 +56,7 @@ log = logging.getLogger(__name__)
 
 Changes = dict[str, tuple[list[MO], bool]]  # registry URI -> (its top MO and children, deleted)
 Publish = Callable[[str, "Declaration | None"], None]
+INF = float("inf")
 MAX_LOGGED = 10_000  # refusals logged (once per agent and endpoint), so a flood cannot fill the log
 
 
@@ -228,6 +229,7 @@ class EndpointRegistry:
         self.refused: Counter[str] = Counter()  # refused declarations per agent
         self._logged: set[tuple[str, str]] = set()  # (agent, what) refusals already logged
         self._changed: Changes = {}
+        self._soonest = INF  # no lease of a declaration held here ends before this (monotonic)
         intent.listeners.append(self._recheck)
 
     # ---- requests
@@ -289,8 +291,25 @@ class EndpointRegistry:
         if peer.post is None:
             return {"endpoint": found}
         first, reply, _ = resolve_parts({"endpoint": found})
+        if not first:
+            return reply
         await peer.send_all("endpoint_update", ({"replace": m["endpoint"], "delete": []} for m in first))
-        return reply
+        return {"endpoint": self._current(reply["endpoint"])}
+
+    def _current(self, mos: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """The declarations among ``mos`` (a resolve answer's last part, built before its first
+        parts were drained) as they are now: a push sent meanwhile (a newer version of one, or its
+        withdrawal) went ahead of the answer, which the agent applies after it and must not undo."""
+        tops = {  # (a child whose top went in an earlier part brings its top again: whole)
+            m["uri"] if m.get("subject") in (Cls.EPR_L2_EP, Cls.EPR_L3_EP) else m.get("parent_uri")
+            for m in mos
+        }
+        out: list[dict[str, Any]] = []
+        for uri in sorted(u for u in tops if isinstance(u, str)):
+            decl = self.declarations.get(uri)
+            if decl is not None:
+                out += decl.mos
+        return out
 
     async def unresolve(self, peer: Peer, params: list[Any]) -> dict[str, Any]:
         for entry in parse(EndpointRef, params):
@@ -347,13 +366,13 @@ class EndpointRegistry:
         decl = Declaration(
             [m.to_wire() for m in checked.all], agent, expires, (tenant, name), _tunnel(checked)
         )
-        before = self.declarations.get(uri)
         self.declarations[uri] = decl
-        self._publish(uri, decl)  # (with its new lease)
-        if before is None or before.agent != agent or before.mos != decl.mos:
-            # the same declaration again (a lease renewal, or one the registry already rewrote to
-            # follow the intent) changes nothing any subscriber holds: nothing to push
-            self._changed[uri] = (checked.all, False)
+        self._soonest = min(self._soonest, expires)
+        self._publish(uri, decl)
+        # pushed even when it says what is stored already: a session's endpoint_resolve answer is
+        # built before the parts that go ahead of it are drained, so it may carry an older
+        # version than a push that overtook it; the next push puts the newest back
+        self._changed[uri] = (checked.all, False)
         if checked.is_l2:
             self._released.pop(key, None)
             held = self.declarations.by_endpoint[key]
@@ -546,8 +565,13 @@ class EndpointRegistry:
 
     # ---- leases and pushes
     async def expire(self, now: float) -> None:
-        """Undeclare what its agent stopped renewing (``now``: monotonic)."""
+        """Undeclare what its agent stopped renewing (``now``: monotonic). Called every lease tick
+        (a second): the declarations are looked at only once the soonest lease may have run out
+        (leases are ``prr``, hours), not 20,000 of them every second on a host of 10,000."""
+        if now < self._soonest:
+            return
         expired = [u for u, d in self.declarations.items() if d.expires <= now]
+        self._soonest = min((d.expires for d in self.declarations.values() if d.expires > now), default=INF)
         for uri in expired:
             self._undeclare(uri, "lease expired", release=True, status=True)
         if expired:

@@ -63,7 +63,7 @@ from policyfabric.authority.opflex.tenant_model import (
 from policyfabric.authority.service import Authority
 from policyfabric.model.objects import ExternalNetwork
 from policyfabric.opflex.cache import ancestors
-from policyfabric.opflex.client import BY_NEED, EPR_SUBJECTS
+from policyfabric.opflex.client import BY_NEED, CARRIED
 from policyfabric.opflex.gbp import Cls, Prop
 from policyfabric.opflex.mo import MO, Tree
 from policyfabric.opflex.rpc import RpcError
@@ -408,12 +408,12 @@ class PolicyRepository:
 
     def _carried(self, pushed: list[MO]) -> list[tuple[str, str]]:
         """What a change refers to that is new with it: (referring URI, target) of each reference
-        an agent follows (``opflex.client``: not the by-need relations, not the registry) whose
-        target is in the same push. A rule added to a contract refers to a new classifier: pushed
-        with the rule to the sessions that receive the rule (``_carry``), the agent has it without
-        resolving it (a round trip between the rule reaching it and its flows). Only for a change
-        of at most ``CARRY_AT_MOST`` objects (what an operator's write is); a larger one goes as
-        before, resolved by need, as does a reference to an object the agent may not have yet."""
+        to a rule's classifier or action (``opflex.client.CARRIED``: leaves only rules reach, never
+        followed by need) whose target is in the same push. A rule added to a contract refers to
+        a new classifier: pushed with the rule to the sessions that receive the rule (``_carry``),
+        the agent has it without resolving it (a round trip between the rule reaching it and its
+        flows). Only for a change of at most ``CARRY_AT_MOST`` objects (what an operator's write
+        is); a larger one goes as before, resolved by need."""
         if len(pushed) > CARRY_AT_MOST:
             return []
         pushed_uris = {mo.uri for mo in pushed}
@@ -422,7 +422,7 @@ class PolicyRepository:
             if mo.subject in BY_NEED:
                 continue
             for subject, target in mo.references():
-                if subject not in EPR_SUBJECTS and target in pushed_uris:
+                if subject in CARRIED and target in pushed_uris:
                     links.append((mo.uri, target))
         return links
 
