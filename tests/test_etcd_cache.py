@@ -76,7 +76,7 @@ def test_a_claim_taken_through_another_store_is_refused_from_a_warm_cache(
     setup_tenant(a)
     a.create(k.ENDPOINT, endpoint("e1", "10.0.0.11"))  # A's cache now holds the VRF's addresses
     e2 = b.create(k.ENDPOINT, endpoint("e2", "10.0.0.2"))
-    with pytest.raises(Conflict, match="10.0.0.2"):
+    with pytest.raises(Conflict, match=r"10\.0\.0\.2"):
         a.create(k.ENDPOINT, endpoint("e3", "10.0.0.2"))
     b.delete(k.ENDPOINT, e2["id"])
     a.create(k.ENDPOINT, endpoint("e3", "10.0.0.2"))  # released through B: free for A
@@ -166,7 +166,7 @@ def test_the_watch_brings_another_replicas_commit_into_the_cache(stores: tuple[E
         calls = counting(store_a)
         a.create(k.ENDPOINT, endpoint("e3", "10.0.0.3"))
         assert calls == Counter({"commit": 1}), calls  # nothing read: the watch brought B's keys
-        with pytest.raises(Conflict, match="10.0.0.2"):
+        with pytest.raises(Conflict, match=r"10\.0\.0\.2"):
             a.create(k.ENDPOINT, endpoint("e4", "10.0.0.2"))
     finally:
         follower.stop()
@@ -176,7 +176,7 @@ def test_the_change_log_watch_carries_endpoint_transitions(stores: tuple[EtcdSto
     store_a, store_b = stores
     a, b = Authority(store_a), Authority(store_b)
     setup_tenant(a)
-    created = b.create(k.ENDPOINT, endpoint("e1", "10.0.0.11"))
+    b.create(k.ENDPOINT, endpoint("e1", "10.0.0.11"))
     seen: list[Change] = []
     follower = LogFollower(store_a, seen.extend)
     follower.start(store_a.ping())
