@@ -85,7 +85,8 @@ every commit still changes ``rev``, so two replicas committing in the same few m
 make one lose and run again (about one loss per write with 3 replicas writing flat out).
 
 Replicas: ``log/`` is what a replica follows to learn of other replicas' writes
-(``etcd_follow.py``: a watch, caught up from the log after any break), and the state replicas
+(``etcd_follow.py``: a watch of every intent key, whose values feed the cache, caught up from the
+log after any break), and the state replicas
 share beside intent (liveness, declarations, the gateway election) lives under ``shared/`` of the
 same prefix with leases (``etcd_shared.py``).
 """
