@@ -173,9 +173,10 @@ def agents_process(
         lacking = [c for c in clients if CLASSIFIER not in c.policy]
         if lacking:  # what one of them holds and asks for: where its resolution stopped
             c = lacking[0]
+            held = sorted(u for u in c.policy if "/PfEndpoint/" not in u)
+            wanted = sorted(u for u in c.wanted if "/PfEndpoint/" not in u)
             print(
-                f"{c.name} lacks the classifier; holds {sorted(u for u in c.policy if '/PfEndpoint/' not in u)}; "
-                f"wants {sorted(u for u in c.wanted if '/PfEndpoint/' not in u)}; session {c.connected_to}",
+                f"{c.name} lacks the classifier; holds {held}; wants {wanted}; session {c.connected_to}",
                 file=sys.stderr,
             )
         conn.send(("ready", all(ok), len(lacking), sum(c.requests + 1 for c in clients)))  # +1: send_identity
