@@ -125,6 +125,28 @@ def one_run(setup: str, cluster: EtcdCluster, clients: int, n: int) -> dict[str,
     }
 
 
+def caught_up(others: list[AuthorityProcess], mos: dict[str, Any], within: float = 60.0) -> None:
+    """Wait until every other replica serves the tenant as the first one does (``mos``, its
+    snapshot): they learn the setup's writes from etcd's watch, and the agents must resolve a
+    finished setup (the measure is of one change after it, not of the setup's catching up)."""
+    def same(mos: dict[str, Any]) -> dict[str, Any]:  # children in any order (patched or built)
+        return {u: {**mo, "children": sorted(mo["children"])} for u, mo in mos.items()}
+
+    deadline = time.monotonic() + within
+    for server in others:
+        while True:
+            theirs = asyncio.run(snapshot(server.opflex))
+            if same(theirs) == same(mos):
+                break
+            if time.monotonic() > deadline:
+                differ = sorted(u for u in set(mos) | set(theirs) if mos.get(u) != theirs.get(u))
+                raise AssertionError(
+                    f"replica {server.opflex} did not catch up: {differ[:3]} "
+                    f"{[(mos.get(u), theirs.get(u)) for u in differ[:2]]}"
+                )
+            time.sleep(0.5)
+
+
 def fanout(setup: str, cluster: EtcdCluster, agents: int, endpoints: int, procs: int) -> dict[str, Any]:
     """``agents`` over the authorities of ``setup`` in ``procs`` client processes (process i's
     agents on replica i mod the replicas: the same processes for every setup, so the same client
@@ -136,6 +158,7 @@ def fanout(setup: str, cluster: EtcdCluster, agents: int, endpoints: int, procs:
         with authorities(setup, cluster, Path(tmp), extra) as servers:
             contract_id = fanout_setup(servers[0].url, endpoints)
             mos = asyncio.run(snapshot(servers[0].opflex))
+            caught_up(servers[1:], mos)
             start = time.monotonic()
             pipes, workers = start_agents(agents, endpoints, procs, [s.opflex for s in servers])
             ready = [p.recv() for p in pipes]
