@@ -3,11 +3,14 @@
 
 Each simulated agent is a real OpFlex client (policyfabric's own client
 library) over TCP. It resolves the policy of E endpoints (their PfEndpoint
-objects and, by following references and their needs as an agent does
-(``subscriptions.follow_endpoints``), their EPG, bridge domain, routing
+objects, in one request, and, by following references and their needs as an
+agent does (``subscriptions.follow_needs`` from its endpoints' places, read
+again when one of its endpoints changes), their EPG, bridge domain, routing
 domain, contract, rules and classifiers, and the EPG on the contract's other
-side). Then one REST write changes the
-contract's port, and each agent records when the new port is in its cache.
+side). Then one REST write changes the contract's port, and each agent records
+when the new port is in its cache. The agents of one process share one event
+loop: ``pusher_process`` (the authority replaced by a minimal pusher) measures
+what that loop alone takes, the bench's floor (bench/replicas.py reports it).
 
 Figures per A: the time until each agent has applied the update (p50, p99,
 max); the messages/s the authority served while agents resolved; the
@@ -42,7 +45,7 @@ import httpx
 from rich.console import Console
 from rich.table import Table
 
-from policyfabric.agent.subscriptions import follow_endpoints
+from policyfabric.agent.subscriptions import follow_needs, placement
 from policyfabric.lab.authority import authority_in
 from policyfabric.opflex import wire
 from policyfabric.opflex.client import PolicyClient
@@ -148,6 +151,7 @@ def agents_process(
 
             mine = [endpoint_uri("bench", f"ep{i}") for i in range(endpoints)]
             needed: dict[str, str] = {}  # this agent's: what its endpoints need, as last followed
+            places: list[set[str]] = [set(), set()]  # its endpoints' groups and bridge domains
 
             def changed(
                 uris: set[str],
@@ -155,8 +159,16 @@ def agents_process(
                 client: PolicyClient = client,
                 mine: list[str] = mine,
                 needed: dict[str, str] = needed,
+                places: list[set[str]] = places,
             ) -> None:
-                now = follow_endpoints(client, mine, needed)
+                # where its endpoints are is read again only when one of them changed, as an agent
+                # that keeps its endpoints' places (reading 100 of them on every push was most of
+                # what an agent of this bench did with a push)
+                if not places[0] or not uris.isdisjoint(mine):
+                    found = [placement(client.policy.get(uri)) for uri in mine]
+                    places[0] = {g for g, _ in found if g is not None}
+                    places[1] = {b for _, b in found if b is not None}
+                now = follow_needs(client, places[0], places[1], needed)
                 needed.clear()
                 needed.update(now)
                 mo = client.policy.get(CLASSIFIER)
@@ -173,9 +185,10 @@ def agents_process(
         lacking = [c for c in clients if CLASSIFIER not in c.policy]
         if lacking:  # what one of them holds and asks for: where its resolution stopped
             c = lacking[0]
+            held = sorted(u for u in c.policy if "/PfEndpoint/" not in u)
+            wanted = sorted(u for u in c.wanted if "/PfEndpoint/" not in u)
             print(
-                f"{c.name} lacks the classifier; holds {sorted(u for u in c.policy if '/PfEndpoint/' not in u)}; "
-                f"wants {sorted(u for u in c.wanted if '/PfEndpoint/' not in u)}; session {c.connected_to}",
+                f"{c.name} lacks the classifier; holds {held}; wants {wanted}; session {c.connected_to}",
                 file=sys.stderr,
             )
         conn.send(("ready", all(ok), len(lacking), sum(c.requests + 1 for c in clients)))  # +1: send_identity
@@ -194,8 +207,10 @@ def agents_process(
 
 async def snapshot(addr: tuple[str, int]) -> dict[str, dict[str, Any]]:
     """Every MO of the bench's tenant (and what it refers to) as the authority serves it (wire
-    form, by URI): what the minimal pusher answers resolves from."""
-    client = PolicyClient("bench-snapshot", [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30)
+    form, by URI): what the minimal pusher answers resolves from. (A name of its own each time:
+    replicas hold one session per name for the cluster.)"""
+    name = f"bench-snapshot-{os.getpid()}-{time.monotonic_ns()}"
+    client = PolicyClient(name, [addr], keepalive=60, backoff=(0.1, 2.0), connect_timeout=30)
     task = asyncio.create_task(client.run())
     client.resolve(Cls.POLICY_SPACE, space("bench"))
     try:

@@ -10,20 +10,22 @@ it), a fresh key prefix per run. The machine is shared: compare within one run.
    the cluster) and ``etcd x3`` (three replicas on one prefix, client i writing to replica i mod
    3; every replica follows the others' commits). Runs alternate between the setups so drift
    hits all alike; writes/s, p50 and p99 per run, the median of --repeat runs, ratios to SQLite.
-2. Fan-out: --fanout-agents OpFlex agents (real clients of policyfabric's library, --endpoints
-   each resolved) spread over 3 replicas, against the same number on 1 authority; one contract
-   change written through replica 0: the time until each agent has the new port, p50/p99.
-   The figure asked for is 900 agents (3 replicas x 300 against 1 x 900) with 100 endpoints each:
-   ``--fanout-agents 900 --endpoints 100 --skip writes,failover``. On the shared 2-core machine
-   (load average 12-17) its 90,000 resolutions did not settle within the 300 s the agents'
-   process allows (opflex_fanout.agents_process), so the figures in docs/operations.md are for
-   900 agents with 10 and 40 endpoints each.
+2. Fan-out: --fanout-agents OpFlex agents (real clients of policyfabric's library, one session
+   each, --endpoints each resolved) in --fanout-procs client processes, spread over 3 replicas,
+   against the same agents in the same processes on 1 authority; one contract change written
+   through replica 0: the time until each agent has the new port, p50/p99, and by replica (the
+   others learn the change from etcd's watch). Then the floor: the same agents on a minimal
+   pusher instead of an authority (opflex_fanout.pusher_process: it answers resolves from a
+   snapshot and writes one push, encoded once, to every session), from its write: what the
+   agents' processes alone take. The figure asked for is 900 agents (3 replicas x 300 against
+   1 x 900) with 100 endpoints each: ``--fanout-agents 900 --endpoints 100 --skip
+   writes,failover`` (about 2 minutes; figures in docs/operations.md).
 3. Failover: one agent given replica A's address only (it learns the others from the
    handshake); the replica it is on is killed (-9), the time until it is connected to another
    and has resynced (declared and resolved everything again); --rounds times, the median.
 
     .venv/bin/python bench/replicas.py [--writes 300] [--clients 1,3] [--repeat 3]
-        [--fanout-agents 300] [--endpoints 20] [--rounds 5]
+        [--fanout-agents 300] [--endpoints 20] [--fanout-procs 3] [--rounds 5]
 """
 
 from __future__ import annotations
@@ -123,6 +125,28 @@ def one_run(setup: str, cluster: EtcdCluster, clients: int, n: int) -> dict[str,
     }
 
 
+def caught_up(others: list[AuthorityProcess], mos: dict[str, Any], within: float = 60.0) -> None:
+    """Wait until every other replica serves the tenant as the first one does (``mos``, its
+    snapshot): they learn the setup's writes from etcd's watch, and the agents must resolve a
+    finished setup (the measure is of one change after it, not of the setup's catching up)."""
+    def same(mos: dict[str, Any]) -> dict[str, Any]:  # children in any order (patched or built)
+        return {u: {**mo, "children": sorted(mo["children"])} for u, mo in mos.items()}
+
+    deadline = time.monotonic() + within
+    for server in others:
+        while True:
+            theirs = asyncio.run(snapshot(server.opflex))
+            if same(theirs) == same(mos):
+                break
+            if time.monotonic() > deadline:
+                differ = sorted(u for u in set(mos) | set(theirs) if mos.get(u) != theirs.get(u))
+                raise AssertionError(
+                    f"replica {server.opflex} did not catch up: {differ[:3]} "
+                    f"{[(mos.get(u), theirs.get(u)) for u in differ[:2]]}"
+                )
+            time.sleep(0.5)
+
+
 def fanout(setup: str, cluster: EtcdCluster, agents: int, endpoints: int, procs: int) -> dict[str, Any]:
     """``agents`` over the authorities of ``setup`` in ``procs`` client processes (process i's
     agents on replica i mod the replicas: the same processes for every setup, so the same client
@@ -134,6 +158,7 @@ def fanout(setup: str, cluster: EtcdCluster, agents: int, endpoints: int, procs:
         with authorities(setup, cluster, Path(tmp), extra) as servers:
             contract_id = fanout_setup(servers[0].url, endpoints)
             mos = asyncio.run(snapshot(servers[0].opflex))
+            caught_up(servers[1:], mos)
             start = time.monotonic()
             pipes, workers = start_agents(agents, endpoints, procs, [s.opflex for s in servers])
             ready = [p.recv() for p in pipes]

@@ -145,7 +145,7 @@ class Session:
         except Exception:  # no transport (tests), or it is gone
             return 0
 
-    def post(self, method: str, params: dict[str, Any]) -> bool:
+    def post(self, method: str, params: dict[str, Any] | wire.Encoded) -> bool:
         """Queue a request that gets no success reply (policy_update, endpoint_update, echo)
         without waiting for the peer to read it; False if the session is closed or was just
         dropped. A frame always goes into an empty queue (one large push is fine); one that would
@@ -154,7 +154,7 @@ class Session:
         if self.closed.is_set():
             return False
         xid = next(self._xids)
-        data = wire.encode(wire.request(method, xid, [params]))
+        data = wire.encode_request(method, xid, params)  # (params encoded once for many sessions, or now)
         backlog = self.backlog()
         if backlog and backlog + len(data) > self.send_queue:
             reason = f"peer not reading: {backlog} bytes unsent, over the limit of {self.send_queue}"

@@ -72,6 +72,23 @@ def encode(message: dict[str, Any]) -> bytes:
     return json.dumps(message, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode() + NUL
 
 
+class Encoded(bytes):
+    """A request's params entry encoded once (``encode_value``), to go in many frames: a push of
+    one change to every session subscribed to it is encoded once, not once per session."""
+
+
+def encode_value(value: Any) -> Encoded:
+    return Encoded(json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode())
+
+
+def encode_request(method: str, xid: int, params: Any) -> bytes:
+    """The frame of a request whose params hold one entry, ``params``, encoded already or not."""
+    if not isinstance(params, Encoded):
+        return encode(request(method, xid, [params]))
+    head = json.dumps({"id": [method, xid], "method": method}, separators=(",", ":"), ensure_ascii=False)
+    return head[:-1].encode() + b',"params":[' + params + b"]}" + NUL
+
+
 @dataclass(frozen=True)
 class Request:
     id: Any
