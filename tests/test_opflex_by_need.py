@@ -199,9 +199,10 @@ class AskingClient(CountingClient):
         super().__init__(*args, **kw)
         self.asked: list[str] = []
 
-    async def _call(self, method: str, params: dict[str, Any], refused: bool = False) -> Any:
-        if method == "policy_resolve":
-            self.asked.append(str(params.get("policy_uri")))
+    async def _call(self, method: str, params: dict[str, Any] | list[Any], refused: bool = False) -> Any:
+        if method == "policy_resolve":  # one URI, or a batch of them (PolicyClient._ask)
+            batch = params if isinstance(params, list) else [params]
+            self.asked += [str(p.get("policy_uri")) for p in batch]
         return await super()._call(method, params, refused)
 
 
