@@ -278,7 +278,7 @@ def floor(agents: int, endpoints: int, procs: int, mos: dict[str, dict[str, Any]
     minimal pusher (``pusher_process``); each agent's time from the push's first write to the new
     port in its cache (seconds)."""
     parent, child = mp.Pipe()
-    pusher = mp.Process(target=pusher_process, args=(mos, child))
+    pusher = mp.Process(target=pusher_process, args=(mos, child), daemon=True)
     pusher.start()
     try:
         addr = tuple(parent.recv())
@@ -314,8 +314,10 @@ def start_agents(
     pipes, workers, first = [], [], 0
     for i, count in enumerate(share):
         parent, child = mp.Pipe()
-        worker = mp.Process(
-            target=agents_process, args=(first, count, endpoints, addrs[i % len(addrs)], None, child)
+        worker = mp.Process(  # daemons: a run that fails does not leave them waiting for ever
+            target=agents_process,
+            args=(first, count, endpoints, addrs[i % len(addrs)], None, child),
+            daemon=True,
         )
         worker.start()
         pipes.append(parent)
