@@ -100,9 +100,10 @@ def dumps_in_pieces(data: dict[str, Any]) -> str:
     """``json.dumps(data)``, its lists encoded an element at a time. Why: the cache is written in a
     thread while the agent's loop goes on, and one ``json.dumps`` of the whole of it is one C call
     that holds the GIL throughout (tens of ms at 1,000 endpoints): a change the loop was handling
-    then waited for it. Between pieces the loop gets the GIL (``_yielding_dumps``): measured in
-    process at 1,000 endpoints, a member-change reconcile during a save went from 25-37 ms p50
-    (114-193 ms at worst) to 4-6 ms (28-78), the save itself from ~0.15 to ~0.23 s, in its thread."""
+    then waited for it. Between pieces the loop gets the GIL (``_yielding_dumps``): a
+    member-change reconcile during a save (bench/reconcile.py, ``group+save``) went from 21-25 ms
+    p50 and 104-110 ms p99 to 4-5 and 16-18 ms at 1,000 endpoints, from 198 / 970 to 30 / 133 ms
+    at 10,000; the save itself takes longer in its thread (~0.15 → ~0.23 s at 1,000)."""
     fields = []
     for key, value in data.items():
         if isinstance(value, list):
