@@ -12,7 +12,9 @@ contracts of three rules, two security groups whose rules name their members), i
 to the agent's real OpFlex client as the authority sends it. Cases:
 
 - group: one endpoint moves to another group (a PfEndpoint changes);
-- rule: a rule is added to a contract (the contract and the new classifier arrive together).
+- rule: a rule is added to a contract (the contract and the new classifier arrive together);
+- group+save: a membership change while the OpFlex client's cache file is being written in a
+  thread, as the client does after changes (here: written again and again for the whole case).
 
 Per case, p50 and p99 of ``--samples`` reconciles (ms), and the milliseconds the cyclic garbage
 collector took during them (the heap frozen once the cache is loaded, as the agent does after a
@@ -31,8 +33,12 @@ import asyncio
 import cProfile
 import gc
 import pstats
+import shutil
 import statistics
+import tempfile
+import threading
 import time
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
@@ -41,6 +47,7 @@ from common import report
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
 from policyfabric.agent.renderers.ovs.ovsdb import Plugged
 from policyfabric.model import objects as o
+from policyfabric.opflex.cache import CacheContents, CacheFile
 
 
 class GcPauses:
@@ -80,12 +87,27 @@ async def measure(n: int, samples: int, profile: cProfile.Profile | None) -> dic
     gc.callbacks.append(pauses)
     out: dict[str, Any] = {}
     mover = 1
+    c = agent.client
+    cache = CacheFile(Path(tempfile.mkdtemp(prefix="pf-reconcile-")) / "opflex-cache.json", "h1")
+    contents = CacheContents(
+        c.version, dict(c.policy), dict(c.endpoints), dict(c.wanted), dict(c.ep_wanted), sorted(c.followed)
+    )
+    stop = threading.Event()
+
+    def saving() -> None:
+        while not stop.is_set():
+            cache.save(contents)
+
     try:
-        for case in ("group", "rule"):
+        for case in ("group", "rule", "group+save"):
             times: list[float] = []
             pauses.total = 0.0
+            saver = threading.Thread(target=saving) if case == "group+save" else None
+            if saver is not None:
+                stop.clear()
+                saver.start()
             for k in range(samples):
-                if case == "group":  # to a group on the same bridge domain: the same address
+                if case != "rule":  # to a group on the same bridge domain: the same address
                     i = mover = (mover + 2) % n
                     spec = tenant.specs["endpoint"][f"ep{i}"]
                     group = (int(spec.epg[1:]) + tenant.bds) % tenant.groups
@@ -108,6 +130,9 @@ async def measure(n: int, samples: int, profile: cProfile.Profile | None) -> dic
                 if profile is not None:
                     profile.disable()
                 pauses.on = False
+            if saver is not None:
+                stop.set()
+                saver.join()
             ms = sorted(t * 1000 for t in times)
             out[case] = {
                 "p50": round(statistics.median(ms), 2),
@@ -115,6 +140,8 @@ async def measure(n: int, samples: int, profile: cProfile.Profile | None) -> dic
                 "gc_ms": round(pauses.total * 1000, 1),
             }
     finally:
+        stop.set()
+        shutil.rmtree(cache.path.parent, ignore_errors=True)
         gc.callbacks.remove(pauses)
         gc.unfreeze()
     return out
