@@ -90,9 +90,7 @@ def test_the_fabric_keeps_forwarding_with_every_etcd_member_down_and_resumes_aft
         with_ssh = {**http, "rules": [*http["rules"], ssh]}
         deadline = time.monotonic() + 30
         while True:  # the authority's first writes after the outage may still find no leader
-            r = rest.put(
-                f"{authority.url}/v1/contracts/{http['id']}", json={**http, "rules": [*http["rules"], ssh]}
-            )
+            r = rest.put(f"{authority.url}/v1/contracts/{http['id']}", json=with_ssh)
             if r.status_code == 200 or time.monotonic() > deadline:
                 break
             assert r.status_code == 503, r.text
