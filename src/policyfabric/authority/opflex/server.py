@@ -57,6 +57,9 @@ from policyfabric.store.base import Change, LocalShared, Shared
 log = logging.getLogger(__name__)
 
 ROLES = ["policy_repository", "endpoint_registry", "observer"]
+# Seconds between looks for expired subscriptions: an agent of 10,000 endpoints holds some 10,000,
+# and a lease (``prr``, hours) ending a few seconds late only sends a few more pushes.
+SUBSCRIPTION_SWEEP = 5.0
 
 
 class OpflexServer:
@@ -118,6 +121,7 @@ class OpflexServer:
         self.observer = Observer(states.queue, gateway_ports=self._elect, owns=self.registry.declares)
         self._probing: set[Session] = set()  # live sessions being asked whether they still are
         self._last_flush = float("-inf")
+        self._swept = float("-inf")  # when expired subscriptions were last looked for (monotonic)
         self._flush: asyncio.TimerHandle | None = None
         self._flushing = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
@@ -412,12 +416,17 @@ class OpflexServer:
                 self.replicas.publish_agents(self._views())
 
     def tick(self, now: float) -> None:
-        """Expire subscriptions; close sessions still unidentified ``4 x keepalive`` after they
-        connected; forget agents gone for ``forget_agents_after`` (``now``: monotonic)."""
+        """Expire subscriptions (every ``SUBSCRIPTION_SWEEP`` seconds); close sessions still
+        unidentified ``4 x keepalive`` after they connected; forget agents gone for
+        ``forget_agents_after`` (``now``: monotonic)."""
+        sweep = now - self._swept >= SUBSCRIPTION_SWEEP
+        if sweep:
+            self._swept = now
         for session, peer in list(self.peers.items()):
-            expired = [uri for uri, until in peer.subs.items() if until <= now]
-            peer.expire(now)
-            self.policy.forget(peer, expired)
+            if sweep:
+                expired = [uri for uri, until in peer.subs.items() if until <= now]
+                peer.expire(now)
+                self.policy.forget(peer, expired)
             if peer.agent is None and now - peer.accepted > 4 * self.keepalive:
                 self._spawn(session.close("no identity within 4 x keepalive", abort=True))
         for name in self.observer.forget(time.time() - self.forget_agents_after):
