@@ -199,15 +199,19 @@ class OpflexServer:
     def _closed(self, session: Session) -> None:
         """Forget a session; its agent is disconnected unless a newer session replaced it."""
         peer = self.peers.pop(session)
-        # its subscriptions end with it (a reconnecting agent subscribes again in its new session):
-        # nothing may keep the old session's tables, nor their entries in the repository's index
-        self.policy.forget(peer, list(peer.subs))
-        peer.subs.clear()
-        peer.ep_subs.clear()
+        self._forget_subscriptions(peer)
         if peer.current and self.observer.disconnected(peer.agent or ""):
             log.info("opflex: agent %s disconnected", peer.agent)
             self.replicas.agent_disconnected(peer.agent or "")
             self._elect()
+
+    def _forget_subscriptions(self, peer: pe.Peer) -> None:
+        """A closed session's subscriptions end with it (a reconnecting agent subscribes again in
+        its new session): nothing may keep its tables, nor their entries in the repository's
+        index (which would hold them, and the ``Peer``, until a push met each URI)."""
+        self.policy.forget(peer, list(peer.subs))
+        peer.subs.clear()
+        peer.ep_subs.clear()
 
     def _live(self, agent: str) -> bool:
         """The agent's session is up (the registry lets another agent take over its endpoints otherwise)."""
@@ -277,7 +281,12 @@ class OpflexServer:
         }.get(method)
         if handler is None:
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
-        return await handler(self.peers[session], params)
+        peer = self.peers[session]
+        try:
+            return await handler(peer, params)
+        finally:
+            if session not in self.peers:  # closed while it ran (a resolve waits for a rebuild)
+                self._forget_subscriptions(peer)
 
     async def _identify(self, session: Session, params: list[Any]) -> dict[str, Any]:
         """The handshake over the cluster: this replica's checks, then the name's claim in etcd
