@@ -41,11 +41,15 @@ async def _server(authority: Authority) -> OpflexServer:
     return server
 
 
-async def _subscribe(server: OpflexServer, session: Session, prr: int = 60) -> None:
+def _asks(prr: int) -> list[dict[str, object]]:
     """What an agent of the demo's endpoints resolves: each ``PfEndpoint``, and the tenant."""
     asks = [{"subject": Cls.PF_ENDPOINT, "policy_uri": endpoint_uri("acme", n), "prr": prr} for n in NAMES]
     asks.append({"subject": Cls.POLICY_SPACE, "policy_uri": space("acme"), "prr": prr})
-    await server._handle(session, "policy_resolve", asks)
+    return asks
+
+
+async def _subscribe(server: OpflexServer, session: Session, prr: int = 60) -> None:
+    await server._handle(session, "policy_resolve", _asks(prr))
 
 
 def test_a_closed_session_leaves_nothing_in_the_subscription_index(tmp_path: Path) -> None:
@@ -80,5 +84,26 @@ def test_expired_subscriptions_leave_the_index_at_the_lease_tick(tmp_path: Path)
         server.tick(later)
         assert len(server.policy.subscribers) == 0
         assert server.peers[session].subs == {}
+
+    asyncio.run(go())
+
+
+def test_a_resolve_that_outlives_its_session_leaves_nothing_behind(tmp_path: Path) -> None:
+    """A resolve waits for the rebuild of a tenant written to just before; its session closes
+    meanwhile. What it subscribed once the rebuild let it go on is forgotten with the session."""
+
+    async def go() -> None:
+        server = await _server(_authority(tmp_path))
+        session, _ = attach(server, "h1")
+        await server._flushing.acquire()  # the flush (and its rebuild) waits until released
+        server.policy.mark_dirty({"acme"})  # a write: the resolve waits for the rebuild
+        asking = asyncio.create_task(server._handle(session, "policy_resolve", _asks(60)))
+        await asyncio.sleep(0.05)
+        assert not asking.done()
+        session.closed.set()
+        server._closed(session)
+        server._flushing.release()  # the rebuild: the resolve goes on, and subscribes
+        await asyncio.wait_for(asking, 10)
+        assert len(server.policy.subscribers) == 0
 
     asyncio.run(go())

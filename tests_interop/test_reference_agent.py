@@ -287,3 +287,26 @@ def test_agent_reports_its_fault(stack: Stack) -> None:
         ]
 
     assert wait_for("a FaultInstance state_report", reported, 5)
+
+
+def test_a_rule_added_reaches_the_agent_with_its_classifier(stack: Stack) -> None:
+    """Our authority pushes a new rule's classifier with the rule (it need not be resolved): the
+    reference agent takes it as any pushed object, and holds the rule and its classifier."""
+    [contract] = stack.client.list(k.CONTRACT, TENANT, "http")
+    body = {key: v for key, v in contract.items() if key not in ("id", "revision")}
+    extra = {"name": "alt", "classifier": {"protocol": "tcp", "port": 8443}, "action": "allow"}
+    body["rules"] = [*contract["rules"], extra]
+    stack.client.replace(k.CONTRACT, contract["id"], body)
+    try:
+
+        def added() -> bool:
+            mos = {mo.uri: mo for mo in gbp_inspect(stack.inspector, *CLASSES) if mo.uri.startswith(SPACE)}
+            clf = of(mos, "GbpeL24Classifier").get("http.alt")
+            return clf is not None and clf.properties.get("dFromPort") == 8443 and "alt" in of(mos, "GbpRule")
+
+        wait_for("the new rule and its classifier in gbp_inspect", added, 2.0, interval=0.05)
+    finally:
+        [now] = stack.client.list(k.CONTRACT, TENANT, "http")
+        back = {key: v for key, v in now.items() if key not in ("id", "revision")}
+        back["rules"] = contract["rules"]
+        stack.client.replace(k.CONTRACT, now["id"], back)

@@ -57,6 +57,9 @@ from policyfabric.store.base import Change, LocalShared, Shared
 log = logging.getLogger(__name__)
 
 ROLES = ["policy_repository", "endpoint_registry", "observer"]
+# Seconds between looks for expired subscriptions: an agent of 10,000 endpoints holds some 10,000,
+# and a lease (``prr``, hours) ending a few seconds late only sends a few more pushes.
+SUBSCRIPTION_SWEEP = 5.0
 
 
 class OpflexServer:
@@ -118,6 +121,7 @@ class OpflexServer:
         self.observer = Observer(states.queue, gateway_ports=self._elect, owns=self.registry.declares)
         self._probing: set[Session] = set()  # live sessions being asked whether they still are
         self._last_flush = float("-inf")
+        self._swept = float("-inf")  # when expired subscriptions were last looked for (monotonic)
         self._flush: asyncio.TimerHandle | None = None
         self._flushing = asyncio.Lock()
         self._server: asyncio.AbstractServer | None = None
@@ -195,15 +199,19 @@ class OpflexServer:
     def _closed(self, session: Session) -> None:
         """Forget a session; its agent is disconnected unless a newer session replaced it."""
         peer = self.peers.pop(session)
-        # its subscriptions end with it (a reconnecting agent subscribes again in its new session):
-        # nothing may keep the old session's tables, nor their entries in the repository's index
-        self.policy.forget(peer, list(peer.subs))
-        peer.subs.clear()
-        peer.ep_subs.clear()
+        self._forget_subscriptions(peer)
         if peer.current and self.observer.disconnected(peer.agent or ""):
             log.info("opflex: agent %s disconnected", peer.agent)
             self.replicas.agent_disconnected(peer.agent or "")
             self._elect()
+
+    def _forget_subscriptions(self, peer: pe.Peer) -> None:
+        """A closed session's subscriptions end with it (a reconnecting agent subscribes again in
+        its new session): nothing may keep its tables, nor their entries in the repository's
+        index (which would hold them, and the ``Peer``, until a push met each URI)."""
+        self.policy.forget(peer, list(peer.subs))
+        peer.subs.clear()
+        peer.ep_subs.clear()
 
     def _live(self, agent: str) -> bool:
         """The agent's session is up (the registry lets another agent take over its endpoints otherwise)."""
@@ -273,7 +281,12 @@ class OpflexServer:
         }.get(method)
         if handler is None:
             raise RpcError(Code.EUNSUPPORTED, f"Unsupported request: {method}")
-        return await handler(self.peers[session], params)
+        peer = self.peers[session]
+        try:
+            return await handler(peer, params)
+        finally:
+            if session not in self.peers:  # closed while it ran (a resolve waits for a rebuild)
+                self._forget_subscriptions(peer)
 
     async def _identify(self, session: Session, params: list[Any]) -> dict[str, Any]:
         """The handshake over the cluster: this replica's checks, then the name's claim in etcd
@@ -412,12 +425,17 @@ class OpflexServer:
                 self.replicas.publish_agents(self._views())
 
     def tick(self, now: float) -> None:
-        """Expire subscriptions; close sessions still unidentified ``4 x keepalive`` after they
-        connected; forget agents gone for ``forget_agents_after`` (``now``: monotonic)."""
+        """Expire subscriptions (every ``SUBSCRIPTION_SWEEP`` seconds); close sessions still
+        unidentified ``4 x keepalive`` after they connected; forget agents gone for
+        ``forget_agents_after`` (``now``: monotonic)."""
+        sweep = now - self._swept >= SUBSCRIPTION_SWEEP
+        if sweep:
+            self._swept = now
         for session, peer in list(self.peers.items()):
-            expired = [uri for uri, until in peer.subs.items() if until <= now]
-            peer.expire(now)
-            self.policy.forget(peer, expired)
+            if sweep:
+                expired = [uri for uri, until in peer.subs.items() if until <= now]
+                peer.expire(now)
+                self.policy.forget(peer, expired)
             if peer.agent is None and now - peer.accepted > 4 * self.keepalive:
                 self._spawn(session.close("no identity within 4 x keepalive", abort=True))
         for name in self.observer.forget(time.time() - self.forget_agents_after):
