@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 DECLARE_RETRY_MAX = 30.0  # seconds between attempts of a refused declaration, at most
 SAVE_SHARE = 0.05  # of the time, at most, spent writing the cache
 RESOLVE_BATCH = 100  # URIs asked in one policy_resolve request, at most
+CALL_TIMEOUT = 30.0  # seconds a request waits for its reply
+UNANSWERED_RETRY = 2.0  # seconds before a resolve that timed out on a live session is asked again
 
 EPR_SUBJECTS = frozenset({Cls.EPR_L2_EP, Cls.EPR_L3_EP})
 # Relations whose targets are not resolved just because an object holding them was: each leads
@@ -127,6 +129,8 @@ class PolicyClient:
         self.connected_to: Peer | None = None
         self.ready = asyncio.Event()
         self.outstanding = 0
+        self.call_timeout = CALL_TIMEOUT
+        self.unanswered = 0  # policy_resolve requests that timed out on a live session (asked again)
         self.in_flight: collections.Counter[str] = collections.Counter()  # outstanding, by method
         self.requests = 0  # requests answered by an authority (for benches and status)
         self.connects = 0
@@ -453,8 +457,12 @@ class PolicyClient:
         self.outstanding += 1
         self.in_flight[method] += 1
         try:
-            result = await session.call(method, params)
-        except (SessionClosed, TimeoutError):
+            result = await session.call(method, params, timeout=self.call_timeout)
+        except TimeoutError:
+            if method == "policy_resolve":
+                self._ask_again(session, params)
+            return None
+        except SessionClosed:
             return None
         except RpcError as err:
             if refused:
@@ -468,6 +476,28 @@ class PolicyClient:
         if method == "endpoint_resolve" and isinstance(result, dict):
             self._apply_endpoints([held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], [])
         return result
+
+    def _ask_again(self, session: Session, params: dict[str, Any] | list[Any]) -> None:
+        """A resolve the authority did not answer in time, on a session still up (a busy authority:
+        hundreds of agents resolving at once): its URIs are asked again shortly, those still
+        wanted. Without this they waited for the next refresh, tens of minutes. A session that
+        ends meanwhile asks for everything after the next handshake anyway."""
+        batch = params if isinstance(params, list) else [params]
+        items = [(p["subject"], p["policy_uri"]) for p in batch]
+        self.unanswered += 1
+        log.warning(
+            "opflex client %s: policy_resolve of %d URI(s) unanswered after %gs: asking again in %gs",
+            self.name, len(items), self.call_timeout, UNANSWERED_RETRY,
+        )  # fmt: skip
+
+        def again() -> None:
+            if self.session is not session or not session.ready:
+                return
+            still = [(s, u) for s, u in items if self.wanted.get(u) == s]
+            if still:
+                self._spawn(self._resolve(still))
+
+        asyncio.get_running_loop().call_later(UNANSWERED_RETRY, again)
 
     async def _resolve(self, items: list[tuple[str, str]], full: bool = False) -> None:
         """Resolve URIs in parallel; on a full resync, drop what the authority no longer has."""
