@@ -8,15 +8,17 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
 from policyfabric.agent.renderers.ovs import applier as applier_module
+from policyfabric.agent.renderers.ovs.flowmods import Command, Mirror
 from policyfabric.agent.renderers.ovs.ovsdb import Plugged
-from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
+from policyfabric.agent.renderers.ovs.pipeline import SectionCompiler, compile_pipeline
+from policyfabric.agent.renderers.ovs.sections import Sections
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
 from policyfabric.opflex.mo import MO
 from tests.fabric import TUNNEL
@@ -227,3 +229,37 @@ def test_the_agents_declarer_sends_its_declarations_when_told() -> None:
     assert client.registry == {} and declarer.unsent and "resolve GbpEpGroup" in client.said
     declarer.send()
     assert len(client.registry) == 1 and not declarer.unsent and client.said[-2:] == ["declare", "members"]
+
+
+def test_a_first_install_much_larger_than_the_bridge_goes_whole_without_a_delta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the base flows to a host's endpoints: one replace-flows of exactly what is wanted, with
+    no flow-by-flow diff worked out first; the mirror it leaves then plans the next sync."""
+    ofctl = Ofctl(FakeSwitch())
+    applier = applier_module.FlowApplier("unix:/nowhere", run=ofctl, channel_max=5)
+    compiler = SectionCompiler(enforce_policy=True)  # the renderer's: sections, each section's own
+    base = compiler.compile(host("h1", ()), TUNNEL)
+    applier.sync(base)
+    many = tuple(
+        replace(
+            WEB1, key=f"acme/w{i}", mac=f"02:50:46:00:01:{i:02x}", ips=(f"10.1.0.{100 + i}",), ofport=10 + i
+        )
+        for i in range(8)
+    )
+    wanted = compiler.compile(host("h1", (*many, APP1)), TUNNEL)
+    assert len(wanted) >= 2 * len(base)
+    diffs: list[int] = []
+    update = Mirror.update
+
+    def counted(self: Mirror, desired: Sections) -> list[Command]:
+        diffs.append(1)
+        return update(self, desired)
+
+    monkeypatch.setattr(Mirror, "update", counted)
+    result = applier.sync(wanted)
+    assert result.full and ofctl.calls[-1] == "replace-flows" and diffs == []
+    assert ofctl.switch.flows() == set(wanted) and applier.installed is not None
+    assert set(applier.installed.values()) == set(wanted)
+    again = applier.sync(wanted)
+    assert (again.added, again.removed, again.full) == (0, 0, False) and diffs == [1]
