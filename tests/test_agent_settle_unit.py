@@ -20,6 +20,7 @@ from policyfabric.agent.renderers.ovs.ovsdb import Plugged
 from policyfabric.agent.renderers.ovs.pipeline import SectionCompiler, compile_pipeline
 from policyfabric.agent.renderers.ovs.sections import Sections
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
+from policyfabric.agent.view import IpAddress, Mac
 from policyfabric.opflex.mo import MO
 from tests.fabric import TUNNEL
 from tests.test_agent_unit import EPG, WEB1_PORT, FakeClient, policy
@@ -243,7 +244,11 @@ def test_a_first_install_much_larger_than_the_bridge_goes_whole_without_a_delta(
     applier.sync(base)
     many = tuple(
         replace(
-            WEB1, key=f"acme/w{i}", mac=f"02:50:46:00:01:{i:02x}", ips=(f"10.1.0.{100 + i}",), ofport=10 + i
+            WEB1,
+            key=f"acme/w{i}",
+            mac=Mac(f"02:50:46:00:01:{i:02x}"),
+            ips=(IpAddress(f"10.1.0.{100 + i}"),),
+            ofport=10 + i,
         )
         for i in range(8)
     )
