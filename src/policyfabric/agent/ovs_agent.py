@@ -11,7 +11,10 @@ plug-ins after it, each through the same two steps (``renderers.api``: ``compile
 pure, ``apply`` only when the result changed). Then the endpoints that now
 have their dataplane are reported ACTIVE (``reports``, in the background). A
 lone change is rendered at once; changes that arrive during a reconcile, or
-within ``debounce`` of its start, share the next one. A failed render raises
+within ``debounce`` of its start, share the next one; while the authority is
+still answering what the agent asked for (a host's start: every endpoint's
+policy, then what it leads to), the next reconcile waits for the answers
+(``_settle``), so a flood is rendered once, whole, not a few answers at a time. A failed render raises
 the ``render-failed`` fault and is retried every second until one works. A
 renderer that watches its device (``Renderer.watch``) wakes the loop when
 someone else changes it: that renderer is applied again in full at once, and
