@@ -43,9 +43,12 @@ class Asking:
         self.requests += 1
 
 
-def agent_with(client: Asking, settle_max: float = 1.0, settle_cap: float = 8.0) -> OvsAgent:
+def agent_with(
+    client: Asking, settle_max: float = 1.0, settle_cap: float = 8.0, per_request: float = 0.0
+) -> OvsAgent:
     config = AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock")
     config.settle_max, config.settle_cap = settle_max, settle_cap
+    config.settle_per_request = per_request
     agent = OvsAgent(config)
     agent.client = client  # type: ignore[assignment]
     return agent
@@ -115,6 +118,30 @@ def test_answers_that_never_end_hold_no_longer_than_settle_cap() -> None:
 
     took = asyncio.run(main())
     assert 0.3 <= took < 0.6
+
+
+def test_a_flood_may_be_held_longer_than_settle_cap() -> None:
+    """The cap grows with what is in flight (the answers to 10,000 endpoints' policy take seconds):
+    answers coming steadily hold the reconcile past ``settle_cap`` until the last."""
+    client = Asking()
+    client.in_flight["policy_resolve"] = 40
+    agent = agent_with(client, settle_max=0.1, settle_cap=0.1, per_request=0.02)  # 0.8 s for 40
+
+    async def main() -> tuple[float, int]:
+        async def authority() -> None:
+            for _ in range(40):
+                await asyncio.sleep(0.01)
+                client.answer("policy_resolve")
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took = time.monotonic() - start
+        await answering
+        return took, client.in_flight["policy_resolve"]
+
+    took, left = asyncio.run(main())
+    assert left == 0 and took >= 0.35
 
 
 def test_a_reconcile_that_just_asked_for_more_stops_before_the_view_and_keeps_its_changes() -> None:
