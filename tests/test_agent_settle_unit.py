@@ -8,16 +8,19 @@ from __future__ import annotations
 import asyncio
 import collections
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import pytest
 
 from policyfabric.agent.declarer import Declarer
 from policyfabric.agent.ovs_agent import AgentConfig, OvsAgent
 from policyfabric.agent.renderers.ovs import applier as applier_module
+from policyfabric.agent.renderers.ovs.flowmods import Command, Mirror
 from policyfabric.agent.renderers.ovs.ovsdb import Plugged
-from policyfabric.agent.renderers.ovs.pipeline import compile_pipeline
+from policyfabric.agent.renderers.ovs.pipeline import SectionCompiler, compile_pipeline
+from policyfabric.agent.renderers.ovs.sections import Sections
 from policyfabric.agent.renderers.ovs.simulate import FakeSwitch
+from policyfabric.agent.view import IpAddress, Mac
 from policyfabric.opflex.mo import MO
 from tests.fabric import TUNNEL
 from tests.test_agent_unit import EPG, WEB1_PORT, FakeClient, policy
@@ -40,9 +43,12 @@ class Asking:
         self.requests += 1
 
 
-def agent_with(client: Asking, settle_max: float = 1.0, settle_cap: float = 8.0) -> OvsAgent:
+def agent_with(
+    client: Asking, settle_max: float = 1.0, settle_cap: float = 8.0, per_request: float = 0.0
+) -> OvsAgent:
     config = AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock")
     config.settle_max, config.settle_cap = settle_max, settle_cap
+    config.settle_per_request = per_request
     agent = OvsAgent(config)
     agent.client = client  # type: ignore[assignment]
     return agent
@@ -112,6 +118,30 @@ def test_answers_that_never_end_hold_no_longer_than_settle_cap() -> None:
 
     took = asyncio.run(main())
     assert 0.3 <= took < 0.6
+
+
+def test_a_flood_may_be_held_longer_than_settle_cap() -> None:
+    """The cap grows with what is in flight (the answers to 10,000 endpoints' policy take seconds):
+    answers coming steadily hold the reconcile past ``settle_cap`` until the last."""
+    client = Asking()
+    client.in_flight["policy_resolve"] = 40
+    agent = agent_with(client, settle_max=0.1, settle_cap=0.1, per_request=0.02)  # 0.8 s for 40
+
+    async def main() -> tuple[float, int]:
+        async def authority() -> None:
+            for _ in range(40):
+                await asyncio.sleep(0.01)
+                client.answer("policy_resolve")
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took = time.monotonic() - start
+        await answering
+        return took, client.in_flight["policy_resolve"]
+
+    took, left = asyncio.run(main())
+    assert left == 0 and took >= 0.35
 
 
 def test_a_reconcile_that_just_asked_for_more_stops_before_the_view_and_keeps_its_changes() -> None:
@@ -227,3 +257,41 @@ def test_the_agents_declarer_sends_its_declarations_when_told() -> None:
     assert client.registry == {} and declarer.unsent and "resolve GbpEpGroup" in client.said
     declarer.send()
     assert len(client.registry) == 1 and not declarer.unsent and client.said[-2:] == ["declare", "members"]
+
+
+def test_a_first_install_much_larger_than_the_bridge_goes_whole_without_a_delta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """From the base flows to a host's endpoints: one replace-flows of exactly what is wanted, with
+    no flow-by-flow diff worked out first; the mirror it leaves then plans the next sync."""
+    ofctl = Ofctl(FakeSwitch())
+    applier = applier_module.FlowApplier("unix:/nowhere", run=ofctl, channel_max=5)
+    compiler = SectionCompiler(enforce_policy=True)  # the renderer's: sections, each section's own
+    base = compiler.compile(host("h1", ()), TUNNEL)
+    applier.sync(base)
+    many = tuple(
+        replace(
+            WEB1,
+            key=f"acme/w{i}",
+            mac=Mac(f"02:50:46:00:01:{i:02x}"),
+            ips=(IpAddress(f"10.1.0.{100 + i}"),),
+            ofport=10 + i,
+        )
+        for i in range(8)
+    )
+    wanted = compiler.compile(host("h1", (*many, APP1)), TUNNEL)
+    assert len(wanted) >= 2 * len(base)
+    diffs: list[int] = []
+    update = Mirror.update
+
+    def counted(self: Mirror, desired: Sections) -> list[Command]:
+        diffs.append(1)
+        return update(self, desired)
+
+    monkeypatch.setattr(Mirror, "update", counted)
+    result = applier.sync(wanted)
+    assert result.full and ofctl.calls[-1] == "replace-flows" and diffs == []
+    assert ofctl.switch.flows() == set(wanted) and applier.installed is not None
+    assert set(applier.installed.values()) == set(wanted)
+    again = applier.sync(wanted)
+    assert (again.added, again.removed, again.full) == (0, 0, False) and diffs == [1]

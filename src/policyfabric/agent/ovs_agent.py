@@ -12,7 +12,10 @@ pure, ``apply`` only when the result changed). Then the endpoints that now
 have their dataplane are reported ACTIVE (``reports``, in the background). A
 lone change is rendered at once, and so is the reconcile right after it (its
 follow-up, ``pacing``); then changes that arrive during a reconcile, or within
-``debounce`` of its start, share the next one. A failed render raises
+``debounce`` of its start, share the next one; while the authority is still
+answering what the agent asked for (a host's start: every endpoint's policy,
+then what it leads to), the next reconcile waits for the answers (``_settle``),
+so a flood is rendered once, whole, not a few answers at a time. A failed render raises
 the ``render-failed`` fault and is retried every second until one works. A
 renderer that watches its device (``Renderer.watch``) wakes the loop when
 someone else changes it: that renderer is applied again in full at once, and
@@ -90,8 +93,9 @@ class AgentConfig:
     gateway: bool = False  # may be elected SNAT gateway: learns every tenant's routers
     announce_every: float = 20.0  # seconds between ARP refreshes on external networks
     dhcp_lease: int = 86400  # seconds: the lease time the host's DHCP responder hands out
-    settle_max: float = 1.0  # seconds a held reconcile waits for the next answer (see OvsAgent._settle)
-    settle_cap: float = 8.0  # seconds a reconcile may be held in all
+    settle_max: float = 0.3  # seconds a held reconcile waits for the next answer (see OvsAgent._settle)
+    settle_cap: float = 8.0  # seconds a reconcile may be held in all (more for a flood: OvsAgent.hold_cap)
+    settle_per_request: float = 0.003  # seconds of hold allowed per request in flight, past settle_cap
 
 
 @dataclass
@@ -320,18 +324,33 @@ class OvsAgent:
         domain before its routing domain and subnets: its classification flows were written twice
         and its DHCP flows came in a second wave). A change pushed by the authority, with nothing
         asked, is rendered at once as before. Held while answers keep coming: until none came for
-        ``settle_max`` seconds (an authority that stopped answering), ``settle_cap`` in all."""
-        if not self.awaiting():
+        ``settle_max`` seconds (an authority that stopped answering), ``hold_cap`` in all."""
+        waiting = self.awaiting()
+        if not waiting:
             return
         start = progress = time.monotonic()
-        answered = self.client.requests
-        while self.awaiting():
+        answered, peak = self.client.requests, waiting
+        while waiting:
             now = time.monotonic()
             if self.client.requests != answered:
                 answered, progress = self.client.requests, now
-            if now - progress >= self.config.settle_max or now - start >= self.config.settle_cap:
-                return
+            if now - progress >= self.config.settle_max or now - start >= self.hold_cap(peak):
+                break
             await asyncio.sleep(SETTLE_TICK)
+            waiting = self.awaiting()
+            peak = max(peak, waiting)
+        if time.monotonic() - start >= 0.2:
+            log.info(
+                "agent %s: rendering held %.1f s for the answers to %d requests (%d unanswered)",
+                self.config.host, time.monotonic() - start, peak, waiting,
+            )  # fmt: skip
+
+    def hold_cap(self, requests: int) -> float:
+        """How long a reconcile may be held for ``requests`` in flight: ``settle_cap``, or more for
+        a flood (``settle_per_request`` each: at 10,000 endpoints the authority took 8-10 s to
+        answer their policy and what it leads to, and a cap of 8 s rendered the host without its
+        subnets, then 20,000 flows again as a second wave)."""
+        return max(self.config.settle_cap, requests * self.config.settle_per_request)
 
     def _wake_when_quiet(self) -> None:
         """Reconcile once more after ``check_every`` seconds with nothing changed: the periodic
@@ -470,7 +489,7 @@ class OvsAgent:
         """Whether this reconcile stops before the view because declaring just asked the authority
         for more (an endpoint's group and bridge domain, then what they refer to): it is then
         rendered by the next reconcile, once ``_settle`` saw the answers, with the changes of this
-        one kept for it. At most ``settle_cap`` seconds of such deferrals in a row: a view that
+        one kept for it. At most ``hold_cap`` seconds of such deferrals in a row: a view that
         waits for ever for an answer would never be rendered."""
         for _ in range(2):  # the requests just made start (a resolution's own requests one step later)
             await asyncio.sleep(0)
@@ -480,7 +499,7 @@ class OvsAgent:
             return False
         if self._deferred_since is None:
             self._deferred_since = now
-        elif now - self._deferred_since >= self.config.settle_cap:
+        elif now - self._deferred_since >= self.hold_cap(self.awaiting()):
             self._deferred_since = None
             return False
         if changed is None or self._changed is None:

@@ -268,6 +268,19 @@ class FlowApplier:
         cookie → the object it came from); [] if none (or nothing is known)."""
         return self.mirror.section_of(cookie) if self.mirror is not None else []
 
+    def _mostly_new(self, mirror: Mirror, desired: Sections) -> bool:
+        """Whether ``desired`` brings sections the mirror lacks with at least as many flows as the
+        bridge holds now (and more than the channel takes): the delta would be half the table or
+        more (``whole_is_cheaper``), so it goes whole without diffing it first. Costs the changed
+        sections, not their flows. Seen at 10,000 endpoints: 2.4 s of planning a first install of
+        120,065 flows against the 38 base flows, every flow given to the mirror, then each looked
+        up again, then thrown away for ``replace-flows``."""
+        keys = desired.changed_since(mirror.applied) if mirror.applied is not None else None
+        if keys is None:  # no common root: every section (as ``Mirror.update`` compares them)
+            keys = desired.parts.keys()
+        new = sum(len(desired.get(k)) for k in keys if k not in mirror.sections)
+        return new > self.channel_max and new >= len(mirror.flows)
+
     def sync(self, flows: Sections | Iterable[Flow]) -> Applied:
         """Make the bridge hold exactly ``flows``: sections as the compiler makes them (only those
         that changed since the last sync are compared), or a plain list of flows."""
@@ -282,6 +295,9 @@ class FlowApplier:
             mirror = Mirror.of(desired)
             commands = [ReplaceFlows(tuple(mirror.flows.values()))]
             self.ensure_tlv_map()
+        elif self._mostly_new(mirror, desired):
+            mirror = Mirror.of(desired)  # no diff worked out only to be thrown away
+            commands = [ReplaceFlows(tuple(mirror.flows.values()))]
         else:
             commands = mirror.update(desired)
             if whole_is_cheaper(len(commands), len(mirror.flows), self.channel_max):
