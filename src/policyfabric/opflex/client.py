@@ -130,7 +130,7 @@ class PolicyClient:
         self.ready = asyncio.Event()
         self.outstanding = 0
         self.call_timeout = CALL_TIMEOUT
-        self.unanswered = 0  # policy_resolve requests that timed out on a live session (asked again)
+        self.unanswered = 0  # resolves and declarations that timed out on a live session (sent again)
         self.in_flight: collections.Counter[str] = collections.Counter()  # outstanding, by method
         self.requests = 0  # requests answered by an authority (for benches and status)
         self.connects = 0
@@ -300,11 +300,16 @@ class PolicyClient:
         """Declare; a refused declaration (another live agent holds the endpoint, say, until it
         lets go) is tried again after 1, 2, 4 ... up to ``DECLARE_RETRY_MAX`` seconds, not only at
         the next lease refresh, for as long as it is still what this client declares. The refusal
-        is logged once, its end too."""
+        is logged once, its end too. One left unanswered on a session still up (a busy authority
+        answering after the call timeout) is sent again ``UNANSWERED_RETRY`` later: without this it
+        waited for the next lease refresh."""
         delay = 1.0
         while True:
+            session = self.session
             try:
-                await self._call("endpoint_declare", {"endpoint": _wire(mos), "prr": self.prr}, refused=True)
+                answer = await self._call(
+                    "endpoint_declare", {"endpoint": _wire(mos), "prr": self.prr}, refused=True
+                )
             except RpcError as err:
                 if uri not in self._refused:
                     self._refused.add(uri)
@@ -315,6 +320,12 @@ class PolicyClient:
                 delay = min(delay * 2, DECLARE_RETRY_MAX)
                 if self.declared.get(uri) is not mos:
                     return  # changed or undeclared since: that has its own attempt
+                continue
+            if answer is None and session is not None and self.session is session and session.ready:
+                self.unanswered += 1  # no reply in time ({} is the answer): the session is still up
+                await asyncio.sleep(UNANSWERED_RETRY)
+                if self.declared.get(uri) is not mos or self.session is not session:
+                    return  # changed, undeclared, or a new session (its handshake declares it)
                 continue
             if uri in self._refused:
                 self._refused.discard(uri)
