@@ -295,3 +295,39 @@ def test_a_first_install_much_larger_than_the_bridge_goes_whole_without_a_delta(
     assert set(applier.installed.values()) == set(wanted)
     again = applier.sync(wanted)
     assert (again.added, again.removed, again.full) == (0, 0, False) and diffs == [1]
+
+
+def test_an_interface_unplugged_before_its_declaration_is_sent_is_never_declared() -> None:
+    """The declaration waits in the outbox (``send_later``); the port goes before it is sent: its
+    undeclaration follows it through the outbox, so the registry ends with nothing (sent at once,
+    the undeclaration found nothing declared, and the declaration then went out for good)."""
+    client = FakeClient(policy())
+    declarer = Declarer(client, "h1", "192.0.2.1", send_later=True)
+    declarer.sync([WEB1_PORT], None)
+    assert declarer.unsent
+    assert declarer.sync([], None) == ["acme/web1"]
+    declarer.send()
+    assert client.registry == {} and declarer.declared == {}
+
+
+def test_a_resolution_just_wanted_counts_as_awaited_before_it_is_on_the_wire() -> None:
+    """The real client batches what is wanted in one turn of the loop and sends it from a task: a
+    reconcile that has just asked for a group must see it as awaited at once, or it renders a view
+    without it."""
+
+    class Silent:
+        ready = True
+
+        async def call(self, method: str, params: object, timeout: float = 30.0) -> object:
+            await asyncio.sleep(10)  # never answered within the test
+            return None
+
+    async def go() -> tuple[bool, int]:
+        agent = OvsAgent(AgentConfig("h1", [("127.0.0.1", 1)], "unix:/nonexistent/db.sock"))
+        agent.client.session = Silent()  # type: ignore[assignment]
+        agent.client.resolve("GbpEpGroup", "/PolicyUniverse/PolicySpace/t/GbpEpGroup/g/")
+        waiting = agent.awaiting()
+        return await agent._asked_more(set()), waiting
+
+    deferred, waiting = asyncio.run(go())
+    assert waiting == 1 and deferred

@@ -165,13 +165,15 @@ class Declarer:
         for iface_id in [i for i in self._placed if i not in seen]:
             self._place(iface_id, None, None)
         self.needed = follow_needs(self.client, self._groups, self._bds, self.needed)
-        if not self.send_later:
-            self.send()
         gone = [iface_id for iface_id in self.declared if iface_id not in seen]
         for iface_id in gone:
             self._memo.pop(iface_id, None)
             log.info("agent %s: %s unplugged", self.host, iface_id)
-            self.client.undeclare(self.declared.pop(iface_id))
+            # through the outbox, after the declaration it may hold: sent before it, the undeclare
+            # would find nothing declared, and the declaration then go out for an unplugged port
+            self._outbox.append((self.client.undeclare, self.declared.pop(iface_id)))
+        if not self.send_later:
+            self.send()
         if isinstance(plugged, list):
             self._synced, self._by_iface = plugged, {p.iface_id: p for p in plugged}
         return gone

@@ -307,7 +307,8 @@ class OvsAgent:
         """How many of the agent's requests for what it renders (resolutions, locations) are waiting
         for the authority's answer."""
         in_flight = getattr(self.client, "in_flight", None)
-        return sum(in_flight[m] for m in ASKING) if in_flight is not None else 0
+        asked = sum(in_flight[m] for m in ASKING) if in_flight is not None else 0
+        return asked + getattr(self.client, "resolving", 0)  # wanted, not on the wire yet
 
     def declaring(self) -> bool:
         """Whether declarations are waiting for the registry's answer."""

@@ -50,7 +50,15 @@ DECLARE_RETRY_MAX = 30.0  # seconds between attempts of a refused declaration, a
 SAVE_SHARE = 0.05  # of the time, at most, spent writing the cache
 RESOLVE_BATCH = 100  # URIs asked in one policy_resolve request, at most
 CALL_TIMEOUT = 30.0  # seconds a request waits for its reply
-UNANSWERED_RETRY = 2.0  # seconds before a resolve that timed out on a live session is asked again
+UNANSWERED_RETRY = 2.0  # seconds before a request that timed out on a live session is sent again
+
+
+def unanswered_wait(count: int) -> float:
+    """Seconds before the ``count``-th request left unanswered is sent again: ``UNANSWERED_RETRY``,
+    doubling with the client's timeouts so far up to 16 times that, and spread by up to half
+    again (hundreds of agents timed out by one busy authority must not all come back at once)."""
+    return float(UNANSWERED_RETRY * min(2 ** min(count - 1, 4), 16) * (1 + random.random() / 2))
+
 
 EPR_SUBJECTS = frozenset({Cls.EPR_L2_EP, Cls.EPR_L3_EP})
 # Relations whose targets are not resolved just because an object holding them was: each leads
@@ -142,6 +150,7 @@ class PolicyClient:
         self._push_seq = 0  # policy_update messages applied so far
         self._pushed: dict[str, int] = {}  # uri -> the push that last changed it (while resolving)
         self._resolving = 0  # resolve batches awaiting their replies
+        self._starting = 0  # resolve batches spawned, not started yet
         self.followed: set[str] = set()  # wanted URIs resolved by following a reference, not asked for
         self._collecting: asyncio.Handle | None = None  # a pending ``_collect``
         self.on_trace: Callable[[list[Any]], Awaitable[Any]] | None = None  # answers pf_trace (trace.py)
@@ -231,12 +240,20 @@ class PolicyClient:
             if self._ask_handle is None:  # what is wanted in this turn of the loop goes in one request
                 self._ask_handle = asyncio.get_running_loop().call_soon(self._ask_wanted)
 
+    @property
+    def resolving(self) -> int:
+        """Resolutions wanted and not answered yet, counted from the moment they are wanted (the
+        request goes out a few turns of the loop later: batched, then sent by a task)."""
+        return len(self._asking) + self._resolving + self._starting
+
     def _ask_wanted(self) -> None:
         self._ask_handle = None
         items, self._asking = self._asking, []
-        items = [(s, u) for s, u in items if self.wanted.get(u) == s]  # not unresolved meanwhile
+        # not unresolved meanwhile, each once (unresolved and wanted again in one turn: twice)
+        items = list({u: (s, u) for s, u in items if self.wanted.get(u) == s}.values())
         if items:
-            self._spawn(self._resolve(items))
+            self._starting += 1
+            self._spawn(self._resolve(items, starting=True))
 
     def unresolve(self, uri: str) -> None:
         """Stop following ``uri``: unsubscribe, and forget its objects unless another subscription
@@ -323,7 +340,7 @@ class PolicyClient:
                 continue
             if answer is None and session is not None and self.session is session and session.ready:
                 self.unanswered += 1  # no reply in time ({} is the answer): the session is still up
-                await asyncio.sleep(UNANSWERED_RETRY)
+                await asyncio.sleep(unanswered_wait(self.unanswered))
                 if self.declared.get(uri) is not mos or self.session is not session:
                     return  # changed, undeclared, or a new session (its handshake declares it)
                 continue
@@ -496,23 +513,28 @@ class PolicyClient:
         batch = params if isinstance(params, list) else [params]
         items = [(p["subject"], p["policy_uri"]) for p in batch]
         self.unanswered += 1
+        wait = unanswered_wait(self.unanswered)
         log.warning(
-            "opflex client %s: policy_resolve of %d URI(s) unanswered after %gs: asking again in %gs",
-            self.name, len(items), self.call_timeout, UNANSWERED_RETRY,
+            "opflex client %s: policy_resolve of %d URI(s) unanswered after %gs: asking again in %.1fs",
+            self.name, len(items), self.call_timeout, wait,
         )  # fmt: skip
 
         def again() -> None:
             if self.session is not session or not session.ready:
                 return
             still = [(s, u) for s, u in items if self.wanted.get(u) == s]
-            if still:
-                self._spawn(self._resolve(still))
+            if still:  # full: what the authority no longer has under them goes (the handshake's
+                self._spawn(self._resolve(still, full=True))  # resolve may be what went unanswered)
 
-        asyncio.get_running_loop().call_later(UNANSWERED_RETRY, again)
+        asyncio.get_running_loop().call_later(wait, again)
 
-    async def _resolve(self, items: list[tuple[str, str]], full: bool = False) -> None:
+    async def _resolve(
+        self, items: list[tuple[str, str]], full: bool = False, starting: bool = False
+    ) -> None:
         """Resolve URIs in parallel; on a full resync, drop what the authority no longer has."""
         asked = self._push_seq
+        if starting:
+            self._starting -= 1
         self._resolving += 1
         try:
             batches = await asyncio.gather(

@@ -732,7 +732,17 @@ class EtcdStore:
         the prefix, ``rev`` and its log entry included. The cache moves to it if it was at the
         commit's base (no round trip: a write that follows starts from the newest state and does
         not lose to a commit it could have known of); whether it did. Anything else (a fence, a
-        commit without a log entry, a cache elsewhere) is left to the next snapshot."""
+        commit without a log entry, a cache elsewhere) is left to the next snapshot. A commit it
+        cannot read (a value of another shape) drops the cache, logged, rather than end the
+        watch: the next snapshot reads what it needs again."""
+        try:
+            return self._learn(at, written)
+        except (KeyError, TypeError, ValueError, AttributeError):
+            log.exception("etcd: a commit at revision %d could not be followed; the cache is dropped", at)
+            self.cache.clear()
+            return False
+
+    def _learn(self, at: int, written: dict[str, bytes | None]) -> bool:
         raw_rev = written.get(REV)
         logged = [(k, v) for k, v in written.items() if k.startswith(LOG) and v is not None]
         if raw_rev is None or len(logged) != 1:

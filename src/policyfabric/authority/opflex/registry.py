@@ -389,7 +389,9 @@ class EndpointRegistry:
         differs only in what the intent alone decides (the endpoint moved to another group: its
         group and class id) is rewritten to say what the intent now says instead (``conform``),
         and pushed as such: the endpoint stays in the other hosts' flows, with its new group, and
-        its agent's next declaration, which says the same, pushes nothing more. Logged once per
+        its agent's next declaration, which says the same, is stored and pushed again as any
+        declaration is (an identical one pushed nothing once, which let a split resolve's older
+        answer undo a push). Logged once per
         endpoint, however many of its objects (an ``EprL2Ep``, an ``EprL3Ep`` per address) go."""
         pushed = False
         for key, old, new in changed:

@@ -51,7 +51,7 @@ from policyfabric.authority.gateways import RouterKey
 from policyfabric.authority.opflex.chunks import Oversized, resolve_parts
 from policyfabric.authority.opflex.intent_index import EndpointIntent, IntentIndex, TenantIntent
 from policyfabric.authority.opflex.params import Resolve, Unresolve, parse
-from policyfabric.authority.opflex.peers import MERGE, FanOut, Peer, refs, wire
+from policyfabric.authority.opflex.peers import MAX_SUBSCRIPTIONS, MERGE, FanOut, Peer, refs, wire
 from policyfabric.authority.opflex.policy_tree import global_tree
 from policyfabric.authority.opflex.tenant_model import (
     Patch,
@@ -437,8 +437,8 @@ class PolicyRepository:
             if target in covers or any(subs.get(a, 0.0) > now for a in ancestors(target)):
                 continue
             until = max((exp for uri, exp in covers.items() if under(referrer, uri)), default=0.0)
-            if until <= now:
-                continue
+            if until <= now or (target not in subs and len(subs) >= MAX_SUBSCRIPTIONS):
+                continue  # past the cap the agent resolves it by need, as before carrying
             subs[target] = until
             self.subscribers.add(target, peer)
             covers[target] = until
