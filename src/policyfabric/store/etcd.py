@@ -99,7 +99,7 @@ import logging
 import threading
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, ClassVar, overload
@@ -350,16 +350,7 @@ class Cache:
                 return
             self.rev_mod, self.snap = new.rev_mod, new
             self.moved.notify_all()
-            self.values.update(writes)
-            for key, value in writes.items():
-                for parent in parents(key):
-                    entries = self.ranges.get(parent)
-                    if entries is None:
-                        continue
-                    if value is None:
-                        entries.pop(key, None)
-                    else:
-                        entries[key] = value
+            self._put(writes)
 
     def cached(self, keys: Iterable[str]) -> list[str]:
         """Those of ``keys`` the cache holds a value for (by themselves or in a range)."""
@@ -411,19 +402,24 @@ class Cache:
                 return False
             if len(self.values) + len(written) > self.limit:
                 self.values = {}
-            for key, value in written.items():
-                self.values[key] = value
-                for parent in parents(key):
-                    entries = self.ranges.get(parent)
-                    if entries is None:
-                        continue
-                    if value is None:
-                        entries.pop(key, None)
-                    else:
-                        entries[key] = value
+            self._put(written)
             self.rev_mod, self.snap = new.rev_mod, new
             self.moved.notify_all()
             return True
+
+    def _put(self, written: Mapping[str, Any]) -> None:
+        """Each key's new value (None: deleted), in ``values`` and in every cached range holding
+        the key (under the lock): what a commit, this store's or another's, wrote."""
+        for key, value in written.items():
+            self.values[key] = value
+            for parent in parents(key):
+                entries = self.ranges.get(parent)
+                if entries is None:
+                    continue
+                if value is None:
+                    entries.pop(key, None)
+                else:
+                    entries[key] = value
 
     def clear(self) -> None:
         with self.lock:
