@@ -422,6 +422,9 @@ class OpflexServer:
         """Called from the REST worker thread after each commit. An endpoint's status or interface
         is in no tree: such writes (agents' status reports, by the thousand while a host starts)
         do not rebuild the tenant's."""
+        statuses = [c.revision for c in changes if self.authority.status_only(c)]
+        if statuses:
+            self.policy.status_only(statuses)
         changes = [c for c in changes if not self.authority.status_only(c)]
         if not changes:
             return

@@ -583,14 +583,19 @@ class Changed:
     tenants: set[str]  # tenants created or deleted: their trees are built whole
 
 
-def read_changes(store_read: Callable[[], Any], since: int, limit: int) -> Changed | None:
+def read_changes(
+    store_read: Callable[[], Any], since: int, limit: int, skip: frozenset[int] = frozenset()
+) -> Changed | None:
     """The records changed after revision ``since``, as of the revision the read is at (one read
-    transaction); None when there are ``limit`` changes or more (reading the tenants whole costs
-    less)."""
+    transaction), but for the changes of the revisions in ``skip`` (endpoints' statuses, which no
+    tree holds); None when there are ``limit`` changes or more to read (reading the tenants whole
+    costs less)."""
     with store_read() as txn:
         now = txn.revision()
-        changes: builtins.list[Change] = txn.changes(since, limit)
-        if len(changes) >= limit:
+        skipped = sum(1 for r in skip if r > since)
+        every: builtins.list[Change] = txn.changes(since, limit + skipped)
+        changes = [c for c in every if c.revision not in skip]
+        if len(changes) >= limit or len(every) >= limit + skipped:
             return None
         out = Changed(now, {}, set())
         for change in changes:
