@@ -109,7 +109,7 @@ class Declarer:
         self._synced: list[PluggedPort] | None = None  # the list the last sync went through whole
         self._by_iface: dict[str, PluggedPort] = {}  # ... by iface-id
         # declarations (and their undeclarations, their bridge domains' members) to send once this
-        # sync has asked for what the endpoints need: see ``_send``
+        # sync has asked for what the endpoints need: see ``send``
         self._outbox: list[tuple[Callable[..., None], Any] | tuple[Callable[..., None], Any, Any]] = []
 
     def located(self, plugged: list[Plugged]) -> list[Plugged]:
