@@ -35,12 +35,14 @@ class Asking:
 
     in_flight: collections.Counter[str] = field(default_factory=collections.Counter)
     requests: int = 0  # answers received
+    answered: collections.Counter[str] = field(default_factory=collections.Counter)  # ... by method
     session: object | None = None
     reported: list[set[str]] = field(default_factory=list)
 
     def answer(self, method: str) -> None:
         self.in_flight[method] -= 1
         self.requests += 1
+        self.answered[method] += 1
 
 
 def agent_with(
@@ -331,3 +333,28 @@ def test_a_resolution_just_wanted_counts_as_awaited_before_it_is_on_the_wire() -
 
     deferred, waiting = asyncio.run(go())
     assert waiting == 1 and deferred
+
+
+def test_declarations_answered_meanwhile_do_not_keep_a_stuck_resolution_held() -> None:
+    """A resolution the authority does not answer, while declarations are answered every 10 ms (a
+    host's start): the hold ends ``settle_max`` after the last answer to what it waits for, not at
+    ``settle_cap``."""
+    client = Asking()
+    client.in_flight["policy_resolve"] = 1
+    client.in_flight["endpoint_declare"] = 1000
+    agent = agent_with(client, settle_max=0.1, settle_cap=5.0)
+
+    async def go() -> float:
+        async def declarations() -> None:
+            for _ in range(300):
+                await asyncio.sleep(0.01)
+                client.answer("endpoint_declare")
+
+        task = asyncio.create_task(declarations())
+        start = time.monotonic()
+        await agent._settle()
+        task.cancel()
+        return time.monotonic() - start
+
+    held = asyncio.run(go())
+    assert 0.1 <= held < 0.5

@@ -125,7 +125,6 @@ def mgmt_target(ovsdb: str, bridge: str) -> str:
     return bridge
 
 
-
 def _lazy_trace(
     config: AgentConfig, seen: Callable[[], Network | None], plugins: list[tuple[str, Any]]
 ) -> Callable[[list[Any]], Awaitable[Any]]:
@@ -143,6 +142,7 @@ def _lazy_trace(
         return await service(params)
 
     return trace
+
 
 class OvsAgent:
     def __init__(self, config: AgentConfig) -> None:
@@ -330,11 +330,11 @@ class OvsAgent:
         if not waiting:
             return
         start = progress = time.monotonic()
-        answered, peak = self.client.requests, waiting
+        answered, peak = self._answered(), waiting
         while waiting:
             now = time.monotonic()
-            if self.client.requests != answered:
-                answered, progress = self.client.requests, now
+            if self._answered() != answered:
+                answered, progress = self._answered(), now
             if now - progress >= self.config.settle_max or now - start >= self.hold_cap(peak):
                 break
             await asyncio.sleep(SETTLE_TICK)
@@ -345,6 +345,13 @@ class OvsAgent:
                 "agent %s: rendering held %.1f s for the answers to %d requests (%d unanswered)",
                 self.config.host, time.monotonic() - start, peak, waiting,
             )  # fmt: skip
+
+    def _answered(self) -> int:
+        """Answers received to what a held reconcile waits for (``ASKING``): not declarations,
+        thousands of which are answered during a host's start and would make a stuck resolve
+        look like progress until ``hold_cap``."""
+        answered = getattr(self.client, "answered", None)
+        return sum(answered[m] for m in ASKING) if answered is not None else 0
 
     def hold_cap(self, requests: int) -> float:
         """How long a reconcile may be held for ``requests`` in flight: ``settle_cap``, or more for

@@ -141,6 +141,7 @@ class PolicyClient:
         self.unanswered = 0  # resolves and declarations that timed out on a live session (sent again)
         self.in_flight: collections.Counter[str] = collections.Counter()  # outstanding, by method
         self.requests = 0  # requests answered by an authority (for benches and status)
+        self.answered: collections.Counter[str] = collections.Counter()  # ... by method
         self.connects = 0
         self._stop = False
         self.save_interval = 0.5
@@ -501,6 +502,7 @@ class PolicyClient:
             self.outstanding -= 1
             self.in_flight[method] -= 1
         self.requests += 1
+        self.answered[method] += 1
         if method == "endpoint_resolve" and isinstance(result, dict):
             self._apply_endpoints([held(m) for m in result.get("endpoint", []) if isinstance(m, dict)], [])
         return result
