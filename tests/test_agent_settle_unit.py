@@ -56,26 +56,37 @@ def agent_with(
     return agent
 
 
+def held_while_answered(
+    agent: OvsAgent, client: Asking, method: str, answers: int | None
+) -> tuple[float, int]:
+    """How long ``agent._settle`` holds while the authority answers ``method`` every 10 ms,
+    ``answers`` times (None: for ever), and how many of ``method`` were still in flight when it
+    let go."""
+
+    async def main() -> tuple[float, int]:
+        async def authority() -> None:
+            count = 0
+            while answers is None or count < answers:
+                await asyncio.sleep(0.01)
+                client.answer(method)
+                count += 1
+
+        answering = asyncio.create_task(authority())
+        start = time.monotonic()
+        await agent._settle()
+        took, left = time.monotonic() - start, client.in_flight[method]
+        answering.cancel()
+        return took, left
+
+    return asyncio.run(main())
+
+
 def test_a_reconcile_is_held_while_resolutions_are_answered_then_runs_once() -> None:
     """Twenty resolutions answered one every 10 ms: the hold ends with the last answer, not the first."""
     client = Asking()
     client.in_flight["policy_resolve"] = 20
     agent = agent_with(client)
-
-    async def main() -> tuple[float, int]:
-        async def authority() -> None:
-            for _ in range(20):
-                await asyncio.sleep(0.01)
-                client.answer("policy_resolve")
-
-        answering = asyncio.create_task(authority())
-        start = time.monotonic()
-        await agent._settle()
-        took, left = time.monotonic() - start, client.in_flight["policy_resolve"]
-        await answering
-        return took, left
-
-    took, left = asyncio.run(main())
+    took, left = held_while_answered(agent, client, "policy_resolve", 20)
     assert left == 0 and took >= 0.19
 
 
@@ -104,21 +115,7 @@ def test_answers_that_never_end_hold_no_longer_than_settle_cap() -> None:
     client = Asking()
     client.in_flight["policy_resolve"] = 10**6
     agent = agent_with(client, settle_max=0.1, settle_cap=0.3)
-
-    async def main() -> float:
-        async def authority() -> None:
-            while True:
-                await asyncio.sleep(0.01)
-                client.answer("policy_resolve")
-
-        answering = asyncio.create_task(authority())
-        start = time.monotonic()
-        await agent._settle()
-        took = time.monotonic() - start
-        answering.cancel()
-        return took
-
-    took = asyncio.run(main())
+    took, _ = held_while_answered(agent, client, "policy_resolve", None)
     assert 0.3 <= took < 0.6
 
 
@@ -128,21 +125,7 @@ def test_a_flood_may_be_held_longer_than_settle_cap() -> None:
     client = Asking()
     client.in_flight["policy_resolve"] = 40
     agent = agent_with(client, settle_max=0.1, settle_cap=0.1, per_request=0.02)  # 0.8 s for 40
-
-    async def main() -> tuple[float, int]:
-        async def authority() -> None:
-            for _ in range(40):
-                await asyncio.sleep(0.01)
-                client.answer("policy_resolve")
-
-        answering = asyncio.create_task(authority())
-        start = time.monotonic()
-        await agent._settle()
-        took = time.monotonic() - start
-        await answering
-        return took, client.in_flight["policy_resolve"]
-
-    took, left = asyncio.run(main())
+    took, left = held_while_answered(agent, client, "policy_resolve", 40)
     assert left == 0 and took >= 0.35
 
 
@@ -343,18 +326,5 @@ def test_declarations_answered_meanwhile_do_not_keep_a_stuck_resolution_held() -
     client.in_flight["policy_resolve"] = 1
     client.in_flight["endpoint_declare"] = 1000
     agent = agent_with(client, settle_max=0.1, settle_cap=5.0)
-
-    async def go() -> float:
-        async def declarations() -> None:
-            for _ in range(300):
-                await asyncio.sleep(0.01)
-                client.answer("endpoint_declare")
-
-        task = asyncio.create_task(declarations())
-        start = time.monotonic()
-        await agent._settle()
-        task.cancel()
-        return time.monotonic() - start
-
-    held = asyncio.run(go())
+    held, _ = held_while_answered(agent, client, "endpoint_declare", 300)
     assert 0.1 <= held < 0.5
