@@ -81,13 +81,19 @@ class SwallowingRelay:
         return False
 
 
-def test_a_resolve_left_unanswered_is_asked_again_on_the_same_session(
-    opflex_authority: AuthorityProcess,
-) -> None:
-    api = Api(opflex_authority.url)
+def tenant(authority: AuthorityProcess) -> Api:
+    """The tests' tenant with its routing and bridge domain, through the authority's REST API."""
+    api = Api(authority.url)
     api.ok("tenants", {"name": T})
     api.ok("l3-contexts", {"name": "v", "tenant": T})
     api.ok("bridge-domains", {"name": "bd", "tenant": T, "l3_context": "v"})
+    return api
+
+
+def test_a_resolve_left_unanswered_is_asked_again_on_the_same_session(
+    opflex_authority: AuthorityProcess,
+) -> None:
+    api = tenant(opflex_authority)
     api.ok("endpoint-groups", {"name": "g", "tenant": T, "bridge_domain": "bd"})
     group = uri_of(T, Cls.GBP_EP_GROUP, "g")
 
@@ -122,10 +128,7 @@ def test_a_resolve_left_unanswered_is_asked_again_on_the_same_session(
 def test_a_declaration_left_unanswered_is_sent_again_on_the_same_session(
     opflex_authority: AuthorityProcess,
 ) -> None:
-    api = Api(opflex_authority.url)
-    api.ok("tenants", {"name": T})
-    api.ok("l3-contexts", {"name": "v", "tenant": T})
-    api.ok("bridge-domains", {"name": "bd", "tenant": T, "l3_context": "v"})
+    api = tenant(opflex_authority)
     api.ok("subnets", {"name": "s", "tenant": T, "bridge_domain": "bd", "cidr": "10.8.0.0/24"})
     api.ok("endpoint-groups", {"name": "g", "tenant": T, "bridge_domain": "bd"})
     api.ok("endpoints", {"name": "e1", "tenant": T, "epg": "g", "ip": "10.8.0.11"})
